@@ -1,0 +1,33 @@
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import type { AbiArg } from './abi-types.js';
+import type { KernelBackend } from './backend.js';
+import type { KleFunctionName } from './kle-abi.js';
+
+type NativeFn = (...args: AbiArg[]) => number;
+
+/**
+ * The kernel library compiled natively (gcc -O3 -march=native) as a Node addon
+ * (`build/native/kle.node`, made by `npm run build:native`). Node only. Typed arrays are passed
+ * by pointer, without copies.
+ */
+export class NativeBackend implements KernelBackend {
+  readonly name = 'native' as const;
+
+  private constructor(private readonly addon: Record<string, NativeFn>) {}
+
+  /** Loads the addon from `path`; throws with the build command when it is missing. */
+  static load(path: string): NativeBackend {
+    if (!existsSync(path)) {
+      throw new Error(`native kernels not built: ${path} is missing (run \`npm run build:native\`)`);
+    }
+    const require = createRequire(import.meta.url);
+    return new NativeBackend(require(path) as Record<string, NativeFn>);
+  }
+
+  call(fn: KleFunctionName, args: readonly AbiArg[]): number {
+    const f = this.addon[fn];
+    if (!f) throw new Error(`${fn} is not in the native addon`);
+    return f(...args);
+  }
+}

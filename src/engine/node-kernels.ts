@@ -1,0 +1,34 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Kernels } from './kernels.js';
+import { NativeBackend } from './native-backend.js';
+import { WasmBackend } from './wasm-backend.js';
+
+/** The package root (where package.json and wasm/dist live), from src/ or dist/src/. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'wasm', 'dist'))) return dir;
+    dir = dirname(dir);
+  }
+  throw new Error('kimi-linear-edge: package root with wasm/dist not found');
+}
+
+/** Loads the committed wasm build from the package (Node, Bun, Deno with node: APIs). */
+export async function loadWasmBackend(variant: 'simd' | 'scalar' = 'simd'): Promise<WasmBackend> {
+  const bytes = readFileSync(join(packageRoot(), 'wasm', 'dist', `kle-${variant}.wasm`));
+  return WasmBackend.instantiate(variant === 'simd' ? 'wasm-simd' : 'wasm-scalar', bytes);
+}
+
+/** Loads the native addon built by `npm run build:native`. */
+export function loadNativeBackend(): NativeBackend {
+  return NativeBackend.load(join(packageRoot(), 'build', 'native', 'kle.node'));
+}
+
+/** Kernels over every backend available here: wasm SIMD, wasm scalar, and native if built. */
+export async function loadAllKernels(): Promise<Kernels[]> {
+  const out = [new Kernels(await loadWasmBackend('simd')), new Kernels(await loadWasmBackend('scalar'))];
+  out.push(new Kernels(loadNativeBackend()));
+  return out;
+}

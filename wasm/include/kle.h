@@ -1,0 +1,187 @@
+/*
+ * kle.h: the C API of kimi-linear-edge, shared by every target (wasm, native, CUDA host code).
+ *
+ * Conventions
+ * - All tensors are dense, row-major, float32 unless the name says otherwise.
+ * - Every kernel validates its sizes and returns KLE_OK (0) or a negative KLE_E* code; a kernel
+ *   that returns an error has written nothing.
+ * - Every fast kernel has a plain scalar reference named *_ref with the same signature. The
+ *   references define the math; tests compare the two on random inputs and shared vectors.
+ * - No global mutable state: scratch memory comes from malloc inside the call and is freed
+ *   before it returns.
+ */
+#ifndef KLE_H
+#define KLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KLE_API_VERSION 1
+
+#define KLE_OK 0
+#define KLE_EINVAL (-1) /* a size, stride or flag is out of range */
+#define KLE_ENOMEM (-2) /* scratch allocation failed */
+
+/* Largest head dimension the kernels accept (K and V of KDA, D of MLA). */
+#define KLE_MAX_HEAD_DIM 1024
+
+/* ---------------------------------------------------------------- runtime */
+int kle_api_version(void);
+/* 1 when this build was compiled with 128-bit SIMD, 0 for the scalar build. */
+int kle_simd_enabled(void);
+void *kle_alloc(size_t bytes);
+void kle_free(void *p);
+
+/* ---------------------------------------------------------------- KDA */
+/* q and k are L2-normalized per head inside the kernel (eps 1e-6) when this flag is set. */
+#define KLE_KDA_L2NORM_QK 1
+/* Chunk length of the chunked prefill. */
+#define KLE_KDA_CHUNK 64
+
+/*
+ * One decode step for H heads. Per head h:
+ *   S <- Diag(exp g) S;  u = v - S^T k;  S <- S + beta k u^T;  o = S^T (scale q)
+ * S: [H,K,V] updated in place; q, k, g: [H,K]; v, o: [H,V]; beta: [H] (already sigmoid-ed).
+ * K and V must be multiples of 4 and at most KLE_MAX_HEAD_DIM.
+ */
+int kle_kda_step(float *S, const float *q, const float *k, const float *v, const float *g,
+                 const float *beta, float *o, int H, int K, int V, float scale, int flags);
+int kle_kda_step_ref(float *S, const float *q, const float *k, const float *v, const float *g,
+                     const float *beta, float *o, int H, int K, int V, float scale, int flags);
+
+/*
+ * T tokens of one sequence: the same result as T calls of kle_kda_step, computed chunkwise
+ * (KLE_KDA_CHUNK tokens per chunk, any T including a ragged tail). q, k, g: [T,H,K];
+ * v, o: [T,H,V]; beta: [T,H]; S: [H,K,V] holds the initial state and receives the final one.
+ * kle_kda_prefill_ref is the step reference looped over the tokens.
+ */
+int kle_kda_chunk(float *S, const float *q, const float *k, const float *v, const float *g,
+                  const float *beta, float *o, int T, int H, int K, int V, float scale, int flags);
+int kle_kda_prefill_ref(float *S, const float *q, const float *k, const float *v, const float *g,
+                        const float *beta, float *o, int T, int H, int K, int V, float scale,
+                        int flags);
+
+/*
+ * KDA forget gate, log space (<= 0), for n_tok rows of H*K channels:
+ *   lower_bound == 0:  g = -exp(A_log[h]) * softplus(x + dt_bias)
+ *   lower_bound <  0:  g = lower_bound * sigmoid(exp(A_log[h]) * (x + dt_bias))
+ * x, g: [n_tok, H*K]; A_log: [H]; dt_bias: [H*K] (may be NULL for zero).
+ */
+int kle_kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g, int n_tok,
+                 int H, int K, float lower_bound);
+int kle_kda_gate_ref(const float *x, const float *A_log, const float *dt_bias, float *g,
+                     int n_tok, int H, int K, float lower_bound);
+
+/* ---------------------------------------------------------------- MLA */
+/*
+ * Absorbed MLA decode for one query token over a latent cache.
+ *   q:     [H, D]   absorbed query (W_uk^T q_nope, then the rope part if any), D = Dv + rope dim
+ *   cache: [L, D]   one latent row per cached token (compressed kv, then the rope key part)
+ *   out:   [H, Dv]  softmax(scale * q . cache_j) weighted sum of cache_j[0:Dv]
+ *   lse:   [H]      optional (may be NULL): log-sum-exp of the scaled scores, for merging splits
+ * Rows [j0, j1) only, with kle_mla_decode_partial; kle_mla_merge combines n splits.
+ */
+int kle_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
+                   float *out, float *lse);
+int kle_mla_decode_ref(const float *q, const float *cache, int L, int H, int D, int Dv,
+                       float scale, float *out, float *lse);
+int kle_mla_decode_partial(const float *q, const float *cache, int j0, int j1, int H, int D,
+                           int Dv, float scale, float *out, float *lse);
+/* outs: [n, H, Dv], lses: [n, H]  ->  out: [H, Dv], lse: [H] (may be NULL) */
+int kle_mla_merge(const float *outs, const float *lses, int n, int H, int Dv, float *out,
+                  float *lse);
+/*
+ * Causal prefill: T queries q [T, H, D] whose tokens sit at cache rows L0 .. L0+T-1 (already
+ * written); query i attends to rows 0 .. L0+i. out: [T, H, Dv].
+ */
+int kle_mla_prefill(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
+                    float scale, float *out);
+int kle_mla_prefill_ref(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
+                        float scale, float *out);
+/*
+ * Per-head weight absorption and value up-projection, W: [H, R, Dv] (R = qk_nope or v_head dim):
+ *   absorb:  q_lat[h] = W[h]^T x[h]   x: [H, R]  -> q_lat: [H, Dv] written with row stride ldq
+ *   up:      y[h]     = W[h]   o[h]   o: [H, Dv] -> y: [H, R]
+ */
+int kle_mla_absorb_q(const float *W, const float *x, float *q_lat, int H, int R, int Dv, int ldq);
+int kle_mla_absorb_q_ref(const float *W, const float *x, float *q_lat, int H, int R, int Dv,
+                         int ldq);
+int kle_mla_up_v(const float *W, const float *o, float *y, int H, int R, int Dv);
+int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int Dv);
+
+/* ---------------------------------------------------------------- matvec / matmul */
+/* Weight formats, in GGUF's block layouts where quantized. */
+#define KLE_W_F32 0
+#define KLE_W_BF16 1
+#define KLE_W_F16 2
+#define KLE_W_Q8_0 3 /* blocks of 32: f16 scale + 32 x int8                       (34 bytes) */
+#define KLE_W_Q4_0 4 /* blocks of 32: f16 scale + 16 bytes of nibbles, value q-8   (18 bytes) */
+#define KLE_QK 32    /* elements per quantized block */
+
+/* Bytes of one weight row of n_in elements in format fmt (-1 if n_in does not fit the format). */
+long kle_row_bytes(int fmt, int n_in);
+/*
+ * Y[T, n_out] = X[T, n_in] * W^T, W [n_out, n_in] in format fmt (PyTorch Linear layout).
+ * T == 1 is the decode matvec. Quantized formats need n_in to be a multiple of 32.
+ */
+int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
+int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
+/* Encode n floats (a multiple of 32 for quantized formats) into fmt; dst gets kle_row_bytes(fmt,n). */
+int kle_quantize(int fmt, const float *src, void *dst, int n);
+/* Decode back to float (the value the matmul kernels use). */
+int kle_dequantize(int fmt, const void *src, float *dst, int n);
+
+/* ---------------------------------------------------------------- small ops */
+/* y = x / sqrt(mean(x^2) + eps) * w, over n_rows rows of length D (y may alias x). */
+int kle_rmsnorm(const float *x, const float *w, float *y, int n_rows, int D, float eps);
+int kle_rmsnorm_ref(const float *x, const float *w, float *y, int n_rows, int D, float eps);
+/* y = rmsnorm(x) * w * sigmoid(gate): the KDA output norm, gate [n_rows, D]. */
+int kle_rmsnorm_gated(const float *x, const float *gate, const float *w, float *y, int n_rows,
+                      int D, float eps);
+int kle_rmsnorm_gated_ref(const float *x, const float *gate, const float *w, float *y,
+                          int n_rows, int D, float eps);
+/* x <- x / sqrt(sum(x^2) + eps), per row. */
+int kle_l2norm(float *x, int n_rows, int D, float eps);
+int kle_l2norm_ref(float *x, int n_rows, int D, float eps);
+/*
+ * Causal depthwise conv over T tokens of C channels, kernel width W, followed by SiLU when
+ * silu != 0. w: [W, C] (tap-major, so channels are contiguous); state: [W-1, C] holds the last
+ * W-1 inputs before x (oldest first) and is updated to the last W-1 inputs after x.
+ */
+int kle_conv_short(const float *x, const float *w, float *state, float *y, int T, int C, int W,
+                   int silu);
+int kle_conv_short_ref(const float *x, const float *w, float *state, float *y, int T, int C,
+                       int W, int silu);
+/* out = silu(gate) * up, n elements. */
+int kle_swiglu(const float *gate, const float *up, float *out, int n);
+int kle_swiglu_ref(const float *gate, const float *up, float *out, int n);
+/* y = sigmoid(x), n elements (y may alias x). */
+int kle_sigmoid(const float *x, float *y, int n);
+int kle_sigmoid_ref(const float *x, float *y, int n);
+
+/* ---------------------------------------------------------------- MoE routing */
+#define KLE_ROUTE_SOFTMAX 0
+#define KLE_ROUTE_SIGMOID 1
+/*
+ * Top-k routing of one token over E experts (DeepSeek-V3 style, as Kimi uses it):
+ *   s = act(logits); choice = s + bias (bias may be NULL);
+ *   experts fall into n_group equal groups; a group scores the sum of its top-2 choice values
+ *   (its max when bias is NULL); only the best topk_group groups stay eligible;
+ *   idx = top-k of choice among eligible experts (ties: lower index); w = s[idx];
+ *   if renorm: w /= sum(w); w *= scale.
+ */
+int kle_moe_route(const float *logits, const float *bias, int E, int topk, int n_group,
+                  int topk_group, int act, int renorm, float scale, int32_t *idx, float *w);
+
+/* ---------------------------------------------------------------- probes */
+/* Sums n floats with the widest loads this build has: a read-bandwidth probe. */
+float kle_probe_read(const float *x, long n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KLE_H */

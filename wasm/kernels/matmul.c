@@ -1,0 +1,266 @@
+/*
+ * matmul.c: Y[T, n_out] = X[T, n_in] W^T for weights in f32, bf16, f16 and GGUF's q8_0 and
+ * q4_0 block layouts. The fast path decodes 4 weight rows at a time into a small float tile
+ * that stays in L1, then runs every token against it, so each weight byte is decoded once per
+ * call whatever T is.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../include/kle.h"
+#include "numfmt.h"
+#include "simd.h"
+
+#define Q8_BYTES 34
+#define Q4_BYTES 18
+
+long kle_row_bytes(int fmt, int n_in) {
+  if (n_in <= 0) return -1;
+  switch (fmt) {
+  case KLE_W_F32: return 4L * n_in;
+  case KLE_W_BF16:
+  case KLE_W_F16: return 2L * n_in;
+  case KLE_W_Q8_0: return n_in % KLE_QK ? -1 : (long)(n_in / KLE_QK) * Q8_BYTES;
+  case KLE_W_Q4_0: return n_in % KLE_QK ? -1 : (long)(n_in / KLE_QK) * Q4_BYTES;
+  default: return -1;
+  }
+}
+
+/* ------------------------------------------------------------------ block codecs */
+
+static void q8_0_encode(const float *x, uint8_t *b) {
+  float amax = 0.0f;
+  for (int i = 0; i < KLE_QK; i++) amax = fmaxf(amax, fabsf(x[i]));
+  float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+  uint16_t dh = f32_to_f16(d);
+  memcpy(b, &dh, 2);
+  for (int i = 0; i < KLE_QK; i++) b[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
+}
+
+static void q4_0_encode(const float *x, uint8_t *b) {
+  float amax = 0.0f, mx = 0.0f; /* the value of largest magnitude, sign kept */
+  for (int i = 0; i < KLE_QK; i++)
+    if (fabsf(x[i]) > amax) {
+      amax = fabsf(x[i]);
+      mx = x[i];
+    }
+  float d = mx / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+  uint16_t dh = f32_to_f16(d);
+  memcpy(b, &dh, 2);
+  for (int j = 0; j < KLE_QK / 2; j++) {
+    int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + 16] * id + 8.5f);
+    lo = lo > 15 ? 15 : lo;
+    hi = hi > 15 ? 15 : hi;
+    b[2 + j] = (uint8_t)(lo | (hi << 4));
+  }
+}
+
+static float block_scale(const uint8_t *b) {
+  uint16_t dh;
+  memcpy(&dh, b, 2);
+  return f16_to_f32(dh);
+}
+
+/* Decode elements [k0, k0+n) of one row; k0 and n are multiples of 32 for quantized formats. */
+static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
+  for (int i = 0; i < n; i++) {
+    int k = k0 + i;
+    switch (fmt) {
+    case KLE_W_F32: memcpy(&out[i], row + 4L * k, 4); break;
+    case KLE_W_BF16: { uint16_t h; memcpy(&h, row + 2L * k, 2); out[i] = bf16_to_f32(h); } break;
+    case KLE_W_F16: { uint16_t h; memcpy(&h, row + 2L * k, 2); out[i] = f16_to_f32(h); } break;
+    case KLE_W_Q8_0: {
+      const uint8_t *b = row + (long)(k / KLE_QK) * Q8_BYTES;
+      out[i] = block_scale(b) * (float)(int8_t)b[2 + k % KLE_QK];
+    } break;
+    case KLE_W_Q4_0: {
+      const uint8_t *b = row + (long)(k / KLE_QK) * Q4_BYTES;
+      int j = k % KLE_QK;
+      int nib = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+      out[i] = block_scale(b) * (float)(nib - 8);
+    } break;
+    }
+  }
+}
+
+static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) {
+  typedef int8_t v4i8 __attribute__((vector_size(4), aligned(1), may_alias));
+  typedef uint8_t v4u8 __attribute__((vector_size(4), aligned(1), may_alias));
+  int i = 0;
+  switch (fmt) {
+  case KLE_W_BF16:
+    for (; i + 4 <= n; i += 4) vstore(out + i, v_bf16_to_f32((const uint16_t *)(row + 2L * (k0 + i))));
+    break;
+  case KLE_W_F16:
+    for (; i + 4 <= n; i += 4) vstore(out + i, v_f16_to_f32((const uint16_t *)(row + 2L * (k0 + i))));
+    break;
+  case KLE_W_Q8_0:
+    for (; i < n; i += KLE_QK) {
+      const uint8_t *b = row + (long)((k0 + i) / KLE_QK) * Q8_BYTES;
+      v4f d = vsplat(block_scale(b));
+      for (int j = 0; j < KLE_QK; j += 4)
+        vstore(out + i + j, d * __builtin_convertvector(*(const v4i8 *)(b + 2 + j), v4f));
+    }
+    return;
+  case KLE_W_Q4_0:
+    for (; i < n; i += KLE_QK) {
+      const uint8_t *b = row + (long)((k0 + i) / KLE_QK) * Q4_BYTES;
+      v4f d = vsplat(block_scale(b));
+      for (int j = 0; j < 16; j += 4) {
+        v4i x = __builtin_convertvector(*(const v4u8 *)(b + 2 + j), v4i);
+        vstore(out + i + j, d * __builtin_convertvector((x & 15) - 8, v4f));
+        vstore(out + i + j + 16, d * __builtin_convertvector((x >> 4) - 8, v4f));
+      }
+    }
+    return;
+  }
+  if (i < n) decode_ref(fmt, row, k0 + i, n - i, out + i);
+}
+
+int kle_quantize(int fmt, const float *src, void *dst, int n) {
+  long rb = kle_row_bytes(fmt, n);
+  if (rb < 0) return KLE_EINVAL;
+  uint8_t *o = dst;
+  for (int i = 0; i < n; i++) {
+    switch (fmt) {
+    case KLE_W_F32: memcpy(o + 4L * i, &src[i], 4); break;
+    case KLE_W_BF16: { uint16_t h = f32_to_bf16(src[i]); memcpy(o + 2L * i, &h, 2); } break;
+    case KLE_W_F16: { uint16_t h = f32_to_f16(src[i]); memcpy(o + 2L * i, &h, 2); } break;
+    case KLE_W_Q8_0: if (i % KLE_QK == 0) q8_0_encode(src + i, o + (long)(i / KLE_QK) * Q8_BYTES); break;
+    case KLE_W_Q4_0: if (i % KLE_QK == 0) q4_0_encode(src + i, o + (long)(i / KLE_QK) * Q4_BYTES); break;
+    }
+  }
+  return KLE_OK;
+}
+
+int kle_dequantize(int fmt, const void *src, float *dst, int n) {
+  if (kle_row_bytes(fmt, n) < 0) return KLE_EINVAL;
+  decode_ref(fmt, src, 0, n, dst);
+  return KLE_OK;
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+static int mm_args_ok(int fmt, int T, int n_out, int n_in) {
+  return T >= 0 && n_out > 0 && kle_row_bytes(fmt, n_in) > 0;
+}
+
+int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
+  if (!mm_args_ok(fmt, T, n_out, n_in)) return KLE_EINVAL;
+  float *row = malloc(sizeof(float) * (size_t)n_in);
+  if (!row) return KLE_ENOMEM;
+  long rb = kle_row_bytes(fmt, n_in);
+  for (int n = 0; n < n_out; n++) {
+    decode_ref(fmt, (const uint8_t *)W + rb * n, 0, n_in, row);
+    for (int t = 0; t < T; t++) {
+      float acc = 0.0f;
+      for (int i = 0; i < n_in; i++) acc += row[i] * X[(size_t)t * n_in + i];
+      Y[(size_t)t * n_out + n] = acc;
+    }
+  }
+  free(row);
+  return KLE_OK;
+}
+
+#define KC 256 /* weight elements per tile column: 4 rows x 256 floats = 4 KiB */
+
+/* Dot products of up to 4 decoded rows (w[r] may point into W directly for f32) with tokens. */
+static void tile_dots(const float *const w[4], int nr, const float *X, int n_in, int k0, int kn,
+                      int T, float *Y, int n_out, int n0) {
+  int t = 0;
+  for (; t + 2 <= T; t += 2) {
+    const float *x0 = X + (size_t)t * n_in + k0, *x1 = x0 + n_in;
+    if (nr == 4) {
+      v4f a00 = vsplat(0), a01 = vsplat(0), a10 = vsplat(0), a11 = vsplat(0);
+      v4f a20 = vsplat(0), a21 = vsplat(0), a30 = vsplat(0), a31 = vsplat(0);
+      int i = 0;
+      for (; i + 4 <= kn; i += 4) {
+        v4f p = vload(x0 + i), q = vload(x1 + i), r;
+        r = vload(w[0] + i); a00 += r * p; a01 += r * q;
+        r = vload(w[1] + i); a10 += r * p; a11 += r * q;
+        r = vload(w[2] + i); a20 += r * p; a21 += r * q;
+        r = vload(w[3] + i); a30 += r * p; a31 += r * q;
+      }
+      float s[8] = {vsum(a00), vsum(a01), vsum(a10), vsum(a11), vsum(a20), vsum(a21), vsum(a30), vsum(a31)};
+      for (; i < kn; i++)
+        for (int r2 = 0; r2 < 4; r2++) {
+          s[2 * r2] += w[r2][i] * x0[i];
+          s[2 * r2 + 1] += w[r2][i] * x1[i];
+        }
+      for (int r2 = 0; r2 < 4; r2++) {
+        Y[(size_t)t * n_out + n0 + r2] += s[2 * r2];
+        Y[(size_t)(t + 1) * n_out + n0 + r2] += s[2 * r2 + 1];
+      }
+      continue;
+    }
+    for (int r2 = 0; r2 < nr; r2++) {
+      v4f a = vsplat(0), b = vsplat(0);
+      int i = 0;
+      for (; i + 4 <= kn; i += 4) {
+        v4f r = vload(w[r2] + i);
+        a += r * vload(x0 + i);
+        b += r * vload(x1 + i);
+      }
+      float sa = vsum(a), sb = vsum(b);
+      for (; i < kn; i++) {
+        sa += w[r2][i] * x0[i];
+        sb += w[r2][i] * x1[i];
+      }
+      Y[(size_t)t * n_out + n0 + r2] += sa;
+      Y[(size_t)(t + 1) * n_out + n0 + r2] += sb;
+    }
+  }
+  for (; t < T; t++) {
+    const float *x0 = X + (size_t)t * n_in + k0;
+    if (nr == 4) {
+      v4f a0 = vsplat(0), a1 = vsplat(0), a2 = vsplat(0), a3 = vsplat(0);
+      int i = 0;
+      for (; i + 4 <= kn; i += 4) {
+        v4f p = vload(x0 + i);
+        a0 += vload(w[0] + i) * p;
+        a1 += vload(w[1] + i) * p;
+        a2 += vload(w[2] + i) * p;
+        a3 += vload(w[3] + i) * p;
+      }
+      float s[4] = {vsum(a0), vsum(a1), vsum(a2), vsum(a3)};
+      for (; i < kn; i++)
+        for (int r2 = 0; r2 < 4; r2++) s[r2] += w[r2][i] * x0[i];
+      for (int r2 = 0; r2 < 4; r2++) Y[(size_t)t * n_out + n0 + r2] += s[r2];
+      continue;
+    }
+    for (int r2 = 0; r2 < nr; r2++) {
+      v4f a = vsplat(0);
+      int i = 0;
+      for (; i + 4 <= kn; i += 4) a += vload(w[r2] + i) * vload(x0 + i);
+      float sa = vsum(a);
+      for (; i < kn; i++) sa += w[r2][i] * x0[i];
+      Y[(size_t)t * n_out + n0 + r2] += sa;
+    }
+  }
+}
+
+int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
+  if (!mm_args_ok(fmt, T, n_out, n_in)) return KLE_EINVAL;
+  long rb = kle_row_bytes(fmt, n_in);
+  float tile[4][KC];
+  memset(Y, 0, sizeof(float) * (size_t)T * n_out);
+  for (int n0 = 0; n0 < n_out; n0 += 4) {
+    int nr = n_out - n0 < 4 ? n_out - n0 : 4;
+    for (int k0 = 0; k0 < n_in; k0 += KC) {
+      int kn = n_in - k0 < KC ? n_in - k0 : KC;
+      const float *w[4];
+      for (int r = 0; r < nr; r++) {
+        const uint8_t *row = (const uint8_t *)W + rb * (n0 + r);
+        if (fmt == KLE_W_F32) {
+          w[r] = (const float *)row + k0;
+        } else {
+          decode_fast(fmt, row, k0, kn, tile[r]);
+          w[r] = tile[r];
+        }
+      }
+      tile_dots(w, nr, X, n_in, k0, kn, T, Y, n_out, n0);
+    }
+  }
+  return KLE_OK;
+}

@@ -1,0 +1,263 @@
+/*
+ * mla.c: Multi-head Latent Attention over a compressed latent cache, weights absorbed
+ * (spec/mla.md). Scores are q_h . cache_j over the whole row (latent + rope part); values are
+ * the first Dv entries of each row. Softmax is online (running max) and splits merge by LSE.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../include/kle.h"
+#include "simd.h"
+
+static int mla_dims_ok(int H, int D, int Dv) {
+  return H > 0 && D > 0 && Dv > 0 && Dv <= D && D % 4 == 0 && Dv % 4 == 0 &&
+         D <= KLE_MAX_HEAD_DIM;
+}
+
+/* ------------------------------------------------------------------ references */
+
+int kle_mla_decode_ref(const float *q, const float *cache, int L, int H, int D, int Dv,
+                       float scale, float *out, float *lse) {
+  if (L < 0 || !mla_dims_ok(H, D, Dv)) return KLE_EINVAL;
+  float *s = malloc(sizeof(float) * (size_t)(L ? L : 1));
+  if (!s) return KLE_ENOMEM;
+  for (int h = 0; h < H; h++) {
+    const float *qh = q + (size_t)h * D;
+    float m = -INFINITY;
+    for (int j = 0; j < L; j++) {
+      float acc = 0.0f;
+      for (int d = 0; d < D; d++) acc += qh[d] * cache[(size_t)j * D + d];
+      s[j] = acc * scale;
+      if (s[j] > m) m = s[j];
+    }
+    float l = 0.0f;
+    for (int j = 0; j < L; j++) {
+      s[j] = expf(s[j] - m);
+      l += s[j];
+    }
+    float *oh = out + (size_t)h * Dv;
+    for (int d = 0; d < Dv; d++) {
+      float acc = 0.0f;
+      for (int j = 0; j < L; j++) acc += s[j] * cache[(size_t)j * D + d];
+      oh[d] = L ? acc / l : 0.0f;
+    }
+    if (lse) lse[h] = L ? m + logf(l) : -INFINITY;
+  }
+  free(s);
+  return KLE_OK;
+}
+
+int kle_mla_prefill_ref(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
+                        float scale, float *out) {
+  if (L0 < 0 || T < 0 || !mla_dims_ok(H, D, Dv)) return KLE_EINVAL;
+  for (int i = 0; i < T; i++) {
+    int rc = kle_mla_decode_ref(q + (size_t)i * H * D, cache, L0 + i + 1, H, D, Dv, scale,
+                                out + (size_t)i * H * Dv, NULL);
+    if (rc) return rc;
+  }
+  return KLE_OK;
+}
+
+int kle_mla_absorb_q_ref(const float *W, const float *x, float *q_lat, int H, int R, int Dv,
+                         int ldq) {
+  if (H <= 0 || R <= 0 || Dv <= 0 || ldq < Dv) return KLE_EINVAL;
+  for (int h = 0; h < H; h++)
+    for (int d = 0; d < Dv; d++) {
+      float acc = 0.0f;
+      for (int r = 0; r < R; r++) acc += W[((size_t)h * R + r) * Dv + d] * x[(size_t)h * R + r];
+      q_lat[(size_t)h * ldq + d] = acc;
+    }
+  return KLE_OK;
+}
+
+int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int Dv) {
+  if (H <= 0 || R <= 0 || Dv <= 0) return KLE_EINVAL;
+  for (int h = 0; h < H; h++)
+    for (int r = 0; r < R; r++) {
+      float acc = 0.0f;
+      for (int d = 0; d < Dv; d++) acc += W[((size_t)h * R + r) * Dv + d] * o[(size_t)h * Dv + d];
+      y[(size_t)h * R + r] = acc;
+    }
+  return KLE_OK;
+}
+
+/* ------------------------------------------------------------------ fast decode */
+
+#define MLA_BLOCK 16 /* cache rows per block: 16 x 576 floats = 36 KiB, about L1 */
+
+/*
+ * Rows [j0, j1) for all heads. The cache is streamed once: each block of rows is scored
+ * against every head and folded into every head's accumulator while it is in cache.
+ * acc: [H, Dv] unnormalized; m, l: [H] running max and sum.
+ */
+static void mla_span(const float *q, const float *cache, int j0, int j1, int H, int D, int Dv,
+                     float scale, float *acc, float *m, float *l) {
+  float s[MLA_BLOCK * 64];
+  float p[MLA_BLOCK];
+  for (int h = 0; h < H; h++) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+  }
+  memset(acc, 0, sizeof(float) * (size_t)H * Dv);
+  for (int b0 = j0; b0 < j1; b0 += MLA_BLOCK) {
+    int nb = j1 - b0 < MLA_BLOCK ? j1 - b0 : MLA_BLOCK;
+    const float *blk = cache + (size_t)b0 * D;
+    for (int h0 = 0; h0 < H; h0 += 64) {
+      int nh = H - h0 < 64 ? H - h0 : 64;
+      /* scores: 4 heads x 2 rows per register block */
+      int hh = 0;
+      for (; hh + 4 <= nh; hh += 4) {
+        const float *q0 = q + (size_t)(h0 + hh) * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+        int j = 0;
+        for (; j + 2 <= nb; j += 2) {
+          const float *c0 = blk + (size_t)j * D, *c1 = c0 + D;
+          v4f x00 = vsplat(0), x01 = vsplat(0), x10 = vsplat(0), x11 = vsplat(0);
+          v4f x20 = vsplat(0), x21 = vsplat(0), x30 = vsplat(0), x31 = vsplat(0);
+          for (int d = 0; d < D; d += 4) {
+            v4f a = vload(c0 + d), b = vload(c1 + d), w;
+            w = vload(q0 + d); x00 += w * a; x01 += w * b;
+            w = vload(q1 + d); x10 += w * a; x11 += w * b;
+            w = vload(q2 + d); x20 += w * a; x21 += w * b;
+            w = vload(q3 + d); x30 += w * a; x31 += w * b;
+          }
+          s[(hh + 0) * MLA_BLOCK + j] = vsum(x00); s[(hh + 0) * MLA_BLOCK + j + 1] = vsum(x01);
+          s[(hh + 1) * MLA_BLOCK + j] = vsum(x10); s[(hh + 1) * MLA_BLOCK + j + 1] = vsum(x11);
+          s[(hh + 2) * MLA_BLOCK + j] = vsum(x20); s[(hh + 2) * MLA_BLOCK + j + 1] = vsum(x21);
+          s[(hh + 3) * MLA_BLOCK + j] = vsum(x30); s[(hh + 3) * MLA_BLOCK + j + 1] = vsum(x31);
+        }
+        for (; j < nb; j++)
+          for (int u = 0; u < 4; u++) {
+            const float *qu = q + (size_t)(h0 + hh + u) * D, *c0 = blk + (size_t)j * D;
+            v4f x = vsplat(0);
+            for (int d = 0; d < D; d += 4) x += vload(qu + d) * vload(c0 + d);
+            s[(hh + u) * MLA_BLOCK + j] = vsum(x);
+          }
+      }
+      for (; hh < nh; hh++)
+        for (int j = 0; j < nb; j++) {
+          const float *qu = q + (size_t)(h0 + hh) * D, *c0 = blk + (size_t)j * D;
+          v4f x = vsplat(0);
+          for (int d = 0; d < D; d += 4) x += vload(qu + d) * vload(c0 + d);
+          s[hh * MLA_BLOCK + j] = vsum(x);
+        }
+      /* online softmax and value accumulation, head by head */
+      for (hh = 0; hh < nh; hh++) {
+        int h = h0 + hh;
+        float *sh = s + hh * MLA_BLOCK;
+        float mb = -INFINITY;
+        for (int j = 0; j < nb; j++) {
+          sh[j] *= scale;
+          if (sh[j] > mb) mb = sh[j];
+        }
+        float mn = mb > m[h] ? mb : m[h];
+        float corr = m[h] == -INFINITY ? 0.0f : expf(m[h] - mn);
+        float ls = 0.0f;
+        for (int j = 0; j < nb; j++) {
+          p[j] = expf(sh[j] - mn);
+          ls += p[j];
+        }
+        l[h] = l[h] * corr + ls;
+        m[h] = mn;
+        float *ah = acc + (size_t)h * Dv;
+        v4f cv = vsplat(corr);
+        for (int d = 0; d < Dv; d += 8) {
+          int two = d + 8 <= Dv;
+          v4f a0 = vload(ah + d) * cv, a1 = two ? vload(ah + d + 4) * cv : vsplat(0);
+          for (int j = 0; j < nb; j++) {
+            const float *cj = blk + (size_t)j * D + d;
+            v4f pj = vsplat(p[j]);
+            a0 += pj * vload(cj);
+            if (two) a1 += pj * vload(cj + 4);
+          }
+          vstore(ah + d, a0);
+          if (two) vstore(ah + d + 4, a1);
+        }
+      }
+    }
+  }
+}
+
+int kle_mla_decode_partial(const float *q, const float *cache, int j0, int j1, int H, int D,
+                           int Dv, float scale, float *out, float *lse) {
+  if (j0 < 0 || j1 < j0 || !mla_dims_ok(H, D, Dv)) return KLE_EINVAL;
+  float *ml = malloc(sizeof(float) * 2 * (size_t)H);
+  if (!ml) return KLE_ENOMEM;
+  mla_span(q, cache, j0, j1, H, D, Dv, scale, out, ml, ml + H);
+  for (int h = 0; h < H; h++) {
+    float *oh = out + (size_t)h * Dv;
+    float inv = ml[H + h] > 0.0f ? 1.0f / ml[H + h] : 0.0f;
+    for (int d = 0; d < Dv; d += 4) vstore(oh + d, vload(oh + d) * vsplat(inv));
+    if (lse) lse[h] = ml[H + h] > 0.0f ? ml[h] + logf(ml[H + h]) : -INFINITY;
+  }
+  free(ml);
+  return KLE_OK;
+}
+
+int kle_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
+                   float *out, float *lse) {
+  if (L < 0) return KLE_EINVAL;
+  return kle_mla_decode_partial(q, cache, 0, L, H, D, Dv, scale, out, lse);
+}
+
+int kle_mla_merge(const float *outs, const float *lses, int n, int H, int Dv, float *out,
+                  float *lse) {
+  if (n <= 0 || H <= 0 || Dv <= 0) return KLE_EINVAL;
+  for (int h = 0; h < H; h++) {
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++)
+      if (lses[(size_t)i * H + h] > m) m = lses[(size_t)i * H + h];
+    float *oh = out + (size_t)h * Dv;
+    memset(oh, 0, sizeof(float) * (size_t)Dv);
+    if (m == -INFINITY) {
+      if (lse) lse[h] = -INFINITY;
+      continue;
+    }
+    float tot = 0.0f;
+    for (int i = 0; i < n; i++) tot += expf(lses[(size_t)i * H + h] - m);
+    for (int i = 0; i < n; i++) {
+      float wgt = expf(lses[(size_t)i * H + h] - m) / tot;
+      const float *src = outs + ((size_t)i * H + h) * Dv;
+      for (int d = 0; d < Dv; d++) oh[d] += wgt * src[d];
+    }
+    if (lse) lse[h] = m + logf(tot);
+  }
+  return KLE_OK;
+}
+
+int kle_mla_prefill(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
+                    float scale, float *out) {
+  if (L0 < 0 || T < 0 || !mla_dims_ok(H, D, Dv)) return KLE_EINVAL;
+  for (int i = 0; i < T; i++) {
+    int rc = kle_mla_decode(q + (size_t)i * H * D, cache, L0 + i + 1, H, D, Dv, scale,
+                            out + (size_t)i * H * Dv, NULL);
+    if (rc) return rc;
+  }
+  return KLE_OK;
+}
+
+/* ------------------------------------------------------------------ absorption, up-projection */
+
+int kle_mla_absorb_q(const float *W, const float *x, float *q_lat, int H, int R, int Dv, int ldq) {
+  if (H <= 0 || R <= 0 || Dv <= 0 || ldq < Dv || Dv % 4) return KLE_EINVAL;
+  for (int h = 0; h < H; h++) {
+    float *qh = q_lat + (size_t)h * ldq;
+    memset(qh, 0, sizeof(float) * (size_t)Dv);
+    for (int r = 0; r < R; r++) {
+      const float *wr = W + ((size_t)h * R + r) * Dv;
+      v4f xr = vsplat(x[(size_t)h * R + r]);
+      for (int d = 0; d < Dv; d += 4) vstore(qh + d, vload(qh + d) + xr * vload(wr + d));
+    }
+  }
+  return KLE_OK;
+}
+
+int kle_mla_up_v(const float *W, const float *o, float *y, int H, int R, int Dv) {
+  if (H <= 0 || R <= 0 || Dv <= 0) return KLE_EINVAL;
+  for (int h = 0; h < H; h++) {
+    int rc = kle_matmul(KLE_W_F32, W + (size_t)h * R * Dv, o + (size_t)h * Dv, y + (size_t)h * R, 1,
+                        R, Dv);
+    if (rc) return rc;
+  }
+  return KLE_OK;
+}
