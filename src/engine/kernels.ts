@@ -9,7 +9,11 @@ export type Impl = 'fast' | 'ref';
 export const WeightFormat = { f32: 0, bf16: 1, f16: 2, q8_0: 3, q4_0: 4 } as const;
 export type WeightFormatName = keyof typeof WeightFormat;
 
-export const KDA_CHUNK = 64;
+/** Chunk lengths the chunked prefill takes (multiples of 16 up to the spec's 64). */
+export const KDA_CHUNK_LENGTHS = [16, 32, 48, 64] as const;
+export type KdaChunkLength = (typeof KDA_CHUNK_LENGTHS)[number];
+/** The CPU default: the intra-chunk cost grows with the length and CPUs have no matrix units. */
+export const KDA_CHUNK_CPU: KdaChunkLength = 16;
 export const MAX_HEAD_DIM = 1024;
 
 const RC_TEXT: Record<number, string> = { [-1]: 'invalid size, stride or flag', [-2]: 'out of memory' };
@@ -108,14 +112,18 @@ export class Kernels {
   }
 
   /**
-   * T tokens at once: `fast` is the chunked (WY) form, `ref` loops the scalar step. Both give
-   * the output of every token and leave the final state in S.
+   * T tokens at once: `fast` is the chunked (WY) form with `chunk` tokens per state pass
+   * (default {@link KDA_CHUNK_CPU}), `ref` loops the scalar step. Both give the output of every
+   * token and leave the final state in S.
    */
-  kdaPrefill(a: KdaArgs & { T: number }, impl: Impl = 'fast'): void {
+  kdaPrefill(a: KdaArgs & { T: number; chunk?: KdaChunkLength }, impl: Impl = 'fast'): void {
     checkKda(a, a.T);
-    this.call(impl === 'fast' ? 'kle_kda_chunk' : 'kle_kda_prefill_ref', [
-      a.S, a.q, a.k, a.v, a.g, a.beta, a.o, a.T, a.H, a.K, a.V, a.scale, a.l2norm ? 1 : 0,
-    ]);
+    const flags = a.l2norm ? 1 : 0;
+    if (impl === 'fast') {
+      this.call('kle_kda_chunk', [a.S, a.q, a.k, a.v, a.g, a.beta, a.o, a.T, a.H, a.K, a.V, a.scale, flags, a.chunk ?? KDA_CHUNK_CPU]);
+    } else {
+      this.call('kle_kda_prefill_ref', [a.S, a.q, a.k, a.v, a.g, a.beta, a.o, a.T, a.H, a.K, a.V, a.scale, flags]);
+    }
   }
 
   /** KDA forget gate in log space; lowerBound 0 selects the softplus form. x, g: [nTok, H*K]. */

@@ -1,4 +1,4 @@
-import type { Kernels } from '../engine/kernels.js';
+import type { KdaChunkLength, Kernels } from '../engine/kernels.js';
 import { FormatError, parseSafetensors, tensorF32, type SafetensorsFile } from '../model/safetensors.js';
 import { relErr } from './relerr.js';
 
@@ -20,7 +20,8 @@ export interface KdaVector {
   finalState: Float32Array;
 }
 
-export type KdaPath = 'step' | 'chunked';
+/** The decode step looped over the tokens, or the chunked prefill at a chunk length. */
+export type KdaPath = 'step' | `chunk${KdaChunkLength}`;
 
 export interface KdaVectorResult {
   backend: string;
@@ -79,8 +80,9 @@ export function runKdaVector(vec: KdaVector, kernels: Kernels, path: KdaPath): K
   const qk = T * H * K, vo = T * H * V, st = H * K * V;
   for (let b = 0; b < B; b++) {
     const Sb = S.subarray(b * st, (b + 1) * st);
-    if (path === 'chunked') {
+    if (path !== 'step') {
       kernels.kdaPrefill({
+        chunk: Number(path.slice(5)) as KdaChunkLength,
         S: Sb, q: vec.q.subarray(b * qk, (b + 1) * qk), k: vec.k.subarray(b * qk, (b + 1) * qk),
         v: vec.v.subarray(b * vo, (b + 1) * vo), g: vec.g.subarray(b * qk, (b + 1) * qk),
         beta: vec.beta.subarray(b * T * H, (b + 1) * T * H), o: o.subarray(b * vo, (b + 1) * vo),

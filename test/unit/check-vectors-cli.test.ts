@@ -43,7 +43,7 @@ function freshVector(rng: Rng, B: number, T: number, H: number, K: number, V: nu
 describe('npm run check:vectors -- DIR', () => {
   it('passes the shared vectors', () => {
     const r = cli(join(root, 'test/fixtures'));
-    expect(r.out).toMatch(/all 36 checks within 0.00001/);
+    expect(r.out).toMatch(/all 54 checks within 0.00001/);
     expect(r.code).toBe(0);
   });
 
@@ -53,8 +53,8 @@ describe('npm run check:vectors -- DIR', () => {
     writeFileSync(join(dir, 'kda_fresh_a.safetensors'), freshVector(rng, 2, 70, 3, 20, 12));
     writeFileSync(join(dir, 'kda_fresh_b.safetensors'), freshVector(rng, 1, 130, 1, 8, 36));
     const r = cli(dir);
-    expect(r.out, r.out).toMatch(/all 12 checks within/);
-    expect(r.out.split('\n').filter((l) => l.startsWith('kda_fresh')).length).toBe(12);
+    expect(r.out, r.out).toMatch(/all 18 checks within/);
+    expect(r.out.split('\n').filter((l) => l.startsWith('kda_fresh')).length).toBe(18);
     expect(r.code).toBe(0);
   });
 

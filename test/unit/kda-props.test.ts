@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { KernelError, type Kernels } from '../../src/engine/kernels.js';
+import { KDA_CHUNK_LENGTHS, KernelError, type KdaChunkLength, type Kernels } from '../../src/engine/kernels.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { allKernels } from '../helpers/kernels.js';
 import { kdaRecurrence64 } from '../helpers/kda-ref64.js';
@@ -23,12 +23,12 @@ function makeInputs(rng: Rng, c: Case) {
   };
 }
 
-function run(kern: Kernels, inp: ReturnType<typeof makeInputs>, c: Case, mode: 'step' | 'chunk' | 'ref') {
+function run(kern: Kernels, inp: ReturnType<typeof makeInputs>, c: Case, mode: 'step' | 'chunk' | 'ref', chunk: KdaChunkLength = 16) {
   const S = inp.S.slice();
   const o = new Float32Array(c.T * c.H * c.V);
   const scale = 1 / Math.sqrt(c.K);
   const base = { ...inp, S, o, H: c.H, K: c.K, V: c.V, scale, l2norm: c.l2 };
-  if (mode === 'chunk') kern.kdaPrefill({ ...base, T: c.T }, 'fast');
+  if (mode === 'chunk') kern.kdaPrefill({ ...base, T: c.T, chunk }, 'fast');
   else if (mode === 'ref') kern.kdaPrefill({ ...base, T: c.T }, 'ref');
   else
     for (let t = 0; t < c.T; t++) {
@@ -64,9 +64,9 @@ describe(`KDA property tests on fresh random inputs (seed ${SEED})`, () => {
       const exact = kdaRecurrence64({ ...inp, q, k }, c.T, c.H, c.K, c.V, 1 / Math.sqrt(c.K));
       for (const kern of await allKernels()) {
         const ref = run(kern, inp, c, 'ref');
-        for (const mode of ['step', 'chunk'] as const) {
-          const got = run(kern, inp, c, mode);
-          const tag = `${kern.name} ${mode} seed=${SEED}`;
+        for (const [mode, chunk] of [['step', 16], ...KDA_CHUNK_LENGTHS.map((n) => ['chunk', n])] as ['step' | 'chunk', KdaChunkLength][]) {
+          const got = run(kern, inp, c, mode, chunk);
+          const tag = `${kern.name} ${mode}${mode === 'chunk' ? chunk : ''} seed=${SEED}`;
           expect(relErr(got.o, ref.o), `${tag} o vs scalar ref`).toBeLessThan(1e-5);
           expect(relErr(got.S, ref.S), `${tag} S vs scalar ref`).toBeLessThan(1e-5);
           expect(relErr(got.o, exact.o), `${tag} o vs float64`).toBeLessThan(1e-5);
@@ -77,7 +77,7 @@ describe(`KDA property tests on fresh random inputs (seed ${SEED})`, () => {
   }
 
   it('a prefill split at any point equals one prefill (state carries across calls)', async () => {
-    const c: Case = { T: 150, H: 2, K: 32, V: 32, gLo: -1, l2: false };
+    const c: Case = { T: 150, H: 2, K: 32, V: 32, gLo: -1, l2: false }; // cut mid-chunk at any length
     const inp = makeInputs(rng, c);
     for (const kern of await allKernels()) {
       const whole = run(kern, inp, c, 'chunk');
@@ -103,6 +103,9 @@ describe(`KDA property tests on fresh random inputs (seed ${SEED})`, () => {
       expect(() => kern.kdaStep(bad)).toThrow(KernelError);
       expect(() => kern.kdaStep({ ...bad, K: 8, S: new Float32Array(63) })).toThrow(/S: has 63 elements, the shape needs 64/);
       expect(() => kern.kdaPrefill({ ...bad, K: 8, S: new Float32Array(64), T: 2 })).toThrow(RangeError);
+      const ok = { ...bad, K: 8, S: new Float32Array(64) };
+      expect(() => kern.kdaPrefill({ ...ok, T: 1, chunk: 24 as KdaChunkLength })).toThrow(/kle_kda_chunk failed: invalid/);
+      expect(() => kern.kdaPrefill({ ...ok, T: 1, chunk: 128 as KdaChunkLength })).toThrow(KernelError);
       expect(() => kern.kdaStep({ ...bad, K: 2048, S: new Float32Array(2048 * 8), q: new Float32Array(2048), k: new Float32Array(2048), g: new Float32Array(2048) })).toThrow(KernelError);
     }
   });

@@ -39,8 +39,14 @@ void kle_free(void *p);
 /* ---------------------------------------------------------------- KDA */
 /* q and k are L2-normalized per head inside the kernel (eps 1e-6) when this flag is set. */
 #define KLE_KDA_L2NORM_QK 1
-/* Chunk length of the chunked prefill. */
+/*
+ * Chunk lengths of the chunked prefill: any multiple of 16 up to KLE_KDA_CHUNK (64, the
+ * spec's). The state terms cost 3*K*V per token whatever the length; the intra-chunk terms
+ * cost about chunk*(K+V) per token, so without matrix units (CPU, wasm) shorter is faster:
+ * KLE_KDA_CHUNK_CPU is what bench/kernels measured best here and what 0 selects.
+ */
 #define KLE_KDA_CHUNK 64
+#define KLE_KDA_CHUNK_CPU 16
 
 /*
  * One decode step for H heads. Per head h:
@@ -55,12 +61,14 @@ int kle_kda_step_ref(float *S, const float *q, const float *k, const float *v, c
 
 /*
  * T tokens of one sequence: the same result as T calls of kle_kda_step, computed chunkwise
- * (KLE_KDA_CHUNK tokens per chunk, any T including a ragged tail). q, k, g: [T,H,K];
+ * (chunk tokens per chunk, 0 for KLE_KDA_CHUNK_CPU; any T including a ragged tail); one pass
+ * over the state per chunk. q, k, g: [T,H,K];
  * v, o: [T,H,V]; beta: [T,H]; S: [H,K,V] holds the initial state and receives the final one.
  * kle_kda_prefill_ref is the step reference looped over the tokens.
  */
 int kle_kda_chunk(float *S, const float *q, const float *k, const float *v, const float *g,
-                  const float *beta, float *o, int T, int H, int K, int V, float scale, int flags);
+                  const float *beta, float *o, int T, int H, int K, int V, float scale, int flags,
+                  int chunk);
 int kle_kda_prefill_ref(float *S, const float *q, const float *k, const float *v, const float *g,
                         const float *beta, float *o, int T, int H, int K, int V, float scale,
                         int flags);

@@ -157,51 +157,84 @@ int kle_kda_step(float *S, const float *q, const float *k, const float *v, const
 
 /* ------------------------------------------------------------------ chunked prefill */
 
+/* one row: c[0:n] = r c + a[0:Kd] B[0:Kd, 0:n], n a multiple of 4 */
+static void mm_row(const float *a, const float *B, int ldb, float *c, int n, int Kd, float r) {
+  for (int j = 0; j < n; j += 4) {
+    v4f x = vload(c + j) * vsplat(r);
+    for (int p = 0; p < Kd; p++) x += vsplat(a[p]) * vload(B + (size_t)p * ldb + j);
+    vstore(c + j, x);
+  }
+}
+
 /*
- * C[M,N] += A[M,Kd] B[Kd,N], all row-major with leading dimensions; N a multiple of 4.
- * Register block: 4 rows x 8 columns (8 accumulators), so each B load feeds 4 rows.
+ * C[M,N] = diag(rs) C + A[M,Kd] B[Kd,N] (rs NULL: no scaling), row-major with leading
+ * dimensions; N a multiple of 4. Register block: 4 rows x 12 columns natively, so 12
+ * independent accumulators hide the multiply-add latency and each B load feeds 4 rows; 8- and
+ * 4-column blocks otherwise.
  */
-static void mm_acc(int M, int N, int Kd, const float *A, int lda, const float *B, int ldb,
-                   float *Cm, int ldc) {
-  int i = 0;
-  for (; i + 4 <= M; i += 4) {
-    const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-    float *c0 = Cm + (size_t)i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
-    int j = 0;
-    for (; j + 8 <= N; j += 8) {
-      v4f x00 = vload(c0 + j), x01 = vload(c0 + j + 4), x10 = vload(c1 + j), x11 = vload(c1 + j + 4);
-      v4f x20 = vload(c2 + j), x21 = vload(c2 + j + 4), x30 = vload(c3 + j), x31 = vload(c3 + j + 4);
+static void mm_acc_rs(int M, int N, int Kd, const float *A, int lda, const float *B, int ldb,
+                      float *Cm, int ldc, const float *rs) {
+  /* column stripes outside, row blocks inside: a stripe of B (Kd x 12 floats) stays in L1
+   * while every row block of A passes over it */
+  int j = 0;
+#ifndef __wasm__ /* V8 keeps one of x64's 16 vector registers as scratch: 12 accumulators spill */
+  for (; j + 12 <= N; j += 12) {
+    int i = 0;
+    for (; i + 4 <= M; i += 4) {
+      const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+      float *c0 = Cm + (size_t)i * ldc + j, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
+      v4f r0 = vsplat(rs ? rs[i] : 1.0f), r1 = vsplat(rs ? rs[i + 1] : 1.0f);
+      v4f r2 = vsplat(rs ? rs[i + 2] : 1.0f), r3 = vsplat(rs ? rs[i + 3] : 1.0f);
+      v4f x00 = vload(c0) * r0, x01 = vload(c0 + 4) * r0, x02 = vload(c0 + 8) * r0;
+      v4f x10 = vload(c1) * r1, x11 = vload(c1 + 4) * r1, x12 = vload(c1 + 8) * r1;
+      v4f x20 = vload(c2) * r2, x21 = vload(c2 + 4) * r2, x22 = vload(c2 + 8) * r2;
+      v4f x30 = vload(c3) * r3, x31 = vload(c3 + 4) * r3, x32 = vload(c3 + 8) * r3;
       for (int p = 0; p < Kd; p++) {
         const float *b = B + (size_t)p * ldb + j;
-        v4f b0 = vload(b), b1 = vload(b + 4);
-        v4f s;
+        v4f b0 = vload(b), b1 = vload(b + 4), b2 = vload(b + 8), s;
+        s = vsplat(a0[p]); x00 += s * b0; x01 += s * b1; x02 += s * b2;
+        s = vsplat(a1[p]); x10 += s * b0; x11 += s * b1; x12 += s * b2;
+        s = vsplat(a2[p]); x20 += s * b0; x21 += s * b1; x22 += s * b2;
+        s = vsplat(a3[p]); x30 += s * b0; x31 += s * b1; x32 += s * b2;
+      }
+      vstore(c0, x00); vstore(c0 + 4, x01); vstore(c0 + 8, x02);
+      vstore(c1, x10); vstore(c1 + 4, x11); vstore(c1 + 8, x12);
+      vstore(c2, x20); vstore(c2 + 4, x21); vstore(c2 + 8, x22);
+      vstore(c3, x30); vstore(c3 + 4, x31); vstore(c3 + 8, x32);
+    }
+    for (; i < M; i++) mm_row(A + (size_t)i * lda, B + j, ldb, Cm + (size_t)i * ldc + j, 12, Kd, rs ? rs[i] : 1.0f);
+  }
+#endif
+  for (; j + 8 <= N; j += 8) {
+    int i = 0;
+    for (; i + 4 <= M; i += 4) {
+      const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+      float *c0 = Cm + (size_t)i * ldc + j, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
+      v4f r0 = vsplat(rs ? rs[i] : 1.0f), r1 = vsplat(rs ? rs[i + 1] : 1.0f);
+      v4f r2 = vsplat(rs ? rs[i + 2] : 1.0f), r3 = vsplat(rs ? rs[i + 3] : 1.0f);
+      v4f x00 = vload(c0) * r0, x01 = vload(c0 + 4) * r0, x10 = vload(c1) * r1, x11 = vload(c1 + 4) * r1;
+      v4f x20 = vload(c2) * r2, x21 = vload(c2 + 4) * r2, x30 = vload(c3) * r3, x31 = vload(c3 + 4) * r3;
+      for (int p = 0; p < Kd; p++) {
+        const float *b = B + (size_t)p * ldb + j;
+        v4f b0 = vload(b), b1 = vload(b + 4), s;
         s = vsplat(a0[p]); x00 += s * b0; x01 += s * b1;
         s = vsplat(a1[p]); x10 += s * b0; x11 += s * b1;
         s = vsplat(a2[p]); x20 += s * b0; x21 += s * b1;
         s = vsplat(a3[p]); x30 += s * b0; x31 += s * b1;
       }
-      vstore(c0 + j, x00); vstore(c0 + j + 4, x01); vstore(c1 + j, x10); vstore(c1 + j + 4, x11);
-      vstore(c2 + j, x20); vstore(c2 + j + 4, x21); vstore(c3 + j, x30); vstore(c3 + j + 4, x31);
+      vstore(c0, x00); vstore(c0 + 4, x01); vstore(c1, x10); vstore(c1 + 4, x11);
+      vstore(c2, x20); vstore(c2 + 4, x21); vstore(c3, x30); vstore(c3 + 4, x31);
     }
-    for (; j < N; j += 4) {
-      v4f x0 = vload(c0 + j), x1 = vload(c1 + j), x2 = vload(c2 + j), x3 = vload(c3 + j);
-      for (int p = 0; p < Kd; p++) {
-        v4f b0 = vload(B + (size_t)p * ldb + j);
-        x0 += vsplat(a0[p]) * b0; x1 += vsplat(a1[p]) * b0;
-        x2 += vsplat(a2[p]) * b0; x3 += vsplat(a3[p]) * b0;
-      }
-      vstore(c0 + j, x0); vstore(c1 + j, x1); vstore(c2 + j, x2); vstore(c3 + j, x3);
-    }
+    for (; i < M; i++) mm_row(A + (size_t)i * lda, B + j, ldb, Cm + (size_t)i * ldc + j, 8, Kd, rs ? rs[i] : 1.0f);
   }
-  for (; i < M; i++) {
-    const float *a0 = A + (size_t)i * lda;
-    float *c0 = Cm + (size_t)i * ldc;
-    for (int j = 0; j < N; j += 4) {
-      v4f x0 = vload(c0 + j);
-      for (int p = 0; p < Kd; p++) x0 += vsplat(a0[p]) * vload(B + (size_t)p * ldb + j);
-      vstore(c0 + j, x0);
-    }
-  }
+  if (j < N)
+    for (int i = 0; i < M; i++)
+      mm_row(A + (size_t)i * lda, B + j, ldb, Cm + (size_t)i * ldc + j, N - j, Kd, rs ? rs[i] : 1.0f);
+}
+
+static void mm_acc(int M, int N, int Kd, const float *A, int lda, const float *B, int ldb,
+                   float *Cm, int ldc) {
+  mm_acc_rs(M, N, Kd, A, lda, B, ldb, Cm, ldc, NULL);
 }
 
 static float dot(const float *a, const float *b, int n) {
@@ -215,145 +248,209 @@ static float dot(const float *a, const float *b, int n) {
   return vsum(acc0 + acc1);
 }
 
+#define SUB 16 /* sub-chunk: Gram blocks between sub-chunks are matmuls */
+
 /* Scratch of one head-chunk; sizes in floats, C = KLE_KDA_CHUNK. */
 typedef struct {
   float *eg;    /* [C,K] exp(g) */
-  float *kp;    /* [C,K] k_i * prod_{s<=i} eg_s          (decay from chunk start, inclusive) */
-  float *qp;    /* [C,K] q_i * prod_{s<=i} eg_s */
-  float *ksT;   /* [K,C] k_j * prod_{s>j} eg_s, transposed (decay to chunk end) */
-  float *run;   /* [C,K] k_j * prod_{j<s<=i} eg_s while row i is processed */
-  float *A;     /* [C,C] strictly lower: -beta_i k_i^T (G_i/G_j) k_j */
-  float *QK;    /* [C,C] lower incl. diagonal: q_i^T (G_i/G_j) k_j */
-  float *d;     /* [C,V] the corrected values (delta rule updates) of the chunk */
+  float *kn;    /* [C,K] k, normalized: the rows every later stage reads contiguously */
+  float *qn;    /* [C,K] q * scale, normalized */
+  float *kp;    /* [2C,K] rows 0..c-1: kn_i * prod_{s<=i} eg_s (decay from the chunk start),
+                 * rows c..2c-1: the same for qn, so that one matmul reads S for both */
+  float *lf;    /* [2*SUB,K] left factors of one sub-chunk: kn_i, then qn_i, decayed from its start */
+  float *rT;    /* [K,C] right factors, transposed: kn_j decayed up to the current sub-chunk start */
+  float *ksT;   /* [K,C] kn_j * prod_{s>j} eg_s, transposed  (decay to the chunk end) */
+  float *run;   /* [SUB,K] running decayed keys inside one sub-chunk */
+  float *G;     /* [2*SUB,C] raw Gram rows of one sub-chunk */
+  float *A;     /* [C,C] strictly lower: -beta_i kn_i^T (G_i/G_j) kn_j */
+  float *QK;    /* [C,C] lower incl. diagonal: qn_i^T (G_i/G_j) kn_j */
+  float *d;     /* [2C,V] rows 0..c-1: the corrected values (delta rule updates) of the
+                 * chunk; rows c..2c-1: qp S, the inter-chunk part of the output */
   float *plast; /* [K] prod of eg over the whole chunk */
-  float *kn;    /* [C] per-token k scale, [C] per-token q scale */
+  float *vec;   /* [K] running product */
 } chunk_work;
 
 /*
- * One chunk of c tokens for one head: the WY/UT form of spec/kda.md, with every decay ratio
- * G_i/G_j formed as a running product of per-token exp(g) instead of exp(G_i - G_j). The
- * product never leaves (0, 1], so no reference point or sub-chunking is needed however
- * strong the decay, and it avoids the cancellation in G_i - G_j when G is large.
+ * One chunk of c tokens for one head: the WY/UT form of spec/kda.md. Every decay ratio
+ * G_i/G_j is a product of per-token exp(g) factors, each in (0, 1]:
+ *  - inside a sub-chunk of 16 tokens, as a running product over the pairs;
+ *  - across sub-chunks, split at the last token r before sub-chunk a:
+ *      G_i/G_j = (prod_{r<s<=i} eg_s) * (prod_{j<s<=r} eg_s),
+ *    so that block of the Gram matrix is a matmul of decayed rows. Both factors stay <= 1, so
+ *    no decay is ever inverted and nothing overflows however strong the decay; underflow
+ *    only happens where the true product is below float range.
  */
 static void kda_chunk_head(float *Sh, const float *q, const float *k, const float *v,
                            const float *g, const float *beta, float *o, int c, int H, int K,
                            int V, float scale, int flags, chunk_work *w) {
   const int C = KLE_KDA_CHUNK;
   const size_t sq = (size_t)H * K, sv = (size_t)H * V; /* token strides */
-  float *ksc = w->kn, *qsc = w->kn + C;
-  for (int i = 0; i < c; i++) {
-    const float *qi = q + i * sq, *ki = k + i * sq;
-    qsc[i] = scale;
-    ksc[i] = 1.0f;
-    if (flags & KLE_KDA_L2NORM_QK) {
-      qsc[i] *= inv_l2(qi, K);
-      ksc[i] = inv_l2(ki, K);
-    }
-  }
-  /* eg, inclusive prefix products into kp/qp */
+  /* gather: eg, normalized rows, and prefix-decayed rows */
+  for (int p = 0; p < K; p += 4) vstore(w->vec + p, vsplat(1.0f));
   for (int i = 0; i < c; i++) {
     const float *gi = g + i * sq, *qi = q + i * sq, *ki = k + i * sq;
-    float *egi = w->eg + (size_t)i * K, *kpi = w->kp + (size_t)i * K, *qpi = w->qp + (size_t)i * K;
-    const float *prev = i ? w->run : NULL; /* run row 0 holds the running prefix product */
+    float qs = scale, ks = 1.0f;
+    if (flags & KLE_KDA_L2NORM_QK) {
+      qs *= inv_l2(qi, K);
+      ks = inv_l2(ki, K);
+    }
+    float *egi = w->eg + (size_t)i * K, *kni = w->kn + (size_t)i * K, *qni = w->qn + (size_t)i * K;
+    float *kpi = w->kp + (size_t)i * K, *qpi = w->kp + (size_t)(c + i) * K;
     for (int p = 0; p < K; p += 4) {
-      v4f e = vexp(vload(gi + p));
+      v4f e = vexp(vload(gi + p)), kv = vload(ki + p) * vsplat(ks), qv = vload(qi + p) * vsplat(qs);
+      v4f P = vload(w->vec + p) * e;
+      vstore(w->vec + p, P);
       vstore(egi + p, e);
-      v4f P = prev ? vload(prev + p) * e : e;
-      vstore(w->run + p, P);
-      if (i == c - 1) vstore(w->plast + p, P);
-      vstore(kpi + p, P * vload(ki + p) * vsplat(ksc[i]));
-      vstore(qpi + p, P * vload(qi + p) * vsplat(qsc[i]));
+      vstore(kni + p, kv);
+      vstore(qni + p, qv);
+      vstore(kpi + p, P * kv);
+      vstore(qpi + p, P * qv);
     }
   }
-  /* suffix products: ksT[:, j] = k_j * prod_{s>j} eg_s */
-  for (int p = 0; p < K; p += 4) vstore(w->run + p, vsplat(1.0f));
+  memcpy(w->plast, w->vec, sizeof(float) * (size_t)K);
+  /* suffix products: ksT[:, j] = kn_j * prod_{s>j} eg_s */
+  for (int p = 0; p < K; p += 4) vstore(w->vec + p, vsplat(1.0f));
   for (int j = c - 1; j >= 0; j--) {
-    const float *kj = k + j * sq;
-    for (int p = 0; p < K; p++) w->ksT[(size_t)p * C + j] = w->run[p] * kj[p] * ksc[j];
-    const float *egj = w->eg + (size_t)j * K;
-    for (int p = 0; p < K; p += 4) vstore(w->run + p, vload(w->run + p) * vload(egj + p));
+    const float *knj = w->kn + (size_t)j * K, *egj = w->eg + (size_t)j * K;
+    for (int p = 0; p < K; p++) w->ksT[(size_t)p * C + j] = w->vec[p] * knj[p];
+    for (int p = 0; p < K; p += 4) vstore(w->vec + p, vload(w->vec + p) * vload(egj + p));
   }
-  /* Gram matrices through running decayed keys */
-  for (int i = 0; i < c; i++) {
-    const float *egi = w->eg + (size_t)i * K, *qi = q + i * sq, *ki = k + i * sq;
-    float *Ai = w->A + (size_t)i * C, *QKi = w->QK + (size_t)i * C;
-    float mb = -beta[(size_t)i * H] * ksc[i];
-    for (int j = 0; j < i; j++) {
-      float *rj = w->run + (size_t)j * K;
-      v4f a0 = vsplat(0), a1 = vsplat(0);
-      for (int p = 0; p < K; p += 4) {
-        v4f r = vload(rj + p) * vload(egi + p);
-        vstore(rj + p, r);
-        a0 += r * vload(ki + p);
-        a1 += r * vload(qi + p);
+  /* Gram matrices, sub-chunk by sub-chunk */
+  for (int a0 = 0; a0 < c; a0 += SUB) {
+    int na = c - a0 < SUB ? c - a0 : SUB;
+    if (a0 > 0) {
+      /* right factors: keys before sub-chunk a-1 take its whole decay at once; the keys of
+       * sub-chunk a-1 take the decay of the tokens after them inside it */
+      for (int p = 0; p < K; p += 4) vstore(w->vec + p, vsplat(1.0f));
+      for (int s = a0 - 1; s >= a0 - SUB; s--) {
+        const float *egs = w->eg + (size_t)s * K, *kns = w->kn + (size_t)s * K;
+        for (int p = 0; p < K; p++) w->rT[(size_t)p * C + s] = w->vec[p] * kns[p];
+        for (int p = 0; p < K; p += 4) vstore(w->vec + p, vload(w->vec + p) * vload(egs + p));
       }
-      Ai[j] = mb * vsum(a0);
-      QKi[j] = qsc[i] * vsum(a1);
+      for (int p = 0; p < K; p++) {
+        float *r = w->rT + (size_t)p * C;
+        v4f f = vsplat(w->vec[p]);
+        for (int j = 0; j < a0 - SUB; j += 4) vstore(r + j, vload(r + j) * f);
+      }
+      /* left factors: keys, then queries, decayed from the sub-chunk start, inclusive */
+      for (int p = 0; p < K; p += 4) vstore(w->vec + p, vsplat(1.0f));
+      for (int i = 0; i < na; i++) {
+        const float *egi = w->eg + (size_t)(a0 + i) * K;
+        const float *kni = w->kn + (size_t)(a0 + i) * K, *qni = w->qn + (size_t)(a0 + i) * K;
+        for (int p = 0; p < K; p += 4) {
+          v4f P = vload(w->vec + p) * vload(egi + p);
+          vstore(w->vec + p, P);
+          vstore(w->lf + (size_t)i * K + p, P * vload(kni + p));
+          vstore(w->lf + (size_t)(SUB + i) * K + p, P * vload(qni + p));
+        }
+      }
+      memset(w->G, 0, sizeof(float) * 2 * SUB * C);
+      /* rows [0,na) are k-left, rows [SUB, SUB+na) q-left; columns 0 .. a0-1 */
+      mm_acc(SUB + na, a0, K, w->lf, K, w->rT, C, w->G, C);
+      for (int i = 0; i < na; i++) {
+        float mb = -beta[(size_t)(a0 + i) * H];
+        float *Ai = w->A + (size_t)(a0 + i) * C, *QKi = w->QK + (size_t)(a0 + i) * C;
+        const float *Gk = w->G + (size_t)i * C, *Gq = w->G + (size_t)(SUB + i) * C;
+        for (int j = 0; j < a0; j++) {
+          Ai[j] = mb * Gk[j];
+          QKi[j] = Gq[j];
+        }
+      }
     }
-    float *ri = w->run + (size_t)i * K;
-    for (int p = 0; p < K; p += 4) vstore(ri + p, vload(ki + p) * vsplat(ksc[i]));
-    QKi[i] = qsc[i] * ksc[i] * dot(qi, ki, K);
+    /* the diagonal block: running products over the pairs of the sub-chunk */
+    for (int i = 0; i < na; i++) {
+      int ai = a0 + i;
+      const float *egi = w->eg + (size_t)ai * K, *kni = w->kn + (size_t)ai * K;
+      const float *qni = w->qn + (size_t)ai * K;
+      float *Ai = w->A + (size_t)ai * C, *QKi = w->QK + (size_t)ai * C;
+      float mb = -beta[(size_t)ai * H];
+      for (int j = 0; j < i; j++) {
+        float *rj = w->run + (size_t)j * K;
+        v4f s0 = vsplat(0), s1 = vsplat(0);
+        for (int p = 0; p < K; p += 4) {
+          v4f r = vload(rj + p) * vload(egi + p);
+          vstore(rj + p, r);
+          s0 += r * vload(kni + p);
+          s1 += r * vload(qni + p);
+        }
+        Ai[a0 + j] = mb * vsum(s0);
+        QKi[a0 + j] = vsum(s1);
+      }
+      memcpy(w->run + (size_t)i * K, kni, sizeof(float) * (size_t)K);
+      QKi[ai] = dot(qni, kni, K);
+    }
   }
+  /* one pass over S for both sides: [kp; qp] S -> [kp S; qp S] */
+  memset(w->d, 0, sizeof(float) * 2 * (size_t)c * V);
+  mm_acc(2 * c, V, K, w->kp, K, Sh, V, w->d, V);
   /* d = beta (v - kp S): the part of each update that the entering state explains */
-  memset(w->d, 0, sizeof(float) * (size_t)c * V);
-  mm_acc(c, V, K, w->kp, K, Sh, V, w->d, V);
   for (int i = 0; i < c; i++) {
     float *di = w->d + (size_t)i * V;
     const float *vi = v + i * sv;
     v4f b = vsplat(beta[(size_t)i * H]);
     for (int p = 0; p < V; p += 4) vstore(di + p, b * (vload(vi + p) - vload(di + p)));
   }
-  /* forward substitution: d_i += sum_{j<i} A_ij d_j, i.e. d = (I - A)^-1 rhs */
-  for (int i = 1; i < c; i++) {
-    float *di = w->d + (size_t)i * V;
-    const float *Ai = w->A + (size_t)i * C;
-    for (int p = 0; p < V; p += 4) {
-      v4f acc = vload(di + p);
-      for (int j = 0; j < i; j++) acc += vsplat(Ai[j]) * vload(w->d + (size_t)j * V + p);
-      vstore(di + p, acc);
+  /* forward substitution d = (I - A)^-1 rhs, in blocks of 4 rows: the part below the diagonal
+   * block is a matmul, the 4x4 diagonal block is solved row by row */
+  for (int i0 = 0; i0 < c; i0 += 4) {
+    int ni = c - i0 < 4 ? c - i0 : 4;
+    if (i0) mm_acc(ni, V, i0, w->A + (size_t)i0 * C, C, w->d, V, w->d + (size_t)i0 * V, V);
+    for (int i = i0 + 1; i < i0 + ni; i++) {
+      float *di = w->d + (size_t)i * V;
+      const float *Ai = w->A + (size_t)i * C;
+      for (int j = i0; j < i; j++) {
+        v4f a = vsplat(Ai[j]);
+        const float *dj = w->d + (size_t)j * V;
+        for (int p = 0; p < V; p += 4) vstore(di + p, vload(di + p) + a * vload(dj + p));
+      }
     }
   }
-  /* o = qp S + tril(QK) d; QK's upper triangle is zero (set once per call) */
-  for (int i = 0; i < c; i++) memset(o + i * sv, 0, sizeof(float) * (size_t)V);
-  mm_acc(c, V, K, w->qp, K, Sh, V, o, (int)sv);
-  mm_acc(c, V, c, w->QK, C, w->d, V, o, (int)sv);
-  /* S <- diag(plast) S + ksT d */
-  for (int p = 0; p < K; p++) {
-    float *r = Sh + (size_t)p * V;
-    v4f f = vsplat(w->plast[p]);
-    for (int jv = 0; jv < V; jv += 4) vstore(r + jv, vload(r + jv) * f);
+  /* o = qp S + tril(QK) d, each block of 4 rows stopping at the diagonal */
+  for (int i = 0; i < c; i++) memcpy(o + i * sv, w->d + (size_t)(c + i) * V, sizeof(float) * (size_t)V);
+  for (int i0 = 0; i0 < c; i0 += 4) {
+    int ni = c - i0 < 4 ? c - i0 : 4;
+    mm_acc(ni, V, i0 + ni, w->QK + (size_t)i0 * C, C, w->d, V, o + i0 * sv, (int)sv);
   }
-  mm_acc(K, V, c, w->ksT, C, w->d, V, Sh, V);
+  /* S <- diag(plast) S + ksT d */
+  mm_acc_rs(K, V, c, w->ksT, C, w->d, V, Sh, V, w->plast);
 }
 
 int kle_kda_chunk(float *S, const float *q, const float *k, const float *v, const float *g,
                   const float *beta, float *o, int T, int H, int K, int V, float scale,
-                  int flags) {
-  if (T < 0 || !kda_dims_ok(H, K, V)) return KLE_EINVAL;
+                  int flags, int chunk) {
+  if (chunk == 0) chunk = KLE_KDA_CHUNK_CPU;
+  if (T < 0 || !kda_dims_ok(H, K, V) || chunk < SUB || chunk > KLE_KDA_CHUNK || chunk % SUB)
+    return KLE_EINVAL;
   if (T == 0) return KLE_OK;
-  const size_t C = KLE_KDA_CHUNK;
-  size_t n = 4 * C * K + (size_t)K * C + 2 * C * C + C * V + K + 2 * C;
+  const size_t C = KLE_KDA_CHUNK, Kz = (size_t)K;
+  size_t n = 6 * C * Kz + 2 * SUB * Kz + 2 * Kz * C + SUB * Kz + 2 * SUB * C + 2 * C * C +
+             2 * C * (size_t)V + 2 * Kz;
   float *buf = calloc(n, sizeof(float));
   if (!buf) return KLE_ENOMEM;
   chunk_work w;
   float *p = buf;
-  w.eg = p; p += C * K;
-  w.kp = p; p += C * K;
-  w.qp = p; p += C * K;
-  w.ksT = p; p += (size_t)K * C;
-  w.run = p; p += C * K;
+  w.eg = p; p += C * Kz;
+  w.kn = p; p += C * Kz;
+  w.qn = p; p += C * Kz;
+  w.kp = p; p += 2 * C * Kz;
+  w.lf = p; p += 2 * SUB * Kz;
+  w.rT = p; p += Kz * C;
+  w.ksT = p; p += Kz * C;
+  w.run = p; p += SUB * Kz;
+  w.G = p; p += 2 * SUB * C;
   w.A = p; p += C * C;
   w.QK = p; p += C * C;
-  w.d = p; p += C * V;
-  w.plast = p; p += K;
-  w.kn = p;
-  for (int h = 0; h < H; h++) {
-    float *Sh = S + (size_t)h * K * V;
-    for (int t0 = 0; t0 < T; t0 += (int)C) {
-      int c = T - t0 < (int)C ? T - t0 : (int)C;
+  w.d = p; p += 2 * C * (size_t)V;
+  w.plast = p; p += Kz;
+  w.vec = p;
+  /* chunks outside, heads inside: a chunk's rows of every head are adjacent in memory, so the
+   * inputs stream once in order; the states (H*K*V floats) are what gets revisited */
+  for (int t0 = 0; t0 < T; t0 += chunk) {
+    int c = T - t0 < chunk ? T - t0 : chunk;
+    for (int h = 0; h < H; h++) {
       size_t qk = ((size_t)t0 * H + h) * K, vo = ((size_t)t0 * H + h) * V;
-      kda_chunk_head(Sh, q + qk, k + qk, v + vo, g + qk, beta + (size_t)t0 * H + h, o + vo, c, H,
-                     K, V, scale, flags, &w);
+      kda_chunk_head(S + (size_t)h * K * V, q + qk, k + qk, v + vo, g + qk,
+                     beta + (size_t)t0 * H + h, o + vo, c, H, K, V, scale, flags, &w);
     }
   }
   free(buf);

@@ -84,9 +84,29 @@ static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
   }
 }
 
+/*
+ * Quantized rows decode in a permuted order: 16 bytes are read as four int32 words and byte k
+ * of every word is extracted with shifts, giving elements k, k+4, k+8, k+12 in one vector. Only
+ * same-width shifts and int->float converts are needed, which every SIMD target has (clang's
+ * wasm backend scalarizes the narrow-lane widening shuffles). The activations are permuted the
+ * same way once per call (permute16), and a dot product does not care about order.
+ */
+static inline void q8x16_decode(const uint8_t *b, v4f d, float *out) {
+  v4i w = *(const v4i_u *)b;
+  vstore(out, d * __builtin_convertvector((w << 24) >> 24, v4f));
+  vstore(out + 4, d * __builtin_convertvector((w << 16) >> 24, v4f));
+  vstore(out + 8, d * __builtin_convertvector((w << 8) >> 24, v4f));
+  vstore(out + 12, d * __builtin_convertvector(w >> 24, v4f));
+}
+
+/* x[16g + 4k + l] <- src[16g + k + 4l]: the order q8x16_decode produces */
+static void permute16(const float *src, float *dst, int n) {
+  for (int g = 0; g < n; g += 16)
+    for (int k = 0; k < 4; k++)
+      for (int l = 0; l < 4; l++) dst[g + 4 * k + l] = src[g + k + 4 * l];
+}
+
 static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) {
-  typedef int8_t v4i8 __attribute__((vector_size(4), aligned(1), may_alias));
-  typedef uint8_t v4u8 __attribute__((vector_size(4), aligned(1), may_alias));
   int i = 0;
   switch (fmt) {
   case KLE_W_BF16:
@@ -99,18 +119,18 @@ static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) 
     for (; i < n; i += KLE_QK) {
       const uint8_t *b = row + (long)((k0 + i) / KLE_QK) * Q8_BYTES;
       v4f d = vsplat(block_scale(b));
-      for (int j = 0; j < KLE_QK; j += 4)
-        vstore(out + i + j, d * __builtin_convertvector(*(const v4i8 *)(b + 2 + j), v4f));
+      q8x16_decode(b + 2, d, out + i);
+      q8x16_decode(b + 18, d, out + i + 16);
     }
     return;
   case KLE_W_Q4_0:
     for (; i < n; i += KLE_QK) {
       const uint8_t *b = row + (long)((k0 + i) / KLE_QK) * Q4_BYTES;
       v4f d = vsplat(block_scale(b));
-      for (int j = 0; j < 16; j += 4) {
-        v4i x = __builtin_convertvector(*(const v4u8 *)(b + 2 + j), v4i);
-        vstore(out + i + j, d * __builtin_convertvector((x & 15) - 8, v4f));
-        vstore(out + i + j + 16, d * __builtin_convertvector((x >> 4) - 8, v4f));
+      v4i w = *(const v4i_u *)(b + 2); /* byte j: element j (low nibble), j+16 (high nibble) */
+      for (int k = 0; k < 4; k++) {
+        vstore(out + i + 4 * k, d * __builtin_convertvector(((w >> (8 * k)) & 15) - 8, v4f));
+        vstore(out + i + 16 + 4 * k, d * __builtin_convertvector(((w >> (8 * k + 4)) & 15) - 8, v4f));
       }
     }
     return;
@@ -243,6 +263,13 @@ static void tile_dots(const float *const w[4], int nr, const float *X, int n_in,
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
   if (!mm_args_ok(fmt, T, n_out, n_in)) return KLE_EINVAL;
   long rb = kle_row_bytes(fmt, n_in);
+  float *Xp = NULL;
+  if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) { /* decoded in permuted order: see q8x16_decode */
+    Xp = malloc(sizeof(float) * (size_t)T * n_in + 1);
+    if (!Xp) return KLE_ENOMEM;
+    for (int t = 0; t < T; t++) permute16(X + (size_t)t * n_in, Xp + (size_t)t * n_in, n_in);
+    X = Xp;
+  }
   float tile[4][KC];
   memset(Y, 0, sizeof(float) * (size_t)T * n_out);
   for (int n0 = 0; n0 < n_out; n0 += 4) {
@@ -262,5 +289,6 @@ int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_ou
       tile_dots(w, nr, X, n_in, k0, kn, T, Y, n_out, n0);
     }
   }
+  free(Xp);
   return KLE_OK;
 }
