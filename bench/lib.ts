@@ -1,52 +1,9 @@
 import { cpus, totalmem, platform, arch } from 'node:os';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { KernelBackend } from '../src/engine/backend.js';
-import type { KleFunctionName } from '../src/engine/kle-abi.js';
-import { KLE_ABI } from '../src/engine/kle-abi.js';
-import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { packageRoot } from '../src/engine/node-kernels.js';
 
-export type BenchArg = number | Float32Array | Uint8Array | Int32Array | null;
-
-/**
- * A kernel call with its arguments placed once, so that timing covers the kernel only: for wasm
- * the arrays are copied into linear memory up front and the call passes pointers; for native the
- * addon takes the typed arrays by pointer anyway.
- */
-export interface BoundCall {
-  run(): number;
-  /** reads an array argument back (after the runs), for sanity checks */
-  read(i: number): Float32Array;
-  dispose(): void;
-}
-
-export function bind(backend: KernelBackend, fn: KleFunctionName, args: BenchArg[]): BoundCall {
-  if (backend instanceof WasmBackend) {
-    const ptrs: number[] = [];
-    const owned: number[] = [];
-    KLE_ABI[fn].params.forEach((p, i) => {
-      const a = args[i];
-      if (p.kind === 'in' || p.kind === 'inout') {
-        if (!a || typeof a === 'number') return void ptrs.push(0);
-        const ptr = backend.alloc(a.byteLength);
-        owned.push(ptr);
-        new Uint8Array(backend.memory.buffer, ptr, a.byteLength).set(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-        ptrs.push(ptr);
-      } else ptrs.push(a as number);
-    });
-    return {
-      run: () => backend.raw(fn, ...ptrs),
-      read: (i) => backend.f32(ptrs[i]!, (args[i] as Float32Array).length).slice(),
-      dispose: () => owned.forEach((p) => backend.free(p)),
-    };
-  }
-  return {
-    run: () => backend.call(fn, args),
-    read: (i) => (args[i] as Float32Array).slice(),
-    dispose: () => {},
-  };
-}
+export { bind, type BoundArg as BenchArg, type BoundCall } from '../src/engine/bound-call.js';
 
 /** Median wall time in ms of `runs` calls after one warm-up; stops early past `budgetMs`. */
 export function timeIt(f: () => unknown, runs: number, budgetMs = 20_000): { median: number; runs: number } {

@@ -71,7 +71,11 @@ export class WasmBackend implements KernelBackend {
     return f(...args);
   }
 
-  call(fn: KleFunctionName, args: readonly AbiArg[]): number {
+  /**
+   * Copies the array arguments of `fn` into linear memory: returns the numeric argument list for
+   * {@link raw} and the allocations the caller must {@link free}.
+   */
+  place(fn: KleFunctionName, args: readonly AbiArg[]): { ptrs: number[]; owned: number[] } {
     const sig = KLE_ABI[fn];
     if (args.length !== sig.params.length) throw new TypeError(`${fn}: expected ${sig.params.length} arguments`);
     const ptrs: number[] = [];
@@ -80,10 +84,7 @@ export class WasmBackend implements KernelBackend {
       sig.params.forEach((p, i) => {
         const a = args[i];
         if (p.kind === 'in' || p.kind === 'inout') {
-          if (a === null || a === undefined) {
-            ptrs.push(0);
-            return;
-          }
+          if (a === null || a === undefined) return void ptrs.push(0);
           if (typeof a === 'number') throw new TypeError(`${fn}: ${p.name} must be a typed array`);
           const ptr = this.alloc(a.byteLength);
           owned.push(ptr);
@@ -94,8 +95,18 @@ export class WasmBackend implements KernelBackend {
           ptrs.push(a);
         }
       });
+    } catch (e) {
+      owned.forEach((p) => this.free(p));
+      throw e;
+    }
+    return { ptrs, owned };
+  }
+
+  call(fn: KleFunctionName, args: readonly AbiArg[]): number {
+    const { ptrs, owned } = this.place(fn, args);
+    try {
       const rc = this.raw(fn, ...ptrs);
-      sig.params.forEach((p, i) => {
+      KLE_ABI[fn].params.forEach((p, i) => {
         const a = args[i];
         if (p.kind === 'inout' && a && typeof a !== 'number') {
           new Uint8Array(a.buffer, a.byteOffset, a.byteLength).set(new Uint8Array(this.exports.memory.buffer, ptrs[i], a.byteLength));

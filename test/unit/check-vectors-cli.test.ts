@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { writeSafetensors } from '../../src/model/safetensors-writer.js';
-import { kdaRecurrence64 } from '../helpers/kda-ref64.js';
+import { kdaRecurrence64 } from '../../src/verify/kda-ref64.js';
 import { l2rows, Rng, SEED } from '../helpers/rng.js';
 
 const root = join(import.meta.dirname, '../..');

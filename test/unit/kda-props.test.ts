@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { KDA_CHUNK_LENGTHS, KernelError, type KdaChunkLength, type Kernels } from '../../src/engine/kernels.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { allKernels } from '../helpers/kernels.js';
-import { kdaRecurrence64 } from '../helpers/kda-ref64.js';
+import { kdaRecurrence64 } from '../../src/verify/kda-ref64.js';
 import { l2rows, Rng, SEED } from '../helpers/rng.js';
 
 interface Case { T: number; H: number; K: number; V: number; gLo: number; l2: boolean }

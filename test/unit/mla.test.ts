@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { relErr } from '../../src/verify/relerr.js';
 import { allKernels } from '../helpers/kernels.js';
-import { mlaLongWay64 } from '../helpers/mla-ref64.js';
+import { mlaLongWay64 } from '../../src/verify/mla-ref64.js';
 import { Rng, SEED } from '../helpers/rng.js';
 
 const rng = new Rng(SEED ^ 0x5eed);

@@ -157,79 +157,67 @@ int kle_kda_step(float *S, const float *q, const float *k, const float *v, const
 
 /* ------------------------------------------------------------------ chunked prefill */
 
-/* one row: c[0:n] = r c + a[0:Kd] B[0:Kd, 0:n], n a multiple of 4 */
-static void mm_row(const float *a, const float *B, int ldb, float *c, int n, int Kd, float r) {
-  for (int j = 0; j < n; j += 4) {
-    v4f x = vload(c + j) * vsplat(r);
-    for (int p = 0; p < Kd; p++) x += vsplat(a[p]) * vload(B + (size_t)p * ldb + j);
-    vstore(c + j, x);
+/*
+ * One register block of C[M,N] = diag(rs) C + A B: R rows x NV vectors of 4 columns. R and NV
+ * are constants at every call site, so the loops unroll and the accumulators live in registers.
+ */
+static inline __attribute__((always_inline)) void mm_block(const int R, const int NV, int Kd,
+                                                           const float *A, int lda, const float *B,
+                                                           int ldb, float *C, int ldc,
+                                                           const float *rs) {
+  v4f x[4][3];
+  for (int r = 0; r < R; r++) {
+    v4f sc = vsplat(rs ? rs[r] : 1.0f);
+    for (int v = 0; v < NV; v++) x[r][v] = vload(C + (size_t)r * ldc + 4 * v) * sc;
   }
+  for (int p = 0; p < Kd; p++) {
+    const float *b = B + (size_t)p * ldb;
+    v4f bv[3];
+    for (int v = 0; v < NV; v++) bv[v] = vload(b + 4 * v);
+    for (int r = 0; r < R; r++) {
+      v4f s = vsplat(A[(size_t)r * lda + p]);
+      for (int v = 0; v < NV; v++) x[r][v] += s * bv[v];
+    }
+  }
+  for (int r = 0; r < R; r++)
+    for (int v = 0; v < NV; v++) vstore(C + (size_t)r * ldc + 4 * v, x[r][v]);
 }
+
+/* every row block over one stripe of NV vectors */
+static inline __attribute__((always_inline)) void mm_stripe(const int NV, int M, int Kd,
+                                                            const float *A, int lda, const float *B,
+                                                            int ldb, float *C, int ldc,
+                                                            const float *rs) {
+  int i = 0;
+  for (; i + 4 <= M; i += 4)
+    mm_block(4, NV, Kd, A + (size_t)i * lda, lda, B, ldb, C + (size_t)i * ldc, ldc, rs ? rs + i : NULL);
+  for (; i < M; i++)
+    mm_block(1, NV, Kd, A + (size_t)i * lda, lda, B, ldb, C + (size_t)i * ldc, ldc, rs ? rs + i : NULL);
+}
+
+/* Stripe width in vectors: 3 (12 accumulators) natively; 2 in wasm, where V8 keeps one of
+ * x64's 16 vector registers as scratch and 12 accumulators would spill. */
+#ifdef __wasm__
+#define MM_NV 2
+#else
+#define MM_NV 3
+#endif
 
 /*
  * C[M,N] = diag(rs) C + A[M,Kd] B[Kd,N] (rs NULL: no scaling), row-major with leading
- * dimensions; N a multiple of 4. Register block: 4 rows x 12 columns natively, so 12
- * independent accumulators hide the multiply-add latency and each B load feeds 4 rows; 8- and
- * 4-column blocks otherwise.
+ * dimensions; N a multiple of 4. Column stripes outside, row blocks inside, so a stripe of B
+ * stays in cache while every row block of A passes over it. (Packing stripes contiguously, as
+ * BLAS does, measured slower here: the copy costs more than the set conflicts it avoids.)
  */
 static void mm_acc_rs(int M, int N, int Kd, const float *A, int lda, const float *B, int ldb,
                       float *Cm, int ldc, const float *rs) {
-  /* column stripes outside, row blocks inside: a stripe of B (Kd x 12 floats) stays in L1
-   * while every row block of A passes over it */
-  int j = 0;
-#ifndef __wasm__ /* V8 keeps one of x64's 16 vector registers as scratch: 12 accumulators spill */
-  for (; j + 12 <= N; j += 12) {
-    int i = 0;
-    for (; i + 4 <= M; i += 4) {
-      const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-      float *c0 = Cm + (size_t)i * ldc + j, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
-      v4f r0 = vsplat(rs ? rs[i] : 1.0f), r1 = vsplat(rs ? rs[i + 1] : 1.0f);
-      v4f r2 = vsplat(rs ? rs[i + 2] : 1.0f), r3 = vsplat(rs ? rs[i + 3] : 1.0f);
-      v4f x00 = vload(c0) * r0, x01 = vload(c0 + 4) * r0, x02 = vload(c0 + 8) * r0;
-      v4f x10 = vload(c1) * r1, x11 = vload(c1 + 4) * r1, x12 = vload(c1 + 8) * r1;
-      v4f x20 = vload(c2) * r2, x21 = vload(c2 + 4) * r2, x22 = vload(c2 + 8) * r2;
-      v4f x30 = vload(c3) * r3, x31 = vload(c3 + 4) * r3, x32 = vload(c3 + 8) * r3;
-      for (int p = 0; p < Kd; p++) {
-        const float *b = B + (size_t)p * ldb + j;
-        v4f b0 = vload(b), b1 = vload(b + 4), b2 = vload(b + 8), s;
-        s = vsplat(a0[p]); x00 += s * b0; x01 += s * b1; x02 += s * b2;
-        s = vsplat(a1[p]); x10 += s * b0; x11 += s * b1; x12 += s * b2;
-        s = vsplat(a2[p]); x20 += s * b0; x21 += s * b1; x22 += s * b2;
-        s = vsplat(a3[p]); x30 += s * b0; x31 += s * b1; x32 += s * b2;
-      }
-      vstore(c0, x00); vstore(c0 + 4, x01); vstore(c0 + 8, x02);
-      vstore(c1, x10); vstore(c1 + 4, x11); vstore(c1 + 8, x12);
-      vstore(c2, x20); vstore(c2 + 4, x21); vstore(c2 + 8, x22);
-      vstore(c3, x30); vstore(c3 + 4, x31); vstore(c3 + 8, x32);
-    }
-    for (; i < M; i++) mm_row(A + (size_t)i * lda, B + j, ldb, Cm + (size_t)i * ldc + j, 12, Kd, rs ? rs[i] : 1.0f);
+  for (int j = 0; j < N;) {
+    int nv = (N - j) / 4 < MM_NV ? (N - j) / 4 : MM_NV;
+    if (nv == 3) mm_stripe(3, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
+    else if (nv == 2) mm_stripe(2, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
+    else mm_stripe(1, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
+    j += 4 * nv;
   }
-#endif
-  for (; j + 8 <= N; j += 8) {
-    int i = 0;
-    for (; i + 4 <= M; i += 4) {
-      const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-      float *c0 = Cm + (size_t)i * ldc + j, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
-      v4f r0 = vsplat(rs ? rs[i] : 1.0f), r1 = vsplat(rs ? rs[i + 1] : 1.0f);
-      v4f r2 = vsplat(rs ? rs[i + 2] : 1.0f), r3 = vsplat(rs ? rs[i + 3] : 1.0f);
-      v4f x00 = vload(c0) * r0, x01 = vload(c0 + 4) * r0, x10 = vload(c1) * r1, x11 = vload(c1 + 4) * r1;
-      v4f x20 = vload(c2) * r2, x21 = vload(c2 + 4) * r2, x30 = vload(c3) * r3, x31 = vload(c3 + 4) * r3;
-      for (int p = 0; p < Kd; p++) {
-        const float *b = B + (size_t)p * ldb + j;
-        v4f b0 = vload(b), b1 = vload(b + 4), s;
-        s = vsplat(a0[p]); x00 += s * b0; x01 += s * b1;
-        s = vsplat(a1[p]); x10 += s * b0; x11 += s * b1;
-        s = vsplat(a2[p]); x20 += s * b0; x21 += s * b1;
-        s = vsplat(a3[p]); x30 += s * b0; x31 += s * b1;
-      }
-      vstore(c0, x00); vstore(c0 + 4, x01); vstore(c1, x10); vstore(c1 + 4, x11);
-      vstore(c2, x20); vstore(c2 + 4, x21); vstore(c3, x30); vstore(c3 + 4, x31);
-    }
-    for (; i < M; i++) mm_row(A + (size_t)i * lda, B + j, ldb, Cm + (size_t)i * ldc + j, 8, Kd, rs ? rs[i] : 1.0f);
-  }
-  if (j < N)
-    for (int i = 0; i < M; i++)
-      mm_row(A + (size_t)i * lda, B + j, ldb, Cm + (size_t)i * ldc + j, N - j, Kd, rs ? rs[i] : 1.0f);
 }
 
 static void mm_acc(int M, int N, int Kd, const float *A, int lda, const float *B, int ldb,

@@ -1,0 +1,34 @@
+/**
+ * kimi-linear-edge: the portable part of the runtime (no Node APIs), usable in Node, Deno, Bun,
+ * Cloudflare Workers and browsers. Node helpers that read the package's files or load the
+ * native addon are in `kimi-linear-edge/node`.
+ */
+export type { AbiArg, AbiFunction, AbiParam } from './engine/abi-types.js';
+export type { BackendName, KernelBackend } from './engine/backend.js';
+export {
+  Kernels,
+  KernelError,
+  WeightFormat,
+  KDA_CHUNK_LENGTHS,
+  KDA_CHUNK_CPU,
+  MAX_HEAD_DIM,
+  type Impl,
+  type KdaArgs,
+  type KdaChunkLength,
+  type MlaDecodeArgs,
+  type WeightFormatName,
+} from './engine/kernels.js';
+export { KLE_ABI, type KleFunctionName } from './engine/kle-abi.js';
+export { WasmBackend } from './engine/wasm-backend.js';
+export {
+  FormatError,
+  MAX_HEADER_BYTES,
+  parseSafetensors,
+  tensorF32,
+  type SafetensorsDtype,
+  type SafetensorsFile,
+  type SafetensorsTensor,
+} from './model/safetensors.js';
+export { writeSafetensors, type TensorToWrite } from './model/safetensors-writer.js';
+export { readKdaVector, runKdaVector, type KdaPath, type KdaVector, type KdaVectorResult } from './verify/kda-vectors.js';
+export { relErr } from './verify/relerr.js';
