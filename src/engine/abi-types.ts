@@ -1,7 +1,11 @@
 /** Shapes of the generated ABI table (src/engine/kle-abi.ts), which mirrors wasm/include/kle.h. */
 
-/** How a parameter crosses the boundary: pointers are `in` (const) or `inout`; scalars by C type. */
-export type AbiParamKind = 'in' | 'inout' | 'i32' | 'i64' | 'size' | 'f32';
+/**
+ * How a parameter crosses the boundary: array pointers are `in` (const) or `inout`; scalars by C
+ * type; `addr` is an address in the engine's memory (a handle or a buffer the engine owns), passed
+ * as a number (wasm32 offsets, or native user-space addresses, which stay below 2^53).
+ */
+export type AbiParamKind = 'in' | 'inout' | 'i32' | 'i64' | 'size' | 'f32' | 'addr';
 /** Element type behind a pointer parameter. */
 export type AbiElem = 'f32' | 'i32' | 'u16' | 'u8';
 
@@ -12,7 +16,7 @@ export interface AbiParam {
 }
 
 export interface AbiFunction {
-  readonly ret: 'i32' | 'i64' | 'f32' | 'void' | 'ptr';
+  readonly ret: 'i32' | 'i64' | 'f32' | 'void' | 'addr';
   readonly params: readonly AbiParam[];
 }
 

@@ -4,7 +4,7 @@ import type { AbiFunction } from './abi-types.js';
 export const KLE_ABI = {
   kle_api_version: { ret: 'i32', params: [] },
   kle_simd_enabled: { ret: 'i32', params: [] },
-  kle_alloc: { ret: 'ptr', params: [{ name: 'bytes', kind: 'size' }] },
+  kle_alloc: { ret: 'addr', params: [{ name: 'bytes', kind: 'size' }] },
   kle_free: { ret: 'void', params: [{ name: 'p', kind: 'inout', elem: 'u8' }] },
   kle_kda_step: { ret: 'i32', params: [{ name: 'S', kind: 'inout', elem: 'f32' }, { name: 'q', kind: 'in', elem: 'f32' }, { name: 'k', kind: 'in', elem: 'f32' }, { name: 'v', kind: 'in', elem: 'f32' }, { name: 'g', kind: 'in', elem: 'f32' }, { name: 'beta', kind: 'in', elem: 'f32' }, { name: 'o', kind: 'inout', elem: 'f32' }, { name: 'H', kind: 'i32' }, { name: 'K', kind: 'i32' }, { name: 'V', kind: 'i32' }, { name: 'scale', kind: 'f32' }, { name: 'flags', kind: 'i32' }] },
   kle_kda_step_ref: { ret: 'i32', params: [{ name: 'S', kind: 'inout', elem: 'f32' }, { name: 'q', kind: 'in', elem: 'f32' }, { name: 'k', kind: 'in', elem: 'f32' }, { name: 'v', kind: 'in', elem: 'f32' }, { name: 'g', kind: 'in', elem: 'f32' }, { name: 'beta', kind: 'in', elem: 'f32' }, { name: 'o', kind: 'inout', elem: 'f32' }, { name: 'H', kind: 'i32' }, { name: 'K', kind: 'i32' }, { name: 'V', kind: 'i32' }, { name: 'scale', kind: 'f32' }, { name: 'flags', kind: 'i32' }] },

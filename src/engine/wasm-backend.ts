@@ -50,7 +50,8 @@ export class WasmBackend implements KernelBackend {
 
   /** Allocates `bytes` in linear memory; throws when the module cannot grow. */
   alloc(bytes: number): number {
-    const p = this.exports.malloc(Math.max(1, bytes));
+    // addresses above 2 GiB come back from wasm as negative i32s
+    const p = this.exports.malloc(Math.max(1, bytes)) >>> 0;
     if (p === 0) throw new RangeError(`wasm allocation of ${bytes} bytes failed`);
     return p;
   }

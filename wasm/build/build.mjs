@@ -1,0 +1,106 @@
+#!/usr/bin/env node
+// build.mjs: builds the C sources of wasm/ for every CPU target, from one source set.
+//   wasm    emcc -O3 -msimd128 -> wasm/dist/kle-simd.wasm, and emcc -O3 without SIMD ->
+//           wasm/dist/kle-scalar.wasm (the same code with the vector extensions lowered to
+//           scalars: the baseline the benchmarks compare against)
+//   abi     src/engine/kle-abi.ts from the prototypes of wasm/include/kle.h
+//   native  gcc -O3 -march=native -> build/native/kle.node (Node addon, N-API wrappers generated)
+//   check   rebuilds wasm + abi into a temporary folder and fails if the committed ones differ
+// Usage: node wasm/build/build.mjs STEP...   (default: wasm abi native)
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { abiTs, parseHeader } from './abi.mjs';
+import { addonC } from './addon-gen.mjs';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const header = join(root, 'wasm', 'include', 'kle.h');
+const abiPath = join(root, 'src', 'engine', 'kle-abi.ts');
+const distDir = join(root, 'wasm', 'dist');
+
+function sources() {
+  const out = [];
+  for (const dir of ['kernels', 'engine']) {
+    const d = join(root, 'wasm', dir);
+    if (!existsSync(d)) continue;
+    for (const f of readdirSync(d).sort()) if (f.endsWith('.c')) out.push(join(d, f));
+  }
+  return out;
+}
+
+function run(cmd, args) {
+  execFileSync(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: root });
+}
+
+// Flags shared by both wasm variants. No -ffast-math anywhere: vexp's rounding trick and the
+// references' summation order depend on IEEE semantics. STANDALONE_WASM with --no-entry gives
+// a reactor module whose only import is the memory-growth notification.
+const common = [
+  '-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-I', join(root, 'wasm', 'include'),
+  '--no-entry', '-sSTANDALONE_WASM=1', '-sALLOW_MEMORY_GROWTH=1', '-sINITIAL_MEMORY=16MB',
+  '-sMAXIMUM_MEMORY=4GB', '-sTOTAL_STACK=1MB', '-sFILESYSTEM=0', '-sERROR_ON_UNDEFINED_SYMBOLS=1',
+];
+
+function buildWasm(outDir) {
+  mkdirSync(outDir, { recursive: true });
+  const fns = parseHeader(header);
+  const exportsList = JSON.stringify(['_malloc', '_free', ...fns.map((f) => `_${f.name}`)]);
+  const exp = `-sEXPORTED_FUNCTIONS=${exportsList}`;
+  run('emcc', [...common, '-msimd128', exp, ...sources(), '-o', join(outDir, 'kle-simd.wasm')]);
+  run('emcc', [...common, exp, ...sources(), '-o', join(outDir, 'kle-scalar.wasm')]);
+}
+
+function nodeIncludeDir() {
+  const candidates = [join(dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node', '/usr/local/include/node'];
+  const found = candidates.find((d) => existsSync(join(d, 'node_api.h')));
+  if (!found) throw new Error(`node_api.h not found in ${candidates.join(', ')}: install Node's headers`);
+  return found;
+}
+
+function buildNative() {
+  const outDir = join(root, 'build', 'native');
+  mkdirSync(outDir, { recursive: true });
+  const addon = join(outDir, 'addon.c');
+  writeFileSync(addon, addonC(parseHeader(header)));
+  const cc = process.env.CC ?? 'gcc';
+  run(cc, [
+    '-O3', '-march=native', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared',
+    '-DNODE_GYP_MODULE_NAME=kle', '-I', join(root, 'wasm', 'include'), '-I', nodeIncludeDir(),
+    ...sources(), addon, '-o', join(outDir, 'kle.node'), '-lm',
+  ]);
+}
+
+function check() {
+  const tmp = mkdtempSync(join(tmpdir(), 'kle-check-'));
+  const stale = [];
+  try {
+    buildWasm(tmp);
+    for (const f of ['kle-simd.wasm', 'kle-scalar.wasm']) {
+      const committed = join(distDir, f);
+      if (!existsSync(committed) || !readFileSync(committed).equals(readFileSync(join(tmp, f)))) stale.push(`wasm/dist/${f}`);
+    }
+    const abi = abiTs(parseHeader(header));
+    if (!existsSync(abiPath) || readFileSync(abiPath, 'utf8') !== abi) stale.push('src/engine/kle-abi.ts');
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  if (stale.length) {
+    console.error(`stale build outputs (run \`npm run build:wasm\` and commit): ${stale.join(', ')}`);
+    process.exit(1);
+  }
+  console.log('wasm/dist and src/engine/kle-abi.ts match the C sources');
+}
+
+const steps = process.argv.slice(2);
+for (const step of steps.length ? steps : ['wasm', 'abi', 'native']) {
+  if (step === 'wasm') buildWasm(distDir);
+  else if (step === 'abi') writeFileSync(abiPath, abiTs(parseHeader(header)));
+  else if (step === 'native') buildNative();
+  else if (step === 'check') check();
+  else {
+    console.error(`unknown step "${step}" (wasm | abi | native | check)`);
+    process.exit(2);
+  }
+}
