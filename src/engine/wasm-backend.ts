@@ -106,7 +106,9 @@ export class WasmBackend implements KernelBackend {
   call(fn: KleFunctionName, args: readonly AbiArg[]): number {
     const { ptrs, owned } = this.place(fn, args);
     try {
-      const rc = this.raw(fn, ...ptrs);
+      const r = this.raw(fn, ...ptrs);
+      // addresses come back as i32: above 2 GiB they read negative
+      const rc = KLE_ABI[fn].ret === 'addr' ? r >>> 0 : r;
       KLE_ABI[fn].params.forEach((p, i) => {
         const a = args[i];
         if (p.kind === 'inout' && a && typeof a !== 'number') {

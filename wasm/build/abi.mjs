@@ -15,12 +15,13 @@ function paramOf(decl) {
     const base = type.slice(0, -1).trim();
     const isConst = /^const\b/.test(base);
     const t = base.replace(/^const\s+/, '');
-    if (/^(kle_model|kle_session)$/.test(t)) return { name, kind: 'addr' };
+    if (/^(kle_model|kle_session)$/.test(t)) return { name, kind: 'addr', cast: '(void *)(uintptr_t)' };
     const elem = { float: 'f32', int32_t: 'i32', uint16_t: 'u16', uint8_t: 'u8', void: 'u8' }[t];
     if (!elem) throw new Error(`unsupported pointer type "${type}" for ${name}`);
     return { name, kind: isConst ? 'in' : 'inout', elem };
   }
   const kind = { int: 'i32', int32_t: 'i32', long: 'i64', int64_t: 'i64', size_t: 'size', float: 'f32', kle_addr: 'addr' }[type];
+  if (type === 'kle_addr') return { name, kind, cast: '(kle_addr)' };
   if (!kind) throw new Error(`unsupported parameter type "${type}" for ${name}`);
   return { name, kind };
 }

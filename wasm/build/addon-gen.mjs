@@ -26,7 +26,7 @@ function wrapper(f) {
     } else {
       body.push(getters[p.kind](i, v));
       if (p.kind === 'f32') call.push(`(float)${v}`);
-      else if (p.kind === 'addr') call.push(`(void *)(uintptr_t)${v}`);
+      else if (p.kind === 'addr') call.push(`${p.cast}${v}`);
       else if (p.kind === 'size') call.push(`(size_t)${v}`);
       else if (p.kind === 'i64') call.push(`(long)${v}`);
       else call.push(v);

@@ -185,6 +185,106 @@ int kle_sigmoid_ref(const float *x, float *y, int n);
 int kle_moe_route(const float *logits, const float *bias, int E, int topk, int n_group,
                   int topk_group, int act, int renorm, float scale, int32_t *idx, float *w);
 
+/* ---------------------------------------------------------------- memory */
+/*
+ * An address in the engine's memory: a handle or a buffer the engine owns. Hosts that share the
+ * engine's memory (wasm) read and write it directly; the native addon goes through these two.
+ */
+typedef uintptr_t kle_addr;
+int kle_mem_write(kle_addr dst, const uint8_t *src, size_t n);
+int kle_mem_read(kle_addr src, uint8_t *dst, size_t n);
+
+/* ---------------------------------------------------------------- engine: the hybrid model */
+/*
+ * The Kimi Linear forward pass (KimiLinearForCausalLM): embedding; per layer RMSNorm -> KDA or
+ * MLA -> residual, RMSNorm -> dense SwiGLU MLP or MoE -> residual; final RMSNorm; LM head.
+ * The host builds a model in three steps: kle_model_create(config), then for every tensor
+ * kle_model_tensor() (which checks the shape against the config and returns where to put the
+ * bytes), then kle_model_finalize().
+ */
+typedef struct kle_model kle_model;
+typedef struct kle_session kle_session;
+
+/* Integer config, in this order (then one KLE_LAYER_* per layer). */
+enum {
+  KLE_CFG_VOCAB, KLE_CFG_HIDDEN, KLE_CFG_LAYERS, KLE_CFG_INTER,
+  KLE_CFG_KDA_HEADS, KLE_CFG_KDA_HEAD_DIM, KLE_CFG_CONV, KLE_CFG_FULL_RANK_GATE,
+  KLE_CFG_MLA_HEADS, KLE_CFG_QK_NOPE, KLE_CFG_QK_ROPE, KLE_CFG_V_HEAD, KLE_CFG_KV_RANK,
+  KLE_CFG_EXPERTS, KLE_CFG_EXPERTS_PER_TOK, KLE_CFG_SHARED_EXPERTS, KLE_CFG_MOE_INTER,
+  KLE_CFG_FIRST_DENSE, KLE_CFG_MOE_FREQ, KLE_CFG_N_GROUP, KLE_CFG_TOPK_GROUP,
+  KLE_CFG_ROUTER_ACT, KLE_CFG_RENORM, KLE_CFG_TIED,
+  KLE_CFG_N_INTS
+};
+/* Float config, in this order. GATE_LOWER_BOUND 0 selects the softplus gate (kle_kda_gate). */
+enum { KLE_CFGF_RMS_EPS, KLE_CFGF_ROUTED_SCALE, KLE_CFGF_GATE_LOWER_BOUND, KLE_CFGF_N };
+#define KLE_LAYER_KDA 0
+#define KLE_LAYER_MLA 1
+
+/* Tensor roles. Shapes are [rows, cols] as in HF's nn.Linear ([out, in]). */
+enum {
+  KLE_T_TOK_EMBD, KLE_T_OUT_NORM, KLE_T_LM_HEAD,
+  KLE_T_ATTN_NORM, KLE_T_FFN_NORM,
+  KLE_T_KDA_Q, KLE_T_KDA_K, KLE_T_KDA_V, KLE_T_KDA_CONV_Q, KLE_T_KDA_CONV_K, KLE_T_KDA_CONV_V,
+  KLE_T_KDA_F_A, KLE_T_KDA_F_B, KLE_T_KDA_A_LOG, KLE_T_KDA_DT_BIAS, KLE_T_KDA_BETA,
+  KLE_T_KDA_G_A, KLE_T_KDA_G_B, KLE_T_KDA_O_NORM, KLE_T_KDA_O,
+  KLE_T_MLA_Q, KLE_T_MLA_KV_A, KLE_T_MLA_KV_NORM, KLE_T_MLA_KV_B, KLE_T_MLA_O,
+  KLE_T_FFN_GATE, KLE_T_FFN_UP, KLE_T_FFN_DOWN,
+  KLE_T_MOE_ROUTER, KLE_T_MOE_BIAS, KLE_T_EXP_GATE, KLE_T_EXP_UP, KLE_T_EXP_DOWN,
+  KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP, KLE_T_SHEXP_DOWN,
+  KLE_T_COUNT
+};
+/* kle_model_tensor_expect results */
+#define KLE_TENSOR_UNUSED 0
+#define KLE_TENSOR_REQUIRED 1
+#define KLE_TENSOR_OPTIONAL 2
+/* Errors of the engine beyond the kernels' */
+#define KLE_EMISSING (-3) /* finalize: a required tensor was never given */
+#define KLE_EFORMAT (-4)  /* a session blob is malformed or from another model */
+
+/* NULL when the config is inconsistent (the host validates first and names the key). */
+kle_model *kle_model_create(const int32_t *cfg, int n_cfg, const float *cfgf, int n_cfgf);
+void kle_model_free(kle_model *m);
+/*
+ * What the config expects of (role, layer, expert): KLE_TENSOR_* and, in out[0..2], rows, cols
+ * and 1 if the tensor may be stored in any KLE_W_* format (matmul weights) or 0 if f32 only.
+ */
+int kle_model_tensor_expect(kle_model *m, int role, int layer, int expert, int32_t *out);
+/*
+ * Allocates the tensor (role, layer, expert) in format fmt with shape [rows, cols] and returns
+ * the address where the host writes its kle_row_bytes(fmt, cols) * rows bytes; 0 if the shape,
+ * format or role does not fit the config, or memory ran out. Conv weights are given as
+ * [channels, kernel] (HF's layout without the middle 1).
+ */
+kle_addr kle_model_tensor(kle_model *m, int role, int layer, int expert, int fmt, int rows,
+                          int cols);
+/* Checks every required tensor is there and prepares derived weights; KLE_EMISSING if not. */
+int kle_model_finalize(kle_model *m);
+/* Bytes the model's tensors occupy in engine memory. */
+long kle_model_bytes(kle_model *m);
+
+/* A session: KDA states and conv tails, MLA latent caches, position, last logits. */
+kle_session *kle_session_create(kle_model *m);
+void kle_session_free(kle_session *s);
+/*
+ * Runs n tokens through the model. One token takes the decode path (KDA step, MLA decode over
+ * the cache); more take the prefill path (chunked KDA, causal MLA prefill) in batches of
+ * KLE_PREFILL_BATCH. logits: NULL, [vocab] for the last token (all = 0) or [n, vocab] (all = 1).
+ * On error the session is unchanged only for KLE_EINVAL (bad token id, n <= 0).
+ */
+#define KLE_PREFILL_BATCH 64
+int kle_session_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all);
+/* The last token's logits, [vocab], in engine memory (0 before any token). */
+kle_addr kle_session_logits(kle_session *s);
+/* Tokens seen so far. */
+int kle_session_pos(kle_session *s);
+/* Bytes of this session's state blob (KDA states, conv tails, MLA caches, logits). */
+long kle_session_state_size(kle_session *s);
+/* Writes the versioned blob; n must be kle_session_state_size. */
+int kle_session_state_save(kle_session *s, uint8_t *dst, long n);
+/* Replaces the session's state with a blob; KLE_EFORMAT (session unchanged) if malformed or
+ * made by a different model. */
+int kle_session_state_load(kle_session *s, const uint8_t *src, long n);
+
 /* ---------------------------------------------------------------- probes */
 /* Sums n floats with the widest loads this build has: a read-bandwidth probe. */
 float kle_probe_read(const float *x, long n);

@@ -1,0 +1,172 @@
+/**
+ * The engine: the C forward pass (wasm/engine) driven through any kernel backend. TypeScript
+ * never loops over tensors here: it places weights once, then calls the engine once per
+ * forward (a prefill batch or a decode step).
+ */
+import type { KimiConfig } from '../model/config.js';
+import { engineConfig } from '../model/config.js';
+import type { KernelBackend } from './backend.js';
+import { WeightFormat, type WeightFormatName } from './kernels.js';
+import type { KleFunctionName } from './kle-abi.js';
+import { roleId, type TensorSlot } from './roles.js';
+import { WasmBackend } from './wasm-backend.js';
+
+/** An engine call that failed, with the C error code. */
+export class EngineError extends Error {
+  constructor(
+    readonly fn: string,
+    readonly code: number,
+    detail = '',
+  ) {
+    const what = { [-1]: 'invalid argument', [-2]: 'out of memory', [-3]: 'a required tensor is missing', [-4]: 'malformed state blob or blob of another model' }[code] ?? `error ${code}`;
+    super(`${fn}: ${what}${detail ? ` (${detail})` : ''}`);
+    this.name = 'EngineError';
+  }
+}
+
+export type TensorNeed = 'unused' | 'required' | 'optional';
+
+export interface TensorExpectation {
+  readonly need: TensorNeed;
+  readonly rows: number;
+  readonly cols: number;
+  /** true for matmul weights (any format), false for f32-only tensors (norms, gates, conv) */
+  readonly anyFormat: boolean;
+}
+
+function check(fn: string, rc: number, detail?: string): void {
+  if (rc !== 0) throw new EngineError(fn, rc, detail);
+}
+
+/** A model placed in one backend's memory. */
+export class EngineModel {
+  private freed = false;
+
+  private constructor(
+    readonly backend: KernelBackend,
+    readonly config: KimiConfig,
+    readonly handle: number,
+  ) {}
+
+  /** Creates an empty model for a checked config; tensors follow with {@link place}. */
+  static create(backend: KernelBackend, config: KimiConfig): EngineModel {
+    const { ints, floats } = engineConfig(config);
+    const h = call(backend, 'kle_model_create', [ints, ints.length, floats, floats.length]);
+    if (!h) throw new EngineError('kle_model_create', -1, 'the engine refused the config');
+    return new EngineModel(backend, config, h);
+  }
+
+  /** What the config expects of a tensor slot. */
+  expect(s: TensorSlot): TensorExpectation {
+    const out = new Int32Array(3);
+    const r = call(this.backend, 'kle_model_tensor_expect', [this.handle, roleId(s.role), s.layer, s.expert, out]);
+    if (r < 0) throw new EngineError('kle_model_tensor_expect', r);
+    return { need: (['unused', 'required', 'optional'] as const)[r]!, rows: out[0]!, cols: out[1]!, anyFormat: out[2] === 1 };
+  }
+
+  /**
+   * Places a tensor: `bytes` are rows x cols values in format fmt (GGUF block layout for the
+   * quantized ones). The engine checks the shape and format against the config first.
+   */
+  place(s: TensorSlot, fmt: WeightFormatName, rows: number, cols: number, bytes: Uint8Array): void {
+    const addr = call(this.backend, 'kle_model_tensor', [this.handle, roleId(s.role), s.layer, s.expert, WeightFormat[fmt], rows, cols]);
+    if (!addr) throw new EngineError('kle_model_tensor', -1, `${s.role} layer ${s.layer} expert ${s.expert}: ${fmt} [${rows}, ${cols}] does not fit the config, or memory ran out`);
+    writeBytes(this.backend, addr, bytes);
+  }
+
+  /** Checks that every required tensor is there and prepares derived weights. */
+  finalize(): void {
+    check('kle_model_finalize', call(this.backend, 'kle_model_finalize', [this.handle]));
+  }
+
+  /** Bytes of weights in engine memory. */
+  bytes(): number {
+    return call(this.backend, 'kle_model_bytes', [this.handle]);
+  }
+
+  createSession(): EngineSession {
+    const s = call(this.backend, 'kle_session_create', [this.handle]);
+    if (!s) throw new EngineError('kle_session_create', -2);
+    return new EngineSession(this, s);
+  }
+
+  free(): void {
+    if (this.freed) return;
+    this.freed = true;
+    call(this.backend, 'kle_model_free', [this.handle]);
+  }
+}
+
+/** One conversation's state in the engine: KDA states, conv tails, MLA caches, logits. */
+export class EngineSession {
+  private freed = false;
+
+  constructor(
+    readonly model: EngineModel,
+    readonly handle: number,
+  ) {}
+
+  /**
+   * Runs tokens through the model and returns the last token's logits (a copy), or every
+   * token's ([n * vocab]) with `all`. One token uses the decode kernels, more the prefill ones.
+   */
+  forward(tokens: ArrayLike<number>, all = false): Float32Array {
+    const n = tokens.length;
+    const V = this.model.config.vocabSize;
+    for (let i = 0; i < n; i++) {
+      const t = tokens[i]!;
+      if (!Number.isInteger(t) || t < 0 || t >= V) throw new RangeError(`token ${t} at ${i} is outside the vocabulary (0..${V - 1})`);
+    }
+    if (n === 0) throw new RangeError('forward needs at least one token');
+    const out = new Float32Array(all ? n * V : V);
+    check('kle_session_forward', call(this.model.backend, 'kle_session_forward', [this.handle, Int32Array.from(tokens), n, out, all ? 1 : 0]));
+    return out;
+  }
+
+  /** Tokens seen so far. */
+  get pos(): number {
+    return call(this.model.backend, 'kle_session_pos', [this.handle]);
+  }
+
+  /** The last token's logits (a copy), or null before the first token. */
+  logits(): Float32Array | null {
+    const addr = call(this.model.backend, 'kle_session_logits', [this.handle]);
+    return addr ? readF32(this.model.backend, addr, this.model.config.vocabSize) : null;
+  }
+
+  /** The session's state as a versioned blob (see wasm/engine/session.c). */
+  save(): Uint8Array {
+    const n = call(this.model.backend, 'kle_session_state_size', [this.handle]);
+    const out = new Uint8Array(n);
+    check('kle_session_state_save', call(this.model.backend, 'kle_session_state_save', [this.handle, out, n]));
+    return out;
+  }
+
+  /** Replaces this session's state with a blob; throws (state unchanged) if it is not one of this model's. */
+  load(blob: Uint8Array): void {
+    check('kle_session_state_load', call(this.model.backend, 'kle_session_state_load', [this.handle, blob, blob.length]));
+  }
+
+  free(): void {
+    if (this.freed) return;
+    this.freed = true;
+    call(this.model.backend, 'kle_session_free', [this.handle]);
+  }
+}
+
+function call(b: KernelBackend, fn: KleFunctionName, args: Parameters<KernelBackend['call']>[1]): number {
+  return b.call(fn, args);
+}
+
+/** Copies bytes to an engine address: straight into linear memory for wasm. */
+function writeBytes(b: KernelBackend, addr: number, bytes: Uint8Array): void {
+  if (b instanceof WasmBackend) new Uint8Array(b.memory.buffer, addr, bytes.length).set(bytes);
+  else check('kle_mem_write', b.call('kle_mem_write', [addr, bytes, bytes.length]));
+}
+
+function readF32(b: KernelBackend, addr: number, n: number): Float32Array {
+  if (b instanceof WasmBackend) return new Float32Array(b.memory.buffer, addr, n).slice();
+  const out = new Float32Array(n);
+  check('kle_mem_read', b.call('kle_mem_read', [addr, new Uint8Array(out.buffer), n * 4]));
+  return out;
+}

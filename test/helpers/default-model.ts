@@ -1,0 +1,42 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { KernelBackend } from '../../src/engine/backend.js';
+import type { EngineModel } from '../../src/engine/engine.js';
+import { loadNativeBackend, loadWasmBackend, packageRoot } from '../../src/engine/node-kernels.js';
+import { placeHfModel } from '../../src/model/hf-loader.js';
+
+export const defaultDir = join(packageRoot(), 'models', 'default');
+
+export function defaultConfig(): Record<string, unknown> {
+  return JSON.parse(readFileSync(join(defaultDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+}
+
+export function defaultWeights(): Uint8Array {
+  return new Uint8Array(readFileSync(join(defaultDir, 'model.safetensors')));
+}
+
+let backends: Promise<KernelBackend[]> | undefined;
+/** wasm SIMD, wasm scalar and native backends, once per test file */
+export function allBackends(): Promise<KernelBackend[]> {
+  backends ??= (async () => [await loadWasmBackend('simd'), await loadWasmBackend('scalar'), loadNativeBackend()])();
+  return backends;
+}
+
+export function loadDefault(b: KernelBackend): EngineModel {
+  return placeHfModel(b, defaultConfig(), [{ name: 'model.safetensors', bytes: defaultWeights() }]);
+}
+
+export function argmax(a: Float32Array, off = 0, n = a.length): number {
+  let best = 0;
+  for (let j = 1; j < n; j++) if (a[off + j]! > a[off + best]!) best = j;
+  return best;
+}
+
+/** 100-ish token ids from a seeded LCG */
+export function tokens(n: number, vocab: number, seed = 7): number[] {
+  let s = seed;
+  return Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    return (s >>> 8) % vocab;
+  });
+}

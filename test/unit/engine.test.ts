@@ -1,0 +1,102 @@
+import { describe, expect, it } from 'vitest';
+import { EngineError } from '../../src/engine/engine.js';
+import { placeHfModel } from '../../src/model/hf-loader.js';
+import { syntheticWeights } from '../../src/model/synthetic.js';
+import { allBackends, argmax, defaultConfig, loadDefault, tokens } from '../helpers/default-model.js';
+
+const V = 512;
+
+function maxAbsDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+describe('the engine on the default model (every backend)', async () => {
+  const backends = await allBackends();
+
+  for (const b of backends) {
+    describe(b.name, () => {
+      const model = loadDefault(b);
+      const toks = tokens(150, V);
+
+      it('prefill of 150 tokens (batches of 64, ragged tail) gives the logits of decoding them one by one', () => {
+        const all = model.createSession().forward(toks, true);
+        const s = model.createSession();
+        let worst = 0, scale = 0;
+        toks.forEach((t, i) => {
+          const l = s.forward([t]);
+          worst = Math.max(worst, maxAbsDiff(l, all.subarray(i * V, (i + 1) * V)));
+          scale = Math.max(scale, ...l.map(Math.abs));
+          expect(argmax(l)).toBe(argmax(all, i * V, V));
+        });
+        expect(scale).toBeGreaterThan(1); // not a flat model
+        expect(worst / scale).toBeLessThan(1e-5);
+        expect(s.pos).toBe(150);
+      });
+
+      it('a prefill split anywhere equals one prefill', () => {
+        const one = model.createSession().forward(toks);
+        const s = model.createSession();
+        s.forward(toks.slice(0, 70));
+        s.forward(toks.slice(70, 71));
+        const split = s.forward(toks.slice(71));
+        expect(maxAbsDiff(one, split) / Math.max(...one.map(Math.abs))).toBeLessThan(1e-5);
+      });
+
+      it('save -> restore -> continue gives the same tokens as not stopping', () => {
+        const a = model.createSession();
+        a.forward(toks.slice(0, 90));
+        const blob = a.save();
+        const b2 = model.createSession();
+        b2.load(blob);
+        expect(b2.pos).toBe(90);
+        expect(b2.logits()).toEqual(a.logits());
+        const greedy = (s: typeof a) => {
+          const out: number[] = [];
+          let l = s.logits()!;
+          for (let i = 0; i < 20; i++) {
+            const t = argmax(l);
+            out.push(t);
+            l = s.forward([t]);
+          }
+          return out;
+        };
+        expect(greedy(b2)).toEqual(greedy(a));
+      });
+
+      it('rejects a blob that is corrupt, truncated or from another model, and keeps its state', () => {
+        const s = model.createSession();
+        s.forward(toks.slice(0, 20));
+        const before = s.logits()!;
+        const good = s.save();
+        const corrupt = good.slice();
+        corrupt[good.length >> 1]! ^= 1;
+        const other = placeHfModel(b, defaultConfig(), [{ name: 'other.safetensors', bytes: syntheticWeights(defaultConfig(), 99, { dtype: 'BF16' }) }]);
+        const os = other.createSession();
+        os.forward(toks.slice(0, 20));
+        for (const bad of [corrupt, good.subarray(0, good.length - 9), os.save(), new Uint8Array(3)]) {
+          expect(() => s.load(bad)).toThrow(EngineError);
+          expect(s.pos).toBe(20);
+          expect(s.logits()).toEqual(before);
+        }
+        other.free();
+      });
+
+      it('refuses token ids outside the vocabulary before touching the state', () => {
+        const s = model.createSession();
+        expect(() => s.forward([1, V])).toThrow(/outside the vocabulary/);
+        expect(() => s.forward([-1])).toThrow(RangeError);
+        expect(() => s.forward([])).toThrow(RangeError);
+        expect(s.pos).toBe(0);
+      });
+    });
+  }
+
+  it('every backend gives the same logits (float32 rounding apart)', () => {
+    const toks = tokens(40, V, 3);
+    const outs = backends.map((b) => loadDefault(b).createSession().forward(toks, true));
+    const scale = Math.max(...outs[0]!.map(Math.abs));
+    for (const o of outs.slice(1)) expect(maxAbsDiff(o, outs[0]!) / scale).toBeLessThan(1e-5);
+  });
+});

@@ -1,0 +1,173 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, parseKimiConfig } from '../../src/model/config.js';
+import { placeHfModel, type Shard } from '../../src/model/hf-loader.js';
+import { FormatError, parseSafetensors, type SafetensorsTensor } from '../../src/model/safetensors.js';
+import { writeSafetensors, type TensorToWrite } from '../../src/model/safetensors-writer.js';
+import { defaultModelFiles } from '../../models/make-default.js';
+import { allBackends, defaultConfig, defaultWeights } from '../helpers/default-model.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { defaultDir } from '../helpers/default-model.js';
+
+type Tensors = Record<string, TensorToWrite>;
+
+function tensorsOf(bytes: Uint8Array): Tensors {
+  const out: Tensors = {};
+  for (const t of parseSafetensors(bytes).tensors.values()) out[t.name] = { dtype: t.dtype, shape: t.shape, data: t.bytes.slice() };
+  return out;
+}
+
+const Q = 'model.layers.0.self_attn.q_proj.weight';
+
+describe('malformed model files get an error that names the tensor and the problem', async () => {
+  const [wasm] = await allBackends();
+  const cfg = defaultConfig();
+  const good = defaultWeights();
+  const load = (shards: Shard[], c: unknown = cfg) => placeHfModel(wasm!, c, shards);
+  const one = (bytes: Uint8Array) => [{ name: 'model.safetensors', bytes }];
+  const edited = (f: (t: Tensors) => void) => {
+    const t = tensorsOf(good);
+    f(t);
+    return one(writeSafetensors(t));
+  };
+
+  it('loads the intact file', () => {
+    const m = load(one(good));
+    expect(m.bytes()).toBeGreaterThan(2_000_000);
+    m.free();
+  });
+
+  it('truncated file', () => {
+    expect(() => load(one(good.subarray(0, good.length - 1000)))).toThrow(/past the .* data region \(truncated file\?\)/);
+  });
+
+  it('header length beyond the file', () => {
+    const b = good.slice(0, 64);
+    expect(() => load(one(b))).toThrow(FormatError);
+    const lying = good.slice();
+    new DataView(lying.buffer).setBigUint64(0, BigInt(good.length), true);
+    expect(() => load(one(lying))).toThrow(/header length \d+ runs past the end/);
+  });
+
+  it('wrong dtype', () => {
+    const s = edited((t) => {
+      const q = t[Q]!;
+      t[Q] = { dtype: 'I16', shape: q.shape, data: q.data };
+    });
+    expect(() => load(s)).toThrow(new RegExp(`tensor '${Q}': dtype I16 is not a float weight type`));
+  });
+
+  it('shape mismatch', () => {
+    const G = 'model.layers.0.mlp.gate_proj.weight';
+    const s = edited((t) => {
+      const q = t[G]!;
+      t[G] = { dtype: q.dtype, shape: [q.shape[1]!, q.shape[0]!], data: q.data };
+    });
+    expect(() => load(s)).toThrow(new RegExp(`tensor '${G}': shape \\[128,256\\], the config needs \\[256, 128\\]`));
+    const conv = edited((t) => {
+      const c = t['model.layers.1.self_attn.k_conv1d.weight']!;
+      t['model.layers.1.self_attn.k_conv1d.weight'] = { dtype: 'F32', shape: [4, 1, 128], data: c.data };
+    });
+    expect(() => load(conv)).toThrow(/k_conv1d.weight': shape \[4,1,128\], the config needs \[128, 4\]/);
+  });
+
+  it('missing tensor', () => {
+    const s = edited((t) => {
+      delete t['model.layers.3.self_attn.kv_b_proj.weight'];
+      delete t['model.layers.2.block_sparse_moe.experts.5.w2.weight'];
+    });
+    expect(() => load(s)).toThrow(/missing tensors: .*model\.layers\.2\.block_sparse_moe\.experts\.5\.w2\.weight.*model\.layers\.3\.self_attn\.kv_b_proj\.weight/);
+  });
+
+  it('NaN or infinity in weights', () => {
+    for (const bits of [0x7fc0, 0x7f80]) {
+      const s = edited((t) => {
+        const q = t[Q]!;
+        const d = new Uint16Array(q.data.buffer.slice(0));
+        d[77] = bits;
+        t[Q] = { dtype: 'BF16', shape: q.shape, data: d };
+      });
+      expect(() => load(s)).toThrow(new RegExp(`tensor '${Q}': value 77 is not finite`));
+    }
+    const f = edited((t) => {
+      const n = t['model.norm.weight']!;
+      const d = new Float32Array(n.data.buffer.slice(0));
+      d[5] = NaN;
+      t['model.norm.weight'] = { dtype: 'F32', shape: n.shape, data: d };
+    });
+    expect(() => load(f)).toThrow(/model\.norm\.weight': value 5 is not finite/);
+  });
+
+  it('a tensor that is not part of the architecture, and one given twice', () => {
+    const extra = edited((t) => {
+      t['model.layers.0.self_attn.kv_b_proj.weight'] = t['model.layers.3.self_attn.kv_b_proj.weight']!; // MLA weight on a KDA layer
+    });
+    expect(() => load(extra)).toThrow(/kv_b_proj.weight' is not part of KimiLinearForCausalLM/);
+    const t = tensorsOf(good);
+    const dup = { [Q]: t[Q]! };
+    expect(() => load([...one(good), { name: 'dup.safetensors', bytes: writeSafetensors(dup) }])).toThrow(/dup\.safetensors: tensor '.*q_proj.weight' appears twice \(also in model\.safetensors\)/);
+  });
+
+  it('overlapping tensors and offsets that disagree with the shape', () => {
+    const hdr = (h: object) => {
+      const j = new TextEncoder().encode(JSON.stringify(h));
+      const out = new Uint8Array(8 + j.length + 64);
+      new DataView(out.buffer).setBigUint64(0, BigInt(j.length), true);
+      out.set(j, 8);
+      return out;
+    };
+    expect(() => load(one(hdr({ a: { dtype: 'F32', shape: [4], data_offsets: [0, 16] }, b: { dtype: 'F32', shape: [4], data_offsets: [8, 24] } })))).toThrow(/overlap/);
+    expect(() => load(one(hdr({ [Q]: { dtype: 'F32', shape: [4, 4], data_offsets: [0, 60] } })))).toThrow(/60 bytes stored, but F32 \[4,4\] needs 64/);
+  });
+
+  it('the engine itself refuses a tensor whose shape or format does not fit the config', async () => {
+    const { EngineModel } = await import('../../src/engine/engine.js');
+    const m = EngineModel.create(wasm!, parseKimiConfig(cfg));
+    const slot = { role: 'KDA_Q', layer: 0, expert: 0 } as const;
+    expect(() => m.place(slot, 'f32', 127, 128, new Uint8Array(127 * 128 * 4))).toThrow(/does not fit the config/);
+    expect(() => m.place({ role: 'OUT_NORM', layer: -1, expert: 0 }, 'bf16', 1, 128, new Uint8Array(256))).toThrow(/does not fit the config/);
+    expect(() => m.finalize()).toThrow(/a required tensor is missing/);
+    m.free();
+  });
+});
+
+describe('config.json', () => {
+  const cfg = defaultConfig();
+  const bad = (patch: Record<string, unknown>, key: RegExp) => {
+    const c = structuredClone(cfg);
+    Object.assign(c, patch);
+    expect(() => parseKimiConfig(c)).toThrow(ConfigError);
+    expect(() => parseKimiConfig(c)).toThrow(key);
+  };
+  it('reads the default config', () => {
+    const c = parseKimiConfig(cfg);
+    expect(c.layerKinds).toEqual(['kda', 'kda', 'kda', 'mla']);
+    expect(c.moe?.numExperts).toBe(8);
+  });
+  it('names the key it cannot accept', () => {
+    bad({ hidden_size: undefined }, /hidden_size: missing/);
+    bad({ hidden_size: 130 }, /hidden_size: 130 is not a multiple of 4/);
+    bad({ model_type: 'deepseek_v3' }, /model_type/);
+    bad({ q_lora_rank: 1536 }, /q_lora_rank/);
+    bad({ mla_use_nope: false }, /mla_use_nope/);
+    bad({ mla_use_output_gate: true }, /mla_use_output_gate/);
+    bad({ moe_router_activation_func: 'relu' }, /moe_router_activation_func/);
+    bad({ num_experts_per_token: 9 }, /num_experts_per_token/);
+    bad({ linear_attn_config: { ...(cfg.linear_attn_config as object), kda_layers: [1, 2], full_attn_layers: [4] } }, /layer 3 \(one-based\)/);
+    bad({ linear_attn_config: { ...(cfg.linear_attn_config as object), use_full_rank_gate: true } }, /use_full_rank_gate/);
+    bad({ linear_attn_config: undefined }, /linear_attn_config: missing/);
+  });
+  it('accepts the lower-bound gate form', () => {
+    const c = structuredClone(cfg) as Record<string, unknown> & { linear_attn_config: Record<string, unknown> };
+    c.linear_attn_config.gate_lower_bound = -5;
+    expect(parseKimiConfig(c).kda.gateLowerBound).toBe(-5);
+  });
+});
+
+describe('the embedded default model', () => {
+  it('is what models/make-default.ts makes, byte for byte', () => {
+    const { config, weights } = defaultModelFiles();
+    expect(readFileSync(join(defaultDir, 'config.json'), 'utf8')).toBe(config);
+    expect(Buffer.compare(readFileSync(join(defaultDir, 'model.safetensors')), Buffer.from(weights))).toBe(0);
+  });
+});
