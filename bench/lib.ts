@@ -1,5 +1,5 @@
 import { cpus, totalmem, platform, arch } from 'node:os';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../src/engine/node-kernels.js';
 
@@ -20,10 +20,26 @@ export function timeIt(f: () => unknown, runs: number, budgetMs = 20_000): { med
   return { median: t[t.length >> 1]!, runs: t.length };
 }
 
+/** The largest CPU cache in sysfs (the LLC), or 32 MiB where sysfs does not say. */
+export function lastLevelCacheBytes(): number {
+  const dir = '/sys/devices/system/cpu/cpu0/cache';
+  let best = 0;
+  if (existsSync(dir)) {
+    for (const idx of readdirSync(dir).filter((d) => d.startsWith('index'))) {
+      const m = /^(\d+)([KMG]?)/.exec(readFileSync(join(dir, idx, 'size'), 'utf8').trim());
+      if (!m) continue;
+      const bytes = Number(m[1]) * ({ '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30 } as Record<string, number>)[m[2]!]!;
+      best = Math.max(best, bytes);
+    }
+  }
+  return best || 32 * 2 ** 20;
+}
+
 export function machine() {
   const c = cpus();
   return {
     cpu: c[0]?.model ?? 'unknown',
+    llcMiB: Math.round(lastLevelCacheBytes() / 2 ** 20),
     cores: c.length,
     memGiB: Math.round(totalmem() / 2 ** 30),
     node: process.version,
