@@ -1,3 +1,37 @@
-/** Node (and Bun/Deno with node: APIs) helpers: load the committed wasm and the native addon. */
+/** Node (and Bun/Deno with node: APIs) helpers: the committed wasm, the native addon, model directories. */
+import { join } from 'node:path';
+import type { KernelBackend } from './engine/backend.js';
+import { loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
+import type { Model } from './generate/model.js';
+import type { LoadProgress } from './model/hf-loader.js';
+import { loadModel } from './model/load.js';
+import { sourceFromDirectory } from './model/node-source.js';
+
 export { loadAllKernels, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
 export { NativeBackend } from './engine/native-backend.js';
+export { sourceFromDirectory } from './model/node-source.js';
+
+/** Which kernels to run on in Node. */
+export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'native';
+
+export async function nodeBackend(name: NodeBackendName = 'wasm'): Promise<KernelBackend> {
+  if (name === 'native') return loadNativeBackend();
+  return loadWasmBackend(name === 'wasm' ? 'simd' : 'scalar');
+}
+
+/** The embedded default model's directory (models/default in the package). */
+export function defaultModelDir(): string {
+  return join(packageRoot(), 'models', 'default');
+}
+
+/**
+ * Loads a model directory (default: the embedded default model) on the chosen kernels.
+ * @example
+ * const model = await loadModelFromDirectory();
+ * const session = model.createSession();
+ * for await (const ev of session.generate([{ role: 'user', content: 'Hi' }], { maxTokens: 20 }))
+ *   if (ev.type === 'token') process.stdout.write(ev.text);
+ */
+export async function loadModelFromDirectory(dir = defaultModelDir(), opts: { backend?: NodeBackendName; onProgress?: (p: LoadProgress) => void } = {}): Promise<Model> {
+  return loadModel(sourceFromDirectory(dir), { backend: await nodeBackend(opts.backend), onProgress: opts.onProgress });
+}

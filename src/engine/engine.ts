@@ -69,9 +69,30 @@ export class EngineModel {
    * quantized ones). The engine checks the shape and format against the config first.
    */
   place(s: TensorSlot, fmt: WeightFormatName, rows: number, cols: number, bytes: Uint8Array): void {
+    const w = this.allocTensor(s, fmt, rows, cols);
+    w.write(bytes);
+    w.end();
+  }
+
+  /**
+   * Allocates a tensor in engine memory and returns a writer that takes its bytes in order, in
+   * chunks of any size (a streamed file goes straight into engine memory).
+   */
+  allocTensor(s: TensorSlot, fmt: WeightFormatName, rows: number, cols: number): { write(chunk: Uint8Array): void; end(): void } {
     const addr = call(this.backend, 'kle_model_tensor', [this.handle, roleId(s.role), s.layer, s.expert, WeightFormat[fmt], rows, cols]);
     if (!addr) throw new EngineError('kle_model_tensor', -1, `${s.role} layer ${s.layer} expert ${s.expert}: ${fmt} [${rows}, ${cols}] does not fit the config, or memory ran out`);
-    writeBytes(this.backend, addr, bytes);
+    const total = call(this.backend, 'kle_row_bytes', [WeightFormat[fmt], cols]) * rows;
+    let off = 0;
+    return {
+      write: (chunk) => {
+        if (off + chunk.length > total) throw new EngineError('kle_model_tensor', -1, `${s.role}: ${off + chunk.length} bytes written into ${total}`);
+        writeBytes(this.backend, addr + off, chunk);
+        off += chunk.length;
+      },
+      end: () => {
+        if (off !== total) throw new EngineError('kle_model_tensor', -1, `${s.role}: ${off} bytes written, ${total} expected`);
+      },
+    };
   }
 
   /** Checks that every required tensor is there and prepares derived weights. */

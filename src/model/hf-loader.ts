@@ -1,8 +1,9 @@
 /**
- * Places an HF checkpoint (config.json + safetensors shards) into the engine. Every tensor is
- * checked before a byte is used: its name must belong to the architecture as configured, its
- * shape must be the one the engine expects (asked of the engine itself), its dtype must be a
- * float type, and its values must be finite. Errors name the file and the tensor.
+ * Places an HF checkpoint (config.json + safetensors shards) into the engine, streaming: each
+ * shard's header is checked before any of its data is read, and every tensor's bytes go from
+ * the stream into engine memory as they arrive. Every tensor is checked: its name must belong
+ * to the architecture as configured, its shape must be the one the engine expects (asked of the
+ * engine itself), its dtype a float type, its values finite. Errors name the file and tensor.
  */
 import { EngineModel } from '../engine/engine.js';
 import type { KernelBackend } from '../engine/backend.js';
@@ -10,39 +11,73 @@ import { EXPERT_ROLES, ROLES, type TensorSlot } from '../engine/roles.js';
 import type { WeightFormatName } from '../engine/kernels.js';
 import { parseKimiConfig, type KimiConfig } from './config.js';
 import { hfName, hfSlot, isIgnorableHfName } from './hf-names.js';
-import { FormatError, parseSafetensors, tensorF32, type SafetensorsTensor } from './safetensors.js';
+import { FormatError, tensorF32 } from './safetensors.js';
+import { bytesToStream, readSafetensorsStream, type ChunkSink, type TensorInfo } from './safetensors-stream.js';
 
-/** One safetensors shard in memory. */
+/** One safetensors shard: in memory, or a stream opened on demand (file, fetch body, R2 object). */
 export interface Shard {
   readonly name: string;
-  readonly bytes: Uint8Array;
+  readonly bytes?: Uint8Array;
+  readonly open?: () => Promise<ReadableStream<Uint8Array>>;
 }
 
 export interface LoadProgress {
-  readonly tensorsDone: number;
-  readonly tensorsTotal: number;
+  readonly shard: string;
+  readonly shardsDone: number;
+  readonly shardsTotal: number;
   readonly bytesDone: number;
-  readonly bytesTotal: number;
+  /** bytes of all shards, when known */
+  readonly bytesTotal: number | null;
 }
 
 export interface PlaceOptions {
   onProgress?: (p: LoadProgress) => void;
+  /** total bytes of the shards, if the source knows them (for progress) */
+  bytesTotal?: number;
 }
 
-/** The first non-finite value of a float tensor, or -1 (checked on the raw bits: no conversion). */
-function firstNonFinite(t: SafetensorsTensor): number {
-  const b = t.bytes;
-  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  if (t.dtype === 'F32') {
-    for (let i = 0; i < b.byteLength; i += 4) if ((dv.getUint32(i, true) & 0x7f800000) === 0x7f800000) return i / 4;
-  } else if (t.dtype === 'BF16') {
-    for (let i = 0; i < b.byteLength; i += 2) if ((dv.getUint16(i, true) & 0x7f80) === 0x7f80) return i / 2;
-  } else if (t.dtype === 'F16') {
-    for (let i = 0; i < b.byteLength; i += 2) if ((dv.getUint16(i, true) & 0x7c00) === 0x7c00) return i / 2;
-  } else if (t.dtype === 'F64') {
-    for (let i = 0; i < b.byteLength; i += 8) if (!Number.isFinite(dv.getFloat64(i, true))) return i / 8;
+const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
+
+/** Checks a tensor's values are finite as chunks arrive (elements may straddle chunks). */
+class FiniteCheck {
+  private carry = new Uint8Array(8);
+  private carried = 0;
+  private index = 0;
+
+  constructor(private readonly dtype: string, private readonly where: string) {}
+
+  push(chunk: Uint8Array): void {
+    const w = DTYPE_BYTES[this.dtype]!;
+    let p = 0;
+    if (this.carried) {
+      const need = w - this.carried;
+      this.carry.set(chunk.subarray(0, need), this.carried);
+      if (chunk.length < need) {
+        this.carried += chunk.length;
+        return;
+      }
+      this.check(this.carry, 0);
+      p = need;
+      this.carried = 0;
+    }
+    const n = Math.floor((chunk.length - p) / w);
+    for (let i = 0; i < n; i++) this.check(chunk, p + i * w);
+    const rest = chunk.length - p - n * w;
+    if (rest) {
+      this.carry.set(chunk.subarray(chunk.length - rest));
+      this.carried = rest;
+    }
   }
-  return -1;
+
+  private check(b: Uint8Array, o: number): void {
+    let bad: boolean;
+    if (this.dtype === 'F32') bad = (b[o + 3]! & 0x7f) === 0x7f && (b[o + 2]! & 0x80) === 0x80;
+    else if (this.dtype === 'BF16') bad = (b[o + 1]! & 0x7f) === 0x7f && (b[o]! & 0x80) === 0x80;
+    else if (this.dtype === 'F16') bad = (b[o + 1]! & 0x7c) === 0x7c;
+    else bad = (b[o + 7]! & 0x7f) === 0x7f && (b[o + 6]! & 0xf0) === 0xf0;
+    if (bad) throw new FormatError(`${this.where}: value ${this.index} is not finite (NaN or infinity)`);
+    this.index++;
+  }
 }
 
 const DIRECT: Partial<Record<string, WeightFormatName>> = { F32: 'f32', BF16: 'bf16', F16: 'f16' };
@@ -58,36 +93,50 @@ function allSlots(c: KimiConfig): TensorSlot[] {
   return out;
 }
 
-/**
- * Builds an engine model from a parsed config.json and its shards. The shards' bytes are read
- * where they lie (views, no copy) and written once into engine memory.
- */
-export function placeHfModel(backend: KernelBackend, configJson: unknown, shards: readonly Shard[], opts: PlaceOptions = {}): EngineModel {
+/** Builds an engine model from a parsed config.json and its shards. */
+export async function placeHfModel(backend: KernelBackend, configJson: unknown, shards: readonly Shard[], opts: PlaceOptions = {}): Promise<EngineModel> {
   const config = parseKimiConfig(configJson);
   const model = EngineModel.create(backend, config);
   try {
-    const parsed = shards.map((s) => ({ name: s.name, file: parseSafetensors(s.bytes, s.name) }));
     const placed = new Map<string, string>();
-    const tensorsTotal = parsed.reduce((a, p) => a + p.file.tensors.size, 0);
-    const bytesTotal = parsed.reduce((a, p) => a + [...p.file.tensors.values()].reduce((x, t) => x + t.bytes.byteLength, 0), 0);
-    let tensorsDone = 0, bytesDone = 0;
-    for (const { name: shard, file } of parsed) {
-      for (const t of file.tensors.values()) {
-        const where = `${shard}: tensor '${t.name}'`;
-        tensorsDone++;
-        bytesDone += t.bytes.byteLength;
-        if (isIgnorableHfName(t.name)) continue;
-        const slot = hfSlot(t.name, config);
-        const exp = slot ? model.expect(slot) : null;
-        if (!slot || !exp || exp.need === 'unused') throw new FormatError(`${where} is not part of KimiLinearForCausalLM as this config.json describes it`);
-        const key = `${slot.role}/${slot.layer}/${slot.expert}`;
-        const prev = placed.get(key);
-        if (prev) throw new FormatError(`${where} appears twice (also in ${prev})`);
-        placed.set(key, shard);
-        placeTensor(model, slot, exp, t, where);
-        opts.onProgress?.({ tensorsDone, tensorsTotal, bytesDone, bytesTotal });
-      }
+    let bytesDone = 0;
+    const bytesTotal = opts.bytesTotal ?? (shards.every((s) => s.bytes) ? shards.reduce((a, s) => a + s.bytes!.length, 0) : null);
+    for (const [i, shard] of shards.entries()) {
+      const stream = shard.bytes ? bytesToStream(shard.bytes) : shard.open ? await shard.open() : null;
+      if (!stream) throw new FormatError(`${shard.name}: no bytes and no way to open it`);
+      const slots = new Map<string, { slot: TensorSlot; rows: number; cols: number; anyFormat: boolean }>();
+      await readSafetensorsStream(
+        stream,
+        shard.name,
+        (t) => {
+          const s = slots.get(t.name);
+          return s ? sinkFor(model, s, t, `${shard.name}: tensor '${t.name}'`) : null;
+        },
+        {
+          onHeader: (tensors) => {
+            // every name, shape and dtype is checked before the first data byte is read
+            for (const t of tensors) {
+              const where = `${shard.name}: tensor '${t.name}'`;
+              if (isIgnorableHfName(t.name)) continue;
+              const slot = hfSlot(t.name, config);
+              const exp = slot ? model.expect(slot) : null;
+              if (!slot || !exp || exp.need === 'unused') throw new FormatError(`${where} is not part of KimiLinearForCausalLM as this config.json describes it`);
+              const key = `${slot.role}/${slot.layer}/${slot.expert}`;
+              const prev = placed.get(key);
+              if (prev) throw new FormatError(`${where} appears twice (also in ${prev})`);
+              placed.set(key, shard.name);
+              checkShape(exp, t, where);
+              slots.set(t.name, { slot, ...exp });
+            }
+          },
+          onBytes: (n) => {
+            bytesDone += n;
+            opts.onProgress?.({ shard: shard.name, shardsDone: i, shardsTotal: shards.length, bytesDone, bytesTotal });
+          },
+        },
+      );
     }
+    opts.onProgress?.({ shard: '', shardsDone: shards.length, shardsTotal: shards.length, bytesDone, bytesTotal });
     const missing = allSlots(config).filter((s) => !placed.has(`${s.role}/${s.layer}/${s.expert}`) && model.expect(s).need === 'required');
     if (missing.length) {
       const names = missing.slice(0, 5).map((s) => hfName(s, config));
@@ -101,26 +150,46 @@ export function placeHfModel(backend: KernelBackend, configJson: unknown, shards
   }
 }
 
-function placeTensor(model: EngineModel, slot: TensorSlot, exp: { rows: number; cols: number; anyFormat: boolean }, t: SafetensorsTensor, where: string): void {
-  const numel = t.shape.reduce((a, b) => a * b, 1);
+function checkShape(exp: { rows: number; cols: number; anyFormat: boolean }, t: TensorInfo, where: string): void {
   const want = `[${exp.rows}, ${exp.cols}]`;
   if (exp.anyFormat) {
     if (t.shape.length !== 2 || t.shape[0] !== exp.rows || t.shape[1] !== exp.cols) throw new FormatError(`${where}: shape ${JSON.stringify(t.shape)}, the config needs ${want}`);
+    if (!DIRECT[t.dtype]) throw new FormatError(`${where}: dtype ${t.dtype} is not a float weight type (F32, BF16, F16)`);
   } else {
-    // vectors, conv kernels [C, 1, W] and A_log [1, 1, H, 1]: compare with the unit dims dropped
+    // vectors, conv kernels [C, 1, W] and A_log [1, 1, H, 1]: compared with unit dims dropped
+    const numel = t.shape.reduce((a, b) => a * b, 1);
     const squeezed = t.shape.filter((d) => d !== 1);
     const wanted = [exp.rows, exp.cols].filter((d) => d !== 1);
     if (numel !== exp.rows * exp.cols || squeezed.join() !== wanted.join()) throw new FormatError(`${where}: shape ${JSON.stringify(t.shape)}, the config needs ${want}`);
+    if (!DTYPE_BYTES[t.dtype]) throw new FormatError(`${where}: dtype ${t.dtype} is not a float type`);
   }
-  const bad = firstNonFinite(t);
-  if (bad >= 0) throw new FormatError(`${where}: value ${bad} is not finite (NaN or infinity)`);
-  if (exp.anyFormat) {
-    const fmt = DIRECT[t.dtype];
-    if (!fmt) throw new FormatError(`${where}: dtype ${t.dtype} is not a float weight type (F32, BF16, F16)`);
-    model.place(slot, fmt, exp.rows, exp.cols, t.bytes);
-  } else {
-    if (!['F32', 'BF16', 'F16', 'F64'].includes(t.dtype)) throw new FormatError(`${where}: dtype ${t.dtype} is not a float type`);
-    const f = tensorF32(t);
-    model.place(slot, 'f32', exp.rows, exp.cols, new Uint8Array(f.buffer, f.byteOffset, f.byteLength));
+}
+
+function sinkFor(model: EngineModel, s: { slot: TensorSlot; rows: number; cols: number; anyFormat: boolean }, t: TensorInfo, where: string): ChunkSink {
+  const finite = new FiniteCheck(t.dtype, where);
+  if (s.anyFormat) {
+    // matmul weights keep their dtype: straight from the stream into engine memory
+    const w = model.allocTensor(s.slot, DIRECT[t.dtype]!, s.rows, s.cols);
+    return {
+      write: (c) => {
+        finite.push(c);
+        w.write(c);
+      },
+      end: () => w.end(),
+    };
   }
+  // small f32-only tensors (norms, gates, conv): gathered, converted, placed
+  const buf = new Uint8Array(t.byteLength);
+  let off = 0;
+  return {
+    write: (c) => {
+      finite.push(c);
+      buf.set(c, off);
+      off += c.length;
+    },
+    end: () => {
+      const f = tensorF32({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: buf });
+      model.place(s.slot, 'f32', s.rows, s.cols, new Uint8Array(f.buffer, f.byteOffset, f.byteLength));
+    },
+  };
 }

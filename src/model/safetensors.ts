@@ -42,32 +42,49 @@ export function parseSafetensors(file: Uint8Array, label = 'safetensors'): Safet
   if (hlen > BigInt(MAX_HEADER_BYTES)) throw new FormatError(`${label}: header length ${hlen} exceeds ${MAX_HEADER_BYTES}`);
   const n = Number(hlen);
   if (8 + n > file.byteLength) throw new FormatError(`${label}: header length ${n} runs past the end of the file (${file.byteLength} bytes)`);
+  const data = file.subarray(8 + n);
+  const { entries, metadata } = parseHeaderJson(file.subarray(8, 8 + n), data.byteLength, label);
+  const tensors = new Map<string, SafetensorsTensor>();
+  for (const t of entries) tensors.set(t.name, { name: t.name, dtype: t.dtype, shape: t.shape, bytes: data.subarray(t.begin, t.end) });
+  return { tensors, metadata };
+}
+
+/** A header entry with its place in the data region. */
+export interface HeaderEntry {
+  readonly name: string;
+  readonly dtype: SafetensorsDtype;
+  readonly shape: readonly number[];
+  readonly begin: number;
+  readonly end: number;
+}
+
+/**
+ * Parses and validates the JSON header: dtypes, shapes, offsets against `dataBytes` (the data
+ * region's size, when known) and against each other (no overlaps).
+ */
+export function parseHeaderJson(json: Uint8Array, dataBytes: number, label: string): { entries: HeaderEntry[]; metadata: Record<string, string> } {
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(file.subarray(8, 8 + n)));
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json));
   } catch (e) {
     throw new FormatError(`${label}: header is not valid UTF-8 JSON (${(e as Error).message})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new FormatError(`${label}: header is not a JSON object`);
-  const data = file.subarray(8 + n);
-  const tensors = new Map<string, SafetensorsTensor>();
+  const entries: HeaderEntry[] = [];
   let metadata: Record<string, string> = {};
-  const spans: [number, number, string][] = [];
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
     if (name === '__metadata__') {
       metadata = parseMetadata(raw, label);
       continue;
     }
-    const t = parseEntry(name, raw, data.byteLength, label);
-    spans.push([t.begin, t.end, name]);
-    tensors.set(name, { name, dtype: t.dtype, shape: t.shape, bytes: data.subarray(t.begin, t.end) });
+    entries.push({ name, ...parseEntry(name, raw, dataBytes, label) });
   }
-  spans.sort((a, b) => a[0] - b[0]);
+  const spans = [...entries].sort((a, b) => a.begin - b.begin);
   for (let i = 1; i < spans.length; i++) {
     const prev = spans[i - 1]!, cur = spans[i]!;
-    if (cur[0] < prev[1]) throw new FormatError(`${label}: tensors '${prev[2]}' and '${cur[2]}' overlap`);
+    if (cur.begin < prev.end) throw new FormatError(`${label}: tensors '${prev.name}' and '${cur.name}' overlap`);
   }
-  return { tensors, metadata };
+  return { entries, metadata };
 }
 
 function parseMetadata(raw: unknown, label: string): Record<string, string> {

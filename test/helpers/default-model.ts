@@ -22,7 +22,7 @@ export function allBackends(): Promise<KernelBackend[]> {
   return backends;
 }
 
-export function loadDefault(b: KernelBackend): EngineModel {
+export function loadDefault(b: KernelBackend): Promise<EngineModel> {
   return placeHfModel(b, defaultConfig(), [{ name: 'model.safetensors', bytes: defaultWeights() }]);
 }
 

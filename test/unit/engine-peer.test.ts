@@ -29,7 +29,7 @@ function compare(ours: Float32Array, ref: Float32Array) {
 describe('logits against the reference implementation (modeling_kimi.py + fla, float32 on an H100)', async () => {
   const backends = await allBackends();
   for (const b of backends) {
-    const ours = loadDefault(b).createSession().forward(toks, true);
+    const ours = (await loadDefault(b)).createSession().forward(toks, true);
     it(`${b.name}: matches the reference's token-by-token pass (fused_recurrent_kda, float32)`, () => {
       const r = compare(ours, tensorF32(peer.tensors.get('logits_decode')!));
       // measured: max abs 4.6e-5 on logits up to 16, rel L2 1.3e-6

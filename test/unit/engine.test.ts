@@ -14,10 +14,11 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 describe('the engine on the default model (every backend)', async () => {
   const backends = await allBackends();
+  const models = await Promise.all(backends.map((b) => loadDefault(b)));
 
-  for (const b of backends) {
+  for (const [bi, b] of backends.entries()) {
     describe(b.name, () => {
-      const model = loadDefault(b);
+      const model = models[bi]!;
       const toks = tokens(150, V);
 
       it('prefill of 150 tokens (batches of 64, ragged tail) gives the logits of decoding them one by one', () => {
@@ -65,14 +66,14 @@ describe('the engine on the default model (every backend)', async () => {
         expect(greedy(b2)).toEqual(greedy(a));
       });
 
-      it('rejects a blob that is corrupt, truncated or from another model, and keeps its state', () => {
+      it('rejects a blob that is corrupt, truncated or from another model, and keeps its state', async () => {
         const s = model.createSession();
         s.forward(toks.slice(0, 20));
         const before = s.logits()!;
         const good = s.save();
         const corrupt = good.slice();
         corrupt[good.length >> 1]! ^= 1;
-        const other = placeHfModel(b, defaultConfig(), [{ name: 'other.safetensors', bytes: syntheticWeights(defaultConfig(), 99, { dtype: 'BF16' }) }]);
+        const other = await placeHfModel(b, defaultConfig(), [{ name: 'other.safetensors', bytes: syntheticWeights(defaultConfig(), 99, { dtype: 'BF16' }) }]);
         const os = other.createSession();
         os.forward(toks.slice(0, 20));
         for (const bad of [corrupt, good.subarray(0, good.length - 9), os.save(), new Uint8Array(3)]) {
@@ -95,7 +96,7 @@ describe('the engine on the default model (every backend)', async () => {
 
   it('every backend gives the same logits (float32 rounding apart)', () => {
     const toks = tokens(40, V, 3);
-    const outs = backends.map((b) => loadDefault(b).createSession().forward(toks, true));
+    const outs = models.map((m) => m.createSession().forward(toks, true));
     const scale = Math.max(...outs[0]!.map(Math.abs));
     for (const o of outs.slice(1)) expect(maxAbsDiff(o, outs[0]!) / scale).toBeLessThan(1e-5);
   });

@@ -1,0 +1,178 @@
+/**
+ * Session: one conversation with a model. Prefill runs the chunked KDA kernels, decode the step
+ * kernel; generate() streams tokens and text as an async iterator.
+ */
+import type { EngineSession } from '../engine/engine.js';
+import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import { StreamDecoder } from '../tokenizer/tokenizer.js';
+import type { Model } from './model.js';
+import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
+
+export interface GenerateOptions extends SamplingOptions {
+  /** most tokens to generate (default 256) */
+  maxTokens?: number;
+  /** strings that end generation; they are not part of the text returned */
+  stop?: readonly string[];
+  /** aborting ends generation after the current token (finishReason 'abort') */
+  signal?: AbortSignal;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort';
+
+export type GenerateEvent =
+  | { readonly type: 'token'; readonly token: number; readonly text: string }
+  | { readonly type: 'done'; readonly finishReason: FinishReason; readonly promptTokens: number; readonly completionTokens: number; readonly text: string };
+
+const BLOB_MAGIC = 0x5745_4c4b; // "KLEW" little-endian: the session wrapper around the engine blob
+const BLOB_VERSION = 1;
+
+/** lets timers, I/O and abort signals run between tokens (setImmediate where there is one) */
+function yieldToEventLoop(): Promise<void> {
+  const si = (globalThis as { setImmediate?: (f: () => void) => void }).setImmediate;
+  return new Promise((r) => (si ? si(r) : setTimeout(r, 0)));
+}
+
+export class Session {
+  /** every token this session has seen, for the repetition penalty and for save() */
+  private history: number[] = [];
+
+  /** @internal use model.createSession() or Session.restore() */
+  constructor(
+    readonly model: Model,
+    private readonly engine: EngineSession,
+  ) {}
+
+  /** Tokens seen so far. */
+  get length(): number {
+    return this.history.length;
+  }
+
+  /** Runs prompt tokens through the model (chunked prefill); returns the last token's logits. */
+  prefill(tokens: readonly number[]): Float32Array {
+    const l = this.engine.forward(tokens);
+    this.history.push(...tokens);
+    return l;
+  }
+
+  /** Samples the next token from the current logits, runs it through the model, returns it. */
+  decode(sampling: SamplingOptions | Sampler = {}): number {
+    const logits = this.engine.logits();
+    if (!logits) throw new Error('decode needs a prefill first');
+    const s = sampling instanceof Sampler ? sampling : new Sampler(sampling);
+    const t = s.sample(logits, this.history);
+    this.engine.forward([t]);
+    this.history.push(t);
+    return t;
+  }
+
+  /** The last token's logits (a copy), or null before any token. */
+  logits(): Float32Array | null {
+    return this.engine.logits();
+  }
+
+  /**
+   * Generates from a prompt: text (tokenized as is), chat messages (through the model's chat
+   * template), or token ids. Continues the conversation this session holds.
+   */
+  async *generate(prompt: string | readonly ChatMessage[] | readonly number[], opts: GenerateOptions = {}): AsyncGenerator<GenerateEvent> {
+    validateSampling(opts);
+    const maxTokens = opts.maxTokens ?? 256;
+    if (!(Number.isInteger(maxTokens) && maxTokens >= 0)) throw new RangeError(`maxTokens must be a non-negative integer, got ${maxTokens}`);
+    const tok = this.model.tokenizer;
+    let ids: number[];
+    if (typeof prompt === 'string') {
+      if (!tok) throw new Error('this model has no tokenizer: pass token ids');
+      ids = tok.encode(prompt);
+    } else if (prompt.length && typeof prompt[0] === 'object') {
+      if (!tok) throw new Error('this model has no tokenizer: pass token ids');
+      ids = tok.encode(tok.applyChatTemplate(prompt as readonly ChatMessage[]));
+    } else ids = [...(prompt as readonly number[])];
+    if (!ids.length && !this.engine.logits()) throw new RangeError('the prompt is empty');
+    if (ids.length) this.prefill(ids);
+    const sampler = new Sampler(opts);
+    const eos = new Set(this.model.eosTokenIds);
+    const stops = (opts.stop ?? []).filter((s) => s.length > 0);
+    const dec = tok ? new StreamDecoder(tok) : null;
+    let text = '', pending = '', n = 0;
+    let reason: FinishReason = 'length';
+    const done = (): GenerateEvent => ({ type: 'done', finishReason: reason, promptTokens: ids.length, completionTokens: n, text });
+    while (n < maxTokens) {
+      if (opts.signal?.aborted) {
+        reason = 'abort';
+        break;
+      }
+      const logits = this.engine.logits()!;
+      const t = sampler.sample(logits, this.history);
+      n++;
+      if (eos.has(t)) {
+        this.engine.forward([t]);
+        this.history.push(t);
+        reason = 'stop';
+        break;
+      }
+      this.engine.forward([t]);
+      this.history.push(t);
+      pending += dec ? dec.push(t) : '';
+      // hold back text that could still become a stop string
+      const hit = stops.map((s) => pending.indexOf(s)).filter((i) => i >= 0);
+      if (hit.length) {
+        const cut = Math.min(...hit);
+        const piece = pending.slice(0, cut);
+        text += piece;
+        yield { type: 'token', token: t, text: piece };
+        reason = 'stop';
+        break;
+      }
+      let keep = 0;
+      for (const s of stops) for (let k = Math.min(s.length - 1, pending.length); k > keep; k--) if (s.startsWith(pending.slice(pending.length - k))) keep = k;
+      const piece = pending.slice(0, pending.length - keep);
+      pending = pending.slice(pending.length - keep);
+      text += piece;
+      yield { type: 'token', token: t, text: piece };
+      await yieldToEventLoop();
+    }
+    if (reason !== 'stop' || !stops.length) {
+      const rest = pending + (dec ? dec.flush() : '');
+      text += rest;
+      if (rest) yield { type: 'token', token: -1, text: rest };
+    }
+    yield done();
+  }
+
+  /** The session as a versioned blob: token history + the engine's state (KDA, MLA, logits). */
+  save(): Uint8Array {
+    const engine = this.engine.save();
+    const out = new Uint8Array(12 + 4 * this.history.length + engine.length);
+    const dv = new DataView(out.buffer);
+    dv.setUint32(0, BLOB_MAGIC, true);
+    dv.setUint32(4, BLOB_VERSION, true);
+    dv.setUint32(8, this.history.length, true);
+    this.history.forEach((t, i) => dv.setInt32(12 + 4 * i, t, true));
+    out.set(engine, 12 + 4 * this.history.length);
+    return out;
+  }
+
+  /** A session continuing where a saved one stopped; throws if the blob is not this model's. */
+  static restore(model: Model, blob: Uint8Array): Session {
+    const dv = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
+    if (blob.length < 12 || dv.getUint32(0, true) !== BLOB_MAGIC) throw new Error('not a kimi-linear-edge session blob');
+    if (dv.getUint32(4, true) !== BLOB_VERSION) throw new Error(`session blob version ${dv.getUint32(4, true)} is not ${BLOB_VERSION}`);
+    const n = dv.getUint32(8, true);
+    if (12 + 4 * n > blob.length) throw new Error('session blob is truncated');
+    const s = model.createSession();
+    try {
+      s.engine.load(blob.subarray(12 + 4 * n));
+      if (s.engine.pos !== n) throw new Error(`session blob holds ${n} tokens of history but ${s.engine.pos} of state`);
+    } catch (e) {
+      s.free();
+      throw e;
+    }
+    for (let i = 0; i < n; i++) s.history.push(dv.getInt32(12 + 4 * i, true));
+    return s;
+  }
+
+  /** Frees the session's engine memory (KDA states, MLA caches). */
+  free(): void {
+    this.engine.free();
+  }
+}
