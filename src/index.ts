@@ -32,3 +32,14 @@ export {
 export { writeSafetensors, type TensorToWrite } from './model/safetensors-writer.js';
 export { readKdaVector, runKdaVector, type KdaPath, type KdaVector, type KdaVectorResult } from './verify/kda-vectors.js';
 export { relErr } from './verify/relerr.js';
+
+// the runtime: models, sessions, generation
+export { loadModel, type LoadOptions } from './model/load.js';
+export { sourceFromFiles, sourceFromR2, sourceFromUrl, type ModelSource, type OpenedFile, type R2BucketLike } from './model/source.js';
+export { Model } from './generate/model.js';
+export { Session, type FinishReason, type GenerateEvent, type GenerateOptions } from './generate/session.js';
+export { Sampler, type SamplingOptions } from './generate/sampler.js';
+export { Tokenizer, TokenizerError, StreamDecoder, type ChatMessage } from './tokenizer/tokenizer.js';
+export { ConfigError, parseKimiConfig, type KimiConfig, type LayerKind, type MoeConfig } from './model/config.js';
+export { EngineError, EngineModel, EngineSession } from './engine/engine.js';
+export type { LoadProgress } from './model/hf-loader.js';
