@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // kimi-edge: the command line.
 //   kimi-edge generate [PROMPT] [options]   generate with a model (default: the embedded one)
+//   kimi-edge convert HF_DIR OUT.gguf       HF checkpoint -> GGUF (llama.cpp's Kimi-Linear layout)
 //   kimi-edge selftest [DIR]                verify every kernel build against the KDA vectors
-// serve and convert arrive with the server.
+// serve arrives with the server.
 import { join } from 'node:path';
+import { convert } from './cli/convert.js';
 import { generate } from './cli/generate.js';
 import { selftest } from './cli/selftest.js';
 import { packageRoot } from './engine/node-kernels.js';
@@ -12,11 +14,13 @@ const USAGE = `usage:
   kimi-edge generate [PROMPT] [--model DIR] [--backend wasm|wasm-scalar|native] [--raw]
                      [--max-tokens N] [--temperature T] [--top-p P] [--top-k K]
                      [--repetition-penalty R] [--seed S] [--stop STR]...
+  kimi-edge convert HF_DIR OUT.gguf [--type f32|bf16|q8_0|q4_0]
   kimi-edge selftest [DIR]`;
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === 'generate') return generate(rest);
+  if (cmd === 'convert') return convert(rest);
   if (cmd === 'selftest' && rest.length <= 1) return selftest(rest[0] ?? join(packageRoot(), 'test', 'fixtures'));
   console.error(USAGE);
   return 2;

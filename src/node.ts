@@ -1,5 +1,5 @@
 /** Node (and Bun/Deno with node: APIs) helpers: the committed wasm, the native addon, model directories. */
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { KernelBackend } from './engine/backend.js';
 import { loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
 import type { Model } from './generate/model.js';
@@ -25,7 +25,8 @@ export function defaultModelDir(): string {
 }
 
 /**
- * Loads a model directory (default: the embedded default model) on the chosen kernels.
+ * Loads a model directory (default: the embedded default model) or a .gguf file on the chosen
+ * kernels.
  * @example
  * const model = await loadModelFromDirectory();
  * const session = model.createSession();
@@ -33,5 +34,7 @@ export function defaultModelDir(): string {
  *   if (ev.type === 'token') process.stdout.write(ev.text);
  */
 export async function loadModelFromDirectory(dir = defaultModelDir(), opts: { backend?: NodeBackendName; onProgress?: (p: LoadProgress) => void } = {}): Promise<Model> {
+  // a path to a .gguf file loads that file
+  if (dir.endsWith('.gguf')) return loadModel(sourceFromDirectory(dirname(dir)), { backend: await nodeBackend(opts.backend), onProgress: opts.onProgress, gguf: basename(dir) });
   return loadModel(sourceFromDirectory(dir), { backend: await nodeBackend(opts.backend), onProgress: opts.onProgress });
 }

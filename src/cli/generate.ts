@@ -11,7 +11,7 @@ import { ProgressBar } from './progress.js';
 
 function fileBytes(dir: string): number | null {
   try {
-    return statSync(join(dir, 'model.safetensors')).size;
+    return statSync(dir.endsWith('.gguf') ? dir : join(dir, 'model.safetensors')).size;
   } catch {
     return null;
   }

@@ -13,6 +13,7 @@ import { parseKimiConfig, type KimiConfig } from './config.js';
 import { hfName, hfSlot, isIgnorableHfName } from './hf-names.js';
 import { FormatError, tensorF32 } from './safetensors.js';
 import { bytesToStream, readSafetensorsStream, type ChunkSink, type TensorInfo } from './safetensors-stream.js';
+import { FiniteCheck } from './finite-check.js';
 
 /** One safetensors shard: in memory, or a stream opened on demand (file, fetch body, R2 object). */
 export interface Shard {
@@ -37,48 +38,6 @@ export interface PlaceOptions {
 }
 
 const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
-
-/** Checks a tensor's values are finite as chunks arrive (elements may straddle chunks). */
-class FiniteCheck {
-  private carry = new Uint8Array(8);
-  private carried = 0;
-  private index = 0;
-
-  constructor(private readonly dtype: string, private readonly where: string) {}
-
-  push(chunk: Uint8Array): void {
-    const w = DTYPE_BYTES[this.dtype]!;
-    let p = 0;
-    if (this.carried) {
-      const need = w - this.carried;
-      this.carry.set(chunk.subarray(0, need), this.carried);
-      if (chunk.length < need) {
-        this.carried += chunk.length;
-        return;
-      }
-      this.check(this.carry, 0);
-      p = need;
-      this.carried = 0;
-    }
-    const n = Math.floor((chunk.length - p) / w);
-    for (let i = 0; i < n; i++) this.check(chunk, p + i * w);
-    const rest = chunk.length - p - n * w;
-    if (rest) {
-      this.carry.set(chunk.subarray(chunk.length - rest));
-      this.carried = rest;
-    }
-  }
-
-  private check(b: Uint8Array, o: number): void {
-    let bad: boolean;
-    if (this.dtype === 'F32') bad = (b[o + 3]! & 0x7f) === 0x7f && (b[o + 2]! & 0x80) === 0x80;
-    else if (this.dtype === 'BF16') bad = (b[o + 1]! & 0x7f) === 0x7f && (b[o]! & 0x80) === 0x80;
-    else if (this.dtype === 'F16') bad = (b[o + 1]! & 0x7c) === 0x7c;
-    else bad = (b[o + 7]! & 0x7f) === 0x7f && (b[o + 6]! & 0xf0) === 0xf0;
-    if (bad) throw new FormatError(`${this.where}: value ${this.index} is not finite (NaN or infinity)`);
-    this.index++;
-  }
-}
 
 const DIRECT: Partial<Record<string, WeightFormatName>> = { F32: 'f32', BF16: 'bf16', F16: 'f16' };
 

@@ -2,6 +2,8 @@
 import type { KernelBackend } from '../engine/backend.js';
 import { Model } from '../generate/model.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
+import { tokenizerFromGguf } from '../tokenizer/from-gguf.js';
+import { placeGgufModel } from './gguf-loader.js';
 import { placeHfModel, type LoadProgress, type Shard } from './hf-loader.js';
 import { FormatError } from './safetensors.js';
 import { readJson, type ModelSource } from './source.js';
@@ -10,15 +12,30 @@ export interface LoadOptions {
   /** the kernels to run on: a WasmBackend (anywhere) or the NativeBackend (Node) */
   backend: KernelBackend;
   onProgress?: (p: LoadProgress) => void;
+  /** load this GGUF file of the source instead of an HF checkpoint (default: model.gguf when there is no config.json) */
+  gguf?: string;
 }
 
 /**
- * Loads an HF-layout model (config.json, model.safetensors or a sharded index, and optionally
- * tokenizer.json + tokenizer_config.json) from a source, streaming the weights into the engine.
+ * Loads a model from a source, streaming the weights into the engine: an HF checkpoint
+ * (config.json, model.safetensors or a sharded index, optionally tokenizer.json +
+ * tokenizer_config.json), or a GGUF file as llama.cpp writes Kimi-Linear (with its vocabulary).
  */
 export async function loadModel(source: ModelSource, options: LoadOptions): Promise<Model> {
-  const config = await readJson(source, 'config.json');
-  if (config === null) throw new FormatError(`${source.name}: config.json is missing`);
+  const config = options.gguf ? null : await readJson(source, 'config.json');
+  if (config === null) {
+    const file = options.gguf ?? 'model.gguf';
+    const f = await source.open(file);
+    if (!f) throw new FormatError(`${source.name}: config.json is missing${options.gguf ? '' : ' (and there is no model.gguf)'}`);
+    const { engine, header } = await placeGgufModel(options.backend, f.stream, `${source.name}/${file}`, { onProgress: options.onProgress, bytesTotal: f.size ?? undefined });
+    try {
+      const tf = tokenizerFromGguf(header.metadata);
+      return new Model(engine, tf ? new Tokenizer(tf.tokenizerJson, tf.tokenizerConfig) : null, `${source.name}/${file}`);
+    } catch (e) {
+      engine.free();
+      throw e;
+    }
+  }
   const shards = await shardList(source);
   const opened: Shard[] = shards.map((name) => ({
     name,

@@ -21,7 +21,7 @@ export interface ChunkSink {
 }
 
 /** Pulls exact byte counts out of a stream of arbitrary chunks. */
-class ByteReader {
+export class ByteReader {
   private buf: Uint8Array = new Uint8Array(0);
   private off = 0;
   consumed = 0;

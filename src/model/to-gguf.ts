@@ -1,0 +1,172 @@
+/**
+ * HF checkpoint -> GGUF in llama.cpp's Kimi-Linear layout (the names, shapes and conventions of
+ * its converter; see gguf-kimi.ts), optionally quantizing matmul weights to Q8_0 or Q4_0 as
+ * llama-quantize would (norms, gates, conv kernels, the router and its bias stay F32).
+ */
+import type { Kernels } from '../engine/kernels.js';
+import { parseKimiConfig, isMoeLayer } from './config.js';
+import { ARCH } from './gguf-kimi.js';
+import { writeGguf, type GgufMeta, type GgufTensorToWrite } from './gguf-writer.js';
+import { tensorF32, type SafetensorsFile } from './safetensors.js';
+
+export type GgufWeightType = 'F32' | 'BF16' | 'Q8_0' | 'Q4_0';
+
+export interface ToGgufOptions {
+  /** type of the matmul weights (default: F32) */
+  weights?: GgufWeightType;
+  /** HF tokenizer.json (byte-level BPE) to embed as tokenizer.ggml.* */
+  tokenizerJson?: unknown;
+  tokenizerConfig?: Record<string, unknown>;
+  name?: string;
+}
+
+function bf16(a: Float32Array): Uint8Array {
+  const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const out = new Uint16Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = (u[i]! + 0x7fff + ((u[i]! >>> 16) & 1)) >>> 16;
+  return new Uint8Array(out.buffer);
+}
+
+/** The GGUF file's bytes. */
+export function hfToGguf(configJson: unknown, file: SafetensorsFile, kernels: Kernels, opts: ToGgufOptions = {}): Uint8Array {
+  const { metadata, tensors } = hfToGgufParts(configJson, file, kernels, opts);
+  return writeGguf(metadata, tensors);
+}
+
+/** The GGUF file's metadata and tensors, before they are written. */
+export function hfToGgufParts(configJson: unknown, file: SafetensorsFile, kernels: Kernels, opts: ToGgufOptions = {}): { metadata: Record<string, GgufMeta>; tensors: GgufTensorToWrite[] } {
+  const c = parseKimiConfig(configJson);
+  const get = (n: string) => {
+    const t = file.tensors.get(n);
+    if (!t) throw new Error(`missing tensor ${n}`);
+    return tensorF32(t);
+  };
+  const out: GgufTensorToWrite[] = [];
+  const f32 = (name: string, ne: number[], a: Float32Array) => out.push({ name, ne, type: 'F32', data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength) });
+  const weight = (name: string, ne: number[], a: Float32Array) => {
+    const t = opts.weights ?? 'F32';
+    if (t === 'F32' || ((t === 'Q8_0' || t === 'Q4_0') && ne[0]! % 32)) return f32(name, ne, a);
+    if (t === 'BF16') return out.push({ name, ne, type: 'BF16', data: bf16(a) });
+    out.push({ name, ne, type: t, data: kernels.quantize(t === 'Q8_0' ? 'q8_0' : 'q4_0', a) });
+  };
+  const D = c.hiddenSize;
+  weight('token_embd.weight', [D, c.vocabSize], get('model.embed_tokens.weight'));
+  f32('output_norm.weight', [D], get('model.norm.weight'));
+  if (!c.tieWordEmbeddings) weight('output.weight', [D, c.vocabSize], get('lm_head.weight'));
+  const { numHeads: H, headDim: dk, convKernel: W } = c.kda;
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `model.layers.${l}.`, b = `blk.${l}.`;
+    f32(`${b}attn_norm.weight`, [D], get(`${p}input_layernorm.weight`));
+    f32(`${b}ffn_norm.weight`, [D], get(`${p}post_attention_layernorm.weight`));
+    if (c.layerKinds[l] === 'kda') {
+      for (const x of ['q', 'k', 'v']) weight(`${b}attn_${x}.weight`, [D, H * dk], get(`${p}self_attn.${x}_proj.weight`));
+      for (const x of ['q', 'k', 'v']) f32(`${b}ssm_conv1d_${x}.weight`, [W, 1, H * dk, 1], get(`${p}self_attn.${x}_conv1d.weight`));
+      weight(`${b}ssm_f_a.weight`, [D, dk], get(`${p}self_attn.f_a_proj.weight`));
+      weight(`${b}ssm_f_b.weight`, [dk, H * dk], get(`${p}self_attn.f_b_proj.weight`));
+      weight(`${b}ssm_beta.weight`, [D, H], get(`${p}self_attn.b_proj.weight`));
+      f32(`${b}ssm_a`, [1, H, 1, 1], get(`${p}self_attn.A_log`).map((x) => -Math.exp(x)));
+      f32(`${b}ssm_dt.bias`, [H * dk], get(`${p}self_attn.dt_bias`));
+      weight(`${b}ssm_g_a.weight`, [D, dk], get(`${p}self_attn.g_a_proj.weight`));
+      weight(`${b}ssm_g_b.weight`, [dk, H * dk], get(`${p}self_attn.g_b_proj.weight`));
+      f32(`${b}ssm_norm.weight`, [dk], get(`${p}self_attn.o_norm.weight`));
+      weight(`${b}attn_output.weight`, [H * dk, D], get(`${p}self_attn.o_proj.weight`));
+    } else {
+      const { numHeads: Hm, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vh, kvLoraRank: R } = c.mla;
+      weight(`${b}attn_q.weight`, [D, Hm * (nope + rope)], get(`${p}self_attn.q_proj.weight`));
+      weight(`${b}attn_kv_a_mqa.weight`, [D, R + rope], get(`${p}self_attn.kv_a_proj_with_mqa.weight`));
+      f32(`${b}attn_kv_a_norm.weight`, [R], get(`${p}self_attn.kv_a_layernorm.weight`));
+      const kvb = get(`${p}self_attn.kv_b_proj.weight`);
+      const kb = new Float32Array(Hm * R * nope), vb = new Float32Array(Hm * vh * R);
+      for (let h = 0; h < Hm; h++) {
+        const base = h * (nope + vh) * R;
+        for (let i = 0; i < nope; i++) for (let r = 0; r < R; r++) kb[(h * R + r) * nope + i] = kvb[base + i * R + r]!;
+        vb.set(kvb.subarray(base + nope * R, base + (nope + vh) * R), h * vh * R);
+      }
+      weight(`${b}attn_k_b.weight`, [nope, R, Hm], kb);
+      weight(`${b}attn_v_b.weight`, [R, vh, Hm], vb);
+      weight(`${b}attn_output.weight`, [Hm * vh, D], get(`${p}self_attn.o_proj.weight`));
+    }
+    if (!isMoeLayer(c, l)) {
+      weight(`${b}ffn_gate.weight`, [D, c.intermediateSize], get(`${p}mlp.gate_proj.weight`));
+      weight(`${b}ffn_up.weight`, [D, c.intermediateSize], get(`${p}mlp.up_proj.weight`));
+      weight(`${b}ffn_down.weight`, [c.intermediateSize, D], get(`${p}mlp.down_proj.weight`));
+    } else {
+      const m = c.moe!;
+      const MI = m.moeIntermediateSize, E = m.numExperts;
+      f32(`${b}ffn_gate_inp.weight`, [D, E], get(`${p}block_sparse_moe.gate.weight`));
+      f32(`${b}exp_probs_b.bias`, [E], get(`${p}block_sparse_moe.gate.e_score_correction_bias`));
+      for (const [w, name, ne] of [['w1', 'ffn_gate_exps', [D, MI, E]], ['w3', 'ffn_up_exps', [D, MI, E]], ['w2', 'ffn_down_exps', [MI, D, E]]] as const) {
+        const stack = new Float32Array(D * MI * E);
+        for (let e = 0; e < E; e++) stack.set(get(`${p}block_sparse_moe.experts.${e}.${w}.weight`), e * D * MI);
+        weight(`${b}${name}.weight`, [...ne], stack);
+      }
+      if (m.numSharedExperts) {
+        const S = MI * m.numSharedExperts;
+        weight(`${b}ffn_gate_shexp.weight`, [D, S], get(`${p}block_sparse_moe.shared_experts.gate_proj.weight`));
+        weight(`${b}ffn_up_shexp.weight`, [D, S], get(`${p}block_sparse_moe.shared_experts.up_proj.weight`));
+        weight(`${b}ffn_down_shexp.weight`, [S, D], get(`${p}block_sparse_moe.shared_experts.down_proj.weight`));
+      }
+    }
+  }
+  const k = (s: string) => `${ARCH}.${s}`;
+  const u32 = (value: number): GgufMeta => ({ type: 'u32', value });
+  const md: Record<string, GgufMeta> = {
+    'general.architecture': { type: 'str', value: ARCH },
+    'general.name': { type: 'str', value: opts.name ?? 'kimi-linear' },
+    [k('vocab_size')]: u32(c.vocabSize),
+    [k('context_length')]: u32(c.maxContext ?? 1048576),
+    [k('embedding_length')]: u32(D),
+    [k('feed_forward_length')]: u32(c.intermediateSize),
+    [k('block_count')]: u32(c.numLayers),
+    [k('attention.head_count')]: u32(H),
+    [k('attention.head_count_kv')]: { type: 'arr_i32', value: c.layerKinds.map((x) => (x === 'kda' ? 0 : 1)) },
+    [k('attention.layer_norm_rms_epsilon')]: { type: 'f32', value: c.rmsNormEps },
+    [k('ssm.conv_kernel')]: u32(W),
+    [k('kda.head_dim')]: u32(dk),
+    [k('attention.kv_lora_rank')]: u32(c.mla.kvLoraRank),
+    [k('rope.dimension_count')]: u32(c.mla.qkRopeHeadDim),
+    [k('attention.key_length')]: u32(c.mla.kvLoraRank + c.mla.qkRopeHeadDim),
+    [k('attention.key_length_mla')]: u32(c.mla.qkNopeHeadDim + c.mla.qkRopeHeadDim),
+    [k('attention.value_length_mla')]: u32(c.mla.vHeadDim),
+  };
+  if (c.kda.gateLowerBound) md[k('kda.gate_lower_bound')] = { type: 'f32', value: c.kda.gateLowerBound };
+  if (c.moe) {
+    Object.assign(md, {
+      [k('expert_count')]: u32(c.moe.numExperts),
+      [k('expert_used_count')]: u32(c.moe.expertsPerToken),
+      [k('expert_shared_count')]: u32(c.moe.numSharedExperts),
+      [k('expert_feed_forward_length')]: u32(c.moe.moeIntermediateSize),
+      [k('leading_dense_block_count')]: u32(c.moe.firstKDenseReplace),
+      [k('expert_weights_scale')]: { type: 'f32', value: c.moe.routedScalingFactor },
+      [k('expert_weights_norm')]: { type: 'bool', value: c.moe.renormalize },
+      [k('expert_gating_func')]: u32(c.moe.routerActivation === 'softmax' ? 1 : 2),
+      [k('expert_group_count')]: u32(c.moe.numExpertGroup),
+      [k('expert_group_used_count')]: u32(c.moe.topkGroup),
+    });
+    if (c.moe.moeLayerFreq !== 1) throw new Error('moe_layer_freq != 1 has no GGUF key in llama.cpp');
+  }
+  if (opts.tokenizerJson) Object.assign(md, tokenizerMeta(opts.tokenizerJson, opts.tokenizerConfig ?? {}, c.vocabSize));
+  return { metadata: md, tensors: out };
+}
+
+/** tokenizer.ggml.* from an HF byte-level BPE tokenizer.json */
+function tokenizerMeta(tj: unknown, tc: Record<string, unknown>, vocabSize: number): Record<string, GgufMeta> {
+  const t = tj as { model: { type: string; vocab: Record<string, number>; merges: (string | [string, string])[] }; added_tokens?: { id: number; content: string; special: boolean }[]; pre_tokenizer?: { type?: string } };
+  if (t.model?.type !== 'BPE') throw new Error('only BPE tokenizers convert to GGUF here');
+  const tokens = Array.from({ length: vocabSize }, (_, i) => `[PAD${i}]`);
+  const types = Array.from({ length: vocabSize }, () => 5);
+  for (const [s, id] of Object.entries(t.model.vocab)) if (id < vocabSize) [tokens[id], types[id]] = [s, 1];
+  for (const a of t.added_tokens ?? []) if (a.id < vocabSize) [tokens[a.id], types[a.id]] = [a.content, a.special ? 3 : 4];
+  const id = (v: unknown) => (typeof v === 'string' ? tokens.indexOf(v) : -1);
+  const md: Record<string, GgufMeta> = {
+    'tokenizer.ggml.model': { type: 'str', value: 'gpt2' },
+    'tokenizer.ggml.pre': { type: 'str', value: t.pre_tokenizer?.type === 'ByteLevel' ? 'gpt-2' : 'kimi-k2' },
+    'tokenizer.ggml.tokens': { type: 'arr_str', value: tokens },
+    'tokenizer.ggml.token_type': { type: 'arr_i32', value: types },
+    'tokenizer.ggml.merges': { type: 'arr_str', value: t.model.merges.map((m) => (Array.isArray(m) ? m.join(' ') : m)) },
+  };
+  if (id(tc.bos_token) >= 0) md['tokenizer.ggml.bos_token_id'] = { type: 'u32', value: id(tc.bos_token) };
+  if (id(tc.eos_token) >= 0) md['tokenizer.ggml.eos_token_id'] = { type: 'u32', value: id(tc.eos_token) };
+  if (typeof tc.chat_template === 'string') md['tokenizer.chat_template'] = { type: 'str', value: tc.chat_template };
+  return md;
+}

@@ -1,0 +1,73 @@
+/**
+ * A GGUF's embedded vocabulary (tokenizer.ggml.*, BPE as llama.cpp's "gpt2" model) as HF
+ * tokenizer files, so the same tokenizer library runs it. Pre-tokenizers: "kimi-k2" (Kimi's
+ * tiktoken split pattern) and "gpt-2"/"default" (GPT-2's byte-level pattern).
+ */
+import type { GgufValue } from '../model/gguf.js';
+import { TokenizerError } from './tokenizer.js';
+
+/** Kimi's pre-tokenization pattern (tokenization_kimi.py), Oniguruma syntax as tokenizers uses. */
+export const KIMI_PATTERN = [
+  '[\\p{Han}]+',
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+  '\\p{N}{1,3}',
+  ' ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*',
+  '\\s*[\\r\\n]+',
+  '\\s+(?!\\S)',
+  '\\s+',
+].join('|');
+
+export function kimiPreTokenizer(): object {
+  return {
+    type: 'Sequence',
+    pretokenizers: [
+      { type: 'Split', pattern: { Regex: KIMI_PATTERN }, behavior: 'Isolated', invert: false },
+      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+    ],
+  };
+}
+
+export function tokenizerFromGguf(md: ReadonlyMap<string, GgufValue>): { tokenizerJson: object; tokenizerConfig: Record<string, unknown> } | null {
+  const model = md.get('tokenizer.ggml.model');
+  if (model === undefined) return null;
+  if (model !== 'gpt2') throw new TokenizerError(`tokenizer.ggml.model "${String(model)}" is not supported (gpt2 BPE only)`);
+  const tokens = md.get('tokenizer.ggml.tokens');
+  const types = md.get('tokenizer.ggml.token_type');
+  const merges = md.get('tokenizer.ggml.merges');
+  if (!Array.isArray(tokens) || !tokens.every((t) => typeof t === 'string')) throw new TokenizerError('tokenizer.ggml.tokens is not a list of strings');
+  if (!Array.isArray(merges) || !merges.every((t) => typeof t === 'string')) throw new TokenizerError('tokenizer.ggml.merges is not a list of strings');
+  if (types !== undefined && (!Array.isArray(types) || types.length !== tokens.length)) throw new TokenizerError('tokenizer.ggml.token_type does not match the token list');
+  const pre = md.get('tokenizer.ggml.pre') ?? 'default';
+  let preTokenizer: object;
+  if (pre === 'kimi-k2') preTokenizer = kimiPreTokenizer();
+  else if (pre === 'gpt-2' || pre === 'default') preTokenizer = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  else throw new TokenizerError(`tokenizer.ggml.pre "${String(pre)}" is not supported (kimi-k2, gpt-2)`);
+  const vocab: Record<string, number> = {};
+  const added: object[] = [];
+  (tokens as string[]).forEach((t, i) => {
+    const ty = types ? Number((types as GgufValue[])[i]) : 1;
+    if (ty === 3 || ty === 4) added.push({ id: i, content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: ty === 3 });
+    else if (ty !== 5) vocab[t] = i;
+  });
+  const byId = (key: string) => {
+    const v = md.get(key);
+    return v === undefined ? null : ((tokens as string[])[Number(v)] ?? null);
+  };
+  const tokenizerJson = {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer: preTokenizer,
+    post_processor: null,
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: pre === 'kimi-k2', vocab, merges },
+  };
+  const tpl = md.get('tokenizer.chat_template');
+  return {
+    tokenizerJson,
+    tokenizerConfig: { bos_token: byId('tokenizer.ggml.bos_token_id'), eos_token: byId('tokenizer.ggml.eos_token_id'), ...(typeof tpl === 'string' ? { chat_template: tpl } : {}) },
+  };
+}
