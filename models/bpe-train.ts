@@ -2,17 +2,9 @@
 // models/corpus.txt. Training lives here (a build step); tokenizing at run time is done by
 // @huggingface/tokenizers from the files this writes.
 
-/** GPT-2's byte -> printable-character table, as byte-level BPE vocabularies spell bytes. */
-export function byteToUnicode(): string[] {
-  const keep: number[] = [];
-  for (let b = 33; b <= 126; b++) keep.push(b);
-  for (let b = 161; b <= 172; b++) keep.push(b);
-  for (let b = 174; b <= 255; b++) keep.push(b);
-  const out: string[] = new Array(256);
-  let extra = 0;
-  for (let b = 0; b < 256; b++) out[b] = String.fromCodePoint(keep.includes(b) ? b : 256 + extra++);
-  return out;
-}
+import { byteToUnicode } from '../src/tokenizer/byte-level.js';
+
+export { byteToUnicode };
 
 // GPT-2's pre-tokenization pattern (what the ByteLevel pre-tokenizer applies)
 const WORDS = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;

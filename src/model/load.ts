@@ -6,7 +6,8 @@ import { tokenizerFromGguf } from '../tokenizer/from-gguf.js';
 import { placeGgufModel } from './gguf-loader.js';
 import { placeHfModel, type LoadProgress, type Shard } from './hf-loader.js';
 import { FormatError } from './safetensors.js';
-import { readJson, type ModelSource } from './source.js';
+import { readAll, readJson, type ModelSource } from './source.js';
+import { tokenizerFromTiktoken } from '../tokenizer/tiktoken.js';
 
 export interface LoadOptions {
   /** the kernels to run on: a WasmBackend (anywhere) or the NativeBackend (Node) */
@@ -48,8 +49,17 @@ export async function loadModel(source: ModelSource, options: LoadOptions): Prom
   const engine = await placeHfModel(options.backend, config, opened, { onProgress: options.onProgress });
   try {
     const tj = await readJson(source, 'tokenizer.json');
-    const tc = await readJson(source, 'tokenizer_config.json');
-    const tokenizer = tj === null ? null : new Tokenizer(tj, tc ?? {});
+    const tc = (await readJson(source, 'tokenizer_config.json')) as Record<string, unknown> | null;
+    let tokenizer: Tokenizer | null = null;
+    if (tj !== null) tokenizer = new Tokenizer(tj, tc ?? {});
+    else {
+      // Kimi's own checkpoints ship a tiktoken vocabulary instead of tokenizer.json
+      const tk = await source.open('tiktoken.model');
+      if (tk) {
+        const t = tokenizerFromTiktoken(new TextDecoder().decode(await readAll(tk)), tc ?? {});
+        tokenizer = new Tokenizer(t.tokenizerJson, t.tokenizerConfig);
+      }
+    }
     return new Model(engine, tokenizer, source.name);
   } catch (e) {
     engine.free();
