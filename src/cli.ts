@@ -3,14 +3,17 @@
 //   kimi-edge generate [PROMPT] [options]   generate with a model (default: the embedded one)
 //   kimi-edge convert HF_DIR OUT.gguf       HF checkpoint -> GGUF (llama.cpp's Kimi-Linear layout)
 //   kimi-edge selftest [DIR]                verify every kernel build against the KDA vectors
-// serve arrives with the server.
+//   kimi-edge serve [options]               the OpenAI-compatible server on Node
 import { join } from 'node:path';
 import { convert } from './cli/convert.js';
 import { generate } from './cli/generate.js';
 import { selftest } from './cli/selftest.js';
+import { serveCmd } from './cli/serve.js';
 import { packageRoot } from './engine/node-kernels.js';
 
 const USAGE = `usage:
+  kimi-edge serve [--port 8787] [--host H] [--model DIR|FILE.gguf] [--backend wasm|native]
+                  [--model-id ID] [--api-key KEY]... [--max-concurrent N] [--max-prompt-tokens N]
   kimi-edge generate [PROMPT] [--model DIR] [--backend wasm|wasm-scalar|native] [--raw]
                      [--max-tokens N] [--temperature T] [--top-p P] [--top-k K]
                      [--repetition-penalty R] [--seed S] [--stop STR]...
@@ -21,6 +24,7 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === 'generate') return generate(rest);
   if (cmd === 'convert') return convert(rest);
+  if (cmd === 'serve') return serveCmd(rest);
   if (cmd === 'selftest' && rest.length <= 1) return selftest(rest[0] ?? join(packageRoot(), 'test', 'fixtures'));
   console.error(USAGE);
   return 2;

@@ -1,0 +1,36 @@
+// kimi-edge serve [--port 8787] [--host 127.0.0.1] [--model DIR|FILE.gguf] [--backend wasm|native]
+//   [--model-id ID] [--api-key KEY]... [--max-concurrent N] [--max-prompt-tokens N]
+// The OpenAI-compatible server on Node. API keys also come from KLE_API_KEYS (comma-separated).
+import { parseArgs } from 'node:util';
+import type { NodeBackendName } from '../node.js';
+import { startNodeServer } from '../server/node.js';
+
+export async function serveCmd(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: 'string', default: '8787' },
+      host: { type: 'string', default: '127.0.0.1' },
+      model: { type: 'string' },
+      'model-id': { type: 'string' },
+      backend: { type: 'string', default: 'native' },
+      'api-key': { type: 'string', multiple: true },
+      'max-concurrent': { type: 'string' },
+      'max-prompt-tokens': { type: 'string' },
+    },
+  });
+  const keys = [...(values['api-key'] ?? []), ...(process.env.KLE_API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean)];
+  const n = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  const { url } = await startNodeServer({
+    port: Number(values.port),
+    hostname: values.host,
+    model: values.model,
+    modelId: values['model-id'],
+    backend: values.backend as NodeBackendName,
+    apiKeys: keys,
+    limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']) },
+  });
+  console.error(`kimi-edge: serving on ${url} (OpenAI-compatible: POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /metrics)${keys.length ? ', bearer auth on' : ''}`);
+  await new Promise(() => {});
+  return 0;
+}

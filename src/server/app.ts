@@ -1,0 +1,246 @@
+/**
+ * The Hono app: an OpenAI-compatible API over one model. The same app runs in a Cloudflare
+ * Worker (worker/index.ts), on Node (src/server/node.ts), Bun and Deno.
+ *
+ * @example
+ * const app = createApp({ model, modelId: 'kimi-linear', apiKeys: ['secret'] });
+ * export default app; // a Worker, or: serve({ fetch: app.fetch, port: 8787 }) on Node
+ */
+import { Hono, type Context } from 'hono';
+import type { Model } from '../generate/model.js';
+import type { GenerateOptions } from '../generate/session.js';
+import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import { errorResponse } from './errors.js';
+import { Metrics } from './metrics.js';
+import { chatRequest, completionRequest, describeIssue, type ChatRequest, type CompletionRequest } from './schema.js';
+
+export interface Limits {
+  /** prompt tokens one request may send */
+  maxPromptTokens: number;
+  /** largest max_tokens accepted */
+  maxTokens: number;
+  /** max_tokens when a request gives none */
+  defaultMaxTokens: number;
+  /** request body bytes */
+  maxBodyBytes: number;
+  /** generations running at once (more get 429) */
+  maxConcurrent: number;
+}
+
+export const DEFAULT_LIMITS: Limits = { maxPromptTokens: 8192, maxTokens: 2048, defaultMaxTokens: 256, maxBodyBytes: 1 << 20, maxConcurrent: 8 };
+
+export interface ServerOptions {
+  /** the model, or a function that loads it on first use (a Worker loads lazily) */
+  model: Model | (() => Promise<Model>);
+  /** the id /v1/models lists and requests must name */
+  modelId?: string;
+  /** bearer tokens; when set, every route but /health needs one */
+  apiKeys?: readonly string[];
+  limits?: Partial<Limits>;
+  metrics?: Metrics;
+}
+
+const enc = new TextEncoder();
+
+/** compares without an early exit on the first differing byte */
+function sameToken(a: string, b: string): boolean {
+  const x = enc.encode(a), y = enc.encode(b);
+  let d = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) d |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return d === 0;
+}
+
+export function createApp(opts: ServerOptions): Hono {
+  const limits: Limits = { ...DEFAULT_LIMITS, ...Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined)) };
+  const metrics = opts.metrics ?? new Metrics();
+  const modelId = opts.modelId ?? 'kimi-linear';
+  let modelPromise: Promise<Model> | null = null;
+  const getModel = () => (modelPromise ??= typeof opts.model === 'function' ? opts.model() : Promise.resolve(opts.model));
+  let active = 0;
+  const app = new Hono();
+
+  app.use('*', async (c, next) => {
+    const t0 = Date.now();
+    await next();
+    const route = c.req.routePath === '*' || !c.req.routePath ? 'other' : c.req.routePath;
+    metrics.requests.inc({ route, status: String(c.res.status) });
+    if (!c.res.headers.get('content-type')?.startsWith('text/event-stream')) metrics.duration.observe((Date.now() - t0) / 1e3, { route });
+  });
+
+  app.use('/v1/*', async (c, next) => {
+    if (opts.apiKeys?.length) {
+      const h = c.req.header('authorization') ?? '';
+      const m = /^Bearer\s+(.+)$/i.exec(h);
+      if (!m || !opts.apiKeys.some((k) => sameToken(k, m[1]!.trim()))) {
+        return errorResponse(401, m ? 'invalid API key' : 'missing bearer token in the Authorization header', 'invalid_request_error', null, 'invalid_api_key', { 'www-authenticate': 'Bearer' });
+      }
+    }
+    await next();
+  });
+  app.use('/metrics', async (c, next) => {
+    if (opts.apiKeys?.length) {
+      const m = /^Bearer\s+(.+)$/i.exec(c.req.header('authorization') ?? '');
+      if (!m || !opts.apiKeys.some((k) => sameToken(k, m[1]!.trim()))) return errorResponse(401, 'missing or invalid bearer token', 'invalid_request_error', null, 'invalid_api_key');
+    }
+    await next();
+  });
+
+  app.get('/health', async (c) => {
+    const m = await getModel();
+    return c.json({ status: 'ok', model: modelId, backend: m.backend.name, layers: m.config.numLayers, activeSessions: active, maxConcurrent: limits.maxConcurrent });
+  });
+
+  app.get('/metrics', () => new Response(metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }));
+
+  app.get('/v1/models', (c) => c.json({ object: 'list', data: [{ id: modelId, object: 'model', created: 0, owned_by: 'kimi-linear-edge' }] }));
+
+  app.post('/v1/chat/completions', (c) => handle(c, 'chat'));
+  app.post('/v1/completions', (c) => handle(c, 'completion'));
+
+  app.notFound((c) => errorResponse(404, `no route for ${c.req.method} ${new URL(c.req.url).pathname}`, 'not_found_error'));
+  app.onError((e) => errorResponse(500, `internal error: ${e.message}`, 'server_error'));
+
+  async function readBody(c: Context): Promise<unknown | Response> {
+    const len = Number(c.req.header('content-length') ?? NaN);
+    if (len > limits.maxBodyBytes) return errorResponse(413, `request body of ${len} bytes exceeds the limit of ${limits.maxBodyBytes}`, 'invalid_request_error', null, 'body_too_large');
+    const buf = await c.req.arrayBuffer();
+    if (buf.byteLength > limits.maxBodyBytes) return errorResponse(413, `request body exceeds the limit of ${limits.maxBodyBytes} bytes`, 'invalid_request_error', null, 'body_too_large');
+    try {
+      return JSON.parse(new TextDecoder().decode(buf)) as unknown;
+    } catch (e) {
+      return errorResponse(400, `request body is not valid JSON (${(e as Error).message})`, 'invalid_request_error', null, 'invalid_json');
+    }
+  }
+
+  async function handle(c: Context, kind: 'chat' | 'completion'): Promise<Response> {
+    const t0 = Date.now();
+    const body = await readBody(c);
+    if (body instanceof Response) return body;
+    const parsed = (kind === 'chat' ? chatRequest : completionRequest).safeParse(body);
+    if (!parsed.success) {
+      const { message, param } = describeIssue(parsed.error);
+      return errorResponse(400, message, 'invalid_request_error', param, 'invalid_value');
+    }
+    const req = parsed.data as ChatRequest | CompletionRequest;
+    if (req.model !== modelId) return errorResponse(404, `model '${req.model}' does not exist here (this server serves '${modelId}')`, 'invalid_request_error', 'model', 'model_not_found');
+    const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? limits.defaultMaxTokens;
+    if (maxTokens > limits.maxTokens) return errorResponse(400, `max_tokens ${maxTokens} exceeds this server's limit of ${limits.maxTokens}`, 'invalid_request_error', 'max_tokens', 'max_tokens_exceeded');
+    const model = await getModel();
+    const tok = model.tokenizer;
+    if (!tok) return errorResponse(500, 'the model has no tokenizer', 'server_error');
+    let prompt: number[];
+    try {
+      if (kind === 'chat') {
+        const messages: ChatMessage[] = (req as ChatRequest).messages.map((m) => ({
+          role: m.role === 'developer' ? 'system' : m.role,
+          content: typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
+        }));
+        prompt = tok.encode(tok.applyChatTemplate(messages));
+      } else {
+        const p = (req as CompletionRequest).prompt;
+        prompt = tok.encode(typeof p === 'string' ? p : p[0]!);
+      }
+    } catch (e) {
+      return errorResponse(400, `cannot build the prompt: ${(e as Error).message}`, 'invalid_request_error', kind === 'chat' ? 'messages' : 'prompt');
+    }
+    const ctx = model.config.maxContext ?? Infinity;
+    const promptLimit = Math.min(limits.maxPromptTokens, ctx);
+    if (prompt.length > promptLimit) return errorResponse(400, `the prompt has ${prompt.length} tokens; this server takes at most ${promptLimit}`, 'invalid_request_error', kind === 'chat' ? 'messages' : 'prompt', 'context_length_exceeded');
+    if (prompt.length + maxTokens > ctx) return errorResponse(400, `prompt (${prompt.length}) + max_tokens (${maxTokens}) exceeds the model's context of ${ctx}`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
+    if (active >= limits.maxConcurrent) return errorResponse(429, `${active} generations are running, the limit is ${limits.maxConcurrent}: retry shortly`, 'rate_limit_error', null, 'concurrency_limit', { 'retry-after': '1' });
+
+    const stopList = req.stop == null ? [] : typeof req.stop === 'string' ? [req.stop] : req.stop;
+    const ac = new AbortController();
+    const gen: GenerateOptions = {
+      maxTokens,
+      temperature: req.temperature ?? 1,
+      topP: req.top_p ?? undefined,
+      topK: req.top_k ?? undefined,
+      repetitionPenalty: req.repetition_penalty ?? undefined,
+      seed: req.seed ?? undefined,
+      stop: stopList,
+      signal: ac.signal,
+    };
+    const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${crypto.randomUUID().replace(/-/g, '')}`;
+    const created = Math.floor(Date.now() / 1000);
+    active++;
+    metrics.activeSessions = active;
+    const session = model.createSession();
+    let tFirst = 0;
+    const finish = (completion: number) => {
+      session.free();
+      active--;
+      metrics.activeSessions = active;
+      metrics.tokens.inc({ kind: 'prompt' }, prompt.length);
+      metrics.tokens.inc({ kind: 'completion' }, completion);
+      if (tFirst) {
+        metrics.ttft.observe((tFirst - t0) / 1e3);
+        if (completion > 1) metrics.tpot.observe((Date.now() - tFirst) / 1e3 / (completion - 1));
+      }
+    };
+    const usage = (completion: number) => ({ prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion });
+    const reason = (r: string) => (r === 'length' ? 'length' : 'stop');
+
+    if (!req.stream) {
+      let text = '', completion = 0, fr = 'stop';
+      try {
+        for await (const ev of session.generate(prompt, gen)) {
+          if (ev.type === 'token') {
+            tFirst ||= Date.now();
+            text += ev.text;
+          } else {
+            completion = ev.completionTokens;
+            fr = reason(ev.finishReason);
+          }
+        }
+      } finally {
+        finish(completion);
+      }
+      const choice = kind === 'chat' ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: fr } : { index: 0, text, logprobs: null, finish_reason: fr };
+      return c.json({ id, object: kind === 'chat' ? 'chat.completion' : 'text_completion', created, model: modelId, choices: [choice], usage: usage(completion) });
+    }
+
+    const includeUsage = req.stream_options?.include_usage === true;
+    const object = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
+    const chunk = (choice: object, extra: object = {}) => `data: ${JSON.stringify({ id, object, created, model: modelId, choices: [choice], ...extra })}\n\n`;
+    const delta = (text: string, fr: string | null) => (kind === 'chat' ? { index: 0, delta: text ? { content: text } : {}, logprobs: null, finish_reason: fr } : { index: 0, text, logprobs: null, finish_reason: fr });
+    const stream = new ReadableStream<Uint8Array>({
+      async start(ctrl) {
+        let completion = 0;
+        const send = (s: string) => {
+          if (!ac.signal.aborted) ctrl.enqueue(enc.encode(s));
+        };
+        try {
+          if (kind === 'chat') send(chunk({ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }));
+          for await (const ev of session.generate(prompt, gen)) {
+            if (ac.signal.aborted) break;
+            if (ev.type === 'token') {
+              tFirst ||= Date.now();
+              if (ev.text) send(chunk(delta(ev.text, null)));
+            } else {
+              completion = ev.completionTokens;
+              if (ev.finishReason === 'abort') break;
+              send(chunk(delta('', reason(ev.finishReason))));
+              if (includeUsage) send(`data: ${JSON.stringify({ id, object, created, model: modelId, choices: [], usage: usage(completion) })}\n\n`);
+              send('data: [DONE]\n\n');
+            }
+          }
+        } catch (e) {
+          // a failure after the headers went out: say so in the stream, never end it silently
+          send(`data: ${JSON.stringify({ error: { message: (e as Error).message, type: 'server_error', param: null, code: null } })}\n\n`);
+        } finally {
+          finish(completion);
+          metrics.duration.observe((Date.now() - t0) / 1e3, { route: c.req.routePath });
+          if (!ac.signal.aborted) ctrl.close();
+        }
+      },
+      cancel() {
+        // the client went away: stop generating after the current token
+        ac.abort();
+      },
+    });
+    return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' } });
+  }
+
+  return app;
+}

@@ -1,0 +1,31 @@
+/** The server on Node (and Bun/Deno through node: APIs): the Hono app on @hono/node-server. */
+import { serve, type ServerType } from '@hono/node-server';
+import type { AddressInfo } from 'node:net';
+import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
+import { createApp, type Limits } from './app.js';
+
+export interface NodeServerOptions {
+  port?: number;
+  hostname?: string;
+  /** model directory or .gguf file (default: the embedded model) */
+  model?: string;
+  modelId?: string;
+  backend?: NodeBackendName;
+  apiKeys?: readonly string[];
+  limits?: Partial<Limits>;
+}
+
+/** Loads the model, starts listening, resolves with the server and its URL. */
+export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ server: ServerType; url: string; close: () => Promise<void> }> {
+  const model = await loadModelFromDirectory(o.model, { backend: o.backend });
+  const app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.apiKeys, limits: o.limits });
+  return new Promise((resolve) => {
+    const server = serve({ fetch: app.fetch, port: o.port ?? 8787, hostname: o.hostname ?? '127.0.0.1' }, (info: AddressInfo) => {
+      resolve({
+        server,
+        url: `http://${info.address.includes(':') ? `[${info.address}]` : info.address}:${info.port}`,
+        close: () => new Promise<void>((r) => server.close(() => r())),
+      });
+    });
+  });
+}

@@ -1,0 +1,119 @@
+// The OpenAI-compatible app on Node, over real HTTP on loopback.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startNodeServer } from '../../src/server/node.js';
+import { readSse, sseText } from '../helpers/sse.js';
+
+let url = '';
+let close: () => Promise<void>;
+const KEY = 'test-key-123';
+const auth = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+const post = (path: string, body: unknown, headers: Record<string, string> = auth) => fetch(`${url}${path}`, { method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) });
+const chat = (extra: Record<string, unknown> = {}) => ({ model: 'kimi-linear-default', messages: [{ role: 'user', content: 'Hello there!' }], max_tokens: 12, temperature: 0, ...extra });
+
+beforeAll(async () => {
+  ({ url, close } = await startNodeServer({ port: 0, backend: 'wasm', apiKeys: [KEY], limits: { maxPromptTokens: 300, maxTokens: 64, maxConcurrent: 2, maxBodyBytes: 4096 } }));
+});
+afterAll(() => close());
+
+describe('OpenAI-compatible server on Node', () => {
+  it('non-streamed chat completion with usage', async () => {
+    const r = await post('/v1/chat/completions', chat());
+    expect(r.status).toBe(200);
+    const j = (await r.json()) as { object: string; choices: { message: { role: string; content: string }; finish_reason: string }[]; usage: { prompt_tokens: number; completion_tokens: number; total_tokens: number } };
+    expect(j.object).toBe('chat.completion');
+    expect(j.choices[0]!.message.role).toBe('assistant');
+    expect(['stop', 'length']).toContain(j.choices[0]!.finish_reason);
+    expect(j.usage.prompt_tokens).toBeGreaterThan(5);
+    expect(j.usage.completion_tokens).toBeLessThanOrEqual(12);
+    expect(j.usage.total_tokens).toBe(j.usage.prompt_tokens + j.usage.completion_tokens);
+  });
+
+  it('streamed chat completion: role chunk, content chunks, finish, usage, [DONE]; same text as not streamed', async () => {
+    const r = await post('/v1/chat/completions', chat({ stream: true, stream_options: { include_usage: true } }));
+    expect(r.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const ev = await readSse(r);
+    expect(ev.at(-1)).toBe('[DONE]');
+    const first = ev[0] as { object: string; choices: { delta: { role: string } }[] };
+    expect(first.object).toBe('chat.completion.chunk');
+    expect(first.choices[0]!.delta.role).toBe('assistant');
+    const usage = ev.at(-2) as { choices: unknown[]; usage: { completion_tokens: number } };
+    expect(usage.choices).toEqual([]);
+    const fin = ev.at(-3) as { choices: { finish_reason: string }[] };
+    expect(['stop', 'length']).toContain(fin.choices[0]!.finish_reason);
+    const plain = (await (await post('/v1/chat/completions', chat())).json()) as { choices: { message: { content: string } }[] };
+    expect(sseText(ev)).toBe(plain.choices[0]!.message.content);
+  });
+
+  it('completions, models, health, metrics', async () => {
+    const r = await post('/v1/completions', { model: 'kimi-linear-default', prompt: 'Once upon a time', max_tokens: 5, temperature: 0 });
+    const j = (await r.json()) as { object: string; choices: { text: string }[] };
+    expect(j.object).toBe('text_completion');
+    expect(typeof j.choices[0]!.text).toBe('string');
+    const models = (await (await fetch(`${url}/v1/models`, { headers: auth })).json()) as { data: { id: string }[] };
+    expect(models.data.map((m) => m.id)).toEqual(['kimi-linear-default']);
+    const h = (await (await fetch(`${url}/health`)).json()) as { status: string; backend: string };
+    expect(h).toMatchObject({ status: 'ok', backend: 'wasm-simd' });
+    const m = await (await fetch(`${url}/metrics`, { headers: auth })).text();
+    expect(m).toMatch(/kle_requests_total\{route="\/v1\/chat\/completions",status="200"\} \d+/);
+    expect(m).toMatch(/kle_tokens_total\{kind="completion"\} \d+/);
+    expect(m).toMatch(/kle_time_to_first_token_seconds_count \d+/);
+    expect(m).toMatch(/kle_active_sessions 0/);
+  });
+
+  it('4xx answers that say which limit or field', async () => {
+    const err = async (r: Response, status: number, re: RegExp) => {
+      expect(r.status).toBe(status);
+      const j = (await r.json()) as { error: { message: string; type: string; code: string | null } };
+      expect(j.error.message).toMatch(re);
+      return j.error;
+    };
+    await err(await post('/v1/chat/completions', '{"model": "x", "messages": ['), 400, /not valid JSON/);
+    expect((await err(await post('/v1/chat/completions', chat({ messages: [] })), 400, /messages/)).type).toBe('invalid_request_error');
+    await err(await post('/v1/chat/completions', chat({ temperature: 7 })), 400, /temperature/);
+    await err(await post('/v1/chat/completions', chat({ model: 'gpt-4' })), 404, /model 'gpt-4' does not exist/);
+    await err(await post('/v1/chat/completions', chat({ max_tokens: 65 })), 400, /max_tokens 65 exceeds this server's limit of 64/);
+    const long = 'word '.repeat(700);
+    expect((await err(await post('/v1/chat/completions', chat({ messages: [{ role: 'user', content: long.slice(0, 3000) }] })), 400, /prompt has \d+ tokens; this server takes at most 300/)).code).toBe('context_length_exceeded');
+    await err(await post('/v1/chat/completions', chat({ messages: [{ role: 'user', content: 'x'.repeat(5000) }] })), 413, /exceeds the limit of 4096/);
+  });
+
+  it('bearer auth: missing and wrong keys get 401; /health needs none', async () => {
+    const r1 = await post('/v1/chat/completions', chat(), { 'content-type': 'application/json' });
+    expect(r1.status).toBe(401);
+    expect(((await r1.json()) as { error: { code: string } }).error.code).toBe('invalid_api_key');
+    expect((await post('/v1/chat/completions', chat(), { authorization: 'Bearer nope', 'content-type': 'application/json' })).status).toBe(401);
+    expect((await fetch(`${url}/metrics`)).status).toBe(401);
+    expect((await fetch(`${url}/health`)).status).toBe(200);
+  });
+
+  it('a client that disconnects mid-stream stops its generation; over the concurrency limit gets 429', async () => {
+    const ac = new AbortController();
+    const r = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: auth, body: JSON.stringify(chat({ stream: true, max_tokens: 64, temperature: 1, seed: 3 })), signal: ac.signal });
+    const reader = r.body!.getReader();
+    await reader.read();
+    const busy = await Promise.all([1, 2].map(() => post('/v1/chat/completions', chat({ max_tokens: 64, temperature: 1, seed: 1 }))));
+    expect(busy.map((b) => b.status).sort()).toEqual([200, 429]);
+    const limited = busy.find((b) => b.status === 429)!;
+    expect(limited.headers.get('retry-after')).toBe('1');
+    expect(((await limited.json()) as { error: { message: string } }).error.message).toMatch(/the limit is 2/);
+    ac.abort();
+    await reader.cancel().catch(() => {});
+    // the aborted generation ends and frees its slot
+    let active = -1;
+    for (let i = 0; i < 50 && active !== 0; i++) {
+      await new Promise((res) => setTimeout(res, 20));
+      active = ((await (await fetch(`${url}/health`)).json()) as { activeSessions: number }).activeSessions;
+    }
+    expect(active).toBe(0);
+  });
+
+  it('stop strings end the text', async () => {
+    const base = (await (await post('/v1/completions', { model: 'kimi-linear-default', prompt: 'Hello', max_tokens: 30, temperature: 0 })).json()) as { choices: { text: string }[] };
+    const t = base.choices[0]!.text;
+    if (t.length < 6) return;
+    const stop = t.slice(3, 5);
+    const r = (await (await post('/v1/completions', { model: 'kimi-linear-default', prompt: 'Hello', max_tokens: 30, temperature: 0, stop })).json()) as { choices: { text: string; finish_reason: string }[] };
+    expect(r.choices[0]!.text).toBe(t.slice(0, t.indexOf(stop)));
+    expect(r.choices[0]!.finish_reason).toBe('stop');
+  });
+});
