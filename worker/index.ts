@@ -1,26 +1,60 @@
 /**
- * The Worker entry. Today it reports the kernel build's health: the SIMD wasm module (the
- * bundler hands it over as a compiled WebAssembly.Module) instantiated, its SIMD flag and API
- * version. The OpenAI-compatible app replaces these routes when the engine and server land;
- * running it under workerd (wrangler dev, vitest-pool-workers) is part of that work.
+ * The Cloudflare Worker: the OpenAI-compatible app (src/server/app.ts) on the SIMD wasm engine,
+ * with the embedded default model bundled into the Worker (2.5 MB of weights) or, when
+ * MODEL_SOURCE is "r2", read from the MODELS R2 bucket under MODEL_PREFIX.
+ *
+ * Vars (wrangler.toml or secrets): API_KEYS (comma-separated bearer tokens; none: no auth),
+ * MODEL_ID, MAX_CONCURRENT, MAX_PROMPT_TOKENS, MAX_TOKENS, MODEL_SOURCE, MODEL_PREFIX.
  */
+import type { Hono } from 'hono';
 import kleSimd from '../wasm/dist/kle-simd.wasm';
-import { Kernels } from '../src/engine/kernels.js';
+import weights from '../models/default/model.safetensors';
+import config from '../models/default/config.json';
+import tokenizer from '../models/default/tokenizer.json';
+import tokenizerConfig from '../models/default/tokenizer_config.json';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
+import { loadModel } from '../src/model/load.js';
+import { sourceFromFiles, sourceFromR2, type ModelSource, type R2BucketLike } from '../src/model/source.js';
+import { createApp } from '../src/server/app.js';
 
-let kernels: Promise<Kernels> | undefined;
-function getKernels(): Promise<Kernels> {
-  kernels ??= WasmBackend.instantiate('wasm-simd', kleSimd).then((b) => new Kernels(b));
-  return kernels;
+export interface Env {
+  API_KEYS?: string;
+  MODEL_ID?: string;
+  MAX_CONCURRENT?: string;
+  MAX_PROMPT_TOKENS?: string;
+  MAX_TOKENS?: string;
+  MODEL_SOURCE?: string;
+  MODEL_PREFIX?: string;
+  MODELS?: R2BucketLike;
 }
 
+function modelSource(env: Env): ModelSource {
+  if (env.MODEL_SOURCE === 'r2') {
+    if (!env.MODELS) throw new Error('MODEL_SOURCE is "r2" but there is no MODELS bucket binding');
+    return sourceFromR2(env.MODELS, env.MODEL_PREFIX ?? '');
+  }
+  return sourceFromFiles({
+    'config.json': JSON.stringify(config),
+    'model.safetensors': new Uint8Array(weights),
+    'tokenizer.json': JSON.stringify(tokenizer),
+    'tokenizer_config.json': JSON.stringify(tokenizerConfig),
+  }, 'bundled default model');
+}
+
+const num = (v: string | undefined) => (v ? Number(v) : undefined);
+
+// one app per isolate, built on the first request (env is only known then); the model loads
+// lazily inside it, once
+let app: Hono | null = null;
+
 export default {
-  async fetch(req: Request): Promise<Response> {
-    const url = new URL(req.url);
-    if (url.pathname === '/health') {
-      const k = await getKernels();
-      return Response.json({ ok: true, backend: k.name, simd: k.simdEnabled(), apiVersion: k.backend.call('kle_api_version', []) });
-    }
-    return Response.json({ error: { message: `no route for ${req.method} ${url.pathname}`, type: 'invalid_request_error' } }, { status: 404 });
+  fetch(req: Request, env: Env, ctx: ExecutionContext): Response | Promise<Response> {
+    app ??= createApp({
+      model: async () => loadModel(modelSource(env), { backend: await WasmBackend.instantiate('wasm-simd', kleSimd) }),
+      modelId: env.MODEL_ID ?? 'kimi-linear-default',
+      apiKeys: (env.API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+      limits: { maxConcurrent: num(env.MAX_CONCURRENT), maxPromptTokens: num(env.MAX_PROMPT_TOKENS), maxTokens: num(env.MAX_TOKENS) },
+    });
+    return app.fetch(req, env, ctx);
   },
-};
+} satisfies ExportedHandler<Env>;

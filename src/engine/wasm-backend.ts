@@ -33,9 +33,13 @@ export class WasmBackend implements KernelBackend {
     this.exports._initialize?.();
   }
 
-  /** Instantiates a compiled kle module (`kle-simd.wasm` or `kle-scalar.wasm`). */
+  /**
+   * Instantiates a kle module (`kle-simd.wasm` or `kle-scalar.wasm`): compiled already (what a
+   * Worker's bundler hands over; Workers may not compile at run time), or its bytes.
+   */
   static async instantiate(name: BackendName, module: WebAssembly.Module | BufferSource): Promise<WasmBackend> {
-    const compiled = module instanceof WebAssembly.Module ? module : await WebAssembly.compile(module);
+    const compile = (WebAssembly as unknown as { compile(b: BufferSource): Promise<WebAssembly.Module> }).compile;
+    const compiled = module instanceof WebAssembly.Module ? module : await compile(module);
     const imports = {
       // Memory growth detaches old views; views are re-created from memory.buffer on every use.
       env: { emscripten_notify_memory_growth: () => {} },

@@ -15,6 +15,11 @@ export interface GenerateOptions extends SamplingOptions {
   stop?: readonly string[];
   /** aborting ends generation after the current token (finishReason 'abort') */
   signal?: AbortSignal;
+  /**
+   * Return to the event loop between tokens (default true) so timers, I/O and aborts run. A
+   * consumer that already yields per token (a pull-based stream) turns it off.
+   */
+  yieldBetweenTokens?: boolean;
 }
 
 export type FinishReason = 'stop' | 'length' | 'abort';
@@ -129,7 +134,7 @@ export class Session {
       pending = pending.slice(pending.length - keep);
       text += piece;
       yield { type: 'token', token: t, text: piece };
-      await yieldToEventLoop();
+      if (opts.yieldBetweenTokens !== false) await yieldToEventLoop();
     }
     if (reason !== 'stop' || !stops.length) {
       const rest = pending + (dec ? dec.flush() : '');

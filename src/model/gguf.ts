@@ -76,7 +76,7 @@ class Reader {
     const n = await this.count(`${w} length`, MAX_STRING);
     const b = await this.r.exact(n, `${this.label}: ${w}`);
     try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(b);
+      return new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(b);
     } catch {
       throw new FormatError(`${this.label}: ${w} is not valid UTF-8`);
     }

@@ -65,7 +65,7 @@ export interface HeaderEntry {
 export function parseHeaderJson(json: Uint8Array, dataBytes: number, label: string): { entries: HeaderEntry[]; metadata: Record<string, string> } {
   let header: unknown;
   try {
-    header = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(json));
+    header = JSON.parse(new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(json));
   } catch (e) {
     throw new FormatError(`${label}: header is not valid UTF-8 JSON (${(e as Error).message})`);
   }

@@ -167,7 +167,12 @@ export function createApp(opts: ServerOptions): Hono {
     metrics.activeSessions = active;
     const session = model.createSession();
     let tFirst = 0;
+    let finished = false;
+    // runs once: from the end of generation, or from a client disconnect (in workerd a
+    // cancelled request's pending timers may never fire, so the cancel itself must clean up)
     const finish = (completion: number) => {
+      if (finished) return;
+      finished = true;
       session.free();
       active--;
       metrics.activeSessions = active;
@@ -177,11 +182,14 @@ export function createApp(opts: ServerOptions): Hono {
         metrics.ttft.observe((tFirst - t0) / 1e3);
         if (completion > 1) metrics.tpot.observe((Date.now() - tFirst) / 1e3 / (completion - 1));
       }
+      if (req.stream) metrics.duration.observe((Date.now() - t0) / 1e3, { route: c.req.routePath });
     };
     const usage = (completion: number) => ({ prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion });
     const reason = (r: string) => (r === 'length' ? 'length' : 'stop');
 
     if (!req.stream) {
+      // a client that disconnects stops the generation (its answer could not be delivered)
+      c.req.raw.signal?.addEventListener('abort', () => ac.abort());
       let text = '', completion = 0, fr = 'stop';
       try {
         for await (const ev of session.generate(prompt, gen)) {
@@ -204,41 +212,67 @@ export function createApp(opts: ServerOptions): Hono {
     const object = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
     const chunk = (choice: object, extra: object = {}) => `data: ${JSON.stringify({ id, object, created, model: modelId, choices: [choice], ...extra })}\n\n`;
     const delta = (text: string, fr: string | null) => (kind === 'chat' ? { index: 0, delta: text ? { content: text } : {}, logprobs: null, finish_reason: fr } : { index: 0, text, logprobs: null, finish_reason: fr });
-    const stream = new ReadableStream<Uint8Array>({
-      async start(ctrl) {
-        let completion = 0;
-        const send = (s: string) => {
-          if (!ac.signal.aborted) ctrl.enqueue(enc.encode(s));
-        };
-        try {
-          if (kind === 'chat') send(chunk({ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }));
-          for await (const ev of session.generate(prompt, gen)) {
-            if (ac.signal.aborted) break;
-            if (ev.type === 'token') {
-              tFirst ||= Date.now();
-              if (ev.text) send(chunk(delta(ev.text, null)));
-            } else {
-              completion = ev.completionTokens;
-              if (ev.finishReason === 'abort') break;
-              send(chunk(delta('', reason(ev.finishReason))));
-              if (includeUsage) send(`data: ${JSON.stringify({ id, object, created, model: modelId, choices: [], usage: usage(completion) })}\n\n`);
-              send('data: [DONE]\n\n');
-            }
-          }
-        } catch (e) {
-          // a failure after the headers went out: say so in the stream, never end it silently
-          send(`data: ${JSON.stringify({ error: { message: (e as Error).message, type: 'server_error', param: null, code: null } })}\n\n`);
-        } finally {
-          finish(completion);
-          metrics.duration.observe((Date.now() - t0) / 1e3, { route: c.req.routePath });
-          if (!ac.signal.aborted) ctrl.close();
-        }
-      },
-      cancel() {
-        // the client went away: stop generating after the current token
-        ac.abort();
-      },
+    let completion = 0;
+    let closed = false;
+    // a client that disconnects aborts the request's signal (Node; workerd with the
+    // enable_request_signal flag): stop and free the session even if the stream is never
+    // cancelled or pulled again
+    c.req.raw.signal?.addEventListener('abort', () => {
+      closed = true;
+      ac.abort();
+      finish(completion);
     });
+    // Pull-based: one token per pull, so the consumer drives generation. A client that stops
+    // reading stops it, and a cancelled request (which in workerd may never run its pending
+    // timers again) leaves nothing behind: cancel() frees the session.
+    const events = session.generate(prompt, { ...gen, yieldBetweenTokens: false });
+    const stream = new ReadableStream<Uint8Array>(
+      {
+        start(ctrl) {
+          if (kind === 'chat') ctrl.enqueue(enc.encode(chunk({ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null })));
+        },
+        async pull(ctrl) {
+          if (closed) return;
+          try {
+            for (;;) {
+              const r = await events.next();
+              if (r.done || ac.signal.aborted) {
+                closed = true;
+                finish(completion);
+                if (!ac.signal.aborted) ctrl.close();
+                return;
+              }
+              const ev = r.value;
+              if (ev.type === 'token') {
+                tFirst ||= Date.now();
+                if (ev.token >= 0) completion++;
+                if (ev.text) {
+                  ctrl.enqueue(enc.encode(chunk(delta(ev.text, null))));
+                  return;
+                }
+                continue;
+              }
+              completion = ev.completionTokens;
+              let tail = chunk(delta('', reason(ev.finishReason)));
+              if (includeUsage) tail += `data: ${JSON.stringify({ id, object, created, model: modelId, choices: [], usage: usage(completion) })}\n\n`;
+              ctrl.enqueue(enc.encode(tail + 'data: [DONE]\n\n'));
+            }
+          } catch (e) {
+            // a failure after the headers went out: say so in the stream, never end it silently
+            closed = true;
+            ctrl.enqueue(enc.encode(`data: ${JSON.stringify({ error: { message: (e as Error).message, type: 'server_error', param: null, code: null } })}\n\n`));
+            finish(completion);
+            ctrl.close();
+          }
+        },
+        cancel() {
+          closed = true;
+          ac.abort();
+          finish(completion);
+        },
+      },
+      { highWaterMark: 0 },
+    );
     return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' } });
   }
 
