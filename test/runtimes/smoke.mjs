@@ -1,0 +1,25 @@
+// Runs in Node, Bun and Deno from a project that installed the packed kimi-linear-edge tarball:
+// imports the package, loads the embedded default model on the SIMD wasm engine, generates
+// greedily, and runs one request through the server app. Prints one JSON line.
+import { readFile } from 'node:fs/promises';
+import { loadModel, sourceFromFiles, WasmBackend } from 'kimi-linear-edge';
+import { createApp } from 'kimi-linear-edge/server';
+
+const runtime = typeof Deno !== 'undefined' ? `deno ${Deno.version.deno}` : typeof Bun !== 'undefined' ? `bun ${Bun.version}` : `node ${process.version}`;
+const root = new URL('./node_modules/kimi-linear-edge/', import.meta.url);
+const backend = await WasmBackend.instantiate('wasm-simd', await readFile(new URL('wasm/dist/kle-simd.wasm', root)));
+const files = {};
+for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json']) files[f] = new Uint8Array(await readFile(new URL(`models/default/${f}`, root)));
+const model = await loadModel(sourceFromFiles(files), { backend });
+const tokens = [];
+let text = '';
+for await (const ev of model.createSession().generate([{ role: 'user', content: 'Hello from every runtime' }], { maxTokens: 12, temperature: 0 })) {
+  if (ev.type === 'token') {
+    text += ev.text;
+    if (ev.token >= 0) tokens.push(ev.token);
+  }
+}
+const app = createApp({ model, modelId: 'm' });
+const res = await app.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', prompt: 'Hi', max_tokens: 4, temperature: 0 }) });
+const body = await res.json();
+console.log(JSON.stringify({ runtime, simd: backend.name, tokens, text, status: res.status, completion: body.choices?.[0]?.text ?? null }));
