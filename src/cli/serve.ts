@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import type { NodeBackendName } from '../node.js';
 import { startNodeServer } from '../server/node.js';
+import { ProgressBar } from './progress.js';
 
 export async function serveCmd(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -21,7 +22,9 @@ export async function serveCmd(argv: string[]): Promise<number> {
   });
   const keys = [...(values['api-key'] ?? []), ...(process.env.KLE_API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean)];
   const n = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  const bar = new ProgressBar(`loading ${values.model ?? 'the embedded default model'}`);
   const { url } = await startNodeServer({
+    onProgress: (p) => bar.update(p.bytesDone, p.bytesTotal),
     port: Number(values.port),
     hostname: values.host,
     model: values.model,
@@ -30,6 +33,7 @@ export async function serveCmd(argv: string[]): Promise<number> {
     apiKeys: keys,
     limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']) },
   });
+  bar.done('model loaded');
   console.error(`kimi-edge: serving on ${url} (OpenAI-compatible: POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /metrics)${keys.length ? ', bearer auth on' : ''}`);
   await new Promise(() => {});
   return 0;

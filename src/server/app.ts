@@ -87,7 +87,8 @@ export function createApp(opts: ServerOptions): Hono {
 
   app.get('/health', async (c) => {
     const m = await getModel();
-    return c.json({ status: 'ok', model: modelId, backend: m.backend.name, layers: m.config.numLayers, activeSessions: active, maxConcurrent: limits.maxConcurrent });
+    const mem = (m.backend as { memory?: WebAssembly.Memory }).memory;
+    return c.json({ status: 'ok', model: modelId, backend: m.backend.name, layers: m.config.numLayers, activeSessions: active, maxConcurrent: limits.maxConcurrent, engineMemoryBytes: mem ? mem.buffer.byteLength : null });
   });
 
   app.get('/metrics', () => new Response(metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }));

@@ -2,6 +2,7 @@
 import { serve, type ServerType } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
+import type { LoadProgress } from '../model/hf-loader.js';
 import { createApp, type Limits } from './app.js';
 
 export interface NodeServerOptions {
@@ -13,11 +14,12 @@ export interface NodeServerOptions {
   backend?: NodeBackendName;
   apiKeys?: readonly string[];
   limits?: Partial<Limits>;
+  onProgress?: (p: LoadProgress) => void;
 }
 
 /** Loads the model, starts listening, resolves with the server and its URL. */
 export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ server: ServerType; url: string; close: () => Promise<void> }> {
-  const model = await loadModelFromDirectory(o.model, { backend: o.backend });
+  const model = await loadModelFromDirectory(o.model, { backend: o.backend, onProgress: o.onProgress });
   const app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.apiKeys, limits: o.limits });
   return new Promise((resolve) => {
     const server = serve({ fetch: app.fetch, port: o.port ?? 8787, hostname: o.hostname ?? '127.0.0.1' }, (info: AddressInfo) => {
