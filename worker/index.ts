@@ -15,10 +15,17 @@ import tokenizerConfig from '../models/default/tokenizer_config.json';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { loadModel } from '../src/model/load.js';
 import { sourceFromFiles, sourceFromR2, type ModelSource, type R2BucketLike } from '../src/model/source.js';
-import { createApp } from '../src/server/app.js';
+import { createApp, LoadTracker } from '../src/server/app.js';
+import { createRouter } from '../src/router/router.js';
+import { routerConfigFromEnv } from '../src/router/config.js';
+import type { Model } from '../src/generate/model.js';
 
 export interface Env {
+  [key: string]: unknown;
   API_KEYS?: string;
+  /** JSON list of GPU nodes (see src/router/config.ts); with none, every job runs here */
+  GPU_NODES?: string;
+  EDGE_MAX_TOKENS?: string;
   MODEL_ID?: string;
   MAX_CONCURRENT?: string;
   MAX_PROMPT_TOKENS?: string;
@@ -44,17 +51,31 @@ function modelSource(env: Env): ModelSource {
 const num = (v: string | undefined) => (v ? Number(v) : undefined);
 
 // one app per isolate, built on the first request (env is only known then); the model loads
-// lazily inside it, once
+// lazily inside it, once. The router sits in front of the edge app: it owns auth, keeps short
+// jobs here and forwards long ones to the GPU nodes of GPU_NODES.
 let app: Hono | null = null;
+
+function build(env: Env): Hono {
+  let model: Promise<Model> | null = null;
+  const getModel = () => (model ??= (async () => loadModel(modelSource(env), { backend: await WasmBackend.instantiate('wasm-simd', kleSimd) }))());
+  const load = new LoadTracker();
+  const edge = createApp({
+    model: getModel,
+    modelId: env.MODEL_ID ?? 'kimi-linear-default',
+    load,
+    limits: { maxConcurrent: num(env.MAX_CONCURRENT), maxPromptTokens: num(env.MAX_PROMPT_TOKENS), maxTokens: num(env.MAX_TOKENS) },
+  });
+  const strings = Object.fromEntries(Object.entries(env).filter(([, v]) => typeof v === 'string')) as Record<string, string>;
+  return createRouter({
+    config: routerConfigFromEnv(strings),
+    local: { app: edge, model: getModel, load },
+    apiKeys: (env.API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
+  });
+}
 
 export default {
   fetch(req: Request, env: Env, ctx: ExecutionContext): Response | Promise<Response> {
-    app ??= createApp({
-      model: async () => loadModel(modelSource(env), { backend: await WasmBackend.instantiate('wasm-simd', kleSimd) }),
-      modelId: env.MODEL_ID ?? 'kimi-linear-default',
-      apiKeys: (env.API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
-      limits: { maxConcurrent: num(env.MAX_CONCURRENT), maxPromptTokens: num(env.MAX_PROMPT_TOKENS), maxTokens: num(env.MAX_TOKENS) },
-    });
+    app ??= build(env);
     return app.fetch(req, env, ctx);
   },
 } satisfies ExportedHandler<Env>;

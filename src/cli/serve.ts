@@ -1,10 +1,12 @@
 // kimi-edge serve [--port 8787] [--host 127.0.0.1] [--model DIR|FILE.gguf] [--backend wasm|native]
 //   [--model-id ID] [--api-key KEY]... [--max-concurrent N] [--max-prompt-tokens N]
-// The OpenAI-compatible server on Node. API keys also come from KLE_API_KEYS (comma-separated).
+// The OpenAI-compatible server on Node. API keys also come from KLE_API_KEYS (comma-separated);
+// GPU_NODES (JSON list of nodes) and EDGE_MAX_TOKENS put the edge-to-GPU router in front.
 import { parseArgs } from 'node:util';
 import type { NodeBackendName } from '../node.js';
 import { startNodeServer } from '../server/node.js';
 import { ProgressBar } from './progress.js';
+import { routerConfigFromEnv } from '../router/config.js';
 
 export async function serveCmd(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -18,6 +20,7 @@ export async function serveCmd(argv: string[]): Promise<number> {
       'api-key': { type: 'string', multiple: true },
       'max-concurrent': { type: 'string' },
       'max-prompt-tokens': { type: 'string' },
+      'debug-token-delay-ms': { type: 'string' },
     },
   });
   const keys = [...(values['api-key'] ?? []), ...(process.env.KLE_API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean)];
@@ -31,9 +34,14 @@ export async function serveCmd(argv: string[]): Promise<number> {
     modelId: values['model-id'],
     backend: values.backend as NodeBackendName,
     apiKeys: keys,
+    tokenDelayMs: n(values['debug-token-delay-ms']),
+    // GPU_NODES (JSON) and EDGE_MAX_TOKENS in the environment put the router in front
+    ...(process.env.GPU_NODES ? { router: routerConfigFromEnv(process.env) } : {}),
     limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']) },
   });
   bar.done('model loaded');
+  // the first line on stdout is the URL, for scripts and tests that start a server on port 0
+  console.log(url);
   console.error(`kimi-edge: serving on ${url} (OpenAI-compatible: POST /v1/chat/completions, /v1/completions; GET /v1/models, /health, /metrics)${keys.length ? ', bearer auth on' : ''}`);
   await new Promise(() => {});
   return 0;

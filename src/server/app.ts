@@ -38,6 +38,19 @@ export interface ServerOptions {
   apiKeys?: readonly string[];
   limits?: Partial<Limits>;
   metrics?: Metrics;
+  /** shared count of running generations (the router reads it to see the edge is saturated) */
+  load?: LoadTracker;
+  /** test affordance: wait this long before each generated token (a slow node) */
+  tokenDelayMs?: number;
+}
+
+/** Generations running in an app, and its limit. */
+export class LoadTracker {
+  active = 0;
+  max = DEFAULT_LIMITS.maxConcurrent;
+  get saturated(): boolean {
+    return this.active >= this.max;
+  }
 }
 
 const enc = new TextEncoder();
@@ -56,7 +69,8 @@ export function createApp(opts: ServerOptions): Hono {
   const modelId = opts.modelId ?? 'kimi-linear';
   let modelPromise: Promise<Model> | null = null;
   const getModel = () => (modelPromise ??= typeof opts.model === 'function' ? opts.model() : Promise.resolve(opts.model));
-  let active = 0;
+  const load = opts.load ?? new LoadTracker();
+  load.max = limits.maxConcurrent;
   const app = new Hono();
 
   app.use('*', async (c, next) => {
@@ -88,7 +102,7 @@ export function createApp(opts: ServerOptions): Hono {
   app.get('/health', async (c) => {
     const m = await getModel();
     const mem = (m.backend as { memory?: WebAssembly.Memory }).memory;
-    return c.json({ status: 'ok', model: modelId, backend: m.backend.name, layers: m.config.numLayers, activeSessions: active, maxConcurrent: limits.maxConcurrent, engineMemoryBytes: mem ? mem.buffer.byteLength : null });
+    return c.json({ status: 'ok', model: modelId, backend: m.backend.name, layers: m.config.numLayers, activeSessions: load.active, maxConcurrent: limits.maxConcurrent, engineMemoryBytes: mem ? mem.buffer.byteLength : null });
   });
 
   app.get('/metrics', () => new Response(metrics.render(), { headers: { 'content-type': 'text/plain; version=0.0.4' } }));
@@ -148,7 +162,7 @@ export function createApp(opts: ServerOptions): Hono {
     const promptLimit = Math.min(limits.maxPromptTokens, ctx);
     if (prompt.length > promptLimit) return errorResponse(400, `the prompt has ${prompt.length} tokens; this server takes at most ${promptLimit}`, 'invalid_request_error', kind === 'chat' ? 'messages' : 'prompt', 'context_length_exceeded');
     if (prompt.length + maxTokens > ctx) return errorResponse(400, `prompt (${prompt.length}) + max_tokens (${maxTokens}) exceeds the model's context of ${ctx}`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
-    if (active >= limits.maxConcurrent) return errorResponse(429, `${active} generations are running, the limit is ${limits.maxConcurrent}: retry shortly`, 'rate_limit_error', null, 'concurrency_limit', { 'retry-after': '1' });
+    if (load.active >= limits.maxConcurrent) return errorResponse(429, `${load.active} generations are running, the limit is ${limits.maxConcurrent}: retry shortly`, 'rate_limit_error', null, 'concurrency_limit', { 'retry-after': '1' });
 
     const stopList = req.stop == null ? [] : typeof req.stop === 'string' ? [req.stop] : req.stop;
     const ac = new AbortController();
@@ -164,8 +178,8 @@ export function createApp(opts: ServerOptions): Hono {
     };
     const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${crypto.randomUUID().replace(/-/g, '')}`;
     const created = Math.floor(Date.now() / 1000);
-    active++;
-    metrics.activeSessions = active;
+    load.active++;
+    metrics.activeSessions = load.active;
     const session = model.createSession();
     let tFirst = 0;
     let finished = false;
@@ -175,8 +189,8 @@ export function createApp(opts: ServerOptions): Hono {
       if (finished) return;
       finished = true;
       session.free();
-      active--;
-      metrics.activeSessions = active;
+      load.active--;
+      metrics.activeSessions = load.active;
       metrics.tokens.inc({ kind: 'prompt' }, prompt.length);
       metrics.tokens.inc({ kind: 'completion' }, completion);
       if (tFirst) {
@@ -194,6 +208,7 @@ export function createApp(opts: ServerOptions): Hono {
       let text = '', completion = 0, fr = 'stop';
       try {
         for await (const ev of session.generate(prompt, gen)) {
+          if (opts.tokenDelayMs) await new Promise((r) => setTimeout(r, opts.tokenDelayMs));
           if (ev.type === 'token') {
             tFirst ||= Date.now();
             text += ev.text;
@@ -236,6 +251,7 @@ export function createApp(opts: ServerOptions): Hono {
           if (closed) return;
           try {
             for (;;) {
+              if (opts.tokenDelayMs) await new Promise((r) => setTimeout(r, opts.tokenDelayMs));
               const r = await events.next();
               if (r.done || ac.signal.aborted) {
                 closed = true;

@@ -3,7 +3,9 @@ import { serve, type ServerType } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
 import type { LoadProgress } from '../model/hf-loader.js';
-import { createApp, type Limits } from './app.js';
+import { createApp, LoadTracker, type Limits } from './app.js';
+import { createRouter } from '../router/router.js';
+import type { RouterConfig } from '../router/config.js';
 
 export interface NodeServerOptions {
   port?: number;
@@ -15,18 +17,35 @@ export interface NodeServerOptions {
   apiKeys?: readonly string[];
   limits?: Partial<Limits>;
   onProgress?: (p: LoadProgress) => void;
+  /** test affordance: a slow node */
+  tokenDelayMs?: number;
+  /** put the router in front (GPU nodes, edge budget); without it every job runs here */
+  router?: RouterConfig;
 }
 
 /** Loads the model, starts listening, resolves with the server and its URL. */
 export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ server: ServerType; url: string; close: () => Promise<void> }> {
   const model = await loadModelFromDirectory(o.model, { backend: o.backend, onProgress: o.onProgress });
-  const app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.apiKeys, limits: o.limits });
+  const load = new LoadTracker();
+  let app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.router ? [] : o.apiKeys, limits: o.limits, tokenDelayMs: o.tokenDelayMs, load });
+  let timer: ReturnType<typeof setInterval> | null = null;
+  if (o.router) {
+    const r = createRouter({ config: o.router, local: { app, model: async () => model, load }, apiKeys: o.apiKeys });
+    app = r;
+    // active health checks in the background (a Worker does them on requests instead)
+    timer = setInterval(() => void r.pool.checkHealth(true), o.router.healthIntervalMs);
+    timer.unref();
+    void r.pool.checkHealth(true);
+  }
   return new Promise((resolve) => {
     const server = serve({ fetch: app.fetch, port: o.port ?? 8787, hostname: o.hostname ?? '127.0.0.1' }, (info: AddressInfo) => {
       resolve({
         server,
         url: `http://${info.address.includes(':') ? `[${info.address}]` : info.address}:${info.port}`,
-        close: () => new Promise<void>((r) => server.close(() => r())),
+        close: () => new Promise<void>((r) => {
+          if (timer) clearInterval(timer);
+          server.close(() => r());
+        }),
       });
     });
   });

@@ -1,0 +1,89 @@
+/** The router's configuration: GPU nodes and the edge budget, from env vars (Worker or Node). */
+
+export interface NodeConfig {
+  /** short name, used in x-kle-route: gpu:<name> */
+  readonly name: string;
+  /** base URL of an OpenAI-compatible server (our GPU node, vLLM, SGLang) */
+  readonly url: string;
+  /** bearer token for it (never logged or echoed) */
+  readonly token?: string;
+  /** longest prompt + max_tokens it takes */
+  readonly maxContext: number;
+  /** relative share of traffic (default 1) */
+  readonly weight: number;
+  /** the model id it serves, if it differs from the edge's */
+  readonly model?: string;
+}
+
+export interface RouterConfig {
+  readonly nodes: readonly NodeConfig[];
+  /**
+   * Largest prompt + max_tokens run at the edge. Default 8192: the edge's wasm engine prefills
+   * the default model at about 8.6K tokens/s (bench/generate), so 8K tokens keeps the time to
+   * first token near one second, and the MLA latent cache stays a few MB.
+   */
+  readonly edgeMaxTokens: number;
+  /** ms to wait for an upstream's response headers before trying another node */
+  readonly firstByteTimeoutMs: number;
+  /** consecutive failures that open a node's circuit breaker, and for how long */
+  readonly breakerFailures: number;
+  readonly breakerOpenMs: number;
+  /** active health check period (ms) */
+  readonly healthIntervalMs: number;
+}
+
+export const DEFAULT_EDGE_MAX_TOKENS = 8192;
+
+export class RouterConfigError extends Error {
+  constructor(message: string) {
+    super(`router config: ${message}`);
+    this.name = 'RouterConfigError';
+  }
+}
+
+/**
+ * Reads GPU_NODES (a JSON list of {name, url, token?, maxContext, weight?, model?}) and the
+ * optional EDGE_MAX_TOKENS, FIRST_BYTE_TIMEOUT_MS, BREAKER_FAILURES, BREAKER_OPEN_MS,
+ * HEALTH_INTERVAL_MS. Tokens may also come as GPU_NODE_TOKEN_<NAME> (secrets).
+ */
+export function routerConfigFromEnv(env: Readonly<Record<string, string | undefined>>): RouterConfig {
+  let raw: unknown = [];
+  if (env.GPU_NODES) {
+    try {
+      raw = JSON.parse(env.GPU_NODES);
+    } catch (e) {
+      throw new RouterConfigError(`GPU_NODES is not JSON (${(e as Error).message})`);
+    }
+  }
+  if (!Array.isArray(raw)) throw new RouterConfigError('GPU_NODES must be a JSON list');
+  const names = new Set<string>();
+  const nodes = raw.map((n: unknown, i): NodeConfig => {
+    const o = (n ?? {}) as Record<string, unknown>;
+    const name = typeof o.name === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(o.name) ? o.name : null;
+    if (!name) throw new RouterConfigError(`GPU_NODES[${i}].name must be 1-64 letters, digits, _ . -`);
+    if (names.has(name)) throw new RouterConfigError(`GPU_NODES[${i}].name "${name}" is used twice`);
+    names.add(name);
+    if (typeof o.url !== 'string' || !/^https?:\/\//.test(o.url)) throw new RouterConfigError(`GPU_NODES[${i}].url must be an http(s) URL`);
+    const maxContext = Number(o.maxContext);
+    if (!Number.isInteger(maxContext) || maxContext <= 0) throw new RouterConfigError(`GPU_NODES[${i}].maxContext must be a positive integer`);
+    const weight = o.weight === undefined ? 1 : Number(o.weight);
+    if (!(weight > 0)) throw new RouterConfigError(`GPU_NODES[${i}].weight must be positive`);
+    const token = typeof o.token === 'string' ? o.token : env[`GPU_NODE_TOKEN_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`];
+    return { name, url: o.url.replace(/\/+$/, ''), maxContext, weight, ...(token ? { token } : {}), ...(typeof o.model === 'string' ? { model: o.model } : {}) };
+  });
+  const num = (k: string, d: number) => {
+    const v = env[k];
+    if (v === undefined || v === '') return d;
+    const n = Number(v);
+    if (!(n > 0)) throw new RouterConfigError(`${k} must be a positive number`);
+    return n;
+  };
+  return {
+    nodes,
+    edgeMaxTokens: num('EDGE_MAX_TOKENS', DEFAULT_EDGE_MAX_TOKENS),
+    firstByteTimeoutMs: num('FIRST_BYTE_TIMEOUT_MS', 10_000),
+    breakerFailures: num('BREAKER_FAILURES', 3),
+    breakerOpenMs: num('BREAKER_OPEN_MS', 15_000),
+    healthIntervalMs: num('HEALTH_INTERVAL_MS', 5_000),
+  };
+}

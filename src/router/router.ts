@@ -1,0 +1,232 @@
+/**
+ * The router: a Hono app in front of the local (edge) engine's app. Short jobs run at the edge;
+ * jobs whose prompt + max_tokens exceed the edge budget, or that arrive while the edge is
+ * saturated, go to a GPU node that can take them (OpenAI-compatible: our GPU node, vLLM,
+ * SGLang). Streams pass through chunk by chunk; a node that fails before the first byte is
+ * retried on another; one that fails mid-stream ends the stream with an error event.
+ * Responses say where the job ran: x-kle-route (edge | gpu:<node>) and x-kle-route-reason.
+ */
+import { Hono, type Context } from 'hono';
+import type { Model } from '../generate/model.js';
+import { errorResponse } from '../server/errors.js';
+import type { LoadTracker } from '../server/app.js';
+import type { NodeConfig, RouterConfig } from './config.js';
+import { NodePool } from './pool.js';
+import { countPromptTokens, sessionBytes, type RouteReason } from './policy.js';
+
+export interface RouterOptions {
+  config: RouterConfig;
+  /** the edge: its app, its model (for the tokenizer and the config) and its load */
+  local: { app: Hono; model: () => Promise<Model>; load: LoadTracker; maxBodyBytes?: number };
+  apiKeys?: readonly string[];
+  fetchImpl?: typeof fetch;
+  /** a pool to share (tests); otherwise one is made from config */
+  pool?: NodePool;
+}
+
+const enc = new TextEncoder();
+
+function sameToken(a: string, b: string): boolean {
+  const x = enc.encode(a), y = enc.encode(b);
+  let d = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) d |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return d === 0;
+}
+
+function withRoute(res: Response, route: string, reason: string): Response {
+  const h = new Headers(res.headers);
+  h.set('x-kle-route', route);
+  h.set('x-kle-route-reason', reason);
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers: h });
+}
+
+export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
+  const cfg = opts.config;
+  const fetchImpl = opts.fetchImpl ?? ((...a: Parameters<typeof fetch>) => fetch(...a));
+  const pool = opts.pool ?? new NodePool(cfg, fetchImpl);
+  const maxBody = opts.local.maxBodyBytes ?? 1 << 20;
+  const counts = new Map<string, number>();
+  const app = new Hono() as Hono & { pool: NodePool };
+  app.pool = pool;
+
+  app.use('*', async (c, next) => {
+    if (opts.apiKeys?.length && c.req.path !== '/health') {
+      const m = /^Bearer\s+(.+)$/i.exec(c.req.header('authorization') ?? '');
+      if (!m || !opts.apiKeys.some((k) => sameToken(k, m[1]!.trim()))) return errorResponse(401, m ? 'invalid API key' : 'missing bearer token in the Authorization header', 'invalid_request_error', null, 'invalid_api_key');
+    }
+    await next();
+  });
+
+  app.get('/health', async () => {
+    void pool.checkHealth();
+    const edge = await opts.local.app.fetch(new Request('http://edge/health'));
+    return Response.json({ status: 'ok', edge: await edge.json(), nodes: pool.status(), edgeMaxTokens: cfg.edgeMaxTokens });
+  });
+
+  app.get('/metrics', async () => {
+    const edge = await (await opts.local.app.fetch(new Request('http://edge/metrics'))).text();
+    const lines = ['# HELP kle_routed_total Jobs by where they ran and why', '# TYPE kle_routed_total counter'];
+    for (const [k, v] of counts) lines.push(`kle_routed_total{${k}} ${v}`);
+    return new Response(`${edge}${lines.join('\n')}\n`, { headers: { 'content-type': 'text/plain; version=0.0.4' } });
+  });
+
+  app.post('/v1/chat/completions', (c) => route(c));
+  app.post('/v1/completions', (c) => route(c));
+  // everything else (models list, unknown routes) is the edge app's
+  app.all('*', (c) => opts.local.app.fetch(c.req.raw));
+
+  function count(route: string, reason: string) {
+    const k = `route="${route}",reason="${reason}"`;
+    counts.set(k, (counts.get(k) ?? 0) + 1);
+  }
+
+  async function toEdge(c: Context, text: string, reason: RouteReason): Promise<Response> {
+    count('edge', reason);
+    const h = new Headers(c.req.raw.headers);
+    h.delete('authorization');
+    const res = await opts.local.app.fetch(new Request(c.req.url, { method: 'POST', headers: h, body: text, signal: c.req.raw.signal }));
+    return withRoute(res, 'edge', reason);
+  }
+
+  async function route(c: Context): Promise<Response> {
+    const text = await c.req.text();
+    if (enc.encode(text).length > maxBody) return errorResponse(413, `request body exceeds the limit of ${maxBody} bytes`, 'invalid_request_error', null, 'body_too_large');
+    let body: Record<string, unknown>;
+    try {
+      body = JSON.parse(text) as Record<string, unknown>;
+      if (typeof body !== 'object' || body === null) throw new Error('not an object');
+    } catch {
+      return toEdge(c, text, 'fits-edge'); // the edge app answers malformed requests
+    }
+    const model = await opts.local.model();
+    const prompt = model.tokenizer ? countPromptTokens(model.tokenizer, body) : null;
+    if (prompt === null) return toEdge(c, text, 'fits-edge');
+    const maxTokens = Number(body.max_completion_tokens ?? body.max_tokens ?? 256);
+    const need = prompt + (Number.isFinite(maxTokens) ? maxTokens : 0);
+    void pool.checkHealth();
+    const edgeOk = need <= cfg.edgeMaxTokens;
+    if (edgeOk && !opts.local.load.saturated) {
+      const res = await toEdge(c, text, 'fits-edge');
+      // the edge's own concurrency check is the authority: a job it turned away (before doing
+      // any work) goes to a node instead
+      if (res.status !== 429 || !pool.canAnyTake(need)) return res;
+      await res.body?.cancel();
+      return forward(c, body, need, 'edge-saturated', sessionBytes(model.config, need));
+    }
+    if (!pool.canAnyTake(need)) {
+      // no node could take it: run at the edge if the model's context allows, else say so
+      const ctx = model.config.maxContext ?? Infinity;
+      if (need <= ctx) return toEdge(c, text, edgeOk ? 'edge-saturated' : 'no-node-fits');
+      return errorResponse(400, `prompt (${prompt}) + max_tokens (${maxTokens}) = ${need} tokens: more than the edge model's context (${ctx}) and every GPU node's`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
+    }
+    const reason: RouteReason = edgeOk ? 'edge-saturated' : 'exceeds-edge-budget';
+    return forward(c, body, need, reason, sessionBytes(model.config, need));
+  }
+
+  async function forward(c: Context, body: Record<string, unknown>, need: number, reason: RouteReason, stateBytes: number): Promise<Response> {
+    const tried = new Set<string>();
+    const stream = body.stream === true;
+    let lastError = 'no node was available';
+    for (let attempt = 0; attempt < Math.max(1, pool.size); attempt++) {
+      const node = pool.choose(need, tried);
+      if (!node) break;
+      tried.add(node.name);
+      pool.begin(node.name);
+      const ctl = new AbortController();
+      const onAbort = () => ctl.abort();
+      c.req.raw.signal?.addEventListener('abort', onAbort);
+      const timer = setTimeout(() => ctl.abort(), cfg.firstByteTimeoutMs);
+      let res: Response;
+      try {
+        res = await fetchImpl(`${node.url}${c.req.path}`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', ...(node.token ? { authorization: `Bearer ${node.token}` } : {}) },
+          body: JSON.stringify(node.model ? { ...body, model: node.model } : body),
+          signal: ctl.signal,
+        });
+      } catch (e) {
+        clearTimeout(timer);
+        pool.end(node.name);
+        if (c.req.raw.signal?.aborted) return errorResponse(499, 'client closed the request', 'invalid_request_error');
+        lastError = `${node.name}: ${ctl.signal.aborted ? `no response within ${cfg.firstByteTimeoutMs} ms` : (e as Error).message}`;
+        pool.failure(node.name, lastError);
+        continue;
+      }
+      clearTimeout(timer);
+      if (res.status === 429 || res.status >= 500) {
+        await res.body?.cancel();
+        pool.end(node.name);
+        lastError = `${node.name}: HTTP ${res.status}`;
+        if (res.status >= 500) pool.failure(node.name, lastError);
+        continue;
+      }
+      pool.success(node.name);
+      count(`gpu:${node.name}`, reason);
+      const route = `gpu:${node.name}`;
+      if (!res.ok || !stream || !res.body) {
+        // whole answers are read here, so a node that dies mid-body is retried on another
+        let buf: ArrayBuffer;
+        try {
+          buf = await res.arrayBuffer();
+        } catch (e) {
+          pool.end(node.name);
+          lastError = `${node.name}: body failed (${(e as Error).message})`;
+          pool.failure(node.name, lastError);
+          continue;
+        }
+        pool.end(node.name);
+        const h = new Headers({ 'content-type': res.headers.get('content-type') ?? 'application/json', 'x-kle-state-bytes': String(stateBytes) });
+        return withRoute(new Response(buf, { status: res.status, headers: h }), route, reason);
+      }
+      return withRoute(passThrough(res, node, ctl), route, reason);
+    }
+    const retry = Math.ceil(cfg.breakerOpenMs / 1000);
+    return errorResponse(503, `no GPU node can take this job of ${need} tokens now (${lastError})`, 'server_error', null, 'no_node_available', { 'retry-after': String(retry) });
+  }
+
+  /** Streams the node's SSE through unchanged; a break before [DONE] ends it with an error event. */
+  function passThrough(res: Response, node: NodeConfig, ctl: AbortController): Response {
+    const reader = res.body!.getReader();
+    let tail = '';
+    let ended = false;
+    const end = () => {
+      if (!ended) {
+        ended = true;
+        pool.end(node.name);
+      }
+    };
+    const errorEvent = (msg: string) => enc.encode(`\n\ndata: ${JSON.stringify({ error: { message: msg, type: 'server_error', param: null, code: 'upstream_failed' } })}\n\n`);
+    const dec = new TextDecoder();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(ctrl) {
+        try {
+          const r = await reader.read();
+          if (r.done) {
+            end();
+            if (!tail.includes('[DONE]')) {
+              pool.failure(node.name, 'stream ended before [DONE]');
+              ctrl.enqueue(errorEvent(`GPU node ${node.name} ended the stream before it was complete`));
+            }
+            ctrl.close();
+            return;
+          }
+          tail = (tail + dec.decode(r.value, { stream: true })).slice(-64);
+          ctrl.enqueue(r.value);
+        } catch (e) {
+          end();
+          pool.failure(node.name, `stream broke: ${(e as Error).message}`);
+          ctrl.enqueue(errorEvent(`GPU node ${node.name} failed mid-stream`));
+          ctrl.close();
+        }
+      },
+      cancel() {
+        end();
+        ctl.abort();
+        void reader.cancel().catch(() => {});
+      },
+    });
+    return new Response(body, { status: res.status, headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' } });
+  }
+
+  return app;
+}
