@@ -16,6 +16,7 @@ import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { loadModel } from '../src/model/load.js';
 import { sourceFromFiles, sourceFromR2, type ModelSource, type R2BucketLike } from '../src/model/source.js';
 import { createApp, LoadTracker } from '../src/server/app.js';
+import { PrefixCache } from '../src/server/prefix-cache.js';
 import { createRouter } from '../src/router/router.js';
 import { routerConfigFromEnv } from '../src/router/config.js';
 import type { Model } from '../src/generate/model.js';
@@ -59,16 +60,18 @@ function build(env: Env): Hono {
   let model: Promise<Model> | null = null;
   const getModel = () => (model ??= (async () => loadModel(modelSource(env), { backend: await WasmBackend.instantiate('wasm-simd', kleSimd) }))());
   const load = new LoadTracker();
+  const prefixCache = new PrefixCache(16 << 20);
   const edge = createApp({
     model: getModel,
     modelId: env.MODEL_ID ?? 'kimi-linear-default',
     load,
+    prefixCache,
     limits: { maxConcurrent: num(env.MAX_CONCURRENT), maxPromptTokens: num(env.MAX_PROMPT_TOKENS), maxTokens: num(env.MAX_TOKENS) },
   });
   const strings = Object.fromEntries(Object.entries(env).filter(([, v]) => typeof v === 'string')) as Record<string, string>;
   return createRouter({
     config: routerConfigFromEnv(strings),
-    local: { app: edge, model: getModel, load },
+    local: { app: edge, model: getModel, load, prefixCache },
     apiKeys: (env.API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
   });
 }

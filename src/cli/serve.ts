@@ -1,5 +1,6 @@
 // kimi-edge serve [--port 8787] [--host 127.0.0.1] [--model DIR|FILE.gguf] [--backend wasm|native]
 //   [--model-id ID] [--api-key KEY]... [--max-concurrent N] [--max-prompt-tokens N]
+//   [--accept-handoff] [--max-body-bytes N]
 // The OpenAI-compatible server on Node. API keys also come from KLE_API_KEYS (comma-separated);
 // GPU_NODES (JSON list of nodes) and EDGE_MAX_TOKENS put the edge-to-GPU router in front.
 import { parseArgs } from 'node:util';
@@ -21,6 +22,8 @@ export async function serveCmd(argv: string[]): Promise<number> {
       'max-concurrent': { type: 'string' },
       'max-prompt-tokens': { type: 'string' },
       'debug-token-delay-ms': { type: 'string' },
+      'accept-handoff': { type: 'boolean', default: false },
+      'max-body-bytes': { type: 'string' },
     },
   });
   const keys = [...(values['api-key'] ?? []), ...(process.env.KLE_API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean)];
@@ -35,9 +38,10 @@ export async function serveCmd(argv: string[]): Promise<number> {
     backend: values.backend as NodeBackendName,
     apiKeys: keys,
     tokenDelayMs: n(values['debug-token-delay-ms']),
+    acceptHandoff: values['accept-handoff'],
     // GPU_NODES (JSON) and EDGE_MAX_TOKENS in the environment put the router in front
     ...(process.env.GPU_NODES ? { router: routerConfigFromEnv(process.env) } : {}),
-    limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']) },
+    limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']), maxBodyBytes: n(values['max-body-bytes']) },
   });
   bar.done('model loaded');
   // the first line on stdout is the URL, for scripts and tests that start a server on port 0

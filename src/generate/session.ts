@@ -52,6 +52,11 @@ export class Session {
     return this.history.length;
   }
 
+  /** The tokens seen so far (a copy). */
+  get tokens(): number[] {
+    return [...this.history];
+  }
+
   /** Runs prompt tokens through the model (chunked prefill); returns the last token's logits. */
   prefill(tokens: readonly number[]): Float32Array {
     const l = this.engine.forward(tokens);

@@ -13,6 +13,11 @@ export interface NodeConfig {
   readonly weight: number;
   /** the model id it serves, if it differs from the edge's */
   readonly model?: string;
+  /**
+   * It runs this project's server with the same model as the edge: a conversation that
+   * outgrows the edge moves there with its saved state (no re-prefill of the shared prefix).
+   */
+  readonly handoff?: boolean;
 }
 
 export interface RouterConfig {
@@ -69,7 +74,7 @@ export function routerConfigFromEnv(env: Readonly<Record<string, string | undefi
     const weight = o.weight === undefined ? 1 : Number(o.weight);
     if (!(weight > 0)) throw new RouterConfigError(`GPU_NODES[${i}].weight must be positive`);
     const token = typeof o.token === 'string' ? o.token : env[`GPU_NODE_TOKEN_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`];
-    return { name, url: o.url.replace(/\/+$/, ''), maxContext, weight, ...(token ? { token } : {}), ...(typeof o.model === 'string' ? { model: o.model } : {}) };
+    return { name, url: o.url.replace(/\/+$/, ''), maxContext, weight, ...(token ? { token } : {}), ...(typeof o.model === 'string' ? { model: o.model } : {}), ...(o.handoff === true ? { handoff: true } : {}) };
   });
   const num = (k: string, d: number) => {
     const v = env[k];

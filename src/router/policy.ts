@@ -26,17 +26,22 @@ export function sessionBytes(c: KimiConfig, tokens: number): number {
 
 /** Prompt tokens of an OpenAI request body, by the model's tokenizer (null if not countable). */
 export function countPromptTokens(tok: Tokenizer, body: Record<string, unknown>): number | null {
+  return promptTokenIds(tok, body)?.length ?? null;
+}
+
+/** The prompt's token ids, as the server would build them (chat template included). */
+export function promptTokenIds(tok: Tokenizer, body: Record<string, unknown>): number[] | null {
   try {
     if (Array.isArray(body.messages)) {
       const msgs = (body.messages as { role: string; content: unknown }[]).map((m) => ({
         role: (m.role === 'developer' ? 'system' : m.role) as ChatMessage['role'],
         content: typeof m.content === 'string' ? m.content : Array.isArray(m.content) ? (m.content as { text?: string }[]).map((p) => p.text ?? '').join('') : '',
       }));
-      return tok.encode(tok.applyChatTemplate(msgs)).length;
+      return tok.encode(tok.applyChatTemplate(msgs));
     }
     const p = body.prompt;
-    if (typeof p === 'string') return tok.encode(p).length;
-    if (Array.isArray(p) && typeof p[0] === 'string') return tok.encode(p[0]).length;
+    if (typeof p === 'string') return tok.encode(p);
+    if (Array.isArray(p) && typeof p[0] === 'string') return tok.encode(p[0]);
   } catch {
     return null;
   }

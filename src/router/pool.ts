@@ -110,7 +110,7 @@ export class NodePool {
     await Promise.all(
       this.nodes.map(async (n) => {
         const ctl = new AbortController();
-        const t = setTimeout(() => ctl.abort(), Math.min(this.cfg.firstByteTimeoutMs, 3000));
+        const t = stallTolerantTimeout(() => ctl.abort(), Math.min(this.cfg.firstByteTimeoutMs, 3000));
         try {
           const r = await this.fetchImpl(`${n.cfg.url}/health`, { headers: n.cfg.token ? { authorization: `Bearer ${n.cfg.token}` } : {}, signal: ctl.signal });
           n.healthy = r.ok;
@@ -120,7 +120,7 @@ export class NodePool {
           n.healthy = false;
           n.lastError = `health check: ${(e as Error).name === 'AbortError' ? 'timeout' : (e as Error).message}`;
         } finally {
-          clearTimeout(t);
+          t.clear();
         }
       }),
     );
@@ -130,4 +130,22 @@ export class NodePool {
     const now = this.now();
     return this.nodes.map((n) => ({ name: n.cfg.name, healthy: n.healthy, breaker: n.breaker(now), inflight: n.inflight, failures: n.failures, lastError: n.lastError }));
   }
+}
+
+/**
+ * A timeout that does not blame the other side for our own stall: when it fires it waits one
+ * more short turn of the event loop, so that a response that arrived while this thread was busy
+ * (an edge prefill in the same isolate) is seen before the request is given up.
+ */
+export function stallTolerantTimeout(fire: () => void, ms: number): { clear(): void } {
+  let inner: ReturnType<typeof setTimeout> | null = null;
+  const outer = setTimeout(() => {
+    inner = setTimeout(fire, 50);
+  }, ms);
+  return {
+    clear() {
+      clearTimeout(outer);
+      if (inner) clearTimeout(inner);
+    },
+  };
 }

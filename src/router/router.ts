@@ -11,13 +11,15 @@ import type { Model } from '../generate/model.js';
 import { errorResponse } from '../server/errors.js';
 import type { LoadTracker } from '../server/app.js';
 import type { NodeConfig, RouterConfig } from './config.js';
-import { NodePool } from './pool.js';
-import { countPromptTokens, sessionBytes, type RouteReason } from './policy.js';
+import { NodePool, stallTolerantTimeout } from './pool.js';
+import { promptTokenIds, sessionBytes, type RouteReason } from './policy.js';
+import type { PrefixCache } from '../server/prefix-cache.js';
+import { toBase64 } from '../util/base64.js';
 
 export interface RouterOptions {
   config: RouterConfig;
   /** the edge: its app, its model (for the tokenizer and the config) and its load */
-  local: { app: Hono; model: () => Promise<Model>; load: LoadTracker; maxBodyBytes?: number };
+  local: { app: Hono; model: () => Promise<Model>; load: LoadTracker; maxBodyBytes?: number; prefixCache?: PrefixCache | null };
   apiKeys?: readonly string[];
   fetchImpl?: typeof fetch;
   /** a pool to share (tests); otherwise one is made from config */
@@ -99,8 +101,9 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
       return toEdge(c, text, 'fits-edge'); // the edge app answers malformed requests
     }
     const model = await opts.local.model();
-    const prompt = model.tokenizer ? countPromptTokens(model.tokenizer, body) : null;
-    if (prompt === null) return toEdge(c, text, 'fits-edge');
+    const ids = model.tokenizer ? promptTokenIds(model.tokenizer, body) : null;
+    if (ids === null) return toEdge(c, text, 'fits-edge');
+    const prompt = ids.length;
     const maxTokens = Number(body.max_completion_tokens ?? body.max_tokens ?? 256);
     const need = prompt + (Number.isFinite(maxTokens) ? maxTokens : 0);
     void pool.checkHealth();
@@ -111,7 +114,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
       // any work) goes to a node instead
       if (res.status !== 429 || !pool.canAnyTake(need)) return res;
       await res.body?.cancel();
-      return forward(c, body, need, 'edge-saturated', sessionBytes(model.config, need));
+      return forward(c, body, need, 'edge-saturated', sessionBytes(model.config, need), ids);
     }
     if (!pool.canAnyTake(need)) {
       // no node could take it: run at the edge if the model's context allows, else say so
@@ -120,12 +123,15 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
       return errorResponse(400, `prompt (${prompt}) + max_tokens (${maxTokens}) = ${need} tokens: more than the edge model's context (${ctx}) and every GPU node's`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
     }
     const reason: RouteReason = edgeOk ? 'edge-saturated' : 'exceeds-edge-budget';
-    return forward(c, body, need, reason, sessionBytes(model.config, need));
+    return forward(c, body, need, reason, sessionBytes(model.config, need), ids);
   }
 
-  async function forward(c: Context, body: Record<string, unknown>, need: number, reason: RouteReason, stateBytes: number): Promise<Response> {
+  async function forward(c: Context, body: Record<string, unknown>, need: number, reason: RouteReason, stateBytes: number, ids: number[]): Promise<Response> {
     const tried = new Set<string>();
     const stream = body.stream === true;
+    // the edge's saved state of this conversation's longest cached prefix, for hand-off
+    const saved = opts.local.prefixCache?.longestPrefix(ids) ?? null;
+    const handoffBody = saved ? JSON.stringify({ ...body, kle_session: toBase64(saved.blob) }) : null;
     let lastError = 'no node was available';
     for (let attempt = 0; attempt < Math.max(1, pool.size); attempt++) {
       const node = pool.choose(need, tried);
@@ -135,24 +141,24 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
       const ctl = new AbortController();
       const onAbort = () => ctl.abort();
       c.req.raw.signal?.addEventListener('abort', onAbort);
-      const timer = setTimeout(() => ctl.abort(), cfg.firstByteTimeoutMs);
+      const timer = stallTolerantTimeout(() => ctl.abort(), cfg.firstByteTimeoutMs);
       let res: Response;
       try {
         res = await fetchImpl(`${node.url}${c.req.path}`, {
           method: 'POST',
           headers: { 'content-type': 'application/json', ...(node.token ? { authorization: `Bearer ${node.token}` } : {}) },
-          body: JSON.stringify(node.model ? { ...body, model: node.model } : body),
+          body: node.handoff && handoffBody ? handoffBody : JSON.stringify(node.model ? { ...body, model: node.model } : body),
           signal: ctl.signal,
         });
       } catch (e) {
-        clearTimeout(timer);
+        timer.clear();
         pool.end(node.name);
         if (c.req.raw.signal?.aborted) return errorResponse(499, 'client closed the request', 'invalid_request_error');
         lastError = `${node.name}: ${ctl.signal.aborted ? `no response within ${cfg.firstByteTimeoutMs} ms` : (e as Error).message}`;
         pool.failure(node.name, lastError);
         continue;
       }
-      clearTimeout(timer);
+      timer.clear();
       if (res.status === 429 || res.status >= 500) {
         await res.body?.cancel();
         pool.end(node.name);
@@ -176,9 +182,14 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
         }
         pool.end(node.name);
         const h = new Headers({ 'content-type': res.headers.get('content-type') ?? 'application/json', 'x-kle-state-bytes': String(stateBytes) });
+        if (node.handoff && saved) h.set('x-kle-handoff-bytes', String(saved.blob.length));
+        for (const k of ['x-kle-prefix-reused', 'x-kle-prefix-source']) if (res.headers.get(k)) h.set(k, res.headers.get(k)!);
         return withRoute(new Response(buf, { status: res.status, headers: h }), route, reason);
       }
-      return withRoute(passThrough(res, node, ctl), route, reason);
+      const out = withRoute(passThrough(res, node, ctl), route, reason);
+      if (node.handoff && saved) out.headers.set('x-kle-handoff-bytes', String(saved.blob.length));
+      for (const h of ['x-kle-prefix-reused', 'x-kle-prefix-source']) if (res.headers.get(h)) out.headers.set(h, res.headers.get(h)!);
+      return out;
     }
     const retry = Math.ceil(cfg.breakerOpenMs / 1000);
     return errorResponse(503, `no GPU node can take this job of ${need} tokens now (${lastError})`, 'server_error', null, 'no_node_available', { 'retry-after': String(retry) });

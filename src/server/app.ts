@@ -12,6 +12,9 @@ import type { GenerateOptions } from '../generate/session.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { errorResponse } from './errors.js';
 import { Metrics } from './metrics.js';
+import { PrefixCache } from './prefix-cache.js';
+import { Session } from '../generate/session.js';
+import { fromBase64 } from '../util/base64.js';
 import { chatRequest, completionRequest, describeIssue, type ChatRequest, type CompletionRequest } from './schema.js';
 
 export interface Limits {
@@ -42,6 +45,14 @@ export interface ServerOptions {
   load?: LoadTracker;
   /** test affordance: wait this long before each generated token (a slow node) */
   tokenDelayMs?: number;
+  /** saved states of recent prompts, resumed by later prompts that extend them (default 64 MiB; null: off) */
+  prefixCache?: PrefixCache | null;
+  /**
+   * Accept a session handed off by a router (body field kle_session: the versioned session
+   * blob in base64). It is used only if it is this model's and its tokens are a prefix of the
+   * prompt; otherwise the prompt is prefilled as usual.
+   */
+  acceptHandoff?: boolean;
 }
 
 /** Generations running in an app, and its limit. */
@@ -70,6 +81,7 @@ export function createApp(opts: ServerOptions): Hono {
   let modelPromise: Promise<Model> | null = null;
   const getModel = () => (modelPromise ??= typeof opts.model === 'function' ? opts.model() : Promise.resolve(opts.model));
   const load = opts.load ?? new LoadTracker();
+  const cache = opts.prefixCache === undefined ? new PrefixCache() : opts.prefixCache;
   load.max = limits.maxConcurrent;
   const app = new Hono();
 
@@ -180,7 +192,41 @@ export function createApp(opts: ServerOptions): Hono {
     const created = Math.floor(Date.now() / 1000);
     load.active++;
     metrics.activeSessions = load.active;
-    const session = model.createSession();
+    // resume from a handed-off state or a cached prefix: only the rest of the prompt is prefilled
+    let session: Session | null = null;
+    let reused = 0, reusedFrom = 'none';
+    const handoff = (body as { kle_session?: unknown }).kle_session;
+    if (opts.acceptHandoff && typeof handoff === 'string') {
+      try {
+        const s = Session.restore(model, fromBase64(handoff));
+        if (s.length <= prompt.length && s.tokens.every((t, i) => t === prompt[i])) [session, reused, reusedFrom] = [s, s.length, 'handoff'];
+        else s.free();
+      } catch {
+        // another model's state, or a damaged one: prefill from scratch
+      }
+    }
+    if (!session && cache) {
+      const hit = cache.longestPrefix(prompt);
+      if (hit) {
+        try {
+          session = Session.restore(model, hit.blob);
+          [reused, reusedFrom] = [hit.tokens, 'cache'];
+        } catch {
+          session = null;
+        }
+      }
+    }
+    session ??= model.createSession();
+    try {
+      if (reused < prompt.length) session.prefill(prompt.slice(reused));
+    } catch (e) {
+      session.free();
+      load.active--;
+      metrics.activeSessions = load.active;
+      return errorResponse(500, `prefill failed: ${(e as Error).message}`, 'server_error');
+    }
+    cache?.put(prompt, session.save());
+    const resumeHeaders = { 'x-kle-prefix-reused': String(reused), 'x-kle-prefix-source': reusedFrom };
     let tFirst = 0;
     let finished = false;
     // runs once: from the end of generation, or from a client disconnect (in workerd a
@@ -207,7 +253,7 @@ export function createApp(opts: ServerOptions): Hono {
       c.req.raw.signal?.addEventListener('abort', () => ac.abort());
       let text = '', completion = 0, fr = 'stop';
       try {
-        for await (const ev of session.generate(prompt, gen)) {
+        for await (const ev of session.generate([], gen)) {
           if (opts.tokenDelayMs) await new Promise((r) => setTimeout(r, opts.tokenDelayMs));
           if (ev.type === 'token') {
             tFirst ||= Date.now();
@@ -221,7 +267,7 @@ export function createApp(opts: ServerOptions): Hono {
         finish(completion);
       }
       const choice = kind === 'chat' ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: fr } : { index: 0, text, logprobs: null, finish_reason: fr };
-      return c.json({ id, object: kind === 'chat' ? 'chat.completion' : 'text_completion', created, model: modelId, choices: [choice], usage: usage(completion) });
+      return c.json({ id, object: kind === 'chat' ? 'chat.completion' : 'text_completion', created, model: modelId, choices: [choice], usage: usage(completion) }, 200, resumeHeaders);
     }
 
     const includeUsage = req.stream_options?.include_usage === true;
@@ -241,7 +287,7 @@ export function createApp(opts: ServerOptions): Hono {
     // Pull-based: one token per pull, so the consumer drives generation. A client that stops
     // reading stops it, and a cancelled request (which in workerd may never run its pending
     // timers again) leaves nothing behind: cancel() frees the session.
-    const events = session.generate(prompt, { ...gen, yieldBetweenTokens: false });
+    const events = session.generate([], { ...gen, yieldBetweenTokens: false });
     const stream = new ReadableStream<Uint8Array>(
       {
         start(ctrl) {
@@ -290,7 +336,7 @@ export function createApp(opts: ServerOptions): Hono {
       },
       { highWaterMark: 0 },
     );
-    return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive' } });
+    return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', ...resumeHeaders } });
   }
 
   return app;

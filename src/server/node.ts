@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
 import type { LoadProgress } from '../model/hf-loader.js';
 import { createApp, LoadTracker, type Limits } from './app.js';
+import { PrefixCache } from './prefix-cache.js';
 import { createRouter } from '../router/router.js';
 import type { RouterConfig } from '../router/config.js';
 
@@ -21,16 +22,20 @@ export interface NodeServerOptions {
   tokenDelayMs?: number;
   /** put the router in front (GPU nodes, edge budget); without it every job runs here */
   router?: RouterConfig;
+  /** take session hand-offs from a router (and bodies up to 64 MiB, unless limits say) */
+  acceptHandoff?: boolean;
 }
 
 /** Loads the model, starts listening, resolves with the server and its URL. */
 export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ server: ServerType; url: string; close: () => Promise<void> }> {
   const model = await loadModelFromDirectory(o.model, { backend: o.backend, onProgress: o.onProgress });
   const load = new LoadTracker();
-  let app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.router ? [] : o.apiKeys, limits: o.limits, tokenDelayMs: o.tokenDelayMs, load });
+  const prefixCache = new PrefixCache();
+  const limits = { ...(o.acceptHandoff ? { maxBodyBytes: 64 << 20 } : {}), ...Object.fromEntries(Object.entries(o.limits ?? {}).filter(([, v]) => v !== undefined)) };
+  let app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.router ? [] : o.apiKeys, limits, tokenDelayMs: o.tokenDelayMs, load, prefixCache, acceptHandoff: o.acceptHandoff });
   let timer: ReturnType<typeof setInterval> | null = null;
   if (o.router) {
-    const r = createRouter({ config: o.router, local: { app, model: async () => model, load }, apiKeys: o.apiKeys });
+    const r = createRouter({ config: o.router, local: { app, model: async () => model, load, prefixCache }, apiKeys: o.apiKeys });
     app = r;
     // active health checks in the background (a Worker does them on requests instead)
     timer = setInterval(() => void r.pool.checkHealth(true), o.router.healthIntervalMs);
