@@ -112,10 +112,11 @@ async function child(modelName: string, backendName: NodeBackendName): Promise<C
   };
 }
 
-if (process.argv[2] === '--child') {
+const isMain = process.argv[1] !== undefined && fileURLToPath(import.meta.url) === process.argv[1];
+if (isMain && process.argv[2] === '--child') {
   const r = await child(process.argv[3]!, process.argv[4] as NodeBackendName);
   process.stdout.write(JSON.stringify(r));
-} else {
+} else if (isMain) {
   const self = fileURLToPath(import.meta.url);
   const results: ChildResult[] = [];
   for (const model of ['default', 'mid-105M-q8_0'])

@@ -82,8 +82,10 @@ export function hfToGgufParts(configJson: unknown, file: SafetensorsFile, kernel
         for (let i = 0; i < nope; i++) for (let r = 0; r < R; r++) kb[(h * R + r) * nope + i] = kvb[base + i * R + r]!;
         vb.set(kvb.subarray(base + nope * R, base + (nope + vh) * R), h * vh * R);
       }
-      weight(`${b}attn_k_b.weight`, [nope, R, Hm], kb);
-      weight(`${b}attn_v_b.weight`, [R, vh, Hm], vb);
+      // k_b/v_b stay unquantized: llama.cpp multiplies them in a 3-D batched form that its CPU
+      // backend only takes in float (a Q8_0 k_b makes it abort), and they are small
+      f32(`${b}attn_k_b.weight`, [nope, R, Hm], kb);
+      f32(`${b}attn_v_b.weight`, [R, vh, Hm], vb);
       weight(`${b}attn_output.weight`, [Hm * vh, D], get(`${p}self_attn.o_proj.weight`));
     }
     if (!isMoeLayer(c, l)) {

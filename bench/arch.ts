@@ -1,0 +1,146 @@
+// npm run bench:arch [-- --quick]
+// The architecture's claims on this runtime: three models of about the same size, Kimi Linear's
+// hybrid (3 KDA : 1 MLA), all-MLA and all-KDA; time per output token against context length
+// (state at each length set directly from a session blob, so long contexts need no prefill),
+// prefill latency against prompt length, and the state bytes per token, measured against the
+// formula. wasm SIMD and native. Writes bench/results/arch-<machine>.json and two SVG plots.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { EngineModel } from '../src/engine/engine.js';
+import { placeHfModel } from '../src/model/hf-loader.js';
+import { syntheticWeights } from '../src/model/synthetic.js';
+import { sessionBytes } from '../src/router/policy.js';
+import { nodeBackend, packageRoot } from '../src/node.js';
+import { lineChart } from './svg.js';
+import { machine, table, writeResult, machineTag } from './lib.js';
+
+const quick = process.argv.includes('--quick');
+const L = 8;
+const base = {
+  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 4096, hidden_size: 512, intermediate_size: 1536,
+  num_hidden_layers: L, num_attention_heads: 8, num_key_value_heads: 8, kv_lora_rank: 256, q_lora_rank: null,
+  qk_nope_head_dim: 64, qk_rope_head_dim: 32, v_head_dim: 64, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
+  num_experts: 0, model_max_length: 1 << 22,
+};
+const la = (kda: number[]) => ({ kda_layers: kda, full_attn_layers: Array.from({ length: L }, (_, i) => i + 1).filter((i) => !kda.includes(i)), num_heads: 8, head_dim: 64, short_conv_kernel_size: 4 });
+const CONFIGS = {
+  'hybrid 3:1': { ...base, linear_attn_config: la([1, 2, 3, 5, 6, 7]) },
+  'all MLA': { ...base, linear_attn_config: la([]) },
+  'all KDA': { ...base, linear_attn_config: la([1, 2, 3, 4, 5, 6, 7, 8]) },
+};
+const CONTEXTS = quick ? [1024, 4096, 16384] : [1024, 4096, 16384, 65536, 262144];
+const PREFILL = quick ? [256, 1024] : [256, 1024, 4096];
+
+function fnv(b: Uint8Array): bigint {
+  // the blob checksum (FNV-1a 64) in 32-bit halves: BigInt per byte is too slow for GBs
+  let hi = 0xcbf29ce4, lo = 0x84222325;
+  for (let i = 0; i < b.length; i++) {
+    lo ^= b[i]!;
+    // multiply (hi, lo) by 0x100000001b3 mod 2^64
+    const l16 = lo & 0xffff, l32 = lo >>> 16;
+    const p0 = l16 * 0x1b3, p1 = l32 * 0x1b3;
+    const nlo = (p0 + ((p1 & 0xffff) << 16)) >>> 0;
+    const carry = Math.floor((p0 + (p1 & 0xffff) * 65536) / 4294967296) + Math.floor(p1 / 65536);
+    hi = (Math.imul(hi, 0x1b3) + (lo << 8) + carry) >>> 0;
+    lo = nlo;
+  }
+  return (BigInt(hi) << 32n) | BigInt(lo);
+}
+
+/** A session blob of a model at position pos with small random state (same layout as session.c). */
+function craftBlob(model: EngineModel, template: Uint8Array, pos: number): Uint8Array {
+  const c = model.config;
+  const kda = c.layerKinds.filter((k) => k === 'kda').length, mla = L - kda;
+  const HK = c.kda.numHeads * c.kda.headDim;
+  const perKda = 3 * (c.kda.convKernel - 1) * HK + c.kda.numHeads * c.kda.headDim * c.kda.headDim;
+  const floats = kda * perKda + mla * pos * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim) + c.vocabSize;
+  const out = new Uint8Array(32 + 4 * floats + 8);
+  out.set(template.subarray(0, 32));
+  const dv = new DataView(out.buffer);
+  dv.setUint32(20, pos, true);
+  dv.setUint32(24, 1, true);
+  const f = new Float32Array(out.buffer, 32, floats);
+  for (let i = 0; i < floats; i += 97) f[i] = ((i * 2654435761) % 1000) / 1e5;
+  dv.setBigUint64(32 + 4 * floats, fnv(out.subarray(0, 32 + 4 * floats)), true);
+  return out;
+}
+
+interface Row { config: string; backend: string; context: number; tpotMs: number; stateBytes: number; formulaBytes: number }
+const rows: Row[] = [];
+const prefillRows: { config: string; backend: string; tokens: number; ms: number }[] = [];
+const params: Record<string, number> = {};
+for (const backendName of ['wasm', 'native'] as const) {
+  const backend = await nodeBackend(backendName);
+  for (const [name, cfg] of Object.entries(CONFIGS)) {
+    const model = await placeHfModel(backend, cfg, [{ name, bytes: syntheticWeights(cfg, 11) }]);
+    params[name] = model.bytes() / 4;
+    const template = (() => {
+      const s = model.createSession();
+      s.forward([1]);
+      const b = s.save();
+      s.free();
+      return b;
+    })();
+    for (const ctx of CONTEXTS) {
+      const c = model.config;
+      const bytes = sessionBytes(c, ctx);
+      if (backendName === 'wasm' && bytes > 1.2 * 2 ** 30) continue; // wasm32: 4 GiB for everything
+      const s = model.createSession();
+      try {
+        s.load(craftBlob(model, template, ctx));
+      } catch (e) {
+        s.free();
+        continue;
+      }
+      const n = quick ? 8 : 24;
+      const t: number[] = [];
+      for (let i = 0; i < n; i++) {
+        const t0 = performance.now();
+        s.forward([(i * 31) % 4096]);
+        t.push(performance.now() - t0);
+      }
+      t.sort((a, b) => a - b);
+      rows.push({ config: name, backend: backend.name, context: ctx, tpotMs: t[t.length >> 1]!, stateBytes: s.save().length, formulaBytes: bytes });
+      s.free();
+    }
+    for (const T of PREFILL) {
+      const toks = Array.from({ length: T }, (_, i) => (i * 7 + 3) % 4096);
+      const s = model.createSession();
+      const t0 = performance.now();
+      s.forward(toks);
+      prefillRows.push({ config: name, backend: backend.name, tokens: T, ms: performance.now() - t0 });
+      s.free();
+    }
+    model.free();
+    console.error(`done: ${name} on ${backend.name}`);
+  }
+}
+
+console.log(`machine: ${JSON.stringify(machine())}\n`);
+console.log(`Three models of about the same size (${Object.entries(params).map(([k, v]) => `${k}: ${(v / 1e6).toFixed(1)}M`).join(', ')} params; 8 layers, hidden 512, no MoE).`);
+console.log('Time per output token (median), by the context already in the session:\n');
+const ctxs = [...new Set(rows.map((r) => r.context))];
+for (const b of ['wasm-simd', 'native']) {
+  console.log(table(['config', ...ctxs.map((c) => `${c / 1024}K ms`), 'state at max KiB'], Object.keys(CONFIGS).map((cfg) => {
+    const rs = rows.filter((r) => r.backend === b && r.config === cfg);
+    return [`${cfg} (${b})`, ...ctxs.map((c) => rs.find((r) => r.context === c)?.tpotMs.toFixed(2) ?? '-'), (rs.at(-1)!.stateBytes / 1024).toFixed(0)];
+  })));
+  console.log('');
+}
+const at = (cfg: string, b: string, c: number) => rows.find((r) => r.config === cfg && r.backend === b && r.context === c)?.tpotMs;
+const maxNative = Math.max(...rows.filter((r) => r.backend === 'native' && r.config === 'all MLA').map((r) => r.context));
+console.log(`TPOT ratio all-MLA / hybrid at ${maxNative / 1024}K (native): ${((at('all MLA', 'native', maxNative) ?? NaN) / (at('hybrid 3:1', 'native', maxNative) ?? NaN)).toFixed(2)}x; hybrid TPOT growth 1K -> ${maxNative / 1024}K: ${((at('hybrid 3:1', 'native', maxNative) ?? NaN) / (at('hybrid 3:1', 'native', 1024) ?? NaN)).toFixed(2)}x, all-KDA: ${((at('all KDA', 'native', maxNative) ?? NaN) / (at('all KDA', 'native', 1024) ?? NaN)).toFixed(2)}x, all-MLA: ${((at('all MLA', 'native', maxNative) ?? NaN) / (at('all MLA', 'native', 1024) ?? NaN)).toFixed(2)}x`);
+const perTok = (cfg: string) => {
+  const rs = rows.filter((r) => r.config === cfg && r.backend === 'native');
+  return (rs.at(-1)!.stateBytes - rs[0]!.stateBytes) / (rs.at(-1)!.context - rs[0]!.context);
+};
+console.log(`State bytes per token (measured blob growth; formula MLA layers x (kv_lora + rope) x 4): hybrid ${perTok('hybrid 3:1')} (formula ${2 * 288 * 4}), all-MLA ${perTok('all MLA')} (formula ${8 * 288 * 4}), all-KDA ${perTok('all KDA')} (formula 0): hybrid needs ${(100 * (1 - perTok('hybrid 3:1') / perTok('all MLA'))).toFixed(0)}% less cache than all-MLA\n`);
+console.log('Prefill latency (ms):\n');
+console.log(table(['config', 'backend', ...PREFILL.map((t) => `${t} tok`)], Object.keys(CONFIGS).flatMap((cfg) => ['wasm-simd', 'native'].map((b) => [cfg, b, ...PREFILL.map((t) => prefillRows.find((r) => r.config === cfg && r.backend === b && r.tokens === t)?.ms.toFixed(0) ?? '-')]))));
+const dir = join(packageRoot(), 'bench', 'results');
+for (const b of ['wasm-simd', 'native']) {
+  const svg = lineChart(`Time per output token vs context (${b}, ${machine().cpu})`, 'context (tokens, log scale)', 'ms per token (log scale)', Object.keys(CONFIGS).map((cfg) => ({ name: cfg, points: rows.filter((r) => r.backend === b && r.config === cfg).map((r) => [r.context, r.tpotMs] as [number, number]) })), { logY: true });
+  writeFileSync(join(dir, `arch-tpot-${b}-${machineTag()}.svg`), svg);
+}
+writeFileSync(join(dir, `arch-prefill-${machineTag()}.svg`), lineChart(`Prefill latency vs prompt length (${machine().cpu})`, 'prompt tokens (log scale)', 'ms (log scale)', Object.keys(CONFIGS).flatMap((cfg) => ['wasm-simd', 'native'].map((b) => ({ name: `${cfg} ${b}`, points: prefillRows.filter((r) => r.config === cfg && r.backend === b).map((r) => [r.tokens, r.ms] as [number, number]) }))), { logY: true }));
+console.log(`wrote ${writeResult('arch', { date: new Date().toISOString(), machine: machine(), params, rows, prefillRows })} and SVG plots`);

@@ -1,0 +1,87 @@
+// npm run bench:coldstart
+// Cold start of the Worker under wrangler dev (workerd): from process start to ready, then the
+// first request (wasm instantiation, model load from the bundle, prefill, first token) and a
+// second one for contrast; the wasm module's compile time in Node's V8; workerd's peak memory.
+// Median of 3 cold starts. Writes bench/results/coldstart-<machine>.json.
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { packageRoot } from '../src/engine/node-kernels.js';
+import { machine, table, writeResult } from './lib.js';
+
+async function freePort(): Promise<number> {
+  return new Promise((r) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => r(p));
+    });
+  });
+}
+
+function workerdPeakMiB(): number | null {
+  try {
+    let best = 0;
+    for (const pid of execFileSync('pgrep', ['-f', 'workerd'], { encoding: 'utf8' }).trim().split('\n')) {
+      const f = `/proc/${pid}/status`;
+      if (existsSync(f)) best = Math.max(best, Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(f, 'utf8'))?.[1] ?? 0) / 1024);
+    }
+    return best || null;
+  } catch {
+    return null;
+  }
+}
+
+async function firstToken(url: string): Promise<number> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'kimi-linear-default', messages: [{ role: 'user', content: 'Hello!' }], max_tokens: 4, stream: true, temperature: 0 }) });
+  const reader = res.body!.getReader();
+  const dec = new TextDecoder();
+  let ms = 0;
+  for (;;) {
+    const r = await reader.read();
+    if (r.done) break;
+    if (!ms && /"content":"[^"]/.test(dec.decode(r.value))) ms = performance.now() - t0;
+  }
+  return ms || performance.now() - t0;
+}
+
+const runs: { readyMs: number; firstRequestMs: number; secondRequestMs: number; peakMiB: number | null }[] = [];
+for (let i = 0; i < 3; i++) {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const t0 = performance.now();
+  const wr = spawn('npx', ['wrangler', 'dev', '--ip', '127.0.0.1', '--port', String(port)], { stdio: 'ignore', env: { ...process.env, WRANGLER_SEND_METRICS: 'false' }, detached: true });
+  let ready = 0;
+  for (let k = 0; k < 600 && !ready; k++) {
+    try {
+      // /v1/models does not load the model: the Worker is up, nothing more
+      if ((await fetch(`${url}/v1/models`)).ok) ready = performance.now() - t0;
+    } catch {}
+    if (!ready) await new Promise((r) => setTimeout(r, 50));
+  }
+  const first = await firstToken(url);
+  const second = await firstToken(url);
+  runs.push({ readyMs: ready, firstRequestMs: first, secondRequestMs: second, peakMiB: workerdPeakMiB() });
+  process.kill(-wr.pid!, 'SIGTERM');
+  await new Promise((r) => setTimeout(r, 1000));
+}
+const wasm = readFileSync(join(packageRoot(), 'wasm', 'dist', 'kle-simd.wasm'));
+const compile: number[] = [];
+for (let i = 0; i < 7; i++) {
+  const t = performance.now();
+  await WebAssembly.compile(wasm);
+  compile.push(performance.now() - t);
+}
+const med = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
+const summary = {
+  readyMs: med(runs.map((r) => r.readyMs)), firstTokenColdMs: med(runs.map((r) => r.firstRequestMs)), firstTokenWarmMs: med(runs.map((r) => r.secondRequestMs)),
+  wasmBytes: wasm.length, wasmCompileMs: med(compile), workerdPeakMiB: Math.max(...runs.map((r) => r.peakMiB ?? 0)), runs,
+};
+console.log(`machine: ${JSON.stringify(machine())}\n`);
+console.log('Cold start of the Worker under wrangler dev (medians of 3 cold starts):\n');
+console.log(table(['wrangler dev to ready', 'first request: to first token', 'second request: to first token', 'kle-simd.wasm', 'wasm compile (V8, Node)', 'workerd peak RSS'], [[
+  `${summary.readyMs.toFixed(0)} ms`, `${summary.firstTokenColdMs.toFixed(1)} ms`, `${summary.firstTokenWarmMs.toFixed(1)} ms`, `${(wasm.length / 1024).toFixed(0)} KiB`, `${summary.wasmCompileMs.toFixed(2)} ms`, `${summary.workerdPeakMiB.toFixed(0)} MiB`,
+]]));
+console.log(`wrote ${writeResult('coldstart', { date: new Date().toISOString(), machine: machine(), ...summary })}`);
+process.exit(0);
