@@ -1,0 +1,148 @@
+# kernels-cuda/bench/kda_step.py LIB.so [--check-only] [--fla PATH] [--out FILE]
+# On the GPU machine: checks kle_cuda_kda_step against the shared KDA vectors (every file, the
+# step looped over its tokens, outputs and final state under 1e-5 relative error), then times
+# it inside CUDA graphs at Kimi-Linear-48B shape (H=32, K=V=128, f32 state) for batch 1, 16,
+# 128, next to fla's fused_recurrent_kda (also in graphs) and the card's copy bandwidth.
+import ctypes, glob, json, os, sys, time
+import torch
+from safetensors import safe_open
+
+args = sys.argv[1:]
+lib = ctypes.CDLL(args[0])
+check_only = "--check-only" in args
+fla_path = args[args.index("--fla") + 1] if "--fla" in args else None
+out_path = args[args.index("--out") + 1] if "--out" in args else None
+here = os.path.dirname(os.path.abspath(__file__))
+fixtures = os.path.join(here, "..", "..", "test", "fixtures")
+dev = "cuda"
+f = lib.kle_cuda_kda_step
+f.restype = ctypes.c_int
+f.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
+
+
+def step(S, q, k, v, g, beta, o, scale, flags=0):
+    B, H, K, V = S.shape
+    stream = torch.cuda.current_stream().cuda_stream
+    rc = f(S.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(), o.data_ptr(), B, H, K, V, scale, flags, stream)
+    assert rc == 0, rc
+
+
+def rel(x, ref):
+    return (torch.linalg.vector_norm((x - ref).double()) / torch.linalg.vector_norm(ref.double())).item()
+
+
+results = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "vectors": [], "timing": []}
+worst = 0.0
+for path in sorted(glob.glob(os.path.join(fixtures, "kda_*.safetensors"))):
+    with safe_open(path, "pt", device=dev) as sf:
+        meta = sf.metadata() or {}
+        t = {n: sf.get_tensor(n).float() for n in sf.keys()}
+    B, T, H, K = t["q"].shape
+    V = t["v"].shape[-1]
+    scale = float(meta.get("scale", K ** -0.5))
+    S = t["initial_state"].clone().contiguous()
+    o = torch.empty(B, T, H, V, device=dev)
+    ot = torch.empty(B, H, V, device=dev)
+    for i in range(T):
+        step(S, t["q"][:, i].contiguous(), t["k"][:, i].contiguous(), t["v"][:, i].contiguous(), t["g"][:, i].contiguous(), t["beta"][:, i].contiguous(), ot, scale)
+        o[:, i] = ot
+    torch.cuda.synchronize()
+    eo, es = rel(o, t["o"]), rel(S, t["final_state"])
+    # the in-kernel L2 norm: unnormalized q, k (scaled) must give the same answer
+    S2 = t["initial_state"].clone().contiguous()
+    for i in range(min(T, 8)):
+        step(S2, (3 * t["q"][:, i]).contiguous(), (0.5 * t["k"][:, i]).contiguous(), t["v"][:, i].contiguous(), t["g"][:, i].contiguous(), t["beta"][:, i].contiguous(), ot, scale, 1)
+    S3 = t["initial_state"].clone().contiguous()
+    for i in range(min(T, 8)):
+        step(S3, t["q"][:, i].contiguous(), t["k"][:, i].contiguous(), t["v"][:, i].contiguous(), t["g"][:, i].contiguous(), t["beta"][:, i].contiguous(), ot, scale, 0)
+    en = rel(S2, S3)
+    worst = max(worst, eo, es, en)
+    results["vectors"].append({"file": os.path.basename(path), "B": B, "T": T, "H": H, "K": K, "V": V, "relErrO": eo, "relErrState": es, "relErrL2normFlag": en})
+    print(f"{os.path.basename(path):32s} B={B} T={T} H={H} K={K} V={V}  o {eo:.2e}  state {es:.2e}  l2norm flag {en:.2e}  {'ok' if max(eo, es, en) < 1e-5 else 'FAIL'}")
+results["worstRelErr"] = worst
+print(f"worst relative error {worst:.2e} (bar 1e-5)")
+if check_only:
+    sys.exit(0 if worst < 1e-5 else 1)
+
+
+def graph_time(fn, reps=50, iters=20):
+    """microseconds per fn() call, replayed inside one CUDA graph of `iters` calls"""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(iters):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3 / iters)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+# the card's copy bandwidth (bytes read + written), in a graph
+src = torch.empty(1 << 28, device=dev)  # 1 GiB
+dst = torch.empty_like(src)
+us = graph_time(lambda: dst.copy_(src), reps=10, iters=5)
+copy_tbs = 2 * src.numel() * 4 / (us * 1e-6) / 1e12
+results["copyTBs"] = copy_tbs
+print(f"copy bandwidth: {copy_tbs:.2f} TB/s")
+del src, dst
+
+fla_step = None
+if fla_path:
+    import types
+    sys.path.insert(0, fla_path)
+    pkg = types.ModuleType("fla")
+    pkg.__path__ = [os.path.join(fla_path, "fla")]
+    sys.modules["fla"] = pkg
+    from fla.ops.kda import fused_recurrent_kda as fla_step
+
+H, K, V = 32, 128, 128
+L2 = torch.cuda.get_device_properties(0).L2_cache_size
+results["l2Bytes"] = L2
+for B in (1, 16, 128):
+    # several copies of the state, cycled within the graph, so that the states touched exceed
+    # twice the L2 and each step streams from HBM as a model's layers would
+    one = B * H * K * V * 4
+    n = max(1, -(-2 * L2 // one))
+    S = [torch.randn(B, H, K, V, device=dev) * 0.01 for _ in range(n)]
+    q = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
+    v = torch.randn(B, H, V, device=dev)
+    g = -torch.rand(B, H, K, device=dev) * 0.1
+    beta = torch.rand(B, H, device=dev)
+    o = torch.empty(B, H, V, device=dev)
+    def run_ours():
+        for s_ in S:
+            step(s_, q, k, v, g, beta, o, K ** -0.5)
+    ours = graph_time(run_ours, iters=max(1, 64 // n)) / n
+    state_bytes = 2 * one
+    row = {"B": B, "H": H, "K": K, "V": V, "stateCopies": n, "oursUs": ours, "oursTBs": state_bytes / (ours * 1e-6) / 1e12}
+    if fla_step is not None:
+        q4, k4, v4, g4, b4 = (x.unsqueeze(1).contiguous() for x in (q, k, v, g, beta))
+        def run_fla():
+            for s_ in S:
+                fla_step(q=q4, k=k4, v=v4, g=g4, beta=b4, scale=K ** -0.5, initial_state=s_, output_final_state=True, use_qk_l2norm_in_kernel=False)
+        try:
+            t_fla = graph_time(run_fla, iters=max(1, 64 // n)) / n
+            row.update({"flaUs": t_fla, "flaTBs": state_bytes / (t_fla * 1e-6) / 1e12})
+        except Exception as e:  # report, do not hide
+            row["flaError"] = repr(e)[:300]
+    results["timing"].append(row)
+    extra = f"  fla {row['flaUs']:.2f} us ({row['flaTBs']:.2f} TB/s)" if "flaUs" in row else (f"  fla failed: {row.get('flaError')}" if "flaError" in row else "")
+    print(f"B={B:4d} H={H} K=V={K} ({n} state copies): ours {ours:.2f} us/step ({row['oursTBs']:.2f} TB/s of state traffic){extra}")
+if out_path:
+    with open(out_path, "w") as fh:
+        json.dump(results, fh, indent=1)

@@ -1,0 +1,111 @@
+// kda_step.cu: the KDA decode step on NVIDIA GPUs.
+//
+// The step is bandwidth-bound: each head's K x V state is read once and written once. One pass
+// over the state yields both reductions the step needs, with the decay folded in:
+//   a_j = sum_k exp(g_k) S_kj k_k,   b_j = sum_k exp(g_k) S_kj q_k
+//   u_j = v_j - a_j;   S'_kj = exp(g_k) S_kj + beta k_k u_j;   o_j = scale (b_j + beta u_j (k.q))
+// and the new values are written from registers (each thread holds K/KW of them, so nothing is
+// read twice). Loads and stores are coalesced across the warp (consecutive columns); q, k and
+// exp(g) sit in shared memory.
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "../include/kle_cuda.h"
+
+#define KLE_OK 0
+#define KLE_EINVAL (-1)
+
+// Block: one head's 32-column tile; KW warps split the K rows (lane = column), so a head's
+// state is covered by V/32 blocks of KW*32 threads and every thread walks only K/KW rows:
+// enough blocks and short dependency chains even at batch 1.
+template <int K, int KW>
+__global__ void __launch_bounds__(32 * KW) kda_step_kernel(float *__restrict__ S, const float *__restrict__ q, const float *__restrict__ k,
+                                           const float *__restrict__ v, const float *__restrict__ g, const float *__restrict__ beta,
+                                           float *__restrict__ o, int V, float scale, int l2norm) {
+  constexpr int R = K / KW;  // rows per warp
+  const int bh = blockIdx.x;
+  const int lane = threadIdx.x, w = threadIdx.y, tid = w * 32 + lane;
+  const int col = blockIdx.y * 32 + lane;
+  __shared__ float sq[K], sk[K], se[K], ra[KW][32], rb[KW][32], red[2][KW];
+  const float *qh = q + (size_t)bh * K, *kh = k + (size_t)bh * K, *gh = g + (size_t)bh * K;
+  float pq = 0.f, pk = 0.f, pqk = 0.f;
+  for (int i = tid; i < K; i += 32 * KW) {
+    const float a = qh[i], b = kh[i];
+    sq[i] = a;
+    sk[i] = b;
+    se[i] = __expf(gh[i]);
+    pq += a * a;
+    pk += b * b;
+    pqk += a * b;
+  }
+  for (int off = 16; off; off >>= 1) {
+    pq += __shfl_xor_sync(0xffffffffu, pq, off);
+    pk += __shfl_xor_sync(0xffffffffu, pk, off);
+    pqk += __shfl_xor_sync(0xffffffffu, pqk, off);
+  }
+  __shared__ float rqk[KW];
+  if (lane == 0) {
+    red[0][w] = pq;
+    red[1][w] = pk;
+    rqk[w] = pqk;
+  }
+  __syncthreads();
+  float tq = 0.f, tk = 0.f, kq = 0.f;
+#pragma unroll
+  for (int i = 0; i < KW; i++) {
+    tq += red[0][i];
+    tk += red[1][i];
+    kq += rqk[i];
+  }
+  const float nq = l2norm ? rsqrtf(tq + 1e-6f) : 1.f, nk = l2norm ? rsqrtf(tk + 1e-6f) : 1.f;
+  float *Sh = S + (size_t)bh * K * V + col;
+  const bool live = col < V;
+  float a = 0.f, bq = 0.f;
+  float d[R];  // this thread's R decayed state values, kept for the write-back
+  if (live) {
+#pragma unroll
+    for (int r = 0; r < R; r++) d[r] = Sh[(size_t)(w * R + r) * V];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int i = w * R + r;
+      d[r] *= se[i];
+      a += d[r] * sk[i];
+      bq += d[r] * sq[i];
+    }
+  }
+  ra[w][lane] = a;
+  rb[w][lane] = bq;
+  __syncthreads();
+  a = 0.f;
+  bq = 0.f;
+#pragma unroll
+  for (int i = 0; i < KW; i++) {
+    a += ra[i][lane];
+    bq += rb[i][lane];
+  }
+  if (!live) return;
+  a *= nk;
+  bq *= nq;
+  kq *= nk * nq;
+  const float bt = beta[bh];
+  const float u = v[(size_t)bh * V + col] - a;
+  const float wk = bt * u * nk;
+#pragma unroll
+  for (int r = 0; r < R; r++) Sh[(size_t)(w * R + r) * V] = d[r] + wk * sk[w * R + r];
+  if (w == 0) o[(size_t)bh * V + col] = scale * (bq + bt * u * kq);
+}
+
+extern "C" int kle_cuda_kda_step(float *S, const float *q, const float *k, const float *v, const float *g,
+                                 const float *beta, float *o, int B, int H, int K, int V, float scale, int flags,
+                                 void *stream) {
+  if (B <= 0 || H <= 0 || V <= 0 || V % 32 || (K != 64 && K != 128) || (flags & ~1)) return KLE_EINVAL;
+  (void)H;
+  constexpr int KW = 4;
+  dim3 grid(B * H, V / 32), block(32, KW);
+  cudaStream_t st = (cudaStream_t)stream;
+  if (K == 128)
+    kda_step_kernel<128, KW><<<grid, block, 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
+  else
+    kda_step_kernel<64, KW><<<grid, block, 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
+  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+}
