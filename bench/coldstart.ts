@@ -8,7 +8,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { packageRoot } from '../src/engine/node-kernels.js';
-import { machine, table, writeResult } from './lib.js';
+import { machine, machineTag, table, writeResult } from './lib.js';
+import { barChart } from './svg.js';
+import { writeFileSync } from 'node:fs';
 
 async function freePort(): Promise<number> {
   return new Promise((r) => {
@@ -83,5 +85,6 @@ console.log('Cold start of the Worker under wrangler dev (medians of 3 cold star
 console.log(table(['wrangler dev to ready', 'first request: to first token', 'second request: to first token', 'kle-simd.wasm', 'wasm compile (V8, Node)', 'workerd peak RSS'], [[
   `${summary.readyMs.toFixed(0)} ms`, `${summary.firstTokenColdMs.toFixed(1)} ms`, `${summary.firstTokenWarmMs.toFixed(1)} ms`, `${(wasm.length / 1024).toFixed(0)} KiB`, `${summary.wasmCompileMs.toFixed(2)} ms`, `${summary.workerdPeakMiB.toFixed(0)} MiB`,
 ]]));
+writeFileSync(join(packageRoot(), 'bench', 'results', `coldstart-${machineTag()}.svg`), barChart('Worker cold start (ms)', 'ms', ['to ready', 'first token (cold)', 'first token (warm)', 'wasm compile'], [{ name: 'median of 3', values: [summary.readyMs, summary.firstTokenColdMs, summary.firstTokenWarmMs, summary.wasmCompileMs] }]));
 console.log(`wrote ${writeResult('coldstart', { date: new Date().toISOString(), machine: machine(), ...summary })}`);
 process.exit(0);

@@ -13,7 +13,11 @@ import { sourceFromFiles } from '../src/model/source.js';
 import { syntheticWeights } from '../src/model/synthetic.js';
 import { hfToGguf } from '../src/model/to-gguf.js';
 import { loadModelFromDirectory, nodeBackend, type NodeBackendName } from '../src/node.js';
-import { bind, lastLevelCacheBytes, machine, table, timeIt, writeResult } from './lib.js';
+import { bind, lastLevelCacheBytes, machine, machineTag, table, timeIt, writeResult } from './lib.js';
+import { barChart } from './svg.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../src/node.js';
 
 const quick = process.argv.includes('--quick');
 
@@ -138,5 +142,7 @@ if (isMain && process.argv[2] === '--child') {
   ));
   const ratio = (m: string, k: 'prefillTokS' | 'decodeTokS') => results.find((r) => r.model === m && r.backend === 'native')![k] / results.find((r) => r.model === m && r.backend === 'wasm-simd')![k];
   console.log(`\nnative / wasm SIMD: default prefill ${ratio('default', 'prefillTokS').toFixed(2)}x, decode ${ratio('default', 'decodeTokS').toFixed(2)}x; 105M prefill ${ratio('mid-105M-q8_0', 'prefillTokS').toFixed(2)}x, decode ${ratio('mid-105M-q8_0', 'decodeTokS').toFixed(2)}x`);
+  for (const [k, label] of [['prefillTokS', 'prefill'], ['decodeTokS', 'decode']] as const)
+    writeFileSync(join(packageRoot(), 'bench', 'results', `generate-${label}-${machineTag()}.svg`), barChart(`${label} tokens/s (${machine().cpu}, one thread)`, 'tokens/s', ['default', 'mid-105M-q8_0'], ['wasm-simd', 'native'].map((b) => ({ name: b, values: ['default', 'mid-105M-q8_0'].map((m) => results.find((r) => r.model === m && r.backend === b)?.[k] ?? null) }))));
   console.log(`wrote ${writeResult('generate', { date: new Date().toISOString(), machine: machine(), quick, config105M: MID_CONFIG, results })}`);
 }

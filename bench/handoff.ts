@@ -12,7 +12,11 @@ import { PrefixCache } from '../src/server/prefix-cache.js';
 import { parseKimiConfig } from '../src/model/config.js';
 import { loadModelFromDirectory } from '../src/node.js';
 import { startServeProcess } from '../test/helpers/processes.js';
-import { machine, table, writeResult } from './lib.js';
+import { machine, machineTag, table, writeResult } from './lib.js';
+import { lineChart } from './svg.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../src/node.js';
 import type { ChatMessage } from '../src/tokenizer/tokenizer.js';
 
 const SIZES = [512, 2048, 8192];
@@ -86,4 +90,8 @@ console.log(table(['prefix tokens', 'prompt tokens', 'route', 'state moved (KiB)
   r.prefixTokens!, r.promptTokens!, r.route!, (Number(r.handoffBytes) / 1024).toFixed(0), Number(r.ttftHandoffMs).toFixed(1), Number(r.ttftReprefillMs).toFixed(1), `${(Number(r.ttftReprefillMs) / Number(r.ttftHandoffMs)).toFixed(2)}x`, r.sameText!,
 ])));
 console.log(`\nKimi-Linear-48B state at the same sizes (f32, 20 KDA layers constant + 7 MLA layers x 576 floats/token): ${SIZES.map((s) => `${s}: ${at(s)} MiB`).join(', ')}; 128K: ${at(131072)} MiB`);
+writeFileSync(join(packageRoot(), 'bench', 'results', `handoff-${machineTag()}.svg`), lineChart(`Time to first token on the node, by prefix length (${machine().cpu})`, 'prefix tokens (log scale)', 'ms (log scale)', [
+  { name: 'with hand-off', points: rows.map((r) => [Number(r.prefixTokens), Number(r.ttftHandoffMs)] as [number, number]) },
+  { name: 're-prefill', points: rows.map((r) => [Number(r.prefixTokens), Number(r.ttftReprefillMs)] as [number, number]) },
+], { logY: true }));
 console.log(`wrote ${writeResult('handoff', { date: new Date().toISOString(), machine: machine(), rows, kimi48bStateMiB: Object.fromEntries([...SIZES, 131072].map((s) => [s, sessionBytes(cfg48, s) / 2 ** 20])) })}`);

@@ -7,7 +7,11 @@ import type { KernelBackend } from '../src/engine/backend.js';
 import { Kernels, type WeightFormatName } from '../src/engine/kernels.js';
 import { loadNativeBackend, loadWasmBackend } from '../src/engine/node-kernels.js';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
-import { bind, lastLevelCacheBytes, machine, table, timeIt, writeResult, type BenchArg } from './lib.js';
+import { bind, lastLevelCacheBytes, machine, machineTag, table, timeIt, writeResult, type BenchArg } from './lib.js';
+import { barChart, lineChart } from './svg.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../src/engine/node-kernels.js';
 
 const quick = process.argv.includes('--quick');
 const H = 32, K = 128, V = 128, DL = 512, DR = 64, HIDDEN = 2304;
@@ -236,5 +240,9 @@ const mlaPrefill: { T: number; ms: Record<string, number> }[] = [];
   console.log(table(['backend', 'ms', 'tok/s'], names.map((n) => [n, mlaPrefill[0]!.ms[n]!.toFixed(1), Math.round((T / mlaPrefill[0]!.ms[n]!) * 1e3)])));
 }
 
+// plots: the decode kernels' share of bandwidth, and the chunked-vs-step prefill speedup
+const resDir = join(packageRoot(), 'bench', 'results');
+writeFileSync(join(resDir, `kernels-decode-${machineTag()}.svg`), barChart(`Decode kernels: GB/s of minimal traffic (read bandwidth ${machineBW.toFixed(1)} GB/s)`, 'GB/s', decode.map((r) => `${r.kernel.replace(/ \(.*\)/, '')} ${r.shape.split(' ')[0]}`), names.map((n) => ({ name: n, values: decode.map((r) => r.bytes / (r.ms[n]! / 1e3) / 1e9) }))));
+writeFileSync(join(resDir, `kernels-prefill-${machineTag()}.svg`), lineChart('KDA prefill: step loop / chunked (chunk 16), by T', 'T (log scale)', 'speedup', names.map((n) => ({ name: n, points: prefill.filter((r) => r.backend === n).map((r) => [r.T, r.stepMs / r.chunkMs[16]!] as [number, number]) }))));
 const file = writeResult('kernels', { date: new Date().toISOString(), machine: machine(), quick, bandwidthGBs: bandwidth, decode, prefill, mlaPrefill });
 console.log(`\nwrote ${file}`);

@@ -7,7 +7,11 @@ import { spawn, execFileSync } from 'node:child_process';
 import { readFileSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
-import { machine, table, writeResult } from './lib.js';
+import { machine, machineTag, table, writeResult } from './lib.js';
+import { barChart } from './svg.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../src/engine/node-kernels.js';
 
 const { values } = parseArgs({ options: { clients: { type: 'string', default: '8' }, seconds: { type: 'string', default: '20' }, 'max-tokens': { type: 'string', default: '64' } } });
 const clients = Number(values.clients), seconds = Number(values.seconds), maxTokens = Number(values['max-tokens']);
@@ -104,7 +108,9 @@ await Promise.all(
   }),
 );
 const wall = (performance.now() - t0) / 1e3;
-const health = (await (await fetch(`${url}/health`)).json()) as { engineMemoryBytes: number | null };
+// /health is the router's: the edge engine's figures are under .edge
+const healthJson = (await (await fetch(`${url}/health`)).json()) as { edge?: { engineMemoryBytes: number | null }; engineMemoryBytes?: number | null };
+const health = { engineMemoryBytes: healthJson.edge?.engineMemoryBytes ?? healthJson.engineMemoryBytes ?? null };
 const metricsText = await (await fetch(`${url}/metrics`)).text();
 const peak = workerdPeakMiB();
 stop();
@@ -132,5 +138,6 @@ console.log(table(['completed', 'errors', 'TTFT p50 ms', 'TTFT p99 ms', 'tokens/
   summary.completed, summary.errors, summary.ttftP50Ms.toFixed(1), summary.ttftP99Ms.toFixed(1), summary.tokensPerSecondTotal.toFixed(0), summary.tokensPerSecondPerStreamP50.toFixed(0), summary.workerdPeakRssMiB?.toFixed(0) ?? '-', summary.engineWasmMemoryMiB?.toFixed(0) ?? '-',
 ]]));
 if (errors.length) console.log(`\nerrors: ${summary.errorSamples.join('\n')}`);
+writeFileSync(join(packageRoot(), 'bench', 'results', `load-${machineTag()}.svg`), barChart(`wrangler dev, ${clients} streaming clients: time to first token (ms)`, 'ms', ['p50', 'p99'], [{ name: 'TTFT', values: [summary.ttftP50Ms, summary.ttftP99Ms] }]));
 console.log(`wrote ${writeResult('load', { date: new Date().toISOString(), machine: machine(), ...summary })}`);
 process.exit(errors.length ? 1 : 0);

@@ -18,7 +18,9 @@ import { syntheticWeights } from '../src/model/synthetic.js';
 import { hfToGguf } from '../src/model/to-gguf.js';
 import { defaultModelDir, nodeBackend } from '../src/node.js';
 import { MID_CONFIG } from './generate.js';
-import { machine, table, timeIt, writeResult } from './lib.js';
+import { machine, machineTag, table, timeIt, writeResult } from './lib.js';
+import { barChart } from './svg.js';
+import { packageRoot } from '../src/node.js';
 
 const { values } = parseArgs({ options: { 'llama-bench': { type: 'string' }, quick: { type: 'boolean', default: false } } });
 const llamaBench = values['llama-bench'] ?? process.env.LLAMA_BENCH;
@@ -65,10 +67,74 @@ for (const [name, bytes] of Object.entries(models)) {
     m.free();
   }
 }
+// the Worker in workerd (wrangler dev) with the bundled default model: prefill as the time to
+// the first token of a PP-token prompt, generation as the token rate after it (HTTP and SSE
+// included: an upper bound on the engine's own time)
+{
+  const { spawn } = await import('node:child_process');
+  const { createServer } = await import('node:net');
+  const port = await new Promise<number>((r) => {
+    const srv = createServer().listen(0, '127.0.0.1', () => {
+      const p = (srv.address() as { port: number }).port;
+      srv.close(() => r(p));
+    });
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const wr = spawn('npx', ['wrangler', 'dev', '--ip', '127.0.0.1', '--port', String(port), '--var', `MAX_TOKENS:${TG + 8}`, '--var', 'EDGE_MAX_TOKENS:100000'], { stdio: 'ignore', env: { ...process.env, WRANGLER_SEND_METRICS: 'false' }, detached: true });
+  try {
+    for (let k = 0; k < 600; k++) {
+      try {
+        if ((await fetch(`${url}/health`)).ok) break;
+      } catch {}
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const { loadModelFromDirectory } = await import('../src/node.js');
+    const tk = (await loadModelFromDirectory()).tokenizer!;
+    let text = '';
+    while (tk.encode(text).length < PP) text += 'the quick brown fox jumps over the lazy dog. ';
+    const timed = async (prompt: string, maxTokens: number) => {
+      const t0 = performance.now();
+      const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'kimi-linear-default', prompt, max_tokens: maxTokens, temperature: 0, stream: true }) });
+      const reader = res.body!.getReader();
+      let first = 0, n = 0;
+      for (;;) {
+        const r = await reader.read();
+        if (r.done) break;
+        const chunk = new TextDecoder().decode(r.value);
+        const m = chunk.match(/"text":"[^"]+"/g);
+        if (m) {
+          if (!first) first = performance.now() - t0;
+          n += m.length;
+        }
+      }
+      return { first, total: performance.now() - t0, n };
+    };
+    await timed('warm up', 4);
+    const pp: number[] = [], tg: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      // a different first word each time: the server's prefix cache must not help
+      pp.push((await timed(`${['alpha', 'bravo', 'charlie'][i]} ${text}`, 1)).first);
+      const g = await timed('Once upon a time', TG);
+      tg.push((g.n - 1) / ((g.total - g.first) / 1e3));
+    }
+    const med = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
+    rows.push({ model: 'default (1.2M, BF16)', engine: 'kimi-linear-edge workerd (HTTP)', threads: 1, ppTokS: PP / (med(pp) / 1e3), tgTokS: med(tg) });
+  } finally {
+    process.kill(-wr.pid!, 'SIGTERM');
+  }
+}
 console.log(`machine: ${JSON.stringify(machine())}\n`);
 console.log(`Same GGUF files, pp${PP} and tg${TG} tokens/s (llama.cpp: llama-bench; ours: the engine API, one thread)\n`);
 console.log(table(['model', 'engine', 'threads', `pp${PP} tok/s`, `tg${TG} tok/s`, 'pp vs llama.cpp (same threads)', 'tg vs llama.cpp (same threads)'], rows.map((r) => {
   const ref = rows.find((x) => x.model === r.model && x.engine === 'llama.cpp' && x.threads === r.threads)!;
   return [r.model, r.engine, r.threads, r.ppTokS.toFixed(0), r.tgTokS.toFixed(1), `${(r.ppTokS / ref.ppTokS).toFixed(2)}x`, `${(r.tgTokS / ref.tgTokS).toFixed(2)}x`];
 })));
+// one chart per metric; each model on its own scale (they differ by 25x)
+const short = (r: Row) => (r.engine === 'llama.cpp' ? `llama.cpp ${r.threads}t` : r.engine.replace('kimi-linear-edge ', 'ours '));
+for (const [kind, key] of [['prompt processing (pp512)', 'ppTokS'], ['generation (tg128)', 'tgTokS']] as const) {
+  for (const m of Object.keys(models)) {
+    const rs = rows.filter((r) => r.model === m);
+    writeFileSync(join(packageRoot(), 'bench', 'results', `peers-${key === 'ppTokS' ? 'pp' : 'tg'}-${m.split(' ')[0]}-${machineTag()}.svg`), barChart(`${kind}, ${m}: tokens/s`, 'tokens/s', rs.map(short), [{ name: 'tokens/s', values: rs.map((r) => r[key]) }]));
+  }
+}
 console.log(`wrote ${writeResult('peers', { date: new Date().toISOString(), machine: machine(), llamaBench, pp: PP, tg: TG, rows })}`);

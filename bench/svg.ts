@@ -32,3 +32,30 @@ export function lineChart(title: string, xLabel: string, yLabel: string, series:
   out.push('</svg>');
   return out.join('\n');
 }
+
+/** A grouped bar chart: one group per category, one bar per series. */
+export function barChart(title: string, yLabel: string, categories: string[], series: { name: string; values: (number | null)[] }[]): string {
+  const W = 820, H = 420, L = 70, R = 250, T = 40, B = 70;
+  const max = Math.max(...series.flatMap((s) => s.values.filter((v): v is number => v !== null)), 1e-9) * 1.1;
+  const gw = (W - L - R) / categories.length, bw = (gw * 0.8) / series.length;
+  const colors = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'];
+  const y = (v: number) => H - B - (v / max) * (H - T - B);
+  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`, `<rect width="${W}" height="${H}" fill="white"/>`, `<text x="${W / 2}" y="22" text-anchor="middle" font-size="15">${title}</text>`];
+  for (let i = 0; i <= 5; i++) {
+    const v = (max * i) / 5;
+    out.push(`<line x1="${L}" y1="${y(v)}" x2="${W - R}" y2="${y(v)}" stroke="#eee"/>`, `<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${v >= 100 ? v.toFixed(0) : v.toPrecision(2)}</text>`);
+  }
+  out.push(`<line x1="${L}" y1="${H - B}" x2="${W - R}" y2="${H - B}" stroke="black"/>`, `<text x="16" y="${(T + H - B) / 2}" text-anchor="middle" transform="rotate(-90 16 ${(T + H - B) / 2})">${yLabel}</text>`);
+  categories.forEach((c, ci) => {
+    out.push(`<text x="${L + gw * ci + gw / 2}" y="${H - B + 18}" text-anchor="middle">${c}</text>`);
+    series.forEach((s, si) => {
+      const v = s.values[ci];
+      if (v === null || v === undefined) return;
+      const x = L + gw * ci + gw * 0.1 + bw * si;
+      out.push(`<rect x="${x.toFixed(1)}" y="${y(v).toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${(H - B - y(v)).toFixed(1)}" fill="${colors[si % colors.length]}"/>`);
+    });
+  });
+  series.forEach((s, i) => out.push(`<rect x="${W - R + 12}" y="${T + i * 20}" width="14" height="10" fill="${colors[i % colors.length]}"/>`, `<text x="${W - R + 32}" y="${T + i * 20 + 9}">${s.name}</text>`));
+  out.push('</svg>');
+  return out.join('\n');
+}
