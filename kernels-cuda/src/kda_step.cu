@@ -100,12 +100,18 @@ extern "C" int kle_cuda_kda_step(float *S, const float *q, const float *k, const
                                  void *stream) {
   if (B <= 0 || H <= 0 || V <= 0 || V % 32 || (K != 64 && K != 128) || (flags & ~1)) return KLE_EINVAL;
   (void)H;
-  constexpr int KW = 4;
-  dim3 grid(B * H, V / 32), block(32, KW);
+  dim3 grid(B * H, V / 32);
   cudaStream_t st = (cudaStream_t)stream;
-  if (K == 128)
-    kda_step_kernel<128, KW><<<grid, block, 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
+  // few blocks (small batch): 8 warps a block, so each thread's chain of rows is shorter and
+  // the latency of one step drops; many blocks: 4 warps, fewer threads doing the q/k set-up
+  const bool wide = (long)B * H * (V / 32) < 4L * 132;
+  if (K == 128 && wide)
+    kda_step_kernel<128, 8><<<grid, dim3(32, 8), 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
+  else if (K == 128)
+    kda_step_kernel<128, 4><<<grid, dim3(32, 4), 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
+  else if (wide)
+    kda_step_kernel<64, 8><<<grid, dim3(32, 8), 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
   else
-    kda_step_kernel<64, KW><<<grid, block, 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
+    kda_step_kernel<64, 4><<<grid, dim3(32, 4), 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
