@@ -21,6 +21,17 @@ int kle_cuda_kda_step(float *S, const float *q, const float *k, const float *v, 
                       const float *beta, float *o, int B, int H, int K, int V, float scale,
                       int flags, void *stream);
 
+/*
+ * Absorbed MLA decode for one query token over a latent cache, split across the context
+ * (kle_mla_decode with split-KV): q [H, D] (absorbed query: W_uk^T q_nope, then the rope part),
+ * cache [L, D] f32, out [H, Dv] = softmax(scale q c^T) c[:, :Dv]; lse [H] may be NULL.
+ * D <= 640 and a multiple of 32, Dv <= D and a multiple of 64, H <= 32 and a multiple of 8.
+ * workspace: kle_cuda_mla_workspace_bytes(L, H, Dv) bytes of device memory.
+ */
+long kle_cuda_mla_workspace_bytes(int L, int H, int Dv);
+int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
+                        float *out, float *lse, void *workspace, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,151 @@
+// mla_decode.cu: absorbed MLA decode over a latent cache, split across the context.
+//
+// Each block takes a contiguous span of cache rows for every head at once, so a row is read from
+// HBM once for all heads: rows come through shared memory in tiles of TJ, the block computes the
+// H x TJ scores, keeps a running max and sum per head, and accumulates the value part (the first
+// Dv columns of the same rows) into per-thread registers. A second kernel merges the spans with
+// their log-sum-exps. f32 on CUDA cores; with 32 heads the scores cost 2 H D flops per row, so
+// this is compute-bound on Hopper well below the copy bandwidth (tensor cores would be next).
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "../include/kle_cuda.h"
+
+#define KLE_OK 0
+#define KLE_EINVAL (-1)
+#define TJ 16
+#define THREADS 256
+#define MAXD 640
+
+static int splits_for(int L) {
+  int s = (L + 255) / 256;
+  return s < 528 ? s : 528;  // 4 blocks per SM on a 132-SM card
+}
+
+extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) {
+  return (long)splits_for(L) * H * (Dv + 1) * 4;
+}
+
+// block: one span of rows; thread t handles score pairs (h, j) and output slice (h, part)
+__global__ void __launch_bounds__(THREADS) mla_partial(const float *__restrict__ q, const float *__restrict__ cache, int L, int H,
+                                                      int D, int Dv, float scale, int span, float *__restrict__ pout,
+                                                      float *__restrict__ plse) {
+  extern __shared__ float sm[];
+  // rows padded to D + 1 floats: rows D apart (a multiple of 32) would all sit in one bank
+  const int DS = D + 1;
+  float *sq = sm;                 // [H][DS]
+  float *sc = sq + H * DS;        // [TJ][DS]
+  float *ss = sc + TJ * DS;       // [H][TJ] scores, then probabilities
+  float *smax = ss + H * TJ;      // [H] running max
+  float *ssum = smax + H;         // [H] running sum
+  float *sfac = ssum + H;         // [H] rescale factor of this tile
+  const int tid = threadIdx.x;
+  const int j0 = blockIdx.x * span, j1 = min(L, j0 + span);
+  for (int i = tid; i < H * D; i += THREADS) sq[(i / D) * DS + i % D] = q[i] * scale;
+  if (tid < H) {
+    smax[tid] = -INFINITY;
+    ssum[tid] = 0.f;
+  }
+  // output slice: head h = tid / per, dims part, part + per, part + 2 per, ... (interleaved so
+  // that a head's threads read consecutive floats)
+  const int per = THREADS / H, W = Dv / per;  // H=32: 8 threads a head, 64 dims each
+  const int oh = tid / per, od = tid % per;
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) acc[i] = 0.f;
+  __syncthreads();
+  for (int jt = j0; jt < j1; jt += TJ) {
+    const int nj = min(TJ, j1 - jt);
+    for (int i = tid; i < nj * D; i += THREADS) sc[(i / D) * DS + i % D] = cache[(size_t)jt * D + i];
+    __syncthreads();
+    // H*TJ scores, two per thread at H = 32
+    for (int p = tid; p < H * TJ; p += THREADS) {
+      const int h = p / TJ, j = p % TJ;
+      float s = -INFINITY;
+      if (j < nj) {
+        const float *a = sq + h * DS, *b = sc + j * DS;
+        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
+        for (int d = 0; d < D; d += 4) {
+          x0 += a[d] * b[d];
+          x1 += a[d + 1] * b[d + 1];
+          x2 += a[d + 2] * b[d + 2];
+          x3 += a[d + 3] * b[d + 3];
+        }
+        s = (x0 + x1) + (x2 + x3);
+      }
+      ss[h * TJ + j] = s;
+    }
+    __syncthreads();
+    if (tid < H) {
+      float m = smax[tid];
+      for (int j = 0; j < nj; j++) m = fmaxf(m, ss[tid * TJ + j]);
+      const float f = smax[tid] == -INFINITY ? 0.f : __expf(smax[tid] - m);
+      float sum = ssum[tid] * f;
+      for (int j = 0; j < TJ; j++) {
+        const float e = j < nj ? __expf(ss[tid * TJ + j] - m) : 0.f;
+        ss[tid * TJ + j] = e;
+        sum += e;
+      }
+      smax[tid] = m;
+      ssum[tid] = sum;
+      sfac[tid] = f;
+    }
+    __syncthreads();
+    if (oh < H) {
+      const float f = sfac[oh];
+#pragma unroll
+      for (int i = 0; i < 64; i++) acc[i] *= f;
+      for (int j = 0; j < nj; j++) {
+        const float p = ss[oh * TJ + j];
+        const float *c = sc + j * DS + od;
+#pragma unroll
+        for (int i = 0; i < 64; i++)
+          if (i < W) acc[i] += p * c[i * per];
+      }
+    }
+    __syncthreads();
+  }
+  if (oh < H) {
+    const float inv = ssum[oh] > 0.f ? 1.f / ssum[oh] : 0.f;
+    float *dst = pout + ((size_t)blockIdx.x * H + oh) * Dv + od;
+#pragma unroll
+    for (int i = 0; i < 64; i++)
+      if (i < W) dst[i * per] = acc[i] * inv;
+  }
+  if (tid < H) plse[blockIdx.x * H + tid] = ssum[tid] > 0.f ? smax[tid] + logf(ssum[tid]) : -INFINITY;
+}
+
+// out[h] = sum_s exp(lse_s - lse) out_s, lse = log sum_s exp(lse_s)
+__global__ void mla_merge(const float *__restrict__ pout, const float *__restrict__ plse, int n, int H, int Dv,
+                          float *__restrict__ out, float *__restrict__ lse) {
+  const int h = blockIdx.x;
+  float m = -INFINITY;
+  for (int s = 0; s < n; s++) m = fmaxf(m, plse[s * H + h]);
+  float tot = 0.f;
+  for (int s = 0; s < n; s++) tot += plse[s * H + h] == -INFINITY ? 0.f : __expf(plse[s * H + h] - m);
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float a = 0.f;
+    for (int s = 0; s < n; s++) {
+      const float l = plse[s * H + h];
+      if (l != -INFINITY) a += __expf(l - m) * pout[((size_t)s * H + h) * Dv + d];
+    }
+    out[h * Dv + d] = a / tot;
+  }
+  if (lse && threadIdx.x == 0) lse[h] = m + logf(tot);
+}
+
+extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
+                                   float *out, float *lse, void *workspace, void *stream) {
+  if (L <= 0 || H <= 0 || H > 32 || H % 8 || D <= 0 || D > MAXD || D % 32 || Dv <= 0 || Dv > D || Dv % 64 ||
+      Dv / (THREADS / H) > 64 || !workspace)
+    return KLE_EINVAL;
+  const int n = splits_for(L), span = (L + n - 1) / n;
+  const size_t smem = sizeof(float) * ((size_t)H * (D + 1) + TJ * (D + 1) + H * TJ + 3 * H);
+  static_assert(THREADS % 8 == 0, "threads");
+  if (cudaFuncSetAttribute(mla_partial, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
+  float *pout = (float *)workspace, *plse = pout + (size_t)n * H * Dv;
+  cudaStream_t st = (cudaStream_t)stream;
+  mla_partial<<<n, THREADS, smem, st>>>(q, cache, L, H, D, Dv, scale, span, pout, plse);
+  mla_merge<<<H, 128, 0, st>>>(pout, plse, n, H, Dv, out, lse);
+  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+}
