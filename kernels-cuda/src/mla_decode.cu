@@ -26,8 +26,106 @@ extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) {
   return (long)splits_for(L) * H * (Dv + 1) * 4;
 }
 
+// block: one span of rows. Register micro-tiles cut shared-memory traffic, which is what bounds
+// this kernel: scores as 2 heads x 2 rows per thread, values as 4 heads x 16 dims per thread.
+// Specialized for H = 32 (Kimi-Linear); other head counts take the simple kernel below.
+__global__ void __launch_bounds__(THREADS) mla_partial32(const float *__restrict__ q, const float *__restrict__ cache, int L,
+                                                        int D, int Dv, float scale, int span, float *__restrict__ pout,
+                                                        float *__restrict__ plse) {
+  constexpr int H = 32, T = 32;
+  extern __shared__ float sm[];
+  const int DS = D + 1;           // rows padded: rows D apart (a multiple of 32) share a bank
+  float *sq = sm;                 // [H][DS]
+  float *sc = sq + H * DS;        // [T][DS]
+  float *ss = sc + T * DS;        // [H][T] scores, then probabilities
+  float *smax = ss + H * T, *ssum = smax + H, *sfac = ssum + H;
+  const int tid = threadIdx.x;
+  const int j0 = blockIdx.x * span, j1 = min(L, j0 + span);
+  for (int i = tid; i < H * D; i += THREADS) sq[(i / D) * DS + i % D] = q[i] * scale;
+  if (tid < H) {
+    smax[tid] = -INFINITY;
+    ssum[tid] = 0.f;
+  }
+  const int hp = tid / 16, jp = tid % 16;           // scores: heads 2hp, 2hp+1; rows 2jp, 2jp+1
+  const int hg = tid / 32, dg = tid % 32;           // values: heads 4hg..4hg+3; dims dg + 32 i
+  const int W = Dv / 32;                            // dims per thread (16 at Dv = 512)
+  float acc[4][16];
+#pragma unroll
+  for (int a = 0; a < 4; a++)
+#pragma unroll
+    for (int i = 0; i < 16; i++) acc[a][i] = 0.f;
+  __syncthreads();
+  for (int jt = j0; jt < j1; jt += T) {
+    const int nj = min(T, j1 - jt);
+    for (int i = tid; i < nj * D; i += THREADS) sc[(i / D) * DS + i % D] = cache[(size_t)jt * D + i];
+    __syncthreads();
+    {
+      const float *a0 = sq + (2 * hp) * DS, *a1 = a0 + DS, *b0 = sc + (2 * jp) * DS, *b1 = b0 + DS;
+      float s00 = 0.f, s01 = 0.f, s10 = 0.f, s11 = 0.f;
+      for (int d = 0; d < D; d++) {
+        const float x0 = a0[d], x1 = a1[d], y0 = b0[d], y1 = b1[d];
+        s00 += x0 * y0;
+        s01 += x0 * y1;
+        s10 += x1 * y0;
+        s11 += x1 * y1;
+      }
+      const int r0 = 2 * jp, r1 = r0 + 1;
+      ss[(2 * hp) * T + r0] = r0 < nj ? s00 : -INFINITY;
+      ss[(2 * hp) * T + r1] = r1 < nj ? s01 : -INFINITY;
+      ss[(2 * hp + 1) * T + r0] = r0 < nj ? s10 : -INFINITY;
+      ss[(2 * hp + 1) * T + r1] = r1 < nj ? s11 : -INFINITY;
+    }
+    __syncthreads();
+    if (tid < H) {
+      float m = smax[tid];
+      for (int j = 0; j < nj; j++) m = fmaxf(m, ss[tid * T + j]);
+      const float f = smax[tid] == -INFINITY ? 0.f : __expf(smax[tid] - m);
+      float sum = ssum[tid] * f;
+      for (int j = 0; j < T; j++) {
+        const float e = j < nj ? __expf(ss[tid * T + j] - m) : 0.f;
+        ss[tid * T + j] = e;
+        sum += e;
+      }
+      smax[tid] = m;
+      ssum[tid] = sum;
+      sfac[tid] = f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+      const float f = sfac[4 * hg + a];
+#pragma unroll
+      for (int i = 0; i < 16; i++) acc[a][i] *= f;
+    }
+    for (int j = 0; j < nj; j++) {
+      const float p0 = ss[(4 * hg) * T + j], p1 = ss[(4 * hg + 1) * T + j], p2 = ss[(4 * hg + 2) * T + j], p3 = ss[(4 * hg + 3) * T + j];
+      const float *c = sc + j * DS + dg;
+#pragma unroll
+      for (int i = 0; i < 16; i++)
+        if (i < W) {
+          const float v = c[32 * i];
+          acc[0][i] += p0 * v;
+          acc[1][i] += p1 * v;
+          acc[2][i] += p2 * v;
+          acc[3][i] += p3 * v;
+        }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int a = 0; a < 4; a++) {
+    const int h = 4 * hg + a;
+    const float inv = ssum[h] > 0.f ? 1.f / ssum[h] : 0.f;
+    float *dst = pout + ((size_t)blockIdx.x * H + h) * Dv + dg;
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+      if (i < W) dst[32 * i] = acc[a][i] * inv;
+  }
+  if (tid < H) plse[blockIdx.x * H + tid] = ssum[tid] > 0.f ? smax[tid] + logf(ssum[tid]) : -INFINITY;
+}
+
 // block: one span of rows; thread t handles score pairs (h, j) and output slice (h, part)
-__global__ void __launch_bounds__(THREADS) mla_partial(const float *__restrict__ q, const float *__restrict__ cache, int L, int H,
+__global__ void __launch_bounds__(THREADS) mla_partial_any(const float *__restrict__ q, const float *__restrict__ cache, int L, int H,
                                                       int D, int Dv, float scale, int span, float *__restrict__ pout,
                                                       float *__restrict__ plse) {
   extern __shared__ float sm[];
@@ -140,12 +238,17 @@ extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, in
       Dv / (THREADS / H) > 64 || !workspace)
     return KLE_EINVAL;
   const int n = splits_for(L), span = (L + n - 1) / n;
-  const size_t smem = sizeof(float) * ((size_t)H * (D + 1) + TJ * (D + 1) + H * TJ + 3 * H);
-  static_assert(THREADS % 8 == 0, "threads");
-  if (cudaFuncSetAttribute(mla_partial, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
   float *pout = (float *)workspace, *plse = pout + (size_t)n * H * Dv;
   cudaStream_t st = (cudaStream_t)stream;
-  mla_partial<<<n, THREADS, smem, st>>>(q, cache, L, H, D, Dv, scale, span, pout, plse);
+  if (H == 32 && Dv % 32 == 0 && Dv <= 512) {
+    const size_t smem = sizeof(float) * ((size_t)64 * (D + 1) + 32 * 32 + 3 * 32);
+    if (cudaFuncSetAttribute(mla_partial32, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
+    mla_partial32<<<n, THREADS, smem, st>>>(q, cache, L, D, Dv, scale, span, pout, plse);
+  } else {
+    const size_t smem = sizeof(float) * ((size_t)H * (D + 1) + TJ * (D + 1) + H * TJ + 3 * H);
+    if (cudaFuncSetAttribute(mla_partial_any, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
+    mla_partial_any<<<n, THREADS, smem, st>>>(q, cache, L, H, D, Dv, scale, span, pout, plse);
+  }
   mla_merge<<<H, 128, 0, st>>>(pout, plse, n, H, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
