@@ -78,7 +78,12 @@ function build(env: Env): Hono {
 
 export default {
   fetch(req: Request, env: Env, ctx: ExecutionContext): Response | Promise<Response> {
-    app ??= build(env);
+    try {
+      app ??= build(env);
+    } catch (e) {
+      // a bad GPU_NODES or the like: say which setting, on every request, until it is fixed
+      return Response.json({ error: { message: (e as Error).message, type: 'server_error', param: null, code: 'bad_configuration' } }, { status: 500 });
+    }
     return app.fetch(req, env, ctx);
   },
 } satisfies ExportedHandler<Env>;
