@@ -94,7 +94,7 @@ int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int
 static void mla_span(const float *q, const float *cache, int j0, int j1, int H, int D, int Dv,
                      float scale, float *acc, float *m, float *l) {
   float s[MLA_BLOCK * 64];
-  float p[MLA_BLOCK];
+
   for (int h = 0; h < H; h++) {
     m[h] = -INFINITY;
     l[h] = 0.0f;
@@ -141,7 +141,8 @@ static void mla_span(const float *q, const float *cache, int j0, int j1, int H, 
           for (int d = 0; d < D; d += 4) x += vload(qu + d) * vload(c0 + d);
           s[hh * MLA_BLOCK + j] = vsum(x);
         }
-      /* online softmax and value accumulation, head by head */
+      /* online softmax per head: s becomes the probabilities, cf the rescale factors */
+      float cf[64];
       for (hh = 0; hh < nh; hh++) {
         int h = h0 + hh;
         float *sh = s + hh * MLA_BLOCK;
@@ -154,24 +155,63 @@ static void mla_span(const float *q, const float *cache, int j0, int j1, int H, 
         float corr = m[h] == -INFINITY ? 0.0f : expf(m[h] - mn);
         float ls = 0.0f;
         for (int j = 0; j < nb; j++) {
-          p[j] = expf(sh[j] - mn);
-          ls += p[j];
+          sh[j] = expf(sh[j] - mn);
+          ls += sh[j];
         }
         l[h] = l[h] * corr + ls;
         m[h] = mn;
-        float *ah = acc + (size_t)h * Dv;
-        v4f cv = vsplat(corr);
-        for (int d = 0; d < Dv; d += 8) {
-          int two = d + 8 <= Dv;
-          v4f a0 = vload(ah + d) * cv, a1 = two ? vload(ah + d + 4) * cv : vsplat(0);
+        cf[hh] = corr;
+      }
+      /* values: 4 heads x 8 dims in registers, so each row vector loaded serves 4 heads */
+      hh = 0;
+      for (; hh + 4 <= nh; hh += 4) {
+        const float *p0 = s + (hh + 0) * MLA_BLOCK, *p1 = s + (hh + 1) * MLA_BLOCK;
+        const float *p2 = s + (hh + 2) * MLA_BLOCK, *p3 = s + (hh + 3) * MLA_BLOCK;
+        float *a0p = acc + (size_t)(h0 + hh) * Dv, *a1p = a0p + Dv, *a2p = a1p + Dv, *a3p = a2p + Dv;
+        const v4f c0 = vsplat(cf[hh]), c1 = vsplat(cf[hh + 1]), c2 = vsplat(cf[hh + 2]), c3 = vsplat(cf[hh + 3]);
+        int d = 0;
+        for (; d + 8 <= Dv; d += 8) {
+          v4f x0 = vload(a0p + d) * c0, y0 = vload(a0p + d + 4) * c0;
+          v4f x1 = vload(a1p + d) * c1, y1 = vload(a1p + d + 4) * c1;
+          v4f x2 = vload(a2p + d) * c2, y2 = vload(a2p + d + 4) * c2;
+          v4f x3 = vload(a3p + d) * c3, y3 = vload(a3p + d + 4) * c3;
           for (int j = 0; j < nb; j++) {
             const float *cj = blk + (size_t)j * D + d;
-            v4f pj = vsplat(p[j]);
-            a0 += pj * vload(cj);
-            if (two) a1 += pj * vload(cj + 4);
+            const v4f va = vload(cj), vb = vload(cj + 4);
+            v4f w = vsplat(p0[j]);
+            x0 += w * va; y0 += w * vb;
+            w = vsplat(p1[j]);
+            x1 += w * va; y1 += w * vb;
+            w = vsplat(p2[j]);
+            x2 += w * va; y2 += w * vb;
+            w = vsplat(p3[j]);
+            x3 += w * va; y3 += w * vb;
           }
-          vstore(ah + d, a0);
-          if (two) vstore(ah + d + 4, a1);
+          vstore(a0p + d, x0); vstore(a0p + d + 4, y0);
+          vstore(a1p + d, x1); vstore(a1p + d + 4, y1);
+          vstore(a2p + d, x2); vstore(a2p + d + 4, y2);
+          vstore(a3p + d, x3); vstore(a3p + d + 4, y3);
+        }
+        for (; d < Dv; d += 4) {
+          v4f x0 = vload(a0p + d) * c0, x1 = vload(a1p + d) * c1, x2 = vload(a2p + d) * c2, x3 = vload(a3p + d) * c3;
+          for (int j = 0; j < nb; j++) {
+            const v4f va = vload(blk + (size_t)j * D + d);
+            x0 += vsplat(p0[j]) * va;
+            x1 += vsplat(p1[j]) * va;
+            x2 += vsplat(p2[j]) * va;
+            x3 += vsplat(p3[j]) * va;
+          }
+          vstore(a0p + d, x0); vstore(a1p + d, x1); vstore(a2p + d, x2); vstore(a3p + d, x3);
+        }
+      }
+      for (; hh < nh; hh++) {
+        const float *ph = s + hh * MLA_BLOCK;
+        float *ah = acc + (size_t)(h0 + hh) * Dv;
+        const v4f cv = vsplat(cf[hh]);
+        for (int d = 0; d < Dv; d += 4) {
+          v4f a = vload(ah + d) * cv;
+          for (int j = 0; j < nb; j++) a += vsplat(ph[j]) * vload(blk + (size_t)j * D + d);
+          vstore(ah + d, a);
         }
       }
     }
