@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
 import { syntheticWeights, TINY_CONFIG } from '../src/model/synthetic.js';
 import { byteToUnicode, trainBpe } from './bpe-train.js';
+import { addedToken, byteLevelBpeJson, GPT2_PRE_TOKENIZER } from '../src/tokenizer/byte-level.js';
 
 /** The seed and options the committed default model was made with. */
 export const DEFAULT_MODEL_SEED = 20261124;
@@ -31,18 +32,8 @@ function tokenizerFiles(vocabSize: number): { tokenizer: string; tokenizerConfig
   const vocab: Record<string, number> = {};
   byteToUnicode().forEach((ch, i) => (vocab[ch] = i));
   tokens.forEach((t, i) => (vocab[t] = 256 + SPECIALS.length + i));
-  const added = SPECIALS.map((content, i) => ({ id: 256 + i, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true }));
-  const tokenizer = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: added,
-    normalizer: null,
-    pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true },
-    post_processor: null,
-    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges: merges.map(([a, b]) => `${a} ${b}`) },
-  };
+  const added = SPECIALS.map((content, i) => addedToken(256 + i, content, true));
+  const tokenizer = byteLevelBpeJson({ vocab, merges: merges.map(([a, b]) => `${a} ${b}`), added, preTokenizer: GPT2_PRE_TOKENIZER, ignoreMerges: false });
   const tokenizerConfig = {
     bos_token: '[BOS]',
     eos_token: '<|im_end|>',

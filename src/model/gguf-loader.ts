@@ -7,9 +7,10 @@
 import type { KernelBackend } from '../engine/backend.js';
 import { EngineModel, type TensorExpectation } from '../engine/engine.js';
 import { Kernels, type WeightFormatName } from '../engine/kernels.js';
-import { EXPERT_ROLES, ROLES, type TensorSlot } from '../engine/roles.js';
+import { EXPERT_ROLES, type TensorSlot } from '../engine/roles.js';
 import { parseKimiConfig, type KimiConfig } from './config.js';
 import { FiniteCheck } from './finite-check.js';
+import { missingSlots, slotKey } from './slots.js';
 import { readGgufStream, type GgmlTypeName, type GgufHeader, type GgufTensorInfo } from './gguf.js';
 import { ggufTarget, ggufToHfConfig, type GgufTarget } from './gguf-kimi.js';
 import type { LoadProgress } from './hf-loader.js';
@@ -50,7 +51,7 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
     return kernels.dequantize(FMT[t.type], b, n);
   };
   const mark = (s: TensorSlot, where: string) => {
-    const key = `${s.role}/${s.layer}/${s.expert}`;
+    const key = slotKey(s);
     if (placed.has(key)) throw new FormatError(`${where}: a second tensor for the same weight`);
     placed.add(key);
   };
@@ -87,7 +88,7 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
     const m = model as EngineModel | null;
     if (!m || !config) throw new FormatError(`${label}: no header`);
     for (const [layer, p] of kvParts) if (!p.k || !p.v) throw new FormatError(`${label}: blk.${layer} has attn_${p.k ? 'v' : 'k'}_b missing`);
-    const missing = allSlots(config).filter((s) => !placed.has(`${s.role}/${s.layer}/${s.expert}`) && m.expect(s).need === 'required');
+    const missing = missingSlots(m, placed);
     if (missing.length) throw new FormatError(`${label}: missing tensor${missing.length > 1 ? 's' : ''} for ${missing.slice(0, 5).map((s) => `${s.role} of layer ${s.layer}${EXPERT_ROLES.has(s.role) ? ` expert ${s.expert}` : ''}`).join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);
     m.finalize();
     return { engine: m, header };
@@ -201,14 +202,4 @@ function checkShape(m: EngineModel, c: KimiConfig, target: GgufTarget, t: GgufTe
   const { numHeads: H, qkNopeHeadDim: nope, vHeadDim: vh, kvLoraRank: R } = c.mla;
   const want = target.part === 'k' ? [nope, R, H] : [R, vh, H];
   if (ne.join() !== want.join()) fail(`[${want.join(', ')}]`);
-}
-
-function allSlots(c: KimiConfig): TensorSlot[] {
-  const out: TensorSlot[] = [];
-  for (let layer = -1; layer < c.numLayers; layer++)
-    for (const role of ROLES) {
-      const n = EXPERT_ROLES.has(role) ? (c.moe?.numExperts ?? 0) : 1;
-      for (let expert = 0; expert < n; expert++) out.push({ role, layer, expert });
-    }
-  return out;
 }

@@ -7,13 +7,14 @@
  */
 import { EngineModel } from '../engine/engine.js';
 import type { KernelBackend } from '../engine/backend.js';
-import { EXPERT_ROLES, ROLES, type TensorSlot } from '../engine/roles.js';
+import type { TensorSlot } from '../engine/roles.js';
 import type { WeightFormatName } from '../engine/kernels.js';
-import { parseKimiConfig, type KimiConfig } from './config.js';
+import { parseKimiConfig } from './config.js';
 import { hfName, hfSlot, isIgnorableHfName } from './hf-names.js';
 import { FormatError, tensorF32 } from './safetensors.js';
 import { bytesToStream, readSafetensorsStream, type ChunkSink, type TensorInfo } from './safetensors-stream.js';
 import { FiniteCheck } from './finite-check.js';
+import { missingSlots, slotKey } from './slots.js';
 
 /** One safetensors shard: in memory, or a stream opened on demand (file, fetch body, R2 object). */
 export interface Shard {
@@ -40,17 +41,6 @@ export interface PlaceOptions {
 const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
 
 const DIRECT: Partial<Record<string, WeightFormatName>> = { F32: 'f32', BF16: 'bf16', F16: 'f16' };
-
-/** Every slot the config could use, for the missing-tensor check. */
-function allSlots(c: KimiConfig): TensorSlot[] {
-  const out: TensorSlot[] = [];
-  for (let layer = -1; layer < c.numLayers; layer++)
-    for (const role of ROLES) {
-      const n = EXPERT_ROLES.has(role) ? (c.moe?.numExperts ?? 0) : 1;
-      for (let expert = 0; expert < n; expert++) out.push({ role, layer, expert });
-    }
-  return out;
-}
 
 /** Builds an engine model from a parsed config.json and its shards. */
 export async function placeHfModel(backend: KernelBackend, configJson: unknown, shards: readonly Shard[], opts: PlaceOptions = {}): Promise<EngineModel> {
@@ -80,7 +70,7 @@ export async function placeHfModel(backend: KernelBackend, configJson: unknown, 
               const slot = hfSlot(t.name, config);
               const exp = slot ? model.expect(slot) : null;
               if (!slot || !exp || exp.need === 'unused') throw new FormatError(`${where} is not part of KimiLinearForCausalLM as this config.json describes it`);
-              const key = `${slot.role}/${slot.layer}/${slot.expert}`;
+              const key = slotKey(slot);
               const prev = placed.get(key);
               if (prev) throw new FormatError(`${where} appears twice (also in ${prev})`);
               placed.set(key, shard.name);
@@ -96,7 +86,7 @@ export async function placeHfModel(backend: KernelBackend, configJson: unknown, 
       );
     }
     opts.onProgress?.({ shard: '', shardsDone: shards.length, shardsTotal: shards.length, bytesDone, bytesTotal });
-    const missing = allSlots(config).filter((s) => !placed.has(`${s.role}/${s.layer}/${s.expert}`) && model.expect(s).need === 'required');
+    const missing = missingSlots(model, placed);
     if (missing.length) {
       const names = missing.slice(0, 5).map((s) => hfName(s, config));
       throw new FormatError(`missing tensor${missing.length > 1 ? 's' : ''}: ${names.join(', ')}${missing.length > 5 ? ` and ${missing.length - 5} more` : ''}`);

@@ -8,6 +8,7 @@
  */
 import { Hono, type Context } from 'hono';
 import type { Model } from '../generate/model.js';
+import { bearerAuth } from '../server/auth.js';
 import { errorResponse } from '../server/errors.js';
 import type { LoadTracker } from '../server/app.js';
 import type { NodeConfig, RouterConfig } from './config.js';
@@ -28,13 +29,6 @@ export interface RouterOptions {
 
 const enc = new TextEncoder();
 
-function sameToken(a: string, b: string): boolean {
-  const x = enc.encode(a), y = enc.encode(b);
-  let d = x.length ^ y.length;
-  for (let i = 0; i < Math.max(x.length, y.length); i++) d |= (x[i] ?? 0) ^ (y[i] ?? 0);
-  return d === 0;
-}
-
 function withRoute(res: Response, route: string, reason: string): Response {
   const h = new Headers(res.headers);
   h.set('x-kle-route', route);
@@ -51,13 +45,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
   const app = new Hono() as Hono & { pool: NodePool };
   app.pool = pool;
 
-  app.use('*', async (c, next) => {
-    if (opts.apiKeys?.length && c.req.path !== '/health') {
-      const m = /^Bearer\s+(.+)$/i.exec(c.req.header('authorization') ?? '');
-      if (!m || !opts.apiKeys.some((k) => sameToken(k, m[1]!.trim()))) return errorResponse(401, m ? 'invalid API key' : 'missing bearer token in the Authorization header', 'invalid_request_error', null, 'invalid_api_key');
-    }
-    await next();
-  });
+  app.use('*', bearerAuth(opts.apiKeys, ['/health']));
 
   app.get('/health', async () => {
     void pool.checkHealth();
@@ -131,7 +119,17 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     const stream = body.stream === true;
     // the edge's saved state of this conversation's longest cached prefix, for hand-off
     const saved = opts.local.prefixCache?.longestPrefix(ids) ?? null;
-    const handoffBody = saved ? JSON.stringify({ ...body, kle_session: toBase64(saved.blob) }) : null;
+    // encoded only once a node that takes hand-offs is tried (it can be megabytes)
+    let handoffBody: string | null = null;
+    const bodyFor = (node: NodeConfig): string => {
+      if (node.handoff && saved) return (handoffBody ??= JSON.stringify({ ...body, kle_session: toBase64(saved.blob) }));
+      return JSON.stringify(node.model ? { ...body, model: node.model } : body);
+    };
+    /** what the answer says about the state: moved with it, and reused by the node */
+    const stateHeaders = (h: Headers, res: Response, node: NodeConfig) => {
+      if (node.handoff && saved) h.set('x-kle-handoff-bytes', String(saved.blob.length));
+      for (const k of ['x-kle-prefix-reused', 'x-kle-prefix-source']) if (res.headers.get(k)) h.set(k, res.headers.get(k)!);
+    };
     let lastError = 'no node was available';
     for (let attempt = 0; attempt < Math.max(1, pool.size); attempt++) {
       const node = pool.choose(need, tried);
@@ -147,7 +145,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
         res = await fetchImpl(`${node.url}${c.req.path}`, {
           method: 'POST',
           headers: { 'content-type': 'application/json', ...(node.token ? { authorization: `Bearer ${node.token}` } : {}) },
-          body: node.handoff && handoffBody ? handoffBody : JSON.stringify(node.model ? { ...body, model: node.model } : body),
+          body: bodyFor(node),
           signal: ctl.signal,
         });
       } catch (e) {
@@ -182,13 +180,11 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
         }
         pool.end(node.name);
         const h = new Headers({ 'content-type': res.headers.get('content-type') ?? 'application/json', 'x-kle-state-bytes': String(stateBytes) });
-        if (node.handoff && saved) h.set('x-kle-handoff-bytes', String(saved.blob.length));
-        for (const k of ['x-kle-prefix-reused', 'x-kle-prefix-source']) if (res.headers.get(k)) h.set(k, res.headers.get(k)!);
+        stateHeaders(h, res, node);
         return withRoute(new Response(buf, { status: res.status, headers: h }), route, reason);
       }
       const out = withRoute(passThrough(res, node, ctl), route, reason);
-      if (node.handoff && saved) out.headers.set('x-kle-handoff-bytes', String(saved.blob.length));
-      for (const h of ['x-kle-prefix-reused', 'x-kle-prefix-source']) if (res.headers.get(h)) out.headers.set(h, res.headers.get(h)!);
+      stateHeaders(out.headers, res, node);
       return out;
     }
     const retry = Math.ceil(cfg.breakerOpenMs / 1000);

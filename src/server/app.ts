@@ -10,6 +10,7 @@ import { Hono, type Context } from 'hono';
 import type { Model } from '../generate/model.js';
 import type { GenerateOptions } from '../generate/session.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
+import { bearerAuth } from './auth.js';
 import { errorResponse } from './errors.js';
 import { Metrics } from './metrics.js';
 import { PrefixCache } from './prefix-cache.js';
@@ -66,14 +67,6 @@ export class LoadTracker {
 
 const enc = new TextEncoder();
 
-/** compares without an early exit on the first differing byte */
-function sameToken(a: string, b: string): boolean {
-  const x = enc.encode(a), y = enc.encode(b);
-  let d = x.length ^ y.length;
-  for (let i = 0; i < Math.max(x.length, y.length); i++) d |= (x[i] ?? 0) ^ (y[i] ?? 0);
-  return d === 0;
-}
-
 export function createApp(opts: ServerOptions): Hono {
   const limits: Limits = { ...DEFAULT_LIMITS, ...Object.fromEntries(Object.entries(opts.limits ?? {}).filter(([, v]) => v !== undefined)) };
   const metrics = opts.metrics ?? new Metrics();
@@ -93,23 +86,8 @@ export function createApp(opts: ServerOptions): Hono {
     if (!c.res.headers.get('content-type')?.startsWith('text/event-stream')) metrics.duration.observe((Date.now() - t0) / 1e3, { route });
   });
 
-  app.use('/v1/*', async (c, next) => {
-    if (opts.apiKeys?.length) {
-      const h = c.req.header('authorization') ?? '';
-      const m = /^Bearer\s+(.+)$/i.exec(h);
-      if (!m || !opts.apiKeys.some((k) => sameToken(k, m[1]!.trim()))) {
-        return errorResponse(401, m ? 'invalid API key' : 'missing bearer token in the Authorization header', 'invalid_request_error', null, 'invalid_api_key', { 'www-authenticate': 'Bearer' });
-      }
-    }
-    await next();
-  });
-  app.use('/metrics', async (c, next) => {
-    if (opts.apiKeys?.length) {
-      const m = /^Bearer\s+(.+)$/i.exec(c.req.header('authorization') ?? '');
-      if (!m || !opts.apiKeys.some((k) => sameToken(k, m[1]!.trim()))) return errorResponse(401, 'missing or invalid bearer token', 'invalid_request_error', null, 'invalid_api_key');
-    }
-    await next();
-  });
+  app.use('/v1/*', bearerAuth(opts.apiKeys));
+  app.use('/metrics', bearerAuth(opts.apiKeys));
 
   app.get('/health', async (c) => {
     const m = await getModel();

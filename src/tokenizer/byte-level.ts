@@ -9,3 +9,29 @@ export function byteToUnicode(): string[] {
   for (let b = 0; b < 256; b++) out[b] = String.fromCodePoint(keep.has(b) ? b : 256 + extra++);
   return out;
 }
+
+/** GPT-2's byte-level pre-tokenizer (its split pattern, then bytes as characters). */
+export const GPT2_PRE_TOKENIZER = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true } as const;
+
+/** An entry of tokenizer.json's added_tokens. */
+export function addedToken(id: number, content: string, special: boolean) {
+  return { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special };
+}
+
+/**
+ * An HF tokenizer.json for a byte-level BPE vocabulary: the one layout the default model, Kimi's
+ * tiktoken files and GGUF vocabularies all come to.
+ */
+export function byteLevelBpeJson(o: { vocab: Record<string, number>; merges: string[]; added: object[]; preTokenizer: object; ignoreMerges: boolean }): object {
+  return {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: o.added,
+    normalizer: null,
+    pre_tokenizer: o.preTokenizer,
+    post_processor: null,
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: o.ignoreMerges, vocab: o.vocab, merges: o.merges },
+  };
+}

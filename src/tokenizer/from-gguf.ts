@@ -4,6 +4,7 @@
  * tiktoken split pattern) and "gpt-2"/"default" (GPT-2's byte-level pattern).
  */
 import type { GgufValue } from '../model/gguf.js';
+import { addedToken, byteLevelBpeJson, GPT2_PRE_TOKENIZER } from './byte-level.js';
 import { TokenizerError } from './tokenizer.js';
 
 /** Kimi's pre-tokenization pattern (tokenization_kimi.py), Oniguruma syntax as tokenizers uses. */
@@ -41,30 +42,20 @@ export function tokenizerFromGguf(md: ReadonlyMap<string, GgufValue>): { tokeniz
   const pre = md.get('tokenizer.ggml.pre') ?? 'default';
   let preTokenizer: object;
   if (pre === 'kimi-k2') preTokenizer = kimiPreTokenizer();
-  else if (pre === 'gpt-2' || pre === 'default') preTokenizer = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true };
+  else if (pre === 'gpt-2' || pre === 'default') preTokenizer = GPT2_PRE_TOKENIZER;
   else throw new TokenizerError(`tokenizer.ggml.pre "${String(pre)}" is not supported (kimi-k2, gpt-2)`);
   const vocab: Record<string, number> = {};
   const added: object[] = [];
   (tokens as string[]).forEach((t, i) => {
     const ty = types ? Number((types as GgufValue[])[i]) : 1;
-    if (ty === 3 || ty === 4) added.push({ id: i, content: t, single_word: false, lstrip: false, rstrip: false, normalized: false, special: ty === 3 });
+    if (ty === 3 || ty === 4) added.push(addedToken(i, t, ty === 3));
     else if (ty !== 5) vocab[t] = i;
   });
   const byId = (key: string) => {
     const v = md.get(key);
     return v === undefined ? null : ((tokens as string[])[Number(v)] ?? null);
   };
-  const tokenizerJson = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: added,
-    normalizer: null,
-    pre_tokenizer: preTokenizer,
-    post_processor: null,
-    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: pre === 'kimi-k2', vocab, merges },
-  };
+  const tokenizerJson = byteLevelBpeJson({ vocab, merges: merges as string[], added, preTokenizer, ignoreMerges: pre === 'kimi-k2' });
   const tpl = md.get('tokenizer.chat_template');
   return {
     tokenizerJson,

@@ -4,7 +4,7 @@
  * tokenizer. tiktoken keeps no merge list; each token's merge is recovered by running BPE on its
  * bytes with the ranks below its own (the pair it ends as is the merge that made it).
  */
-import { byteToUnicode } from './byte-level.js';
+import { addedToken, byteLevelBpeJson, byteToUnicode } from './byte-level.js';
 import { kimiPreTokenizer } from './from-gguf.js';
 import { TokenizerError } from './tokenizer.js';
 
@@ -63,19 +63,9 @@ export function tokenizerFromTiktoken(model: string, config: Record<string, unkn
   const decoder = (config.added_tokens_decoder ?? {}) as Record<string, { content?: string }>;
   const added = Array.from({ length: RESERVED_SPECIALS }, (_, i) => {
     const id = n + i;
-    return { id, content: decoder[String(id)]?.content ?? `<|reserved_token_${id}|>`, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true };
+    return addedToken(id, decoder[String(id)]?.content ?? `<|reserved_token_${id}|>`, true);
   });
-  const tokenizerJson = {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: added,
-    normalizer: null,
-    pre_tokenizer: kimiPreTokenizer(),
-    post_processor: null,
-    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    // tiktoken takes a whole pre-token when it is in the vocabulary: ignore_merges does that
-    model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: true, vocab, merges: merges.map(([, m]) => m) },
-  };
+  // tiktoken takes a whole pre-token when it is in the vocabulary: ignore_merges does that
+  const tokenizerJson = byteLevelBpeJson({ vocab, merges: merges.map(([, m]) => m), added, preTokenizer: kimiPreTokenizer(), ignoreMerges: true });
   return { tokenizerJson, tokenizerConfig: config };
 }
