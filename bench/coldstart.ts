@@ -3,36 +3,13 @@
 // first request (wasm instantiation, model load from the bundle, prefill, first token) and a
 // second one for contrast; the wasm module's compile time in Node's V8; workerd's peak memory.
 // Median of 3 cold starts. Writes bench/results/coldstart-<machine>.json.
-import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../src/engine/node-kernels.js';
 import { machine, machineTag, table, writeResult } from './lib.js';
 import { barChart } from './svg.js';
+import { startWranglerDev, workerdPeakMiB } from './wrangler.js';
 import { writeFileSync } from 'node:fs';
-
-async function freePort(): Promise<number> {
-  return new Promise((r) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => r(p));
-    });
-  });
-}
-
-function workerdPeakMiB(): number | null {
-  try {
-    let best = 0;
-    for (const pid of execFileSync('pgrep', ['-f', 'workerd'], { encoding: 'utf8' }).trim().split('\n')) {
-      const f = `/proc/${pid}/status`;
-      if (existsSync(f)) best = Math.max(best, Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(f, 'utf8'))?.[1] ?? 0) / 1024);
-    }
-    return best || null;
-  } catch {
-    return null;
-  }
-}
 
 async function firstToken(url: string): Promise<number> {
   const t0 = performance.now();
@@ -50,22 +27,12 @@ async function firstToken(url: string): Promise<number> {
 
 const runs: { readyMs: number; firstRequestMs: number; secondRequestMs: number; peakMiB: number | null }[] = [];
 for (let i = 0; i < 3; i++) {
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const t0 = performance.now();
-  const wr = spawn('npx', ['wrangler', 'dev', '--ip', '127.0.0.1', '--port', String(port)], { stdio: 'ignore', env: { ...process.env, WRANGLER_SEND_METRICS: 'false' }, detached: true });
-  let ready = 0;
-  for (let k = 0; k < 600 && !ready; k++) {
-    try {
-      // /v1/models does not load the model: the Worker is up, nothing more
-      if ((await fetch(`${url}/v1/models`)).ok) ready = performance.now() - t0;
-    } catch {}
-    if (!ready) await new Promise((r) => setTimeout(r, 50));
-  }
+  // /v1/models does not load the model: the Worker is up, nothing more
+  const { url, readyMs, stop } = await startWranglerDev({ readyPath: '/v1/models' });
   const first = await firstToken(url);
   const second = await firstToken(url);
-  runs.push({ readyMs: ready, firstRequestMs: first, secondRequestMs: second, peakMiB: workerdPeakMiB() });
-  process.kill(-wr.pid!, 'SIGTERM');
+  runs.push({ readyMs, firstRequestMs: first, secondRequestMs: second, peakMiB: workerdPeakMiB() });
+  stop();
   await new Promise((r) => setTimeout(r, 1000));
 }
 const wasm = readFileSync(join(packageRoot(), 'wasm', 'dist', 'kle-simd.wasm'));

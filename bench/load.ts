@@ -3,12 +3,10 @@
 // each send streaming chat completions back to back for a bounded time. Reports completed
 // requests, errors (must be zero), p50/p99 time to first token, tokens/s, and the memory of the
 // workerd process and the engine's wasm memory. Writes bench/results/load-<machine>.json.
-import { spawn, execFileSync } from 'node:child_process';
-import { readFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
 import { machine, machineTag, table, writeResult } from './lib.js';
 import { barChart } from './svg.js';
+import { startWranglerDev, workerdPeakMiB } from './wrangler.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../src/engine/node-kernels.js';
@@ -16,48 +14,8 @@ import { packageRoot } from '../src/engine/node-kernels.js';
 const { values } = parseArgs({ options: { clients: { type: 'string', default: '8' }, seconds: { type: 'string', default: '20' }, 'max-tokens': { type: 'string', default: '64' } } });
 const clients = Number(values.clients), seconds = Number(values.seconds), maxTokens = Number(values['max-tokens']);
 
-const port = await new Promise<number>((r) => {
-  const s = createServer().listen(0, '127.0.0.1', () => {
-    const p = (s.address() as { port: number }).port;
-    s.close(() => r(p));
-  });
-});
-const url = `http://127.0.0.1:${port}`;
-const wr = spawn('npx', ['wrangler', 'dev', '--ip', '127.0.0.1', '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, WRANGLER_SEND_METRICS: 'false' }, detached: true });
-let log = '';
-wr.stdout.on('data', (d: Buffer) => (log += d));
-wr.stderr.on('data', (d: Buffer) => (log += d));
-const stop = () => {
-  try {
-    process.kill(-wr.pid!, 'SIGTERM');
-  } catch {}
-};
-process.on('exit', stop);
-
-for (let i = 0; ; i++) {
-  try {
-    if ((await fetch(`${url}/health`)).ok) break;
-  } catch {}
-  if (i > 120) throw new Error(`wrangler dev did not come up:\n${log}`);
-  await new Promise((r) => setTimeout(r, 500));
-}
-
-/** peak RSS (VmHWM) of the workerd processes under wrangler */
-function workerdPeakMiB(): number | null {
-  try {
-    const pids = execFileSync('pgrep', ['-f', 'workerd'], { encoding: 'utf8' }).trim().split('\n');
-    let best = 0;
-    for (const pid of pids) {
-      const f = `/proc/${pid}/status`;
-      if (!existsSync(f)) continue;
-      const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(f, 'utf8'));
-      if (m) best = Math.max(best, Number(m[1]) / 1024);
-    }
-    return best || null;
-  } catch {
-    return null;
-  }
-}
+// /health loads the model: the clients start against a warm Worker
+const { url, stop } = await startWranglerDev();
 
 interface Req { ok: boolean; status: number; ttftMs: number; totalMs: number; tokens: number; error?: string }
 const reqs: Req[] = [];

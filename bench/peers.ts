@@ -20,6 +20,7 @@ import { defaultModelDir, nodeBackend } from '../src/node.js';
 import { MID_CONFIG } from './generate.js';
 import { machine, machineTag, table, timeIt, writeResult } from './lib.js';
 import { barChart } from './svg.js';
+import { startWranglerDev } from './wrangler.js';
 import { packageRoot } from '../src/node.js';
 
 const { values } = parseArgs({ options: { 'llama-bench': { type: 'string' }, quick: { type: 'boolean', default: false } } });
@@ -71,23 +72,8 @@ for (const [name, bytes] of Object.entries(models)) {
 // the first token of a PP-token prompt, generation as the token rate after it (HTTP and SSE
 // included: an upper bound on the engine's own time)
 {
-  const { spawn } = await import('node:child_process');
-  const { createServer } = await import('node:net');
-  const port = await new Promise<number>((r) => {
-    const srv = createServer().listen(0, '127.0.0.1', () => {
-      const p = (srv.address() as { port: number }).port;
-      srv.close(() => r(p));
-    });
-  });
-  const url = `http://127.0.0.1:${port}`;
-  const wr = spawn('npx', ['wrangler', 'dev', '--ip', '127.0.0.1', '--port', String(port), '--var', `MAX_TOKENS:${TG + 8}`, '--var', 'EDGE_MAX_TOKENS:100000'], { stdio: 'ignore', env: { ...process.env, WRANGLER_SEND_METRICS: 'false' }, detached: true });
+  const { url, stop } = await startWranglerDev({ args: ['--var', `MAX_TOKENS:${TG + 8}`, '--var', 'EDGE_MAX_TOKENS:100000'] });
   try {
-    for (let k = 0; k < 600; k++) {
-      try {
-        if ((await fetch(`${url}/health`)).ok) break;
-      } catch {}
-      await new Promise((r) => setTimeout(r, 100));
-    }
     const { loadModelFromDirectory } = await import('../src/node.js');
     const tk = (await loadModelFromDirectory()).tokenizer!;
     let text = '';
@@ -120,7 +106,7 @@ for (const [name, bytes] of Object.entries(models)) {
     const med = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
     rows.push({ model: 'default (1.2M, BF16)', engine: 'kimi-linear-edge workerd (HTTP)', threads: 1, ppTokS: PP / (med(pp) / 1e3), tgTokS: med(tg) });
   } finally {
-    process.kill(-wr.pid!, 'SIGTERM');
+    stop();
   }
 }
 console.log(`machine: ${JSON.stringify(machine())}\n`);

@@ -1,5 +1,4 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:http';
 import { packageRoot } from '../../src/engine/node-kernels.js';
 
 export interface NodeProcess {
@@ -27,13 +26,4 @@ export function startFailingProcess(): Promise<NodeProcess> {
   const src = "const s=require('http').createServer((q,r)=>{if(q.url==='/health'){r.writeHead(200,{'content-type':'application/json'});return r.end('{\"status\":\"ok\"}')}r.writeHead(500,{'content-type':'application/json'});r.end('{\"error\":{\"message\":\"boom\"}}')});s.listen(0,'127.0.0.1',()=>console.log('http://127.0.0.1:'+s.address().port))";
   const proc = spawn(process.execPath, ['-e', src], { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve) => proc.stdout!.once('data', (d: Buffer) => resolve({ url: d.toString().trim(), proc, kill: () => proc.kill('SIGKILL') })));
-}
-
-/** a port nobody listens on */
-export async function deadUrl(): Promise<string> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return `http://127.0.0.1:${port}`;
 }
