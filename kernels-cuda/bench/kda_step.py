@@ -5,6 +5,8 @@
 # 128, next to fla's fused_recurrent_kda (also in graphs) and the card's copy bandwidth.
 import ctypes, glob, json, os, sys, time
 import torch
+
+import cudabench
 from safetensors import safe_open
 
 args = sys.argv[1:]
@@ -66,29 +68,7 @@ if check_only:
 
 
 def graph_time(fn, reps=50, iters=20):
-    """microseconds per fn() call, replayed inside one CUDA graph of `iters` calls"""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(iters):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / iters)
-    ts.sort()
-    return ts[len(ts) // 2]
+    return cudabench.graph_time(fn, reps, iters, warmup=3)
 
 
 # the card's copy bandwidth (bytes read + written), in a graph

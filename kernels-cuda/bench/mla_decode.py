@@ -6,6 +6,8 @@
 import ctypes, json, sys
 import torch
 
+import cudabench
+
 args = sys.argv[1:]
 lib = ctypes.CDLL(args[0])
 check_only = "--check-only" in args
@@ -52,28 +54,7 @@ if check_only:
 
 
 def graph_time(fn, reps=20, iters=5):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    gr = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(gr):
-        for _ in range(iters):
-            fn()
-    gr.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        gr.replay()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / iters)
-    ts.sort()
-    return ts[len(ts) // 2]
+    return cudabench.graph_time(fn, reps, iters, warmup=2)
 
 
 H, Dl, Dr = 32, 512, 64

@@ -26,6 +26,51 @@ extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) {
   return (long)splits_for(L) * H * (Dv + 1) * 4;
 }
 
+// Both partial kernels share the staging and the per-head online-softmax bookkeeping; only the
+// score and value micro-tiling differs between them.
+
+// stage q (pre-scaled) into padded rows and reset each head's running max and sum
+__device__ __forceinline__ void mla_stage_q(const float *__restrict__ q, float scale, int H, int D, float *sq, float *smax,
+                                            float *ssum) {
+  const int tid = threadIdx.x, DS = D + 1;
+  for (int i = tid; i < H * D; i += THREADS) sq[(i / D) * DS + i % D] = q[i] * scale;
+  if (tid < H) {
+    smax[tid] = -INFINITY;
+    ssum[tid] = 0.f;
+  }
+}
+
+// copy nj cache rows starting at row jt into padded shared rows
+__device__ __forceinline__ void mla_load_tile(const float *__restrict__ cache, int jt, int nj, int D, float *sc) {
+  const int DS = D + 1;
+  for (int i = threadIdx.x; i < nj * D; i += THREADS) sc[(i / D) * DS + i % D] = cache[(size_t)jt * D + i];
+}
+
+// threads 0..H-1: fold this tile's scores (row stride T, nj valid) into the running max and sum,
+// turn them into unnormalized probabilities and leave the rescale factor for the accumulators
+__device__ __forceinline__ void mla_softmax_tile(float *ss, int T, int nj, int H, float *smax, float *ssum, float *sfac) {
+  const int h = threadIdx.x;
+  if (h >= H) return;
+  float m = smax[h];
+  for (int j = 0; j < nj; j++) m = fmaxf(m, ss[h * T + j]);
+  const float f = smax[h] == -INFINITY ? 0.f : __expf(smax[h] - m);
+  float sum = ssum[h] * f;
+  for (int j = 0; j < T; j++) {
+    const float e = j < nj ? __expf(ss[h * T + j] - m) : 0.f;
+    ss[h * T + j] = e;
+    sum += e;
+  }
+  smax[h] = m;
+  ssum[h] = sum;
+  sfac[h] = f;
+}
+
+// threads 0..H-1: this span's log-sum-exp per head (-inf for an empty span)
+__device__ __forceinline__ void mla_store_lse(const float *smax, const float *ssum, int H, float *plse) {
+  const int h = threadIdx.x;
+  if (h < H) plse[blockIdx.x * H + h] = ssum[h] > 0.f ? smax[h] + logf(ssum[h]) : -INFINITY;
+}
+
 // block: one span of rows. Register micro-tiles cut shared-memory traffic, which is what bounds
 // this kernel: scores as 2 heads x 2 rows per thread, values as 4 heads x 16 dims per thread.
 // Specialized for H = 32 (Kimi-Linear); other head counts take the simple kernel below.
@@ -41,11 +86,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial32(const float *__restrict
   float *smax = ss + H * T, *ssum = smax + H, *sfac = ssum + H;
   const int tid = threadIdx.x;
   const int j0 = blockIdx.x * span, j1 = min(L, j0 + span);
-  for (int i = tid; i < H * D; i += THREADS) sq[(i / D) * DS + i % D] = q[i] * scale;
-  if (tid < H) {
-    smax[tid] = -INFINITY;
-    ssum[tid] = 0.f;
-  }
+  mla_stage_q(q, scale, H, D, sq, smax, ssum);
   const int hp = tid / 16, jp = tid % 16;           // scores: heads 2hp, 2hp+1; rows 2jp, 2jp+1
   const int hg = tid / 32, dg = tid % 32;           // values: heads 4hg..4hg+3; dims dg + 32 i
   const int W = Dv / 32;                            // dims per thread (16 at Dv = 512)
@@ -57,7 +98,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial32(const float *__restrict
   __syncthreads();
   for (int jt = j0; jt < j1; jt += T) {
     const int nj = min(T, j1 - jt);
-    for (int i = tid; i < nj * D; i += THREADS) sc[(i / D) * DS + i % D] = cache[(size_t)jt * D + i];
+    mla_load_tile(cache, jt, nj, D, sc);
     __syncthreads();
     {
       const float *a0 = sq + (2 * hp) * DS, *a1 = a0 + DS, *b0 = sc + (2 * jp) * DS, *b1 = b0 + DS;
@@ -76,20 +117,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial32(const float *__restrict
       ss[(2 * hp + 1) * T + r1] = r1 < nj ? s11 : -INFINITY;
     }
     __syncthreads();
-    if (tid < H) {
-      float m = smax[tid];
-      for (int j = 0; j < nj; j++) m = fmaxf(m, ss[tid * T + j]);
-      const float f = smax[tid] == -INFINITY ? 0.f : __expf(smax[tid] - m);
-      float sum = ssum[tid] * f;
-      for (int j = 0; j < T; j++) {
-        const float e = j < nj ? __expf(ss[tid * T + j] - m) : 0.f;
-        ss[tid * T + j] = e;
-        sum += e;
-      }
-      smax[tid] = m;
-      ssum[tid] = sum;
-      sfac[tid] = f;
-    }
+    mla_softmax_tile(ss, T, nj, H, smax, ssum, sfac);
     __syncthreads();
 #pragma unroll
     for (int a = 0; a < 4; a++) {
@@ -121,7 +149,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial32(const float *__restrict
     for (int i = 0; i < 16; i++)
       if (i < W) dst[32 * i] = acc[a][i] * inv;
   }
-  if (tid < H) plse[blockIdx.x * H + tid] = ssum[tid] > 0.f ? smax[tid] + logf(ssum[tid]) : -INFINITY;
+  mla_store_lse(smax, ssum, H, plse);
 }
 
 // block: one span of rows; thread t handles score pairs (h, j) and output slice (h, part)
@@ -139,11 +167,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial_any(const float *__restri
   float *sfac = ssum + H;         // [H] rescale factor of this tile
   const int tid = threadIdx.x;
   const int j0 = blockIdx.x * span, j1 = min(L, j0 + span);
-  for (int i = tid; i < H * D; i += THREADS) sq[(i / D) * DS + i % D] = q[i] * scale;
-  if (tid < H) {
-    smax[tid] = -INFINITY;
-    ssum[tid] = 0.f;
-  }
+  mla_stage_q(q, scale, H, D, sq, smax, ssum);
   // output slice: head h = tid / per, dims part, part + per, part + 2 per, ... (interleaved so
   // that a head's threads read consecutive floats)
   const int per = THREADS / H, W = Dv / per;  // H=32: 8 threads a head, 64 dims each
@@ -154,7 +178,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial_any(const float *__restri
   __syncthreads();
   for (int jt = j0; jt < j1; jt += TJ) {
     const int nj = min(TJ, j1 - jt);
-    for (int i = tid; i < nj * D; i += THREADS) sc[(i / D) * DS + i % D] = cache[(size_t)jt * D + i];
+    mla_load_tile(cache, jt, nj, D, sc);
     __syncthreads();
     // H*TJ scores, two per thread at H = 32
     for (int p = tid; p < H * TJ; p += THREADS) {
@@ -174,20 +198,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial_any(const float *__restri
       ss[h * TJ + j] = s;
     }
     __syncthreads();
-    if (tid < H) {
-      float m = smax[tid];
-      for (int j = 0; j < nj; j++) m = fmaxf(m, ss[tid * TJ + j]);
-      const float f = smax[tid] == -INFINITY ? 0.f : __expf(smax[tid] - m);
-      float sum = ssum[tid] * f;
-      for (int j = 0; j < TJ; j++) {
-        const float e = j < nj ? __expf(ss[tid * TJ + j] - m) : 0.f;
-        ss[tid * TJ + j] = e;
-        sum += e;
-      }
-      smax[tid] = m;
-      ssum[tid] = sum;
-      sfac[tid] = f;
-    }
+    mla_softmax_tile(ss, TJ, nj, H, smax, ssum, sfac);
     __syncthreads();
     if (oh < H) {
       const float f = sfac[oh];
@@ -210,7 +221,7 @@ __global__ void __launch_bounds__(THREADS) mla_partial_any(const float *__restri
     for (int i = 0; i < 64; i++)
       if (i < W) dst[i * per] = acc[i] * inv;
   }
-  if (tid < H) plse[blockIdx.x * H + tid] = ssum[tid] > 0.f ? smax[tid] + logf(ssum[tid]) : -INFINITY;
+  mla_store_lse(smax, ssum, H, plse);
 }
 
 // out[h] = sum_s exp(lse_s - lse) out_s, lse = log sum_s exp(lse_s)

@@ -1,0 +1,28 @@
+# Timing shared by the CUDA benches: CUDA-graph replay, so host launch overhead is not measured.
+import torch
+
+
+def graph_time(fn, reps, iters, warmup):
+    """median microseconds per fn() call, replayed inside one CUDA graph of `iters` calls"""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(iters):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3 / iters)
+    ts.sort()
+    return ts[len(ts) // 2]
