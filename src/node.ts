@@ -1,21 +1,23 @@
 /** Node (and Bun/Deno with node: APIs) helpers: the committed wasm, the native addon, model directories. */
 import { basename, dirname, join } from 'node:path';
 import type { KernelBackend } from './engine/backend.js';
-import { loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
+import { loadCudaBackend, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
 import type { Model } from './generate/model.js';
 import type { LoadProgress } from './model/hf-loader.js';
 import { loadModel } from './model/load.js';
 import { sourceFromDirectory } from './model/node-source.js';
 
-export { loadAllKernels, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
+export { loadAllKernels, loadCudaBackend, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
+export { CudaBackend } from './engine/cuda-backend.js';
 export { NativeBackend } from './engine/native-backend.js';
 export { sourceFromDirectory } from './model/node-source.js';
 
-/** Which kernels to run on in Node. */
-export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'native';
+/** Which kernels to run on in Node ('cuda': the engine on an NVIDIA GPU, see CudaBackend). */
+export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'native' | 'cuda';
 
 export async function nodeBackend(name: NodeBackendName = 'wasm'): Promise<KernelBackend> {
   if (name === 'native') return loadNativeBackend();
+  if (name === 'cuda') return loadCudaBackend();
   return loadWasmBackend(name === 'wasm' ? 'simd' : 'scalar');
 }
 

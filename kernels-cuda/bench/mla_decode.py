@@ -47,6 +47,32 @@ for (H, Dl, Dr, L) in [(8, 64, 32, 1), (8, 64, 32, 300), (16, 128, 64, 4097), (3
     worst = max(worst, e)
     results["checks"].append({"H": H, "D": D, "Dv": Dv, "L": L, "relErr": e, "lseMaxAbsErr": el})
     print(f"H={H:2d} D={Dl}+{Dr} L={L:6d}: rel err {e:.2e}, lse max abs err {el:.2e}  {'ok' if e < 1e-5 else 'FAIL'}")
+# the any-shape causal kernel (the engine's prefill and small-head decode): T queries after L0 rows
+fa = lib.kle_cuda_mla_attend
+fa.restype = ctypes.c_int
+fa.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+fab = lib.kle_cuda_mla_attend_workspace_bytes
+fab.restype = ctypes.c_long
+fab.argtypes = [ctypes.c_int] * 4
+for (H, Dl, Dr, L0, T) in [(4, 64, 16, 0, 1), (4, 64, 16, 0, 300), (4, 64, 16, 5000, 1), (4, 64, 16, 700, 512), (8, 256, 32, 3000, 64), (32, 512, 64, 2000, 40), (32, 512, 64, 50000, 1)]:
+    D, Dv = Dl + Dr, Dl
+    q = torch.randn(T, H, D, device=dev, generator=g)
+    cache = torch.randn(L0 + T, D, device=dev, generator=g)
+    scale = (Dl // 4 + Dr) ** -0.5
+    wb = fab(L0 + T, T, H, Dv)
+    ws = torch.empty(wb // 4 + 1, device=dev)
+    out = torch.empty(T, H, Dv, device=dev)
+    rc = fa(q.data_ptr(), cache.data_ptr(), L0, T, H, D, Dv, scale, out.data_ptr(), ws.data_ptr(), wb, torch.cuda.current_stream().cuda_stream)
+    assert rc == 0, rc
+    torch.cuda.synchronize()
+    s = torch.einsum("thd,ld->thl", q.double(), cache.double()) * scale
+    mask = torch.arange(L0 + T, device=dev)[None, :] > (L0 + torch.arange(T, device=dev))[:, None]
+    s = s.masked_fill(mask[:, None, :], float("-inf"))
+    ref = torch.einsum("thl,ld->thd", torch.softmax(s, dim=-1), cache.double()[:, :Dv])
+    e = ((out.double() - ref).norm() / ref.norm()).item()
+    worst = max(worst, e)
+    results["checks"].append({"kernel": "attend", "H": H, "D": D, "Dv": Dv, "L0": L0, "T": T, "relErr": e})
+    print(f"attend H={H:2d} D={Dl}+{Dr} L0={L0:6d} T={T:4d}: rel err {e:.2e}  {'ok' if e < 1e-5 else 'FAIL'}")
 results["worstRelErr"] = worst
 print(f"worst relative error {worst:.2e} (bar 1e-5)")
 if check_only:

@@ -10,6 +10,9 @@
 extern "C" {
 #endif
 
+/* A CUDA call failed (launch, allocation on the device, copy): beyond kle.h's codes. */
+#define KLE_EDEVICE (-5)
+
 /*
  * KDA decode step for B sequences of H heads (kle_kda_step with a batch):
  *   S <- Diag(exp g) S;  u = v - S^T k;  S <- S + beta k u^T;  o = S^T (scale q)
@@ -20,6 +23,26 @@ extern "C" {
 int kle_cuda_kda_step(float *S, const float *q, const float *k, const float *v, const float *g,
                       const float *beta, float *o, int B, int H, int K, int V, float scale,
                       int flags, void *stream);
+
+/*
+ * T tokens of one sequence through the KDA recurrence, token by token with the state held on
+ * chip from the first to the last (kle_kda_prefill_ref's math): S [H,K,V] in place; q, k, g:
+ * [T,H,K]; v, o: [T,H,V]; beta: [T,H]. K must be 32, 64 or 128; V a multiple of 32.
+ */
+int kle_cuda_kda_recurrent(float *S, const float *q, const float *k, const float *v, const float *g,
+                           const float *beta, float *o, int T, int H, int K, int V, float scale,
+                           int flags, void *stream);
+
+/*
+ * Causal attention of T absorbed queries over a latent cache (kle_mla_prefill's math; T = 1 is
+ * a decode): q [T, H, D], cache [L0 + T, D] with the queries' own rows already written, query i
+ * attends to rows 0 .. L0 + i; out [T, H, Dv]. Any H; D <= 640, Dv <= min(D, 512).
+ * workspace: kle_cuda_mla_attend_workspace_bytes(L0 + T, T, H, Dv) bytes of device memory.
+ */
+long kle_cuda_mla_attend_workspace_bytes(int L, int T, int H, int Dv);
+int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
+                        float scale, float *out, void *workspace, long workspace_bytes,
+                        void *stream);
 
 /*
  * Absorbed MLA decode for one query token over a latent cache, split across the context

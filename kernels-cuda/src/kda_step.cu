@@ -115,3 +115,101 @@ extern "C" int kle_cuda_kda_step(float *S, const float *q, const float *k, const
     kda_step_kernel<64, 4><<<grid, dim3(32, 4), 0, st>>>(S, q, k, v, g, beta, o, V, scale, flags & 1);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
+
+// T tokens of one sequence, token after token, the state held in registers from the first token
+// to the last: the same block layout and math as the step, one load and one store of the state
+// per call instead of per token. Any K in {32, 64, 128} (the step kernel's tuned shapes are
+// 64 and 128), V a multiple of 32. q, k, g: [T, H, K]; v, o: [T, H, V]; beta: [T, H].
+template <int K, int KW>
+__global__ void __launch_bounds__(32 * KW) kda_recurrent_kernel(float *__restrict__ S, const float *__restrict__ q,
+                                                               const float *__restrict__ k, const float *__restrict__ v,
+                                                               const float *__restrict__ g, const float *__restrict__ beta,
+                                                               float *__restrict__ o, int T, int H, int V, float scale, int l2norm) {
+  constexpr int R = K / KW;
+  const int h = blockIdx.x, lane = threadIdx.x, w = threadIdx.y, tid = w * 32 + lane;
+  const int col = blockIdx.y * 32 + lane;
+  __shared__ float sq[K], sk[K], se[K], ra[KW][32], rb[KW][32], red[3][KW];
+  float *Sh = S + (size_t)h * K * V + col;
+  float s[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) s[r] = Sh[(size_t)(w * R + r) * V];
+  for (int t = 0; t < T; t++) {
+    const size_t hk = ((size_t)t * H + h) * K;
+    float pq = 0.f, pk = 0.f, pqk = 0.f;
+    for (int i = tid; i < K; i += 32 * KW) {
+      const float a = q[hk + i], b = k[hk + i];
+      sq[i] = a;
+      sk[i] = b;
+      se[i] = __expf(g[hk + i]);
+      pq += a * a;
+      pk += b * b;
+      pqk += a * b;
+    }
+    for (int off = 16; off; off >>= 1) {
+      pq += __shfl_xor_sync(0xffffffffu, pq, off);
+      pk += __shfl_xor_sync(0xffffffffu, pk, off);
+      pqk += __shfl_xor_sync(0xffffffffu, pqk, off);
+    }
+    if (lane == 0) {
+      red[0][w] = pq;
+      red[1][w] = pk;
+      red[2][w] = pqk;
+    }
+    __syncthreads();
+    float tq = 0.f, tk = 0.f, kq = 0.f;
+#pragma unroll
+    for (int i = 0; i < KW; i++) {
+      tq += red[0][i];
+      tk += red[1][i];
+      kq += red[2][i];
+    }
+    const float nq = l2norm ? rsqrtf(tq + 1e-6f) : 1.f, nk = l2norm ? rsqrtf(tk + 1e-6f) : 1.f;
+    float a = 0.f, bq = 0.f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const int i = w * R + r;
+      s[r] *= se[i];
+      a += s[r] * sk[i];
+      bq += s[r] * sq[i];
+    }
+    ra[w][lane] = a;
+    rb[w][lane] = bq;
+    __syncthreads();
+    a = 0.f;
+    bq = 0.f;
+#pragma unroll
+    for (int i = 0; i < KW; i++) {
+      a += ra[i][lane];
+      bq += rb[i][lane];
+    }
+    a *= nk;
+    bq *= nq;
+    kq *= nk * nq;
+    const size_t th = (size_t)t * H + h;
+    const float bt = beta[th];
+    const float u = (col < V ? v[th * V + col] : 0.f) - a;
+    const float wk = bt * u * nk;
+#pragma unroll
+    for (int r = 0; r < R; r++) s[r] += wk * sk[w * R + r];
+    if (w == 0 && col < V) o[th * V + col] = scale * (bq + bt * u * kq);
+    __syncthreads();  // sq/sk/se/red/ra are refilled by the next token
+  }
+  if (col < V)
+#pragma unroll
+    for (int r = 0; r < R; r++) Sh[(size_t)(w * R + r) * V] = s[r];
+}
+
+extern "C" int kle_cuda_kda_recurrent(float *S, const float *q, const float *k, const float *v, const float *g,
+                                      const float *beta, float *o, int T, int H, int K, int V, float scale, int flags,
+                                      void *stream) {
+  if (T <= 0 || H <= 0 || V <= 0 || V % 32 || (K != 32 && K != 64 && K != 128) || (flags & ~1)) return KLE_EINVAL;
+  dim3 grid(H, V / 32);
+  cudaStream_t st = (cudaStream_t)stream;
+  if (K == 128)
+    kda_recurrent_kernel<128, 4><<<grid, dim3(32, 4), 0, st>>>(S, q, k, v, g, beta, o, T, H, V, scale, flags & 1);
+  else if (K == 64)
+    kda_recurrent_kernel<64, 4><<<grid, dim3(32, 4), 0, st>>>(S, q, k, v, g, beta, o, T, H, V, scale, flags & 1);
+  else
+    kda_recurrent_kernel<32, 4><<<grid, dim3(32, 4), 0, st>>>(S, q, k, v, g, beta, o, T, H, V, scale, flags & 1);
+  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+}

@@ -35,7 +35,7 @@ export async function generate(argv: string[]): Promise<number> {
     },
   });
   const backend = values.backend as NodeBackendName;
-  if (!['wasm', 'wasm-scalar', 'native'].includes(backend)) throw new Error(`--backend must be wasm, wasm-scalar or native, not ${backend}`);
+  if (!['wasm', 'wasm-scalar', 'native', 'cuda'].includes(backend)) throw new Error(`--backend must be wasm, wasm-scalar, native or cuda, not ${backend}`);
   const num = (v: string | undefined, name: string): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);

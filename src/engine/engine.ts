@@ -18,7 +18,7 @@ export class EngineError extends Error {
     readonly code: number,
     detail = '',
   ) {
-    const what = { [-1]: 'invalid argument', [-2]: 'out of memory', [-3]: 'a required tensor is missing', [-4]: 'malformed state blob or blob of another model' }[code] ?? `error ${code}`;
+    const what = { [-1]: 'invalid argument', [-2]: 'out of memory', [-3]: 'a required tensor is missing', [-4]: 'malformed state blob or blob of another model', [-5]: 'a CUDA call failed' }[code] ?? `error ${code}`;
     super(`${fn}: ${what}${detail ? ` (${detail})` : ''}`);
     this.name = 'EngineError';
   }

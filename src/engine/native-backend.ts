@@ -4,7 +4,14 @@ import type { AbiArg } from './abi-types.js';
 import type { KernelBackend } from './backend.js';
 import type { KleFunctionName } from './kle-abi.js';
 
-type NativeFn = (...args: AbiArg[]) => number;
+export type NativeFn = (...args: AbiArg[]) => number;
+
+/** Loads a Node addon built from the C sources; throws naming the build command when it is missing. */
+export function loadAddon(path: string, buildCommand: string): Record<string, NativeFn> {
+  if (!existsSync(path)) throw new Error(`kernels not built: ${path} is missing (run \`${buildCommand}\`)`);
+  const require = createRequire(import.meta.url);
+  return require(path) as Record<string, NativeFn>;
+}
 
 /**
  * The kernel library compiled natively (gcc -O3 -march=native) as a Node addon
@@ -18,11 +25,7 @@ export class NativeBackend implements KernelBackend {
 
   /** Loads the addon from `path`; throws with the build command when it is missing. */
   static load(path: string): NativeBackend {
-    if (!existsSync(path)) {
-      throw new Error(`native kernels not built: ${path} is missing (run \`npm run build:native\`)`);
-    }
-    const require = createRequire(import.meta.url);
-    return new NativeBackend(require(path) as Record<string, NativeFn>);
+    return new NativeBackend(loadAddon(path, 'npm run build:native'));
   }
 
   call(fn: KleFunctionName, args: readonly AbiArg[]): number {

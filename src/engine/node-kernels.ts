@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Kernels } from './kernels.js';
+import { CudaBackend } from './cuda-backend.js';
 import { NativeBackend } from './native-backend.js';
 import { WasmBackend } from './wasm-backend.js';
 
@@ -24,6 +25,11 @@ export async function loadWasmBackend(variant: 'simd' | 'scalar' = 'simd'): Prom
 /** Loads the native addon built by `npm run build:native`. */
 export function loadNativeBackend(): NativeBackend {
   return NativeBackend.load(join(packageRoot(), 'build', 'native', 'kle.node'));
+}
+
+/** Loads the CUDA engine addon built by `npm run build:cuda` (needs a GPU to run). */
+export function loadCudaBackend(): CudaBackend {
+  return CudaBackend.load(join(packageRoot(), 'build', 'cuda', 'kle-cuda.node'));
 }
 
 /** Kernels over every backend available here: wasm SIMD, wasm scalar, and native if built. */

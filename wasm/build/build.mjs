@@ -5,6 +5,9 @@
 //           scalars: the baseline the benchmarks compare against)
 //   abi     src/engine/kle-abi.ts from the prototypes of wasm/include/kle.h
 //   native  gcc -O3 -march=native -> build/native/kle.node (Node addon, N-API wrappers generated)
+//   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine API
+//           of kle.h on the GPU (kernels-cuda/src/engine.cu) over the host engine's model and
+//           session code, linked in under kle_host_* names; needs nvcc, runs where a GPU is
 //   check   rebuilds wasm + abi into a temporary folder and fails if the committed ones differ
 // Usage: node wasm/build/build.mjs STEP...   (default: wasm abi native)
 import { execFileSync } from 'node:child_process';
@@ -63,13 +66,55 @@ function buildNative() {
   const outDir = join(root, 'build', 'native');
   mkdirSync(outDir, { recursive: true });
   const addon = join(outDir, 'addon.c');
-  writeFileSync(addon, addonC(parseHeader(header)));
+  writeFileSync(addon, addonC(parseHeader(header), ['kle.h']));
   const cc = process.env.CC ?? 'gcc';
   run(cc, [
     '-O3', '-march=native', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared',
     '-DNODE_GYP_MODULE_NAME=kle', '-I', join(root, 'wasm', 'include'), '-I', nodeIncludeDir(),
     ...sources(), addon, '-o', join(outDir, 'kle.node'), '-lm',
   ]);
+}
+
+// The host engine's model/session entry points, renamed in the CUDA build so that
+// kernels-cuda/src/engine.cu can define kle.h's names and call these underneath.
+const hostEngineFns = [
+  'model_create', 'model_free', 'model_tensor_expect', 'model_tensor', 'model_finalize', 'model_bytes',
+  'session_create', 'session_free', 'session_forward', 'session_logits', 'session_pos',
+  'session_state_size', 'session_state_save', 'session_state_load',
+];
+
+function cudaSources() {
+  const d = join(root, 'kernels-cuda', 'src');
+  return readdirSync(d).sort().filter((f) => f.endsWith('.cu')).map((f) => join(d, f));
+}
+
+/** nvcc flags for the CUDA sources: Hopper code, plus PTX that newer GPUs compile at load. */
+export const nvccFlags = ['-O3', '-std=c++17', '-gencode', 'arch=compute_90,code=sm_90', '-gencode', 'arch=compute_90,code=compute_90'];
+
+function buildCuda() {
+  const outDir = join(root, 'build', 'cuda');
+  mkdirSync(outDir, { recursive: true });
+  const nodeHeader = join(root, 'kernels-cuda', 'include', 'kle_cuda_node.h');
+  writeFileSync(join(outDir, 'addon.c'), addonC([...parseHeader(header), ...parseHeader(nodeHeader)], ['kle.h', 'kle_cuda_node.h']));
+  const cc = process.env.CC ?? 'gcc';
+  const nvcc = process.env.NVCC ?? 'nvcc';
+  const objs = [];
+  const renames = hostEngineFns.map((f) => `-Dkle_${f}=kle_host_${f}`);
+  for (const src of sources()) {
+    const obj = join(outDir, `${src.split('/').slice(-2).join('-')}.o`);
+    run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-I', join(root, 'wasm', 'include'), ...renames, src, '-o', obj]);
+    objs.push(obj);
+  }
+  const addonObj = join(outDir, 'addon.o');
+  run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-DNODE_GYP_MODULE_NAME=kle_cuda', '-I', join(root, 'wasm', 'include'),
+    '-I', join(root, 'kernels-cuda', 'include'), '-I', nodeIncludeDir(), join(outDir, 'addon.c'), '-o', addonObj]);
+  objs.push(addonObj);
+  for (const src of cudaSources()) {
+    const obj = join(outDir, `${src.split('/').pop()}.o`);
+    run(nvcc, [...nvccFlags, '-Xcompiler', '-fPIC', '-c', src, '-o', obj]);
+    objs.push(obj);
+  }
+  run(nvcc, ['-shared', ...objs, '-o', join(outDir, 'kle-cuda.node'), '-lm']);
 }
 
 function check() {
@@ -98,9 +143,10 @@ for (const step of steps.length ? steps : ['wasm', 'abi', 'native']) {
   if (step === 'wasm') buildWasm(distDir);
   else if (step === 'abi') writeFileSync(abiPath, abiTs(parseHeader(header)));
   else if (step === 'native') buildNative();
+  else if (step === 'cuda') buildCuda();
   else if (step === 'check') check();
   else {
-    console.error(`unknown step "${step}" (wasm | abi | native | check)`);
+    console.error(`unknown step "${step}" (wasm | abi | native | cuda | check)`);
     process.exit(2);
   }
 }

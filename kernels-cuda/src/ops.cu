@@ -1,0 +1,353 @@
+// ops.cu: the engine's small kernels (see ops.cuh). Plain f32 CUDA-core code: on the decode
+// path these are matvecs and elementwise passes bound by the bytes they move; the prefill GEMM
+// is a 64 x 64 register-tiled kernel (no cuBLAS: the build machine's toolkit has none, and the
+// addon then needs only the CUDA runtime).
+#include <math.h>
+
+#include "ops.cuh"
+
+namespace kle_ops {
+
+static int blocks_for(long n, int per) { return (int)((n + per - 1) / per); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ------------------------------------------------------------------ matmul
+// one warp per output row; up to 4 tokens share each weight load
+template <int TT>
+__global__ void matvec_kernel(const float *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y, int N, int Kd, int vec) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const float *w = W + (size_t)row * Kd;
+  float acc[TT];
+#pragma unroll
+  for (int t = 0; t < TT; t++) acc[t] = 0.f;
+  if (vec) {
+    const float4 *w4 = reinterpret_cast<const float4 *>(w);
+    for (int i = lane; i < Kd / 4; i += 32) {
+      const float4 a = w4[i];
+#pragma unroll
+      for (int t = 0; t < TT; t++) {
+        const float4 b = reinterpret_cast<const float4 *>(X + (size_t)t * Kd)[i];
+        acc[t] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+    }
+  } else {
+    for (int i = lane; i < Kd; i += 32)
+#pragma unroll
+      for (int t = 0; t < TT; t++) acc[t] += w[i] * X[(size_t)t * Kd + i];
+  }
+#pragma unroll
+  for (int t = 0; t < TT; t++) {
+    const float s = warp_sum(acc[t]);
+    if (lane == 0) Y[(size_t)t * N + row] = s;
+  }
+}
+
+#define BM 64
+#define BN 64
+#define BK 16
+// C[T, N] = X[T, Kd] W[N, Kd]^T: 256 threads, each a 4 x 4 block of C, tiles through shared memory
+__global__ void __launch_bounds__(256) gemm_nt_kernel(const float *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                      int T, int N, int Kd) {
+  __shared__ float As[BK][BM + 4], Bs[BK][BN + 4];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < Kd; k0 += BK) {
+    for (int i = tid; i < BM * BK; i += 256) {
+      const int r = i / BK, kk = i % BK, k = k0 + kk;
+      As[kk][r] = (m0 + r < T && k < Kd) ? X[(size_t)(m0 + r) * Kd + k] : 0.f;
+      Bs[kk][r] = (n0 + r < N && k < Kd) ? W[(size_t)(n0 + r) * Kd + k] : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; kk++) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        a[i] = As[kk][ty * 4 + i];
+        b[i] = Bs[kk][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int m = m0 + ty * 4 + i;
+    if (m >= T) continue;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int n = n0 + tx * 4 + j;
+      if (n < N) Y[(size_t)m * N + n] = acc[i][j];
+    }
+  }
+}
+
+void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st) {
+  if (T <= 4) {
+    const int grid = blocks_for(N, 8);
+    // float4 loads when every row of W and X starts on 16 bytes
+    const int vec = (Kd & 3) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0;
+    switch (T) {
+    case 1: matvec_kernel<1><<<grid, 256, 0, st>>>(W, X, Y, N, Kd, vec); break;
+    case 2: matvec_kernel<2><<<grid, 256, 0, st>>>(W, X, Y, N, Kd, vec); break;
+    case 3: matvec_kernel<3><<<grid, 256, 0, st>>>(W, X, Y, N, Kd, vec); break;
+    default: matvec_kernel<4><<<grid, 256, 0, st>>>(W, X, Y, N, Kd, vec); break;
+    }
+    return;
+  }
+  gemm_nt_kernel<<<dim3(blocks_for(N, BN), blocks_for(T, BM)), 256, 0, st>>>(W, X, Y, T, N, Kd);
+}
+
+// ------------------------------------------------------------------ elementwise and norms
+__global__ void embed_kernel(const float *__restrict__ table, const int32_t *__restrict__ tok, float *__restrict__ x, int D) {
+  const float *src = table + (size_t)tok[blockIdx.x] * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) x[(size_t)blockIdx.x * D + i] = src[i];
+}
+void embed(const float *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st) {
+  embed_kernel<<<T, 128, 0, st>>>(table, tok, x, D);
+}
+
+__global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ gate, const float *__restrict__ w,
+                               float *__restrict__ y, int D, float eps) {
+  __shared__ float red[32];
+  const float *xr = x + (size_t)blockIdx.x * D;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i] * xr[i];
+  s = warp_sum(s);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) red[0] = v;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(red[0] / (float)D + eps);
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float v = xr[i] * inv * w[i];
+    if (gate) v *= 1.0f / (1.0f + expf(-gate[(size_t)blockIdx.x * D + i]));
+    y[(size_t)blockIdx.x * D + i] = v;
+  }
+}
+void rmsnorm(const float *x, const float *gate, const float *w, float *y, int rows, int D, float eps, cudaStream_t st) {
+  const int th = D >= 1024 ? 256 : D >= 256 ? 128 : 64;
+  rmsnorm_kernel<<<rows, th, 0, st>>>(x, gate, w, y, D, eps);
+}
+
+__global__ void add_kernel(float *x, const float *y, long n) {
+  const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] += y[i];
+}
+void add(float *x, const float *y, long n, cudaStream_t st) { add_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, y, n); }
+
+__global__ void sigmoid_kernel(const float *x, float *y, long n) {
+  const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = 1.0f / (1.0f + expf(-x[i]));
+}
+void sigmoid(const float *x, float *y, long n, cudaStream_t st) { sigmoid_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, y, n); }
+
+__global__ void swiglu_kernel(const float *gate, const float *up, float *out, long n) {
+  const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+void swiglu(const float *gate, const float *up, float *out, long n, cudaStream_t st) {
+  swiglu_kernel<<<blocks_for(n, 256), 256, 0, st>>>(gate, up, out, n);
+}
+
+// one thread per channel walks the tokens with the window in registers (W <= 16)
+__global__ void conv_short_kernel(const float *__restrict__ x, const float *__restrict__ wT, float *__restrict__ tail,
+                                  float *__restrict__ y, int T, int C, int W) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  float win[16], wc[16];
+  for (int i = 0; i < W; i++) wc[i] = wT[(size_t)i * C + c];
+  for (int i = 0; i < W - 1; i++) win[i] = tail[(size_t)i * C + c];
+  for (int t = 0; t < T; t++) {
+    win[W - 1] = x[(size_t)t * C + c];
+    float acc = 0.f;
+    for (int i = 0; i < W; i++) acc += wc[i] * win[i];
+    y[(size_t)t * C + c] = acc / (1.0f + expf(-acc));
+    for (int i = 0; i < W - 1; i++) win[i] = win[i + 1];
+  }
+  for (int i = 0; i < W - 1; i++) tail[(size_t)i * C + c] = win[i];
+}
+void conv_short(const float *x, const float *wT, float *tail, float *y, int T, int C, int W, cudaStream_t st) {
+  conv_short_kernel<<<blocks_for(C, 128), 128, 0, st>>>(x, wT, tail, y, T, C, W);
+}
+
+__global__ void kda_gate_kernel(const float *__restrict__ x, const float *__restrict__ A_log, const float *__restrict__ dt_bias,
+                                float *__restrict__ g, long n, int H, int K, float lb) {
+  const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int c = (int)(i % ((long)H * K)), h = c / K;
+  const float a = expf(A_log[h]), z = x[i] + (dt_bias ? dt_bias[c] : 0.f);
+  g[i] = lb == 0.f ? -a * (z > 20.f ? z : log1pf(expf(z))) : lb * (1.0f / (1.0f + expf(-a * z)));
+}
+void kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K, float lower_bound,
+              cudaStream_t st) {
+  const long n = (long)T * H * K;
+  kda_gate_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, A_log, dt_bias, g, n, H, K, lower_bound);
+}
+
+// ------------------------------------------------------------------ MoE
+// one block per token, thread 0 runs kle_moe_route's selection over shared arrays (E is at most
+// a few hundred and top-k small: the serial pass is shorter than a launch)
+__global__ void moe_route_kernel(const float *__restrict__ logits, const float *__restrict__ bias, int E, int topk, int n_group,
+                                 int topk_group, int act, int renorm, float scale, int32_t *__restrict__ idx, float *__restrict__ w) {
+  __shared__ float s[1024], choice[1024], gscore[1024];
+  __shared__ unsigned char elig[1024], gsel[1024];
+  const int t = blockIdx.x;
+  const float *lg = logits + (size_t)t * E;
+  if (threadIdx.x != 0) return;
+  if (act == 0) {
+    float m = -INFINITY, sum = 0.f;
+    for (int e = 0; e < E; e++) m = fmaxf(m, lg[e]);
+    for (int e = 0; e < E; e++) sum += s[e] = expf(lg[e] - m);
+    for (int e = 0; e < E; e++) s[e] /= sum;
+  } else {
+    for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-lg[e]));
+  }
+  for (int e = 0; e < E; e++) choice[e] = s[e] + (bias ? bias[e] : 0.f);
+  const int per = E / n_group;
+  for (int gi = 0; gi < n_group; gi++) {
+    float a = -INFINITY, b = -INFINITY;
+    for (int i = 0; i < per; i++) {
+      const float c = choice[gi * per + i];
+      if (c > a) {
+        b = a;
+        a = c;
+      } else if (c > b) {
+        b = c;
+      }
+    }
+    gscore[gi] = bias && per > 1 ? a + b : a;
+    gsel[gi] = 0;
+  }
+  for (int r = 0; r < topk_group; r++) {
+    int best = -1;
+    for (int gi = 0; gi < n_group; gi++)
+      if (!gsel[gi] && (best < 0 || gscore[gi] > gscore[best])) best = gi;
+    gsel[best] = 1;
+  }
+  for (int e = 0; e < E; e++) elig[e] = gsel[e / per];
+  float total = 0.f;
+  for (int r = 0; r < topk; r++) {
+    int best = -1;
+    for (int e = 0; e < E; e++)
+      if (elig[e] && (best < 0 || choice[e] > choice[best])) best = e;
+    elig[best] = 0;
+    idx[(size_t)t * topk + r] = best;
+    w[(size_t)t * topk + r] = s[best];
+    total += s[best];
+  }
+  for (int r = 0; r < topk; r++) {
+    float &v = w[(size_t)t * topk + r];
+    v = (renorm ? v / (total + 1e-20f) : v) * scale;
+  }
+}
+void moe_route(const float *logits, const float *bias, int T, int E, int topk, int n_group, int topk_group, int act,
+               int renorm, float scale, int32_t *idx, float *w, cudaStream_t st) {
+  moe_route_kernel<<<T, 32, 0, st>>>(logits, bias, E, topk, n_group, topk_group, act, renorm, scale, idx, w);
+}
+
+// one warp per (pair, output row)
+__global__ void expert_matvec_kernel(const float *const *__restrict__ Wtab, int which, const int32_t *__restrict__ idx,
+                                     const float *__restrict__ X, int x_div, float *__restrict__ Y, int N, int Kd) {
+  const int p = blockIdx.y, row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const float *w = Wtab[(size_t)idx[p] * 3 + which] + (size_t)row * Kd, *x = X + (size_t)(p / x_div) * Kd;
+  float acc = 0.f;
+  for (int i = lane; i < Kd; i += 32) acc += w[i] * x[i];
+  acc = warp_sum(acc);
+  if (lane == 0) Y[(size_t)p * N + row] = acc;
+}
+void expert_matvec(const float *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y, int P,
+                   int N, int Kd, cudaStream_t st) {
+  expert_matvec_kernel<<<dim3(blocks_for(N, 8), P), 256, 0, st>>>(Wtab, which, idx, X, x_div, Y, N, Kd);
+}
+
+__global__ void moe_combine_kernel(const float *__restrict__ Yp, const float *__restrict__ w, float *__restrict__ y, int K, int D,
+                                   int accumulate) {
+  const int t = blockIdx.x;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = accumulate ? y[(size_t)t * D + d] : 0.f;
+    for (int k = 0; k < K; k++) acc += w[(size_t)t * K + k] * Yp[((size_t)t * K + k) * D + d];
+    y[(size_t)t * D + d] = acc;
+  }
+}
+void moe_combine(const float *Yp, const float *w, float *y, int T, int K, int D, int accumulate, cudaStream_t st) {
+  moe_combine_kernel<<<T, 128, 0, st>>>(Yp, w, y, K, D, accumulate);
+}
+
+// ------------------------------------------------------------------ MLA projections
+__global__ void mla_cache_write_kernel(const float *__restrict__ kv, const float *__restrict__ w, float *__restrict__ cache, int R,
+                                       int rope, float eps) {
+  __shared__ float red[32];
+  const int Dc = R + rope;
+  const float *src = kv + (size_t)blockIdx.x * Dc;
+  float *dst = cache + (size_t)blockIdx.x * Dc;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < R; i += blockDim.x) s += src[i] * src[i];
+  s = warp_sum(s);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) red[0] = v;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(red[0] / (float)R + eps);
+  for (int i = threadIdx.x; i < Dc; i += blockDim.x) dst[i] = i < R ? src[i] * inv * w[i] : src[i];
+}
+void mla_cache_write(const float *kv, const float *w, float *cache, int T, int R, int rope, float eps, cudaStream_t st) {
+  mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, cache, R, rope, eps);
+}
+
+// block (t, h): q_nope staged in shared memory, one thread per latent column r
+__global__ void mla_absorb_kernel(const float *__restrict__ W_uk, const float *__restrict__ q, float *__restrict__ qlat, int H,
+                                  int nope, int rope, int R) {
+  extern __shared__ float sqn[];
+  const int t = blockIdx.x, h = blockIdx.y, Dq = nope + rope, Dc = R + rope;
+  const float *qh = q + ((size_t)t * H + h) * Dq;
+  for (int i = threadIdx.x; i < nope; i += blockDim.x) sqn[i] = qh[i];
+  __syncthreads();
+  const float *Wh = W_uk + (size_t)h * nope * R;
+  float *out = qlat + ((size_t)t * H + h) * Dc;
+  for (int r = threadIdx.x; r < R; r += blockDim.x) {
+    float acc = 0.f;
+    for (int n = 0; n < nope; n++) acc += Wh[(size_t)n * R + r] * sqn[n];
+    out[r] = acc;
+  }
+  for (int i = threadIdx.x; i < rope; i += blockDim.x) out[R + i] = qh[nope + i];
+}
+void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st) {
+  mla_absorb_kernel<<<dim3(T, H), 128, sizeof(float) * nope, st>>>(W_uk, q, qlat, H, nope, rope, R);
+}
+
+// block (t, h): one warp per output row of W_uv[h]
+__global__ void mla_up_v_kernel(const float *__restrict__ W_uv, const float *__restrict__ o, float *__restrict__ y, int H, int vh,
+                                int R) {
+  const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x % 32;
+  const float *oh = o + ((size_t)t * H + h) * R, *Wh = W_uv + (size_t)h * vh * R;
+  for (int row = threadIdx.x / 32; row < vh; row += blockDim.x / 32) {
+    float acc = 0.f;
+    for (int i = lane; i < R; i += 32) acc += Wh[(size_t)row * R + i] * oh[i];
+    acc = warp_sum(acc);
+    if (lane == 0) y[((size_t)t * H + h) * vh + row] = acc;
+  }
+}
+void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st) {
+  mla_up_v_kernel<<<dim3(T, H), 256, 0, st>>>(W_uv, o, y, H, vh, R);
+}
+
+}  // namespace kle_ops

@@ -1,0 +1,46 @@
+// ops.cuh: the small kernels the CUDA engine's forward pass launches (matmuls, norms, conv,
+// gates, MoE routing and expert matvecs, MLA cache and projection steps). All f32, device
+// pointers, launched on the given stream; shapes are checked by the engine before it launches
+// (it refuses configs these kernels cannot run when the model is created).
+#ifndef KLE_CUDA_OPS_CUH
+#define KLE_CUDA_OPS_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace kle_ops {
+
+// Y[T, N] = X[T, Kd] W^T, W [N, Kd] (nn.Linear layout). Matvec kernel for T <= 4, tiled GEMM above.
+void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st);
+// x[t] = table[tok[t]] (rows of D)
+void embed(const float *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
+// y = x / sqrt(mean(x^2) + eps) * w per row of D; gate != NULL multiplies by sigmoid(gate)
+void rmsnorm(const float *x, const float *gate, const float *w, float *y, int rows, int D, float eps, cudaStream_t st);
+// x += y, n elements
+void add(float *x, const float *y, long n, cudaStream_t st);
+// y = sigmoid(x) (in place allowed) / out = silu(gate) * up
+void sigmoid(const float *x, float *y, long n, cudaStream_t st);
+void swiglu(const float *gate, const float *up, float *out, long n, cudaStream_t st);
+// causal depthwise conv + SiLU over T tokens, wT [W, C], tail [W-1, C] updated (kle_conv_short)
+void conv_short(const float *x, const float *wT, float *tail, float *y, int T, int C, int W, cudaStream_t st);
+// KDA forget gate (kle_kda_gate)
+void kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K, float lower_bound,
+              cudaStream_t st);
+// MoE: per token top-k routing (kle_moe_route), E <= 1024
+void moe_route(const float *logits, const float *bias, int T, int E, int topk, int n_group, int topk_group, int act,
+               int renorm, float scale, int32_t *idx, float *w, cudaStream_t st);
+// Y[p] = Wtab[idx[p] * 3 + which] X[p / x_div], p < P: one expert matvec per (token, choice)
+void expert_matvec(const float *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y, int P,
+                   int N, int Kd, cudaStream_t st);
+// y[t] (+)= sum_k w[t, k] Yp[t * K + k]
+void moe_combine(const float *Yp, const float *w, float *y, int T, int K, int D, int accumulate, cudaStream_t st);
+// MLA cache rows pos0.. : rmsnorm(kv[:R]) * w, then kv[R:R+rope] as is
+void mla_cache_write(const float *kv, const float *w, float *cache, int T, int R, int rope, float eps, cudaStream_t st);
+// qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:nope+rope]); W_uk [H, nope, R]
+void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st);
+// y[t, h] = W_uv[h] o[t, h], W_uv [H, vh, R]
+void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st);
+
+}  // namespace kle_ops
+
+#endif
