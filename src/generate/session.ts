@@ -60,7 +60,9 @@ export class Session {
   /** Runs prompt tokens through the model (chunked prefill); returns the last token's logits. */
   prefill(tokens: readonly number[]): Float32Array {
     const l = this.engine.forward(tokens);
-    this.history.push(...tokens);
+    // one by one: push(...tokens) passes every token as an argument and overflows the stack
+    // past ~120K tokens (a 128K-token prompt on a GPU node)
+    for (const t of tokens) this.history.push(t);
     return l;
   }
 

@@ -46,6 +46,13 @@ export interface ServerOptions {
   load?: LoadTracker;
   /** test affordance: wait this long before each generated token (a slow node) */
   tokenDelayMs?: number;
+  /**
+   * Awaited before each streamed token after the first, to let the host's I/O run. On Node the
+   * response socket is corked until the next tick, and a stream pulled in one chain of promise
+   * callbacks never reaches it: without a macrotask turn every SSE event of a fast engine goes
+   * out in one burst at the end. The Node server passes setImmediate; workerd needs nothing.
+   */
+  yieldToIo?: () => Promise<void>;
   /** saved states of recent prompts, resumed by later prompts that extend them (default 64 MiB; null: off) */
   prefixCache?: PrefixCache | null;
   /**
@@ -276,6 +283,7 @@ export function createApp(opts: ServerOptions): Hono {
           try {
             for (;;) {
               if (opts.tokenDelayMs) await new Promise((r) => setTimeout(r, opts.tokenDelayMs));
+              if (opts.yieldToIo && completion > 0) await opts.yieldToIo();
               const r = await events.next();
               if (r.done || ac.signal.aborted) {
                 closed = true;

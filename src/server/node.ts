@@ -32,7 +32,7 @@ export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ serv
   const load = new LoadTracker();
   const prefixCache = new PrefixCache();
   const limits = { ...(o.acceptHandoff ? { maxBodyBytes: 64 << 20 } : {}), ...Object.fromEntries(Object.entries(o.limits ?? {}).filter(([, v]) => v !== undefined)) };
-  let app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.router ? [] : o.apiKeys, limits, tokenDelayMs: o.tokenDelayMs, load, prefixCache, acceptHandoff: o.acceptHandoff });
+  let app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.router ? [] : o.apiKeys, limits, tokenDelayMs: o.tokenDelayMs, yieldToIo: () => new Promise<void>((r) => setImmediate(r)), load, prefixCache, acceptHandoff: o.acceptHandoff });
   let timer: ReturnType<typeof setInterval> | null = null;
   if (o.router) {
     const r = createRouter({ config: o.router, local: { app, model: async () => model, load, prefixCache }, apiKeys: o.apiKeys });

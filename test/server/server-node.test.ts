@@ -28,6 +28,19 @@ describe('OpenAI-compatible server on Node', () => {
     expect(j.usage.total_tokens).toBe(j.usage.prompt_tokens + j.usage.completion_tokens);
   });
 
+  it('streamed tokens leave as they are made, not in one burst at the end', async () => {
+    // each network read the client sees; before the server yielded to I/O between tokens, the
+    // corked socket sent the whole stream at once (a fast engine never left the promise chain)
+    const r = await post('/v1/chat/completions', chat({ stream: true, max_tokens: 48, temperature: 1, seed: 5 }));
+    let reads = 0, events = 0;
+    for await (const part of r.body as unknown as AsyncIterable<Uint8Array>) {
+      reads++;
+      events += new TextDecoder().decode(part).split('\n\n').filter((e) => e.startsWith('data: {')).length;
+    }
+    expect(events).toBeGreaterThan(20);
+    expect(reads).toBeGreaterThan(events / 3);
+  });
+
   it('streamed chat completion: role chunk, content chunks, finish, usage, [DONE]; same text as not streamed', async () => {
     const r = await post('/v1/chat/completions', chat({ stream: true, stream_options: { include_usage: true } }));
     expect(r.headers.get('content-type')).toMatch(/^text\/event-stream/);

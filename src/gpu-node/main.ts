@@ -1,0 +1,38 @@
+// kimi-edge GPU node, the command: the OpenAI-compatible server on the CUDA engine.
+//   node dist/src/gpu-node/main.js [--port 8788] [--host 127.0.0.1] [--model DIR|FILE.gguf]
+//     [--model-id ID] [--api-key KEY]... [--max-prompt-tokens N] [--max-concurrent N]
+// Prints the URL on stdout once the model is on the GPU. API keys also come from KLE_API_KEYS.
+import { parseArgs } from 'node:util';
+import { startGpuNode } from './index.js';
+
+async function main(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: 'string', default: '8788' },
+      host: { type: 'string', default: '127.0.0.1' },
+      model: { type: 'string' },
+      'model-id': { type: 'string' },
+      'api-key': { type: 'string', multiple: true },
+      'max-prompt-tokens': { type: 'string' },
+      'max-concurrent': { type: 'string' },
+    },
+  });
+  const n = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+  const keys = [...(values['api-key'] ?? []), ...(process.env.KLE_API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean)];
+  const { url } = await startGpuNode({
+    port: Number(values.port),
+    hostname: values.host,
+    model: values.model,
+    modelId: values['model-id'],
+    apiKeys: keys,
+    limits: { maxPromptTokens: n(values['max-prompt-tokens']), maxConcurrent: n(values['max-concurrent']) },
+  });
+  console.log(url);
+  console.error(`kimi-edge GPU node: serving on ${url} (CUDA engine)`);
+}
+
+main(process.argv.slice(2)).catch((e: unknown) => {
+  console.error(`kimi-edge GPU node: ${e instanceof Error ? e.message : String(e)}`);
+  process.exit(1);
+});
