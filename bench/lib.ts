@@ -53,6 +53,21 @@ export function machineTag(): string {
   return `${m.cpu.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '').toLowerCase()}-${m.cores}c`;
 }
 
+/** A GPU's name as a file tag: "NVIDIA H100 80GB HBM3" -> "h100". */
+export function gpuTag(device: string): string {
+  const m = /\b([A-Z]\d{2,4}[A-Za-z]*)\b/.exec(device.replace(/^NVIDIA\s+/i, ''));
+  return (m ? m[1]! : device.replace(/[^A-Za-z0-9]+/g, '-')).toLowerCase();
+}
+
+/** Writes bench/results/<file>.json (a name that already carries its machine tag). */
+export function writeResultAs(file: string, data: unknown): string {
+  const dir = join(packageRoot(), 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, `${file}.json`);
+  writeFileSync(path, JSON.stringify(data, null, 2) + '\n');
+  return path;
+}
+
 export function writeResult(name: string, data: unknown): string {
   const dir = join(packageRoot(), 'bench', 'results');
   mkdirSync(dir, { recursive: true });

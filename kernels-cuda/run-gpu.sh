@@ -1,14 +1,47 @@
 #!/usr/bin/env bash
-# One device call: build the CUDA kernels for sm_90, check them under compute-sanitizer against
-# the shared vectors, then time them next to fla and the copy bandwidth. Results go to $OUT.
-# Usage (from the repository root, on the GPU machine): bash kernels-cuda/run-gpu.sh [FLA_DIR]
+# One device call on the GPU machine, from the repository root. Results go to $OUT and
+# bench/results/.
+#   bash kernels-cuda/run-gpu.sh kernels [FLA_DIR]
+#       builds the kernels for sm_90, checks them under compute-sanitizer against the shared
+#       vectors and float64 attention, then times them next to fla and PyTorch
+#   bash kernels-cuda/run-gpu.sh engine [--quick]
+#       needs .gpu/ from kernels-cuda/carry.sh (a Node binary and the bundled scripts): builds the
+#       CUDA engine addon, checks it against the native CPU engine (bench/cuda-engine.ts, also
+#       under compute-sanitizer on the small model), serves a >= 128K-token request through the
+#       GPU node (bench/gpu-node.ts) and runs the architecture study on the GPU (bench/arch.ts)
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
-mkdir -p build "$OUT"
-nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC src/kda_step.cu src/mla_decode.cu -o build/libklecuda.so
+mkdir -p "$OUT" kernels-cuda/build bench/results
+mode=${1:-kernels}
+shift || true
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
-compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -8
-PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
-PYTHONUNBUFFERED=1 python3 bench/mla_decode.py build/libklecuda.so --out "$OUT/cuda-mla-decode.json" 2>&1 | tee -a "$OUT/bench.log"
+# "NVIDIA H100 80GB HBM3" -> h100: the tag of cuda-<gpu>.json, where collect.py merges each run
+TAG=$(head -n1 "$OUT/gpu.txt" | sed -E 's/^NVIDIA //; s/^([A-Za-z][0-9]+[A-Za-z]*).*/\1/' | tr 'A-Z' 'a-z')
+COLLECT="python3 $PWD/kernels-cuda/bench/collect.py $OUT $TAG"
+
+if [ "$mode" = kernels ]; then
+  cd kernels-cuda
+  nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC src/kda_step.cu src/mla_decode.cu src/mla_attend.cu -o build/libklecuda.so
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -14
+  PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
+  PYTHONUNBUFFERED=1 python3 bench/mla_decode.py build/libklecuda.so --out "$OUT/cuda-mla-decode.json" 2>&1 | tee -a "$OUT/bench.log"
+  $COLLECT
+  exit 0
+fi
+
+[ "$mode" = engine ] || { echo "unknown mode $mode (kernels | engine)" >&2; exit 2; }
+[ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
+xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
+chmod +x .gpu/node/bin/node
+export PATH="$PWD/.gpu/node/bin:$PATH"
+node --version
+node wasm/build/build.mjs native cuda 2>&1 | tail -5
+# the engine under compute-sanitizer: the default model through every check once
+compute-sanitizer --tool memcheck --error-exitcode 9 node .gpu/dist/bench/cuda-engine.mjs --default-only 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
+# each step's results go to $OUT as soon as it ends (a later step may run past the call's limit)
+save() { cp bench/results/cuda-engine-* bench/results/cuda-gpu-node-* bench/results/arch-cuda-* bench/results/arch-*-h[0-9]*.svg "$OUT/" 2>/dev/null || true; $COLLECT; }
+node .gpu/dist/bench/cuda-engine.mjs 2>&1 | tee "$OUT/engine.log"; save
+node .gpu/dist/bench/gpu-node.mjs 2>&1 | tee "$OUT/gpu-node.log"; save
+node .gpu/dist/bench/arch.mjs --backend cuda "$@" 2>&1 | tee "$OUT/arch.log"; save

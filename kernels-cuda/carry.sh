@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Prepares .gpu/ (git-ignored) for a device call on a GPU machine without Node: this machine's
+# Node binary (xz-compressed, to fit the carry limit), the four N-API headers the CUDA addon
+# compiles against, and the GPU node, its benchmarks and the engine check bundled by esbuild
+# into single files (no node_modules there). kernels-cuda/run-gpu.sh engine unpacks and runs them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODE_BIN=$(readlink -f "$(command -v node)")
+INC=$(dirname "$NODE_BIN")/../include/node
+[ -f "$INC/node_api.h" ] || INC=/usr/include/node
+mkdir -p .gpu/node/bin .gpu/node/include/node .gpu/dist
+if [ ! -f .gpu/node/bin/node.xz ] || [ "$NODE_BIN" -nt .gpu/node/bin/node.xz ]; then
+  xz -T0 -6 -c "$NODE_BIN" > .gpu/node/bin/node.xz
+fi
+for h in node_api.h node_api_types.h js_native_api.h js_native_api_types.h; do cp "$INC/$h" .gpu/node/include/node/; done
+npx esbuild --bundle --platform=node --format=esm --target=node20 --log-level=warning \
+  --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" \
+  --outdir=.gpu/dist --out-extension:.js=.mjs \
+  src/gpu-node/main.ts bench/cuda-engine.ts bench/gpu-node.ts bench/arch.ts
+du -sh .gpu
