@@ -15,19 +15,12 @@
 #define KLE_OK 0
 #define KLE_EINVAL (-1)
 
-// Block: one head's 32-column tile; KW warps split the K rows (lane = column), so a head's
-// state is covered by V/32 blocks of KW*32 threads and every thread walks only K/KW rows:
-// enough blocks and short dependency chains even at batch 1.
+// Stages one token's q, k and exp(g) of one head in shared memory and returns |q|^2, |k|^2 and
+// k.q summed over the block (red: [3][KW] scratch; ends with a block barrier).
 template <int K, int KW>
-__global__ void __launch_bounds__(32 * KW) kda_step_kernel(float *__restrict__ S, const float *__restrict__ q, const float *__restrict__ k,
-                                           const float *__restrict__ v, const float *__restrict__ g, const float *__restrict__ beta,
-                                           float *__restrict__ o, int V, float scale, int l2norm) {
-  constexpr int R = K / KW;  // rows per warp
-  const int bh = blockIdx.x;
+__device__ __forceinline__ void kda_stage_token(const float *__restrict__ qh, const float *__restrict__ kh, const float *__restrict__ gh,
+                                                float *sq, float *sk, float *se, float (*red)[KW], float &tq, float &tk, float &kq) {
   const int lane = threadIdx.x, w = threadIdx.y, tid = w * 32 + lane;
-  const int col = blockIdx.y * 32 + lane;
-  __shared__ float sq[K], sk[K], se[K], ra[KW][32], rb[KW][32], red[2][KW];
-  const float *qh = q + (size_t)bh * K, *kh = k + (size_t)bh * K, *gh = g + (size_t)bh * K;
   float pq = 0.f, pk = 0.f, pqk = 0.f;
   for (int i = tid; i < K; i += 32 * KW) {
     const float a = qh[i], b = kh[i];
@@ -43,20 +36,35 @@ __global__ void __launch_bounds__(32 * KW) kda_step_kernel(float *__restrict__ S
     pk += __shfl_xor_sync(0xffffffffu, pk, off);
     pqk += __shfl_xor_sync(0xffffffffu, pqk, off);
   }
-  __shared__ float rqk[KW];
   if (lane == 0) {
     red[0][w] = pq;
     red[1][w] = pk;
-    rqk[w] = pqk;
+    red[2][w] = pqk;
   }
   __syncthreads();
-  float tq = 0.f, tk = 0.f, kq = 0.f;
+  tq = tk = kq = 0.f;
 #pragma unroll
   for (int i = 0; i < KW; i++) {
     tq += red[0][i];
     tk += red[1][i];
-    kq += rqk[i];
+    kq += red[2][i];
   }
+}
+
+// Block: one head's 32-column tile; KW warps split the K rows (lane = column), so a head's
+// state is covered by V/32 blocks of KW*32 threads and every thread walks only K/KW rows:
+// enough blocks and short dependency chains even at batch 1.
+template <int K, int KW>
+__global__ void __launch_bounds__(32 * KW) kda_step_kernel(float *__restrict__ S, const float *__restrict__ q, const float *__restrict__ k,
+                                           const float *__restrict__ v, const float *__restrict__ g, const float *__restrict__ beta,
+                                           float *__restrict__ o, int V, float scale, int l2norm) {
+  constexpr int R = K / KW;  // rows per warp
+  const int bh = blockIdx.x;
+  const int lane = threadIdx.x, w = threadIdx.y;
+  const int col = blockIdx.y * 32 + lane;
+  __shared__ float sq[K], sk[K], se[K], ra[KW][32], rb[KW][32], red[3][KW];
+  float tq, tk, kq;
+  kda_stage_token<K, KW>(q + (size_t)bh * K, k + (size_t)bh * K, g + (size_t)bh * K, sq, sk, se, red, tq, tk, kq);
   const float nq = l2norm ? rsqrtf(tq + 1e-6f) : 1.f, nk = l2norm ? rsqrtf(tk + 1e-6f) : 1.f;
   float *Sh = S + (size_t)bh * K * V + col;
   const bool live = col < V;
@@ -126,7 +134,7 @@ __global__ void __launch_bounds__(32 * KW) kda_recurrent_kernel(float *__restric
                                                                const float *__restrict__ g, const float *__restrict__ beta,
                                                                float *__restrict__ o, int T, int H, int V, float scale, int l2norm) {
   constexpr int R = K / KW;
-  const int h = blockIdx.x, lane = threadIdx.x, w = threadIdx.y, tid = w * 32 + lane;
+  const int h = blockIdx.x, lane = threadIdx.x, w = threadIdx.y;
   const int col = blockIdx.y * 32 + lane;
   __shared__ float sq[K], sk[K], se[K], ra[KW][32], rb[KW][32], red[3][KW];
   float *Sh = S + (size_t)h * K * V + col;
@@ -135,34 +143,8 @@ __global__ void __launch_bounds__(32 * KW) kda_recurrent_kernel(float *__restric
   for (int r = 0; r < R; r++) s[r] = Sh[(size_t)(w * R + r) * V];
   for (int t = 0; t < T; t++) {
     const size_t hk = ((size_t)t * H + h) * K;
-    float pq = 0.f, pk = 0.f, pqk = 0.f;
-    for (int i = tid; i < K; i += 32 * KW) {
-      const float a = q[hk + i], b = k[hk + i];
-      sq[i] = a;
-      sk[i] = b;
-      se[i] = __expf(g[hk + i]);
-      pq += a * a;
-      pk += b * b;
-      pqk += a * b;
-    }
-    for (int off = 16; off; off >>= 1) {
-      pq += __shfl_xor_sync(0xffffffffu, pq, off);
-      pk += __shfl_xor_sync(0xffffffffu, pk, off);
-      pqk += __shfl_xor_sync(0xffffffffu, pqk, off);
-    }
-    if (lane == 0) {
-      red[0][w] = pq;
-      red[1][w] = pk;
-      red[2][w] = pqk;
-    }
-    __syncthreads();
-    float tq = 0.f, tk = 0.f, kq = 0.f;
-#pragma unroll
-    for (int i = 0; i < KW; i++) {
-      tq += red[0][i];
-      tk += red[1][i];
-      kq += red[2][i];
-    }
+    float tq, tk, kq;
+    kda_stage_token<K, KW>(q + hk, k + hk, g + hk, sq, sk, se, red, tq, tk, kq);
     const float nq = l2norm ? rsqrtf(tq + 1e-6f) : 1.f, nk = l2norm ? rsqrtf(tk + 1e-6f) : 1.f;
     float a = 0.f, bq = 0.f;
 #pragma unroll

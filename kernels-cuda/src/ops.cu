@@ -15,6 +15,23 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// sum of x[i]^2 over i < n, by the whole block (every thread gets it)
+__device__ float block_sumsq(const float *__restrict__ x, int n) {
+  __shared__ float red[32];
+  float s = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i] * x[i];
+  s = warp_sum(s);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) red[0] = v;
+  }
+  __syncthreads();
+  return red[0];
+}
+
 // ------------------------------------------------------------------ matmul
 // one warp per output row; up to 4 tokens share each weight load
 template <int TT>
@@ -118,20 +135,8 @@ void embed(const float *table, const int32_t *tok, float *x, int T, int D, cudaS
 
 __global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ gate, const float *__restrict__ w,
                                float *__restrict__ y, int D, float eps) {
-  __shared__ float red[32];
   const float *xr = x + (size_t)blockIdx.x * D;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) s += xr[i] * xr[i];
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) red[0] = v;
-  }
-  __syncthreads();
-  const float inv = 1.0f / sqrtf(red[0] / (float)D + eps);
+  const float inv = 1.0f / sqrtf(block_sumsq(xr, D) / (float)D + eps);
   for (int i = threadIdx.x; i < D; i += blockDim.x) {
     float v = xr[i] * inv * w[i];
     if (gate) v *= 1.0f / (1.0f + expf(-gate[(size_t)blockIdx.x * D + i]));
@@ -291,22 +296,10 @@ void moe_combine(const float *Yp, const float *w, float *y, int T, int K, int D,
 // ------------------------------------------------------------------ MLA projections
 __global__ void mla_cache_write_kernel(const float *__restrict__ kv, const float *__restrict__ w, float *__restrict__ cache, int R,
                                        int rope, float eps) {
-  __shared__ float red[32];
   const int Dc = R + rope;
   const float *src = kv + (size_t)blockIdx.x * Dc;
   float *dst = cache + (size_t)blockIdx.x * Dc;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < R; i += blockDim.x) s += src[i] * src[i];
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < blockDim.x / 32 ? red[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) red[0] = v;
-  }
-  __syncthreads();
-  const float inv = 1.0f / sqrtf(red[0] / (float)R + eps);
+  const float inv = 1.0f / sqrtf(block_sumsq(src, R) / (float)R + eps);
   for (int i = threadIdx.x; i < Dc; i += blockDim.x) dst[i] = i < R ? src[i] * inv * w[i] : src[i];
 }
 void mla_cache_write(const float *kv, const float *w, float *cache, int T, int R, int rope, float eps, cudaStream_t st) {

@@ -4,6 +4,7 @@
  * scale at the start of every block is what can be NaN or infinite.
  */
 import { FormatError } from './safetensors.js';
+import type { ChunkSink } from './safetensors-stream.js';
 
 /** element (or block) bytes and the check of one element (or block) at offset o */
 const KINDS: Record<string, [number, (b: Uint8Array, o: number) => boolean]> = {
@@ -61,4 +62,18 @@ export class FiniteCheck {
     }
     this.index++;
   }
+}
+
+/** A whole tensor gathered from the stream (its values checked on the way), then handed over. */
+export function gatherChecked(bytes: number, done: (b: Uint8Array) => void, finite: FiniteCheck): ChunkSink {
+  const buf = new Uint8Array(bytes);
+  let off = 0;
+  return {
+    write: (c) => {
+      finite.push(c);
+      buf.set(c, off);
+      off += c.length;
+    },
+    end: () => done(buf),
+  };
 }

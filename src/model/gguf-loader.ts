@@ -9,7 +9,7 @@ import { EngineModel, type TensorExpectation } from '../engine/engine.js';
 import { Kernels, type WeightFormatName } from '../engine/kernels.js';
 import { EXPERT_ROLES, type TensorSlot } from '../engine/roles.js';
 import { parseKimiConfig, type KimiConfig } from './config.js';
-import { FiniteCheck } from './finite-check.js';
+import { FiniteCheck, gatherChecked } from './finite-check.js';
 import { missingSlots, slotKey } from './slots.js';
 import { readGgufStream, type GgmlTypeName, type GgufHeader, type GgufTensorInfo } from './gguf.js';
 import { ggufTarget, ggufToHfConfig, type GgufTarget } from './gguf-kimi.js';
@@ -24,19 +24,6 @@ export interface GgufPlaced {
   readonly header: GgufHeader;
 }
 
-/** A whole tensor gathered from the stream, then handed over. */
-function gather(bytes: number, done: (b: Uint8Array) => void, finite: FiniteCheck): ChunkSink {
-  const buf = new Uint8Array(bytes);
-  let off = 0;
-  return {
-    write: (c) => {
-      finite.push(c);
-      buf.set(c, off);
-      off += c.length;
-    },
-    end: () => done(buf),
-  };
-}
 
 export async function placeGgufModel(backend: KernelBackend, stream: ReadableStream<Uint8Array>, label: string, opts: { onProgress?: (p: LoadProgress) => void; bytesTotal?: number } = {}): Promise<GgufPlaced> {
   const kernels = new Kernels(backend);
@@ -108,7 +95,7 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
         const w = m.allocTensor(slot, FMT[t.type], exp.rows, exp.cols);
         return { write: (c) => (finite.push(c), w.write(c)), end: () => w.end() };
       }
-      return gather(t.byteLength, (b) => {
+      return gatherChecked(t.byteLength, (b) => {
         let f = toF32(t, b);
         if (target.transform === 'neg_exp_inverse') {
           // llama.cpp stores A = -exp(A_log); the engine takes A_log
@@ -152,7 +139,7 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
       };
     }
     // MLA k_b [H, R, nope] and v_b [H, v, R] (numpy order): joined into kv_b [H*(nope+v), R]
-    return gather(t.byteLength, (b) => {
+    return gatherChecked(t.byteLength, (b) => {
       const p = kvParts.get(target.layer) ?? {};
       p[target.part] = toF32(t, b);
       kvParts.set(target.layer, p);

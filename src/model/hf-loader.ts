@@ -13,7 +13,7 @@ import { parseKimiConfig } from './config.js';
 import { hfName, hfSlot, isIgnorableHfName } from './hf-names.js';
 import { FormatError, tensorF32 } from './safetensors.js';
 import { bytesToStream, readSafetensorsStream, type ChunkSink, type TensorInfo } from './safetensors-stream.js';
-import { FiniteCheck } from './finite-check.js';
+import { FiniteCheck, gatherChecked } from './finite-check.js';
 import { missingSlots, slotKey } from './slots.js';
 
 /** One safetensors shard: in memory, or a stream opened on demand (file, fetch body, R2 object). */
@@ -128,17 +128,8 @@ function sinkFor(model: EngineModel, s: { slot: TensorSlot; rows: number; cols: 
     };
   }
   // small f32-only tensors (norms, gates, conv): gathered, converted, placed
-  const buf = new Uint8Array(t.byteLength);
-  let off = 0;
-  return {
-    write: (c) => {
-      finite.push(c);
-      buf.set(c, off);
-      off += c.length;
-    },
-    end: () => {
-      const f = tensorF32({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: buf });
-      model.place(s.slot, 'f32', s.rows, s.cols, new Uint8Array(f.buffer, f.byteOffset, f.byteLength));
-    },
-  };
+  return gatherChecked(t.byteLength, (buf) => {
+    const f = tensorF32({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: buf });
+    model.place(s.slot, 'f32', s.rows, s.cols, new Uint8Array(f.buffer, f.byteOffset, f.byteLength));
+  }, finite);
 }
