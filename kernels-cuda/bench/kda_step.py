@@ -1,8 +1,10 @@
 # kernels-cuda/bench/kda_step.py LIB.so [--check-only] [--fla PATH] [--out FILE]
-# On the GPU machine: checks kle_cuda_kda_step against the shared KDA vectors (every file, the
-# step looped over its tokens, outputs and final state under 1e-5 relative error), then times
-# it inside CUDA graphs at Kimi-Linear-48B shape (H=32, K=V=128, f32 state) for batch 1, 16,
-# 128, next to fla's fused_recurrent_kda (also in graphs) and the card's copy bandwidth.
+# On the GPU machine: checks kle_cuda_kda_step, the token-by-token prefill and the chunked
+# prefill against the shared KDA vectors (every file; outputs and final state under 1e-5
+# relative error) and the chunked prefill against a float64 recurrence on a ragged, strongly
+# decayed 48B-shape problem, then times them inside CUDA graphs at Kimi-Linear-48B shape (H=32,
+# K=V=128, f32 state): the step for batch 1, 16, 128 next to fla's fused_recurrent_kda and the
+# card's copy bandwidth; prefill at 16K..256K tokens next to fla's chunk_kda.
 import ctypes, glob, json, os, sys, time
 import torch
 
@@ -25,6 +27,26 @@ f.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 4 + [ctypes.c_float, ctype
 fr = lib.kle_cuda_kda_recurrent
 fr.restype = ctypes.c_int
 fr.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
+
+
+fc = lib.kle_cuda_kda_chunk
+fc.restype = ctypes.c_int
+fc.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+fcw = lib.kle_cuda_kda_chunk_workspace_bytes
+fcw.restype = ctypes.c_long
+fcw.argtypes = [ctypes.c_int] * 4
+
+
+def chunk_ws(T, H, K, V):
+    return torch.empty(fcw(T, H, K, V) // 4, device=dev)
+
+
+def chunked(S, q, k, v, g, beta, o, scale, flags=0, ws=None):
+    T, H, K = q.shape
+    V = v.shape[-1]
+    ws = chunk_ws(T, H, K, V) if ws is None else ws
+    rc = fc(S.data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(), o.data_ptr(), T, H, K, V, scale, flags, ws.data_ptr(), ws.numel() * 4, torch.cuda.current_stream().cuda_stream)
+    assert rc == 0, rc
 
 
 def recurrent(S, q, k, v, g, beta, o, scale, flags=0):
@@ -79,10 +101,59 @@ for path in sorted(glob.glob(os.path.join(fixtures, "kda_*.safetensors"))):
             recurrent(Sb, t["q"][b].contiguous(), t["k"][b].contiguous(), t["v"][b].contiguous(), t["g"][b].contiguous(), t["beta"][b].contiguous(), ob, scale)
             torch.cuda.synchronize()
             er = max(er, rel(ob, t["o"][b]), rel(Sb, t["final_state"][b]))
-    worst = max(worst, eo, es, en, er)
+    # the chunked kernel, on the same shapes
+    ec = 0.0
+    if K in (32, 64, 128) and V % 32 == 0:
+        for b in range(B):
+            Sb = t["initial_state"][b].clone().contiguous()
+            ob = torch.empty(T, H, V, device=dev)
+            chunked(Sb, t["q"][b].contiguous(), t["k"][b].contiguous(), t["v"][b].contiguous(), t["g"][b].contiguous(), t["beta"][b].contiguous(), ob, scale)
+            torch.cuda.synchronize()
+            ec = max(ec, rel(ob, t["o"][b]), rel(Sb, t["final_state"][b]))
+    worst = max(worst, eo, es, en, er, ec)
     results["vectors"].append({"file": os.path.basename(path), "B": B, "T": T, "H": H, "K": K, "V": V, "relErrO": eo, "relErrState": es, "relErrL2normFlag": en})
     results["vectors"][-1]["relErrRecurrent"] = er
-    print(f"{os.path.basename(path):32s} B={B} T={T} H={H} K={K} V={V}  o {eo:.2e}  state {es:.2e}  l2norm flag {en:.2e}  multi-token {er:.2e}  {'ok' if max(eo, es, en, er) < 1e-5 else 'FAIL'}")
+    results["vectors"][-1]["relErrChunk"] = ec
+    print(f"{os.path.basename(path):32s} B={B} T={T} H={H} K={K} V={V}  o {eo:.2e}  state {es:.2e}  l2norm flag {en:.2e}  multi-token {er:.2e}  chunked {ec:.2e}  {'ok' if max(eo, es, en, er, ec) < 1e-5 else 'FAIL'}")
+
+
+def recurrence_f64(S, q, k, v, g, beta, scale, l2norm):
+    # the spec's recurrence in float64 (torch on the GPU): S [H,K,V]; q, k, g [T,H,K]; v [T,H,V]
+    S, q, k, v, g, beta = (x.double() for x in (S, q, k, v, g, beta))
+    if l2norm:
+        q = q / torch.sqrt((q * q).sum(-1, keepdim=True) + 1e-6)
+        k = k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-6)
+    o = torch.empty(v.shape, dtype=torch.float64, device=dev)
+    for i in range(q.shape[0]):
+        S = S * torch.exp(g[i]).unsqueeze(-1)
+        u = v[i] - torch.einsum("hkv,hk->hv", S, k[i])
+        S = S + beta[i][:, None, None] * k[i].unsqueeze(-1) * u.unsqueeze(1)
+        o[i] = scale * torch.einsum("hkv,hk->hv", S, q[i])
+    return S, o
+
+
+# chunked == recurrence at the 48B head shape: a ragged length, unnormalized q and k (the
+# in-kernel L2 norm), decays from none to exp(-8) a token, against float64 and against the
+# token-by-token kernel
+torch.manual_seed(7)
+Tx, Hx, Kx = 1000, 4, 128
+qx, kx = torch.randn(Tx, Hx, Kx, device=dev) * 2, torch.randn(Tx, Hx, Kx, device=dev) * 0.5
+vx = torch.randn(Tx, Hx, Kx, device=dev)
+gx = -torch.rand(Tx, Hx, Kx, device=dev) ** 3 * 8
+bx = torch.rand(Tx, Hx, device=dev)
+S0x = torch.randn(Hx, Kx, Kx, device=dev) * 0.1
+Sref, oref = recurrence_f64(S0x, qx, kx, vx, gx, bx, Kx ** -0.5, True)
+Sc, oc = S0x.clone(), torch.empty_like(vx)
+chunked(Sc, qx, kx, vx, gx, bx, oc, Kx ** -0.5, 1)
+Sr, orr = S0x.clone(), torch.empty_like(vx)
+recurrent(Sr, qx, kx, vx, gx, bx, orr, Kx ** -0.5, 1)
+torch.cuda.synchronize()
+eq = {"T": Tx, "H": Hx, "K": Kx, "chunkVsF64O": rel(oc, oref), "chunkVsF64State": rel(Sc, Sref),
+      "recurrentVsF64O": rel(orr, oref), "recurrentVsF64State": rel(Sr, Sref), "chunkVsRecurrentO": rel(oc, orr), "chunkVsRecurrentState": rel(Sc, Sr)}
+results["chunkEqualsRecurrence"] = eq
+print("chunked vs recurrence (T=1000 ragged, H=4, K=V=128, l2norm flag, g down to -8): " + ", ".join(f"{k_} {v_:.2e}" for k_, v_ in eq.items() if k_.startswith(("chunk", "recurrent"))))
+worst = max(worst, eq["chunkVsF64O"], eq["chunkVsF64State"], eq["chunkVsRecurrentO"], eq["chunkVsRecurrentState"])
+del qx, kx, vx, gx, bx, S0x, Sref, oref, Sc, oc, Sr, orr
 results["worstRelErr"] = worst
 print(f"worst relative error {worst:.2e} (bar 1e-5)")
 if check_only:
@@ -164,17 +235,21 @@ for T in (16384, 65536, 262144):
     o = torch.empty(T, H, V, device=dev)
     S0 = torch.zeros(H, K, V, device=dev)
     ours = graph_time(lambda: recurrent(S0, q, k, v, g, beta, o, K ** -0.5), reps=3, iters=1)
-    row = {"T": T, "oursMs": ours / 1000, "oursMtokS": T / ours}
+    ws = chunk_ws(T, H, K, V)
+    ours_c = graph_time(lambda: chunked(S0, q, k, v, g, beta, o, K ** -0.5, 0, ws), reps=5, iters=1)
+    del ws
+    torch.cuda.empty_cache()
+    row = {"T": T, "oursMs": ours / 1000, "oursMtokS": T / ours, "oursChunkMs": ours_c / 1000, "oursChunkMtokS": T / ours_c}
     if chunk_kda is not None:
         q4, k4, v4, g4, b4 = (x.unsqueeze(0).contiguous() for x in (q, k, v, g, beta))
         try:
             t_c = graph_time(lambda: chunk_kda(q=q4, k=k4, v=v4, g=g4, beta=b4, scale=K ** -0.5, initial_state=S0.unsqueeze(0), output_final_state=True), reps=3, iters=1)
-            row.update({"flaChunkMs": t_c / 1000, "flaChunkMtokS": T / t_c})
+            row.update({"flaChunkMs": t_c / 1000, "flaChunkMtokS": T / t_c, "chunkVsFla": t_c / ours_c})
         except Exception as e:
             row["flaError"] = repr(e)[:300]
     results["prefill"].append(row)
-    extra = f", fla chunk_kda {row['flaChunkMs']:.2f} ms ({row['flaChunkMtokS']:.2f} Mtok/s)" if "flaChunkMs" in row else (f", fla failed: {row.get('flaError')}" if "flaError" in row else "")
-    print(f"prefill T={T} H={H} K=V={K}: ours {row['oursMs']:.2f} ms ({row['oursMtokS']:.2f} Mtok/s){extra}")
+    extra = f", fla chunk_kda {row['flaChunkMs']:.2f} ms ({row['flaChunkMtokS']:.2f} Mtok/s), chunked/fla {row['chunkVsFla']:.2f}x" if "flaChunkMs" in row else (f", fla failed: {row.get('flaError')}" if "flaError" in row else "")
+    print(f"prefill T={T} H={H} K=V={K}: ours token-by-token {row['oursMs']:.2f} ms ({row['oursMtokS']:.2f} Mtok/s), chunked {row['oursChunkMs']:.2f} ms ({row['oursChunkMtokS']:.2f} Mtok/s){extra}")
     del q, k, v, g, beta, o
 if out_path:
     with open(out_path, "w") as fh:

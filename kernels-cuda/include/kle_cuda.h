@@ -34,6 +34,19 @@ int kle_cuda_kda_recurrent(float *S, const float *q, const float *k, const float
                            int flags, void *stream);
 
 /*
+ * The same T tokens computed chunkwise (spec/kda.md's chunk form, 64-token chunks, any T
+ * including a ragged tail): every chunk's intra-chunk work in parallel, then one sequential pass
+ * over the chunks per state tile. Same arguments and result as kle_cuda_kda_recurrent, plus a
+ * workspace of kle_cuda_kda_chunk_workspace_bytes(T, H, K, V) bytes of device memory, 16-byte
+ * aligned (about 2.3 KB per token and head at K = V = 128). K must be 32, 64 or 128; V a
+ * multiple of 32, at most 1024.
+ */
+long kle_cuda_kda_chunk_workspace_bytes(int T, int H, int K, int V);
+int kle_cuda_kda_chunk(float *S, const float *q, const float *k, const float *v, const float *g,
+                       const float *beta, float *o, int T, int H, int K, int V, float scale,
+                       int flags, void *workspace, long workspace_bytes, void *stream);
+
+/*
  * Causal attention of T absorbed queries over a latent cache (kle_mla_prefill's math; T = 1 is
  * a decode): q [T, H, D], cache [L0 + T, D] with the queries' own rows already written, query i
  * attends to rows 0 .. L0 + i; out [T, H, Dv]. Any H; D <= 640, Dv <= min(D, 512).

@@ -170,6 +170,17 @@ int mm(CudaSession *s, int role, int layer, const float *X, float *Y, int T) {
   return KLE_OK;
 }
 
+int ensure_ws(CudaSession *s, long bytes) {
+  if (bytes <= s->ws_bytes) return KLE_OK;
+  cudaFree(s->ws);  // synchronizes: no kernel still reads the old workspace
+  s->ws = nullptr;
+  s->ws_bytes = 0;
+  const long want = bytes + bytes / 4;
+  CU(cudaMalloc(&s->ws, want));
+  s->ws_bytes = want;
+  return KLE_OK;
+}
+
 int kda_layer(CudaSession *s, int l, const float *h, float *y, int T) {
   CudaModel *m = s->m;
   const int32_t *c = m->c();
@@ -193,10 +204,15 @@ int kda_layer(CudaSession *s, int l, const float *h, float *y, int T) {
   TRY(mm(s, KLE_T_KDA_BETA, l, h, beta, T));
   kle_ops::sigmoid(beta, beta, (long)T * H, st);
   const float scale = 1.0f / sqrtf((float)dk);
-  if (T == 1 && (dk == 64 || dk == 128))
+  if (T == 1 && (dk == 64 || dk == 128)) {
     TRY(kle_cuda_kda_step(s->kda_state[l], q, k, v, g, beta, o, 1, H, dk, dk, scale, 1, st));
-  else
+  } else if (T >= 64) {  // a whole chunk or more: the chunk form's parallel work pays for itself
+    const long wb = kle_cuda_kda_chunk_workspace_bytes(T, H, dk, dk);
+    TRY(ensure_ws(s, wb));
+    TRY(kle_cuda_kda_chunk(s->kda_state[l], q, k, v, g, beta, o, T, H, dk, dk, scale, 1, s->ws, s->ws_bytes, st));
+  } else {
     TRY(kle_cuda_kda_recurrent(s->kda_state[l], q, k, v, g, beta, o, T, H, dk, dk, scale, 1, st));
+  }
   if (full) {
     TRY(mm(s, KLE_T_KDA_G_B, l, h, tmp, T));
   } else {
@@ -205,17 +221,6 @@ int kda_layer(CudaSession *s, int l, const float *h, float *y, int T) {
   }
   kle_ops::rmsnorm(o, tmp, m->w(KLE_T_KDA_O_NORM, l), o, T * H, dk, m->eps(), st);
   return mm(s, KLE_T_KDA_O, l, o, y, T);
-}
-
-int ensure_ws(CudaSession *s, long bytes) {
-  if (bytes <= s->ws_bytes) return KLE_OK;
-  cudaFree(s->ws);  // synchronizes: no kernel still reads the old workspace
-  s->ws = nullptr;
-  s->ws_bytes = 0;
-  const long want = bytes + bytes / 4;
-  CU(cudaMalloc(&s->ws, want));
-  s->ws_bytes = want;
-  return KLE_OK;
 }
 
 int mla_layer(CudaSession *s, int l, const float *h, float *y, int T) {
