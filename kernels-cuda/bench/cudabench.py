@@ -1,5 +1,18 @@
-# Timing shared by the CUDA benches: CUDA-graph replay, so host launch overhead is not measured.
+# What the CUDA benches share: the end of their correctness checks, and timing by CUDA-graph
+# replay, so host launch overhead is not measured.
+import sys
+
 import torch
+
+BAR = 1e-5  # relative error, float32 kernels against their references (the CPU kernels' bar)
+
+
+def finish_checks(results, worst, check_only):
+    """record and print the worst error; with --check-only, exit now, failing above the bar"""
+    results["worstRelErr"] = worst
+    print(f"worst relative error {worst:.2e} (bar 1e-5)")
+    if check_only:
+        sys.exit(0 if worst < BAR else 1)
 
 
 def graph_time(fn, reps, iters, warmup):

@@ -73,10 +73,7 @@ for (H, Dl, Dr, L0, T) in [(4, 64, 16, 0, 1), (4, 64, 16, 0, 300), (4, 64, 16, 5
     worst = max(worst, e)
     results["checks"].append({"kernel": "attend", "H": H, "D": D, "Dv": Dv, "L0": L0, "T": T, "relErr": e})
     print(f"attend H={H:2d} D={Dl}+{Dr} L0={L0:6d} T={T:4d}: rel err {e:.2e}  {'ok' if e < 1e-5 else 'FAIL'}")
-results["worstRelErr"] = worst
-print(f"worst relative error {worst:.2e} (bar 1e-5)")
-if check_only:
-    sys.exit(0 if worst < 1e-5 else 1)
+cudabench.finish_checks(results, worst, check_only)
 
 
 def graph_time(fn, reps=20, iters=5):

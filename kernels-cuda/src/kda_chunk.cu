@@ -81,12 +81,20 @@ __host__ __device__ constexpr long prep_floats(int K) {
   return 3L * prep_rows(K) * C + 16 + (long)C * SUB + (4L * NSUB + 3) * K + 3L * C;
 }
 
-// A 4 x 4 tile of the Gram pair `pair`: 0..5 below the diagonal, (b, a) packed 4 bits each;
-// 6..9 the diagonal blocks 0..3. Lanes: 8 row groups (4 of k rows, 4 of q rows) x 4 column groups.
+// Sub-chunks (b, a) of Gram pair `pair`: 0..5 below the diagonal, packed 4 bits each
+// ((1,0) (2,1) (3,2) adjacent; (2,0) (3,1) one sub-chunk between; (3,0) two), 6..9 the diagonal
+// blocks 0..3.
+__device__ __forceinline__ void gram_pair(int pair, int &b, int &a) {
+  b = pair < 6 ? (0x332321 >> (4 * pair)) & 15 : pair - 6;
+  a = pair < 6 ? (0x010210 >> (4 * pair)) & 15 : pair - 6;
+}
+
+// A 4 x 4 tile of the Gram pair `pair` (gram_pair). Lanes: 8 row groups (4 of k rows, 4 of q rows) x 4 column groups.
 template <int K>
 __device__ __forceinline__ void gram_tile(int pair, int lane, const float *sK, const float *sQ, const float *sG,
                                          const float *sEmid, const float *sEinv, float (&acc)[4][4]) {
-  const int b = pair < 6 ? (0x332321 >> (4 * pair)) & 15 : pair - 6, a = pair < 6 ? (0x010210 >> (4 * pair)) & 15 : pair - 6;
+  int b, a;
+  gram_pair(pair, b, a);
   // a per-channel factor on the right rows: the decay of the sub-chunks between b and a, or on the
   // diagonal exp(-Tl), turning Rk into k exp(-gl)
   const float *fac = pair >= 3 && pair < 6 ? sEmid + (pair - 3) * K : pair >= 6 ? sEinv + a * K : nullptr;
@@ -118,7 +126,8 @@ __device__ __forceinline__ void gram_tile(int pair, int lane, const float *sK, c
 // the tile into sA (k rows, times beta, row-major, strictly lower) or sQKt (q rows, transposed,
 // lower with the diagonal)
 __device__ __forceinline__ void gram_store(int pair, int lane, const float (&acc)[4][4], const float *sB, float *sA, float *sQKt) {
-  const int b = pair < 6 ? (0x332321 >> (4 * pair)) & 15 : pair - 6, a = pair < 6 ? (0x010210 >> (4 * pair)) & 15 : pair - 6;
+  int b, a;
+  gram_pair(pair, b, a);
   const int rgp = lane >> 2, cgp = lane & 3;
   const int i0 = b * SUB + 4 * (rgp & 3), j0 = a * SUB + 4 * cgp;
   if (rgp < 4) {

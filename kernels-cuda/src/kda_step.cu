@@ -51,6 +51,33 @@ __device__ __forceinline__ void kda_stage_token(const float *__restrict__ qh, co
   }
 }
 
+// Decays this thread's R state values in place (rows w*R ..) and returns a = sum_k S_kj k_k and
+// bq = sum_k S_kj q_k of the decayed state for this column, summed over the block's KW warps
+// (ra, rb: [KW][32] scratch; contains a block barrier).
+template <int R, int KW>
+__device__ __forceinline__ void kda_decay_reduce(float (&s)[R], const float *se, const float *sk, const float *sq,
+                                                 float (*ra)[32], float (*rb)[32], float &a, float &bq) {
+  const int lane = threadIdx.x, w = threadIdx.y;
+  float pa = 0.f, pb = 0.f;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const int i = w * R + r;
+    s[r] *= se[i];
+    pa += s[r] * sk[i];
+    pb += s[r] * sq[i];
+  }
+  ra[w][lane] = pa;
+  rb[w][lane] = pb;
+  __syncthreads();
+  a = 0.f;
+  bq = 0.f;
+#pragma unroll
+  for (int i = 0; i < KW; i++) {
+    a += ra[i][lane];
+    bq += rb[i][lane];
+  }
+}
+
 // Block: one head's 32-column tile; KW warps split the K rows (lane = column), so a head's
 // state is covered by V/32 blocks of KW*32 threads and every thread walks only K/KW rows:
 // enough blocks and short dependency chains even at batch 1.
@@ -68,29 +95,11 @@ __global__ void __launch_bounds__(32 * KW) kda_step_kernel(float *__restrict__ S
   const float nq = l2norm ? rsqrtf(tq + 1e-6f) : 1.f, nk = l2norm ? rsqrtf(tk + 1e-6f) : 1.f;
   float *Sh = S + (size_t)bh * K * V + col;
   const bool live = col < V;
-  float a = 0.f, bq = 0.f;
   float d[R];  // this thread's R decayed state values, kept for the write-back
-  if (live) {
 #pragma unroll
-    for (int r = 0; r < R; r++) d[r] = Sh[(size_t)(w * R + r) * V];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const int i = w * R + r;
-      d[r] *= se[i];
-      a += d[r] * sk[i];
-      bq += d[r] * sq[i];
-    }
-  }
-  ra[w][lane] = a;
-  rb[w][lane] = bq;
-  __syncthreads();
-  a = 0.f;
-  bq = 0.f;
-#pragma unroll
-  for (int i = 0; i < KW; i++) {
-    a += ra[i][lane];
-    bq += rb[i][lane];
-  }
+  for (int r = 0; r < R; r++) d[r] = live ? Sh[(size_t)(w * R + r) * V] : 0.f;
+  float a, bq;
+  kda_decay_reduce<R, KW>(d, se, sk, sq, ra, rb, a, bq);
   if (!live) return;
   a *= nk;
   bq *= nq;
@@ -146,24 +155,8 @@ __global__ void __launch_bounds__(32 * KW) kda_recurrent_kernel(float *__restric
     float tq, tk, kq;
     kda_stage_token<K, KW>(q + hk, k + hk, g + hk, sq, sk, se, red, tq, tk, kq);
     const float nq = l2norm ? rsqrtf(tq + 1e-6f) : 1.f, nk = l2norm ? rsqrtf(tk + 1e-6f) : 1.f;
-    float a = 0.f, bq = 0.f;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const int i = w * R + r;
-      s[r] *= se[i];
-      a += s[r] * sk[i];
-      bq += s[r] * sq[i];
-    }
-    ra[w][lane] = a;
-    rb[w][lane] = bq;
-    __syncthreads();
-    a = 0.f;
-    bq = 0.f;
-#pragma unroll
-    for (int i = 0; i < KW; i++) {
-      a += ra[i][lane];
-      bq += rb[i][lane];
-    }
+    float a, bq;
+    kda_decay_reduce<R, KW>(s, se, sk, sq, ra, rb, a, bq);
     a *= nk;
     bq *= nq;
     kq *= nk * nq;
