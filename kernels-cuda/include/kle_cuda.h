@@ -61,7 +61,8 @@ int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H
  * Absorbed MLA decode for one query token over a latent cache, split across the context
  * (kle_mla_decode with split-KV): q [H, D] (absorbed query: W_uk^T q_nope, then the rope part),
  * cache [L, D] f32, out [H, Dv] = softmax(scale q c^T) c[:, :Dv]; lse [H] may be NULL.
- * D <= 640 and a multiple of 32, Dv <= D and a multiple of 64, H <= 32 and a multiple of 8.
+ * D <= 640 and a multiple of 32, Dv <= min(D, 512) and a multiple of 64, H <= 32 and a multiple
+ * of 8. q, cache and workspace 16-byte aligned.
  * workspace: kle_cuda_mla_workspace_bytes(L, H, Dv) bytes of device memory.
  */
 long kle_cuda_mla_workspace_bytes(int L, int H, int Dv);

@@ -238,7 +238,8 @@ int mla_layer(CudaSession *s, int l, const float *h, float *y, int T) {
   const float scale = 1.0f / sqrtf((float)Dq);
   const int L = s->pos + T;
   // the all-heads decode kernel reads each row once; it takes 8..32 heads and 64-aligned latents
-  if (T == 1 && Hm % 8 == 0 && Hm <= 32 && Dc % 32 == 0 && Dc <= 640 && R % 64 == 0) {
+  // up to 512
+  if (T == 1 && Hm % 8 == 0 && Hm <= 32 && Dc % 32 == 0 && Dc <= 640 && R % 64 == 0 && R <= 512) {
     TRY(ensure_ws(s, kle_cuda_mla_workspace_bytes(L, Hm, R)));
     TRY(kle_cuda_mla_decode(qlat, cache, L, Hm, Dc, R, scale, olat, nullptr, s->ws, st));
   } else {

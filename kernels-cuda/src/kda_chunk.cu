@@ -29,6 +29,9 @@
 #include <stdint.h>
 
 #include "../include/kle_cuda.h"
+#include "tc.cuh"
+
+using namespace kle_tc;
 
 #define KLE_OK 0
 #define KLE_EINVAL (-1)
@@ -393,22 +396,9 @@ __global__ void __launch_bounds__(NTP, 2) kda_chunk_prep(const float *__restrict
 
 // ------------------------------------------------------------------ scan
 //
-// The three products of a chunk step run on tensor cores (mma.sync m16n8k8, TF32) in the 3xTF32
-// form: each f32 operand is split into a TF32 high part and a TF32 remainder, and
-// hi*hi + hi*lo + lo*hi keeps the products at f32 accuracy (the dropped lo*lo term is 2^-22 of
-// the product), which the 1e-5 bar needs and plain TF32 (1e-3) would miss. On CUDA cores the step
-// was bound by shared-memory bandwidth (each 16-byte operand load fed 16 FMAs); an mma feeds
+// The three products of a chunk step run on tensor cores in 3xTF32 (tc.cuh). On CUDA cores the
+// step was bound by shared-memory bandwidth (each 16-byte operand load fed 16 FMAs); an mma feeds
 // 1024 from 768 bytes.
-
-__device__ __forceinline__ void cp_async16(float *dst, const float *src) {
-  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // rows x cols floats (cols a multiple of 4) from a contiguous source into rows of dst_stride
 __device__ __forceinline__ void stage(float *dst, int dst_stride, const float *src, int src_stride, int rows, int cols) {
@@ -423,16 +413,6 @@ constexpr int WS = C + 8;   // W^T, qp^T, QK^T: [k][row]
 constexpr int KS = C + 4;   // ks^T: [k][token]
 constexpr int SS = VT + 8;  // S, d, U: [row][column]
 
-__device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(hi) : "f"(x));
-  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(lo) : "f"(x - __uint_as_float(hi)));
-}
-__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // acc[nt] += A (16 rows x 8 k) * B (8 k x 32 columns), 3xTF32. A element (row r, k c) at
 // a[c * a_kstride + r * a_rstride]; B element (k c, column n) at b[c * SS + n].
 __device__ __forceinline__ void mma_16x32x8(float (&acc)[4][4], const float *a, int a_kstride, int a_rstride, const float *b) {
@@ -442,15 +422,19 @@ __device__ __forceinline__ void mma_16x32x8(float (&acc)[4][4], const float *a, 
   split_tf32(a[t * a_kstride + (g + 8) * a_rstride], ah[1], al[1]);
   split_tf32(a[(t + 4) * a_kstride + g * a_rstride], ah[2], al[2]);
   split_tf32(a[(t + 4) * a_kstride + (g + 8) * a_rstride], ah[3], al[3]);
+  uint32_t bh[4][2], bl[4][2];
 #pragma unroll
   for (int nt = 0; nt < 4; nt++) {
-    uint32_t bh0, bl0, bh1, bl1;
-    split_tf32(b[t * SS + nt * 8 + g], bh0, bl0);
-    split_tf32(b[(t + 4) * SS + nt * 8 + g], bh1, bl1);
-    mma_tf32(acc[nt], al, bh0, bh1);
-    mma_tf32(acc[nt], ah, bl0, bl1);
-    mma_tf32(acc[nt], ah, bh0, bh1);
+    split_tf32(b[t * SS + nt * 8 + g], bh[nt][0], bl[nt][0]);
+    split_tf32(b[(t + 4) * SS + nt * 8 + g], bh[nt][1], bl[nt][1]);
   }
+  // three passes over the four accumulators: no mma waits on the one just before it
+#pragma unroll
+  for (int nt = 0; nt < 4; nt++) mma_tf32(acc[nt], al, bh[nt][0], bh[nt][1]);
+#pragma unroll
+  for (int nt = 0; nt < 4; nt++) mma_tf32(acc[nt], ah, bl[nt][0], bl[nt][1]);
+#pragma unroll
+  for (int nt = 0; nt < 4; nt++) mma_tf32(acc[nt], ah, bh[nt][0], bh[nt][1]);
 }
 
 // group A: W^T and qp^T (needed first); group B: U's column tile, ks^T, QK^T, plast

@@ -1,238 +1,317 @@
 // mla_decode.cu: absorbed MLA decode over a latent cache, split across the context.
 //
-// Each block takes a contiguous span of cache rows for every head at once, so a row is read from
-// HBM once for all heads: rows come through shared memory in tiles of TJ, the block computes the
-// H x TJ scores, keeps a running max and sum per head, and accumulates the value part (the first
-// Dv columns of the same rows) into per-thread registers. A second kernel merges the spans with
-// their log-sum-exps. f32 on CUDA cores; with 32 heads the scores cost 2 H D flops per row, so
-// this is compute-bound on Hopper well below the copy bandwidth (tensor cores would be next).
+// One block per SM takes a contiguous span of cache rows for all heads at once, so each row is
+// read from HBM once: tiles of 32 rows stream into shared memory with cp.async (the next tile in
+// flight while this one is used); the block computes the 32 x H scores, folds them into a running
+// max and sum per head, and accumulates P V (the first Dv columns of the same rows) in registers.
+// A second kernel merges the spans with their log-sum-exps.
+//
+// Both products run on tensor cores in 3xTF32 (tc.cuh), so results keep f32 accuracy. With 32
+// heads a cache row costs 2 H (D + Dv) flops for its 4 D bytes, about 30 flops a byte: f32 CUDA
+// cores (67 TFLOP/s) cap that near 2.2 TB/s at their peak and reached 0.34, while TF32 mma has
+// room to spare even at three products per multiply.
+//
+// Scores: S^T [32 rows x 32 heads] = C [rows x D] Q^T, split along D across the 8 warps (warp w
+// takes k-steps w, w+8, ...), so each warp keeps its slice of the (pre-scaled) query in registers
+// for the whole span and reads every cached element from shared memory exactly once; the eight
+// partial sums meet in shared memory. Within a k-step the physical columns are permuted (fragment
+// column t -> 2t, t+4 -> 2t+1, the same for Q and C), which lets a thread fetch its two columns
+// with one 8-byte load. Values: O [32 heads x Dv] += P [heads x 32 rows] V, split along Dv across
+// the warps. Rows are DS = D rounded to 32, + 8 floats apart: both fragment patterns (8-byte loads
+// of rows g at columns 2t; 4-byte loads of rows t at columns g) then hit 32 distinct banks.
 #include <cuda_runtime.h>
 #include <math.h>
 
 #include "../include/kle_cuda.h"
+#include "tc.cuh"
+
+using namespace kle_tc;
 
 #define KLE_OK 0
 #define KLE_EINVAL (-1)
-#define TJ 16
-#define THREADS 256
-#define MAXD 640
 
-static int splits_for(int L) {
-  int s = (L + 255) / 256;
-  return s < 528 ? s : 528;  // 4 blocks per SM on a 132-SM card
+namespace {
+
+constexpr int TJ = 32;       // cache rows per tile
+constexpr int NWARP = 8;     // warps per block
+constexpr int THREADS = NWARP * 32;
+constexpr int MAXKS = 10;    // k-steps of 8 per warp: D <= 640
+constexpr int MAXVT = 8;     // 8-wide value tiles per warp: Dv <= 512
+constexpr int RS = TJ + 4;   // partial-score and P rows ([head][row]); 4g + t / 8t + g distinct banks
+
+int splits_for(int L) {
+  const int s = (L + 255) / 256;
+  return s < 528 ? s : 528;
 }
+
+__host__ __device__ constexpr int row_stride(int D) { return ((D + 31) & ~31) + 8; }
+
+size_t smem_bytes(int D) {
+  return sizeof(float) * ((size_t)2 * TJ * row_stride(D) + (size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
+}
+
+}  // namespace
 
 extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) {
   return (long)splits_for(L) * H * (Dv + 1) * 4;
 }
 
-// Both partial kernels share the staging and the per-head online-softmax bookkeeping; only the
-// score and value micro-tiling differs between them.
-
-// stage q (pre-scaled) into padded rows and reset each head's running max and sum
-__device__ __forceinline__ void mla_stage_q(const float *__restrict__ q, float scale, int H, int D, float *sq, float *smax,
-                                            float *ssum) {
-  const int tid = threadIdx.x, DS = D + 1;
-  for (int i = tid; i < H * D; i += THREADS) sq[(i / D) * DS + i % D] = q[i] * scale;
-  if (tid < H) {
-    smax[tid] = -INFINITY;
-    ssum[tid] = 0.f;
+// rows jt .. jt + TJ - 1 (those < j1; the rest zero-filled, so no NaN reaches the mma) into sc:
+// warp w takes rows w, w + 8, ..., its lanes 16-byte pieces along the row
+__device__ __forceinline__ void load_tile(const float *__restrict__ cache, int jt, int j1, int D, int DS, float *sc) {
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int r = w; r < TJ; r += NWARP) {
+    const bool ok = jt + r < j1;
+    const float *src = ok ? cache + (size_t)(jt + r) * D : cache;
+    for (int c = lane * 4; c < D; c += 128) cp_async16_zfill(sc + r * DS + c, ok ? src + c : cache, ok);
   }
+  cp_async_commit();
 }
 
-// copy nj cache rows starting at row jt into padded shared rows
-__device__ __forceinline__ void mla_load_tile(const float *__restrict__ cache, int jt, int nj, int D, float *sc) {
-  const int DS = D + 1;
-  for (int i = threadIdx.x; i < nj * D; i += THREADS) sc[(i / D) * DS + i % D] = cache[(size_t)jt * D + i];
-}
-
-// threads 0..H-1: fold this tile's scores (row stride T, nj valid) into the running max and sum,
-// turn them into unnormalized probabilities and leave the rescale factor for the accumulators
-__device__ __forceinline__ void mla_softmax_tile(float *ss, int T, int nj, int H, float *smax, float *ssum, float *sfac) {
-  const int h = threadIdx.x;
-  if (h >= H) return;
-  float m = smax[h];
-  for (int j = 0; j < nj; j++) m = fmaxf(m, ss[h * T + j]);
-  const float f = smax[h] == -INFINITY ? 0.f : __expf(smax[h] - m);
-  float sum = ssum[h] * f;
-  for (int j = 0; j < T; j++) {
-    const float e = j < nj ? __expf(ss[h * T + j] - m) : 0.f;
-    ss[h * T + j] = e;
-    sum += e;
-  }
-  smax[h] = m;
-  ssum[h] = sum;
-  sfac[h] = f;
-}
-
-// threads 0..H-1: this span's log-sum-exp per head (-inf for an empty span)
-__device__ __forceinline__ void mla_store_lse(const float *smax, const float *ssum, int H, float *plse) {
-  const int h = threadIdx.x;
-  if (h < H) plse[blockIdx.x * H + h] = ssum[h] > 0.f ? smax[h] + logf(ssum[h]) : -INFINITY;
-}
-
-// block: one span of rows. Register micro-tiles cut shared-memory traffic, which is what bounds
-// this kernel: scores as 2 heads x 2 rows per thread, values as 4 heads x 16 dims per thread.
-// Specialized for H = 32 (Kimi-Linear); other head counts take the simple kernel below.
-__global__ void __launch_bounds__(THREADS) mla_partial32(const float *__restrict__ q, const float *__restrict__ cache, int L,
-                                                        int D, int Dv, float scale, int span, float *__restrict__ pout,
-                                                        float *__restrict__ plse) {
-  constexpr int H = 32, T = 32;
-  extern __shared__ float sm[];
-  const int DS = D + 1;           // rows padded: rows D apart (a multiple of 32) share a bank
-  float *sq = sm;                 // [H][DS]
-  float *sc = sq + H * DS;        // [T][DS]
-  float *ss = sc + T * DS;        // [H][T] scores, then probabilities
-  float *smax = ss + H * T, *ssum = smax + H, *sfac = ssum + H;
-  const int tid = threadIdx.x;
+// DC, HC, DVC: the shape when known at compile time (Kimi-Linear's 32 heads, 512 + 64 latent: every
+// shared address a constant offset, no tile predicates), 0 for any other
+template <int DC, int HC, int DVC>
+__global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const float *__restrict__ cache, int L,
+                                                         int Hrt, int Drt, int Dvrt, float scale, int span,
+                                                         float *__restrict__ pout, float *__restrict__ plse) {
+  extern __shared__ __align__(16) float sm[];
+  const int D = DC ? DC : Drt, H = HC ? HC : Hrt, Dv = DVC ? DVC : Dvrt;
+  const int DS = row_stride(D);
+  // sm: two tiles of TJ rows (DS floats each), then:
+  float *sp = sm + 2 * TJ * DS;     // [warp][head][RS] partial scores
+  float *sph = sp + NWARP * 32 * RS;  // [head][RS] probabilities, TF32 high part
+  float *spl = sph + 32 * RS;         // and remainder
+  float *sfac = spl + 32 * RS;        // [32] this tile's rescale of each head's accumulators
+  float *ssum = sfac + 32;            // [32] each head's final sum (sfac then holds its max)
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int j0 = blockIdx.x * span, j1 = min(L, j0 + span);
-  mla_stage_q(q, scale, H, D, sq, smax, ssum);
-  const int hp = tid / 16, jp = tid % 16;           // scores: heads 2hp, 2hp+1; rows 2jp, 2jp+1
-  const int hg = tid / 32, dg = tid % 32;           // values: heads 4hg..4hg+3; dims dg + 32 i
-  const int W = Dv / 32;                            // dims per thread (16 at Dv = 512)
-  float acc[4][16];
+  const int ntile = j1 > j0 ? (j1 - j0 + TJ - 1) / TJ : 0;
+  const int nks = D / 8, ntq = (H + 7) / 8, nmo = (H + 15) / 16, nvt = Dv / 64;
+  if (ntile > 0) load_tile(cache, j0, j1, D, DS, sm);
+
+  // this warp's query slice: head 8 nt + g, columns 8 ks + 2t and + 1 of k-step ks = w + 8 i
+  float qr[MAXKS][4][2];
 #pragma unroll
-  for (int a = 0; a < 4; a++)
+  for (int i = 0; i < MAXKS; i++)
 #pragma unroll
-    for (int i = 0; i < 16; i++) acc[a][i] = 0.f;
-  __syncthreads();
-  for (int jt = j0; jt < j1; jt += T) {
-    const int nj = min(T, j1 - jt);
-    mla_load_tile(cache, jt, nj, D, sc);
-    __syncthreads();
+    for (int nt = 0; nt < 4; nt++) {
+      const int ks = w + NWARP * i, h = 8 * nt + g;
+      const bool ok = ks < nks && h < H;
+      qr[i][nt][0] = ok ? q[h * D + 8 * ks + 2 * t] * scale : 0.f;
+      qr[i][nt][1] = ok ? q[h * D + 8 * ks + 2 * t + 1] * scale : 0.f;
+    }
+  float oacc[2][MAXVT][4];
+#pragma unroll
+  for (int m = 0; m < 2; m++)
+#pragma unroll
+    for (int n = 0; n < MAXVT; n++)
+#pragma unroll
+      for (int r = 0; r < 4; r++) oacc[m][n][r] = 0.f;
+  // softmax bookkeeping: 8 threads a head, 4 rows each; the running max and sum live in registers
+  const int sh = tid >> 3, sr = (tid & 7) * 4;
+  float run_max = -INFINITY, run_sum = 0.f;
+
+  for (int it = 0; it < ntile; it++) {
+    const int jt = j0 + it * TJ;
+    cp_async_wait<0>();
+    __syncthreads();  // tile it has landed; every warp is done with tile it - 1 and the P arrays
+    if (it + 1 < ntile) load_tile(cache, jt + TJ, j1, D, DS, sm + ((it + 1) & 1) * TJ * DS);
+    const float *sc = sm + (it & 1) * TJ * DS;
+
+    // partial scores over this warp's k-steps; the three products of each k-step go out as three
+    // passes over the eight independent accumulators, so no mma waits on the one before it
     {
-      const float *a0 = sq + (2 * hp) * DS, *a1 = a0 + DS, *b0 = sc + (2 * jp) * DS, *b1 = b0 + DS;
-      float s00 = 0.f, s01 = 0.f, s10 = 0.f, s11 = 0.f;
-      for (int d = 0; d < D; d++) {
-        const float x0 = a0[d], x1 = a1[d], y0 = b0[d], y1 = b1[d];
-        s00 += x0 * y0;
-        s01 += x0 * y1;
-        s10 += x1 * y0;
-        s11 += x1 * y1;
+      float sacc[2][4][4];
+#pragma unroll
+      for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+          for (int r = 0; r < 4; r++) sacc[m][n][r] = 0.f;
+#pragma unroll
+      for (int i = 0; i < MAXKS; i++) {
+        const int ks = w + NWARP * i;
+        if (ks < nks) {
+          uint32_t ah[2][4], al[2][4], bh[4][2], bl[4][2];
+#pragma unroll
+          for (int m = 0; m < 2; m++) {
+            const float2 x0 = *reinterpret_cast<const float2 *>(sc + (16 * m + g) * DS + 8 * ks + 2 * t);
+            const float2 x1 = *reinterpret_cast<const float2 *>(sc + (16 * m + g + 8) * DS + 8 * ks + 2 * t);
+            split_tf32(x0.x, ah[m][0], al[m][0]);
+            split_tf32(x1.x, ah[m][1], al[m][1]);
+            split_tf32(x0.y, ah[m][2], al[m][2]);
+            split_tf32(x1.y, ah[m][3], al[m][3]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < 4; nt++) {
+            split_tf32_nohoist(qr[i][nt][0], bh[nt][0], bl[nt][0]);
+            split_tf32_nohoist(qr[i][nt][1], bh[nt][1], bl[nt][1]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < 4; nt++)
+            if (nt < ntq)
+#pragma unroll
+              for (int m = 0; m < 2; m++) mma_tf32(sacc[m][nt], al[m], bh[nt][0], bh[nt][1]);
+#pragma unroll
+          for (int nt = 0; nt < 4; nt++)
+            if (nt < ntq)
+#pragma unroll
+              for (int m = 0; m < 2; m++) mma_tf32(sacc[m][nt], ah[m], bl[nt][0], bl[nt][1]);
+#pragma unroll
+          for (int nt = 0; nt < 4; nt++)
+            if (nt < ntq)
+#pragma unroll
+              for (int m = 0; m < 2; m++) mma_tf32(sacc[m][nt], ah[m], bh[nt][0], bh[nt][1]);
+        }
       }
-      const int r0 = 2 * jp, r1 = r0 + 1;
-      ss[(2 * hp) * T + r0] = r0 < nj ? s00 : -INFINITY;
-      ss[(2 * hp) * T + r1] = r1 < nj ? s01 : -INFINITY;
-      ss[(2 * hp + 1) * T + r0] = r0 < nj ? s10 : -INFINITY;
-      ss[(2 * hp + 1) * T + r1] = r1 < nj ? s11 : -INFINITY;
-    }
-    __syncthreads();
-    mla_softmax_tile(ss, T, nj, H, smax, ssum, sfac);
-    __syncthreads();
+      float *dst = sp + w * 32 * RS;
 #pragma unroll
-    for (int a = 0; a < 4; a++) {
-      const float f = sfac[4 * hg + a];
+      for (int m = 0; m < 2; m++)
 #pragma unroll
-      for (int i = 0; i < 16; i++) acc[a][i] *= f;
-    }
-    for (int j = 0; j < nj; j++) {
-      const float p0 = ss[(4 * hg) * T + j], p1 = ss[(4 * hg + 1) * T + j], p2 = ss[(4 * hg + 2) * T + j], p3 = ss[(4 * hg + 3) * T + j];
-      const float *c = sc + j * DS + dg;
-#pragma unroll
-      for (int i = 0; i < 16; i++)
-        if (i < W) {
-          const float v = c[32 * i];
-          acc[0][i] += p0 * v;
-          acc[1][i] += p1 * v;
-          acc[2][i] += p2 * v;
-          acc[3][i] += p3 * v;
+        for (int nt = 0; nt < 4; nt++) {
+          const int r = 16 * m + g, h = 8 * nt + 2 * t;
+          dst[h * RS + r] = sacc[m][nt][0];
+          dst[(h + 1) * RS + r] = sacc[m][nt][1];
+          dst[h * RS + r + 8] = sacc[m][nt][2];
+          dst[(h + 1) * RS + r + 8] = sacc[m][nt][3];
         }
     }
     __syncthreads();
-  }
-#pragma unroll
-  for (int a = 0; a < 4; a++) {
-    const int h = 4 * hg + a;
-    const float inv = ssum[h] > 0.f ? 1.f / ssum[h] : 0.f;
-    float *dst = pout + ((size_t)blockIdx.x * H + h) * Dv + dg;
-#pragma unroll
-    for (int i = 0; i < 16; i++)
-      if (i < W) dst[32 * i] = acc[a][i] * inv;
-  }
-  mla_store_lse(smax, ssum, H, plse);
-}
 
-// block: one span of rows; thread t handles score pairs (h, j) and output slice (h, part)
-__global__ void __launch_bounds__(THREADS) mla_partial_any(const float *__restrict__ q, const float *__restrict__ cache, int L, int H,
-                                                      int D, int Dv, float scale, int span, float *__restrict__ pout,
-                                                      float *__restrict__ plse) {
-  extern __shared__ float sm[];
-  // rows padded to D + 1 floats: rows D apart (a multiple of 32) would all sit in one bank
-  const int DS = D + 1;
-  float *sq = sm;                 // [H][DS]
-  float *sc = sq + H * DS;        // [TJ][DS]
-  float *ss = sc + TJ * DS;       // [H][TJ] scores, then probabilities
-  float *smax = ss + H * TJ;      // [H] running max
-  float *ssum = smax + H;         // [H] running sum
-  float *sfac = ssum + H;         // [H] rescale factor of this tile
-  const int tid = threadIdx.x;
-  const int j0 = blockIdx.x * span, j1 = min(L, j0 + span);
-  mla_stage_q(q, scale, H, D, sq, smax, ssum);
-  // output slice: head h = tid / per, dims part, part + per, part + 2 per, ... (interleaved so
-  // that a head's threads read consecutive floats)
-  const int per = THREADS / H, W = Dv / per;  // H=32: 8 threads a head, 64 dims each
-  const int oh = tid / per, od = tid % per;
-  float acc[64];
+    // sum the partials, fold the tile into the running max and sum, write P split for the mma
+    {
+      float4 s = *reinterpret_cast<const float4 *>(sp + sh * RS + sr);
 #pragma unroll
-  for (int i = 0; i < 64; i++) acc[i] = 0.f;
-  __syncthreads();
-  for (int jt = j0; jt < j1; jt += TJ) {
-    const int nj = min(TJ, j1 - jt);
-    mla_load_tile(cache, jt, nj, D, sc);
+      for (int v = 1; v < NWARP; v++) {
+        const float4 x = *reinterpret_cast<const float4 *>(sp + v * 32 * RS + sh * RS + sr);
+        s.x += x.x;
+        s.y += x.y;
+        s.z += x.z;
+        s.w += x.w;
+      }
+      const int nv = j1 - jt - sr;  // valid rows among this thread's four
+      float e[4] = {s.x, s.y, s.z, s.w};
+      float m = -INFINITY;
+#pragma unroll
+      for (int r = 0; r < 4; r++)
+        if (r < nv) m = fmaxf(m, e[r]);
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+      const float mn = fmaxf(run_max, m);  // finite: every tile has a valid row
+      const float f = run_max == -INFINITY ? 0.f : __expf(run_max - mn);
+      float part = 0.f;
+      float ph[4], pl[4];
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        const float p = r < nv ? __expf(e[r] - mn) : 0.f;
+        part += p;
+        uint32_t hi, lo;
+        split_tf32(p, hi, lo);
+        ph[r] = __uint_as_float(hi);
+        pl[r] = __uint_as_float(lo);
+      }
+      part += __shfl_xor_sync(0xffffffffu, part, 1);
+      part += __shfl_xor_sync(0xffffffffu, part, 2);
+      part += __shfl_xor_sync(0xffffffffu, part, 4);
+      run_sum = run_sum * f + part;
+      run_max = mn;
+      *reinterpret_cast<float4 *>(sph + sh * RS + sr) = make_float4(ph[0], ph[1], ph[2], ph[3]);
+      *reinterpret_cast<float4 *>(spl + sh * RS + sr) = make_float4(pl[0], pl[1], pl[2], pl[3]);
+      if ((tid & 7) == 0) sfac[sh] = f;
+    }
     __syncthreads();
-    // H*TJ scores, two per thread at H = 32
-    for (int p = tid; p < H * TJ; p += THREADS) {
-      const int h = p / TJ, j = p % TJ;
-      float s = -INFINITY;
-      if (j < nj) {
-        const float *a = sq + h * DS, *b = sc + j * DS;
-        float x0 = 0.f, x1 = 0.f, x2 = 0.f, x3 = 0.f;
-        for (int d = 0; d < D; d += 4) {
-          x0 += a[d] * b[d];
-          x1 += a[d + 1] * b[d + 1];
-          x2 += a[d + 2] * b[d + 2];
-          x3 += a[d + 3] * b[d + 3];
+
+    // O += P V over this warp's Dv / 8 columns
+    {
+      const int d0 = w * (Dv / NWARP);
+#pragma unroll
+      for (int m = 0; m < 2; m++) {
+        const float f0 = sfac[16 * m + g], f1 = sfac[16 * m + g + 8];
+#pragma unroll
+        for (int n = 0; n < MAXVT; n++) {
+          oacc[m][n][0] *= f0;
+          oacc[m][n][1] *= f0;
+          oacc[m][n][2] *= f1;
+          oacc[m][n][3] *= f1;
         }
-        s = (x0 + x1) + (x2 + x3);
       }
-      ss[h * TJ + j] = s;
-    }
-    __syncthreads();
-    mla_softmax_tile(ss, TJ, nj, H, smax, ssum, sfac);
-    __syncthreads();
-    if (oh < H) {
-      const float f = sfac[oh];
 #pragma unroll
-      for (int i = 0; i < 64; i++) acc[i] *= f;
-      for (int j = 0; j < nj; j++) {
-        const float p = ss[oh * TJ + j];
-        const float *c = sc + j * DS + od;
+      for (int ks = 0; ks < TJ / 8; ks++) {
+        uint32_t ah[2][4], al[2][4];
 #pragma unroll
-        for (int i = 0; i < 64; i++)
-          if (i < W) acc[i] += p * c[i * per];
+        for (int m = 0; m < 2; m++) {
+          const int h = 16 * m + g, r = 8 * ks + t;
+          ah[m][0] = __float_as_uint(sph[h * RS + r]);
+          ah[m][1] = __float_as_uint(sph[(h + 8) * RS + r]);
+          ah[m][2] = __float_as_uint(sph[h * RS + r + 4]);
+          ah[m][3] = __float_as_uint(sph[(h + 8) * RS + r + 4]);
+          al[m][0] = __float_as_uint(spl[h * RS + r]);
+          al[m][1] = __float_as_uint(spl[(h + 8) * RS + r]);
+          al[m][2] = __float_as_uint(spl[h * RS + r + 4]);
+          al[m][3] = __float_as_uint(spl[(h + 8) * RS + r + 4]);
+        }
+#pragma unroll
+        for (int n = 0; n < MAXVT; n += 2) {
+          if (n >= nvt) break;  // the last pair may be a single tile
+          const int n2 = n + 1 < nvt ? 2 : 1;
+          uint32_t bh[2][2], bl[2][2];
+#pragma unroll
+          for (int u = 0; u < 2; u++) {
+            const float *v = sc + (8 * ks + t) * DS + d0 + 8 * (n + u) + g;
+            split_tf32(u < n2 ? v[0] : 0.f, bh[u][0], bl[u][0]);
+            split_tf32(u < n2 ? v[4 * DS] : 0.f, bh[u][1], bl[u][1]);
+          }
+#pragma unroll
+          for (int u = 0; u < 2; u++)
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+              if (u < n2 && m < nmo) mma_tf32(oacc[m][n + u], al[m], bh[u][0], bh[u][1]);
+#pragma unroll
+          for (int u = 0; u < 2; u++)
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+              if (u < n2 && m < nmo) mma_tf32(oacc[m][n + u], ah[m], bl[u][0], bl[u][1]);
+#pragma unroll
+          for (int u = 0; u < 2; u++)
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+              if (u < n2 && m < nmo) mma_tf32(oacc[m][n + u], ah[m], bh[u][0], bh[u][1]);
+        }
       }
     }
-    __syncthreads();
   }
-  if (oh < H) {
-    const float inv = ssum[oh] > 0.f ? 1.f / ssum[oh] : 0.f;
-    float *dst = pout + ((size_t)blockIdx.x * H + oh) * Dv + od;
+
+  if ((tid & 7) == 0) {
+    ssum[sh] = run_sum;
+    sfac[sh] = run_max;
+  }
+  __syncthreads();
+  if (tid < H) plse[blockIdx.x * H + tid] = ssum[tid] > 0.f ? sfac[tid] + logf(ssum[tid]) : -INFINITY;
+  const int d0 = w * (Dv / NWARP);
 #pragma unroll
-    for (int i = 0; i < 64; i++)
-      if (i < W) dst[i * per] = acc[i] * inv;
-  }
-  mla_store_lse(smax, ssum, H, plse);
+  for (int m = 0; m < 2; m++)
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+      const int h = 16 * m + g + 8 * hh;
+      if (h >= H) continue;
+      const float inv = ssum[h] > 0.f ? 1.f / ssum[h] : 0.f;
+      float *dst = pout + ((size_t)blockIdx.x * H + h) * Dv + d0 + 2 * t;
+#pragma unroll
+      for (int n = 0; n < MAXVT; n++)
+        if (n < nvt) *reinterpret_cast<float2 *>(dst + 8 * n) = make_float2(oacc[m][n][2 * hh] * inv, oacc[m][n][2 * hh + 1] * inv);
+    }
 }
 
 // out[h] = sum_s exp(lse_s - lse) out_s, lse = log sum_s exp(lse_s)
 __global__ void mla_merge(const float *__restrict__ pout, const float *__restrict__ plse, int n, int H, int Dv,
                           float *__restrict__ out, float *__restrict__ lse) {
   const int h = blockIdx.x;
-  float m = -INFINITY;
+  float m = -INFINITY;  // each thread recomputes the head's weights: n is at most one per SM
   for (int s = 0; s < n; s++) m = fmaxf(m, plse[s * H + h]);
   float tot = 0.f;
   for (int s = 0; s < n; s++) tot += plse[s * H + h] == -INFINITY ? 0.f : __expf(plse[s * H + h] - m);
-  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+  for (int d = blockIdx.y * blockDim.x + threadIdx.x; d < Dv; d += gridDim.y * blockDim.x) {
     float a = 0.f;
     for (int s = 0; s < n; s++) {
       const float l = plse[s * H + h];
@@ -240,26 +319,26 @@ __global__ void mla_merge(const float *__restrict__ pout, const float *__restric
     }
     out[h * Dv + d] = a / tot;
   }
-  if (lse && threadIdx.x == 0) lse[h] = m + logf(tot);
+  if (lse && blockIdx.y == 0 && threadIdx.x == 0) lse[h] = m + logf(tot);
 }
 
 extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
                                    float *out, float *lse, void *workspace, void *stream) {
-  if (L <= 0 || H <= 0 || H > 32 || H % 8 || D <= 0 || D > MAXD || D % 32 || Dv <= 0 || Dv > D || Dv % 64 ||
-      Dv / (THREADS / H) > 64 || !workspace)
+  if (L <= 0 || H <= 0 || H > 32 || H % 8 || D <= 0 || D > 8 * NWARP * MAXKS || D % 32 || Dv <= 0 || Dv > D ||
+      Dv > NWARP * 8 * MAXVT || Dv % 64 || !workspace)
     return KLE_EINVAL;
-  const int n = splits_for(L), span = (L + n - 1) / n;
+  // one block per SM (the kernel takes 190 KB of shared memory), each span at least 256 rows
+  int dev = 0, nsm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return KLE_EINVAL;
+  const int n = splits_for(L) < nsm ? splits_for(L) : nsm, span = ((L + n - 1) / n + TJ - 1) / TJ * TJ;
   float *pout = (float *)workspace, *plse = pout + (size_t)n * H * Dv;
   cudaStream_t st = (cudaStream_t)stream;
-  if (H == 32 && Dv % 32 == 0 && Dv <= 512) {
-    const size_t smem = sizeof(float) * ((size_t)64 * (D + 1) + 32 * 32 + 3 * 32);
-    if (cudaFuncSetAttribute(mla_partial32, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
-    mla_partial32<<<n, THREADS, smem, st>>>(q, cache, L, D, Dv, scale, span, pout, plse);
-  } else {
-    const size_t smem = sizeof(float) * ((size_t)H * (D + 1) + TJ * (D + 1) + H * TJ + 3 * H);
-    if (cudaFuncSetAttribute(mla_partial_any, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
-    mla_partial_any<<<n, THREADS, smem, st>>>(q, cache, L, H, D, Dv, scale, span, pout, plse);
-  }
-  mla_merge<<<H, 128, 0, st>>>(pout, plse, n, H, Dv, out, lse);
+  const size_t smem = smem_bytes(D);
+  void (*kern)(const float *, const float *, int, int, int, int, float, int, float *, float *) =
+      D == 576 && H == 32 && Dv == 512 ? mla_partial<576, 32, 512> : mla_partial<0, 0, 0>;
+  if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
+  kern<<<n, THREADS, smem, st>>>(q, cache, L, H, D, Dv, scale, span, pout, plse);
+  mla_merge<<<dim3(H, (Dv + 127) / 128), 128, 0, st>>>(pout, plse, n, H, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }

@@ -1,0 +1,59 @@
+// tc.cuh: the tensor-core and async-copy primitives the f32 kernels share (kda_chunk.cu,
+// mla_decode.cu).
+//
+// Products run as mma.sync m16n8k8 TF32 in the 3xTF32 form: each f32 operand is split into a
+// TF32 high part and a TF32 remainder, and hi*hi + hi*lo + lo*hi keeps the products at f32
+// accuracy (the dropped lo*lo term is 2^-22 of the product), which the 1e-5 bar needs and plain
+// TF32 (1e-3) would miss. Fragment layouts (PTX ISA, m16n8k8 .tf32), g = lane / 4, t = lane % 4:
+//   A 16x8 row-major: a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)
+//   B 8x8:            b0 (k=t, n=g)  b1 (k=t+4, n=g)
+//   C 16x8:           c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
+#ifndef KLE_CUDA_TC_CUH
+#define KLE_CUDA_TC_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace kle_tc {
+
+__device__ __forceinline__ void cp_async16(float *dst, const float *src) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
+}
+// 16 bytes from src, or 16 zero bytes where !valid (nothing is read then)
+__device__ __forceinline__ void cp_async16_zfill(float *dst, const float *src, bool valid) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// hi = x cut to TF32 (its 13 low mantissa bits cleared), lo = x - hi (exact in f32) cut the
+// same way: three integer/f32 instructions. cvt.rna.tf32.f32 runs as a multi-instruction sequence
+// on sm_90; with it the MLA decode issued about 13 instructions per mma and was issue-bound.
+// Cutting instead of rounding leaves |lo| < 2^-10 |x| and loses < 2^-20 |x| in cutting lo, errors
+// of every product's own size, so they stay 2^-20 relative in a sum whatever its cancellation.
+__device__ __forceinline__ uint32_t tf32_bits(float x) { return __float_as_uint(x) & 0xffffe000u; }
+__device__ __forceinline__ void split_tf32(float x, uint32_t &hi, uint32_t &lo) {
+  hi = tf32_bits(x);
+  lo = tf32_bits(x - __uint_as_float(hi));
+}
+// the same for an operand held in registers across a loop: the empty asm hides x's value, so the
+// compiler redoes the split each time instead of keeping both halves alive (twice the registers)
+__device__ __forceinline__ void split_tf32_nohoist(float x, uint32_t &hi, uint32_t &lo) {
+  asm volatile("" : "+f"(x));
+  split_tf32(x, hi, lo);
+}
+// not volatile: the compiler may interleave independent accumulators (an mma waits for the one
+// before it on the same accumulator, so three in a row on one would stall the warp each time)
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+}  // namespace kle_tc
+
+#endif
