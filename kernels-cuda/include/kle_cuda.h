@@ -25,6 +25,31 @@ int kle_cuda_kda_step(float *S, const float *q, const float *k, const float *v, 
                       int flags, void *stream);
 
 /*
+ * A whole KDA layer's decode step after its projections, in one kernel, for B sequences of one
+ * token (the engine's kda_layer at T = 1 from the projections to the output norm):
+ *   q, k, v = silu(causal conv over the tail and x*) (tails [B, W-1, C] updated);
+ *   q, k L2-normalized (eps 1e-6); g = -exp(A_log) softplus(graw + dt_bias), or with
+ *   lower_bound != 0: lower_bound sigmoid(exp(A_log) (graw + dt_bias)); beta = sigmoid(braw);
+ *   the step of kle_cuda_kda_step; o = rmsnorm(o, onorm, eps) * sigmoid(oraw), per head.
+ * xq, xk, graw: [B, H*K]; xv, oraw, o: [B, H*V]; braw: [B, H]; conv weights [W, C] (C = H*K, or
+ * H*V for v); A_log [H]; dt_bias [H*K] or NULL; onorm [V]; S [B, H, K, V].
+ * K must be 64 or 128, V a multiple of 32 and at most 256, W between 1 and 16.
+ */
+typedef struct {
+  const float *xq, *xk, *xv;    /* projections before the short conv */
+  const float *wq, *wk, *wv;    /* conv weights [W, C] */
+  float *tq, *tk, *tv;          /* conv tails [B, W-1, C] */
+  const float *graw, *A_log, *dt_bias;
+  float lower_bound;
+  const float *braw;
+  const float *oraw, *onorm;
+  float eps;
+  float *S, *o;
+} kle_cuda_kda_layer_args;
+int kle_cuda_kda_layer_step(const kle_cuda_kda_layer_args *args, int B, int H, int K, int V, int W,
+                            float scale, void *stream);
+
+/*
  * T tokens of one sequence through the KDA recurrence, token by token with the state held on
  * chip from the first to the last (kle_kda_prefill_ref's math): S [H,K,V] in place; q, k, g:
  * [T,H,K]; v, o: [T,H,V]; beta: [T,H]. K must be 32, 64 or 128; V a multiple of 32.

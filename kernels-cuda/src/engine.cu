@@ -181,44 +181,53 @@ int ensure_ws(CudaSession *s, long bytes) {
   return KLE_OK;
 }
 
+// a gate projection: one full-rank matrix, or the low-rank pair through s->small
+int gate_proj(CudaSession *s, int full, int which_a, int which_b, int l, const float *h, float *out, int T) {
+  if (full) return mm(s, which_b, l, h, out, T);
+  TRY(mm(s, which_a, l, h, s->small, T));
+  return mm(s, which_b, l, s->small, out, T);
+}
+
 int kda_layer(CudaSession *s, int l, const float *h, float *y, int T) {
   CudaModel *m = s->m;
   const int32_t *c = m->c();
   const int H = c[KLE_CFG_KDA_HEADS], dk = c[KLE_CFG_KDA_HEAD_DIM], HK = H * dk, W = c[KLE_CFG_CONV];
   const int full = c[KLE_CFG_FULL_RANK_GATE];
+  const float lb = m->host->cfgf[KLE_CFGF_GATE_LOWER_BOUND];
   cudaStream_t st = m->st;
   float *q = s->a[3], *k = s->a[4], *v = s->a[5], *o = s->a[6], *g = s->a[1], *beta = s->a[2], *tmp = s->a[0];
+  const float scale = 1.0f / sqrtf((float)dk);
+  if (T == 1 && (dk == 64 || dk == 128) && W >= 1 && W <= 16) {
+    // decode: the projections, then everything between them and the output projection in one
+    // kernel (kle_cuda_kda_layer_step); g's buffer takes the output gate's projection
+    for (int i = 0; i < 3; i++) TRY(mm(s, KLE_T_KDA_Q + i, l, h, s->a[3 + i], 1));
+    TRY(gate_proj(s, full, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, tmp, 1));
+    TRY(mm(s, KLE_T_KDA_BETA, l, h, beta, 1));
+    TRY(gate_proj(s, full, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, g, 1));
+    kle_cuda_kda_layer_args a = {q, k, v, m->conv_t[l * 3], m->conv_t[l * 3 + 1], m->conv_t[l * 3 + 2],
+                                 s->conv_tail[l * 3], s->conv_tail[l * 3 + 1], s->conv_tail[l * 3 + 2],
+                                 tmp, m->w(KLE_T_KDA_A_LOG, l), m->w(KLE_T_KDA_DT_BIAS, l), lb, beta,
+                                 g, m->w(KLE_T_KDA_O_NORM, l), m->eps(), s->kda_state[l], o};
+    TRY(kle_cuda_kda_layer_step(&a, 1, H, dk, dk, W, scale, st));
+    return mm(s, KLE_T_KDA_O, l, o, y, 1);
+  }
   float *outs[3] = {q, k, v};
   for (int i = 0; i < 3; i++) {
     TRY(mm(s, KLE_T_KDA_Q + i, l, h, tmp, T));
     kle_ops::conv_short(tmp, m->conv_t[l * 3 + i], s->conv_tail[l * 3 + i], outs[i], T, HK, W, st);
   }
-  if (full) {
-    TRY(mm(s, KLE_T_KDA_F_B, l, h, tmp, T));
-  } else {
-    TRY(mm(s, KLE_T_KDA_F_A, l, h, s->small, T));
-    TRY(mm(s, KLE_T_KDA_F_B, l, s->small, tmp, T));
-  }
-  kle_ops::kda_gate(tmp, m->w(KLE_T_KDA_A_LOG, l), m->w(KLE_T_KDA_DT_BIAS, l), g, T, H, dk,
-                    m->host->cfgf[KLE_CFGF_GATE_LOWER_BOUND], st);
+  TRY(gate_proj(s, full, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, tmp, T));
+  kle_ops::kda_gate(tmp, m->w(KLE_T_KDA_A_LOG, l), m->w(KLE_T_KDA_DT_BIAS, l), g, T, H, dk, lb, st);
   TRY(mm(s, KLE_T_KDA_BETA, l, h, beta, T));
   kle_ops::sigmoid(beta, beta, (long)T * H, st);
-  const float scale = 1.0f / sqrtf((float)dk);
-  if (T == 1 && (dk == 64 || dk == 128)) {
-    TRY(kle_cuda_kda_step(s->kda_state[l], q, k, v, g, beta, o, 1, H, dk, dk, scale, 1, st));
-  } else if (T >= 64) {  // a whole chunk or more: the chunk form's parallel work pays for itself
+  if (T >= 64) {  // a whole chunk or more: the chunk form's parallel work pays for itself
     const long wb = kle_cuda_kda_chunk_workspace_bytes(T, H, dk, dk);
     TRY(ensure_ws(s, wb));
     TRY(kle_cuda_kda_chunk(s->kda_state[l], q, k, v, g, beta, o, T, H, dk, dk, scale, 1, s->ws, s->ws_bytes, st));
   } else {
     TRY(kle_cuda_kda_recurrent(s->kda_state[l], q, k, v, g, beta, o, T, H, dk, dk, scale, 1, st));
   }
-  if (full) {
-    TRY(mm(s, KLE_T_KDA_G_B, l, h, tmp, T));
-  } else {
-    TRY(mm(s, KLE_T_KDA_G_A, l, h, s->small, T));
-    TRY(mm(s, KLE_T_KDA_G_B, l, s->small, tmp, T));
-  }
+  TRY(gate_proj(s, full, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, tmp, T));
   kle_ops::rmsnorm(o, tmp, m->w(KLE_T_KDA_O_NORM, l), o, T * H, dk, m->eps(), st);
   return mm(s, KLE_T_KDA_O, l, o, y, T);
 }

@@ -1,0 +1,136 @@
+# kernels-cuda/bench/kda_layer.py LIB.so [--check-only] [--out FILE]
+# Checks kle_cuda_kda_layer_step (a KDA layer's whole decode step after its projections: short
+# convs, L2 norms, gates, recurrence, gated output RMSNorm) against the same step done in float64
+# over three chained tokens (so the conv tails it updates are checked too), then times it inside
+# CUDA graphs at Kimi-Linear-48B's shape (H=32, K=V=128, conv 4) for batch 1 and 16, next to our
+# recurrence-only step on the same states (the part that moves the state; the layer's other work
+# is the difference).
+import ctypes, json, sys
+import torch
+
+import cudabench
+
+args = sys.argv[1:]
+lib = ctypes.CDLL(args[0])
+check_only = "--check-only" in args
+out_path = args[args.index("--out") + 1] if "--out" in args else None
+dev = "cuda"
+P = ctypes.c_void_p
+
+
+class Args(ctypes.Structure):
+    _fields_ = [(n, P) for n in ("xq", "xk", "xv", "wq", "wk", "wv", "tq", "tk", "tv", "graw", "A_log", "dt_bias")] + [
+        ("lower_bound", ctypes.c_float), ("braw", P), ("oraw", P), ("onorm", P), ("eps", ctypes.c_float), ("S", P), ("o", P)]
+
+
+fl = lib.kle_cuda_kda_layer_step
+fl.restype = ctypes.c_int
+fl.argtypes = [ctypes.POINTER(Args)] + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p]
+fs = lib.kle_cuda_kda_step
+fs.restype = ctypes.c_int
+fs.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 4 + [ctypes.c_float, ctypes.c_int, ctypes.c_void_p]
+
+
+def ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def make(B, H, K, V, W, lb, with_dt, gen, dtype=torch.float32):
+    """one layer's weights and one sequence batch's state, tails and per-token inputs"""
+    r = lambda *s: torch.randn(*s, device=dev, generator=gen, dtype=dtype)
+    HK, HV = H * K, H * V
+    m = {"wq": r(W, HK) * 0.5, "wk": r(W, HK) * 0.5, "wv": r(W, HV) * 0.5, "A_log": r(H) * 0.5,
+         "dt_bias": r(HK) if with_dt else None, "onorm": 1 + 0.1 * r(V), "lb": lb,
+         "tq": r(B, W - 1, HK), "tk": r(B, W - 1, HK), "tv": r(B, W - 1, HV), "S": r(B, H, K, V) * 0.05}
+    toks = [{"xq": r(B, HK), "xk": r(B, HK), "xv": r(B, HV), "graw": r(B, HK), "braw": r(B, H), "oraw": r(B, HV)} for _ in range(3)]
+    return m, toks
+
+
+def run(m, t, o, B, H, K, V, W, scale, eps):
+    a = Args(ptr(t["xq"]), ptr(t["xk"]), ptr(t["xv"]), ptr(m["wq"]), ptr(m["wk"]), ptr(m["wv"]), ptr(m["tq"]), ptr(m["tk"]), ptr(m["tv"]),
+             ptr(t["graw"]), ptr(m["A_log"]), ptr(m["dt_bias"]), m["lb"], ptr(t["braw"]), ptr(t["oraw"]), ptr(m["onorm"]), eps, ptr(m["S"]), ptr(o))
+    rc = fl(ctypes.byref(a), B, H, K, V, W, scale, torch.cuda.current_stream().cuda_stream)
+    assert rc == 0, rc
+
+
+def ref_step(m, t, B, H, K, V, W, scale, eps):
+    """the same step in float64, updating m's state and tails in place; returns o [B, H*V]"""
+    def conv(x, w, tail):
+        win = torch.cat([tail, x[:, None, :]], dim=1)  # [B, W, C]
+        y = (win * w[None]).sum(1)
+        tail.copy_(win[:, 1:, :])
+        return y * torch.sigmoid(y)
+    q = conv(t["xq"], m["wq"], m["tq"]).view(B, H, K)
+    k = conv(t["xk"], m["wk"], m["tk"]).view(B, H, K)
+    v = conv(t["xv"], m["wv"], m["tv"]).view(B, H, V)
+    q = q / torch.sqrt((q * q).sum(-1, keepdim=True) + 1e-6)
+    k = k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-6)
+    z = (t["graw"] + (m["dt_bias"] if m["dt_bias"] is not None else 0)).view(B, H, K)
+    a = torch.exp(m["A_log"])[None, :, None]
+    g = -a * torch.nn.functional.softplus(z) if m["lb"] == 0 else m["lb"] * torch.sigmoid(a * z)
+    beta = torch.sigmoid(t["braw"])
+    S = m["S"] * torch.exp(g)[..., None]
+    u = v - torch.einsum("bhkv,bhk->bhv", S, k)
+    S = S + beta[..., None, None] * k[..., None] * u[:, :, None, :]
+    m["S"].copy_(S)
+    o = scale * torch.einsum("bhkv,bhk->bhv", S, q)
+    o = o / torch.sqrt((o * o).mean(-1, keepdim=True) + eps) * m["onorm"] * torch.sigmoid(t["oraw"].view(B, H, V))
+    return o.reshape(B, H * V)
+
+
+def rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+results = {"gpu": torch.cuda.get_device_name(0), "checks": [], "timing": []}
+worst = 0.0
+gen = torch.Generator(device=dev).manual_seed(11)
+for (B, H, K, V, W, lb, with_dt) in [(1, 32, 128, 128, 4, 0.0, True), (3, 4, 64, 64, 4, -5.0, False), (2, 2, 128, 256, 2, 0.0, True),
+                                     (40, 8, 128, 128, 4, 0.0, True), (2, 3, 64, 96, 1, 0.0, True),
+                                     (2, 2, 64, 64, 6, -5.0, True), (30, 8, 64, 128, 7, 0.0, False)]:
+    scale, eps = K ** -0.5, 1e-5
+    m, toks = make(B, H, K, V, W, lb, with_dt, gen)
+    md = {k_: (v_.double().clone() if torch.is_tensor(v_) else v_) for k_, v_ in m.items()}
+    o = torch.empty(B, H * V, device=dev)
+    eo = 0.0
+    for t in toks:
+        run(m, t, o, B, H, K, V, W, scale, eps)
+        ro = ref_step(md, {k_: v_.double() for k_, v_ in t.items()}, B, H, K, V, W, scale, eps)
+        torch.cuda.synchronize()
+        eo = max(eo, rel(o, ro))
+    es = rel(m["S"], md["S"])
+    et = max(rel(m[n], md[n]) for n in ("tq", "tk", "tv")) if W > 1 else 0.0
+    worst = max(worst, eo, es, et)
+    results["checks"].append({"B": B, "H": H, "K": K, "V": V, "W": W, "lowerBound": lb, "dtBias": with_dt, "tokens": 3,
+                              "relErrO": eo, "relErrState": es, "relErrTails": et})
+    print(f"layer step B={B:2d} H={H:2d} K={K} V={V} W={W} lb={lb}: o {eo:.2e}  state {es:.2e}  tails {et:.2e}  {'ok' if max(eo, es, et) < 1e-5 else 'FAIL'}")
+cudabench.finish_checks(results, worst, check_only)
+
+H, K, V, W = 32, 128, 128, 4
+L2 = torch.cuda.get_device_properties(0).L2_cache_size
+for B in (1, 16):
+    # as bench/kda_step.py: enough state copies cycled in the graph to exceed twice the L2, so
+    # each step streams its state from HBM as a model's layers do
+    one = B * H * K * V * 4
+    n = max(1, -(-2 * L2 // one))
+    layers = [make(B, H, K, V, W, 0.0, True, gen) for _ in range(n)]
+    o = torch.empty(B, H * V, device=dev)
+    q = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
+    v, g, beta = torch.randn(B, H, V, device=dev), -torch.rand(B, H, K, device=dev) * 0.1, torch.rand(B, H, device=dev)
+    def fused():
+        for m, toks in layers:
+            run(m, toks[0], o, B, H, K, V, W, K ** -0.5, 1e-5)
+    def step_only():
+        for m, _ in layers:
+            assert fs(m["S"].data_ptr(), q.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), beta.data_ptr(), o.data_ptr(), B, H, K, V, K ** -0.5, 0, torch.cuda.current_stream().cuda_stream) == 0
+    tf = cudabench.graph_time(fused, 50, max(1, 64 // n), warmup=3) / n
+    ts = cudabench.graph_time(step_only, 50, max(1, 64 // n), warmup=3) / n
+    row = {"B": B, "H": H, "K": K, "V": V, "W": W, "stateCopies": n, "layerStepUs": tf, "layerStepTBs": 2 * one / (tf * 1e-6) / 1e12,
+           "recurrenceStepUs": ts}
+    results["timing"].append(row)
+    print(f"B={B:3d} H={H} K=V={K} W={W} ({n} copies): whole layer step {tf:.2f} us ({row['layerStepTBs']:.2f} TB/s of state traffic), recurrence-only step {ts:.2f} us")
+    del layers
+if out_path:
+    with open(out_path, "w") as fh:
+        json.dump(results, fh, indent=1)
