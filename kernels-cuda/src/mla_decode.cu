@@ -327,7 +327,7 @@ extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, in
   if (L <= 0 || H <= 0 || H > 32 || H % 8 || D <= 0 || D > 8 * NWARP * MAXKS || D % 32 || Dv <= 0 || Dv > D ||
       Dv > NWARP * 8 * MAXVT || Dv % 64 || !workspace)
     return KLE_EINVAL;
-  // one block per SM (the kernel takes 190 KB of shared memory), each span at least 256 rows
+  // one block per SM (the kernel takes 196 KB of shared memory), each span at least 256 rows
   int dev = 0, nsm = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return KLE_EINVAL;

@@ -32,8 +32,8 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // hi = x cut to TF32 (its 13 low mantissa bits cleared), lo = x - hi (exact in f32) cut the
-// same way: three integer/f32 instructions. cvt.rna.tf32.f32 runs as a multi-instruction sequence
-// on sm_90; with it the MLA decode issued about 13 instructions per mma and was issue-bound.
+// same way: three integer/f32 instructions. With cvt.rna.tf32.f32 the MLA decode issued about 13
+// instructions per mma and was issue-bound (5.3 with these splits and the other changes).
 // Cutting instead of rounding leaves |lo| < 2^-10 |x| and loses < 2^-20 |x| in cutting lo, errors
 // of every product's own size, so they stay 2^-20 relative in a sum whatever its cancellation.
 __device__ __forceinline__ uint32_t tf32_bits(float x) { return __float_as_uint(x) & 0xffffe000u; }
