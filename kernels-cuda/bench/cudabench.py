@@ -1,5 +1,5 @@
-# What the CUDA benches share: the end of their correctness checks, and timing by CUDA-graph
-# replay, so host launch overhead is not measured.
+# What the CUDA benches share: the end of their correctness checks, timing inputs, and timing by
+# CUDA-graph replay, so host launch overhead is not measured.
 import sys
 
 import torch
@@ -13,6 +13,24 @@ def finish_checks(results, worst, check_only):
     print(f"worst relative error {worst:.2e} (bar 1e-5)")
     if check_only:
         sys.exit(0 if worst < BAR else 1)
+
+
+def copies_past_l2(one_bytes):
+    """how many copies of a state of one_bytes, cycled within a graph, touch more than twice the
+    L2, so that each use streams from HBM as a model's layers do"""
+    L2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return max(1, -(-2 * L2 // one_bytes))
+
+
+def kda_inputs(lead, K, V):
+    """random KDA inputs for timing, shaped lead + (K,) / lead + (V,) / lead (beta): unit-norm q
+    and k, mild decays, and an output buffer; lead is (B, H) for a step, (T, H) for a prefill"""
+    q = torch.nn.functional.normalize(torch.randn(*lead, K, device="cuda"), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(*lead, K, device="cuda"), dim=-1)
+    v = torch.randn(*lead, V, device="cuda")
+    g = -torch.rand(*lead, K, device="cuda") * 0.1
+    beta = torch.rand(*lead, device="cuda")
+    return q, k, v, g, beta, torch.empty(*lead, V, device="cuda")
 
 
 def graph_time(fn, reps, iters, warmup):

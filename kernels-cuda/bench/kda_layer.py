@@ -107,17 +107,11 @@ for (B, H, K, V, W, lb, with_dt) in [(1, 32, 128, 128, 4, 0.0, True), (3, 4, 64,
 cudabench.finish_checks(results, worst, check_only)
 
 H, K, V, W = 32, 128, 128, 4
-L2 = torch.cuda.get_device_properties(0).L2_cache_size
 for B in (1, 16):
-    # as bench/kda_step.py: enough state copies cycled in the graph to exceed twice the L2, so
-    # each step streams its state from HBM as a model's layers do
     one = B * H * K * V * 4
-    n = max(1, -(-2 * L2 // one))
+    n = cudabench.copies_past_l2(one)
     layers = [make(B, H, K, V, W, 0.0, True, gen) for _ in range(n)]
-    o = torch.empty(B, H * V, device=dev)
-    q = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
-    k = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
-    v, g, beta = torch.randn(B, H, V, device=dev), -torch.rand(B, H, K, device=dev) * 0.1, torch.rand(B, H, device=dev)
+    q, k, v, g, beta, o = cudabench.kda_inputs((B, H), K, V)  # o [B, H, V] serves both kernels
     def fused():
         for m, toks in layers:
             run(m, toks[0], o, B, H, K, V, W, K ** -0.5, 1e-5)

@@ -186,14 +186,9 @@ for B in (1, 16, 128):
     # several copies of the state, cycled within the graph, so that the states touched exceed
     # twice the L2 and each step streams from HBM as a model's layers would
     one = B * H * K * V * 4
-    n = max(1, -(-2 * L2 // one))
+    n = cudabench.copies_past_l2(one)
     S = [torch.randn(B, H, K, V, device=dev) * 0.01 for _ in range(n)]
-    q = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
-    k = torch.nn.functional.normalize(torch.randn(B, H, K, device=dev), dim=-1)
-    v = torch.randn(B, H, V, device=dev)
-    g = -torch.rand(B, H, K, device=dev) * 0.1
-    beta = torch.rand(B, H, device=dev)
-    o = torch.empty(B, H, V, device=dev)
+    q, k, v, g, beta, o = cudabench.kda_inputs((B, H), K, V)
     def run_ours():
         for s_ in S:
             step(s_, q, k, v, g, beta, o, K ** -0.5)
@@ -224,12 +219,7 @@ if fla_path:
         results["chunkImportError"] = repr(e)[:300]
 results["prefill"] = []
 for T in (16384, 65536, 262144):
-    q = torch.nn.functional.normalize(torch.randn(T, H, K, device=dev), dim=-1)
-    k = torch.nn.functional.normalize(torch.randn(T, H, K, device=dev), dim=-1)
-    v = torch.randn(T, H, V, device=dev)
-    g = -torch.rand(T, H, K, device=dev) * 0.1
-    beta = torch.rand(T, H, device=dev)
-    o = torch.empty(T, H, V, device=dev)
+    q, k, v, g, beta, o = cudabench.kda_inputs((T, H), K, V)
     S0 = torch.zeros(H, K, V, device=dev)
     ours = graph_time(lambda: recurrent(S0, q, k, v, g, beta, o, K ** -0.5), reps=3, iters=1)
     ws = chunk_ws(T, H, K, V)

@@ -428,13 +428,10 @@ __device__ __forceinline__ void mma_16x32x8(float (&acc)[4][4], const float *a, 
     split_tf32(b[t * SS + nt * 8 + g], bh[nt][0], bl[nt][0]);
     split_tf32(b[(t + 4) * SS + nt * 8 + g], bh[nt][1], bl[nt][1]);
   }
-  // three passes over the four accumulators: no mma waits on the one just before it
 #pragma unroll
-  for (int nt = 0; nt < 4; nt++) mma_tf32(acc[nt], al, bh[nt][0], bh[nt][1]);
+  for (int p = 0; p < 3; p++)
 #pragma unroll
-  for (int nt = 0; nt < 4; nt++) mma_tf32(acc[nt], ah, bl[nt][0], bl[nt][1]);
-#pragma unroll
-  for (int nt = 0; nt < 4; nt++) mma_tf32(acc[nt], ah, bh[nt][0], bh[nt][1]);
+    for (int nt = 0; nt < 4; nt++) mma_3xtf32_pass(p, acc[nt], ah, al, bh[nt], bl[nt]);
 }
 
 // group A: W^T and qp^T (needed first); group B: U's column tile, ks^T, QK^T, plast

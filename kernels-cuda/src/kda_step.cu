@@ -275,17 +275,12 @@ extern "C" int kle_cuda_kda_layer_step(const kle_cuda_kda_layer_args *args, int 
   // as the step: 8 warps a block while there are few blocks (short row chains per thread)
   const bool wide = (long)B * H * (V / 32) < 4L * 132, small_w = W <= 4;
   cfg.blockDim = dim3(32, wide ? 8 : 4);
-  cudaError_t e;
-  if (K == 128)
-    e = wide ? (small_w ? cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<128, 8, 4>, *args, H, V, W, scale)
-                        : cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<128, 8, 16>, *args, H, V, W, scale))
-             : (small_w ? cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<128, 4, 4>, *args, H, V, W, scale)
-                        : cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<128, 4, 16>, *args, H, V, W, scale));
-  else
-    e = wide ? (small_w ? cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<64, 8, 4>, *args, H, V, W, scale)
-                        : cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<64, 8, 16>, *args, H, V, W, scale))
-             : (small_w ? cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<64, 4, 4>, *args, H, V, W, scale)
-                        : cudaLaunchKernelEx(&cfg, kda_layer_step_kernel<64, 4, 16>, *args, H, V, W, scale));
+  void (*kern)(kle_cuda_kda_layer_args, int, int, int, float) =
+      K == 128 ? (wide ? (small_w ? kda_layer_step_kernel<128, 8, 4> : kda_layer_step_kernel<128, 8, 16>)
+                       : (small_w ? kda_layer_step_kernel<128, 4, 4> : kda_layer_step_kernel<128, 4, 16>))
+               : (wide ? (small_w ? kda_layer_step_kernel<64, 8, 4> : kda_layer_step_kernel<64, 8, 16>)
+                       : (small_w ? kda_layer_step_kernel<64, 4, 4> : kda_layer_step_kernel<64, 4, 16>));
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kern, *args, H, V, W, scale);
   return e == cudaSuccess && cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
 

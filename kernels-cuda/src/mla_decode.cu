@@ -118,8 +118,8 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
     if (it + 1 < ntile) load_tile(cache, jt + TJ, j1, D, DS, sm + ((it + 1) & 1) * TJ * DS);
     const float *sc = sm + (it & 1) * TJ * DS;
 
-    // partial scores over this warp's k-steps; the three products of each k-step go out as three
-    // passes over the eight independent accumulators, so no mma waits on the one before it
+    // partial scores over this warp's k-steps; each 3xTF32 pass covers the eight independent
+    // accumulators before the next
     {
       float sacc[2][4][4];
 #pragma unroll
@@ -148,20 +148,12 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
             split_tf32_nohoist(qr[i][nt][1], bh[nt][1], bl[nt][1]);
           }
 #pragma unroll
-          for (int nt = 0; nt < 4; nt++)
-            if (nt < ntq)
+          for (int p = 0; p < 3; p++)
 #pragma unroll
-              for (int m = 0; m < 2; m++) mma_tf32(sacc[m][nt], al[m], bh[nt][0], bh[nt][1]);
+            for (int nt = 0; nt < 4; nt++)
+              if (nt < ntq)
 #pragma unroll
-          for (int nt = 0; nt < 4; nt++)
-            if (nt < ntq)
-#pragma unroll
-              for (int m = 0; m < 2; m++) mma_tf32(sacc[m][nt], ah[m], bl[nt][0], bl[nt][1]);
-#pragma unroll
-          for (int nt = 0; nt < 4; nt++)
-            if (nt < ntq)
-#pragma unroll
-              for (int m = 0; m < 2; m++) mma_tf32(sacc[m][nt], ah[m], bh[nt][0], bh[nt][1]);
+                for (int m = 0; m < 2; m++) mma_3xtf32_pass(p, sacc[m][nt], ah[m], al[m], bh[nt], bl[nt]);
         }
       }
       float *dst = sp + w * 32 * RS;
@@ -263,20 +255,12 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
             split_tf32(u < n2 ? v[4 * DS] : 0.f, bh[u][1], bl[u][1]);
           }
 #pragma unroll
-          for (int u = 0; u < 2; u++)
+          for (int p = 0; p < 3; p++)
 #pragma unroll
-            for (int m = 0; m < 2; m++)
-              if (u < n2 && m < nmo) mma_tf32(oacc[m][n + u], al[m], bh[u][0], bh[u][1]);
+            for (int u = 0; u < 2; u++)
 #pragma unroll
-          for (int u = 0; u < 2; u++)
-#pragma unroll
-            for (int m = 0; m < 2; m++)
-              if (u < n2 && m < nmo) mma_tf32(oacc[m][n + u], ah[m], bl[u][0], bl[u][1]);
-#pragma unroll
-          for (int u = 0; u < 2; u++)
-#pragma unroll
-            for (int m = 0; m < 2; m++)
-              if (u < n2 && m < nmo) mma_tf32(oacc[m][n + u], ah[m], bh[u][0], bh[u][1]);
+              for (int m = 0; m < 2; m++)
+                if (u < n2 && m < nmo) mma_3xtf32_pass(p, oacc[m][n + u], ah[m], al[m], bh[u], bl[u]);
         }
       }
     }

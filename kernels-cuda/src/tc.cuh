@@ -47,13 +47,25 @@ __device__ __forceinline__ void split_tf32_nohoist(float x, uint32_t &hi, uint32
   asm volatile("" : "+f"(x));
   split_tf32(x, hi, lo);
 }
-// not volatile: the compiler may interleave independent accumulators (an mma waits for the one
-// before it on the same accumulator, so three in a row on one would stall the warp each time)
+// not volatile, so the compiler keeps the order callers give and may still interleave
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// Pass p of c += a b in 3xTF32: 0 lo*hi, 1 hi*lo, 2 hi*hi. Callers run pass 0 over all their
+// independent accumulators, then pass 1, then pass 2: an mma waits for the one before it on the
+// same accumulator, so three in a row on one would stall the warp each time.
+__device__ __forceinline__ void mma_3xtf32_pass(int p, float (&c)[4], const uint32_t (&ah)[4], const uint32_t (&al)[4],
+                                                const uint32_t (&bh)[2], const uint32_t (&bl)[2]) {
+  if (p == 0)
+    mma_tf32(c, al, bh[0], bh[1]);
+  else if (p == 1)
+    mma_tf32(c, ah, bl[0], bl[1]);
+  else
+    mma_tf32(c, ah, bh[0], bh[1]);
+}
+
 }  // namespace kle_tc
 
 #endif
