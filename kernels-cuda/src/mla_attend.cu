@@ -10,6 +10,7 @@
 #include <math.h>
 
 #include "../include/kle_cuda.h"
+#include "lse_merge.cuh"
 
 #define KLE_OK 0
 #define KLE_EINVAL (-1)
@@ -97,19 +98,8 @@ __global__ void __launch_bounds__(32 * WARPS) mla_attend_partial(const float *__
 // one block per (query, head): weights exp(lse_s - lse) over the spans
 __global__ void mla_attend_merge(const float *__restrict__ opart, const float *__restrict__ lpart, int S, int Dv,
                                  float *__restrict__ out) {
-  const int th = blockIdx.x;
-  const float *lp = lpart + (size_t)th * S;
-  float m = -INFINITY;
-  for (int s = 0; s < S; s++) m = fmaxf(m, lp[s]);
-  float sum = 0.f;
-  for (int s = 0; s < S; s++) sum += lp[s] == -INFINITY ? 0.f : __expf(lp[s] - m);
-  const float inv = 1.0f / sum;
-  for (int i = threadIdx.x; i < Dv; i += blockDim.x) {
-    float a = 0.f;
-    for (int s = 0; s < S; s++)
-      if (lp[s] != -INFINITY) a += __expf(lp[s] - m) * opart[((size_t)th * S + s) * Dv + i];
-    out[(size_t)th * Dv + i] = a * inv;
-  }
+  const size_t th = blockIdx.x;
+  kle_merge::merge_row(lpart + th * S, 1, opart + th * S * Dv, Dv, S, Dv, 0, 32, out + th * Dv, nullptr);
 }
 
 extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale,
@@ -124,6 +114,6 @@ extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, i
   const long warps = (long)T * H * S;
   mla_attend_partial<<<(unsigned)((warps + WARPS - 1) / WARPS), 32 * WARPS, 0, st>>>(q, cache, L0, T, H, D, Dv, scale, span, S,
                                                                                     opart, lpart);
-  mla_attend_merge<<<T * H, 128, 0, st>>>(opart, lpart, S, Dv, out);
+  mla_attend_merge<<<T * H, 256, 0, st>>>(opart, lpart, S, Dv, out);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }

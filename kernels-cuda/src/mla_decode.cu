@@ -23,6 +23,7 @@
 #include <math.h>
 
 #include "../include/kle_cuda.h"
+#include "lse_merge.cuh"
 #include "tc.cuh"
 
 using namespace kle_tc;
@@ -287,23 +288,12 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
     }
 }
 
-// out[h] = sum_s exp(lse_s - lse) out_s, lse = log sum_s exp(lse_s)
+// block (h, y): head h's row, columns 32 y .. 32 y + 31 of it
 __global__ void mla_merge(const float *__restrict__ pout, const float *__restrict__ plse, int n, int H, int Dv,
                           float *__restrict__ out, float *__restrict__ lse) {
   const int h = blockIdx.x;
-  float m = -INFINITY;  // each thread recomputes the head's weights: n is at most one per SM
-  for (int s = 0; s < n; s++) m = fmaxf(m, plse[s * H + h]);
-  float tot = 0.f;
-  for (int s = 0; s < n; s++) tot += plse[s * H + h] == -INFINITY ? 0.f : __expf(plse[s * H + h] - m);
-  for (int d = blockIdx.y * blockDim.x + threadIdx.x; d < Dv; d += gridDim.y * blockDim.x) {
-    float a = 0.f;
-    for (int s = 0; s < n; s++) {
-      const float l = plse[s * H + h];
-      if (l != -INFINITY) a += __expf(l - m) * pout[((size_t)s * H + h) * Dv + d];
-    }
-    out[h * Dv + d] = a / tot;
-  }
-  if (lse && blockIdx.y == 0 && threadIdx.x == 0) lse[h] = m + logf(tot);
+  kle_merge::merge_row(plse + h, H, pout + (size_t)h * Dv, (size_t)H * Dv, n, Dv, 32 * blockIdx.y, 32 * gridDim.y,
+                       out + (size_t)h * Dv, lse && blockIdx.y == 0 ? lse + h : nullptr);
 }
 
 extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
@@ -323,6 +313,6 @@ extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, in
       D == 576 && H == 32 && Dv == 512 ? mla_partial<576, 32, 512> : mla_partial<0, 0, 0>;
   if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
   kern<<<n, THREADS, smem, st>>>(q, cache, L, H, D, Dv, scale, span, pout, plse);
-  mla_merge<<<dim3(H, (Dv + 127) / 128), 128, 0, st>>>(pout, plse, n, H, Dv, out, lse);
+  mla_merge<<<dim3(H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, n, H, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
