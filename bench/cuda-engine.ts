@@ -96,16 +96,21 @@ async function runModel(name: string, cfg: unknown, shards: { name: string; byte
   const g1 = gpu.createSession(), g2 = gpu.createSession();
   const q = tokens(200, V, 4);
   record(name, 'GPU prefill == GPU token-by-token decode (200 tokens)', compare(g1.forward(q, true), decodeAll(g2, q, V), V));
-  // blobs: the CPU session's state continues on the GPU, and back
-  const blob = sc.save();
-  const moved = gpu.createSession();
-  moved.load(blob);
-  const back = cpu.createSession();
+  // blobs: the CPU session's state continues on the GPU, and back; whole and in parts (the path
+  // of blobs past 4 GiB)
+  const moved = gpu.createSession(), movedInParts = gpu.createSession();
+  moved.load(sc.save());
+  movedInParts.loadParts(sc.saveParts(4096), sc.stateSize());
+  const back = cpu.createSession(), backInParts = cpu.createSession();
   back.load(moved.save());
+  backInParts.loadParts(moved.saveParts(1 << 16), moved.stateSize());
   const nxt = tokens(8, V, 5);
-  record(name, 'CPU blob -> GPU session, 8 more tokens', compare(decodeAll(moved, nxt, V), decodeAll(sc, nxt, V), V));
-  record(name, 'GPU blob -> CPU session, 8 more tokens', compare(decodeAll(back, nxt, V), decodeAll(sg, nxt, V), V));
-  for (const s of [sc, sg, g1, g2, moved, back]) s.free();
+  const onCpu = decodeAll(sc, nxt, V), onGpu = decodeAll(sg, nxt, V);
+  record(name, 'CPU blob -> GPU session, 8 more tokens', compare(decodeAll(moved, nxt, V), onCpu, V));
+  record(name, 'CPU blob in 4 KiB parts -> GPU session, 8 more tokens', compare(decodeAll(movedInParts, nxt, V), onCpu, V));
+  record(name, 'GPU blob -> CPU session, 8 more tokens', compare(decodeAll(back, nxt, V), onGpu, V));
+  record(name, 'GPU blob in 64 KiB parts -> CPU session, 8 more tokens', compare(decodeAll(backInParts, nxt, V), onGpu, V));
+  for (const s of [sc, sg, g1, g2, moved, movedInParts, back, backInParts]) s.free();
   timeBackend(name, cpu, prompt * 4);
   timeBackend(name, gpu, prompt * 4);
   cpu.free();

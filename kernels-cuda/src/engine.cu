@@ -615,6 +615,14 @@ extern "C" int kle_session_state_load(kle_session *s, const uint8_t *src, long n
   return rc;
 }
 
+extern "C" int kle_session_state_save_at(kle_session *s, kle_addr dst, long n) {
+  return kle_session_state_save(s, (uint8_t *)dst, n);
+}
+
+extern "C" int kle_session_state_load_at(kle_session *s, kle_addr src, long n) {
+  return kle_session_state_load(s, (const uint8_t *)src, n);
+}
+
 extern "C" int kle_cuda_device_info(uint8_t *name, int n) {
   int dev = 0;
   cudaDeviceProp p;

@@ -155,6 +155,11 @@ export class EngineSession {
     return addr ? readF32(this.model.backend, addr, this.model.config.vocabSize) : null;
   }
 
+  /** Bytes of the session's state blob ({@link save}), without making it. */
+  stateSize(): number {
+    return call(this.model.backend, 'kle_session_state_size', [this.handle]);
+  }
+
   /** The session's state as a versioned blob (see wasm/engine/session.c). */
   save(): Uint8Array {
     const n = call(this.model.backend, 'kle_session_state_size', [this.handle]);
@@ -166,6 +171,51 @@ export class EngineSession {
   /** Replaces this session's state with a blob; throws (state unchanged) if it is not one of this model's. */
   load(blob: Uint8Array): void {
     check('kle_session_state_load', call(this.model.backend, 'kle_session_state_load', [this.handle, blob, blob.length]));
+  }
+
+  /**
+   * The state blob in parts of at most `partBytes` bytes, whose concatenation is {@link save}'s
+   * blob: for sessions whose blob passes what one array holds (4 GiB in Node; an MLA cache of a
+   * long context). The engine keeps one copy of the blob until the parts are all taken or the
+   * loop stops.
+   * @example
+   * for (const part of session.saveParts()) await file.write(part);
+   */
+  *saveParts(partBytes = 1 << 30): Generator<Uint8Array, void, undefined> {
+    if (!Number.isInteger(partBytes) || partBytes < 1) throw new RangeError(`partBytes ${partBytes} is not a positive integer`);
+    const b = this.model.backend;
+    const n = this.stateSize();
+    const buf = engineBuffer(b, n);
+    try {
+      check('kle_session_state_save_at', call(b, 'kle_session_state_save_at', [this.handle, buf, n]));
+      for (let off = 0; off < n; off += partBytes) yield readBytes(b, buf + off, Math.min(partBytes, n - off));
+    } finally {
+      call(b, 'kle_buffer_free', [buf]);
+    }
+  }
+
+  /**
+   * Replaces this session's state with a blob given in parts (as {@link saveParts} makes them,
+   * any sizes); `totalBytes` is needed when `parts` is not an array. Throws, state unchanged,
+   * if the parts do not add up to `totalBytes` or the blob is not one of this model's.
+   */
+  loadParts(parts: Iterable<Uint8Array>, totalBytes?: number): void {
+    const n = totalBytes ?? (Array.isArray(parts) ? (parts as readonly Uint8Array[]).reduce((a, p) => a + p.length, 0) : NaN);
+    if (!Number.isSafeInteger(n) || n < 0) throw new RangeError('loadParts: give totalBytes when the parts are not an array');
+    const b = this.model.backend;
+    const buf = engineBuffer(b, n);
+    try {
+      let off = 0;
+      for (const part of parts) {
+        if (off + part.length > n) throw new RangeError(`loadParts: the parts pass the ${n} bytes announced`);
+        writeBytes(b, buf + off, part);
+        off += part.length;
+      }
+      if (off !== n) throw new RangeError(`loadParts: the parts hold ${off} bytes, not the ${n} announced`);
+      check('kle_session_state_load_at', call(b, 'kle_session_state_load_at', [this.handle, buf, n]));
+    } finally {
+      call(b, 'kle_buffer_free', [buf]);
+    }
   }
 
   free(): void {
@@ -185,9 +235,20 @@ function writeBytes(b: KernelBackend, addr: number, bytes: Uint8Array): void {
   else check('kle_mem_write', b.call('kle_mem_write', [addr, bytes, bytes.length]));
 }
 
-function readF32(b: KernelBackend, addr: number, n: number): Float32Array {
-  if (b instanceof WasmBackend) return new Float32Array(b.memory.buffer, addr, n).slice();
-  const out = new Float32Array(n);
-  check('kle_mem_read', b.call('kle_mem_read', [addr, new Uint8Array(out.buffer), n * 4]));
+/** n bytes of engine memory, for blobs passed in parts; throws when the engine has no room. */
+function engineBuffer(b: KernelBackend, n: number): number {
+  const addr = call(b, 'kle_buffer_alloc', [n]);
+  if (!addr) throw new EngineError('kle_buffer_alloc', -2, `${n} bytes`);
+  return addr;
+}
+
+function readBytes(b: KernelBackend, addr: number, n: number): Uint8Array {
+  if (b instanceof WasmBackend) return new Uint8Array(b.memory.buffer, addr, n).slice();
+  const out = new Uint8Array(n);
+  check('kle_mem_read', b.call('kle_mem_read', [addr, out, n]));
   return out;
+}
+
+function readF32(b: KernelBackend, addr: number, n: number): Float32Array {
+  return new Float32Array(readBytes(b, addr, 4 * n).buffer);
 }

@@ -56,6 +56,10 @@ export const KLE_ABI = {
   kle_session_state_size: { ret: 'i64', params: [{ name: 's', kind: 'addr' }] },
   kle_session_state_save: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'dst', kind: 'inout', elem: 'u8' }, { name: 'n', kind: 'i64' }] },
   kle_session_state_load: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'src', kind: 'in', elem: 'u8' }, { name: 'n', kind: 'i64' }] },
+  kle_buffer_alloc: { ret: 'addr', params: [{ name: 'n', kind: 'size' }] },
+  kle_buffer_free: { ret: 'void', params: [{ name: 'p', kind: 'addr' }] },
+  kle_session_state_save_at: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'dst', kind: 'addr' }, { name: 'n', kind: 'i64' }] },
+  kle_session_state_load_at: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'src', kind: 'addr' }, { name: 'n', kind: 'i64' }] },
   kle_probe_read: { ret: 'f32', params: [{ name: 'x', kind: 'in', elem: 'f32' }, { name: 'n', kind: 'i64' }] },
 } as const satisfies Record<string, AbiFunction>;
 

@@ -84,6 +84,50 @@ describe('the engine on the default model (every backend)', async () => {
         other.free();
       });
 
+      it('saves and loads a blob in parts: the same bytes as save(), the same state after', () => {
+        const a = model.createSession();
+        a.forward(toks.slice(0, 33));
+        const whole = a.save();
+        expect(a.stateSize()).toBe(whole.length);
+        const parts = [...a.saveParts(1000)];
+        expect(parts.length).toBe(Math.ceil(whole.length / 1000));
+        expect(parts.slice(0, -1).every((p) => p.length === 1000)).toBe(true);
+        const joined = new Uint8Array(whole.length);
+        parts.reduce((off, p) => (joined.set(p, off), off + p.length), 0);
+        expect(joined).toEqual(whole);
+        // any split of the bytes loads, from an array or from a generator with its total
+        const c = model.createSession();
+        c.loadParts([whole.subarray(0, 7), whole.subarray(7, 12345), whole.subarray(12345)]);
+        expect(c.save()).toEqual(whole);
+        const d = model.createSession();
+        d.loadParts((function* () { yield* parts; })(), whole.length);
+        expect(d.pos).toBe(33);
+        const t = argmax(a.logits()!);
+        expect(d.forward([t])).toEqual(a.forward([t]));
+      });
+
+      it('loading parts that are short, long, corrupt or without a total throws and keeps the state', () => {
+        const s = model.createSession();
+        s.forward(toks.slice(0, 12));
+        const before = s.save();
+        const other = model.createSession();
+        other.forward(toks.slice(0, 30));
+        const blob = other.save();
+        const flipped = blob.slice();
+        flipped[blob.length - 20]! ^= 4;
+        const cases: [() => void, RegExp | typeof EngineError][] = [
+          [() => s.loadParts([blob.subarray(0, 100)], blob.length), /hold 100 bytes/],
+          [() => s.loadParts([blob, new Uint8Array(1)], blob.length), /pass the/],
+          [() => s.loadParts([flipped.subarray(0, 50), flipped.subarray(50)]), EngineError],
+          [() => s.loadParts((function* () { yield blob; })()), /totalBytes/],
+        ];
+        for (const [f, err] of cases) {
+          expect(f).toThrow(err);
+          expect(s.save()).toEqual(before);
+        }
+        expect(() => [...s.saveParts(0)]).toThrow(RangeError);
+      });
+
       it('refuses token ids outside the vocabulary before touching the state', () => {
         const s = model.createSession();
         expect(() => s.forward([1, V])).toThrow(/outside the vocabulary/);

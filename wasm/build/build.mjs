@@ -80,7 +80,7 @@ function buildNative() {
 const hostEngineFns = [
   'model_create', 'model_free', 'model_tensor_expect', 'model_tensor', 'model_finalize', 'model_bytes',
   'session_create', 'session_free', 'session_forward', 'session_logits', 'session_pos',
-  'session_state_size', 'session_state_save', 'session_state_load',
+  'session_state_size', 'session_state_save', 'session_state_load', 'session_state_save_at', 'session_state_load_at',
 ];
 
 function cudaSources() {

@@ -21,6 +21,9 @@ int kle_mem_read(kle_addr src, uint8_t *dst, size_t n) {
   return KLE_OK;
 }
 
+kle_addr kle_buffer_alloc(size_t n) { return (kle_addr)malloc(n ? n : 1); }
+void kle_buffer_free(kle_addr p) { free((void *)p); }
+
 static int n_layers(const kle_model *m) { return m->cfg[KLE_CFG_LAYERS]; }
 
 int kle_layer_is_moe(const kle_model *m, int layer) {

@@ -209,3 +209,11 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
   s->pos = (int)pos;
   return rc;
 }
+
+int kle_session_state_save_at(kle_session *s, kle_addr dst, long n) {
+  return kle_session_state_save(s, (uint8_t *)dst, n);
+}
+
+int kle_session_state_load_at(kle_session *s, kle_addr src, long n) {
+  return kle_session_state_load(s, (const uint8_t *)src, n);
+}

@@ -284,6 +284,16 @@ int kle_session_state_save(kle_session *s, uint8_t *dst, long n);
 /* Replaces the session's state with a blob; KLE_EFORMAT (session unchanged) if malformed or
  * made by a different model. */
 int kle_session_state_load(kle_session *s, const uint8_t *src, long n);
+/*
+ * Blobs past what one host array holds (4 GiB in Node: a 1M-token context of a few MLA layers)
+ * go through engine memory: save into a buffer from kle_buffer_alloc and read it out in parts
+ * with kle_mem_read, or write the parts with kle_mem_write and load from the buffer. The same
+ * checks and results as the two above.
+ */
+kle_addr kle_buffer_alloc(size_t n);
+void kle_buffer_free(kle_addr p);
+int kle_session_state_save_at(kle_session *s, kle_addr dst, long n);
+int kle_session_state_load_at(kle_session *s, kle_addr src, long n);
 
 /* ---------------------------------------------------------------- probes */
 /* Sums n floats with the widest loads this build has: a read-bandwidth probe. */
