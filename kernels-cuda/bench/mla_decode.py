@@ -32,8 +32,9 @@ worst = 0.0
 g = torch.Generator(device=dev).manual_seed(5)
 # amp scales the query: at 6 the softmax puts nearly all weight on a few rows of each span, where
 # the running max changes between tiles and the merge weights differ by many orders
+# (4 heads: a group of 32 rows part empty; 40 heads: two groups; D = 80 not a multiple of 32)
 for (H, Dl, Dr, L, amp) in [(8, 64, 32, 1, 1), (8, 64, 32, 300, 1), (16, 128, 64, 4097, 1), (24, 512, 64, 5003, 1), (8, 512, 128, 3001, 1),
-                            (32, 512, 64, 1000, 1), (32, 512, 64, 70000, 1), (32, 512, 64, 40000, 6)]:
+                            (32, 512, 64, 1000, 1), (32, 512, 64, 70000, 1), (32, 512, 64, 40000, 6), (4, 64, 16, 3000, 1), (40, 128, 64, 2000, 1)]:
     D, Dv = Dl + Dr, Dl
     q = torch.randn(H, D, device=dev, generator=g) * amp
     cache = torch.randn(L, D, device=dev, generator=g)
@@ -50,14 +51,26 @@ for (H, Dl, Dr, L, amp) in [(8, 64, 32, 1, 1), (8, 64, 32, 300, 1), (16, 128, 64
     worst = max(worst, e)
     results["checks"].append({"H": H, "D": D, "Dv": Dv, "L": L, "queryScale": amp, "relErr": e, "lseMaxAbsErr": el})
     print(f"H={H:2d} D={Dl}+{Dr} L={L:6d} q x{amp}: rel err {e:.2e}, lse max abs err {el:.2e}  {'ok' if e < 1e-5 else 'FAIL'}")
-# the any-shape causal kernel (the engine's prefill and small-head decode): T queries after L0 rows
+# the causal kernel the engine runs for prefill and decode: T queries after L0 rows. The tensor-core
+# kernel over (query, head) rows in groups of 32: one group or many, the last part full, with one
+# span per group (no merge) or several, groups crossing queries (5 heads); and the CUDA-core kernel
+# that takes latents the other cannot (Dv = 48).
 fa = lib.kle_cuda_mla_attend
 fa.restype = ctypes.c_int
 fa.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
 fab = lib.kle_cuda_mla_attend_workspace_bytes
 fab.restype = ctypes.c_long
 fab.argtypes = [ctypes.c_int] * 4
-for (H, Dl, Dr, L0, T) in [(4, 64, 16, 0, 1), (4, 64, 16, 0, 300), (4, 64, 16, 5000, 1), (4, 64, 16, 700, 512), (8, 256, 32, 3000, 64), (32, 512, 64, 2000, 40), (32, 512, 64, 50000, 1)]:
+ATTEND_SHAPES = [(4, 64, 16, 0, 1), (4, 64, 16, 0, 300), (4, 64, 16, 5000, 1), (4, 64, 16, 700, 512), (8, 256, 32, 3000, 64), (32, 512, 64, 2000, 40),
+                 (32, 512, 64, 50000, 1), (32, 512, 64, 0, 512), (5, 64, 16, 300, 100), (3, 64, 8, 100, 7), (4, 64, 16, 20000, 64), (4, 48, 16, 500, 20)]
+
+
+def attend(q, cache, L0, T, H, D, Dv, scale, out, ws, wb):
+    rc = fa(q.data_ptr(), cache.data_ptr(), L0, T, H, D, Dv, scale, out.data_ptr(), ws.data_ptr(), wb, torch.cuda.current_stream().cuda_stream)
+    assert rc == 0, rc
+
+
+for (H, Dl, Dr, L0, T) in ATTEND_SHAPES:
     D, Dv = Dl + Dr, Dl
     q = torch.randn(T, H, D, device=dev, generator=g)
     cache = torch.randn(L0 + T, D, device=dev, generator=g)
@@ -65,8 +78,7 @@ for (H, Dl, Dr, L0, T) in [(4, 64, 16, 0, 1), (4, 64, 16, 0, 300), (4, 64, 16, 5
     wb = fab(L0 + T, T, H, Dv)
     ws = torch.empty(wb // 4 + 1, device=dev)
     out = torch.empty(T, H, Dv, device=dev)
-    rc = fa(q.data_ptr(), cache.data_ptr(), L0, T, H, D, Dv, scale, out.data_ptr(), ws.data_ptr(), wb, torch.cuda.current_stream().cuda_stream)
-    assert rc == 0, rc
+    attend(q, cache, L0, T, H, D, Dv, scale, out, ws, wb)
     torch.cuda.synchronize()
     s = torch.einsum("thd,ld->thl", q.double(), cache.double()) * scale
     mask = torch.arange(L0 + T, device=dev)[None, :] > (L0 + torch.arange(T, device=dev))[:, None]
@@ -101,6 +113,29 @@ for L in (131072, 1048576):
     row = {"L": L, "H": H, "D": D, "oursUs": ours, "oursTBs": by / (ours * 1e-6) / 1e12, "torchUs": t, "torchTBs": by / (t * 1e-6) / 1e12}
     results["timing"].append(row)
     print(f"L={L:8d} H={H} D={Dl}+{Dr}: ours {ours:.1f} us ({row['oursTBs']:.2f} TB/s of cache read), torch absorbed {t:.1f} us ({row['torchTBs']:.2f} TB/s)")
+# prefill attention: one engine batch of queries at the end of a 128K context, the default model's
+# shape (4 heads, latent 64 + 16: the GPU node's long-context run) and 48B's, next to PyTorch doing
+# the same causal attention in f32 (scores, mask, softmax, values)
+results["prefill"] = []
+for (H, Dl, Dr, T) in [(4, 64, 16, 512), (32, 512, 64, 64)]:
+    D, Dv, L0 = Dl + Dr, Dl, 131072 - T
+    q = torch.randn(T, H, D, device=dev)
+    cache = torch.randn(L0 + T, D, device=dev) * 0.1
+    scale = (Dl // 4 + Dr) ** -0.5
+    wb = fab(L0 + T, T, H, Dv)
+    ws = torch.empty(wb // 4 + 1, device=dev)
+    out = torch.empty(T, H, Dv, device=dev)
+    ours = graph_time(lambda: attend(q, cache, L0, T, H, D, Dv, scale, out, ws, wb))
+    mask = torch.arange(L0 + T, device=dev)[None, :] > (L0 + torch.arange(T, device=dev))[:, None]
+    def torch_causal():
+        s = torch.einsum("thd,ld->thl", q, cache) * scale
+        p = torch.softmax(s.masked_fill(mask[:, None, :], float("-inf")), dim=-1)
+        return torch.einsum("thl,ld->thd", p, cache[:, :Dv])
+    t = graph_time(torch_causal)
+    fl = 2 * T * H * (L0 + T / 2) * (D + Dv)
+    row = {"T": T, "L": L0 + T, "H": H, "D": D, "Dv": Dv, "oursUs": ours, "oursTflops": fl / (ours * 1e-6) / 1e12, "torchUs": t, "torchTflops": fl / (t * 1e-6) / 1e12}
+    results["prefill"].append(row)
+    print(f"prefill attention T={T} at L={L0 + T} H={H} D={Dl}+{Dr}: ours {ours:.0f} us ({row['oursTflops']:.1f} TFLOP/s), torch {t:.0f} us ({row['torchTflops']:.1f} TFLOP/s), {t / ours:.2f}x")
 if out_path:
     with open(out_path, "w") as fh:
         json.dump(results, fh, indent=1)

@@ -74,7 +74,9 @@ int kle_cuda_kda_chunk(float *S, const float *q, const float *k, const float *v,
 /*
  * Causal attention of T absorbed queries over a latent cache (kle_mla_prefill's math; T = 1 is
  * a decode): q [T, H, D], cache [L0 + T, D] with the queries' own rows already written, query i
- * attends to rows 0 .. L0 + i; out [T, H, Dv]. Any H; D <= 640, Dv <= min(D, 512).
+ * attends to rows 0 .. L0 + i; out [T, H, Dv]. Any H; D <= 640, Dv <= min(D, 512). With D a
+ * multiple of 8 and Dv of 64 it runs kle_cuda_mla_decode's tensor-core kernel over every
+ * (query, head) row, else a kernel of one warp per (query, head, span) on the CUDA cores.
  * workspace: kle_cuda_mla_attend_workspace_bytes(L0 + T, T, H, Dv) bytes of device memory.
  */
 long kle_cuda_mla_attend_workspace_bytes(int L, int T, int H, int Dv);
@@ -86,8 +88,8 @@ int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H
  * Absorbed MLA decode for one query token over a latent cache, split across the context
  * (kle_mla_decode with split-KV): q [H, D] (absorbed query: W_uk^T q_nope, then the rope part),
  * cache [L, D] f32, out [H, Dv] = softmax(scale q c^T) c[:, :Dv]; lse [H] may be NULL.
- * D <= 640 and a multiple of 32, Dv <= min(D, 512) and a multiple of 64, H <= 32 and a multiple
- * of 8. q, cache and workspace 16-byte aligned.
+ * D <= 640 and a multiple of 8, Dv <= min(D, 512) and a multiple of 64, any H. q, cache and
+ * workspace 16-byte aligned.
  * workspace: kle_cuda_mla_workspace_bytes(L, H, Dv) bytes of device memory.
  */
 long kle_cuda_mla_workspace_bytes(int L, int H, int Dv);

@@ -246,15 +246,9 @@ int mla_layer(CudaSession *s, int l, const float *h, float *y, int T) {
   kle_ops::mla_absorb(m->w_uk[l], qf, qlat, T, Hm, nope, rope, R, st);
   const float scale = 1.0f / sqrtf((float)Dq);
   const int L = s->pos + T;
-  // the all-heads decode kernel reads each row once; it takes 8..32 heads and 64-aligned latents
-  // up to 512
-  if (T == 1 && Hm % 8 == 0 && Hm <= 32 && Dc % 32 == 0 && Dc <= 640 && R % 64 == 0 && R <= 512) {
-    TRY(ensure_ws(s, kle_cuda_mla_workspace_bytes(L, Hm, R)));
-    TRY(kle_cuda_mla_decode(qlat, cache, L, Hm, Dc, R, scale, olat, nullptr, s->ws, st));
-  } else {
-    TRY(ensure_ws(s, kle_cuda_mla_attend_workspace_bytes(L, T, Hm, R)));
-    TRY(kle_cuda_mla_attend(qlat, cache, s->pos, T, Hm, Dc, R, scale, olat, s->ws, s->ws_bytes, st));
-  }
+  // decode and prefill alike: the tensor-core kernel where the latent widths allow
+  TRY(ensure_ws(s, kle_cuda_mla_attend_workspace_bytes(L, T, Hm, R)));
+  TRY(kle_cuda_mla_attend(qlat, cache, s->pos, T, Hm, Dc, R, scale, olat, s->ws, s->ws_bytes, st));
   kle_ops::mla_up_v(m->w_uv[l], olat, ov, T, Hm, vh, R, st);
   return mm(s, KLE_T_MLA_O, l, ov, y, T);
 }

@@ -11,6 +11,7 @@
 
 #include "../include/kle_cuda.h"
 #include "lse_merge.cuh"
+#include "mla_tc.cuh"
 
 #define KLE_OK 0
 #define KLE_EINVAL (-1)
@@ -27,9 +28,15 @@ static int attend_spans(int L, int T, int H) {
   return s < 1 ? 1 : (int)s;
 }
 
-extern "C" long kle_cuda_mla_attend_workspace_bytes(int L, int T, int H, int Dv) {
+static long warp_workspace_bytes(int L, int T, int H, int Dv) {
   if (L <= 0 || T <= 0 || H <= 0 || Dv <= 0) return 0;
   return (long)attend_spans(L, T, H) * T * H * (Dv + 1) * 4;
+}
+
+// enough for either kernel: which one runs depends on D, which this does not take
+extern "C" long kle_cuda_mla_attend_workspace_bytes(int L, int T, int H, int Dv) {
+  const long w = warp_workspace_bytes(L, T, H, Dv), t = Dv % 64 == 0 ? kle_mla::tc_workspace_bytes(L, T, H, Dv) : 0;
+  return w > t ? w : t;
 }
 
 __global__ void __launch_bounds__(32 * WARPS) mla_attend_partial(const float *__restrict__ q, const float *__restrict__ cache,
@@ -106,8 +113,9 @@ extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, i
                                    float *out, void *workspace, long workspace_bytes, void *stream) {
   if (L0 < 0 || T <= 0 || H <= 0 || D <= 0 || D > 32 * QREG || Dv <= 0 || Dv > D || Dv > 32 * VREG || !workspace)
     return KLE_EINVAL;
+  if (kle_mla::tc_fits(D, Dv)) return kle_mla::tc_attend(q, cache, L0, T, H, D, Dv, scale, out, nullptr, workspace, workspace_bytes, stream);
   const int L = L0 + T, S = attend_spans(L, T, H);
-  if (workspace_bytes < kle_cuda_mla_attend_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
+  if (workspace_bytes < warp_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
   const int span = (L + S - 1) / S;
   float *opart = (float *)workspace, *lpart = opart + (size_t)S * T * H * Dv;
   cudaStream_t st = (cudaStream_t)stream;

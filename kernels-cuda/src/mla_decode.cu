@@ -1,29 +1,35 @@
-// mla_decode.cu: absorbed MLA decode over a latent cache, split across the context.
+// mla_decode.cu: absorbed MLA attention over a latent cache on tensor cores, split across the
+// context: the decode, and (through kle_cuda_mla_attend) the causal prefill.
 //
-// One block per SM takes a contiguous span of cache rows for all heads at once, so each row is
-// read from HBM once: tiles of 32 rows stream into shared memory with cp.async (the next tile in
-// flight while this one is used); the block computes the 32 x H scores, folds them into a running
-// max and sum per head, and accumulates P V (the first Dv columns of the same rows) in registers.
-// A second kernel merges the spans with their log-sum-exps.
+// The rows of the product are (query, head) pairs, 32 to a group: a decode at 32 heads is one
+// group, a prefill batch many (with 4 heads a group holds 8 queries), each row masked at its
+// own causal end. A block takes one group and a contiguous span of cache rows, so each row is read
+// once for the group's 32: tiles of 32 rows stream into shared memory with cp.async (the next tile
+// in flight while this one is used); the block computes the 32 x 32 scores, folds them into a
+// running max and sum per row, and accumulates P V (the first Dv columns of the same cache rows)
+// in registers. A decode runs one block per SM; a second kernel merges the spans with their
+// log-sum-exps (lse_merge.cuh).
 //
 // Both products run on tensor cores in 3xTF32 (tc.cuh), so results keep f32 accuracy. With 32
 // heads a cache row costs 2 H (D + Dv) flops for its 4 D bytes, about 30 flops a byte: f32 CUDA
 // cores (67 TFLOP/s) cap that near 2.2 TB/s at their peak and reached 0.34, while TF32 mma has
 // room to spare even at three products per multiply.
 //
-// Scores: S^T [32 rows x 32 heads] = C [rows x D] Q^T, split along D across the 8 warps (warp w
-// takes k-steps w, w+8, ...), so each warp keeps its slice of the (pre-scaled) query in registers
-// for the whole span and reads every cached element from shared memory exactly once; the eight
-// partial sums meet in shared memory. Within a k-step the physical columns are permuted (fragment
-// column t -> 2t, t+4 -> 2t+1, the same for Q and C), which lets a thread fetch its two columns
-// with one 8-byte load. Values: O [32 heads x Dv] += P [heads x 32 rows] V, split along Dv across
-// the warps. Rows are DS = D rounded to 32, + 8 floats apart: both fragment patterns (8-byte loads
-// of rows g at columns 2t; 4-byte loads of rows t at columns g) then hit 32 distinct banks.
+// Scores: S^T [32 cache rows x 32 query rows, "heads" below] = C [rows x D] Q^T, split along D
+// across the 8 warps (warp w takes k-steps w, w+8, ...), so each warp keeps its slice of the
+// (pre-scaled) query in registers for the whole span and reads every cached element from shared
+// memory exactly once; the eight partial sums meet in shared memory. Within a k-step the physical
+// columns are permuted (fragment column t -> 2t, t+4 -> 2t+1, the same for Q and C), which lets a
+// thread fetch its two columns with one 8-byte load. Values: O [32 heads x Dv] += P [heads x 32
+// rows] V, split along Dv across the warps. Rows are DS = D rounded to 32, + 8 floats apart: both
+// fragment patterns (8-byte loads of rows g at columns 2t; 4-byte loads of rows t at columns g)
+// then hit 32 distinct banks.
 #include <cuda_runtime.h>
 #include <math.h>
 
 #include "../include/kle_cuda.h"
 #include "lse_merge.cuh"
+#include "mla_tc.cuh"
 #include "tc.cuh"
 
 using namespace kle_tc;
@@ -51,11 +57,31 @@ size_t smem_bytes(int D) {
   return sizeof(float) * ((size_t)2 * TJ * row_stride(D) + (size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
 }
 
-}  // namespace
-
-extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) {
-  return (long)splits_for(L) * H * (Dv + 1) * 4;
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+  return n;
 }
+
+// How the work is cut: groups of 32 (query, head) rows, n spans of the context each. One group
+// (a decode) takes one block per SM, the kernel's 196 KB of shared memory allowing no second;
+// more groups take enough spans for two waves. Spans are at least 256 rows.
+struct Plan {
+  int groups, slots, n, span;
+};
+
+Plan plan_for(int L, int T, int H, int nsm) {
+  Plan p;
+  const long R = (long)T * H;
+  p.groups = (int)((R + 31) / 32);
+  p.slots = R < 32 ? (int)R : 32;
+  const int want = p.groups == 1 ? nsm : (2 * nsm + p.groups - 1) / p.groups;
+  p.n = splits_for(L) < want ? splits_for(L) : want < 1 ? 1 : want;
+  p.span = ((L + p.n - 1) / p.n + TJ - 1) / TJ * TJ;
+  return p;
+}
+
+}  // namespace
 
 // rows jt .. jt + TJ - 1 (those < j1; the rest zero-filled, so no NaN reaches the mma) into sc:
 // warp w takes rows w, w + 8, ..., its lanes 16-byte pieces along the row
@@ -71,12 +97,20 @@ __device__ __forceinline__ void load_tile(const float *__restrict__ cache, int j
 
 // DC, HC, DVC: the shape when known at compile time (Kimi-Linear's 32 heads, 512 + 64 latent: every
 // shared address a constant offset, no tile predicates), 0 for any other
+//
+// Rows: the T queries' heads flattened (row r = query r / Hq, head r % Hq), 32 to a group, one
+// group per blockIdx.y; row r sees cache rows below L0 + r / Hq + 1 (causal; a decode has T = 1,
+// L0 = L - 1). Partial results of block (x, y) go to part y * gridDim.x + x, `slots` rows each.
 template <int DC, int HC, int DVC>
-__global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const float *__restrict__ cache, int L,
-                                                         int Hrt, int Drt, int Dvrt, float scale, int span,
+__global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const float *__restrict__ cache, int L0,
+                                                         int Hq, int R, int Drt, int Dvrt, float scale, int span, int slots,
                                                          float *__restrict__ pout, float *__restrict__ plse) {
   extern __shared__ __align__(16) float sm[];
-  const int D = DC ? DC : Drt, H = HC ? HC : Hrt, Dv = DVC ? DVC : Dvrt;
+  const int r0 = 32 * blockIdx.y;
+  // the fast shape has 32 heads a query: then a group is one query's heads
+  const int D = DC ? DC : Drt, H = HC ? HC : min(32, R - r0), Dv = DVC ? DVC : Dvrt, HQ = HC ? HC : Hq;
+  q += (size_t)r0 * D;
+  const size_t part = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
   const int DS = row_stride(D);
   // sm: two tiles of TJ rows (DS floats each), then:
   float *sp = sm + 2 * TJ * DS;     // [warp][head][RS] partial scores
@@ -85,7 +119,8 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   float *sfac = spl + 32 * RS;        // [32] this tile's rescale of each head's accumulators
   float *ssum = sfac + 32;            // [32] each head's final sum (sfac then holds its max)
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int j0 = blockIdx.x * span, j1 = min(L, j0 + span);
+  // the group's last row sees the most rows
+  const int j0 = blockIdx.x * span, j1 = min(L0 + (r0 + H - 1) / HQ + 1, j0 + span);
   const int ntile = j1 > j0 ? (j1 - j0 + TJ - 1) / TJ : 0;
   const int nks = D / 8, ntq = (H + 7) / 8, nmo = (H + 15) / 16, nvt = Dv / 64;
   if (ntile > 0) load_tile(cache, j0, j1, D, DS, sm);
@@ -110,6 +145,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
       for (int r = 0; r < 4; r++) oacc[m][n][r] = 0.f;
   // softmax bookkeeping: 8 threads a head, 4 rows each; the running max and sum live in registers
   const int sh = tid >> 3, sr = (tid & 7) * 4;
+  const int jend = sh < H ? min(j1, L0 + (r0 + sh) / HQ + 1) : j1;  // this row's causal end
   float run_max = -INFINITY, run_sum = 0.f;
 
   for (int it = 0; it < ntile; it++) {
@@ -182,7 +218,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
         s.z += x.z;
         s.w += x.w;
       }
-      const int nv = j1 - jt - sr;  // valid rows among this thread's four
+      const int nv = jend - jt - sr;  // valid rows among this thread's four
       float e[4] = {s.x, s.y, s.z, s.w};
       float m = -INFINITY;
 #pragma unroll
@@ -191,7 +227,8 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
       m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
-      const float mn = fmaxf(run_max, m);  // finite: every tile has a valid row
+      // -inf while none of this head's rows has come (causal), and then p = 0 and f = 0
+      const float mn = fmaxf(run_max, m);
       const float f = run_max == -INFINITY ? 0.f : __expf(run_max - mn);
       float part = 0.f;
       float ph[4], pl[4];
@@ -272,7 +309,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
     sfac[sh] = run_max;
   }
   __syncthreads();
-  if (tid < H) plse[blockIdx.x * H + tid] = ssum[tid] > 0.f ? sfac[tid] + logf(ssum[tid]) : -INFINITY;
+  if (tid < H) plse[part * slots + tid] = ssum[tid] > 0.f ? sfac[tid] + logf(ssum[tid]) : -INFINITY;
   const int d0 = w * (Dv / NWARP);
 #pragma unroll
   for (int m = 0; m < 2; m++)
@@ -281,38 +318,61 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
       const int h = 16 * m + g + 8 * hh;
       if (h >= H) continue;
       const float inv = ssum[h] > 0.f ? 1.f / ssum[h] : 0.f;
-      float *dst = pout + ((size_t)blockIdx.x * H + h) * Dv + d0 + 2 * t;
+      float *dst = pout + (part * slots + h) * Dv + d0 + 2 * t;
 #pragma unroll
       for (int n = 0; n < MAXVT; n++)
         if (n < nvt) *reinterpret_cast<float2 *>(dst + 8 * n) = make_float2(oacc[m][n][2 * hh] * inv, oacc[m][n][2 * hh + 1] * inv);
     }
 }
 
-// block (h, y): head h's row, columns 32 y .. 32 y + 31 of it
-__global__ void mla_merge(const float *__restrict__ pout, const float *__restrict__ plse, int n, int H, int Dv,
+// block (r, y): row r's columns 32 y .. 32 y + 31, from the parts of r's group (plan_for)
+__global__ void mla_merge(const float *__restrict__ pout, const float *__restrict__ plse, int n, int slots, int Dv,
                           float *__restrict__ out, float *__restrict__ lse) {
-  const int h = blockIdx.x;
-  kle_merge::merge_row(plse + h, H, pout + (size_t)h * Dv, (size_t)H * Dv, n, Dv, 32 * blockIdx.y, 32 * gridDim.y,
-                       out + (size_t)h * Dv, lse && blockIdx.y == 0 ? lse + h : nullptr);
+  const int r = blockIdx.x;
+  const size_t first = (size_t)(r / 32) * n * slots + r % 32;  // row r % 32 of the group's first part
+  kle_merge::merge_row(plse + first, slots, pout + first * Dv, (size_t)slots * Dv, n, Dv, 32 * blockIdx.y, 32 * gridDim.y,
+                       out + (size_t)r * Dv, lse && blockIdx.y == 0 ? lse + r : nullptr);
 }
+
+namespace kle_mla {
+
+bool tc_fits(int D, int Dv) { return D > 0 && D % 8 == 0 && D <= 8 * NWARP * MAXKS && Dv > 0 && Dv % 64 == 0 && Dv <= D && Dv <= NWARP * 8 * MAXVT; }
+
+long tc_workspace_bytes(int L, int T, int H, int Dv) {
+  const int nsm = sm_count();
+  if (L <= 0 || T <= 0 || H <= 0 || nsm <= 0) return 0;
+  const Plan p = plan_for(L, T, H, nsm);
+  return (long)p.groups * p.n * p.slots * (Dv + 1) * 4;
+}
+
+int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
+              void *workspace, long workspace_bytes, void *stream) {
+  const int nsm = sm_count();
+  if (L0 < 0 || T <= 0 || H <= 0 || !tc_fits(D, Dv) || !workspace || nsm <= 0 || (long)T * H > (1L << 30)) return KLE_EINVAL;
+  const int L = L0 + T;
+  const Plan p = plan_for(L, T, H, nsm);
+  if (workspace_bytes < (long)p.groups * p.n * p.slots * (Dv + 1) * 4) return KLE_EINVAL;
+  float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
+  cudaStream_t st = (cudaStream_t)stream;
+  const size_t smem = smem_bytes(D);
+  void (*kern)(const float *, const float *, int, int, int, int, int, float, int, int, float *, float *) =
+      D == 576 && H == 32 && Dv == 512 ? mla_partial<576, 32, 512> : mla_partial<0, 0, 0>;
+  if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
+  // one span per group: the parts are the rows themselves (part y holds rows 32 y ..), no merge
+  const bool direct = p.n == 1;
+  kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, cache, L0, H, T * H, D, Dv, scale, p.span, p.slots,
+                                                   direct ? out : pout, direct && lse ? lse : plse);
+  if (!direct) mla_merge<<<dim3(T * H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, lse);
+  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+}
+
+}  // namespace kle_mla
+
+extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) { return kle_mla::tc_workspace_bytes(L, 1, H, Dv); }
 
 extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
                                    float *out, float *lse, void *workspace, void *stream) {
-  if (L <= 0 || H <= 0 || H > 32 || H % 8 || D <= 0 || D > 8 * NWARP * MAXKS || D % 32 || Dv <= 0 || Dv > D ||
-      Dv > NWARP * 8 * MAXVT || Dv % 64 || !workspace)
-    return KLE_EINVAL;
-  // one block per SM (the kernel takes 196 KB of shared memory), each span at least 256 rows
-  int dev = 0, nsm = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return KLE_EINVAL;
-  const int n = splits_for(L) < nsm ? splits_for(L) : nsm, span = ((L + n - 1) / n + TJ - 1) / TJ * TJ;
-  float *pout = (float *)workspace, *plse = pout + (size_t)n * H * Dv;
-  cudaStream_t st = (cudaStream_t)stream;
-  const size_t smem = smem_bytes(D);
-  void (*kern)(const float *, const float *, int, int, int, int, float, int, float *, float *) =
-      D == 576 && H == 32 && Dv == 512 ? mla_partial<576, 32, 512> : mla_partial<0, 0, 0>;
-  if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
-  kern<<<n, THREADS, smem, st>>>(q, cache, L, H, D, Dv, scale, span, pout, plse);
-  mla_merge<<<dim3(H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, n, H, Dv, out, lse);
-  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+  if (L <= 0) return KLE_EINVAL;
+  return kle_mla::tc_attend(q, cache, L - 1, 1, H, D, Dv, scale, out, lse, workspace, kle_cuda_mla_workspace_bytes(L, H, Dv),
+                            stream);
 }
