@@ -31,6 +31,14 @@ export type GenerateEvent =
 const BLOB_MAGIC = 0x5745_4c4b; // "KLEW" little-endian: the session wrapper around the engine blob
 const BLOB_VERSION = 1;
 
+/** Tokens of history a session blob says it holds (its magic and version checked). */
+function historyLength(blob: Uint8Array): number {
+  const dv = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
+  if (blob.length < 12 || dv.getUint32(0, true) !== BLOB_MAGIC) throw new Error('not a kimi-linear-edge session blob');
+  if (dv.getUint32(4, true) !== BLOB_VERSION) throw new Error(`session blob version ${dv.getUint32(4, true)} is not ${BLOB_VERSION}`);
+  return dv.getUint32(8, true);
+}
+
 /** lets timers, I/O and abort signals run between tokens (setImmediate where there is one) */
 function yieldToEventLoop(): Promise<void> {
   const si = (globalThis as { setImmediate?: (f: () => void) => void }).setImmediate;
@@ -153,33 +161,86 @@ export class Session {
 
   /** The session as a versioned blob: token history + the engine's state (KDA, MLA, logits). */
   save(): Uint8Array {
+    const head = this.header();
     const engine = this.engine.save();
-    const out = new Uint8Array(12 + 4 * this.history.length + engine.length);
+    const out = new Uint8Array(head.length + engine.length);
+    out.set(head);
+    out.set(engine, head.length);
+    return out;
+  }
+
+  /**
+   * {@link save}'s blob in parts (their concatenation is the same bytes; engine parts at most
+   * `partBytes`): for sessions whose blob passes what one array holds (4 GiB in Node), such as a
+   * long context's MLA caches. {@link Session.restoreParts} takes them back.
+   * @example
+   * for (const part of session.saveParts()) await file.write(part);
+   */
+  *saveParts(partBytes = 1 << 30): Generator<Uint8Array, void, undefined> {
+    yield this.header();
+    yield* this.engine.saveParts(partBytes);
+  }
+
+  /** A session continuing where a saved one stopped; throws if the blob is not this model's. */
+  static restore(model: Model, blob: Uint8Array): Session {
+    const n = historyLength(blob);
+    if (12 + 4 * n > blob.length) throw new Error('session blob is truncated');
+    return Session.rebuild(model, blob.subarray(12, 12 + 4 * n), (e) => e.load(blob.subarray(12 + 4 * n)));
+  }
+
+  /**
+   * {@link restore} from a blob in parts split anywhere (as {@link saveParts} makes them);
+   * `totalBytes` is needed when `parts` is not an array.
+   */
+  static restoreParts(model: Model, parts: Iterable<Uint8Array>, totalBytes?: number): Session {
+    const total = totalBytes ?? (Array.isArray(parts) ? (parts as readonly Uint8Array[]).reduce((a, p) => a + p.length, 0) : NaN);
+    if (!Number.isSafeInteger(total) || total < 0) throw new RangeError('restoreParts: give totalBytes when the parts are not an array');
+    const it = parts[Symbol.iterator]();
+    let got = new Uint8Array(0);
+    const upTo = (len: number): void => {
+      while (got.length < len) {
+        const r = it.next();
+        if (r.done) throw new Error('session blob is truncated');
+        const joined = new Uint8Array(got.length + r.value.length);
+        joined.set(got);
+        joined.set(r.value, got.length);
+        got = joined;
+      }
+    };
+    upTo(12);
+    const head = 12 + 4 * historyLength(got);
+    upTo(head);
+    const lead = got.subarray(head);
+    function* engineParts(): Generator<Uint8Array> {
+      if (lead.length) yield lead;
+      for (let r = it.next(); !r.done; r = it.next()) yield r.value;
+    }
+    return Session.rebuild(model, got.subarray(12, head), (e) => e.loadParts(engineParts(), total - head));
+  }
+
+  private header(): Uint8Array {
+    const out = new Uint8Array(12 + 4 * this.history.length);
     const dv = new DataView(out.buffer);
     dv.setUint32(0, BLOB_MAGIC, true);
     dv.setUint32(4, BLOB_VERSION, true);
     dv.setUint32(8, this.history.length, true);
     this.history.forEach((t, i) => dv.setInt32(12 + 4 * i, t, true));
-    out.set(engine, 12 + 4 * this.history.length);
     return out;
   }
 
-  /** A session continuing where a saved one stopped; throws if the blob is not this model's. */
-  static restore(model: Model, blob: Uint8Array): Session {
-    const dv = new DataView(blob.buffer, blob.byteOffset, blob.byteLength);
-    if (blob.length < 12 || dv.getUint32(0, true) !== BLOB_MAGIC) throw new Error('not a kimi-linear-edge session blob');
-    if (dv.getUint32(4, true) !== BLOB_VERSION) throw new Error(`session blob version ${dv.getUint32(4, true)} is not ${BLOB_VERSION}`);
-    const n = dv.getUint32(8, true);
-    if (12 + 4 * n > blob.length) throw new Error('session blob is truncated');
+  /** A new session of `model` with this history, its engine state set by `load`. */
+  private static rebuild(model: Model, history: Uint8Array, load: (e: EngineSession) => void): Session {
+    const n = history.length / 4;
     const s = model.createSession();
     try {
-      s.engine.load(blob.subarray(12 + 4 * n));
+      load(s.engine);
       if (s.engine.pos !== n) throw new Error(`session blob holds ${n} tokens of history but ${s.engine.pos} of state`);
     } catch (e) {
       s.free();
       throw e;
     }
-    for (let i = 0; i < n; i++) s.history.push(dv.getInt32(12 + 4 * i, true));
+    const dv = new DataView(history.buffer, history.byteOffset, history.byteLength);
+    for (let i = 0; i < n; i++) s.history.push(dv.getInt32(4 * i, true));
     return s;
   }
 

@@ -102,6 +102,30 @@ describe('Session.generate on the default model', async () => {
     expect(() => Session.restore(model, new Uint8Array(10))).toThrow(/not a kimi-linear-edge session blob/);
   });
 
+  it('a session saved in parts is save()\'s bytes and restores from any split, whole or streamed', async () => {
+    const s = model.createSession();
+    await collect(s.generate('Parts of a story', { maxTokens: 6, temperature: 0 }));
+    const whole = s.save();
+    const parts = [...s.saveParts(777)];
+    expect(parts.length).toBeGreaterThan(2);
+    const joined = new Uint8Array(whole.length);
+    parts.reduce((off, p) => (joined.set(p, off), off + p.length), 0);
+    expect(joined).toEqual(whole);
+    const opts = { maxTokens: 8, temperature: 0.7, seed: 5 };
+    const want = await collect(Session.restore(model, whole).generate(' and', opts));
+    // splits inside the 12-byte header, inside the history, at the engine blob's start
+    for (const cut of [5, 13, 12 + 4 * s.length, whole.length - 3]) {
+      const r = Session.restoreParts(model, [whole.subarray(0, cut), whole.subarray(cut)]);
+      expect(r.length).toBe(s.length);
+      expect((await collect(r.generate(' and', opts))).tokens).toEqual(want.tokens);
+    }
+    const streamed = Session.restoreParts(model, (function* () { yield* parts; })(), whole.length);
+    expect((await collect(streamed.generate(' and', opts))).tokens).toEqual(want.tokens);
+    expect(() => Session.restoreParts(model, [whole.subarray(0, 8)])).toThrow(/truncated/);
+    expect(() => Session.restoreParts(model, [whole.subarray(0, whole.length - 1)])).toThrow();
+    expect(() => Session.restoreParts(model, (function* () { yield whole; })())).toThrow(/totalBytes/);
+  });
+
   it('decodes streamed multi-byte characters whole', () => {
     const tok = model.tokenizer!;
     const text = 'Ünïcödé 🙂 ok';
