@@ -6,6 +6,7 @@
 // formula. wasm SIMD and native; with --backend cuda the engine's CUDA backend alone (on a GPU
 // machine). Writes bench/results/arch-<machine>.json (arch-cuda-<gpu>.json) and SVG plots.
 import { writeFileSync } from 'node:fs';
+import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { EngineModel } from '../src/engine/engine.js';
 import { placeHfModel } from '../src/model/hf-loader.js';
@@ -34,8 +35,8 @@ const CONFIGS = {
   'all MLA': { ...base, linear_attn_config: la([]) },
   'all KDA': { ...base, linear_attn_config: la([1, 2, 3, 4, 5, 6, 7, 8]) },
 };
-// the GPU holds the all-MLA model's 9.4 GB cache at 1M tokens; the CPUs stop at 256K
-const CONTEXTS = quick ? [1024, 4096, 16384] : [1024, 4096, 16384, 65536, 262144, ...(onCuda ? [1048576] : [])];
+// up to 1M where it fits (see fits())
+const CONTEXTS = quick ? [1024, 4096, 16384] : [1024, 4096, 16384, 65536, 262144, 1048576];
 const PREFILL = quick ? [256, 1024] : onCuda ? [1024, 4096, 16384, 32768] : [256, 1024, 4096];
 
 /** FNV-1a 64 (the blob checksum) continued over b from state [hi, lo], in 32-bit halves: BigInt per byte is too slow for GBs. */
@@ -107,6 +108,12 @@ for (const backendName of BACKENDS) {
       const c = model.config;
       const bytes = sessionBytes(c, ctx);
       if (backendName === 'wasm' && bytes > 1.2 * 2 ** 30) continue; // wasm32: 4 GiB for everything
+      // host memory at the peak: the blob staged in engine memory, the session's caches (their
+      // capacity a power of two) and, on the first token past it, the caches grown to twice that
+      if (3 * bytes > freemem()) {
+        console.error(`${name} on ${backend.name}: ${ctx} tokens need about ${(3 * bytes / 2 ** 30).toFixed(1)} GiB of host memory, ${(freemem() / 2 ** 30).toFixed(1)} free: skipped`);
+        continue;
+      }
       const s = model.createSession();
       try {
         const blob = craftBlob(model, template, ctx);
