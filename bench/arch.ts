@@ -35,7 +35,7 @@ const CONFIGS = {
   'all MLA': { ...base, linear_attn_config: la([]) },
   'all KDA': { ...base, linear_attn_config: la([1, 2, 3, 4, 5, 6, 7, 8]) },
 };
-// up to 1M where it fits (see fits())
+// up to 1M where it fits: wasm's 4 GiB and host memory decide below
 const CONTEXTS = quick ? [1024, 4096, 16384] : [1024, 4096, 16384, 65536, 262144, 1048576];
 const PREFILL = quick ? [256, 1024] : onCuda ? [1024, 4096, 16384, 32768] : [256, 1024, 4096];
 

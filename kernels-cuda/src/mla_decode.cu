@@ -81,6 +81,9 @@ Plan plan_for(int L, int T, int H, int nsm) {
   return p;
 }
 
+// the parts' outputs, then their log-sum-exps
+long plan_bytes(const Plan &p, int Dv) { return (long)p.groups * p.n * p.slots * (Dv + 1) * 4; }
+
 }  // namespace
 
 // rows jt .. jt + TJ - 1 (those < j1; the rest zero-filled, so no NaN reaches the mma) into sc:
@@ -341,8 +344,7 @@ bool tc_fits(int D, int Dv) { return D > 0 && D % 8 == 0 && D <= 8 * NWARP * MAX
 long tc_workspace_bytes(int L, int T, int H, int Dv) {
   const int nsm = sm_count();
   if (L <= 0 || T <= 0 || H <= 0 || nsm <= 0) return 0;
-  const Plan p = plan_for(L, T, H, nsm);
-  return (long)p.groups * p.n * p.slots * (Dv + 1) * 4;
+  return plan_bytes(plan_for(L, T, H, nsm), Dv);
 }
 
 int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
@@ -351,7 +353,7 @@ int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, i
   if (L0 < 0 || T <= 0 || H <= 0 || !tc_fits(D, Dv) || !workspace || nsm <= 0 || (long)T * H > (1L << 30)) return KLE_EINVAL;
   const int L = L0 + T;
   const Plan p = plan_for(L, T, H, nsm);
-  if (workspace_bytes < (long)p.groups * p.n * p.slots * (Dv + 1) * 4) return KLE_EINVAL;
+  if (workspace_bytes < plan_bytes(p, Dv)) return KLE_EINVAL;
   float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
   cudaStream_t st = (cudaStream_t)stream;
   const size_t smem = smem_bytes(D);

@@ -162,7 +162,7 @@ export class EngineSession {
 
   /** The session's state as a versioned blob (see wasm/engine/session.c). */
   save(): Uint8Array {
-    const n = call(this.model.backend, 'kle_session_state_size', [this.handle]);
+    const n = this.stateSize();
     const out = new Uint8Array(n);
     check('kle_session_state_save', call(this.model.backend, 'kle_session_state_save', [this.handle, out, n]));
     return out;
@@ -200,8 +200,7 @@ export class EngineSession {
    * if the parts do not add up to `totalBytes` or the blob is not one of this model's.
    */
   loadParts(parts: Iterable<Uint8Array>, totalBytes?: number): void {
-    const n = totalBytes ?? (Array.isArray(parts) ? (parts as readonly Uint8Array[]).reduce((a, p) => a + p.length, 0) : NaN);
-    if (!Number.isSafeInteger(n) || n < 0) throw new RangeError('loadParts: give totalBytes when the parts are not an array');
+    const n = partsTotal('loadParts', parts, totalBytes);
     const b = this.model.backend;
     const buf = engineBuffer(b, n);
     try {
@@ -233,6 +232,16 @@ function call(b: KernelBackend, fn: KleFunctionName, args: Parameters<KernelBack
 function writeBytes(b: KernelBackend, addr: number, bytes: Uint8Array): void {
   if (b instanceof WasmBackend) new Uint8Array(b.memory.buffer, addr, bytes.length).set(bytes);
   else check('kle_mem_write', b.call('kle_mem_write', [addr, bytes, bytes.length]));
+}
+
+/**
+ * The bytes a blob given in parts holds: `totalBytes`, or the parts' sum when they are an array
+ * (an iterable may be read only once, so it cannot be summed ahead).
+ */
+export function partsTotal(who: string, parts: Iterable<Uint8Array>, totalBytes?: number): number {
+  const n = totalBytes ?? (Array.isArray(parts) ? (parts as readonly Uint8Array[]).reduce((a, p) => a + p.length, 0) : NaN);
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${who}: give totalBytes when the parts are not an array`);
+  return n;
 }
 
 /** n bytes of engine memory, for blobs passed in parts; throws when the engine has no room. */

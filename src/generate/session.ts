@@ -2,7 +2,7 @@
  * Session: one conversation with a model. Prefill runs the chunked KDA kernels, decode the step
  * kernel; generate() streams tokens and text as an async iterator.
  */
-import type { EngineSession } from '../engine/engine.js';
+import { partsTotal, type EngineSession } from '../engine/engine.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { StreamDecoder } from '../tokenizer/tokenizer.js';
 import type { Model } from './model.js';
@@ -193,8 +193,7 @@ export class Session {
    * `totalBytes` is needed when `parts` is not an array.
    */
   static restoreParts(model: Model, parts: Iterable<Uint8Array>, totalBytes?: number): Session {
-    const total = totalBytes ?? (Array.isArray(parts) ? (parts as readonly Uint8Array[]).reduce((a, p) => a + p.length, 0) : NaN);
-    if (!Number.isSafeInteger(total) || total < 0) throw new RangeError('restoreParts: give totalBytes when the parts are not an array');
+    const total = partsTotal('restoreParts', parts, totalBytes);
     const it = parts[Symbol.iterator]();
     let got = new Uint8Array(0);
     const upTo = (len: number): void => {
