@@ -22,11 +22,12 @@ COLLECT="python3 $PWD/kernels-cuda/bench/collect.py $OUT $TAG"
 
 if [ "$mode" = kernels ]; then
   cd kernels-cuda
-  nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu -o build/libklecuda.so
+  nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu -o build/libklecuda.so
+  nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC bench/copy_probe.cu -o build/libcopyprobe.so
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -14
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_layer.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -8
-  PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
+  PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --probe build/libcopyprobe.so --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/mla_decode.py build/libklecuda.so --out "$OUT/cuda-mla-decode.json" 2>&1 | tee -a "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/kda_layer.py build/libklecuda.so --out "$OUT/cuda-kda-layer.json" 2>&1 | tee -a "$OUT/bench.log"
   $COLLECT

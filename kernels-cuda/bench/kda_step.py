@@ -1,10 +1,10 @@
-# kernels-cuda/bench/kda_step.py LIB.so [--check-only] [--fla PATH] [--out FILE]
+# kernels-cuda/bench/kda_step.py LIB.so [--check-only] [--fla PATH] [--probe COPYPROBE.so] [--out FILE]
 # On the GPU machine: checks kle_cuda_kda_step, the token-by-token prefill and the chunked
 # prefill against the shared KDA vectors (every file; outputs and final state under 1e-5
 # relative error) and the chunked prefill against a float64 recurrence on a ragged, strongly
 # decayed 48B-shape problem, then times them inside CUDA graphs at Kimi-Linear-48B shape (H=32,
-# K=V=128, f32 state): the step for batch 1, 16, 128 next to fla's fused_recurrent_kda and the
-# card's copy bandwidth; prefill at 16K..256K tokens next to fla's chunk_kda.
+# K=V=128, f32 state): the step for batch 1, 16, 64, 128 (plain, and as a programmatic dependent
+# launch) next to fla's fused_recurrent_kda and the card's copy bandwidth; prefill at 16K..256K tokens next to fla's chunk_kda.
 import ctypes, glob, json, os, sys, time
 import torch
 
@@ -15,6 +15,12 @@ args = sys.argv[1:]
 lib = ctypes.CDLL(args[0])
 check_only = "--check-only" in args
 fla_path = args[args.index("--fla") + 1] if "--fla" in args else None
+probe = None
+if "--probe" in args:  # bench/copy_probe.cu built as a library
+    probe = ctypes.CDLL(args[args.index("--probe") + 1])
+    for fn in (probe.probe_copy, probe.probe_read):
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
 out_path = args[args.index("--out") + 1] if "--out" in args else None
 here = os.path.dirname(os.path.abspath(__file__))
 fixtures = os.path.join(here, "..", "..", "test", "fixtures")
@@ -154,6 +160,29 @@ results["chunkEqualsRecurrence"] = eq
 print("chunked vs recurrence (T=1000 ragged, H=4, K=V=128, l2norm flag, g down to -8): " + ", ".join(f"{k_} {v_:.2e}" for k_, v_ in eq.items() if k_.startswith(("chunk", "recurrent"))))
 worst = max(worst, eq["chunkVsF64O"], eq["chunkVsF64State"], eq["chunkVsRecurrentO"], eq["chunkVsRecurrentState"])
 del qx, kx, vx, gx, bx, S0x, Sref, oref, Sc, oc, Sr, orr
+
+# the batched step in each of its layouts (whole 128-column rows a block when blocks are plenty,
+# 32-column tiles when V is not a multiple of 128 or the batch is small), three chained tokens
+# against float64, with the in-kernel L2 norm (flag 1) and the overlapped launch (flag 2)
+results["batched"] = []
+for (Bb, Hb, Kb, Vb, fl) in [(40, 8, 128, 128, 0), (24, 8, 64, 256, 1), (40, 8, 128, 96, 2), (1, 32, 128, 128, 3), (16, 32, 128, 128, 2)]:
+    torch.manual_seed(Bb * 1000 + Vb)
+    S0b = torch.randn(Bb, Hb, Kb, Vb, device=dev) * 0.1
+    qb, kb = torch.randn(3, Bb, Hb, Kb, device=dev), torch.randn(3, Bb, Hb, Kb, device=dev)
+    if not fl & 1:
+        qb, kb = torch.nn.functional.normalize(qb, dim=-1), torch.nn.functional.normalize(kb, dim=-1)
+    vb, gb, bb = torch.randn(3, Bb, Hb, Vb, device=dev), -torch.rand(3, Bb, Hb, Kb, device=dev) * 2, torch.rand(3, Bb, Hb, device=dev)
+    flat = lambda x: x.reshape(3, Bb * Hb, x.shape[-1]) if x.dim() == 4 else x.reshape(3, Bb * Hb)
+    Sref, oref = recurrence_f64(S0b.reshape(Bb * Hb, Kb, Vb), flat(qb), flat(kb), flat(vb), flat(gb), flat(bb), Kb ** -0.5, fl & 1)
+    Sb, ob, otb = S0b.clone(), torch.empty(3, Bb, Hb, Vb, device=dev), torch.empty(Bb, Hb, Vb, device=dev)
+    for i in range(3):
+        step(Sb, qb[i].contiguous(), kb[i].contiguous(), vb[i].contiguous(), gb[i].contiguous(), bb[i].contiguous(), otb, Kb ** -0.5, fl)
+        ob[i] = otb
+    torch.cuda.synchronize()
+    eo, es = rel(flat(ob), oref), rel(Sb.reshape(Bb * Hb, Kb, Vb), Sref)
+    worst = max(worst, eo, es)
+    results["batched"].append({"B": Bb, "H": Hb, "K": Kb, "V": Vb, "flags": fl, "tokens": 3, "relErrO": eo, "relErrState": es})
+    print(f"batched step B={Bb:2d} H={Hb:2d} K={Kb} V={Vb} flags {fl}: o {eo:.2e}  state {es:.2e}  {'ok' if max(eo, es) < 1e-5 else 'FAIL'}")
 cudabench.finish_checks(results, worst, check_only)
 
 
@@ -161,14 +190,26 @@ def graph_time(fn, reps=50, iters=20):
     return cudabench.graph_time(fn, reps, iters, warmup=3)
 
 
-# the card's copy bandwidth (bytes read + written), in a graph
-src = torch.empty(1 << 28, device=dev)  # 1 GiB
-dst = torch.empty_like(src)
-us = graph_time(lambda: dst.copy_(src), reps=10, iters=5)
-copy_tbs = 2 * src.numel() * 4 / (us * 1e-6) / 1e12
+# the card's bandwidth (bytes read + written), in a graph: cudaMemcpy (torch's copy_) and a plain
+# 16-byte copy kernel (bench/copy_probe.cu), on 1 GiB and on a buffer of the batch-16 state's size
+# (32 MiB read, 32 MiB written); the best of them is the ceiling the steps are held to
+results["copy"] = []
+for nbytes in (1 << 30, 1 << 25):
+    src = torch.randn(nbytes // 4, device=dev)
+    dst, sink = torch.empty_like(src), torch.zeros(4, device=dev)
+    reps = 5 if nbytes > (1 << 28) else 64
+    row = {"bytes": nbytes, "cudaMemcpyTBs": 2 * nbytes / (graph_time(lambda: dst.copy_(src), reps=10, iters=reps) * 1e-6) / 1e12}
+    if probe is not None:
+        st = lambda: torch.cuda.current_stream().cuda_stream
+        tc = graph_time(lambda: probe.probe_copy(src.data_ptr(), dst.data_ptr(), src.numel(), st()), reps=10, iters=reps)
+        tr = graph_time(lambda: probe.probe_read(src.data_ptr(), sink.data_ptr(), src.numel(), st()), reps=10, iters=reps)
+        row.update({"copyKernelTBs": 2 * nbytes / (tc * 1e-6) / 1e12, "readKernelTBs": nbytes / (tr * 1e-6) / 1e12})
+    results["copy"].append(row)
+    print("bandwidth, " + f"{nbytes >> 20} MiB: " + ", ".join(f"{k_} {v_:.2f}" for k_, v_ in row.items() if k_ != "bytes"))
+    del src, dst
+copy_tbs = max(max(v_ for k_, v_ in r.items() if k_ in ("cudaMemcpyTBs", "copyKernelTBs")) for r in results["copy"])
 results["copyTBs"] = copy_tbs
-print(f"copy bandwidth: {copy_tbs:.2f} TB/s")
-del src, dst
+print(f"copy ceiling: {copy_tbs:.2f} TB/s")
 
 fla_step = None
 if fla_path:
@@ -182,19 +223,23 @@ if fla_path:
 H, K, V = 32, 128, 128
 L2 = torch.cuda.get_device_properties(0).L2_cache_size
 results["l2Bytes"] = L2
-for B in (1, 16, 128):
+for B in (1, 16, 64, 128):
     # several copies of the state, cycled within the graph, so that the states touched exceed
     # twice the L2 and each step streams from HBM as a model's layers would
     one = B * H * K * V * 4
     n = cudabench.copies_past_l2(one)
     S = [torch.randn(B, H, K, V, device=dev) * 0.01 for _ in range(n)]
     q, k, v, g, beta, o = cudabench.kda_inputs((B, H), K, V)
-    def run_ours():
-        for s_ in S:
-            step(s_, q, k, v, g, beta, o, K ** -0.5)
-    ours = graph_time(run_ours, iters=max(1, 64 // n)) / n
+    def run_ours(flags):
+        def f():
+            for s_ in S:
+                step(s_, q, k, v, g, beta, o, K ** -0.5, flags)
+        return f
+    ours = graph_time(run_ours(0), iters=max(1, 64 // n)) / n
+    ours_ov = graph_time(run_ours(2), iters=max(1, 64 // n)) / n  # KLE_CUDA_KDA_OVERLAP
     state_bytes = 2 * one
-    row = {"B": B, "H": H, "K": K, "V": V, "stateCopies": n, "oursUs": ours, "oursTBs": state_bytes / (ours * 1e-6) / 1e12}
+    row = {"B": B, "H": H, "K": K, "V": V, "stateCopies": n, "oursUs": ours, "oursTBs": state_bytes / (ours * 1e-6) / 1e12,
+           "oursOverlapUs": ours_ov, "oursOverlapTBs": state_bytes / (ours_ov * 1e-6) / 1e12}
     if fla_step is not None:
         q4, k4, v4, g4, b4 = (x.unsqueeze(1).contiguous() for x in (q, k, v, g, beta))
         def run_fla():
@@ -207,7 +252,8 @@ for B in (1, 16, 128):
             row["flaError"] = repr(e)[:300]
     results["timing"].append(row)
     extra = f"  fla {row['flaUs']:.2f} us ({row['flaTBs']:.2f} TB/s)" if "flaUs" in row else (f"  fla failed: {row.get('flaError')}" if "flaError" in row else "")
-    print(f"B={B:4d} H={H} K=V={K} ({n} state copies): ours {ours:.2f} us/step ({row['oursTBs']:.2f} TB/s of state traffic){extra}")
+    print(f"B={B:4d} H={H} K=V={K} ({n} state copies): ours {ours:.2f} us/step ({row['oursTBs']:.2f} TB/s of state traffic), "
+          f"overlapped launch {ours_ov:.2f} us ({row['oursOverlapTBs']:.2f} TB/s){extra}")
 
 # prefill of one sequence at 48B shape: our token-by-token kernel (state on chip for the whole
 # call) against fla's chunk_kda, both in graphs; Mtok/s per layer

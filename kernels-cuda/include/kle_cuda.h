@@ -14,10 +14,25 @@ extern "C" {
 #define KLE_EDEVICE (-5)
 
 /*
+ * KDA decode flag: launch as a programmatic dependent launch, so the kernel starts while the one
+ * before it in the stream finishes and streams the state (and the layer step its conv windows)
+ * in meanwhile; what it reads first must not be written by that kernel (in the engine it is the
+ * layer's last projection, which writes only the inputs read after the wait). Hopper and newer.
+ */
+#define KLE_CUDA_KDA_OVERLAP 2
+
+/*
+ * Y[T, N] = X[T, Kd] W^T with W [N, Kd] (nn.Linear's layout), f32: the engine's projections (a
+ * matvec kernel for T <= 4, which lets a KLE_CUDA_KDA_OVERLAP launch after it start at once; a
+ * tiled GEMM above).
+ */
+int kle_cuda_matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, void *stream);
+
+/*
  * KDA decode step for B sequences of H heads (kle_kda_step with a batch):
  *   S <- Diag(exp g) S;  u = v - S^T k;  S <- S + beta k u^T;  o = S^T (scale q)
  * S: [B,H,K,V] f32 in place; q, k, g: [B,H,K]; v, o: [B,H,V]; beta: [B,H]. flags as kle.h
- * (KLE_KDA_L2NORM_QK = 1: q and k L2-normalized in the kernel, eps 1e-6). K must be 64 or 128;
+ * (KLE_KDA_L2NORM_QK = 1: q and k L2-normalized in the kernel, eps 1e-6), | KLE_CUDA_KDA_OVERLAP. K must be 64 or 128;
  * V a multiple of 32.
  */
 int kle_cuda_kda_step(float *S, const float *q, const float *k, const float *v, const float *g,
@@ -45,6 +60,7 @@ typedef struct {
   const float *oraw, *onorm;
   float eps;
   float *S, *o;
+  int flags; /* 0 or KLE_CUDA_KDA_OVERLAP */
 } kle_cuda_kda_layer_args;
 int kle_cuda_kda_layer_step(const kle_cuda_kda_layer_args *args, int B, int H, int K, int V, int W,
                             float scale, void *stream);

@@ -199,7 +199,9 @@ int kda_layer(CudaSession *s, int l, const float *h, float *y, int T) {
   const float scale = 1.0f / sqrtf((float)dk);
   if (T == 1 && (dk == 64 || dk == 128) && W >= 1 && W <= 16) {
     // decode: the projections, then everything between them and the output projection in one
-    // kernel (kle_cuda_kda_layer_step); g's buffer takes the output gate's projection
+    // kernel (kle_cuda_kda_layer_step); g's buffer takes the output gate's projection. The step
+    // is launched overlapped: it streams the layer's state and conv windows while that last
+    // projection (a matvec, which writes none of them) finishes
     for (int i = 0; i < 3; i++) TRY(mm(s, KLE_T_KDA_Q + i, l, h, s->a[3 + i], 1));
     TRY(gate_proj(s, full, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, tmp, 1));
     TRY(mm(s, KLE_T_KDA_BETA, l, h, beta, 1));
@@ -207,7 +209,7 @@ int kda_layer(CudaSession *s, int l, const float *h, float *y, int T) {
     kle_cuda_kda_layer_args a = {q, k, v, m->conv_t[l * 3], m->conv_t[l * 3 + 1], m->conv_t[l * 3 + 2],
                                  s->conv_tail[l * 3], s->conv_tail[l * 3 + 1], s->conv_tail[l * 3 + 2],
                                  tmp, m->w(KLE_T_KDA_A_LOG, l), m->w(KLE_T_KDA_DT_BIAS, l), lb, beta,
-                                 g, m->w(KLE_T_KDA_O_NORM, l), m->eps(), s->kda_state[l], o};
+                                 g, m->w(KLE_T_KDA_O_NORM, l), m->eps(), s->kda_state[l], o, KLE_CUDA_KDA_OVERLAP};
     TRY(kle_cuda_kda_layer_step(&a, 1, H, dk, dk, W, scale, st));
     return mm(s, KLE_T_KDA_O, l, o, y, 1);
   }

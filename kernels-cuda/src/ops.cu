@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "ops.cuh"
+#include "../include/kle_cuda.h"
 
 namespace kle_ops {
 
@@ -36,6 +37,10 @@ __device__ float block_sumsq(const float *__restrict__ x, int n) {
 // one warp per output row; up to 4 tokens share each weight load
 template <int TT>
 __global__ void matvec_kernel(const float *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y, int N, int Kd, int vec) {
+  // a kernel launched after this one with programmatic dependent launch (the KDA layer step) may
+  // start now and stream what it does not take from here (its state) beside these loads; it
+  // still waits for all of Y before reading it
+  cudaTriggerProgrammaticLaunchCompletion();
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
   const float *w = W + (size_t)row * Kd;
@@ -344,3 +349,9 @@ void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh,
 }
 
 }  // namespace kle_ops
+
+extern "C" int kle_cuda_matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, void *stream) {
+  if (!W || !X || !Y || T <= 0 || N <= 0 || Kd <= 0) return -1;
+  kle_ops::matmul(W, X, Y, T, N, Kd, (cudaStream_t)stream);
+  return cudaGetLastError() == cudaSuccess ? 0 : -1;
+}
