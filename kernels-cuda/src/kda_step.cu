@@ -37,10 +37,11 @@ static cudaLaunchConfig_t overlap_launch(dim3 grid, dim3 block, void *stream, bo
   return cfg;
 }
 
-// Sums |q|^2, |k|^2 and k.q partials over the block (red: [3][KW] scratch; ends with a barrier).
+// Sums |q|^2, |k|^2 and k.q partials over the block's KW warps (this thread: lane of warp w; red:
+// [3][KW] scratch; ends with a barrier).
 template <int KW>
-__device__ __forceinline__ void kda_token_sums(float pq, float pk, float pqk, float (*red)[KW], float &tq, float &tk, float &kq) {
-  const int lane = threadIdx.x, w = threadIdx.y;
+__device__ __forceinline__ void kda_token_sums(float pq, float pk, float pqk, int lane, int w, float (*red)[KW], float &tq, float &tk,
+                                               float &kq) {
   for (int off = 16; off; off >>= 1) {
     pq += __shfl_xor_sync(0xffffffffu, pq, off);
     pk += __shfl_xor_sync(0xffffffffu, pk, off);
@@ -77,7 +78,7 @@ __device__ __forceinline__ void kda_stage_token(const float *__restrict__ qh, co
     pk += b * b;
     pqk += a * b;
   }
-  kda_token_sums<KW>(pq, pk, pqk, red, tq, tk, kq);
+  kda_token_sums<KW>(pq, pk, pqk, threadIdx.x, threadIdx.y, red, tq, tk, kq);
 }
 
 // Decays this thread's R state values in place (rows w*R ..) and returns a = sum_k S_kj k_k and
@@ -324,6 +325,22 @@ struct ConvChannel {
   }
 };
 
+// q and k channel c of one token, for both layer kernels: the two convs and the forget gate,
+// staged in shared memory at c; returns the channel's shares of |q|^2, |k|^2 and k.q
+template <int WM>
+__device__ __forceinline__ void stage_qk_channel(const ConvChannel<WM> &cq, const ConvChannel<WM> &ck, float graw, float dtb, float alog,
+                                                 float lower_bound, int W, int c, float *sq, float *sk, float *se, float &pq, float &pk,
+                                                 float &pqk) {
+  const float qv = cq.silu_conv(W), kv = ck.silu_conv(W), z = graw + dtb;
+  const float gv = lower_bound == 0.f ? -alog * (z > 20.f ? z : log1pf(__expf(z))) : lower_bound / (1.0f + __expf(-alog * z));
+  sq[c] = qv;
+  sk[c] = kv;
+  se[c] = __expf(gv);
+  pq = qv * qv;
+  pk = kv * kv;
+  pqk = qv * kv;
+}
+
 // The whole layer step: a cluster of V/32 blocks per (sequence, head), each block the step
 // kernel's 32-column tile. Every block computes the head's conv'd q and k and the gate itself
 // (K channels, cheaper than sharing them), its own 32 channels of v, then the recurrence; the
@@ -371,18 +388,9 @@ __global__ void __launch_bounds__(32 * KW) kda_layer_step_kernel(kle_cuda_kda_la
   }
   const float braw = a.braw[bh];
   float pq = 0.f, pk = 0.f, pqk = 0.f;
-  if (qk) {
-    const float qv = cq_.silu_conv(W), kv = ck_.silu_conv(W), z = graw + dtb;
-    const float gv = a.lower_bound == 0.f ? -alog * (z > 20.f ? z : log1pf(__expf(z))) : a.lower_bound / (1.0f + __expf(-alog * z));
-    sq[tid] = qv;
-    sk[tid] = kv;
-    se[tid] = __expf(gv);
-    pq = qv * qv;
-    pk = kv * kv;
-    pqk = qv * kv;
-  }
+  if (qk) stage_qk_channel<WM>(cq_, ck_, graw, dtb, alog, a.lower_bound, W, tid, sq, sk, se, pq, pk, pqk);
   float tq, tk, kq;
-  kda_token_sums<KW>(pq, pk, pqk, red, tq, tk, kq);
+  kda_token_sums<KW>(pq, pk, pqk, lane, w, red, tq, tk, kq);
   const float nq = rsqrtf(tq + 1e-6f), nk = rsqrtf(tk + 1e-6f);
   float av, bq;
   kda_decay_reduce<R, KW>(d, se, sk, sq, ra, rb, av, bq);
@@ -427,6 +435,7 @@ template <int K, int CPL, int WM>
 __global__ void __launch_bounds__(512) kda_layer_head_kernel(kle_cuda_kda_layer_args a, int H, int W, float scale) {
   constexpr int KW = 16, R = K / KW, V = 32 * CPL;
   const int bh = blockIdx.x, b = bh / H, h = bh % H;
+  // a 1-D block: with w taken from threadIdx.y this kernel took 47 instead of 33 us at batch 16
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, tid = threadIdx.x;
   const int HK = H * K, HV = H * V;
   __shared__ float sq[K], sk[K], se[K], sv[V], red[3][KW];
@@ -460,28 +469,12 @@ __global__ void __launch_bounds__(512) kda_layer_head_kernel(kle_cuda_kda_layer_
   if (w == 0) load_cols<CPL>(oraw, a.oraw + (size_t)b * HV + h * V + CPL * lane);
   const float braw = a.braw[bh];
   float pq = 0.f, pk = 0.f, pqk = 0.f;
-  if (is_qk) {
-    const float qv = c1.silu_conv(W), kv = c2.silu_conv(W), z = graw + dtb;
-    const float gv = a.lower_bound == 0.f ? -alog * (z > 20.f ? z : log1pf(__expf(z))) : a.lower_bound / (1.0f + __expf(-alog * z));
-    sq[tid] = qv;
-    sk[tid] = kv;
-    se[tid] = __expf(gv);
-    pq = qv * qv;
-    pk = kv * kv;
-    pqk = qv * kv;
-  } else if (is_v) {
+  if (is_qk)
+    stage_qk_channel<WM>(c1, c2, graw, dtb, alog, a.lower_bound, W, tid, sq, sk, se, pq, pk, pqk);
+  else if (is_v)
     sv[tid - K] = c1.silu_conv(W);
-  }
-  for (int off = 16; off; off >>= 1) {
-    pq += __shfl_xor_sync(0xffffffffu, pq, off);
-    pk += __shfl_xor_sync(0xffffffffu, pk, off);
-    pqk += __shfl_xor_sync(0xffffffffu, pqk, off);
-  }
-  if (lane == 0) red[0][w] = pq, red[1][w] = pk, red[2][w] = pqk;
-  __syncthreads();
-  float tq = 0.f, tk = 0.f, kq = 0.f;
-#pragma unroll
-  for (int i = 0; i < KW; i++) tq += red[0][i], tk += red[1][i], kq += red[2][i];
+  float tq, tk, kq;
+  kda_token_sums<KW>(pq, pk, pqk, lane, w, red, tq, tk, kq);
   const float nq = rsqrtf(tq + 1e-6f), nk = rsqrtf(tk + 1e-6f);
   kq *= nk * nq;
   float pa[CPL], pb[CPL];
