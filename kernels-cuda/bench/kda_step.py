@@ -162,10 +162,12 @@ worst = max(worst, eq["chunkVsF64O"], eq["chunkVsF64State"], eq["chunkVsRecurren
 del qx, kx, vx, gx, bx, S0x, Sref, oref, Sc, oc, Sr, orr
 
 # the batched step in each of its layouts (whole 128-column rows a block when blocks are plenty,
-# 32-column tiles when V is not a multiple of 128 or the batch is small), three chained tokens
+# 64-column halves below about 4 waves of those, 32-column tiles when V is not a multiple of 128
+# or the batch is small), three chained tokens
 # against float64, with the in-kernel L2 norm (flag 1) and the overlapped launch (flag 2)
 results["batched"] = []
-for (Bb, Hb, Kb, Vb, fl) in [(40, 8, 128, 128, 0), (24, 8, 64, 256, 1), (40, 8, 128, 96, 2), (1, 32, 128, 128, 3), (16, 32, 128, 128, 2)]:
+for (Bb, Hb, Kb, Vb, fl) in [(40, 8, 128, 128, 0), (24, 8, 64, 256, 1), (40, 8, 128, 96, 2), (1, 32, 128, 128, 3), (16, 32, 128, 128, 2),
+                             (36, 32, 128, 128, 1), (140, 8, 64, 128, 2)]:
     torch.manual_seed(Bb * 1000 + Vb)
     S0b = torch.randn(Bb, Hb, Kb, Vb, device=dev) * 0.1
     qb, kb = torch.randn(3, Bb, Hb, Kb, device=dev), torch.randn(3, Bb, Hb, Kb, device=dev)

@@ -176,21 +176,33 @@ __global__ void __launch_bounds__(NTP, 2) kda_chunk_prep(const float *__restrict
   const int cn = min(C, T - t0);  // tokens in this chunk; rows past it are zero (no effect)
   Rec rec(ws + ((size_t)n * H + h) * rec_floats(K, V), K, V);
 
-  // load, transposed: each thread keeps one token and walks channel quads
+  // load, transposed: each thread keeps one token and walks channel quads. All of a thread's loads
+  // are issued before the first is used (a loop that consumed each quad as it came paid one
+  // memory latency per trip); a token past the end reads the chunk's first row and is zeroed.
   {
+    constexpr int NQ = K / (4 * NG);  // channel quads a thread loads of each array
     const int i = tid % C, grp = tid / C;
     const bool live = i < cn;
-    const size_t base = ((size_t)(t0 + i) * H + h) * K;
+    const size_t base = ((size_t)(t0 + (live ? i : 0)) * H + h) * K;
+    float4 kv[NQ], qv[NQ], gv[NQ];
+#pragma unroll
+    for (int j = 0; j < NQ; j++) {
+      const int c = 4 * grp + 4 * NG * j;
+      kv[j] = *(const float4 *)(k + base + c);
+      qv[j] = *(const float4 *)(q + base + c);
+      gv[j] = *(const float4 *)(g + base + c);
+    }
     float pk = 0.f, pq = 0.f;
-    for (int c = 4 * grp; c < K; c += 4 * NG) {
-      const float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-      const float4 kv = live ? *(const float4 *)(k + base + c) : z, qv = live ? *(const float4 *)(q + base + c) : z;
-      const float4 gv = live ? *(const float4 *)(g + base + c) : z;
-      pk += kv.x * kv.x + kv.y * kv.y + kv.z * kv.z + kv.w * kv.w;
-      pq += qv.x * qv.x + qv.y * qv.y + qv.z * qv.z + qv.w * qv.w;
-      const float ka[4] = {kv.x, kv.y, kv.z, kv.w}, qa[4] = {qv.x, qv.y, qv.z, qv.w}, ga[4] = {gv.x, gv.y, gv.z, gv.w};
+#pragma unroll
+    for (int j = 0; j < NQ; j++) {
+      const int c = 4 * grp + 4 * NG * j;
+      const float ka[4] = {live ? kv[j].x : 0.f, live ? kv[j].y : 0.f, live ? kv[j].z : 0.f, live ? kv[j].w : 0.f};
+      const float qa[4] = {live ? qv[j].x : 0.f, live ? qv[j].y : 0.f, live ? qv[j].z : 0.f, live ? qv[j].w : 0.f};
+      const float ga[4] = {live ? gv[j].x : 0.f, live ? gv[j].y : 0.f, live ? gv[j].z : 0.f, live ? gv[j].w : 0.f};
 #pragma unroll
       for (int x = 0; x < 4; x++) {
+        pk += ka[x] * ka[x];
+        pq += qa[x] * qa[x];
         sK[(c + x) * C + i] = ka[x];
         sQ[(c + x) * C + i] = qa[x];
         sG[(c + x) * C + i] = ga[x];
@@ -272,23 +284,21 @@ __global__ void __launch_bounds__(NTP, 2) kda_chunk_prep(const float *__restrict
   }
   if (pairwise) __syncthreads();  // the raw rows are read before the factors replace them
 
-  // factors, in place: Lk = k exp(gl), Lq = q exp(gl), Rk = k exp(Tl - gl)
+  // factors, in place: Lk = k exp(gl), Lq = q exp(gl), Rk = k exp(Tl - gl); and straight from
+  // them qp^T and ks^T (each row of tokens contiguous) into the record
   for (int e = tid; e < K * C; e += NTP) {
-    const int c = e / C, i = e % C, at = c * C + i;
-    const float gl = sG[at], kk = sK[at] * sNk[i], eg = expf(gl);
-    sK[at] = kk * eg;
-    sQ[at] *= sNq[i] * eg;
-    sG[at] = kk * expf(sTl[(i / SUB) * K + c] - gl);
+    const int c = e / C, i = e % C, sub = (i / SUB) * K + c;
+    const float gl = sG[e], kk = sK[e] * sNk[i], eg = expf(gl);
+    const float lq = sQ[e] * (sNq[i] * eg), rk = kk * expf(sTl[sub] - gl);
+    sK[e] = kk * eg;
+    sQ[e] = lq;
+    sG[e] = rk;
+    rec.Qt[e] = lq * sEpre[sub];
+    rec.Ks[e] = rk * sEsuf[sub];
   }
   __syncthreads();
 
-  // qp^T and ks^T (each row of tokens contiguous) before their arrays are reused, then the Gram
-  // tiles: warp w takes pair w, warps 0 and 1 also pairs 8 and 9 (the diagonal blocks 2 and 3)
-  for (int e = tid; e < K * C; e += NTP) {
-    const int c = e / C, i = e % C;
-    rec.Qt[e] = sQ[e] * sEpre[(i / SUB) * K + c];
-    rec.Ks[e] = sG[e] * sEsuf[(i / SUB) * K + c];
-  }
+  // the Gram tiles: warp w takes pair w, warps 0 and 1 also pairs 8 and 9 (the diagonal blocks 2 and 3)
   float acc0[4][4], acc1[4][4];
   const bool first = w < 6 || !pairwise, second = w < 2 && !pairwise;
   if (first) gram_tile<K>(w, lane, sK, sQ, sG, sEmid, sEinv, acc0);
@@ -350,8 +360,12 @@ __global__ void __launch_bounds__(NTP, 2) kda_chunk_prep(const float *__restrict
         x[i + 3] = sB[i + 3] * l.w * ep;
       }
     } else {
+      // unconditional loads (rows past the end read row 0 and are dropped), so that all 64 are in
+      // flight at once: a load under `i < cn` was issued only after the one before it returned
 #pragma unroll
-      for (int i = 0; i < C; i++) x[i] = i < cn ? sB[i] * v[((size_t)(t0 + i) * H + h) * V + (col - K)] : 0.f;
+      for (int i = 0; i < C; i++) x[i] = v[((size_t)(t0 + (i < cn ? i : 0)) * H + h) * V + (col - K)];
+#pragma unroll
+      for (int i = 0; i < C; i++) x[i] = i < cn ? sB[i] * x[i] : 0.f;
     }
 #pragma unroll
     for (int b = 0; b < NSUB; b++) {

@@ -222,16 +222,19 @@ __global__ void __launch_bounds__(32 * KW) kda_step_kernel(float *__restrict__ S
   if (w == 0) o[(size_t)bh * V + col] = scale * (bq + bt * u * kq);
 }
 
-// Block: one head's 128-column tile, each lane 4 consecutive columns (a warp reads and writes
-// whole 512-byte rows of a 128-wide state), 4 warps splitting the K rows: for batches, where
-// blocks are plenty. Measured on an H100 at batch 16 / 128: 2.50 / 2.89 TB/s, against 2.44 /
-// 2.55 for the 32-column tiles above (whose rows are read in 128-byte pieces by four blocks).
-template <int K>
+// Block: one head's tile of 32 CPL columns, each lane CPL consecutive columns (at CPL = 4 a warp
+// reads and writes whole 512-byte rows of a 128-wide state), 4 warps splitting the K rows: for
+// batches, where blocks are plenty. Measured on an H100 at batch 16 / 128: 2.50 / 2.89 TB/s at
+// CPL = 4, against 2.44 / 2.55 for the 32-column tiles above (whose rows are read in 128-byte
+// pieces by four blocks). CPL = 2 (128 registers, 4 blocks an SM, twice the blocks) gave 2.55 at
+// batch 16 and 2.87 at 128; the same kernel held to 2 or 3 blocks an SM 2.40 / 2.55 at batch 16,
+// pushed to 5 (102 registers) 2.24: the memory system wants about 16 warps of long row streams.
+template <int K, int CPL>
 __global__ void __launch_bounds__(128) kda_step_rows_kernel(float *__restrict__ S, const float *__restrict__ q, const float *__restrict__ k,
                                                             const float *__restrict__ v, const float *__restrict__ g,
                                                             const float *__restrict__ beta, float *__restrict__ o, int V, float scale,
                                                             int l2norm) {
-  constexpr int KW = 4, R = K / KW, CPL = 4, VT = 32 * CPL;
+  constexpr int KW = 4, R = K / KW, VT = 32 * CPL;
   const int nt = V / VT, bh = blockIdx.x / nt;
   const int lane = threadIdx.x, w = threadIdx.y;
   const int col = (blockIdx.x % nt) * VT + CPL * lane;
@@ -281,9 +284,12 @@ extern "C" int kle_cuda_kda_step(float *S, const float *q, const float *k, const
       K == 128 ? (wide ? kda_step_kernel<128, 8> : kda_step_kernel<128, 4>) : (wide ? kda_step_kernel<64, 8> : kda_step_kernel<64, 4>);
   cudaLaunchAttribute attr[1];
   if (!wide && V % 128 == 0) {
+    // up to about 4 waves of 128-column blocks (batch <= 32 at 32 heads), 64-column ones
+    const bool half = (long)B * H * (V / 128) < 8L * 132;
     void (*rk)(float *, const float *, const float *, const float *, const float *, const float *, float *, int, float, int) =
-        K == 128 ? kda_step_rows_kernel<128> : kda_step_rows_kernel<64>;
-    const cudaLaunchConfig_t rc = overlap_launch(dim3(B * H * (V / 128)), dim3(32, 4), stream, flags & KLE_CUDA_KDA_OVERLAP, attr);
+        K == 128 ? (half ? kda_step_rows_kernel<128, 2> : kda_step_rows_kernel<128, 4>)
+                 : (half ? kda_step_rows_kernel<64, 2> : kda_step_rows_kernel<64, 4>);
+    const cudaLaunchConfig_t rc = overlap_launch(dim3(B * H * (V / (half ? 64 : 128))), dim3(32, 4), stream, flags & KLE_CUDA_KDA_OVERLAP, attr);
     const cudaError_t e = cudaLaunchKernelEx(&rc, rk, S, q, k, v, g, beta, o, V, scale, flags & KLE_KDA_L2NORM_QK);
     return e == cudaSuccess && cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
   }
