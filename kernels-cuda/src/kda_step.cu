@@ -171,10 +171,18 @@ __device__ __forceinline__ void sum_cols(const float (*part)[VT], int c0, float 
   }
 }
 
-// S'_kj = d_kj + wk_j k_k for this thread's rows, written back to Sh (row r at Sh + r * V)
+// The delta rule's update of this thread's rows: u_j = v_j - a_j nk (a = sum_k S_kj k_k over the
+// unnormalized k), S'_kj = d_kj + beta u_j nk k_k, written back to Sh (row r at Sh + r * V);
+// returns u for the output.
 template <int R, int CPL>
-__device__ __forceinline__ void rows_update_store(const float (&d)[R][CPL], int row0, const float *sk, const float (&wk)[CPL], float *Sh,
-                                                  int V) {
+__device__ __forceinline__ void rows_update_store(const float (&d)[R][CPL], int row0, const float *sk, const float (&vv)[CPL],
+                                                  const float (&av)[CPL], float nk, float bt, float (&u)[CPL], float *Sh, int V) {
+  float wk[CPL];
+#pragma unroll
+  for (int c = 0; c < CPL; c++) {
+    u[c] = vv[c] - av[c] * nk;
+    wk[c] = bt * u[c] * nk;
+  }
 #pragma unroll
   for (int r = 0; r < R; r++) {
     const float kk = sk[row0 + r];
@@ -253,17 +261,12 @@ __global__ void __launch_bounds__(128) kda_step_rows_kernel(float *__restrict__ 
   store_cols<CPL>(&ra[w][CPL * lane], pa);
   store_cols<CPL>(&rb[w][CPL * lane], pb);
   __syncthreads();
-  float av[CPL], bv[CPL], vv[CPL], u[CPL], wk[CPL];
+  float av[CPL], bv[CPL], vv[CPL], u[CPL];
   sum_cols<KW, CPL, VT>(ra, CPL * lane, av);
   load_cols<CPL>(vv, v + (size_t)bh * V + col);
   kq *= nk * nq;
   const float bt = beta[bh];
-#pragma unroll
-  for (int c = 0; c < CPL; c++) {
-    u[c] = vv[c] - av[c] * nk;
-    wk[c] = bt * u[c] * nk;
-  }
-  rows_update_store<R, CPL>(d, w * R, sk, wk, Sh, V);
+  rows_update_store<R, CPL>(d, w * R, sk, vv, av, nk, bt, u, Sh, V);
   if (w == 0) {
     sum_cols<KW, CPL, VT>(rb, CPL * lane, bv);
 #pragma unroll
@@ -488,16 +491,11 @@ __global__ void __launch_bounds__(512) kda_layer_head_kernel(kle_cuda_kda_layer_
   store_cols<CPL>(&ra[w][CPL * lane], pa);
   store_cols<CPL>(&rb[w][CPL * lane], pb);
   __syncthreads();
-  float av[CPL], vv[CPL], u[CPL], wk[CPL];
+  float av[CPL], vv[CPL], u[CPL];
   sum_cols<KW, CPL, V>(ra, CPL * lane, av);
   load_cols<CPL>(vv, &sv[CPL * lane]);
   const float bt = 1.0f / (1.0f + __expf(-braw));
-#pragma unroll
-  for (int c = 0; c < CPL; c++) {
-    u[c] = vv[c] - av[c] * nk;
-    wk[c] = bt * u[c] * nk;
-  }
-  rows_update_store<R, CPL>(d, w * R, sk, wk, Sh, V);
+  rows_update_store<R, CPL>(d, w * R, sk, vv, av, nk, bt, u, Sh, V);
   if (w == 0) {
     float ov[CPL], ss = 0.f;
     sum_cols<KW, CPL, V>(rb, CPL * lane, ov);
