@@ -6,12 +6,11 @@
 #ifndef KLE_CUDA_H
 #define KLE_CUDA_H
 
+#include "../../wasm/include/kle.h" /* status codes (KLE_OK, KLE_EINVAL, KLE_EDEVICE), KDA flags */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* A CUDA call failed (launch, allocation on the device, copy): beyond kle.h's codes. */
-#define KLE_EDEVICE (-5)
 
 /*
  * KDA decode flag: launch as a programmatic dependent launch, so the kernel starts while the one

@@ -33,8 +33,6 @@
 
 using namespace kle_tc;
 
-#define KLE_OK 0
-#define KLE_EINVAL (-1)
 
 namespace {
 

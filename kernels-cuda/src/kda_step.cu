@@ -15,9 +15,6 @@
 
 namespace cg = cooperative_groups;
 
-#define KLE_OK 0
-#define KLE_EINVAL (-1)
-#define KLE_KDA_L2NORM_QK 1
 
 // A launch on `stream`; with `overlap` (programmatic dependent launch) the kernel may start while
 // the one before it in the stream is finishing, and runs until its cudaGridDependencySynchronize()

@@ -13,8 +13,6 @@
 #include "lse_merge.cuh"
 #include "mla_tc.cuh"
 
-#define KLE_OK 0
-#define KLE_EINVAL (-1)
 #define QREG 20  // 640 / 32
 #define VREG 16  // 512 / 32
 #define WARPS 8

@@ -195,17 +195,19 @@ void conv_short(const float *x, const float *wT, float *tail, float *y, int T, i
 }
 
 __global__ void kda_gate_kernel(const float *__restrict__ x, const float *__restrict__ A_log, const float *__restrict__ dt_bias,
-                                float *__restrict__ g, long n, int H, int K, float lb) {
+                                float *__restrict__ g, long n, int H, int K, int Kg, float lb) {
   const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int c = (int)(i % ((long)H * K)), h = c / K;
-  const float a = expf(A_log[h]), z = x[i] + (dt_bias ? dt_bias[c] : 0.f);
+  // with one decay per head (Kg == 1) every channel of the head reads the head's one input
+  const int ci = Kg == K ? c : h;
+  const float a = expf(A_log[h]), z = x[i / ((long)H * K) * H * Kg + ci] + (dt_bias ? dt_bias[ci] : 0.f);
   g[i] = lb == 0.f ? -a * (z > 20.f ? z : log1pf(expf(z))) : lb * (1.0f / (1.0f + expf(-a * z)));
 }
-void kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K, float lower_bound,
+void kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K, int Kg, float lower_bound,
               cudaStream_t st) {
   const long n = (long)T * H * K;
-  kda_gate_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, A_log, dt_bias, g, n, H, K, lower_bound);
+  kda_gate_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, A_log, dt_bias, g, n, H, K, Kg, lower_bound);
 }
 
 // ------------------------------------------------------------------ MoE
@@ -351,7 +353,7 @@ void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh,
 }  // namespace kle_ops
 
 extern "C" int kle_cuda_matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, void *stream) {
-  if (!W || !X || !Y || T <= 0 || N <= 0 || Kd <= 0) return -1;
+  if (!W || !X || !Y || T <= 0 || N <= 0 || Kd <= 0) return KLE_EINVAL;
   kle_ops::matmul(W, X, Y, T, N, Kd, (cudaStream_t)stream);
-  return cudaGetLastError() == cudaSuccess ? 0 : -1;
+  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EDEVICE;
 }

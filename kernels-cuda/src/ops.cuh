@@ -23,8 +23,9 @@ void sigmoid(const float *x, float *y, long n, cudaStream_t st);
 void swiglu(const float *gate, const float *up, float *out, long n, cudaStream_t st);
 // causal depthwise conv + SiLU over T tokens, wT [W, C], tail [W-1, C] updated (kle_conv_short)
 void conv_short(const float *x, const float *wT, float *tail, float *y, int T, int C, int W, cudaStream_t st);
-// KDA forget gate (kle_kda_gate)
-void kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K, float lower_bound,
+// KDA forget gate (kle_kda_gate) from x [T, H*Kg] to g [T, H*K]: Kg == 1 repeats a head's one
+// decay over its K channels (Gated DeltaNet's gate)
+void kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K, int Kg, float lower_bound,
               cudaStream_t st);
 // MoE: per token top-k routing (kle_moe_route), E <= 1024
 void moe_route(const float *logits, const float *bias, int T, int E, int topk, int n_group, int topk_group, int act,

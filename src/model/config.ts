@@ -39,7 +39,12 @@ export interface KimiConfig {
   readonly rmsNormEps: number;
   readonly tieWordEmbeddings: boolean;
   readonly layerKinds: readonly LayerKind[];
-  readonly kda: { numHeads: number; headDim: number; convKernel: number; gateLowerBound: number };
+  /**
+   * The linear-attention layers. `gatePerHead` gives them one decay per head (Gated DeltaNet's
+   * gate: f_b_proj and dt_bias of num_heads rows) instead of one per channel (KDA's); no
+   * config.json key selects it yet, so only configs built in code have it.
+   */
+  readonly kda: { numHeads: number; headDim: number; convKernel: number; gateLowerBound: number; gatePerHead: boolean };
   readonly mla: { numHeads: number; qkNopeHeadDim: number; qkRopeHeadDim: number; vHeadDim: number; kvLoraRank: number };
   readonly moe: MoeConfig | null;
   readonly bosTokenId: number | null;
@@ -122,6 +127,7 @@ export function parseKimiConfig(raw: unknown): KimiConfig {
     headDim: kdaHeadDim,
     convKernel: int(la, 'short_conv_kernel_size', 'linear_attn_config.short_conv_kernel_size', { min: 1 }),
     gateLowerBound,
+    gatePerHead: false,
   };
   if (kda.convKernel > 16) throw new ConfigError('linear_attn_config.short_conv_kernel_size', `${kda.convKernel} exceeds 16`);
   if (la.num_kv_heads !== undefined && la.num_kv_heads !== kda.numHeads) throw new ConfigError('linear_attn_config.num_kv_heads', 'grouped KDA heads are not supported');
@@ -200,7 +206,7 @@ export function engineConfig(c: KimiConfig): { ints: Int32Array; floats: Float32
   const m = c.moe;
   const ints = [
     c.vocabSize, c.hiddenSize, c.numLayers, c.intermediateSize,
-    c.kda.numHeads, c.kda.headDim, c.kda.convKernel, 0,
+    c.kda.numHeads, c.kda.headDim, c.kda.convKernel, c.kda.gatePerHead ? 1 : 0,
     c.mla.numHeads, c.mla.qkNopeHeadDim, c.mla.qkRopeHeadDim, c.mla.vHeadDim, c.mla.kvLoraRank,
     m?.numExperts ?? 0, m?.expertsPerToken ?? 0, m?.numSharedExperts ?? 0, m?.moeIntermediateSize ?? 0,
     m?.firstKDenseReplace ?? 0, m?.moeLayerFreq ?? 1, m?.numExpertGroup ?? 1, m?.topkGroup ?? 1,

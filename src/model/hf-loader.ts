@@ -9,7 +9,7 @@ import { EngineModel } from '../engine/engine.js';
 import type { KernelBackend } from '../engine/backend.js';
 import type { TensorSlot } from '../engine/roles.js';
 import type { WeightFormatName } from '../engine/kernels.js';
-import { parseKimiConfig } from './config.js';
+import { parseKimiConfig, type KimiConfig } from './config.js';
 import { hfName, hfSlot, isIgnorableHfName } from './hf-names.js';
 import { FormatError, tensorF32 } from './safetensors.js';
 import { bytesToStream, readSafetensorsStream, type ChunkSink, type TensorInfo } from './safetensors-stream.js';
@@ -43,8 +43,12 @@ const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
 const DIRECT: Partial<Record<string, WeightFormatName>> = { F32: 'f32', BF16: 'bf16', F16: 'f16' };
 
 /** Builds an engine model from a parsed config.json and its shards. */
-export async function placeHfModel(backend: KernelBackend, configJson: unknown, shards: readonly Shard[], opts: PlaceOptions = {}): Promise<EngineModel> {
-  const config = parseKimiConfig(configJson);
+export function placeHfModel(backend: KernelBackend, configJson: unknown, shards: readonly Shard[], opts: PlaceOptions = {}): Promise<EngineModel> {
+  return placeHfCheckpoint(backend, parseKimiConfig(configJson), shards, opts);
+}
+
+/** Builds an engine model from a checked config and its shards (HF tensor names). */
+export async function placeHfCheckpoint(backend: KernelBackend, config: KimiConfig, shards: readonly Shard[], opts: PlaceOptions = {}): Promise<EngineModel> {
   const model = EngineModel.create(backend, config);
   try {
     const placed = new Map<string, string>();

@@ -108,6 +108,8 @@ export interface SyntheticOptions {
    * defines it; what this engine does). With a zero bias every implementation agrees.
    */
   zeroRouterBias?: boolean;
+  /** One forget-gate value per head (f_b_proj and dt_bias of num_heads rows), as KimiConfig.kda.gatePerHead. */
+  gatePerHead?: boolean;
 }
 
 export function syntheticWeights(cfg: ConfigJson, seed: number, opts: SyntheticOptions = {}): Uint8Array {
@@ -133,10 +135,11 @@ export function syntheticWeights(cfg: ConfigJson, seed: number, opts: SyntheticO
       for (const x of ['q', 'k', 'v']) mat(`${p}self_attn.${x}_proj.weight`, H * dk, D);
       for (const x of ['q', 'k', 'v']) put(`${p}self_attn.${x}_conv1d.weight`, [H * dk, 1, W], f32(H * dk * W, r, 0.5), true);
       mat(`${p}self_attn.f_a_proj.weight`, dk, D);
-      mat(`${p}self_attn.f_b_proj.weight`, H * dk, dk);
+      const HG = opts.gatePerHead ? H : H * dk;
+      mat(`${p}self_attn.f_b_proj.weight`, HG, dk);
       const alog = new Float32Array(H).map(() => Math.log(1 + 15 * (0.5 + 0.5 * r())));
       put(`${p}self_attn.A_log`, [1, 1, H, 1], alog, true);
-      put(`${p}self_attn.dt_bias`, [H * dk], f32(H * dk, r, 1, -1), true);
+      put(`${p}self_attn.dt_bias`, [HG], f32(HG, r, 1, -1), true);
       mat(`${p}self_attn.b_proj.weight`, H, D);
       mat(`${p}self_attn.g_a_proj.weight`, dk, D);
       mat(`${p}self_attn.g_b_proj.weight`, H * dk, dk);

@@ -5,9 +5,9 @@
 //           scalars: the baseline the benchmarks compare against)
 //   abi     src/engine/kle-abi.ts from the prototypes of wasm/include/kle.h
 //   native  gcc -O3 -march=native -> build/native/kle.node (Node addon, N-API wrappers generated)
-//   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine API
-//           of kle.h on the GPU (kernels-cuda/src/engine.cu) over the host engine's model and
-//           session code, linked in under kle_host_* names; needs nvcc, runs where a GPU is
+//   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine of
+//           wasm/engine with the CUDA backend (kernels-cuda/src/backend_cuda.cu) in place of the
+//           CPU one (backend_cpu.c); needs nvcc, runs where a GPU is
 //   check   rebuilds wasm + abi into a temporary folder and fails if the committed ones differ
 // Usage: node wasm/build/build.mjs STEP...   (default: wasm abi native)
 import { execFileSync } from 'node:child_process';
@@ -75,21 +75,16 @@ function buildNative() {
   ]);
 }
 
-// The host engine's model/session entry points, renamed in the CUDA build so that
-// kernels-cuda/src/engine.cu can define kle.h's names and call these underneath.
-const hostEngineFns = [
-  'model_create', 'model_free', 'model_tensor_expect', 'model_tensor', 'model_finalize', 'model_bytes',
-  'session_create', 'session_free', 'session_forward', 'session_logits', 'session_pos',
-  'session_state_size', 'session_state_save', 'session_state_load', 'session_state_save_at', 'session_state_load_at',
-];
-
 function cudaSources() {
   const d = join(root, 'kernels-cuda', 'src');
   return readdirSync(d).sort().filter((f) => f.endsWith('.cu')).map((f) => join(d, f));
 }
 
-/** nvcc flags for the CUDA sources: Hopper code, plus PTX that newer GPUs compile at load. */
-export const nvccFlags = ['-O3', '-std=c++17', '-gencode', 'arch=compute_90,code=sm_90', '-gencode', 'arch=compute_90,code=compute_90'];
+/**
+ * nvcc flags for the CUDA sources (Hopper code, plus PTX that newer GPUs compile at load): one
+ * recipe, kernels-cuda/nvcc.flags, which kernels-cuda/run-gpu.sh reads too.
+ */
+export const nvccFlags = readFileSync(join(root, 'kernels-cuda', 'nvcc.flags'), 'utf8').trim().split(/\s+/);
 
 function buildCuda() {
   const outDir = join(root, 'build', 'cuda');
@@ -99,10 +94,11 @@ function buildCuda() {
   const cc = process.env.CC ?? 'gcc';
   const nvcc = process.env.NVCC ?? 'nvcc';
   const objs = [];
-  const renames = hostEngineFns.map((f) => `-Dkle_${f}=kle_host_${f}`);
-  for (const src of sources()) {
+  // the engine and the CPU kernels (the host side: shape checks, derived weights, the state
+  // blob), with the CUDA backend in place of the CPU one
+  for (const src of sources().filter((f) => !f.endsWith('backend_cpu.c'))) {
     const obj = join(outDir, `${src.split('/').slice(-2).join('-')}.o`);
-    run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-I', join(root, 'wasm', 'include'), ...renames, src, '-o', obj]);
+    run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-I', join(root, 'wasm', 'include'), src, '-o', obj]);
     objs.push(obj);
   }
   const addonObj = join(outDir, 'addon.o');

@@ -1,52 +1,95 @@
-/* engine.h: the model and session structures shared by the engine's sources (not public). */
+/* engine.h: the model, its layer kinds and the session, shared by the engine's sources (not public). */
 #ifndef KLE_ENGINE_H
 #define KLE_ENGINE_H
 
 #include <stdint.h>
 
 #include "../include/kle.h"
+#include "backend.h"
 
-typedef struct {
+struct kle_tensor {
   int fmt, rows, cols;
   long bytes;
-  uint8_t *data; /* NULL until the host places it */
-} kle_tensor;
+  uint8_t *data; /* host memory until placed, then the backend's; NULL until the host gives it */
+  int placed;
+};
 
 /* Roles that exist once per expert (per layer) rather than once per layer. */
 #define KLE_IS_EXPERT_ROLE(r) ((r) == KLE_T_EXP_GATE || (r) == KLE_T_EXP_UP || (r) == KLE_T_EXP_DOWN)
+/* Most fixed-size state sections and derived weights one layer kind has. */
+#define KLE_MAX_STATE 4
+#define KLE_MAX_DERIVED 3
+
+/*
+ * A layer kind: one row of data and one forward function. The token mixers (KDA, MLA) and the
+ * feed-forward blocks (dense SwiGLU, MoE) are rows of two tables (layers.c); the model, the
+ * session, the state blob and the shape checks only read the rows.
+ */
+typedef struct {
+  const char *name;
+  /* the shape of a per-layer role it uses: KLE_TENSOR_* with rows, cols and any-format flag */
+  int (*expect)(const kle_model *m, int role, int *rows, int *cols, int *anyfmt);
+  /* fixed-size state sections per session, in blob order */
+  int n_state;
+  size_t (*state_floats)(const kle_model *m, int section);
+  /* floats per token of its growing cache (0: none) */
+  size_t (*cache_row_floats)(const kle_model *m);
+  /* at finalize: weights derived from the host's tensors before they are placed, and what the
+   * backend needs once they are (NULL: none) */
+  int (*derive)(kle_model *m, int layer);
+  int (*prepare)(kle_model *m, int layer);
+  int (*forward)(kle_session *s, int layer, const float *h, float *y, int T);
+} kle_layer_kind;
+
+/* kle_model->layer_kind[l] indexes the mixers (KLE_LAYER_*) */
+extern const kle_layer_kind kle_mixers[2];
+extern const kle_layer_kind kle_ffn_dense, kle_ffn_moe;
 
 struct kle_model {
   int32_t cfg[KLE_CFG_N_INTS];
   float cfgf[KLE_CFGF_N];
-  int32_t *layer_kind; /* [layers] */
-  kle_tensor *t;       /* [layers + 1][KLE_T_COUNT]: row 0 holds the global tensors */
-  kle_tensor *experts; /* [layers][experts][3] */
-  /* derived at finalize: conv weights as [kernel, channels]; MLA kv_b split per head (f32) */
-  float **conv_t;      /* [layers][3] */
-  float **w_uk, **w_uv; /* [layers]: [H, nope, R] and [H, v, R] */
+  int32_t *layer_kind;  /* [layers] */
+  kle_tensor *t;        /* [layers + 1][KLE_T_COUNT]: row 0 holds the global tensors */
+  kle_tensor *experts;  /* [layers][experts][3] */
+  kle_tensor *derived;  /* [layers][KLE_MAX_DERIVED] */
+  void **expert_tabs;   /* [layers]: the backend's handle on a MoE layer's experts */
+  const kle_backend *b;
+  kle_backend_ctx *ctx;
+  long bytes;           /* weights in backend memory */
   uint64_t fingerprint;
   int finalized;
 };
 
 struct kle_session {
   kle_model *m;
-  int pos;
-  float **kda_state; /* [layers]: [H, K, V] or NULL */
-  float **conv_tail; /* [layers][3]: [W-1, C] */
-  float **mla_cache; /* [layers]: [cap, R + rope] */
-  int mla_cap;
-  float *logits; /* [vocab] */
-  int has_logits;
-  /* activations for KLE_PREFILL_BATCH tokens */
-  float *x, *h, *y, *a0, *a1, *a2, *a3, *a4, *a5, *a6, *small;
+  int pos, cap, has_logits;
+  float **state;       /* [layers][KLE_MAX_STATE] fixed-size sections */
+  float **cache;       /* [layers]: cap rows of the mixer's cache, or NULL */
+  float *logits;       /* [vocab], host memory */
+  float *logits_dev;   /* [vocab], backend memory (logits itself where that is the host's) */
+  float *logits_all;   /* [batch, vocab], backend memory, made on first use (non-host backends) */
+  void *arena;         /* backend memory of the activations below */
+  float *x, *h, *y, *a[11], *small, *route_w, *moe_scratch;
   int32_t *route_idx;
-  float *route_w;
-  int32_t *tok_list;
 };
 
-/* helpers from model.c used by the forward pass */
+/* model.c */
+const kle_layer_kind *kle_mixer_of(const kle_model *m, int layer);
+const kle_layer_kind *kle_ffn_of(const kle_model *m, int layer);
 const kle_tensor *kle_tensor_at(const kle_model *m, int role, int layer);
-int kle_layer_is_moe(const kle_model *m, int layer);
+const kle_tensor *kle_derived_at(const kle_model *m, int layer, int i);
+kle_tensor *kle_derived_slot(kle_model *m, int layer, int i);
+/* A host f32 copy of a tensor the host wrote (dequantized if stored quantized); NULL if out of memory. */
+float *kle_tensor_to_f32(const kle_tensor *t);
+/* session.c: grows every cache to hold at least `need` rows */
+int kle_session_reserve(kle_session *s, int need);
+/* forward.c */
 int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all);
+
+#define KLE_TRY(x)                                                                                 \
+  do {                                                                                             \
+    int rc_ = (x);                                                                                 \
+    if (rc_ != KLE_OK) return rc_;                                                                 \
+  } while (0)
 
 #endif

@@ -1,10 +1,13 @@
 /*
- * session.c: per-conversation state (KDA recurrent states and conv tails, MLA latent caches,
- * position, last logits) and its versioned blob, which moves a conversation between hosts.
+ * session.c: per-conversation state (each layer kind's fixed-size sections, such as KDA's
+ * recurrent state and conv tails, and its growing cache, MLA's latent rows), position, last
+ * logits, and the versioned blob that moves a conversation between hosts and backends. The
+ * state lives in the backend's memory; the blob is written and read through its copies.
  *
  * Blob v1, little-endian: "KLES" | u32 version | u64 model fingerprint | u32 layers | u32 pos |
- * u32 has_logits | u32 vocab | per layer (KDA: 3 conv tails [W-1, C] then S [H, K, V]; MLA:
- * pos rows of the latent cache) as f32 | logits [vocab] if has_logits | u64 FNV-1a of all before.
+ * u32 has_logits | u32 vocab | per layer (its fixed sections in order, then pos rows of its
+ * cache; KDA: 3 conv tails [W-1, C] then S [H, K, V]; MLA: the latent rows) as f32 |
+ * logits [vocab] if has_logits | u64 FNV-1a of all before.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +17,7 @@
 #define BLOB_VERSION 1u
 #define BLOB_HEADER 32
 
+/* widest activation row: every buffer a[] holds a batch of rows this wide */
 static size_t per_token_width(const kle_model *m) {
   const int32_t *c = m->cfg;
   const size_t HK = (size_t)c[KLE_CFG_KDA_HEADS] * c[KLE_CFG_KDA_HEAD_DIM];
@@ -27,61 +31,65 @@ static size_t per_token_width(const kle_model *m) {
   return w;
 }
 
-static size_t kda_tail_floats(const kle_model *m) {
-  return (size_t)(m->cfg[KLE_CFG_CONV] - 1) * m->cfg[KLE_CFG_KDA_HEADS] * m->cfg[KLE_CFG_KDA_HEAD_DIM];
-}
-
-static size_t kda_state_floats(const kle_model *m) {
-  const size_t dk = (size_t)m->cfg[KLE_CFG_KDA_HEAD_DIM];
-  return (size_t)m->cfg[KLE_CFG_KDA_HEADS] * dk * dk;
-}
-
-static size_t mla_row_floats(const kle_model *m) {
-  return (size_t)m->cfg[KLE_CFG_KV_RANK] + m->cfg[KLE_CFG_QK_ROPE];
-}
+static int n_layers(const kle_model *m) { return m->cfg[KLE_CFG_LAYERS]; }
 
 void kle_session_free(kle_session *s) {
   if (!s) return;
-  const int L = s->m->cfg[KLE_CFG_LAYERS];
-  for (int l = 0; l < L; l++) {
-    if (s->kda_state) free(s->kda_state[l]);
-    if (s->mla_cache) free(s->mla_cache[l]);
-    for (int i = 0; i < 3 && s->conv_tail; i++) free(s->conv_tail[l * 3 + i]);
+  const kle_model *m = s->m;
+  for (int l = 0; l < n_layers(m); l++) {
+    for (int i = 0; s->state && i < KLE_MAX_STATE; i++) m->b->release(m->ctx, s->state[(size_t)l * KLE_MAX_STATE + i]);
+    if (s->cache) m->b->release(m->ctx, s->cache[l]);
   }
-  free(s->kda_state);
-  free(s->mla_cache);
-  free(s->conv_tail);
-  float *bufs[] = {s->logits, s->x, s->h, s->y, s->a0, s->a1, s->a2, s->a3, s->a4, s->a5, s->a6, s->small, s->route_w};
-  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
-  free(s->route_idx);
-  free(s->tok_list);
+  m->b->release(m->ctx, s->arena);
+  m->b->release(m->ctx, s->logits_all);
+  if (!m->b->host_memory) free(s->logits);
+  free(s->state);
+  free(s->cache);
   free(s);
 }
 
+/* the activations, carved from one allocation: a batch of rows of each buffer */
+static int make_arena(kle_session *s) {
+  const kle_model *m = s->m;
+  const int32_t *c = m->cfg;
+  const size_t TB = (size_t)m->b->batch, D = (size_t)c[KLE_CFG_HIDDEN], W = per_token_width(m);
+  const size_t K = c[KLE_CFG_EXPERTS_PER_TOK] > 0 ? (size_t)c[KLE_CFG_EXPERTS_PER_TOK] : 1;
+  const size_t MI = c[KLE_CFG_MOE_INTER] > 0 ? (size_t)c[KLE_CFG_MOE_INTER] : 1;
+  float **bufs[] = {&s->x, &s->h, &s->y, &s->a[0], &s->a[1], &s->a[2], &s->a[3], &s->a[4], &s->a[5], &s->a[6],
+                    &s->a[7], &s->a[8], &s->a[9], &s->a[10], &s->small, &s->route_w, (float **)&s->route_idx,
+                    &s->moe_scratch, &s->logits_dev};
+  const size_t sizes[] = {TB * D, TB * D, TB * D, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W,
+                          TB * W, TB * W, TB * W, TB * ((size_t)c[KLE_CFG_KDA_HEAD_DIM] + 1), TB * K, TB * K,
+                          kle_moe_scratch_floats(TB, K, D, MI), (size_t)c[KLE_CFG_VOCAB]};
+  const size_t n = sizeof sizes / sizeof sizes[0];
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++) total += (sizes[i] + 63) / 64 * 64; /* 256-byte aligned slices */
+  float *p = m->b->alloc(m->ctx, sizeof(float) * total);
+  if (!p) return KLE_ENOMEM;
+  s->arena = p;
+  for (size_t i = 0; i < n; i++) {
+    *bufs[i] = p;
+    p += (sizes[i] + 63) / 64 * 64;
+  }
+  return KLE_OK;
+}
+
 kle_session *kle_session_create(kle_model *m) {
-  if (!m || !m->finalized) return NULL;
+  if (!m || m->finalized != 1) return NULL;
   kle_session *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   s->m = m;
-  const int L = m->cfg[KLE_CFG_LAYERS], D = m->cfg[KLE_CFG_HIDDEN];
-  const size_t TB = KLE_PREFILL_BATCH, W = per_token_width(m);
-  const size_t K = m->cfg[KLE_CFG_EXPERTS_PER_TOK] > 0 ? (size_t)m->cfg[KLE_CFG_EXPERTS_PER_TOK] : 1;
-  int ok = (s->kda_state = calloc(L, sizeof(float *))) && (s->mla_cache = calloc(L, sizeof(float *))) &&
-           (s->conv_tail = calloc((size_t)L * 3, sizeof(float *))) &&
-           (s->logits = calloc(m->cfg[KLE_CFG_VOCAB], sizeof(float))) &&
-           (s->x = malloc(sizeof(float) * TB * D)) && (s->h = malloc(sizeof(float) * TB * D)) &&
-           (s->y = malloc(sizeof(float) * TB * D)) && (s->a0 = malloc(sizeof(float) * TB * W)) &&
-           (s->a1 = malloc(sizeof(float) * TB * W)) && (s->a2 = malloc(sizeof(float) * TB * W)) &&
-           (s->a3 = malloc(sizeof(float) * TB * W)) && (s->a4 = malloc(sizeof(float) * TB * W)) &&
-           (s->a5 = malloc(sizeof(float) * TB * W)) && (s->a6 = malloc(sizeof(float) * TB * W)) &&
-           (s->small = malloc(sizeof(float) * TB * (m->cfg[KLE_CFG_KDA_HEAD_DIM] + 1))) &&
-           (s->route_idx = malloc(sizeof(int32_t) * TB * K)) && (s->route_w = malloc(sizeof(float) * TB * K)) &&
-           (s->tok_list = malloc(sizeof(int32_t) * TB * K));
+  const int L = n_layers(m);
+  int ok = (s->state = calloc((size_t)L * KLE_MAX_STATE, sizeof(float *))) && (s->cache = calloc(L, sizeof(float *))) &&
+           make_arena(s) == KLE_OK;
+  if (ok) {
+    s->logits = m->b->host_memory ? s->logits_dev : calloc(m->cfg[KLE_CFG_VOCAB], sizeof(float));
+    ok = s->logits != NULL;
+  }
   for (int l = 0; ok && l < L; l++) {
-    if (m->layer_kind[l] != KLE_LAYER_KDA) continue;
-    ok = (s->kda_state[l] = calloc(kda_state_floats(m), sizeof(float))) != NULL;
-    for (int i = 0; ok && i < 3; i++)
-      ok = (s->conv_tail[l * 3 + i] = calloc(kda_tail_floats(m) + 1, sizeof(float))) != NULL;
+    const kle_layer_kind *k = kle_mixer_of(m, l);
+    for (int i = 0; ok && i < k->n_state; i++)
+      ok = (s->state[(size_t)l * KLE_MAX_STATE + i] = m->b->alloc(m->ctx, sizeof(float) * (k->state_floats(m, i) + 1))) != NULL;
   }
   if (!ok) {
     kle_session_free(s);
@@ -100,9 +108,11 @@ int kle_session_pos(kle_session *s) { return s ? s->pos : 0; }
 
 static size_t body_floats(const kle_model *m, int pos, int has_logits) {
   size_t n = 0;
-  for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++)
-    n += m->layer_kind[l] == KLE_LAYER_KDA ? 3 * kda_tail_floats(m) + kda_state_floats(m)
-                                           : (size_t)pos * mla_row_floats(m);
+  for (int l = 0; l < n_layers(m); l++) {
+    const kle_layer_kind *k = kle_mixer_of(m, l);
+    for (int i = 0; i < k->n_state; i++) n += k->state_floats(m, i);
+    n += (size_t)pos * k->cache_row_floats(m);
+  }
   return n + (has_logits ? (size_t)m->cfg[KLE_CFG_VOCAB] : 0);
 }
 
@@ -129,6 +139,44 @@ static uint64_t fnv(const uint8_t *p, size_t n) {
   return h;
 }
 
+/* grows every cache to hold at least `need` rows, keeping the first pos */
+int kle_session_reserve(kle_session *s, int need) {
+  const kle_model *m = s->m;
+  if (need <= s->cap) return KLE_OK;
+  int cap = s->cap ? s->cap : 64;
+  while (cap < need) cap = cap > (1 << 29) ? need : cap * 2;
+  for (int l = 0; l < n_layers(m); l++) {
+    const size_t row = kle_mixer_of(m, l)->cache_row_floats(m);
+    if (!row) continue;
+    float *p = m->b->alloc(m->ctx, sizeof(float) * row * (size_t)cap);
+    if (!p) return KLE_ENOMEM; /* caches grown so far still hold their rows: nothing is lost */
+    if (s->pos && m->b->copy(m->ctx, p, s->cache[l], sizeof(float) * row * (size_t)s->pos) != KLE_OK) {
+      m->b->release(m->ctx, p);
+      return KLE_EDEVICE;
+    }
+    m->b->release(m->ctx, s->cache[l]);
+    s->cache[l] = p;
+  }
+  s->cap = cap;
+  return KLE_OK;
+}
+
+/* copies every section of the blob body between host bytes p and the session (to_host: save) */
+static int move_body(kle_session *s, uint8_t *p, int pos, int to_host) {
+  const kle_model *m = s->m;
+  const kle_backend *b = m->b;
+  for (int l = 0; l < n_layers(m); l++) {
+    const kle_layer_kind *k = kle_mixer_of(m, l);
+    for (int i = 0; i <= k->n_state; i++) {
+      const size_t bytes = 4 * (i < k->n_state ? k->state_floats(m, i) : (size_t)pos * k->cache_row_floats(m));
+      float *dev = i < k->n_state ? s->state[(size_t)l * KLE_MAX_STATE + i] : s->cache[l];
+      if (bytes) KLE_TRY(to_host ? b->download(m->ctx, p, dev, bytes) : b->upload(m->ctx, dev, p, bytes));
+      p += bytes;
+    }
+  }
+  return KLE_OK;
+}
+
 int kle_session_state_save(kle_session *s, uint8_t *dst, long n) {
   if (!s || !dst || n != kle_session_state_size(s)) return KLE_EINVAL;
   const kle_model *m = s->m;
@@ -139,26 +187,10 @@ int kle_session_state_save(kle_session *s, uint8_t *dst, long n) {
   put_u32(dst + 20, (uint32_t)s->pos);
   put_u32(dst + 24, (uint32_t)s->has_logits);
   put_u32(dst + 28, (uint32_t)m->cfg[KLE_CFG_VOCAB]);
-  uint8_t *p = dst + BLOB_HEADER;
-  for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++) {
-    if (m->layer_kind[l] == KLE_LAYER_KDA) {
-      for (int i = 0; i < 3; i++) {
-        memcpy(p, s->conv_tail[l * 3 + i], 4 * kda_tail_floats(m));
-        p += 4 * kda_tail_floats(m);
-      }
-      memcpy(p, s->kda_state[l], 4 * kda_state_floats(m));
-      p += 4 * kda_state_floats(m);
-    } else {
-      size_t bytes = 4 * (size_t)s->pos * mla_row_floats(m);
-      if (bytes) memcpy(p, s->mla_cache[l], bytes);
-      p += bytes;
-    }
-  }
-  if (s->has_logits) {
-    memcpy(p, s->logits, 4 * (size_t)m->cfg[KLE_CFG_VOCAB]);
-    p += 4 * (size_t)m->cfg[KLE_CFG_VOCAB];
-  }
-  put_u64(p, fnv(dst, (size_t)(p - dst)));
+  KLE_TRY(move_body(s, dst + BLOB_HEADER, s->pos, 1));
+  const size_t end = (size_t)n - 8, vbytes = 4 * (size_t)m->cfg[KLE_CFG_VOCAB];
+  if (s->has_logits) memcpy(dst + end - vbytes, s->logits, vbytes);
+  put_u64(dst + end, fnv(dst, end));
   return KLE_OK;
 }
 
@@ -175,39 +207,16 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
   size_t want = BLOB_HEADER + 4 * body_floats(m, (int)pos, has_logits) + 8;
   if ((size_t)n != want || get_u64(src + want - 8) != fnv(src, want - 8)) return KLE_EFORMAT;
   /* everything is checked: only now touch the session */
-  int rc = KLE_OK;
-  const int saved_cap = s->mla_cap;
-  (void)saved_cap;
-  if ((int)pos > s->mla_cap) {
-    int cap = 64;
-    while (cap < (int)pos) cap *= 2;
-    for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++) {
-      if (m->layer_kind[l] != KLE_LAYER_MLA) continue;
-      float *p = realloc(s->mla_cache[l], sizeof(float) * mla_row_floats(m) * (size_t)cap);
-      if (!p) return KLE_ENOMEM; /* grown caches still hold the old rows: nothing is lost */
-      s->mla_cache[l] = p;
-    }
-    s->mla_cap = cap;
+  KLE_TRY(kle_session_reserve(s, (int)pos));
+  KLE_TRY(move_body(s, (uint8_t *)src + BLOB_HEADER, (int)pos, 0));
+  const size_t vbytes = 4 * (size_t)m->cfg[KLE_CFG_VOCAB];
+  if (has_logits) {
+    memcpy(s->logits, src + want - 8 - vbytes, vbytes);
+    if (!m->b->host_memory) KLE_TRY(m->b->upload(m->ctx, s->logits_dev, s->logits, vbytes));
   }
-  const uint8_t *p = src + BLOB_HEADER;
-  for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++) {
-    if (m->layer_kind[l] == KLE_LAYER_KDA) {
-      for (int i = 0; i < 3; i++) {
-        memcpy(s->conv_tail[l * 3 + i], p, 4 * kda_tail_floats(m));
-        p += 4 * kda_tail_floats(m);
-      }
-      memcpy(s->kda_state[l], p, 4 * kda_state_floats(m));
-      p += 4 * kda_state_floats(m);
-    } else {
-      size_t bytes = 4 * (size_t)pos * mla_row_floats(m);
-      if (bytes) memcpy(s->mla_cache[l], p, bytes);
-      p += bytes;
-    }
-  }
-  if (has_logits) memcpy(s->logits, p, 4 * (size_t)m->cfg[KLE_CFG_VOCAB]);
   s->has_logits = has_logits;
   s->pos = (int)pos;
-  return rc;
+  return m->b->sync(m->ctx);
 }
 
 int kle_session_state_save_at(kle_session *s, kle_addr dst, long n) {

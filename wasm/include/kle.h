@@ -205,10 +205,14 @@ int kle_mem_read(kle_addr src, uint8_t *dst, size_t n);
 typedef struct kle_model kle_model;
 typedef struct kle_session kle_session;
 
-/* Integer config, in this order (then one KLE_LAYER_* per layer). */
+/*
+ * Integer config, in this order (then one KLE_LAYER_* per layer). KDA_GATE_PER_HEAD 1 gives the
+ * linear-attention layers one decay per head (Gated DeltaNet's gate: f_b and dt_bias of H rows)
+ * instead of one per channel (KDA's, 0).
+ */
 enum {
   KLE_CFG_VOCAB, KLE_CFG_HIDDEN, KLE_CFG_LAYERS, KLE_CFG_INTER,
-  KLE_CFG_KDA_HEADS, KLE_CFG_KDA_HEAD_DIM, KLE_CFG_CONV, KLE_CFG_FULL_RANK_GATE,
+  KLE_CFG_KDA_HEADS, KLE_CFG_KDA_HEAD_DIM, KLE_CFG_CONV, KLE_CFG_KDA_GATE_PER_HEAD,
   KLE_CFG_MLA_HEADS, KLE_CFG_QK_NOPE, KLE_CFG_QK_ROPE, KLE_CFG_V_HEAD, KLE_CFG_KV_RANK,
   KLE_CFG_EXPERTS, KLE_CFG_EXPERTS_PER_TOK, KLE_CFG_SHARED_EXPERTS, KLE_CFG_MOE_INTER,
   KLE_CFG_FIRST_DENSE, KLE_CFG_MOE_FREQ, KLE_CFG_N_GROUP, KLE_CFG_TOPK_GROUP,
@@ -240,6 +244,7 @@ enum {
 /* Errors of the engine beyond the kernels' */
 #define KLE_EMISSING (-3) /* finalize: a required tensor was never given */
 #define KLE_EFORMAT (-4)  /* a session blob is malformed or from another model */
+#define KLE_EDEVICE (-5)  /* a device call failed (CUDA: launch, allocation, copy) */
 
 /* NULL when the config is inconsistent (the host validates first and names the key). */
 kle_model *kle_model_create(const int32_t *cfg, int n_cfg, const float *cfgf, int n_cfgf);

@@ -1,0 +1,316 @@
+// backend_cuda.cu: the forward pass's operations on an NVIDIA GPU (wasm/engine/backend.h). The
+// model, its layer kinds, the session and the state blob are the engine's own C code; this file
+// supplies device memory and launches the CUDA kernels on the model's stream. Weights are placed
+// as f32 (quantized formats expanded: the kernels here are f32 only).
+#include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <new>
+
+extern "C" {
+#include "../../wasm/engine/engine.h"
+}
+#include "../include/kle_cuda.h"
+#include "../include/kle_cuda_node.h"
+#include "ops.cuh"
+
+// Tokens per forward batch: larger than the CPU's 64 so the matmuls have enough rows to keep the
+// GPU busy; the result does not depend on it beyond float rounding.
+#define CUDA_BATCH 512
+
+#define CU(x)                                                                                      \
+  do {                                                                                             \
+    if ((x) != cudaSuccess) return KLE_EDEVICE;                                                    \
+  } while (0)
+
+struct kle_backend_ctx {
+  cudaStream_t st = nullptr;
+  void *ws = nullptr;  // workspace of the chunked KDA and MLA attention kernels
+  long ws_bytes = 0;
+  int32_t *tok = nullptr;  // a batch of token ids
+};
+
+namespace {
+
+// the launches are asynchronous: their errors surface here, at the next sync
+int launched() { return cudaPeekAtLastError() == cudaSuccess ? KLE_OK : KLE_EDEVICE; }
+
+kle_backend_ctx *cu_open() {
+  kle_backend_ctx *cx = new (std::nothrow) kle_backend_ctx;
+  if (!cx) return nullptr;
+  if (cudaStreamCreateWithFlags(&cx->st, cudaStreamNonBlocking) != cudaSuccess ||
+      cudaMalloc(&cx->tok, sizeof(int32_t) * CUDA_BATCH) != cudaSuccess) {
+    cudaGetLastError();
+    if (cx->st) cudaStreamDestroy(cx->st);
+    delete cx;
+    return nullptr;
+  }
+  return cx;
+}
+
+void cu_close(kle_backend_ctx *cx) {
+  cudaStreamSynchronize(cx->st);
+  cudaFree(cx->ws);
+  cudaFree(cx->tok);
+  cudaStreamDestroy(cx->st);
+  delete cx;
+}
+
+void *cu_alloc(kle_backend_ctx *cx, size_t bytes) {
+  void *p = nullptr;
+  if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  if (cudaMemsetAsync(p, 0, bytes, cx->st) != cudaSuccess) {
+    cudaFree(p);
+    return nullptr;
+  }
+  return p;
+}
+
+void cu_release(kle_backend_ctx *cx, void *p) {
+  (void)cx;
+  if (p) cudaFree(p);  // waits for the device: no kernel still reads it
+}
+
+// pageable host memory on either side: each copy waits for the stream, then for itself
+int cu_upload(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
+  CU(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cx->st));
+  CU(cudaStreamSynchronize(cx->st));
+  return KLE_OK;
+}
+int cu_download(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
+  CU(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, cx->st));
+  CU(cudaStreamSynchronize(cx->st));
+  return KLE_OK;
+}
+int cu_copy(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
+  CU(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, cx->st));
+  return KLE_OK;
+}
+int cu_sync(kle_backend_ctx *cx) {
+  CU(cudaGetLastError());
+  CU(cudaStreamSynchronize(cx->st));
+  return KLE_OK;
+}
+
+// a host tensor as f32 in device memory; the host bytes are freed once copied
+int cu_place(kle_backend_ctx *cx, kle_tensor *t) {
+  float *tmp = kle_tensor_to_f32(t);
+  if (!tmp) return KLE_ENOMEM;
+  const size_t bytes = sizeof(float) * (size_t)t->rows * t->cols;
+  float *d = (float *)cu_alloc(cx, bytes);
+  const int rc = d ? cu_upload(cx, d, tmp, bytes) : KLE_EDEVICE;
+  free(tmp);
+  if (rc != KLE_OK) {
+    cudaFree(d);
+    return rc;
+  }
+  free(t->data);
+  t->data = (uint8_t *)d;
+  t->fmt = KLE_W_F32;
+  t->bytes = (long)bytes;
+  return KLE_OK;
+}
+
+// the layer's E x 3 expert pointers as a device array, for the expert matvecs
+int cu_experts_table(kle_backend_ctx *cx, const kle_tensor *ex, int E, void **handle) {
+  float **host = (float **)malloc(sizeof(float *) * (size_t)E * 3);
+  if (!host) return KLE_ENOMEM;
+  for (int i = 0; i < E * 3; i++) host[i] = (float *)ex[i].data;
+  void *d = cu_alloc(cx, sizeof(float *) * (size_t)E * 3);
+  const int rc = d ? cu_upload(cx, d, host, sizeof(float *) * (size_t)E * 3) : KLE_EDEVICE;
+  free(host);
+  if (rc != KLE_OK) {
+    cudaFree(d);
+    return rc;
+  }
+  *handle = d;
+  return KLE_OK;
+}
+void cu_experts_table_free(kle_backend_ctx *cx, void *handle) { cu_release(cx, handle); }
+
+int ensure_ws(kle_backend_ctx *cx, long bytes) {
+  if (bytes <= cx->ws_bytes) return KLE_OK;
+  cudaFree(cx->ws);  // synchronizes: no kernel still reads the old workspace
+  cx->ws = nullptr;
+  cx->ws_bytes = 0;
+  const long want = bytes + bytes / 4;
+  CU(cudaMalloc(&cx->ws, want));
+  cx->ws_bytes = want;
+  return KLE_OK;
+}
+
+const float *F(const kle_tensor *t) { return (const float *)t->data; }
+
+int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
+  kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st);
+  return launched();
+}
+
+int cu_embed(kle_backend_ctx *cx, const kle_tensor *table, const int32_t *tokens, float *x, int T) {
+  CU(cudaMemcpyAsync(cx->tok, tokens, sizeof(int32_t) * T, cudaMemcpyHostToDevice, cx->st));
+  kle_ops::embed(F(table), cx->tok, x, T, table->cols, cx->st);
+  return launched();
+}
+
+int cu_rmsnorm(kle_backend_ctx *cx, const float *x, const float *gate, const float *w, float *y, int rows, int D, float eps) {
+  kle_ops::rmsnorm(x, gate, w, y, rows, D, eps, cx->st);
+  return launched();
+}
+
+int cu_add(kle_backend_ctx *cx, float *x, const float *y, size_t n) {
+  kle_ops::add(x, y, (long)n, cx->st);
+  return launched();
+}
+
+int cu_sigmoid(kle_backend_ctx *cx, const float *x, float *y, size_t n) {
+  kle_ops::sigmoid(x, y, (long)n, cx->st);
+  return launched();
+}
+
+int cu_swiglu(kle_backend_ctx *cx, const float *gate, const float *up, float *out, size_t n) {
+  kle_ops::swiglu(gate, up, out, (long)n, cx->st);
+  return launched();
+}
+
+int cu_conv_short(kle_backend_ctx *cx, const float *x, const float *wT, float *tail, float *y, int T, int C, int W) {
+  kle_ops::conv_short(x, wT, tail, y, T, C, W, cx->st);
+  return launched();
+}
+
+int cu_kda_gate(kle_backend_ctx *cx, const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K,
+                int Kg, float lower_bound) {
+  kle_ops::kda_gate(x, A_log, dt_bias, g, T, H, K, Kg, lower_bound, cx->st);
+  return launched();
+}
+
+int cu_kda_recur(kle_backend_ctx *cx, float *S, const float *q, const float *k, const float *v, const float *g,
+                 const float *beta, float *o, int T, int H, int K, int V, float scale) {
+  if (T >= 64) {  // a whole chunk or more: the chunk form's parallel work pays for itself
+    KLE_TRY(ensure_ws(cx, kle_cuda_kda_chunk_workspace_bytes(T, H, K, V)));
+    return kle_cuda_kda_chunk(S, q, k, v, g, beta, o, T, H, K, V, scale, KLE_KDA_L2NORM_QK, cx->ws, cx->ws_bytes, cx->st);
+  }
+  return kle_cuda_kda_recurrent(S, q, k, v, g, beta, o, T, H, K, V, scale, KLE_KDA_L2NORM_QK, cx->st);
+}
+
+// The step is launched overlapped: it streams the layer's state and conv windows while the
+// projection before it (the output gate's, a matvec that writes none of them) finishes.
+int cu_kda_fused_step(kle_backend_ctx *cx, const kle_kda_fused_args *a) {
+  if (a->Kg != a->K || (a->K != 64 && a->K != 128) || a->W < 1 || a->W > 16) return KLE_ENOSYS;
+  const kle_cuda_kda_layer_args la = {a->xq, a->xk, a->xv, a->wq, a->wk, a->wv, a->tq, a->tk, a->tv,
+                                      a->graw, a->A_log, a->dt_bias, a->lower_bound, a->braw, a->oraw, a->onorm,
+                                      a->eps, a->S, a->o, KLE_CUDA_KDA_OVERLAP};
+  return kle_cuda_kda_layer_step(&la, 1, a->H, a->K, a->V, a->W, a->scale, cx->st);
+}
+
+int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, float *rows, int T, int R, int rope, float eps) {
+  kle_ops::mla_cache_write(kv, w, rows, T, R, rope, eps, cx->st);
+  return launched();
+}
+
+int cu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R) {
+  kle_ops::mla_absorb(W_uk, q, qlat, T, H, nope, rope, R, cx->st);
+  return launched();
+}
+
+// decode and prefill alike: the tensor-core kernel where the latent widths allow
+int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv, float scale,
+                  float *out) {
+  KLE_TRY(ensure_ws(cx, kle_cuda_mla_attend_workspace_bytes(L0 + T, T, H, Dv)));
+  return kle_cuda_mla_attend(qlat, cache, L0, T, H, D, Dv, scale, out, cx->ws, cx->ws_bytes, cx->st);
+}
+
+int cu_mla_up_v(kle_backend_ctx *cx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R) {
+  kle_ops::mla_up_v(W_uv, o, y, T, H, vh, R, cx->st);
+  return launched();
+}
+
+int cu_moe_route(kle_backend_ctx *cx, const float *logits, const float *bias, int T, int E, int topk, int n_group,
+                 int topk_group, int act, int renorm, float scale, int32_t *idx, float *w) {
+  kle_ops::moe_route(logits, bias, T, E, topk, n_group, topk_group, act, renorm, scale, idx, w, cx->st);
+  return launched();
+}
+
+// one expert matvec per (token, choice), then the weighted sum per token
+int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx, const float *w, const float *h, float *y,
+                   int T, int K, int D, int MI, float *scratch) {
+  const int P = T * K;
+  const float *const *tab = (const float *const *)experts;
+  float *g = scratch, *u = g + (size_t)P * MI, *ye = u + (size_t)P * MI;
+  kle_ops::expert_matvec(tab, 0, idx, h, K, g, P, MI, D, cx->st);
+  kle_ops::expert_matvec(tab, 1, idx, h, K, u, P, MI, D, cx->st);
+  kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
+  kle_ops::expert_matvec(tab, 2, idx, g, 1, ye, P, D, MI, cx->st);
+  kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
+  return launched();
+}
+
+// shapes the CUDA kernels run; the engine's own config checks come first
+int cu_supports(const int32_t *c, const int32_t *kinds) {
+  bool kda = false, mla = false;
+  for (int l = 0; l < c[KLE_CFG_LAYERS]; l++) (kinds[l] == KLE_LAYER_KDA ? kda : mla) = true;
+  const int dk = c[KLE_CFG_KDA_HEAD_DIM];
+  if (kda && dk != 32 && dk != 64 && dk != 128) return 0;
+  if (mla && (c[KLE_CFG_KV_RANK] + c[KLE_CFG_QK_ROPE] > 640 || c[KLE_CFG_KV_RANK] > 512)) return 0;
+  if (c[KLE_CFG_EXPERTS] > 1024) return 0;
+  return 1;
+}
+
+kle_backend make_backend() {
+  kle_backend b = {};
+  b.name = "cuda";
+  b.host_memory = 0;
+  b.batch = CUDA_BATCH;
+  b.supports = cu_supports;
+  b.open = cu_open;
+  b.close = cu_close;
+  b.alloc = cu_alloc;
+  b.release = cu_release;
+  b.upload = cu_upload;
+  b.download = cu_download;
+  b.copy = cu_copy;
+  b.sync = cu_sync;
+  b.place = cu_place;
+  b.experts_table = cu_experts_table;
+  b.experts_table_free = cu_experts_table_free;
+  b.matmul = cu_matmul;
+  b.embed = cu_embed;
+  b.rmsnorm = cu_rmsnorm;
+  b.add = cu_add;
+  b.sigmoid = cu_sigmoid;
+  b.swiglu = cu_swiglu;
+  b.conv_short = cu_conv_short;
+  b.kda_gate = cu_kda_gate;
+  b.kda_recur = cu_kda_recur;
+  b.kda_fused_step = cu_kda_fused_step;
+  b.mla_cache_write = cu_mla_cache_write;
+  b.mla_absorb = cu_mla_absorb;
+  b.mla_attend = cu_mla_attend;
+  b.mla_up_v = cu_mla_up_v;
+  b.moe_route = cu_moe_route;
+  b.moe_experts = cu_moe_experts;
+  return b;
+}
+
+const kle_backend cuda_backend = make_backend();
+
+}  // namespace
+
+extern "C" const kle_backend *kle_backend_get(void) { return &cuda_backend; }
+
+extern "C" int kle_cuda_device_info(uint8_t *name, int n) {
+  int dev = 0;
+  cudaDeviceProp p;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return KLE_EDEVICE;
+  }
+  if (name && n > 0) {
+    strncpy((char *)name, p.name, (size_t)n - 1);
+    name[n - 1] = 0;
+  }
+  return p.major * 10 + p.minor;
+}

@@ -1,0 +1,129 @@
+/*
+ * backend.h: the table of operations the forward pass is written against (not public).
+ *
+ * The model (forward.c, layers.c) is described once; a backend supplies its memory and these
+ * operations. The CPU backend (backend_cpu.c: wasm and native) calls the kernels of kle.h; the
+ * CUDA backend (kernels-cuda/src/backend_cuda.cu) launches the CUDA kernels on the model's
+ * stream. A build links exactly one of them, found through kle_backend_get().
+ *
+ * Every pointer an operation takes (activations, weights' data, states, caches) is in the
+ * backend's memory, except where an argument is documented as host memory. Operations check
+ * nothing the forward pass has not already checked: shapes come from a validated config.
+ */
+#ifndef KLE_BACKEND_H
+#define KLE_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../include/kle.h"
+
+/* An optional operation that does not run this shape: the forward pass takes the general path. */
+#define KLE_ENOSYS (-6)
+
+typedef struct kle_tensor kle_tensor;
+typedef struct kle_backend kle_backend;
+/* One model's backend state (a CUDA stream and its workspaces; nothing on the CPU). */
+typedef struct kle_backend_ctx kle_backend_ctx;
+
+/* Everything between a KDA layer's projections and its output projection, for one token. */
+typedef struct {
+  const float *xq, *xk, *xv;       /* projections before the short conv [B, H*K] */
+  const float *wq, *wk, *wv;       /* conv taps [W, C] */
+  float *tq, *tk, *tv;             /* conv tails [W-1, C], updated */
+  const float *graw;               /* forget gate projection [H*Kg] */
+  const float *A_log, *dt_bias;    /* [H], [H*Kg] */
+  float lower_bound;
+  int Kg;                          /* gate values per head: K (KDA) or 1 (one decay per head) */
+  const float *braw;               /* beta projection [H] */
+  const float *oraw, *onorm;       /* output gate projection [H*V], output norm weight [V] */
+  float eps, scale;
+  float *S, *o;                    /* state [H, K, V] updated; output [H*V] */
+  int H, K, V, W;
+} kle_kda_fused_args;
+
+struct kle_backend {
+  const char *name;
+  /* 1 when the backend's memory is the host's (wasm, native): no copies to read results */
+  int host_memory;
+  /* tokens per forward batch (the prefill's rows per matmul) */
+  int batch;
+
+  /* optional (NULL: every config the engine accepts): 0 for configs its kernels do not run */
+  int (*supports)(const int32_t *cfg, const int32_t *layer_kinds);
+  kle_backend_ctx *(*open)(void);
+  void (*close)(kle_backend_ctx *ctx);
+
+  /* memory: zeroed allocations; copies in and out; NULL on failure */
+  void *(*alloc)(kle_backend_ctx *ctx, size_t bytes);
+  void (*release)(kle_backend_ctx *ctx, void *p);
+  int (*upload)(kle_backend_ctx *ctx, void *dst, const void *host_src, size_t n);
+  int (*download)(kle_backend_ctx *ctx, void *host_dst, const void *src, size_t n);
+  int (*copy)(kle_backend_ctx *ctx, void *dst, const void *src, size_t n);
+  /* waits for every operation launched so far; KLE_OK or the first failure's code */
+  int (*sync)(kle_backend_ctx *ctx);
+
+  /*
+   * Moves a weight the host wrote (t->data in host memory, any KLE_W_* format) to where the
+   * operations read it, in a format they compute with; updates t. The CPU keeps it as it is.
+   */
+  int (*place)(kle_backend_ctx *ctx, kle_tensor *t);
+  /* A layer's E experts (gate, up, down each) as the handle moe_experts takes. */
+  int (*experts_table)(kle_backend_ctx *ctx, const kle_tensor *experts, int E, void **handle);
+  void (*experts_table_free)(kle_backend_ctx *ctx, void *handle);
+
+  /* Y[T, w->rows] = X[T, w->cols] W^T */
+  int (*matmul)(kle_backend_ctx *ctx, const kle_tensor *w, const float *X, float *Y, int T);
+  /* x[t] = table[tokens[t]] as f32; tokens in host memory, already range-checked */
+  int (*embed)(kle_backend_ctx *ctx, const kle_tensor *table, const int32_t *tokens, float *x, int T);
+  /* y = rmsnorm(x) * w (* sigmoid(gate) when gate is not NULL) over rows of D; y may be x */
+  int (*rmsnorm)(kle_backend_ctx *ctx, const float *x, const float *gate, const float *w, float *y, int rows,
+                 int D, float eps);
+  int (*add)(kle_backend_ctx *ctx, float *x, const float *y, size_t n);
+  int (*sigmoid)(kle_backend_ctx *ctx, const float *x, float *y, size_t n);
+  int (*swiglu)(kle_backend_ctx *ctx, const float *gate, const float *up, float *out, size_t n);
+  /* causal depthwise conv + SiLU (kle_conv_short), wT [W, C], tail [W-1, C] updated */
+  int (*conv_short)(kle_backend_ctx *ctx, const float *x, const float *wT, float *tail, float *y, int T, int C,
+                    int W);
+  /*
+   * KDA forget gate (kle_kda_gate) from x [T, H*Kg] (dt_bias [H*Kg]) to g [T, H*K]: with Kg == 1
+   * a head's one decay is repeated over its K channels. g may be x only when Kg == K.
+   */
+  int (*kda_gate)(kle_backend_ctx *ctx, const float *x, const float *A_log, const float *dt_bias, float *g, int T,
+                  int H, int K, int Kg, float lower_bound);
+  /* T tokens of the KDA recurrence with q, k L2-normalized (kle_kda_step / kle_kda_chunk) */
+  int (*kda_recur)(kle_backend_ctx *ctx, float *S, const float *q, const float *k, const float *v, const float *g,
+                   const float *beta, float *o, int T, int H, int K, int V, float scale);
+  /* optional (NULL: none): the fused one-token KDA step; KLE_ENOSYS for shapes it does not run */
+  int (*kda_fused_step)(kle_backend_ctx *ctx, const kle_kda_fused_args *a);
+  /* MLA: cache rows = (rmsnorm(kv[:R]) * w, kv[R:R+rope]) for T tokens */
+  int (*mla_cache_write)(kle_backend_ctx *ctx, const float *kv, const float *w, float *rows, int T, int R, int rope,
+                         float eps);
+  /* qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:]); W_uk [H, nope, R], q [T, H, nope+rope] */
+  int (*mla_absorb)(kle_backend_ctx *ctx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope,
+                    int rope, int R);
+  /* causal attention of T queries at rows L0.. over the cache (kle_mla_decode / kle_mla_prefill) */
+  int (*mla_attend)(kle_backend_ctx *ctx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv,
+                    float scale, float *out);
+  /* y[t, h] = W_uv[h] o[t, h]; W_uv [H, vh, R] */
+  int (*mla_up_v)(kle_backend_ctx *ctx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R);
+  /* top-k routing per token (kle_moe_route); idx, w: [T, topk] in backend memory */
+  int (*moe_route)(kle_backend_ctx *ctx, const float *logits, const float *bias, int T, int E, int topk, int n_group,
+                   int topk_group, int act, int renorm, float scale, int32_t *idx, float *w);
+  /*
+   * y[t] = sum_k w[t, k] down_e(silu(gate_e h[t]) * up_e h[t]), e = idx[t, k], over the layer's
+   * experts; scratch: kle_moe_scratch_floats(T, topk, D, MI) floats.
+   */
+  int (*moe_experts)(kle_backend_ctx *ctx, const void *experts, const int32_t *idx, const float *w, const float *h,
+                     float *y, int T, int topk, int D, int MI, float *scratch);
+};
+
+/* Scratch floats moe_experts may use: every backend's needs, one formula. */
+static inline size_t kle_moe_scratch_floats(size_t T, size_t topk, size_t D, size_t MI) {
+  return T * topk * (2 * MI + 2 * D + 1);
+}
+
+/* The backend this build links (backend_cpu.c or kernels-cuda/src/backend_cuda.cu). */
+const kle_backend *kle_backend_get(void);
+
+#endif

@@ -1,0 +1,230 @@
+/*
+ * backend_cpu.c: the forward pass's operations on the CPU (wasm and native builds), each a call
+ * of kle.h's kernels over host memory. Weights stay in the format of the file.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+struct kle_backend_ctx {
+  int unused; /* the CPU keeps no per-model state */
+};
+
+static kle_backend_ctx *cpu_open(void) { return calloc(1, sizeof(kle_backend_ctx)); }
+static void cpu_close(kle_backend_ctx *cx) { free(cx); }
+
+static void *cpu_alloc(kle_backend_ctx *cx, size_t bytes) {
+  (void)cx;
+  return calloc(1, bytes ? bytes : 1);
+}
+static void cpu_release(kle_backend_ctx *cx, void *p) {
+  (void)cx;
+  free(p);
+}
+static int cpu_copy(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
+  (void)cx;
+  memmove(dst, src, n);
+  return KLE_OK;
+}
+static int cpu_sync(kle_backend_ctx *cx) {
+  (void)cx;
+  return KLE_OK;
+}
+static int cpu_place(kle_backend_ctx *cx, kle_tensor *t) {
+  (void)cx;
+  (void)t;
+  return KLE_OK;
+}
+static int cpu_experts_table(kle_backend_ctx *cx, const kle_tensor *experts, int E, void **handle) {
+  (void)cx;
+  (void)E;
+  *handle = (void *)experts;
+  return KLE_OK;
+}
+static void cpu_experts_table_free(kle_backend_ctx *cx, void *handle) {
+  (void)cx;
+  (void)handle;
+}
+
+static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
+  (void)cx;
+  return kle_matmul(w->fmt, w->data, X, Y, T, w->rows, w->cols);
+}
+
+static int cpu_embed(kle_backend_ctx *cx, const kle_tensor *e, const int32_t *tokens, float *x, int T) {
+  (void)cx;
+  const long rb = kle_row_bytes(e->fmt, e->cols);
+  for (int t = 0; t < T; t++)
+    KLE_TRY(kle_dequantize(e->fmt, e->data + (size_t)rb * tokens[t], x + (size_t)t * e->cols, e->cols));
+  return KLE_OK;
+}
+
+static int cpu_rmsnorm(kle_backend_ctx *cx, const float *x, const float *gate, const float *w, float *y, int rows, int D,
+                       float eps) {
+  (void)cx;
+  return gate ? kle_rmsnorm_gated(x, gate, w, y, rows, D, eps) : kle_rmsnorm(x, w, y, rows, D, eps);
+}
+
+static int cpu_add(kle_backend_ctx *cx, float *x, const float *y, size_t n) {
+  (void)cx;
+  for (size_t i = 0; i < n; i++) x[i] += y[i];
+  return KLE_OK;
+}
+
+static int cpu_sigmoid(kle_backend_ctx *cx, const float *x, float *y, size_t n) {
+  (void)cx;
+  return kle_sigmoid(x, y, (int)n);
+}
+
+static int cpu_swiglu(kle_backend_ctx *cx, const float *gate, const float *up, float *out, size_t n) {
+  (void)cx;
+  return kle_swiglu(gate, up, out, (int)n);
+}
+
+static int cpu_conv_short(kle_backend_ctx *cx, const float *x, const float *wT, float *tail, float *y, int T, int C,
+                          int W) {
+  (void)cx;
+  return kle_conv_short(x, wT, tail, y, T, C, W, 1);
+}
+
+static int cpu_kda_gate(kle_backend_ctx *cx, const float *x, const float *A_log, const float *dt_bias, float *g, int T,
+                        int H, int K, int Kg, float lower_bound) {
+  (void)cx;
+  KLE_TRY(kle_kda_gate(x, A_log, dt_bias, g, T, H, Kg, lower_bound));
+  if (Kg == K) return KLE_OK;
+  /* one decay per head, [T*H] at the front of g: spread over the head's K channels, last head
+   * first so no value is overwritten before it is read */
+  for (size_t j = (size_t)T * H; j-- > 0;) {
+    const float v = g[j];
+    for (int i = K - 1; i >= 0; i--) g[j * K + i] = v;
+  }
+  return KLE_OK;
+}
+
+static int cpu_kda_recur(kle_backend_ctx *cx, float *S, const float *q, const float *k, const float *v, const float *g,
+                         const float *beta, float *o, int T, int H, int K, int V, float scale) {
+  (void)cx;
+  if (T == 1) return kle_kda_step(S, q, k, v, g, beta, o, H, K, V, scale, KLE_KDA_L2NORM_QK);
+  return kle_kda_chunk(S, q, k, v, g, beta, o, T, H, K, V, scale, KLE_KDA_L2NORM_QK, 0);
+}
+
+static int cpu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, float *rows, int T, int R, int rope,
+                               float eps) {
+  (void)cx;
+  const size_t Dc = (size_t)R + rope;
+  for (int t = 0; t < T; t++) {
+    KLE_TRY(kle_rmsnorm(kv + t * Dc, w, rows + t * Dc, 1, R, eps));
+    memcpy(rows + t * Dc + R, kv + t * Dc + R, sizeof(float) * rope);
+  }
+  return KLE_OK;
+}
+
+static int cpu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope,
+                          int rope, int R) {
+  (void)cx;
+  const size_t Dq = (size_t)nope + rope, Dc = (size_t)R + rope;
+  float *qn = malloc(sizeof(float) * (size_t)H * nope);
+  if (!qn) return KLE_ENOMEM;
+  int rc = KLE_OK;
+  for (int t = 0; t < T && rc == KLE_OK; t++) {
+    const float *qt = q + (size_t)t * H * Dq;
+    float *ql = qlat + (size_t)t * H * Dc;
+    for (int h = 0; h < H; h++) memcpy(qn + (size_t)h * nope, qt + h * Dq, sizeof(float) * nope);
+    rc = kle_mla_absorb_q(W_uk, qn, ql, H, nope, R, (int)Dc);
+    for (int h = 0; h < H; h++) memcpy(ql + h * Dc + R, qt + h * Dq + nope, sizeof(float) * rope);
+  }
+  free(qn);
+  return rc;
+}
+
+static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, int L0, int T, int H, int D,
+                          int Dv, float scale, float *out) {
+  (void)cx;
+  if (T == 1) return kle_mla_decode(qlat, cache, L0 + 1, H, D, Dv, scale, out, NULL);
+  return kle_mla_prefill(qlat, cache, L0, T, H, D, Dv, scale, out);
+}
+
+static int cpu_mla_up_v(kle_backend_ctx *cx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R) {
+  (void)cx;
+  for (int t = 0; t < T; t++) KLE_TRY(kle_mla_up_v(W_uv, o + (size_t)t * H * R, y + (size_t)t * H * vh, H, vh, R));
+  return KLE_OK;
+}
+
+static int cpu_moe_route(kle_backend_ctx *cx, const float *logits, const float *bias, int T, int E, int topk, int n_group,
+                         int topk_group, int act, int renorm, float scale, int32_t *idx, float *w) {
+  (void)cx;
+  for (int t = 0; t < T; t++)
+    KLE_TRY(kle_moe_route(logits + (size_t)t * E, bias, E, topk, n_group, topk_group, act, renorm, scale,
+                          idx + (size_t)t * topk, w + (size_t)t * topk));
+  return KLE_OK;
+}
+
+/* one matmul per expert over the tokens routed to it */
+static int cpu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx, const float *w, const float *h,
+                           float *y, int T, int K, int D, int MI, float *scratch) {
+  const kle_tensor *ex = experts;
+  float *xs = scratch, *gate = xs + (size_t)T * D, *up = gate + (size_t)T * MI, *out = up + (size_t)T * MI;
+  int32_t *rows = (int32_t *)(out + (size_t)T * D);
+  memset(y, 0, sizeof(float) * (size_t)T * D);
+  int E = 0;
+  for (int i = 0; i < T * K; i++) E = idx[i] + 1 > E ? idx[i] + 1 : E;
+  for (int e = 0; e < E; e++) {
+    int cnt = 0;
+    for (int i = 0; i < T * K; i++)
+      if (idx[i] == e) {
+        rows[cnt] = i;
+        memcpy(xs + (size_t)cnt * D, h + (size_t)(i / K) * D, sizeof(float) * D);
+        cnt++;
+      }
+    if (!cnt) continue;
+    const kle_tensor *t = ex + (size_t)e * 3;
+    KLE_TRY(cpu_matmul(cx, &t[0], xs, gate, cnt));
+    KLE_TRY(cpu_matmul(cx, &t[1], xs, up, cnt));
+    KLE_TRY(kle_swiglu(gate, up, gate, cnt * MI));
+    KLE_TRY(cpu_matmul(cx, &t[2], gate, out, cnt));
+    for (int r = 0; r < cnt; r++) {
+      const int i = rows[r];
+      const float wi = w[i], *er = out + (size_t)r * D;
+      float *yt = y + (size_t)(i / K) * D;
+      for (int d = 0; d < D; d++) yt[d] += wi * er[d];
+    }
+  }
+  return KLE_OK;
+}
+
+static const kle_backend cpu_backend = {
+    .name = "cpu",
+    .host_memory = 1,
+    .batch = KLE_PREFILL_BATCH,
+    .supports = NULL,
+    .open = cpu_open,
+    .close = cpu_close,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .sync = cpu_sync,
+    .place = cpu_place,
+    .experts_table = cpu_experts_table,
+    .experts_table_free = cpu_experts_table_free,
+    .matmul = cpu_matmul,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .add = cpu_add,
+    .sigmoid = cpu_sigmoid,
+    .swiglu = cpu_swiglu,
+    .conv_short = cpu_conv_short,
+    .kda_gate = cpu_kda_gate,
+    .kda_recur = cpu_kda_recur,
+    .kda_fused_step = NULL,
+    .mla_cache_write = cpu_mla_cache_write,
+    .mla_absorb = cpu_mla_absorb,
+    .mla_attend = cpu_mla_attend,
+    .mla_up_v = cpu_mla_up_v,
+    .moe_route = cpu_moe_route,
+    .moe_experts = cpu_moe_experts,
+};
+
+const kle_backend *kle_backend_get(void) { return &cpu_backend; }

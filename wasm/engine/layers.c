@@ -1,0 +1,270 @@
+/*
+ * layers.c: the layer kinds of the Kimi Linear family, each a row of data (its tensors, its
+ * per-session state, its derived weights) and one forward function written against the
+ * backend's operations. docs/model.md has the math with shapes.
+ *
+ * Token mixers: the linear-attention layer (KDA; with one decay per head instead of one per
+ * channel it is Gated DeltaNet's gate, chosen by KLE_CFG_KDA_GATE_PER_HEAD) and MLA over a
+ * compressed latent cache. Feed-forward blocks: dense SwiGLU and the routed MoE.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+#define SHAPE(r, cc) (*rows = (r), *cols = (cc), KLE_TENSOR_REQUIRED)
+#define VEC(n) (*anyfmt = 0, *rows = 1, *cols = (n), KLE_TENSOR_REQUIRED)
+
+static const kle_tensor *W_(const kle_model *m, int role, int layer) { return kle_tensor_at(m, role, layer); }
+static const float *F_(const kle_model *m, int role, int layer) { return (const float *)W_(m, role, layer)->data; }
+
+/* ---------------------------------------------------------------- linear attention (KDA / GDN gate) */
+/* gate values per head: one per channel (KDA) or one per head (Gated DeltaNet) */
+static int kda_gate_width(const kle_model *m) {
+  return m->cfg[KLE_CFG_KDA_GATE_PER_HEAD] ? 1 : m->cfg[KLE_CFG_KDA_HEAD_DIM];
+}
+
+static int kda_expect(const kle_model *m, int role, int *rows, int *cols, int *anyfmt) {
+  const int32_t *c = m->cfg;
+  const int D = c[KLE_CFG_HIDDEN], H = c[KLE_CFG_KDA_HEADS], dk = c[KLE_CFG_KDA_HEAD_DIM], HK = H * dk;
+  const int HG = H * kda_gate_width(m);
+  switch (role) {
+  case KLE_T_KDA_Q: case KLE_T_KDA_K: case KLE_T_KDA_V: return SHAPE(HK, D);
+  case KLE_T_KDA_CONV_Q: case KLE_T_KDA_CONV_K: case KLE_T_KDA_CONV_V:
+    *anyfmt = 0;
+    return SHAPE(HK, c[KLE_CFG_CONV]);
+  case KLE_T_KDA_F_A: case KLE_T_KDA_G_A: return SHAPE(dk, D);
+  case KLE_T_KDA_F_B: return SHAPE(HG, dk);
+  case KLE_T_KDA_G_B: return SHAPE(HK, dk);
+  case KLE_T_KDA_A_LOG: return VEC(H);
+  case KLE_T_KDA_DT_BIAS: return VEC(HG);
+  case KLE_T_KDA_BETA: return SHAPE(H, D);
+  case KLE_T_KDA_O_NORM: return VEC(dk);
+  case KLE_T_KDA_O: return SHAPE(D, HK);
+  default: return KLE_TENSOR_UNUSED;
+  }
+}
+
+/* sections: the conv tails of q, k, v [W-1, H*K], then S [H, K, K] */
+static size_t kda_state_floats(const kle_model *m, int section) {
+  const size_t H = (size_t)m->cfg[KLE_CFG_KDA_HEADS], dk = (size_t)m->cfg[KLE_CFG_KDA_HEAD_DIM];
+  return section < 3 ? (size_t)(m->cfg[KLE_CFG_CONV] - 1) * H * dk : H * dk * dk;
+}
+
+static size_t no_cache(const kle_model *m) {
+  (void)m;
+  return 0;
+}
+
+/* conv taps [C, W] -> [W, C]: the conv reads one tap across all channels at a time */
+static int kda_derive(kle_model *m, int l) {
+  for (int i = 0; i < 3; i++) {
+    const kle_tensor *t = kle_tensor_at(m, KLE_T_KDA_CONV_Q + i, l);
+    kle_tensor *d = kle_derived_slot(m, l, i);
+    float *wt = malloc(sizeof(float) * (size_t)t->rows * t->cols);
+    if (!wt) return KLE_ENOMEM;
+    const float *w = (const float *)t->data;
+    for (int ch = 0; ch < t->rows; ch++)
+      for (int tap = 0; tap < t->cols; tap++) wt[(size_t)tap * t->rows + ch] = w[(size_t)ch * t->cols + tap];
+    free(d->data);
+    *d = (kle_tensor){KLE_W_F32, t->cols, t->rows, (long)(sizeof(float) * (size_t)t->rows * t->cols), (uint8_t *)wt, 0};
+  }
+  return KLE_OK;
+}
+
+/* a low-rank pair: out = B (A h), through s->small */
+static int low_rank(kle_session *s, int role_a, int role_b, int l, const float *h, float *out, int T) {
+  const kle_model *m = s->m;
+  KLE_TRY(m->b->matmul(m->ctx, W_(m, role_a, l), h, s->small, T));
+  return m->b->matmul(m->ctx, W_(m, role_b, l), s->small, out, T);
+}
+
+static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
+  const kle_model *m = s->m;
+  const kle_backend *b = m->b;
+  kle_backend_ctx *cx = m->ctx;
+  const int32_t *c = m->cfg;
+  const int H = c[KLE_CFG_KDA_HEADS], dk = c[KLE_CFG_KDA_HEAD_DIM], HK = H * dk, W = c[KLE_CFG_CONV];
+  const int Kg = kda_gate_width(m);
+  const float eps = m->cfgf[KLE_CFGF_RMS_EPS], lb = m->cfgf[KLE_CFGF_GATE_LOWER_BOUND];
+  const float scale = 1.0f / sqrtf((float)dk);
+  float *xq = s->a[0], *xk = s->a[1], *xv = s->a[2], *graw = s->a[3], *braw = s->a[4], *oraw = s->a[5];
+  float *q = s->a[6], *k = s->a[7], *v = s->a[8], *g = s->a[9], *o = s->a[10];
+  float **st = s->state + (size_t)l * KLE_MAX_STATE;
+  /* every projection first, the output gate's last: a fused step may start streaming the
+   * state while that one finishes, since it reads oraw only after waiting for it */
+  float *xs[3] = {xq, xk, xv};
+  for (int i = 0; i < 3; i++) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xs[i], T));
+  KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
+  KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
+  KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
+  const float *A_log = F_(m, KLE_T_KDA_A_LOG, l), *dt_bias = F_(m, KLE_T_KDA_DT_BIAS, l);
+  if (T == 1 && b->kda_fused_step) {
+    const kle_kda_fused_args a = {xq, xk, xv,
+                                  (const float *)kle_derived_at(m, l, 0)->data, (const float *)kle_derived_at(m, l, 1)->data,
+                                  (const float *)kle_derived_at(m, l, 2)->data, st[0], st[1], st[2],
+                                  graw, A_log, dt_bias, lb, Kg, braw, oraw, F_(m, KLE_T_KDA_O_NORM, l), eps, scale,
+                                  st[3], o, H, dk, dk, W};
+    const int rc = b->kda_fused_step(cx, &a);
+    if (rc == KLE_OK) return b->matmul(cx, W_(m, KLE_T_KDA_O, l), o, y, T);
+    if (rc != KLE_ENOSYS) return rc;
+  }
+  float *outs[3] = {q, k, v};
+  for (int i = 0; i < 3; i++)
+    KLE_TRY(b->conv_short(cx, xs[i], (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], T, HK, W));
+  KLE_TRY(b->kda_gate(cx, graw, A_log, dt_bias, g, T, H, dk, Kg, lb));
+  KLE_TRY(b->sigmoid(cx, braw, braw, (size_t)T * H));
+  KLE_TRY(b->kda_recur(cx, st[3], q, k, v, g, braw, o, T, H, dk, dk, scale));
+  KLE_TRY(b->rmsnorm(cx, o, oraw, F_(m, KLE_T_KDA_O_NORM, l), o, T * H, dk, eps));
+  return b->matmul(cx, W_(m, KLE_T_KDA_O, l), o, y, T);
+}
+
+/* ---------------------------------------------------------------- MLA */
+static int mla_expect(const kle_model *m, int role, int *rows, int *cols, int *anyfmt) {
+  const int32_t *c = m->cfg;
+  const int D = c[KLE_CFG_HIDDEN], Hm = c[KLE_CFG_MLA_HEADS], nope = c[KLE_CFG_QK_NOPE];
+  const int rope = c[KLE_CFG_QK_ROPE], vh = c[KLE_CFG_V_HEAD], R = c[KLE_CFG_KV_RANK];
+  switch (role) {
+  case KLE_T_MLA_Q: return SHAPE(Hm * (nope + rope), D);
+  case KLE_T_MLA_KV_A: return SHAPE(R + rope, D);
+  case KLE_T_MLA_KV_NORM: return VEC(R);
+  case KLE_T_MLA_KV_B: return SHAPE(Hm * (nope + vh), R);
+  case KLE_T_MLA_O: return SHAPE(D, Hm * vh);
+  default: return KLE_TENSOR_UNUSED;
+  }
+}
+
+static size_t no_state(const kle_model *m, int section) {
+  (void)m;
+  (void)section;
+  return 0;
+}
+
+/* one latent row per token: the normalized compressed kv, then the rope key part */
+static size_t mla_cache_row(const kle_model *m) {
+  return (size_t)m->cfg[KLE_CFG_KV_RANK] + m->cfg[KLE_CFG_QK_ROPE];
+}
+
+/* kv_b rows per head are nope rows of W_uk then v rows of W_uv, each over the latent: split them */
+static int mla_derive(kle_model *m, int l) {
+  const int Hm = m->cfg[KLE_CFG_MLA_HEADS], nope = m->cfg[KLE_CFG_QK_NOPE];
+  const int vh = m->cfg[KLE_CFG_V_HEAD], R = m->cfg[KLE_CFG_KV_RANK];
+  float *kvb = kle_tensor_to_f32(kle_tensor_at(m, KLE_T_MLA_KV_B, l));
+  float *uk = malloc(sizeof(float) * (size_t)Hm * nope * R);
+  float *uv = malloc(sizeof(float) * (size_t)Hm * vh * R);
+  if (!kvb || !uk || !uv) {
+    free(kvb);
+    free(uk);
+    free(uv);
+    return KLE_ENOMEM;
+  }
+  for (int hh = 0; hh < Hm; hh++) {
+    const float *src = kvb + (size_t)hh * (nope + vh) * R;
+    memcpy(uk + (size_t)hh * nope * R, src, sizeof(float) * (size_t)nope * R);
+    memcpy(uv + (size_t)hh * vh * R, src + (size_t)nope * R, sizeof(float) * (size_t)vh * R);
+  }
+  free(kvb);
+  kle_tensor *duk = kle_derived_slot(m, l, 0), *duv = kle_derived_slot(m, l, 1);
+  free(duk->data);
+  free(duv->data);
+  *duk = (kle_tensor){KLE_W_F32, Hm * nope, R, (long)(sizeof(float) * (size_t)Hm * nope * R), (uint8_t *)uk, 0};
+  *duv = (kle_tensor){KLE_W_F32, Hm * vh, R, (long)(sizeof(float) * (size_t)Hm * vh * R), (uint8_t *)uv, 0};
+  return KLE_OK;
+}
+
+static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
+  const kle_model *m = s->m;
+  const kle_backend *b = m->b;
+  kle_backend_ctx *cx = m->ctx;
+  const int32_t *c = m->cfg;
+  const int Hm = c[KLE_CFG_MLA_HEADS], nope = c[KLE_CFG_QK_NOPE], rope = c[KLE_CFG_QK_ROPE];
+  const int vh = c[KLE_CFG_V_HEAD], R = c[KLE_CFG_KV_RANK], Dc = R + rope;
+  float *qf = s->a[0], *kv = s->a[1], *qlat = s->a[3], *olat = s->a[4], *ov = s->a[5];
+  float *cache = s->cache[l];
+  KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_Q, l), h, qf, T));
+  KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_A, l), h, kv, T));
+  /* Kimi's MLA uses no rotary: the rope part goes into the cache as projected */
+  KLE_TRY(b->mla_cache_write(cx, kv, F_(m, KLE_T_MLA_KV_NORM, l), cache + (size_t)s->pos * Dc, T, R, rope,
+                             m->cfgf[KLE_CFGF_RMS_EPS]));
+  KLE_TRY(b->mla_absorb(cx, (const float *)kle_derived_at(m, l, 0)->data, qf, qlat, T, Hm, nope, rope, R));
+  KLE_TRY(b->mla_attend(cx, qlat, cache, s->pos, T, Hm, Dc, R, 1.0f / sqrtf((float)(nope + rope)), olat));
+  KLE_TRY(b->mla_up_v(cx, (const float *)kle_derived_at(m, l, 1)->data, olat, ov, T, Hm, vh, R));
+  return b->matmul(cx, W_(m, KLE_T_MLA_O, l), ov, y, T);
+}
+
+const kle_layer_kind kle_mixers[2] = {
+    [KLE_LAYER_KDA] = {"kda", kda_expect, 4, kda_state_floats, no_cache, kda_derive, NULL, kda_forward},
+    [KLE_LAYER_MLA] = {"mla", mla_expect, 0, no_state, mla_cache_row, mla_derive, NULL, mla_forward},
+};
+
+/* ---------------------------------------------------------------- feed-forward blocks */
+/* y = down(silu(gate h) * up h) */
+static int swiglu_mlp(kle_session *s, int rg, int ru, int rd, int l, const float *h, float *y, int T) {
+  const kle_model *m = s->m;
+  const kle_tensor *wg = W_(m, rg, l);
+  KLE_TRY(m->b->matmul(m->ctx, wg, h, s->a[0], T));
+  KLE_TRY(m->b->matmul(m->ctx, W_(m, ru, l), h, s->a[1], T));
+  KLE_TRY(m->b->swiglu(m->ctx, s->a[0], s->a[1], s->a[2], (size_t)T * wg->rows));
+  return m->b->matmul(m->ctx, W_(m, rd, l), s->a[2], y, T);
+}
+
+static int dense_expect(const kle_model *m, int role, int *rows, int *cols, int *anyfmt) {
+  (void)anyfmt;
+  const int D = m->cfg[KLE_CFG_HIDDEN], I = m->cfg[KLE_CFG_INTER];
+  switch (role) {
+  case KLE_T_FFN_GATE: case KLE_T_FFN_UP: return SHAPE(I, D);
+  case KLE_T_FFN_DOWN: return SHAPE(D, I);
+  default: return KLE_TENSOR_UNUSED;
+  }
+}
+
+static int dense_forward(kle_session *s, int l, const float *h, float *y, int T) {
+  return swiglu_mlp(s, KLE_T_FFN_GATE, KLE_T_FFN_UP, KLE_T_FFN_DOWN, l, h, y, T);
+}
+
+static int moe_expect(const kle_model *m, int role, int *rows, int *cols, int *anyfmt) {
+  const int32_t *c = m->cfg;
+  const int D = c[KLE_CFG_HIDDEN], E = c[KLE_CFG_EXPERTS], MI = c[KLE_CFG_MOE_INTER], SI = MI * c[KLE_CFG_SHARED_EXPERTS];
+  switch (role) {
+  case KLE_T_MOE_ROUTER: *anyfmt = 0; return SHAPE(E, D);
+  /* a checkpoint without the selection bias routes as with a zero bias */
+  case KLE_T_MOE_BIAS: (void)VEC(E); return KLE_TENSOR_OPTIONAL;
+  case KLE_T_EXP_GATE: case KLE_T_EXP_UP: return SHAPE(MI, D);
+  case KLE_T_EXP_DOWN: return SHAPE(D, MI);
+  case KLE_T_SHEXP_GATE: case KLE_T_SHEXP_UP: return SI ? SHAPE(SI, D) : KLE_TENSOR_UNUSED;
+  case KLE_T_SHEXP_DOWN: return SI ? SHAPE(D, SI) : KLE_TENSOR_UNUSED;
+  default: return KLE_TENSOR_UNUSED;
+  }
+}
+
+static int moe_forward(kle_session *s, int l, const float *h, float *y, int T) {
+  const kle_model *m = s->m;
+  const kle_backend *b = m->b;
+  kle_backend_ctx *cx = m->ctx;
+  const int32_t *c = m->cfg;
+  const int D = c[KLE_CFG_HIDDEN], E = c[KLE_CFG_EXPERTS], K = c[KLE_CFG_EXPERTS_PER_TOK];
+  const kle_tensor *bias = W_(m, KLE_T_MOE_BIAS, l);
+  KLE_TRY(b->matmul(cx, W_(m, KLE_T_MOE_ROUTER, l), h, s->a[0], T));
+  /* renormalizing a single choice would turn its weight into 1; the reference leaves it */
+  const int renorm = c[KLE_CFG_RENORM] && K > 1;
+  KLE_TRY(b->moe_route(cx, s->a[0], bias->data ? (const float *)bias->data : NULL, T, E, K, c[KLE_CFG_N_GROUP],
+                       c[KLE_CFG_TOPK_GROUP], c[KLE_CFG_ROUTER_ACT], renorm, m->cfgf[KLE_CFGF_ROUTED_SCALE], s->route_idx,
+                       s->route_w));
+  KLE_TRY(b->moe_experts(cx, m->expert_tabs[l], s->route_idx, s->route_w, h, y, T, K, D, c[KLE_CFG_MOE_INTER],
+                         s->moe_scratch));
+  if (c[KLE_CFG_SHARED_EXPERTS] > 0) {
+    KLE_TRY(swiglu_mlp(s, KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP, KLE_T_SHEXP_DOWN, l, h, s->a[4], T));
+    KLE_TRY(b->add(cx, y, s->a[4], (size_t)T * D));
+  }
+  return KLE_OK;
+}
+
+/* the backend's handle on the layer's experts, once they are in its memory */
+static int moe_prepare(kle_model *m, int l) {
+  const int E = m->cfg[KLE_CFG_EXPERTS];
+  return m->b->experts_table(m->ctx, &m->experts[(size_t)l * E * 3], E, &m->expert_tabs[l]);
+}
+
+const kle_layer_kind kle_ffn_dense = {"dense", dense_expect, 0, no_state, no_cache, NULL, NULL, dense_forward};
+const kle_layer_kind kle_ffn_moe = {"moe", moe_expect, 0, no_state, no_cache, NULL, moe_prepare, moe_forward};
