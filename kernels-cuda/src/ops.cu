@@ -241,7 +241,7 @@ __global__ void moe_route_kernel(const float *__restrict__ logits, const float *
         b = c;
       }
     }
-    gscore[gi] = bias && per > 1 ? a + b : a;
+    gscore[gi] = per > 1 ? a + b : a;  // as kle_moe_route: a missing bias is a zero bias
     gsel[gi] = 0;
   }
   for (int r = 0; r < topk_group; r++) {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { relErr } from '../../src/verify/relerr.js';
+import { routeRef } from '../../src/verify/model-ref64.js';
 import { allKernels } from '../helpers/kernels.js';
 import { Rng, SEED } from '../helpers/rng.js';
 
@@ -113,32 +114,6 @@ describe(`norms, activations, gates and the short conv against their formulas (s
   });
 });
 
-/** Top-k routing written from the description in kle.h. */
-function routeRef(logits: Float32Array, bias: Float32Array | null, topk: number, nGroup: number, topkGroup: number, act: 'softmax' | 'sigmoid', renorm: boolean, scale: number) {
-  const E = logits.length;
-  let s: number[];
-  if (act === 'sigmoid') s = Array.from(logits, sig);
-  else {
-    const m = Math.max(...logits);
-    const e = Array.from(logits, (l) => Math.exp(l - m));
-    const z = e.reduce((a, b) => a + b, 0);
-    s = e.map((v) => v / z);
-  }
-  const choice = s.map((v, i) => v + (bias ? bias[i]! : 0));
-  const per = E / nGroup;
-  const gscore = Array.from({ length: nGroup }, (_, g) => {
-    const c = choice.slice(g * per, (g + 1) * per).sort((a, b) => b - a);
-    return bias && per > 1 ? c[0]! + c[1]! : c[0]!;
-  });
-  const groups = gscore.map((v, g) => [v, g] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, topkGroup).map((p) => p[1]);
-  const eligible = choice.map((v, i) => [v, i] as const).filter(([, i]) => groups.includes(Math.floor(i / per)));
-  const picked = eligible.sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, topk).map((p) => p[1]);
-  let w = picked.map((i) => s[i]!);
-  const tot = w.reduce((a, b) => a + b, 0);
-  if (renorm) w = w.map((v) => v / (tot + 1e-20));
-  return { idx: picked, w: w.map((v) => v * scale) };
-}
-
 describe(`MoE routing (seed ${SEED})`, () => {
   const cfgs = [
     { E: 8, topk: 2, nGroup: 1, topkGroup: 1, act: 'softmax' as const, renorm: false, scale: 1, bias: false },
@@ -150,7 +125,8 @@ describe(`MoE routing (seed ${SEED})`, () => {
     it(`E=${c.E} top-${c.topk} groups ${c.topkGroup}/${c.nGroup} ${c.act}${c.bias ? ' with bias' : ''}`, async () => {
       for (let trial = 0; trial < 5; trial++) {
         const logits = rng.normals(c.E, 2), bias = c.bias ? rng.normals(c.E, 0.5) : null;
-        const want = routeRef(logits, bias, c.topk, c.nGroup, c.topkGroup, c.act, c.renorm, c.scale);
+        // the float64 model's routing, written from kle.h's description
+        const want = routeRef({ numExperts: c.E, expertsPerToken: c.topk, numExpertGroup: c.nGroup, topkGroup: c.topkGroup, routerActivation: c.act, renormalize: c.renorm, routedScalingFactor: c.scale }, logits, bias);
         for (const k of await allKernels()) {
           const got = k.moeRoute({ logits, bias, topk: c.topk, nGroup: c.nGroup, topkGroup: c.topkGroup, act: c.act, renormalize: c.renorm, scale: c.scale });
           expect(Array.from(got.idx), `${k.name} seed=${SEED}`).toEqual(want.idx);

@@ -178,7 +178,7 @@ int kle_sigmoid_ref(const float *x, float *y, int n);
  * Top-k routing of one token over E experts (DeepSeek-V3 style, as Kimi uses it):
  *   s = act(logits); choice = s + bias (bias may be NULL);
  *   experts fall into n_group equal groups; a group scores the sum of its top-2 choice values
- *   (its max when bias is NULL); only the best topk_group groups stay eligible;
+ *   (a NULL bias is a zero bias); only the best topk_group groups stay eligible;
  *   idx = top-k of choice among eligible experts (ties: lower index); w = s[idx];
  *   if renorm: w /= sum(w); w *= scale.
  */

@@ -48,7 +48,7 @@ int kle_moe_route(const float *logits, const float *bias, int E, int topk, int n
         b = c[i];
       }
     }
-    gscore[gi] = bias && per > 1 ? a + b : a;
+    gscore[gi] = per > 1 ? a + b : a; /* with or without a bias: a missing one is zero */
     gel[gi] = 1;
   }
   for (int gi = 0; gi < n_group; gi++) gsel[gi] = 0;
