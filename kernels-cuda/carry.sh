@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Prepares .gpu/ (git-ignored) for a device call on a GPU machine without Node: this machine's
 # Node binary (xz-compressed, to fit the carry limit), the four N-API headers the CUDA addon
-# compiles against, and the GPU node, its benchmarks and the engine check bundled by esbuild
-# into single files (no node_modules there). kernels-cuda/run-gpu.sh engine unpacks and runs them.
+# compiles against, vitest and what it needs (for the parity test), and the GPU node and its
+# benchmarks bundled by esbuild into single files (no node_modules there).
+# kernels-cuda/run-gpu.sh engine unpacks and runs them.
+#   bash kernels-cuda/carry.sh [BEFORE_REV]   BEFORE_REV: also that commit's engine sources, whose
+#                                            addon the engine bench then times beside this one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODE_BIN=$(readlink -f "$(command -v node)")
@@ -17,4 +20,12 @@ npx esbuild --bundle --platform=node --format=esm --target=node20 --log-level=wa
   --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" \
   --outdir=.gpu/dist --out-extension:.js=.mjs \
   src/gpu-node/main.ts bench/cuda-engine.ts bench/gpu-node.ts bench/arch.ts
+if [ ! -f .gpu/vitest.tar.xz ] || [ package-lock.json -nt .gpu/vitest.tar.xz ]; then
+  (cd node_modules && tar -cJf ../.gpu/vitest.tar.xz $(node ../kernels-cuda/vitest-closure.mjs))
+fi
+rm -rf .gpu/before
+if [ -n "${1:-}" ]; then
+  mkdir -p .gpu/before
+  git archive "$1" wasm kernels-cuda package.json | tar -x -C .gpu/before
+fi
 du -sh .gpu

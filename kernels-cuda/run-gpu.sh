@@ -5,10 +5,12 @@
 #       builds the kernels for sm_90, checks them under compute-sanitizer against the shared
 #       vectors and float64 attention, then times them next to fla and PyTorch
 #   bash kernels-cuda/run-gpu.sh engine [--quick]
-#       needs .gpu/ from kernels-cuda/carry.sh (a Node binary and the bundled scripts): builds the
-#       CUDA engine addon, checks it against the native CPU engine (bench/cuda-engine.ts, also
-#       under compute-sanitizer on the small model), serves a >= 128K-token request through the
-#       GPU node (bench/gpu-node.ts) and runs the architecture study on the GPU (bench/arch.ts)
+#       needs .gpu/ from kernels-cuda/carry.sh (a Node binary, vitest, the bundled scripts): builds
+#       the CUDA engine addon, runs the CPU/GPU parity test (test/unit/cuda-parity.test.ts, also
+#       under compute-sanitizer on the small model), times the engine (bench/cuda-engine.ts, next
+#       to an older commit's addon if carry.sh was given one); without --quick also serves a
+#       >= 128K-token request through the GPU node (bench/gpu-node.ts) and runs the architecture
+#       study on the GPU (bench/arch.ts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -22,8 +24,9 @@ COLLECT="python3 $PWD/kernels-cuda/bench/collect.py $OUT $TAG"
 
 if [ "$mode" = kernels ]; then
   cd kernels-cuda
-  nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu -o build/libklecuda.so
-  nvcc -O3 -std=c++17 -arch=sm_90 -shared -Xcompiler -fPIC bench/copy_probe.cu -o build/libcopyprobe.so
+  NVCC_FLAGS=$(cat nvcc.flags)  # the recipe wasm/build/build.mjs builds the engine addon with
+  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu -o build/libklecuda.so
+  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC bench/copy_probe.cu -o build/libcopyprobe.so
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -14
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_layer.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -8
@@ -40,11 +43,26 @@ xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
 export PATH="$PWD/.gpu/node/bin:$PATH"
 node --version
+mkdir -p node_modules && tar -xJf .gpu/vitest.tar.xz -C node_modules  # vitest alone: no npm there
 node wasm/build/build.mjs native cuda 2>&1 | tail -5
-# the engine under compute-sanitizer: the default model through every check once
-compute-sanitizer --tool memcheck --error-exitcode 9 node .gpu/dist/bench/cuda-engine.mjs --default-only 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
+VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts"
+# CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer
+$VITEST 2>&1 | tee "$OUT/parity.log" | tail -40
+KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
 # each step's results go to $OUT as soon as it ends (a later step may run past the call's limit)
 save() { cp bench/results/cuda-engine-* bench/results/cuda-gpu-node-* bench/results/arch-cuda-* bench/results/arch-*-h[0-9]*.svg "$OUT/" 2>/dev/null || true; $COLLECT; }
-node .gpu/dist/bench/cuda-engine.mjs 2>&1 | tee "$OUT/engine.log"; save
+# speed, and with .gpu/before (carry.sh BEFORE_REV) the same bench on that commit's addon,
+# alternating so both see the same machine state
+if [ -d .gpu/before ]; then
+  (cd .gpu/before && node wasm/build/build.mjs cuda 2>&1 | tail -3)
+  for i in 1 2; do
+    node .gpu/dist/bench/cuda-engine.mjs --label after 2>&1 | tee -a "$OUT/engine.log"
+    node .gpu/dist/bench/cuda-engine.mjs --addon .gpu/before/build/cuda/kle-cuda.node --label before 2>&1 | tee -a "$OUT/engine.log"
+  done
+else
+  node .gpu/dist/bench/cuda-engine.mjs 2>&1 | tee "$OUT/engine.log"
+fi
+save
+[ "${1:-}" = --quick ] && exit 0
 node .gpu/dist/bench/gpu-node.mjs 2>&1 | tee "$OUT/gpu-node.log"; save
 node .gpu/dist/bench/arch.mjs --backend cuda "$@" 2>&1 | tee "$OUT/arch.log"; save

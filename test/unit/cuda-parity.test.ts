@@ -1,0 +1,149 @@
+// CPU/GPU parity: the same models on the CUDA backend and on the native CPU engine (one forward
+// pass, two backends), when a GPU is here; skipped with the reason printed otherwise (CI builds
+// the addon but has no GPU). kernels-cuda/run-gpu.sh engine runs this file on the GPU machine,
+// also under compute-sanitizer with KLE_PARITY_QUICK=1 (the default model only).
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { CudaBackend } from '../../src/engine/cuda-backend.js';
+import type { EngineModel, EngineSession } from '../../src/engine/engine.js';
+import { parseKimiConfig, type KimiConfig } from '../../src/model/config.js';
+import { placeHfCheckpoint } from '../../src/model/hf-loader.js';
+import { syntheticWeights, TINY_CONFIG } from '../../src/model/synthetic.js';
+import { loadNativeBackend, packageRoot } from '../../src/engine/node-kernels.js';
+import { defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
+
+const addon = join(packageRoot(), 'build', 'cuda', 'kle-cuda.node');
+function probe(): { cuda: CudaBackend | null; reason: string } {
+  if (!existsSync(addon)) return { cuda: null, reason: 'build/cuda/kle-cuda.node is not built (npm run build:cuda needs nvcc)' };
+  try {
+    return { cuda: CudaBackend.load(addon), reason: '' };
+  } catch (e) {
+    return { cuda: null, reason: (e as Error).message };
+  }
+}
+const { cuda, reason } = probe();
+if (!cuda) console.log(`CUDA parity tests skipped: ${reason}`);
+else console.log(`CUDA parity tests on ${cuda.device} (compute ${cuda.computeCapability})`);
+
+// f32 on both sides in different summation orders: measured errors sit near 1e-6
+const TOL = 1e-4;
+
+/** the 48B model's attention shapes (KDA 32 x 128, MLA 32 heads, latent 512 + 64) in 4 layers */
+const WIDE = {
+  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 4096, hidden_size: 1024, intermediate_size: 2048,
+  num_hidden_layers: 4, num_attention_heads: 32, num_key_value_heads: 32, kv_lora_rank: 512, q_lora_rank: null,
+  qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
+  linear_attn_config: { kda_layers: [1, 2, 3], full_attn_layers: [4], num_heads: 32, head_dim: 128, short_conv_kernel_size: 4 },
+  num_experts: 16, num_experts_per_token: 4, num_shared_experts: 1, moe_intermediate_size: 256, first_k_dense_replace: 1,
+  moe_layer_freq: 1, moe_renormalize: true, moe_router_activation_func: 'sigmoid', routed_scaling_factor: 2.446,
+  use_grouped_topk: true, num_expert_group: 1, topk_group: 1, model_max_length: 1 << 22,
+};
+
+interface Model {
+  config: KimiConfig;
+  weights: Uint8Array;
+  prompt: number;
+}
+
+function synthetic(json: Record<string, unknown>, seed: number, gatePerHead = false, prompt = 150): Model {
+  const parsed = parseKimiConfig(json);
+  return { config: { ...parsed, kda: { ...parsed.kda, gatePerHead } }, weights: syntheticWeights(json, seed, { gatePerHead }), prompt };
+}
+
+const models: Record<string, () => Model> = {
+  'the default model': () => ({ config: parseKimiConfig(defaultConfig()), weights: defaultWeights(), prompt: 300 }),
+};
+if (!process.env.KLE_PARITY_QUICK) {
+  models['one decay per head (Gated DeltaNet gate), 32-wide heads'] = () => synthetic({ ...TINY_CONFIG }, 31, true);
+  models['grouped routing, 4 groups of 2, 2 kept'] = () => synthetic({ ...TINY_CONFIG, num_expert_group: 4, topk_group: 2 }, 32);
+  models['48B attention shapes (4 layers, 3 KDA + 1 MLA, MoE 16/4)'] = () => synthetic(WIDE, 7, false, 300);
+}
+
+/** relative L2 error of a against reference b, and the share of rows (of width V) whose argmax agrees */
+function compare(a: Float32Array, b: Float32Array, V: number): { relL2: number; argmaxAgree: number } {
+  let num = 0, den = 0, agree = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  for (let r = 0; r < a.length / V; r++) {
+    let ia = 0, ib = 0;
+    for (let j = 1; j < V; j++) {
+      if (a[r * V + j]! > a[r * V + ia]!) ia = j;
+      if (b[r * V + j]! > b[r * V + ib]!) ib = j;
+    }
+    agree += ia === ib ? 1 : 0;
+  }
+  return { relL2: Math.sqrt(num / den), argmaxAgree: agree / (a.length / V) };
+}
+
+function expectClose(what: string, a: Float32Array, b: Float32Array, V: number): void {
+  const r = compare(a, b, V);
+  console.log(`  ${what}: rel L2 ${r.relL2.toExponential(2)}, argmax ${(100 * r.argmaxAgree).toFixed(0)}%`);
+  expect(r.relL2, what).toBeLessThan(TOL);
+  expect(r.argmaxAgree, what).toBeGreaterThanOrEqual(0.99);
+}
+
+function decodeAll(s: EngineSession, toks: number[], V: number): Float32Array {
+  const out = new Float32Array(toks.length * V);
+  toks.forEach((t, i) => out.set(s.forward([t]), i * V));
+  return out;
+}
+
+describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
+  for (const [name, make] of Object.entries(models)) {
+    describe(name, () => {
+      let cpu: EngineModel, gpu: EngineModel, V: number, prompt: number;
+      it('loads on both backends', async () => {
+        const m = make();
+        const shards = [{ name: 'w.safetensors', bytes: m.weights }];
+        cpu = await placeHfCheckpoint(loadNativeBackend(), m.config, shards);
+        gpu = await placeHfCheckpoint(cuda!, m.config, shards);
+        V = m.config.vocabSize;
+        prompt = m.prompt;
+        expect(gpu.bytes()).toBeGreaterThan(0);
+      });
+
+      it('prefill logits (every token), then decode steps', () => {
+        const p = tokens(prompt, V, 1), d = tokens(24, V, 2);
+        const sc = cpu.createSession(), sg = gpu.createSession();
+        expectClose(`${name}: prefill ${prompt}`, sg.forward(p, true), sc.forward(p, true), V);
+        expectClose(`${name}: then ${d.length} decode steps`, decodeAll(sg, d, V), decodeAll(sc, d, V), V);
+        sc.free();
+        sg.free();
+      });
+
+      it('on the GPU, prefill equals token-by-token decode', () => {
+        const q = tokens(200, V, 4);
+        const g1 = gpu.createSession(), g2 = gpu.createSession();
+        expectClose(`${name}: GPU prefill vs GPU decode (200)`, g1.forward(q, true), decodeAll(g2, q, V), V);
+        g1.free();
+        g2.free();
+      });
+
+      it('state blobs move CPU -> GPU -> CPU, whole and in parts', () => {
+        const sc = cpu.createSession(), sg = gpu.createSession();
+        const p = tokens(prompt, V, 3);
+        sc.forward(p);
+        sg.forward(p);
+        const moved = gpu.createSession(), movedInParts = gpu.createSession();
+        moved.load(sc.save());
+        movedInParts.loadParts(sc.saveParts(4096), sc.stateSize());
+        const back = cpu.createSession(), backInParts = cpu.createSession();
+        back.load(moved.save());
+        backInParts.loadParts(moved.saveParts(1 << 16), moved.stateSize());
+        expect(back.pos).toBe(prompt);
+        const nxt = tokens(8, V, 5);
+        const onCpu = decodeAll(sc, nxt, V), onGpu = decodeAll(sg, nxt, V);
+        expectClose(`${name}: CPU blob -> GPU, 8 tokens`, decodeAll(moved, nxt, V), onCpu, V);
+        expectClose(`${name}: CPU blob in 4 KiB parts -> GPU, 8 tokens`, decodeAll(movedInParts, nxt, V), onCpu, V);
+        expectClose(`${name}: GPU blob -> CPU, 8 tokens`, decodeAll(back, nxt, V), onGpu, V);
+        expectClose(`${name}: GPU blob in 64 KiB parts -> CPU, 8 tokens`, decodeAll(backInParts, nxt, V), onGpu, V);
+        for (const s of [sc, sg, moved, movedInParts, back, backInParts]) s.free();
+        cpu.free();
+        gpu.free();
+      });
+    });
+  }
+});
