@@ -9,8 +9,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CudaBackend } from '../src/engine/cuda-backend.js';
 import type { EngineModel } from '../src/engine/engine.js';
-import { placeHfModel } from '../src/model/hf-loader.js';
-import { syntheticWeights } from '../src/model/synthetic.js';
+import { placeHfModel } from '../src/weights/hf-loader.js';
+import { syntheticWeights } from '../src/weights/synthetic.js';
 import { defaultModelDir, loadCudaBackend, nodeBackend } from '../src/node.js';
 import { gpuTag, machine, table, writeResultAs } from './lib.js';
 

@@ -8,10 +8,10 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Kernels } from '../src/engine/kernels.js';
 import { loadModel } from '../src/model/load.js';
-import { parseSafetensors } from '../src/model/safetensors.js';
-import { sourceFromFiles } from '../src/model/source.js';
-import { syntheticWeights } from '../src/model/synthetic.js';
-import { hfToGguf } from '../src/model/to-gguf.js';
+import { parseSafetensors } from '../src/formats/safetensors.js';
+import { sourceFromFiles } from '../src/formats/source.js';
+import { syntheticWeights } from '../src/weights/synthetic.js';
+import { hfToGguf } from '../src/weights/to-gguf.js';
 import { loadModelFromDirectory, nodeBackend, type NodeBackendName } from '../src/node.js';
 import { bind, lastLevelCacheBytes, machine, machineTag, table, timeIt, writeResult } from './lib.js';
 import { barChart } from './svg.js';
@@ -67,7 +67,7 @@ async function child(modelName: string, backendName: NodeBackendName): Promise<C
   let model, config: Record<string, unknown>, bpp: number;
   if (modelName === 'default') {
     model = await loadModelFromDirectory(undefined, { backend: backendName });
-    config = JSON.parse(JSON.stringify((await import('../src/model/synthetic.js')).TINY_CONFIG)) as Record<string, unknown>;
+    config = JSON.parse(JSON.stringify((await import('../src/weights/synthetic.js')).TINY_CONFIG)) as Record<string, unknown>;
     bpp = 2;
   } else {
     const backend = await nodeBackend(backendName);

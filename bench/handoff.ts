@@ -9,7 +9,7 @@ import { routerConfigFromEnv } from '../src/router/config.js';
 import { sessionBytes } from '../src/router/policy.js';
 import { createApp, LoadTracker } from '../src/server/app.js';
 import { PrefixCache } from '../src/server/prefix-cache.js';
-import { parseKimiConfig } from '../src/model/config.js';
+import { parseKimiConfig } from '../src/engine/config.js';
 import { loadModelFromDirectory } from '../src/node.js';
 import { startServeProcess } from '../test/helpers/processes.js';
 import { machine, machineTag, table, writeResult } from './lib.js';

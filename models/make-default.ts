@@ -6,7 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readFileSync } from 'node:fs';
-import { syntheticWeights, TINY_CONFIG } from '../src/model/synthetic.js';
+import { syntheticWeights, TINY_CONFIG } from '../src/weights/synthetic.js';
 import { byteToUnicode, trainBpe } from './bpe-train.js';
 import { addedToken, byteLevelBpeJson, GPT2_PRE_TOKENIZER } from '../src/tokenizer/byte-level.js';
 

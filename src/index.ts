@@ -28,18 +28,18 @@ export {
   type SafetensorsDtype,
   type SafetensorsFile,
   type SafetensorsTensor,
-} from './model/safetensors.js';
-export { writeSafetensors, type TensorToWrite } from './model/safetensors-writer.js';
+} from './formats/safetensors.js';
+export { writeSafetensors, type TensorToWrite } from './formats/safetensors-writer.js';
 export { readKdaVector, runKdaVector, type KdaPath, type KdaVector, type KdaVectorResult } from './verify/kda-vectors.js';
 export { relErr } from './verify/relerr.js';
 
 // the runtime: models, sessions, generation
 export { loadModel, type LoadOptions } from './model/load.js';
-export { sourceFromFiles, sourceFromR2, sourceFromUrl, type ModelSource, type OpenedFile, type R2BucketLike } from './model/source.js';
-export { Model } from './generate/model.js';
+export { sourceFromFiles, sourceFromR2, sourceFromUrl, type ModelSource, type OpenedFile, type R2BucketLike } from './formats/source.js';
+export { Model } from './model/model.js';
 export { Session, type FinishReason, type GenerateEvent, type GenerateOptions } from './generate/session.js';
 export { Sampler, type SamplingOptions } from './generate/sampler.js';
 export { Tokenizer, TokenizerError, StreamDecoder, type ChatMessage } from './tokenizer/tokenizer.js';
-export { ConfigError, parseKimiConfig, type KimiConfig, type LayerKind, type MoeConfig } from './model/config.js';
+export { ConfigError, parseKimiConfig, type KimiConfig, type LayerKind, type MoeConfig } from './engine/config.js';
 export { EngineError, EngineModel, EngineSession } from './engine/engine.js';
-export type { LoadProgress } from './model/hf-loader.js';
+export type { LoadProgress } from './weights/hf-loader.js';

@@ -2,15 +2,15 @@
 import { basename, dirname, join } from 'node:path';
 import type { KernelBackend } from './engine/backend.js';
 import { loadCudaBackend, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
-import type { Model } from './generate/model.js';
-import type { LoadProgress } from './model/hf-loader.js';
+import type { Model } from './model/model.js';
+import type { LoadProgress } from './weights/hf-loader.js';
 import { loadModel } from './model/load.js';
-import { sourceFromDirectory } from './model/node-source.js';
+import { sourceFromDirectory } from './formats/node-source.js';
 
 export { loadAllKernels, loadCudaBackend, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
 export { CudaBackend } from './engine/cuda-backend.js';
 export { NativeBackend } from './engine/native-backend.js';
-export { sourceFromDirectory } from './model/node-source.js';
+export { sourceFromDirectory } from './formats/node-source.js';
 
 /** Which kernels to run on in Node ('cuda': the engine on an NVIDIA GPU, see CudaBackend). */
 export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'native' | 'cuda';

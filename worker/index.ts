@@ -14,12 +14,12 @@ import tokenizer from '../models/default/tokenizer.json';
 import tokenizerConfig from '../models/default/tokenizer_config.json';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { loadModel } from '../src/model/load.js';
-import { sourceFromFiles, sourceFromR2, type ModelSource, type R2BucketLike } from '../src/model/source.js';
+import { sourceFromFiles, sourceFromR2, type ModelSource, type R2BucketLike } from '../src/formats/source.js';
 import { createApp, LoadTracker } from '../src/server/app.js';
 import { PrefixCache } from '../src/server/prefix-cache.js';
 import { createRouter } from '../src/router/router.js';
 import { routerConfigFromEnv } from '../src/router/config.js';
-import type { Model } from '../src/generate/model.js';
+import type { Model } from '../src/model/model.js';
 
 export interface Env {
   [key: string]: unknown;

@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Kernels } from '../engine/kernels.js';
 import { loadWasmBackend } from '../engine/node-kernels.js';
-import { parseSafetensors } from '../model/safetensors.js';
-import { hfToGguf, type GgufWeightType } from '../model/to-gguf.js';
+import { parseSafetensors } from '../formats/safetensors.js';
+import { hfToGguf, type GgufWeightType } from '../weights/to-gguf.js';
 
 export async function convert(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { type: { type: 'string', default: 'bf16' } } });

@@ -3,8 +3,8 @@
  * never loops over tensors here: it places weights once, then calls the engine once per
  * forward (a prefill batch or a decode step).
  */
-import type { KimiConfig } from '../model/config.js';
-import { engineConfig } from '../model/config.js';
+import type { KimiConfig } from './config.js';
+import { engineConfig } from './config.js';
 import type { KernelBackend } from './backend.js';
 import { WeightFormat, type WeightFormatName } from './kernels.js';
 import type { KleFunctionName } from './kle-abi.js';

@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
 import type { AbiArg } from './abi-types.js';
 import type { KernelBackend } from './backend.js';
 import type { KleFunctionName } from './kle-abi.js';
@@ -10,7 +11,7 @@ export type NativeFn = (...args: AbiArg[]) => number;
 export function loadAddon(path: string, buildCommand: string): Record<string, NativeFn> {
   if (!existsSync(path)) throw new Error(`kernels not built: ${path} is missing (run \`${buildCommand}\`)`);
   const require = createRequire(import.meta.url);
-  return require(path) as Record<string, NativeFn>;
+  return require(resolve(path)) as Record<string, NativeFn>; // a relative path is a file here, not a package name
 }
 
 /**

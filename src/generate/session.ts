@@ -3,10 +3,16 @@
  * kernel; generate() streams tokens and text as an async iterator.
  */
 import { partsTotal, type EngineSession } from '../engine/engine.js';
-import type { ChatMessage } from '../tokenizer/tokenizer.js';
-import { StreamDecoder } from '../tokenizer/tokenizer.js';
-import type { Model } from './model.js';
+import { StreamDecoder, type ChatMessage, type Tokenizer } from '../tokenizer/tokenizer.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
+
+/** What a session needs of its model (Model, src/model/model.ts, is one). */
+export interface SessionHost {
+  readonly tokenizer: Tokenizer | null;
+  /** token ids that end generation */
+  readonly eosTokenIds: readonly number[];
+  createSession(): Session;
+}
 
 export interface GenerateOptions extends SamplingOptions {
   /** most tokens to generate (default 256) */
@@ -51,7 +57,7 @@ export class Session {
 
   /** @internal use model.createSession() or Session.restore() */
   constructor(
-    readonly model: Model,
+    readonly model: SessionHost,
     private readonly engine: EngineSession,
   ) {}
 
@@ -182,7 +188,7 @@ export class Session {
   }
 
   /** A session continuing where a saved one stopped; throws if the blob is not this model's. */
-  static restore(model: Model, blob: Uint8Array): Session {
+  static restore(model: SessionHost, blob: Uint8Array): Session {
     const n = historyLength(blob);
     if (12 + 4 * n > blob.length) throw new Error('session blob is truncated');
     return Session.rebuild(model, blob.subarray(12, 12 + 4 * n), (e) => e.load(blob.subarray(12 + 4 * n)));
@@ -192,7 +198,7 @@ export class Session {
    * {@link restore} from a blob in parts split anywhere (as {@link saveParts} makes them);
    * `totalBytes` is needed when `parts` is not an array.
    */
-  static restoreParts(model: Model, parts: Iterable<Uint8Array>, totalBytes?: number): Session {
+  static restoreParts(model: SessionHost, parts: Iterable<Uint8Array>, totalBytes?: number): Session {
     const total = partsTotal('restoreParts', parts, totalBytes);
     const it = parts[Symbol.iterator]();
     let got = new Uint8Array(0);
@@ -228,7 +234,7 @@ export class Session {
   }
 
   /** A new session of `model` with this history, its engine state set by `load`. */
-  private static rebuild(model: Model, history: Uint8Array, load: (e: EngineSession) => void): Session {
+  private static rebuild(model: SessionHost, history: Uint8Array, load: (e: EngineSession) => void): Session {
     const n = history.length / 4;
     const s = model.createSession();
     try {

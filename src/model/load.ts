@@ -1,12 +1,12 @@
 /** loadModel: any ModelSource -> a ready Model (weights placed, tokenizer built). */
 import type { KernelBackend } from '../engine/backend.js';
-import { Model } from '../generate/model.js';
+import { Model } from './model.js';
 import { Tokenizer } from '../tokenizer/tokenizer.js';
 import { tokenizerFromGguf } from '../tokenizer/from-gguf.js';
-import { placeGgufModel } from './gguf-loader.js';
-import { placeHfModel, type LoadProgress, type Shard } from './hf-loader.js';
-import { FormatError } from './safetensors.js';
-import { readAll, readJson, type ModelSource } from './source.js';
+import { placeGgufModel } from '../weights/gguf-loader.js';
+import { placeHfModel, type LoadProgress, type Shard } from '../weights/hf-loader.js';
+import { FormatError } from '../formats/safetensors.js';
+import { readAll, readJson, type ModelSource } from '../formats/source.js';
 import { tokenizerFromTiktoken } from '../tokenizer/tiktoken.js';
 
 export interface LoadOptions {

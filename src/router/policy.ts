@@ -3,7 +3,7 @@
  * job's memory is estimated from what grows with context (the MLA latent cache: MLA layers x
  * (kv_lora_rank + rope dim) floats per token) plus what does not (KDA states and conv tails).
  */
-import type { KimiConfig } from '../model/config.js';
+import type { KimiConfig } from '../engine/config.js';
 import type { Tokenizer, ChatMessage } from '../tokenizer/tokenizer.js';
 
 export type RouteReason = 'fits-edge' | 'exceeds-edge-budget' | 'edge-saturated' | 'no-node-fits';

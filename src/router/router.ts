@@ -7,7 +7,7 @@
  * Responses say where the job ran: x-kle-route (edge | gpu:<node>) and x-kle-route-reason.
  */
 import { Hono, type Context } from 'hono';
-import type { Model } from '../generate/model.js';
+import type { Model } from '../model/model.js';
 import { bearerAuth } from '../server/auth.js';
 import { errorResponse } from '../server/errors.js';
 import type { LoadTracker } from '../server/app.js';

@@ -7,7 +7,7 @@
  * export default app; // a Worker, or: serve({ fetch: app.fetch, port: 8787 }) on Node
  */
 import { Hono, type Context } from 'hono';
-import type { Model } from '../generate/model.js';
+import type { Model } from '../model/model.js';
 import type { GenerateOptions } from '../generate/session.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { bearerAuth } from './auth.js';

@@ -2,7 +2,7 @@
 import { serve, type ServerType } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
-import type { LoadProgress } from '../model/hf-loader.js';
+import type { LoadProgress } from '../weights/hf-loader.js';
 import { createApp, LoadTracker, type Limits } from './app.js';
 import { PrefixCache } from './prefix-cache.js';
 import { createRouter } from '../router/router.js';

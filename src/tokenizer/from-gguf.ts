@@ -3,7 +3,7 @@
  * tokenizer files, so the same tokenizer library runs it. Pre-tokenizers: "kimi-k2" (Kimi's
  * tiktoken split pattern) and "gpt-2"/"default" (GPT-2's byte-level pattern).
  */
-import type { GgufValue } from '../model/gguf.js';
+import type { GgufValue } from '../formats/gguf.js';
 import { addedToken, byteLevelBpeJson, GPT2_PRE_TOKENIZER } from './byte-level.js';
 import { TokenizerError } from './tokenizer.js';
 

@@ -1,5 +1,5 @@
 import type { KdaChunkLength, Kernels } from '../engine/kernels.js';
-import { FormatError, parseSafetensors, tensorF32, type SafetensorsFile } from '../model/safetensors.js';
+import { FormatError, parseSafetensors, tensorF32, type SafetensorsFile } from '../formats/safetensors.js';
 import { relErr } from './relerr.js';
 
 /** One KDA test case: inputs, expected outputs and sizes, as read from a vector file. */

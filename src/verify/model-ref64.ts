@@ -5,8 +5,8 @@
  * grouped top-k as the docs define it (a missing selection bias is a zero bias). Slow on purpose;
  * for models of a few layers and a few hundred tokens.
  */
-import type { KimiConfig, MoeConfig } from '../model/config.js';
-import { isMoeLayer } from '../model/config.js';
+import type { KimiConfig, MoeConfig } from '../engine/config.js';
+import { isMoeLayer } from '../engine/config.js';
 
 /** A tensor by its HF name, as float values (row-major, HF shapes flattened). */
 export type WeightGetter = (name: string) => ArrayLike<number> | undefined;

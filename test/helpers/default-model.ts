@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { KernelBackend } from '../../src/engine/backend.js';
 import type { EngineModel } from '../../src/engine/engine.js';
 import { loadNativeBackend, loadWasmBackend, packageRoot } from '../../src/engine/node-kernels.js';
-import { placeHfModel } from '../../src/model/hf-loader.js';
+import { placeHfModel } from '../../src/weights/hf-loader.js';
 
 export const defaultDir = join(packageRoot(), 'models', 'default');
 

@@ -3,7 +3,7 @@ import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { writeSafetensors } from '../../src/model/safetensors-writer.js';
+import { writeSafetensors } from '../../src/formats/safetensors-writer.js';
 import { kdaRecurrence64 } from '../../src/verify/kda-ref64.js';
 import { l2rows, Rng, SEED } from '../helpers/rng.js';
 

@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CudaBackend } from '../../src/engine/cuda-backend.js';
 import type { EngineModel, EngineSession } from '../../src/engine/engine.js';
-import { parseKimiConfig, type KimiConfig } from '../../src/model/config.js';
-import { placeHfCheckpoint } from '../../src/model/hf-loader.js';
-import { syntheticWeights, TINY_CONFIG } from '../../src/model/synthetic.js';
+import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
+import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
+import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
 import { loadNativeBackend, packageRoot } from '../../src/engine/node-kernels.js';
 import { defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
 

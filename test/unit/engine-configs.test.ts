@@ -2,8 +2,8 @@
 // no MoE, softmax routing with groups, all-KDA and all-MLA stacks. Each must load and give the
 // same logits by prefill and by token-by-token decode.
 import { describe, expect, it } from 'vitest';
-import { placeHfModel } from '../../src/model/hf-loader.js';
-import { syntheticWeights, TINY_CONFIG } from '../../src/model/synthetic.js';
+import { placeHfModel } from '../../src/weights/hf-loader.js';
+import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
 import { allBackends, tokens } from '../helpers/default-model.js';
 
 const base = structuredClone(TINY_CONFIG) as unknown as Record<string, unknown> & { linear_attn_config: Record<string, unknown> };

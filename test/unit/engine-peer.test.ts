@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { packageRoot } from '../../src/engine/node-kernels.js';
-import { parseSafetensors, tensorF32 } from '../../src/model/safetensors.js';
+import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
 import { allBackends, argmax, loadDefault } from '../helpers/default-model.js';
 
 const dir = join(packageRoot(), 'test', 'fixtures', 'peer');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { EngineError } from '../../src/engine/engine.js';
-import { placeHfModel } from '../../src/model/hf-loader.js';
-import { syntheticWeights } from '../../src/model/synthetic.js';
+import { placeHfModel } from '../../src/weights/hf-loader.js';
+import { syntheticWeights } from '../../src/weights/synthetic.js';
 import { allBackends, argmax, defaultConfig, loadDefault, tokens } from '../helpers/default-model.js';
 
 const V = 512;

@@ -2,12 +2,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Kernels } from '../../src/engine/kernels.js';
-import type { GgufMeta, GgufTensorToWrite } from '../../src/model/gguf-writer.js';
-import { writeGguf } from '../../src/model/gguf-writer.js';
+import type { GgufMeta, GgufTensorToWrite } from '../../src/formats/gguf-writer.js';
+import { writeGguf } from '../../src/formats/gguf-writer.js';
 import { loadModel } from '../../src/model/load.js';
-import { parseSafetensors } from '../../src/model/safetensors.js';
-import { sourceFromFiles } from '../../src/model/source.js';
-import { hfToGgufParts } from '../../src/model/to-gguf.js';
+import { parseSafetensors } from '../../src/formats/safetensors.js';
+import { sourceFromFiles } from '../../src/formats/source.js';
+import { hfToGgufParts } from '../../src/weights/to-gguf.js';
 import { allBackends, defaultDir, tokens } from '../helpers/default-model.js';
 import { loadModelFromDirectory } from '../../src/node.js';
 

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, parseKimiConfig } from '../../src/model/config.js';
-import { placeHfModel, type Shard } from '../../src/model/hf-loader.js';
-import { FormatError, parseSafetensors, type SafetensorsTensor } from '../../src/model/safetensors.js';
-import { writeSafetensors, type TensorToWrite } from '../../src/model/safetensors-writer.js';
+import { ConfigError, parseKimiConfig } from '../../src/engine/config.js';
+import { placeHfModel, type Shard } from '../../src/weights/hf-loader.js';
+import { FormatError, parseSafetensors, type SafetensorsTensor } from '../../src/formats/safetensors.js';
+import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetensors-writer.js';
 import { defaultModelFiles } from '../../models/make-default.js';
 import { allBackends, defaultConfig, defaultWeights } from '../helpers/default-model.js';
 import { readFileSync } from 'node:fs';

@@ -4,11 +4,11 @@
 // bias (a missing bias is a zero bias).
 import { describe, expect, it } from 'vitest';
 import type { KernelBackend } from '../../src/engine/backend.js';
-import { parseKimiConfig, type KimiConfig } from '../../src/model/config.js';
-import { placeHfCheckpoint } from '../../src/model/hf-loader.js';
-import { parseSafetensors, tensorF32 } from '../../src/model/safetensors.js';
-import { writeSafetensors, type TensorToWrite } from '../../src/model/safetensors-writer.js';
-import { syntheticWeights, TINY_CONFIG, type SyntheticOptions } from '../../src/model/synthetic.js';
+import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
+import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
+import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
+import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetensors-writer.js';
+import { syntheticWeights, TINY_CONFIG, type SyntheticOptions } from '../../src/weights/synthetic.js';
 import { modelForward64, routeRef } from '../../src/verify/model-ref64.js';
 import { allBackends, argmax, defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
 

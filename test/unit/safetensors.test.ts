@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { FormatError, parseSafetensors, tensorF32 } from '../../src/model/safetensors.js';
-import { writeSafetensors } from '../../src/model/safetensors-writer.js';
+import { FormatError, parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
+import { writeSafetensors } from '../../src/formats/safetensors-writer.js';
 
 function withHeader(header: unknown, dataBytes = 0, declaredLen?: number): Uint8Array {
   const h = new TextEncoder().encode(JSON.stringify(header));

@@ -5,7 +5,7 @@ import { byteToUnicode } from '../../src/tokenizer/byte-level.js';
 import { tokenizerFromTiktoken } from '../../src/tokenizer/tiktoken.js';
 import { Tokenizer } from '../../src/tokenizer/tokenizer.js';
 import { loadModel } from '../../src/model/load.js';
-import { sourceFromFiles } from '../../src/model/source.js';
+import { sourceFromFiles } from '../../src/formats/source.js';
 import { allBackends, defaultDir } from '../helpers/default-model.js';
 
 // A tiktoken.model made from the default tokenizer (byte tokens, then its merged tokens in

@@ -9,7 +9,7 @@ import tokenizer from '../../models/default/tokenizer.json';
 import tokenizerConfig from '../../models/default/tokenizer_config.json';
 import { WasmBackend } from '../../src/engine/wasm-backend.js';
 import { loadModel } from '../../src/model/load.js';
-import { sourceFromR2, type R2BucketLike } from '../../src/model/source.js';
+import { sourceFromR2, type R2BucketLike } from '../../src/formats/source.js';
 
 describe('loading from R2 inside workerd', () => {
   it('streams the model out of the bucket and generates', async () => {

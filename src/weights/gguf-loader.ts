@@ -8,14 +8,14 @@ import type { KernelBackend } from '../engine/backend.js';
 import { EngineModel, type TensorExpectation } from '../engine/engine.js';
 import { Kernels, type WeightFormatName } from '../engine/kernels.js';
 import { EXPERT_ROLES, type TensorSlot } from '../engine/roles.js';
-import { parseKimiConfig, type KimiConfig } from './config.js';
+import { parseKimiConfig, type KimiConfig } from '../engine/config.js';
 import { FiniteCheck, gatherChecked } from './finite-check.js';
-import { missingSlots, slotKey } from './slots.js';
-import { readGgufStream, type GgmlTypeName, type GgufHeader, type GgufTensorInfo } from './gguf.js';
+import { missingSlots, slotKey } from '../engine/slots.js';
+import { readGgufStream, type GgmlTypeName, type GgufHeader, type GgufTensorInfo } from '../formats/gguf.js';
 import { ggufTarget, ggufToHfConfig, type GgufTarget } from './gguf-kimi.js';
 import type { LoadProgress } from './hf-loader.js';
-import { FormatError } from './safetensors.js';
-import type { ChunkSink } from './safetensors-stream.js';
+import { FormatError } from '../formats/safetensors.js';
+import type { ChunkSink } from '../formats/safetensors-stream.js';
 
 const FMT: Record<GgmlTypeName, WeightFormatName> = { F32: 'f32', F16: 'f16', BF16: 'bf16', Q8_0: 'q8_0', Q4_0: 'q4_0' };
 

@@ -1,6 +1,6 @@
 /** Tensor slots of a config, shared by the checkpoint loaders' missing-tensor checks. */
-import type { EngineModel } from '../engine/engine.js';
-import { EXPERT_ROLES, ROLES, type TensorSlot } from '../engine/roles.js';
+import type { EngineModel } from './engine.js';
+import { EXPERT_ROLES, ROLES, type TensorSlot } from './roles.js';
 import type { KimiConfig } from './config.js';
 
 /** A slot as a map key. */

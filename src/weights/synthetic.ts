@@ -3,7 +3,7 @@
  * weights with exactly the names and shapes KimiLinearForCausalLM uses. They make the embedded
  * default model (models/make-default.ts), the engine's tests, and the peer comparison's inputs.
  */
-import { writeSafetensors, type TensorToWrite } from './safetensors-writer.js';
+import { writeSafetensors, type TensorToWrite } from '../formats/safetensors-writer.js';
 
 /** The config.json of the default model: every layer kind, dense and MoE blocks, shared experts. */
 export const TINY_CONFIG = {

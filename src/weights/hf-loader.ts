@@ -9,12 +9,12 @@ import { EngineModel } from '../engine/engine.js';
 import type { KernelBackend } from '../engine/backend.js';
 import type { TensorSlot } from '../engine/roles.js';
 import type { WeightFormatName } from '../engine/kernels.js';
-import { parseKimiConfig, type KimiConfig } from './config.js';
+import { parseKimiConfig, type KimiConfig } from '../engine/config.js';
 import { hfName, hfSlot, isIgnorableHfName } from './hf-names.js';
-import { FormatError, tensorF32 } from './safetensors.js';
-import { bytesToStream, readSafetensorsStream, type ChunkSink, type TensorInfo } from './safetensors-stream.js';
+import { FormatError, tensorF32 } from '../formats/safetensors.js';
+import { bytesToStream, readSafetensorsStream, type ChunkSink, type TensorInfo } from '../formats/safetensors-stream.js';
 import { FiniteCheck, gatherChecked } from './finite-check.js';
-import { missingSlots, slotKey } from './slots.js';
+import { missingSlots, slotKey } from '../engine/slots.js';
 
 /** One safetensors shard: in memory, or a stream opened on demand (file, fetch body, R2 object). */
 export interface Shard {

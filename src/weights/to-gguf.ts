@@ -4,10 +4,10 @@
  * llama-quantize would (norms, gates, conv kernels, the router and its bias stay F32).
  */
 import type { Kernels } from '../engine/kernels.js';
-import { parseKimiConfig, isMoeLayer } from './config.js';
+import { parseKimiConfig, isMoeLayer } from '../engine/config.js';
 import { ARCH } from './gguf-kimi.js';
-import { writeGguf, type GgufMeta, type GgufTensorToWrite } from './gguf-writer.js';
-import { tensorF32, type SafetensorsFile } from './safetensors.js';
+import { writeGguf, type GgufMeta, type GgufTensorToWrite } from '../formats/gguf-writer.js';
+import { tensorF32, type SafetensorsFile } from '../formats/safetensors.js';
 
 export type GgufWeightType = 'F32' | 'BF16' | 'Q8_0' | 'Q4_0';
 

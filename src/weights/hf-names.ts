@@ -4,7 +4,7 @@
  * layer's kind decides the role.
  */
 import type { Role, TensorSlot } from '../engine/roles.js';
-import type { KimiConfig } from './config.js';
+import type { KimiConfig } from '../engine/config.js';
 
 const GLOBAL: Record<string, Role> = {
   'model.embed_tokens.weight': 'TOK_EMBD',

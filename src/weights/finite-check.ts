@@ -3,8 +3,8 @@
  * straddle chunks), on the raw bits: no conversion. For the block-quantized formats the f16
  * scale at the start of every block is what can be NaN or infinite.
  */
-import { FormatError } from './safetensors.js';
-import type { ChunkSink } from './safetensors-stream.js';
+import { FormatError } from '../formats/safetensors.js';
+import type { ChunkSink } from '../formats/safetensors-stream.js';
 
 /** element (or block) bytes and the check of one element (or block) at offset o */
 const KINDS: Record<string, [number, (b: Uint8Array, o: number) => boolean]> = {

@@ -5,8 +5,8 @@
  * kv_b split into attn_k_b (transposed per head) and attn_v_b, experts stacked into 3-D
  * tensors, the router's selection bias as exp_probs_b.bias.
  */
-import { ConfigError } from './config.js';
-import type { GgufValue } from './gguf.js';
+import { ConfigError } from '../engine/config.js';
+import type { GgufValue } from '../formats/gguf.js';
 import type { Role } from '../engine/roles.js';
 
 export const ARCH = 'kimi-linear';

@@ -1,9 +1,9 @@
 /** Model: the loaded weights, config and tokenizer; sessions come from here. */
 import type { KernelBackend } from '../engine/backend.js';
 import type { EngineModel } from '../engine/engine.js';
-import type { KimiConfig } from '../model/config.js';
+import type { KimiConfig } from '../engine/config.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import { Session } from './session.js';
+import { Session } from '../generate/session.js';
 
 export class Model {
   /** token ids that end generation: the config's eos ids and the tokenizer's eos token */
