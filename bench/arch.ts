@@ -9,6 +9,7 @@ import { writeFileSync } from 'node:fs';
 import { freemem } from 'node:os';
 import { join } from 'node:path';
 import { EngineModel } from '../src/engine/engine.js';
+import { sessionStateFloats } from '../src/engine/layer-kinds.js';
 import { placeHfModel } from '../src/weights/hf-loader.js';
 import { syntheticWeights } from '../src/weights/synthetic.js';
 import { sessionBytes } from '../src/router/policy.js';
@@ -61,10 +62,7 @@ function fnv(b: Uint8Array, [hi, lo]: [number, number]): [number, number] {
  */
 function craftBlob(model: EngineModel, template: Uint8Array, pos: number): { parts: Iterable<Uint8Array>; bytes: number } {
   const c = model.config;
-  const kda = c.layerKinds.filter((k) => k === 'kda').length, mla = L - kda;
-  const HK = c.kda.numHeads * c.kda.headDim;
-  const perKda = 3 * (c.kda.convKernel - 1) * HK + c.kda.numHeads * c.kda.headDim * c.kda.headDim;
-  const floats = kda * perKda + mla * pos * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim) + c.vocabSize;
+  const floats = sessionStateFloats(c, pos) + c.vocabSize;
   const PART = 1 << 26;
   function* parts(): Generator<Uint8Array> {
     const head = template.slice(0, 32);

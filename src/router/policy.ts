@@ -1,7 +1,7 @@
 /**
  * Where a job runs. The prompt is counted with the model's own tokenizer and chat template; the
- * job's memory is estimated from what grows with context (the MLA latent cache: MLA layers x
- * (kv_lora_rank + rope dim) floats per token) plus what does not (KDA states and conv tails).
+ * job's memory is its session state at the end (engine/layer-kinds.ts: what grows with context,
+ * the MLA latent cache, plus what does not, KDA states and conv tails).
  */
 import type { KimiConfig } from '../engine/config.js';
 import type { Tokenizer, ChatMessage } from '../tokenizer/tokenizer.js';
@@ -15,14 +15,8 @@ export interface JobEstimate {
   stateBytes: number;
 }
 
-/** Bytes of a session's state after `tokens` tokens (what save() would produce, near enough). */
-export function sessionBytes(c: KimiConfig, tokens: number): number {
-  const kda = c.layerKinds.filter((k) => k === 'kda').length;
-  const mla = c.layerKinds.length - kda;
-  const HK = c.kda.numHeads * c.kda.headDim;
-  const kdaBytes = kda * 4 * (c.kda.numHeads * c.kda.headDim * c.kda.headDim + 3 * (c.kda.convKernel - 1) * HK);
-  return kdaBytes + mla * 4 * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim) * tokens + 4 * c.vocabSize;
-}
+/** Bytes of a session's state after `tokens` tokens: what save() would produce. */
+export { sessionBlobBytes as sessionBytes } from '../engine/layer-kinds.js';
 
 /** Prompt tokens of an OpenAI request body, by the model's tokenizer (null if not countable). */
 export function countPromptTokens(tok: Tokenizer, body: Record<string, unknown>): number | null {

@@ -5,7 +5,8 @@
  * kv_b split into attn_k_b (transposed per head) and attn_v_b, experts stacked into 3-D
  * tensors, the router's selection bias as exp_probs_b.bias.
  */
-import { ConfigError } from '../engine/config.js';
+import { ConfigError, type KimiConfig } from '../engine/config.js';
+import { expertTensors, layerTensors } from '../engine/layer-kinds.js';
 import type { GgufValue } from '../formats/gguf.js';
 import type { Role } from '../engine/roles.js';
 
@@ -68,7 +69,8 @@ export function ggufToHfConfig(md: ReadonlyMap<string, GgufValue>, vocabFromTens
     linear_attn_config: {
       kda_layers: kda,
       full_attn_layers: full,
-      num_heads: num(md, k('attention.head_count')),
+      // files llama.cpp writes have one head count for both kinds; ours say KDA's apart
+      num_heads: num(md, k('kda.head_count'), num(md, k('attention.head_count'))),
       head_dim: num(md, k('kda.head_dim')),
       short_conv_kernel_size: num(md, k('ssm.conv_kernel')),
       ...(lowerBound !== undefined ? { gate_lower_bound: Number(lowerBound) } : {}),
@@ -98,43 +100,21 @@ export type GgufTarget =
   | { kind: 'experts'; role: 'EXP_GATE' | 'EXP_UP' | 'EXP_DOWN'; layer: number }
   | { kind: 'kv_b_part'; part: 'k' | 'v'; layer: number };
 
-const KDA_NAMES: Record<string, Role> = {
-  'attn_q.weight': 'KDA_Q', 'attn_k.weight': 'KDA_K', 'attn_v.weight': 'KDA_V',
-  'ssm_conv1d_q.weight': 'KDA_CONV_Q', 'ssm_conv1d_k.weight': 'KDA_CONV_K', 'ssm_conv1d_v.weight': 'KDA_CONV_V',
-  'ssm_f_a.weight': 'KDA_F_A', 'ssm_f_b.weight': 'KDA_F_B', 'ssm_beta.weight': 'KDA_BETA', 'ssm_dt.bias': 'KDA_DT_BIAS',
-  'ssm_g_a.weight': 'KDA_G_A', 'ssm_g_b.weight': 'KDA_G_B', 'ssm_norm.weight': 'KDA_O_NORM', 'attn_output.weight': 'KDA_O',
-};
-const MLA_NAMES: Record<string, Role> = {
-  'attn_q.weight': 'MLA_Q', 'attn_kv_a_mqa.weight': 'MLA_KV_A', 'attn_kv_a_norm.weight': 'MLA_KV_NORM',
-  'attn_kv_b.weight': 'MLA_KV_B', 'attn_output.weight': 'MLA_O',
-};
-const LAYER_NAMES: Record<string, Role> = {
-  'attn_norm.weight': 'ATTN_NORM', 'ffn_norm.weight': 'FFN_NORM',
-  'ffn_gate.weight': 'FFN_GATE', 'ffn_up.weight': 'FFN_UP', 'ffn_down.weight': 'FFN_DOWN',
-  'ffn_gate_inp.weight': 'MOE_ROUTER', 'exp_probs_b.bias': 'MOE_BIAS',
-  'ffn_gate_shexp.weight': 'SHEXP_GATE', 'ffn_up_shexp.weight': 'SHEXP_UP', 'ffn_down_shexp.weight': 'SHEXP_DOWN',
-};
-const EXPERT_NAMES: Record<string, 'EXP_GATE' | 'EXP_UP' | 'EXP_DOWN'> = {
-  'ffn_gate_exps.weight': 'EXP_GATE', 'ffn_up_exps.weight': 'EXP_UP', 'ffn_down_exps.weight': 'EXP_DOWN',
-};
-
-export function ggufTarget(name: string, layerKinds: readonly ('kda' | 'mla')[]): GgufTarget | null {
+export function ggufTarget(name: string, c: KimiConfig): GgufTarget | null {
   if (name === 'token_embd.weight') return { kind: 'slot', role: 'TOK_EMBD', layer: -1 };
   if (name === 'output_norm.weight') return { kind: 'slot', role: 'OUT_NORM', layer: -1 };
   if (name === 'output.weight') return { kind: 'slot', role: 'LM_HEAD', layer: -1 };
   const m = /^blk\.(\d+)\.(.+)$/.exec(name);
   if (!m) return null;
   const layer = Number(m[1]);
-  const kind = layerKinds[layer];
+  const kind = c.layerKinds[layer];
   if (!kind) return null;
   const rest = m[2]!;
   if (kind === 'kda' && rest === 'ssm_a') return { kind: 'slot', role: 'KDA_A_LOG', layer, transform: 'neg_exp_inverse' };
-  const byKind = (kind === 'kda' ? KDA_NAMES : MLA_NAMES)[rest];
-  if (byKind) return { kind: 'slot', role: byKind, layer };
   if (kind === 'mla' && (rest === 'attn_k_b.weight' || rest === 'attn_v_b.weight')) return { kind: 'kv_b_part', part: rest[5] as 'k' | 'v', layer };
-  const r = LAYER_NAMES[rest];
-  if (r) return { kind: 'slot', role: r, layer };
-  const e = EXPERT_NAMES[rest];
-  if (e) return { kind: 'experts', role: e, layer };
+  const t = layerTensors(c, layer).find((x) => x.gguf === rest);
+  if (t) return { kind: 'slot', role: t.role, layer };
+  const e = c.moe ? expertTensors(c).find((x) => x.gguf === rest) : undefined;
+  if (e) return { kind: 'experts', role: e.role, layer };
   return null;
 }

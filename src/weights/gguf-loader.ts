@@ -48,7 +48,7 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
       label,
       (t) => {
         const where = `${label}: tensor '${t.name}'`;
-        const target = ggufTarget(t.name, config!.layerKinds)!;
+        const target = ggufTarget(t.name, config!)!;
         return sinkFor(target, t, where);
       },
       {
@@ -61,7 +61,7 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
           model = EngineModel.create(backend, config);
           for (const t of h.tensors) {
             const where = `${label}: tensor '${t.name}'`;
-            const target = ggufTarget(t.name, config.layerKinds);
+            const target = ggufTarget(t.name, config);
             if (!target) throw new FormatError(`${where} is not part of ${'kimi-linear'} as this file's metadata describes it`);
             checkShape(model, config, target, t, where);
           }

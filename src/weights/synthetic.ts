@@ -3,6 +3,8 @@
  * weights with exactly the names and shapes KimiLinearForCausalLM uses. They make the embedded
  * default model (models/make-default.ts), the engine's tests, and the peer comparison's inputs.
  */
+import { parseKimiConfig, type KimiConfig } from '../engine/config.js';
+import { expertTensors, layerTensors, type LayerTensor } from '../engine/layer-kinds.js';
 import { writeSafetensors, type TensorToWrite } from '../formats/safetensors-writer.js';
 
 /** The config.json of the default model: every layer kind, dense and MoE blocks, shared experts. */
@@ -49,27 +51,6 @@ export const TINY_CONFIG = {
 
 export type ConfigJson = Record<string, unknown>;
 
-/** The keys syntheticWeights reads (a config.json that parseKimiConfig accepts has them). */
-interface SynthConfig {
-  vocab_size: number;
-  hidden_size: number;
-  intermediate_size: number;
-  num_hidden_layers: number;
-  num_attention_heads: number;
-  kv_lora_rank: number;
-  qk_nope_head_dim: number;
-  qk_rope_head_dim: number;
-  v_head_dim: number;
-  linear_attn_config: { kda_layers: number[]; num_heads: number; head_dim: number; short_conv_kernel_size: number };
-  num_experts: number;
-  num_experts_per_token: number;
-  num_shared_experts: number;
-  moe_intermediate_size: number;
-  first_k_dense_replace: number;
-  moe_layer_freq?: number;
-  tie_word_embeddings?: boolean;
-}
-
 /** xorshift32 -> uniform (-1, 1); cheap, seeded, identical on every platform */
 function rng(seed: number): () => number {
   let s = seed >>> 0 || 0x9e3779b9;
@@ -94,10 +75,7 @@ function toBf16(a: Float32Array): Uint16Array {
   return out;
 }
 
-/**
- * Random weights for a config.json (the tensor set the config implies). Matrices are scaled by
- * 1/sqrt(fan-in) so activations stay O(1) through the layers and the logits are not flat.
- */
+/** Options of {@link syntheticWeights}. */
 export interface SyntheticOptions {
   /** matrix dtype (vectors, norms and gates stay F32 as checkpoints keep them) */
   dtype?: 'F32' | 'BF16';
@@ -112,70 +90,49 @@ export interface SyntheticOptions {
   gatePerHead?: boolean;
 }
 
+/**
+ * Random weights for a config.json: the tensor set the layer kinds say the config implies
+ * (engine/layer-kinds.ts), in checkpoint order. Matrices are scaled by 1/sqrt(fan-in) so
+ * activations stay O(1) through the layers and the logits are not flat.
+ */
 export function syntheticWeights(cfg: ConfigJson, seed: number, opts: SyntheticOptions = {}): Uint8Array {
   const dtype = opts.dtype ?? 'F32';
-  const c = cfg as unknown as SynthConfig;
+  const parsed = parseKimiConfig(cfg);
+  const c: KimiConfig = { ...parsed, kda: { ...parsed.kda, gatePerHead: opts.gatePerHead ?? false } };
   const r = rng(seed);
   const t: Record<string, TensorToWrite> = {};
-  const D = c.hidden_size, V = c.vocab_size;
-  const put = (name: string, shape: number[], a: Float32Array, vec = false) => {
-    t[name] = vec || dtype === 'F32' ? { dtype: 'F32', shape, data: a } : { dtype: 'BF16', shape, data: toBf16(a) };
+  const D = c.hiddenSize, V = c.vocabSize;
+  const put = (name: string, shape: readonly number[], a: Float32Array, vec = false) => {
+    t[name] = vec || dtype === 'F32' ? { dtype: 'F32', shape: [...shape], data: a } : { dtype: 'BF16', shape: [...shape], data: toBf16(a) };
   };
   const mat = (name: string, rows: number, cols: number, gain = 1) => put(name, [rows, cols], f32(rows * cols, r, (gain * Math.sqrt(3)) / Math.sqrt(cols)));
-  const norm = (name: string, n: number) => put(name, [n], f32(n, r, 0.1, 1), true);
-  put('model.embed_tokens.weight', [V, D], f32(V * D, r, 1));
-  const la = c.linear_attn_config;
-  const kdaIds = la.kda_layers;
-  const H = la.num_heads, dk = la.head_dim, W = la.short_conv_kernel_size;
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    const p = `model.layers.${l}.`;
-    norm(`${p}input_layernorm.weight`, D);
-    norm(`${p}post_attention_layernorm.weight`, D);
-    if (kdaIds.includes(l + 1)) {
-      for (const x of ['q', 'k', 'v']) mat(`${p}self_attn.${x}_proj.weight`, H * dk, D);
-      for (const x of ['q', 'k', 'v']) put(`${p}self_attn.${x}_conv1d.weight`, [H * dk, 1, W], f32(H * dk * W, r, 0.5), true);
-      mat(`${p}self_attn.f_a_proj.weight`, dk, D);
-      const HG = opts.gatePerHead ? H : H * dk;
-      mat(`${p}self_attn.f_b_proj.weight`, HG, dk);
-      const alog = new Float32Array(H).map(() => Math.log(1 + 15 * (0.5 + 0.5 * r())));
-      put(`${p}self_attn.A_log`, [1, 1, H, 1], alog, true);
-      put(`${p}self_attn.dt_bias`, [HG], f32(HG, r, 1, -1), true);
-      mat(`${p}self_attn.b_proj.weight`, H, D);
-      mat(`${p}self_attn.g_a_proj.weight`, dk, D);
-      mat(`${p}self_attn.g_b_proj.weight`, H * dk, dk);
-      norm(`${p}self_attn.o_norm.weight`, dk);
-      mat(`${p}self_attn.o_proj.weight`, D, H * dk);
-    } else {
-      const Hm = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vh = c.v_head_dim, R = c.kv_lora_rank;
-      mat(`${p}self_attn.q_proj.weight`, Hm * (nope + rope), D, 2);
-      mat(`${p}self_attn.kv_a_proj_with_mqa.weight`, R + rope, D, 2);
-      norm(`${p}self_attn.kv_a_layernorm.weight`, R);
-      mat(`${p}self_attn.kv_b_proj.weight`, Hm * (nope + vh), R);
-      mat(`${p}self_attn.o_proj.weight`, D, Hm * vh);
+  const fill = (name: string, x: LayerTensor) => {
+    const n = x.rows * x.cols, shape = x.hfShape ?? (x.rows === 1 ? [x.cols] : [x.rows, x.cols]);
+    switch (x.init.kind) {
+      case 'matrix': return mat(name, x.rows, x.cols, x.init.gain);
+      case 'norm': return put(name, shape, f32(n, r, 0.1, 1), true);
+      case 'conv': return put(name, shape, f32(n, r, 0.5), true);
+      // decay rates exp(A_log) spread over 1..16
+      case 'a_log': return put(name, shape, new Float32Array(n).map(() => Math.log(1 + 15 * (0.5 + 0.5 * r()))), true);
+      case 'dt_bias': return put(name, shape, f32(n, r, 1, -1), true);
+      case 'router': return put(name, shape, f32(n, r, 2 / Math.sqrt(D)), true);
+      case 'router_bias': {
+        const bias = f32(n, r, 0.05);
+        return put(name, shape, opts.zeroRouterBias ? bias.fill(0) : bias, true);
+      }
     }
-    const moe = c.num_experts > 0 && l >= c.first_k_dense_replace && l % (c.moe_layer_freq || 1) === 0;
-    if (!moe) {
-      mat(`${p}mlp.gate_proj.weight`, c.intermediate_size, D);
-      mat(`${p}mlp.up_proj.weight`, c.intermediate_size, D);
-      mat(`${p}mlp.down_proj.weight`, D, c.intermediate_size);
-    } else {
-      const E = c.num_experts, MI = c.moe_intermediate_size, S = c.num_shared_experts * MI;
-      put(`${p}block_sparse_moe.gate.weight`, [E, D], f32(E * D, r, 2 / Math.sqrt(D)), true);
-      const bias = f32(E, r, 0.05);
-      put(`${p}block_sparse_moe.gate.e_score_correction_bias`, [E], opts.zeroRouterBias ? bias.fill(0) : bias, true);
-      for (let e = 0; e < E; e++) {
-        mat(`${p}block_sparse_moe.experts.${e}.w1.weight`, MI, D);
-        mat(`${p}block_sparse_moe.experts.${e}.w2.weight`, D, MI);
-        mat(`${p}block_sparse_moe.experts.${e}.w3.weight`, MI, D);
-      }
-      if (S) {
-        mat(`${p}block_sparse_moe.shared_experts.gate_proj.weight`, S, D);
-        mat(`${p}block_sparse_moe.shared_experts.up_proj.weight`, S, D);
-        mat(`${p}block_sparse_moe.shared_experts.down_proj.weight`, D, S);
-      }
+  };
+  put('model.embed_tokens.weight', [V, D], f32(V * D, r, 1));
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    for (const x of layerTensors(c, l)) {
+      fill(p + x.hf, x);
+      // routed experts come between the router's bias and the shared experts, as checkpoints list them
+      if (x.role === 'MOE_BIAS')
+        for (let e = 0; e < c.moe!.numExperts; e++) for (const w of expertTensors(c)) mat(`${p}block_sparse_moe.experts.${e}.${w.hf}.weight`, w.rows, w.cols);
     }
   }
-  norm('model.norm.weight', D);
-  if (!cfg.tie_word_embeddings) mat('lm_head.weight', V, D, 4);
+  put('model.norm.weight', [D], f32(D, r, 0.1, 1), true);
+  if (!c.tieWordEmbeddings) mat('lm_head.weight', V, D, 4);
   return writeSafetensors(t, { format: 'pt' });
 }

@@ -4,7 +4,8 @@
  * llama-quantize would (norms, gates, conv kernels, the router and its bias stay F32).
  */
 import type { Kernels } from '../engine/kernels.js';
-import { parseKimiConfig, isMoeLayer } from '../engine/config.js';
+import { parseKimiConfig } from '../engine/config.js';
+import { expertTensors, layerTensors } from '../engine/layer-kinds.js';
 import { ARCH } from './gguf-kimi.js';
 import { writeGguf, type GgufMeta, type GgufTensorToWrite } from '../formats/gguf-writer.js';
 import { tensorF32, type SafetensorsFile } from '../formats/safetensors.js';
@@ -53,60 +54,35 @@ export function hfToGgufParts(configJson: unknown, file: SafetensorsFile, kernel
   weight('token_embd.weight', [D, c.vocabSize], get('model.embed_tokens.weight'));
   f32('output_norm.weight', [D], get('model.norm.weight'));
   if (!c.tieWordEmbeddings) weight('output.weight', [D, c.vocabSize], get('lm_head.weight'));
-  const { numHeads: H, headDim: dk, convKernel: W } = c.kda;
   for (let l = 0; l < c.numLayers; l++) {
     const p = `model.layers.${l}.`, b = `blk.${l}.`;
-    f32(`${b}attn_norm.weight`, [D], get(`${p}input_layernorm.weight`));
-    f32(`${b}ffn_norm.weight`, [D], get(`${p}post_attention_layernorm.weight`));
-    if (c.layerKinds[l] === 'kda') {
-      for (const x of ['q', 'k', 'v']) weight(`${b}attn_${x}.weight`, [D, H * dk], get(`${p}self_attn.${x}_proj.weight`));
-      for (const x of ['q', 'k', 'v']) f32(`${b}ssm_conv1d_${x}.weight`, [W, 1, H * dk, 1], get(`${p}self_attn.${x}_conv1d.weight`));
-      weight(`${b}ssm_f_a.weight`, [D, dk], get(`${p}self_attn.f_a_proj.weight`));
-      weight(`${b}ssm_f_b.weight`, [dk, H * dk], get(`${p}self_attn.f_b_proj.weight`));
-      weight(`${b}ssm_beta.weight`, [D, H], get(`${p}self_attn.b_proj.weight`));
-      f32(`${b}ssm_a`, [1, H, 1, 1], get(`${p}self_attn.A_log`).map((x) => -Math.exp(x)));
-      f32(`${b}ssm_dt.bias`, [H * dk], get(`${p}self_attn.dt_bias`));
-      weight(`${b}ssm_g_a.weight`, [D, dk], get(`${p}self_attn.g_a_proj.weight`));
-      weight(`${b}ssm_g_b.weight`, [dk, H * dk], get(`${p}self_attn.g_b_proj.weight`));
-      f32(`${b}ssm_norm.weight`, [dk], get(`${p}self_attn.o_norm.weight`));
-      weight(`${b}attn_output.weight`, [H * dk, D], get(`${p}self_attn.o_proj.weight`));
-    } else {
-      const { numHeads: Hm, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vh, kvLoraRank: R } = c.mla;
-      weight(`${b}attn_q.weight`, [D, Hm * (nope + rope)], get(`${p}self_attn.q_proj.weight`));
-      weight(`${b}attn_kv_a_mqa.weight`, [D, R + rope], get(`${p}self_attn.kv_a_proj_with_mqa.weight`));
-      f32(`${b}attn_kv_a_norm.weight`, [R], get(`${p}self_attn.kv_a_layernorm.weight`));
-      const kvb = get(`${p}self_attn.kv_b_proj.weight`);
-      const kb = new Float32Array(Hm * R * nope), vb = new Float32Array(Hm * vh * R);
-      for (let h = 0; h < Hm; h++) {
-        const base = h * (nope + vh) * R;
-        for (let i = 0; i < nope; i++) for (let r = 0; r < R; r++) kb[(h * R + r) * nope + i] = kvb[base + i * R + r]!;
-        vb.set(kvb.subarray(base + nope * R, base + (nope + vh) * R), h * vh * R);
-      }
-      // k_b/v_b stay unquantized: llama.cpp multiplies them in a 3-D batched form that its CPU
-      // backend only takes in float (a Q8_0 k_b makes it abort), and they are small
-      f32(`${b}attn_k_b.weight`, [nope, R, Hm], kb);
-      f32(`${b}attn_v_b.weight`, [R, vh, Hm], vb);
-      weight(`${b}attn_output.weight`, [Hm * vh, D], get(`${p}self_attn.o_proj.weight`));
-    }
-    if (!isMoeLayer(c, l)) {
-      weight(`${b}ffn_gate.weight`, [D, c.intermediateSize], get(`${p}mlp.gate_proj.weight`));
-      weight(`${b}ffn_up.weight`, [D, c.intermediateSize], get(`${p}mlp.up_proj.weight`));
-      weight(`${b}ffn_down.weight`, [c.intermediateSize, D], get(`${p}mlp.down_proj.weight`));
-    } else {
-      const m = c.moe!;
-      const MI = m.moeIntermediateSize, E = m.numExperts;
-      f32(`${b}ffn_gate_inp.weight`, [D, E], get(`${p}block_sparse_moe.gate.weight`));
-      f32(`${b}exp_probs_b.bias`, [E], get(`${p}block_sparse_moe.gate.e_score_correction_bias`));
-      for (const [w, name, ne] of [['w1', 'ffn_gate_exps', [D, MI, E]], ['w3', 'ffn_up_exps', [D, MI, E]], ['w2', 'ffn_down_exps', [MI, D, E]]] as const) {
-        const stack = new Float32Array(D * MI * E);
-        for (let e = 0; e < E; e++) stack.set(get(`${p}block_sparse_moe.experts.${e}.${w}.weight`), e * D * MI);
-        weight(`${b}${name}.weight`, [...ne], stack);
-      }
-      if (m.numSharedExperts) {
-        const S = MI * m.numSharedExperts;
-        weight(`${b}ffn_gate_shexp.weight`, [D, S], get(`${p}block_sparse_moe.shared_experts.gate_proj.weight`));
-        weight(`${b}ffn_up_shexp.weight`, [D, S], get(`${p}block_sparse_moe.shared_experts.up_proj.weight`));
-        weight(`${b}ffn_down_shexp.weight`, [S, D], get(`${p}block_sparse_moe.shared_experts.down_proj.weight`));
+    for (const t of layerTensors(c, l)) {
+      const src = t.optional && !file.tensors.has(p + t.hf) ? null : get(p + t.hf);
+      if (!src) void 0; // an optional tensor the checkpoint leaves out (the MoE bias: a zero bias)
+      else if (t.gguf && t.f32) f32(b + t.gguf, t.init.kind === 'conv' ? [t.cols, 1, t.rows, 1] : t.rows === 1 ? [t.cols] : [t.cols, t.rows], src);
+      else if (t.gguf) weight(b + t.gguf, [t.cols, t.rows], src);
+      else if (t.role === 'KDA_A_LOG') f32(`${b}ssm_a`, [1, t.cols, 1, 1], src.map((x) => -Math.exp(x)));
+      else if (t.role === 'MLA_KV_B') {
+        const { numHeads: Hm, qkNopeHeadDim: nope, vHeadDim: vh, kvLoraRank: R } = c.mla;
+        const kb = new Float32Array(Hm * R * nope), vb = new Float32Array(Hm * vh * R);
+        for (let h = 0; h < Hm; h++) {
+          const base = h * (nope + vh) * R;
+          for (let i = 0; i < nope; i++) for (let r = 0; r < R; r++) kb[(h * R + r) * nope + i] = src[base + i * R + r]!;
+          vb.set(src.subarray(base + nope * R, base + (nope + vh) * R), h * vh * R);
+        }
+        // k_b/v_b stay unquantized: llama.cpp multiplies them in a 3-D batched form that its CPU
+        // backend only takes in float (a Q8_0 k_b makes it abort), and they are small
+        f32(`${b}attn_k_b.weight`, [nope, R, Hm], kb);
+        f32(`${b}attn_v_b.weight`, [R, vh, Hm], vb);
+      } else throw new Error(`${p + t.hf}: no GGUF form`);
+      if (t.role !== 'MOE_BIAS') continue;
+      // the routed experts follow the router, stacked into one 3-D tensor per matrix
+      const E = c.moe!.numExperts;
+      for (const role of ['EXP_GATE', 'EXP_UP', 'EXP_DOWN'] as const) {
+        const x = expertTensors(c).find((e) => e.role === role)!;
+        const stack = new Float32Array(x.rows * x.cols * E);
+        for (let e = 0; e < E; e++) stack.set(get(`${p}block_sparse_moe.experts.${e}.${x.hf}.weight`), e * x.rows * x.cols);
+        weight(b + x.gguf, [x.cols, x.rows, E], stack);
       }
     }
   }
@@ -120,11 +96,15 @@ export function hfToGgufParts(configJson: unknown, file: SafetensorsFile, kernel
     [k('embedding_length')]: u32(D),
     [k('feed_forward_length')]: u32(c.intermediateSize),
     [k('block_count')]: u32(c.numLayers),
-    [k('attention.head_count')]: u32(H),
+    // llama.cpp's Kimi-Linear sizes every attention from head_count (MLA's num_attention_heads)
+    // and has no key of its own for the KDA heads: kda.head_count, beside its kda.head_dim,
+    // carries them (so the two can differ), and llama.cpp reads files where they are equal
+    [k('attention.head_count')]: u32(c.layerKinds.includes('mla') ? c.mla.numHeads : c.kda.numHeads),
+    [k('kda.head_count')]: u32(c.kda.numHeads),
     [k('attention.head_count_kv')]: { type: 'arr_i32', value: c.layerKinds.map((x) => (x === 'kda' ? 0 : 1)) },
     [k('attention.layer_norm_rms_epsilon')]: { type: 'f32', value: c.rmsNormEps },
-    [k('ssm.conv_kernel')]: u32(W),
-    [k('kda.head_dim')]: u32(dk),
+    [k('ssm.conv_kernel')]: u32(c.kda.convKernel),
+    [k('kda.head_dim')]: u32(c.kda.headDim),
     [k('attention.kv_lora_rank')]: u32(c.mla.kvLoraRank),
     [k('rope.dimension_count')]: u32(c.mla.qkRopeHeadDim),
     [k('attention.key_length')]: u32(c.mla.kvLoraRank + c.mla.qkRopeHeadDim),

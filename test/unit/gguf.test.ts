@@ -8,6 +8,7 @@ import { loadModel } from '../../src/model/load.js';
 import { parseSafetensors } from '../../src/formats/safetensors.js';
 import { sourceFromFiles } from '../../src/formats/source.js';
 import { hfToGgufParts } from '../../src/weights/to-gguf.js';
+import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
 import { allBackends, defaultDir, tokens } from '../helpers/default-model.js';
 import { loadModelFromDirectory } from '../../src/node.js';
 
@@ -45,6 +46,22 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
       expect(m.tokenizer!.applyChatTemplate([{ role: 'user', content: 'Hi' }])).toBe(hf.tokenizer!.applyChatTemplate([{ role: 'user', content: 'Hi' }]));
       expect(m.eosTokenIds).toEqual([257]);
     }
+  });
+
+  it('KDA and MLA sizes of their own (heads, head sizes) survive the round trip: HF -> GGUF -> the same logits', async () => {
+    // 4 KDA heads of 32 beside 6 MLA heads (nope 24, rope 8, value 40, latent 48): the GGUF
+    // carries each kind's head count (attention.head_count for MLA, as llama.cpp reads it;
+    // kda.head_count beside kda.head_dim)
+    const own = { ...TINY_CONFIG, num_attention_heads: 6, num_key_value_heads: 6, qk_nope_head_dim: 24, qk_rope_head_dim: 8, v_head_dim: 40, kv_lora_rank: 48 };
+    const bytes = syntheticWeights(own, 41);
+    const hf = await loadModel(sourceFromFiles({ 'config.json': JSON.stringify(own), 'model.safetensors': bytes }), { backend: backends[0]! });
+    const p = hfToGgufParts(own, parseSafetensors(bytes), kernels, { weights: 'F32' });
+    expect(p.metadata['kimi-linear.attention.head_count']).toEqual({ type: 'u32', value: 6 });
+    expect(p.metadata['kimi-linear.kda.head_count']).toEqual({ type: 'u32', value: 4 });
+    const m = await load(writeGguf(p.metadata, p.tensors));
+    expect(m.config.kda.numHeads).toBe(4);
+    expect(m.config.mla).toEqual(hf.config.mla);
+    expect(m.createSession().prefill(toks)).toEqual(hf.createSession().prefill(toks));
   });
 
   for (const w of ['Q8_0', 'Q4_0'] as const) {
