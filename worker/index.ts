@@ -1,7 +1,7 @@
 /**
- * The Cloudflare Worker: the OpenAI-compatible app (src/server/app.ts) on the SIMD wasm engine,
- * with the embedded default model bundled into the Worker (2.5 MB of weights) or, when
- * MODEL_SOURCE is "r2", read from the MODELS R2 bucket under MODEL_PREFIX.
+ * The Cloudflare Worker: the edge (src/host/edge.ts: the OpenAI-compatible app on the SIMD wasm
+ * engine, behind the router), with the embedded default model bundled into the Worker (2.5 MB of
+ * weights) or, when MODEL_SOURCE is "r2", read from the MODELS R2 bucket under MODEL_PREFIX.
  *
  * Vars (wrangler.toml or secrets): API_KEYS (comma-separated bearer tokens; none: no auth),
  * MODEL_ID, MAX_CONCURRENT, MAX_PROMPT_TOKENS, MAX_TOKENS, MODEL_SOURCE, MODEL_PREFIX.
@@ -15,11 +15,9 @@ import tokenizerConfig from '../models/default/tokenizer_config.json';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { loadModel } from '../src/model/load.js';
 import { sourceFromFiles, sourceFromR2, type ModelSource, type R2BucketLike } from '../src/formats/source.js';
-import { createApp, LoadTracker } from '../src/server/app.js';
+import { createEdge } from '../src/host/edge.js';
 import { PrefixCache } from '../src/server/prefix-cache.js';
-import { createRouter } from '../src/router/router.js';
 import { routerConfigFromEnv } from '../src/router/config.js';
-import type { Model } from '../src/model/model.js';
 
 export interface Env {
   [key: string]: unknown;
@@ -57,23 +55,15 @@ const num = (v: string | undefined) => (v ? Number(v) : undefined);
 let app: Hono | null = null;
 
 function build(env: Env): Hono {
-  let model: Promise<Model> | null = null;
-  const getModel = () => (model ??= (async () => loadModel(modelSource(env), { backend: await WasmBackend.instantiate('wasm-simd', kleSimd) }))());
-  const load = new LoadTracker();
-  const prefixCache = new PrefixCache(16 << 20);
-  const edge = createApp({
-    model: getModel,
-    modelId: env.MODEL_ID ?? 'kimi-linear-default',
-    load,
-    prefixCache,
-    limits: { maxConcurrent: num(env.MAX_CONCURRENT), maxPromptTokens: num(env.MAX_PROMPT_TOKENS), maxTokens: num(env.MAX_TOKENS) },
-  });
   const strings = Object.fromEntries(Object.entries(env).filter(([, v]) => typeof v === 'string')) as Record<string, string>;
-  return createRouter({
-    config: routerConfigFromEnv(strings),
-    local: { app: edge, model: getModel, load, prefixCache },
+  return createEdge({
+    model: async () => loadModel(modelSource(env), { backend: await WasmBackend.instantiate('wasm-simd', kleSimd) }),
+    modelId: env.MODEL_ID ?? 'kimi-linear-default',
+    prefixCache: new PrefixCache(16 << 20),
+    limits: { maxConcurrent: num(env.MAX_CONCURRENT), maxPromptTokens: num(env.MAX_PROMPT_TOKENS), maxTokens: num(env.MAX_TOKENS) },
+    router: routerConfigFromEnv(strings),
     apiKeys: (env.API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
-  });
+  }).app;
 }
 
 export default {

@@ -5,7 +5,7 @@
 // GPU_NODES (JSON list of nodes) and EDGE_MAX_TOKENS put the edge-to-GPU router in front.
 import { parseArgs } from 'node:util';
 import type { NodeBackendName } from '../node.js';
-import { startNodeServer } from '../server/node.js';
+import { startNodeServer } from '../host/node.js';
 import { ProgressBar } from './progress.js';
 import { routerConfigFromEnv } from '../router/config.js';
 

@@ -2,7 +2,7 @@
 // session hand-off), on Node with the engine's CUDA backend, sized for long contexts. The
 // router at the edge forwards long prompts here (GPU_NODES).
 // The command line is src/gpu-node/main.ts.
-import { startNodeServer, type NodeServerOptions } from '../server/node.js';
+import { startNodeServer, type NodeServerOptions } from '../host/node.js';
 
 /** The limits a GPU node starts with: 1M-token prompts, 64 MiB bodies (hand-off blobs), 4 sessions. */
 export const GPU_NODE_LIMITS = { maxPromptTokens: 1 << 20, maxTokens: 8192, maxBodyBytes: 64 << 20, maxConcurrent: 4 };

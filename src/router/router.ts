@@ -8,12 +8,13 @@
  */
 import { Hono, type Context } from 'hono';
 import type { Model } from '../model/model.js';
-import { bearerAuth } from '../server/auth.js';
 import { errorResponse } from '../server/errors.js';
-import type { LoadTracker } from '../server/app.js';
+import type { LoadTracker } from '../server/generation.js';
+import { limitBody, requireBearer } from '../server/middleware.js';
+import { buildPrompt, endpointOf, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
 import type { NodeConfig, RouterConfig } from './config.js';
 import { NodePool, stallTolerantTimeout } from './pool.js';
-import { promptTokenIds, sessionBytes, type RouteReason } from './policy.js';
+import { sessionBytes, type RouteReason } from './policy.js';
 import type { PrefixCache } from '../server/prefix-cache.js';
 import { toBase64 } from '../util/base64.js';
 
@@ -45,7 +46,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
   const app = new Hono() as Hono & { pool: NodePool };
   app.pool = pool;
 
-  app.use('*', bearerAuth(opts.apiKeys, ['/health']));
+  app.use('*', requireBearer(opts.apiKeys, ['/health']));
 
   app.get('/health', async () => {
     void pool.checkHealth();
@@ -60,8 +61,8 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     return new Response(`${edge}${lines.join('\n')}\n`, { headers: { 'content-type': 'text/plain; version=0.0.4' } });
   });
 
-  app.post('/v1/chat/completions', (c) => route(c));
-  app.post('/v1/completions', (c) => route(c));
+  app.post('/v1/chat/completions', limitBody(maxBody), (c) => route(c));
+  app.post('/v1/completions', limitBody(maxBody), (c) => route(c));
   // everything else (models list, unknown routes) is the edge app's
   app.all('*', (c) => opts.local.app.fetch(c.req.raw));
 
@@ -70,34 +71,43 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     counts.set(k, (counts.get(k) ?? 0) + 1);
   }
 
-  async function toEdge(c: Context, text: string, reason: RouteReason): Promise<Response> {
+  /** to the edge app; with `prepared`, the request it checked and the prompt it built go along */
+  async function toEdge(c: Context, text: string, reason: RouteReason, prepared?: PreparedRequest): Promise<Response> {
     count('edge', reason);
     const h = new Headers(c.req.raw.headers);
     h.delete('authorization');
-    const res = await opts.local.app.fetch(new Request(c.req.url, { method: 'POST', headers: h, body: text, signal: c.req.raw.signal }));
+    const env = prepared ? { ...(c.env as object | undefined), [PREPARED]: prepared } : c.env;
+    const res = await opts.local.app.fetch(new Request(c.req.url, { method: 'POST', headers: h, body: text, signal: c.req.raw.signal }), env);
     return withRoute(res, 'edge', reason);
   }
 
   async function route(c: Context): Promise<Response> {
     const text = await c.req.text();
-    if (enc.encode(text).length > maxBody) return errorResponse(413, `request body exceeds the limit of ${maxBody} bytes`, 'invalid_request_error', null, 'body_too_large');
-    let body: Record<string, unknown>;
+    let json: unknown;
     try {
-      body = JSON.parse(text) as Record<string, unknown>;
-      if (typeof body !== 'object' || body === null) throw new Error('not an object');
+      json = JSON.parse(text);
     } catch {
       return toEdge(c, text, 'fits-edge'); // the edge app answers malformed requests
     }
+    const parsed = parseRequest(endpointOf(c.req.path)!, json);
+    if (!parsed.ok) return toEdge(c, text, 'fits-edge');
+    const body = json as Record<string, unknown>;
     const model = await opts.local.model();
-    const ids = model.tokenizer ? promptTokenIds(model.tokenizer, body) : null;
+    let ids: number[] | null = null;
+    try {
+      ids = model.tokenizer ? buildPrompt(model.tokenizer, parsed.request) : null;
+    } catch {
+      // the edge app says why the prompt cannot be built
+    }
     if (ids === null) return toEdge(c, text, 'fits-edge');
+    const prepared: PreparedRequest = { request: parsed.request, ids };
     const prompt = ids.length;
     const maxTokens = Number(body.max_completion_tokens ?? body.max_tokens ?? 256);
     const need = prompt + (Number.isFinite(maxTokens) ? maxTokens : 0);
     void pool.checkHealth();
     const edgeOk = need <= cfg.edgeMaxTokens;
     if (edgeOk && !opts.local.load.saturated) {
-      const res = await toEdge(c, text, 'fits-edge');
+      const res = await toEdge(c, text, 'fits-edge', prepared);
       // the edge's own concurrency check is the authority: a job it turned away (before doing
       // any work) goes to a node instead
       if (res.status !== 429 || !pool.canAnyTake(need)) return res;
@@ -107,7 +117,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     if (!pool.canAnyTake(need)) {
       // no node could take it: run at the edge if the model's context allows, else say so
       const ctx = model.config.maxContext ?? Infinity;
-      if (need <= ctx) return toEdge(c, text, edgeOk ? 'edge-saturated' : 'no-node-fits');
+      if (need <= ctx) return toEdge(c, text, edgeOk ? 'edge-saturated' : 'no-node-fits', prepared);
       return errorResponse(400, `prompt (${prompt}) + max_tokens (${maxTokens}) = ${need} tokens: more than the edge model's context (${ctx}) and every GPU node's`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
     }
     const reason: RouteReason = edgeOk ? 'edge-saturated' : 'exceeds-edge-budget';

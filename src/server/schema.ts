@@ -19,6 +19,8 @@ const common = {
   stop,
   n: z.literal(1).optional().nullable(),
   user: z.string().optional(),
+  /** this server's extension: a session state handed off by a router (base64 blob) */
+  kle_session: z.string().optional(),
 };
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

@@ -137,3 +137,29 @@ describe('router: edge or GPU', () => {
     expect(m).toMatch(/kle_routed_total\{route="gpu:fast",reason="exceeds-edge-budget"\} \d+/);
   });
 });
+
+describe('the router in front of the edge, in-process', () => {
+  it('a job that stays at the edge is tokenized once, and a chunked body over the limit gets 413', async () => {
+    const model = await loadModelFromDirectory();
+    const tok = model.tokenizer!;
+    let encodes = 0;
+    const encode = tok.encode.bind(tok);
+    tok.encode = (text: string) => (encodes++, encode(text));
+    const edgeLoad = new LoadTracker();
+    const r = createRouter({ config: routerConfigFromEnv({}), local: { app: createApp({ model, modelId: 'kimi-linear-default', load: edgeLoad }), model: async () => model, load: edgeLoad, maxBodyBytes: 4096 } });
+    const res = await r.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'kimi-linear-default', prompt: 'Once upon a time', max_tokens: 4, temperature: 0 }) });
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-kle-route')).toBe('edge');
+    expect(encodes).toBe(1);
+    let sent = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(ctrl) {
+        if (sent++ >= 64) return ctrl.close();
+        ctrl.enqueue(new TextEncoder().encode(' '.repeat(1024)));
+      },
+    });
+    const big = await r.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body, duplex: 'half' } as RequestInit);
+    expect(big.status).toBe(413);
+    expect(sent).toBeLessThan(64);
+  });
+});

@@ -1,6 +1,6 @@
 // The OpenAI-compatible app on Node, over real HTTP on loopback.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startNodeServer } from '../../src/server/node.js';
+import { startNodeServer } from '../../src/host/node.js';
 import { readSse, sseText } from '../helpers/sse.js';
 
 let url = '';
@@ -88,6 +88,25 @@ describe('OpenAI-compatible server on Node', () => {
     const long = 'word '.repeat(700);
     expect((await err(await post('/v1/chat/completions', chat({ messages: [{ role: 'user', content: long.slice(0, 3000) }] })), 400, /prompt has \d+ tokens; this server takes at most 300/)).code).toBe('context_length_exceeded');
     await err(await post('/v1/chat/completions', chat({ messages: [{ role: 'user', content: 'x'.repeat(5000) }] })), 413, /exceeds the limit of 4096/);
+  });
+
+  it('a chunked body (no Content-Length) over the limit gets 413 once the limit is passed; a JSON body labelled otherwise is read as JSON', async () => {
+    // up to 64 MiB in 16 KiB chunks against a 4 KiB limit, made as the client sends them: the
+    // server answers without reading the rest (socket buffers hold a few of them at most)
+    let sent = 0;
+    const chunk = new TextEncoder().encode(' '.repeat(16384));
+    const body = new ReadableStream<Uint8Array>({
+      pull(ctrl) {
+        if (sent++ >= 4096) return ctrl.close();
+        ctrl.enqueue(chunk);
+      },
+    });
+    const r = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: auth, body, duplex: 'half' } as RequestInit);
+    expect(r.status).toBe(413);
+    expect(((await r.json()) as { error: { code: string } }).error.code).toBe('body_too_large');
+    expect(sent).toBeLessThan(1024);
+    const form = await post('/v1/chat/completions', chat(), { authorization: `Bearer ${KEY}`, 'content-type': 'application/x-www-form-urlencoded' });
+    expect(form.status).toBe(200);
   });
 
   it('bearer auth: missing and wrong keys get 401; /health needs none', async () => {

@@ -3,10 +3,9 @@ import { serve, type ServerType } from '@hono/node-server';
 import type { AddressInfo } from 'node:net';
 import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
 import type { LoadProgress } from '../weights/hf-loader.js';
-import { createApp, LoadTracker, type Limits } from './app.js';
-import { PrefixCache } from './prefix-cache.js';
-import { createRouter } from '../router/router.js';
+import type { Limits } from '../server/app.js';
 import type { RouterConfig } from '../router/config.js';
+import { createEdge } from './edge.js';
 
 export interface NodeServerOptions {
   port?: number;
@@ -29,18 +28,23 @@ export interface NodeServerOptions {
 /** Loads the model, starts listening, resolves with the server and its URL. */
 export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ server: ServerType; url: string; close: () => Promise<void> }> {
   const model = await loadModelFromDirectory(o.model, { backend: o.backend, onProgress: o.onProgress });
-  const load = new LoadTracker();
-  const prefixCache = new PrefixCache();
   const limits = { ...(o.acceptHandoff ? { maxBodyBytes: 64 << 20 } : {}), ...Object.fromEntries(Object.entries(o.limits ?? {}).filter(([, v]) => v !== undefined)) };
-  let app = createApp({ model, modelId: o.modelId ?? 'kimi-linear-default', apiKeys: o.router ? [] : o.apiKeys, limits, tokenDelayMs: o.tokenDelayMs, yieldToIo: () => new Promise<void>((r) => setImmediate(r)), load, prefixCache, acceptHandoff: o.acceptHandoff });
+  const { app, pool } = createEdge({
+    model,
+    modelId: o.modelId ?? 'kimi-linear-default',
+    apiKeys: o.apiKeys,
+    limits,
+    tokenDelayMs: o.tokenDelayMs,
+    yieldToIo: () => new Promise<void>((r) => setImmediate(r)),
+    acceptHandoff: o.acceptHandoff,
+    router: o.router,
+  });
   let timer: ReturnType<typeof setInterval> | null = null;
-  if (o.router) {
-    const r = createRouter({ config: o.router, local: { app, model: async () => model, load, prefixCache }, apiKeys: o.apiKeys });
-    app = r;
+  if (pool && o.router) {
     // active health checks in the background (a Worker does them on requests instead)
-    timer = setInterval(() => void r.pool.checkHealth(true), o.router.healthIntervalMs);
+    timer = setInterval(() => void pool.checkHealth(true), o.router.healthIntervalMs);
     timer.unref();
-    void r.pool.checkHealth(true);
+    void pool.checkHealth(true);
   }
   return new Promise((resolve) => {
     const server = serve({ fetch: app.fetch, port: o.port ?? 8787, hostname: o.hostname ?? '127.0.0.1' }, (info: AddressInfo) => {

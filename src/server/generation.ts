@@ -1,0 +1,248 @@
+/**
+ * One completion request, from its checked body and prompt tokens to the answer: the limits,
+ * the session (resumed from a handed-off state or a cached prefix, then prefilled), and the
+ * response, whole or as OpenAI's SSE chunks.
+ */
+import type { Context } from 'hono';
+import type { GenerateOptions, Session as SessionType } from '../generate/session.js';
+import { Session } from '../generate/session.js';
+import type { Model } from '../model/model.js';
+import { fromBase64 } from '../util/base64.js';
+import { errorResponse } from './errors.js';
+import type { Metrics } from './metrics.js';
+import type { PrefixCache } from './prefix-cache.js';
+import { promptParam, type OpenAIRequest } from './prompt.js';
+
+export interface Limits {
+  /** prompt tokens one request may send */
+  maxPromptTokens: number;
+  /** largest max_tokens accepted */
+  maxTokens: number;
+  /** max_tokens when a request gives none */
+  defaultMaxTokens: number;
+  /** request body bytes */
+  maxBodyBytes: number;
+  /** generations running at once (more get 429) */
+  maxConcurrent: number;
+}
+
+export const DEFAULT_LIMITS: Limits = { maxPromptTokens: 8192, maxTokens: 2048, defaultMaxTokens: 256, maxBodyBytes: 1 << 20, maxConcurrent: 8 };
+
+/** Generations running in an app, and its limit. */
+export class LoadTracker {
+  active = 0;
+  max = DEFAULT_LIMITS.maxConcurrent;
+  get saturated(): boolean {
+    return this.active >= this.max;
+  }
+}
+
+/** What the completion routes share: the app's settings and state. */
+export interface GenerationDeps {
+  readonly modelId: string;
+  readonly limits: Limits;
+  readonly metrics: Metrics;
+  readonly load: LoadTracker;
+  readonly cache: PrefixCache | null;
+  readonly getModel: () => Promise<Model>;
+  readonly acceptHandoff: boolean;
+  readonly tokenDelayMs?: number;
+  readonly yieldToIo?: () => Promise<void>;
+}
+
+const enc = new TextEncoder();
+
+/** An answer the request gets before any work: a limit it breaks, or null when it may run. */
+export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: number | null, model: Model | null): Response | null {
+  const req = r.body;
+  if (req.model !== d.modelId) return errorResponse(404, `model '${req.model}' does not exist here (this server serves '${d.modelId}')`, 'invalid_request_error', 'model', 'model_not_found');
+  const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? d.limits.defaultMaxTokens;
+  if (maxTokens > d.limits.maxTokens) return errorResponse(400, `max_tokens ${maxTokens} exceeds this server's limit of ${d.limits.maxTokens}`, 'invalid_request_error', 'max_tokens', 'max_tokens_exceeded');
+  if (promptTokens === null || !model) return null;
+  const ctx = model.config.maxContext ?? Infinity;
+  const promptLimit = Math.min(d.limits.maxPromptTokens, ctx);
+  if (promptTokens > promptLimit) return errorResponse(400, `the prompt has ${promptTokens} tokens; this server takes at most ${promptLimit}`, 'invalid_request_error', promptParam(r), 'context_length_exceeded');
+  if (promptTokens + maxTokens > ctx) return errorResponse(400, `prompt (${promptTokens}) + max_tokens (${maxTokens}) exceeds the model's context of ${ctx}`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
+  if (d.load.active >= d.limits.maxConcurrent) return errorResponse(429, `${d.load.active} generations are running, the limit is ${d.limits.maxConcurrent}: retry shortly`, 'rate_limit_error', null, 'concurrency_limit', { 'retry-after': '1' });
+  return null;
+}
+
+/** A session whose state holds the prompt: resumed from a handed-off state or a cached prefix where one fits, the rest prefilled. */
+function openSession(d: GenerationDeps, model: Model, r: OpenAIRequest, prompt: number[]): { session: SessionType; reused: number; source: string } {
+  const handoff = r.body.kle_session;
+  if (d.acceptHandoff && handoff !== undefined) {
+    try {
+      const s = Session.restore(model, fromBase64(handoff));
+      if (s.length <= prompt.length && s.tokens.every((t, i) => t === prompt[i])) return prefilled(s, prompt, s.length, 'handoff');
+      s.free();
+    } catch {
+      // another model's state, or a damaged one: prefill from scratch
+    }
+  }
+  const hit = d.cache?.longestPrefix(prompt);
+  if (hit) {
+    try {
+      return prefilled(Session.restore(model, hit.blob), prompt, hit.tokens, 'cache');
+    } catch {
+      // fall through to a fresh session
+    }
+  }
+  return prefilled(model.createSession(), prompt, 0, 'none');
+}
+
+function prefilled(session: SessionType, prompt: number[], reused: number, source: string): { session: SessionType; reused: number; source: string } {
+  try {
+    if (reused < prompt.length) session.prefill(prompt.slice(reused));
+  } catch (e) {
+    session.free();
+    throw e;
+  }
+  return { session, reused, source };
+}
+
+/** Runs a checked request whose prompt is `prompt` (refusal() said yes) and answers it. */
+export async function generate(c: Context, d: GenerationDeps, model: Model, r: OpenAIRequest, prompt: number[], t0: number): Promise<Response> {
+  const req = r.body;
+  const kind = r.kind;
+  const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? d.limits.defaultMaxTokens;
+  const ac = new AbortController();
+  const gen: GenerateOptions = {
+    maxTokens,
+    temperature: req.temperature ?? 1,
+    topP: req.top_p ?? undefined,
+    topK: req.top_k ?? undefined,
+    repetitionPenalty: req.repetition_penalty ?? undefined,
+    seed: req.seed ?? undefined,
+    stop: req.stop == null ? [] : typeof req.stop === 'string' ? [req.stop] : req.stop,
+    signal: ac.signal,
+  };
+  const id = `${kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${crypto.randomUUID().replace(/-/g, '')}`;
+  const created = Math.floor(Date.now() / 1000);
+  const { load, metrics, modelId } = d;
+  load.active++;
+  metrics.activeSessions = load.active;
+  let opened: ReturnType<typeof openSession>;
+  try {
+    opened = openSession(d, model, r, prompt);
+  } catch (e) {
+    load.active--;
+    metrics.activeSessions = load.active;
+    return errorResponse(500, `prefill failed: ${(e as Error).message}`, 'server_error');
+  }
+  const { session } = opened;
+  d.cache?.put(prompt, session.save());
+  const resumeHeaders = { 'x-kle-prefix-reused': String(opened.reused), 'x-kle-prefix-source': opened.source };
+  let tFirst = 0;
+  let finished = false;
+  // runs once: from the end of generation, or from a client disconnect (in workerd a
+  // cancelled request's pending timers may never fire, so the cancel itself must clean up)
+  const finish = (completion: number) => {
+    if (finished) return;
+    finished = true;
+    session.free();
+    load.active--;
+    metrics.activeSessions = load.active;
+    metrics.tokens.inc({ kind: 'prompt' }, prompt.length);
+    metrics.tokens.inc({ kind: 'completion' }, completion);
+    if (tFirst) {
+      metrics.ttft.observe((tFirst - t0) / 1e3);
+      if (completion > 1) metrics.tpot.observe((Date.now() - tFirst) / 1e3 / (completion - 1));
+    }
+    if (req.stream) metrics.duration.observe((Date.now() - t0) / 1e3, { route: c.req.routePath });
+  };
+  const usage = (completion: number) => ({ prompt_tokens: prompt.length, completion_tokens: completion, total_tokens: prompt.length + completion });
+  const reason = (fr: string) => (fr === 'length' ? 'length' : 'stop');
+  const tokenDelay = () => (d.tokenDelayMs ? new Promise((res) => setTimeout(res, d.tokenDelayMs)) : null);
+
+  if (!req.stream) {
+    // a client that disconnects stops the generation (its answer could not be delivered)
+    c.req.raw.signal?.addEventListener('abort', () => ac.abort());
+    let text = '', completion = 0, fr = 'stop';
+    try {
+      for await (const ev of session.generate([], gen)) {
+        await tokenDelay();
+        if (ev.type === 'token') {
+          tFirst ||= Date.now();
+          text += ev.text;
+        } else {
+          completion = ev.completionTokens;
+          fr = reason(ev.finishReason);
+        }
+      }
+    } finally {
+      finish(completion);
+    }
+    const choice = kind === 'chat' ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: fr } : { index: 0, text, logprobs: null, finish_reason: fr };
+    return c.json({ id, object: kind === 'chat' ? 'chat.completion' : 'text_completion', created, model: modelId, choices: [choice], usage: usage(completion) }, 200, resumeHeaders);
+  }
+
+  const includeUsage = req.stream_options?.include_usage === true;
+  const object = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
+  const chunk = (choice: object, extra: object = {}) => `data: ${JSON.stringify({ id, object, created, model: modelId, choices: [choice], ...extra })}\n\n`;
+  const delta = (text: string, fr: string | null) => (kind === 'chat' ? { index: 0, delta: text ? { content: text } : {}, logprobs: null, finish_reason: fr } : { index: 0, text, logprobs: null, finish_reason: fr });
+  let completion = 0;
+  let closed = false;
+  // a client that disconnects aborts the request's signal (Node; workerd with the
+  // enable_request_signal flag): stop and free the session even if the stream is never
+  // cancelled or pulled again
+  c.req.raw.signal?.addEventListener('abort', () => {
+    closed = true;
+    ac.abort();
+    finish(completion);
+  });
+  // Pull-based, not pushed from a loop: one token per pull, so the consumer drives generation.
+  // workerd needs this: a client that stops reading stops the work, and a cancelled request
+  // (whose pending timers workerd may never run again) leaves nothing behind, as cancel()
+  // frees the session.
+  const events = session.generate([], { ...gen, yieldBetweenTokens: false });
+  const stream = new ReadableStream<Uint8Array>(
+    {
+      start(ctrl) {
+        if (kind === 'chat') ctrl.enqueue(enc.encode(chunk({ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null })));
+      },
+      async pull(ctrl) {
+        if (closed) return;
+        try {
+          for (;;) {
+            await tokenDelay();
+            if (d.yieldToIo && completion > 0) await d.yieldToIo();
+            const next = await events.next();
+            if (next.done || ac.signal.aborted) {
+              closed = true;
+              finish(completion);
+              if (!ac.signal.aborted) ctrl.close();
+              return;
+            }
+            const ev = next.value;
+            if (ev.type === 'token') {
+              tFirst ||= Date.now();
+              if (ev.token >= 0) completion++;
+              if (ev.text) {
+                ctrl.enqueue(enc.encode(chunk(delta(ev.text, null))));
+                return;
+              }
+              continue;
+            }
+            completion = ev.completionTokens;
+            let tail = chunk(delta('', reason(ev.finishReason)));
+            if (includeUsage) tail += `data: ${JSON.stringify({ id, object, created, model: modelId, choices: [], usage: usage(completion) })}\n\n`;
+            ctrl.enqueue(enc.encode(tail + 'data: [DONE]\n\n'));
+          }
+        } catch (e) {
+          // a failure after the headers went out: say so in the stream, never end it silently
+          closed = true;
+          ctrl.enqueue(enc.encode(`data: ${JSON.stringify({ error: { message: (e as Error).message, type: 'server_error', param: null, code: null } })}\n\n`));
+          finish(completion);
+          ctrl.close();
+        }
+      },
+      cancel() {
+        closed = true;
+        ac.abort();
+        finish(completion);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+  return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', ...resumeHeaders } });
+}
