@@ -6,7 +6,7 @@
 // client against the same server code on the native CPU engine with a 16K-token prompt.
 // Writes bench/results/cuda-gpu-node-<gpu>.json.
 import { parseArgs } from 'node:util';
-import { startNodeServer } from '../src/server/node.js';
+import { startNodeServer } from '../src/host/node.js';
 import { startGpuNode } from '../src/gpu-node/index.js';
 import { loadCudaBackend, loadModelFromDirectory } from '../src/node.js';
 import { gpuTag, machine, table, writeResultAs } from './lib.js';

@@ -26,6 +26,7 @@ fi
 rm -rf .gpu/before
 if [ -n "${1:-}" ]; then
   mkdir -p .gpu/before
-  git archive "$1" wasm kernels-cuda package.json | tar -x -C .gpu/before
+  # the engine's sources in that commit's layout (engine/ now; wasm/ before the move)
+  git archive "$1" $(git ls-tree --name-only "$1" | grep -xE 'engine|wasm|kernels-cuda|package.json') | tar -x -C .gpu/before
 fi
 du -sh .gpu

@@ -24,7 +24,7 @@ COLLECT="python3 $PWD/kernels-cuda/bench/collect.py $OUT $TAG"
 
 if [ "$mode" = kernels ]; then
   cd kernels-cuda
-  NVCC_FLAGS=$(cat nvcc.flags)  # the recipe wasm/build/build.mjs builds the engine addon with
+  NVCC_FLAGS=$(cat nvcc.flags)  # the recipe engine/build/build.mjs builds the engine addon with
   nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu -o build/libklecuda.so
   nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC bench/copy_probe.cu -o build/libcopyprobe.so
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
@@ -44,7 +44,7 @@ chmod +x .gpu/node/bin/node
 export PATH="$PWD/.gpu/node/bin:$PATH"
 node --version
 mkdir -p node_modules && tar -xJf .gpu/vitest.tar.xz -C node_modules  # vitest alone: no npm there
-node wasm/build/build.mjs native cuda 2>&1 | tail -5
+node engine/build/build.mjs native cuda 2>&1 | tail -5
 VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts"
 # CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer
 $VITEST 2>&1 | tee "$OUT/parity.log" | tail -40
@@ -54,7 +54,7 @@ save() { cp bench/results/cuda-engine-* bench/results/cuda-gpu-node-* bench/resu
 # speed, and with .gpu/before (carry.sh BEFORE_REV) the same bench on that commit's addon,
 # alternating so both see the same machine state
 if [ -d .gpu/before ]; then
-  (cd .gpu/before && node wasm/build/build.mjs cuda 2>&1 | tail -3)
+  (cd .gpu/before && node "$(ls engine/build/build.mjs wasm/build/build.mjs 2>/dev/null | head -1)" cuda 2>&1 | tail -3)
   for i in 1 2; do
     node .gpu/dist/bench/cuda-engine.mjs --label after 2>&1 | tee -a "$OUT/engine.log"
     node .gpu/dist/bench/cuda-engine.mjs --addon .gpu/before/build/cuda/kle-cuda.node --label before 2>&1 | tee -a "$OUT/engine.log"

@@ -1,12 +1,12 @@
 /*
- * kle_cuda.h: the CUDA kernels of kimi-linear-edge. Same math and layouts as wasm/include/kle.h,
+ * kle_cuda.h: the CUDA kernels of kimi-linear-edge. Same math and layouts as engine/include/kle.h,
  * with a batch dimension and device pointers; every function launches on the given stream and
  * returns KLE_OK or a KLE_E* code (kle.h's), having launched nothing on error.
  */
 #ifndef KLE_CUDA_H
 #define KLE_CUDA_H
 
-#include "../../wasm/include/kle.h" /* status codes (KLE_OK, KLE_EINVAL, KLE_EDEVICE), KDA flags */
+#include "../../engine/include/kle.h" /* status codes (KLE_OK, KLE_EINVAL, KLE_EDEVICE), KDA flags */
 
 #ifdef __cplusplus
 extern "C" {

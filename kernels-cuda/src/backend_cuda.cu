@@ -1,4 +1,4 @@
-// backend_cuda.cu: the forward pass's operations on an NVIDIA GPU (wasm/engine/backend.h). The
+// backend_cuda.cu: the forward pass's operations on an NVIDIA GPU (engine/model/backend.h). The
 // model, its layer kinds, the session and the state blob are the engine's own C code; this file
 // supplies device memory and launches the CUDA kernels on the model's stream. Weights are placed
 // as f32 (quantized formats expanded: the kernels here are f32 only).
@@ -9,7 +9,7 @@
 #include <new>
 
 extern "C" {
-#include "../../wasm/engine/engine.h"
+#include "../../engine/model/engine.h"
 }
 #include "../include/kle_cuda.h"
 #include "../include/kle_cuda_node.h"

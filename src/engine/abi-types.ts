@@ -1,4 +1,4 @@
-/** Shapes of the generated ABI table (src/engine/kle-abi.ts), which mirrors wasm/include/kle.h. */
+/** Shapes of the generated ABI table (src/engine/kle-abi.ts), which mirrors engine/include/kle.h. */
 
 /**
  * How a parameter crosses the boundary: array pointers are `in` (const) or `inout`; scalars by C

@@ -1,5 +1,5 @@
 /**
- * The engine: the C forward pass (wasm/engine) driven through any kernel backend. TypeScript
+ * The engine: the C forward pass (engine/model) driven through any kernel backend. TypeScript
  * never loops over tensors here: it places weights once, then calls the engine once per
  * forward (a prefill batch or a decode step).
  */
@@ -160,7 +160,7 @@ export class EngineSession {
     return call(this.model.backend, 'kle_session_state_size', [this.handle]);
   }
 
-  /** The session's state as a versioned blob (see wasm/engine/session.c). */
+  /** The session's state as a versioned blob (see engine/model/session.c). */
   save(): Uint8Array {
     const n = this.stateSize();
     const out = new Uint8Array(n);

@@ -31,7 +31,7 @@ export class KernelError extends Error {
 
 type F32 = Float32Array;
 
-/** Arguments of a KDA step or prefill; see wasm/include/kle.h for the math and layouts. */
+/** Arguments of a KDA step or prefill; see engine/include/kle.h for the math and layouts. */
 export interface KdaArgs {
   /** [H, K, V] state, updated in place */
   S: F32;

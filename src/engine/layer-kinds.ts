@@ -1,6 +1,6 @@
 /**
  * The layer kinds of the Kimi Linear family as data, the TypeScript twin of the rows in
- * wasm/engine/layers.c: each kind's tensors (engine role, HF and GGUF names, shapes, how a
+ * engine/model/layers.c: each kind's tensors (engine role, HF and GGUF names, shapes, how a
  * synthetic checkpoint initializes them), its per-session state and the cache it grows per token.
  * The checkpoint names, the synthetic-model maker, the GGUF converter, the router's memory
  * estimates and the benches read this instead of repeating the formulas; a test checks it
@@ -182,7 +182,7 @@ export function sessionStateFloats(c: KimiConfig, tokens: number): number {
   return n;
 }
 
-/** Header and checksum of a session blob (wasm/engine/session.c). */
+/** Header and checksum of a session blob (engine/model/session.c). */
 export const BLOB_FRAME_BYTES = 32 + 8;
 
 /** Bytes of a session's state blob at `tokens` tokens, with its last logits (what save() writes). */

@@ -1,5 +1,5 @@
 // The TypeScript description of the layer kinds (src/engine/layer-kinds.ts) against the engine's
-// own rows (wasm/engine/layers.c): every tensor's need, shape and format class, and the size of
+// own rows (engine/model/layers.c): every tensor's need, shape and format class, and the size of
 // a session's state blob, on configs that exercise every kind and size.
 import { describe, expect, it } from 'vitest';
 import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';

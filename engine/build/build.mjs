@@ -3,13 +3,13 @@
 //   wasm    emcc -O3 -msimd128 -> wasm/dist/kle-simd.wasm, and emcc -O3 without SIMD ->
 //           wasm/dist/kle-scalar.wasm (the same code with the vector extensions lowered to
 //           scalars: the baseline the benchmarks compare against)
-//   abi     src/engine/kle-abi.ts from the prototypes of wasm/include/kle.h
+//   abi     src/engine/kle-abi.ts from the prototypes of engine/include/kle.h
 //   native  gcc -O3 -march=native -> build/native/kle.node (Node addon, N-API wrappers generated)
 //   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine of
-//           wasm/engine with the CUDA backend (kernels-cuda/src/backend_cuda.cu) in place of the
+//           engine/model with the CUDA backend (kernels-cuda/src/backend_cuda.cu) in place of the
 //           CPU one (backend_cpu.c); needs nvcc, runs where a GPU is
 //   check   rebuilds wasm + abi into a temporary folder and fails if the committed ones differ
-// Usage: node wasm/build/build.mjs STEP...   (default: wasm abi native)
+// Usage: node engine/build/build.mjs STEP...   (default: wasm abi native)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,14 +19,14 @@ import { abiTs, parseHeader } from './abi.mjs';
 import { addonC } from './addon-gen.mjs';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const header = join(root, 'wasm', 'include', 'kle.h');
+const header = join(root, 'engine', 'include', 'kle.h');
 const abiPath = join(root, 'src', 'engine', 'kle-abi.ts');
 const distDir = join(root, 'wasm', 'dist');
 
 function sources() {
   const out = [];
-  for (const dir of ['kernels', 'engine']) {
-    const d = join(root, 'wasm', dir);
+  for (const dir of ['kernels', 'model']) {
+    const d = join(root, 'engine', dir);
     if (!existsSync(d)) continue;
     for (const f of readdirSync(d).sort()) if (f.endsWith('.c')) out.push(join(d, f));
   }
@@ -41,7 +41,7 @@ function run(cmd, args) {
 // references' summation order depend on IEEE semantics. STANDALONE_WASM with --no-entry gives
 // a reactor module whose only import is the memory-growth notification.
 const common = [
-  '-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-I', join(root, 'wasm', 'include'),
+  '-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-I', join(root, 'engine', 'include'),
   '--no-entry', '-sSTANDALONE_WASM=1', '-sALLOW_MEMORY_GROWTH=1', '-sINITIAL_MEMORY=16MB',
   '-sMAXIMUM_MEMORY=4GB', '-sTOTAL_STACK=1MB', '-sFILESYSTEM=0', '-sERROR_ON_UNDEFINED_SYMBOLS=1',
 ];
@@ -70,7 +70,7 @@ function buildNative() {
   const cc = process.env.CC ?? 'gcc';
   run(cc, [
     '-O3', '-march=native', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared',
-    '-DNODE_GYP_MODULE_NAME=kle', '-I', join(root, 'wasm', 'include'), '-I', nodeIncludeDir(),
+    '-DNODE_GYP_MODULE_NAME=kle', '-I', join(root, 'engine', 'include'), '-I', nodeIncludeDir(),
     ...sources(), addon, '-o', join(outDir, 'kle.node'), '-lm',
   ]);
 }
@@ -98,11 +98,11 @@ function buildCuda() {
   // blob), with the CUDA backend in place of the CPU one
   for (const src of sources().filter((f) => !f.endsWith('backend_cpu.c'))) {
     const obj = join(outDir, `${src.split('/').slice(-2).join('-')}.o`);
-    run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-I', join(root, 'wasm', 'include'), src, '-o', obj]);
+    run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-I', join(root, 'engine', 'include'), src, '-o', obj]);
     objs.push(obj);
   }
   const addonObj = join(outDir, 'addon.o');
-  run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-DNODE_GYP_MODULE_NAME=kle_cuda', '-I', join(root, 'wasm', 'include'),
+  run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-DNODE_GYP_MODULE_NAME=kle_cuda', '-I', join(root, 'engine', 'include'),
     '-I', join(root, 'kernels-cuda', 'include'), '-I', nodeIncludeDir(), join(outDir, 'addon.c'), '-o', addonObj]);
   objs.push(addonObj);
   for (const src of cudaSources()) {
