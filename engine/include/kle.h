@@ -36,7 +36,7 @@ int kle_simd_enabled(void);
 void *kle_alloc(size_t bytes);
 void kle_free(void *p);
 
-/* ---------------------------------------------------------------- KDA */
+/* ---------------------------------------------------------------- KDA (docs/model.md, section 2) */
 /* q and k are L2-normalized per head inside the kernel (eps 1e-6) when this flag is set. */
 #define KLE_KDA_L2NORM_QK 1
 /*
@@ -84,7 +84,7 @@ int kle_kda_gate(const float *x, const float *A_log, const float *dt_bias, float
 int kle_kda_gate_ref(const float *x, const float *A_log, const float *dt_bias, float *g,
                      int n_tok, int H, int K, float lower_bound);
 
-/* ---------------------------------------------------------------- MLA */
+/* ---------------------------------------------------------------- MLA (docs/model.md, section 3) */
 /*
  * Absorbed MLA decode for one query token over a latent cache.
  *   q:     [H, D]   absorbed query (W_uk^T q_nope, then the rope part if any), D = Dv + rope dim
@@ -171,7 +171,7 @@ int kle_swiglu_ref(const float *gate, const float *up, float *out, int n);
 int kle_sigmoid(const float *x, float *y, int n);
 int kle_sigmoid_ref(const float *x, float *y, int n);
 
-/* ---------------------------------------------------------------- MoE routing */
+/* ---------------------------------------------------------------- MoE routing (docs/model.md, section 4) */
 #define KLE_ROUTE_SOFTMAX 0
 #define KLE_ROUTE_SIGMOID 1
 /*
@@ -194,7 +194,7 @@ typedef uintptr_t kle_addr;
 int kle_mem_write(kle_addr dst, const uint8_t *src, size_t n);
 int kle_mem_read(kle_addr src, uint8_t *dst, size_t n);
 
-/* ---------------------------------------------------------------- engine: the hybrid model */
+/* ---------------------------------------------------------------- engine: the hybrid model (docs/model.md) */
 /*
  * The Kimi Linear forward pass (KimiLinearForCausalLM): embedding; per layer RMSNorm -> KDA or
  * MLA -> residual, RMSNorm -> dense SwiGLU MLP or MoE -> residual; final RMSNorm; LM head.

@@ -1,4 +1,5 @@
-/* conv.c: the short causal depthwise convolution of KDA (kernel 4), with a rolling tail. */
+/* conv.c: the short causal depthwise convolution of KDA (kernel 4), with a rolling tail
+ * (docs/model.md, section 2, step 1). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

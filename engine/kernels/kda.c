@@ -1,6 +1,6 @@
 /*
- * kda.c: Kimi Delta Attention. The recurrence (decode step), its chunkwise form (prefill), and
- * the forget gate. spec/kda.md is the math; the *_ref functions follow it literally.
+ * kda.c: Kimi Delta Attention (docs/model.md, section 2). The recurrence (decode step), its chunkwise form (prefill), and
+ * the forget gate. docs/model.md is the math; the *_ref functions follow it literally.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -259,7 +259,7 @@ typedef struct {
 } chunk_work;
 
 /*
- * One chunk of c tokens for one head: the WY/UT form of spec/kda.md. Every decay ratio
+ * One chunk of c tokens for one head: the WY/UT form (docs/model.md, section 2). Every decay ratio
  * G_i/G_j is a product of per-token exp(g) factors, each in (0, 1]:
  *  - inside a sub-chunk of 16 tokens, as a running product over the pairs;
  *  - across sub-chunks, split at the last token r before sub-chunk a:

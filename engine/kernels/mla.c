@@ -1,6 +1,6 @@
 /*
  * mla.c: Multi-head Latent Attention over a compressed latent cache, weights absorbed
- * (spec/mla.md). Scores are q_h . cache_j over the whole row (latent + rope part); values are
+ * (docs/model.md, section 3). Scores are q_h . cache_j over the whole row (latent + rope part); values are
  * the first Dv entries of each row. Softmax is online (running max) and splits merge by LSE.
  */
 #include <math.h>

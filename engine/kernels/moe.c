@@ -1,4 +1,5 @@
-/* moe.c: top-k expert routing with optional grouping and selection bias (DeepSeek-V3 style). */
+/* moe.c: top-k expert routing with optional grouping and selection bias (DeepSeek-V3 style;
+ * docs/model.md, section 4). */
 #include <math.h>
 #include <stdlib.h>
 

@@ -1,4 +1,5 @@
-/* norm.c: RMSNorm, the KDA output norm (RMSNorm times a sigmoid gate) and L2 normalization. */
+/* norm.c: RMSNorm, the KDA output norm (RMSNorm times a sigmoid gate) and L2 normalization
+ * (docs/model.md, sections 1 and 2). */
 #include <math.h>
 
 #include "../include/kle.h"

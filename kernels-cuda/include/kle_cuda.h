@@ -74,7 +74,7 @@ int kle_cuda_kda_recurrent(float *S, const float *q, const float *k, const float
                            int flags, void *stream);
 
 /*
- * The same T tokens computed chunkwise (spec/kda.md's chunk form, 64-token chunks, any T
+ * The same T tokens computed chunkwise (docs/model.md's chunk form, 64-token chunks, any T
  * including a ragged tail): every chunk's intra-chunk work in parallel, then one sequential pass
  * over the chunks per state tile. Same arguments and result as kle_cuda_kda_recurrent, plus a
  * workspace of kle_cuda_kda_chunk_workspace_bytes(T, H, K, V) bytes of device memory, 16-byte

@@ -1,4 +1,4 @@
-// kda_chunk.cu: chunked KDA prefill on NVIDIA GPUs (spec/kda.md, "Chunked prefill").
+// kda_chunk.cu: chunked KDA prefill on NVIDIA GPUs (docs/model.md, section 2, "Chunked prefill").
 //
 // Token-by-token prefill (kda_step.cu's kle_cuda_kda_recurrent) has one sequential step per token
 // and only H * V/32 blocks of parallel work. The chunk form moves almost everything off that

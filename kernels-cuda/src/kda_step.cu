@@ -1,4 +1,4 @@
-// kda_step.cu: the KDA decode step on NVIDIA GPUs.
+// kda_step.cu: the KDA decode step on NVIDIA GPUs (docs/model.md, section 2).
 //
 // The step is bandwidth-bound: each head's K x V state is read once and written once. One pass
 // over the state yields both reductions the step needs, with the decay folded in:
@@ -229,11 +229,9 @@ __global__ void __launch_bounds__(32 * KW) kda_step_kernel(float *__restrict__ S
 
 // Block: one head's tile of 32 CPL columns, each lane CPL consecutive columns (at CPL = 4 a warp
 // reads and writes whole 512-byte rows of a 128-wide state), 4 warps splitting the K rows: for
-// batches, where blocks are plenty. Measured on an H100 at batch 16 / 128: 2.50 / 2.89 TB/s at
-// CPL = 4, against 2.44 / 2.55 for the 32-column tiles above (whose rows are read in 128-byte
-// pieces by four blocks). CPL = 2 (128 registers, 4 blocks an SM, twice the blocks) gave 2.55 at
-// batch 16 and 2.87 at 128; the same kernel held to 2 or 3 blocks an SM 2.40 / 2.55 at batch 16,
-// pushed to 5 (102 registers) 2.24: the memory system wants about 16 warps of long row streams.
+// batches, where blocks are plenty. Whole rows beat the 32-column tiles above (whose rows four
+// blocks read in pieces), and about 16 warps of long row streams an SM beat fewer or more:
+// kernels-cuda/README.md, 'Layouts measured'.
 template <int K, int CPL>
 __global__ void __launch_bounds__(128) kda_step_rows_kernel(float *__restrict__ S, const float *__restrict__ q, const float *__restrict__ k,
                                                             const float *__restrict__ v, const float *__restrict__ g,
@@ -441,7 +439,7 @@ template <int K, int CPL, int WM>
 __global__ void __launch_bounds__(512) kda_layer_head_kernel(kle_cuda_kda_layer_args a, int H, int W, float scale) {
   constexpr int KW = 16, R = K / KW, V = 32 * CPL;
   const int bh = blockIdx.x, b = bh / H, h = bh % H;
-  // a 1-D block: with w taken from threadIdx.y this kernel took 47 instead of 33 us at batch 16
+  // a 1-D block: with w taken from threadIdx.y this kernel was slower (README, 'Layouts measured')
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, tid = threadIdx.x;
   const int HK = H * K, HV = H * V;
   __shared__ float sq[K], sk[K], se[K], sv[V], red[3][KW];
@@ -532,7 +530,7 @@ extern "C" int kle_cuda_kda_layer_step(const kle_cuda_kda_layer_args *args, int 
     return KLE_EINVAL;
   // as the step: with few blocks (small batch) a head's tiles spread over a cluster of blocks
   // (short row chains per thread, every SM streaming); with many, one block a head where V/32
-  // allows it (no cluster barrier, no conv done twice): 35.6 against 43.0 us at batch 16 on an H100
+  // allows it (no cluster barrier, no conv done twice; README, 'Layouts measured')
   const bool wide = (long)B * H * (V / 32) < 4L * 132, small_w = W <= 4;
   void (*hk)(kle_cuda_kda_layer_args, int, int, float) =
       wide ? nullptr

@@ -1,5 +1,6 @@
-// mla_decode.cu: absorbed MLA attention over a latent cache on tensor cores, split across the
-// context: the decode, and (through kle_cuda_mla_attend) the causal prefill.
+// mla_decode.cu: absorbed MLA attention over a latent cache on tensor cores (docs/model.md,
+// section 3), split across the context: the decode, and (through kle_cuda_mla_attend) the causal
+// prefill.
 //
 // The rows of the product are (query, head) pairs, 32 to a group: a decode at 32 heads is one
 // group, a prefill batch many (with 4 heads a group holds 8 queries), each row masked at its
@@ -12,7 +13,7 @@
 //
 // Both products run on tensor cores in 3xTF32 (tc.cuh), so results keep f32 accuracy. With 32
 // heads a cache row costs 2 H (D + Dv) flops for its 4 D bytes, about 30 flops a byte: f32 CUDA
-// cores (67 TFLOP/s) cap that near 2.2 TB/s at their peak and reached 0.34, while TF32 mma has
+// cores cap that far below the memory's rate (README, 'Layouts measured'), while TF32 mma has
 // room to spare even at three products per multiply.
 //
 // Scores: S^T [32 cache rows x 32 query rows, "heads" below] = C [rows x D] Q^T, split along D

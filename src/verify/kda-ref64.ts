@@ -1,5 +1,5 @@
 /**
- * The KDA recurrence of spec/kda.md in float64, written from the spec for the tests (it shares
+ * The KDA recurrence of docs/model.md (section 2) in float64, written for the tests (it shares
  * nothing with the C code). One sequence: q,k,g [T,H,K], v [T,H,V], beta [T,H], S [H,K,V].
  */
 export function kdaRecurrence64(
