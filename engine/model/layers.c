@@ -92,15 +92,18 @@ static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
   float *xq = s->a[0], *xk = s->a[1], *xv = s->a[2], *graw = s->a[3], *braw = s->a[4], *oraw = s->a[5];
   float *q = s->a[6], *k = s->a[7], *v = s->a[8], *g = s->a[9], *o = s->a[10];
   float **st = s->state + (size_t)l * KLE_MAX_STATE;
-  /* every projection first, the output gate's last: a fused step may start streaming the
-   * state while that one finishes, since it reads oraw only after waiting for it */
-  float *xs[3] = {xq, xk, xv};
-  for (int i = 0; i < 3; i++) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xs[i], T));
-  KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
-  KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
-  KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
   const float *A_log = F_(m, KLE_T_KDA_A_LOG, l), *dt_bias = F_(m, KLE_T_KDA_DT_BIAS, l);
-  if (T == 1 && b->kda_fused_step) {
+  float *xs[3] = {xq, xk, xv};
+  /* A fused step takes every projection at once, the output gate's last: it may start
+   * streaming the state while that one finishes, since it reads oraw only after waiting for
+   * it. Otherwise each projection is used as soon as it is made (by then a batch's
+   * projections would have pushed the first ones out of cache), all through one buffer. */
+  const int fused = T == 1 && b->kda_fused_step != NULL;
+  if (fused) {
+    for (int i = 0; i < 3; i++) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xs[i], T));
+    KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
+    KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
+    KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
     const kle_kda_fused_args a = {xq, xk, xv,
                                   (const float *)kle_derived_at(m, l, 0)->data, (const float *)kle_derived_at(m, l, 1)->data,
                                   (const float *)kle_derived_at(m, l, 2)->data, st[0], st[1], st[2],
@@ -111,11 +114,16 @@ static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
     if (rc != KLE_ENOSYS) return rc;
   }
   float *outs[3] = {q, k, v};
-  for (int i = 0; i < 3; i++)
-    KLE_TRY(b->conv_short(cx, xs[i], (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], T, HK, W));
+  for (int i = 0; i < 3; i++) {
+    if (!fused) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xq, T));
+    KLE_TRY(b->conv_short(cx, fused ? xs[i] : xq, (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], T, HK, W));
+  }
+  if (!fused) KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
   KLE_TRY(b->kda_gate(cx, graw, A_log, dt_bias, g, T, H, dk, Kg, lb));
+  if (!fused) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
   KLE_TRY(b->sigmoid(cx, braw, braw, (size_t)T * H));
   KLE_TRY(b->kda_recur(cx, st[3], q, k, v, g, braw, o, T, H, dk, dk, scale));
+  if (!fused) KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
   KLE_TRY(b->rmsnorm(cx, o, oraw, F_(m, KLE_T_KDA_O_NORM, l), o, T * H, dk, eps));
   return b->matmul(cx, W_(m, KLE_T_KDA_O, l), o, y, T);
 }
