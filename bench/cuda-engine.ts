@@ -10,19 +10,10 @@ import { join } from 'node:path';
 import { CudaBackend } from '../src/engine/cuda-backend.js';
 import type { EngineModel } from '../src/engine/engine.js';
 import { placeHfModel } from '../src/weights/hf-loader.js';
-import { syntheticWeights } from '../src/weights/synthetic.js';
+import { ATTENTION_48B_CONFIG, syntheticWeights } from '../src/weights/synthetic.js';
 import { defaultModelDir, loadCudaBackend, nodeBackend } from '../src/node.js';
 import { gpuTag, machine, table, writeResultAs } from './lib.js';
 
-const WIDE = {
-  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 4096, hidden_size: 1024, intermediate_size: 2048,
-  num_hidden_layers: 4, num_attention_heads: 32, num_key_value_heads: 32, kv_lora_rank: 512, q_lora_rank: null,
-  qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
-  linear_attn_config: { kda_layers: [1, 2, 3], full_attn_layers: [4], num_heads: 32, head_dim: 128, short_conv_kernel_size: 4 },
-  num_experts: 16, num_experts_per_token: 4, num_shared_experts: 1, moe_intermediate_size: 256, first_k_dense_replace: 1,
-  moe_layer_freq: 1, moe_renormalize: true, moe_router_activation_func: 'sigmoid', routed_scaling_factor: 2.446,
-  use_grouped_topk: true, num_expert_group: 1, topk_group: 1, model_max_length: 1 << 22,
-};
 
 function tokens(n: number, V: number, seed: number): number[] {
   return Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729 + ((i * i) % 13)) % V);
@@ -64,7 +55,7 @@ const cuda: CudaBackend = addonPath ? CudaBackend.load(addonPath) : loadCudaBack
 console.error(`CUDA device: ${cuda.device} (compute ${cuda.computeCapability})`);
 const dir = defaultModelDir();
 await runModel('default (embedded)', JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')), [{ name: 'model.safetensors', bytes: readFileSync(join(dir, 'model.safetensors')) }], 1200);
-await runModel('48B attention shapes (4 layers, 3 KDA + 1 MLA, MoE 16/4)', WIDE, [{ name: 'wide', bytes: syntheticWeights(WIDE, 7) }], 1200);
+await runModel('48B attention shapes (4 layers, 3 KDA + 1 MLA, MoE 16/4)', ATTENTION_48B_CONFIG, [{ name: 'wide', bytes: syntheticWeights(ATTENTION_48B_CONFIG, 7) }], 1200);
 
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}${label ? `, addon: ${label} (${addonPath})` : ''}\n`);
 console.log(table(['model', 'backend', 'prefill tokens', 'prefill tok/s', 'decode ms/token'], speed.map((s) => [s.model, s.backend, s.prefillTokens, s.prefillTokPerS.toFixed(0), s.decodeMsPerToken.toFixed(3)])));

@@ -248,10 +248,10 @@ static int moe_expect(const kle_model *m, int role, int *rows, int *cols, int *a
 
 static int moe_forward(kle_session *s, int l, const float *h, float *y, int T) {
   const kle_model *m = s->m;
-  const kle_backend *b = m->b;
-  kle_backend_ctx *cx = m->ctx;
   const int32_t *c = m->cfg;
   const int D = c[KLE_CFG_HIDDEN], E = c[KLE_CFG_EXPERTS], K = c[KLE_CFG_EXPERTS_PER_TOK];
+  const kle_backend *b = m->b;
+  kle_backend_ctx *cx = m->ctx;
   const kle_tensor *bias = W_(m, KLE_T_MOE_BIAS, l);
   KLE_TRY(b->matmul(cx, W_(m, KLE_T_MOE_ROUTER, l), h, s->a[0], T));
   /* renormalizing a single choice would turn its weight into 1; the reference leaves it */

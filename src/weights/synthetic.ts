@@ -49,6 +49,21 @@ export const TINY_CONFIG = {
   dtype: 'float32',
 } as const;
 
+/**
+ * Kimi-Linear-48B's attention shapes (KDA 32 heads x 128, MLA 32 heads over a 512 + 64 latent) in
+ * 4 layers with 16 small experts: big enough to exercise every kernel at real size, small
+ * enough to load in seconds (the CUDA parity test and bench:cuda-engine).
+ */
+export const ATTENTION_48B_CONFIG = {
+  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 4096, hidden_size: 1024, intermediate_size: 2048,
+  num_hidden_layers: 4, num_attention_heads: 32, num_key_value_heads: 32, kv_lora_rank: 512, q_lora_rank: null,
+  qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
+  linear_attn_config: { kda_layers: [1, 2, 3], full_attn_layers: [4], num_heads: 32, head_dim: 128, short_conv_kernel_size: 4 },
+  num_experts: 16, num_experts_per_token: 4, num_shared_experts: 1, moe_intermediate_size: 256, first_k_dense_replace: 1,
+  moe_layer_freq: 1, moe_renormalize: true, moe_router_activation_func: 'sigmoid', routed_scaling_factor: 2.446,
+  use_grouped_topk: true, num_expert_group: 1, topk_group: 1, model_max_length: 1 << 22,
+};
+
 export type ConfigJson = Record<string, unknown>;
 
 /** xorshift32 -> uniform (-1, 1); cheap, seeded, identical on every platform */

@@ -8,6 +8,7 @@ import { loadModel } from '../../src/model/load.js';
 import { parseSafetensors } from '../../src/formats/safetensors.js';
 import { sourceFromFiles } from '../../src/formats/source.js';
 import { hfToGgufParts } from '../../src/weights/to-gguf.js';
+import { relErr } from '../../src/verify/relerr.js';
 import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
 import { allBackends, defaultDir, tokens } from '../helpers/default-model.js';
 import { loadModelFromDirectory } from '../../src/node.js';
@@ -18,15 +19,6 @@ const st = parseSafetensors(new Uint8Array(read('model.safetensors')));
 const tj = JSON.parse(read('tokenizer.json').toString()) as unknown;
 const tc = JSON.parse(read('tokenizer_config.json').toString()) as Record<string, unknown>;
 const toks = tokens(70, 512, 5);
-
-function relL2(a: Float32Array, b: Float32Array): number {
-  let n = 0, d = 0;
-  for (let i = 0; i < a.length; i++) {
-    n += (a[i]! - b[i]!) ** 2;
-    d += b[i]! ** 2;
-  }
-  return Math.sqrt(n / d);
-}
 
 describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
   const backends = await allBackends();
@@ -76,12 +68,12 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
       const f32 = (await load(writeGguf(p.metadata, deq))).createSession().prefill(toks);
       for (const b of backends) {
         const q = (await load(writeGguf(p.metadata, p.tensors), b)).createSession().prefill(toks);
-        expect(relL2(q, f32)).toBeLessThan(1e-5);
+        expect(relErr(q, f32)).toBeLessThan(1e-5);
       }
       // against the unquantized model: measured rel L2 3.1e-2 (Q8_0) and 0.73 (Q4_0) on this
       // random-weight model after 70 tokens; random weights amplify weight noise far more than
       // trained ones, so only Q8_0 gets a bound here
-      if (w === 'Q8_0') expect(relL2(f32, ref)).toBeLessThan(0.1);
+      if (w === 'Q8_0') expect(relErr(f32, ref)).toBeLessThan(0.1);
     });
   }
 

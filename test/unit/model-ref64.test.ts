@@ -10,6 +10,7 @@ import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetensors-writer.js';
 import { syntheticWeights, TINY_CONFIG, type SyntheticOptions } from '../../src/weights/synthetic.js';
 import { modelForward64, routeRef } from '../../src/verify/model-ref64.js';
+import { relErr } from '../../src/verify/relerr.js';
 import { allBackends, argmax, defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
 
 // f32 engine vs float64: measured 8.7e-7 .. 1.24e-6 on these models; the bar leaves room for
@@ -45,15 +46,6 @@ function reference(c: Case, toks: number[]): Float64Array {
   }, toks);
 }
 
-function relL2(a: Float32Array, b: Float64Array): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
-}
-
 async function engineLogits(b: KernelBackend, c: Case, toks: number[]): Promise<{ prefill: Float32Array; decode: Float32Array }> {
   const m = await placeHfCheckpoint(b, c.config, [{ name: 'w.safetensors', bytes: c.weights }]);
   const V = c.config.vocabSize;
@@ -85,7 +77,7 @@ describe('the engine against the float64 model', async () => {
       for (const b of backends) {
         const { prefill, decode } = await engineLogits(b, c, toks);
         for (const got of [prefill, decode]) {
-          expect(relL2(got, ref), `${b.name}`).toBeLessThan(TOL);
+          expect(relErr(got, ref), `${b.name}`).toBeLessThan(TOL);
           let agree = 0;
           for (let t = 0; t < toks.length; t++) agree += argmax(got, t * c.config.vocabSize, c.config.vocabSize) === argmax(Float32Array.from(ref.subarray(t * c.config.vocabSize, (t + 1) * c.config.vocabSize))) ? 1 : 0;
           expect(agree / toks.length).toBeGreaterThanOrEqual(0.98);
@@ -99,7 +91,7 @@ describe('the engine against the float64 model', async () => {
     const perChannel = makeCase({ ...TINY_CONFIG }, 21);
     const perHead = makeCase({ ...TINY_CONFIG }, 21, { gatePerHead: true });
     const a = await engineLogits(backends[0]!, perChannel, toks), b = reference(perHead, toks);
-    expect(relL2(a.prefill, b)).toBeGreaterThan(1e-2);
+    expect(relErr(a.prefill, b)).toBeGreaterThan(1e-2);
   });
 
   it('routing without a bias scores groups by their two best experts, as with a zero bias', () => {
