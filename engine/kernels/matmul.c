@@ -4,6 +4,7 @@
  * that stays in L1, then runs every token against it, so each weight byte is decoded once per
  * call whatever T is.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,14 +18,16 @@
 
 long kle_row_bytes(int fmt, int n_in) {
   if (n_in <= 0) return -1;
+  int64_t b;
   switch (fmt) {
-  case KLE_W_F32: return 4L * n_in;
+  case KLE_W_F32: b = 4 * (int64_t)n_in; break;
   case KLE_W_BF16:
-  case KLE_W_F16: return 2L * n_in;
-  case KLE_W_Q8_0: return n_in % KLE_QK ? -1 : (long)(n_in / KLE_QK) * Q8_BYTES;
-  case KLE_W_Q4_0: return n_in % KLE_QK ? -1 : (long)(n_in / KLE_QK) * Q4_BYTES;
+  case KLE_W_F16: b = 2 * (int64_t)n_in; break;
+  case KLE_W_Q8_0: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q8_BYTES; break;
+  case KLE_W_Q4_0: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q4_BYTES; break;
   default: return -1;
   }
+  return b > LONG_MAX ? -1 : (long)b; /* wasm's long is 32 bits */
 }
 
 /* ------------------------------------------------------------------ block codecs */

@@ -119,7 +119,7 @@ struct kle_backend {
 };
 
 /* Scratch floats moe_experts may use: every backend's needs, one formula. */
-static inline size_t kle_moe_scratch_floats(size_t T, size_t topk, size_t D, size_t MI) {
+static inline uint64_t kle_moe_scratch_floats(uint64_t T, uint64_t topk, uint64_t D, uint64_t MI) {
   return T * topk * (2 * MI + 2 * D + 1);
 }
 

@@ -2,6 +2,7 @@
 #ifndef KLE_ENGINE_H
 #define KLE_ENGINE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../include/kle.h"
@@ -31,9 +32,9 @@ typedef struct {
   int (*expect)(const kle_model *m, int role, int *rows, int *cols, int *anyfmt);
   /* fixed-size state sections per session, in blob order */
   int n_state;
-  size_t (*state_floats)(const kle_model *m, int section);
+  uint64_t (*state_floats)(const kle_model *m, int section);
   /* floats per token of its growing cache (0: none) */
-  size_t (*cache_row_floats)(const kle_model *m);
+  uint64_t (*cache_row_floats)(const kle_model *m);
   /* at finalize: weights derived from the host's tensors before they are placed, and what the
    * backend needs once they are (NULL: none) */
   int (*derive)(kle_model *m, int layer);
@@ -85,6 +86,20 @@ float *kle_tensor_to_f32(const kle_tensor *t);
 int kle_session_reserve(kle_session *s, int need);
 /* forward.c */
 int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all);
+
+/*
+ * Sizes from a file's or a client's numbers (a config, a tensor's shape, a blob's position)
+ * are computed in 64 bits, saturating so that an overflow cannot wrap into a small size, and
+ * refused past what this target can allocate: wasm's size_t is 32 bits. Every allocation
+ * sized by such numbers goes through kle_host_alloc_n or kle_backend_alloc_n.
+ */
+#define KLE_MAX_ALLOC ((uint64_t)(SIZE_MAX / 2))
+static inline uint64_t kle_mul64(uint64_t a, uint64_t b) { return a && b > UINT64_MAX / a ? UINT64_MAX : a * b; }
+static inline uint64_t kle_add64(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+/* count * size bytes of host memory (uninitialized), or NULL when more than this target allows */
+void *kle_host_alloc_n(uint64_t count, uint64_t size);
+/* count * size bytes of the backend's memory (zeroed), or NULL likewise */
+void *kle_backend_alloc_n(const kle_model *m, uint64_t count, uint64_t size);
 
 #define KLE_TRY(x)                                                                                 \
   do {                                                                                             \

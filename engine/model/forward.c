@@ -23,7 +23,8 @@ static int all_logits(kle_session *s, float *out, int T) {
   const kle_model *m = s->m;
   const size_t V = (size_t)m->cfg[KLE_CFG_VOCAB];
   if (m->b->host_memory) return lm_head(s, s->x, out, T);
-  if (!s->logits_all && !(s->logits_all = m->b->alloc(m->ctx, sizeof(float) * V * (size_t)m->b->batch))) return KLE_ENOMEM;
+  if (!s->logits_all && !(s->logits_all = kle_backend_alloc_n(m, kle_mul64(V, (uint64_t)m->b->batch), sizeof(float))))
+    return KLE_ENOMEM;
   KLE_TRY(lm_head(s, s->x, s->logits_all, T));
   return m->b->download(m->ctx, out, s->logits_all, sizeof(float) * V * (size_t)T);
 }

@@ -47,12 +47,12 @@ static int kda_expect(const kle_model *m, int role, int *rows, int *cols, int *a
 }
 
 /* sections: the conv tails of q, k, v [W-1, H*K], then S [H, K, K] */
-static size_t kda_state_floats(const kle_model *m, int section) {
-  const size_t H = (size_t)m->cfg[KLE_CFG_KDA_HEADS], dk = (size_t)m->cfg[KLE_CFG_KDA_HEAD_DIM];
-  return section < 3 ? (size_t)(m->cfg[KLE_CFG_CONV] - 1) * H * dk : H * dk * dk;
+static uint64_t kda_state_floats(const kle_model *m, int section) {
+  const uint64_t H = (uint64_t)m->cfg[KLE_CFG_KDA_HEADS], dk = (uint64_t)m->cfg[KLE_CFG_KDA_HEAD_DIM];
+  return section < 3 ? (uint64_t)(m->cfg[KLE_CFG_CONV] - 1) * H * dk : H * dk * dk;
 }
 
-static size_t no_cache(const kle_model *m) {
+static uint64_t no_cache(const kle_model *m) {
   (void)m;
   return 0;
 }
@@ -62,7 +62,7 @@ static int kda_derive(kle_model *m, int l) {
   for (int i = 0; i < 3; i++) {
     const kle_tensor *t = kle_tensor_at(m, KLE_T_KDA_CONV_Q + i, l);
     kle_tensor *d = kle_derived_slot(m, l, i);
-    float *wt = malloc(sizeof(float) * (size_t)t->rows * t->cols);
+    float *wt = kle_host_alloc_n(kle_mul64((uint64_t)t->rows, (uint64_t)t->cols), sizeof(float));
     if (!wt) return KLE_ENOMEM;
     const float *w = (const float *)t->data;
     for (int ch = 0; ch < t->rows; ch++)
@@ -143,15 +143,15 @@ static int mla_expect(const kle_model *m, int role, int *rows, int *cols, int *a
   }
 }
 
-static size_t no_state(const kle_model *m, int section) {
+static uint64_t no_state(const kle_model *m, int section) {
   (void)m;
   (void)section;
   return 0;
 }
 
 /* one latent row per token: the normalized compressed kv, then the rope key part */
-static size_t mla_cache_row(const kle_model *m) {
-  return (size_t)m->cfg[KLE_CFG_KV_RANK] + m->cfg[KLE_CFG_QK_ROPE];
+static uint64_t mla_cache_row(const kle_model *m) {
+  return (uint64_t)m->cfg[KLE_CFG_KV_RANK] + m->cfg[KLE_CFG_QK_ROPE];
 }
 
 /* kv_b rows per head are nope rows of W_uk then v rows of W_uv, each over the latent: split them */
@@ -159,8 +159,8 @@ static int mla_derive(kle_model *m, int l) {
   const int Hm = m->cfg[KLE_CFG_MLA_HEADS], nope = m->cfg[KLE_CFG_QK_NOPE];
   const int vh = m->cfg[KLE_CFG_V_HEAD], R = m->cfg[KLE_CFG_KV_RANK];
   float *kvb = kle_tensor_to_f32(kle_tensor_at(m, KLE_T_MLA_KV_B, l));
-  float *uk = malloc(sizeof(float) * (size_t)Hm * nope * R);
-  float *uv = malloc(sizeof(float) * (size_t)Hm * vh * R);
+  float *uk = kle_host_alloc_n(kle_mul64((uint64_t)Hm * nope, (uint64_t)R), sizeof(float));
+  float *uv = kle_host_alloc_n(kle_mul64((uint64_t)Hm * vh, (uint64_t)R), sizeof(float));
   if (!kvb || !uk || !uv) {
     free(kvb);
     free(uk);

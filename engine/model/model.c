@@ -5,6 +5,7 @@
  * Tensors arrive in host memory; finalize derives what the layers need and places everything
  * in the backend's memory.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,17 @@ int kle_mem_read(kle_addr src, uint8_t *dst, size_t n) {
   return KLE_OK;
 }
 
-kle_addr kle_buffer_alloc(size_t n) { return (kle_addr)malloc(n ? n : 1); }
+kle_addr kle_buffer_alloc(size_t n) { return (kle_addr)kle_host_alloc_n(n ? n : 1, 1); }
+
+void *kle_host_alloc_n(uint64_t count, uint64_t size) {
+  const uint64_t n = kle_mul64(count, size);
+  return n > KLE_MAX_ALLOC ? NULL : malloc(n ? (size_t)n : 1);
+}
+
+void *kle_backend_alloc_n(const kle_model *m, uint64_t count, uint64_t size) {
+  const uint64_t n = kle_mul64(count, size);
+  return n > KLE_MAX_ALLOC ? NULL : m->b->alloc(m->ctx, (size_t)n);
+}
 void kle_buffer_free(kle_addr p) { free((void *)p); }
 
 static int n_layers(const kle_model *m) { return m->cfg[KLE_CFG_LAYERS]; }
@@ -55,9 +66,15 @@ const kle_tensor *kle_derived_at(const kle_model *m, int layer, int i) {
   return &m->derived[(size_t)layer * KLE_MAX_DERIVED + i];
 }
 
+/* widest row any buffer holds (elements): far above real models, low enough that no size made
+ * from a row, a batch and a few more config numbers can overflow before the checked helpers */
+#define KLE_MAX_WIDTH (1 << 24)
+
+static int width_ok(int64_t n) { return n > 0 && n <= KLE_MAX_WIDTH; }
+
 static int cfg_ok(const int32_t *c, const float *f, const int32_t *kinds) {
   for (int i = 0; i < KLE_CFG_N_INTS; i++)
-    if (c[i] < 0) return 0;
+    if (c[i] < 0 || c[i] > KLE_MAX_WIDTH) return 0;
   if (c[KLE_CFG_VOCAB] <= 0 || c[KLE_CFG_HIDDEN] <= 0 || c[KLE_CFG_LAYERS] <= 0) return 0;
   if (c[KLE_CFG_HIDDEN] % 4 || c[KLE_CFG_HIDDEN] > (1 << 16) || c[KLE_CFG_LAYERS] > 1024) return 0;
   int any_kda = 0, any_mla = 0, any_dense = 0;
@@ -69,12 +86,15 @@ static int cfg_ok(const int32_t *c, const float *f, const int32_t *kinds) {
   if (any_kda) {
     int H = c[KLE_CFG_KDA_HEADS], K = c[KLE_CFG_KDA_HEAD_DIM];
     if (H <= 0 || K <= 0 || K % 4 || K > KLE_MAX_HEAD_DIM || c[KLE_CFG_CONV] < 1 || c[KLE_CFG_CONV] > 16 ||
-        c[KLE_CFG_KDA_GATE_PER_HEAD] > 1)
+        c[KLE_CFG_KDA_GATE_PER_HEAD] > 1 || !width_ok((int64_t)H * K))
       return 0;
   }
   if (any_mla) {
-    if (c[KLE_CFG_MLA_HEADS] <= 0 || c[KLE_CFG_QK_NOPE] <= 0 || c[KLE_CFG_V_HEAD] <= 0 || c[KLE_CFG_KV_RANK] <= 0 ||
-        c[KLE_CFG_KV_RANK] % 4 || c[KLE_CFG_KV_RANK] + c[KLE_CFG_QK_ROPE] > KLE_MAX_HEAD_DIM)
+    const int64_t Hm = c[KLE_CFG_MLA_HEADS], Dq = (int64_t)c[KLE_CFG_QK_NOPE] + c[KLE_CFG_QK_ROPE];
+    const int64_t Dc = (int64_t)c[KLE_CFG_KV_RANK] + c[KLE_CFG_QK_ROPE];
+    if (Hm <= 0 || c[KLE_CFG_QK_NOPE] <= 0 || c[KLE_CFG_V_HEAD] <= 0 || c[KLE_CFG_KV_RANK] <= 0 ||
+        c[KLE_CFG_KV_RANK] % 4 || Dc > KLE_MAX_HEAD_DIM || !width_ok(Hm * Dq) || !width_ok(Hm * Dc) ||
+        !width_ok(Hm * ((int64_t)c[KLE_CFG_QK_NOPE] + c[KLE_CFG_V_HEAD])))
       return 0;
   }
   if (c[KLE_CFG_MOE_FREQ] <= 0) return 0;
@@ -82,6 +102,7 @@ static int cfg_ok(const int32_t *c, const float *f, const int32_t *kinds) {
   if (any_dense && c[KLE_CFG_INTER] <= 0) return 0;
   if (c[KLE_CFG_EXPERTS] > 0) {
     int E = c[KLE_CFG_EXPERTS], k = c[KLE_CFG_EXPERTS_PER_TOK], g = c[KLE_CFG_N_GROUP];
+    if (E > (1 << 16) || !width_ok((int64_t)c[KLE_CFG_MOE_INTER] * (c[KLE_CFG_SHARED_EXPERTS] + 1))) return 0;
     if (k <= 0 || k > E || c[KLE_CFG_MOE_INTER] <= 0 || g <= 0 || E % g || c[KLE_CFG_TOPK_GROUP] <= 0 ||
         c[KLE_CFG_TOPK_GROUP] > g || k > c[KLE_CFG_TOPK_GROUP] * (E / g) ||
         (c[KLE_CFG_ROUTER_ACT] != KLE_ROUTE_SOFTMAX && c[KLE_CFG_ROUTER_ACT] != KLE_ROUTE_SIGMOID))
@@ -198,26 +219,26 @@ kle_addr kle_model_tensor(kle_model *m, int role, int layer, int expert, int fmt
   if (rb <= 0) return 0;
   kle_tensor *t = slot(m, role, layer, KLE_IS_EXPERT_ROLE(role) ? expert : 0);
   free_tensor(m, t);
-  size_t bytes = (size_t)rb * (size_t)rows;
-  t->data = malloc(bytes ? bytes : 1);
+  t->data = kle_host_alloc_n((uint64_t)rows, (uint64_t)rb); /* 4 GiB of one tensor must not wrap to a small block */
   if (!t->data) return 0;
   t->fmt = fmt;
   t->rows = rows;
   t->cols = cols;
-  t->bytes = (long)bytes;
+  t->bytes = (long)kle_mul64((uint64_t)rows, (uint64_t)rb);
   return (kle_addr)t->data;
 }
 
 long kle_model_bytes(kle_model *m) {
   if (!m) return 0;
-  long total = 0;
+  uint64_t total = 0;
   const size_t nt = (size_t)(n_layers(m) + 1) * KLE_T_COUNT;
-  for (size_t i = 0; i < nt; i++) total += m->t[i].data ? m->t[i].bytes : 0;
-  for (size_t i = 0; i < expert_slots(m); i++) total += m->experts[i].data ? m->experts[i].bytes : 0;
+  for (size_t i = 0; i < nt; i++) total = kle_add64(total, m->t[i].data ? (uint64_t)m->t[i].bytes : 0);
+  for (size_t i = 0; i < expert_slots(m); i++) total = kle_add64(total, m->experts[i].data ? (uint64_t)m->experts[i].bytes : 0);
   /* the derived weights count on backends that drop the tensors they came from */
   if (!m->b->host_memory)
-    for (size_t i = 0; i < (size_t)n_layers(m) * KLE_MAX_DERIVED; i++) total += m->derived[i].data ? m->derived[i].bytes : 0;
-  return total;
+    for (size_t i = 0; i < (size_t)n_layers(m) * KLE_MAX_DERIVED; i++)
+      total = kle_add64(total, m->derived[i].data ? (uint64_t)m->derived[i].bytes : 0);
+  return total > (uint64_t)LONG_MAX ? LONG_MAX : (long)total; /* wasm's long is 32 bits */
 }
 
 static uint64_t fnv(uint64_t h, const void *p, size_t n) {
@@ -235,7 +256,7 @@ static uint64_t fingerprint_tensor(uint64_t h, const kle_tensor *t, int role, in
 }
 
 float *kle_tensor_to_f32(const kle_tensor *t) {
-  float *out = malloc(sizeof(float) * (size_t)t->rows * t->cols);
+  float *out = kle_host_alloc_n(kle_mul64((uint64_t)t->rows, (uint64_t)t->cols), sizeof(float));
   if (!out) return NULL;
   long rb = kle_row_bytes(t->fmt, t->cols);
   for (int r = 0; r < t->rows; r++) kle_dequantize(t->fmt, t->data + (size_t)rb * r, out + (size_t)r * t->cols, t->cols);

@@ -9,6 +9,8 @@
  * cache; KDA: 3 conv tails [W-1, C] then S [H, K, V]; MLA: the latent rows) as f32 |
  * logits [vocab] if has_logits | u64 FNV-1a of all before.
  */
+#include <limits.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,7 +20,7 @@
 #define BLOB_HEADER 32
 
 /* widest activation row: every buffer a[] holds a batch of rows this wide */
-static size_t per_token_width(const kle_model *m) {
+static uint64_t per_token_width(const kle_model *m) {
   const int32_t *c = m->cfg;
   const size_t HK = (size_t)c[KLE_CFG_KDA_HEADS] * c[KLE_CFG_KDA_HEAD_DIM];
   const size_t Hm = (size_t)c[KLE_CFG_MLA_HEADS], Dc = (size_t)c[KLE_CFG_KV_RANK] + c[KLE_CFG_QK_ROPE];
@@ -52,19 +54,20 @@ void kle_session_free(kle_session *s) {
 static int make_arena(kle_session *s) {
   const kle_model *m = s->m;
   const int32_t *c = m->cfg;
-  const size_t TB = (size_t)m->b->batch, D = (size_t)c[KLE_CFG_HIDDEN], W = per_token_width(m);
-  const size_t K = c[KLE_CFG_EXPERTS_PER_TOK] > 0 ? (size_t)c[KLE_CFG_EXPERTS_PER_TOK] : 1;
-  const size_t MI = c[KLE_CFG_MOE_INTER] > 0 ? (size_t)c[KLE_CFG_MOE_INTER] : 1;
+  /* 64-bit counts: a batch of the widest rows passes 4 GiB long before a config's bounds do */
+  const uint64_t TB = (uint64_t)m->b->batch, D = (uint64_t)c[KLE_CFG_HIDDEN], W = per_token_width(m);
+  const uint64_t K = c[KLE_CFG_EXPERTS_PER_TOK] > 0 ? (uint64_t)c[KLE_CFG_EXPERTS_PER_TOK] : 1;
+  const uint64_t MI = c[KLE_CFG_MOE_INTER] > 0 ? (uint64_t)c[KLE_CFG_MOE_INTER] : 1;
   float **bufs[] = {&s->x, &s->h, &s->y, &s->a[0], &s->a[1], &s->a[2], &s->a[3], &s->a[4], &s->a[5], &s->a[6],
                     &s->a[7], &s->a[8], &s->a[9], &s->a[10], &s->small, &s->route_w, (float **)&s->route_idx,
                     &s->moe_scratch, &s->logits_dev};
-  const size_t sizes[] = {TB * D, TB * D, TB * D, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W,
-                          TB * W, TB * W, TB * W, TB * ((size_t)c[KLE_CFG_KDA_HEAD_DIM] + 1), TB * K, TB * K,
-                          kle_moe_scratch_floats(TB, K, D, MI), (size_t)c[KLE_CFG_VOCAB]};
+  const uint64_t sizes[] = {TB * D, TB * D, TB * D, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W,
+                            TB * W, TB * W, TB * W, TB * ((uint64_t)c[KLE_CFG_KDA_HEAD_DIM] + 1), TB * K, TB * K,
+                            kle_moe_scratch_floats(TB, K, D, MI), (uint64_t)c[KLE_CFG_VOCAB]};
   const size_t n = sizeof sizes / sizeof sizes[0];
-  size_t total = 0;
-  for (size_t i = 0; i < n; i++) total += (sizes[i] + 63) / 64 * 64; /* 256-byte aligned slices */
-  float *p = m->b->alloc(m->ctx, sizeof(float) * total);
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) total = kle_add64(total, (sizes[i] + 63) / 64 * 64); /* 256-byte aligned slices */
+  float *p = kle_backend_alloc_n(m, total, sizeof(float));
   if (!p) return KLE_ENOMEM;
   s->arena = p;
   for (size_t i = 0; i < n; i++) {
@@ -89,7 +92,7 @@ kle_session *kle_session_create(kle_model *m) {
   for (int l = 0; ok && l < L; l++) {
     const kle_layer_kind *k = kle_mixer_of(m, l);
     for (int i = 0; ok && i < k->n_state; i++)
-      ok = (s->state[(size_t)l * KLE_MAX_STATE + i] = m->b->alloc(m->ctx, sizeof(float) * (k->state_floats(m, i) + 1))) != NULL;
+      ok = (s->state[(size_t)l * KLE_MAX_STATE + i] = kle_backend_alloc_n(m, k->state_floats(m, i) + 1, sizeof(float))) != NULL;
   }
   if (!ok) {
     kle_session_free(s);
@@ -106,19 +109,22 @@ int kle_session_forward(kle_session *s, const int32_t *tokens, int n, float *log
 kle_addr kle_session_logits(kle_session *s) { return s && s->has_logits ? (kle_addr)s->logits : 0; }
 int kle_session_pos(kle_session *s) { return s ? s->pos : 0; }
 
-static size_t body_floats(const kle_model *m, int pos, int has_logits) {
-  size_t n = 0;
+/* bytes of a blob at pos, in 64 bits: a forged position must not wrap into a small size */
+static uint64_t blob_bytes(const kle_model *m, uint32_t pos, int has_logits) {
+  uint64_t n = 0;
   for (int l = 0; l < n_layers(m); l++) {
     const kle_layer_kind *k = kle_mixer_of(m, l);
-    for (int i = 0; i < k->n_state; i++) n += k->state_floats(m, i);
-    n += (size_t)pos * k->cache_row_floats(m);
+    for (int i = 0; i < k->n_state; i++) n = kle_add64(n, k->state_floats(m, i));
+    n = kle_add64(n, kle_mul64(pos, k->cache_row_floats(m)));
   }
-  return n + (has_logits ? (size_t)m->cfg[KLE_CFG_VOCAB] : 0);
+  n = kle_add64(n, has_logits ? (uint64_t)m->cfg[KLE_CFG_VOCAB] : 0);
+  return kle_add64(kle_mul64(n, 4), BLOB_HEADER + 8);
 }
 
 long kle_session_state_size(kle_session *s) {
   if (!s) return 0;
-  return (long)(BLOB_HEADER + 4 * body_floats(s->m, s->pos, s->has_logits) + 8);
+  const uint64_t n = blob_bytes(s->m, (uint32_t)s->pos, s->has_logits);
+  return n > (uint64_t)LONG_MAX ? -1 : (long)n; /* wasm's long is 32 bits */
 }
 
 static void put_u32(uint8_t *p, uint32_t v) {
@@ -148,7 +154,7 @@ int kle_session_reserve(kle_session *s, int need) {
   for (int l = 0; l < n_layers(m); l++) {
     const size_t row = kle_mixer_of(m, l)->cache_row_floats(m);
     if (!row) continue;
-    float *p = m->b->alloc(m->ctx, sizeof(float) * row * (size_t)cap);
+    float *p = kle_backend_alloc_n(m, kle_mul64(row, (uint64_t)cap), sizeof(float));
     if (!p) return KLE_ENOMEM; /* caches grown so far still hold their rows: nothing is lost */
     if (s->pos && m->b->copy(m->ctx, p, s->cache[l], sizeof(float) * row * (size_t)s->pos) != KLE_OK) {
       m->b->release(m->ctx, p);
@@ -168,7 +174,8 @@ static int move_body(kle_session *s, uint8_t *p, int pos, int to_host) {
   for (int l = 0; l < n_layers(m); l++) {
     const kle_layer_kind *k = kle_mixer_of(m, l);
     for (int i = 0; i <= k->n_state; i++) {
-      const size_t bytes = 4 * (i < k->n_state ? k->state_floats(m, i) : (size_t)pos * k->cache_row_floats(m));
+      /* each section is part of a blob whose whole size was checked */
+      const size_t bytes = (size_t)(4 * (i < k->n_state ? k->state_floats(m, i) : (uint64_t)pos * k->cache_row_floats(m)));
       float *dev = i < k->n_state ? s->state[(size_t)l * KLE_MAX_STATE + i] : s->cache[l];
       if (bytes) KLE_TRY(to_host ? b->download(m->ctx, p, dev, bytes) : b->upload(m->ctx, dev, p, bytes));
       p += bytes;
@@ -178,7 +185,7 @@ static int move_body(kle_session *s, uint8_t *p, int pos, int to_host) {
 }
 
 int kle_session_state_save(kle_session *s, uint8_t *dst, long n) {
-  if (!s || !dst || n != kle_session_state_size(s)) return KLE_EINVAL;
+  if (!s || !dst || n < 0 || n != kle_session_state_size(s)) return KLE_EINVAL;
   const kle_model *m = s->m;
   memcpy(dst, "KLES", 4);
   put_u32(dst + 4, BLOB_VERSION);
@@ -204,14 +211,21 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
   uint32_t pos = get_u32(src + 20);
   int has_logits = (int)get_u32(src + 24);
   if (pos > (1u << 30)) return KLE_EFORMAT;
-  size_t want = BLOB_HEADER + 4 * body_floats(m, (int)pos, has_logits) + 8;
-  if ((size_t)n != want || get_u64(src + want - 8) != fnv(src, want - 8)) return KLE_EFORMAT;
+  const uint64_t want = blob_bytes(m, pos, has_logits);
+  if ((uint64_t)n != want || get_u64(src + want - 8) != fnv(src, (size_t)want - 8)) return KLE_EFORMAT;
+  /* a checksum proves nothing about where a blob came from: NaN or infinite state would only
+   * come out as garbage tokens later, so it is refused here */
+  for (size_t off = BLOB_HEADER; off < (size_t)want - 8; off += 4) {
+    float v;
+    memcpy(&v, src + off, 4);
+    if (!isfinite(v)) return KLE_EFORMAT;
+  }
   /* everything is checked: only now touch the session */
   KLE_TRY(kle_session_reserve(s, (int)pos));
   KLE_TRY(move_body(s, (uint8_t *)src + BLOB_HEADER, (int)pos, 0));
   const size_t vbytes = 4 * (size_t)m->cfg[KLE_CFG_VOCAB];
   if (has_logits) {
-    memcpy(s->logits, src + want - 8 - vbytes, vbytes);
+    memcpy(s->logits, src + (size_t)want - 8 - vbytes, vbytes);
     if (!m->b->host_memory) KLE_TRY(m->b->upload(m->ctx, s->logits_dev, s->logits, vbytes));
   }
   s->has_logits = has_logits;

@@ -8,8 +8,12 @@ import { engineConfig } from './config.js';
 import type { KernelBackend } from './backend.js';
 import { WeightFormat, type WeightFormatName } from './kernels.js';
 import type { KleFunctionName } from './kle-abi.js';
+import { sessionBlobBytes } from './layer-kinds.js';
 import { roleId, type TensorSlot } from './roles.js';
 import { WasmBackend } from './wasm-backend.js';
+
+/** Most tokens a session holds (the engine's limit on a blob's position, engine/model/session.c). */
+export const MAX_SESSION_TOKENS = 2 ** 30;
 
 /** An engine call that failed, with the C error code. */
 export class EngineError extends Error {
@@ -201,6 +205,9 @@ export class EngineSession {
    */
   loadParts(parts: Iterable<Uint8Array>, totalBytes?: number): void {
     const n = partsTotal('loadParts', parts, totalBytes);
+    // refused before any memory is asked for: no blob of this model is larger
+    const most = sessionBlobBytes(this.model.config, MAX_SESSION_TOKENS);
+    if (n > most) throw new RangeError(`loadParts: ${n} bytes announced, more than any state of this model can have (${most} at ${MAX_SESSION_TOKENS} tokens)`);
     const b = this.model.backend;
     const buf = engineBuffer(b, n);
     try {

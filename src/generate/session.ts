@@ -238,6 +238,13 @@ export class Session {
     const n = history.length / 4;
     const s = model.createSession();
     try {
+      // the history is outside the engine's checksum: every id must be a token of this model
+      const V = s.engine.model.config.vocabSize;
+      const dv0 = new DataView(history.buffer, history.byteOffset, history.byteLength);
+      for (let i = 0; i < n; i++) {
+        const t = dv0.getInt32(4 * i, true);
+        if (t < 0 || t >= V) throw new Error(`session blob: history token ${t} at ${i} is outside the vocabulary (0..${V - 1})`);
+      }
       load(s.engine);
       if (s.engine.pos !== n) throw new Error(`session blob holds ${n} tokens of history but ${s.engine.pos} of state`);
     } catch (e) {
