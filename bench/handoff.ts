@@ -20,7 +20,9 @@ import { packageRoot } from '../src/node.js';
 import type { ChatMessage } from '../src/tokenizer/tokenizer.js';
 
 const SIZES = [512, 2048, 8192];
-const node = await startServeProcess(['--backend', 'native', '--accept-handoff', '--max-prompt-tokens', '100000']);
+// the secret the router signs hand-offs with, and the node checks them with
+const HANDOFF_KEY = 'bench-handoff-key-0123456789';
+const node = await startServeProcess(['--backend', 'native', '--accept-handoff', '--max-prompt-tokens', '100000'], { KLE_HANDOFF_KEYS: HANDOFF_KEY });
 const model = await loadModelFromDirectory();
 const tok = model.tokenizer!;
 const words = 'the sea and the ships and the storms at night, ';
@@ -50,7 +52,7 @@ for (const P of SIZES) {
   const load = new LoadTracker();
   const prefixCache = new PrefixCache(1 << 30);
   const edge = createApp({ model, modelId: 'kimi-linear-default', load, prefixCache, limits: { maxPromptTokens: 100000, maxBodyBytes: 1 << 28 } });
-  const router = createRouter({ config: routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'gpu', url: node.url, maxContext: 1 << 20, handoff: true }]), EDGE_MAX_TOKENS: String(p1 + 16) }), local: { app: edge, model: async () => model, load, prefixCache } });
+  const router = createRouter({ config: routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'gpu', url: node.url, maxContext: 1 << 20, handoff: true }]), EDGE_MAX_TOKENS: String(p1 + 16), HANDOFF_KEY }), local: { app: edge, model: async () => model, load, prefixCache } });
   const body = (messages: ChatMessage[]) => ({ model: 'kimi-linear-default', messages, max_tokens: 8, temperature: 0, stream: true });
   const r1 = await router.request('/v1/chat/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body(first), stream: false }) });
   const reply = ((await r1.json()) as { choices: { message: { content: string } }[] }).choices[0]!.message.content;

@@ -2,12 +2,14 @@
 //   [--model-id ID] [--api-key KEY]... [--max-concurrent N] [--max-prompt-tokens N]
 //   [--accept-handoff] [--max-body-bytes N]
 // The OpenAI-compatible server on Node. API keys also come from KLE_API_KEYS (comma-separated);
+// --accept-handoff takes states signed with a key of KLE_HANDOFF_KEYS (comma-separated, at most 2);
 // GPU_NODES (JSON list of nodes) and EDGE_MAX_TOKENS put the edge-to-GPU router in front.
 import { parseArgs } from 'node:util';
 import type { NodeBackendName } from '../node.js';
 import { startNodeServer } from '../host/node.js';
 import { ProgressBar } from './progress.js';
 import { routerConfigFromEnv } from '../router/config.js';
+import { handoffKeysFrom } from '../server/handoff-auth.js';
 
 export async function serveCmd(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -39,6 +41,8 @@ export async function serveCmd(argv: string[]): Promise<number> {
     apiKeys: keys,
     tokenDelayMs: n(values['debug-token-delay-ms']),
     acceptHandoff: values['accept-handoff'],
+    // the secrets a router signs hand-offs with: the current, then the previous while rotating
+    handoffKeys: handoffKeysFrom(process.env.KLE_HANDOFF_KEYS),
     // GPU_NODES (JSON) and EDGE_MAX_TOKENS in the environment put the router in front
     ...(process.env.GPU_NODES ? { router: routerConfigFromEnv(process.env) } : {}),
     limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']), maxBodyBytes: n(values['max-body-bytes']) },

@@ -9,12 +9,13 @@ export const GPU_NODE_LIMITS = { maxPromptTokens: 1 << 20, maxTokens: 8192, maxB
 
 /**
  * Starts a GPU node: the OpenAI-compatible server on the CUDA engine (needs `npm run build:cuda`
- * and an NVIDIA GPU), taking session hand-offs from a router.
+ * and an NVIDIA GPU), taking session hand-offs from a router when given `handoffKeys`.
  * @example
  * const node = await startGpuNode({ port: 8788 });
  * // POST node.url + '/v1/chat/completions' with {"model": "kimi-linear-default", "messages": [...]}
  */
 export function startGpuNode(o: Omit<NodeServerOptions, 'backend'> = {}): ReturnType<typeof startNodeServer> {
   const given = Object.fromEntries(Object.entries(o.limits ?? {}).filter(([, v]) => v !== undefined));
-  return startNodeServer({ acceptHandoff: true, ...o, backend: 'cuda', limits: { ...GPU_NODE_LIMITS, ...given } });
+  // hand-offs when there is a key to check their signatures with
+  return startNodeServer({ acceptHandoff: (o.handoffKeys?.length ?? 0) > 0, ...o, backend: 'cuda', limits: { ...GPU_NODE_LIMITS, ...given } });
 }

@@ -1,8 +1,10 @@
 // kimi-edge GPU node, the command: the OpenAI-compatible server on the CUDA engine.
 //   node dist/src/gpu-node/main.js [--port 8788] [--host 127.0.0.1] [--model DIR|FILE.gguf]
 //     [--model-id ID] [--api-key KEY]... [--max-prompt-tokens N] [--max-concurrent N]
-// Prints the URL on stdout once the model is on the GPU. API keys also come from KLE_API_KEYS.
+// Prints the URL on stdout once the model is on the GPU. API keys also come from KLE_API_KEYS;
+// session hand-offs are taken when KLE_HANDOFF_KEYS holds the key a router signs them with.
 import { parseArgs } from 'node:util';
+import { handoffKeysFrom } from '../server/handoff-auth.js';
 import { startGpuNode } from './index.js';
 
 async function main(argv: string[]): Promise<void> {
@@ -26,6 +28,7 @@ async function main(argv: string[]): Promise<void> {
     model: values.model,
     modelId: values['model-id'],
     apiKeys: keys,
+    handoffKeys: handoffKeysFrom(process.env.KLE_HANDOFF_KEYS),
     limits: { maxPromptTokens: n(values['max-prompt-tokens']), maxConcurrent: n(values['max-concurrent']) },
   });
   console.log(url);

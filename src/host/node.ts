@@ -23,6 +23,8 @@ export interface NodeServerOptions {
   router?: RouterConfig;
   /** take session hand-offs from a router (and bodies up to 64 MiB, unless limits say) */
   acceptHandoff?: boolean;
+  /** the secrets those hand-offs are signed with (the current and the previous) */
+  handoffKeys?: readonly string[];
 }
 
 /** Loads the model, starts listening, resolves with the server and its URL. */
@@ -37,6 +39,7 @@ export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ serv
     tokenDelayMs: o.tokenDelayMs,
     yieldToIo: () => new Promise<void>((r) => setImmediate(r)),
     acceptHandoff: o.acceptHandoff,
+    handoffKeys: o.handoffKeys,
     router: o.router,
   });
   let timer: ReturnType<typeof setInterval> | null = null;

@@ -35,9 +35,17 @@ export interface RouterConfig {
   readonly breakerOpenMs: number;
   /** active health check period (ms) */
   readonly healthIntervalMs: number;
+  /**
+   * The secret session hand-offs are signed with (HANDOFF_KEY; the nodes list it in
+   * KLE_HANDOFF_KEYS): needed by nodes marked `handoff`.
+   */
+  readonly handoffKey?: string;
 }
 
 export const DEFAULT_EDGE_MAX_TOKENS = 8192;
+
+/** The longest delay setTimeout/setInterval keep (2^31 - 1 ms). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class RouterConfigError extends Error {
   constructor(message: string) {
@@ -47,9 +55,9 @@ export class RouterConfigError extends Error {
 }
 
 /**
- * Reads GPU_NODES (a JSON list of {name, url, token?, maxContext, weight?, model?}) and the
- * optional EDGE_MAX_TOKENS, FIRST_BYTE_TIMEOUT_MS, BREAKER_FAILURES, BREAKER_OPEN_MS,
- * HEALTH_INTERVAL_MS. Tokens may also come as GPU_NODE_TOKEN_<NAME> (secrets).
+ * Reads GPU_NODES (a JSON list of {name, url, token?, maxContext, weight?, model?, handoff?}) and
+ * the optional EDGE_MAX_TOKENS, FIRST_BYTE_TIMEOUT_MS, BREAKER_FAILURES, BREAKER_OPEN_MS,
+ * HEALTH_INTERVAL_MS, HANDOFF_KEY. Tokens may also come as GPU_NODE_TOKEN_<NAME> (secrets).
  */
 export function routerConfigFromEnv(env: Readonly<Record<string, string | undefined>>): RouterConfig {
   let raw: unknown = [];
@@ -62,6 +70,8 @@ export function routerConfigFromEnv(env: Readonly<Record<string, string | undefi
   }
   if (!Array.isArray(raw)) throw new RouterConfigError('GPU_NODES must be a JSON list');
   const names = new Set<string>();
+  const handoffKey = env.HANDOFF_KEY || undefined;
+  if (handoffKey !== undefined && handoffKey.length < 16) throw new RouterConfigError('HANDOFF_KEY must have at least 16 characters');
   const nodes = raw.map((n: unknown, i): NodeConfig => {
     const o = (n ?? {}) as Record<string, unknown>;
     const name = typeof o.name === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(o.name) ? o.name : null;
@@ -69,26 +79,40 @@ export function routerConfigFromEnv(env: Readonly<Record<string, string | undefi
     if (names.has(name)) throw new RouterConfigError(`GPU_NODES[${i}].name "${name}" is used twice`);
     names.add(name);
     if (typeof o.url !== 'string' || !/^https?:\/\//.test(o.url)) throw new RouterConfigError(`GPU_NODES[${i}].url must be an http(s) URL`);
+    let url: URL;
+    try {
+      url = new URL(o.url);
+    } catch {
+      throw new RouterConfigError(`GPU_NODES[${i}].url is not a valid URL`);
+    }
+    // credentials in a URL end up in error messages and /health (and fetch refuses them):
+    // they belong in token / GPU_NODE_TOKEN_<NAME>, a secret
+    if (url.username || url.password) throw new RouterConfigError(`GPU_NODES[${i}].url must not carry credentials (user:password@); give the node's bearer token as token or the secret GPU_NODE_TOKEN_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`);
     const maxContext = Number(o.maxContext);
     if (!Number.isInteger(maxContext) || maxContext <= 0) throw new RouterConfigError(`GPU_NODES[${i}].maxContext must be a positive integer`);
     const weight = o.weight === undefined ? 1 : Number(o.weight);
     if (!(weight > 0)) throw new RouterConfigError(`GPU_NODES[${i}].weight must be positive`);
     const token = typeof o.token === 'string' ? o.token : env[`GPU_NODE_TOKEN_${name.toUpperCase().replace(/[^A-Z0-9]/g, '_')}`];
+    if (o.handoff === true && !handoffKey) throw new RouterConfigError(`GPU_NODES[${i}].handoff needs the secret HANDOFF_KEY, which signs the states handed to the node`);
     return { name, url: o.url.replace(/\/+$/, ''), maxContext, weight, ...(token ? { token } : {}), ...(typeof o.model === 'string' ? { model: o.model } : {}), ...(o.handoff === true ? { handoff: true } : {}) };
   });
-  const num = (k: string, d: number) => {
+  const num = (k: string, d: number, max = Number.MAX_SAFE_INTEGER) => {
     const v = env[k];
     if (v === undefined || v === '') return d;
     const n = Number(v);
-    if (!(n > 0)) throw new RouterConfigError(`${k} must be a positive number`);
+    if (!(n > 0) || !(n <= max)) throw new RouterConfigError(`${k} must be a positive number up to ${max}`);
     return n;
   };
+  // timers take at most 2^31 - 1 ms (about 24.8 days): a larger delay fires at once, which
+  // would make every forward time out
+  const ms = (k: string, d: number) => num(k, d, MAX_TIMER_MS);
   return {
     nodes,
     edgeMaxTokens: num('EDGE_MAX_TOKENS', DEFAULT_EDGE_MAX_TOKENS),
-    firstByteTimeoutMs: num('FIRST_BYTE_TIMEOUT_MS', 10_000),
+    firstByteTimeoutMs: ms('FIRST_BYTE_TIMEOUT_MS', 10_000),
     breakerFailures: num('BREAKER_FAILURES', 3),
-    breakerOpenMs: num('BREAKER_OPEN_MS', 15_000),
-    healthIntervalMs: num('HEALTH_INTERVAL_MS', 5_000),
+    breakerOpenMs: ms('BREAKER_OPEN_MS', 15_000),
+    healthIntervalMs: ms('HEALTH_INTERVAL_MS', 5_000),
+    ...(handoffKey ? { handoffKey } : {}),
   };
 }

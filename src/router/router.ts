@@ -17,6 +17,7 @@ import { NodePool, stallTolerantTimeout } from './pool.js';
 import { sessionBytes, type RouteReason } from './policy.js';
 import type { PrefixCache } from '../server/prefix-cache.js';
 import { toBase64 } from '../util/base64.js';
+import { signHandoff } from '../server/handoff-auth.js';
 
 export interface RouterOptions {
   config: RouterConfig;
@@ -91,7 +92,8 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     }
     const parsed = parseRequest(endpointOf(c.req.path)!, json);
     if (!parsed.ok) return toEdge(c, text, 'fits-edge');
-    const body = json as Record<string, unknown>;
+    // a client's own session state never goes on: hand-offs carry only states this router saved
+    const { kle_session: _state, kle_session_mac: _mac, ...body } = json as Record<string, unknown>;
     const model = await opts.local.model();
     let ids: number[] | null = null;
     try {
@@ -100,7 +102,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
       // the edge app says why the prompt cannot be built
     }
     if (ids === null) return toEdge(c, text, 'fits-edge');
-    const prepared: PreparedRequest = { request: parsed.request, ids };
+    const prepared: PreparedRequest = { request: { ...parsed.request, body: { ...parsed.request.body, kle_session: undefined, kle_session_mac: undefined } } as PreparedRequest['request'], ids };
     const prompt = ids.length;
     const maxTokens = Number(body.max_completion_tokens ?? body.max_tokens ?? 256);
     const need = prompt + (Number.isFinite(maxTokens) ? maxTokens : 0);
@@ -129,10 +131,13 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     const stream = body.stream === true;
     // the edge's saved state of this conversation's longest cached prefix, for hand-off
     const saved = opts.local.prefixCache?.longestPrefix(ids) ?? null;
-    // encoded only once a node that takes hand-offs is tried (it can be megabytes)
-    let handoffBody: string | null = null;
-    const bodyFor = (node: NodeConfig): string => {
-      if (node.handoff && saved) return (handoffBody ??= JSON.stringify({ ...body, kle_session: toBase64(saved.blob) }));
+    // encoded and signed only once a node that takes hand-offs is tried (it can be megabytes)
+    let handoffBody: Promise<string> | null = null;
+    const bodyFor = async (node: NodeConfig): Promise<string> => {
+      if (node.handoff && saved && cfg.handoffKey) {
+        const key = cfg.handoffKey;
+        return (handoffBody ??= signHandoff(key, saved.blob as Uint8Array<ArrayBuffer>).then((mac) => JSON.stringify({ ...body, kle_session: toBase64(saved.blob), kle_session_mac: mac })));
+      }
       return JSON.stringify(node.model ? { ...body, model: node.model } : body);
     };
     /** what the answer says about the state: moved with it, and reused by the node */
@@ -155,7 +160,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
         res = await fetchImpl(`${node.url}${c.req.path}`, {
           method: 'POST',
           headers: { 'content-type': 'application/json', ...(node.token ? { authorization: `Bearer ${node.token}` } : {}) },
-          body: bodyFor(node),
+          body: await bodyFor(node),
           signal: ctl.signal,
         });
       } catch (e) {

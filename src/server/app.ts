@@ -45,10 +45,13 @@ export interface ServerOptions {
   prefixCache?: PrefixCache | null;
   /**
    * Accept a session handed off by a router (body field kle_session: the versioned session
-   * blob in base64). It is used only if it is this model's and its tokens are a prefix of the
-   * prompt; otherwise the prompt is prefilled as usual.
+   * blob in base64, signed in kle_session_mac with one of `handoffKeys`; server/handoff-auth.ts).
+   * Unsigned or badly signed blobs get 401. A signed one is used only if it is this model's and
+   * its tokens are a prefix of the prompt; otherwise the prompt is prefilled as usual.
    */
   acceptHandoff?: boolean;
+  /** the secrets hand-off blobs are signed with (the current and the previous); needed with acceptHandoff */
+  handoffKeys?: readonly string[];
 }
 
 /** The limits of `given` over the defaults (undefined values keep the default). */
@@ -57,6 +60,7 @@ export function resolveLimits(given: Partial<Limits> | undefined): Limits {
 }
 
 export function createApp(opts: ServerOptions): Hono {
+  if (opts.acceptHandoff && !opts.handoffKeys?.length) throw new Error('accepting session hand-offs needs the key they are signed with (handoffKeys; KLE_HANDOFF_KEYS for kimi-edge serve)');
   const limits = resolveLimits(opts.limits);
   const metrics = opts.metrics ?? new Metrics();
   let modelPromise: Promise<Model> | null = null;
@@ -69,7 +73,7 @@ export function createApp(opts: ServerOptions): Hono {
     load,
     cache: opts.prefixCache === undefined ? new PrefixCache() : opts.prefixCache,
     getModel: () => (modelPromise ??= typeof opts.model === 'function' ? opts.model() : Promise.resolve(opts.model)),
-    acceptHandoff: opts.acceptHandoff ?? false,
+    handoffKeys: opts.acceptHandoff ? (opts.handoffKeys ?? []) : [],
     tokenDelayMs: opts.tokenDelayMs,
     yieldToIo: opts.yieldToIo,
   };

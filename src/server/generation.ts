@@ -9,6 +9,7 @@ import { Session } from '../generate/session.js';
 import type { Model } from '../model/model.js';
 import { fromBase64 } from '../util/base64.js';
 import { errorResponse } from './errors.js';
+import { verifyHandoff } from './handoff-auth.js';
 import type { Metrics } from './metrics.js';
 import type { PrefixCache } from './prefix-cache.js';
 import { promptParam, type OpenAIRequest } from './prompt.js';
@@ -45,7 +46,8 @@ export interface GenerationDeps {
   readonly load: LoadTracker;
   readonly cache: PrefixCache | null;
   readonly getModel: () => Promise<Model>;
-  readonly acceptHandoff: boolean;
+  /** secrets a handed-off state must be signed with; none: hand-offs are not taken */
+  readonly handoffKeys: readonly string[];
   readonly tokenDelayMs?: number;
   readonly yieldToIo?: () => Promise<void>;
 }
@@ -67,12 +69,30 @@ export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: numbe
   return null;
 }
 
+/**
+ * The handed-off state a request carries, once its signature is checked: null when it carries
+ * none or this server takes no hand-offs, a 401/400 answer when it is unsigned, badly signed or
+ * not base64.
+ */
+export async function handoffOf(d: GenerationDeps, r: OpenAIRequest): Promise<Uint8Array<ArrayBuffer> | null | Response> {
+  const { kle_session: blob64, kle_session_mac: mac } = r.body;
+  if (!d.handoffKeys.length || blob64 === undefined) return null;
+  if (mac === undefined) return errorResponse(401, 'kle_session is not signed: session hand-offs are taken from a router that holds a hand-off key', 'invalid_request_error', 'kle_session_mac', 'unsigned_handoff');
+  let blob: Uint8Array<ArrayBuffer>;
+  try {
+    blob = fromBase64(blob64);
+  } catch {
+    return errorResponse(400, 'kle_session is not base64', 'invalid_request_error', 'kle_session', 'invalid_value');
+  }
+  if (!(await verifyHandoff(d.handoffKeys, blob, mac))) return errorResponse(401, 'kle_session_mac is not the signature of kle_session under this node\'s hand-off keys', 'invalid_request_error', 'kle_session_mac', 'bad_handoff_signature');
+  return blob;
+}
+
 /** A session whose state holds the prompt: resumed from a handed-off state or a cached prefix where one fits, the rest prefilled. */
-function openSession(d: GenerationDeps, model: Model, r: OpenAIRequest, prompt: number[]): { session: SessionType; reused: number; source: string } {
-  const handoff = r.body.kle_session;
-  if (d.acceptHandoff && handoff !== undefined) {
+function openSession(d: GenerationDeps, model: Model, handoff: Uint8Array | null, prompt: number[]): { session: SessionType; reused: number; source: string } {
+  if (handoff) {
     try {
-      const s = Session.restore(model, fromBase64(handoff));
+      const s = Session.restore(model, handoff);
       if (s.length <= prompt.length && s.tokens.every((t, i) => t === prompt[i])) return prefilled(s, prompt, s.length, 'handoff');
       s.free();
     } catch {
@@ -101,7 +121,7 @@ function prefilled(session: SessionType, prompt: number[], reused: number, sourc
 }
 
 /** Runs a checked request whose prompt is `prompt` (refusal() said yes) and answers it. */
-export async function generate(c: Context, d: GenerationDeps, model: Model, r: OpenAIRequest, prompt: number[], t0: number): Promise<Response> {
+export async function generate(c: Context, d: GenerationDeps, model: Model, r: OpenAIRequest, prompt: number[], handoff: Uint8Array | null, t0: number): Promise<Response> {
   const req = r.body;
   const kind = r.kind;
   const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? d.limits.defaultMaxTokens;
@@ -123,7 +143,7 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
   metrics.activeSessions = load.active;
   let opened: ReturnType<typeof openSession>;
   try {
-    opened = openSession(d, model, r, prompt);
+    opened = openSession(d, model, handoff, prompt);
   } catch (e) {
     load.active--;
     metrics.activeSessions = load.active;

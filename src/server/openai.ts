@@ -6,7 +6,7 @@
 import { zValidator } from '@hono/zod-validator';
 import { Hono, type Context, type MiddlewareHandler } from 'hono';
 import { errorResponse } from './errors.js';
-import { generate, refusal, type GenerationDeps } from './generation.js';
+import { generate, handoffOf, refusal, type GenerationDeps } from './generation.js';
 import { jsonBodyOf } from './middleware.js';
 import { buildPrompt, PREPARED, promptParam, type OpenAIRequest, type PreparedRequest } from './prompt.js';
 import { chatRequest, completionRequest, describeIssue } from './schema.js';
@@ -40,7 +40,11 @@ async function complete(c: Context, d: GenerationDeps, r: OpenAIRequest, ids: nu
       return errorResponse(400, `cannot build the prompt: ${(e as Error).message}`, 'invalid_request_error', promptParam(r));
     }
   }
-  return refusal(d, r, prompt.length, model) ?? generate(c, d, model, r, prompt, t0);
+  // checked first: nothing may wait between the concurrency check below and the generation's
+  // start, which counts itself in before its first await
+  const handoff = await handoffOf(d, r);
+  if (handoff instanceof Response) return handoff;
+  return refusal(d, r, prompt.length, model) ?? generate(c, d, model, r, prompt, handoff, t0);
 }
 
 export function openaiRoutes(d: GenerationDeps): Hono {

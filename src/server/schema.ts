@@ -19,8 +19,9 @@ const common = {
   stop,
   n: z.literal(1).optional().nullable(),
   user: z.string().optional(),
-  /** this server's extension: a session state handed off by a router (base64 blob) */
+  /** this server's extension: a session state handed off by a router (base64 blob) and its HMAC */
   kle_session: z.string().optional(),
+  kle_session_mac: z.string().optional(),
 };
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

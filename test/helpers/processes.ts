@@ -7,9 +7,9 @@ export interface NodeProcess {
   kill(): void;
 }
 
-/** Starts `kimi-edge serve` as its own process on a free port; resolves once it listens. */
-export function startServeProcess(args: string[]): Promise<NodeProcess> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', ...args], { cwd: packageRoot(), stdio: ['ignore', 'pipe', 'pipe'] });
+/** Starts `kimi-edge serve` as its own process on a free port (with `env` added to this one's); resolves once it listens. */
+export function startServeProcess(args: string[], env: Record<string, string> = {}): Promise<NodeProcess> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', ...args], { cwd: packageRoot(), stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   return new Promise((resolve, reject) => {
     let err = '';
     proc.stderr!.on('data', (d: Buffer) => (err += d));

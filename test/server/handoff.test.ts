@@ -11,14 +11,16 @@ import { startServeProcess, type NodeProcess } from '../helpers/processes.js';
 let node: NodeProcess;
 let fresh: NodeProcess; // the same server, which has never seen the conversation
 let router: ReturnType<typeof createRouter>;
+// the router signs with the current key; the node also takes the previous one (a rotation)
+const KEY = 'current-handoff-key-42-abcdef', OLD_KEY = 'previous-handoff-key-17-xyz';
 
 beforeAll(async () => {
-  [node, fresh] = await Promise.all([startServeProcess(['--backend', 'native', '--accept-handoff']), startServeProcess(['--backend', 'native'])]);
+  [node, fresh] = await Promise.all([startServeProcess(['--backend', 'native', '--accept-handoff'], { KLE_HANDOFF_KEYS: `${KEY},${OLD_KEY}` }), startServeProcess(['--backend', 'native'])]);
   const model = await loadModelFromDirectory();
   const load = new LoadTracker();
   const prefixCache = new PrefixCache();
   const edge = createApp({ model, modelId: 'kimi-linear-default', load, prefixCache });
-  const config = routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'gpu', url: node.url, maxContext: 100000, handoff: true }]), EDGE_MAX_TOKENS: '250' });
+  const config = routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'gpu', url: node.url, maxContext: 100000, handoff: true }]), EDGE_MAX_TOKENS: '250', HANDOFF_KEY: KEY });
   router = createRouter({ config, local: { app: edge, model: async () => model, load, prefixCache } });
 }, 60_000);
 afterAll(() => [node, fresh].forEach((p) => p?.kill()));
@@ -51,19 +53,63 @@ describe('session hand-off', () => {
     expect(viaHandoff.usage.prompt_tokens).toBe(plain.usage.prompt_tokens);
   });
 
-  it('a node refuses a state that is not a prefix of the prompt, or not its model\'s, and prefills instead', async () => {
-    const { Session } = await import('../../src/generate/session.js');
+  it('a node refuses unsigned and badly signed states (401), and prefills when a signed one is not a prefix or not its model\'s', async () => {
     const { toBase64 } = await import('../../src/util/base64.js');
+    const { signHandoff } = await import('../../src/server/handoff-auth.js');
     const model = await loadModelFromDirectory();
     const s = model.createSession();
     s.prefill([1, 2, 3, 4, 5]);
-    const body = { ...chat([{ role: 'user', content: 'Hello' }]), kle_session: toBase64(s.save()) };
-    const r = await fetch(`${node.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-    expect(r.status).toBe(200);
-    expect(r.headers.get('x-kle-prefix-source')).not.toBe('handoff');
-    const junk = { ...chat([{ role: 'user', content: 'Hello' }]), kle_session: toBase64(new Uint8Array(100).fill(7)) };
-    const r2 = await fetch(`${node.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(junk) });
+    const blob = s.save() as Uint8Array<ArrayBuffer>;
+    const send = (extra: Record<string, unknown>) =>
+      fetch(`${node.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...chat([{ role: 'user', content: 'Hello' }]), ...extra }) });
+    const unsigned = await send({ kle_session: toBase64(blob) });
+    expect(unsigned.status).toBe(401);
+    expect(((await unsigned.json()) as { error: { code: string } }).error.code).toBe('unsigned_handoff');
+    const forged = await send({ kle_session: toBase64(blob), kle_session_mac: await signHandoff('a-key-this-node-never-had', blob) });
+    expect(forged.status).toBe(401);
+    expect(((await forged.json()) as { error: { code: string } }).error.code).toBe('bad_handoff_signature');
+    const tampered = blob.slice();
+    tampered[40]! ^= 1;
+    expect((await send({ kle_session: toBase64(tampered), kle_session_mac: await signHandoff(KEY, blob) })).status).toBe(401);
+    // signed with the current or the previous key, but not a prefix of this prompt: prefilled
+    for (const key of [KEY, OLD_KEY]) {
+      const r = await send({ kle_session: toBase64(blob), kle_session_mac: await signHandoff(key, blob) });
+      expect(r.status).toBe(200);
+      expect(r.headers.get('x-kle-prefix-source')).not.toBe('handoff');
+    }
+    const junk = new Uint8Array(100).fill(7);
+    const r2 = await send({ kle_session: toBase64(junk), kle_session_mac: await signHandoff(KEY, junk) });
     expect(r2.status).toBe(200);
-    expect(Session).toBeDefined();
+  });
+
+  it('the router never forwards a client\'s own kle_session', async () => {
+    const { createServer } = await import('node:http');
+    const seen: Record<string, unknown>[] = [];
+    const upstream = createServer((req, res) => {
+      let body = '';
+      req.on('data', (d: Buffer) => (body += d));
+      req.on('end', () => {
+        if (req.url === '/health') return res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+        seen.push(JSON.parse(body) as Record<string, unknown>);
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }] }));
+      });
+    });
+    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+    const port = (upstream.address() as { port: number }).port;
+    try {
+      const model = await loadModelFromDirectory();
+      const load = new LoadTracker();
+      const r = createRouter({
+        config: routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'up', url: `http://127.0.0.1:${port}`, maxContext: 100000, handoff: true }]), EDGE_MAX_TOKENS: '8', HANDOFF_KEY: KEY }),
+        local: { app: createApp({ model, modelId: 'kimi-linear-default', load }), model: async () => model, load },
+      });
+      const res = await post(r, { ...chat([{ role: 'user', content: 'a prompt longer than the edge takes' }]), kle_session: 'AAAA', kle_session_mac: 'BBBB' });
+      expect(res.headers.get('x-kle-route')).toBe('gpu:up');
+      expect(seen.length).toBe(1);
+      expect(seen[0]).not.toHaveProperty('kle_session');
+      expect(seen[0]).not.toHaveProperty('kle_session_mac');
+    } finally {
+      upstream.close();
+    }
   });
 });
