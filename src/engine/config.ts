@@ -179,8 +179,13 @@ export function parseKimiConfig(raw: unknown): KimiConfig {
   const intermediateSize = needsDense ? int(o, 'intermediate_size', undefined, { min: 1 }) : int(o, 'intermediate_size', undefined, { optional: 0 });
   const eos = o.eos_token_id;
   const eosTokenIds = Array.isArray(eos) ? eos.filter((x): x is number => Number.isSafeInteger(x)) : Number.isSafeInteger(eos) ? [eos as number] : [];
+  const vocabSize = int(o, 'vocab_size', undefined, { min: 1 });
+  for (const id of eosTokenIds) if (id < 0 || id >= vocabSize) throw new ConfigError('eos_token_id', `${id} is outside the vocabulary (0..${vocabSize - 1})`);
+  const bos = o.bos_token_id;
+  if (Number.isSafeInteger(bos) && ((bos as number) < 0 || (bos as number) >= vocabSize)) throw new ConfigError('bos_token_id', `${String(bos)} is outside the vocabulary (0..${vocabSize - 1})`);
+  if (o.model_max_length !== undefined && o.model_max_length !== null && !(Number.isSafeInteger(o.model_max_length) && (o.model_max_length as number) >= 1)) throw new ConfigError('model_max_length', `expected a positive integer, got ${JSON.stringify(o.model_max_length)}`);
   return {
-    vocabSize: int(o, 'vocab_size', undefined, { min: 1 }),
+    vocabSize,
     hiddenSize,
     numLayers,
     intermediateSize,

@@ -58,6 +58,31 @@ export interface HeaderEntry {
   readonly end: number;
 }
 
+/** The first key that a JSON object's top level repeats, or null (the text is valid JSON). */
+function repeatedTopLevelKey(text: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0, keyNext = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      if (depth === 1 && keyNext) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (seen.has(key)) return key;
+        seen.add(key);
+        keyNext = false;
+      }
+      i = j;
+    } else if (ch === '{' || ch === '[') {
+      depth++;
+      keyNext = depth === 1;
+    } else if (ch === '}' || ch === ']') depth--;
+    else if (ch === ',' && depth === 1) keyNext = true;
+  }
+  return null;
+}
+
 /**
  * Parses and validates the JSON header: dtypes, shapes, offsets against `dataBytes` (the data
  * region's size, when known) and against each other (no overlaps).
@@ -70,6 +95,9 @@ export function parseHeaderJson(json: Uint8Array, dataBytes: number, label: stri
     throw new FormatError(`${label}: header is not valid UTF-8 JSON (${(e as Error).message})`);
   }
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new FormatError(`${label}: header is not a JSON object`);
+  // JSON.parse keeps the last of two equal keys: a second entry for a tensor would replace the first unseen
+  const twice = repeatedTopLevelKey(new TextDecoder().decode(json));
+  if (twice !== null) throw new FormatError(`${label}: tensor '${twice}' is in the header twice`);
   const entries: HeaderEntry[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {

@@ -114,6 +114,9 @@ export class Session {
       ids = tok.encode(tok.applyChatTemplate(prompt as readonly ChatMessage[]));
     } else ids = [...(prompt as readonly number[])];
     if (!ids.length && !this.engine.logits()) throw new RangeError('the prompt is empty');
+    // model_max_length bounds the whole conversation: the prompt must fit, generation stops there
+    const ctx = this.engine.model.config.maxContext ?? Infinity;
+    if (this.history.length + ids.length > ctx) throw new RangeError(`the prompt (${ids.length} tokens, after ${this.history.length}) passes the model's context of ${ctx} tokens`);
     if (ids.length) this.prefill(ids);
     const sampler = new Sampler(opts);
     const eos = new Set(this.model.eosTokenIds);
@@ -122,7 +125,7 @@ export class Session {
     let text = '', pending = '', n = 0;
     let reason: FinishReason = 'length';
     const done = (): GenerateEvent => ({ type: 'done', finishReason: reason, promptTokens: ids.length, completionTokens: n, text });
-    while (n < maxTokens) {
+    while (n < maxTokens && this.history.length < ctx) {
       if (opts.signal?.aborted) {
         reason = 'abort';
         break;

@@ -264,5 +264,6 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
     },
     { highWaterMark: 0 },
   );
-  return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', connection: 'keep-alive', ...resumeHeaders } });
+  // no Connection header of our own: a client that sent Connection: close gets its socket closed
+  return new Response(stream, { headers: { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', ...resumeHeaders } });
 }

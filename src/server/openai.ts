@@ -5,6 +5,7 @@
  */
 import { zValidator } from '@hono/zod-validator';
 import { Hono, type Context, type MiddlewareHandler } from 'hono';
+import type { Model } from '../model/model.js';
 import { errorResponse } from './errors.js';
 import { generate, handoffOf, refusal, type GenerationDeps } from './generation.js';
 import { jsonBodyOf } from './middleware.js';
@@ -26,6 +27,21 @@ const invalid = (r: { success: boolean; error?: unknown }) => {
   return errorResponse(400, message, 'invalid_request_error', param, 'invalid_value');
 };
 
+/**
+ * A prompt whose text alone proves it past the prompt limit, answered without tokenizing it (a
+ * megabyte of text would hold the event loop for seconds): it has at least one token per
+ * `maxTokenBytes` bytes.
+ */
+function promptTooLong(d: GenerationDeps, r: OpenAIRequest, model: Model): Response | null {
+  const texts = r.kind === 'chat' ? r.body.messages.map((m) => (typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''))) : [typeof r.body.prompt === 'string' ? r.body.prompt : r.body.prompt[0]!];
+  let bytes = 0;
+  for (const t of texts) bytes += t.length; // UTF-16 units: at most the UTF-8 bytes
+  const atLeast = Math.floor(bytes / model.tokenizer!.maxTokenBytes);
+  const limit = Math.min(d.limits.maxPromptTokens, model.config.maxContext ?? Infinity);
+  if (atLeast <= limit) return null;
+  return errorResponse(400, `the prompt has at least ${atLeast} tokens; this server takes at most ${limit}`, 'invalid_request_error', promptParam(r), 'context_length_exceeded');
+}
+
 async function complete(c: Context, d: GenerationDeps, r: OpenAIRequest, ids: number[] | undefined): Promise<Response> {
   const t0 = Date.now();
   const early = refusal(d, r, null, null);
@@ -34,12 +50,15 @@ async function complete(c: Context, d: GenerationDeps, r: OpenAIRequest, ids: nu
   let prompt = ids;
   if (!prompt) {
     if (!model.tokenizer) return errorResponse(500, 'the model has no tokenizer', 'server_error');
+    const tooLong = promptTooLong(d, r, model);
+    if (tooLong) return tooLong;
     try {
       prompt = buildPrompt(model.tokenizer, r);
     } catch (e) {
       return errorResponse(400, `cannot build the prompt: ${(e as Error).message}`, 'invalid_request_error', promptParam(r));
     }
   }
+  if (!prompt.length) return errorResponse(400, 'the prompt is empty: there is no token to continue from', 'invalid_request_error', promptParam(r), 'empty_prompt');
   // checked first: nothing may wait between the concurrency check below and the generation's
   // start, which counts itself in before its first await
   const handoff = await handoffOf(d, r);

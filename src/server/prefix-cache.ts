@@ -17,7 +17,7 @@ export class PrefixCache {
   constructor(readonly maxBytes = 64 << 20) {}
 
   put(tokens: readonly number[], blob: Uint8Array): void {
-    if (blob.length > this.maxBytes) return;
+    if (!tokens.length || blob.length > this.maxBytes) return; // no prefix of anything to resume
     this.entries = this.entries.filter((e) => !(e.tokens.length === tokens.length && e.tokens.every((t, i) => t === tokens[i])));
     this.entries.push({ tokens: [...tokens], blob });
     this.bytes = this.entries.reduce((a, e) => a + e.blob.length, 0);

@@ -5,6 +5,7 @@
  */
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { byteToUnicode } from './byte-level.js';
 
 export interface ChatMessage {
   readonly role: 'system' | 'user' | 'assistant';
@@ -26,6 +27,10 @@ export class Tokenizer {
   readonly specialIds: ReadonlySet<number>;
   readonly bosToken: string | null;
   readonly eosToken: string | null;
+  /** byte-level vocabularies: the character -> byte table their token strings are spelled in */
+  private readonly byteOf: ReadonlyMap<string, number> | null;
+  /** bytes of the longest token (a prompt of b bytes has at least b / this many tokens) */
+  readonly maxTokenBytes: number;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: unknown) {
     if (typeof tokenizerJson !== 'object' || tokenizerJson === null) throw new TokenizerError('tokenizer.json is not a JSON object');
@@ -41,6 +46,31 @@ export class Tokenizer {
     this.bosToken = tokenName(cfg.bos_token);
     this.eosToken = tokenName(cfg.eos_token);
     this.specialIds = new Set([...this.hf.get_added_tokens_decoder().entries()].filter(([, t]) => t.special).map(([id]) => id));
+    const tj = tokenizerJson as { decoder?: { type?: string }; model?: { vocab?: Record<string, number> }; added_tokens?: { content?: string }[] };
+    this.byteOf = tj.decoder?.type === 'ByteLevel' ? new Map(byteToUnicode().map((ch, b) => [ch, b])) : null;
+    let longest = 1;
+    for (const t of Object.keys(tj.model?.vocab ?? {})) longest = Math.max(longest, this.byteOf ? [...t].length : new TextEncoder().encode(t).length);
+    for (const a of tj.added_tokens ?? []) longest = Math.max(longest, new TextEncoder().encode(a.content ?? '').length);
+    this.maxTokenBytes = longest;
+  }
+
+  /**
+   * The bytes a token stands for in a byte-level vocabulary (special tokens: none, as decode()
+   * skips them; other added tokens: their text), or null where the vocabulary is not byte-level.
+   */
+  tokenBytes(id: number): Uint8Array | null {
+    if (!this.byteOf) return null;
+    if (this.specialIds.has(id)) return new Uint8Array(0);
+    const t = this.hf.id_to_token(id);
+    if (t === undefined || t === null) return new Uint8Array(0);
+    const out = new Uint8Array(t.length);
+    let n = 0;
+    for (const ch of t) {
+      const b = this.byteOf.get(ch);
+      if (b === undefined) return new TextEncoder().encode(t); // an added token spelled as text
+      out[n++] = b;
+    }
+    return out.subarray(0, n);
   }
 
   /** Token ids of text; special-token strings in it are recognized (as chat templates need). */
@@ -68,16 +98,22 @@ export class Tokenizer {
 }
 
 /**
- * Decodes a growing token stream into text pieces that never split a UTF-8 character: a piece
- * is emitted only when the text decoded so far is stable (ends in no replacement character).
+ * Decodes a growing token stream into text pieces that never split a UTF-8 character. With a
+ * byte-level vocabulary it decodes the tokens' bytes as a UTF-8 stream: complete characters come
+ * out at once, an incomplete one waits for its next bytes, and invalid bytes become U+FFFD where
+ * they stand, however many come before a valid character. Otherwise a piece is emitted when the
+ * text decoded so far ends in no replacement character.
  */
 export class StreamDecoder {
-  /** ids since the last emitted piece (a character may span several byte-level tokens) */
+  /** ids since the last emitted piece (a character may span several tokens) */
   private pending: number[] = [];
+  private readonly utf8 = new TextDecoder('utf-8');
 
   constructor(private readonly tok: Tokenizer) {}
 
   push(id: number): string {
+    const bytes = this.tok.tokenBytes(id);
+    if (bytes) return this.utf8.decode(bytes, { stream: true });
     this.pending.push(id);
     const text = this.tok.decode(this.pending);
     if (text.endsWith('\uFFFD') && this.pending.length < 8) return '';
@@ -87,7 +123,7 @@ export class StreamDecoder {
 
   /** whatever is still pending (an incomplete character comes out as U+FFFD) */
   flush(): string {
-    const text = this.pending.length ? this.tok.decode(this.pending) : '';
+    const text = (this.pending.length ? this.tok.decode(this.pending) : '') + this.utf8.decode();
     this.pending = [];
     return text;
   }

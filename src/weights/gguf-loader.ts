@@ -12,7 +12,7 @@ import { parseKimiConfig, type KimiConfig } from '../engine/config.js';
 import { FiniteCheck, gatherChecked } from './finite-check.js';
 import { missingSlots, slotKey } from '../engine/slots.js';
 import { readGgufStream, type GgmlTypeName, type GgufHeader, type GgufTensorInfo } from '../formats/gguf.js';
-import { ggufTarget, ggufToHfConfig, type GgufTarget } from './gguf-kimi.js';
+import { ARCH, ggufTarget, ggufToHfConfig, type GgufTarget } from './gguf-kimi.js';
 import type { LoadProgress } from './hf-loader.js';
 import { FormatError } from '../formats/safetensors.js';
 import type { ChunkSink } from '../formats/safetensors-stream.js';
@@ -53,6 +53,9 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
       },
       {
         onHeader: (h) => {
+          const arch = h.metadata.get('general.architecture');
+          // the file's own problem, not a config.json's: say so before any key is read as one
+          if (arch !== ARCH) throw new FormatError(`${label}: general.architecture: ${JSON.stringify(arch ?? null)} is not ${ARCH} (this runtime reads Kimi Linear GGUF files)`);
           const names = new Set(h.tensors.map((t) => t.name));
           const embd = h.tensors.find((t) => t.name === 'token_embd.weight');
           const hf = ggufToHfConfig(h.metadata, embd ? (embd.ne[1] ?? null) : null);

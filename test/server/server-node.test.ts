@@ -109,6 +109,23 @@ describe('OpenAI-compatible server on Node', () => {
     expect(form.status).toBe(200);
   });
 
+  it('an SSE answer to a client that sent Connection: close closes the connection', async () => {
+    const { request } = await import('node:http');
+    const u = new URL(`${url}/v1/chat/completions`);
+    const { headers, closed } = await new Promise<{ headers: Record<string, unknown>; closed: Promise<void> }>((resolve, reject) => {
+      const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'POST', headers: { ...auth, connection: 'close' } }, (res) => {
+        const closed = new Promise<void>((r) => res.socket.once('close', () => r()));
+        res.resume();
+        resolve({ headers: res.headers, closed });
+      });
+      req.on('error', reject);
+      req.end(JSON.stringify(chat({ stream: true, max_tokens: 4 })));
+    });
+    expect(headers['content-type']).toMatch(/^text\/event-stream/);
+    expect(headers.connection).toBe('close');
+    await closed; // the server ends the socket after the stream (before: held open with keep-alive)
+  });
+
   it('bearer auth: missing and wrong keys get 401; /health needs none', async () => {
     const r1 = await post('/v1/chat/completions', chat(), { 'content-type': 'application/json' });
     expect(r1.status).toBe(401);
