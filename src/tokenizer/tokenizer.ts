@@ -79,6 +79,7 @@ export class Tokenizer {
   }
 
   decode(ids: readonly number[], skipSpecial = true): string {
+    if (!ids.length) return ''; // @huggingface/tokenizers throws on an empty list (found by fuzzing)
     return this.hf.decode([...ids], { skip_special_tokens: skipSpecial });
   }
 
