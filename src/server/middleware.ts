@@ -32,7 +32,8 @@ export function requireBearer(keys: readonly string[] | undefined, open: readonl
 export function limitBody(maxBytes: number): MiddlewareHandler {
   return bodyLimit({
     maxSize: maxBytes,
-    onError: () => errorResponse(413, `request body exceeds the limit of ${maxBytes} bytes`, 'invalid_request_error', null, 'body_too_large'),
+    // and the connection closes: the rest of the body is not read, on this connection or another
+    onError: () => errorResponse(413, `request body exceeds the limit of ${maxBytes} bytes`, 'invalid_request_error', null, 'body_too_large', { connection: 'close' }),
   });
 }
 
