@@ -11,7 +11,7 @@ import type { Model } from '../model/model.js';
 import { errorResponse } from '../server/errors.js';
 import type { LoadTracker } from '../server/generation.js';
 import { limitBody, requireBearer } from '../server/middleware.js';
-import { buildPrompt, endpointOf, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
+import { buildPrompt, endpointOf, minPromptTokens, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
 import type { NodeConfig, RouterConfig } from './config.js';
 import { NodePool, stallTolerantTimeout } from './pool.js';
 import { sessionBytes, type RouteReason } from './policy.js';
@@ -95,6 +95,10 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     // a client's own session state never goes on: hand-offs carry only states this router saved
     const { kle_session: _state, kle_session_mac: _mac, ...body } = json as Record<string, unknown>;
     const model = await opts.local.model();
+    // a prompt whose text alone is past what the edge and every node take is not tokenized
+    // here (a megabyte would hold the event loop for seconds): the edge app refuses it as cheaply
+    const widest = Math.max(cfg.edgeMaxTokens, ...cfg.nodes.map((n) => n.maxContext));
+    if (model.tokenizer && minPromptTokens(model.tokenizer, parsed.request) > widest) return toEdge(c, text, 'no-node-fits');
     let ids: number[] | null = null;
     try {
       ids = model.tokenizer ? buildPrompt(model.tokenizer, parsed.request) : null;

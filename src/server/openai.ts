@@ -9,7 +9,7 @@ import type { Model } from '../model/model.js';
 import { errorResponse } from './errors.js';
 import { generate, handoffOf, refusal, type GenerationDeps } from './generation.js';
 import { jsonBodyOf } from './middleware.js';
-import { buildPrompt, PREPARED, promptParam, type OpenAIRequest, type PreparedRequest } from './prompt.js';
+import { buildPrompt, minPromptTokens, PREPARED, promptParam, type OpenAIRequest, type PreparedRequest } from './prompt.js';
 import { chatRequest, completionRequest, describeIssue } from './schema.js';
 
 function preparedOf(c: Context): PreparedRequest | undefined {
@@ -27,16 +27,9 @@ const invalid = (r: { success: boolean; error?: unknown }) => {
   return errorResponse(400, message, 'invalid_request_error', param, 'invalid_value');
 };
 
-/**
- * A prompt whose text alone proves it past the prompt limit, answered without tokenizing it (a
- * megabyte of text would hold the event loop for seconds): it has at least one token per
- * `maxTokenBytes` bytes.
- */
+/** A prompt whose text alone proves it past the prompt limit, answered without tokenizing it. */
 function promptTooLong(d: GenerationDeps, r: OpenAIRequest, model: Model): Response | null {
-  const texts = r.kind === 'chat' ? r.body.messages.map((m) => (typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''))) : [typeof r.body.prompt === 'string' ? r.body.prompt : r.body.prompt[0]!];
-  let bytes = 0;
-  for (const t of texts) bytes += t.length; // UTF-16 units: at most the UTF-8 bytes
-  const atLeast = Math.floor(bytes / model.tokenizer!.maxTokenBytes);
+  const atLeast = minPromptTokens(model.tokenizer!, r);
   const limit = Math.min(d.limits.maxPromptTokens, model.config.maxContext ?? Infinity);
   if (atLeast <= limit) return null;
   return errorResponse(400, `the prompt has at least ${atLeast} tokens; this server takes at most ${limit}`, 'invalid_request_error', promptParam(r), 'context_length_exceeded');

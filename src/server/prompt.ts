@@ -55,3 +55,15 @@ export function buildPrompt(tok: Tokenizer, r: OpenAIRequest): number[] {
   }));
   return tok.encode(tok.applyChatTemplate(messages));
 }
+
+/**
+ * A lower bound on the prompt's tokens from its text alone, without tokenizing (a megabyte of
+ * text holds the event loop for seconds): every token stands for at most `maxTokenBytes` bytes,
+ * and a string's UTF-16 length is at most its UTF-8 length.
+ */
+export function minPromptTokens(tok: Tokenizer, r: OpenAIRequest): number {
+  const texts = r.kind === 'chat' ? r.body.messages.map((m) => (typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''))) : [typeof r.body.prompt === 'string' ? r.body.prompt : r.body.prompt[0]!];
+  let units = 0;
+  for (const t of texts) units += t.length;
+  return Math.floor(units / tok.maxTokenBytes);
+}

@@ -161,5 +161,11 @@ describe('the router in front of the edge, in-process', () => {
     const big = await r.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body, duplex: 'half' } as RequestInit);
     expect(big.status).toBe(413);
     expect(sent).toBeLessThan(64);
+    // a prompt whose text alone is past the edge budget and every node: refused, never tokenized
+    encodes = 0;
+    const r2 = createRouter({ config: routerConfigFromEnv({}), local: { app: createApp({ model, modelId: 'kimi-linear-default', load: edgeLoad, limits: { maxBodyBytes: 4 << 20 } }), model: async () => model, load: edgeLoad, maxBodyBytes: 4 << 20 } });
+    const huge = await r2.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'kimi-linear-default', prompt: 'word '.repeat(200_000), max_tokens: 4 }) });
+    expect(huge.status).toBe(400);
+    expect(encodes).toBe(0);
   });
 });
