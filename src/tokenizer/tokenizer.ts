@@ -29,6 +29,8 @@ export class Tokenizer {
   readonly eosToken: string | null;
   /** byte-level vocabularies: the character -> byte table their token strings are spelled in */
   private readonly byteOf: ReadonlyMap<string, number> | null;
+  /** the text of the added tokens that decode() keeps (the non-special ones), by id */
+  private readonly addedText: ReadonlyMap<number, string>;
   /** bytes of the longest token (a prompt of b bytes has at least b / this many tokens) */
   readonly maxTokenBytes: number;
 
@@ -45,7 +47,9 @@ export class Tokenizer {
     const tokenName = (v: unknown): string | null => (typeof v === 'string' ? v : typeof v === 'object' && v !== null && typeof (v as { content?: unknown }).content === 'string' ? (v as { content: string }).content : null);
     this.bosToken = tokenName(cfg.bos_token);
     this.eosToken = tokenName(cfg.eos_token);
-    this.specialIds = new Set([...this.hf.get_added_tokens_decoder().entries()].filter(([, t]) => t.special).map(([id]) => id));
+    const added = [...this.hf.get_added_tokens_decoder().entries()];
+    this.specialIds = new Set(added.filter(([, t]) => t.special).map(([id]) => id));
+    this.addedText = new Map(added.filter(([, t]) => !t.special).map(([id, t]) => [id, t.content]));
     const tj = tokenizerJson as { decoder?: { type?: string }; model?: { vocab?: Record<string, number> }; added_tokens?: { content?: string }[] };
     this.byteOf = tj.decoder?.type === 'ByteLevel' ? new Map(byteToUnicode().map((ch, b) => [ch, b])) : null;
     let longest = 1;
@@ -61,13 +65,15 @@ export class Tokenizer {
   tokenBytes(id: number): Uint8Array | null {
     if (!this.byteOf) return null;
     if (this.specialIds.has(id)) return new Uint8Array(0);
+    const text = this.addedText.get(id);
+    if (text !== undefined) return new TextEncoder().encode(text);
     const t = this.hf.id_to_token(id);
     if (t === undefined || t === null) return new Uint8Array(0);
     const out = new Uint8Array(t.length);
     let n = 0;
     for (const ch of t) {
       const b = this.byteOf.get(ch);
-      if (b === undefined) return new TextEncoder().encode(t); // an added token spelled as text
+      if (b === undefined) return new TextEncoder().encode(t); // not spelled in the byte table
       out[n++] = b;
     }
     return out.subarray(0, n);

@@ -15,7 +15,7 @@ import { bytesToStream } from '../../src/formats/safetensors-stream.js';
 import { loadModelFromDirectory } from '../../src/node.js';
 import { createApp } from '../../src/server/app.js';
 import { Kernels } from '../../src/engine/kernels.js';
-import { TokenizerError } from '../../src/tokenizer/tokenizer.js';
+import { StreamDecoder, TokenizerError } from '../../src/tokenizer/tokenizer.js';
 import { hfToGgufParts } from '../../src/weights/to-gguf.js';
 import { defaultDir } from '../helpers/default-model.js';
 
@@ -80,6 +80,17 @@ describe('property fuzzing of the TypeScript parsers and the HTTP API', async ()
         expect(ids.every((i) => Number.isInteger(i) && i >= 0 && i < model.config.vocabSize)).toBe(true);
         const wellFormed = !/[\uD800-\uDFFF]/.test(s.replace(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g, ''));
         if (wellFormed) expect(tok.decode(ids, false)).toBe(s);
+      }),
+      { numRuns: runs(300) },
+    );
+  });
+
+  it('streamed decoding of any token sequence equals decoding it at once', () => {
+    const tok = model.tokenizer!;
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 0, max: model.config.vocabSize - 1 }), { maxLength: 64 }), (ids) => {
+        const d = new StreamDecoder(tok);
+        expect(ids.map((i) => d.push(i)).join('') + d.flush()).toBe(tok.decode(ids));
       }),
       { numRuns: runs(300) },
     );
