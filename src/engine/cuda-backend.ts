@@ -6,7 +6,7 @@ import { loadAddon, type NativeFn } from './native-backend.js';
 /**
  * The engine on an NVIDIA GPU: the Node addon `build/cuda/kle-cuda.node` (made by
  * `npm run build:cuda` with nvcc) implements kle.h's engine API with weights, KDA states and MLA
- * caches in device memory (kernels-cuda/src/engine.cu). Models and sessions behave as on the
+ * caches in device memory (the engine with kernels-cuda/src/backend_cuda.cu). Models and sessions behave as on the
  * other backends, state blobs included; the per-kernel entry points of kle.h run on the CPU.
  */
 export class CudaBackend implements KernelBackend {
