@@ -1,4 +1,5 @@
 /** The router's configuration: GPU nodes and the edge budget, from env vars (Worker or Node). */
+import { MIN_HANDOFF_KEY_CHARS } from '../server/handoff-auth.js';
 
 export interface NodeConfig {
   /** short name, used in x-kle-route: gpu:<name> */
@@ -71,7 +72,7 @@ export function routerConfigFromEnv(env: Readonly<Record<string, string | undefi
   if (!Array.isArray(raw)) throw new RouterConfigError('GPU_NODES must be a JSON list');
   const names = new Set<string>();
   const handoffKey = env.HANDOFF_KEY || undefined;
-  if (handoffKey !== undefined && handoffKey.length < 16) throw new RouterConfigError('HANDOFF_KEY must have at least 16 characters');
+  if (handoffKey !== undefined && handoffKey.length < MIN_HANDOFF_KEY_CHARS) throw new RouterConfigError(`HANDOFF_KEY must have at least ${MIN_HANDOFF_KEY_CHARS} characters`);
   const nodes = raw.map((n: unknown, i): NodeConfig => {
     const o = (n ?? {}) as Record<string, unknown>;
     const name = typeof o.name === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(o.name) ? o.name : null;

@@ -33,10 +33,13 @@ export async function verifyHandoff(secrets: readonly string[], blob: Uint8Array
   return false;
 }
 
+/** Shortest hand-off secret taken: a guessable key would let anyone forge states. */
+export const MIN_HANDOFF_KEY_CHARS = 16;
+
 /** Hand-off secrets from a comma-separated list (KLE_HANDOFF_KEYS: the current key first). */
 export function handoffKeysFrom(list: string | undefined): string[] {
   const keys = (list ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-  for (const k of keys) if (k.length < 16) throw new Error('a hand-off key must have at least 16 characters');
+  for (const k of keys) if (k.length < MIN_HANDOFF_KEY_CHARS) throw new Error(`a hand-off key must have at least ${MIN_HANDOFF_KEY_CHARS} characters`);
   if (keys.length > 2) throw new Error('at most two hand-off keys (the current and the previous)');
   return keys;
 }
