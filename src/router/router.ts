@@ -11,7 +11,7 @@ import type { Model } from '../model/model.js';
 import { errorResponse } from '../server/errors.js';
 import type { LoadTracker } from '../server/generation.js';
 import { limitBody, requireBearer } from '../server/middleware.js';
-import { buildPrompt, endpointOf, minPromptTokens, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
+import { buildPrompt, endpointOf, maxPromptTokens, minPromptTokens, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
 import type { NodeConfig, RouterConfig } from './config.js';
 import { NodePool, stallTolerantTimeout } from './pool.js';
 import { sessionBytes, type RouteReason } from './policy.js';
@@ -98,7 +98,24 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     // a prompt whose text alone is past what the edge and every node take is not tokenized
     // here (a megabyte would hold the event loop for seconds): the edge app refuses it as cheaply
     const widest = Math.max(cfg.edgeMaxTokens, ...cfg.nodes.map((n) => n.maxContext));
-    if (model.tokenizer && minPromptTokens(model.tokenizer, parsed.request) > widest) return toEdge(c, text, 'no-node-fits');
+    const lower = model.tokenizer ? minPromptTokens(model.tokenizer, parsed.request) : 0;
+    if (lower > widest) return toEdge(c, text, 'no-node-fits');
+    const maxTokens = Number(body.max_completion_tokens ?? body.max_tokens ?? 256);
+    const extra = Number.isFinite(maxTokens) ? maxTokens : 0;
+    // a prompt whose text alone puts it past the edge budget goes to a node that can take its
+    // upper bound (a token is at least one byte), without tokenizing: the node will; unless a
+    // saved state might be handed off with it, whose lookup needs the ids
+    const handoffPossible = cfg.nodes.some((n) => n.handoff) && (opts.local.prefixCache?.size ?? 0) > 0;
+    if (model.tokenizer && lower + extra > cfg.edgeMaxTokens && !handoffPossible) {
+      let upper = Infinity;
+      try {
+        upper = maxPromptTokens(model.tokenizer, parsed.request) + extra;
+      } catch {
+        // the template refuses the messages: the path below says why
+      }
+      void pool.checkHealth();
+      if (pool.canAnyTake(upper)) return forward(c, body, upper, 'exceeds-edge-budget', sessionBytes(model.config, upper), null);
+    }
     let ids: number[] | null = null;
     try {
       ids = model.tokenizer ? buildPrompt(model.tokenizer, parsed.request) : null;
@@ -108,8 +125,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     if (ids === null) return toEdge(c, text, 'fits-edge');
     const prepared: PreparedRequest = { request: { ...parsed.request, body: { ...parsed.request.body, kle_session: undefined, kle_session_mac: undefined } } as PreparedRequest['request'], ids };
     const prompt = ids.length;
-    const maxTokens = Number(body.max_completion_tokens ?? body.max_tokens ?? 256);
-    const need = prompt + (Number.isFinite(maxTokens) ? maxTokens : 0);
+    const need = prompt + extra;
     void pool.checkHealth();
     const edgeOk = need <= cfg.edgeMaxTokens;
     if (edgeOk && !opts.local.load.saturated) {
@@ -130,11 +146,12 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     return forward(c, body, need, reason, sessionBytes(model.config, need), ids);
   }
 
-  async function forward(c: Context, body: Record<string, unknown>, need: number, reason: RouteReason, stateBytes: number, ids: number[]): Promise<Response> {
+  /** `ids`: the prompt's tokens, when they were counted (null: routed by its text's bounds) */
+  async function forward(c: Context, body: Record<string, unknown>, need: number, reason: RouteReason, stateBytes: number, ids: number[] | null): Promise<Response> {
     const tried = new Set<string>();
     const stream = body.stream === true;
     // the edge's saved state of this conversation's longest cached prefix, for hand-off
-    const saved = opts.local.prefixCache?.longestPrefix(ids) ?? null;
+    const saved = ids ? (opts.local.prefixCache?.longestPrefix(ids) ?? null) : null;
     // encoded and signed only once a node that takes hand-offs is tried (it can be megabytes)
     let handoffBody: Promise<string> | null = null;
     const bodyFor = async (node: NodeConfig): Promise<string> => {

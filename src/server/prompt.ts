@@ -49,11 +49,15 @@ export function buildPrompt(tok: Tokenizer, r: OpenAIRequest): number[] {
     const p = r.body.prompt;
     return tok.encode(typeof p === 'string' ? p : p[0]!);
   }
-  const messages: ChatMessage[] = r.body.messages.map((m) => ({
+  return tok.encode(tok.applyChatTemplate(chatMessages(r.body)));
+}
+
+/** A chat request's messages in the chat template's terms. */
+function chatMessages(body: ChatRequest): ChatMessage[] {
+  return body.messages.map((m) => ({
     role: m.role === 'developer' ? 'system' : m.role,
     content: typeof m.content === 'string' ? m.content : m.content.map((p) => p.text).join(''),
   }));
-  return tok.encode(tok.applyChatTemplate(messages));
 }
 
 /**
@@ -66,4 +70,21 @@ export function minPromptTokens(tok: Tokenizer, r: OpenAIRequest): number {
   let units = 0;
   for (const t of texts) units += t.length;
   return Math.floor(units / tok.maxTokenBytes);
+}
+
+/**
+ * An upper bound on the prompt's tokens without tokenizing: a token stands for at least one
+ * byte of the text the chat template renders (special tokens included), so its UTF-8 length
+ * bounds the count. Throws where buildPrompt would (a template that refuses the messages).
+ */
+export function maxPromptTokens(tok: Tokenizer, r: OpenAIRequest): number {
+  const text = r.kind === 'completion' ? (typeof r.body.prompt === 'string' ? r.body.prompt : r.body.prompt[0]!) : tok.applyChatTemplate(chatMessages(r.body));
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    const pair = c >= 0xd800 && c < 0xdc00 && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00;
+    bytes += c < 0x80 ? 1 : c < 0x800 ? 2 : pair ? 4 : 3; // a lone surrogate encodes as U+FFFD: 3
+    if (pair) i++;
+  }
+  return bytes;
 }

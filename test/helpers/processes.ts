@@ -27,3 +27,23 @@ export function startFailingProcess(): Promise<NodeProcess> {
   const proc = spawn(process.execPath, ['-e', src], { stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve) => proc.stdout!.once('data', (d: Buffer) => resolve({ url: d.toString().trim(), proc, kill: () => proc.kill('SIGKILL') })));
 }
+
+/**
+ * An OpenAI-compatible upstream on loopback in this process that records every completion
+ * request's body and answers each with one fixed chat completion: for what a router forwards.
+ */
+export async function startRecordingUpstream(): Promise<{ url: string; seen: Record<string, unknown>[]; close: () => void }> {
+  const { createServer } = await import('node:http');
+  const seen: Record<string, unknown>[] = [];
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (d: Buffer) => (body += d));
+    req.on('end', () => {
+      if (req.url === '/health') return res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+      seen.push(JSON.parse(body) as Record<string, unknown>);
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }] }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${(server.address() as { port: number }).port}`, seen, close: () => server.close() };
+}

@@ -6,7 +6,7 @@ import { routerConfigFromEnv } from '../../src/router/config.js';
 import { createApp, LoadTracker } from '../../src/server/app.js';
 import { PrefixCache } from '../../src/server/prefix-cache.js';
 import { loadModelFromDirectory } from '../../src/node.js';
-import { startServeProcess, type NodeProcess } from '../helpers/processes.js';
+import { startRecordingUpstream, startServeProcess, type NodeProcess } from '../helpers/processes.js';
 
 let node: NodeProcess;
 let fresh: NodeProcess; // the same server, which has never seen the conversation
@@ -83,24 +83,13 @@ describe('session hand-off', () => {
   });
 
   it('the router never forwards a client\'s own kle_session', async () => {
-    const { createServer } = await import('node:http');
-    const seen: Record<string, unknown>[] = [];
-    const upstream = createServer((req, res) => {
-      let body = '';
-      req.on('data', (d: Buffer) => (body += d));
-      req.on('end', () => {
-        if (req.url === '/health') return res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
-        seen.push(JSON.parse(body) as Record<string, unknown>);
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: 'x', object: 'chat.completion', choices: [{ index: 0, message: { role: 'assistant', content: 'ok' }, finish_reason: 'stop' }] }));
-      });
-    });
-    await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
-    const port = (upstream.address() as { port: number }).port;
+    const upstream = await startRecordingUpstream();
+    const { seen } = upstream;
     try {
       const model = await loadModelFromDirectory();
       const load = new LoadTracker();
       const r = createRouter({
-        config: routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'up', url: `http://127.0.0.1:${port}`, maxContext: 100000, handoff: true }]), EDGE_MAX_TOKENS: '8', HANDOFF_KEY: KEY }),
+        config: routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'up', url: upstream.url, maxContext: 100000, handoff: true }]), EDGE_MAX_TOKENS: '8', HANDOFF_KEY: KEY }),
         local: { app: createApp({ model, modelId: 'kimi-linear-default', load }), model: async () => model, load },
       });
       const res = await post(r, { ...chat([{ role: 'user', content: 'a prompt longer than the edge takes' }]), kle_session: 'AAAA', kle_session_mac: 'BBBB' });
@@ -113,3 +102,39 @@ describe('session hand-off', () => {
     }
   });
 });
+
+describe('routing by the prompt\'s text alone', () => {
+  it('a prompt whose text puts it past the edge budget goes to a node that takes its upper bound, untokenized', async () => {
+    const upstream = await startRecordingUpstream();
+    const { seen } = upstream;
+    const model = await loadModelFromDirectory();
+    const tok = model.tokenizer!;
+    let encodes = 0;
+    const encode = tok.encode.bind(tok);
+    tok.encode = (t: string) => (encodes++, encode(t));
+    const routerFor = (maxContext: number) => {
+      const load = new LoadTracker();
+      return createRouter({
+        config: routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'up', url: upstream.url, maxContext }]), EDGE_MAX_TOKENS: '64' }),
+        local: { app: createApp({ model, modelId: 'kimi-linear-default', load }), model: async () => model, load },
+      });
+    };
+    const long = chat([{ role: 'user', content: 'word '.repeat(2000) }], 16);
+    try {
+      // a node of 1M tokens takes even the text's byte count: no tokenizing here
+      const r1 = await post(routerFor(1 << 20), long);
+      expect(r1.headers.get('x-kle-route')).toBe('gpu:up');
+      expect(r1.headers.get('x-kle-route-reason')).toBe('exceeds-edge-budget');
+      expect(encodes).toBe(0);
+      expect((seen[0]!.messages as { content: string }[])[0]!.content.length).toBe(10000);
+      // a node whose context is below the byte count: the prompt is counted to see if it fits
+      const r2 = await post(routerFor(9000), long);
+      expect(encodes).toBe(1);
+      expect(r2.headers.get('x-kle-route')).toBe('gpu:up');
+    } finally {
+      tok.encode = encode;
+      upstream.close();
+    }
+  });
+});
+
