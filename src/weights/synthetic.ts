@@ -106,14 +106,22 @@ export interface SyntheticOptions {
 }
 
 /**
+ * The checked config that syntheticWeights(cfg, seed, opts) makes weights for: config.json's, with
+ * the options no config.json key selects yet (one decay per head).
+ */
+export function syntheticConfig(cfg: ConfigJson, opts: SyntheticOptions = {}): KimiConfig {
+  const parsed = parseKimiConfig(cfg);
+  return { ...parsed, kda: { ...parsed.kda, gatePerHead: opts.gatePerHead ?? false } };
+}
+
+/**
  * Random weights for a config.json: the tensor set the layer kinds say the config implies
  * (engine/layer-kinds.ts), in checkpoint order. Matrices are scaled by 1/sqrt(fan-in) so
  * activations stay O(1) through the layers and the logits are not flat.
  */
 export function syntheticWeights(cfg: ConfigJson, seed: number, opts: SyntheticOptions = {}): Uint8Array {
   const dtype = opts.dtype ?? 'F32';
-  const parsed = parseKimiConfig(cfg);
-  const c: KimiConfig = { ...parsed, kda: { ...parsed.kda, gatePerHead: opts.gatePerHead ?? false } };
+  const c = syntheticConfig(cfg, opts);
   const r = rng(seed);
   const t: Record<string, TensorToWrite> = {};
   const D = c.hiddenSize, V = c.vocabSize;

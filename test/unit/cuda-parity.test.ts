@@ -9,7 +9,7 @@ import { CudaBackend } from '../../src/engine/cuda-backend.js';
 import type { EngineModel, EngineSession } from '../../src/engine/engine.js';
 import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
-import { ATTENTION_48B_CONFIG, syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
+import { ATTENTION_48B_CONFIG, syntheticConfig, syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
 import { loadNativeBackend, packageRoot } from '../../src/engine/node-kernels.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
@@ -38,8 +38,7 @@ interface Model {
 }
 
 function synthetic(json: Record<string, unknown>, seed: number, gatePerHead = false, prompt = 150): Model {
-  const parsed = parseKimiConfig(json);
-  return { config: { ...parsed, kda: { ...parsed.kda, gatePerHead } }, weights: syntheticWeights(json, seed, { gatePerHead }), prompt };
+  return { config: syntheticConfig(json, { gatePerHead }), weights: syntheticWeights(json, seed, { gatePerHead }), prompt };
 }
 
 const models: Record<string, () => Model> = {

@@ -2,12 +2,12 @@
 // own rows (engine/model/layers.c): every tensor's need, shape and format class, and the size of
 // a session's state blob, on configs that exercise every kind and size.
 import { describe, expect, it } from 'vitest';
-import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
+import type { KimiConfig } from '../../src/engine/config.js';
 import { EngineModel } from '../../src/engine/engine.js';
 import { expertTensors, layerTensors, sessionBlobBytes } from '../../src/engine/layer-kinds.js';
 import { EXPERT_ROLES, ROLES } from '../../src/engine/roles.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
-import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
+import { syntheticConfig, syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
 import { allBackends, tokens } from '../helpers/default-model.js';
 
 const la = TINY_CONFIG.linear_attn_config;
@@ -20,8 +20,7 @@ const configs: Record<string, { json: Record<string, unknown>; gatePerHead?: boo
 };
 
 function configOf(c: { json: Record<string, unknown>; gatePerHead?: boolean }): KimiConfig {
-  const p = parseKimiConfig(c.json);
-  return { ...p, kda: { ...p.kda, gatePerHead: c.gatePerHead ?? false } };
+  return syntheticConfig(c.json, { gatePerHead: c.gatePerHead });
 }
 
 describe('the layer kinds as data agree with the engine', async () => {

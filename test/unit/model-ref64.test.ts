@@ -8,7 +8,7 @@ import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
 import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetensors-writer.js';
-import { syntheticWeights, TINY_CONFIG, type SyntheticOptions } from '../../src/weights/synthetic.js';
+import { syntheticConfig, syntheticWeights, TINY_CONFIG, type SyntheticOptions } from '../../src/weights/synthetic.js';
 import { modelForward64, routeRef } from '../../src/verify/model-ref64.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { allBackends, argmax, defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
@@ -23,8 +23,7 @@ interface Case {
 }
 
 function makeCase(json: Record<string, unknown>, seed: number, opts: SyntheticOptions & { dropBias?: boolean } = {}): Case {
-  const parsed = parseKimiConfig(json);
-  const config: KimiConfig = { ...parsed, kda: { ...parsed.kda, gatePerHead: opts.gatePerHead ?? false } };
+  const config = syntheticConfig(json, opts);
   let weights = syntheticWeights(json, seed, opts);
   if (opts.dropBias) {
     const f = parseSafetensors(weights);
