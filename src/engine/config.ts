@@ -122,12 +122,15 @@ export function parseKimiConfig(raw: unknown): KimiConfig {
   if (kdaHeadDim % 4 || kdaHeadDim > 1024) throw new ConfigError('linear_attn_config.head_dim', `${kdaHeadDim} must be a multiple of 4 up to 1024`);
   const gateLowerBound = la.gate_lower_bound === undefined || la.gate_lower_bound === null ? 0 : num(la, 'gate_lower_bound');
   if (gateLowerBound > 0) throw new ConfigError('linear_attn_config.gate_lower_bound', `${gateLowerBound} must be negative`);
+  // "channel": KDA's decay per key channel; "head": Gated DeltaNet's one decay per head (GDN-H)
+  const gateType = la.gate_type === undefined || la.gate_type === null ? 'channel' : la.gate_type;
+  if (gateType !== 'channel' && gateType !== 'head') throw new ConfigError('linear_attn_config.gate_type', `${JSON.stringify(gateType)} is not "channel" (KDA) or "head" (Gated DeltaNet)`);
   const kda = {
     numHeads: int(la, 'num_heads', 'linear_attn_config.num_heads', { min: 1 }),
     headDim: kdaHeadDim,
     convKernel: int(la, 'short_conv_kernel_size', 'linear_attn_config.short_conv_kernel_size', { min: 1 }),
     gateLowerBound,
-    gatePerHead: false,
+    gatePerHead: gateType === 'head',
   };
   if (kda.convKernel > 16) throw new ConfigError('linear_attn_config.short_conv_kernel_size', `${kda.convKernel} exceeds 16`);
   if (la.num_kv_heads !== undefined && la.num_kv_heads !== kda.numHeads) throw new ConfigError('linear_attn_config.num_kv_heads', 'grouped KDA heads are not supported');

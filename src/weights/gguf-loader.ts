@@ -60,6 +60,11 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
           const embd = h.tensors.find((t) => t.name === 'token_embd.weight');
           const hf = ggufToHfConfig(h.metadata, embd ? (embd.ne[1] ?? null) : null);
           hf.tie_word_embeddings = !names.has('output.weight');
+          // GGUF has no key for the gate's granularity; as llama.cpp does, its shape tells:
+          // ssm_f_b with one row per head is Gated DeltaNet's gate, one per channel KDA's
+          const la = hf.linear_attn_config as Record<string, unknown>;
+          const fb = h.tensors.find((t) => /^blk\.\d+\.ssm_f_b\.weight$/.test(t.name));
+          if (fb && Number(fb.ne[1]) === la.num_heads && la.head_dim !== 1) la.gate_type = 'head';
           config = parseKimiConfig(hf);
           model = EngineModel.create(backend, config);
           for (const t of h.tensors) {

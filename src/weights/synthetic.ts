@@ -1,7 +1,7 @@
 /**
  * Synthetic Kimi Linear checkpoints: a config.json and one safetensors file of seeded random
  * weights with exactly the names and shapes KimiLinearForCausalLM uses. They make the embedded
- * default model (models/make-default.ts), the engine's tests, and the peer comparison's inputs.
+ * random test model (models/make-random-tiny.ts), the engine's tests, and the peer comparison's inputs.
  */
 import { parseKimiConfig, type KimiConfig } from '../engine/config.js';
 import { expertTensors, layerTensors, type LayerTensor } from '../engine/layer-kinds.js';
@@ -101,17 +101,11 @@ export interface SyntheticOptions {
    * defines it; what this engine does). With a zero bias every implementation agrees.
    */
   zeroRouterBias?: boolean;
-  /** One forget-gate value per head (f_b_proj and dt_bias of num_heads rows), as KimiConfig.kda.gatePerHead. */
-  gatePerHead?: boolean;
 }
 
-/**
- * The checked config that syntheticWeights(cfg, seed, opts) makes weights for: config.json's, with
- * the options no config.json key selects yet (one decay per head).
- */
-export function syntheticConfig(cfg: ConfigJson, opts: SyntheticOptions = {}): KimiConfig {
-  const parsed = parseKimiConfig(cfg);
-  return { ...parsed, kda: { ...parsed.kda, gatePerHead: opts.gatePerHead ?? false } };
+/** A config.json with Gated DeltaNet's gate (one decay per head) in its linear-attention layers. */
+export function withHeadGate(cfg: ConfigJson): ConfigJson {
+  return { ...cfg, linear_attn_config: { ...(cfg.linear_attn_config as object), gate_type: 'head' } };
 }
 
 /**
@@ -121,7 +115,7 @@ export function syntheticConfig(cfg: ConfigJson, opts: SyntheticOptions = {}): K
  */
 export function syntheticWeights(cfg: ConfigJson, seed: number, opts: SyntheticOptions = {}): Uint8Array {
   const dtype = opts.dtype ?? 'F32';
-  const c = syntheticConfig(cfg, opts);
+  const c = parseKimiConfig(cfg);
   const r = rng(seed);
   const t: Record<string, TensorToWrite> = {};
   const D = c.hiddenSize, V = c.vocabSize;

@@ -2,17 +2,17 @@
 // pass, two backends), when a GPU is here; skipped with the reason printed otherwise (CI builds
 // the addon but has no GPU). kernels-cuda/run-gpu.sh engine runs this file on the GPU machine,
 // also under compute-sanitizer with KLE_PARITY_QUICK=1 (the default model only).
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CudaBackend } from '../../src/engine/cuda-backend.js';
 import type { EngineModel, EngineSession } from '../../src/engine/engine.js';
 import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
-import { ATTENTION_48B_CONFIG, syntheticConfig, syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
+import { ATTENTION_48B_CONFIG, syntheticWeights, TINY_CONFIG, withHeadGate } from '../../src/weights/synthetic.js';
 import { loadNativeBackend, packageRoot } from '../../src/engine/node-kernels.js';
 import { relErr } from '../../src/verify/relerr.js';
-import { defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
+import { tinyConfig, tinyWeights, tokens } from '../helpers/tiny-model.js';
 
 const addon = join(packageRoot(), 'build', 'cuda', 'kle-cuda.node');
 function probe(): { cuda: CudaBackend | null; reason: string } {
@@ -37,17 +37,22 @@ interface Model {
   prompt: number;
 }
 
-function synthetic(json: Record<string, unknown>, seed: number, gatePerHead = false, prompt = 150): Model {
-  return { config: syntheticConfig(json, { gatePerHead }), weights: syntheticWeights(json, seed, { gatePerHead }), prompt };
+function synthetic(json: Record<string, unknown>, seed: number, prompt = 150): Model {
+  return { config: parseKimiConfig(json), weights: syntheticWeights(json, seed), prompt };
 }
 
 const models: Record<string, () => Model> = {
-  'the default model': () => ({ config: parseKimiConfig(defaultConfig()), weights: defaultWeights(), prompt: 300 }),
+  'the random tiny model': () => ({ config: parseKimiConfig(tinyConfig()), weights: tinyWeights(), prompt: 300 }),
+  // trained weights: routing decided by real margins, gates and norms far from their initial values
+  'the trained default model (models/default)': () => {
+    const dir = join(packageRoot(), 'models', 'default');
+    return { config: parseKimiConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))), weights: new Uint8Array(readFileSync(join(dir, 'model.safetensors'))), prompt: 300 };
+  },
 };
 if (!process.env.KLE_PARITY_QUICK) {
-  models['one decay per head (Gated DeltaNet gate), 32-wide heads'] = () => synthetic({ ...TINY_CONFIG }, 31, true);
+  models['one decay per head (Gated DeltaNet gate), 32-wide heads'] = () => synthetic(withHeadGate(TINY_CONFIG), 31);
   models['grouped routing, 4 groups of 2, 2 kept'] = () => synthetic({ ...TINY_CONFIG, num_expert_group: 4, topk_group: 2 }, 32);
-  models['48B attention shapes (4 layers, 3 KDA + 1 MLA, MoE 16/4)'] = () => synthetic(ATTENTION_48B_CONFIG, 7, false, 300);
+  models['48B attention shapes (4 layers, 3 KDA + 1 MLA, MoE 16/4)'] = () => synthetic(ATTENTION_48B_CONFIG, 7, 300);
 }
 
 /** relative L2 error of a against reference b, and the share of rows (of width V) whose argmax agrees */

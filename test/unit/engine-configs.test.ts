@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { placeHfModel } from '../../src/weights/hf-loader.js';
 import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
-import { allBackends, tokens } from '../helpers/default-model.js';
+import { allBackends, tokens } from '../helpers/tiny-model.js';
 
 const base = structuredClone(TINY_CONFIG) as unknown as Record<string, unknown> & { linear_attn_config: Record<string, unknown> };
 const variants: Record<string, Record<string, unknown>> = {

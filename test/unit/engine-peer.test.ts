@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { packageRoot } from '../../src/engine/node-kernels.js';
 import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
-import { allBackends, argmax, loadDefault } from '../helpers/default-model.js';
+import { allBackends, argmax, loadTiny } from '../helpers/tiny-model.js';
 
 const dir = join(packageRoot(), 'test', 'fixtures', 'peer');
 const toks = (JSON.parse(readFileSync(join(dir, 'tokens.json'), 'utf8')) as { tokens: number[] }).tokens;
@@ -29,7 +29,7 @@ function compare(ours: Float32Array, ref: Float32Array) {
 describe('logits against the reference implementation (modeling_kimi.py + fla, float32 on an H100)', async () => {
   const backends = await allBackends();
   for (const b of backends) {
-    const ours = (await loadDefault(b)).createSession().forward(toks, true);
+    const ours = (await loadTiny(b)).createSession().forward(toks, true);
     it(`${b.name}: matches the reference's token-by-token pass (fused_recurrent_kda, float32)`, () => {
       const r = compare(ours, tensorF32(peer.tensors.get('logits_decode')!));
       // measured: max abs 4.6e-5 on logits up to 16, rel L2 1.3e-6
@@ -53,7 +53,7 @@ describe("logits against llama.cpp's Kimi-Linear on our GGUF of the same weights
   const ll = parseSafetensors(new Uint8Array(readFileSync(join(dir, 'llama_logits.safetensors'))));
   const backends = await allBackends();
   for (const b of backends) {
-    const ours = (await loadDefault(b)).createSession().forward(toks, true);
+    const ours = (await loadTiny(b)).createSession().forward(toks, true);
     for (const [name, bound] of [['logits_batch', 5e-4], ['logits_one_by_one', 1e-3]] as const) {
       it(`${b.name}: ${name}`, () => {
         const r = compare(ours, tensorF32(ll.tensors.get(name)!));

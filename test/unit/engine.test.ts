@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { EngineError } from '../../src/engine/engine.js';
 import { placeHfModel } from '../../src/weights/hf-loader.js';
 import { syntheticWeights } from '../../src/weights/synthetic.js';
-import { allBackends, argmax, defaultConfig, loadDefault, tokens } from '../helpers/default-model.js';
+import { allBackends, argmax, tinyConfig, loadTiny, tokens } from '../helpers/tiny-model.js';
 
 const V = 512;
 
@@ -14,7 +14,7 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 
 describe('the engine on the default model (every backend)', async () => {
   const backends = await allBackends();
-  const models = await Promise.all(backends.map((b) => loadDefault(b)));
+  const models = await Promise.all(backends.map((b) => loadTiny(b)));
 
   for (const [bi, b] of backends.entries()) {
     describe(b.name, () => {
@@ -73,7 +73,7 @@ describe('the engine on the default model (every backend)', async () => {
         const good = s.save();
         const corrupt = good.slice();
         corrupt[good.length >> 1]! ^= 1;
-        const other = await placeHfModel(b, defaultConfig(), [{ name: 'other.safetensors', bytes: syntheticWeights(defaultConfig(), 99, { dtype: 'BF16' }) }]);
+        const other = await placeHfModel(b, tinyConfig(), [{ name: 'other.safetensors', bytes: syntheticWeights(tinyConfig(), 99, { dtype: 'BF16' }) }]);
         const os = other.createSession();
         os.forward(toks.slice(0, 20));
         for (const bad of [corrupt, good.subarray(0, good.length - 9), os.save(), new Uint8Array(3)]) {

@@ -17,7 +17,7 @@ import { createApp } from '../../src/server/app.js';
 import { Kernels } from '../../src/engine/kernels.js';
 import { StreamDecoder, TokenizerError } from '../../src/tokenizer/tokenizer.js';
 import { hfToGgufParts } from '../../src/weights/to-gguf.js';
-import { defaultDir } from '../helpers/default-model.js';
+import { tinyDir } from '../helpers/tiny-model.js';
 
 /** runs per property: these in CI; KLE_FUZZ_RUNS=N multiplies them for a longer hunt (npm run fuzz) */
 const runs = (n: number) => n * Math.max(1, Number(process.env.KLE_FUZZ_RUNS ?? 1));
@@ -37,7 +37,7 @@ const mutated = (base: Uint8Array) =>
 
 describe('property fuzzing of the TypeScript parsers and the HTTP API', async () => {
   const model = await loadModelFromDirectory();
-  const st = new Uint8Array(readFileSync(join(defaultDir, 'model.safetensors')));
+  const st = new Uint8Array(readFileSync(join(tinyDir, 'model.safetensors')));
   // a small valid file to mutate: the header and the first tensors of the default model
   const headerLen = Number(new DataView(st.buffer, st.byteOffset).getBigUint64(0, true));
   const smallSt = st.slice(0, 8 + headerLen + 4096);
@@ -56,7 +56,7 @@ describe('property fuzzing of the TypeScript parsers and the HTTP API', async ()
   });
 
   it('GGUF: mutated headers parse or fail with a FormatError or ConfigError', async () => {
-    const cfg = JSON.parse(readFileSync(join(defaultDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+    const cfg = JSON.parse(readFileSync(join(tinyDir, 'config.json'), 'utf8')) as Record<string, unknown>;
     const p = hfToGgufParts(cfg, parseSafetensors(st), new Kernels(model.backend), { weights: 'Q8_0' });
     const gguf = writeGguf(p.metadata, p.tensors).slice(0, 64 << 10); // the header and some data
     await fc.assert(

@@ -11,7 +11,7 @@ import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetens
 import { sourceFromFiles, sourceFromUrl } from '../../src/formats/source.js';
 import { loadModelFromDirectory } from '../../src/node.js';
 import { StreamDecoder } from '../../src/tokenizer/tokenizer.js';
-import { defaultDir } from '../helpers/default-model.js';
+import { tinyDir } from '../helpers/tiny-model.js';
 
 async function collect(it: AsyncIterable<GenerateEvent>) {
   let text = '';
@@ -26,7 +26,7 @@ async function collect(it: AsyncIterable<GenerateEvent>) {
   return { text, tokens, done: done! };
 }
 
-const files = () => Object.fromEntries(['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].map((f) => [f, new Uint8Array(readFileSync(join(defaultDir, f)))]));
+const files = () => Object.fromEntries(['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'].map((f) => [f, new Uint8Array(readFileSync(join(tinyDir, f)))]));
 
 describe('Sampler', () => {
   const logits = Float32Array.from([0.1, 2.0, 1.9, -1, 0.5]);
@@ -136,7 +136,7 @@ describe('Session.generate on the default model', async () => {
 });
 
 describe('loadModel from other sources', () => {
-  const ref = (async () => (await loadModelFromDirectory()).createSession().prefill([1, 2, 3, 4, 5]))();
+  const ref = (async () => (await loadModelFromDirectory(tinyDir)).createSession().prefill([1, 2, 3, 4, 5]))();
 
   it('memory, with a progress callback that reaches the total', async () => {
     let last = 0;

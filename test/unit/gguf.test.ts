@@ -9,11 +9,11 @@ import { parseSafetensors } from '../../src/formats/safetensors.js';
 import { sourceFromFiles } from '../../src/formats/source.js';
 import { hfToGgufParts } from '../../src/weights/to-gguf.js';
 import { relErr } from '../../src/verify/relerr.js';
-import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
-import { allBackends, defaultDir, tokens } from '../helpers/default-model.js';
+import { syntheticWeights, TINY_CONFIG, withHeadGate } from '../../src/weights/synthetic.js';
+import { allBackends, tinyDir, tokens } from '../helpers/tiny-model.js';
 import { loadModelFromDirectory } from '../../src/node.js';
 
-const read = (f: string) => readFileSync(join(defaultDir, f));
+const read = (f: string) => readFileSync(join(tinyDir, f));
 const cfg = JSON.parse(read('config.json').toString()) as Record<string, unknown>;
 const st = parseSafetensors(new Uint8Array(read('model.safetensors')));
 const tj = JSON.parse(read('tokenizer.json').toString()) as unknown;
@@ -25,7 +25,7 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
   const kernels = new Kernels(backends[0]!);
   const parts = (weights: 'F32' | 'BF16' | 'Q8_0' | 'Q4_0') => hfToGgufParts(cfg, st, kernels, { weights, tokenizerJson: tj, tokenizerConfig: tc });
   const load = (bytes: Uint8Array, b = backends[0]!) => loadModel(sourceFromFiles({ 'model.gguf': bytes }), { backend: b });
-  const ref = (await loadModelFromDirectory()).createSession().prefill(toks);
+  const ref = (await loadModelFromDirectory(tinyDir)).createSession().prefill(toks);
 
   it('F32 and BF16 files give exactly the logits of the HF checkpoint, with the same tokenizer', async () => {
     for (const w of ['F32', 'BF16'] as const) {
@@ -33,7 +33,7 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
       const m = await load(writeGguf(p.metadata, p.tensors));
       expect(m.createSession().prefill(toks)).toEqual(ref);
       const text = 'Hello, world! Ünïcödé <|im_end|>';
-      const hf = await loadModelFromDirectory();
+      const hf = await loadModelFromDirectory(tinyDir);
       expect(m.tokenizer!.encode(text)).toEqual(hf.tokenizer!.encode(text));
       expect(m.tokenizer!.applyChatTemplate([{ role: 'user', content: 'Hi' }])).toBe(hf.tokenizer!.applyChatTemplate([{ role: 'user', content: 'Hi' }]));
       expect(m.eosTokenIds).toEqual([257]);
@@ -53,6 +53,19 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
     const m = await load(writeGguf(p.metadata, p.tensors));
     expect(m.config.kda.numHeads).toBe(4);
     expect(m.config.mla).toEqual(hf.config.mla);
+    expect(m.createSession().prefill(toks)).toEqual(hf.createSession().prefill(toks));
+  });
+
+  it('Gated DeltaNet\'s gate (one decay per head) and tied embeddings survive the round trip, the gate told by its shape', async () => {
+    const gdn = withHeadGate({ ...TINY_CONFIG, tie_word_embeddings: true });
+    const bytes = syntheticWeights(gdn, 43);
+    const hf = await loadModel(sourceFromFiles({ 'config.json': JSON.stringify(gdn), 'model.safetensors': bytes }), { backend: backends[0]! });
+    expect(hf.config.kda.gatePerHead).toBe(true);
+    const p = hfToGgufParts(gdn, parseSafetensors(bytes), kernels, { weights: 'F32' });
+    expect(p.tensors.some((t) => t.name === 'output.weight')).toBe(false);
+    const m = await load(writeGguf(p.metadata, p.tensors));
+    expect(m.config.kda.gatePerHead).toBe(true);
+    expect(m.config.tieWordEmbeddings).toBe(true);
     expect(m.createSession().prefill(toks)).toEqual(hf.createSession().prefill(toks));
   });
 

@@ -50,15 +50,15 @@ describe('hostile inputs get clear answers', async () => {
   });
 
   it('generation keeps within model_max_length: a longer prompt is refused, generation stops at it', async () => {
-    const files = (await import('../helpers/default-model.js')).defaultWeights();
+    const files = (await import('../helpers/tiny-model.js')).tinyWeights();
     const { readFileSync } = await import('node:fs');
     const { join } = await import('node:path');
-    const { defaultDir } = await import('../helpers/default-model.js');
+    const { tinyDir } = await import('../helpers/tiny-model.js');
     const short = await loadModel(sourceFromFiles({
-      'config.json': JSON.stringify({ ...JSON.parse(readFileSync(join(defaultDir, 'config.json'), 'utf8')), model_max_length: 24 }),
+      'config.json': JSON.stringify({ ...JSON.parse(readFileSync(join(tinyDir, 'config.json'), 'utf8')), model_max_length: 24 }),
       'model.safetensors': files,
-      'tokenizer.json': readFileSync(join(defaultDir, 'tokenizer.json'), 'utf8'),
-      'tokenizer_config.json': readFileSync(join(defaultDir, 'tokenizer_config.json'), 'utf8'),
+      'tokenizer.json': readFileSync(join(tinyDir, 'tokenizer.json'), 'utf8'),
+      'tokenizer_config.json': readFileSync(join(tinyDir, 'tokenizer_config.json'), 'utf8'),
     }), { backend: model.backend });
     const s = short.createSession();
     const it1 = s.generate(Array.from({ length: 30 }, (_, i) => i + 1), { maxTokens: 4 });

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { parseKimiConfig } from '../../src/engine/config.js';
 import { EngineModel } from '../../src/engine/engine.js';
 import { TINY_CONFIG } from '../../src/weights/synthetic.js';
-import { allBackends, defaultDir, loadDefault, tokens } from '../helpers/default-model.js';
+import { allBackends, tinyDir, loadTiny, tokens } from '../helpers/tiny-model.js';
 
 /** FNV-1a 64 of bytes, as the blob's trailer (engine/model/session.c) */
 function fnv64(b: Uint8Array): bigint {
@@ -20,7 +20,7 @@ describe('sizes from untrusted numbers, on every backend', async () => {
   for (const b of backends) {
     describe(b.name, () => {
       it('a 4 GiB tensor is refused or allocated whole, never wrapped; the engine keeps working', async () => {
-        const before = await loadDefault(b);
+        const before = await loadTiny(b);
         const toks = tokens(20, 512, 3);
         const want = before.createSession().forward(toks);
         // an F32 embedding of 65536 x 16384: exactly 4 GiB
@@ -39,7 +39,7 @@ describe('sizes from untrusted numbers, on every backend', async () => {
       });
 
       it('a blob whose position is forged to wrap its size in 32 bits (checksum made right) is refused', async () => {
-        const m = await loadDefault(b);
+        const m = await loadTiny(b);
         const s = m.createSession();
         s.forward(tokens(10, 512, 4));
         const blob = s.save();
@@ -72,7 +72,7 @@ describe('a session blob is checked whole before it is used', async () => {
   const backends = await allBackends();
   for (const b of backends) {
     it(`${b.name}: history ids outside the vocabulary, non-finite state and absurd part totals are refused`, async () => {
-      const model = await loadModel(sourceFromDirectory(defaultDir), { backend: b });
+      const model = await loadModel(sourceFromDirectory(tinyDir), { backend: b });
       const s = model.createSession();
       s.prefill(tokens(12, 512, 6));
       const blob = s.save();

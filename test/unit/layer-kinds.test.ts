@@ -2,25 +2,25 @@
 // own rows (engine/model/layers.c): every tensor's need, shape and format class, and the size of
 // a session's state blob, on configs that exercise every kind and size.
 import { describe, expect, it } from 'vitest';
-import type { KimiConfig } from '../../src/engine/config.js';
 import { EngineModel } from '../../src/engine/engine.js';
 import { expertTensors, layerTensors, sessionBlobBytes } from '../../src/engine/layer-kinds.js';
 import { EXPERT_ROLES, ROLES } from '../../src/engine/roles.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
-import { syntheticConfig, syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
-import { allBackends, tokens } from '../helpers/default-model.js';
+import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
+import { syntheticWeights, TINY_CONFIG, withHeadGate } from '../../src/weights/synthetic.js';
+import { allBackends, tokens } from '../helpers/tiny-model.js';
 
 const la = TINY_CONFIG.linear_attn_config;
-const configs: Record<string, { json: Record<string, unknown>; gatePerHead?: boolean }> = {
+const configs: Record<string, { json: Record<string, unknown> }> = {
   default: { json: { ...TINY_CONFIG } },
-  'one decay per head': { json: { ...TINY_CONFIG }, gatePerHead: true },
+  'one decay per head': { json: withHeadGate(TINY_CONFIG) },
   'own MLA sizes': { json: { ...TINY_CONFIG, num_attention_heads: 6, qk_nope_head_dim: 24, qk_rope_head_dim: 8, v_head_dim: 40, kv_lora_rank: 48, num_key_value_heads: 6 } },
   'all KDA, no MoE': { json: { ...TINY_CONFIG, num_experts: 0, linear_attn_config: { ...la, kda_layers: [1, 2, 3, 4], full_attn_layers: [] } } },
   'all MLA, no shared experts, tied': { json: { ...TINY_CONFIG, num_shared_experts: 0, tie_word_embeddings: true, linear_attn_config: { ...la, kda_layers: [], full_attn_layers: [1, 2, 3, 4] } } },
 };
 
-function configOf(c: { json: Record<string, unknown>; gatePerHead?: boolean }): KimiConfig {
-  return syntheticConfig(c.json, { gatePerHead: c.gatePerHead });
+function configOf(c: { json: Record<string, unknown> }): KimiConfig {
+  return parseKimiConfig(c.json);
 }
 
 describe('the layer kinds as data agree with the engine', async () => {
@@ -53,7 +53,7 @@ describe('the layer kinds as data agree with the engine', async () => {
 
     it(`${name}: the state blob is as large as the description says`, async () => {
       const cfg = configOf(c);
-      const m = await placeHfCheckpoint(wasm!, cfg, [{ name: 'w.safetensors', bytes: syntheticWeights(c.json, 5, { gatePerHead: c.gatePerHead }) }]);
+      const m = await placeHfCheckpoint(wasm!, cfg, [{ name: 'w.safetensors', bytes: syntheticWeights(c.json, 5) }]);
       const s = m.createSession();
       for (const n of [1, 70]) {
         s.forward(tokens(n, cfg.vocabSize, n));

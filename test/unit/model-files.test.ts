@@ -3,11 +3,11 @@ import { ConfigError, parseKimiConfig } from '../../src/engine/config.js';
 import { placeHfModel, type Shard } from '../../src/weights/hf-loader.js';
 import { FormatError, parseSafetensors, type SafetensorsTensor } from '../../src/formats/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetensors-writer.js';
-import { defaultModelFiles } from '../../models/make-default.js';
-import { allBackends, defaultConfig, defaultWeights } from '../helpers/default-model.js';
+import { randomTinyFiles } from '../../models/make-random-tiny.js';
+import { allBackends, tinyConfig, tinyWeights } from '../helpers/tiny-model.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { defaultDir } from '../helpers/default-model.js';
+import { tinyDir } from '../helpers/tiny-model.js';
 
 type Tensors = Record<string, TensorToWrite>;
 
@@ -21,8 +21,8 @@ const Q = 'model.layers.0.self_attn.q_proj.weight';
 
 describe('malformed model files get an error that names the tensor and the problem', async () => {
   const [wasm] = await allBackends();
-  const cfg = defaultConfig();
-  const good = defaultWeights();
+  const cfg = tinyConfig();
+  const good = tinyWeights();
   const load = (shards: Shard[], c: unknown = cfg) => placeHfModel(wasm!, c, shards);
   const one = (bytes: Uint8Array) => [{ name: 'model.safetensors', bytes }];
   const edited = (f: (t: Tensors) => void) => {
@@ -132,7 +132,7 @@ describe('malformed model files get an error that names the tensor and the probl
 });
 
 describe('config.json', () => {
-  const cfg = defaultConfig();
+  const cfg = tinyConfig();
   const bad = (patch: Record<string, unknown>, key: RegExp) => {
     const c = structuredClone(cfg);
     Object.assign(c, patch);
@@ -164,10 +164,10 @@ describe('config.json', () => {
   });
 });
 
-describe('the embedded default model', () => {
-  it('is what models/make-default.ts makes, byte for byte', async () => {
-    const { config, weights } = defaultModelFiles();
-    expect(readFileSync(join(defaultDir, 'config.json'), 'utf8')).toBe(config);
-    expect(Buffer.compare(readFileSync(join(defaultDir, 'model.safetensors')), Buffer.from(weights))).toBe(0);
+describe('the random test model', () => {
+  it('is what models/make-random-tiny.ts makes, byte for byte', async () => {
+    const { config, weights } = randomTinyFiles();
+    expect(readFileSync(join(tinyDir, 'config.json'), 'utf8')).toBe(config);
+    expect(Buffer.compare(readFileSync(join(tinyDir, 'model.safetensors')), Buffer.from(weights))).toBe(0);
   });
 });

@@ -8,10 +8,10 @@ import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
 import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetensors-writer.js';
-import { syntheticConfig, syntheticWeights, TINY_CONFIG, type SyntheticOptions } from '../../src/weights/synthetic.js';
+import { syntheticWeights, TINY_CONFIG, type SyntheticOptions, withHeadGate } from '../../src/weights/synthetic.js';
 import { modelForward64, routeRef } from '../../src/verify/model-ref64.js';
 import { relErr } from '../../src/verify/relerr.js';
-import { allBackends, argmax, defaultConfig, defaultWeights, tokens } from '../helpers/default-model.js';
+import { allBackends, argmax, tinyConfig, tinyWeights, tokens } from '../helpers/tiny-model.js';
 
 // f32 engine vs float64: measured 8.7e-7 .. 1.24e-6 on these models; the bar leaves room for
 // summation order and nothing else (a wrong gate or routing rule moves logits by 1e-2 or more)
@@ -23,7 +23,7 @@ interface Case {
 }
 
 function makeCase(json: Record<string, unknown>, seed: number, opts: SyntheticOptions & { dropBias?: boolean } = {}): Case {
-  const config = syntheticConfig(json, opts);
+  const config = parseKimiConfig(json);
   let weights = syntheticWeights(json, seed, opts);
   if (opts.dropBias) {
     const f = parseSafetensors(weights);
@@ -61,10 +61,10 @@ const grouped = { ...TINY_CONFIG, num_expert_group: 4, topk_group: 2, num_expert
 describe('the engine against the float64 model', async () => {
   const backends = await allBackends();
   const cases: Record<string, () => Case> = {
-    'the default model': () => ({ config: parseKimiConfig(defaultConfig()), weights: defaultWeights() }),
-    'one decay per head (Gated DeltaNet gate)': () => makeCase({ ...TINY_CONFIG }, 21, { gatePerHead: true }),
+    'the default model': () => ({ config: parseKimiConfig(tinyConfig()), weights: tinyWeights() }),
+    'one decay per head (Gated DeltaNet gate)': () => makeCase(withHeadGate(TINY_CONFIG), 21),
     'one decay per head, lower-bound gate': () =>
-      makeCase({ ...TINY_CONFIG, linear_attn_config: { ...TINY_CONFIG.linear_attn_config, gate_lower_bound: -5 } }, 22, { gatePerHead: true }),
+      makeCase(withHeadGate({ ...TINY_CONFIG, linear_attn_config: { ...TINY_CONFIG.linear_attn_config, gate_lower_bound: -5 } }), 22),
     'grouped routing (4 groups, 2 kept) with the selection bias': () => makeCase(grouped, 23),
     'grouped routing without the selection bias (a zero bias)': () => makeCase(grouped, 23, { dropBias: true }),
   };
@@ -88,7 +88,7 @@ describe('the engine against the float64 model', async () => {
   it('a per-head gate changes the model (the seam is not a no-op)', async () => {
     const toks = tokens(40, 512, 6);
     const perChannel = makeCase({ ...TINY_CONFIG }, 21);
-    const perHead = makeCase({ ...TINY_CONFIG }, 21, { gatePerHead: true });
+    const perHead = makeCase(withHeadGate(TINY_CONFIG), 21);
     const a = await engineLogits(backends[0]!, perChannel, toks), b = reference(perHead, toks);
     expect(relErr(a.prefill, b)).toBeGreaterThan(1e-2);
   });

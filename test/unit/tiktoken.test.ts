@@ -6,11 +6,11 @@ import { tokenizerFromTiktoken } from '../../src/tokenizer/tiktoken.js';
 import { Tokenizer } from '../../src/tokenizer/tokenizer.js';
 import { loadModel } from '../../src/model/load.js';
 import { sourceFromFiles } from '../../src/formats/source.js';
-import { allBackends, defaultDir } from '../helpers/default-model.js';
+import { allBackends, tinyDir } from '../helpers/tiny-model.js';
 
 // A tiktoken.model made from the default tokenizer (byte tokens, then its merged tokens in
 // merge order, ranks contiguous), with Kimi's special-token layout after the base vocabulary.
-const tj = JSON.parse(readFileSync(join(defaultDir, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number>; merges: string[] } };
+const tj = JSON.parse(readFileSync(join(tinyDir, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number>; merges: string[] } };
 const u2b = new Map(byteToUnicode().map((c, b) => [c, b]));
 const toB64 = (spelled: string) => btoa(String.fromCharCode(...Array.from(spelled, (c) => u2b.get(c)!)));
 const entries = Object.entries(tj.model.vocab).sort((a, b) => a[1] - b[1]);
@@ -52,7 +52,7 @@ describe("Kimi's tiktoken vocabulary", () => {
 
   it('loadModel takes tiktoken.model when there is no tokenizer.json', async () => {
     const [b] = await allBackends();
-    const files = Object.fromEntries(['config.json', 'model.safetensors'].map((f) => [f, new Uint8Array(readFileSync(join(defaultDir, f)))]));
+    const files = Object.fromEntries(['config.json', 'model.safetensors'].map((f) => [f, new Uint8Array(readFileSync(join(tinyDir, f)))]));
     const m = await loadModel(sourceFromFiles({ ...files, 'tiktoken.model': lines.join('\n'), 'tokenizer_config.json': JSON.stringify(config) }), { backend: b! });
     expect(m.tokenizer!.decode(m.tokenizer!.encode('hello world'))).toBe('hello world');
   });

@@ -5,14 +5,15 @@ import type { EngineModel } from '../../src/engine/engine.js';
 import { loadNativeBackend, loadWasmBackend, packageRoot } from '../../src/engine/node-kernels.js';
 import { placeHfModel } from '../../src/weights/hf-loader.js';
 
-export const defaultDir = join(packageRoot(), 'models', 'default');
+/** The seeded random model (models/make-random-tiny.ts): the tests' small model and the peers' inputs. */
+export const tinyDir = join(packageRoot(), 'test', 'fixtures', 'random-tiny');
 
-export function defaultConfig(): Record<string, unknown> {
-  return JSON.parse(readFileSync(join(defaultDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+export function tinyConfig(): Record<string, unknown> {
+  return JSON.parse(readFileSync(join(tinyDir, 'config.json'), 'utf8')) as Record<string, unknown>;
 }
 
-export function defaultWeights(): Uint8Array {
-  return new Uint8Array(readFileSync(join(defaultDir, 'model.safetensors')));
+export function tinyWeights(): Uint8Array {
+  return new Uint8Array(readFileSync(join(tinyDir, 'model.safetensors')));
 }
 
 let backends: Promise<KernelBackend[]> | undefined;
@@ -22,8 +23,8 @@ export function allBackends(): Promise<KernelBackend[]> {
   return backends;
 }
 
-export function loadDefault(b: KernelBackend): Promise<EngineModel> {
-  return placeHfModel(b, defaultConfig(), [{ name: 'model.safetensors', bytes: defaultWeights() }]);
+export function loadTiny(b: KernelBackend): Promise<EngineModel> {
+  return placeHfModel(b, tinyConfig(), [{ name: 'model.safetensors', bytes: tinyWeights() }]);
 }
 
 export function argmax(a: Float32Array, off = 0, n = a.length): number {
