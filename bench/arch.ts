@@ -1,6 +1,7 @@
 // npm run bench:arch [-- --quick] [-- --backend cuda]
-// The architecture's claims on this runtime: three models of about the same size, Kimi Linear's
-// hybrid (3 KDA : 1 MLA), all-MLA and all-KDA; time per output token against context length
+// The architecture's claims on this runtime: four models of about the same size, Kimi Linear's
+// hybrid (3 KDA : 1 MLA), the same hybrid with Gated DeltaNet's per-head gate (GDN-H), all-MLA
+// and all-KDA; time per output token against context length
 // (state at each length set directly from a session blob, so long contexts need no prefill),
 // prefill latency against prompt length, and the state bytes per token, measured against the
 // formula. wasm SIMD and native; with --backend cuda the engine's CUDA backend alone (on a GPU
@@ -33,6 +34,8 @@ const base = {
 const la = (kda: number[]) => ({ kda_layers: kda, full_attn_layers: Array.from({ length: L }, (_, i) => i + 1).filter((i) => !kda.includes(i)), num_heads: 8, head_dim: 64, short_conv_kernel_size: 4 });
 const CONFIGS = {
   'hybrid 3:1': { ...base, linear_attn_config: la([1, 2, 3, 5, 6, 7]) },
+  // Gated DeltaNet's gate in the same hybrid: one decay per head instead of one per channel
+  'GDN-H 3:1': { ...base, linear_attn_config: { ...la([1, 2, 3, 5, 6, 7]), gate_type: 'head' } },
   'all MLA': { ...base, linear_attn_config: la([]) },
   'all KDA': { ...base, linear_attn_config: la([1, 2, 3, 4, 5, 6, 7, 8]) },
 };

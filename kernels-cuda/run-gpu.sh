@@ -11,6 +11,8 @@
 #       to an older commit's addon if carry.sh was given one); without --quick also serves a
 #       >= 128K-token request through the GPU node (bench/gpu-node.ts) and runs the architecture
 #       study on the GPU (bench/arch.ts)
+#   bash kernels-cuda/run-gpu.sh arch [--quick]
+#       the addon, the parity test and the architecture study alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -37,7 +39,7 @@ if [ "$mode" = kernels ]; then
   exit 0
 fi
 
-[ "$mode" = engine ] || { echo "unknown mode $mode (kernels | engine)" >&2; exit 2; }
+[ "$mode" = engine ] || [ "$mode" = arch ] || { echo "unknown mode $mode (kernels | engine | arch)" >&2; exit 2; }
 [ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
 xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
@@ -48,6 +50,11 @@ node engine/build/build.mjs native cuda 2>&1 | tail -5
 VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts"
 # CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer
 $VITEST 2>&1 | tee "$OUT/parity.log" | tail -40
+if [ "$mode" = arch ]; then
+  node .gpu/dist/bench/arch.mjs --backend cuda "$@" 2>&1 | tee "$OUT/arch.log"
+  cp bench/results/arch-cuda-* bench/results/arch-*-h[0-9]*.svg "$OUT/" 2>/dev/null || true
+  exit 0
+fi
 KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
 # each step's results go to $OUT as soon as it ends (a later step may run past the call's limit)
 save() { cp bench/results/cuda-engine-* bench/results/cuda-gpu-node-* bench/results/arch-cuda-* bench/results/arch-*-h[0-9]*.svg "$OUT/" 2>/dev/null || true; $COLLECT; }
