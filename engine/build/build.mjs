@@ -8,7 +8,9 @@
 //   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine of
 //           engine/model with the CUDA backend (kernels-cuda/src/backend_cuda.cu) in place of the
 //           CPU one (backend_cpu.c); needs nvcc, runs where a GPU is
-//   check   rebuilds wasm + abi into a temporary folder and fails if the committed ones differ
+//   as      asc (AssemblyScript, from npm) -> wasm/dist/sampler.wasm: the TypeScript side's hot
+//           code (as/), compiled to SIMD wasm that borrows the memory it works in
+//   check   rebuilds wasm + abi + as into a temporary folder and fails if the committed ones differ
 // Usage: node engine/build/build.mjs STEP...   (default: wasm abi native)
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -113,12 +115,21 @@ function buildCuda() {
   run(nvcc, ['-shared', ...objs, '-o', join(outDir, 'kle-cuda.node'), '-lm']);
 }
 
+// The sampler owns no memory and must place no data in the one it borrows (the engine's):
+// stub runtime, no abort strings, no static data (a test checks the module has no data segment).
+function buildAs(outDir) {
+  mkdirSync(outDir, { recursive: true });
+  run(process.execPath, [join(root, 'node_modules', 'assemblyscript', 'bin', 'asc.js'), join(root, 'as', 'sampler.ts'),
+    '-o', join(outDir, 'sampler.wasm'), '-O3', '--runtime', 'stub', '--importMemory', '--noExportMemory', '--use', 'abort=', '--enable', 'simd']);
+}
+
 function check() {
   const tmp = mkdtempSync(join(tmpdir(), 'kle-check-'));
   const stale = [];
   try {
     buildWasm(tmp);
-    for (const f of ['kle-simd.wasm', 'kle-scalar.wasm']) {
+    buildAs(tmp);
+    for (const f of ['kle-simd.wasm', 'kle-scalar.wasm', 'sampler.wasm']) {
       const committed = join(distDir, f);
       if (!existsSync(committed) || !readFileSync(committed).equals(readFileSync(join(tmp, f)))) stale.push(`wasm/dist/${f}`);
     }
@@ -131,7 +142,7 @@ function check() {
     console.error(`stale build outputs (run \`npm run build:wasm\` and commit): ${stale.join(', ')}`);
     process.exit(1);
   }
-  console.log('wasm/dist and src/engine/kle-abi.ts match the C sources');
+  console.log('wasm/dist and src/engine/kle-abi.ts match the C and AssemblyScript sources');
 }
 
 const steps = process.argv.slice(2);
@@ -139,10 +150,11 @@ for (const step of steps.length ? steps : ['wasm', 'abi', 'native']) {
   if (step === 'wasm') buildWasm(distDir);
   else if (step === 'abi') writeFileSync(abiPath, abiTs(parseHeader(header)));
   else if (step === 'native') buildNative();
+  else if (step === 'as') buildAs(distDir);
   else if (step === 'cuda') buildCuda();
   else if (step === 'check') check();
   else {
-    console.error(`unknown step "${step}" (wasm | abi | native | cuda | check)`);
+    console.error(`unknown step "${step}" (wasm | abi | native | cuda | as | check)`);
     process.exit(2);
   }
 }

@@ -153,6 +153,17 @@ export class EngineSession {
     return call(this.model.backend, 'kle_session_pos', [this.handle]);
   }
 
+  /**
+   * Where the last token's logits are, for a sampler to read in place (on the wasm backend the
+   * address is in the engine's memory), or null before the first token.
+   */
+  logitsRef(): { readonly backend: KernelBackend; readonly address: number; readonly vocabSize: number; copy(): Float32Array } | null {
+    const addr = call(this.model.backend, 'kle_session_logits', [this.handle]);
+    if (!addr) return null;
+    const b = this.model.backend, V = this.model.config.vocabSize;
+    return { backend: b, address: addr, vocabSize: V, copy: () => readF32(b, addr, V) };
+  }
+
   /** The last token's logits (a copy), or null before the first token. */
   logits(): Float32Array | null {
     const addr = call(this.model.backend, 'kle_session_logits', [this.handle]);

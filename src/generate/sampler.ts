@@ -1,82 +1,103 @@
-/** Token sampling: repetition penalty, temperature, top-k, top-p, seeded. */
+/**
+ * Token sampling at any vocabulary size: temperature, top-k, top-p, min-p, repetition /
+ * frequency / presence penalties, logit bias, seeded. The work is done by as/sampler.ts
+ * (AssemblyScript compiled to SIMD wasm, wasm/dist/sampler.wasm): no copy of the vocabulary, no
+ * sort. On the wasm engine it reads the logits where the engine left them, in the engine's own
+ * memory; with other backends they are copied into the sampler's memory first.
+ *
+ * The compiled module has to be installed once per process: `kimi-linear-edge/node` does it on
+ * import, a Worker hands over the module its bundler made (see worker/index.ts), a browser
+ * compiles wasm/dist/sampler.wasm itself. Without it, sampling falls back to the reference
+ * implementation (./sampler-reference.ts), which gives the same distribution, slowly.
+ */
+import { WasmBackend } from '../engine/wasm-backend.js';
+import type { KernelBackend } from '../engine/backend.js';
+import { engineSite, ownKernel, samplerKernelInstalled, type KernelSite } from '../engine/sampler-kernel.js';
+import { adjustedLogit, biasEntries, ReferenceSampler, rng, validateSampling, type SamplingOptions } from './sampler-reference.js';
 
-export interface SamplingOptions {
-  /** 0 picks the most likely token (greedy). Default 1. */
-  temperature?: number;
-  /** keep only the k most likely tokens (0: all) */
-  topK?: number;
-  /** keep the smallest set of tokens whose probability reaches p (1: all) */
-  topP?: number;
-  /** > 1 makes tokens already in the context less likely (CTRL's rule, as in HF transformers) */
-  repetitionPenalty?: number;
-  /** seed of the sampler's generator, for reproducible sampling */
-  seed?: number;
-}
+export { validateSampling, type SamplingOptions } from './sampler-reference.js';
+export { installSamplerModule, samplerKernelInstalled } from '../engine/sampler-kernel.js';
 
-/** mulberry32: small, fast, seeded, the same on every platform */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-export function validateSampling(o: SamplingOptions): void {
-  const t = o.temperature ?? 1;
-  if (!(t >= 0 && Number.isFinite(t))) throw new RangeError(`temperature must be >= 0, got ${t}`);
-  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0)) throw new RangeError(`topK must be a non-negative integer, got ${o.topK}`);
-  if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) throw new RangeError(`topP must be in (0, 1], got ${o.topP}`);
-  if (o.repetitionPenalty !== undefined && !(o.repetitionPenalty > 0 && Number.isFinite(o.repetitionPenalty))) throw new RangeError(`repetitionPenalty must be > 0, got ${o.repetitionPenalty}`);
-}
+/** Where the logits to sample from are: in a wasm engine's memory, or an array. */
+export type LogitsSource = Float32Array | { readonly backend: KernelBackend; readonly address: number; readonly vocabSize: number; copy(): Float32Array };
 
 export class Sampler {
   private readonly next: () => number;
+  private readonly reference: ReferenceSampler | null;
+  private readonly biasMap: Map<number, number>;
+  private readonly penalized: boolean;
+  private readonly logMinP: number;
+  // token counts of the context seen so far, kept up to date as it grows
+  private counts = new Map<number, number>();
+  private seen = 0;
+  private lastSeen = -1;
 
   constructor(private readonly o: SamplingOptions = {}) {
     validateSampling(o);
-    this.next = rng(o.seed ?? (Math.random() * 2 ** 32) >>> 0);
+    const seed = o.seed ?? (Math.random() * 2 ** 32) >>> 0;
+    this.next = rng(seed);
+    this.reference = samplerKernelInstalled() ? null : new ReferenceSampler({ ...o, seed });
+    this.biasMap = new Map(biasEntries(o.logitBias));
+    this.penalized = (o.repetitionPenalty ?? 1) !== 1 || (o.frequencyPenalty ?? 0) !== 0 || (o.presencePenalty ?? 0) !== 0;
+    this.logMinP = (o.minP ?? 0) > 0 ? Math.log(o.minP!) : -Infinity;
   }
 
-  /** Picks a token from logits; `context` holds the tokens the repetition penalty applies to. */
-  sample(logits: Float32Array, context: Iterable<number> = []): number {
-    const l = Float32Array.from(logits);
-    const pen = this.o.repetitionPenalty ?? 1;
-    if (pen !== 1) for (const t of new Set(context)) if (t >= 0 && t < l.length) l[t] = l[t]! > 0 ? l[t]! / pen : l[t]! * pen;
-    const temp = this.o.temperature ?? 1;
-    if (temp === 0) {
-      let best = 0;
-      for (let i = 1; i < l.length; i++) if (l[i]! > l[best]!) best = i;
-      return best;
+  /** Picks a token from logits; `context` holds the tokens the penalties apply to. */
+  sample(logits: LogitsSource, context: Iterable<number> = []): number {
+    if (this.reference) return this.reference.sample(logits instanceof Float32Array ? logits : logits.copy(), context);
+    let site: KernelSite, addr: number, V: number;
+    if (!(logits instanceof Float32Array) && logits.backend instanceof WasmBackend) {
+      site = engineSite(logits.backend);
+      addr = logits.address;
+      V = logits.vocabSize;
+    } else {
+      const data = logits instanceof Float32Array ? logits : logits.copy();
+      site = ownKernel();
+      V = data.length;
+      addr = site.logitsFor(V);
+      new Float32Array(site.memory.buffer, addr, V).set(data);
     }
-    let idx = Array.from(l.keys()).sort((a, b) => l[b]! - l[a]! || a - b);
-    const k = this.o.topK ?? 0;
-    if (k > 0 && k < idx.length) idx = idx.slice(0, k);
-    const max = l[idx[0]!]!;
-    let p = idx.map((i) => Math.exp((l[i]! - max) / temp));
-    let sum = p.reduce((a, b) => a + b, 0);
-    const topP = this.o.topP ?? 1;
-    if (topP < 1) {
-      let acc = 0, cut = p.length;
-      for (let i = 0; i < p.length; i++) {
-        acc += p[i]! / sum;
-        if (acc >= topP) {
-          cut = i + 1;
-          break;
-        }
-      }
-      idx = idx.slice(0, cut);
-      p = p.slice(0, cut);
-      sum = p.reduce((a, b) => a + b, 0);
+    const scratch = site.scratchFor(V);
+    let src = addr;
+    const patches = this.patches(site, addr, V, context);
+    if (patches.n) src = site.fns.patch(addr, V, scratch, patches.ptr, patches.n) >>> 0;
+    const T = this.o.temperature ?? 1;
+    if (T === 0) return site.fns.argmax(src, V);
+    return site.fns.sample(src, V, scratch, T, this.o.topK ?? 0, this.o.topP ?? 1, this.logMinP, this.next());
+  }
+
+  /** The (token, adjusted logit) pairs of the penalties and the bias, written into the kernel's memory. */
+  private patches(site: KernelSite, addr: number, V: number, context: Iterable<number>): { ptr: number; n: number } {
+    if (!this.penalized && !this.biasMap.size) return { ptr: 0, n: 0 };
+    if (this.penalized) this.count(context);
+    const most = (this.penalized ? this.counts.size : 0) + this.biasMap.size;
+    const ptr = site.pairsFor(most);
+    const logits = new Float32Array(site.memory.buffer, addr, V);
+    const ids = new Int32Array(site.memory.buffer, ptr, 2 * most);
+    const vals = new Float32Array(site.memory.buffer, ptr, 2 * most);
+    let n = 0;
+    const put = (t: number, count: number) => {
+      if (!(t >= 0 && t < V)) return;
+      ids[2 * n] = t;
+      vals[2 * n + 1] = adjustedLogit(this.o, logits[t]!, this.biasMap.get(t) ?? 0, count);
+      n++;
+    };
+    if (this.penalized) for (const [t, c] of this.counts) put(t, c);
+    for (const t of this.biasMap.keys()) if (!(this.penalized && this.counts.has(t))) put(t, 0);
+    return { ptr, n };
+  }
+
+  /** Brings the counts up to date: an array that grew since the last call is counted from where it was. */
+  private count(context: Iterable<number>): void {
+    if (Array.isArray(context) && context.length >= this.seen && (this.seen === 0 || context[this.seen - 1] === this.lastSeen)) {
+      for (let i = this.seen; i < context.length; i++) this.counts.set(context[i]!, (this.counts.get(context[i]!) ?? 0) + 1);
+      this.seen = context.length;
+      this.lastSeen = this.seen ? (context[this.seen - 1] as number) : -1;
+      return;
     }
-    let r = this.next() * sum;
-    for (let i = 0; i < p.length; i++) {
-      r -= p[i]!;
-      if (r < 0) return idx[i]!;
-    }
-    return idx[idx.length - 1]!;
+    this.counts = new Map();
+    for (const t of context) this.counts.set(t, (this.counts.get(t) ?? 0) + 1);
+    this.seen = 0;
+    this.lastSeen = -1;
   }
 }

@@ -82,7 +82,7 @@ export class Session {
 
   /** Samples the next token from the current logits, runs it through the model, returns it. */
   decode(sampling: SamplingOptions | Sampler = {}): number {
-    const logits = this.engine.logits();
+    const logits = this.engine.logitsRef();
     if (!logits) throw new Error('decode needs a prefill first');
     const s = sampling instanceof Sampler ? sampling : new Sampler(sampling);
     const t = s.sample(logits, this.history);
@@ -130,8 +130,7 @@ export class Session {
         reason = 'abort';
         break;
       }
-      const logits = this.engine.logits()!;
-      const t = sampler.sample(logits, this.history);
+      const t = sampler.sample(this.engine.logitsRef()!, this.history);
       n++;
       if (eos.has(t)) {
         this.engine.forward([t]);

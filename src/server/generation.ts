@@ -61,6 +61,9 @@ export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: numbe
   const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? d.limits.defaultMaxTokens;
   if (maxTokens > d.limits.maxTokens) return errorResponse(400, `max_tokens ${maxTokens} exceeds this server's limit of ${d.limits.maxTokens}`, 'invalid_request_error', 'max_tokens', 'max_tokens_exceeded');
   if (promptTokens === null || !model) return null;
+  const V = model.config.vocabSize;
+  const badBias = Object.keys(req.logit_bias ?? {}).find((k) => Number(k) >= V);
+  if (badBias !== undefined) return errorResponse(400, `logit_bias: token ${badBias} is outside the vocabulary (0..${V - 1})`, 'invalid_request_error', 'logit_bias', 'invalid_value');
   const ctx = model.config.maxContext ?? Infinity;
   const promptLimit = Math.min(d.limits.maxPromptTokens, ctx);
   if (promptTokens > promptLimit) return errorResponse(400, `the prompt has ${promptTokens} tokens; this server takes at most ${promptLimit}`, 'invalid_request_error', promptParam(r), 'context_length_exceeded');
@@ -132,6 +135,10 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
     topP: req.top_p ?? undefined,
     topK: req.top_k ?? undefined,
     repetitionPenalty: req.repetition_penalty ?? undefined,
+    minP: req.min_p ?? undefined,
+    frequencyPenalty: req.frequency_penalty ?? undefined,
+    presencePenalty: req.presence_penalty ?? undefined,
+    logitBias: req.logit_bias ? Object.fromEntries(Object.entries(req.logit_bias).map(([k, v]) => [Number(k), v])) : undefined,
     seed: req.seed ?? undefined,
     stop: req.stop == null ? [] : typeof req.stop === 'string' ? [req.stop] : req.stop,
     signal: ac.signal,

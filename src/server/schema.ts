@@ -15,6 +15,12 @@ const common = {
   /** not in OpenAI's API; vLLM and llama.cpp accept it too */
   top_k: z.number().int().min(0).optional().nullable(),
   repetition_penalty: z.number().gt(0).max(10).optional().nullable(),
+  /** not in OpenAI's API (vLLM and llama.cpp have it): keep tokens at least this fraction as likely as the best */
+  min_p: z.number().min(0).max(1).optional().nullable(),
+  frequency_penalty: z.number().min(-2).max(2).optional().nullable(),
+  presence_penalty: z.number().min(-2).max(2).optional().nullable(),
+  /** token id (as a string key) -> bias added to its logit, as OpenAI's */
+  logit_bias: z.record(z.string().regex(/^\d{1,9}$/, 'keys are token ids'), z.number().min(-100).max(100)).refine((o) => Object.keys(o).length <= 1024, 'at most 1024 entries').optional().nullable(),
   seed: z.number().int().optional().nullable(),
   stop,
   n: z.literal(1).optional().nullable(),

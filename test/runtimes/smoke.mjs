@@ -1,8 +1,10 @@
 // Runs in Node, Bun and Deno from a project that installed the packed kimi-linear-edge tarball:
 // imports the package, loads the embedded default model on the SIMD wasm engine, generates
-// greedily, and runs one request through the server app. Prints one JSON line.
+// greedily and, with the AssemblyScript sampler installed, sampled with a seed (which must give
+// the same tokens in every runtime), and runs one request through the server app. Prints one
+// JSON line.
 import { readFile } from 'node:fs/promises';
-import { loadModel, sourceFromFiles, WasmBackend } from 'kimi-linear-edge';
+import { installSamplerModule, loadModel, sourceFromFiles, WasmBackend } from 'kimi-linear-edge';
 import { createApp } from 'kimi-linear-edge/server';
 
 const runtime = typeof Deno !== 'undefined' ? `deno ${Deno.version.deno}` : typeof Bun !== 'undefined' ? `bun ${Bun.version}` : `node ${process.version}`;
@@ -19,7 +21,12 @@ for await (const ev of model.createSession().generate([{ role: 'user', content: 
     if (ev.token >= 0) tokens.push(ev.token);
   }
 }
+installSamplerModule(await WebAssembly.compile(await readFile(new URL('wasm/dist/sampler.wasm', root))));
+const sampled = [];
+for await (const ev of model.createSession().generate('The jury said', { maxTokens: 24, temperature: 0.9, topP: 0.95, topK: 50, repetitionPenalty: 1.1, seed: 1234 })) {
+  if (ev.type === 'token' && ev.token >= 0) sampled.push(ev.token);
+}
 const app = createApp({ model, modelId: 'm' });
 const res = await app.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', prompt: 'Hi', max_tokens: 4, temperature: 0 }) });
 const body = await res.json();
-console.log(JSON.stringify({ runtime, simd: backend.name, tokens, text, status: res.status, completion: body.choices?.[0]?.text ?? null }));
+console.log(JSON.stringify({ runtime, simd: backend.name, tokens, sampled, text, status: res.status, completion: body.choices?.[0]?.text ?? null }));

@@ -1,6 +1,9 @@
 // The OpenAI-compatible app on Node, over real HTTP on loopback.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { startNodeServer } from '../../src/host/node.js';
+import { defaultModelDir, packageRoot } from '../../src/node.js';
 import { readSse, sseText } from '../helpers/sse.js';
 
 let url = '';
@@ -55,6 +58,26 @@ describe('OpenAI-compatible server on Node', () => {
     expect(['stop', 'length']).toContain(fin.choices[0]!.finish_reason);
     const plain = (await (await post('/v1/chat/completions', chat())).json()) as { choices: { message: { content: string } }[] };
     expect(sseText(ev)).toBe(plain.choices[0]!.message.content);
+  });
+
+  it('sampling extensions: logit_bias pins a token, min_p and the OpenAI penalties are taken, a bias outside the vocabulary is refused', async () => {
+    // token 300 of the default tokenizer, biased by +100: nothing else can be drawn
+    const tj = JSON.parse(readFileSync(join(defaultModelDir(), 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number> } };
+    const piece = Object.entries(tj.model.vocab).find(([, id]) => id === 300)![0];
+    const r = await post('/v1/completions', { model: 'kimi-linear-default', prompt: 'The jury', max_tokens: 5, temperature: 1, seed: 3, logit_bias: { '300': 100 }, min_p: 0.05, frequency_penalty: 0.5, presence_penalty: 0.5 });
+    expect(r.status).toBe(200);
+    const text = ((await r.json()) as { choices: { text: string }[] }).choices[0]!.text;
+    expect(text).toBe(piece.replace(/Ġ/g, ' ').repeat(5));
+    const bad = await post('/v1/completions', { model: 'kimi-linear-default', prompt: 'Hi', max_tokens: 2, logit_bias: { '999999': 5 } });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { message: string; param: string } }).error).toMatchObject({ param: 'logit_bias', message: expect.stringMatching(/outside the vocabulary/) });
+    expect((await post('/v1/completions', { model: 'kimi-linear-default', prompt: 'Hi', max_tokens: 2, min_p: 2 })).status).toBe(400);
+  });
+
+  it('a seeded, sampled completion is the committed text (workerd must give the same: test/workers)', async () => {
+    const seeded = JSON.parse(readFileSync(join(packageRoot(), 'test', 'fixtures', 'seeded-completion.json'), 'utf8')) as { request: unknown; text: string };
+    const r = await post('/v1/completions', seeded.request);
+    expect(((await r.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(seeded.text);
   });
 
   it('completions, models, health, metrics', async () => {

@@ -2,6 +2,7 @@
 // default model.
 import { SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
+import seeded from '../fixtures/seeded-completion.json';
 
 const auth = { authorization: 'Bearer worker-test-key', 'content-type': 'application/json' };
 const chat = (extra: Record<string, unknown> = {}) => ({ model: 'kimi-linear-default', messages: [{ role: 'user', content: 'Hello from workerd' }], max_tokens: 10, temperature: 0, ...extra });
@@ -40,6 +41,12 @@ describe('the Worker in workerd', () => {
     expect(j.object).toBe('chat.completion');
     expect(j.usage.total_tokens).toBeGreaterThan(5);
     expect(['stop', 'length']).toContain(j.choices[0]!.finish_reason);
+  });
+
+  it('a seeded, sampled completion is the text Node gives (the AssemblyScript sampler in workerd)', async () => {
+    const r = await SELF.fetch('https://edge.test/v1/completions', { method: 'POST', headers: auth, body: JSON.stringify(seeded.request) });
+    expect(r.status).toBe(200);
+    expect(((await r.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(seeded.text);
   });
 
   it('malformed JSON', async () => {

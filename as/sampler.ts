@@ -1,0 +1,456 @@
+// Token sampling over a vocabulary of any size without sorting it (AssemblyScript, SIMD).
+//
+// The module owns no memory: it imports the memory it works in, so on the wasm engine it reads
+// the logits where the engine left them (one instance per engine memory), and elsewhere it gets
+// a memory of its own that the logits are copied into. Every pointer is a byte offset into that
+// memory; `scratch` is a region of scratchBytes(V) the caller reserves.
+//
+// The filters keep a prefix of the vocabulary sorted by (logit descending, index ascending), as
+// src/generate/sampler-reference.ts does with a full sort: top-k by a radix select on the
+// logits' bits (three histogram passes), top-p by a histogram of probability mass over the
+// distance below the maximum (1/64 nat bins; only the bin where the mass crosses is sorted),
+// min-p as a plain threshold. A cut is a value and how many of the tokens equal to it (in index
+// order) stay. The draw walks the kept tokens in index order, whose distribution is the
+// reference's; the same seed gives a different token than the reference's walk in sorted order,
+// so the two are compared statistically, and exactly where sampling is deterministic.
+
+const BINS: i32 = 2048;
+const KBINS: i32 = 65536; // top-k buckets: the top 16 bits of a logit's key
+const BIN_SCALE: f32 = 64; // bins per nat below the maximum: 2047 bins cover 32 nats, the last the rest
+const BLOCK: i32 = 1024; // tokens per partial sum of the draw
+const LN2: f32 = 0.6931471805599453;
+const INV_LN2: f32 = 1.4426950408889634;
+
+// scratch layout, in bytes from `scratch`
+function offE(): i32 { return 0; } // [V] f32: exp((l - max) / T), 0 where cut
+function offMass(V: i32): i32 { return V * 4; } // [BINS] f64 mass per bin
+function offCount(V: i32): i32 { return offMass(V) + BINS * 8; } // [KBINS] i32 histogram counts
+function offBlock(V: i32): i32 { return offCount(V) + KBINS * 4; } // [ceil(V / BLOCK)] f64
+function offList(V: i32): i32 { return offBlock(V) + ((V + BLOCK - 1) / BLOCK) * 8; } // [V] i32
+function offWork(V: i32): i32 { return offList(V) + V * 4; } // [V] f32 logits with patches
+
+/** Bytes of scratch a vocabulary of V tokens needs. */
+export function scratchBytes(V: i32): i32 {
+  return offWork(V) + V * 4;
+}
+
+/** Where the patched copy of the logits goes (see patch). */
+export function workOffset(V: i32): i32 {
+  return offWork(V);
+}
+
+/**
+ * Copies the logits to the work area and overwrites n entries: `pairs` holds n (i32 token,
+ * f32 logit) pairs, already penalized and biased by the caller. Returns the work area's address.
+ */
+export function patch(logits: usize, V: i32, scratch: usize, pairs: usize, n: i32): usize {
+  const w = scratch + <usize>offWork(V);
+  memory.copy(w, logits, <usize>V << 2);
+  for (let i = 0; i < n; i++) {
+    const t = load<i32>(pairs + (<usize>i << 3));
+    if (t >= 0 && t < V) store<f32>(w + (<usize>t << 2), load<f32>(pairs + (<usize>i << 3) + 4));
+  }
+  return w;
+}
+
+function maxOf(p: usize, V: i32): f32 {
+  let m = f32x4.splat(-Infinity);
+  let i = 0;
+  for (; i + 16 <= V; i += 16) {
+    const q = p + (<usize>i << 2);
+    m = f32x4.max(m, f32x4.max(f32x4.max(v128.load(q), v128.load(q, 16)), f32x4.max(v128.load(q, 32), v128.load(q, 48))));
+  }
+  for (; i + 4 <= V; i += 4) m = f32x4.max(m, v128.load(p + (<usize>i << 2)));
+  let r = max(max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)), max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)));
+  for (; i < V; i++) r = max(r, load<f32>(p + (<usize>i << 2)));
+  return r;
+}
+
+/** The most likely token; ties go to the lowest index. */
+export function argmax(p: usize, V: i32): i32 {
+  const m = maxOf(p, V);
+  const mv = f32x4.splat(m);
+  let i = 0;
+  for (; i + 4 <= V; i += 4) if (i32x4.bitmask(f32x4.eq(v128.load(p + (<usize>i << 2)), mv))) break;
+  for (; i < V; i++) if (load<f32>(p + (<usize>i << 2)) == m) return i;
+  return 0;
+}
+
+/**
+ * e^x for x <= 0 in four lanes: x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-5 Taylor
+ * polynomial (relative error below 5e-6 with the rounding of n ln2), 2^n through the exponent bits; x is clamped at -87
+ * (e^-87 is 1.6e-38, the smallest normal float's order).
+ */
+// @ts-ignore: decorator
+@inline function exp4(x: v128): v128 {
+  x = f32x4.max(x, f32x4.splat(-87.0));
+  const n = f32x4.nearest(f32x4.mul(x, f32x4.splat(INV_LN2)));
+  const r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(LN2)));
+  let y = f32x4.add(f32x4.mul(r, f32x4.splat(1.0 / 120.0)), f32x4.splat(1.0 / 24.0));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.0 / 6.0));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(0.5));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.0));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.0));
+  return f32x4.mul(y, i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23));
+}
+
+// @ts-ignore: decorator
+@inline function exp1(x: f32): f32 {
+  return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
+}
+
+/** A float's bits as an unsigned key that orders like the float. */
+// @ts-ignore: decorator
+@inline function key(f: f32): u32 {
+  const b = reinterpret<u32>(f);
+  return (b & 0x80000000) ? ~b : b | 0x80000000;
+}
+
+// @ts-ignore: decorator
+@inline function unkey(k: u32): f32 {
+  return reinterpret<f32>((k & 0x80000000) ? k & 0x7fffffff : ~k);
+}
+
+// results of a cut, read back by the caller after sample()
+let cutValue: f32 = 0;
+let cutTies: i32 = 0;
+let cutAllTies: bool = false;
+
+/**
+ * The k-th largest logit, into cutValue, and how many of the tokens equal to it are among the
+ * k (cutTies): a histogram of the top 16 bits of the logits' order-preserving keys finds the
+ * bucket the k-th falls in, whose few tokens are then sorted.
+ */
+function kth(p: usize, V: i32, k: i32, scratch: usize): void {
+  const cnt = scratch + <usize>offCount(V);
+  memory.fill(cnt, 0, <usize>KBINS << 2);
+  const sign = i32x4.splat(0x80000000);
+  let i = 0;
+  for (; i + 4 <= V; i += 4) {
+    const b = v128.load(p + (<usize>i << 2));
+    // key = negative ? ~bits : bits | sign; its top 16 bits are the bucket
+    const neg = i32x4.shr_s(b, 31);
+    const kv = i32x4.shr_u(v128.xor(v128.or(b, sign), neg), 16);
+    let c = cnt + (<usize>i32x4.extract_lane(kv, 0) << 2);
+    store<i32>(c, load<i32>(c) + 1);
+    c = cnt + (<usize>i32x4.extract_lane(kv, 1) << 2);
+    store<i32>(c, load<i32>(c) + 1);
+    c = cnt + (<usize>i32x4.extract_lane(kv, 2) << 2);
+    store<i32>(c, load<i32>(c) + 1);
+    c = cnt + (<usize>i32x4.extract_lane(kv, 3) << 2);
+    store<i32>(c, load<i32>(c) + 1);
+  }
+  for (; i < V; i++) {
+    const c = cnt + (<usize>(key(load<f32>(p + (<usize>i << 2))) >> 16) << 2);
+    store<i32>(c, load<i32>(c) + 1);
+  }
+  let above = 0;
+  let bucket = KBINS - 1;
+  for (; bucket > 0; bucket--) {
+    const c = load<i32>(cnt + (<usize>bucket << 2));
+    if (above + c >= k) break;
+    above += c;
+  }
+  // the bucket's tokens, in index order, then sorted
+  const list = scratch + <usize>offList(V);
+  let n = 0;
+  const want = i32x4.splat(bucket);
+  let t = 0;
+  for (; t + 4 <= V; t += 4) {
+    const b = v128.load(p + (<usize>t << 2));
+    const kv = i32x4.shr_u(v128.xor(v128.or(b, sign), i32x4.shr_s(b, 31)), 16);
+    const hit = i32x4.bitmask(i32x4.eq(kv, want));
+    if (!hit) continue;
+    for (let j = 0; j < 4; j++) if (hit & (1 << j)) store<i32>(list + (<usize>(n++) << 2), t + j);
+  }
+  for (; t < V; t++) {
+    if (<i32>(key(load<f32>(p + (<usize>t << 2))) >> 16) == bucket) store<i32>(list + (<usize>(n++) << 2), t);
+  }
+  sortList(p, list, n);
+  const at = k - above - 1;
+  cutValue = load<f32>(p + (<usize>load<i32>(list + (<usize>at << 2)) << 2));
+  let ties = 1;
+  for (let q = at - 1; q >= 0 && load<f32>(p + (<usize>load<i32>(list + (<usize>q << 2)) << 2)) == cutValue; q--) ties++;
+  cutTies = ties;
+  // equal logits share a bucket, so the list holds every token equal to the cut
+  cutAllTies = at + 1 >= n || load<f32>(p + (<usize>load<i32>(list + (<usize>(at + 1) << 2)) << 2)) != cutValue;
+}
+
+/** Sorts list[0..n) of token ids by (logit descending, id ascending). */
+function sortList(p: usize, list: usize, n: i32): void {
+  // heap sort: no recursion, no allocation, n log n in the worst case
+  for (let start = (n >> 1) - 1; start >= 0; start--) siftDown(p, list, start, n);
+  for (let end = n - 1; end > 0; end--) {
+    const a = load<i32>(list), b = load<i32>(list + (<usize>end << 2));
+    store<i32>(list, b);
+    store<i32>(list + (<usize>end << 2), a);
+    siftDown(p, list, 0, end);
+  }
+}
+
+// "comes after" in the kept order: smaller logit, or equal logit and larger id
+// @ts-ignore: decorator
+@inline function after(p: usize, a: i32, b: i32): bool {
+  const la = load<f32>(p + (<usize>a << 2)), lb = load<f32>(p + (<usize>b << 2));
+  return la < lb || (la == lb && a > b);
+}
+
+function siftDown(p: usize, list: usize, root: i32, n: i32): void {
+  // a max-heap in "after" order leaves the list sorted first-kept-first
+  while (true) {
+    let child = 2 * root + 1;
+    if (child >= n) return;
+    const c1 = load<i32>(list + (<usize>child << 2));
+    if (child + 1 < n) {
+      const c2 = load<i32>(list + (<usize>(child + 1) << 2));
+      if (after(p, c2, c1)) child++;
+    }
+    const r = load<i32>(list + (<usize>root << 2)), c = load<i32>(list + (<usize>child << 2));
+    if (!after(p, c, r)) return;
+    store<i32>(list + (<usize>root << 2), c);
+    store<i32>(list + (<usize>child << 2), r);
+    root = child;
+  }
+}
+
+// @ts-ignore: decorator
+@inline function addBin(mass: usize, b: i32, e: f32): void {
+  const mb = mass + (<usize>b << 3);
+  store<f64>(mb, load<f64>(mb) + <f64>e);
+}
+
+// @ts-ignore: decorator
+@inline function addMass(mass: usize, l: f32, m: f32, invT: f32, e: f32): void {
+  const mb = mass + (<usize>binOf(l, m, invT) << 3);
+  store<f64>(mb, load<f64>(mb) + <f64>e);
+}
+
+// @ts-ignore: decorator
+@inline function binOf(l: f32, m: f32, invT: f32): i32 {
+  const d = (m - l) * invT * BIN_SCALE;
+  return d >= <f32>(BINS - 1) ? BINS - 1 : <i32>d;
+}
+
+/**
+ * Draws a token from logits[0..V) at temperature T > 0, keeping the topK most likely (0: all),
+ * then the smallest set whose probability reaches topP (1: all), then those at least minP times
+ * as likely as the most likely (logMinP = ln(minP); -Infinity: all). u in [0, 1) is the draw.
+ * (The caller takes the logarithm: the module's own log would bring lookup tables into a
+ * memory it only borrows.)
+ */
+export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32, topP: f32, logMinP: f32, u: f64): i32 {
+  const m = maxOf(logits, V);
+  const invT: f32 = 1.0 / T;
+  // the cut so far: keep l > cv, and the first ct tokens equal to cv
+  let cv: f32 = -Infinity;
+  let ct: i32 = V;
+  let floor: f32 = -Infinity; // when every tie at the top-k cut is kept: keep l >= floor
+  if (topK > 0 && topK < V) {
+    kth(logits, V, topK, scratch);
+    if (cutAllTies && topP >= 1) floor = cutValue;
+    else {
+      cv = cutValue;
+      ct = cutTies;
+    }
+  }
+  const E = scratch + <usize>offE();
+  const mass = scratch + <usize>offMass(V);
+  const block = scratch + <usize>offBlock(V);
+  const nBlocks = (V + BLOCK - 1) / BLOCK;
+  const wantP = topP < 1;
+  // min-p: a value threshold (every tie kept); applied in the exp pass unless top-p needs the
+  // mass it removes
+  const mp: f32 = logMinP > -Infinity ? m + T * logMinP : -Infinity;
+  // exp pass (SIMD), the top-k cut applied, a partial sum per block of BLOCK tokens, and for
+  // top-p the mass by distance below the maximum, in 1/BIN_SCALE nat bins
+  const mv = f32x4.splat(m), tv = f32x4.splat(invT), cvv = f32x4.splat(cv);
+  const sv = f32x4.splat(invT * BIN_SCALE);
+  const topBin = i32x4.splat(BINS - 1);
+  if (wantP) memory.fill(mass, 0, <usize>BINS << 3);
+  let total: f64 = 0;
+  if (cv == -Infinity && !wantP) {
+    // thresholds only (temperature, top-k without a split tie, min-p): the tight loop
+    const lo: f32 = max(mp, floor);
+    const mpv = f32x4.splat(lo);
+    for (let b = 0; b < nBlocks; b++) {
+      const end = min(V, (b + 1) * BLOCK);
+      let acc = f32x4.splat(0);
+      let rest: f64 = 0;
+      let i = b * BLOCK;
+      for (; i + 4 <= end; i += 4) {
+        const l = v128.load(logits + (<usize>i << 2));
+        const keep = f32x4.ge(l, mpv);
+        // below every threshold (most of the vocabulary under top-k or a high min-p): no exp
+        if (!v128.any_true(keep)) {
+          v128.store(E + (<usize>i << 2), f32x4.splat(0));
+          continue;
+        }
+        const e = v128.and(exp4(f32x4.mul(f32x4.sub(l, mv), tv)), keep);
+        v128.store(E + (<usize>i << 2), e);
+        acc = f32x4.add(acc, e);
+      }
+      for (; i < end; i++) {
+        const l = load<f32>(logits + (<usize>i << 2));
+        const e: f32 = l >= lo ? exp1((l - m) * invT) : 0;
+        store<f32>(E + (<usize>i << 2), e);
+        rest += <f64>e;
+      }
+      const sb = <f64>(f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1)) + <f64>(f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3)) + rest;
+      store<f64>(block + (<usize>b << 3), sb);
+      total += sb;
+    }
+  } else {
+  let tiesSeen = 0;
+  let tailAcc = f32x4.splat(0);
+  for (let b = 0; b < nBlocks; b++) {
+    const end = min(V, (b + 1) * BLOCK);
+    let acc = f32x4.splat(0);
+    let rest: f64 = 0;
+    let i = b * BLOCK;
+    for (; i + 4 <= end; i += 4) {
+      const l = v128.load(logits + (<usize>i << 2));
+      let e = exp4(f32x4.mul(f32x4.sub(l, mv), tv));
+      if (!i32x4.bitmask(f32x4.eq(l, cvv))) {
+        e = v128.and(e, f32x4.gt(l, cvv));
+        v128.store(E + (<usize>i << 2), e);
+        acc = f32x4.add(acc, e);
+        if (wantP) {
+          // the far tail (the last bin) sums in a vector; the rest is scattered lane by lane
+          const bins = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.mul(f32x4.sub(mv, l), sv)), topBin);
+          const tail = i32x4.eq(bins, topBin);
+          tailAcc = f32x4.add(tailAcc, v128.and(e, tail));
+          const near = ~i32x4.bitmask(tail) & 15;
+          if (near) {
+            if (near & 1) addBin(mass, i32x4.extract_lane(bins, 0), f32x4.extract_lane(e, 0));
+            if (near & 2) addBin(mass, i32x4.extract_lane(bins, 1), f32x4.extract_lane(e, 1));
+            if (near & 4) addBin(mass, i32x4.extract_lane(bins, 2), f32x4.extract_lane(e, 2));
+            if (near & 8) addBin(mass, i32x4.extract_lane(bins, 3), f32x4.extract_lane(e, 3));
+          }
+        }
+      } else {
+        // tokens equal to the cut value are kept in index order, up to ct of them
+        v128.store(E + (<usize>i << 2), e);
+        for (let j = 0; j < 4; j++) {
+          const q = E + (<usize>(i + j) << 2);
+          const lj = load<f32>(logits + (<usize>(i + j) << 2));
+          if (lj < cv || (lj == cv && tiesSeen++ >= ct)) store<f32>(q, 0);
+          rest += <f64>load<f32>(q);
+          if (wantP) addMass(mass, lj, m, invT, load<f32>(q));
+        }
+      }
+    }
+    for (; i < end; i++) {
+      const l = load<f32>(logits + (<usize>i << 2));
+      const e: f32 = l > cv || (l == cv && tiesSeen++ < ct) ? exp1((l - m) * invT) : 0;
+      store<f32>(E + (<usize>i << 2), e);
+      rest += <f64>e;
+      if (wantP) addMass(mass, l, m, invT, e);
+    }
+    const sb = <f64>(f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1)) + <f64>(f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3)) + rest;
+    store<f64>(block + (<usize>b << 3), sb);
+    total += sb;
+  }
+  if (wantP) addBin(mass, BINS - 1, f32x4.extract_lane(tailAcc, 0) + f32x4.extract_lane(tailAcc, 1) + f32x4.extract_lane(tailAcc, 2) + f32x4.extract_lane(tailAcc, 3));
+  }
+  // top-p: the bin where the kept mass reaches topP, then that bin's tokens in order
+  let pv: f32 = -Infinity;
+  let pt: i32 = V;
+  if (wantP) {
+    const target = <f64>topP * total;
+    let acc: f64 = 0;
+    let bc = 0;
+    for (; bc < BINS - 1; bc++) {
+      const mb = load<f64>(mass + (<usize>bc << 3));
+      if (acc + mb >= target) break;
+      acc += mb;
+    }
+    const list = scratch + <usize>offList(V);
+    let n = 0;
+    const want = i32x4.splat(bc);
+    let t = 0;
+    for (; t + 4 <= V; t += 4) {
+      const bins = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.mul(f32x4.sub(mv, v128.load(logits + (<usize>t << 2))), sv)), topBin);
+      const hit = i32x4.bitmask(v128.and(i32x4.eq(bins, want), f32x4.gt(v128.load(E + (<usize>t << 2)), f32x4.splat(0))));
+      if (!hit) continue;
+      for (let j = 0; j < 4; j++) if (hit & (1 << j)) store<i32>(list + (<usize>(n++) << 2), t + j);
+    }
+    for (; t < V; t++) {
+      const e = load<f32>(E + (<usize>t << 2));
+      if (e > 0 && binOf(load<f32>(logits + (<usize>t << 2)), m, invT) == bc) store<i32>(list + (<usize>(n++) << 2), t);
+    }
+    sortList(logits, list, n);
+    for (let j = 0; j < n; j++) {
+      const t = load<i32>(list + (<usize>j << 2));
+      acc += <f64>load<f32>(E + (<usize>t << 2));
+      if (acc >= target || j == n - 1) {
+        pv = load<f32>(logits + (<usize>t << 2));
+        // ties at pv kept: those before t in the sorted list, and t
+        pt = 1;
+        for (let q = j - 1; q >= 0 && load<f32>(logits + (<usize>load<i32>(list + (<usize>q << 2)) << 2)) == pv; q--) pt++;
+        break;
+      }
+    }
+    // tokens tied at pv in other bins do not exist (equal logits share a bin)
+  }
+  // the final cut, where top-p (and then min-p) cut more than top-k: zero what falls below, re-sum
+  let sum: f64 = total;
+  if (pv > -Infinity || (wantP && mp > -Infinity)) {
+    const thr = f32x4.splat(max(pv, mp));
+    const pvv = f32x4.splat(pv);
+    let tiesP = 0;
+    sum = 0;
+    for (let b = 0; b < nBlocks; b++) {
+      const end = min(V, (b + 1) * BLOCK);
+      let acc = f32x4.splat(0);
+      let rest: f64 = 0;
+      let i = b * BLOCK;
+      for (; i + 4 <= end; i += 4) {
+        const l = v128.load(logits + (<usize>i << 2));
+        const q = E + (<usize>i << 2);
+        if (!i32x4.bitmask(f32x4.eq(l, pvv))) {
+          const e = v128.and(v128.load(q), f32x4.ge(l, thr));
+          v128.store(q, e);
+          acc = f32x4.add(acc, e);
+        } else {
+          for (let j = 0; j < 4; j++) {
+            const qj = q + (<usize>j << 2);
+            const lj = load<f32>(logits + (<usize>(i + j) << 2));
+            if (load<f32>(qj) > 0 && (lj < pv || lj < mp || (lj == pv && tiesP++ >= pt))) store<f32>(qj, 0);
+            rest += <f64>load<f32>(qj);
+          }
+        }
+      }
+      for (; i < end; i++) {
+        const q = E + (<usize>i << 2);
+        const l = load<f32>(logits + (<usize>i << 2));
+        if (load<f32>(q) > 0 && (l < pv || l < mp || (l == pv && tiesP++ >= pt))) store<f32>(q, 0);
+        rest += <f64>load<f32>(q);
+      }
+      const sb = <f64>(f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1)) + <f64>(f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3)) + rest;
+      store<f64>(block + (<usize>b << 3), sb);
+      sum += sb;
+    }
+  }
+  let r = u * sum;
+  let last = -1;
+  for (let b = 0; b < nBlocks; b++) {
+    const s = load<f64>(block + (<usize>b << 3));
+    if (s == 0) continue;
+    if (r >= s) {
+      r -= s;
+      // remember the block's last kept token in case rounding leaves r past the end
+      const end = min(V, (b + 1) * BLOCK);
+      for (let t = end - 1; t >= b * BLOCK; t--) if (load<f32>(E + (<usize>t << 2)) > 0) { last = t; break; }
+      continue;
+    }
+    const end = min(V, (b + 1) * BLOCK);
+    for (let t = b * BLOCK; t < end; t++) {
+      const e = <f64>load<f32>(E + (<usize>t << 2));
+      if (e == 0) continue;
+      last = t;
+      r -= e;
+      if (r < 0) return t;
+    }
+  }
+  return last >= 0 ? last : argmax(logits, V);
+}

@@ -1,0 +1,101 @@
+/**
+ * The compiled sampler (as/sampler.ts -> wasm/dist/sampler.wasm) and where its instances work:
+ * one per wasm engine memory (reading the logits in place, its scratch allocated by the
+ * engine's malloc), and one over a memory of its own for the other backends. The module has to
+ * be installed once per process (installSamplerModule): `kimi-linear-edge/node` does it when it
+ * loads, a Worker passes the module its bundler compiled, a browser compiles the file itself.
+ */
+import type { WasmBackend } from './wasm-backend.js';
+
+export interface SamplerExports {
+  scratchBytes(V: number): number;
+  patch(logits: number, V: number, scratch: number, pairs: number, n: number): number;
+  argmax(p: number, V: number): number;
+  sample(logits: number, V: number, scratch: number, T: number, topK: number, topP: number, logMinP: number, u: number): number;
+}
+
+let compiled: WebAssembly.Module | null = null;
+
+/** Makes the compiled wasm/dist/sampler.wasm available to every Sampler in this process. */
+export function installSamplerModule(module: WebAssembly.Module): void {
+  compiled = module;
+}
+
+/** Whether samplers run the compiled kernel (true) or the reference implementation. */
+export function samplerKernelInstalled(): boolean {
+  return compiled !== null;
+}
+
+/** One instance of the module over one memory, with the scratch it reserved there. */
+export class KernelSite {
+  readonly fns: SamplerExports;
+  private scratch = 0;
+  private scratchV = 0;
+  private pairs = 0;
+  private pairsCap = 0;
+  private logits = 0;
+  private logitsCap = 0;
+
+  constructor(
+    readonly memory: WebAssembly.Memory,
+    private readonly alloc: (bytes: number) => number,
+    private readonly release: (ptr: number) => void,
+  ) {
+    this.fns = new WebAssembly.Instance(compiled!, { env: { memory } }).exports as unknown as SamplerExports;
+  }
+
+  scratchFor(V: number): number {
+    if (V !== this.scratchV) {
+      if (this.scratch) this.release(this.scratch);
+      this.scratch = this.alloc(this.fns.scratchBytes(V));
+      this.scratchV = V;
+    }
+    return this.scratch;
+  }
+
+  /** Room for V logits copied in (sites over a memory of their own). */
+  logitsFor(V: number): number {
+    if (V > this.logitsCap) {
+      if (this.logits) this.release(this.logits);
+      this.logits = this.alloc(4 * V);
+      this.logitsCap = V;
+    }
+    return this.logits;
+  }
+
+  /** Room for n (token, logit) pairs. */
+  pairsFor(n: number): number {
+    if (n > this.pairsCap) {
+      if (this.pairs) this.release(this.pairs);
+      this.pairsCap = Math.max(n, 2 * this.pairsCap, 64);
+      this.pairs = this.alloc(8 * this.pairsCap);
+    }
+    return this.pairs;
+  }
+}
+
+const engineSites = new WeakMap<WebAssembly.Memory, KernelSite>();
+let ownSite: KernelSite | null = null;
+
+/** The kernel working in a wasm engine's memory (zero copy). */
+export function engineSite(b: WasmBackend): KernelSite {
+  let s = engineSites.get(b.memory);
+  if (!s) engineSites.set(b.memory, (s = new KernelSite(b.memory, (n) => b.alloc(n), (p) => b.free(p))));
+  return s;
+}
+
+/** The kernel in a memory of its own (a bump allocator: scratch, logits and pairs only grow). */
+export function ownKernel(): KernelSite {
+  if (ownSite) return ownSite;
+  const memory = new WebAssembly.Memory({ initial: 1 });
+  let top = 64;
+  const alloc = (bytes: number): number => {
+    const p = (top + 15) & ~15;
+    top = p + bytes;
+    const need = Math.ceil(top / 65536) - memory.buffer.byteLength / 65536;
+    if (need > 0) memory.grow(need);
+    return p;
+  };
+  return (ownSite = new KernelSite(memory, alloc, () => {}));
+}
+
