@@ -15,6 +15,7 @@ import { placeHfModel } from '../src/weights/hf-loader.js';
 import { syntheticWeights } from '../src/weights/synthetic.js';
 import { sessionBytes } from '../src/router/policy.js';
 import { loadCudaBackend, nodeBackend, packageRoot } from '../src/node.js';
+import { fnv1a64 } from '../src/util/fnv.js';
 import { lineChart } from './svg.js';
 import { gpuTag, machine, table, writeResult, writeResultAs, machineTag } from './lib.js';
 
@@ -43,21 +44,6 @@ const CONFIGS = {
 const CONTEXTS = quick ? [1024, 4096, 16384] : [1024, 4096, 16384, 65536, 262144, 1048576];
 const PREFILL = quick ? [256, 1024] : onCuda ? [1024, 4096, 16384, 32768] : [256, 1024, 4096];
 
-/** FNV-1a 64 (the blob checksum) continued over b from state [hi, lo], in 32-bit halves: BigInt per byte is too slow for GBs. */
-function fnv(b: Uint8Array, [hi, lo]: [number, number]): [number, number] {
-  for (let i = 0; i < b.length; i++) {
-    lo ^= b[i]!;
-    // multiply (hi, lo) by 0x100000001b3 mod 2^64
-    const l16 = lo & 0xffff, l32 = lo >>> 16;
-    const p0 = l16 * 0x1b3, p1 = l32 * 0x1b3;
-    const nlo = (p0 + ((p1 & 0xffff) << 16)) >>> 0;
-    const carry = Math.floor((p0 + (p1 & 0xffff) * 65536) / 4294967296) + Math.floor(p1 / 65536);
-    hi = (Math.imul(hi, 0x1b3) + (lo << 8) + carry) >>> 0;
-    lo = nlo;
-  }
-  return [hi, lo];
-}
-
 /**
  * A session blob of a model at position pos with small random state (the layout of session.c),
  * made part by part (256 MiB at most) for EngineSession.loadParts: at 1M tokens the all-MLA
@@ -72,13 +58,13 @@ function craftBlob(model: EngineModel, template: Uint8Array, pos: number): { par
     const dv = new DataView(head.buffer);
     dv.setUint32(20, pos, true);
     dv.setUint32(24, 1, true);
-    let h = fnv(head, [0xcbf29ce4, 0x84222325]);
+    let h = fnv1a64(head);
     yield head;
     for (let i0 = 0; i0 < floats; i0 += PART) {
       const f = new Float32Array(Math.min(PART, floats - i0));
       for (let i = Math.ceil(i0 / 97) * 97; i < i0 + f.length; i += 97) f[i - i0] = (Math.imul(i, 0x9e3779b1) >>> 0) % 1000 / 1e5;
       const b = new Uint8Array(f.buffer);
-      h = fnv(b, h);
+      h = fnv1a64(b, h);
       yield b;
     }
     const tail = new Uint8Array(8);

@@ -93,7 +93,8 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     const parsed = parseRequest(endpointOf(c.req.path)!, json);
     if (!parsed.ok) return toEdge(c, text, 'fits-edge');
     // a client's own session state never goes on: hand-offs carry only states this router saved
-    const { kle_session: _state, kle_session_mac: _mac, ...body } = json as Record<string, unknown>;
+    // nor do ids a client sent: the router sends its own count or none
+    const { kle_session: _state, kle_session_mac: _mac, kle_prompt_ids: _ids, kle_tokenizer: _tok, ...body } = json as Record<string, unknown>;
     const model = await opts.local.model();
     // a prompt whose text alone is past what the edge and every node take is not tokenized
     // here (a megabyte would hold the event loop for seconds): the edge app refuses it as cheaply
@@ -152,19 +153,23 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     const stream = body.stream === true;
     // the edge's saved state of this conversation's longest cached prefix, for hand-off
     const saved = ids ? (opts.local.prefixCache?.longestPrefix(ids) ?? null) : null;
+    // the ids this router counted travel along with its tokenizer's fingerprint: a node with the
+    // same tokenizer uses them instead of tokenizing the prompt again
+    const tok = (await opts.local.model()).tokenizer;
+    const counted = ids && tok ? { kle_prompt_ids: ids, kle_tokenizer: tok.fingerprint } : {};
     // encoded and signed only once a node that takes hand-offs is tried (it can be megabytes)
     let handoffBody: Promise<string> | null = null;
     const bodyFor = async (node: NodeConfig): Promise<string> => {
       if (node.handoff && saved && cfg.handoffKey) {
         const key = cfg.handoffKey;
-        return (handoffBody ??= signHandoff(key, saved.blob as Uint8Array<ArrayBuffer>).then((mac) => JSON.stringify({ ...body, kle_session: toBase64(saved.blob), kle_session_mac: mac })));
+        return (handoffBody ??= signHandoff(key, saved.blob as Uint8Array<ArrayBuffer>).then((mac) => JSON.stringify({ ...body, ...counted, kle_session: toBase64(saved.blob), kle_session_mac: mac })));
       }
-      return JSON.stringify(node.model ? { ...body, model: node.model } : body);
+      return JSON.stringify(node.model ? { ...body, model: node.model, ...counted } : { ...body, ...counted });
     };
     /** what the answer says about the state: moved with it, and reused by the node */
     const stateHeaders = (h: Headers, res: Response, node: NodeConfig) => {
       if (node.handoff && saved) h.set('x-kle-handoff-bytes', String(saved.blob.length));
-      for (const k of ['x-kle-prefix-reused', 'x-kle-prefix-source']) if (res.headers.get(k)) h.set(k, res.headers.get(k)!);
+      for (const k of ['x-kle-prefix-reused', 'x-kle-prefix-source', 'x-kle-prompt-ids']) if (res.headers.get(k)) h.set(k, res.headers.get(k)!);
     };
     let lastError = 'no node was available';
     for (let attempt = 0; attempt < Math.max(1, pool.size); attempt++) {

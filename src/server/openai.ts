@@ -41,6 +41,15 @@ async function complete(c: Context, d: GenerationDeps, r: OpenAIRequest, ids: nu
   if (early) return early;
   const model = await d.getModel();
   let prompt = ids;
+  // ids a router counted with the same tokenizer: no second tokenization
+  const sent = r.body.kle_prompt_ids;
+  if (!prompt && sent && model.tokenizer && r.body.kle_tokenizer === model.tokenizer.fingerprint) {
+    const V = model.config.vocabSize;
+    const bad = sent.findIndex((t) => t >= V);
+    if (bad >= 0) return errorResponse(400, `kle_prompt_ids[${bad}] (${sent[bad]}) is outside the vocabulary (0..${V - 1})`, 'invalid_request_error', 'kle_prompt_ids', 'invalid_value');
+    prompt = sent;
+    c.header('x-kle-prompt-ids', 'used');
+  }
   if (!prompt) {
     if (!model.tokenizer) return errorResponse(500, 'the model has no tokenizer', 'server_error');
     const tooLong = promptTooLong(d, r, model);

@@ -28,6 +28,13 @@ const common = {
   /** this server's extension: a session state handed off by a router (base64 blob) and its HMAC */
   kle_session: z.string().optional(),
   kle_session_mac: z.string().optional(),
+  /**
+   * this server's extension: the prompt's token ids as a router counted them, and the fingerprint
+   * of the tokenizer that made them; used instead of tokenizing again when the fingerprint is
+   * this server's own
+   */
+  kle_prompt_ids: z.array(z.number().int().min(0)).optional(),
+  kle_tokenizer: z.string().max(64).optional(),
 };
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

@@ -5,6 +5,7 @@
  */
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { fnv1a64, fnvHex } from '../util/fnv.js';
 import { byteToUnicode } from './byte-level.js';
 
 export interface ChatMessage {
@@ -33,6 +34,8 @@ export class Tokenizer {
   private readonly addedText: ReadonlyMap<number, string>;
   /** bytes of the longest token (a prompt of b bytes has at least b / this many tokens) */
   readonly maxTokenBytes: number;
+  private readonly sources: [unknown, unknown];
+  private fp: string | null = null;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: unknown) {
     if (typeof tokenizerJson !== 'object' || tokenizerJson === null) throw new TokenizerError('tokenizer.json is not a JSON object');
@@ -56,6 +59,23 @@ export class Tokenizer {
     for (const t of Object.keys(tj.model?.vocab ?? {})) longest = Math.max(longest, this.byteOf ? [...t].length : new TextEncoder().encode(t).length);
     for (const a of tj.added_tokens ?? []) longest = Math.max(longest, new TextEncoder().encode(a.content ?? '').length);
     this.maxTokenBytes = longest;
+    this.sources = [tokenizerJson, cfg];
+  }
+
+  /**
+   * A fingerprint of this tokenizer (FNV-1a 64 of its tokenizer.json and tokenizer_config.json
+   * as JSON, hex): two servers with the same one turn the same request into the same ids, so a
+   * router's ids can travel with the request it forwards. An identity check, not a signature.
+   * Computed once, on first use.
+   */
+  get fingerprint(): string {
+    if (this.fp === null) {
+      let h: [number, number] | undefined;
+      const enc = new TextEncoder();
+      for (const part of this.sources) h = fnv1a64(enc.encode(JSON.stringify(part) ?? ''), h);
+      this.fp = fnvHex(h!);
+    }
+    return this.fp;
   }
 
   /**

@@ -7,7 +7,7 @@ import { routerConfigFromEnv } from '../../src/router/config.js';
 import { createApp, LoadTracker } from '../../src/server/app.js';
 import { loadModelFromDirectory } from '../../src/node.js';
 import { readSse } from '../helpers/sse.js';
-import { startFailingProcess, startServeProcess, type NodeProcess } from '../helpers/processes.js';
+import { startFailingProcess, startRecordingUpstream, startServeProcess, type NodeProcess } from '../helpers/processes.js';
 
 const NODE_TOKEN = 'sekrit-node-token-42';
 let fast: NodeProcess, slow: NodeProcess, failing: NodeProcess;
@@ -99,6 +99,14 @@ describe('router: edge or GPU', () => {
     await Promise.all([a, b].map(outcome));
   });
 
+  it('a node with the same tokenizer uses the forwarded ids instead of tokenizing again', async () => {
+    const r = await Promise.all([req('Hi there', { max_tokens: 40 }), req('Hello again', { max_tokens: 40 })]);
+    const forwarded = r.find((x) => x.headers.get('x-kle-route')?.startsWith('gpu:'))!;
+    expect(forwarded.headers.get('x-kle-route-reason')).toBe('edge-saturated');
+    expect(forwarded.headers.get('x-kle-prompt-ids')).toBe('used');
+    await Promise.all(r.map(outcome));
+  });
+
   it('a job no node can take is never forwarded', async () => {
     const r = await req(long, { max_tokens: 5000 });
     expect(r.headers.get('x-kle-route')).toBe('edge');
@@ -139,6 +147,31 @@ describe('router: edge or GPU', () => {
 });
 
 describe('the router in front of the edge, in-process', () => {
+  it('a counted prompt travels with its ids and the tokenizer\'s fingerprint; a client\'s own ids never go on', async () => {
+    const model = await loadModelFromDirectory();
+    const up = await startRecordingUpstream();
+    try {
+      const edgeLoad = new LoadTracker();
+      edgeLoad.active = 1; // a saturated edge: the short job is counted, then forwarded
+      const r = createRouter({ config: routerConfigFromEnv({ GPU_NODES: JSON.stringify([{ name: 'rec', url: up.url, maxContext: 65536 }]), EDGE_MAX_TOKENS: '64' }), local: { app: createApp({ model, modelId: 'kimi-linear-default', load: edgeLoad, limits: { maxConcurrent: 1 } }), model: async () => model, load: edgeLoad } });
+      const body = { model: 'kimi-linear-default', messages: [{ role: 'user', content: 'Hello there' }], max_tokens: 4, kle_prompt_ids: [1, 2, 3], kle_tokenizer: 'forged' };
+      const res = await r.request('/v1/chat/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+      expect(res.headers.get('x-kle-route')).toBe('gpu:rec');
+      const sent = up.seen.at(-1)!;
+      const want = model.tokenizer!.encode(model.tokenizer!.applyChatTemplate([{ role: 'user', content: 'Hello there' }]));
+      expect(sent.kle_prompt_ids).toEqual(want);
+      expect(sent.kle_tokenizer).toBe(model.tokenizer!.fingerprint);
+      // routed by its text's length alone (not counted): no ids at all, not even the client's
+      edgeLoad.active = 0;
+      const byText = await r.request('/v1/chat/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, messages: [{ role: 'user', content: long.repeat(20) }] }) });
+      expect(byText.headers.get('x-kle-route')).toBe('gpu:rec');
+      expect(up.seen.at(-1)!.kle_prompt_ids).toBeUndefined();
+      expect(up.seen.at(-1)!.kle_tokenizer).toBeUndefined();
+    } finally {
+      up.close();
+    }
+  });
+
   it('a job that stays at the edge is tokenized once, and a chunked body over the limit gets 413', async () => {
     const model = await loadModelFromDirectory();
     const tok = model.tokenizer!;

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startNodeServer } from '../../src/host/node.js';
-import { defaultModelDir, packageRoot } from '../../src/node.js';
+import { defaultModelDir, loadModelFromDirectory, packageRoot } from '../../src/node.js';
 import { readSse, sseText } from '../helpers/sse.js';
 
 let url = '';
@@ -78,6 +78,23 @@ describe('OpenAI-compatible server on Node', () => {
     const seeded = JSON.parse(readFileSync(join(packageRoot(), 'test', 'fixtures', 'seeded-completion.json'), 'utf8')) as { request: unknown; text: string };
     const r = await post('/v1/completions', seeded.request);
     expect(((await r.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(seeded.text);
+  });
+
+  it('prompt ids sent with this tokenizer\'s fingerprint are used as the prompt; with another fingerprint the text is', async () => {
+    const model = await loadModelFromDirectory();
+    const tok = model.tokenizer!;
+    const ids = tok.encode('The jury said');
+    const base = { model: 'kimi-linear-default', max_tokens: 6, temperature: 0 };
+    const byText = (await (await post('/v1/completions', { ...base, prompt: 'The jury said' })).json()) as { choices: { text: string }[] };
+    const used = await post('/v1/completions', { ...base, prompt: 'ignored', kle_prompt_ids: ids, kle_tokenizer: tok.fingerprint });
+    expect(used.headers.get('x-kle-prompt-ids')).toBe('used');
+    expect(((await used.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(byText.choices[0]!.text);
+    const other = await post('/v1/completions', { ...base, prompt: 'The jury said', kle_prompt_ids: [1, 2], kle_tokenizer: '0123456789abcdef' });
+    expect(other.headers.get('x-kle-prompt-ids')).toBeNull();
+    expect(((await other.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(byText.choices[0]!.text);
+    const bad = await post('/v1/completions', { ...base, prompt: 'x', kle_prompt_ids: [5, 99999], kle_tokenizer: tok.fingerprint });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { param: string } }).error.param).toBe('kle_prompt_ids');
   });
 
   it('completions, models, health, metrics', async () => {
