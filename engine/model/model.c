@@ -250,8 +250,9 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
 static uint64_t fingerprint_tensor(uint64_t h, const kle_tensor *t, int role, int layer, int e) {
   int32_t id[6] = {role, layer, e, t->fmt, t->rows, t->cols};
   h = fnv(h, id, sizeof id);
-  /* 64 evenly spaced bytes: cheap, and enough to tell two models' weights apart */
-  for (int i = 0; i < 64 && t->bytes > 0; i++) h = fnv(h, t->data + (size_t)((t->bytes - 1) * i / 63), 1);
+  /* 64 evenly spaced bytes: cheap, and enough to tell two models' weights apart; the offsets in
+   * 64 bits, since wasm's long is 32 and (bytes - 1) * 63 passes 2^31 from a 35 MB tensor on */
+  for (int i = 0; i < 64 && t->bytes > 0; i++) h = fnv(h, t->data + (size_t)((uint64_t)(t->bytes - 1) * (uint64_t)i / 63u), 1);
   return h;
 }
 

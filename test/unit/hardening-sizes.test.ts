@@ -5,7 +5,8 @@
 import { describe, expect, it } from 'vitest';
 import { parseKimiConfig } from '../../src/engine/config.js';
 import { EngineModel } from '../../src/engine/engine.js';
-import { TINY_CONFIG } from '../../src/weights/synthetic.js';
+import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
+import { placeHfModel } from '../../src/weights/hf-loader.js';
 import { allBackends, tinyDir, loadTiny, tokens } from '../helpers/tiny-model.js';
 
 /** FNV-1a 64 of bytes, as the blob's trailer (engine/model/session.c) */
@@ -54,6 +55,16 @@ describe('sizes from untrusted numbers, on every backend', async () => {
         expect(t.pos).toBe(0);
         t.load(blob);
         expect(t.forward([7])).toEqual(s.forward([7]));
+        m.free();
+      });
+
+      it('a tensor past 34 MB finalizes and runs (the weight fingerprint\'s offsets do not wrap a 32-bit long)', async () => {
+        // a tied 163,840 x 64 F32 embedding: 42 MB, whose (bytes - 1) * 63 passes 2^31
+        const cfg = { ...TINY_CONFIG, vocab_size: 163_840, hidden_size: 64, tie_word_embeddings: true };
+        const m = await placeHfModel(b, cfg, [{ name: 'model.safetensors', bytes: syntheticWeights(cfg, 9) }]);
+        const logits = m.createSession().forward([1, 2, 163_839]);
+        expect(logits.length).toBe(163_840);
+        expect(logits.every(Number.isFinite)).toBe(true);
         m.free();
       });
 
