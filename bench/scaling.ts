@@ -51,7 +51,7 @@ const fits = Object.fromEntries(archs.map((a) => [a, fit(sweep.runs.filter((r) =
 /** compute at which an architecture's fit reaches `loss` */
 const computeFor = (a: string, loss: number) => (loss / fits[a]!.a) ** (1 / fits[a]!.b);
 
-const rows = [...sweep.runs].sort((x, y) => archs.indexOf(x.arch) - archs.indexOf(y.arch) || x.flops - y.flops);
+const rows: Run[] = [...sweep.runs].sort((x, y) => archs.indexOf(x.arch) - archs.indexOf(y.arch) || x.flops - y.flops);
 console.log(`${sweep.runs.length} runs on ${sweep.runs[0]?.device}, ${sweep.wall_seconds} s for the whole sweep (runs side by side on one GPU)\n`);
 console.log(table(['run', 'params', 'active', 'tokens', 'epochs', 'FLOPs', '6ND', 'steps', 'wall s', 'held-out loss', 'ppl'], rows.map((r) => [
   r.preset, (r.params.total / 1e6).toFixed(2) + 'M', (r.params.active_compute / 1e6).toFixed(2) + 'M', (r.tokens_seen / 1e6).toFixed(2) + 'M', r.epochs.toFixed(2),
@@ -77,6 +77,7 @@ const series = archs.flatMap((a, i) => {
     { name: `fit ${fits[a]!.a.toFixed(2)}·C^${fits[a]!.b.toFixed(3)}`, points: [lo, Math.sqrt(lo * hi), hi].map((c) => [c, fits[a]!.a * c ** fits[a]!.b] as [number, number]), i },
   ];
 });
+writeFileSync(join(dir, 'train', 'sweep-curves-h200.svg'), lineChart(`Sweep: held-out loss during training (${sweep.runs[0]?.device})`, 'tokens seen (log scale)', 'held-out loss (256 windows), nats/token', rows.map((r) => ({ name: r.preset, points: r.heldout.map((p) => [p.tokens, p.loss] as [number, number]) }))));
 writeFileSync(join(dir, 'scaling-h200.svg'), lineChart(`Held-out loss vs training compute (Brown corpus, ${sweep.runs[0]?.device})`, 'training FLOPs (log scale)', 'held-out loss, nats/token (log scale)', series, { logY: true }));
 const out: Record<string, unknown> = { date: new Date().toISOString(), source: sweepPath, device: sweep.runs[0]?.device, fits, multipliers, runs: rows.map(({ curve: _c, heldout: _h, ...r }) => r) };
 try {
