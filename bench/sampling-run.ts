@@ -3,7 +3,7 @@
 // (standard deviation 3: an LLM's logits spread over tens of nats, unlike uniform noise), placed
 // in the wasm engine's memory as a session's are.
 import { WasmBackend } from '../src/engine/wasm-backend.js';
-import { installSamplerModule } from '../src/engine/sampler-kernel.js';
+import { installRuntimeModule } from '../src/engine/as-module.js';
 import { Sampler } from '../src/generate/sampler.js';
 import { ReferenceSampler, type SamplingOptions } from '../src/generate/sampler-reference.js';
 
@@ -50,7 +50,7 @@ function median(f: () => void, runs: number, clock: () => number): number {
 
 /** Times every mode at every size; `clock` null (workerd, whose clocks stop while code runs) times nothing and only samples `runs` times, for the caller to time from outside. */
 export async function runSampling(engine: WebAssembly.Module, sampler: WebAssembly.Module, sizes: number[], opts: { runs: number; referenceUpTo: number; clock: (() => number) | null; modes?: string[] }): Promise<SamplingRow[]> {
-  installSamplerModule(sampler);
+  installRuntimeModule(sampler);
   const b = await WasmBackend.instantiate('wasm-simd', engine);
   const rows: SamplingRow[] = [];
   const context = Array.from({ length: 1000 }, (_, i) => (i * 7919) % 5000);

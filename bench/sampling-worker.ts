@@ -3,12 +3,12 @@
 // stops its clocks while code runs, so /run?v=V&mode=M&n=N&impl=I only samples N times and the
 // caller times requests of different N from outside.
 import engine from '../wasm/dist/kle-simd.wasm';
-import sampler from '../wasm/dist/sampler.wasm';
+import sampler from '../wasm/dist/kle-as.wasm';
 import { gaussian, MODES } from './sampling-run.js';
 import { Sampler } from '../src/generate/sampler.js';
 import { ReferenceSampler } from '../src/generate/sampler-reference.js';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
-import { installSamplerModule } from '../src/engine/sampler-kernel.js';
+import { installRuntimeModule } from '../src/engine/as-module.js';
 
 let backend: WasmBackend | null = null;
 
@@ -16,7 +16,7 @@ export default {
   async fetch(req: Request): Promise<Response> {
     const u = new URL(req.url);
     const V = Number(u.searchParams.get('v')), n = Number(u.searchParams.get('n')), mode = u.searchParams.get('mode')!, impl = u.searchParams.get('impl')!;
-    installSamplerModule(sampler);
+    installRuntimeModule(sampler);
     backend ??= await WasmBackend.instantiate('wasm-simd', engine);
     const b = backend;
     const addr = b.alloc(4 * V);

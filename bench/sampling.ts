@@ -24,7 +24,7 @@ const mod = (f: string) => new WebAssembly.Module(readFileSync(join(root, 'wasm'
 const tmp = mkdtempSync(join(tmpdir(), 'kle-sampling-'));
 
 const results: Record<string, SamplingRow[]> = {};
-results.node = await runSampling(mod('kle-simd.wasm'), mod('sampler.wasm'), SIZES, { runs: RUNS, referenceUpTo: 262_144, clock: () => performance.now() });
+results.node = await runSampling(mod('kle-simd.wasm'), mod('kle-as.wasm'), SIZES, { runs: RUNS, referenceUpTo: 262_144, clock: () => performance.now() });
 console.error('node done');
 
 await build({ entryPoints: [join(root, 'bench', 'sampling-cli.ts')], bundle: true, platform: 'node', format: 'esm', outfile: join(tmp, 'cli.mjs'), logLevel: 'warning' });
@@ -52,7 +52,7 @@ const mf = new Miniflare({
   modules: [
     { type: 'ESModule', path: join(tmp, 'bench', 'worker.mjs'), contents: readFileSync(join(tmp, 'bench', 'worker.mjs'), 'utf8') },
     { type: 'CompiledWasm', path: join(tmp, 'wasm', 'dist', 'kle-simd.wasm'), contents: readFileSync(join(root, 'wasm', 'dist', 'kle-simd.wasm')) },
-    { type: 'CompiledWasm', path: join(tmp, 'wasm', 'dist', 'sampler.wasm'), contents: readFileSync(join(root, 'wasm', 'dist', 'sampler.wasm')) },
+    { type: 'CompiledWasm', path: join(tmp, 'wasm', 'dist', 'kle-as.wasm'), contents: readFileSync(join(root, 'wasm', 'dist', 'kle-as.wasm')) },
   ],
   compatibilityDate: '2025-01-01',
 });

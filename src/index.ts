@@ -38,7 +38,7 @@ export { loadModel, type LoadOptions } from './model/load.js';
 export { sourceFromFiles, sourceFromR2, sourceFromUrl, type ModelSource, type OpenedFile, type R2BucketLike } from './formats/source.js';
 export { Model } from './model/model.js';
 export { Session, type FinishReason, type GenerateEvent, type GenerateOptions } from './generate/session.js';
-export { installSamplerModule, Sampler, samplerKernelInstalled, type SamplingOptions } from './generate/sampler.js';
+export { installRuntimeModule, Sampler, runtimeModuleInstalled, type SamplingOptions } from './generate/sampler.js';
 export { ReferenceSampler } from './generate/sampler-reference.js';
 export { Tokenizer, TokenizerError, StreamDecoder, type ChatMessage } from './tokenizer/tokenizer.js';
 export { ConfigError, parseKimiConfig, type KimiConfig, type LayerKind, type MoeConfig } from './engine/config.js';

@@ -8,13 +8,13 @@
  */
 import type { Hono } from 'hono';
 import kleSimd from '../wasm/dist/kle-simd.wasm';
-import samplerWasm from '../wasm/dist/sampler.wasm';
+import samplerWasm from '../wasm/dist/kle-as.wasm';
 import weights from '../models/default/model.safetensors';
 import config from '../models/default/config.json';
 import tokenizer from '../models/default/tokenizer.json';
 import tokenizerConfig from '../models/default/tokenizer_config.json';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
-import { installSamplerModule } from '../src/engine/sampler-kernel.js';
+import { installRuntimeModule } from '../src/engine/as-module.js';
 import { loadModel } from '../src/model/load.js';
 import { sourceFromFiles, sourceFromR2, type ModelSource, type R2BucketLike } from '../src/formats/source.js';
 import { createEdge } from '../src/host/edge.js';
@@ -22,7 +22,7 @@ import { PrefixCache } from '../src/server/prefix-cache.js';
 import { routerConfigFromEnv } from '../src/router/config.js';
 
 // the AssemblyScript sampler, compiled by the bundler like the engine (Workers compile no wasm at run time)
-installSamplerModule(samplerWasm);
+installRuntimeModule(samplerWasm);
 
 export interface Env {
   [key: string]: unknown;

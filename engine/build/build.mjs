@@ -8,8 +8,8 @@
 //   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine of
 //           engine/model with the CUDA backend (kernels-cuda/src/backend_cuda.cu) in place of the
 //           CPU one (backend_cpu.c); needs nvcc, runs where a GPU is
-//   as      asc (AssemblyScript, from npm) -> wasm/dist/sampler.wasm: the TypeScript side's hot
-//           code (as/), compiled to SIMD wasm that borrows the memory it works in
+//   as      asc (AssemblyScript, from npm) -> wasm/dist/kle-as.wasm: the TypeScript side's hot
+//           code (as/: the sampler, the BPE encoder), compiled to SIMD wasm that imports its memory
 //   check   rebuilds wasm + abi + as into a temporary folder and fails if the committed ones differ
 // Usage: node engine/build/build.mjs STEP...   (default: wasm abi native)
 import { execFileSync } from 'node:child_process';
@@ -35,8 +35,8 @@ function sources() {
   return out;
 }
 
-function run(cmd, args) {
-  execFileSync(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: root });
+function run(cmd, args, env = process.env) {
+  execFileSync(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'], cwd: root, env });
 }
 
 // Flags shared by both wasm variants. No -ffast-math anywhere: vexp's rounding trick and the
@@ -48,13 +48,18 @@ const common = [
   '-sMAXIMUM_MEMORY=4GB', '-sTOTAL_STACK=1MB', '-sFILESYSTEM=0', '-sERROR_ON_UNDEFINED_SYMBOLS=1',
 ];
 
+// emcc runs the first wasm-opt on PATH: under `npm run` that is node_modules/.bin's (binaryen
+// from npm, which assemblyscript brings), otherwise Debian's, and the two optimize differently.
+// The build takes Debian's toolchain whole, however it is started.
+const emccEnv = { ...process.env, PATH: (process.env.PATH ?? '').split(':').filter((d) => !d.includes('node_modules')).join(':') };
+
 function buildWasm(outDir) {
   mkdirSync(outDir, { recursive: true });
   const fns = parseHeader(header);
   const exportsList = JSON.stringify(['_malloc', '_free', ...fns.map((f) => `_${f.name}`)]);
   const exp = `-sEXPORTED_FUNCTIONS=${exportsList}`;
-  run('emcc', [...common, '-msimd128', exp, ...sources(), '-o', join(outDir, 'kle-simd.wasm')]);
-  run('emcc', [...common, exp, ...sources(), '-o', join(outDir, 'kle-scalar.wasm')]);
+  run('emcc', [...common, '-msimd128', exp, ...sources(), '-o', join(outDir, 'kle-simd.wasm')], emccEnv);
+  run('emcc', [...common, exp, ...sources(), '-o', join(outDir, 'kle-scalar.wasm')], emccEnv);
 }
 
 function nodeIncludeDir() {
@@ -119,8 +124,8 @@ function buildCuda() {
 // stub runtime, no abort strings, no static data (a test checks the module has no data segment).
 function buildAs(outDir) {
   mkdirSync(outDir, { recursive: true });
-  run(process.execPath, [join(root, 'node_modules', 'assemblyscript', 'bin', 'asc.js'), join(root, 'as', 'sampler.ts'),
-    '-o', join(outDir, 'sampler.wasm'), '-O3', '--runtime', 'stub', '--importMemory', '--noExportMemory', '--use', 'abort=', '--enable', 'simd']);
+  run(process.execPath, [join(root, 'node_modules', 'assemblyscript', 'bin', 'asc.js'), join(root, 'as', 'index.ts'),
+    '-o', join(outDir, 'kle-as.wasm'), '-O3', '--runtime', 'stub', '--importMemory', '--noExportMemory', '--use', 'abort=', '--enable', 'simd']);
 }
 
 function check() {
@@ -129,7 +134,7 @@ function check() {
   try {
     buildWasm(tmp);
     buildAs(tmp);
-    for (const f of ['kle-simd.wasm', 'kle-scalar.wasm', 'sampler.wasm']) {
+    for (const f of ['kle-simd.wasm', 'kle-scalar.wasm', 'kle-as.wasm']) {
       const committed = join(distDir, f);
       if (!existsSync(committed) || !readFileSync(committed).equals(readFileSync(join(tmp, f)))) stale.push(`wasm/dist/${f}`);
     }

@@ -5,7 +5,7 @@ import { Kernels } from './kernels.js';
 import { CudaBackend } from './cuda-backend.js';
 import { NativeBackend } from './native-backend.js';
 import { WasmBackend } from './wasm-backend.js';
-import { installSamplerModule, samplerKernelInstalled } from './sampler-kernel.js';
+import { installRuntimeModule, runtimeModuleInstalled } from './as-module.js';
 
 /** The package root (where package.json and wasm/dist live), from src/ or dist/src/. */
 export function packageRoot(): string {
@@ -18,7 +18,7 @@ export function packageRoot(): string {
 }
 
 // Node (and Bun, Deno) read the compiled sampler from the package once, on first import
-if (!samplerKernelInstalled()) installSamplerModule(new WebAssembly.Module(readFileSync(join(packageRoot(), 'wasm', 'dist', 'sampler.wasm'))));
+if (!runtimeModuleInstalled()) installRuntimeModule(new WebAssembly.Module(readFileSync(join(packageRoot(), 'wasm', 'dist', 'kle-as.wasm'))));
 
 /** Loads the committed wasm build from the package (Node, Bun, Deno with node: APIs). */
 export async function loadWasmBackend(variant: 'simd' | 'scalar' = 'simd'): Promise<WasmBackend> {

@@ -1,11 +1,10 @@
 /**
- * The compiled sampler (as/sampler.ts -> wasm/dist/sampler.wasm) and where its instances work:
- * one per wasm engine memory (reading the logits in place, its scratch allocated by the
- * engine's malloc), and one over a memory of its own for the other backends. The module has to
- * be installed once per process (installSamplerModule): `kimi-linear-edge/node` does it when it
- * loads, a Worker passes the module its bundler compiled, a browser compiles the file itself.
+ * Where the compiled sampler (as/sampler.ts, in wasm/dist/kle-as.wasm: see as-module.ts) works:
+ * one instance per wasm engine memory (reading the logits in place, its scratch allocated by
+ * the engine's malloc), and one over a memory of its own for the other backends.
  */
 import type { WasmBackend } from './wasm-backend.js';
+import { instantiateRuntimeModule } from './as-module.js';
 
 export interface SamplerExports {
   scratchBytes(V: number): number;
@@ -14,17 +13,6 @@ export interface SamplerExports {
   sample(logits: number, V: number, scratch: number, T: number, topK: number, topP: number, logMinP: number, u: number): number;
 }
 
-let compiled: WebAssembly.Module | null = null;
-
-/** Makes the compiled wasm/dist/sampler.wasm available to every Sampler in this process. */
-export function installSamplerModule(module: WebAssembly.Module): void {
-  compiled = module;
-}
-
-/** Whether samplers run the compiled kernel (true) or the reference implementation. */
-export function samplerKernelInstalled(): boolean {
-  return compiled !== null;
-}
 
 /** One instance of the module over one memory, with the scratch it reserved there. */
 export class KernelSite {
@@ -41,7 +29,7 @@ export class KernelSite {
     private readonly alloc: (bytes: number) => number,
     private readonly release: (ptr: number) => void,
   ) {
-    this.fns = new WebAssembly.Instance(compiled!, { env: { memory } }).exports as unknown as SamplerExports;
+    this.fns = instantiateRuntimeModule<SamplerExports>(memory)!;
   }
 
   scratchFor(V: number): number {

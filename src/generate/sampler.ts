@@ -1,22 +1,22 @@
 /**
  * Token sampling at any vocabulary size: temperature, top-k, top-p, min-p, repetition /
  * frequency / presence penalties, logit bias, seeded. The work is done by as/sampler.ts
- * (AssemblyScript compiled to SIMD wasm, wasm/dist/sampler.wasm): no copy of the vocabulary, no
+ * (AssemblyScript compiled to SIMD wasm, wasm/dist/kle-as.wasm): no copy of the vocabulary, no
  * sort. On the wasm engine it reads the logits where the engine left them, in the engine's own
  * memory; with other backends they are copied into the sampler's memory first.
  *
- * The compiled module has to be installed once per process: `kimi-linear-edge/node` does it on
- * import, a Worker hands over the module its bundler made (see worker/index.ts), a browser
- * compiles wasm/dist/sampler.wasm itself. Without it, sampling falls back to the reference
- * implementation (./sampler-reference.ts), which gives the same distribution, slowly.
+ * The compiled module has to be installed once per process (src/engine/as-module.ts). Without
+ * it, sampling falls back to the reference implementation (./sampler-reference.ts), which gives
+ * the same distribution, slowly.
  */
 import { WasmBackend } from '../engine/wasm-backend.js';
 import type { KernelBackend } from '../engine/backend.js';
-import { engineSite, ownKernel, samplerKernelInstalled, type KernelSite } from '../engine/sampler-kernel.js';
+import { engineSite, ownKernel, type KernelSite } from '../engine/sampler-kernel.js';
+import { runtimeModuleInstalled } from '../engine/as-module.js';
 import { adjustedLogit, biasEntries, ReferenceSampler, rng, validateSampling, type SamplingOptions } from './sampler-reference.js';
 
 export { validateSampling, type SamplingOptions } from './sampler-reference.js';
-export { installSamplerModule, samplerKernelInstalled } from '../engine/sampler-kernel.js';
+export { installRuntimeModule, runtimeModuleInstalled } from '../engine/as-module.js';
 
 /** Where the logits to sample from are: in a wasm engine's memory, or an array. */
 export type LogitsSource = Float32Array | { readonly backend: KernelBackend; readonly address: number; readonly vocabSize: number; copy(): Float32Array };
@@ -36,7 +36,7 @@ export class Sampler {
     validateSampling(o);
     const seed = o.seed ?? (Math.random() * 2 ** 32) >>> 0;
     this.next = rng(seed);
-    this.reference = samplerKernelInstalled() ? null : new ReferenceSampler({ ...o, seed });
+    this.reference = runtimeModuleInstalled() ? null : new ReferenceSampler({ ...o, seed });
     this.biasMap = new Map(biasEntries(o.logitBias));
     this.penalized = (o.repetitionPenalty ?? 1) !== 1 || (o.frequencyPenalty ?? 0) !== 0 || (o.presencePenalty ?? 0) !== 0;
     this.logMinP = (o.minP ?? 0) > 0 ? Math.log(o.minP!) : -Infinity;

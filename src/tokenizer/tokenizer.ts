@@ -6,6 +6,7 @@
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { fnv1a64, fnvHex } from '../util/fnv.js';
+import { FastBpe } from './fast-bpe.js';
 import { byteToUnicode } from './byte-level.js';
 
 export interface ChatMessage {
@@ -36,6 +37,8 @@ export class Tokenizer {
   readonly maxTokenBytes: number;
   private readonly sources: [unknown, unknown];
   private fp: string | null = null;
+  /** the AssemblyScript encoder, where it gives exactly @huggingface/tokenizers' ids */
+  private readonly fast: FastBpe | null;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: unknown) {
     if (typeof tokenizerJson !== 'object' || tokenizerJson === null) throw new TokenizerError('tokenizer.json is not a JSON object');
@@ -60,6 +63,7 @@ export class Tokenizer {
     for (const a of tj.added_tokens ?? []) longest = Math.max(longest, new TextEncoder().encode(a.content ?? '').length);
     this.maxTokenBytes = longest;
     this.sources = [tokenizerJson, cfg];
+    this.fast = FastBpe.from(tokenizerJson);
   }
 
   /**
@@ -101,7 +105,12 @@ export class Tokenizer {
 
   /** Token ids of text; special-token strings in it are recognized (as chat templates need). */
   encode(text: string): number[] {
-    return this.hf.encode(text, { add_special_tokens: false }).ids;
+    return this.fast ? this.fast.encode(text) : this.hf.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /** Whether encode() runs the AssemblyScript encoder (as/bpe.ts) rather than @huggingface/tokenizers. */
+  get fastEncoder(): boolean {
+    return this.fast !== null;
   }
 
   decode(ids: readonly number[], skipSpecial = true): string {

@@ -4,7 +4,7 @@
 // the same tokens in every runtime), and runs one request through the server app. Prints one
 // JSON line.
 import { readFile } from 'node:fs/promises';
-import { installSamplerModule, loadModel, sourceFromFiles, WasmBackend } from 'kimi-linear-edge';
+import { installRuntimeModule, loadModel, sourceFromFiles, WasmBackend } from 'kimi-linear-edge';
 import { createApp } from 'kimi-linear-edge/server';
 
 const runtime = typeof Deno !== 'undefined' ? `deno ${Deno.version.deno}` : typeof Bun !== 'undefined' ? `bun ${Bun.version}` : `node ${process.version}`;
@@ -21,7 +21,7 @@ for await (const ev of model.createSession().generate([{ role: 'user', content: 
     if (ev.token >= 0) tokens.push(ev.token);
   }
 }
-installSamplerModule(await WebAssembly.compile(await readFile(new URL('wasm/dist/sampler.wasm', root))));
+installRuntimeModule(await WebAssembly.compile(await readFile(new URL('wasm/dist/kle-as.wasm', root))));
 const sampled = [];
 for await (const ev of model.createSession().generate('The jury said', { maxTokens: 24, temperature: 0.9, topP: 0.95, topK: 50, repetitionPenalty: 1.1, seed: 1234 })) {
   if (ev.type === 'token' && ev.token >= 0) sampled.push(ev.token);

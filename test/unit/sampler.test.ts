@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { Sampler, type SamplingOptions } from '../../src/generate/sampler.js';
 import { ReferenceSampler } from '../../src/generate/sampler-reference.js';
 import { loadWasmBackend, packageRoot } from '../../src/engine/node-kernels.js';
-import { samplerKernelInstalled } from '../../src/engine/sampler-kernel.js';
+import { runtimeModuleInstalled } from '../../src/engine/as-module.js';
 
 function logitsOf(V: number, seed: number, quantized = false): Float32Array {
   const l = new Float32Array(V);
@@ -46,12 +46,12 @@ describe('the AssemblyScript sampler', async () => {
   };
 
   it('is installed, borrows the memory it works in and puts no data there', () => {
-    expect(samplerKernelInstalled()).toBe(true);
-    const mod = new WebAssembly.Module(readFileSync(join(packageRoot(), 'wasm', 'dist', 'sampler.wasm')));
+    expect(runtimeModuleInstalled()).toBe(true);
+    const mod = new WebAssembly.Module(readFileSync(join(packageRoot(), 'wasm', 'dist', 'kle-as.wasm')));
     expect(WebAssembly.Module.imports(mod)).toEqual([{ module: 'env', name: 'memory', kind: 'memory' }]);
     expect(WebAssembly.Module.exports(mod).some((e) => e.kind === 'memory')).toBe(false);
     // a data segment would overwrite engine memory at instantiation: section id 11 must be absent
-    const bytes = readFileSync(join(packageRoot(), 'wasm', 'dist', 'sampler.wasm'));
+    const bytes = readFileSync(join(packageRoot(), 'wasm', 'dist', 'kle-as.wasm'));
     let off = 8;
     const sections: number[] = [];
     while (off < bytes.length) {

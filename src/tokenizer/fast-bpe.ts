@@ -1,0 +1,222 @@
+/**
+ * Byte-level BPE encoding in the runtime's AssemblyScript module (as/bpe.ts): GPT-2's
+ * pre-tokenizer split as a state machine and the merges by rank, over UTF-8 bytes in the
+ * module's own memory. For tokenizer.json files whose encoding it reproduces exactly (a BPE
+ * model, no normalizer, the ByteLevel pre-tokenizer with its regex and no prefix space, merges
+ * not ignored); Tokenizer uses @huggingface/tokenizers for the rest. Added tokens are split off
+ * here first, as @huggingface/tokenizers does: the longest one starting at the leftmost
+ * position, with their lstrip/rstrip.
+ */
+import { instantiateRuntimeModule, runtimeModuleInstalled } from '../engine/as-module.js';
+import { byteToUnicode } from './byte-level.js';
+
+interface BpeExports {
+  init(classes: number, byteIds: number, keys: number, vals: number, cap: number, work: number, workSymbols: number, pieceCache: number): void;
+  cacheBytes(): number;
+  workBytes(n: number): number;
+  encode(t: number, n: number, out: number, p: number, c: number): number;
+  stoppedCount(): number;
+  pieceEnd(t: number, p: number, n: number): number;
+}
+
+interface AddedToken {
+  content: string;
+  id: number;
+  lstrip?: boolean;
+  rstrip?: boolean;
+  normalized?: boolean;
+}
+
+interface TokenizerJsonLike {
+  normalizer?: unknown;
+  pre_tokenizer?: { type?: string; add_prefix_space?: boolean; use_regex?: boolean } | null;
+  model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[]; dropout?: unknown; byte_fallback?: boolean; ignore_merges?: boolean; continuing_subword_prefix?: string | null; end_of_word_suffix?: string | null; unk_token?: string | null };
+  added_tokens?: AddedToken[];
+}
+
+const UNKNOWN = 0, OTHER = 1, LETTER = 2, NUMBER = 3, SPACE = 4;
+const RE_SPACE = /\s/u, RE_LETTER = /\p{L}/u, RE_NUMBER = /\p{N}/u;
+/** what the host's regular expressions say a code point is: the split follows them exactly */
+function classOf(cp: number): number {
+  const ch = String.fromCodePoint(cp);
+  return RE_SPACE.test(ch) ? SPACE : RE_LETTER.test(ch) ? LETTER : RE_NUMBER.test(ch) ? NUMBER : OTHER;
+}
+
+const CLASSES_BYTES = 0x110000;
+const PAGE = 65536;
+
+export class FastBpe {
+  private readonly memory: WebAssembly.Memory;
+  private readonly fns: BpeExports;
+  private readonly classes: number;
+  private readonly byteIds: number;
+  private readonly keys: number;
+  private readonly vals: number;
+  private readonly cap: number;
+  private readonly cache: number;
+  private readonly dyn: number; // then the text, its ids and the scratch, laid out by layout()
+  private textCap = 0;
+  private workSymbols = 0;
+  private textAt = 0;
+  private idsAt = 0;
+  private readonly unk: number | null;
+  private readonly vocabSize: number;
+  private readonly added: Map<number, AddedToken[]>; // first UTF-16 unit -> tokens, longest first
+  private readonly addedByContent: Map<string, AddedToken>;
+  private readonly enc = new TextEncoder();
+
+  /** The fast encoder for this tokenizer.json, or null where it would not give the same ids. */
+  static from(tj: unknown): FastBpe | null {
+    if (!runtimeModuleInstalled() || typeof tj !== 'object' || tj === null) return null;
+    const t = tj as TokenizerJsonLike;
+    const m = t.model, pt = t.pre_tokenizer;
+    if (t.normalizer != null || !m || m.type !== 'BPE' || !m.vocab || !Array.isArray(m.merges)) return null;
+    if (m.dropout != null || m.byte_fallback || m.ignore_merges || m.continuing_subword_prefix || m.end_of_word_suffix) return null;
+    if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false) return null;
+    return new FastBpe(t);
+  }
+
+  private constructor(t: TokenizerJsonLike) {
+    const m = t.model!;
+    const vocab = new Map(Object.entries(m.vocab!));
+    let V = 0;
+    for (const id of vocab.values()) V = Math.max(V, id + 1);
+    for (const a of t.added_tokens ?? []) V = Math.max(V, a.id + 1);
+    this.vocabSize = V;
+    this.unk = m.unk_token != null ? (vocab.get(m.unk_token) ?? null) : null;
+    const b2u = byteToUnicode();
+    // merges as (left id, right id) -> (rank, merged id); a merged string the vocabulary lacks
+    // gets an id past it, dropped from the output as @huggingface/tokenizers drops it
+    const extra = new Map<string, number>();
+    const idOf = (s: string): number => vocab.get(s) ?? extra.get(s) ?? (extra.set(s, V + extra.size), V + extra.size - 1);
+    const merges = m.merges!.map((x) => (Array.isArray(x) ? x : (x.split(' ', 2) as [string, string])));
+    let cap = 1;
+    while (cap < 2 * merges.length + 2) cap <<= 1;
+    this.classes = 0;
+    const byteIds = CLASSES_BYTES, keys = byteIds + 256 * 4, vals = keys + cap * 8;
+    this.byteIds = byteIds;
+    this.keys = keys;
+    this.vals = vals;
+    this.cap = cap;
+    // the module's functions are needed for the cache's size: a one-page memory first, grown below
+    this.memory = new WebAssembly.Memory({ initial: 1 });
+    this.fns = instantiateRuntimeModule<BpeExports>(this.memory)!;
+    this.cache = vals + cap * 8;
+    this.dyn = this.cache + this.fns.cacheBytes();
+    this.memory.grow(Math.ceil((this.dyn + PAGE) / PAGE) - 1);
+    const cls = new Uint8Array(this.memory.buffer, this.classes, CLASSES_BYTES);
+    for (let c = 0; c < 128; c++) cls[c] = classOf(c);
+    const bid = new Int32Array(this.memory.buffer, byteIds, 256);
+    for (let b = 0; b < 256; b++) bid[b] = vocab.get(b2u[b]!) ?? -1;
+    const kv = new BigUint64Array(this.memory.buffer, keys, 2 * cap); // keys then values
+    const mask = cap - 1;
+    merges.forEach(([a, b], rank) => {
+      const ia = idOf(a), ib = idOf(b), merged = idOf(a + b);
+      const key = (BigInt(ia + 1) << 32n) | BigInt(ib);
+      let h = mix(key) & mask;
+      while (kv[h] !== 0n && kv[h] !== key) h = (h + 1) & mask;
+      if (kv[h] === key) return; // a repeated merge keeps its first rank
+      kv[h] = key;
+      kv[cap + h] = (BigInt(rank) << 32n) | BigInt(merged);
+    });
+    this.added = new Map();
+    this.addedByContent = new Map();
+    for (const a of [...(t.added_tokens ?? [])].sort((x, y) => y.content.length - x.content.length)) {
+      if (!a.content) continue;
+      const k = a.content.charCodeAt(0);
+      if (!this.added.has(k)) this.added.set(k, []);
+      this.added.get(k)!.push(a);
+      this.addedByContent.set(a.content, a);
+    }
+    this.layout(4096, 4096);
+  }
+
+  /** Room for a text of textCap UTF-8 bytes (its ids after it) and pieces of `symbols` bytes. */
+  private layout(textCap: number, symbols: number): void {
+    if (textCap <= this.textCap && symbols <= this.workSymbols) return;
+    this.textCap = Math.max(textCap, this.textCap);
+    this.workSymbols = Math.max(symbols, this.workSymbols);
+    this.textAt = this.dyn;
+    this.idsAt = (this.textAt + this.textCap + 7) & ~7;
+    const work = this.idsAt + 4 * this.textCap;
+    const end = work + this.fns.workBytes(this.workSymbols);
+    const need = Math.ceil(end / PAGE) - this.memory.buffer.byteLength / PAGE;
+    if (need > 0) this.memory.grow(need);
+    this.fns.init(this.classes, this.byteIds, this.keys, this.vals, this.cap, work, this.workSymbols, this.cache);
+  }
+
+  /** Token ids of text: added tokens split off, the rest through the AssemblyScript encoder. */
+  encode(text: string): number[] {
+    const out: number[] = [];
+    for (const part of this.splitAdded(text)) {
+      if (typeof part !== 'string') out.push(part.id);
+      else if (part.length) this.encodePlain(part, out);
+    }
+    return out;
+  }
+
+  /** Sections of text and the added tokens between them (lstrip/rstrip applied to neighbours). */
+  private splitAdded(text: string): (string | AddedToken)[] {
+    if (!this.added.size) return [text];
+    const parts: (string | AddedToken)[] = [];
+    let start = 0;
+    for (let i = 0; i < text.length; ) {
+      const cands = this.added.get(text.charCodeAt(i));
+      const hit = cands?.find((a) => text.startsWith(a.content, i));
+      if (!hit) {
+        i++;
+        continue;
+      }
+      if (i > start) parts.push(text.slice(start, i));
+      parts.push(hit);
+      i += hit.content.length;
+      start = i;
+    }
+    if (start < text.length) parts.push(text.slice(start));
+    parts.forEach((p, i) => {
+      if (typeof p === 'string') return;
+      if (p.lstrip && i > 0 && typeof parts[i - 1] === 'string') parts[i - 1] = (parts[i - 1] as string).trimEnd();
+      if (p.rstrip && i + 1 < parts.length && typeof parts[i + 1] === 'string') parts[i + 1] = (parts[i + 1] as string).trimStart();
+    });
+    return parts;
+  }
+
+  private encodePlain(text: string, out: number[]): void {
+    // classes for the code points this text holds that none before it did
+    const cls = new Uint8Array(this.memory.buffer, this.classes, CLASSES_BYTES);
+    for (let i = 0; i < text.length; i++) {
+      let c = text.charCodeAt(i);
+      if (c < 0x80) continue;
+      if (c >= 0xd800 && c <= 0xdfff) {
+        const d = text.charCodeAt(i + 1);
+        if (c <= 0xdbff && d >= 0xdc00 && d <= 0xdfff) {
+          c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+          i++;
+        } else c = 0xfffd; // a lone surrogate: TextEncoder writes U+FFFD
+      }
+      if (cls[c] === UNKNOWN) cls[c] = classOf(c);
+    }
+    this.layout(3 * text.length, 0);
+    const { written } = this.enc.encodeInto(text, new Uint8Array(this.memory.buffer, this.textAt, this.textCap));
+    let r = this.fns.encode(this.textAt, written, this.idsAt, 0, 0);
+    while (r < 0) {
+      // a piece longer than the scratch: grow it (the text and its ids stay put) and go on
+      const q = -r - 1, c = this.fns.stoppedCount();
+      this.layout(0, this.fns.pieceEnd(this.textAt, q, written) - q);
+      r = this.fns.encode(this.textAt, written, this.idsAt, q, c);
+    }
+    const got = new Int32Array(this.memory.buffer, this.idsAt, r);
+    for (let i = 0; i < r; i++) {
+      const id = got[i]!;
+      if (id < this.vocabSize) out.push(id);
+      else if (this.unk !== null) out.push(this.unk);
+    }
+  }
+}
+
+function mix(k: bigint): number {
+  k ^= k >> 33n;
+  k = (k * 0xff51afd7ed558ccdn) & 0xffffffffffffffffn;
+  k ^= k >> 33n;
+  return Number(k & 0xffffffffn);
+}

@@ -1,0 +1,67 @@
+// The AssemblyScript BPE encoder (as/bpe.ts, src/tokenizer/fast-bpe.ts) gives exactly the ids
+// @huggingface/tokenizers gives, on the whole Brown corpus and on text made to break it:
+// emoji and other astral characters, CJK, combining marks, lone surrogates, every kind of
+// whitespace, digits of many scripts, long runs of one character, added tokens run together,
+// and seeded random strings over all of Unicode.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { Tokenizer } from '../../src/tokenizer/tokenizer.js';
+import { packageRoot } from '../../src/engine/node-kernels.js';
+import { brownDocuments } from '../../train/prepare.js';
+
+const root = packageRoot();
+const TOKENIZERS = { 'the default model (Brown BPE, 2,048)': join(root, 'models', 'default'), 'the random tiny model (512)': join(root, 'test', 'fixtures', 'random-tiny') };
+
+const ADVERSARIAL = [
+  '', ' ', '  ', '\n', 'a  b', 'a \n b', '\n\n\nx', 'x\n', 'x \n', ' \t\r\n\u000b\f x',
+  "it's I'll we've they're he'd 'S 'st 'll' ''' 're're", '😀👍🏽👨‍👩‍👧 emoji🙂x', '中文字符测试，標點！', '日本語のテキスト', '한국어 텍스트',
+  'e\u0301 combining o\u0308\u0304 marks \u0301 alone', '\ud800 lone \udc00 surrogates \udbff', 'a'.repeat(20000), 'ab'.repeat(5000),
+  ' '.repeat(3000) + 'x', '\n'.repeat(3000), '1234567890 12 1', '٣٤٥ ۱۲۳ ४५६ ௧௨', '\u00a0nbsp\u2028ls\u2029ps\u3000ideo\ufeffbom',
+  'tab\there', '<|im_end|>hello<|im_user|>', 'x<|im_end|><|im_end|>y', '[BOS][BOS] [EOS]', '<|im_end', 'mixed 123abc !!! ... --- ???',
+  'Ünïcödé ñandú façade', 'x\u200dy zero\u200bwidth', '\u0000nul\u0001ctl', 'Ⅻ ⅷ ½ ² ₃', '𝕏𝕪𝕫 𝟘𝟙', 'ﬁ ligature', 'İstanbul ǅ ǈ',
+];
+
+function randomStrings(n: number, seed: number): string[] {
+  let s = seed >>> 0;
+  const r = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+  const pools = [[0x20, 0x7e], [0x80, 0x24f], [0x300, 0x36f], [0x370, 0x3ff], [0x400, 0x4ff], [0x600, 0x6ff], [0x900, 0x97f], [0x2000, 0x206f], [0x3000, 0x30ff], [0x4e00, 0x4fff], [0xac00, 0xacff], [0xd800, 0xdfff], [0xfe00, 0xffff], [0x1f300, 0x1f6ff], [0x10000, 0x10ffff]];
+  return Array.from({ length: n }, () => {
+    let out = '';
+    const len = 1 + Math.floor(r() * 40);
+    for (let i = 0; i < len; i++) {
+      const [lo, hi] = pools[Math.floor(r() * pools.length)]!;
+      out += r() < 0.3 ? ' ' : String.fromCodePoint(lo! + Math.floor(r() * (hi! - lo! + 1)));
+    }
+    return out;
+  });
+}
+
+describe('the AssemblyScript BPE encoder', () => {
+  for (const [name, dir] of Object.entries(TOKENIZERS)) {
+    const tj = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as unknown;
+    const tc = JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
+    const hf = new HfTokenizer(tj as object, tc);
+    const ours = new Tokenizer(tj, tc);
+    const want = (t: string) => hf.encode(t, { add_special_tokens: false }).ids;
+
+    it(`${name}: is used, and equals @huggingface/tokenizers on all 500 Brown documents`, () => {
+      expect(ours.fastEncoder).toBe(true);
+      const docs = brownDocuments();
+      expect(docs.length).toBe(500);
+      let tokens = 0;
+      for (const d of docs) {
+        const got = ours.encode(d.text);
+        expect(got, d.name).toEqual(want(d.text));
+        tokens += got.length;
+      }
+      expect(tokens).toBeGreaterThan(500_000);
+    }, 120_000);
+
+    it(`${name}: equals it on adversarial text and 3,000 random strings over all of Unicode`, () => {
+      for (const t of ADVERSARIAL) expect(ours.encode(t), JSON.stringify(t.slice(0, 60))).toEqual(want(t));
+      for (const t of randomStrings(3000, 7)) expect(ours.encode(t), JSON.stringify(t)).toEqual(want(t));
+    }, 60_000);
+  }
+});
