@@ -29,6 +29,7 @@ interface AddedToken {
 
 interface TokenizerJsonLike {
   normalizer?: unknown;
+  post_processor?: { type?: string } | null;
   pre_tokenizer?: { type?: string; add_prefix_space?: boolean; use_regex?: boolean } | null;
   model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[]; dropout?: unknown; byte_fallback?: boolean; ignore_merges?: boolean; continuing_subword_prefix?: string | null; end_of_word_suffix?: string | null; unk_token?: string | null };
   added_tokens?: AddedToken[];
@@ -73,6 +74,8 @@ export class FastBpe {
     if (t.normalizer != null || !m || m.type !== 'BPE' || !m.vocab || !Array.isArray(m.merges)) return null;
     if (m.dropout != null || m.byte_fallback || m.ignore_merges || m.continuing_subword_prefix || m.end_of_word_suffix) return null;
     if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false) return null;
+    // encode() asks for no special tokens: a post-processor other than ByteLevel's (offsets only) might still add some
+    if (t.post_processor != null && t.post_processor.type !== 'ByteLevel') return null;
     return new FastBpe(t);
   }
 
