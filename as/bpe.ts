@@ -1,17 +1,25 @@
-// Byte-level BPE encoding (AssemblyScript): GPT-2's pre-tokenizer split, written as a state
-// machine instead of a regular expression, then the merges by rank with a heap. The tables are
-// laid out by src/tokenizer/fast-bpe.ts in this module's memory; every pointer is a byte offset.
+// Byte-level BPE encoding (AssemblyScript): the pre-tokenizer split (GPT-2's pattern or Kimi's),
+// written as a state machine instead of a regular expression, then the merges by rank with a
+// heap. The tables are laid out by src/tokenizer/fast-bpe.ts in this module's memory; every
+// pointer is a byte offset.
 //
-// Character classes come from the host: `classes` holds one byte per code point (0x110000 of
-// them), filled by the caller from its own regular-expression engine before each call for the
-// code points the text holds, so the split is the one @huggingface/tokenizers' /\p{L}/u-style
-// pattern gives in the same runtime.
+// Character classes come from the host: `classes` holds one byte of flags per code point
+// (0x110000 of them), filled by the caller from its own regular-expression engine before each
+// call for the code points the text holds, so the split is the one @huggingface/tokenizers'
+// patterns give in the same runtime.
 
-const CLS_UNKNOWN: u8 = 0;
-const CLS_OTHER: u8 = 1; // not whitespace, letter or number
+const F_S: u8 = 1; // JavaScript's \s (GPT-2's pattern)
+const F_L: u8 = 2; // \p{L}
+const F_N: u8 = 4; // \p{N}
+const F_HAN: u8 = 8; // \p{Script=Han}
+const F_U: u8 = 16; // [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], not Han
+const F_LC: u8 = 32; // [\p{Ll}\p{Lm}\p{Lo}\p{M}], not Han
+const F_WS: u8 = 64; // \p{White_Space} (Kimi's pattern; not quite \s)
+
+const CLS_OTHER: u8 = 1; // GPT-2's classes: not whitespace, letter or number
 const CLS_LETTER: u8 = 2;
 const CLS_NUMBER: u8 = 3;
-const CLS_SPACE: u8 = 4; // JavaScript's \s
+const CLS_SPACE: u8 = 4;
 
 // tables, set once by init()
 let classes: usize = 0;
@@ -21,6 +29,10 @@ let mergeVals: usize = 0; // [cap] u64: rank << 32 | merged id
 let mergeMask: u32 = 0;
 let scratch: usize = 0; // per-word work arrays, sized for maxWord symbols
 let maxWord: i32 = 0;
+let kimi: bool = false; // Kimi's split instead of GPT-2's
+let vocab: usize = 0; // for ignore_merges: [vocabCap] of u64 hash, u32 blob offset, u32 id (0 = none)
+let vocabMask: u32 = 0;
+let blob: usize = 0; // the vocabulary's tokens: u32 length, u32 id, bytes, padded to 4
 let cache: usize = 0; // CACHE_SLOTS entries of pieces up to 32 bytes and their ids (up to 8)
 
 // a piece seen before is looked up instead of merged again (English repeats its words): each
@@ -31,6 +43,52 @@ const SLOT: usize = 80;
 /** Bytes of the piece cache. */
 export function cacheBytes(): i32 {
   return <i32>(<usize>CACHE_SLOTS * SLOT);
+}
+
+/**
+ * Whole-piece lookup for ignore_merges (a piece that is a token is that token): `tokens` of
+ * `count` entries (u32 length, u32 id, bytes, padded to 4) hashed into `table` of `tableCap`
+ * (a power of two) 16-byte slots. kimiSplit selects Kimi's pre-tokenizer pattern.
+ */
+export function initPieces(tokens: usize, count: i32, table: usize, tableCap: u32, kimiSplit: bool): void {
+  kimi = kimiSplit;
+  blob = tokens;
+  vocab = table;
+  vocabMask = tableCap - 1;
+  if (!table) return;
+  let off: usize = 0;
+  for (let i = 0; i < count; i++) {
+    const len = load<u32>(tokens + off), id = load<u32>(tokens + off, 4);
+    const h = bytesHash(tokens + off + 8, <i32>len);
+    let slot = <u32>h & vocabMask;
+    while (load<u64>(table + (<usize>slot << 4)) != 0) slot = (slot + 1) & vocabMask;
+    store<u64>(table + (<usize>slot << 4), h);
+    store<u32>(table + (<usize>slot << 4), <u32>off, 8);
+    store<u32>(table + (<usize>slot << 4), id, 12);
+    off += (8 + <usize>len + 3) & ~3;
+  }
+}
+
+/** FNV-1a 64 of bytes, never 0 (0 marks an empty slot). */
+function bytesHash(p: usize, n: i32): u64 {
+  let h: u64 = 0xcbf29ce484222325;
+  for (let i = 0; i < n; i++) h = (h ^ <u64>load<u8>(p + <usize>i)) * 0x100000001b3;
+  return h | 1;
+}
+
+/** The token that is exactly these bytes, or -1. */
+function pieceId(p: usize, n: i32): i32 {
+  const h = bytesHash(p, n);
+  let slot = <u32>h & vocabMask;
+  while (true) {
+    const k = load<u64>(vocab + (<usize>slot << 4));
+    if (k == 0) return -1;
+    if (k == h) {
+      const off = <usize>load<u32>(vocab + (<usize>slot << 4), 8);
+      if (load<u32>(blob + off) == <u32>n && memory.compare(blob + off + 8, p, <usize>n) == 0) return <i32>load<u32>(blob + off, 4);
+    }
+    slot = (slot + 1) & vocabMask;
+  }
 }
 
 export function init(cls: usize, bytes: usize, keys: usize, vals: usize, cap: u32, work: usize, workSymbols: i32, pieceCache: usize): void {
@@ -82,8 +140,15 @@ export function workBytes(n: i32): i32 {
 }
 
 // @ts-ignore: decorator
-@inline function cls(cp: u32): u8 {
+@inline function flags(cp: u32): u8 {
   return load<u8>(classes + <usize>cp);
+}
+
+/** GPT-2's class of a code point */
+// @ts-ignore: decorator
+@inline function cls(cp: u32): u8 {
+  const f = flags(cp);
+  return f & F_S ? CLS_SPACE : f & F_L ? CLS_LETTER : f & F_N ? CLS_NUMBER : CLS_OTHER;
 }
 
 /** Where the run of code points of class c starting at p ends. */
@@ -131,6 +196,114 @@ function gpt2Piece(t: usize, p: i32, n: i32): i32 {
   }
   if (q >= n) return q;
   return last > p ? last : q;
+}
+
+// ---------------------------------------------------------------- Kimi's pattern
+// [\p{Han}]+
+// | P? U* Lc+ C?      P = [^\r\n\p{L}\p{N}], U and Lc the letter classes above, C = (?i:'s|'t|'re|'ve|'m|'ll|'d)
+// | P? U+ Lc* C?
+// | \p{N}{1,3}
+// |  ?[^\s\p{L}\p{N}]+[\r\n]*
+// | \s*[\r\n]+ | \s+(?!\S) | \s+         (\s here is \p{White_Space})
+// Alternatives are tried in order and the first that matches wins, each with the regular
+// expression's greedy-then-backtrack choices; text no alternative matches is a piece of its own.
+
+// @ts-ignore: decorator
+@inline function cpAt(t: usize, p: i32): u32 {
+  return decode(t + <usize>p) & 0xffffff;
+}
+
+// @ts-ignore: decorator
+@inline function nextAt(t: usize, p: i32): i32 {
+  return p + <i32>(decode(t + <usize>p) >> 24);
+}
+
+/** The start of the code point before p (UTF-8: skip continuation bytes). */
+function prevAt(t: usize, p: i32): i32 {
+  p--;
+  while (p > 0 && (load<u8>(t + <usize>p) & 0xc0) == 0x80) p--;
+  return p;
+}
+
+function isOther(cp: u32): bool {
+  return !(flags(cp) & (F_WS | F_L | F_N));
+}
+
+function isP(cp: u32): bool {
+  return cp != 0x0d && cp != 0x0a && !(flags(cp) & (F_L | F_N));
+}
+
+/** End of the run of code points having flag f, from p. */
+function flagRun(t: usize, p: i32, n: i32, f: u8): i32 {
+  while (p < n && flags(cpAt(t, p)) & f) p = nextAt(t, p);
+  return p;
+}
+
+/** C?: a case-insensitive contraction at p, or p. */
+function contraction(t: usize, p: i32, n: i32): i32 {
+  if (p + 1 >= n || load<u8>(t + <usize>p) != 0x27) return p;
+  const a = load<u8>(t + <usize>p + 1) | 0x20;
+  if (a == 0x73 || a == 0x74 || a == 0x6d || a == 0x64) return p + 2;
+  if (p + 2 < n) {
+    const b = load<u8>(t + <usize>p + 2) | 0x20;
+    if ((a == 0x72 && b == 0x65) || (a == 0x76 && b == 0x65) || (a == 0x6c && b == 0x6c)) return p + 3;
+  }
+  return p;
+}
+
+/** U* Lc+ from q: the end, or -1. U* is greedy and gives back one character at a time. */
+function uStarLPlus(t: usize, q: i32, n: i32): i32 {
+  const uEnd = flagRun(t, q, n, F_U);
+  let j = uEnd;
+  while (true) {
+    const e = flagRun(t, j, n, F_LC);
+    if (e > j) return e;
+    if (j == q) return -1;
+    j = prevAt(t, j);
+  }
+}
+
+function kimiPiece(t: usize, p: i32, n: i32): i32 {
+  const c0 = cpAt(t, p), f0 = flags(c0), p1 = nextAt(t, p);
+  if (f0 & F_HAN) return flagRun(t, p, n, F_HAN);
+  // P? U* Lc+ C?, then P? U+ Lc* C?: with the optional P first, then without
+  if (isP(c0) && p1 < n) {
+    const e = uStarLPlus(t, p1, n);
+    if (e >= 0) return contraction(t, e, n);
+  }
+  const e2 = uStarLPlus(t, p, n);
+  if (e2 >= 0) return contraction(t, e2, n);
+  if (isP(c0) && p1 < n && flags(cpAt(t, p1)) & F_U) return contraction(t, flagRun(t, flagRun(t, p1, n, F_U), n, F_LC), n);
+  if (f0 & F_U) return contraction(t, flagRun(t, flagRun(t, p, n, F_U), n, F_LC), n);
+  if (f0 & F_N) {
+    let e = p, k = 0;
+    while (k < 3 && e < n && flags(cpAt(t, e)) & F_N) {
+      e = nextAt(t, e);
+      k++;
+    }
+    return e;
+  }
+  // " ?[^\s\p{L}\p{N}]+[\r\n]*"
+  let q = c0 == 0x20 && p1 < n && isOther(cpAt(t, p1)) ? p1 : p;
+  if (isOther(cpAt(t, q))) {
+    while (q < n && isOther(cpAt(t, q))) q = nextAt(t, q);
+    while (q < n && (load<u8>(t + <usize>q) == 0x0d || load<u8>(t + <usize>q) == 0x0a)) q++;
+    return q;
+  }
+  if (f0 & F_WS) {
+    const wsEnd = flagRun(t, p, n, F_WS);
+    // \s*[\r\n]+: up to the last line break in the run
+    let lastBreak = -1;
+    for (let i = p; i < wsEnd; i = nextAt(t, i)) {
+      const b = load<u8>(t + <usize>i);
+      if (b == 0x0d || b == 0x0a) lastBreak = i;
+    }
+    if (lastBreak >= 0) return lastBreak + 1;
+    if (wsEnd >= n) return wsEnd; // \s+(?!\S) at the end
+    const back = prevAt(t, wsEnd);
+    return back > p ? back : wsEnd; // \s+(?!\S), else \s+
+  }
+  return -1;
 }
 
 /**
@@ -223,8 +396,17 @@ function pop(heap: usize, hn: i32): i32 {
  */
 export function encode(t: usize, n: i32, out: usize, p: i32, c: i32): i32 {
   while (p < n) {
-    const e = gpt2Piece(t, p, n);
+    let e = kimi ? kimiPiece(t, p, n) : gpt2Piece(t, p, n);
+    if (e <= p) e = nextAt(t, p); // no alternative matched: one character on its own
     const len = e - p;
+    if (vocab) {
+      const id = pieceId(t + <usize>p, len);
+      if (id >= 0) {
+        store<i32>(out + (<usize>(c++) << 2), id);
+        p = e;
+        continue;
+      }
+    }
     let slot: usize = 0;
     let h: u32 = 0;
     if (len <= 32) {
@@ -266,21 +448,6 @@ export function stoppedCount(): i32 {
 
 /** Where the piece starting at byte p ends. */
 export function pieceEnd(t: usize, p: i32, n: i32): i32 {
-  return gpt2Piece(t, p, n);
-}
-
-/** The first code point of the text whose class the caller has not filled in, or -1. */
-export function firstUnknown(t: usize, n: i32): i32 {
-  let p = 0;
-  while (p < n) {
-    const b = load<u8>(t + <usize>p);
-    if (b < 0x80) {
-      p++;
-      continue;
-    }
-    const d = decode(t + <usize>p);
-    if (cls(d & 0xffffff) == CLS_UNKNOWN) return <i32>(d & 0xffffff);
-    p += <i32>(d >> 24);
-  }
-  return -1;
+  const e = kimi ? kimiPiece(t, p, n) : gpt2Piece(t, p, n);
+  return e <= p ? nextAt(t, p) : e;
 }

@@ -13,6 +13,28 @@ export function byteToUnicode(): string[] {
 /** GPT-2's byte-level pre-tokenizer (its split pattern, then bytes as characters). */
 export const GPT2_PRE_TOKENIZER = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true } as const;
 
+/** Kimi's pre-tokenization pattern (tokenization_kimi.py), Oniguruma syntax as tokenizers uses. */
+export const KIMI_PATTERN = [
+  '[\\p{Han}]+',
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+  '\\p{N}{1,3}',
+  ' ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*',
+  '\\s*[\\r\\n]+',
+  '\\s+(?!\\S)',
+  '\\s+',
+].join('|');
+
+export function kimiPreTokenizer(): object {
+  return {
+    type: 'Sequence',
+    pretokenizers: [
+      { type: 'Split', pattern: { Regex: KIMI_PATTERN }, behavior: 'Isolated', invert: false },
+      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+    ],
+  };
+}
+
 /** An entry of tokenizer.json's added_tokens. */
 export function addedToken(id: number, content: string, special: boolean) {
   return { id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special };

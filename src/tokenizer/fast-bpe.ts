@@ -1,14 +1,15 @@
 /**
- * Byte-level BPE encoding in the runtime's AssemblyScript module (as/bpe.ts): GPT-2's
- * pre-tokenizer split as a state machine and the merges by rank, over UTF-8 bytes in the
- * module's own memory. For tokenizer.json files whose encoding it reproduces exactly (a BPE
- * model, no normalizer, the ByteLevel pre-tokenizer with its regex and no prefix space, merges
- * not ignored); Tokenizer uses @huggingface/tokenizers for the rest. Added tokens are split off
+ * Byte-level BPE encoding in the runtime's AssemblyScript module (as/bpe.ts): the pre-tokenizer
+ * split as a state machine and the merges by rank, over UTF-8 bytes in the module's own memory.
+ * For tokenizer.json files whose encoding it reproduces exactly: a BPE model, no normalizer, and
+ * either GPT-2's split (the ByteLevel pre-tokenizer with its regex, no prefix space) or Kimi's
+ * (a Split on KIMI_PATTERN, isolated, then ByteLevel without its regex), merges ignored for
+ * whole pieces in the vocabulary or not; Tokenizer uses @huggingface/tokenizers for the rest. Added tokens are split off
  * here first, as @huggingface/tokenizers does: the longest one starting at the leftmost
  * position, with their lstrip/rstrip.
  */
 import { instantiateRuntimeModule, runtimeModuleInstalled } from '../engine/as-module.js';
-import { byteToUnicode } from './byte-level.js';
+import { byteToUnicode, KIMI_PATTERN } from './byte-level.js';
 
 interface BpeExports {
   init(classes: number, byteIds: number, keys: number, vals: number, cap: number, work: number, workSymbols: number, pieceCache: number): void;
@@ -17,6 +18,7 @@ interface BpeExports {
   encode(t: number, n: number, out: number, p: number, c: number): number;
   stoppedCount(): number;
   pieceEnd(t: number, p: number, n: number): number;
+  initPieces(tokens: number, count: number, table: number, tableCap: number, kimiSplit: number): void;
 }
 
 interface AddedToken {
@@ -27,20 +29,46 @@ interface AddedToken {
   normalized?: boolean;
 }
 
+interface PreTokenizerLike {
+  type?: string;
+  add_prefix_space?: boolean;
+  use_regex?: boolean;
+  pattern?: { Regex?: string };
+  behavior?: string;
+  invert?: boolean;
+  pretokenizers?: PreTokenizerLike[];
+}
+
 interface TokenizerJsonLike {
   normalizer?: unknown;
   post_processor?: { type?: string } | null;
-  pre_tokenizer?: { type?: string; add_prefix_space?: boolean; use_regex?: boolean } | null;
+  pre_tokenizer?: PreTokenizerLike | null;
   model?: { type?: string; vocab?: Record<string, number>; merges?: (string | [string, string])[]; dropout?: unknown; byte_fallback?: boolean; ignore_merges?: boolean; continuing_subword_prefix?: string | null; end_of_word_suffix?: string | null; unk_token?: string | null };
   added_tokens?: AddedToken[];
 }
 
-const UNKNOWN = 0, OTHER = 1, LETTER = 2, NUMBER = 3, SPACE = 4;
-const RE_SPACE = /\s/u, RE_LETTER = /\p{L}/u, RE_NUMBER = /\p{N}/u;
+// as/bpe.ts's flags; 0 = not classified yet
+const F_S = 1, F_L = 2, F_N = 4, F_HAN = 8, F_U = 16, F_LC = 32, F_WS = 64, F_KNOWN = 128;
+const RE = {
+  s: /\s/u, l: /\p{L}/u, n: /\p{N}/u, han: /\p{Script=Han}/u, ws: /\p{White_Space}/u,
+  u: /[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]/u, lc: /[\p{Ll}\p{Lm}\p{Lo}\p{M}]/u,
+};
 /** what the host's regular expressions say a code point is: the split follows them exactly */
 function classOf(cp: number): number {
   const ch = String.fromCodePoint(cp);
-  return RE_SPACE.test(ch) ? SPACE : RE_LETTER.test(ch) ? LETTER : RE_NUMBER.test(ch) ? NUMBER : OTHER;
+  const han = RE.han.test(ch);
+  return F_KNOWN | (RE.s.test(ch) ? F_S : 0) | (RE.l.test(ch) ? F_L : 0) | (RE.n.test(ch) ? F_N : 0) | (han ? F_HAN : 0) |
+    (!han && RE.u.test(ch) ? F_U : 0) | (!han && RE.lc.test(ch) ? F_LC : 0) | (RE.ws.test(ch) ? F_WS : 0);
+}
+
+/** Which split the pre-tokenizer is, where as/bpe.ts has it: 'gpt2', 'kimi' or null. */
+function splitOf(pt: PreTokenizerLike | null | undefined): 'gpt2' | 'kimi' | null {
+  if (!pt) return null;
+  if (pt.type === 'ByteLevel') return !pt.add_prefix_space && pt.use_regex !== false ? 'gpt2' : null;
+  const [a, b, ...rest] = pt.type === 'Sequence' ? (pt.pretokenizers ?? []) : [];
+  if (rest.length || !a || !b) return null;
+  const isolated = a.type === 'Split' && a.pattern?.Regex === KIMI_PATTERN && a.behavior === 'Isolated' && !a.invert;
+  return isolated && b.type === 'ByteLevel' && !b.add_prefix_space && b.use_regex === false ? 'kimi' : null;
 }
 
 const CLASSES_BYTES = 0x110000;
@@ -55,7 +83,7 @@ export class FastBpe {
   private readonly vals: number;
   private readonly cap: number;
   private readonly cache: number;
-  private readonly dyn: number; // then the text, its ids and the scratch, laid out by layout()
+  private dyn: number; // then the text, its ids and the scratch, laid out by layout()
   private textCap = 0;
   private workSymbols = 0;
   private textAt = 0;
@@ -72,8 +100,8 @@ export class FastBpe {
     const t = tj as TokenizerJsonLike;
     const m = t.model, pt = t.pre_tokenizer;
     if (t.normalizer != null || !m || m.type !== 'BPE' || !m.vocab || !Array.isArray(m.merges)) return null;
-    if (m.dropout != null || m.byte_fallback || m.ignore_merges || m.continuing_subword_prefix || m.end_of_word_suffix) return null;
-    if (!pt || pt.type !== 'ByteLevel' || pt.add_prefix_space || pt.use_regex === false) return null;
+    if (m.dropout != null || m.byte_fallback || m.continuing_subword_prefix || m.end_of_word_suffix) return null;
+    if (!splitOf(pt)) return null;
     // encode() asks for no special tokens: a post-processor other than ByteLevel's (offsets only) might still add some
     if (t.post_processor != null && t.post_processor.type !== 'ByteLevel') return null;
     return new FastBpe(t);
@@ -109,6 +137,31 @@ export class FastBpe {
     this.memory.grow(Math.ceil((this.dyn + PAGE) / PAGE) - 1);
     const cls = new Uint8Array(this.memory.buffer, this.classes, CLASSES_BYTES);
     for (let c = 0; c < 128; c++) cls[c] = classOf(c);
+    // ignore_merges: the vocabulary's tokens as bytes, for the whole-piece lookup
+    const split = splitOf(t.pre_tokenizer);
+    let pieces = { tokens: 0, count: 0, table: 0, cap: 0 };
+    if (m.ignore_merges) {
+      const u2b = new Map(b2u.map((ch, b) => [ch, b]));
+      const entries = [...vocab].map(([tok, id]) => ({ id, bytes: Uint8Array.from(Array.from(tok, (ch) => u2b.get(ch) ?? 0)) }));
+      let blobBytes = 0;
+      for (const e of entries) blobBytes += (8 + e.bytes.length + 3) & ~3;
+      let tcap = 1;
+      while (tcap < 2 * entries.length + 2) tcap <<= 1;
+      const tokens = this.dyn, table = (tokens + blobBytes + 15) & ~15;
+      this.dyn = table + 16 * tcap;
+      this.memory.grow(Math.max(0, Math.ceil((this.dyn + PAGE) / PAGE) - this.memory.buffer.byteLength / PAGE));
+      const dv = new DataView(this.memory.buffer);
+      const u8 = new Uint8Array(this.memory.buffer);
+      let off = tokens;
+      for (const e of entries) {
+        dv.setUint32(off, e.bytes.length, true);
+        dv.setUint32(off + 4, e.id, true);
+        u8.set(e.bytes, off + 8);
+        off += (8 + e.bytes.length + 3) & ~3;
+      }
+      pieces = { tokens, count: entries.length, table, cap: tcap };
+    }
+    this.fns.initPieces(pieces.tokens, pieces.count, pieces.table, pieces.cap, split === 'kimi' ? 1 : 0);
     const bid = new Int32Array(this.memory.buffer, byteIds, 256);
     for (let b = 0; b < 256; b++) bid[b] = vocab.get(b2u[b]!) ?? -1;
     const kv = new BigUint64Array(this.memory.buffer, keys, 2 * cap); // keys then values
@@ -197,7 +250,7 @@ export class FastBpe {
           i++;
         } else c = 0xfffd; // a lone surrogate: TextEncoder writes U+FFFD
       }
-      if (cls[c] === UNKNOWN) cls[c] = classOf(c);
+      if (!cls[c]) cls[c] = classOf(c);
     }
     this.layout(3 * text.length, 0);
     const { written } = this.enc.encodeInto(text, new Uint8Array(this.memory.buffer, this.textAt, this.textCap));

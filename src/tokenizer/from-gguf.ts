@@ -4,30 +4,8 @@
  * tiktoken split pattern) and "gpt-2"/"default" (GPT-2's byte-level pattern).
  */
 import type { GgufValue } from '../formats/gguf.js';
-import { addedToken, byteLevelBpeJson, GPT2_PRE_TOKENIZER } from './byte-level.js';
+import { addedToken, byteLevelBpeJson, GPT2_PRE_TOKENIZER, kimiPreTokenizer } from './byte-level.js';
 import { TokenizerError } from './tokenizer.js';
-
-/** Kimi's pre-tokenization pattern (tokenization_kimi.py), Oniguruma syntax as tokenizers uses. */
-export const KIMI_PATTERN = [
-  '[\\p{Han}]+',
-  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}&&[^\\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-  '\\p{N}{1,3}',
-  ' ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*',
-  '\\s*[\\r\\n]+',
-  '\\s+(?!\\S)',
-  '\\s+',
-].join('|');
-
-export function kimiPreTokenizer(): object {
-  return {
-    type: 'Sequence',
-    pretokenizers: [
-      { type: 'Split', pattern: { Regex: KIMI_PATTERN }, behavior: 'Isolated', invert: false },
-      { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
-    ],
-  };
-}
 
 export function tokenizerFromGguf(md: ReadonlyMap<string, GgufValue>): { tokenizerJson: object; tokenizerConfig: Record<string, unknown> } | null {
   const model = md.get('tokenizer.ggml.model');

@@ -4,8 +4,7 @@
  * tokenizer. tiktoken keeps no merge list; each token's merge is recovered by running BPE on its
  * bytes with the ranks below its own (the pair it ends as is the merge that made it).
  */
-import { addedToken, byteLevelBpeJson, byteToUnicode } from './byte-level.js';
-import { kimiPreTokenizer } from './from-gguf.js';
+import { addedToken, byteLevelBpeJson, byteToUnicode, kimiPreTokenizer } from './byte-level.js';
 import { TokenizerError } from './tokenizer.js';
 
 /** Special tokens after the base vocabulary (Kimi reserves 256 + 2). */

@@ -1,5 +1,8 @@
 // The AssemblyScript BPE encoder (as/bpe.ts, src/tokenizer/fast-bpe.ts) gives exactly the ids
-// @huggingface/tokenizers gives, on the whole Brown corpus and on text made to break it:
+// @huggingface/tokenizers gives, with GPT-2's split (two byte-level vocabularies) and with Kimi's
+// (a Kimi-format vocabulary of Kimi's size: the first 163,840 ranks of o200k_base from the
+// js-tiktoken package, through tiktoken.ts, ignore_merges on), on the whole Brown corpus and on
+// text made to break it:
 // emoji and other astral characters, CJK, combining marks, lone surrogates, every kind of
 // whitespace, digits of many scripts, long runs of one character, added tokens run together,
 // and seeded random strings over all of Unicode.
@@ -10,9 +13,27 @@ import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Tokenizer } from '../../src/tokenizer/tokenizer.js';
 import { packageRoot } from '../../src/engine/node-kernels.js';
 import { brownDocuments } from '../../train/prepare.js';
+import { tokenizerFromTiktoken } from '../../src/tokenizer/tiktoken.js';
+import o200k from 'js-tiktoken/ranks/o200k_base';
 
 const root = packageRoot();
-const TOKENIZERS = { 'the default model (Brown BPE, 2,048)': join(root, 'models', 'default'), 'the random tiny model (512)': join(root, 'test', 'fixtures', 'random-tiny') };
+function kimiSize(): { tj: unknown; tc: Record<string, unknown> } {
+  const lines: string[] = [];
+  for (const line of (o200k as { bpe_ranks: string }).bpe_ranks.split('\n').filter(Boolean)) {
+    const [, off, ...toks] = line.split(' ');
+    toks.forEach((t, i) => {
+      if (Number(off) + i < 163_840) lines.push(`${t} ${Number(off) + i}`);
+    });
+  }
+  return { tj: tokenizerFromTiktoken(lines.join('\n'), {}).tokenizerJson, tc: {} };
+}
+
+const fromDir = (dir: string) => () => ({ tj: JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as unknown, tc: JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8')) as Record<string, unknown> });
+const TOKENIZERS: Record<string, () => { tj: unknown; tc: Record<string, unknown> }> = {
+  'the default model (GPT-2 split, 2,048)': fromDir(join(root, 'models', 'default')),
+  'the random tiny model (GPT-2 split, 512)': fromDir(join(root, 'test', 'fixtures', 'random-tiny')),
+  "Kimi's split, 163,840 ranks, ignore_merges": kimiSize,
+};
 
 const ADVERSARIAL = [
   '', ' ', '  ', '\n', 'a  b', 'a \n b', '\n\n\nx', 'x\n', 'x \n', ' \t\r\n\u000b\f x',
@@ -39,9 +60,8 @@ function randomStrings(n: number, seed: number): string[] {
 }
 
 describe('the AssemblyScript BPE encoder', () => {
-  for (const [name, dir] of Object.entries(TOKENIZERS)) {
-    const tj = JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')) as unknown;
-    const tc = JSON.parse(readFileSync(join(dir, 'tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
+  for (const [name, make] of Object.entries(TOKENIZERS)) {
+    const { tj, tc } = make();
     const hf = new HfTokenizer(tj as object, tc);
     const ours = new Tokenizer(tj, tc);
     const want = (t: string) => hf.encode(t, { add_special_tokens: false }).ids;
