@@ -2,6 +2,7 @@
  * Session: one conversation with a model. Prefill runs the chunked KDA kernels, decode the step
  * kernel; generate() streams tokens and text as an async iterator.
  */
+import { yieldToEventLoop } from '../util/yield.js';
 import { partsTotal, type EngineSession } from '../engine/engine.js';
 import { StreamDecoder, type ChatMessage, type Tokenizer } from '../tokenizer/tokenizer.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
@@ -46,10 +47,6 @@ function historyLength(blob: Uint8Array): number {
 }
 
 /** lets timers, I/O and abort signals run between tokens (setImmediate where there is one) */
-function yieldToEventLoop(): Promise<void> {
-  const si = (globalThis as { setImmediate?: (f: () => void) => void }).setImmediate;
-  return new Promise((r) => (si ? si(r) : setTimeout(r, 0)));
-}
 
 export class Session {
   /** every token this session has seen, for the repetition penalty and for save() */

@@ -11,7 +11,7 @@ import type { Model } from '../model/model.js';
 import { errorResponse } from '../server/errors.js';
 import type { LoadTracker } from '../server/generation.js';
 import { limitBody, requireBearer } from '../server/middleware.js';
-import { buildPrompt, endpointOf, maxPromptTokens, minPromptTokens, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
+import { buildPromptAsync, endpointOf, maxPromptTokens, minPromptTokens, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
 import type { NodeConfig, RouterConfig } from './config.js';
 import { NodePool, stallTolerantTimeout } from './pool.js';
 import { sessionBytes, type RouteReason } from './policy.js';
@@ -119,7 +119,7 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     }
     let ids: number[] | null = null;
     try {
-      ids = model.tokenizer ? buildPrompt(model.tokenizer, parsed.request) : null;
+      ids = model.tokenizer ? await buildPromptAsync(model.tokenizer, parsed.request) : null;
     } catch {
       // the edge app says why the prompt cannot be built
     }

@@ -9,7 +9,7 @@ import type { Model } from '../model/model.js';
 import { errorResponse } from './errors.js';
 import { generate, handoffOf, refusal, type GenerationDeps } from './generation.js';
 import { jsonBodyOf } from './middleware.js';
-import { buildPrompt, minPromptTokens, PREPARED, promptParam, type OpenAIRequest, type PreparedRequest } from './prompt.js';
+import { buildPromptAsync, minPromptTokens, PREPARED, promptParam, type OpenAIRequest, type PreparedRequest } from './prompt.js';
 import { chatRequest, completionRequest, describeIssue } from './schema.js';
 
 function preparedOf(c: Context): PreparedRequest | undefined {
@@ -55,7 +55,7 @@ async function complete(c: Context, d: GenerationDeps, r: OpenAIRequest, ids: nu
     const tooLong = promptTooLong(d, r, model);
     if (tooLong) return tooLong;
     try {
-      prompt = buildPrompt(model.tokenizer, r);
+      prompt = await buildPromptAsync(model.tokenizer, r);
     } catch (e) {
       return errorResponse(400, `cannot build the prompt: ${(e as Error).message}`, 'invalid_request_error', promptParam(r));
     }

@@ -52,6 +52,15 @@ export function buildPrompt(tok: Tokenizer, r: OpenAIRequest): number[] {
   return tok.encode(tok.applyChatTemplate(chatMessages(r.body)));
 }
 
+/** buildPrompt without holding the event loop over a long prompt (Tokenizer.encodeAsync). */
+export async function buildPromptAsync(tok: Tokenizer, r: OpenAIRequest): Promise<number[]> {
+  if (r.kind === 'completion') {
+    const p = r.body.prompt;
+    return tok.encodeAsync(typeof p === 'string' ? p : p[0]!);
+  }
+  return tok.encodeAsync(tok.applyChatTemplate(chatMessages(r.body)));
+}
+
 /** A chat request's messages in the chat template's terms. */
 function chatMessages(body: ChatRequest): ChatMessage[] {
   return body.messages.map((m) => ({

@@ -7,6 +7,7 @@ import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { fnv1a64, fnvHex } from '../util/fnv.js';
 import { FastBpe } from './fast-bpe.js';
+import { yieldToEventLoop } from '../util/yield.js';
 import { byteToUnicode } from './byte-level.js';
 
 export interface ChatMessage {
@@ -108,6 +109,36 @@ export class Tokenizer {
     return this.fast ? this.fast.encode(text) : this.hf.encode(text, { add_special_tokens: false }).ids;
   }
 
+  /**
+   * encode() for long texts without holding the event loop: the text is cut into pieces of about
+   * `chunkChars` UTF-16 units, each encoded on its own with a turn of the event loop between
+   * them. A cut goes just before a space that precedes a letter, where both of the AssemblyScript
+   * encoder's splits (GPT-2's, Kimi's) always end a piece, so the ids are encode()'s; tokenizers
+   * it does not run, and texts no such place cuts, are encoded in one go.
+   */
+  async encodeAsync(text: string, chunkChars = 1 << 18): Promise<number[]> {
+    if (!this.fast || text.length <= chunkChars || this.cutUnsafe) return this.encode(text);
+    const out: number[] = [];
+    let start = 0;
+    while (start < text.length) {
+      let cut = text.length;
+      if (text.length - start > chunkChars) {
+        const at = nextCut(text, start + chunkChars);
+        cut = at < 0 ? text.length : at;
+      }
+      for (const id of this.fast.encode(text.slice(start, cut))) out.push(id);
+      start = cut;
+      if (start < text.length) await yieldToEventLoop();
+    }
+    return out;
+  }
+
+  /** an added token that holds a cut place itself would be cut in two */
+  private get cutUnsafe(): boolean {
+    return (this.cutUnsafeCache ??= [...this.addedText.values(), ...this.specialContents].some((c) => nextCut(c, 0) >= 0));
+  }
+  private cutUnsafeCache: boolean | undefined;
+
   /** Whether encode() runs the AssemblyScript encoder (as/bpe.ts) rather than @huggingface/tokenizers. */
   get fastEncoder(): boolean {
     return this.fast !== null;
@@ -124,6 +155,10 @@ export class Tokenizer {
 
   get hasChatTemplate(): boolean {
     return this.template !== null;
+  }
+
+  private get specialContents(): string[] {
+    return [...this.hf.get_added_tokens_decoder().values()].map((t) => t.content);
   }
 
   /** The prompt text for a conversation, ending with the assistant's turn opened. */
@@ -163,4 +198,15 @@ export class StreamDecoder {
     this.pending = [];
     return text;
   }
+}
+
+const LETTER = /\p{L}/u;
+
+/** The first place at or after `from` that is a space followed by a letter, or -1. */
+function nextCut(text: string, from: number): number {
+  for (let i = text.indexOf(' ', from); i >= 0 && i + 1 < text.length; i = text.indexOf(' ', i + 1)) {
+    const c = text.charCodeAt(i + 1);
+    if ((c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || (c >= 0x80 && LETTER.test(String.fromCodePoint(text.codePointAt(i + 1)!)))) return i;
+  }
+  return -1;
 }

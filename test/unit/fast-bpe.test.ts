@@ -85,3 +85,20 @@ describe('the AssemblyScript BPE encoder', () => {
     }, 60_000);
   }
 });
+
+describe('encodeAsync: a long text in pieces, the event loop turning between them', () => {
+  it('gives encode()\'s ids for GPT-2\'s split and Kimi\'s, and lets timers run meanwhile', async () => {
+    const text = brownDocuments().map((d) => d.text).join('\n') + ' ' + ADVERSARIAL.join(' x ');
+    for (const make of [TOKENIZERS['the default model (GPT-2 split, 2,048)']!, TOKENIZERS["Kimi's split, 163,840 ranks, ignore_merges"]!]) {
+      const { tj, tc } = make();
+      const tok = new Tokenizer(tj, tc);
+      let ticks = 0;
+      const timer = setInterval(() => ticks++, 0);
+      const chunked = await tok.encodeAsync(text, 1 << 16);
+      clearInterval(timer);
+      expect(chunked).toEqual(tok.encode(text));
+      // about 90 pieces of 64 K characters: the interval ran between them
+      expect(ticks).toBeGreaterThan(20);
+    }
+  }, 60_000);
+});
