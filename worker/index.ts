@@ -8,7 +8,7 @@
  */
 import type { Hono } from 'hono';
 import kleSimd from '../wasm/dist/kle-simd.wasm';
-import samplerWasm from '../wasm/dist/kle-as.wasm';
+import runtimeWasm from '../wasm/dist/kle-as.wasm';
 import weights from '../models/default/model.safetensors';
 import config from '../models/default/config.json';
 import tokenizer from '../models/default/tokenizer.json';
@@ -21,8 +21,9 @@ import { createEdge } from '../src/host/edge.js';
 import { PrefixCache } from '../src/server/prefix-cache.js';
 import { routerConfigFromEnv } from '../src/router/config.js';
 
-// the AssemblyScript sampler, compiled by the bundler like the engine (Workers compile no wasm at run time)
-installRuntimeModule(samplerWasm);
+// the AssemblyScript sampler and tokenizer, compiled by the bundler like the engine (Workers
+// compile no wasm at run time)
+installRuntimeModule(runtimeWasm);
 
 export interface Env {
   [key: string]: unknown;
@@ -34,6 +35,8 @@ export interface Env {
   MAX_CONCURRENT?: string;
   MAX_PROMPT_TOKENS?: string;
   MAX_TOKENS?: string;
+  /** request bodies past this many bytes are refused (413); a 1M-token prompt is about 4 MB */
+  MAX_BODY_BYTES?: string;
   MODEL_SOURCE?: string;
   MODEL_PREFIX?: string;
   MODELS?: R2BucketLike;
@@ -52,7 +55,13 @@ function modelSource(env: Env): ModelSource {
   }, 'bundled default model');
 }
 
-const num = (v: string | undefined) => (v ? Number(v) : undefined);
+/** A numeric setting: unset, or a positive integer (anything else is a configuration error). */
+function num(v: string | undefined, name: string): number | undefined {
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`${name}: "${v}" is not a positive integer`);
+  return n;
+}
 
 // one app per isolate, built on the first request (env is only known then); the model loads
 // lazily inside it, once. The router sits in front of the edge app: it owns auth, keeps short
@@ -65,7 +74,12 @@ function build(env: Env): Hono {
     model: async () => loadModel(modelSource(env), { backend: await WasmBackend.instantiate('wasm-simd', kleSimd) }),
     modelId: env.MODEL_ID ?? 'kimi-linear-default',
     prefixCache: new PrefixCache(16 << 20),
-    limits: { maxConcurrent: num(env.MAX_CONCURRENT), maxPromptTokens: num(env.MAX_PROMPT_TOKENS), maxTokens: num(env.MAX_TOKENS) },
+    limits: {
+      maxConcurrent: num(env.MAX_CONCURRENT, 'MAX_CONCURRENT'),
+      maxPromptTokens: num(env.MAX_PROMPT_TOKENS, 'MAX_PROMPT_TOKENS'),
+      maxTokens: num(env.MAX_TOKENS, 'MAX_TOKENS'),
+      maxBodyBytes: num(env.MAX_BODY_BYTES, 'MAX_BODY_BYTES'),
+    },
     router: routerConfigFromEnv(strings),
     apiKeys: (env.API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean),
   }).app;
