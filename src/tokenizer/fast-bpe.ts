@@ -92,6 +92,13 @@ export class FastBpe {
   private readonly vocabSize: number;
   private readonly added: Map<number, AddedToken[]>; // first UTF-16 unit -> tokens, longest first
   private readonly addedByContent: Map<string, AddedToken>;
+  // for decode(): each id's string as @huggingface/tokenizers has it (the vocabulary's, added
+  // tokens' contents over them), the unknown token's, and byte-level characters -> bytes
+  private readonly idString: (string | undefined)[] = [];
+  private readonly unkString: string | undefined;
+  private readonly u2b: Map<string, number>;
+  private readonly decodesBytes: boolean;
+  private readonly dec = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
   private readonly enc = new TextEncoder();
 
   /** The fast encoder for this tokenizer.json, or null where it would not give the same ids. */
@@ -115,7 +122,12 @@ export class FastBpe {
     for (const a of t.added_tokens ?? []) V = Math.max(V, a.id + 1);
     this.vocabSize = V;
     this.unk = m.unk_token != null ? (vocab.get(m.unk_token) ?? null) : null;
+    this.unkString = m.unk_token ?? undefined;
+    for (const [tok, id] of vocab) this.idString[id] = tok;
+    for (const a of t.added_tokens ?? []) this.idString[a.id] = a.content;
+    this.decodesBytes = (t as { decoder?: { type?: string } | null }).decoder?.type === 'ByteLevel';
     const b2u = byteToUnicode();
+    this.u2b = new Map(b2u.map((ch, b) => [ch, b]));
     // merges as (left id, right id) -> (rank, merged id); a merged string the vocabulary lacks
     // gets an id past it, dropped from the output as @huggingface/tokenizers drops it
     const extra = new Map<string, number>();
@@ -141,7 +153,7 @@ export class FastBpe {
     const split = splitOf(t.pre_tokenizer);
     let pieces = { tokens: 0, count: 0, table: 0, cap: 0 };
     if (m.ignore_merges) {
-      const u2b = new Map(b2u.map((ch, b) => [ch, b]));
+      const u2b = this.u2b;
       const entries = [...vocab].map(([tok, id]) => ({ id, bytes: Uint8Array.from(Array.from(tok, (ch) => u2b.get(ch) ?? 0)) }));
       let blobBytes = 0;
       for (const e of entries) blobBytes += (8 + e.bytes.length + 3) & ~3;
@@ -199,6 +211,34 @@ export class FastBpe {
     const need = Math.ceil(end / PAGE) - this.memory.buffer.byteLength / PAGE;
     if (need > 0) this.memory.grow(need);
     this.fns.init(this.classes, this.byteIds, this.keys, this.vals, this.cap, work, this.workSymbols, this.cache);
+  }
+
+  /**
+   * Text of token ids as @huggingface/tokenizers decodes them with a ByteLevel decoder (null when
+   * the tokenizer has another decoder): unknown ids dropped, special ones too when asked, added
+   * tokens as their text, runs of other tokens as their bytes through TextDecoder, then its
+   * clean-up of spaces before punctuation if the config asks for it.
+   */
+  decode(ids: readonly number[], skipSpecial: boolean, special: ReadonlySet<string>, cleanUp: boolean): string | null {
+    if (!this.decodesBytes) return null;
+    let text = '';
+    let run: number[] = [];
+    const flush = () => {
+      if (run.length) text += this.dec.decode(Uint8Array.from(run));
+      run = [];
+    };
+    for (const id of ids) {
+      const s = this.idString[id] ?? this.unkString;
+      if (s === undefined || (skipSpecial && special.has(s))) continue;
+      if (this.addedByContent.has(s)) {
+        flush();
+        text += s;
+        continue;
+      }
+      for (const ch of s) run.push(this.u2b.get(ch) ?? 0);
+    }
+    flush();
+    return cleanUp ? cleanUpSpaces(text) : text;
   }
 
   /** Token ids of text: added tokens split off, the rest through the AssemblyScript encoder. */
@@ -268,6 +308,12 @@ export class FastBpe {
       else if (this.unk !== null) out.push(this.unk);
     }
   }
+}
+
+/** The spaces a word-level tokenizer leaves before punctuation and English contractions, removed. */
+function cleanUpSpaces(t: string): string {
+  for (const [from, to] of [[' .', '.'], [' ?', '?'], [' !', '!'], [' ,', ','], [" ' ", "'"], [" n't", "n't"], [" 'm", "'m"], [" 's", "'s"], [" 've", "'ve"], [" 're", "'re"]] as const) t = t.replaceAll(from, to);
+  return t;
 }
 
 function mix(k: bigint): number {

@@ -40,6 +40,8 @@ export class Tokenizer {
   private fp: string | null = null;
   /** the AssemblyScript encoder, where it gives exactly @huggingface/tokenizers' ids */
   private readonly fast: FastBpe | null;
+  private readonly specialStrings: ReadonlySet<string>;
+  private readonly cleanUp: boolean;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: unknown) {
     if (typeof tokenizerJson !== 'object' || tokenizerJson === null) throw new TokenizerError('tokenizer.json is not a JSON object');
@@ -65,6 +67,10 @@ export class Tokenizer {
     this.maxTokenBytes = longest;
     this.sources = [tokenizerJson, cfg];
     this.fast = FastBpe.from(tokenizerJson);
+    // what @huggingface/tokenizers' decode skips and whether it cleans up spaces
+    const extra = Array.isArray(cfg.additional_special_tokens) ? cfg.additional_special_tokens.filter((x): x is string => typeof x === 'string') : [];
+    this.specialStrings = new Set([...added.filter(([, t]) => t.special).map(([, t]) => t.content), ...extra]);
+    this.cleanUp = Boolean(cfg.clean_up_tokenization_spaces ?? true);
   }
 
   /**
@@ -146,7 +152,7 @@ export class Tokenizer {
 
   decode(ids: readonly number[], skipSpecial = true): string {
     if (!ids.length) return ''; // @huggingface/tokenizers throws on an empty list (found by fuzzing)
-    return this.hf.decode([...ids], { skip_special_tokens: skipSpecial });
+    return this.fast?.decode(ids, skipSpecial, this.specialStrings, this.cleanUp) ?? this.hf.decode([...ids], { skip_special_tokens: skipSpecial });
   }
 
   tokenToId(token: string): number | undefined {

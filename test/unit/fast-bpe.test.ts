@@ -102,3 +102,24 @@ describe('encodeAsync: a long text in pieces, the event loop turning between the
     }
   }, 60_000);
 });
+
+describe('decode over the byte table: @huggingface/tokenizers\' text', () => {
+  it('for encoded Brown text, random id sequences (specials, split UTF-8, unknown ids), with and without skipping specials and cleaning up spaces', () => {
+    const docs = brownDocuments().slice(0, 60).map((d) => d.text);
+    for (const [name, make] of Object.entries(TOKENIZERS)) {
+      const { tj, tc } = make();
+      for (const cleanUp of [false, true]) {
+        const cfg = { ...tc, clean_up_tokenization_spaces: cleanUp };
+        const hf = new HfTokenizer(tj as object, cfg);
+        const ours = new Tokenizer(tj, cfg);
+        const V = (hf as unknown as { model: { vocab: unknown[] } }).model.vocab.length;
+        let s = 99;
+        const r = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
+        const cases = [...docs.map((d) => ours.encode(d)), ...Array.from({ length: 300 }, () => Array.from({ length: 1 + Math.floor(r() * 30) }, () => Math.floor(r() * (V + 3))))];
+        for (const ids of cases) {
+          for (const skip of [true, false]) expect(ours.decode(ids, skip), `${name} cleanUp ${cleanUp} skip ${skip} ${ids.slice(0, 8)}`).toBe(hf.decode(ids, { skip_special_tokens: skip }));
+        }
+      }
+    }
+  }, 120_000);
+});
