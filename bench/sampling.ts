@@ -7,21 +7,40 @@
 // that sample N times against ones that sample none). ms per token, medians. Writes
 // bench/results/sampling-<machine>.json.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
 import { packageRoot } from '../src/node.js';
 import { MODES, runSampling, type SamplingRow } from './sampling-run.js';
-import { machine, table, writeResult } from './lib.js';
+import { machine, machineTag, table, writeResult } from './lib.js';
+import { lineChart } from './svg.js';
 
 const quick = process.argv.includes('--quick');
+const replot = process.argv.includes('--replot'); // redraw the plot from the last results, measuring nothing
 const root = packageRoot();
 const SIZES = quick ? [512, 163_840] : [512, 4096, 32_000, 163_840, 262_144];
 const RUNS = quick ? 20 : 100;
 const mod = (f: string) => new WebAssembly.Module(readFileSync(join(root, 'wasm', 'dist', f)));
 const tmp = mkdtempSync(join(tmpdir(), 'kle-sampling-'));
+
+/** ms per token against vocabulary size, every mode, before and after, in Node (log-log) */
+function plot(results: Record<string, SamplingRow[]>, sizes: number[]): void {
+  const series = Object.keys(MODES).flatMap((mode) => {
+    const rows = results.node!.filter((r) => r.mode === mode);
+    return [
+      { name: `${mode}, AssemblyScript`, points: sizes.map((v) => [v, rows.find((r) => r.vocab === v)!.fastInPlace] as [number, number]) },
+      { name: `${mode}, before (sort)`, points: sizes.map((v) => [v, rows.find((r) => r.vocab === v)!.reference ?? NaN] as [number, number]).filter((p) => Number.isFinite(p[1])) },
+    ];
+  });
+  writeFileSync(join(root, 'bench', 'results', `sampling-${machineTag()}.svg`), lineChart(`Sampling: ms per token vs vocabulary (Node, ${machine().cpu})`, 'vocabulary (log scale)', 'ms per token (log scale)', series, { logY: true }));
+}
+if (replot) {
+  const last = JSON.parse(readFileSync(join(root, 'bench', 'results', `sampling-${machineTag()}.json`), 'utf8')) as { sizes: number[]; results: Record<string, SamplingRow[]> };
+  plot(last.results, last.sizes);
+  process.exit(0);
+}
 
 const results: Record<string, SamplingRow[]> = {};
 results.node = await runSampling(mod('kle-simd.wasm'), mod('kle-as.wasm'), SIZES, { runs: RUNS, referenceUpTo: 262_144, clock: () => performance.now() });
@@ -98,3 +117,4 @@ for (const V of SIZES) {
     })));
 }
 writeResult('sampling', { versions, sizes: SIZES, runs: RUNS, results });
+plot(results, SIZES);

@@ -7,7 +7,7 @@
 // byte-level BPE), split with GPT-2's pattern; and the large vocabulary as a Kimi tokenizer is
 // (Kimi's pattern, tiktoken's whole-piece rule). MB/s and tokens/s, medians of 5. Writes
 // bench/results/tokenize-<machine>.json.
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
@@ -17,7 +17,8 @@ import { tokenizerFromTiktoken } from '../src/tokenizer/tiktoken.js';
 import { GPT2_PRE_TOKENIZER, byteToUnicode } from '../src/tokenizer/byte-level.js';
 import { packageRoot } from '../src/node.js';
 import { brownDocuments } from '../train/prepare.js';
-import { machine, table, writeResult } from './lib.js';
+import { machine, machineTag, table, writeResult } from './lib.js';
+import { barChart } from './svg.js';
 import o200k from 'js-tiktoken/ranks/o200k_base';
 
 const { values } = parseArgs({ options: { mb: { type: 'string', default: '1' } } });
@@ -109,3 +110,6 @@ measure('Kimi-size (163,840)', kimiPattern, {
 console.log(`machine: ${JSON.stringify(machine())}\ntext: ${bytes} bytes of the Brown corpus (English), one thread, medians of 5\n`);
 console.log(table(['vocabulary', 'pattern', 'encoder', 'MB/s', 'tokens/s', 'tokens', 'same ids as the first'], rows.map((r) => [r.vocabulary, r.pattern, r.encoder, r.mbPerS.toFixed(2), Math.round(r.tokensPerS).toLocaleString('en'), r.tokens, r.sameIds === null ? '-' : r.sameIds ? 'yes' : 'no'])));
 writeResult('tokenize', { date: new Date().toISOString(), machine: machine(), bytes, rows });
+const cases = [...new Set(rows.map((r) => `${r.vocabulary}, ${r.pattern}`))];
+const encoders = [...new Set(rows.map((r) => r.encoder))];
+writeFileSync(join(packageRoot(), 'bench', 'results', `tokenize-${machineTag()}.svg`), barChart(`Encoding English, one thread (${machine().cpu})`, 'MB/s', cases, encoders.map((e) => ({ name: e, values: cases.map((c) => rows.find((r) => `${r.vocabulary}, ${r.pattern}` === c && r.encoder === e)?.mbPerS ?? null) }))));
