@@ -175,7 +175,7 @@ export class FastBpe {
     }
     this.fns.initPieces(pieces.tokens, pieces.count, pieces.table, pieces.cap, split === 'kimi' ? 1 : 0);
     const bid = new Int32Array(this.memory.buffer, byteIds, 256);
-    for (let b = 0; b < 256; b++) bid[b] = vocab.get(b2u[b]!) ?? -1;
+    for (let b = 0; b < 256; b++) bid[b] = idOf(b2u[b]!); // a byte the vocabulary lacks still merges, as a string does there
     const kv = new BigUint64Array(this.memory.buffer, keys, 2 * cap); // keys then values
     const mask = cap - 1;
     merges.forEach(([a, b], rank) => {
@@ -183,7 +183,7 @@ export class FastBpe {
       const key = (BigInt(ia + 1) << 32n) | BigInt(ib);
       let h = mix(key) & mask;
       while (kv[h] !== 0n && kv[h] !== key) h = (h + 1) & mask;
-      if (kv[h] === key) return; // a repeated merge keeps its first rank
+      // a repeated merge takes its last rank, as @huggingface/tokenizers' rank map does
       kv[h] = key;
       kv[cap + h] = (BigInt(rank) << 32n) | BigInt(merged);
     });
@@ -304,7 +304,8 @@ export class FastBpe {
     const got = new Int32Array(this.memory.buffer, this.idsAt, r);
     for (let i = 0; i < r; i++) {
       const id = got[i]!;
-      if (id < this.vocabSize) out.push(id);
+      // a merged string or a byte the vocabulary lacks: dropped, or the unknown token
+      if (id >= 0 && id < this.vocabSize) out.push(id);
       else if (this.unk !== null) out.push(this.unk);
     }
   }

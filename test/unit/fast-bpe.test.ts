@@ -123,3 +123,19 @@ describe('decode over the byte table: @huggingface/tokenizers\' text', () => {
     }
   }, 120_000);
 });
+
+describe('the encoder on odd vocabularies, as @huggingface/tokenizers reads them', () => {
+  it('a repeated merge takes its last rank; a merge whose result the vocabulary lacks and a byte it lacks are dropped', () => {
+    const { tj, tc } = TOKENIZERS['the random tiny model (GPT-2 split, 512)']!();
+    const base = tj as { model: { vocab: Record<string, number>; merges: string[] } };
+    const vocab = { ...base.model.vocab };
+    delete vocab['x']; // a byte token gone
+    delete vocab['Ġthe']; // a merge's result gone
+    const merges = [...base.model.merges, base.model.merges[0]!, base.model.merges[3]!];
+    const odd = { ...base, model: { ...base.model, vocab, merges } };
+    const hf = new HfTokenizer(odd as object, tc);
+    const ours = new Tokenizer(odd, tc);
+    expect(ours.fastEncoder).toBe(true);
+    for (const t of ['the theory of the thing', 'xylophone box', 'The quick brown fox jumps over the lazy dog', ...ADVERSARIAL.slice(0, 20)]) expect(ours.encode(t), t).toEqual(hf.encode(t, { add_special_tokens: false }).ids);
+  });
+});
