@@ -40,15 +40,33 @@ export function workOffset(V: i32): i32 {
 }
 
 /**
- * Copies the logits to the work area and overwrites n entries: `pairs` holds n (i32 token,
- * f32 logit) pairs, already penalized and biased by the caller. Returns the work area's address.
+ * Copies the logits to the work area and adjusts the tokens the caller names, each rounded to
+ * float32 once, as the reference does: the n tokens of the context (toks[i] i32 with counts[i]
+ * i32 and their logit bias cbias[i] f64, 0 for none) get the bias added, then the repetition
+ * penalty (CTRL's: a positive logit divided by `rep`, a negative one multiplied), then
+ * frequency * count + presence subtracted; the nb other biased tokens (btoks[i] i32) get
+ * bvals[i] (f64) added. Tokens outside [0, V) are ignored. Returns the work area's address.
  */
-export function patch(logits: usize, V: i32, scratch: usize, pairs: usize, n: i32): usize {
+export function penalize(logits: usize, V: i32, scratch: usize, toks: usize, counts: usize, cbias: usize, n: i32, rep: f64, freq: f64, pres: f64, btoks: usize, bvals: usize, nb: i32): usize {
   const w = scratch + <usize>offWork(V);
   memory.copy(w, logits, <usize>V << 2);
+  for (let i = 0; i < nb; i++) {
+    const t = load<i32>(btoks + (<usize>i << 2));
+    if (t >= 0 && t < V) {
+      const q = w + (<usize>t << 2);
+      store<f32>(q, <f32>(<f64>load<f32>(q) + load<f64>(bvals + (<usize>i << 3))));
+    }
+  }
   for (let i = 0; i < n; i++) {
-    const t = load<i32>(pairs + (<usize>i << 3));
-    if (t >= 0 && t < V) store<f32>(w + (<usize>t << 2), load<f32>(pairs + (<usize>i << 3) + 4));
+    const t = load<i32>(toks + (<usize>i << 2)), c = load<i32>(counts + (<usize>i << 2));
+    if (t < 0 || t >= V) continue;
+    const q = w + (<usize>t << 2);
+    let l = <f64>load<f32>(q) + load<f64>(cbias + (<usize>i << 3));
+    if (c > 0) {
+      if (rep != 1) l = l > 0 ? l / rep : l * rep;
+      l -= freq * <f64>c + pres;
+    }
+    store<f32>(q, <f32>l);
   }
   return w;
 }

@@ -8,7 +8,7 @@ import { instantiateRuntimeModule } from './as-module.js';
 
 export interface SamplerExports {
   scratchBytes(V: number): number;
-  patch(logits: number, V: number, scratch: number, pairs: number, n: number): number;
+  penalize(logits: number, V: number, scratch: number, toks: number, counts: number, cbias: number, n: number, rep: number, freq: number, pres: number, btoks: number, bvals: number, nb: number): number;
   argmax(p: number, V: number): number;
   sample(logits: number, V: number, scratch: number, T: number, topK: number, topP: number, logMinP: number, u: number): number;
 }
@@ -19,8 +19,8 @@ export class KernelSite {
   readonly fns: SamplerExports;
   private scratch = 0;
   private scratchV = 0;
-  private pairs = 0;
-  private pairsCap = 0;
+  private buf = 0;
+  private bufCap = 0;
   private logits = 0;
   private logitsCap = 0;
 
@@ -51,14 +51,14 @@ export class KernelSite {
     return this.logits;
   }
 
-  /** Room for n (token, logit) pairs. */
-  pairsFor(n: number): number {
-    if (n > this.pairsCap) {
-      if (this.pairs) this.release(this.pairs);
-      this.pairsCap = Math.max(n, 2 * this.pairsCap, 64);
-      this.pairs = this.alloc(8 * this.pairsCap);
+  /** A buffer of at least `bytes` (8-byte aligned) for what a call passes by pointer. */
+  bufferFor(bytes: number): number {
+    if (bytes > this.bufCap) {
+      if (this.buf) this.release(this.buf);
+      this.bufCap = Math.max(bytes, 2 * this.bufCap, 1024);
+      this.buf = this.alloc(this.bufCap);
     }
-    return this.pairs;
+    return this.buf;
   }
 }
 

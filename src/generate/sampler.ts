@@ -13,7 +13,7 @@ import { WasmBackend } from '../engine/wasm-backend.js';
 import type { KernelBackend } from '../engine/backend.js';
 import { engineSite, ownKernel, type KernelSite } from '../engine/sampler-kernel.js';
 import { runtimeModuleInstalled } from '../engine/as-module.js';
-import { adjustedLogit, biasEntries, ReferenceSampler, rng, validateSampling, type SamplingOptions } from './sampler-reference.js';
+import { biasEntries, ReferenceSampler, rng, validateSampling, type SamplingOptions } from './sampler-reference.js';
 
 export { validateSampling, type SamplingOptions } from './sampler-reference.js';
 export { installRuntimeModule, runtimeModuleInstalled } from '../engine/as-module.js';
@@ -27,8 +27,11 @@ export class Sampler {
   private readonly biasMap: Map<number, number>;
   private readonly penalized: boolean;
   private readonly logMinP: number;
-  // token counts of the context seen so far, kept up to date as it grows
-  private counts = new Map<number, number>();
+  // the context's distinct tokens and their counts, kept up to date as it grows
+  private slotOf = new Map<number, number>();
+  private tokens = new Int32Array(64);
+  private countsOf = new Int32Array(64);
+  private distinct = 0;
   private seen = 0;
   private lastSeen = -1;
 
@@ -58,46 +61,73 @@ export class Sampler {
       new Float32Array(site.memory.buffer, addr, V).set(data);
     }
     const scratch = site.scratchFor(V);
-    let src = addr;
-    const patches = this.patches(site, addr, V, context);
-    if (patches.n) src = site.fns.patch(addr, V, scratch, patches.ptr, patches.n) >>> 0;
+    const src = this.adjusted(site, addr, V, scratch, context) || addr;
     const T = this.o.temperature ?? 1;
     if (T === 0) return site.fns.argmax(src, V);
     return site.fns.sample(src, V, scratch, T, this.o.topK ?? 0, this.o.topP ?? 1, this.logMinP, this.next());
   }
 
-  /** The (token, adjusted logit) pairs of the penalties and the bias, written into the kernel's memory. */
-  private patches(site: KernelSite, addr: number, V: number, context: Iterable<number>): { ptr: number; n: number } {
-    if (!this.penalized && !this.biasMap.size) return { ptr: 0, n: 0 };
+  /**
+   * The penalties and the bias applied to a copy of the logits in the kernel's memory (its
+   * address), or 0 when there are none: the context's distinct tokens and their counts, kept
+   * here as the context grows, go over in one copy, and the kernel adjusts each.
+   */
+  private adjusted(site: KernelSite, addr: number, V: number, scratch: number, context: Iterable<number>): number {
+    if (!this.penalized && !this.biasMap.size) return 0;
     if (this.penalized) this.count(context);
-    const most = (this.penalized ? this.counts.size : 0) + this.biasMap.size;
-    const ptr = site.pairsFor(most);
-    const logits = new Float32Array(site.memory.buffer, addr, V);
-    const ids = new Int32Array(site.memory.buffer, ptr, 2 * most);
-    const vals = new Float32Array(site.memory.buffer, ptr, 2 * most);
-    let n = 0;
-    const put = (t: number, count: number) => {
-      if (!(t >= 0 && t < V)) return;
-      ids[2 * n] = t;
-      vals[2 * n + 1] = adjustedLogit(this.o, logits[t]!, this.biasMap.get(t) ?? 0, count);
-      n++;
-    };
-    if (this.penalized) for (const [t, c] of this.counts) put(t, c);
-    for (const t of this.biasMap.keys()) if (!(this.penalized && this.counts.has(t))) put(t, 0);
-    return { ptr, n };
+    const n = this.penalized ? this.distinct : 0;
+    const others = [...this.biasMap].filter(([t]) => !(this.penalized && this.slotOf.has(t)));
+    const nb = others.length;
+    // toks, counts (i32 each), cbias (f64) for the context; btoks (i32), bvals (f64) for the rest
+    const cb = (8 * n + 7) & ~7, bt = cb + 8 * n, bv = (bt + 4 * nb + 7) & ~7, end = bv + 8 * nb;
+    const ptr = site.bufferFor(end);
+    const mem = site.memory.buffer;
+    new Int32Array(mem, ptr, n).set(this.tokens.subarray(0, n));
+    new Int32Array(mem, ptr + 4 * n, n).set(this.countsOf.subarray(0, n));
+    const cbias = new Float64Array(mem, ptr + cb, n);
+    cbias.fill(0);
+    if (this.penalized) for (const [t, b] of this.biasMap) if (this.slotOf.has(t)) cbias[this.slotOf.get(t)!] = b;
+    const btoks = new Int32Array(mem, ptr + bt, nb), bvals = new Float64Array(mem, ptr + bv, nb);
+    others.forEach(([t, b], i) => {
+      btoks[i] = t;
+      bvals[i] = b;
+    });
+    const o = this.o;
+    return site.fns.penalize(addr, V, scratch, ptr, ptr + 4 * n, ptr + cb, n, o.repetitionPenalty ?? 1, o.frequencyPenalty ?? 0, o.presencePenalty ?? 0, ptr + bt, ptr + bv, nb) >>> 0;
   }
 
   /** Brings the counts up to date: an array that grew since the last call is counted from where it was. */
   private count(context: Iterable<number>): void {
     if (Array.isArray(context) && context.length >= this.seen && (this.seen === 0 || context[this.seen - 1] === this.lastSeen)) {
-      for (let i = this.seen; i < context.length; i++) this.counts.set(context[i]!, (this.counts.get(context[i]!) ?? 0) + 1);
+      for (let i = this.seen; i < context.length; i++) this.add(context[i]!);
       this.seen = context.length;
       this.lastSeen = this.seen ? (context[this.seen - 1] as number) : -1;
       return;
     }
-    this.counts = new Map();
-    for (const t of context) this.counts.set(t, (this.counts.get(t) ?? 0) + 1);
+    this.slotOf = new Map();
+    this.distinct = 0;
+    for (const t of context) this.add(t);
     this.seen = 0;
     this.lastSeen = -1;
+  }
+
+  private add(t: number): void {
+    let slot = this.slotOf.get(t);
+    if (slot === undefined) {
+      slot = this.distinct++;
+      if (slot >= this.tokens.length) {
+        const grow = (a: Int32Array) => {
+          const b = new Int32Array(2 * a.length);
+          b.set(a);
+          return b;
+        };
+        this.tokens = grow(this.tokens);
+        this.countsOf = grow(this.countsOf);
+      }
+      this.slotOf.set(t, slot);
+      this.tokens[slot] = t;
+      this.countsOf[slot] = 0;
+    }
+    this.countsOf[slot]!++;
   }
 }
