@@ -77,3 +77,22 @@ export async function runSampling(engine: WebAssembly.Module, sampler: WebAssemb
   }
   return rows;
 }
+
+/** The penalties' cost as the context grows: a context of n seeded random tokens, one more each draw. */
+export async function penaltiesByContext(engine: WebAssembly.Module, contexts: number[], runs: number): Promise<{ context: number; distinct: number; ms: number }[]> {
+  const b = await WasmBackend.instantiate('wasm-simd', engine);
+  const V = 163_840;
+  const addr = b.alloc(4 * V);
+  b.f32(addr, V).set(gaussian(V, V));
+  const src = { backend: b, address: addr, vocabSize: V, copy: () => b.f32(addr, V).slice() };
+  const out: { context: number; distinct: number; ms: number }[] = [];
+  for (const n of contexts) {
+    let s = 7;
+    const ctx = Array.from({ length: n }, () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) % V);
+    const sampler = new Sampler({ ...MODES['penalties + bias'], seed: 1 });
+    for (let i = 0; i < 5; i++) ctx.push(sampler.sample(src, ctx));
+    out.push({ context: n, distinct: new Set(ctx).size, ms: median(() => ctx.push(sampler.sample(src, ctx)), runs, () => performance.now()) });
+  }
+  b.free(addr);
+  return out;
+}

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
 import { packageRoot } from '../src/node.js';
-import { MODES, runSampling, type SamplingRow } from './sampling-run.js';
+import { MODES, penaltiesByContext, runSampling, type SamplingRow } from './sampling-run.js';
 import { machine, machineTag, table, writeResult } from './lib.js';
 import { lineChart } from './svg.js';
 
@@ -44,6 +44,7 @@ if (replot) {
 
 const results: Record<string, SamplingRow[]> = {};
 results.node = await runSampling(mod('kle-simd.wasm'), mod('kle-as.wasm'), SIZES, { runs: RUNS, referenceUpTo: 262_144, clock: () => performance.now() });
+const contexts = await penaltiesByContext(mod('kle-simd.wasm'), [1_000, 10_000, 100_000], RUNS);
 console.error('node done');
 
 await build({ entryPoints: [join(root, 'bench', 'sampling-cli.ts')], bundle: true, platform: 'node', format: 'esm', outfile: join(tmp, 'cli.mjs'), logLevel: 'warning' });
@@ -116,5 +117,7 @@ for (const V of SIZES) {
       return [mode, ...cells, n.reference ? `${(n.reference / n.fastInPlace).toFixed(0)}x` : '-'];
     })));
 }
-writeResult('sampling', { versions, sizes: SIZES, runs: RUNS, results });
+console.log('\npenalties and bias at 163,840 by context length (Node, in place; the counts are kept as the context grows):\n');
+console.log(table(['context tokens', 'distinct', 'ms per token'], contexts.map((c) => [c.context, c.distinct, c.ms.toFixed(3)])));
+writeResult('sampling', { versions, sizes: SIZES, runs: RUNS, results, contexts });
 plot(results, SIZES);
