@@ -27,16 +27,11 @@ function offMass(V: i32): i32 { return V * 4; } // [BINS] f64 mass per bin
 function offCount(V: i32): i32 { return offMass(V) + BINS * 8; } // [KBINS] i32 histogram counts
 function offBlock(V: i32): i32 { return offCount(V) + KBINS * 4; } // [ceil(V / BLOCK)] f64
 function offList(V: i32): i32 { return offBlock(V) + ((V + BLOCK - 1) / BLOCK) * 8; } // [V] i32
-function offWork(V: i32): i32 { return offList(V) + V * 4; } // [V] f32 logits with patches
+function offWork(V: i32): i32 { return offList(V) + V * 4; } // [V] f32 logits with the penalties applied
 
 /** Bytes of scratch a vocabulary of V tokens needs. */
 export function scratchBytes(V: i32): i32 {
   return offWork(V) + V * 4;
-}
-
-/** Where the patched copy of the logits goes (see patch). */
-export function workOffset(V: i32): i32 {
-  return offWork(V);
 }
 
 /**
@@ -231,6 +226,12 @@ function siftDown(p: usize, list: usize, root: i32, n: i32): void {
   }
 }
 
+/** A block's partial sum: the four lanes' pairs in float32, then float64. */
+// @ts-ignore: decorator
+@inline function blockSum(v: v128): f64 {
+  return <f64>(f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1)) + <f64>(f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3));
+}
+
 // @ts-ignore: decorator
 @inline function addBin(mass: usize, b: i32, e: f32): void {
   const mb = mass + (<usize>b << 3);
@@ -313,7 +314,7 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
         store<f32>(E + (<usize>i << 2), e);
         rest += <f64>e;
       }
-      const sb = <f64>(f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1)) + <f64>(f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3)) + rest;
+      const sb = blockSum(acc) + rest;
       store<f64>(block + (<usize>b << 3), sb);
       total += sb;
     }
@@ -364,7 +365,7 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
       rest += <f64>e;
       if (wantP) addMass(mass, l, m, invT, e);
     }
-    const sb = <f64>(f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1)) + <f64>(f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3)) + rest;
+    const sb = blockSum(acc) + rest;
     store<f64>(block + (<usize>b << 3), sb);
     total += sb;
   }
@@ -444,7 +445,7 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
         if (load<f32>(q) > 0 && (l < pv || l < mp || (l == pv && tiesP++ >= pt))) store<f32>(q, 0);
         rest += <f64>load<f32>(q);
       }
-      const sb = <f64>(f32x4.extract_lane(acc, 0) + f32x4.extract_lane(acc, 1)) + <f64>(f32x4.extract_lane(acc, 2) + f32x4.extract_lane(acc, 3)) + rest;
+      const sb = blockSum(acc) + rest;
       store<f64>(block + (<usize>b << 3), sb);
       sum += sb;
     }

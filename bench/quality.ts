@@ -14,7 +14,7 @@ import { parseSafetensors } from '../src/formats/safetensors.js';
 import { sourceFromFiles } from '../src/formats/source.js';
 import { loadModel } from '../src/model/load.js';
 import { hfToGgufParts } from '../src/weights/to-gguf.js';
-import { heldoutLoss } from '../src/verify/perplexity.js';
+import { heldoutLoss, idsFromU16 } from '../src/verify/perplexity.js';
 import { loadNativeBackend, loadWasmBackend, packageRoot } from '../src/node.js';
 import { machine, table, writeResult } from './lib.js';
 
@@ -24,8 +24,7 @@ if (!existsSync(heldPath)) {
   console.error(`${heldPath} is missing: run npm run train:prepare first`);
   process.exit(2);
 }
-const b = readFileSync(heldPath);
-const ids = new Uint16Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+const ids = idsFromU16(readFileSync(heldPath), heldPath);
 const dir = join(root, 'models', 'default');
 const config = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
 const pytorch = JSON.parse(readFileSync(join(root, 'bench', 'results', 'train', 'default-eval-pytorch.json'), 'utf8')) as Record<string, { loss: number } | number | unknown>;

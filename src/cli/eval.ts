@@ -6,7 +6,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { defaultModelDir, loadModelFromDirectory, type NodeBackendName } from '../node.js';
-import { EVAL_CTX, heldoutLoss } from '../verify/perplexity.js';
+import { EVAL_CTX, heldoutLoss, idsFromU16 } from '../verify/perplexity.js';
 
 export async function evaluate(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -28,9 +28,7 @@ export async function evaluate(argv: string[]): Promise<number> {
   const model = await loadModelFromDirectory(dir, { backend });
   let ids: ArrayLike<number>;
   if (values.tokens) {
-    const b = readFileSync(values.tokens);
-    if (b.length % 2) throw new Error(`${values.tokens}: ${b.length} bytes is not a whole number of uint16 token ids`);
-    ids = new Uint16Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+    ids = idsFromU16(readFileSync(values.tokens), values.tokens);
   } else {
     if (!model.tokenizer) throw new Error(`${dir} has no tokenizer: pass --tokens`);
     const bos = model.config.bosTokenId;

@@ -15,50 +15,57 @@ export interface SamplerExports {
 
 
 /** One instance of the module over one memory, with the scratch it reserved there. */
+/** A block of the site's memory that is reused, and replaced by a larger one when it is outgrown. */
+class Region {
+  private ptr = 0;
+  private cap = 0;
+
+  constructor(
+    private readonly alloc: (bytes: number) => number,
+    private readonly release: (ptr: number) => void,
+  ) {}
+
+  /** Room for `bytes` (as aligned as the allocator makes it). */
+  need(bytes: number): number {
+    if (bytes > this.cap) {
+      if (this.ptr) this.release(this.ptr);
+      this.cap = Math.max(bytes, 2 * this.cap, 1024);
+      this.ptr = this.alloc(this.cap);
+    }
+    return this.ptr;
+  }
+}
+
 export class KernelSite {
   readonly fns: SamplerExports;
-  private scratch = 0;
-  private scratchV = 0;
-  private buf = 0;
-  private bufCap = 0;
-  private logits = 0;
-  private logitsCap = 0;
+  private readonly scratch: Region;
+  private readonly logits: Region;
+  private readonly buffer: Region;
 
   constructor(
     readonly memory: WebAssembly.Memory,
-    private readonly alloc: (bytes: number) => number,
-    private readonly release: (ptr: number) => void,
+    alloc: (bytes: number) => number,
+    release: (ptr: number) => void,
   ) {
     this.fns = instantiateRuntimeModule<SamplerExports>(memory)!;
+    this.scratch = new Region(alloc, release);
+    this.logits = new Region(alloc, release);
+    this.buffer = new Region(alloc, release);
   }
 
+  /** The kernel's scratch for a vocabulary of V tokens. */
   scratchFor(V: number): number {
-    if (V !== this.scratchV) {
-      if (this.scratch) this.release(this.scratch);
-      this.scratch = this.alloc(this.fns.scratchBytes(V));
-      this.scratchV = V;
-    }
-    return this.scratch;
+    return this.scratch.need(this.fns.scratchBytes(V));
   }
 
   /** Room for V logits copied in (sites over a memory of their own). */
   logitsFor(V: number): number {
-    if (V > this.logitsCap) {
-      if (this.logits) this.release(this.logits);
-      this.logits = this.alloc(4 * V);
-      this.logitsCap = V;
-    }
-    return this.logits;
+    return this.logits.need(4 * V);
   }
 
   /** A buffer of at least `bytes` (8-byte aligned) for what a call passes by pointer. */
   bufferFor(bytes: number): number {
-    if (bytes > this.bufCap) {
-      if (this.buf) this.release(this.buf);
-      this.bufCap = Math.max(bytes, 2 * this.bufCap, 1024);
-      this.buf = this.alloc(this.bufCap);
-    }
-    return this.buf;
+    return this.buffer.need(bytes);
   }
 }
 

@@ -42,6 +42,8 @@ export class Tokenizer {
   private readonly fast: FastBpe | null;
   private readonly specialStrings: ReadonlySet<string>;
   private readonly cleanUp: boolean;
+  /** an added token that holds a place encodeAsync() would cut at would be cut in two */
+  private readonly cutUnsafe: boolean;
 
   constructor(tokenizerJson: unknown, tokenizerConfig: unknown) {
     if (typeof tokenizerJson !== 'object' || tokenizerJson === null) throw new TokenizerError('tokenizer.json is not a JSON object');
@@ -71,6 +73,7 @@ export class Tokenizer {
     const extra = Array.isArray(cfg.additional_special_tokens) ? cfg.additional_special_tokens.filter((x): x is string => typeof x === 'string') : [];
     this.specialStrings = new Set([...added.filter(([, t]) => t.special).map(([, t]) => t.content), ...extra]);
     this.cleanUp = Boolean(cfg.clean_up_tokenization_spaces ?? true);
+    this.cutUnsafe = added.some(([, t]) => nextCut(t.content, 0) >= 0);
   }
 
   /**
@@ -140,10 +143,6 @@ export class Tokenizer {
   }
 
   /** an added token that holds a cut place itself would be cut in two */
-  private get cutUnsafe(): boolean {
-    return (this.cutUnsafeCache ??= [...this.addedText.values(), ...this.specialContents].some((c) => nextCut(c, 0) >= 0));
-  }
-  private cutUnsafeCache: boolean | undefined;
 
   /** Whether encode() runs the AssemblyScript encoder (as/bpe.ts) rather than @huggingface/tokenizers. */
   get fastEncoder(): boolean {
@@ -161,10 +160,6 @@ export class Tokenizer {
 
   get hasChatTemplate(): boolean {
     return this.template !== null;
-  }
-
-  private get specialContents(): string[] {
-    return [...this.hf.get_added_tokens_decoder().values()].map((t) => t.content);
   }
 
   /** The prompt text for a conversation, ending with the assistant's turn opened. */

@@ -25,6 +25,12 @@ export interface HeldoutOptions {
 
 export const EVAL_CTX = 256;
 
+/** Token ids as train/prepare.ts writes them (little-endian uint16, as on every host here). */
+export function idsFromU16(bytes: Uint8Array, label = 'token file'): Uint16Array {
+  if (bytes.length % 2) throw new RangeError(`${label}: ${bytes.length} bytes is not a whole number of uint16 token ids`);
+  return new Uint16Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
+}
+
 export function heldoutLoss(model: EngineModel, ids: ArrayLike<number>, opts: HeldoutOptions = {}): HeldoutLoss {
   const ctx = opts.ctx ?? EVAL_CTX;
   if (!Number.isSafeInteger(ctx) || ctx < 1) throw new RangeError(`ctx must be a positive integer, not ${ctx}`);

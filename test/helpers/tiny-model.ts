@@ -8,12 +8,22 @@ import { placeHfModel } from '../../src/weights/hf-loader.js';
 /** The seeded random model (models/make-random-tiny.ts): the tests' small model and the peers' inputs. */
 export const tinyDir = join(packageRoot(), 'test', 'fixtures', 'random-tiny');
 
+/** A checkpoint directory's config.json, parsed. */
+export function configIn(dir: string): Record<string, unknown> {
+  return JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+}
+
+/** A checkpoint directory's model.safetensors bytes. */
+export function weightsIn(dir: string): Uint8Array {
+  return new Uint8Array(readFileSync(join(dir, 'model.safetensors')));
+}
+
 export function tinyConfig(): Record<string, unknown> {
-  return JSON.parse(readFileSync(join(tinyDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  return configIn(tinyDir);
 }
 
 export function tinyWeights(): Uint8Array {
-  return new Uint8Array(readFileSync(join(tinyDir, 'model.safetensors')));
+  return weightsIn(tinyDir);
 }
 
 let backends: Promise<KernelBackend[]> | undefined;

@@ -2,7 +2,7 @@
 // pass, two backends), when a GPU is here; skipped with the reason printed otherwise (CI builds
 // the addon but has no GPU). kernels-cuda/run-gpu.sh engine runs this file on the GPU machine,
 // also under compute-sanitizer with KLE_PARITY_QUICK=1 (the default model only).
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CudaBackend } from '../../src/engine/cuda-backend.js';
@@ -12,7 +12,7 @@ import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
 import { ATTENTION_48B_CONFIG, syntheticWeights, TINY_CONFIG, withHeadGate } from '../../src/weights/synthetic.js';
 import { loadNativeBackend, packageRoot } from '../../src/engine/node-kernels.js';
 import { relErr } from '../../src/verify/relerr.js';
-import { tinyConfig, tinyWeights, tokens } from '../helpers/tiny-model.js';
+import { configIn, tinyConfig, tinyWeights, tokens, weightsIn } from '../helpers/tiny-model.js';
 
 const addon = join(packageRoot(), 'build', 'cuda', 'kle-cuda.node');
 function probe(): { cuda: CudaBackend | null; reason: string } {
@@ -46,7 +46,7 @@ const models: Record<string, () => Model> = {
   // trained weights: routing decided by real margins, gates and norms far from their initial values
   'the trained default model (models/default)': () => {
     const dir = join(packageRoot(), 'models', 'default');
-    return { config: parseKimiConfig(JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'))), weights: new Uint8Array(readFileSync(join(dir, 'model.safetensors'))), prompt: 300 };
+    return { config: parseKimiConfig(configIn(dir)), weights: weightsIn(dir), prompt: 300 };
   },
 };
 if (!process.env.KLE_PARITY_QUICK) {

@@ -11,8 +11,8 @@ import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
 import { packageRoot } from '../../src/engine/node-kernels.js';
 import { placeHfModel } from '../../src/weights/hf-loader.js';
 import { relErr } from '../../src/verify/relerr.js';
-import { heldoutLoss } from '../../src/verify/perplexity.js';
-import { allBackends, argmax } from '../helpers/tiny-model.js';
+import { heldoutLoss, idsFromU16 } from '../../src/verify/perplexity.js';
+import { allBackends, argmax, configIn, weightsIn } from '../helpers/tiny-model.js';
 
 const root = packageRoot();
 const fixtures = join(root, 'test', 'fixtures');
@@ -24,10 +24,7 @@ const CHECKPOINTS = {
 const TOL = 1e-5;
 
 function load(dir: string) {
-  return {
-    config: JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')) as Record<string, unknown>,
-    weights: new Uint8Array(readFileSync(join(dir, 'model.safetensors'))),
-  };
+  return { config: configIn(dir), weights: weightsIn(dir) };
 }
 
 describe('trained checkpoints against PyTorch (float64)', async () => {
@@ -56,8 +53,7 @@ describe('trained checkpoints against PyTorch (float64)', async () => {
 
   it('the default model: the engine\'s held-out loss is PyTorch\'s (16 windows of 256 Brown tokens)', async () => {
     const pt = JSON.parse(readFileSync(join(fixtures, 'default-eval-pytorch.json'), 'utf8')) as { loss_first16: number; bigram: { loss: number } };
-    const b = readFileSync(join(fixtures, 'brown-heldout-16x256.u16'));
-    const ids = new Uint16Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+    const ids = idsFromU16(readFileSync(join(fixtures, 'brown-heldout-16x256.u16')));
     const { config, weights } = load(CHECKPOINTS['the default model (Kimi Linear)'].dir);
     for (const be of backends) {
       const m = await placeHfModel(be, config, [{ name: 'model.safetensors', bytes: weights }]);
