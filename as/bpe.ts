@@ -102,6 +102,26 @@ export function init(cls: usize, bytes: usize, keys: usize, vals: usize, cap: u3
   maxWord = workSymbols;
 }
 
+/**
+ * Fills the merge table (after init) from `count` triples of i32 (left id, right id, merged id)
+ * in rank order; a pair listed twice keeps its last rank, as @huggingface/tokenizers' rank map
+ * does.
+ */
+export function initMerges(triples: usize, count: i32): void {
+  for (let r = 0; r < count; r++) {
+    const p = triples + <usize>r * 12;
+    const k = ((<u64>(load<i32>(p) + 1)) << 32) | <u64><u32>load<i32>(p, 4);
+    let h = hash(k) & mergeMask;
+    while (true) {
+      const s = load<u64>(mergeKeys + (<usize>h << 3));
+      if (s == 0 || s == k) break;
+      h = (h + 1) & mergeMask;
+    }
+    store<u64>(mergeKeys + (<usize>h << 3), k);
+    store<u64>(mergeVals + (<usize>h << 3), ((<u64>r) << 32) | <u64><u32>load<i32>(p, 8));
+  }
+}
+
 /** Bytes of scratch a word of n symbols needs. */
 export function workBytes(n: i32): i32 {
   // four i32 arrays, and a heap of at most 3n entries of 16 bytes (n - 1 first pairs, two a merge)

@@ -19,6 +19,7 @@ interface BpeExports {
   stoppedCount(): number;
   pieceEnd(t: number, p: number, n: number): number;
   initPieces(tokens: number, count: number, table: number, tableCap: number, kimiSplit: number): void;
+  initMerges(triples: number, count: number): void;
 }
 
 interface AddedToken {
@@ -176,17 +177,18 @@ export class FastBpe {
     this.fns.initPieces(pieces.tokens, pieces.count, pieces.table, pieces.cap, split === 'kimi' ? 1 : 0);
     const bid = new Int32Array(this.memory.buffer, byteIds, 256);
     for (let b = 0; b < 256; b++) bid[b] = idOf(b2u[b]!); // a byte the vocabulary lacks still merges, as a string does there
-    const kv = new BigUint64Array(this.memory.buffer, keys, 2 * cap); // keys then values
-    const mask = cap - 1;
-    merges.forEach(([a, b], rank) => {
-      const ia = idOf(a), ib = idOf(b), merged = idOf(a + b);
-      const key = (BigInt(ia + 1) << 32n) | BigInt(ib);
-      let h = mix(key) & mask;
-      while (kv[h] !== 0n && kv[h] !== key) h = (h + 1) & mask;
-      // a repeated merge takes its last rank, as @huggingface/tokenizers' rank map does
-      kv[h] = key;
-      kv[cap + h] = (BigInt(rank) << 32n) | BigInt(merged);
+    // the merges as (left, right, merged) triples in rank order, hashed into the table by the
+    // module; the triples sit where the text will go, which layout() below claims after this
+    const triples = new Int32Array(3 * merges.length);
+    merges.forEach(([a, b], r) => {
+      triples[3 * r] = idOf(a);
+      triples[3 * r + 1] = idOf(b);
+      triples[3 * r + 2] = idOf(a + b);
     });
+    this.memory.grow(Math.max(0, Math.ceil((this.dyn + triples.byteLength + PAGE) / PAGE) - this.memory.buffer.byteLength / PAGE));
+    new Int32Array(this.memory.buffer, this.dyn, triples.length).set(triples);
+    this.fns.init(this.classes, byteIds, keys, vals, cap, 0, 0, this.cache);
+    this.fns.initMerges(this.dyn, merges.length);
     this.added = new Map();
     this.addedByContent = new Map();
     for (const a of [...(t.added_tokens ?? [])].sort((x, y) => y.content.length - x.content.length)) {
@@ -315,11 +317,4 @@ export class FastBpe {
 function cleanUpSpaces(t: string): string {
   for (const [from, to] of [[' .', '.'], [' ?', '?'], [' !', '!'], [' ,', ','], [" ' ", "'"], [" n't", "n't"], [" 'm", "'m"], [" 's", "'s"], [" 've", "'ve"], [" 're", "'re"]] as const) t = t.replaceAll(from, to);
   return t;
-}
-
-function mix(k: bigint): number {
-  k ^= k >> 33n;
-  k = (k * 0xff51afd7ed558ccdn) & 0xffffffffffffffffn;
-  k ^= k >> 33n;
-  return Number(k & 0xffffffffn);
 }
