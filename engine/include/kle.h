@@ -99,6 +99,16 @@ int kle_mla_decode_ref(const float *q, const float *cache, int L, int H, int D, 
                        float scale, float *out, float *lse);
 int kle_mla_decode_partial(const float *q, const float *cache, int j0, int j1, int H, int D,
                            int Dv, float scale, float *out, float *lse);
+/*
+ * kle_mla_decode (L >= 1) that also keeps each row's attention score for the bounded cache
+ * (docs/kv-budget.md): score[j] = decay * score[j] + (1/H) sum_h p_hj for j < L - 1, where p_hj
+ * is head h's softmax weight on row j; row L - 1, the query's own, starts at (1/H) sum_h p_h.
+ * decay in [0, 1]. The scores come from the attention's own logits, not a second pass.
+ */
+int kle_mla_decode_scored(const float *q, const float *cache, int L, int H, int D, int Dv,
+                          float scale, float *out, float *score, float decay);
+int kle_mla_decode_scored_ref(const float *q, const float *cache, int L, int H, int D, int Dv,
+                              float scale, float *out, float *score, float decay);
 /* outs: [n, H, Dv], lses: [n, H]  ->  out: [H, Dv], lse: [H] (may be NULL) */
 int kle_mla_merge(const float *outs, const float *lses, int n, int H, int Dv, float *out,
                   float *lse);
@@ -282,6 +292,27 @@ int kle_session_forward(kle_session *s, const int32_t *tokens, int n, float *log
 kle_addr kle_session_logits(kle_session *s);
 /* Tokens seen so far. */
 int kle_session_pos(kle_session *s);
+/*
+ * A bounded MLA cache (docs/kv-budget.md). After each forward batch, an MLA layer whose cache
+ * holds more than `budget` rows drops rows until it holds `budget`: never the first `sink`
+ * tokens, the last `window` tokens or pinned ones, and among the rest those of lowest score
+ * (kle_mla_decode_scored's: the attention recent queries paid to the row, decayed by `decay`
+ * per query), the oldest first on ties. During a batch a cache holds up to budget +
+ * KLE_PREFILL_BATCH rows (the backend's batch). KDA layers are unaffected.
+ * budget 0 removes the bound, allowed only while no row was ever dropped. KLE_EINVAL when
+ * budget <= sink + window, decay is outside [0, 1], or the cache already holds more than budget.
+ */
+int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, float decay);
+/* The bound in force: out [budget (0: none), sink, window], decay [1]. */
+int kle_session_kv_settings(kle_session *s, int32_t *out, float *decay);
+/*
+ * Tokens forwarded while pinning is on (1) are never dropped (a prompt that must stay whole).
+ * With a budget, a forward that would pin more than budget - sink - window tokens in all is
+ * refused (KLE_EINVAL, session unchanged).
+ */
+int kle_session_pin(kle_session *s, int on);
+/* Rows each MLA cache holds now (the position, without a budget). */
+int kle_session_kv_len(kle_session *s);
 /* Bytes of this session's state blob (KDA states, conv tails, MLA caches, logits). */
 long kle_session_state_size(kle_session *s);
 /* Writes the versioned blob; n must be kle_session_state_size. */

@@ -15,6 +15,10 @@ static int mla_dims_ok(int H, int D, int Dv) {
          D <= KLE_MAX_HEAD_DIM;
 }
 
+static int score_args_ok(int L, const float *score, float decay) {
+  return L > 0 && score && decay >= 0.0f && decay <= 1.0f;
+}
+
 /* ------------------------------------------------------------------ references */
 
 int kle_mla_decode_ref(const float *q, const float *cache, int L, int H, int D, int Dv,
@@ -46,6 +50,25 @@ int kle_mla_decode_ref(const float *q, const float *cache, int L, int H, int D, 
   }
   free(s);
   return KLE_OK;
+}
+
+int kle_mla_decode_scored_ref(const float *q, const float *cache, int L, int H, int D, int Dv,
+                              float scale, float *out, float *score, float decay) {
+  if (!score_args_ok(L, score, decay) || !mla_dims_ok(H, D, Dv)) return KLE_EINVAL;
+  float *lse = malloc(sizeof(float) * (size_t)H);
+  if (!lse) return KLE_ENOMEM;
+  int rc = kle_mla_decode_ref(q, cache, L, H, D, Dv, scale, out, lse);
+  for (int j = 0; rc == KLE_OK && j < L; j++) {
+    float p = 0.0f;
+    for (int h = 0; h < H; h++) {
+      float acc = 0.0f;
+      for (int d = 0; d < D; d++) acc += q[(size_t)h * D + d] * cache[(size_t)j * D + d];
+      p += expf(acc * scale - lse[h]);
+    }
+    score[j] = (j == L - 1 ? 0.0f : decay * score[j]) + p / (float)H;
+  }
+  free(lse);
+  return rc;
 }
 
 int kle_mla_prefill_ref(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
@@ -89,10 +112,11 @@ int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int
 /*
  * Rows [j0, j1) for all heads. The cache is streamed once: each block of rows is scored
  * against every head and folded into every head's accumulator while it is in cache.
- * acc: [H, Dv] unnormalized; m, l: [H] running max and sum.
+ * acc: [H, Dv] unnormalized; m, l: [H] running max and sum; raw: NULL or [H, j1 - j0], which
+ * receives the scaled scores (the bounded cache's eviction score is made from them).
  */
 static void mla_span(const float *q, const float *cache, int j0, int j1, int H, int D, int Dv,
-                     float scale, float *acc, float *m, float *l) {
+                     float scale, float *acc, float *m, float *l, float *raw) {
   float s[MLA_BLOCK * 64];
 
   for (int h = 0; h < H; h++) {
@@ -151,6 +175,7 @@ static void mla_span(const float *q, const float *cache, int j0, int j1, int H, 
           sh[j] *= scale;
           if (sh[j] > mb) mb = sh[j];
         }
+        if (raw) memcpy(raw + (size_t)h * (j1 - j0) + (b0 - j0), sh, sizeof(float) * (size_t)nb);
         float mn = mb > m[h] ? mb : m[h];
         float corr = m[h] == -INFINITY ? 0.0f : expf(m[h] - mn);
         float ls = 0.0f;
@@ -218,18 +243,50 @@ static void mla_span(const float *q, const float *cache, int j0, int j1, int H, 
   }
 }
 
+/* out /= l per head; lse = m + log l (-inf for a head that saw no row) */
+static void mla_finish(float *out, const float *m, const float *l, int H, int Dv, float *lse) {
+  for (int h = 0; h < H; h++) {
+    float *oh = out + (size_t)h * Dv;
+    float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+    for (int d = 0; d < Dv; d += 4) vstore(oh + d, vload(oh + d) * vsplat(inv));
+    if (lse) lse[h] = l[h] > 0.0f ? m[h] + logf(l[h]) : -INFINITY;
+  }
+}
+
 int kle_mla_decode_partial(const float *q, const float *cache, int j0, int j1, int H, int D,
                            int Dv, float scale, float *out, float *lse) {
   if (j0 < 0 || j1 < j0 || !mla_dims_ok(H, D, Dv)) return KLE_EINVAL;
   float *ml = malloc(sizeof(float) * 2 * (size_t)H);
   if (!ml) return KLE_ENOMEM;
-  mla_span(q, cache, j0, j1, H, D, Dv, scale, out, ml, ml + H);
+  mla_span(q, cache, j0, j1, H, D, Dv, scale, out, ml, ml + H, NULL);
+  mla_finish(out, ml, ml + H, H, Dv, lse);
+  free(ml);
+  return KLE_OK;
+}
+
+/*
+ * score[j] = decay * score[j] + (1/H) sum_h exp(raw[h, j] - lse[h]) for j < L - 1, and the
+ * query's own row L - 1 starts at its first term: the slot may hold an evicted row's score.
+ */
+static void mla_fold_score(const float *raw, const float *lse, int L, int H, float *score, float decay) {
+  const float invH = 1.0f / (float)H;
+  for (int j = 0; j < L - 1; j++) score[j] *= decay;
+  score[L - 1] = 0.0f;
   for (int h = 0; h < H; h++) {
-    float *oh = out + (size_t)h * Dv;
-    float inv = ml[H + h] > 0.0f ? 1.0f / ml[H + h] : 0.0f;
-    for (int d = 0; d < Dv; d += 4) vstore(oh + d, vload(oh + d) * vsplat(inv));
-    if (lse) lse[h] = ml[H + h] > 0.0f ? ml[h] + logf(ml[H + h]) : -INFINITY;
+    const float *rh = raw + (size_t)h * L;
+    for (int j = 0; j < L; j++) score[j] += expf(rh[j] - lse[h]) * invH;
   }
+}
+
+int kle_mla_decode_scored(const float *q, const float *cache, int L, int H, int D, int Dv,
+                          float scale, float *out, float *score, float decay) {
+  if (!score_args_ok(L, score, decay) || !mla_dims_ok(H, D, Dv)) return KLE_EINVAL;
+  float *ml = malloc(sizeof(float) * (3 * (size_t)H + (size_t)H * L));
+  if (!ml) return KLE_ENOMEM;
+  float *lse = ml + 2 * (size_t)H, *raw = lse + H;
+  mla_span(q, cache, 0, L, H, D, Dv, scale, out, ml, ml + H, raw);
+  mla_finish(out, ml, ml + H, H, Dv, lse);
+  mla_fold_score(raw, lse, L, H, score, decay);
   free(ml);
   return KLE_OK;
 }

@@ -102,9 +102,13 @@ struct kle_backend {
   /* qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:]); W_uk [H, nope, R], q [T, H, nope+rope] */
   int (*mla_absorb)(kle_backend_ctx *ctx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope,
                     int rope, int R);
-  /* causal attention of T queries at rows L0.. over the cache (kle_mla_decode / kle_mla_prefill) */
+  /*
+   * causal attention of T queries at rows L0.. over the cache (kle_mla_decode / kle_mla_prefill);
+   * with score (not NULL, [L0 + T]) each query in turn folds its attention into it as
+   * kle_mla_decode_scored does, query t's own row L0 + t starting fresh
+   */
   int (*mla_attend)(kle_backend_ctx *ctx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv,
-                    float scale, float *out);
+                    float scale, float *out, float *score, float decay);
   /* y[t, h] = W_uv[h] o[t, h]; W_uv [H, vh, R] */
   int (*mla_up_v)(kle_backend_ctx *ctx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R);
   /* top-k routing per token (kle_moe_route); idx, w: [T, topk] in backend memory */

@@ -139,8 +139,14 @@ static int cpu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q
 }
 
 static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, int L0, int T, int H, int D,
-                          int Dv, float scale, float *out) {
+                          int Dv, float scale, float *out, float *score, float decay) {
   (void)cx;
+  if (score) {
+    for (int t = 0; t < T; t++)
+      KLE_TRY(kle_mla_decode_scored(qlat + (size_t)t * H * D, cache, L0 + t + 1, H, D, Dv, scale, out + (size_t)t * H * Dv,
+                                    score, decay));
+    return KLE_OK;
+  }
   if (T == 1) return kle_mla_decode(qlat, cache, L0 + 1, H, D, Dv, scale, out, NULL);
   return kle_mla_prefill(qlat, cache, L0, T, H, D, Dv, scale, out);
 }

@@ -61,9 +61,20 @@ struct kle_model {
   int finalized;
 };
 
+/* kle_session.rowinfo: the row's token position, and this bit when it is pinned */
+#define KLE_ROW_PINNED 0x80000000u
+#define KLE_ROW_POS(r) ((r) & ~KLE_ROW_PINNED)
+
 struct kle_session {
   kle_model *m;
   int pos, cap, has_logits;
+  /* rows each growing cache holds: pos, unless a budget dropped some (kv_budget.c) */
+  int len;
+  /* the bounded MLA cache: budget 0 is none; dropped: 1 once any row was dropped */
+  int budget, sink, window, pinning, dropped;
+  float decay;
+  uint32_t **rowinfo;  /* [layers]: per cached row its position | KLE_ROW_PINNED, host memory, with a budget */
+  float **score;       /* [layers]: per cached row its score, backend memory, with a budget */
   float **state;       /* [layers][KLE_MAX_STATE] fixed-size sections */
   float **cache;       /* [layers]: cap rows of the mixer's cache, or NULL */
   float *logits;       /* [vocab], host memory */
@@ -84,6 +95,14 @@ kle_tensor *kle_derived_slot(kle_model *m, int layer, int i);
 float *kle_tensor_to_f32(const kle_tensor *t);
 /* session.c: grows every cache to hold at least `need` rows */
 int kle_session_reserve(kle_session *s, int need);
+/* kv_budget.c: brings every MLA cache back within the budget after a batch */
+int kle_kv_evict(kle_session *s);
+/* kv_budget.c: pinned rows of the session's caches (the same in every MLA layer) */
+int kle_kv_pinned(const kle_session *s);
+/* kv_budget.c: releases the rows' positions and scores */
+void kle_kv_free(kle_session *s);
+/* kv_budget.c: 1 when budget, sink, window and decay make a bound kle_session_set_kv_budget takes */
+int kle_kv_settings_ok(int budget, int sink, int window, float decay);
 /* forward.c */
 int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all);
 

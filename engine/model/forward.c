@@ -38,7 +38,9 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
   if (n <= 0 || !tokens || n > (1 << 30) - s->pos) return KLE_EINVAL;
   for (int i = 0; i < n; i++)
     if (tokens[i] < 0 || tokens[i] >= V) return KLE_EINVAL;
-  KLE_TRY(kle_session_reserve(s, s->pos + n));
+  /* with a budget a batch's rows join at most budget cached ones: the caches stay bounded */
+  if (s->budget && s->pinning && (int64_t)kle_kv_pinned(s) + n + s->sink + s->window > s->budget) return KLE_EINVAL;
+  KLE_TRY(kle_session_reserve(s, s->len + (s->budget && n > b->batch ? b->batch : n)));
   for (int off = 0; off < n; off += b->batch) {
     const int T = n - off < b->batch ? n - off : b->batch;
     KLE_TRY(b->embed(cx, kle_tensor_at(m, KLE_T_TOK_EMBD, -1), tokens + off, s->x, T));
@@ -52,6 +54,8 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
       }
     }
     s->pos += T;
+    s->len += T;
+    if (s->budget) KLE_TRY(kle_kv_evict(s));
     if (logits && all) KLE_TRY(all_logits(s, logits + (size_t)off * V, T));
     if (off + T == n) KLE_TRY(lm_head(s, s->x + (size_t)(T - 1) * D, s->logits_dev, 1));
   }

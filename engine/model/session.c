@@ -4,10 +4,14 @@
  * logits, and the versioned blob that moves a conversation between hosts and backends. The
  * state lives in the backend's memory; the blob is written and read through its copies.
  *
- * Blob v1, little-endian: "KLES" | u32 version | u64 model fingerprint | u32 layers | u32 pos |
- * u32 has_logits | u32 vocab | per layer (its fixed sections in order, then pos rows of its
- * cache; KDA: 3 conv tails [W-1, C] then S [H, K, V]; MLA: the latent rows) as f32 |
- * logits [vocab] if has_logits | u64 FNV-1a of all before.
+ * Blob, little-endian: "KLES" | u32 version | u64 model fingerprint | u32 layers | u32 pos |
+ * u32 has_logits | u32 vocab | (version 2, a session with a bounded MLA cache, kv_budget.c:
+ * u32 budget | u32 sink | u32 window | f32 decay | u32 flags (1 pinning, 2 rows dropped) |
+ * u32 rows) | per layer (its fixed sections in order, then its cache's rows: pos of them in
+ * version 1, `rows` in version 2, each followed there by the rows' u32 position | 1 << 31 if
+ * pinned and their f32 scores; KDA: 3 conv tails [W-1, C] then S [H, K, V]; MLA: the latent
+ * rows) as f32 | logits [vocab] if has_logits | u64 FNV-1a of all before. A session without a
+ * budget writes version 1, as before budgets existed.
  */
 #include <limits.h>
 #include <math.h>
@@ -17,7 +21,11 @@
 #include "engine.h"
 
 #define BLOB_VERSION 1u
+#define BLOB_VERSION_BUDGET 2u
 #define BLOB_HEADER 32
+#define BLOB_HEADER_BUDGET 56
+#define BLOB_PINNING 1u
+#define BLOB_DROPPED 2u
 
 /* widest activation row: every buffer a[] holds a batch of rows this wide */
 static uint64_t per_token_width(const kle_model *m) {
@@ -42,6 +50,7 @@ void kle_session_free(kle_session *s) {
     for (int i = 0; s->state && i < KLE_MAX_STATE; i++) m->b->release(m->ctx, s->state[(size_t)l * KLE_MAX_STATE + i]);
     if (s->cache) m->b->release(m->ctx, s->cache[l]);
   }
+  kle_kv_free(s);
   m->b->release(m->ctx, s->arena);
   m->b->release(m->ctx, s->logits_all);
   if (!m->b->host_memory) free(s->logits);
@@ -109,21 +118,23 @@ int kle_session_forward(kle_session *s, const int32_t *tokens, int n, float *log
 kle_addr kle_session_logits(kle_session *s) { return s && s->has_logits ? (kle_addr)s->logits : 0; }
 int kle_session_pos(kle_session *s) { return s ? s->pos : 0; }
 
-/* bytes of a blob at pos, in 64 bits: a forged position must not wrap into a small size */
-static uint64_t blob_bytes(const kle_model *m, uint32_t pos, int has_logits) {
+/* bytes of a blob with `rows` cached rows per cache, in 64 bits: a forged count must not wrap
+ * into a small size */
+static uint64_t blob_bytes(const kle_model *m, uint32_t rows, int has_logits, int budgeted) {
   uint64_t n = 0;
   for (int l = 0; l < n_layers(m); l++) {
     const kle_layer_kind *k = kle_mixer_of(m, l);
     for (int i = 0; i < k->n_state; i++) n = kle_add64(n, k->state_floats(m, i));
-    n = kle_add64(n, kle_mul64(pos, k->cache_row_floats(m)));
+    const uint64_t row = k->cache_row_floats(m);
+    n = kle_add64(n, kle_mul64(rows, row + (budgeted && row ? 2 : 0)));
   }
   n = kle_add64(n, has_logits ? (uint64_t)m->cfg[KLE_CFG_VOCAB] : 0);
-  return kle_add64(kle_mul64(n, 4), BLOB_HEADER + 8);
+  return kle_add64(kle_mul64(n, 4), (budgeted ? BLOB_HEADER_BUDGET : BLOB_HEADER) + 8);
 }
 
 long kle_session_state_size(kle_session *s) {
   if (!s) return 0;
-  const uint64_t n = blob_bytes(s->m, (uint32_t)s->pos, s->has_logits);
+  const uint64_t n = blob_bytes(s->m, (uint32_t)s->len, s->has_logits, s->budget != 0);
   return n > (uint64_t)LONG_MAX ? -1 : (long)n; /* wasm's long is 32 bits */
 }
 
@@ -145,39 +156,71 @@ static uint64_t fnv(const uint8_t *p, size_t n) {
   return h;
 }
 
-/* grows every cache to hold at least `need` rows, keeping the first pos */
+/* a copy of n bytes of backend memory in a new allocation of `bytes` (zeroed past n), or NULL */
+static void *grown(const kle_model *m, const void *old, size_t n, uint64_t bytes) {
+  void *p = kle_backend_alloc_n(m, bytes, 1);
+  if (p && n && m->b->copy(m->ctx, p, old, n) != KLE_OK) {
+    m->b->release(m->ctx, p);
+    return NULL;
+  }
+  return p;
+}
+
+/* grows every cache (and, with a budget, its rows' positions and scores) to hold at least
+ * `need` rows, keeping the first len */
 int kle_session_reserve(kle_session *s, int need) {
   const kle_model *m = s->m;
   if (need <= s->cap) return KLE_OK;
   int cap = s->cap ? s->cap : 64;
   while (cap < need) cap = cap > (1 << 29) ? need : cap * 2;
+  const size_t len = (size_t)s->len;
   for (int l = 0; l < n_layers(m); l++) {
     const size_t row = kle_mixer_of(m, l)->cache_row_floats(m);
     if (!row) continue;
-    float *p = kle_backend_alloc_n(m, kle_mul64(row, (uint64_t)cap), sizeof(float));
-    if (!p) return KLE_ENOMEM; /* caches grown so far still hold their rows: nothing is lost */
-    if (s->pos && m->b->copy(m->ctx, p, s->cache[l], sizeof(float) * row * (size_t)s->pos) != KLE_OK) {
+    /* all of a layer's new arrays first: a failure leaves the layer as it was */
+    const int scored = s->rowinfo && s->rowinfo[l];
+    float *p = grown(m, s->cache[l], sizeof(float) * row * len, kle_mul64(kle_mul64(row, (uint64_t)cap), sizeof(float)));
+    float *sc = scored ? grown(m, s->score[l], sizeof(float) * len, kle_mul64((uint64_t)cap, sizeof(float))) : NULL;
+    uint32_t *ri = scored ? kle_host_alloc_n((uint64_t)cap, sizeof(uint32_t)) : NULL;
+    if (!p || (scored && (!sc || !ri))) { /* caches grown so far still hold their rows: nothing is lost */
       m->b->release(m->ctx, p);
-      return KLE_EDEVICE;
+      m->b->release(m->ctx, sc);
+      free(ri);
+      return KLE_ENOMEM;
     }
     m->b->release(m->ctx, s->cache[l]);
     s->cache[l] = p;
+    if (scored) {
+      memcpy(ri, s->rowinfo[l], sizeof(uint32_t) * len);
+      free(s->rowinfo[l]);
+      s->rowinfo[l] = ri;
+      m->b->release(m->ctx, s->score[l]);
+      s->score[l] = sc;
+    }
   }
   s->cap = cap;
   return KLE_OK;
 }
 
 /* copies every section of the blob body between host bytes p and the session (to_host: save) */
-static int move_body(kle_session *s, uint8_t *p, int pos, int to_host) {
+static int move_body(kle_session *s, uint8_t *p, int rows, int to_host, int budgeted) {
   const kle_model *m = s->m;
   const kle_backend *b = m->b;
   for (int l = 0; l < n_layers(m); l++) {
     const kle_layer_kind *k = kle_mixer_of(m, l);
     for (int i = 0; i <= k->n_state; i++) {
       /* each section is part of a blob whose whole size was checked */
-      const size_t bytes = (size_t)(4 * (i < k->n_state ? k->state_floats(m, i) : (uint64_t)pos * k->cache_row_floats(m)));
+      const size_t bytes = (size_t)(4 * (i < k->n_state ? k->state_floats(m, i) : (uint64_t)rows * k->cache_row_floats(m)));
       float *dev = i < k->n_state ? s->state[(size_t)l * KLE_MAX_STATE + i] : s->cache[l];
       if (bytes) KLE_TRY(to_host ? b->download(m->ctx, p, dev, bytes) : b->upload(m->ctx, dev, p, bytes));
+      p += bytes;
+    }
+    if (budgeted && k->cache_row_floats(m)) {
+      const size_t bytes = 4 * (size_t)rows;
+      if (to_host) memcpy(p, s->rowinfo[l], bytes);
+      else memcpy(s->rowinfo[l], p, bytes);
+      p += bytes;
+      if (bytes) KLE_TRY(to_host ? b->download(m->ctx, p, s->score[l], bytes) : b->upload(m->ctx, s->score[l], p, bytes));
       p += bytes;
     }
   }
@@ -187,45 +230,110 @@ static int move_body(kle_session *s, uint8_t *p, int pos, int to_host) {
 int kle_session_state_save(kle_session *s, uint8_t *dst, long n) {
   if (!s || !dst || n < 0 || n != kle_session_state_size(s)) return KLE_EINVAL;
   const kle_model *m = s->m;
+  const int budgeted = s->budget != 0;
   memcpy(dst, "KLES", 4);
-  put_u32(dst + 4, BLOB_VERSION);
+  put_u32(dst + 4, budgeted ? BLOB_VERSION_BUDGET : BLOB_VERSION);
   put_u64(dst + 8, m->fingerprint);
   put_u32(dst + 16, (uint32_t)m->cfg[KLE_CFG_LAYERS]);
   put_u32(dst + 20, (uint32_t)s->pos);
   put_u32(dst + 24, (uint32_t)s->has_logits);
   put_u32(dst + 28, (uint32_t)m->cfg[KLE_CFG_VOCAB]);
-  KLE_TRY(move_body(s, dst + BLOB_HEADER, s->pos, 1));
+  if (budgeted) {
+    uint32_t decay;
+    memcpy(&decay, &s->decay, 4);
+    const uint32_t v[6] = {(uint32_t)s->budget, (uint32_t)s->sink, (uint32_t)s->window, decay,
+                           (s->pinning ? BLOB_PINNING : 0u) | (s->dropped ? BLOB_DROPPED : 0u), (uint32_t)s->len};
+    for (int i = 0; i < 6; i++) put_u32(dst + BLOB_HEADER + 4 * i, v[i]);
+  }
+  KLE_TRY(move_body(s, dst + (budgeted ? BLOB_HEADER_BUDGET : BLOB_HEADER), s->len, 1, budgeted));
   const size_t end = (size_t)n - 8, vbytes = 4 * (size_t)m->cfg[KLE_CFG_VOCAB];
   if (s->has_logits) memcpy(dst + end - vbytes, s->logits, vbytes);
   put_u64(dst + end, fnv(dst, end));
   return KLE_OK;
 }
 
+static int finite_at(const uint8_t *p, size_t n_floats) {
+  for (size_t i = 0; i < n_floats; i++) {
+    float v;
+    memcpy(&v, p + 4 * i, 4);
+    if (!isfinite(v)) return 0;
+  }
+  return 1;
+}
+
+/*
+ * A checksum proves nothing about where a blob came from: NaN or infinite state would only
+ * come out as garbage tokens later, and a row said to hold a token past the position would
+ * confuse the budget's choice, so both are refused. Walks the body as move_body lays it out.
+ */
+static int body_ok(const kle_model *m, const uint8_t *p, uint32_t rows, uint32_t pos, int budgeted, int has_logits) {
+  for (int l = 0; l < n_layers(m); l++) {
+    const kle_layer_kind *k = kle_mixer_of(m, l);
+    uint64_t floats = kle_mul64(rows, k->cache_row_floats(m));
+    for (int i = 0; i < k->n_state; i++) floats += k->state_floats(m, i);
+    if (!finite_at(p, (size_t)floats)) return 0;
+    p += 4 * (size_t)floats;
+    if (budgeted && k->cache_row_floats(m)) {
+      for (uint32_t j = 0; j < rows; j++)
+        if (KLE_ROW_POS(get_u32(p + 4 * (size_t)j)) >= pos) return 0;
+      p += 4 * (size_t)rows;
+      if (!finite_at(p, rows)) return 0;
+      p += 4 * (size_t)rows;
+    }
+  }
+  return !has_logits || finite_at(p, (size_t)m->cfg[KLE_CFG_VOCAB]);
+}
+
 int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
   if (!s || !src || n < BLOB_HEADER + 8) return KLE_EFORMAT;
   const kle_model *m = s->m;
-  if (memcmp(src, "KLES", 4) || get_u32(src + 4) != BLOB_VERSION || get_u64(src + 8) != m->fingerprint ||
-      get_u32(src + 16) != (uint32_t)m->cfg[KLE_CFG_LAYERS] || get_u32(src + 24) > 1 ||
-      get_u32(src + 28) != (uint32_t)m->cfg[KLE_CFG_VOCAB])
+  const uint32_t version = get_u32(src + 4);
+  if (memcmp(src, "KLES", 4) || (version != BLOB_VERSION && version != BLOB_VERSION_BUDGET) ||
+      get_u64(src + 8) != m->fingerprint || get_u32(src + 16) != (uint32_t)m->cfg[KLE_CFG_LAYERS] ||
+      get_u32(src + 24) > 1 || get_u32(src + 28) != (uint32_t)m->cfg[KLE_CFG_VOCAB])
     return KLE_EFORMAT;
   uint32_t pos = get_u32(src + 20);
   int has_logits = (int)get_u32(src + 24);
   if (pos > (1u << 30)) return KLE_EFORMAT;
-  const uint64_t want = blob_bytes(m, pos, has_logits);
+  const int budgeted = version == BLOB_VERSION_BUDGET;
+  uint32_t budget = 0, sink = 0, window = 0, flags = 0, rows = pos;
+  float decay = 0.0f;
+  if (budgeted) {
+    if (n < BLOB_HEADER_BUDGET + 8) return KLE_EFORMAT;
+    budget = get_u32(src + 32);
+    sink = get_u32(src + 36);
+    window = get_u32(src + 40);
+    const uint32_t d = get_u32(src + 44);
+    memcpy(&decay, &d, 4);
+    flags = get_u32(src + 48);
+    rows = get_u32(src + 52);
+    /* a bound the setter would refuse, more rows than it allows, or rows dropped that never were */
+    if (budget > (1u << 30) || sink > budget || window > budget ||
+        !kle_kv_settings_ok((int)budget, (int)sink, (int)window, decay) || (flags & ~(BLOB_PINNING | BLOB_DROPPED)) ||
+        rows > budget || rows > pos || (!(flags & BLOB_DROPPED) && rows != pos))
+      return KLE_EFORMAT;
+  }
+  const uint64_t want = blob_bytes(m, rows, has_logits, budgeted);
   if ((uint64_t)n != want) return KLE_EFORMAT;
 #ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION /* fuzz/: mutations must reach the checks below */
   if (get_u64(src + want - 8) != fnv(src, (size_t)want - 8)) return KLE_EFORMAT;
 #endif
-  /* a checksum proves nothing about where a blob came from: NaN or infinite state would only
-   * come out as garbage tokens later, so it is refused here */
-  for (size_t off = BLOB_HEADER; off < (size_t)want - 8; off += 4) {
-    float v;
-    memcpy(&v, src + off, 4);
-    if (!isfinite(v)) return KLE_EFORMAT;
-  }
+  const size_t head = budgeted ? BLOB_HEADER_BUDGET : BLOB_HEADER;
+  if (!body_ok(m, src + head, rows, pos, budgeted, has_logits)) return KLE_EFORMAT;
   /* everything is checked: only now touch the session */
-  KLE_TRY(kle_session_reserve(s, (int)pos));
-  KLE_TRY(move_body(s, (uint8_t *)src + BLOB_HEADER, (int)pos, 0));
+  if (!budgeted) {
+    kle_kv_free(s);
+    s->budget = 0;
+    s->dropped = 0;
+  }
+  s->len = s->len < (int)rows ? s->len : (int)rows; /* what reserve keeps: overwritten below */
+  KLE_TRY(kle_session_reserve(s, (int)rows));
+  if (budgeted) {
+    KLE_TRY(kle_session_set_kv_budget(s, (int)budget, (int)sink, (int)window, decay));
+    s->pinning = (flags & BLOB_PINNING) != 0;
+    s->dropped = (flags & BLOB_DROPPED) != 0;
+  }
+  KLE_TRY(move_body(s, (uint8_t *)src + head, (int)rows, 0, budgeted));
   const size_t vbytes = 4 * (size_t)m->cfg[KLE_CFG_VOCAB];
   if (has_logits) {
     memcpy(s->logits, src + (size_t)want - 8 - vbytes, vbytes);
@@ -233,6 +341,7 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
   }
   s->has_logits = has_logits;
   s->pos = (int)pos;
+  s->len = (int)rows;
   return m->b->sync(m->ctx);
 }
 

@@ -100,6 +100,18 @@ int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H
                         void *stream);
 
 /*
+ * kle_cuda_mla_attend that also folds each query's attention into the rows' scores, as
+ * kle_mla_decode_scored does for one query (the bounded cache, docs/kv-budget.md): score [L0 + T]
+ * device memory, query t's own row L0 + t starting fresh. Always the CUDA-core kernel, which
+ * writes its scaled scores to the workspace for the fold: no second pass over the cache.
+ * workspace: kle_cuda_mla_attend_scored_workspace_bytes(L0 + T, T, H, Dv) bytes.
+ */
+long kle_cuda_mla_attend_scored_workspace_bytes(int L, int T, int H, int Dv);
+int kle_cuda_mla_attend_scored(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
+                               float scale, float *out, float *score, float decay, void *workspace,
+                               long workspace_bytes, void *stream);
+
+/*
  * Absorbed MLA decode for one query token over a latent cache, split across the context
  * (kle_mla_decode with split-KV): q [H, D] (absorbed query: W_uk^T q_nope, then the rope part),
  * cache [L, D] f32, out [H, Dv] = softmax(scale q c^T) c[:, :Dv]; lse [H] may be NULL.

@@ -216,9 +216,26 @@ int cu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float 
   return launched();
 }
 
-// decode and prefill alike: the tensor-core kernel where the latent widths allow
+// Scores of a scored batch in workspace at once: [T, H, L] floats, bounded by query groups
+#define SCORED_WS_BYTES (256l << 20)
+
+// decode and prefill alike: the tensor-core kernel where the latent widths allow; a bounded
+// cache's scored attention in groups of queries whose scores fit SCORED_WS_BYTES
 int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv, float scale,
-                  float *out) {
+                  float *out, float *score, float decay) {
+  if (score) {
+    long per_query = (long)H * (L0 + T) * 4;
+    int group = (int)(SCORED_WS_BYTES / (per_query > 0 ? per_query : 1));
+    group = group < 1 ? 1 : group > T ? T : group;
+    for (int t0 = 0; t0 < T; t0 += group) {
+      const int n = T - t0 < group ? T - t0 : group;
+      const long ws = kle_cuda_mla_attend_scored_workspace_bytes(L0 + t0 + n, n, H, Dv);
+      KLE_TRY(ensure_ws(cx, ws));
+      KLE_TRY(kle_cuda_mla_attend_scored(qlat + (size_t)t0 * H * D, cache, L0 + t0, n, H, D, Dv, scale,
+                                         out + (size_t)t0 * H * Dv, score, decay, cx->ws, cx->ws_bytes, cx->st));
+    }
+    return KLE_OK;
+  }
   KLE_TRY(ensure_ws(cx, kle_cuda_mla_attend_workspace_bytes(L0 + T, T, H, Dv)));
   return kle_cuda_mla_attend(qlat, cache, L0, T, H, D, Dv, scale, out, cx->ws, cx->ws_bytes, cx->st);
 }

@@ -39,7 +39,8 @@ extern "C" long kle_cuda_mla_attend_workspace_bytes(int L, int T, int H, int Dv)
 
 __global__ void __launch_bounds__(32 * WARPS) mla_attend_partial(const float *__restrict__ q, const float *__restrict__ cache,
                                                                  int L0, int T, int H, int D, int Dv, float scale, int span,
-                                                                 int S, float *__restrict__ opart, float *__restrict__ lpart) {
+                                                                 int S, float *__restrict__ opart, float *__restrict__ lpart,
+                                                                 float *__restrict__ logits) {
   const long wid = (long)blockIdx.x * WARPS + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (wid >= (long)T * H * S) return;
@@ -73,6 +74,8 @@ __global__ void __launch_bounds__(32 * WARPS) mla_attend_partial(const float *__
     for (int o = 16; o; o >>= 1)
 #pragma unroll
       for (int r = 0; r < 4; r++) d[r] += __shfl_xor_sync(0xffffffffu, d[r], o);
+    // the scaled scores, for the bounded cache's row scores (the query holds the scale)
+    if (logits && lane < nr) logits[(size_t)th * (L0 + T) + j + lane] = lane == 0 ? d[0] : lane == 1 ? d[1] : lane == 2 ? d[2] : d[3];
     float mn = m;
 #pragma unroll
     for (int r = 0; r < 4; r++)
@@ -100,11 +103,26 @@ __global__ void __launch_bounds__(32 * WARPS) mla_attend_partial(const float *__
   if (lane == 0) lpart[wid] = m + logf(l);
 }
 
-// one block per (query, head): weights exp(lse_s - lse) over the spans
+// one block per (query, head): weights exp(lse_s - lse) over the spans; lse: NULL or [T, H]
 __global__ void mla_attend_merge(const float *__restrict__ opart, const float *__restrict__ lpart, int S, int Dv,
-                                 float *__restrict__ out) {
+                                 float *__restrict__ out, float *__restrict__ lse) {
   const size_t th = blockIdx.x;
-  kle_merge::merge_row(lpart + th * S, 1, opart + th * S * Dv, Dv, S, Dv, 0, 32, out + th * Dv, nullptr);
+  kle_merge::merge_row(lpart + th * S, 1, opart + th * S * Dv, Dv, S, Dv, 0, 32, out + th * Dv, lse ? lse + th : nullptr);
+}
+
+// one thread per row: the queries in order fold their attention into the row's score
+// (kle_mla_decode_scored's rule; query t's own row L0 + t starts fresh, later rows wait)
+__global__ void mla_fold_scores(const float *__restrict__ logits, const float *__restrict__ lse, int L0, int T, int H,
+                                float decay, float *__restrict__ score) {
+  const int L = L0 + T, j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= L) return;
+  float sc = score[j];
+  for (int t = j < L0 ? 0 : j - L0; t < T; t++) {
+    float p = 0.f;
+    for (int h = 0; h < H; h++) p += __expf(logits[((size_t)t * H + h) * L + j] - lse[(size_t)t * H + h]);
+    sc = (j == L0 + t ? 0.f : decay * sc) + p / (float)H;
+  }
+  score[j] = sc;
 }
 
 extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale,
@@ -119,7 +137,33 @@ extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, i
   cudaStream_t st = (cudaStream_t)stream;
   const long warps = (long)T * H * S;
   mla_attend_partial<<<(unsigned)((warps + WARPS - 1) / WARPS), 32 * WARPS, 0, st>>>(q, cache, L0, T, H, D, Dv, scale, span, S,
-                                                                                    opart, lpart);
-  mla_attend_merge<<<T * H, 256, 0, st>>>(opart, lpart, S, Dv, out);
+                                                                                    opart, lpart, nullptr);
+  mla_attend_merge<<<T * H, 256, 0, st>>>(opart, lpart, S, Dv, out, nullptr);
+  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+}
+
+// the warp kernel's workspace, then the scaled scores [T, H, L] and the log-sum-exps [T, H]
+extern "C" long kle_cuda_mla_attend_scored_workspace_bytes(int L, int T, int H, int Dv) {
+  if (L <= 0 || T <= 0 || H <= 0 || Dv <= 0) return 0;
+  return warp_workspace_bytes(L, T, H, Dv) + ((long)T * H * L + (long)T * H) * 4;
+}
+
+extern "C" int kle_cuda_mla_attend_scored(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
+                                          float scale, float *out, float *score, float decay, void *workspace,
+                                          long workspace_bytes, void *stream) {
+  if (L0 < 0 || T <= 0 || H <= 0 || D <= 0 || D > 32 * QREG || Dv <= 0 || Dv > D || Dv > 32 * VREG || !workspace ||
+      !score || !(decay >= 0.f && decay <= 1.f))
+    return KLE_EINVAL;
+  const int L = L0 + T, S = attend_spans(L, T, H);
+  if (workspace_bytes < kle_cuda_mla_attend_scored_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
+  const int span = (L + S - 1) / S;
+  float *opart = (float *)workspace, *lpart = opart + (size_t)S * T * H * Dv;
+  float *logits = (float *)((char *)workspace + warp_workspace_bytes(L, T, H, Dv)), *lse = logits + (size_t)T * H * L;
+  cudaStream_t st = (cudaStream_t)stream;
+  const long warps = (long)T * H * S;
+  mla_attend_partial<<<(unsigned)((warps + WARPS - 1) / WARPS), 32 * WARPS, 0, st>>>(q, cache, L0, T, H, D, Dv, scale, span, S,
+                                                                                    opart, lpart, logits);
+  mla_attend_merge<<<T * H, 256, 0, st>>>(opart, lpart, S, Dv, out, lse);
+  mla_fold_scores<<<(L + 255) / 256, 256, 0, st>>>(logits, lse, L0, T, H, decay, score);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }

@@ -170,6 +170,33 @@ export class EngineSession {
     return addr ? readF32(this.model.backend, addr, this.model.config.vocabSize) : null;
   }
 
+  /**
+   * Bounds every MLA layer's cache to `budget` rows (docs/kv-budget.md); `budget` 0 removes the
+   * bound while no row was dropped yet. Throws when the engine refuses the settings (budget not
+   * above sink + window, decay outside [0, 1], or more rows cached than the budget).
+   */
+  setKvBudget(budget: number, sink: number, window: number, decay: number): void {
+    check('kle_session_set_kv_budget', call(this.model.backend, 'kle_session_set_kv_budget', [this.handle, budget, sink, window, decay]),
+      `budget ${budget}, sink ${sink}, window ${window}, decay ${decay}, ${this.kvLength} rows cached`);
+  }
+
+  /** The MLA cache bound in force (budget 0: none), as set or as a loaded blob carried it. */
+  kvSettings(): { kvBudget: number; sink: number; window: number; decay: number } {
+    const out = new Int32Array(3), decay = new Float32Array(1);
+    check('kle_session_kv_settings', call(this.model.backend, 'kle_session_kv_settings', [this.handle, out, decay]));
+    return { kvBudget: out[0]!, sink: out[1]!, window: out[2]!, decay: decay[0]! };
+  }
+
+  /** Rows each MLA cache holds now (the position, without a budget). */
+  get kvLength(): number {
+    return call(this.model.backend, 'kle_session_kv_len', [this.handle]);
+  }
+
+  /** Tokens forwarded while pinning is on are never dropped by the budget. */
+  pin(on: boolean): void {
+    check('kle_session_pin', call(this.model.backend, 'kle_session_pin', [this.handle, on ? 1 : 0]));
+  }
+
   /** Bytes of the session's state blob ({@link save}), without making it. */
   stateSize(): number {
     return call(this.model.backend, 'kle_session_state_size', [this.handle]);
@@ -217,7 +244,7 @@ export class EngineSession {
   loadParts(parts: Iterable<Uint8Array>, totalBytes?: number): void {
     const n = partsTotal('loadParts', parts, totalBytes);
     // refused before any memory is asked for: no blob of this model is larger
-    const most = sessionBlobBytes(this.model.config, MAX_SESSION_TOKENS);
+    const most = sessionBlobBytes(this.model.config, MAX_SESSION_TOKENS, MAX_SESSION_TOKENS);
     if (n > most) throw new RangeError(`loadParts: ${n} bytes announced, more than any state of this model can have (${most} at ${MAX_SESSION_TOKENS} tokens)`);
     const b = this.model.backend;
     const buf = engineBuffer(b, n);

@@ -151,6 +151,20 @@ export class Kernels {
     ]);
   }
 
+  /**
+   * {@link mlaDecode} that also folds the attention each row got into `score` [L] (the bounded
+   * cache's row scores: score = decay * score + mean over heads of the row's softmax weight; the
+   * query's own row L - 1 starts fresh).
+   */
+  mlaDecodeScored(a: Omit<MlaDecodeArgs, 'lse'> & { score: Float32Array; decay: number }, impl: Impl = 'fast'): void {
+    checkMla(a, a.L);
+    if (!(a.L >= 1 && a.score.length >= a.L)) throw new RangeError('mlaDecodeScored: need L >= 1 and score of L floats');
+    if (!(a.decay >= 0 && a.decay <= 1)) throw new RangeError('mlaDecodeScored: decay must be in [0, 1]');
+    this.call(impl === 'fast' ? 'kle_mla_decode_scored' : 'kle_mla_decode_scored_ref', [
+      a.q, a.cache, a.L, a.H, a.D, a.Dv, a.scale, a.out, a.score, a.decay,
+    ]);
+  }
+
   /** Cache rows [j0, j1) only: a split of a long context, to be combined by {@link mlaMerge}. */
   mlaDecodePartial(a: Omit<MlaDecodeArgs, 'L'> & { j0: number; j1: number }): void {
     if (!(a.j0 >= 0 && a.j1 >= a.j0)) throw new RangeError('mlaDecodePartial: need 0 <= j0 <= j1');

@@ -172,20 +172,26 @@ export function layerTensors(c: KimiConfig, l: number): LayerTensor[] {
   return [...layerNorms(c), ...mixer.tensors(c), ...ffn.tensors(c)];
 }
 
-/** Floats of a session's state at `tokens` tokens: every layer's fixed state and cache rows. */
-export function sessionStateFloats(c: KimiConfig, tokens: number): number {
+/**
+ * Floats of a session's state at `tokens` tokens: every layer's fixed state and cache rows; with
+ * an MLA cache bound (`kvBudget` > 0) at most that many rows, each with its position and score.
+ */
+export function sessionStateFloats(c: KimiConfig, tokens: number, kvBudget = 0): number {
+  const rows = kvBudget > 0 ? Math.min(tokens, kvBudget) : tokens;
   let n = 0;
   for (let l = 0; l < c.numLayers; l++) {
     const [mixer] = layerKinds(c, l);
-    n += mixer.stateFloats(c) + tokens * mixer.cacheRowFloats(c);
+    const row = mixer.cacheRowFloats(c);
+    n += mixer.stateFloats(c) + rows * (row + (kvBudget > 0 && row > 0 ? 2 : 0));
   }
   return n;
 }
 
-/** Header and checksum of a session blob (engine/model/session.c). */
+/** Header and checksum of a session blob (engine/model/session.c), without and with an MLA cache bound. */
 export const BLOB_FRAME_BYTES = 32 + 8;
+export const BLOB_FRAME_BYTES_BUDGET = 56 + 8;
 
 /** Bytes of a session's state blob at `tokens` tokens, with its last logits (what save() writes). */
-export function sessionBlobBytes(c: KimiConfig, tokens: number): number {
-  return BLOB_FRAME_BYTES + 4 * (sessionStateFloats(c, tokens) + c.vocabSize);
+export function sessionBlobBytes(c: KimiConfig, tokens: number, kvBudget = 0): number {
+  return (kvBudget > 0 ? BLOB_FRAME_BYTES_BUDGET : BLOB_FRAME_BYTES) + 4 * (sessionStateFloats(c, tokens, kvBudget) + c.vocabSize);
 }

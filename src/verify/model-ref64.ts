@@ -45,7 +45,33 @@ const softplus = (z: number): number => (z > 20 ? z : Math.log1p(Math.exp(z)));
 interface LayerState {
   hist?: Vec[][]; // [3][W-1] previous inputs of the q, k, v convs, oldest first
   S?: Vec; // [H, K, K]
-  rows?: Vec[]; // MLA: normalized latent + rope part per token
+  rows?: Vec[]; // MLA: normalized latent + rope part per cached token
+  meta?: RowMeta[]; // MLA with a budget: each cached row's token, score and pin
+}
+
+interface RowMeta {
+  pos: number;
+  score: number;
+  pinned: boolean;
+}
+
+/** The bounded MLA cache's settings (docs/kv-budget.md), as the engine takes them. */
+export interface RefKvBudget {
+  budget: number;
+  sink: number;
+  window: number;
+  decay: number;
+}
+
+/**
+ * What a reference run does beyond one token at a time: `calls` splits the tokens into forward
+ * calls (the cache is brought back to the budget after each, as the engine does after each
+ * batch); `pinned` tokens at the start are kept whatever the budget.
+ */
+export interface RefOptions {
+  kv?: RefKvBudget;
+  calls?: readonly number[];
+  pinned?: number;
 }
 
 function kdaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h: Vec): Vec {
@@ -114,7 +140,7 @@ function kdaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h
   return matvec(need(get, `${p}self_attn.o_proj.weight`), o, D, HK);
 }
 
-function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h: Vec): Vec {
+function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h: Vec, meta?: RowMeta, decay = 1): Vec {
   const D = c.hiddenSize, { numHeads: Hm, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vh, kvLoraRank: R } = c.mla;
   const q = matvec(need(get, `${p}self_attn.q_proj.weight`), h, Hm * (nope + rope), D);
   const kv = matvec(need(get, `${p}self_attn.kv_a_proj_with_mqa.weight`), h, R + rope, D);
@@ -122,6 +148,8 @@ function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h
   row.set(rmsnorm(kv, need(get, `${p}self_attn.kv_a_layernorm.weight`), c.rmsNormEps, 0, R));
   row.set(kv.subarray(R), R);
   (st.rows ??= []).push(row);
+  if (meta) (st.meta ??= []).push(meta);
+  const mass = new Float64Array(st.rows.length); // attention each row gets, summed over heads
   const kvb = need(get, `${p}self_attn.kv_b_proj.weight`); // [Hm * (nope + vh), R]
   const out = new Float64Array(Hm * vh);
   const scale = 1 / Math.sqrt(nope + rope);
@@ -140,6 +168,7 @@ function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h
     const m = Math.max(...scores);
     const ps = scores.map((s) => Math.exp(s - m));
     const sum = ps.reduce((a, b) => a + b, 0);
+    ps.forEach((x, t) => (mass[t]! += x / sum));
     st.rows.forEach((r, t) => {
       for (let i = 0; i < vh; i++) {
         let val = 0;
@@ -148,7 +177,23 @@ function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h
       }
     });
   }
+  // the row score the budget keeps: decayed, the query's own row starting fresh
+  st.meta?.forEach((m, t) => (m.score = (t === st.meta!.length - 1 ? 0 : decay * m.score) + mass[t]! / Hm));
   return matvec(need(get, `${p}self_attn.o_proj.weight`), out, D, Hm * vh);
+}
+
+/**
+ * Drops rows until the layer holds `budget`: sink, window and pinned rows last, then the lowest
+ * score, then the oldest (a plain sort, the definition the engine's scan and sort must match).
+ */
+function evictRef(st: LayerState, kv: RefKvBudget, seen: number): void {
+  const rows = st.rows!, meta = st.meta!;
+  if (rows.length <= kv.budget) return;
+  const guarded = (m: RowMeta): number => (m.pos < kv.sink || m.pos >= seen - kv.window || m.pinned ? 1 : 0);
+  const order = meta.map((m, i) => i).sort((a, b) => guarded(meta[a]!) - guarded(meta[b]!) || meta[a]!.score - meta[b]!.score || meta[a]!.pos - meta[b]!.pos);
+  const drop = new Set(order.slice(0, rows.length - kv.budget));
+  st.rows = rows.filter((_, i) => !drop.has(i));
+  st.meta = meta.filter((_, i) => !drop.has(i));
 }
 
 function swiglu(get: WeightGetter, gate: string, up: string, down: string, h: Vec, I: number, D: number): Vec {
@@ -214,8 +259,15 @@ function moeToken(c: KimiConfig, get: WeightGetter, p: string, h: Vec): Vec {
   return y;
 }
 
-/** Logits [tokens.length, vocab] of a fresh sequence, one token at a time. */
-export function modelForward64(c: KimiConfig, get: WeightGetter, tokens: readonly number[]): Float64Array {
+/**
+ * Logits [tokens.length, vocab] of a fresh sequence, one token at a time; with `opts.kv` the MLA
+ * caches are bounded (full attention over the rows kept, then the selection).
+ */
+export function modelForward64(c: KimiConfig, get: WeightGetter, tokens: readonly number[], opts: RefOptions = {}): Float64Array {
+  const kv = opts.kv;
+  const ends = new Set<number>();
+  let at = 0;
+  for (const n of opts.calls ?? tokens.map(() => 1)) ends.add((at += n));
   const D = c.hiddenSize, V = c.vocabSize;
   const emb = need(get, 'model.embed_tokens.weight');
   const head = get('lm_head.weight') ?? (c.tieWordEmbeddings ? emb : need(get, 'lm_head.weight'));
@@ -226,13 +278,15 @@ export function modelForward64(c: KimiConfig, get: WeightGetter, tokens: readonl
     for (let l = 0; l < c.numLayers; l++) {
       const p = `model.layers.${l}.`;
       let h = rmsnorm(x, need(get, `${p}input_layernorm.weight`), c.rmsNormEps);
-      let y = c.layerKinds[l] === 'kda' ? kdaToken(c, get, p, states[l]!, h) : mlaToken(c, get, p, states[l]!, h);
+      const meta = kv ? { pos: t, score: 0, pinned: t < (opts.pinned ?? 0) } : undefined;
+      let y = c.layerKinds[l] === 'kda' ? kdaToken(c, get, p, states[l]!, h) : mlaToken(c, get, p, states[l]!, h, meta, kv?.decay);
       for (let i = 0; i < D; i++) x[i]! += y[i]!;
       h = rmsnorm(x, need(get, `${p}post_attention_layernorm.weight`), c.rmsNormEps);
       y = isMoeLayer(c, l) ? moeToken(c, get, p, h) : swiglu(get, `${p}mlp.gate_proj.weight`, `${p}mlp.up_proj.weight`, `${p}mlp.down_proj.weight`, h, c.intermediateSize, D);
       for (let i = 0; i < D; i++) x[i]! += y[i]!;
     }
     out.set(matvec(head, rmsnorm(x, need(get, 'model.norm.weight'), c.rmsNormEps), V, D), t * V);
+    if (kv && ends.has(t + 1)) for (let l = 0; l < c.numLayers; l++) if (states[l]!.rows) evictRef(states[l]!, kv, t + 1);
   });
   return out;
 }

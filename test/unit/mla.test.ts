@@ -49,6 +49,36 @@ describe(`MLA absorbed decode against attention the long way (seed ${SEED})`, ()
     });
   }
 
+  it('the scored decode keeps each row\'s attention (the bounded cache\'s scores) and the same output', async () => {
+    for (const [L, H, D, Dv] of [[1, 2, 16, 16], [45, 5, 40, 32], [300, 4, 80, 64]] as const) {
+      const q = rng.normals(H * D), cache = rng.normals(L * D, 0.5), before = Float32Array.from(rng.normals(L), Math.abs);
+      const scale = 0.2, decay = 0.9;
+      // float64: softmax weights per head, averaged; the last row starts fresh
+      const want = new Float64Array(L);
+      for (let h = 0; h < H; h++) {
+        const sc = Array.from({ length: L }, (_, j) => {
+          let a = 0;
+          for (let d = 0; d < D; d++) a += q[h * D + d]! * cache[j * D + d]!;
+          return a * scale;
+        });
+        const m = Math.max(...sc), z = sc.reduce((acc, x) => acc + Math.exp(x - m), 0);
+        sc.forEach((x, j) => (want[j]! += Math.exp(x - m) / z / H));
+      }
+      for (let j = 0; j < L - 1; j++) want[j]! += decay * before[j]!;
+      for (const k of await allKernels()) {
+        const plain = new Float32Array(H * Dv);
+        k.mlaDecode({ q, cache, L, H, D, Dv, scale, out: plain });
+        for (const impl of ['fast', 'ref'] as const) {
+          const out = new Float32Array(H * Dv), score = before.slice();
+          k.mlaDecodeScored({ q, cache, L, H, D, Dv, scale, out, score, decay }, impl);
+          expect(relErr(score, want), `${k.name} ${impl} L=${L}`).toBeLessThan(1e-5);
+          if (impl === 'fast') expect(out).toEqual(plain); // the same kernel: scoring changes no output bit
+          else expect(relErr(out, plain)).toBeLessThan(1e-5);
+        }
+      }
+    }
+  });
+
   it('split-KV partials merged by log-sum-exp equal the whole decode', async () => {
     const L = 203, H = 6, D = 40, Dv = 32;
     const q = rng.normals(H * D), cache = rng.normals(L * D, 2);

@@ -1,0 +1,177 @@
+/*
+ * kv_budget.c: the bounded MLA cache (docs/kv-budget.md). Only the MLA layers grow with the
+ * context; with a budget each of them keeps at most `budget` rows between forward calls.
+ *
+ * Which rows stay: the first `sink` tokens (attention sinks), the last `window` tokens, every
+ * pinned token (a prompt kept whole), and, for the rest of the budget, the rows whose score is
+ * highest. A row's score is the attention the queries paid to it, averaged over heads, decayed
+ * by `decay` per query (the MLA attention kernel keeps it: kle_mla_decode_scored), so it weighs
+ * recent queries most. Each layer chooses for itself: its heads look at different tokens.
+ *
+ * Dropping rows moves no more than the batch: MLA here has no rotary (mla_use_nope), so a
+ * row's slot does not matter to attention; the rows kept among the batch's new ones, past the
+ * budget, fill the slots of the rows dropped below it. rowinfo records each slot's token.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+
+typedef struct {
+  float score;
+  uint32_t pos;
+  int row;
+  int guarded; /* sink, window or pinned: dropped only if nothing else is left */
+} kv_row;
+
+/* drop order: unguarded before guarded, then lowest score, then oldest */
+static int kv_before(const kv_row *a, const kv_row *b) {
+  if (a->guarded != b->guarded) return a->guarded < b->guarded;
+  if (a->score != b->score) return a->score < b->score;
+  return a->pos < b->pos;
+}
+
+static int kv_cmp(const void *pa, const void *pb) {
+  const kv_row *a = pa, *b = pb;
+  return kv_before(a, b) ? -1 : kv_before(b, a) ? 1 : 0;
+}
+
+static int is_mla(const kle_model *m, int l) { return kle_mixer_of(m, l)->cache_row_floats(m) != 0; }
+
+int kle_kv_pinned(const kle_session *s) {
+  const kle_model *m = s->m;
+  for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++) {
+    if (!is_mla(m, l) || !s->rowinfo || !s->rowinfo[l]) continue;
+    int n = 0;
+    for (int j = 0; j < s->len; j++) n += (s->rowinfo[l][j] & KLE_ROW_PINNED) != 0;
+    return n;
+  }
+  return 0;
+}
+
+/* one layer: choose len - budget rows to drop, move kept rows from past the budget into their slots */
+static int evict_layer(kle_session *s, int l, kv_row *rows, float *score_host) {
+  const kle_model *m = s->m;
+  const kle_backend *b = m->b;
+  const int M = s->len, N = s->budget, k = M - N;
+  const size_t Dc = (size_t)kle_mixer_of(m, l)->cache_row_floats(m);
+  uint32_t *info = s->rowinfo[l];
+  float *score = s->score[l];
+  KLE_TRY(b->download(m->ctx, score_host, score, sizeof(float) * (size_t)M));
+  const int64_t recent = (int64_t)s->pos - s->window;
+  for (int j = 0; j < M; j++) {
+    const uint32_t p = KLE_ROW_POS(info[j]);
+    rows[j] = (kv_row){score_host[j], p, j, (int64_t)p < s->sink || (int64_t)p >= recent || (info[j] & KLE_ROW_PINNED)};
+  }
+  /* a decode step drops one row: a scan; a batch sorts its candidates */
+  if (k == 1) {
+    int best = 0;
+    for (int j = 1; j < M; j++)
+      if (kv_before(&rows[j], &rows[best])) best = j;
+    const kv_row t = rows[0];
+    rows[0] = rows[best];
+    rows[best] = t;
+  } else {
+    qsort(rows, (size_t)M, sizeof *rows, kv_cmp);
+  }
+  /* rows[0..k) are dropped: mark them, then pair holes below N with survivors at N and past */
+  char *drop = calloc((size_t)M, 1);
+  if (!drop) return KLE_ENOMEM;
+  for (int i = 0; i < k; i++) drop[rows[i].row] = 1;
+  int hole = 0, rc = KLE_OK;
+  for (int src = N; src < M && rc == KLE_OK; src++) {
+    if (drop[src]) continue;
+    while (!drop[hole]) hole++; /* as many holes below N as survivors at N and past */
+    float *c = s->cache[l];
+    rc = b->copy(m->ctx, c + (size_t)hole * Dc, c + (size_t)src * Dc, sizeof(float) * Dc);
+    if (rc == KLE_OK) rc = b->copy(m->ctx, score + hole, score + src, sizeof(float));
+    info[hole] = info[src];
+    hole++;
+  }
+  free(drop);
+  return rc;
+}
+
+int kle_kv_evict(kle_session *s) {
+  const kle_model *m = s->m;
+  if (!s->budget || s->len <= s->budget) return KLE_OK;
+  kv_row *rows = kle_host_alloc_n((uint64_t)s->len, sizeof(kv_row));
+  float *score_host = kle_host_alloc_n((uint64_t)s->len, sizeof(float));
+  int rc = rows && score_host ? KLE_OK : KLE_ENOMEM;
+  for (int l = 0; rc == KLE_OK && l < m->cfg[KLE_CFG_LAYERS]; l++)
+    if (is_mla(m, l)) rc = evict_layer(s, l, rows, score_host);
+  free(rows);
+  free(score_host);
+  if (rc == KLE_OK) {
+    s->len = s->budget;
+    s->dropped = 1;
+  }
+  return rc;
+}
+
+/* rowinfo and scores for every MLA layer, sized to the caches' capacity; rows so far are tokens 0.. */
+static int kv_alloc(kle_session *s) {
+  const kle_model *m = s->m;
+  const int L = m->cfg[KLE_CFG_LAYERS];
+  if (!s->rowinfo && !(s->rowinfo = calloc((size_t)L, sizeof *s->rowinfo))) return KLE_ENOMEM;
+  if (!s->score && !(s->score = calloc((size_t)L, sizeof *s->score))) return KLE_ENOMEM;
+  const uint64_t cap = (uint64_t)(s->cap > 0 ? s->cap : 1);
+  for (int l = 0; l < L; l++) {
+    if (!is_mla(m, l) || s->rowinfo[l]) continue;
+    if (!(s->rowinfo[l] = kle_host_alloc_n(cap, sizeof(uint32_t)))) return KLE_ENOMEM;
+    if (!(s->score[l] = kle_backend_alloc_n(m, cap, sizeof(float)))) return KLE_ENOMEM;
+    for (int j = 0; j < s->len; j++) s->rowinfo[l][j] = (uint32_t)j;
+  }
+  return KLE_OK;
+}
+
+void kle_kv_free(kle_session *s) {
+  const kle_model *m = s->m;
+  for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++) {
+    if (s->rowinfo) free(s->rowinfo[l]);
+    if (s->score) m->b->release(m->ctx, s->score[l]);
+  }
+  free(s->rowinfo);
+  free(s->score);
+  s->rowinfo = NULL;
+  s->score = NULL;
+}
+
+int kle_kv_settings_ok(int budget, int sink, int window, float decay) {
+  return budget > 0 && sink >= 0 && window >= 0 && (int64_t)sink + window < budget && budget <= (1 << 30) &&
+         decay >= 0.0f && decay <= 1.0f;
+}
+
+int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, float decay) {
+  if (!s) return KLE_EINVAL;
+  if (budget == 0) {
+    if (s->dropped) return KLE_EINVAL; /* rows are no longer positions: the bound stays */
+    kle_kv_free(s);
+    s->budget = 0;
+    return KLE_OK;
+  }
+  if (!kle_kv_settings_ok(budget, sink, window, decay) || s->len > budget) return KLE_EINVAL;
+  KLE_TRY(kv_alloc(s));
+  s->budget = budget;
+  s->sink = sink;
+  s->window = window;
+  s->decay = decay;
+  return KLE_OK;
+}
+
+int kle_session_kv_settings(kle_session *s, int32_t *out, float *decay) {
+  if (!s || !out || !decay) return KLE_EINVAL;
+  out[0] = s->budget;
+  out[1] = s->sink;
+  out[2] = s->window;
+  *decay = s->decay;
+  return KLE_OK;
+}
+
+int kle_session_pin(kle_session *s, int on) {
+  if (!s || (on != 0 && on != 1)) return KLE_EINVAL;
+  s->pinning = on;
+  return KLE_OK;
+}
+
+int kle_session_kv_len(kle_session *s) { return s ? s->len : 0; }

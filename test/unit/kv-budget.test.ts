@@ -1,0 +1,226 @@
+// The bounded MLA cache (docs/kv-budget.md) on every CPU backend: the engine's choice of rows
+// against the float64 model with full attention and a plain sort (src/verify/model-ref64.ts),
+// no change at all while the budget holds the context, bounded memory, state blobs that carry
+// the compacted caches, and the errors bad settings and forged blobs get.
+import { describe, expect, it } from 'vitest';
+import type { KernelBackend } from '../../src/engine/backend.js';
+import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
+import type { EngineModel } from '../../src/engine/engine.js';
+import { layerKinds, sessionBlobBytes } from '../../src/engine/layer-kinds.js';
+import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
+import { kvBudgetOf } from '../../src/generate/kv-budget.js';
+import { modelForward64, type RefOptions } from '../../src/verify/model-ref64.js';
+import { relErr } from '../../src/verify/relerr.js';
+import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
+import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
+import { Model } from '../../src/model/model.js';
+import { allBackends, tokens } from '../helpers/tiny-model.js';
+
+// f32 engine vs float64, as model-ref64.test.ts: summation order only. A different choice of
+// rows moves the logits by 1e-2 or more.
+const TOL = 2e-5;
+
+// two MLA layers (2 and 4, counted from 1), each choosing its own rows
+const TWO_MLA = {
+  ...TINY_CONFIG,
+  linear_attn_config: { ...TINY_CONFIG.linear_attn_config, kda_layers: [1, 3], full_attn_layers: [2, 4] },
+};
+
+interface Case {
+  config: KimiConfig;
+  weights: Uint8Array;
+}
+
+function makeCase(): Case {
+  return { config: parseKimiConfig(TWO_MLA), weights: syntheticWeights(TWO_MLA, 41) };
+}
+
+function reference(c: Case, toks: number[], opts: RefOptions): Float64Array {
+  const f = parseSafetensors(c.weights);
+  const cache = new Map<string, Float32Array>();
+  return modelForward64(c.config, (name) => {
+    const t = f.tensors.get(name);
+    if (!t) return undefined;
+    if (!cache.has(name)) cache.set(name, tensorF32(t));
+    return cache.get(name);
+  }, toks, opts);
+}
+
+async function load(b: KernelBackend, c: Case): Promise<EngineModel> {
+  return placeHfCheckpoint(b, c.config, [{ name: 'w.safetensors', bytes: c.weights }]);
+}
+
+/** logits of every token when the tokens go in as these forward calls */
+function runCalls(m: EngineModel, toks: number[], calls: number[], kv: { budget: number; sink: number; window: number; decay: number }, pinned = 0): { logits: Float32Array; lens: number[] } {
+  const s = m.createSession();
+  s.setKvBudget(kv.budget, kv.sink, kv.window, kv.decay);
+  const V = m.config.vocabSize;
+  const logits = new Float32Array(toks.length * V);
+  const lens: number[] = [];
+  let at = 0;
+  for (const n of calls) {
+    if (at < pinned) s.pin(true);
+    logits.set(s.forward(toks.slice(at, at + n), true), at * V);
+    s.pin(false);
+    at += n;
+    lens.push(s.kvLength);
+  }
+  s.free();
+  return { logits, lens };
+}
+
+describe('the bounded MLA cache', async () => {
+  const backends = await allBackends();
+  const c = makeCase();
+  const toks = tokens(72, c.config.vocabSize, 9);
+  const kv = { budget: 16, sink: 2, window: 4, decay: 0.9 };
+
+  it('decodes token by token as the float64 model with full attention, then the same selection', async () => {
+    const ref = reference(c, toks, { kv });
+    for (const b of backends) {
+      const m = await load(b, c);
+      const { logits, lens } = runCalls(m, toks, toks.map(() => 1), kv);
+      expect(relErr(logits, ref), b.name).toBeLessThan(TOL);
+      expect(Math.max(...lens)).toBe(kv.budget);
+      m.free();
+    }
+    // the selection matters: a recent-window-only cache of the same size gives other logits
+    const windowOnly = reference(c, toks, { kv: { ...kv, decay: 0, sink: 0, window: kv.budget - 1 } });
+    expect(relErr(windowOnly, ref)).toBeGreaterThan(1e-3);
+  });
+
+  it('drops many rows at once after a prefill batch, and keeps pinned prompt tokens', async () => {
+    const rest = [1, 1, 1, 20, ...Array.from({ length: 9 }, () => 1)];
+    const refs: Float64Array[] = [];
+    for (const pinned of [0, 8]) {
+      const calls = pinned ? [pinned, 40 - pinned, ...rest] : [40, ...rest];
+      const opts = { kv: { ...kv, budget: 24 }, calls, pinned };
+      const ref = reference(c, toks, opts);
+      refs.push(ref);
+      for (const b of backends) {
+        const m = await load(b, c);
+        const { logits, lens } = runCalls(m, toks, calls, opts.kv, pinned);
+        expect(relErr(logits, ref), `${b.name} pinned ${pinned}`).toBeLessThan(TOL);
+        expect(lens.at(pinned ? 1 : 0)).toBe(24);
+        expect(Math.max(...lens)).toBe(24);
+        m.free();
+      }
+    }
+    // pinning kept rows the scores would have dropped
+    expect(relErr(refs[1]!, refs[0]!)).toBeGreaterThan(1e-3);
+  });
+
+  it('changes nothing while the budget holds the whole context (bit for bit on the CPU)', async () => {
+    for (const b of backends) {
+      const m = await load(b, c);
+      const free = m.createSession();
+      const want = free.forward(toks.slice(0, 30), true);
+      const wantDecode = toks.slice(30, 50).map((t) => free.forward([t]));
+      const s = m.createSession();
+      s.setKvBudget(50, 4, 8, 0.95);
+      expect(s.forward(toks.slice(0, 30), true)).toEqual(want);
+      toks.slice(30, 50).forEach((t, i) => expect(s.forward([t])).toEqual(wantDecode[i]));
+      expect(s.kvLength).toBe(50);
+      free.free();
+      s.free();
+      m.free();
+    }
+  });
+
+  it('holds memory flat once the budget is reached', async () => {
+    const m = await load(backends[2]!, c);
+    const s = m.createSession();
+    s.setKvBudget(16, 2, 4, 0.9);
+    const sizes: number[] = [];
+    for (const t of tokens(200, c.config.vocabSize, 3)) {
+      s.forward([t]);
+      sizes.push(s.stateSize());
+    }
+    expect(new Set(sizes.slice(15)).size).toBe(1);
+    expect(sizes.at(-1)).toBe(sessionBlobBytes(c.config, 200, 16));
+    expect(s.pos).toBe(200);
+    s.free();
+    m.free();
+  });
+
+  it('moves a budgeted state between sessions and backends (save, load, continue)', async () => {
+    const models = await Promise.all(backends.map((b) => load(b, c)));
+    const first = models[0]!.createSession();
+    first.setKvBudget(16, 2, 4, 0.9);
+    first.forward(toks.slice(0, 40));
+    toks.slice(40, 50).forEach((t) => first.forward([t]));
+    const blob = first.save();
+    const want = toks.slice(50, 60).map((t) => first.forward([t]));
+    for (const m of models) {
+      const s = m.createSession();
+      s.load(blob);
+      expect(s.kvSettings()).toEqual({ kvBudget: 16, sink: 2, window: 4, decay: expect.closeTo(0.9, 6) as number });
+      expect(s.kvLength).toBe(16);
+      expect(s.pos).toBe(50);
+      const got = toks.slice(50, 60).map((t) => s.forward([t]));
+      got.forEach((g, i) => expect(relErr(g, want[i]!), m.backend.name).toBeLessThan(1e-5));
+      // its own blob matches the one it loaded before it moved on
+      s.free();
+    }
+    first.free();
+    for (const m of models) m.free();
+  });
+
+  it('refuses bad settings and forged blobs, changing nothing', async () => {
+    const m = await load(backends[0]!, c);
+    const s = m.createSession();
+    for (const [b, sink, win, d] of [[0, 0, 0, 0.5], [-3, 0, 0, 0.5], [8, 4, 4, 0.5], [8, 0, 0, 1.5], [8, 0, 0, Number.NaN]] as const)
+      if (b !== 0) expect(() => s.setKvBudget(b, sink, win, d)).toThrow(/invalid argument/);
+    s.forward(toks.slice(0, 20));
+    expect(() => s.setKvBudget(10, 2, 2, 0.9)).toThrow(/20 rows cached/);
+    s.setKvBudget(24, 2, 2, 0.9);
+    s.forward(toks.slice(20, 30));
+    expect(s.kvLength).toBe(24);
+    expect(() => s.setKvBudget(0, 0, 0, 0)).toThrow(/invalid argument/); // rows were dropped: the bound stays
+    const blob = s.save();
+    const before = s.save();
+    const forge = (edit: (dv: DataView) => void): Uint8Array => {
+      const x = blob.slice();
+      edit(new DataView(x.buffer));
+      const n = x.length - 8;
+      let h = 0xcbf29ce484222325n;
+      for (let i = 0; i < n; i++) h = ((h ^ BigInt(x[i]!)) * 0x100000001b3n) & 0xffffffffffffffffn;
+      new DataView(x.buffer).setBigUint64(n, h, true);
+      return x;
+    };
+    // a row said to hold a token at or past the position; a budget below its rows; a bad decay
+    const [kda0] = layerKinds(c.config, 0), [mla1] = layerKinds(c.config, 1);
+    const infoAt = 56 + 4 * (kda0.stateFloats(c.config) + 24 * mla1.cacheRowFloats(c.config));
+    const forged = [
+      forge((dv) => dv.setUint32(infoAt, 30, true)),
+      forge((dv) => dv.setUint32(32, 20, true)),
+      forge((dv) => dv.setFloat32(44, 2, true)),
+      forge((dv) => dv.setUint32(48, 8, true)),
+    ];
+    expect(() => s.load(forge(() => undefined))).not.toThrow();
+    for (const f of forged) expect(() => s.load(f)).toThrow(/malformed/);
+    expect(s.save()).toEqual(before);
+    s.free();
+    m.free();
+  });
+
+  it('checks the host-side settings and fills in the defaults', async () => {
+    expect(kvBudgetOf({ kvBudget: 1024 })).toEqual({ kvBudget: 1024, sink: 4, window: 256, decay: 0.95, keepPrompt: false });
+    expect(kvBudgetOf({ kvBudget: 3 })).toMatchObject({ sink: 0, window: 0 });
+    for (const bad of [0, -1, 1.5, Number.NaN, 2 ** 31]) expect(() => kvBudgetOf({ kvBudget: bad })).toThrow(/kvBudget must be an integer/);
+    expect(() => kvBudgetOf({ kvBudget: 8, sink: 4, window: 4 })).toThrow(/must exceed sink/);
+    expect(() => kvBudgetOf({ kvBudget: 8, decay: 2 })).toThrow(/decay/);
+    const model = new Model(await load(backends[0]!, c), null, 'two-mla');
+    const s = model.createSession({ kvBudget: { kvBudget: 20, sink: 2, window: 4, keepPrompt: true } });
+    expect(() => s.prefill(toks.slice(0, 15))).toThrow(/15 prompt tokens do not fit kvBudget 20 less sink 2 and window 4 \(14\)/);
+    expect(s.length).toBe(0);
+    s.prefill(toks.slice(0, 14));
+    expect(() => s.prefill([1])).toThrow(/15 prompt tokens/);
+    for (let i = 0; i < 30; i++) s.decode({ temperature: 0 });
+    expect(s.kvLength).toBe(20);
+    expect(s.length).toBe(44);
+    s.free();
+    model.free();
+  });
+});
+
