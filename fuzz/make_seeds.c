@@ -1,5 +1,6 @@
 /* make_seeds.c: writes the session_blob target's seed corpus: blobs of the tiny model at 0, 1, 5
- * and 70 tokens (the prefill path), into the folder given. */
+ * and 70 tokens (the prefill path), and of sessions with a bounded MLA cache (version 2 blobs:
+ * below the budget, and past it with rows dropped and pinned), into the folder given. */
 #include <stdio.h>
 
 #include "tiny_model.h"
@@ -7,17 +8,21 @@
 int main(int argc, char **argv) {
   if (argc != 2) return 2;
   kle_model *m = tiny_model();
-  const int lens[] = {0, 1, 5, 70};
-  for (int i = 0; i < 4; i++) {
+  /* tokens, budget (0: none), pinned tokens at the start */
+  const int cases[][3] = {{0, 0, 0}, {1, 0, 0}, {5, 0, 0}, {70, 0, 0}, {5, 8, 0}, {40, 8, 0}, {40, 12, 3}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    const int len = cases[i][0], budget = cases[i][1], pinned = cases[i][2];
     kle_session *s = kle_session_create(m);
+    if (budget && kle_session_set_kv_budget(s, budget, 1, 2, 0.9f) != KLE_OK) return 1;
     int32_t toks[70];
-    for (int t = 0; t < lens[i]; t++) toks[t] = (t * 7 + 3) % TINY_VOCAB;
-    if (lens[i] && kle_session_forward(s, toks, lens[i], NULL, 0) != KLE_OK) return 1;
+    for (int t = 0; t < len; t++) toks[t] = (t * 7 + 3) % TINY_VOCAB;
+    if (pinned && (kle_session_pin(s, 1) || kle_session_forward(s, toks, pinned, NULL, 0) || kle_session_pin(s, 0))) return 1;
+    if (len > pinned && kle_session_forward(s, toks + pinned, len - pinned, NULL, 0) != KLE_OK) return 1;
     const long n = kle_session_state_size(s);
     uint8_t *buf = malloc((size_t)n);
     if (kle_session_state_save(s, buf, n) != KLE_OK) return 1;
     char path[4096];
-    snprintf(path, sizeof path, "%s/blob-%d-tokens", argv[1], lens[i]);
+    snprintf(path, sizeof path, "%s/blob-%d-tokens%s", argv[1], len, budget ? (pinned ? "-budget-pinned" : "-budget") : "");
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(buf, 1, (size_t)n, f) != (size_t)n || fclose(f)) return 1;
     free(buf);

@@ -40,9 +40,12 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
     if (tokens[i] < 0 || tokens[i] >= V) return KLE_EINVAL;
   /* with a budget a batch's rows join at most budget cached ones: the caches stay bounded */
   if (s->budget && s->pinning && (int64_t)kle_kv_pinned(s) + n + s->sink + s->window > s->budget) return KLE_EINVAL;
-  KLE_TRY(kle_session_reserve(s, s->len + (s->budget && n > b->batch ? b->batch : n)));
+  /* (rows are dropped after each batch: the budget and one batch at most) */
+  const int64_t need = (int64_t)s->len + n, bounded = (int64_t)s->budget + b->batch;
+  KLE_TRY(kle_session_reserve(s, (int)(s->budget && need > bounded ? bounded : need)));
   for (int off = 0; off < n; off += b->batch) {
     const int T = n - off < b->batch ? n - off : b->batch;
+    if (s->len + T > s->cap) return KLE_EINVAL; /* never write past the caches, whatever the bookkeeping */
     KLE_TRY(b->embed(cx, kle_tensor_at(m, KLE_T_TOK_EMBD, -1), tokens + off, s->x, T));
     for (int l = 0; l < L; l++) {
       const kle_layer_kind *blocks[2] = {kle_mixer_of(m, l), kle_ffn_of(m, l)};

@@ -110,6 +110,19 @@ describe('the bounded MLA cache', async () => {
     expect(relErr(refs[1]!, refs[0]!)).toBeGreaterThan(1e-3);
   });
 
+  it('a call of several batches drops rows after each (a budget above the batch)', async () => {
+    const long = tokens(150, c.config.vocabSize, 12);
+    const opts = { kv: { ...kv, budget: 100, window: 20 }, calls: [64, 64, 22] };
+    const ref = reference(c, long, opts);
+    for (const b of backends) {
+      const m = await load(b, c);
+      const { logits, lens } = runCalls(m, long, [150], opts.kv);
+      expect(relErr(logits, ref), b.name).toBeLessThan(TOL);
+      expect(lens).toEqual([100]);
+      m.free();
+    }
+  });
+
   it('changes nothing while the budget holds the whole context (bit for bit on the CPU)', async () => {
     for (const b of backends) {
       const m = await load(b, c);
