@@ -4,7 +4,8 @@
  * weights) or, when MODEL_SOURCE is "r2", read from the MODELS R2 bucket under MODEL_PREFIX.
  *
  * Vars (wrangler.toml or secrets): API_KEYS (comma-separated bearer tokens; none: no auth),
- * MODEL_ID, MAX_CONCURRENT, MAX_PROMPT_TOKENS, MAX_TOKENS, MODEL_SOURCE, MODEL_PREFIX.
+ * MODEL_ID, MAX_CONCURRENT, MAX_PROMPT_TOKENS, MAX_TOKENS, MODEL_SOURCE, MODEL_PREFIX, KV_BUDGET
+ * (the MLA cache bound of requests without kv_budget) and MAX_KV_BUDGET.
  */
 import type { Hono } from 'hono';
 import kleSimd from '../wasm/dist/kle-simd.wasm';
@@ -37,6 +38,8 @@ export interface Env {
   MAX_TOKENS?: string;
   /** request bodies past this many bytes are refused (413); a 1M-token prompt is about 4 MB */
   MAX_BODY_BYTES?: string;
+  KV_BUDGET?: string;
+  MAX_KV_BUDGET?: string;
   MODEL_SOURCE?: string;
   MODEL_PREFIX?: string;
   MODELS?: R2BucketLike;
@@ -79,6 +82,8 @@ function build(env: Env): Hono {
       maxPromptTokens: num(env.MAX_PROMPT_TOKENS, 'MAX_PROMPT_TOKENS'),
       maxTokens: num(env.MAX_TOKENS, 'MAX_TOKENS'),
       maxBodyBytes: num(env.MAX_BODY_BYTES, 'MAX_BODY_BYTES'),
+      defaultKvBudget: num(env.KV_BUDGET, 'KV_BUDGET'),
+      maxKvBudget: num(env.MAX_KV_BUDGET, 'MAX_KV_BUDGET'),
     },
     router: routerConfigFromEnv(strings),
     apiKeys: (env.API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean),

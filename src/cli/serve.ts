@@ -1,6 +1,6 @@
 // kimi-edge serve [--port 8787] [--host 127.0.0.1] [--model DIR|FILE.gguf] [--backend wasm|native]
 //   [--model-id ID] [--api-key KEY]... [--max-concurrent N] [--max-prompt-tokens N]
-//   [--accept-handoff] [--max-body-bytes N]
+//   [--accept-handoff] [--max-body-bytes N] [--kv-budget N] [--max-kv-budget N]
 // The OpenAI-compatible server on Node. API keys also come from KLE_API_KEYS (comma-separated);
 // --accept-handoff takes states signed with a key of KLE_HANDOFF_KEYS (comma-separated, at most 2);
 // GPU_NODES (JSON list of nodes) and EDGE_MAX_TOKENS put the edge-to-GPU router in front.
@@ -26,6 +26,9 @@ export async function serveCmd(argv: string[]): Promise<number> {
       'debug-token-delay-ms': { type: 'string' },
       'accept-handoff': { type: 'boolean', default: false },
       'max-body-bytes': { type: 'string' },
+      // the MLA cache bound of requests without kv_budget (docs/kv-budget.md), and the largest allowed
+      'kv-budget': { type: 'string' },
+      'max-kv-budget': { type: 'string' },
     },
   });
   const keys = [...(values['api-key'] ?? []), ...(process.env.KLE_API_KEYS ?? '').split(',').map((s) => s.trim()).filter(Boolean)];
@@ -45,7 +48,7 @@ export async function serveCmd(argv: string[]): Promise<number> {
     handoffKeys: handoffKeysFrom(process.env.KLE_HANDOFF_KEYS),
     // GPU_NODES (JSON) and EDGE_MAX_TOKENS in the environment put the router in front
     ...(process.env.GPU_NODES ? { router: routerConfigFromEnv(process.env) } : {}),
-    limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']), maxBodyBytes: n(values['max-body-bytes']) },
+    limits: { maxConcurrent: n(values['max-concurrent']), maxPromptTokens: n(values['max-prompt-tokens']), maxBodyBytes: n(values['max-body-bytes']), defaultKvBudget: n(values['kv-budget']), maxKvBudget: n(values['max-kv-budget']) },
   });
   bar.done('model loaded');
   // the first line on stdout is the URL, for scripts and tests that start a server on port 0

@@ -5,6 +5,7 @@
 import { yieldToEventLoop } from '../util/yield.js';
 import { partsTotal, type EngineSession } from '../engine/engine.js';
 import { StreamDecoder, type ChatMessage, type Tokenizer } from '../tokenizer/tokenizer.js';
+import { kvBudgetOf, pinnableTokens, type KvBudget, type KvBudgetOptions } from './kv-budget.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
 
 /** What a session needs of its model (Model, src/model/model.ts, is one). */
@@ -12,10 +13,21 @@ export interface SessionHost {
   readonly tokenizer: Tokenizer | null;
   /** token ids that end generation */
   readonly eosTokenIds: readonly number[];
-  createSession(): Session;
+  createSession(opts?: SessionOptions): Session;
+}
+
+/** How a new session is set up. */
+export interface SessionOptions {
+  /** bound the MLA caches (docs/kv-budget.md): a number of tokens, or the full settings */
+  kvBudget?: number | KvBudgetOptions;
 }
 
 export interface GenerateOptions extends SamplingOptions {
+  /**
+   * bound the MLA caches from this call on (a session without one gets it; one with another
+   * budget must hold no more rows than the new one)
+   */
+  kvBudget?: number | KvBudgetOptions;
   /** most tokens to generate (default 256) */
   maxTokens?: number;
   /** strings that end generation; they are not part of the text returned */
@@ -51,12 +63,44 @@ function historyLength(blob: Uint8Array): number {
 export class Session {
   /** every token this session has seen, for the repetition penalty and for save() */
   private history: number[] = [];
+  /** prompt tokens pinned by keepPrompt so far */
+  private pinned = 0;
+
+  /** the MLA cache bound this session applies (null: none) */
+  private budget: KvBudget | null = null;
 
   /** @internal use model.createSession() or Session.restore() */
   constructor(
     readonly model: SessionHost,
     private readonly engine: EngineSession,
-  ) {}
+    opts: SessionOptions = {},
+  ) {
+    if (opts.kvBudget !== undefined) this.setKvBudget(opts.kvBudget);
+  }
+
+  /**
+   * Bounds every MLA layer's cache (docs/kv-budget.md): a number of tokens, or the full
+   * settings. Throws a RangeError for bad settings or when the caches already hold more rows.
+   * @example
+   * const s = model.createSession({ kvBudget: { kvBudget: 2048, keepPrompt: true } });
+   */
+  setKvBudget(opts: number | KvBudgetOptions): void {
+    const k = kvBudgetOf(typeof opts === 'number' ? { kvBudget: opts } : opts);
+    const held = this.engine.kvLength;
+    if (held > k.kvBudget) throw new RangeError(`kvBudget ${k.kvBudget} is below the ${held} rows the session's MLA caches already hold`);
+    this.engine.setKvBudget(k.kvBudget, k.sink, k.window, k.decay);
+    this.budget = k;
+  }
+
+  /** The MLA cache bound in force (null: none); a restored session's comes from its blob, keepPrompt off. */
+  get kvBudget(): KvBudget | null {
+    return this.budget;
+  }
+
+  /** Rows each MLA layer's cache holds now (its memory: rows x (kv_lora_rank + rope) floats). */
+  get kvLength(): number {
+    return this.engine.kvLength;
+  }
 
   /** Tokens seen so far. */
   get length(): number {
@@ -68,9 +112,25 @@ export class Session {
     return [...this.history];
   }
 
-  /** Runs prompt tokens through the model (chunked prefill); returns the last token's logits. */
+  /**
+   * Runs prompt tokens through the model (chunked prefill); returns the last token's logits.
+   * With a budget that keeps the prompt, these tokens are pinned.
+   */
   prefill(tokens: readonly number[]): Float32Array {
-    const l = this.engine.forward(tokens);
+    const pin = this.budget?.keepPrompt === true;
+    if (pin) {
+      const room = pinnableTokens(this.budget!);
+      const pinned = this.pinned + tokens.length;
+      if (pinned > room) throw new RangeError(`keepPrompt: ${pinned} prompt tokens do not fit kvBudget ${this.budget!.kvBudget} less sink ${this.budget!.sink} and window ${this.budget!.window} (${room})`);
+      this.engine.pin(true);
+    }
+    let l: Float32Array;
+    try {
+      l = this.engine.forward(tokens);
+    } finally {
+      if (pin) this.engine.pin(false);
+    }
+    if (pin) this.pinned += tokens.length;
     // one by one: push(...tokens) passes every token as an argument and overflows the stack
     // past ~120K tokens (a 128K-token prompt on a GPU node)
     for (const t of tokens) this.history.push(t);
@@ -99,6 +159,7 @@ export class Session {
    */
   async *generate(prompt: string | readonly ChatMessage[] | readonly number[], opts: GenerateOptions = {}): AsyncGenerator<GenerateEvent> {
     validateSampling(opts);
+    if (opts.kvBudget !== undefined) this.setKvBudget(opts.kvBudget);
     const maxTokens = opts.maxTokens ?? 256;
     if (!(Number.isInteger(maxTokens) && maxTokens >= 0)) throw new RangeError(`maxTokens must be a non-negative integer, got ${maxTokens}`);
     const tok = this.model.tokenizer;
@@ -252,6 +313,9 @@ export class Session {
     }
     const dv = new DataView(history.buffer, history.byteOffset, history.byteLength);
     for (let i = 0; i < n; i++) s.history.push(dv.getInt32(4 * i, true));
+    // the engine's blob carries the bound's settings; keepPrompt is the host's and starts off
+    const k = s.engine.kvSettings();
+    s.budget = k.kvBudget ? { ...k, keepPrompt: false } : null;
     return s;
   }
 

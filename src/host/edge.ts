@@ -31,7 +31,7 @@ export function createEdge(o: EdgeOptions): Edge {
   const prefixCache = o.prefixCache === undefined ? new PrefixCache() : o.prefixCache;
   const app = createApp({ ...o, model: getModel, load, prefixCache, apiKeys: o.router ? [] : o.apiKeys });
   if (!o.router) return { app, pool: null };
-  const maxBodyBytes = resolveLimits(o.limits).maxBodyBytes;
-  const router = createRouter({ config: o.router, local: { app, model: getModel, load, prefixCache, maxBodyBytes }, apiKeys: o.apiKeys });
+  const { maxBodyBytes, maxPromptTokens } = resolveLimits(o.limits);
+  const router = createRouter({ config: o.router, local: { app, model: getModel, load, prefixCache, maxBodyBytes, maxPromptTokens }, apiKeys: o.apiKeys });
   return { app: router, pool: router.pool };
 }

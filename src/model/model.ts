@@ -3,7 +3,7 @@ import type { KernelBackend } from '../engine/backend.js';
 import type { EngineModel } from '../engine/engine.js';
 import type { KimiConfig } from '../engine/config.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
-import { Session } from '../generate/session.js';
+import { Session, type SessionOptions } from '../generate/session.js';
 
 export class Model {
   /** token ids that end generation: the config's eos ids and the tokenizer's eos token */
@@ -34,8 +34,19 @@ export class Model {
     return this.engine.bytes();
   }
 
-  createSession(): Session {
-    return new Session(this, this.engine.createSession());
+  /**
+   * A new conversation. `kvBudget` bounds its MLA caches (docs/kv-budget.md).
+   * @example
+   * const s = model.createSession({ kvBudget: 1024 });
+   */
+  createSession(opts: SessionOptions = {}): Session {
+    const e = this.engine.createSession();
+    try {
+      return new Session(this, e, opts);
+    } catch (err) {
+      e.free();
+      throw err;
+    }
   }
 
   free(): void {

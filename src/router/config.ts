@@ -29,6 +29,18 @@ export interface RouterConfig {
    * first token near one second, and the MLA latent cache stays a few MB.
    */
   readonly edgeMaxTokens: number;
+  /**
+   * A conversation past edgeMaxTokens may still run at the edge when its MLA caches are bounded
+   * (docs/kv-budget.md): decode then costs what edgeMaxTokens' would, whatever the length. The
+   * bound is the request's kv_budget, or this (EDGE_KV_BUDGET; 0: only requests that give one);
+   * either must be at most edgeMaxTokens.
+   */
+  readonly edgeKvBudget: number;
+  /**
+   * Longest prompt + max_tokens run at the edge under a bound (EDGE_BUDGETED_MAX_TOKENS, default
+   * 4 x edgeMaxTokens): a bound caps decode's cost, not the prefill's, which grows with the prompt.
+   */
+  readonly edgeBudgetedMaxTokens: number;
   /** ms to wait for an upstream's response headers before trying another node */
   readonly firstByteTimeoutMs: number;
   /** consecutive failures that open a node's circuit breaker, and for how long */
@@ -57,7 +69,7 @@ export class RouterConfigError extends Error {
 
 /**
  * Reads GPU_NODES (a JSON list of {name, url, token?, maxContext, weight?, model?, handoff?}) and
- * the optional EDGE_MAX_TOKENS, FIRST_BYTE_TIMEOUT_MS, BREAKER_FAILURES, BREAKER_OPEN_MS,
+ * the optional EDGE_MAX_TOKENS, EDGE_KV_BUDGET, EDGE_BUDGETED_MAX_TOKENS, FIRST_BYTE_TIMEOUT_MS, BREAKER_FAILURES, BREAKER_OPEN_MS,
  * HEALTH_INTERVAL_MS, HANDOFF_KEY. Tokens may also come as GPU_NODE_TOKEN_<NAME> (secrets).
  */
 export function routerConfigFromEnv(env: Readonly<Record<string, string | undefined>>): RouterConfig {
@@ -107,9 +119,14 @@ export function routerConfigFromEnv(env: Readonly<Record<string, string | undefi
   // timers take at most 2^31 - 1 ms (about 24.8 days): a larger delay fires at once, which
   // would make every forward time out
   const ms = (k: string, d: number) => num(k, d, MAX_TIMER_MS);
+  const edgeMaxTokens = num('EDGE_MAX_TOKENS', DEFAULT_EDGE_MAX_TOKENS);
+  const edgeKvBudget = env.EDGE_KV_BUDGET === '0' ? 0 : num('EDGE_KV_BUDGET', 0, edgeMaxTokens);
+  if (!Number.isInteger(edgeKvBudget)) throw new RouterConfigError('EDGE_KV_BUDGET must be an integer');
   return {
     nodes,
-    edgeMaxTokens: num('EDGE_MAX_TOKENS', DEFAULT_EDGE_MAX_TOKENS),
+    edgeMaxTokens,
+    edgeKvBudget,
+    edgeBudgetedMaxTokens: num('EDGE_BUDGETED_MAX_TOKENS', 4 * edgeMaxTokens),
     firstByteTimeoutMs: ms('FIRST_BYTE_TIMEOUT_MS', 10_000),
     breakerFailures: num('BREAKER_FAILURES', 3),
     breakerOpenMs: ms('BREAKER_OPEN_MS', 15_000),

@@ -6,7 +6,17 @@
 import { buildPrompt, parseRequest } from '../server/prompt.js';
 import type { Tokenizer } from '../tokenizer/tokenizer.js';
 
-export type RouteReason = 'fits-edge' | 'exceeds-edge-budget' | 'edge-saturated' | 'no-node-fits';
+export type RouteReason = 'fits-edge' | 'exceeds-edge-budget' | 'edge-saturated' | 'no-node-fits' | 'kv-budget-bounds-edge';
+
+/**
+ * The MLA cache bound under which a job past the edge's token budget still runs at the edge
+ * (docs/kv-budget.md), or 0: the request's kv_budget, else the router's default, if it is at most
+ * what the edge decodes anyway (edgeMaxTokens) and the job fits edgeBudgetedMaxTokens.
+ */
+export function edgeBound(cfg: { edgeMaxTokens: number; edgeKvBudget: number; edgeBudgetedMaxTokens: number }, requested: unknown, need: number): number {
+  const b = typeof requested === 'number' && Number.isInteger(requested) && requested > 0 ? requested : cfg.edgeKvBudget;
+  return b > 0 && b <= cfg.edgeMaxTokens && need <= cfg.edgeBudgetedMaxTokens ? b : 0;
+}
 
 export interface JobEstimate {
   promptTokens: number;

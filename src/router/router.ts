@@ -14,7 +14,7 @@ import { limitBody, requireBearer } from '../server/middleware.js';
 import { buildPromptAsync, endpointOf, maxPromptTokens, minPromptTokens, parseRequest, PREPARED, type PreparedRequest } from '../server/prompt.js';
 import type { NodeConfig, RouterConfig } from './config.js';
 import { NodePool, stallTolerantTimeout } from './pool.js';
-import { sessionBytes, type RouteReason } from './policy.js';
+import { edgeBound, sessionBytes, type RouteReason } from './policy.js';
 import type { PrefixCache } from '../server/prefix-cache.js';
 import { toBase64 } from '../util/base64.js';
 import { signHandoff } from '../server/handoff-auth.js';
@@ -22,7 +22,7 @@ import { signHandoff } from '../server/handoff-auth.js';
 export interface RouterOptions {
   config: RouterConfig;
   /** the edge: its app, its model (for the tokenizer and the config) and its load */
-  local: { app: Hono; model: () => Promise<Model>; load: LoadTracker; maxBodyBytes?: number; prefixCache?: PrefixCache | null };
+  local: { app: Hono; model: () => Promise<Model>; load: LoadTracker; maxBodyBytes?: number; prefixCache?: PrefixCache | null; maxPromptTokens?: number };
   apiKeys?: readonly string[];
   fetchImpl?: typeof fetch;
   /** a pool to share (tests); otherwise one is made from config */
@@ -107,7 +107,9 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     // upper bound (a token is at least one byte), without tokenizing: the node will; unless a
     // saved state might be handed off with it, whose lookup needs the ids
     const handoffPossible = cfg.nodes.some((n) => n.handoff) && (opts.local.prefixCache?.size ?? 0) > 0;
-    if (model.tokenizer && lower + extra > cfg.edgeMaxTokens && !handoffPossible) {
+    // a job a bound may keep at the edge is counted first
+    const boundPossible = edgeBound(cfg, body.kv_budget, lower + extra) > 0;
+    if (model.tokenizer && lower + extra > cfg.edgeMaxTokens && !handoffPossible && !boundPossible) {
       let upper = Infinity;
       try {
         upper = maxPromptTokens(model.tokenizer, parsed.request) + extra;
@@ -129,6 +131,17 @@ export function createRouter(opts: RouterOptions): Hono & { pool: NodePool } {
     const need = prompt + extra;
     void pool.checkHealth();
     const edgeOk = need <= cfg.edgeMaxTokens;
+    // (the edge's own prompt limit still holds: it bounds the prefill, which a bound does not)
+    const bound = edgeOk || prompt > (opts.local.maxPromptTokens ?? Infinity) ? 0 : edgeBound(cfg, body.kv_budget, need);
+    if (bound && !opts.local.load.saturated) {
+      // past the edge's budget, but its MLA caches bounded: decode costs what a short job's would
+      const b = { ...(json as Record<string, unknown>), kv_budget: bound };
+      const boundPrepared: PreparedRequest = { ...prepared, request: { ...prepared.request, body: { ...prepared.request.body, kv_budget: bound } } as PreparedRequest['request'] };
+      const res = await toEdge(c, JSON.stringify(b), 'kv-budget-bounds-edge', boundPrepared);
+      if (res.status !== 429 || !pool.canAnyTake(need)) return res;
+      await res.body?.cancel();
+      return forward(c, body, need, 'edge-saturated', sessionBytes(model.config, need), ids);
+    }
     if (edgeOk && !opts.local.load.saturated) {
       const res = await toEdge(c, text, 'fits-edge', prepared);
       // the edge's own concurrency check is the authority: a job it turned away (before doing

@@ -13,6 +13,7 @@ import { verifyHandoff } from './handoff-auth.js';
 import type { Metrics } from './metrics.js';
 import type { PrefixCache } from './prefix-cache.js';
 import { promptParam, type OpenAIRequest } from './prompt.js';
+import { kvBudgetOf, pinnableTokens, type KvBudget } from '../generate/kv-budget.js';
 
 export interface Limits {
   /** prompt tokens one request may send */
@@ -25,9 +26,22 @@ export interface Limits {
   maxBodyBytes: number;
   /** generations running at once (more get 429) */
   maxConcurrent: number;
+  /** the MLA cache bound of a request that gives no kv_budget (0: none) */
+  defaultKvBudget: number;
+  /** largest kv_budget a request may ask for */
+  maxKvBudget: number;
 }
 
-export const DEFAULT_LIMITS: Limits = { maxPromptTokens: 8192, maxTokens: 2048, defaultMaxTokens: 256, maxBodyBytes: 1 << 20, maxConcurrent: 8 };
+export const DEFAULT_LIMITS: Limits = {
+  maxPromptTokens: 8192, maxTokens: 2048, defaultMaxTokens: 256, maxBodyBytes: 1 << 20, maxConcurrent: 8,
+  defaultKvBudget: 0, maxKvBudget: 1 << 20,
+};
+
+/** The MLA cache bound a request runs with (null: none): its kv_budget, else the server's default. */
+export function kvBudgetFor(d: GenerationDeps, r: OpenAIRequest): KvBudget | null {
+  const b = r.body.kv_budget ?? (d.limits.defaultKvBudget || null);
+  return b === null ? null : kvBudgetOf({ kvBudget: b, keepPrompt: r.body.kv_keep_prompt ?? false });
+}
 
 /** Generations running in an app, and its limit. */
 export class LoadTracker {
@@ -60,6 +74,9 @@ export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: numbe
   if (req.model !== d.modelId) return errorResponse(404, `model '${req.model}' does not exist here (this server serves '${d.modelId}')`, 'invalid_request_error', 'model', 'model_not_found');
   const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? d.limits.defaultMaxTokens;
   if (maxTokens > d.limits.maxTokens) return errorResponse(400, `max_tokens ${maxTokens} exceeds this server's limit of ${d.limits.maxTokens}`, 'invalid_request_error', 'max_tokens', 'max_tokens_exceeded');
+  if (req.kv_budget != null && req.kv_budget > d.limits.maxKvBudget) return errorResponse(400, `kv_budget ${req.kv_budget} exceeds this server's limit of ${d.limits.maxKvBudget}`, 'invalid_request_error', 'kv_budget', 'invalid_value');
+  const kv = kvBudgetFor(d, r);
+  if (req.kv_keep_prompt && !kv) return errorResponse(400, 'kv_keep_prompt needs a kv_budget (this server has no default one)', 'invalid_request_error', 'kv_keep_prompt', 'invalid_value');
   if (promptTokens === null || !model) return null;
   const V = model.config.vocabSize;
   const badBias = Object.keys(req.logit_bias ?? {}).find((k) => Number(k) >= V);
@@ -68,6 +85,7 @@ export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: numbe
   const promptLimit = Math.min(d.limits.maxPromptTokens, ctx);
   if (promptTokens > promptLimit) return errorResponse(400, `the prompt has ${promptTokens} tokens; this server takes at most ${promptLimit}`, 'invalid_request_error', promptParam(r), 'context_length_exceeded');
   if (promptTokens + maxTokens > ctx) return errorResponse(400, `prompt (${promptTokens}) + max_tokens (${maxTokens}) exceeds the model's context of ${ctx}`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
+  if (kv?.keepPrompt && promptTokens > pinnableTokens(kv)) return errorResponse(400, `kv_keep_prompt: the prompt's ${promptTokens} tokens do not fit kv_budget ${kv.kvBudget} less its ${kv.sink} sink and ${kv.window} recent tokens (${pinnableTokens(kv)})`, 'invalid_request_error', 'kv_budget', 'invalid_value');
   if (d.load.active >= d.limits.maxConcurrent) return errorResponse(429, `${d.load.active} generations are running, the limit is ${d.limits.maxConcurrent}: retry shortly`, 'rate_limit_error', null, 'concurrency_limit', { 'retry-after': '1' });
   return null;
 }
@@ -91,17 +109,29 @@ export async function handoffOf(d: GenerationDeps, r: OpenAIRequest): Promise<Ui
   return blob;
 }
 
-/** A session whose state holds the prompt: resumed from a handed-off state or a cached prefix where one fits, the rest prefilled. */
-function openSession(d: GenerationDeps, model: Model, handoff: Uint8Array | null, prompt: number[]): { session: SessionType; reused: number; source: string } {
+/** true when a restored session runs under the bound a request asks for (none with none) */
+function sameBound(s: SessionType, kv: KvBudget | null): boolean {
+  const b = s.kvBudget;
+  if (!b || !kv) return !b && !kv;
+  return b.kvBudget === kv.kvBudget && b.sink === kv.sink && b.window === kv.window && Math.fround(b.decay) === Math.fround(kv.decay);
+}
+
+/**
+ * A session whose state holds the prompt: resumed from a handed-off state or a cached prefix where
+ * one fits, the rest prefilled. A bounded session (kv) resumes only a hand-off made under the same
+ * bound, and skips the prefix cache, whose states are of unbounded sessions.
+ */
+function openSession(d: GenerationDeps, model: Model, handoff: Uint8Array | null, prompt: number[], kv: KvBudget | null): { session: SessionType; reused: number; source: string } {
   if (handoff) {
     try {
       const s = Session.restore(model, handoff);
-      if (s.length <= prompt.length && s.tokens.every((t, i) => t === prompt[i])) return prefilled(s, prompt, s.length, 'handoff');
+      if (s.length <= prompt.length && s.tokens.every((t, i) => t === prompt[i]) && sameBound(s, kv) && !kv?.keepPrompt) return prefilled(s, prompt, s.length, 'handoff');
       s.free();
     } catch {
       // another model's state, or a damaged one: prefill from scratch
     }
   }
+  if (kv) return prefilled(model.createSession({ kvBudget: kv }), prompt, 0, 'none');
   const hit = d.cache?.longestPrefix(prompt);
   if (hit) {
     try {
@@ -149,16 +179,17 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
   load.active++;
   metrics.activeSessions = load.active;
   let opened: ReturnType<typeof openSession>;
+  const kv = kvBudgetFor(d, r);
   try {
-    opened = openSession(d, model, handoff, prompt);
+    opened = openSession(d, model, handoff, prompt, kv);
   } catch (e) {
     load.active--;
     metrics.activeSessions = load.active;
     return errorResponse(500, `prefill failed: ${(e as Error).message}`, 'server_error');
   }
   const { session } = opened;
-  d.cache?.put(prompt, session.save());
-  const resumeHeaders = { 'x-kle-prefix-reused': String(opened.reused), 'x-kle-prefix-source': opened.source };
+  if (!kv) d.cache?.put(prompt, session.save());
+  const resumeHeaders: Record<string, string> = { 'x-kle-prefix-reused': String(opened.reused), 'x-kle-prefix-source': opened.source, ...(kv ? { 'x-kle-kv-budget': String(kv.kvBudget) } : {}) };
   let tFirst = 0;
   let finished = false;
   // runs once: from the end of generation, or from a client disconnect (in workerd a

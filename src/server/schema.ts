@@ -35,6 +35,12 @@ const common = {
    */
   kle_prompt_ids: z.array(z.number().int().min(0)).optional(),
   kle_tokenizer: z.string().max(64).optional(),
+  /**
+   * this server's extension: bound each MLA layer's cache to this many tokens (docs/kv-budget.md);
+   * at most the server's maxKvBudget. kv_keep_prompt keeps every prompt token.
+   */
+  kv_budget: z.number().int().min(1).optional().nullable(),
+  kv_keep_prompt: z.boolean().optional().nullable(),
 };
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

@@ -65,6 +65,37 @@ async function outcome(r: Response): Promise<'complete' | 'failed'> {
 }
 
 describe('router: edge or GPU', () => {
+  it('a long job whose MLA caches a budget bounds stays at the edge, and says so', async () => {
+    const nodes = JSON.stringify([{ name: 'fast', url: fast.url, maxContext: 4096, weight: 1 }]);
+    const mk = (env: Record<string, string>) => routerConfigFromEnv({ GPU_NODES: nodes, GPU_NODE_TOKEN_FAST: NODE_TOKEN, EDGE_MAX_TOKENS: '64', ...env });
+    const edgeModel = await loadModelFromDirectory();
+    const edge = createApp({ model: edgeModel, modelId: 'kimi-linear-default', load: new LoadTracker(), limits: { maxConcurrent: 4 } });
+    const local = { app: edge, model: async () => edgeModel, load: new LoadTracker() };
+    const send = (r: ReturnType<typeof createRouter>, extra: Record<string, unknown> = {}) =>
+      r.request('/v1/chat/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'kimi-linear-default', messages: [{ role: 'user', content: long }], max_tokens: 16, temperature: 0, ...extra }) });
+    // the router's default bound
+    const byDefault = createRouter({ config: mk({ EDGE_KV_BUDGET: '48' }), local });
+    const a = await send(byDefault);
+    expect(a.headers.get('x-kle-route')).toBe('edge');
+    expect(a.headers.get('x-kle-route-reason')).toBe('kv-budget-bounds-edge');
+    expect(a.headers.get('x-kle-kv-budget')).toBe('48');
+    expect(await outcome(a)).toBe('complete');
+    // a request's own bound, without a router default; one past the edge's budget does not count
+    const perRequest = createRouter({ config: mk({}), local });
+    const b = await send(perRequest, { kv_budget: 32 });
+    expect(`${b.headers.get('x-kle-route')}/${b.headers.get('x-kle-route-reason')}/${b.headers.get('x-kle-kv-budget')}`).toBe('edge/kv-budget-bounds-edge/32');
+    expect(await outcome(b)).toBe('complete');
+    const c = await send(perRequest, { kv_budget: 500 });
+    expect(`${c.headers.get('x-kle-route')}/${c.headers.get('x-kle-route-reason')}`).toBe('gpu:fast/exceeds-edge-budget');
+    expect(await outcome(c)).toBe('complete');
+    // a job longer than the bounded edge takes still goes to a node
+    const short = createRouter({ config: mk({ EDGE_KV_BUDGET: '48', EDGE_BUDGETED_MAX_TOKENS: '70' }), local });
+    const d = await send(short);
+    expect(d.headers.get('x-kle-route-reason')).toBe('exceeds-edge-budget');
+    expect(await outcome(d)).toBe('complete');
+    expect(() => mk({ EDGE_KV_BUDGET: '65' })).toThrow(/EDGE_KV_BUDGET must be a positive number up to 64/);
+  });
+
   it('a short job stays at the edge; a long one goes to a GPU node, retried past the broken one', async () => {
     const r1 = await req('Hi');
     expect(r1.headers.get('x-kle-route')).toBe('edge');

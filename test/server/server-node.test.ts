@@ -14,7 +14,7 @@ const post = (path: string, body: unknown, headers: Record<string, string> = aut
 const chat = (extra: Record<string, unknown> = {}) => ({ model: 'kimi-linear-default', messages: [{ role: 'user', content: 'Hello there!' }], max_tokens: 12, temperature: 0, ...extra });
 
 beforeAll(async () => {
-  ({ url, close } = await startNodeServer({ port: 0, backend: 'wasm', apiKeys: [KEY], limits: { maxPromptTokens: 300, maxTokens: 64, maxConcurrent: 2, maxBodyBytes: 4096 } }));
+  ({ url, close } = await startNodeServer({ port: 0, backend: 'wasm', apiKeys: [KEY], limits: { maxPromptTokens: 300, maxTokens: 64, maxConcurrent: 2, maxBodyBytes: 4096, maxKvBudget: 1000 } }));
 });
 afterAll(() => close());
 
@@ -58,6 +58,28 @@ describe('OpenAI-compatible server on Node', () => {
     expect(['stop', 'length']).toContain(fin.choices[0]!.finish_reason);
     const plain = (await (await post('/v1/chat/completions', chat())).json()) as { choices: { message: { content: string } }[] };
     expect(sseText(ev)).toBe(plain.choices[0]!.message.content);
+  });
+
+  it('kv_budget bounds the MLA cache: the same text while it holds the context, a header, clear 400s for bad budgets', async () => {
+    const ask = (extra: Record<string, unknown>) => post('/v1/completions', { model: 'kimi-linear-default', prompt: 'The jury said that the city', max_tokens: 40, temperature: 0, ...extra });
+    const free = (await (await ask({})).json()) as { choices: { text: string }[] };
+    const roomy = await ask({ kv_budget: 200 });
+    expect(roomy.headers.get('x-kle-kv-budget')).toBe('200');
+    expect(((await roomy.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(free.choices[0]!.text);
+    const tight = await ask({ kv_budget: 12, kv_keep_prompt: false, stream: true });
+    expect(tight.status).toBe(200);
+    expect((await readSse(tight)).at(-1)).toBe('[DONE]');
+    const refusals: [unknown, RegExp][] = [
+      [{ kv_budget: 0 }, /kv_budget/], [{ kv_budget: -4 }, /kv_budget/], [{ kv_budget: 2.5 }, /kv_budget/], [{ kv_budget: '64' }, /kv_budget/],
+      [{ kv_budget: 5000 }, /kv_budget 5000 exceeds this server's limit of 1000/],
+      [{ kv_budget: 8, kv_keep_prompt: true }, /kv_keep_prompt: the prompt's \d+ tokens do not fit kv_budget 8/],
+      [{ kv_keep_prompt: true }, /kv_keep_prompt needs a kv_budget/],
+    ];
+    for (const [extra, msg] of refusals) {
+      const r = await ask(extra as Record<string, unknown>);
+      expect(r.status, JSON.stringify(extra)).toBe(400);
+      expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(msg);
+    }
   });
 
   it('sampling extensions: logit_bias pins a token, min_p and the OpenAI penalties are taken, a bias outside the vocabulary is refused', async () => {

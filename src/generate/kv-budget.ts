@@ -1,0 +1,53 @@
+/**
+ * The bounded MLA cache's settings (docs/kv-budget.md): what a session, a generate() call and a
+ * request's `kv_budget` give, checked and completed with the defaults the engine then applies.
+ */
+import { MAX_SESSION_TOKENS } from '../engine/engine.js';
+
+/** How a session bounds its MLA caches. Only `kvBudget` is required. */
+export interface KvBudgetOptions {
+  /** most rows each MLA layer's cache keeps (tokens); KDA layers are not affected */
+  kvBudget: number;
+  /** first tokens always kept, the attention sinks (default {@link KV_DEFAULTS}.sink, at most budget / 4) */
+  sink?: number;
+  /** most recent tokens always kept (default budget / 4) */
+  window?: number;
+  /** per-query decay of a row's attention score, in [0, 1] (default {@link KV_DEFAULTS}.decay) */
+  decay?: number;
+  /** keep every prompt token (the prompt must then fit the budget less sink and window); default false */
+  keepPrompt?: boolean;
+}
+
+/** The settings with every default filled in. */
+export type KvBudget = Required<KvBudgetOptions>;
+
+/**
+ * Defaults, chosen on the trained default model's held-out documents (bench:kv-quality): four
+ * sink tokens (StreamingLLM's), a recent window of a quarter of the budget, and scores that
+ * halve in about 14 queries.
+ */
+export const KV_DEFAULTS = { sink: 4, windowFraction: 0.25, decay: 0.95 } as const;
+
+function nonNegInt(name: string, v: unknown): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) throw new RangeError(`${name} must be a non-negative integer, got ${String(v)}`);
+  return v;
+}
+
+/** Checks the options and fills in the defaults; throws a RangeError that names the setting at fault. */
+export function kvBudgetOf(o: KvBudgetOptions): KvBudget {
+  const b = o.kvBudget;
+  if (typeof b !== 'number' || !Number.isInteger(b) || b < 1 || b > MAX_SESSION_TOKENS) throw new RangeError(`kvBudget must be an integer from 1 to ${MAX_SESSION_TOKENS}, got ${String(b)}`);
+  const sink = o.sink === undefined ? Math.min(KV_DEFAULTS.sink, Math.floor(b / 4)) : nonNegInt('sink', o.sink);
+  const window = o.window === undefined ? Math.floor(b * KV_DEFAULTS.windowFraction) : nonNegInt('window', o.window);
+  if (sink + window >= b) throw new RangeError(`kvBudget ${b} must exceed sink (${sink}) + window (${window})`);
+  const decay = o.decay ?? KV_DEFAULTS.decay;
+  if (typeof decay !== 'number' || !(decay >= 0 && decay <= 1)) throw new RangeError(`decay must be a number in [0, 1], got ${String(decay)}`);
+  const keepPrompt = o.keepPrompt ?? false;
+  if (typeof keepPrompt !== 'boolean') throw new RangeError(`keepPrompt must be a boolean, got ${String(keepPrompt)}`);
+  return { kvBudget: b, sink, window, decay, keepPrompt };
+}
+
+/** Prompt tokens a budget can pin (keepPrompt): what is left after the sink and the window. */
+export function pinnableTokens(k: KvBudget): number {
+  return k.kvBudget - k.sink - k.window;
+}
