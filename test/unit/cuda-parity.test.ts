@@ -113,6 +113,29 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
         g2.free();
       });
 
+      // one CPU batch (64) of prompt, then decode steps: rows drop at the same points on both
+      it('a bounded MLA cache (docs/kv-budget.md): the same rows kept, blobs both ways', () => {
+        const p = tokens(48, V, 6), d = tokens(80, V, 7);
+        const sc = cpu.createSession(), sg = gpu.createSession();
+        for (const s of [sc, sg]) s.setKvBudget(32, 2, 6, 0.9);
+        expectClose(`${name}: budget 32, prefill 48`, sg.forward(p, true), sc.forward(p, true), V);
+        expectClose(`${name}: budget 32, then 80 decode steps`, decodeAll(sg, d, V), decodeAll(sc, d, V), V);
+        expect([sg.kvLength, sc.kvLength]).toEqual([32, 32]);
+        const toGpu = gpu.createSession(), toCpu = cpu.createSession();
+        toGpu.load(sc.save());
+        toCpu.load(sg.save());
+        const nxt = tokens(12, V, 8);
+        const onCpu = decodeAll(sc, nxt, V), onGpu = decodeAll(sg, nxt, V);
+        expectClose(`${name}: bounded CPU blob -> GPU, 12 tokens`, decodeAll(toGpu, nxt, V), onCpu, V);
+        expectClose(`${name}: bounded GPU blob -> CPU, 12 tokens`, decodeAll(toCpu, nxt, V), onGpu, V);
+        // a budget that holds the context changes nothing (the scored kernel on the GPU)
+        const free = gpu.createSession(), roomy = gpu.createSession();
+        roomy.setKvBudget(4096, 4, 64, 0.95);
+        const q = tokens(prompt, V, 9);
+        expectClose(`${name}: GPU budget above the context vs none`, roomy.forward(q, true), free.forward(q, true), V);
+        for (const s of [sc, sg, toGpu, toCpu, free, roomy]) s.free();
+      });
+
       it('state blobs move CPU -> GPU -> CPU, whole and in parts', () => {
         const sc = cpu.createSession(), sg = gpu.createSession();
         const p = tokens(prompt, V, 3);
