@@ -13,7 +13,7 @@ int main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const int len = cases[i][0], budget = cases[i][1], pinned = cases[i][2];
     kle_session *s = kle_session_create(m);
-    if (budget && kle_session_set_kv_budget(s, budget, 1, 2, 0.9f) != KLE_OK) return 1;
+    if (budget && kle_session_set_kv_budget(s, budget, 1, 2, 0.9f, pinned ? KLE_KV_RECENT : KLE_KV_ATTENTION) != KLE_OK) return 1;
     int32_t toks[70];
     for (int t = 0; t < len; t++) toks[t] = (t * 7 + 3) % TINY_VOCAB;
     if (pinned && (kle_session_pin(s, 1) || kle_session_forward(s, toks, pinned, NULL, 0) || kle_session_pin(s, 0))) return 1;

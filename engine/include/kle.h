@@ -300,10 +300,14 @@ int kle_session_pos(kle_session *s);
  * per query), the oldest first on ties. During a batch a cache holds up to budget +
  * KLE_PREFILL_BATCH rows (the backend's batch). KDA layers are unaffected.
  * budget 0 removes the bound, allowed only while no row was ever dropped. KLE_EINVAL when
- * budget <= sink + window, decay is outside [0, 1], or the cache already holds more than budget.
+ * budget <= sink + window, decay is outside [0, 1], policy is unknown, or the cache already
+ * holds more than budget. KLE_KV_RECENT drops the oldest rows past the sink instead (no scores:
+ * StreamingLLM's policy, the baseline the attention scores are measured against).
  */
-int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, float decay);
-/* The bound in force: out [budget (0: none), sink, window], decay [1]. */
+#define KLE_KV_ATTENTION 0
+#define KLE_KV_RECENT 1
+int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, float decay, int policy);
+/* The bound in force: out [budget (0: none), sink, window, policy], decay [1]. */
 int kle_session_kv_settings(kle_session *s, int32_t *out, float *decay);
 /*
  * Tokens forwarded while pinning is on (1) are never dropped (a prompt that must stay whole).

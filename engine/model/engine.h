@@ -71,7 +71,7 @@ struct kle_session {
   /* rows each growing cache holds: pos, unless a budget dropped some (kv_budget.c) */
   int len;
   /* the bounded MLA cache: budget 0 is none; dropped: 1 once any row was dropped */
-  int budget, sink, window, pinning, dropped;
+  int budget, sink, window, pinning, dropped, policy;
   float decay;
   uint32_t **rowinfo;  /* [layers]: per cached row its position | KLE_ROW_PINNED, host memory, with a budget */
   float **score;       /* [layers]: per cached row its score, backend memory, with a budget */
@@ -102,7 +102,9 @@ int kle_kv_pinned(const kle_session *s);
 /* kv_budget.c: releases the rows' positions and scores */
 void kle_kv_free(kle_session *s);
 /* kv_budget.c: 1 when budget, sink, window and decay make a bound kle_session_set_kv_budget takes */
-int kle_kv_settings_ok(int budget, int sink, int window, float decay);
+int kle_kv_settings_ok(int budget, int sink, int window, float decay, int policy);
+/* kv_budget.c: 1 when the MLA kernels keep row scores for this session */
+int kle_kv_scored(const kle_session *s);
 /* forward.c */
 int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all);
 

@@ -4,7 +4,7 @@
  *
  * Which rows stay: the first `sink` tokens (attention sinks), the last `window` tokens, every
  * pinned token (a prompt kept whole), and, for the rest of the budget, the rows whose score is
- * highest. A row's score is the attention the queries paid to it, averaged over heads, decayed
+ * highest (KLE_KV_RECENT: the newest, every score staying 0 so that age decides). A row's score is the attention the queries paid to it, averaged over heads, decayed
  * by `decay` per query (the MLA attention kernel keeps it: kle_mla_decode_scored), so it weighs
  * recent queries most. Each layer chooses for itself: its heads look at different tokens.
  *
@@ -109,6 +109,17 @@ int kle_kv_evict(kle_session *s) {
   return rc;
 }
 
+/* the layer's scores to 0 (the recent-only policy keeps them there: moves copy zeros) */
+static int zero_scores(kle_session *s, int l) {
+  const kle_model *m = s->m;
+  const size_t n = (size_t)(s->cap > 0 ? s->cap : 1);
+  float *z = calloc(n, sizeof(float));
+  if (!z) return KLE_ENOMEM;
+  const int rc = m->b->upload(m->ctx, s->score[l], z, sizeof(float) * n);
+  free(z);
+  return rc;
+}
+
 /* rowinfo and scores for every MLA layer, sized to the caches' capacity; rows so far are tokens 0.. */
 static int kv_alloc(kle_session *s) {
   const kle_model *m = s->m;
@@ -137,12 +148,14 @@ void kle_kv_free(kle_session *s) {
   s->score = NULL;
 }
 
-int kle_kv_settings_ok(int budget, int sink, int window, float decay) {
+int kle_kv_settings_ok(int budget, int sink, int window, float decay, int policy) {
   return budget > 0 && sink >= 0 && window >= 0 && (int64_t)sink + window < budget && budget <= (1 << 30) &&
-         decay >= 0.0f && decay <= 1.0f;
+         decay >= 0.0f && decay <= 1.0f && (policy == KLE_KV_ATTENTION || policy == KLE_KV_RECENT);
 }
 
-int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, float decay) {
+int kle_kv_scored(const kle_session *s) { return s->budget && s->policy == KLE_KV_ATTENTION; }
+
+int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, float decay, int policy) {
   if (!s) return KLE_EINVAL;
   if (budget == 0) {
     if (s->dropped) return KLE_EINVAL; /* rows are no longer positions: the bound stays */
@@ -150,8 +163,13 @@ int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, 
     s->budget = 0;
     return KLE_OK;
   }
-  if (!kle_kv_settings_ok(budget, sink, window, decay) || s->len > budget) return KLE_EINVAL;
+  if (!kle_kv_settings_ok(budget, sink, window, decay, policy) || s->len > budget) return KLE_EINVAL;
   KLE_TRY(kv_alloc(s));
+  /* scores kept so far mean nothing to another policy: start them over */
+  if (policy != s->policy || !s->budget)
+    for (int l = 0; l < s->m->cfg[KLE_CFG_LAYERS]; l++)
+      if (s->score && s->score[l]) KLE_TRY(zero_scores(s, l));
+  s->policy = policy;
   s->budget = budget;
   s->sink = sink;
   s->window = window;
@@ -164,6 +182,7 @@ int kle_session_kv_settings(kle_session *s, int32_t *out, float *decay) {
   out[0] = s->budget;
   out[1] = s->sink;
   out[2] = s->window;
+  out[3] = s->policy;
   *decay = s->decay;
   return KLE_OK;
 }

@@ -202,7 +202,7 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
   if (s->budget)
     for (int t = 0; t < T; t++) s->rowinfo[l][L0 + t] = (uint32_t)(s->pos + t) | (s->pinning ? KLE_ROW_PINNED : 0u);
   KLE_TRY(b->mla_attend(cx, qlat, cache, L0, T, Hm, Dc, R, 1.0f / sqrtf((float)(nope + rope)), olat,
-                        s->budget ? s->score[l] : NULL, s->decay));
+                        kle_kv_scored(s) ? s->score[l] : NULL, s->decay));
   KLE_TRY(b->mla_up_v(cx, (const float *)kle_derived_at(m, l, 1)->data, olat, ov, T, Hm, vh, R));
   return b->matmul(cx, W_(m, KLE_T_MLA_O, l), ov, y, T);
 }

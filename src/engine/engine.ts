@@ -15,6 +15,13 @@ import { WasmBackend } from './wasm-backend.js';
 /** Most tokens a session holds (the engine's limit on a blob's position, engine/model/session.c). */
 export const MAX_SESSION_TOKENS = 2 ** 30;
 
+/**
+ * Which rows a bounded MLA cache keeps past its sink, window and pinned tokens (engine order:
+ * KLE_KV_ATTENTION, KLE_KV_RECENT): those the queries attended to most, or the newest.
+ */
+export const KV_POLICIES = ['attention', 'recent'] as const;
+export type KvPolicy = (typeof KV_POLICIES)[number];
+
 /** An engine call that failed, with the C error code. */
 export class EngineError extends Error {
   constructor(
@@ -175,16 +182,16 @@ export class EngineSession {
    * bound while no row was dropped yet. Throws when the engine refuses the settings (budget not
    * above sink + window, decay outside [0, 1], or more rows cached than the budget).
    */
-  setKvBudget(budget: number, sink: number, window: number, decay: number): void {
-    check('kle_session_set_kv_budget', call(this.model.backend, 'kle_session_set_kv_budget', [this.handle, budget, sink, window, decay]),
-      `budget ${budget}, sink ${sink}, window ${window}, decay ${decay}, ${this.kvLength} rows cached`);
+  setKvBudget(budget: number, sink: number, window: number, decay: number, policy: KvPolicy = 'attention'): void {
+    check('kle_session_set_kv_budget', call(this.model.backend, 'kle_session_set_kv_budget', [this.handle, budget, sink, window, decay, KV_POLICIES.indexOf(policy)]),
+      `budget ${budget}, sink ${sink}, window ${window}, decay ${decay}, policy ${policy}, ${this.kvLength} rows cached`);
   }
 
   /** The MLA cache bound in force (budget 0: none), as set or as a loaded blob carried it. */
-  kvSettings(): { kvBudget: number; sink: number; window: number; decay: number } {
-    const out = new Int32Array(3), decay = new Float32Array(1);
+  kvSettings(): { kvBudget: number; sink: number; window: number; decay: number; policy: KvPolicy } {
+    const out = new Int32Array(4), decay = new Float32Array(1);
     check('kle_session_kv_settings', call(this.model.backend, 'kle_session_kv_settings', [this.handle, out, decay]));
-    return { kvBudget: out[0]!, sink: out[1]!, window: out[2]!, decay: decay[0]! };
+    return { kvBudget: out[0]!, sink: out[1]!, window: out[2]!, decay: decay[0]!, policy: KV_POLICIES[out[3]!] ?? 'attention' };
   }
 
   /** Rows each MLA cache holds now (the position, without a budget). */

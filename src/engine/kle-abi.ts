@@ -55,7 +55,7 @@ export const KLE_ABI = {
   kle_session_forward: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'tokens', kind: 'in', elem: 'i32' }, { name: 'n', kind: 'i32' }, { name: 'logits', kind: 'inout', elem: 'f32' }, { name: 'all', kind: 'i32' }] },
   kle_session_logits: { ret: 'addr', params: [{ name: 's', kind: 'addr' }] },
   kle_session_pos: { ret: 'i32', params: [{ name: 's', kind: 'addr' }] },
-  kle_session_set_kv_budget: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'budget', kind: 'i32' }, { name: 'sink', kind: 'i32' }, { name: 'window', kind: 'i32' }, { name: 'decay', kind: 'f32' }] },
+  kle_session_set_kv_budget: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'budget', kind: 'i32' }, { name: 'sink', kind: 'i32' }, { name: 'window', kind: 'i32' }, { name: 'decay', kind: 'f32' }, { name: 'policy', kind: 'i32' }] },
   kle_session_kv_settings: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'out', kind: 'inout', elem: 'i32' }, { name: 'decay', kind: 'inout', elem: 'f32' }] },
   kle_session_pin: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'on', kind: 'i32' }] },
   kle_session_kv_len: { ret: 'i32', params: [{ name: 's', kind: 'addr' }] },

@@ -2,7 +2,7 @@
  * The bounded MLA cache's settings (docs/kv-budget.md): what a session, a generate() call and a
  * request's `kv_budget` give, checked and completed with the defaults the engine then applies.
  */
-import { MAX_SESSION_TOKENS } from '../engine/engine.js';
+import { KV_POLICIES, MAX_SESSION_TOKENS, type KvPolicy } from '../engine/engine.js';
 
 /** How a session bounds its MLA caches. Only `kvBudget` is required. */
 export interface KvBudgetOptions {
@@ -16,6 +16,8 @@ export interface KvBudgetOptions {
   decay?: number;
   /** keep every prompt token (the prompt must then fit the budget less sink and window); default false */
   keepPrompt?: boolean;
+  /** the rest of the budget: rows attended to most ('attention', default) or the newest ('recent') */
+  policy?: KvPolicy;
 }
 
 /** The settings with every default filled in. */
@@ -44,7 +46,9 @@ export function kvBudgetOf(o: KvBudgetOptions): KvBudget {
   if (typeof decay !== 'number' || !(decay >= 0 && decay <= 1)) throw new RangeError(`decay must be a number in [0, 1], got ${String(decay)}`);
   const keepPrompt = o.keepPrompt ?? false;
   if (typeof keepPrompt !== 'boolean') throw new RangeError(`keepPrompt must be a boolean, got ${String(keepPrompt)}`);
-  return { kvBudget: b, sink, window, decay, keepPrompt };
+  const policy = o.policy ?? 'attention';
+  if (!KV_POLICIES.includes(policy)) throw new RangeError(`policy must be one of ${KV_POLICIES.join(', ')}, got ${String(policy)}`);
+  return { kvBudget: b, sink, window, decay, keepPrompt, policy };
 }
 
 /** Prompt tokens a budget can pin (keepPrompt): what is left after the sink and the window. */

@@ -88,7 +88,7 @@ export class Session {
     const k = kvBudgetOf(typeof opts === 'number' ? { kvBudget: opts } : opts);
     const held = this.engine.kvLength;
     if (held > k.kvBudget) throw new RangeError(`kvBudget ${k.kvBudget} is below the ${held} rows the session's MLA caches already hold`);
-    this.engine.setKvBudget(k.kvBudget, k.sink, k.window, k.decay);
+    this.engine.setKvBudget(k.kvBudget, k.sink, k.window, k.decay, k.policy);
     this.budget = k;
   }
 

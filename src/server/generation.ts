@@ -113,7 +113,7 @@ export async function handoffOf(d: GenerationDeps, r: OpenAIRequest): Promise<Ui
 function sameBound(s: SessionType, kv: KvBudget | null): boolean {
   const b = s.kvBudget;
   if (!b || !kv) return !b && !kv;
-  return b.kvBudget === kv.kvBudget && b.sink === kv.sink && b.window === kv.window && Math.fround(b.decay) === Math.fround(kv.decay);
+  return b.kvBudget === kv.kvBudget && b.sink === kv.sink && b.window === kv.window && Math.fround(b.decay) === Math.fround(kv.decay) && b.policy === kv.policy;
 }
 
 /**

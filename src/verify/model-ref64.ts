@@ -61,6 +61,8 @@ export interface RefKvBudget {
   sink: number;
   window: number;
   decay: number;
+  /** 'recent': the newest rows past the sink, scores unused */
+  policy?: 'attention' | 'recent';
 }
 
 /**
@@ -190,7 +192,8 @@ function evictRef(st: LayerState, kv: RefKvBudget, seen: number): void {
   const rows = st.rows!, meta = st.meta!;
   if (rows.length <= kv.budget) return;
   const guarded = (m: RowMeta): number => (m.pos < kv.sink || m.pos >= seen - kv.window || m.pinned ? 1 : 0);
-  const order = meta.map((m, i) => i).sort((a, b) => guarded(meta[a]!) - guarded(meta[b]!) || meta[a]!.score - meta[b]!.score || meta[a]!.pos - meta[b]!.pos);
+  const score = (m: RowMeta): number => (kv.policy === 'recent' ? 0 : m.score);
+  const order = meta.map((m, i) => i).sort((a, b) => guarded(meta[a]!) - guarded(meta[b]!) || score(meta[a]!) - score(meta[b]!) || meta[a]!.pos - meta[b]!.pos);
   const drop = new Set(order.slice(0, rows.length - kv.budget));
   st.rows = rows.filter((_, i) => !drop.has(i));
   st.meta = meta.filter((_, i) => !drop.has(i));

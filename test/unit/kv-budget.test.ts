@@ -9,7 +9,7 @@ import type { EngineModel } from '../../src/engine/engine.js';
 import { layerKinds, sessionBlobBytes } from '../../src/engine/layer-kinds.js';
 import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
 import { kvBudgetOf } from '../../src/generate/kv-budget.js';
-import { modelForward64, type RefOptions } from '../../src/verify/model-ref64.js';
+import { modelForward64, type RefKvBudget, type RefOptions } from '../../src/verify/model-ref64.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
 import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
@@ -51,9 +51,9 @@ async function load(b: KernelBackend, c: Case): Promise<EngineModel> {
 }
 
 /** logits of every token when the tokens go in as these forward calls */
-function runCalls(m: EngineModel, toks: number[], calls: number[], kv: { budget: number; sink: number; window: number; decay: number }, pinned = 0): { logits: Float32Array; lens: number[] } {
+function runCalls(m: EngineModel, toks: number[], calls: number[], kv: RefKvBudget, pinned = 0): { logits: Float32Array; lens: number[] } {
   const s = m.createSession();
-  s.setKvBudget(kv.budget, kv.sink, kv.window, kv.decay);
+  s.setKvBudget(kv.budget, kv.sink, kv.window, kv.decay, kv.policy);
   const V = m.config.vocabSize;
   const logits = new Float32Array(toks.length * V);
   const lens: number[] = [];
@@ -84,9 +84,16 @@ describe('the bounded MLA cache', async () => {
       expect(Math.max(...lens)).toBe(kv.budget);
       m.free();
     }
-    // the selection matters: a recent-window-only cache of the same size gives other logits
-    const windowOnly = reference(c, toks, { kv: { ...kv, decay: 0, sink: 0, window: kv.budget - 1 } });
-    expect(relErr(windowOnly, ref)).toBeGreaterThan(1e-3);
+    // the selection matters: the newest rows alone give other logits
+    const recent = { ...kv, policy: 'recent' as const };
+    const recentRef = reference(c, toks, { kv: recent });
+    expect(relErr(recentRef, ref)).toBeGreaterThan(1e-3);
+    for (const b of backends) {
+      const m = await load(b, c);
+      const { logits } = runCalls(m, toks, toks.map(() => 1), recent);
+      expect(relErr(logits, recentRef), `${b.name} recent`).toBeLessThan(TOL);
+      m.free();
+    }
   });
 
   it('drops many rows at once after a prefill batch, and keeps pinned prompt tokens', async () => {
@@ -167,7 +174,7 @@ describe('the bounded MLA cache', async () => {
     for (const m of models) {
       const s = m.createSession();
       s.load(blob);
-      expect(s.kvSettings()).toEqual({ kvBudget: 16, sink: 2, window: 4, decay: expect.closeTo(0.9, 6) as number });
+      expect(s.kvSettings()).toEqual({ kvBudget: 16, sink: 2, window: 4, decay: expect.closeTo(0.9, 6) as number, policy: 'attention' });
       expect(s.kvLength).toBe(16);
       expect(s.pos).toBe(50);
       const got = toks.slice(50, 60).map((t) => s.forward([t]));
@@ -218,7 +225,8 @@ describe('the bounded MLA cache', async () => {
   });
 
   it('checks the host-side settings and fills in the defaults', async () => {
-    expect(kvBudgetOf({ kvBudget: 1024 })).toEqual({ kvBudget: 1024, sink: 4, window: 256, decay: 0.95, keepPrompt: false });
+    expect(kvBudgetOf({ kvBudget: 1024 })).toEqual({ kvBudget: 1024, sink: 4, window: 256, decay: 0.95, keepPrompt: false, policy: 'attention' });
+    expect(() => kvBudgetOf({ kvBudget: 8, policy: 'h2o' as 'recent' })).toThrow(/policy must be one of attention, recent/);
     expect(kvBudgetOf({ kvBudget: 3 })).toMatchObject({ sink: 0, window: 0 });
     for (const bad of [0, -1, 1.5, Number.NaN, 2 ** 31]) expect(() => kvBudgetOf({ kvBudget: bad })).toThrow(/kvBudget must be an integer/);
     expect(() => kvBudgetOf({ kvBudget: 8, sink: 4, window: 4 })).toThrow(/must exceed sink/);
