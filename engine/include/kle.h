@@ -218,7 +218,8 @@ typedef struct kle_session kle_session;
 /*
  * Integer config, in this order (then one KLE_LAYER_* per layer). KDA_GATE_PER_HEAD 1 gives the
  * linear-attention layers one decay per head (Gated DeltaNet's gate: f_b and dt_bias of H rows)
- * instead of one per channel (KDA's, 0).
+ * instead of one per channel (KDA's, 0). KV_IMPORTANCE 1: every MLA layer has a learned token
+ * importance head (KLE_T_MLA_KV_IMPORTANCE) for the bounded cache's KLE_KV_LEARNED policy.
  */
 enum {
   KLE_CFG_VOCAB, KLE_CFG_HIDDEN, KLE_CFG_LAYERS, KLE_CFG_INTER,
@@ -226,7 +227,7 @@ enum {
   KLE_CFG_MLA_HEADS, KLE_CFG_QK_NOPE, KLE_CFG_QK_ROPE, KLE_CFG_V_HEAD, KLE_CFG_KV_RANK,
   KLE_CFG_EXPERTS, KLE_CFG_EXPERTS_PER_TOK, KLE_CFG_SHARED_EXPERTS, KLE_CFG_MOE_INTER,
   KLE_CFG_FIRST_DENSE, KLE_CFG_MOE_FREQ, KLE_CFG_N_GROUP, KLE_CFG_TOPK_GROUP,
-  KLE_CFG_ROUTER_ACT, KLE_CFG_RENORM, KLE_CFG_TIED,
+  KLE_CFG_ROUTER_ACT, KLE_CFG_RENORM, KLE_CFG_TIED, KLE_CFG_KV_IMPORTANCE,
   KLE_CFG_N_INTS
 };
 /* Float config, in this order. GATE_LOWER_BOUND 0 selects the softplus gate (kle_kda_gate). */
@@ -245,6 +246,9 @@ enum {
   KLE_T_FFN_GATE, KLE_T_FFN_UP, KLE_T_FFN_DOWN,
   KLE_T_MOE_ROUTER, KLE_T_MOE_BIAS, KLE_T_EXP_GATE, KLE_T_EXP_UP, KLE_T_EXP_DOWN,
   KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP, KLE_T_SHEXP_DOWN,
+  /* [1, hidden] f32 per MLA layer when KLE_CFG_KV_IMPORTANCE: a token's importance is its dot with
+   * the layer's normalized input (docs/kv-budget.md) */
+  KLE_T_MLA_KV_IMPORTANCE,
   KLE_T_COUNT
 };
 /* kle_model_tensor_expect results */
@@ -306,6 +310,7 @@ int kle_session_pos(kle_session *s);
  */
 #define KLE_KV_ATTENTION 0
 #define KLE_KV_RECENT 1
+#define KLE_KV_LEARNED 2 /* a model with KLE_CFG_KV_IMPORTANCE: each row's score is its head's output */
 int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, float decay, int policy);
 /* The bound in force: out [budget (0: none), sink, window, policy], decay [1]. */
 int kle_session_kv_settings(kle_session *s, int32_t *out, float *decay);

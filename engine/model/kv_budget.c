@@ -4,7 +4,8 @@
  *
  * Which rows stay: the first `sink` tokens (attention sinks), the last `window` tokens, every
  * pinned token (a prompt kept whole), and, for the rest of the budget, the rows whose score is
- * highest (KLE_KV_RECENT: the newest, every score staying 0 so that age decides). A row's score is the attention the queries paid to it, averaged over heads, decayed
+ * highest (KLE_KV_RECENT: the newest, every score staying 0 so that age decides; KLE_KV_LEARNED:
+ * a score the model's importance head gives each token once, DynTS's idea). A row's score is the attention the queries paid to it, averaged over heads, decayed
  * by `decay` per query (the MLA attention kernel keeps it: kle_mla_decode_scored), so it weighs
  * recent queries most. Each layer chooses for itself: its heads look at different tokens.
  *
@@ -150,7 +151,7 @@ void kle_kv_free(kle_session *s) {
 
 int kle_kv_settings_ok(int budget, int sink, int window, float decay, int policy) {
   return budget > 0 && sink >= 0 && window >= 0 && (int64_t)sink + window < budget && budget <= (1 << 30) &&
-         decay >= 0.0f && decay <= 1.0f && (policy == KLE_KV_ATTENTION || policy == KLE_KV_RECENT);
+         decay >= 0.0f && decay <= 1.0f && policy >= KLE_KV_ATTENTION && policy <= KLE_KV_LEARNED;
 }
 
 int kle_kv_scored(const kle_session *s) { return s->budget && s->policy == KLE_KV_ATTENTION; }
@@ -164,6 +165,7 @@ int kle_session_set_kv_budget(kle_session *s, int budget, int sink, int window, 
     return KLE_OK;
   }
   if (!kle_kv_settings_ok(budget, sink, window, decay, policy) || s->len > budget) return KLE_EINVAL;
+  if (policy == KLE_KV_LEARNED && !s->m->cfg[KLE_CFG_KV_IMPORTANCE]) return KLE_EINVAL; /* no head to learn from */
   KLE_TRY(kv_alloc(s));
   /* scores kept so far mean nothing to another policy: start them over */
   if (policy != s->policy || !s->budget)

@@ -139,6 +139,7 @@ static int mla_expect(const kle_model *m, int role, int *rows, int *cols, int *a
   case KLE_T_MLA_KV_NORM: return VEC(R);
   case KLE_T_MLA_KV_B: return SHAPE(Hm * (nope + vh), R);
   case KLE_T_MLA_O: return SHAPE(D, Hm * vh);
+  case KLE_T_MLA_KV_IMPORTANCE: return c[KLE_CFG_KV_IMPORTANCE] ? VEC(D) : KLE_TENSOR_UNUSED;
   default: return KLE_TENSOR_UNUSED;
   }
 }
@@ -201,6 +202,11 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
   KLE_TRY(b->mla_absorb(cx, (const float *)kle_derived_at(m, l, 0)->data, qf, qlat, T, Hm, nope, rope, R));
   if (s->budget)
     for (int t = 0; t < T; t++) s->rowinfo[l][L0 + t] = (uint32_t)(s->pos + t) | (s->pinning ? KLE_ROW_PINNED : 0u);
+  /* a learned importance head scores each row once, from the token's own input */
+  if (s->budget && s->policy == KLE_KV_LEARNED) {
+    KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_IMPORTANCE, l), h, s->small, T));
+    KLE_TRY(b->copy(cx, s->score[l] + L0, s->small, sizeof(float) * (size_t)T));
+  }
   KLE_TRY(b->mla_attend(cx, qlat, cache, L0, T, Hm, Dc, R, 1.0f / sqrtf((float)(nope + rope)), olat,
                         kle_kv_scored(s) ? s->score[l] : NULL, s->decay));
   KLE_TRY(b->mla_up_v(cx, (const float *)kle_derived_at(m, l, 1)->data, olat, ov, T, Hm, vh, R));

@@ -97,7 +97,7 @@ static int cfg_ok(const int32_t *c, const float *f, const int32_t *kinds) {
         !width_ok(Hm * ((int64_t)c[KLE_CFG_QK_NOPE] + c[KLE_CFG_V_HEAD])))
       return 0;
   }
-  if (c[KLE_CFG_MOE_FREQ] <= 0) return 0;
+  if (c[KLE_CFG_MOE_FREQ] <= 0 || c[KLE_CFG_KV_IMPORTANCE] > 1) return 0;
   for (int l = 0; l < c[KLE_CFG_LAYERS]; l++) any_dense |= !is_moe(c, l);
   if (any_dense && c[KLE_CFG_INTER] <= 0) return 0;
   if (c[KLE_CFG_EXPERTS] > 0) {

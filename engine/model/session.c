@@ -7,7 +7,7 @@
  * Blob, little-endian: "KLES" | u32 version | u64 model fingerprint | u32 layers | u32 pos |
  * u32 has_logits | u32 vocab | (version 2, a session with a bounded MLA cache, kv_budget.c:
  * u32 budget | u32 sink | u32 window | f32 decay | u32 flags (1 pinning, 2 rows dropped, 4 the
- * recent-only policy) |
+ * recent-only policy, 8 the learned one) |
  * u32 rows) | per layer (its fixed sections in order, then its cache's rows: pos of them in
  * version 1, `rows` in version 2, each followed there by the rows' u32 position | 1 << 31 if
  * pinned and their f32 scores; KDA: 3 conv tails [W-1, C] then S [H, K, V]; MLA: the latent
@@ -28,6 +28,7 @@
 #define BLOB_PINNING 1u
 #define BLOB_DROPPED 2u
 #define BLOB_RECENT 4u
+#define BLOB_LEARNED 8u
 
 /* widest activation row: every buffer a[] holds a batch of rows this wide */
 static uint64_t per_token_width(const kle_model *m) {
@@ -245,7 +246,8 @@ int kle_session_state_save(kle_session *s, uint8_t *dst, long n) {
     memcpy(&decay, &s->decay, 4);
     const uint32_t v[6] = {(uint32_t)s->budget, (uint32_t)s->sink, (uint32_t)s->window, decay,
                            (s->pinning ? BLOB_PINNING : 0u) | (s->dropped ? BLOB_DROPPED : 0u) |
-                               (s->policy == KLE_KV_RECENT ? BLOB_RECENT : 0u),
+                               (s->policy == KLE_KV_RECENT ? BLOB_RECENT : 0u) |
+                               (s->policy == KLE_KV_LEARNED ? BLOB_LEARNED : 0u),
                            (uint32_t)s->len};
     for (int i = 0; i < 6; i++) put_u32(dst + BLOB_HEADER + 4 * i, v[i]);
   }
@@ -314,7 +316,9 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
     /* a bound the setter would refuse, more rows than it allows, or rows dropped that never were */
     if (budget > (1u << 30) || sink > budget || window > budget ||
         !kle_kv_settings_ok((int)budget, (int)sink, (int)window, decay, KLE_KV_ATTENTION) ||
-        (flags & ~(BLOB_PINNING | BLOB_DROPPED | BLOB_RECENT)) ||
+        (flags & ~(BLOB_PINNING | BLOB_DROPPED | BLOB_RECENT | BLOB_LEARNED)) ||
+        (flags & (BLOB_RECENT | BLOB_LEARNED)) == (BLOB_RECENT | BLOB_LEARNED) ||
+        ((flags & BLOB_LEARNED) && !m->cfg[KLE_CFG_KV_IMPORTANCE]) ||
         rows > budget || rows > pos || (!(flags & BLOB_DROPPED) && rows != pos))
       return KLE_EFORMAT;
   }
@@ -335,7 +339,9 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
   KLE_TRY(kle_session_reserve(s, (int)rows));
   if (budgeted) {
     KLE_TRY(kle_session_set_kv_budget(s, (int)budget, (int)sink, (int)window, decay,
-                                      (flags & BLOB_RECENT) ? KLE_KV_RECENT : KLE_KV_ATTENTION));
+                                      (flags & BLOB_RECENT)    ? KLE_KV_RECENT
+                                      : (flags & BLOB_LEARNED) ? KLE_KV_LEARNED
+                                                               : KLE_KV_ATTENTION));
     s->pinning = (flags & BLOB_PINNING) != 0;
     s->dropped = (flags & BLOB_DROPPED) != 0;
   }

@@ -51,6 +51,12 @@ export interface KimiConfig {
   readonly eosTokenIds: readonly number[];
   /** model_max_length, if the config gives one */
   readonly maxContext: number | null;
+  /**
+   * Every MLA layer has a learned token-importance head (our extension: config key
+   * kv_importance_head, tensor self_attn.kv_importance.weight [1, hidden]), which the bounded
+   * MLA cache's 'learned' policy scores rows with (docs/kv-budget.md).
+   */
+  readonly kvImportanceHead: boolean;
 }
 
 type Json = Record<string, unknown>;
@@ -201,6 +207,7 @@ export function parseKimiConfig(raw: unknown): KimiConfig {
     bosTokenId: Number.isSafeInteger(o.bos_token_id) ? (o.bos_token_id as number) : null,
     eosTokenIds,
     maxContext: Number.isSafeInteger(o.model_max_length) ? (o.model_max_length as number) : null,
+    kvImportanceHead: bool(o, 'kv_importance_head', false),
   };
 }
 
@@ -218,7 +225,7 @@ export function engineConfig(c: KimiConfig): { ints: Int32Array; floats: Float32
     c.mla.numHeads, c.mla.qkNopeHeadDim, c.mla.qkRopeHeadDim, c.mla.vHeadDim, c.mla.kvLoraRank,
     m?.numExperts ?? 0, m?.expertsPerToken ?? 0, m?.numSharedExperts ?? 0, m?.moeIntermediateSize ?? 0,
     m?.firstKDenseReplace ?? 0, m?.moeLayerFreq ?? 1, m?.numExpertGroup ?? 1, m?.topkGroup ?? 1,
-    m?.routerActivation === 'sigmoid' ? 1 : 0, m?.renormalize ? 1 : 0, c.tieWordEmbeddings ? 1 : 0,
+    m?.routerActivation === 'sigmoid' ? 1 : 0, m?.renormalize ? 1 : 0, c.tieWordEmbeddings ? 1 : 0, c.kvImportanceHead ? 1 : 0,
     ...c.layerKinds.map((k) => (k === 'kda' ? 0 : 1)),
   ];
   return {

@@ -17,9 +17,10 @@ export const MAX_SESSION_TOKENS = 2 ** 30;
 
 /**
  * Which rows a bounded MLA cache keeps past its sink, window and pinned tokens (engine order:
- * KLE_KV_ATTENTION, KLE_KV_RECENT): those the queries attended to most, or the newest.
+ * KLE_KV_ATTENTION, KLE_KV_RECENT, KLE_KV_LEARNED): those the queries attended to most, the
+ * newest, or those the model's importance head rates highest.
  */
-export const KV_POLICIES = ['attention', 'recent'] as const;
+export const KV_POLICIES = ['attention', 'recent', 'learned'] as const;
 export type KvPolicy = (typeof KV_POLICIES)[number];
 
 /** An engine call that failed, with the C error code. */

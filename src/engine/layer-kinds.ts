@@ -97,6 +97,8 @@ const mla: LayerKindSpec = {
       // llama.cpp splits kv_b into attn_k_b (transposed per head) and attn_v_b
       mat('MLA_KV_B', 'self_attn.kv_b_proj.weight', null, Hm * (nope + vh), R),
       mat('MLA_O', 'self_attn.o_proj.weight', 'attn_output.weight', D, Hm * vh),
+      // our extension (docs/kv-budget.md): a learned token importance for the bounded cache
+      ...(c.kvImportanceHead ? [{ ...vec('MLA_KV_IMPORTANCE', 'self_attn.kv_importance.weight', 'attn_kv_importance.weight', D, { kind: 'matrix' }), hfShape: [1, D] }] : []),
     ];
   },
   stateFloats: () => 0,

@@ -9,6 +9,7 @@ export const ROLES = [
   'FFN_GATE', 'FFN_UP', 'FFN_DOWN',
   'MOE_ROUTER', 'MOE_BIAS', 'EXP_GATE', 'EXP_UP', 'EXP_DOWN',
   'SHEXP_GATE', 'SHEXP_UP', 'SHEXP_DOWN',
+  'MLA_KV_IMPORTANCE',
 ] as const;
 
 export type Role = (typeof ROLES)[number];

@@ -16,7 +16,10 @@ export interface KvBudgetOptions {
   decay?: number;
   /** keep every prompt token (the prompt must then fit the budget less sink and window); default false */
   keepPrompt?: boolean;
-  /** the rest of the budget: rows attended to most ('attention', default) or the newest ('recent') */
+  /**
+   * the rest of the budget: rows attended to most ('attention'), the newest ('recent'), or those
+   * the model's importance head rates highest ('learned', the default when the model has one)
+   */
   policy?: KvPolicy;
 }
 
@@ -35,8 +38,11 @@ function nonNegInt(name: string, v: unknown): number {
   return v;
 }
 
-/** Checks the options and fills in the defaults; throws a RangeError that names the setting at fault. */
-export function kvBudgetOf(o: KvBudgetOptions): KvBudget {
+/**
+ * Checks the options and fills in the defaults; throws a RangeError that names the setting at
+ * fault. `learnedHead`: the model has an importance head ('learned' is then the default policy).
+ */
+export function kvBudgetOf(o: KvBudgetOptions, learnedHead = false): KvBudget {
   const b = o.kvBudget;
   if (typeof b !== 'number' || !Number.isInteger(b) || b < 1 || b > MAX_SESSION_TOKENS) throw new RangeError(`kvBudget must be an integer from 1 to ${MAX_SESSION_TOKENS}, got ${String(b)}`);
   const sink = o.sink === undefined ? Math.min(KV_DEFAULTS.sink, Math.floor(b / 4)) : nonNegInt('sink', o.sink);
@@ -46,8 +52,9 @@ export function kvBudgetOf(o: KvBudgetOptions): KvBudget {
   if (typeof decay !== 'number' || !(decay >= 0 && decay <= 1)) throw new RangeError(`decay must be a number in [0, 1], got ${String(decay)}`);
   const keepPrompt = o.keepPrompt ?? false;
   if (typeof keepPrompt !== 'boolean') throw new RangeError(`keepPrompt must be a boolean, got ${String(keepPrompt)}`);
-  const policy = o.policy ?? 'attention';
+  const policy = o.policy ?? (learnedHead ? 'learned' : 'attention');
   if (!KV_POLICIES.includes(policy)) throw new RangeError(`policy must be one of ${KV_POLICIES.join(', ')}, got ${String(policy)}`);
+  if (policy === 'learned' && !learnedHead) throw new RangeError("policy 'learned' needs a model with an importance head (config kv_importance_head)");
   return { kvBudget: b, sink, window, decay, keepPrompt, policy };
 }
 

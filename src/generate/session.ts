@@ -85,7 +85,7 @@ export class Session {
    * const s = model.createSession({ kvBudget: { kvBudget: 2048, keepPrompt: true } });
    */
   setKvBudget(opts: number | KvBudgetOptions): void {
-    const k = kvBudgetOf(typeof opts === 'number' ? { kvBudget: opts } : opts);
+    const k = kvBudgetOf(typeof opts === 'number' ? { kvBudget: opts } : opts, this.engine.model.config.kvImportanceHead);
     const held = this.engine.kvLength;
     if (held > k.kvBudget) throw new RangeError(`kvBudget ${k.kvBudget} is below the ${held} rows the session's MLA caches already hold`);
     this.engine.setKvBudget(k.kvBudget, k.sink, k.window, k.decay, k.policy);

@@ -38,9 +38,9 @@ export const DEFAULT_LIMITS: Limits = {
 };
 
 /** The MLA cache bound a request runs with (null: none): its kv_budget, else the server's default. */
-export function kvBudgetFor(d: GenerationDeps, r: OpenAIRequest): KvBudget | null {
+export function kvBudgetFor(d: GenerationDeps, r: OpenAIRequest, model: Model | null): KvBudget | null {
   const b = r.body.kv_budget ?? (d.limits.defaultKvBudget || null);
-  return b === null ? null : kvBudgetOf({ kvBudget: b, keepPrompt: r.body.kv_keep_prompt ?? false });
+  return b === null ? null : kvBudgetOf({ kvBudget: b, keepPrompt: r.body.kv_keep_prompt ?? false }, model?.config.kvImportanceHead ?? false);
 }
 
 /** Generations running in an app, and its limit. */
@@ -75,7 +75,7 @@ export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: numbe
   const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? d.limits.defaultMaxTokens;
   if (maxTokens > d.limits.maxTokens) return errorResponse(400, `max_tokens ${maxTokens} exceeds this server's limit of ${d.limits.maxTokens}`, 'invalid_request_error', 'max_tokens', 'max_tokens_exceeded');
   if (req.kv_budget != null && req.kv_budget > d.limits.maxKvBudget) return errorResponse(400, `kv_budget ${req.kv_budget} exceeds this server's limit of ${d.limits.maxKvBudget}`, 'invalid_request_error', 'kv_budget', 'invalid_value');
-  const kv = kvBudgetFor(d, r);
+  const kv = kvBudgetFor(d, r, model);
   if (req.kv_keep_prompt && !kv) return errorResponse(400, 'kv_keep_prompt needs a kv_budget (this server has no default one)', 'invalid_request_error', 'kv_keep_prompt', 'invalid_value');
   if (promptTokens === null || !model) return null;
   const V = model.config.vocabSize;
@@ -179,7 +179,7 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
   load.active++;
   metrics.activeSessions = load.active;
   let opened: ReturnType<typeof openSession>;
-  const kv = kvBudgetFor(d, r);
+  const kv = kvBudgetFor(d, r, model);
   try {
     opened = openSession(d, model, handoff, prompt, kv);
   } catch (e) {

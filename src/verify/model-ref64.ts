@@ -61,8 +61,8 @@ export interface RefKvBudget {
   sink: number;
   window: number;
   decay: number;
-  /** 'recent': the newest rows past the sink, scores unused */
-  policy?: 'attention' | 'recent';
+  /** 'recent': the newest rows past the sink, scores unused; 'learned': each row's importance head output */
+  policy?: 'attention' | 'recent' | 'learned';
 }
 
 /**
@@ -142,7 +142,7 @@ function kdaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h
   return matvec(need(get, `${p}self_attn.o_proj.weight`), o, D, HK);
 }
 
-function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h: Vec, meta?: RowMeta, decay = 1): Vec {
+function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h: Vec, meta?: RowMeta, decay = 1, learned = false): Vec {
   const D = c.hiddenSize, { numHeads: Hm, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vh, kvLoraRank: R } = c.mla;
   const q = matvec(need(get, `${p}self_attn.q_proj.weight`), h, Hm * (nope + rope), D);
   const kv = matvec(need(get, `${p}self_attn.kv_a_proj_with_mqa.weight`), h, R + rope, D);
@@ -179,8 +179,12 @@ function mlaToken(c: KimiConfig, get: WeightGetter, p: string, st: LayerState, h
       }
     });
   }
-  // the row score the budget keeps: decayed, the query's own row starting fresh
-  st.meta?.forEach((m, t) => (m.score = (t === st.meta!.length - 1 ? 0 : decay * m.score) + mass[t]! / Hm));
+  // the row score the budget keeps: decayed, the query's own row starting fresh; or, with a
+  // learned head, the head's rating of the token's input, once
+  if (meta && learned) {
+    const w = need(get, `${p}self_attn.kv_importance.weight`);
+    meta.score = h.reduce((a, x, i) => a + x * w[i]!, 0);
+  } else st.meta?.forEach((m, t) => (m.score = (t === st.meta!.length - 1 ? 0 : decay * m.score) + mass[t]! / Hm));
   return matvec(need(get, `${p}self_attn.o_proj.weight`), out, D, Hm * vh);
 }
 
@@ -282,7 +286,7 @@ export function modelForward64(c: KimiConfig, get: WeightGetter, tokens: readonl
       const p = `model.layers.${l}.`;
       let h = rmsnorm(x, need(get, `${p}input_layernorm.weight`), c.rmsNormEps);
       const meta = kv ? { pos: t, score: 0, pinned: t < (opts.pinned ?? 0) } : undefined;
-      let y = c.layerKinds[l] === 'kda' ? kdaToken(c, get, p, states[l]!, h) : mlaToken(c, get, p, states[l]!, h, meta, kv?.decay);
+      let y = c.layerKinds[l] === 'kda' ? kdaToken(c, get, p, states[l]!, h) : mlaToken(c, get, p, states[l]!, h, meta, kv?.decay, kv?.policy === 'learned');
       for (let i = 0; i < D; i++) x[i]! += y[i]!;
       h = rmsnorm(x, need(get, `${p}post_attention_layernorm.weight`), c.rmsNormEps);
       y = isMoeLayer(c, l) ? moeToken(c, get, p, h) : swiglu(get, `${p}mlp.gate_proj.weight`, `${p}mlp.up_proj.weight`, `${p}mlp.down_proj.weight`, h, c.intermediateSize, D);

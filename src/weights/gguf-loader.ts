@@ -65,6 +65,8 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
           const la = hf.linear_attn_config as Record<string, unknown>;
           const fb = h.tensors.find((t) => /^blk\.\d+\.ssm_f_b\.weight$/.test(t.name));
           if (fb && Number(fb.ne[1]) === la.num_heads && la.head_dim !== 1) la.gate_type = 'head';
+          // nor for our importance head (docs/kv-budget.md): its tensors say it is there
+          if (h.tensors.some((t) => /^blk\.\d+\.attn_kv_importance\.weight$/.test(t.name))) hf.kv_importance_head = true;
           config = parseKimiConfig(hf);
           model = EngineModel.create(backend, config);
           for (const t of h.tensors) {

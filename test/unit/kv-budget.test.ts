@@ -14,6 +14,10 @@ import { relErr } from '../../src/verify/relerr.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
 import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
 import { Model } from '../../src/model/model.js';
+import { Kernels } from '../../src/engine/kernels.js';
+import { sourceFromFiles } from '../../src/formats/source.js';
+import { loadModel } from '../../src/model/load.js';
+import { hfToGguf } from '../../src/weights/to-gguf.js';
 import { allBackends, tokens } from '../helpers/tiny-model.js';
 
 // f32 engine vs float64, as model-ref64.test.ts: summation order only. A different choice of
@@ -128,6 +132,35 @@ describe('the bounded MLA cache', async () => {
       expect(lens).toEqual([100]);
       m.free();
     }
+  });
+
+  it('a learned importance head (kv_importance_head) scores rows once; safetensors and GGUF carry it', async () => {
+    const json = { ...TWO_MLA, kv_importance_head: true };
+    const learned: Case = { config: parseKimiConfig(json), weights: syntheticWeights(json, 43) };
+    expect(parseSafetensors(learned.weights).tensors.has('model.layers.1.self_attn.kv_importance.weight')).toBe(true);
+    const opts = { kv: { ...kv, policy: 'learned' as const }, calls: [30, ...Array.from({ length: 42 }, () => 1)] };
+    const ref = reference(learned, toks, opts);
+    // it is not the attention policy under another name
+    expect(relErr(ref, reference(learned, toks, { ...opts, kv: { ...kv } }))).toBeGreaterThan(1e-3);
+    for (const b of backends) {
+      const m = await load(b, learned);
+      const { logits } = runCalls(m, toks, opts.calls, opts.kv);
+      expect(relErr(logits, ref), `${b.name} learned`).toBeLessThan(TOL);
+      // a model without the head refuses the policy
+      const plain = await load(b, c);
+      expect(() => plain.createSession().setKvBudget(16, 2, 4, 0.9, 'learned')).toThrow(/invalid argument/);
+      m.free();
+      plain.free();
+    }
+    // the default policy of a model with a head is the learned one; GGUF keeps the head
+    const kernels = new Kernels(backends[0]!);
+    const gguf = hfToGguf(json, parseSafetensors(learned.weights), kernels);
+    const fromGguf = await loadModel(sourceFromFiles({ 'model.gguf': gguf }), { backend: backends[2]! });
+    expect(fromGguf.config.kvImportanceHead).toBe(true);
+    const s = fromGguf.createSession({ kvBudget: 16 });
+    expect(s.kvBudget?.policy).toBe('learned');
+    s.free();
+    fromGguf.free();
   });
 
   it('changes nothing while the budget holds the whole context (bit for bit on the CPU)', async () => {
