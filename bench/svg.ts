@@ -59,3 +59,21 @@ export function barChart(title: string, yLabel: string, categories: string[], se
   out.push('</svg>');
   return out.join('\n');
 }
+
+/** Charts side by side in one SVG (each keeps its own size): a multi-panel figure. */
+export function panels(title: string, charts: string[]): string {
+  const size = (svg: string): [number, number] => {
+    const m = /width="(\d+)" height="(\d+)"/.exec(svg);
+    return m ? [Number(m[1]), Number(m[2])] : [720, 420];
+  };
+  const sizes = charts.map(size);
+  const W = sizes.reduce((a, [w]) => a + w, 0), H = Math.max(...sizes.map(([, h]) => h)) + 30;
+  const out = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`, `<rect width="${W}" height="${H}" fill="white"/>`, `<text x="${W / 2}" y="20" text-anchor="middle" font-size="16">${title}</text>`];
+  let x = 0;
+  charts.forEach((c, i) => {
+    out.push(c.replace('<svg ', `<svg x="${x}" y="30" `));
+    x += sizes[i]![0];
+  });
+  out.push('</svg>');
+  return out.join('\n');
+}

@@ -1,6 +1,6 @@
 // kimi-edge generate [PROMPT] [--model DIR] [--backend wasm|wasm-scalar|native] [--chat | --raw]
 //   [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--repetition-penalty R]
-//   [--seed S] [--stop STR]...
+//   [--seed S] [--stop STR]... [--kv-budget N]
 // Loads the model (default: the embedded one) with a progress bar, streams the generated text to
 // stdout, and reports prefill and decode speed on stderr.
 import { statSync } from 'node:fs';
@@ -32,6 +32,8 @@ export async function generate(argv: string[]): Promise<number> {
       'repetition-penalty': { type: 'string' },
       seed: { type: 'string' },
       stop: { type: 'string', multiple: true },
+      // bound the MLA caches to N tokens (docs/kv-budget.md)
+      'kv-budget': { type: 'string' },
     },
   });
   const backend = values.backend as NodeBackendName;
@@ -53,7 +55,8 @@ export async function generate(argv: string[]): Promise<number> {
     `loaded ${c.numLayers} layers (${c.layerKinds.filter((k) => k === 'kda').length} KDA, ${c.layerKinds.filter((k) => k === 'mla').length} MLA), ` +
       `${(model.weightBytes / 2 ** 20).toFixed(1)} MiB of weights on ${model.backend.name} in ${(performance.now() - t0).toFixed(0)} ms`,
   );
-  const session = model.createSession();
+  const kvBudget = num(values['kv-budget'], 'kv-budget');
+  const session = model.createSession(kvBudget === undefined ? {} : { kvBudget });
   const input = values.raw ? prompt : [{ role: 'user' as const, content: prompt }];
   const tStart = performance.now();
   let tFirst = 0, done: { promptTokens: number; completionTokens: number; finishReason: string } | null = null;
@@ -78,7 +81,8 @@ export async function generate(argv: string[]): Promise<number> {
     console.error(
       `\n${done.promptTokens} prompt tokens, first token after ${(tFirst - tStart).toFixed(1)} ms; ` +
         `${done.completionTokens} generated at ${((done.completionTokens - 1) / (decodeMs / 1e3)).toFixed(1)} tokens/s (${done.finishReason})` +
-        (model.tokenizer && dir === defaultModelDir() ? '\n(the embedded default model has random weights: its text is noise by design)' : ''),
+        (dir === defaultModelDir() ? '\n(the embedded default model: 1M parameters trained on the Brown corpus; it writes English-like text, not answers)' : '') +
+        (kvBudget === undefined ? '' : `\nMLA cache bounded to ${kvBudget} tokens: ${session.kvLength} held`),
     );
   }
   session.free();

@@ -159,9 +159,9 @@ export class Session {
    */
   async *generate(prompt: string | readonly ChatMessage[] | readonly number[], opts: GenerateOptions = {}): AsyncGenerator<GenerateEvent> {
     validateSampling(opts);
-    if (opts.kvBudget !== undefined) this.setKvBudget(opts.kvBudget);
     const maxTokens = opts.maxTokens ?? 256;
     if (!(Number.isInteger(maxTokens) && maxTokens >= 0)) throw new RangeError(`maxTokens must be a non-negative integer, got ${maxTokens}`);
+    if (opts.kvBudget !== undefined) this.setKvBudget(opts.kvBudget);
     const tok = this.model.tokenizer;
     let ids: number[];
     if (typeof prompt === 'string') {

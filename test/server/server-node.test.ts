@@ -96,6 +96,15 @@ describe('OpenAI-compatible server on Node', () => {
     expect((await post('/v1/completions', { model: 'kimi-linear-default', prompt: 'Hi', max_tokens: 2, min_p: 2 })).status).toBe(400);
   });
 
+  it('a bounded completion is the committed text, not the unbounded one (workerd must give the same: test/workers)', async () => {
+    const bounded = JSON.parse(readFileSync(join(packageRoot(), 'test', 'fixtures', 'bounded-completion.json'), 'utf8')) as { request: Record<string, unknown>; text: string; unbounded_text: string };
+    const r = await post('/v1/completions', bounded.request);
+    expect(r.headers.get('x-kle-kv-budget')).toBe('6');
+    expect(((await r.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(bounded.text);
+    const free = await post('/v1/completions', { ...bounded.request, kv_budget: undefined });
+    expect(((await free.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(bounded.unbounded_text);
+  });
+
   it('a seeded, sampled completion is the committed text (workerd must give the same: test/workers)', async () => {
     const seeded = JSON.parse(readFileSync(join(packageRoot(), 'test', 'fixtures', 'seeded-completion.json'), 'utf8')) as { request: unknown; text: string };
     const r = await post('/v1/completions', seeded.request);

@@ -258,7 +258,7 @@ describe('the bounded MLA cache', async () => {
   });
 
   it('checks the host-side settings and fills in the defaults', async () => {
-    expect(kvBudgetOf({ kvBudget: 1024 })).toEqual({ kvBudget: 1024, sink: 4, window: 256, decay: 0.95, keepPrompt: false, policy: 'attention' });
+    expect(kvBudgetOf({ kvBudget: 1024 })).toEqual({ kvBudget: 1024, sink: 4, window: 256, decay: 1, keepPrompt: false, policy: 'attention' });
     expect(() => kvBudgetOf({ kvBudget: 8, policy: 'h2o' as 'recent' })).toThrow(/policy must be one of attention, recent/);
     expect(kvBudgetOf({ kvBudget: 3 })).toMatchObject({ sink: 0, window: 0 });
     for (const bad of [0, -1, 1.5, Number.NaN, 2 ** 31]) expect(() => kvBudgetOf({ kvBudget: bad })).toThrow(/kvBudget must be an integer/);
@@ -274,6 +274,15 @@ describe('the bounded MLA cache', async () => {
     expect(s.kvLength).toBe(20);
     expect(s.length).toBe(44);
     s.free();
+    // a generate call may set the bound; a bad one is refused before any token
+    const g = model.createSession();
+    for await (const ev of g.generate(toks.slice(0, 10), { kvBudget: 8, maxTokens: 20, temperature: 0 })) void ev;
+    expect([g.kvLength, g.length, g.kvBudget?.kvBudget]).toEqual([8, 30, 8]);
+    await expect(async () => {
+      for await (const ev of g.generate([1], { kvBudget: { kvBudget: 8, decay: -1 } })) void ev;
+    }).rejects.toThrow(/decay must be a number in \[0, 1\]/);
+    expect(g.length).toBe(30);
+    g.free();
     model.free();
   });
 });

@@ -3,6 +3,7 @@
 import { SELF } from 'cloudflare:test';
 import { describe, expect, it } from 'vitest';
 import seeded from '../fixtures/seeded-completion.json';
+import bounded from '../fixtures/bounded-completion.json';
 
 const auth = { authorization: 'Bearer worker-test-key', 'content-type': 'application/json' };
 const chat = (extra: Record<string, unknown> = {}) => ({ model: 'kimi-linear-default', messages: [{ role: 'user', content: 'Hello from workerd' }], max_tokens: 10, temperature: 0, ...extra });
@@ -47,6 +48,15 @@ describe('the Worker in workerd', () => {
     const r = await SELF.fetch('https://edge.test/v1/completions', { method: 'POST', headers: auth, body: JSON.stringify(seeded.request) });
     expect(r.status).toBe(200);
     expect(((await r.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(seeded.text);
+  });
+
+  it('a completion with a bounded MLA cache (kv_budget) is the text Node gives', async () => {
+    const r = await SELF.fetch('https://edge.test/v1/completions', { method: 'POST', headers: auth, body: JSON.stringify(bounded.request) });
+    expect(r.status).toBe(200);
+    expect(r.headers.get('x-kle-kv-budget')).toBe('6');
+    expect(((await r.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(bounded.text);
+    const bad = await SELF.fetch('https://edge.test/v1/completions', { method: 'POST', headers: auth, body: JSON.stringify({ ...bounded.request, kv_budget: 0 }) });
+    expect(bad.status).toBe(400);
   });
 
   it('malformed JSON', async () => {
