@@ -58,9 +58,11 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
     }
     s->pos += T;
     s->len += T;
-    if (s->budget) KLE_TRY(kle_kv_evict(s));
     if (logits && all) KLE_TRY(all_logits(s, logits + (size_t)off * V, T));
     if (off + T == n) KLE_TRY(lm_head(s, s->x + (size_t)(T - 1) * D, s->logits_dev, 1));
+    /* after the logits are launched: on a GPU the scores' download waits for the layers, and
+     * the LM head then runs meanwhile instead of after */
+    if (s->budget) KLE_TRY(kle_kv_evict(s));
   }
   if (!b->host_memory) KLE_TRY(b->download(cx, s->logits, s->logits_dev, sizeof(float) * V));
   KLE_TRY(b->sync(cx));
