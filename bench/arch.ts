@@ -7,15 +7,10 @@
 // formula. wasm SIMD and native; with --backend cuda the engine's CUDA backend alone (on a GPU
 // machine). Writes bench/results/arch-<machine>.json (arch-cuda-<gpu>.json) and SVG plots.
 import { writeFileSync } from 'node:fs';
-import { freemem } from 'node:os';
 import { join } from 'node:path';
-import { EngineModel } from '../src/engine/engine.js';
-import { sessionStateFloats } from '../src/engine/layer-kinds.js';
-import { placeHfModel } from '../src/weights/hf-loader.js';
-import { syntheticWeights } from '../src/weights/synthetic.js';
 import { sessionBytes } from '../src/router/policy.js';
 import { loadCudaBackend, nodeBackend, packageRoot } from '../src/node.js';
-import { fnv1a64 } from '../src/util/fnv.js';
+import { cannotHold, craftBlob, medianDecodeMs, placeStudyModel, STUDY_CONFIGS } from './study-models.js';
 import { lineChart } from './svg.js';
 import { gpuTag, machine, table, writeResult, writeResultAs, machineTag } from './lib.js';
 
@@ -25,55 +20,10 @@ const cudaDevice = onCuda ? loadCudaBackend().device : null;
 const BACKENDS = onCuda ? (['cuda'] as const) : (['wasm', 'native'] as const);
 const SHOWN: string[] = onCuda ? ['cuda'] : ['wasm-simd', 'native'];
 const REF = SHOWN.at(-1)!; // the backend the ratios are quoted for
-const L = 8;
-const base = {
-  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 4096, hidden_size: 512, intermediate_size: 1536,
-  num_hidden_layers: L, num_attention_heads: 8, num_key_value_heads: 8, kv_lora_rank: 256, q_lora_rank: null,
-  qk_nope_head_dim: 64, qk_rope_head_dim: 32, v_head_dim: 64, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
-  num_experts: 0, model_max_length: 1 << 22,
-};
-const la = (kda: number[]) => ({ kda_layers: kda, full_attn_layers: Array.from({ length: L }, (_, i) => i + 1).filter((i) => !kda.includes(i)), num_heads: 8, head_dim: 64, short_conv_kernel_size: 4 });
-const CONFIGS = {
-  'hybrid 3:1': { ...base, linear_attn_config: la([1, 2, 3, 5, 6, 7]) },
-  // Gated DeltaNet's gate in the same hybrid: one decay per head instead of one per channel
-  'GDN-H 3:1': { ...base, linear_attn_config: { ...la([1, 2, 3, 5, 6, 7]), gate_type: 'head' } },
-  'all MLA': { ...base, linear_attn_config: la([]) },
-  'all KDA': { ...base, linear_attn_config: la([1, 2, 3, 4, 5, 6, 7, 8]) },
-};
+const CONFIGS = STUDY_CONFIGS;
 // up to 1M where it fits: wasm's 4 GiB and host memory decide below
 const CONTEXTS = quick ? [1024, 4096, 16384] : [1024, 4096, 16384, 65536, 262144, 1048576];
 const PREFILL = quick ? [256, 1024] : onCuda ? [1024, 4096, 16384, 32768] : [256, 1024, 4096];
-
-/**
- * A session blob of a model at position pos with small random state (the layout of session.c),
- * made part by part (256 MiB at most) for EngineSession.loadParts: at 1M tokens the all-MLA
- * model's blob is 9.4 GB, past what one array holds.
- */
-function craftBlob(model: EngineModel, template: Uint8Array, pos: number): { parts: Iterable<Uint8Array>; bytes: number } {
-  const c = model.config;
-  const floats = sessionStateFloats(c, pos) + c.vocabSize;
-  const PART = 1 << 26;
-  function* parts(): Generator<Uint8Array> {
-    const head = template.slice(0, 32);
-    const dv = new DataView(head.buffer);
-    dv.setUint32(20, pos, true);
-    dv.setUint32(24, 1, true);
-    let h = fnv1a64(head);
-    yield head;
-    for (let i0 = 0; i0 < floats; i0 += PART) {
-      const f = new Float32Array(Math.min(PART, floats - i0));
-      for (let i = Math.ceil(i0 / 97) * 97; i < i0 + f.length; i += 97) f[i - i0] = (Math.imul(i, 0x9e3779b1) >>> 0) % 1000 / 1e5;
-      const b = new Uint8Array(f.buffer);
-      h = fnv1a64(b, h);
-      yield b;
-    }
-    const tail = new Uint8Array(8);
-    new DataView(tail.buffer).setUint32(0, h[1], true);
-    new DataView(tail.buffer).setUint32(4, h[0], true);
-    yield tail;
-  }
-  return { parts: parts(), bytes: 32 + 4 * floats + 8 };
-}
 
 interface Row { config: string; backend: string; context: number; tpotMs: number; stateBytes: number; formulaBytes: number }
 const rows: Row[] = [];
@@ -82,23 +32,14 @@ const params: Record<string, number> = {};
 for (const backendName of BACKENDS) {
   const backend = await nodeBackend(backendName);
   for (const [name, cfg] of Object.entries(CONFIGS)) {
-    const model = await placeHfModel(backend, cfg, [{ name, bytes: syntheticWeights(cfg, 11) }]);
+    const { model, template } = await placeStudyModel(backend, name as keyof typeof CONFIGS);
     params[name] = model.bytes() / 4;
-    const template = (() => {
-      const s = model.createSession();
-      s.forward([1]);
-      const b = s.save();
-      s.free();
-      return b;
-    })();
     for (const ctx of CONTEXTS) {
       const c = model.config;
       const bytes = sessionBytes(c, ctx);
-      if (backendName === 'wasm' && bytes > 1.2 * 2 ** 30) continue; // wasm32: 4 GiB for everything
-      // host memory at the peak: the blob staged in engine memory, the session's caches (their
-      // capacity a power of two) and, on the first token past it, the caches grown to twice that
-      if (3 * bytes > freemem()) {
-        console.error(`${name} on ${backend.name}: ${ctx} tokens need about ${(3 * bytes / 2 ** 30).toFixed(1)} GiB of host memory, ${(freemem() / 2 ** 30).toFixed(1)} free: skipped`);
+      const why = cannotHold(backendName, bytes);
+      if (why) {
+        console.error(`${name} on ${backend.name}: ${ctx} tokens skipped (${why})`);
         continue;
       }
       const s = model.createSession();
@@ -110,15 +51,7 @@ for (const backendName of BACKENDS) {
         s.free();
         continue;
       }
-      const n = quick ? 8 : 24;
-      const t: number[] = [];
-      for (let i = 0; i < n; i++) {
-        const t0 = performance.now();
-        s.forward([(i * 31) % 4096]);
-        t.push(performance.now() - t0);
-      }
-      t.sort((a, b) => a - b);
-      rows.push({ config: name, backend: backend.name, context: ctx, tpotMs: t[t.length >> 1]!, stateBytes: s.stateSize(), formulaBytes: bytes });
+      rows.push({ config: name, backend: backend.name, context: ctx, tpotMs: medianDecodeMs(s, quick ? 8 : 24), stateBytes: s.stateSize(), formulaBytes: bytes });
       s.free();
     }
     // one prefill first, so the first timed one pays for no lazy set-up (it read 68 ms for 256 tokens on the GPU, 29 for 1024)

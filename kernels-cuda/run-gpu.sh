@@ -13,6 +13,9 @@
 #       study on the GPU (bench/arch.ts)
 #   bash kernels-cuda/run-gpu.sh arch [--quick]
 #       the addon, the parity test and the architecture study alone
+#   bash kernels-cuda/run-gpu.sh kv [--budget N]
+#       the addon, then time per token to 1M tokens of context with the full MLA cache and with a
+#       budget (bench/kv-long.ts --backend cuda; docs/kv-budget.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -39,7 +42,7 @@ if [ "$mode" = kernels ]; then
   exit 0
 fi
 
-[ "$mode" = engine ] || [ "$mode" = arch ] || { echo "unknown mode $mode (kernels | engine | arch)" >&2; exit 2; }
+[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || { echo "unknown mode $mode (kernels | engine | arch | kv)" >&2; exit 2; }
 [ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
 xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
@@ -47,6 +50,11 @@ export PATH="$PWD/.gpu/node/bin:$PATH"
 node --version
 mkdir -p node_modules && tar -xJf .gpu/vitest.tar.xz -C node_modules  # vitest alone: no npm there
 node engine/build/build.mjs native cuda 2>&1 | tail -5
+if [ "$mode" = kv ]; then
+  node .gpu/dist/bench/kv-long.mjs --backend cuda "$@" 2>&1 | tee "$OUT/kv-long.log"
+  cp bench/results/kv-long-cuda-* "$OUT/" 2>/dev/null || true
+  exit 0
+fi
 VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts"
 # CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer
 $VITEST 2>&1 | tee "$OUT/parity.log" | tail -40
