@@ -82,6 +82,29 @@ function decodeAll(s: EngineSession, toks: number[], V: number): Float32Array {
   return out;
 }
 
+describe.skipIf(!cuda)('a bounded MLA cache with a learned importance head on the GPU', () => {
+  it('keeps the rows the CPU keeps (policy learned), 2 MLA layers', async () => {
+    const json = { ...TINY_CONFIG, kv_importance_head: true, linear_attn_config: { ...TINY_CONFIG.linear_attn_config, kda_layers: [1, 3], full_attn_layers: [2, 4] } };
+    const m = synthetic(json, 44);
+    const shards = [{ name: 'w.safetensors', bytes: m.weights }];
+    const cpu = await placeHfCheckpoint(loadNativeBackend(), m.config, shards), gpu = await placeHfCheckpoint(cuda!, m.config, shards);
+    const V = m.config.vocabSize;
+    const sc = cpu.createSession(), sg = gpu.createSession();
+    for (const s of [sc, sg]) s.setKvBudget(24, 2, 4, 1, 'learned');
+    const p = tokens(40, V, 10), d = tokens(60, V, 11);
+    expectClose('learned head: budget 24, prefill 40', sg.forward(p, true), sc.forward(p, true), V);
+    expectClose('learned head: then 60 decode steps', decodeAll(sg, d, V), decodeAll(sc, d, V), V);
+    const back = cpu.createSession();
+    back.load(sg.save());
+    expect(back.kvSettings().policy).toBe('learned');
+    const nxt = tokens(8, V, 12);
+    expectClose('learned head: GPU blob -> CPU, 8 tokens', decodeAll(back, nxt, V), decodeAll(sg, nxt, V), V);
+    for (const s of [sc, sg, back]) s.free();
+    cpu.free();
+    gpu.free();
+  });
+});
+
 describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
   for (const [name, make] of Object.entries(models)) {
     describe(name, () => {
