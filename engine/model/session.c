@@ -6,8 +6,8 @@
  *
  * Blob, little-endian: "KLES" | u32 version | u64 model fingerprint | u32 layers | u32 pos |
  * u32 has_logits | u32 vocab | (version 2, a session with a bounded MLA cache, kv_budget.c:
- * u32 budget | u32 sink | u32 window | f32 decay | u32 flags (1 pinning, 2 rows dropped, 4 the
- * recent-only policy, 8 the learned one) |
+ * u32 budget | u32 sink | u32 window | f32 decay | u32 flags (2 rows dropped, 4 the recent-only
+ * policy, 8 the learned one; pinning is the host's mode around a prefill call, never saved) |
  * u32 rows) | per layer (its fixed sections in order, then its cache's rows: pos of them in
  * version 1, `rows` in version 2, each followed there by the rows' u32 position | 1 << 31 if
  * pinned and their f32 scores; KDA: 3 conv tails [W-1, C] then S [H, K, V]; MLA: the latent
@@ -25,7 +25,6 @@
 #define BLOB_VERSION_BUDGET 2u
 #define BLOB_HEADER 32
 #define BLOB_HEADER_BUDGET 56
-#define BLOB_PINNING 1u
 #define BLOB_DROPPED 2u
 #define BLOB_RECENT 4u
 #define BLOB_LEARNED 8u
@@ -245,7 +244,7 @@ int kle_session_state_save(kle_session *s, uint8_t *dst, long n) {
     uint32_t decay;
     memcpy(&decay, &s->decay, 4);
     const uint32_t v[6] = {(uint32_t)s->budget, (uint32_t)s->sink, (uint32_t)s->window, decay,
-                           (s->pinning ? BLOB_PINNING : 0u) | (s->dropped ? BLOB_DROPPED : 0u) |
+                           (s->dropped ? BLOB_DROPPED : 0u) |
                                (s->policy == KLE_KV_RECENT ? BLOB_RECENT : 0u) |
                                (s->policy == KLE_KV_LEARNED ? BLOB_LEARNED : 0u),
                            (uint32_t)s->len};
@@ -316,7 +315,7 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
     /* a bound the setter would refuse, more rows than it allows, or rows dropped that never were */
     if (budget > (1u << 30) || sink > budget || window > budget ||
         !kle_kv_settings_ok((int)budget, (int)sink, (int)window, decay, KLE_KV_ATTENTION) ||
-        (flags & ~(BLOB_PINNING | BLOB_DROPPED | BLOB_RECENT | BLOB_LEARNED)) ||
+        (flags & ~(BLOB_DROPPED | BLOB_RECENT | BLOB_LEARNED)) ||
         (flags & (BLOB_RECENT | BLOB_LEARNED)) == (BLOB_RECENT | BLOB_LEARNED) ||
         ((flags & BLOB_LEARNED) && !m->cfg[KLE_CFG_KV_IMPORTANCE]) ||
         rows > budget || rows > pos || (!(flags & BLOB_DROPPED) && rows != pos))
@@ -330,6 +329,7 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
   const size_t head = budgeted ? BLOB_HEADER_BUDGET : BLOB_HEADER;
   if (!body_ok(m, src + head, rows, pos, budgeted, has_logits)) return KLE_EFORMAT;
   /* everything is checked: only now touch the session */
+  s->pinning = 0;
   if (!budgeted) {
     kle_kv_free(s);
     s->budget = 0;
@@ -342,7 +342,6 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
                                       (flags & BLOB_RECENT)    ? KLE_KV_RECENT
                                       : (flags & BLOB_LEARNED) ? KLE_KV_LEARNED
                                                                : KLE_KV_ATTENTION));
-    s->pinning = (flags & BLOB_PINNING) != 0;
     s->dropped = (flags & BLOB_DROPPED) != 0;
   }
   KLE_TRY(move_body(s, (uint8_t *)src + head, (int)rows, 0, budgeted));

@@ -248,7 +248,8 @@ describe('the bounded MLA cache', async () => {
       forge((dv) => dv.setUint32(infoAt, 30, true)),
       forge((dv) => dv.setUint32(32, 20, true)),
       forge((dv) => dv.setFloat32(44, 2, true)),
-      forge((dv) => dv.setUint32(48, 8, true)),
+      forge((dv) => dv.setUint32(48, 8, true)), // the learned policy, on a model without a head
+      forge((dv) => dv.setUint32(48, 1 | dv.getUint32(48, true), true)), // no such flag (pinning is never saved)
     ];
     expect(() => s.load(forge(() => undefined))).not.toThrow();
     for (const f of forged) expect(() => s.load(f)).toThrow(/malformed/);
