@@ -29,6 +29,10 @@ const MODES: Record<string, SamplingOptions> = {
   'top-k 40': { temperature: 1.5, topK: 40 },
   'top-k 7 (ties split)': { temperature: 1, topK: 7 },
   'top-p 0.9': { temperature: 0.7, topP: 0.9 },
+  // the histogram resolves only the top ln(V / (1 - p)) + 1 nats: a peaked distribution puts
+  // most tokens below that, a flat one at p near 1 puts the crossing near it
+  'top-p 0.99 peaked (temperature 0.3)': { temperature: 0.3, topP: 0.99 },
+  'top-p 0.9999 flat (temperature 2)': { temperature: 2, topP: 0.9999 },
   'top-p 0.5 after top-k 200': { temperature: 1, topK: 200, topP: 0.5 },
   'min-p 0.05': { temperature: 0.7, minP: 0.05 },
   'top-p 0.95 then min-p 0.2': { temperature: 1, topP: 0.95, minP: 0.2 },
