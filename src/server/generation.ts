@@ -40,7 +40,11 @@ export const DEFAULT_LIMITS: Limits = {
 /** The MLA cache bound a request runs with (null: none): its kv_budget, else the server's default. */
 export function kvBudgetFor(d: GenerationDeps, r: OpenAIRequest, model: Model | null): KvBudget | null {
   const b = r.body.kv_budget ?? (d.limits.defaultKvBudget || null);
-  return b === null ? null : kvBudgetOf({ kvBudget: b, keepPrompt: r.body.kv_keep_prompt ?? false }, model?.config.kvImportanceHead ?? false);
+  if (b === null) return null;
+  const policy = r.body.kv_policy ?? undefined;
+  // before the model is known, a learned policy is taken on trust: checked once it is
+  const head = model ? model.config.kvImportanceHead : policy === 'learned';
+  return kvBudgetOf({ kvBudget: b, keepPrompt: r.body.kv_keep_prompt ?? false, policy }, head);
 }
 
 /** Generations running in an app, and its limit. */
@@ -75,8 +79,14 @@ export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: numbe
   const maxTokens = req.max_completion_tokens ?? req.max_tokens ?? d.limits.defaultMaxTokens;
   if (maxTokens > d.limits.maxTokens) return errorResponse(400, `max_tokens ${maxTokens} exceeds this server's limit of ${d.limits.maxTokens}`, 'invalid_request_error', 'max_tokens', 'max_tokens_exceeded');
   if (req.kv_budget != null && req.kv_budget > d.limits.maxKvBudget) return errorResponse(400, `kv_budget ${req.kv_budget} exceeds this server's limit of ${d.limits.maxKvBudget}`, 'invalid_request_error', 'kv_budget', 'invalid_value');
-  const kv = kvBudgetFor(d, r, model);
-  if (req.kv_keep_prompt && !kv) return errorResponse(400, 'kv_keep_prompt needs a kv_budget (this server has no default one)', 'invalid_request_error', 'kv_keep_prompt', 'invalid_value');
+  let kv: KvBudget | null;
+  try {
+    kv = kvBudgetFor(d, r, model);
+  } catch (e) {
+    return errorResponse(400, `kv_policy: ${(e as Error).message}`, 'invalid_request_error', 'kv_policy', 'invalid_value');
+  }
+  for (const field of ['kv_keep_prompt', 'kv_policy'] as const)
+    if (req[field] != null && !kv) return errorResponse(400, `${field} needs a kv_budget (this server has no default one)`, 'invalid_request_error', field, 'invalid_value');
   if (promptTokens === null || !model) return null;
   const V = model.config.vocabSize;
   const badBias = Object.keys(req.logit_bias ?? {}).find((k) => Number(k) >= V);

@@ -41,6 +41,8 @@ const common = {
    */
   kv_budget: z.number().int().min(1).optional().nullable(),
   kv_keep_prompt: z.boolean().optional().nullable(),
+  /** which rows fill the budget: 'attention' scores, 'recent' only, or the model's 'learned' head */
+  kv_policy: z.enum(['attention', 'recent', 'learned']).optional().nullable(),
 };
 
 const textPart = z.object({ type: z.literal('text'), text: z.string() });

@@ -66,6 +66,8 @@ describe('OpenAI-compatible server on Node', () => {
     const roomy = await ask({ kv_budget: 200 });
     expect(roomy.headers.get('x-kle-kv-budget')).toBe('200');
     expect(((await roomy.json()) as { choices: { text: string }[] }).choices[0]!.text).toBe(free.choices[0]!.text);
+    const recent = await ask({ kv_budget: 12, kv_policy: 'recent' });
+    expect(recent.status).toBe(200);
     const tight = await ask({ kv_budget: 12, kv_keep_prompt: false, stream: true });
     expect(tight.status).toBe(200);
     expect((await readSse(tight)).at(-1)).toBe('[DONE]');
@@ -74,6 +76,9 @@ describe('OpenAI-compatible server on Node', () => {
       [{ kv_budget: 5000 }, /kv_budget 5000 exceeds this server's limit of 1000/],
       [{ kv_budget: 8, kv_keep_prompt: true }, /kv_keep_prompt: the prompt's \d+ tokens do not fit kv_budget 8/],
       [{ kv_keep_prompt: true }, /kv_keep_prompt needs a kv_budget/],
+      [{ kv_policy: 'recent' }, /kv_policy needs a kv_budget/],
+      [{ kv_budget: 8, kv_policy: 'h2o' }, /kv_policy/],
+      [{ kv_budget: 8, kv_policy: 'learned' }, /kv_policy: policy 'learned' needs a model with an importance head/],
     ];
     for (const [extra, msg] of refusals) {
       const r = await ask(extra as Record<string, unknown>);
