@@ -102,8 +102,9 @@ int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H
 /*
  * kle_cuda_mla_attend that also folds each query's attention into the rows' scores, as
  * kle_mla_decode_scored does for one query (the bounded cache, docs/kv-budget.md): score [L0 + T]
- * device memory, query t's own row L0 + t starting fresh. Always the CUDA-core kernel, which
- * writes its scaled scores to the workspace for the fold: no second pass over the cache.
+ * device memory, query t's own row L0 + t starting fresh. The attention kernel (the tensor-core
+ * one where the shapes allow, else the CUDA-core one) writes its scaled scores to the workspace
+ * and a small kernel folds them once the log-sum-exps are known: no second pass over the cache.
  * workspace: kle_cuda_mla_attend_scored_workspace_bytes(L0 + T, T, H, Dv) bytes.
  */
 long kle_cuda_mla_attend_scored_workspace_bytes(int L, int T, int H, int Dv);

@@ -129,7 +129,7 @@ extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, i
                                    float *out, void *workspace, long workspace_bytes, void *stream) {
   if (L0 < 0 || T <= 0 || H <= 0 || D <= 0 || D > 32 * QREG || Dv <= 0 || Dv > D || Dv > 32 * VREG || !workspace)
     return KLE_EINVAL;
-  if (kle_mla::tc_fits(D, Dv)) return kle_mla::tc_attend(q, cache, L0, T, H, D, Dv, scale, out, nullptr, workspace, workspace_bytes, stream);
+  if (kle_mla::tc_fits(D, Dv)) return kle_mla::tc_attend(q, cache, L0, T, H, D, Dv, scale, out, nullptr, workspace, workspace_bytes, stream, nullptr);
   const int L = L0 + T, S = attend_spans(L, T, H);
   if (workspace_bytes < warp_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
   const int span = (L + S - 1) / S;
@@ -142,10 +142,15 @@ extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, i
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
 
-// the warp kernel's workspace, then the scaled scores [T, H, L] and the log-sum-exps [T, H]
+// either kernel's workspace, then the scaled scores [T, H, L] and the log-sum-exps [T, H]
+static long attend_workspace_bytes(int L, int T, int H, int Dv, int tc) {
+  return tc ? kle_mla::tc_workspace_bytes(L, T, H, Dv) : warp_workspace_bytes(L, T, H, Dv);
+}
+
 extern "C" long kle_cuda_mla_attend_scored_workspace_bytes(int L, int T, int H, int Dv) {
   if (L <= 0 || T <= 0 || H <= 0 || Dv <= 0) return 0;
-  return warp_workspace_bytes(L, T, H, Dv) + ((long)T * H * L + (long)T * H) * 4;
+  const long a = attend_workspace_bytes(L, T, H, Dv, 0), b = Dv % 64 == 0 ? attend_workspace_bytes(L, T, H, Dv, 1) : 0;
+  return (a > b ? a : b) + ((long)T * H * L + (long)T * H) * 4;
 }
 
 extern "C" int kle_cuda_mla_attend_scored(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
@@ -156,10 +161,19 @@ extern "C" int kle_cuda_mla_attend_scored(const float *q, const float *cache, in
     return KLE_EINVAL;
   const int L = L0 + T, S = attend_spans(L, T, H);
   if (workspace_bytes < kle_cuda_mla_attend_scored_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
+  const int tc = kle_mla::tc_fits(D, Dv);
+  const long kbytes = attend_workspace_bytes(L, T, H, Dv, tc);
+  float *logits = (float *)((char *)workspace + kbytes), *lse = logits + (size_t)T * H * L;
+  cudaStream_t st = (cudaStream_t)stream;
+  // the tensor-core kernel where it runs (it reads each row once for all heads), writing its scores
+  if (tc) {
+    const int rc = kle_mla::tc_attend(q, cache, L0, T, H, D, Dv, scale, out, lse, workspace, kbytes, stream, logits);
+    if (rc != KLE_OK) return rc;
+    mla_fold_scores<<<(L + 255) / 256, 256, 0, st>>>(logits, lse, L0, T, H, decay, score);
+    return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+  }
   const int span = (L + S - 1) / S;
   float *opart = (float *)workspace, *lpart = opart + (size_t)S * T * H * Dv;
-  float *logits = (float *)((char *)workspace + warp_workspace_bytes(L, T, H, Dv)), *lse = logits + (size_t)T * H * L;
-  cudaStream_t st = (cudaStream_t)stream;
   const long warps = (long)T * H * S;
   mla_attend_partial<<<(unsigned)((warps + WARPS - 1) / WARPS), 32 * WARPS, 0, st>>>(q, cache, L0, T, H, D, Dv, scale, span, S,
                                                                                     opart, lpart, logits);

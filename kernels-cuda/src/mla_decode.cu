@@ -106,7 +106,8 @@ __device__ __forceinline__ void load_tile(const float *__restrict__ cache, int j
 template <int DC, int HC, int DVC>
 __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const float *__restrict__ cache, int L0,
                                                          int Hq, int R, int Drt, int Dvrt, float scale, int span, int slots,
-                                                         float *__restrict__ pout, float *__restrict__ plse) {
+                                                         float *__restrict__ pout, float *__restrict__ plse,
+                                                         float *__restrict__ logits, int ldl) {
   extern __shared__ __align__(16) float sm[];
   const int r0 = 32 * blockIdx.y;
   // the fast shape has 32 heads a query: then a group is one query's heads
@@ -222,6 +223,13 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
       }
       const int nv = jend - jt - sr;  // valid rows among this thread's four
       float e[4] = {s.x, s.y, s.z, s.w};
+      // the scaled scores themselves, for the bounded cache's row scores (kle_cuda_mla_attend_scored)
+      if (logits && sh < H) {
+        float *lr = logits + (size_t)(r0 + sh) * ldl + jt + sr;
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+          if (r < nv) lr[r] = e[r];
+      }
       float m = -INFINITY;
 #pragma unroll
       for (int r = 0; r < 4; r++)
@@ -347,7 +355,7 @@ long tc_workspace_bytes(int L, int T, int H, int Dv) {
 }
 
 int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
-              void *workspace, long workspace_bytes, void *stream) {
+              void *workspace, long workspace_bytes, void *stream, float *logits) {
   const int nsm = sm_count();
   if (L0 < 0 || T <= 0 || H <= 0 || !tc_fits(D, Dv) || !workspace || nsm <= 0 || (long)T * H > (1L << 30)) return KLE_EINVAL;
   const int L = L0 + T;
@@ -356,13 +364,13 @@ int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, i
   float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
   cudaStream_t st = (cudaStream_t)stream;
   const size_t smem = smem_bytes(D);
-  void (*kern)(const float *, const float *, int, int, int, int, int, float, int, int, float *, float *) =
+  void (*kern)(const float *, const float *, int, int, int, int, int, float, int, int, float *, float *, float *, int) =
       D == 576 && H == 32 && Dv == 512 ? mla_partial<576, 32, 512> : mla_partial<0, 0, 0>;
   if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
   // one span per group: the parts are the rows themselves (part y holds rows 32 y ..), no merge
   const bool direct = p.n == 1;
   kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, cache, L0, H, T * H, D, Dv, scale, p.span, p.slots,
-                                                   direct ? out : pout, direct && lse ? lse : plse);
+                                                   direct ? out : pout, direct && lse ? lse : plse, logits, L);
   if (!direct) mla_merge<<<dim3(T * H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
@@ -375,5 +383,5 @@ extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, in
                                    float *out, float *lse, void *workspace, void *stream) {
   if (L <= 0) return KLE_EINVAL;
   return kle_mla::tc_attend(q, cache, L - 1, 1, H, D, Dv, scale, out, lse, workspace, kle_cuda_mla_workspace_bytes(L, H, Dv),
-                            stream);
+                            stream, nullptr);
 }

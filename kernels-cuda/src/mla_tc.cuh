@@ -11,9 +11,10 @@ bool tc_fits(int D, int Dv);
 // device bytes tc_attend needs (0 for bad sizes or no device)
 long tc_workspace_bytes(int L, int T, int H, int Dv);
 // kle_cuda_mla_attend's contract (q [T, H, D], query i sees cache rows 0 .. L0 + i, out
-// [T, H, Dv]) plus lse [T, H] when not NULL
+// [T, H, Dv]) plus lse [T, H] and the scaled scores logits [T, H, L0 + T] (the rows each query
+// sees) when not NULL
 int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
-              void *workspace, long workspace_bytes, void *stream);
+              void *workspace, long workspace_bytes, void *stream, float *logits);
 
 }  // namespace kle_mla
 
