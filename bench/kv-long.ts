@@ -32,6 +32,14 @@ const rows: Row[] = [];
 const backend = await nodeBackend(backendName);
 for (const name of ['hybrid 3:1', 'all KDA'] as const) {
   const { model, template } = await placeStudyModel(backend, name);
+  // warm-up: a GPU's clocks ramp up under load, and the first context measured would pay for it
+  {
+    const s = model.createSession();
+    s.forward([1]);
+    const t0 = performance.now();
+    while (performance.now() - t0 < 2000) medianDecodeMs(s, 16);
+    s.free();
+  }
   const c = model.config;
   const mla = c.layerKinds.filter((k) => k === 'mla').length, rowBytes = 4 * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim);
   for (const ctx of CONTEXTS) {

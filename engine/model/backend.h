@@ -109,6 +109,15 @@ struct kle_backend {
    */
   int (*mla_attend)(kle_backend_ctx *ctx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv,
                     float scale, float *out, float *score, float decay);
+  /* a bounded cache's new rows: info[t] = (pos0 + t) | flag for t < T (kle_session.rowinfo) */
+  int (*kv_note_rows)(kle_backend_ctx *ctx, uint32_t *info, int T, uint32_t pos0, uint32_t flag);
+  /*
+   * optional (NULL: the host chooses, kv_budget.c): a decode step's drop of one row of a layer's
+   * M, in kv_budget.c's order (unguarded first, then lowest score, then oldest; guarded: position
+   * < sink or >= recent, or pinned), its slot then taking row M - 1 (cache row, score, info)
+   */
+  int (*kv_drop_one)(kle_backend_ctx *ctx, float *cache, int Dc, float *score, uint32_t *info, int M, uint32_t sink,
+                     int64_t recent);
   /* y[t, h] = W_uv[h] o[t, h]; W_uv [H, vh, R] */
   int (*mla_up_v)(kle_backend_ctx *ctx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R);
   /* top-k routing per token (kle_moe_route); idx, w: [T, topk] in backend memory */

@@ -151,6 +151,12 @@ static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *c
   return kle_mla_prefill(qlat, cache, L0, T, H, D, Dv, scale, out);
 }
 
+static int cpu_kv_note_rows(kle_backend_ctx *cx, uint32_t *info, int T, uint32_t pos0, uint32_t flag) {
+  (void)cx;
+  for (int t = 0; t < T; t++) info[t] = (pos0 + (uint32_t)t) | flag;
+  return KLE_OK;
+}
+
 static int cpu_mla_up_v(kle_backend_ctx *cx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R) {
   (void)cx;
   for (int t = 0; t < T; t++) KLE_TRY(kle_mla_up_v(W_uv, o + (size_t)t * H * R, y + (size_t)t * H * vh, H, vh, R));
@@ -229,6 +235,7 @@ static const kle_backend cpu_backend = {
     .mla_absorb = cpu_mla_absorb,
     .mla_attend = cpu_mla_attend,
     .mla_up_v = cpu_mla_up_v,
+    .kv_note_rows = cpu_kv_note_rows,
     .moe_route = cpu_moe_route,
     .moe_experts = cpu_moe_experts,
 };

@@ -73,7 +73,7 @@ struct kle_session {
   /* the bounded MLA cache: budget 0 is none; dropped: 1 once any row was dropped */
   int budget, sink, window, pinning, dropped, policy;
   float decay;
-  uint32_t **rowinfo;  /* [layers]: per cached row its position | KLE_ROW_PINNED, host memory, with a budget */
+  uint32_t **rowinfo;  /* [layers]: per cached row its position | KLE_ROW_PINNED, backend memory, with a budget */
   float **score;       /* [layers]: per cached row its score, backend memory, with a budget */
   float **state;       /* [layers][KLE_MAX_STATE] fixed-size sections */
   float **cache;       /* [layers]: cap rows of the mixer's cache, or NULL */

@@ -13,6 +13,7 @@
  * row's slot does not matter to attention; the rows kept among the batch's new ones, past the
  * budget, fill the slots of the rows dropped below it. rowinfo records each slot's token.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,23 +44,32 @@ int kle_kv_pinned(const kle_session *s) {
   const kle_model *m = s->m;
   for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++) {
     if (!is_mla(m, l) || !s->rowinfo || !s->rowinfo[l]) continue;
+    uint32_t *info = kle_host_alloc_n((uint64_t)(s->len > 0 ? s->len : 1), sizeof(uint32_t));
+    if (!info || m->b->download(m->ctx, info, s->rowinfo[l], sizeof(uint32_t) * (size_t)s->len) != KLE_OK) {
+      free(info);
+      return INT32_MAX; /* unknown: no room to pin more */
+    }
     int n = 0;
-    for (int j = 0; j < s->len; j++) n += (s->rowinfo[l][j] & KLE_ROW_PINNED) != 0;
+    for (int j = 0; j < s->len; j++) n += (info[j] & KLE_ROW_PINNED) != 0;
+    free(info);
     return n;
   }
   return 0;
 }
 
 /* one layer: choose len - budget rows to drop, move kept rows from past the budget into their slots */
-static int evict_layer(kle_session *s, int l, kv_row *rows, float *score_host) {
+static int evict_layer(kle_session *s, int l, kv_row *rows, float *score_host, uint32_t *info) {
   const kle_model *m = s->m;
   const kle_backend *b = m->b;
   const int M = s->len, N = s->budget, k = M - N;
   const size_t Dc = (size_t)kle_mixer_of(m, l)->cache_row_floats(m);
-  uint32_t *info = s->rowinfo[l];
   float *score = s->score[l];
-  KLE_TRY(b->download(m->ctx, score_host, score, sizeof(float) * (size_t)M));
   const int64_t recent = (int64_t)s->pos - s->window;
+  /* a decode step's one row, chosen where the rows are (no round trip to the host on a GPU) */
+  if (k == 1 && b->kv_drop_one)
+    return b->kv_drop_one(m->ctx, s->cache[l], (int)Dc, score, s->rowinfo[l], M, (uint32_t)s->sink, recent);
+  KLE_TRY(b->download(m->ctx, score_host, score, sizeof(float) * (size_t)M));
+  KLE_TRY(b->download(m->ctx, info, s->rowinfo[l], sizeof(uint32_t) * (size_t)M));
   for (int j = 0; j < M; j++) {
     const uint32_t p = KLE_ROW_POS(info[j]);
     rows[j] = (kv_row){score_host[j], p, j, (int64_t)p < s->sink || (int64_t)p >= recent || (info[j] & KLE_ROW_PINNED)};
@@ -86,7 +96,7 @@ static int evict_layer(kle_session *s, int l, kv_row *rows, float *score_host) {
     float *c = s->cache[l];
     rc = b->copy(m->ctx, c + (size_t)hole * Dc, c + (size_t)src * Dc, sizeof(float) * Dc);
     if (rc == KLE_OK) rc = b->copy(m->ctx, score + hole, score + src, sizeof(float));
-    info[hole] = info[src];
+    if (rc == KLE_OK) rc = b->copy(m->ctx, s->rowinfo[l] + hole, s->rowinfo[l] + src, sizeof(uint32_t));
     hole++;
   }
   free(drop);
@@ -98,11 +108,13 @@ int kle_kv_evict(kle_session *s) {
   if (!s->budget || s->len <= s->budget) return KLE_OK;
   kv_row *rows = kle_host_alloc_n((uint64_t)s->len, sizeof(kv_row));
   float *score_host = kle_host_alloc_n((uint64_t)s->len, sizeof(float));
-  int rc = rows && score_host ? KLE_OK : KLE_ENOMEM;
+  uint32_t *info = kle_host_alloc_n((uint64_t)s->len, sizeof(uint32_t));
+  int rc = rows && score_host && info ? KLE_OK : KLE_ENOMEM;
   for (int l = 0; rc == KLE_OK && l < m->cfg[KLE_CFG_LAYERS]; l++)
-    if (is_mla(m, l)) rc = evict_layer(s, l, rows, score_host);
+    if (is_mla(m, l)) rc = evict_layer(s, l, rows, score_host, info);
   free(rows);
   free(score_host);
+  free(info);
   if (rc == KLE_OK) {
     s->len = s->budget;
     s->dropped = 1;
@@ -130,9 +142,9 @@ static int kv_alloc(kle_session *s) {
   const uint64_t cap = (uint64_t)(s->cap > 0 ? s->cap : 1);
   for (int l = 0; l < L; l++) {
     if (!is_mla(m, l) || s->rowinfo[l]) continue;
-    if (!(s->rowinfo[l] = kle_host_alloc_n(cap, sizeof(uint32_t)))) return KLE_ENOMEM;
+    if (!(s->rowinfo[l] = kle_backend_alloc_n(m, cap, sizeof(uint32_t)))) return KLE_ENOMEM;
     if (!(s->score[l] = kle_backend_alloc_n(m, cap, sizeof(float)))) return KLE_ENOMEM;
-    for (int j = 0; j < s->len; j++) s->rowinfo[l][j] = (uint32_t)j;
+    if (s->len) KLE_TRY(m->b->kv_note_rows(m->ctx, s->rowinfo[l], s->len, 0, 0));
   }
   return KLE_OK;
 }
@@ -140,7 +152,7 @@ static int kv_alloc(kle_session *s) {
 void kle_kv_free(kle_session *s) {
   const kle_model *m = s->m;
   for (int l = 0; l < m->cfg[KLE_CFG_LAYERS]; l++) {
-    if (s->rowinfo) free(s->rowinfo[l]);
+    if (s->rowinfo) m->b->release(m->ctx, s->rowinfo[l]);
     if (s->score) m->b->release(m->ctx, s->score[l]);
   }
   free(s->rowinfo);

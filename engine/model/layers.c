@@ -200,8 +200,7 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
   KLE_TRY(b->mla_cache_write(cx, kv, F_(m, KLE_T_MLA_KV_NORM, l), cache + (size_t)L0 * Dc, T, R, rope,
                              m->cfgf[KLE_CFGF_RMS_EPS]));
   KLE_TRY(b->mla_absorb(cx, (const float *)kle_derived_at(m, l, 0)->data, qf, qlat, T, Hm, nope, rope, R));
-  if (s->budget)
-    for (int t = 0; t < T; t++) s->rowinfo[l][L0 + t] = (uint32_t)(s->pos + t) | (s->pinning ? KLE_ROW_PINNED : 0u);
+  if (s->budget) KLE_TRY(b->kv_note_rows(cx, s->rowinfo[l] + L0, T, (uint32_t)s->pos, s->pinning ? KLE_ROW_PINNED : 0u));
   /* a learned importance head scores each row once, from the token's own input */
   if (s->budget && s->policy == KLE_KV_LEARNED) {
     KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_IMPORTANCE, l), h, s->small, T));

@@ -183,18 +183,17 @@ int kle_session_reserve(kle_session *s, int need) {
     const int scored = s->rowinfo && s->rowinfo[l];
     float *p = grown(m, s->cache[l], sizeof(float) * row * len, kle_mul64(kle_mul64(row, (uint64_t)cap), sizeof(float)));
     float *sc = scored ? grown(m, s->score[l], sizeof(float) * len, kle_mul64((uint64_t)cap, sizeof(float))) : NULL;
-    uint32_t *ri = scored ? kle_host_alloc_n((uint64_t)cap, sizeof(uint32_t)) : NULL;
+    uint32_t *ri = scored ? grown(m, s->rowinfo[l], sizeof(uint32_t) * len, kle_mul64((uint64_t)cap, sizeof(uint32_t))) : NULL;
     if (!p || (scored && (!sc || !ri))) { /* caches grown so far still hold their rows: nothing is lost */
       m->b->release(m->ctx, p);
       m->b->release(m->ctx, sc);
-      free(ri);
+      m->b->release(m->ctx, ri);
       return KLE_ENOMEM;
     }
     m->b->release(m->ctx, s->cache[l]);
     s->cache[l] = p;
     if (scored) {
-      memcpy(ri, s->rowinfo[l], sizeof(uint32_t) * len);
-      free(s->rowinfo[l]);
+      m->b->release(m->ctx, s->rowinfo[l]);
       s->rowinfo[l] = ri;
       m->b->release(m->ctx, s->score[l]);
       s->score[l] = sc;
@@ -219,8 +218,7 @@ static int move_body(kle_session *s, uint8_t *p, int rows, int to_host, int budg
     }
     if (budgeted && k->cache_row_floats(m)) {
       const size_t bytes = 4 * (size_t)rows;
-      if (to_host) memcpy(p, s->rowinfo[l], bytes);
-      else memcpy(s->rowinfo[l], p, bytes);
+      if (bytes) KLE_TRY(to_host ? b->download(m->ctx, p, s->rowinfo[l], bytes) : b->upload(m->ctx, s->rowinfo[l], p, bytes));
       p += bytes;
       if (bytes) KLE_TRY(to_host ? b->download(m->ctx, p, s->score[l], bytes) : b->upload(m->ctx, s->score[l], p, bytes));
       p += bytes;

@@ -240,6 +240,65 @@ int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, in
   return kle_cuda_mla_attend(qlat, cache, L0, T, H, D, Dv, scale, out, cx->ws, cx->ws_bytes, cx->st);
 }
 
+// ---------------------------------------------------------------- the bounded MLA cache (kv_budget.c)
+__global__ void kv_note_rows_kernel(uint32_t *info, int T, uint32_t pos0, uint32_t flag) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < T) info[t] = (pos0 + (uint32_t)t) | flag;
+}
+
+int cu_kv_note_rows(kle_backend_ctx *cx, uint32_t *info, int T, uint32_t pos0, uint32_t flag) {
+  if (T <= 0) return KLE_OK;
+  kv_note_rows_kernel<<<(T + 255) / 256, 256, 0, cx->st>>>(info, T, pos0, flag);
+  return launched();
+}
+
+// the drop order of kv_budget.c as one 64-bit key per row, smallest dropped first: guarded, then
+// the score (finite; its bits made to sort as unsigned), then the position (unique per row)
+__device__ inline unsigned long long kv_key(const float *score, const uint32_t *info, int j, uint32_t sink, long long recent) {
+  const uint32_t r = info[j], p = r & 0x7fffffffu;
+  const bool guarded = p < sink || (long long)p >= recent || (r & 0x80000000u);
+  uint32_t b = __float_as_uint(score[j]);
+  b = b & 0x80000000u ? ~b : b | 0x80000000u;
+  // 1 bit guarded, the score's top 32 bits, the position's 31: a tie on score goes to the oldest
+  return ((unsigned long long)guarded << 63) | ((unsigned long long)b << 31) | p;
+}
+
+// one block: the row to drop among M, then row M - 1 moves into its slot
+__global__ void __launch_bounds__(1024) kv_drop_one_kernel(float *cache, int Dc, float *score, uint32_t *info, int M, uint32_t sink,
+                                                            long long recent) {
+  __shared__ unsigned long long best[1024];
+  __shared__ int who[1024];
+  unsigned long long k = ~0ull;
+  int w = -1;
+  for (int j = threadIdx.x; j < M; j += blockDim.x) {
+    const unsigned long long kj = kv_key(score, info, j, sink, recent);
+    if (kj < k) k = kj, w = j;
+  }
+  best[threadIdx.x] = k;
+  who[threadIdx.x] = w;
+  __syncthreads();
+  for (int n = blockDim.x / 2; n > 0; n >>= 1) {
+    if ((int)threadIdx.x < n && best[threadIdx.x + n] < best[threadIdx.x]) {
+      best[threadIdx.x] = best[threadIdx.x + n];
+      who[threadIdx.x] = who[threadIdx.x + n];
+    }
+    __syncthreads();
+  }
+  const int v = who[0], last = M - 1;
+  if (v < 0 || v == last) return;  // the newest row itself goes: nothing moves
+  for (int i = threadIdx.x; i < Dc; i += blockDim.x) cache[(size_t)v * Dc + i] = cache[(size_t)last * Dc + i];
+  if (threadIdx.x == 0) {
+    score[v] = score[last];
+    info[v] = info[last];
+  }
+}
+
+int cu_kv_drop_one(kle_backend_ctx *cx, float *cache, int Dc, float *score, uint32_t *info, int M, uint32_t sink, int64_t recent) {
+  if (M <= 0 || Dc <= 0) return KLE_EINVAL;
+  kv_drop_one_kernel<<<1, 1024, 0, cx->st>>>(cache, Dc, score, info, M, sink, (long long)recent);
+  return launched();
+}
+
 int cu_mla_up_v(kle_backend_ctx *cx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R) {
   kle_ops::mla_up_v(W_uv, o, y, T, H, vh, R, cx->st);
   return launched();
@@ -307,6 +366,8 @@ kle_backend make_backend() {
   b.mla_absorb = cu_mla_absorb;
   b.mla_attend = cu_mla_attend;
   b.mla_up_v = cu_mla_up_v;
+  b.kv_note_rows = cu_kv_note_rows;
+  b.kv_drop_one = cu_kv_drop_one;
   b.moe_route = cu_moe_route;
   b.moe_experts = cu_moe_experts;
   return b;
