@@ -7,9 +7,22 @@
  */
 import type { KimiConfig, MoeConfig } from '../engine/config.js';
 import { isMoeLayer } from '../engine/config.js';
+import { parseSafetensors, tensorF32 } from '../formats/safetensors.js';
 
 /** A tensor by its HF name, as float values (row-major, HF shapes flattened). */
 export type WeightGetter = (name: string) => ArrayLike<number> | undefined;
+
+/** The tensors of a safetensors file's bytes, each decoded to f32 once, on first use. */
+export function safetensorsGetter(bytes: Uint8Array): WeightGetter {
+  const f = parseSafetensors(bytes);
+  const cache = new Map<string, Float32Array>();
+  return (name) => {
+    const t = f.tensors.get(name);
+    if (!t) return undefined;
+    if (!cache.has(name)) cache.set(name, tensorF32(t));
+    return cache.get(name);
+  };
+}
 
 type Vec = Float64Array;
 

@@ -7,9 +7,9 @@ import type { KernelBackend } from '../../src/engine/backend.js';
 import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
 import type { EngineModel } from '../../src/engine/engine.js';
 import { layerKinds, sessionBlobBytes } from '../../src/engine/layer-kinds.js';
-import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
+import { parseSafetensors } from '../../src/formats/safetensors.js';
 import { kvBudgetOf } from '../../src/generate/kv-budget.js';
-import { modelForward64, type RefKvBudget, type RefOptions } from '../../src/verify/model-ref64.js';
+import { modelForward64, safetensorsGetter, type RefKvBudget, type RefOptions } from '../../src/verify/model-ref64.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
 import { syntheticWeights, TINY_CONFIG } from '../../src/weights/synthetic.js';
@@ -40,14 +40,7 @@ function makeCase(): Case {
 }
 
 function reference(c: Case, toks: number[], opts: RefOptions): Float64Array {
-  const f = parseSafetensors(c.weights);
-  const cache = new Map<string, Float32Array>();
-  return modelForward64(c.config, (name) => {
-    const t = f.tensors.get(name);
-    if (!t) return undefined;
-    if (!cache.has(name)) cache.set(name, tensorF32(t));
-    return cache.get(name);
-  }, toks, opts);
+  return modelForward64(c.config, safetensorsGetter(c.weights), toks, opts);
 }
 
 async function load(b: KernelBackend, c: Case): Promise<EngineModel> {

@@ -9,7 +9,7 @@ import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
 import { parseSafetensors, tensorF32 } from '../../src/formats/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/formats/safetensors-writer.js';
 import { syntheticWeights, TINY_CONFIG, type SyntheticOptions, withHeadGate } from '../../src/weights/synthetic.js';
-import { modelForward64, routeRef } from '../../src/verify/model-ref64.js';
+import { modelForward64, routeRef, safetensorsGetter } from '../../src/verify/model-ref64.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { allBackends, argmax, tinyConfig, tinyWeights, tokens } from '../helpers/tiny-model.js';
 
@@ -35,14 +35,7 @@ function makeCase(json: Record<string, unknown>, seed: number, opts: SyntheticOp
 }
 
 function reference(c: Case, toks: number[]): Float64Array {
-  const f = parseSafetensors(c.weights);
-  const cache = new Map<string, Float32Array>();
-  return modelForward64(c.config, (name) => {
-    const t = f.tensors.get(name);
-    if (!t) return undefined;
-    if (!cache.has(name)) cache.set(name, tensorF32(t));
-    return cache.get(name);
-  }, toks);
+  return modelForward64(c.config, safetensorsGetter(c.weights), toks);
 }
 
 async function engineLogits(b: KernelBackend, c: Case, toks: number[]): Promise<{ prefill: Float32Array; decode: Float32Array }> {
