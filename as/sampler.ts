@@ -173,20 +173,39 @@ function kth(p: usize, V: i32, k: i32, scratch: usize): void {
     const b = v128.load(p + (<usize>t << 2));
     const kv = i32x4.shr_u(v128.xor(v128.or(b, sign), i32x4.shr_s(b, 31)), 16);
     const hit = i32x4.bitmask(i32x4.eq(kv, want));
-    if (!hit) continue;
-    for (let j = 0; j < 4; j++) if (hit & (1 << j)) store<i32>(list + (<usize>(n++) << 2), t + j);
+    if (hit) n = pushHits(list, n, hit, t);
   }
   for (; t < V; t++) {
     if (<i32>(key(load<f32>(p + (<usize>t << 2))) >> 16) == bucket) store<i32>(list + (<usize>(n++) << 2), t);
   }
   sortList(p, list, n);
   const at = k - above - 1;
-  cutValue = load<f32>(p + (<usize>load<i32>(list + (<usize>at << 2)) << 2));
-  let ties = 1;
-  for (let q = at - 1; q >= 0 && load<f32>(p + (<usize>load<i32>(list + (<usize>q << 2)) << 2)) == cutValue; q--) ties++;
-  cutTies = ties;
+  cutValue = logitOf(p, list, at);
+  cutTies = tiesUpTo(p, list, at);
   // equal logits share a bucket, so the list holds every token equal to the cut
-  cutAllTies = at + 1 >= n || load<f32>(p + (<usize>load<i32>(list + (<usize>(at + 1) << 2)) << 2)) != cutValue;
+  cutAllTies = at + 1 >= n || logitOf(p, list, at + 1) != cutValue;
+}
+
+/** The logit of the token at list[i]. */
+// @ts-ignore: decorator
+@inline function logitOf(p: usize, list: usize, i: i32): f32 {
+  return load<f32>(p + (<usize>load<i32>(list + (<usize>i << 2)) << 2));
+}
+
+/** Appends the tokens t + j whose bit j of `hit` is set to list[n..]; returns the new length. */
+// @ts-ignore: decorator
+@inline function pushHits(list: usize, n: i32, hit: i32, t: i32): i32 {
+  for (let j = 0; j < 4; j++) if (hit & (1 << j)) store<i32>(list + (<usize>(n++) << 2), t + j);
+  return n;
+}
+
+/** In a sorted list, how many of list[0..at] share list[at]'s logit (it and the ties before it). */
+// @ts-ignore: decorator
+@inline function tiesUpTo(p: usize, list: usize, at: i32): i32 {
+  const v = logitOf(p, list, at);
+  let ties = 1;
+  for (let q = at - 1; q >= 0 && logitOf(p, list, q) == v; q--) ties++;
+  return ties;
 }
 
 /** Sorts list[0..n) of token ids by (logit descending, id ascending). */
@@ -390,8 +409,7 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
     for (; t + 4 <= V; t += 4) {
       const bins = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.mul(f32x4.sub(mv, v128.load(logits + (<usize>t << 2))), sv)), topBin);
       const hit = i32x4.bitmask(v128.and(i32x4.eq(bins, want), f32x4.gt(v128.load(E + (<usize>t << 2)), f32x4.splat(0))));
-      if (!hit) continue;
-      for (let j = 0; j < 4; j++) if (hit & (1 << j)) store<i32>(list + (<usize>(n++) << 2), t + j);
+      if (hit) n = pushHits(list, n, hit, t);
     }
     for (; t < V; t++) {
       const e = load<f32>(E + (<usize>t << 2));
@@ -404,8 +422,7 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
       if (acc >= target || j == n - 1) {
         pv = load<f32>(logits + (<usize>t << 2));
         // ties at pv kept: those before t in the sorted list, and t
-        pt = 1;
-        for (let q = j - 1; q >= 0 && load<f32>(logits + (<usize>load<i32>(list + (<usize>q << 2)) << 2)) == pv; q--) pt++;
+        pt = tiesUpTo(logits, list, j);
         break;
       }
     }
