@@ -10,6 +10,7 @@ import { sessionBytes } from '../src/router/policy.js';
 import { createApp, LoadTracker } from '../src/server/app.js';
 import { PrefixCache } from '../src/server/prefix-cache.js';
 import { parseKimiConfig } from '../src/engine/config.js';
+import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
 import { loadModelFromDirectory } from '../src/node.js';
 import { startServeProcess } from '../test/helpers/processes.js';
 import { machine, machineTag, table, writeResult } from './lib.js';
@@ -79,12 +80,7 @@ for (const P of SIZES) {
   });
 }
 node.kill();
-const cfg48 = parseKimiConfig({
-  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 163840, hidden_size: 2304, intermediate_size: 9216, num_hidden_layers: 27,
-  num_attention_heads: 32, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128, rms_norm_eps: 1e-5,
-  linear_attn_config: { kda_layers: [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26], full_attn_layers: [4, 8, 12, 16, 20, 24, 27], num_heads: 32, head_dim: 128, short_conv_kernel_size: 4 },
-  num_experts: 256, num_experts_per_token: 8, num_shared_experts: 1, moe_intermediate_size: 1024, first_k_dense_replace: 1, moe_router_activation_func: 'sigmoid', routed_scaling_factor: 2.446,
-});
+const cfg48 = parseKimiConfig(KIMI_LINEAR_48B_CONFIG);
 const at = (t: number) => (sessionBytes(cfg48, t) / 2 ** 20).toFixed(1);
 console.log(`machine: ${JSON.stringify(machine())}\n`);
 console.log('Session hand-off: edge (wasm, default model) -> node process (native) vs the node prefilling everything (time to first token, ms)\n');

@@ -43,4 +43,5 @@ export { ReferenceSampler } from './generate/sampler-reference.js';
 export { Tokenizer, TokenizerError, StreamDecoder, type ChatMessage } from './tokenizer/tokenizer.js';
 export { ConfigError, parseKimiConfig, type KimiConfig, type LayerKind, type MoeConfig } from './engine/config.js';
 export { EngineError, EngineModel, EngineSession } from './engine/engine.js';
+export { KIMI_LINEAR_48B_CONFIG } from './weights/synthetic.js';
 export type { LoadProgress } from './weights/hf-loader.js';

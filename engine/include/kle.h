@@ -276,10 +276,30 @@ int kle_model_tensor_expect(kle_model *m, int role, int layer, int expert, int32
  */
 kle_addr kle_model_tensor(kle_model *m, int role, int layer, int expert, int fmt, int rows,
                           int cols);
+/*
+ * The host has written all of the tensor's bytes: a backend with memory of its own (a GPU) takes
+ * it now and the host's copy is freed, so a checkpoint larger than the host's memory streams
+ * through it. Tensors weights are derived from stay until finalize. Optional; KLE_OK where there
+ * is nothing to move, KLE_EINVAL for a tensor never allocated.
+ */
+int kle_model_tensor_ready(kle_model *m, int role, int layer, int expert);
 /* Checks every required tensor is there and prepares derived weights; KLE_EMISSING if not. */
 int kle_model_finalize(kle_model *m);
 /* Bytes the model's tensors occupy in engine memory. */
 long kle_model_bytes(kle_model *m);
+/*
+ * A synthetic model (benchmarks at full size without a checkpoint): every required tensor gets
+ * seeded random values made where it lives (a GPU's matrices in device memory; src/weights/
+ * synthetic.ts's scales), matrices stored as fmt (KLE_W_F32 or KLE_W_BF16), then
+ * kle_model_finalize as after a load. The same seed gives the same values on every backend.
+ * KLE_ENOMEM before anything is allocated when kle_model_planned_bytes and 1 GiB for sessions
+ * exceed kle_model_device_free.
+ */
+int kle_model_synthesize(kle_model *m, int seed, int fmt);
+/* Bytes of backend memory kle_model_synthesize(m, seed, fmt) would take (derived weights included). */
+long kle_model_planned_bytes(kle_model *m, int fmt);
+/* Free bytes of the backend's memory (a GPU's); -1 where it is the host's. */
+long kle_model_device_free(kle_model *m);
 
 /* A session: KDA states and conv tails, MLA latent caches, position, last logits. */
 kle_session *kle_session_create(kle_model *m);
@@ -322,6 +342,12 @@ int kle_session_kv_settings(kle_session *s, int32_t *out, float *decay);
 int kle_session_pin(kle_session *s, int on);
 /* Rows each MLA cache holds now (the position, without a budget). */
 int kle_session_kv_len(kle_session *s);
+/*
+ * For benchmarks at long context: a fresh session's state as if len tokens had been forwarded
+ * (seeded values in its MLA caches' first len rows and in its KDA states; no logits). KLE_EINVAL
+ * after any forward or with a budget.
+ */
+int kle_session_synthesize(kle_session *s, int len, int seed);
 /* Bytes of this session's state blob (KDA states, conv tails, MLA caches, logits). */
 long kle_session_state_size(kle_session *s);
 /* Writes the versioned blob; n must be kle_session_state_size. */

@@ -57,11 +57,21 @@ struct kle_backend {
   /* memory: zeroed allocations; copies in and out; NULL on failure */
   void *(*alloc)(kle_backend_ctx *ctx, size_t bytes);
   void (*release)(kle_backend_ctx *ctx, void *p);
+  /* optional (NULL: alloc): memory for a weight, uninitialized, freed with the model (release on
+   * it does nothing); a GPU packs weights instead of rounding each up to its allocation unit */
+  void *(*alloc_weight)(kle_backend_ctx *ctx, size_t bytes);
   int (*upload)(kle_backend_ctx *ctx, void *dst, const void *host_src, size_t n);
   int (*download)(kle_backend_ctx *ctx, void *host_dst, const void *src, size_t n);
   int (*copy)(kle_backend_ctx *ctx, void *dst, const void *src, size_t n);
   /* waits for every operation launched so far; KLE_OK or the first failure's code */
   int (*sync)(kle_backend_ctx *ctx);
+  /* optional (NULL: host memory, bounded by what the host allocates): free and total bytes */
+  int (*mem_info)(kle_backend_ctx *ctx, uint64_t *free_bytes, uint64_t *total_bytes);
+  /*
+   * n elements at dst (its memory) set to kle_synth_value(stream, i, offset, scale) (synth.h),
+   * stored as fmt: KLE_W_F32 or KLE_W_BF16. A synthetic model's weights are made where they live.
+   */
+  int (*synth)(kle_backend_ctx *ctx, void *dst, int fmt, uint64_t n, uint64_t stream, float offset, float scale);
 
   /*
    * Moves a weight the host wrote (t->data in host memory, any KLE_W_* format) to where the
@@ -80,6 +90,9 @@ struct kle_backend {
   int (*rmsnorm)(kle_backend_ctx *ctx, const float *x, const float *gate, const float *w, float *y, int rows,
                  int D, float eps);
   int (*add)(kle_backend_ctx *ctx, float *x, const float *y, size_t n);
+  /* optional (NULL: add, then rmsnorm): x += y, then h = rmsnorm(x) * w, over rows of D; the
+   * residual add and the next block's norm as one operation (one launch on a GPU) */
+  int (*add_rmsnorm)(kle_backend_ctx *ctx, float *x, const float *y, const float *w, float *h, int rows, int D, float eps);
   int (*sigmoid)(kle_backend_ctx *ctx, const float *x, float *y, size_t n);
   int (*swiglu)(kle_backend_ctx *ctx, const float *gate, const float *up, float *out, size_t n);
   /* causal depthwise conv + SiLU (kle_conv_short), wT [W, C], tail [W-1, C] updated */

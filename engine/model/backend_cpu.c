@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "synth.h"
 
 struct kle_backend_ctx {
   int unused; /* the CPU keeps no per-model state */
@@ -29,6 +30,16 @@ static int cpu_copy(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
 }
 static int cpu_sync(kle_backend_ctx *cx) {
   (void)cx;
+  return KLE_OK;
+}
+static int cpu_synth(kle_backend_ctx *cx, void *dst, int fmt, uint64_t n, uint64_t stream, float offset, float scale) {
+  (void)cx;
+  if (fmt == KLE_W_F32)
+    for (uint64_t i = 0; i < n; i++) ((float *)dst)[i] = kle_synth_value(stream, i, offset, scale);
+  else if (fmt == KLE_W_BF16)
+    for (uint64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = kle_synth_bf16(kle_synth_value(stream, i, offset, scale));
+  else
+    return KLE_EINVAL;
   return KLE_OK;
 }
 static int cpu_place(kle_backend_ctx *cx, kle_tensor *t) {
@@ -214,10 +225,13 @@ static const kle_backend cpu_backend = {
     .close = cpu_close,
     .alloc = cpu_alloc,
     .release = cpu_release,
+    .alloc_weight = NULL,
     .upload = cpu_copy,
     .download = cpu_copy,
     .copy = cpu_copy,
     .sync = cpu_sync,
+    .mem_info = NULL,
+    .synth = cpu_synth,
     .place = cpu_place,
     .experts_table = cpu_experts_table,
     .experts_table_free = cpu_experts_table_free,
@@ -225,6 +239,7 @@ static const kle_backend cpu_backend = {
     .embed = cpu_embed,
     .rmsnorm = cpu_rmsnorm,
     .add = cpu_add,
+    .add_rmsnorm = NULL,
     .sigmoid = cpu_sigmoid,
     .swiglu = cpu_swiglu,
     .conv_short = cpu_conv_short,

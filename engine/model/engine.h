@@ -13,6 +13,13 @@ struct kle_tensor {
   long bytes;
   uint8_t *data; /* host memory until placed, then the backend's; NULL until the host gives it */
   int placed;
+  /* a synthetic tensor made in the backend's memory (synth.c): its stream, which stands for its
+   * bytes in the model's fingerprint (the host cannot read them); 0 otherwise */
+  uint64_t synth;
+  /* the bytes the fingerprint reads, kept when the tensor moved to the backend before finalize
+   * (kle_model_tensor_ready) */
+  uint8_t sample[64];
+  int sampled;
 };
 
 /* Roles that exist once per expert (per layer) rather than once per layer. */
@@ -89,6 +96,11 @@ struct kle_session {
 const kle_layer_kind *kle_mixer_of(const kle_model *m, int layer);
 const kle_layer_kind *kle_ffn_of(const kle_model *m, int layer);
 const kle_tensor *kle_tensor_at(const kle_model *m, int role, int layer);
+kle_tensor *kle_tensor_slot(const kle_model *m, int role, int layer, int expert);
+/* model.c: 1 for the roles a layer kind's derive reads in host memory at finalize (kv_b, conv taps) */
+int kle_derive_reads(int role);
+/* model.c: KLE_TENSOR_* of (role, layer, expert), with its shape and any-format flag */
+int kle_model_expect(const kle_model *m, int role, int layer, int expert, int *rows, int *cols, int *anyfmt);
 const kle_tensor *kle_derived_at(const kle_model *m, int layer, int i);
 kle_tensor *kle_derived_slot(kle_model *m, int layer, int i);
 /* A host f32 copy of a tensor the host wrote (dequantized if stored quantized); NULL if out of memory. */

@@ -47,13 +47,21 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
     const int T = n - off < b->batch ? n - off : b->batch;
     if (s->len + T > s->cap) return KLE_EINVAL; /* never write past the caches, whatever the bookkeeping */
     KLE_TRY(b->embed(cx, kle_tensor_at(m, KLE_T_TOK_EMBD, -1), tokens + off, s->x, T));
+    int normed = 0; /* s->h already holds the next block's normalized input */
     for (int l = 0; l < L; l++) {
       const kle_layer_kind *blocks[2] = {kle_mixer_of(m, l), kle_ffn_of(m, l)};
-      const int norms[2] = {KLE_T_ATTN_NORM, KLE_T_FFN_NORM};
+      const float *norms[2] = {(const float *)kle_tensor_at(m, KLE_T_ATTN_NORM, l)->data,
+                               (const float *)kle_tensor_at(m, KLE_T_FFN_NORM, l)->data};
       for (int i = 0; i < 2; i++) {
-        KLE_TRY(b->rmsnorm(cx, s->x, NULL, (const float *)kle_tensor_at(m, norms[i], l)->data, s->h, T, D, eps));
+        if (!normed) KLE_TRY(b->rmsnorm(cx, s->x, NULL, norms[i], s->h, T, D, eps));
         KLE_TRY(blocks[i]->forward(s, l, s->h, s->y, T));
-        KLE_TRY(b->add(cx, s->x, s->y, (size_t)T * D));
+        /* the residual add with the norm of the block after it, where the backend has both in one */
+        const float *next = i == 0 ? norms[1] : l + 1 < L ? (const float *)kle_tensor_at(m, KLE_T_ATTN_NORM, l + 1)->data : NULL;
+        normed = next && b->add_rmsnorm;
+        if (normed)
+          KLE_TRY(b->add_rmsnorm(cx, s->x, s->y, next, s->h, T, D, eps));
+        else
+          KLE_TRY(b->add(cx, s->x, s->y, (size_t)T * D));
       }
     }
     s->pos += T;

@@ -68,7 +68,7 @@ static int kda_derive(kle_model *m, int l) {
     for (int ch = 0; ch < t->rows; ch++)
       for (int tap = 0; tap < t->cols; tap++) wt[(size_t)tap * t->rows + ch] = w[(size_t)ch * t->cols + tap];
     free(d->data);
-    *d = (kle_tensor){KLE_W_F32, t->cols, t->rows, (long)(sizeof(float) * (size_t)t->rows * t->cols), (uint8_t *)wt, 0};
+    *d = (kle_tensor){.fmt = KLE_W_F32, .rows = t->cols, .cols = t->rows, .bytes = (long)(sizeof(float) * (size_t)t->rows * t->cols), .data = (uint8_t *)wt};
   }
   return KLE_OK;
 }
@@ -177,8 +177,8 @@ static int mla_derive(kle_model *m, int l) {
   kle_tensor *duk = kle_derived_slot(m, l, 0), *duv = kle_derived_slot(m, l, 1);
   free(duk->data);
   free(duv->data);
-  *duk = (kle_tensor){KLE_W_F32, Hm * nope, R, (long)(sizeof(float) * (size_t)Hm * nope * R), (uint8_t *)uk, 0};
-  *duv = (kle_tensor){KLE_W_F32, Hm * vh, R, (long)(sizeof(float) * (size_t)Hm * vh * R), (uint8_t *)uv, 0};
+  *duk = (kle_tensor){.fmt = KLE_W_F32, .rows = Hm * nope, .cols = R, .bytes = (long)(sizeof(float) * (size_t)Hm * nope * R), .data = (uint8_t *)uk};
+  *duv = (kle_tensor){.fmt = KLE_W_F32, .rows = Hm * vh, .cols = R, .bytes = (long)(sizeof(float) * (size_t)Hm * vh * R), .data = (uint8_t *)uv};
   return KLE_OK;
 }
 

@@ -54,13 +54,13 @@ static size_t expert_slots(const kle_model *m) {
 }
 
 /* row 0 of the table is the global tensors, row l+1 layer l */
-static kle_tensor *slot(const kle_model *m, int role, int layer, int expert) {
+kle_tensor *kle_tensor_slot(const kle_model *m, int role, int layer, int expert) {
   if (KLE_IS_EXPERT_ROLE(role))
     return &m->experts[((size_t)layer * m->cfg[KLE_CFG_EXPERTS] + expert) * 3 + (role - KLE_T_EXP_GATE)];
   return &m->t[(size_t)(layer + 1) * KLE_T_COUNT + role];
 }
 
-const kle_tensor *kle_tensor_at(const kle_model *m, int role, int layer) { return slot(m, role, layer, 0); }
+const kle_tensor *kle_tensor_at(const kle_model *m, int role, int layer) { return kle_tensor_slot(m, role, layer, 0); }
 kle_tensor *kle_derived_slot(kle_model *m, int layer, int i) { return &m->derived[(size_t)layer * KLE_MAX_DERIVED + i]; }
 const kle_tensor *kle_derived_at(const kle_model *m, int layer, int i) {
   return &m->derived[(size_t)layer * KLE_MAX_DERIVED + i];
@@ -139,6 +139,10 @@ kle_model *kle_model_create(const int32_t *cfg, int n_cfg, const float *cfgf, in
   return m;
 }
 
+int kle_derive_reads(int role) {
+  return role == KLE_T_MLA_KV_B || role == KLE_T_KDA_CONV_Q || role == KLE_T_KDA_CONV_K || role == KLE_T_KDA_CONV_V;
+}
+
 static void free_tensor(kle_model *m, kle_tensor *t) {
   if (t->placed)
     m->b->release(m->ctx, t->data);
@@ -146,6 +150,8 @@ static void free_tensor(kle_model *m, kle_tensor *t) {
     free(t->data);
   t->data = NULL;
   t->placed = 0;
+  t->synth = 0;
+  t->sampled = 0;
 }
 
 void kle_model_free(kle_model *m) {
@@ -170,7 +176,7 @@ void kle_model_free(kle_model *m) {
 }
 
 /* The shape a (role, layer, expert) must have: KLE_TENSOR_* plus rows, cols, any-format flag. */
-static int expect(const kle_model *m, int role, int layer, int expert, int *rows, int *cols, int *anyfmt) {
+int kle_model_expect(const kle_model *m, int role, int layer, int expert, int *rows, int *cols, int *anyfmt) {
   const int32_t *c = m->cfg;
   const int D = c[KLE_CFG_HIDDEN];
   *anyfmt = 1;
@@ -203,7 +209,7 @@ static int expect(const kle_model *m, int role, int layer, int expert, int *rows
 int kle_model_tensor_expect(kle_model *m, int role, int layer, int expert, int32_t *out) {
   if (!m || !out || role < 0 || role >= KLE_T_COUNT) return KLE_EINVAL;
   int rows = 0, cols = 0, anyfmt = 0;
-  int r = expect(m, role, layer, expert, &rows, &cols, &anyfmt);
+  int r = kle_model_expect(m, role, layer, expert, &rows, &cols, &anyfmt);
   out[0] = rows;
   out[1] = cols;
   out[2] = anyfmt;
@@ -213,11 +219,11 @@ int kle_model_tensor_expect(kle_model *m, int role, int layer, int expert, int32
 kle_addr kle_model_tensor(kle_model *m, int role, int layer, int expert, int fmt, int rows, int cols) {
   if (!m || m->finalized || role < 0 || role >= KLE_T_COUNT) return 0;
   int er, ec, anyfmt;
-  if (expect(m, role, layer, expert, &er, &ec, &anyfmt) == KLE_TENSOR_UNUSED) return 0;
+  if (kle_model_expect(m, role, layer, expert, &er, &ec, &anyfmt) == KLE_TENSOR_UNUSED) return 0;
   if (rows != er || cols != ec || (!anyfmt && fmt != KLE_W_F32)) return 0;
   long rb = kle_row_bytes(fmt, cols);
   if (rb <= 0) return 0;
-  kle_tensor *t = slot(m, role, layer, KLE_IS_EXPERT_ROLE(role) ? expert : 0);
+  kle_tensor *t = kle_tensor_slot(m, role, layer, KLE_IS_EXPERT_ROLE(role) ? expert : 0);
   free_tensor(m, t);
   t->data = kle_host_alloc_n((uint64_t)rows, (uint64_t)rb); /* 4 GiB of one tensor must not wrap to a small block */
   if (!t->data) return 0;
@@ -247,13 +253,21 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
   return h;
 }
 
+/* 64 evenly spaced bytes: cheap, and enough to tell two models' weights apart; the offsets in
+ * 64 bits, since wasm's long is 32 and (bytes - 1) * 63 passes 2^31 from a 35 MB tensor on */
+static size_t take_sample(const kle_tensor *t, uint8_t *out) {
+  if (t->bytes <= 0) return 0;
+  for (int i = 0; i < 64; i++) out[i] = t->data[(size_t)((uint64_t)(t->bytes - 1) * (uint64_t)i / 63u)];
+  return 64;
+}
+
 static uint64_t fingerprint_tensor(uint64_t h, const kle_tensor *t, int role, int layer, int e) {
   int32_t id[6] = {role, layer, e, t->fmt, t->rows, t->cols};
   h = fnv(h, id, sizeof id);
-  /* 64 evenly spaced bytes: cheap, and enough to tell two models' weights apart; the offsets in
-   * 64 bits, since wasm's long is 32 and (bytes - 1) * 63 passes 2^31 from a 35 MB tensor on */
-  for (int i = 0; i < 64 && t->bytes > 0; i++) h = fnv(h, t->data + (size_t)((uint64_t)(t->bytes - 1) * (uint64_t)i / 63u), 1);
-  return h;
+  if (t->synth) return fnv(h, &t->synth, sizeof t->synth); /* in device memory: its seed stands for it */
+  if (t->sampled) return fnv(h, t->sample, t->bytes > 0 ? 64 : 0);
+  uint8_t sample[64];
+  return fnv(h, sample, take_sample(t, sample));
 }
 
 float *kle_tensor_to_f32(const kle_tensor *t) {
@@ -271,6 +285,19 @@ static int place(kle_model *m, kle_tensor *t) {
   return KLE_OK;
 }
 
+int kle_model_tensor_ready(kle_model *m, int role, int layer, int expert) {
+  if (!m || m->finalized || role < 0 || role >= KLE_T_COUNT) return KLE_EINVAL;
+  int rows, cols, anyfmt;
+  if (kle_model_expect(m, role, layer, expert, &rows, &cols, &anyfmt) == KLE_TENSOR_UNUSED) return KLE_EINVAL;
+  kle_tensor *t = kle_tensor_slot(m, role, layer, KLE_IS_EXPERT_ROLE(role) ? expert : 0);
+  if (!t->data) return KLE_EINVAL;
+  /* the host's memory is the backend's, and derive reads its sources there at finalize */
+  if (m->b->host_memory || t->placed || kle_derive_reads(role)) return KLE_OK;
+  take_sample(t, t->sample);
+  t->sampled = 1;
+  return place(m, t);
+}
+
 int kle_model_finalize(kle_model *m) {
   if (!m) return KLE_EINVAL;
   if (m->finalized) return m->finalized > 0 ? KLE_OK : KLE_EINVAL;
@@ -284,9 +311,9 @@ int kle_model_finalize(kle_model *m) {
       int n_e = KLE_IS_EXPERT_ROLE(role) ? E : 1;
       for (int e = 0; e < n_e; e++) {
         int rows, cols, anyfmt;
-        int need = expect(m, role, layer, e, &rows, &cols, &anyfmt);
+        int need = kle_model_expect(m, role, layer, e, &rows, &cols, &anyfmt);
         if (need == KLE_TENSOR_UNUSED) continue;
-        const kle_tensor *t = slot(m, role, layer, e);
+        const kle_tensor *t = kle_tensor_slot(m, role, layer, e);
         if (!t->data) {
           if (need == KLE_TENSOR_REQUIRED) return KLE_EMISSING;
           continue;

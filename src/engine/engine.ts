@@ -50,15 +50,29 @@ function check(fn: string, rc: number, detail?: string): void {
   if (rc !== 0) throw new EngineError(fn, rc, detail);
 }
 
+const gib = (n: number) => (n / 2 ** 30).toFixed(2);
+
 /** A model placed in one backend's memory. */
 export class EngineModel {
   private freed = false;
+  private readonly sessions = new Set<EngineSession>();
 
   private constructor(
     readonly backend: KernelBackend,
     readonly config: KimiConfig,
     readonly handle: number,
   ) {}
+
+  /** true once {@link free} ran */
+  get isFreed(): boolean {
+    return this.freed;
+  }
+
+  /** the handle, or an error after free(): the engine must never see a freed model */
+  private live(): number {
+    if (this.freed) throw new EngineError('kle_model', -1, 'the model was freed');
+    return this.handle;
+  }
 
   /** Creates an empty model for a checked config; tensors follow with {@link place}. */
   static create(backend: KernelBackend, config: KimiConfig): EngineModel {
@@ -68,10 +82,53 @@ export class EngineModel {
     return new EngineModel(backend, config, h);
   }
 
+  /**
+   * A model of seeded random weights made where they live (a GPU's matrices in device memory,
+   * never in the host's), finalized and ready for sessions: benchmarks and the GPU node at full
+   * size without a checkpoint. The same seed gives the same weights on every backend, so the CPU
+   * engine checks the GPU's on it. Refused before anything is allocated when the weights and
+   * 1 GiB for sessions do not fit the device, with the numbers.
+   *
+   * @example
+   * const m = EngineModel.synthesize(cuda, parseKimiConfig(kimi48bConfig), 7, 'bf16');
+   */
+  static synthesize(backend: KernelBackend, config: KimiConfig, seed: number, dtype: 'f32' | 'bf16' = 'bf16'): EngineModel {
+    const m = EngineModel.create(backend, config);
+    try {
+      const need = call(backend, 'kle_model_planned_bytes', [m.handle, WeightFormat[dtype]]);
+      const free = m.deviceFree();
+      const rc = call(backend, 'kle_model_synthesize', [m.handle, seed | 0, WeightFormat[dtype]]);
+      if (rc === -2 && free !== null)
+        throw new EngineError('kle_model_synthesize', rc, `the model needs ${gib(need)} GiB of device memory in ${dtype} (and 1 GiB for sessions); ${gib(free)} GiB are free on ${backend.name}`);
+      check('kle_model_synthesize', rc);
+      m.finalize();
+      return m;
+    } catch (e) {
+      m.free();
+      throw e;
+    }
+  }
+
+  /**
+   * Refuses, before a byte is allocated, a model whose weights (`bytes`, as the backend will hold
+   * them) and 1 GiB for sessions do not fit the backend's free memory; nothing on the CPU.
+   */
+  checkFits(bytes: number, what: string): void {
+    const free = this.deviceFree();
+    if (free !== null && bytes + 2 ** 30 > free)
+      throw new EngineError('kle_model_create', -2, `${what} needs ${gib(bytes)} GiB of device memory (and 1 GiB for sessions); ${gib(free)} GiB are free on ${this.backend.name}`);
+  }
+
+  /** Free bytes of the backend's own memory (a GPU's), or null where it is the host's. */
+  deviceFree(): number | null {
+    const n = call(this.backend, 'kle_model_device_free', [this.live()]);
+    return n < 0 ? null : n;
+  }
+
   /** What the config expects of a tensor slot. */
   expect(s: TensorSlot): TensorExpectation {
     const out = new Int32Array(3);
-    const r = call(this.backend, 'kle_model_tensor_expect', [this.handle, roleId(s.role), s.layer, s.expert, out]);
+    const r = call(this.backend, 'kle_model_tensor_expect', [this.live(), roleId(s.role), s.layer, s.expert, out]);
     if (r < 0) throw new EngineError('kle_model_tensor_expect', r);
     return { need: (['unused', 'required', 'optional'] as const)[r]!, rows: out[0]!, cols: out[1]!, anyFormat: out[2] === 1 };
   }
@@ -91,7 +148,7 @@ export class EngineModel {
    * chunks of any size (a streamed file goes straight into engine memory).
    */
   allocTensor(s: TensorSlot, fmt: WeightFormatName, rows: number, cols: number): { write(chunk: Uint8Array): void; end(): void } {
-    const addr = call(this.backend, 'kle_model_tensor', [this.handle, roleId(s.role), s.layer, s.expert, WeightFormat[fmt], rows, cols]);
+    const addr = call(this.backend, 'kle_model_tensor', [this.live(), roleId(s.role), s.layer, s.expert, WeightFormat[fmt], rows, cols]);
     if (!addr) throw new EngineError('kle_model_tensor', -1, `${s.role} layer ${s.layer} expert ${s.expert}: ${fmt} [${rows}, ${cols}] does not fit the config, or memory ran out`);
     const total = call(this.backend, 'kle_row_bytes', [WeightFormat[fmt], cols]) * rows;
     let off = 0;
@@ -103,28 +160,34 @@ export class EngineModel {
       },
       end: () => {
         if (off !== total) throw new EngineError('kle_model_tensor', -1, `${s.role}: ${off} bytes written, ${total} expected`);
+        // a GPU takes the tensor now: the host never holds more than the tensors being read
+        check('kle_model_tensor_ready', call(this.backend, 'kle_model_tensor_ready', [this.live(), roleId(s.role), s.layer, s.expert]), `${s.role} layer ${s.layer}`);
       },
     };
   }
 
   /** Checks that every required tensor is there and prepares derived weights. */
   finalize(): void {
-    check('kle_model_finalize', call(this.backend, 'kle_model_finalize', [this.handle]));
+    check('kle_model_finalize', call(this.backend, 'kle_model_finalize', [this.live()]));
   }
 
   /** Bytes of weights in engine memory. */
   bytes(): number {
-    return call(this.backend, 'kle_model_bytes', [this.handle]);
+    return call(this.backend, 'kle_model_bytes', [this.live()]);
   }
 
   createSession(): EngineSession {
-    const s = call(this.backend, 'kle_session_create', [this.handle]);
+    const s = call(this.backend, 'kle_session_create', [this.live()]);
     if (!s) throw new EngineError('kle_session_create', -2);
-    return new EngineSession(this, s);
+    const session = new EngineSession(this, s, () => this.sessions.delete(session));
+    this.sessions.add(session);
+    return session;
   }
 
+  /** Frees the model and any of its sessions still open (they would point into it). */
   free(): void {
     if (this.freed) return;
+    for (const s of [...this.sessions]) s.free();
     this.freed = true;
     call(this.backend, 'kle_model_free', [this.handle]);
   }
@@ -134,9 +197,17 @@ export class EngineModel {
 export class EngineSession {
   private freed = false;
 
+  /** the handle, or an error once it or its model was freed (the engine would read freed memory) */
+  private live(): number {
+    if (this.freed || this.model.isFreed) throw new EngineError('kle_session', -1, this.freed ? 'the session was freed' : 'its model was freed');
+    return this.handle;
+  }
+
+  /** made by {@link EngineModel.createSession} */
   constructor(
     readonly model: EngineModel,
     readonly handle: number,
+    private readonly onFree: () => void = () => {},
   ) {}
 
   /**
@@ -152,13 +223,13 @@ export class EngineSession {
     }
     if (n === 0) throw new RangeError('forward needs at least one token');
     const out = new Float32Array(all ? n * V : V);
-    check('kle_session_forward', call(this.model.backend, 'kle_session_forward', [this.handle, Int32Array.from(tokens), n, out, all ? 1 : 0]));
+    check('kle_session_forward', call(this.model.backend, 'kle_session_forward', [this.live(), Int32Array.from(tokens), n, out, all ? 1 : 0]));
     return out;
   }
 
   /** Tokens seen so far. */
   get pos(): number {
-    return call(this.model.backend, 'kle_session_pos', [this.handle]);
+    return call(this.model.backend, 'kle_session_pos', [this.live()]);
   }
 
   /**
@@ -166,7 +237,7 @@ export class EngineSession {
    * address is in the engine's memory), or null before the first token.
    */
   logitsRef(): { readonly backend: KernelBackend; readonly address: number; readonly vocabSize: number; copy(): Float32Array } | null {
-    const addr = call(this.model.backend, 'kle_session_logits', [this.handle]);
+    const addr = call(this.model.backend, 'kle_session_logits', [this.live()]);
     if (!addr) return null;
     const b = this.model.backend, V = this.model.config.vocabSize;
     return { backend: b, address: addr, vocabSize: V, copy: () => readF32(b, addr, V) };
@@ -174,7 +245,7 @@ export class EngineSession {
 
   /** The last token's logits (a copy), or null before the first token. */
   logits(): Float32Array | null {
-    const addr = call(this.model.backend, 'kle_session_logits', [this.handle]);
+    const addr = call(this.model.backend, 'kle_session_logits', [this.live()]);
     return addr ? readF32(this.model.backend, addr, this.model.config.vocabSize) : null;
   }
 
@@ -184,43 +255,51 @@ export class EngineSession {
    * above sink + window, decay outside [0, 1], or more rows cached than the budget).
    */
   setKvBudget(budget: number, sink: number, window: number, decay: number, policy: KvPolicy = 'attention'): void {
-    check('kle_session_set_kv_budget', call(this.model.backend, 'kle_session_set_kv_budget', [this.handle, budget, sink, window, decay, KV_POLICIES.indexOf(policy)]),
+    check('kle_session_set_kv_budget', call(this.model.backend, 'kle_session_set_kv_budget', [this.live(), budget, sink, window, decay, KV_POLICIES.indexOf(policy)]),
       `budget ${budget}, sink ${sink}, window ${window}, decay ${decay}, policy ${policy}, ${this.kvLength} rows cached`);
   }
 
   /** The MLA cache bound in force (budget 0: none), as set or as a loaded blob carried it. */
   kvSettings(): { kvBudget: number; sink: number; window: number; decay: number; policy: KvPolicy } {
     const out = new Int32Array(4), decay = new Float32Array(1);
-    check('kle_session_kv_settings', call(this.model.backend, 'kle_session_kv_settings', [this.handle, out, decay]));
+    check('kle_session_kv_settings', call(this.model.backend, 'kle_session_kv_settings', [this.live(), out, decay]));
     return { kvBudget: out[0]!, sink: out[1]!, window: out[2]!, decay: decay[0]!, policy: KV_POLICIES[out[3]!] ?? 'attention' };
   }
 
   /** Rows each MLA cache holds now (the position, without a budget). */
   get kvLength(): number {
-    return call(this.model.backend, 'kle_session_kv_len', [this.handle]);
+    return call(this.model.backend, 'kle_session_kv_len', [this.live()]);
+  }
+
+  /**
+   * Benchmarks at long context: this fresh session's state as if `tokens` tokens had been
+   * forwarded (seeded values in the MLA caches and KDA states, made on the backend; no logits).
+   */
+  synthesize(tokens: number, seed: number): void {
+    check('kle_session_synthesize', call(this.model.backend, 'kle_session_synthesize', [this.live(), tokens, seed | 0]), `${tokens} tokens`);
   }
 
   /** Tokens forwarded while pinning is on are never dropped by the budget. */
   pin(on: boolean): void {
-    check('kle_session_pin', call(this.model.backend, 'kle_session_pin', [this.handle, on ? 1 : 0]));
+    check('kle_session_pin', call(this.model.backend, 'kle_session_pin', [this.live(), on ? 1 : 0]));
   }
 
   /** Bytes of the session's state blob ({@link save}), without making it. */
   stateSize(): number {
-    return call(this.model.backend, 'kle_session_state_size', [this.handle]);
+    return call(this.model.backend, 'kle_session_state_size', [this.live()]);
   }
 
   /** The session's state as a versioned blob (see engine/model/session.c). */
   save(): Uint8Array {
     const n = this.stateSize();
     const out = new Uint8Array(n);
-    check('kle_session_state_save', call(this.model.backend, 'kle_session_state_save', [this.handle, out, n]));
+    check('kle_session_state_save', call(this.model.backend, 'kle_session_state_save', [this.live(), out, n]));
     return out;
   }
 
   /** Replaces this session's state with a blob; throws (state unchanged) if it is not one of this model's. */
   load(blob: Uint8Array): void {
-    check('kle_session_state_load', call(this.model.backend, 'kle_session_state_load', [this.handle, blob, blob.length]));
+    check('kle_session_state_load', call(this.model.backend, 'kle_session_state_load', [this.live(), blob, blob.length]));
   }
 
   /**
@@ -237,7 +316,7 @@ export class EngineSession {
     const n = this.stateSize();
     const buf = engineBuffer(b, n);
     try {
-      check('kle_session_state_save_at', call(b, 'kle_session_state_save_at', [this.handle, buf, n]));
+      check('kle_session_state_save_at', call(b, 'kle_session_state_save_at', [this.live(), buf, n]));
       for (let off = 0; off < n; off += partBytes) yield readBytes(b, buf + off, Math.min(partBytes, n - off));
     } finally {
       call(b, 'kle_buffer_free', [buf]);
@@ -264,7 +343,7 @@ export class EngineSession {
         off += part.length;
       }
       if (off !== n) throw new RangeError(`loadParts: the parts hold ${off} bytes, not the ${n} announced`);
-      check('kle_session_state_load_at', call(b, 'kle_session_state_load_at', [this.handle, buf, n]));
+      check('kle_session_state_load_at', call(b, 'kle_session_state_load_at', [this.live(), buf, n]));
     } finally {
       call(b, 'kle_buffer_free', [buf]);
     }
@@ -273,6 +352,7 @@ export class EngineSession {
   free(): void {
     if (this.freed) return;
     this.freed = true;
+    this.onFree();
     call(this.model.backend, 'kle_session_free', [this.handle]);
   }
 }

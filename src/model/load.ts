@@ -37,16 +37,20 @@ export async function loadModel(source: ModelSource, options: LoadOptions): Prom
       throw e;
     }
   }
-  const shards = await shardList(source);
+  const { files: shards, totalSize } = await shardList(source);
+  // one file is opened here for its size; shards one at a time as the loader reaches them
+  const single = shards.length === 1 ? await source.open(shards[0]!) : null;
   const opened: Shard[] = shards.map((name) => ({
     name,
     open: async () => {
-      const f = await source.open(name);
+      const f = single ?? (await source.open(name));
       if (!f) throw new FormatError(`${source.name}: ${name} is missing`);
       return f.stream;
     },
   }));
-  const engine = await placeHfModel(options.backend, config, opened, { onProgress: options.onProgress });
+  // the total lets a GPU refuse a checkpoint it cannot hold before reading any of it
+  const bytesTotal = single?.size ?? totalSize ?? undefined;
+  const engine = await placeHfModel(options.backend, config, opened, { onProgress: options.onProgress, bytesTotal });
   try {
     const tj = await readJson(source, 'tokenizer.json');
     const tc = (await readJson(source, 'tokenizer_config.json')) as Record<string, unknown> | null;
@@ -67,12 +71,14 @@ export async function loadModel(source: ModelSource, options: LoadOptions): Prom
   }
 }
 
-async function shardList(source: ModelSource): Promise<string[]> {
+/** The checkpoint's files, and its tensors' bytes where the index says (metadata.total_size). */
+async function shardList(source: ModelSource): Promise<{ files: string[]; totalSize: number | null }> {
   const index = await readJson(source, 'model.safetensors.index.json');
-  if (index === null) return ['model.safetensors'];
+  if (index === null) return { files: ['model.safetensors'], totalSize: null };
   const map = (index as { weight_map?: unknown }).weight_map;
   if (typeof map !== 'object' || map === null) throw new FormatError(`${source.name}: model.safetensors.index.json has no weight_map`);
   const files = [...new Set(Object.values(map as Record<string, unknown>))];
   for (const f of files) if (typeof f !== 'string' || f.includes('/') || f.includes('..')) throw new FormatError(`${source.name}: weight_map names the file ${JSON.stringify(f)}`);
-  return (files as string[]).sort();
+  const total = (index as { metadata?: { total_size?: unknown } }).metadata?.total_size;
+  return { files: (files as string[]).sort(), totalSize: typeof total === 'number' && Number.isSafeInteger(total) && total >= 0 ? total : null };
 }

@@ -14,6 +14,8 @@ import type { Metrics } from './metrics.js';
 import type { PrefixCache } from './prefix-cache.js';
 import { promptParam, type OpenAIRequest } from './prompt.js';
 import { kvBudgetOf, pinnableTokens, type KvBudget } from '../generate/kv-budget.js';
+import { EngineError } from '../engine/engine.js';
+import { sessionBlobBytes } from '../engine/layer-kinds.js';
 
 export interface Limits {
   /** prompt tokens one request may send */
@@ -97,7 +99,29 @@ export function refusal(d: GenerationDeps, r: OpenAIRequest, promptTokens: numbe
   if (promptTokens + maxTokens > ctx) return errorResponse(400, `prompt (${promptTokens}) + max_tokens (${maxTokens}) exceeds the model's context of ${ctx}`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
   if (kv?.keepPrompt && promptTokens > pinnableTokens(kv)) return errorResponse(400, `kv_keep_prompt: the prompt's ${promptTokens} tokens do not fit kv_budget ${kv.kvBudget} less its ${kv.sink} sink and ${kv.window} recent tokens (${pinnableTokens(kv)})`, 'invalid_request_error', 'kv_budget', 'invalid_value');
   if (d.load.active >= d.limits.maxConcurrent) return errorResponse(429, `${d.load.active} generations are running, the limit is ${d.limits.maxConcurrent}: retry shortly`, 'rate_limit_error', null, 'concurrency_limit', { 'retry-after': '1' });
-  return null;
+  return deviceRefusal(d, model, kv ? Math.min(promptTokens + maxTokens, kv.kvBudget + SESSION_BATCH) : promptTokens + maxTokens);
+}
+
+/** rows a bounded cache holds at most beyond its budget: one forward batch (the GPU's) */
+const SESSION_BATCH = 512;
+/** device memory a session's activations and the driver take beside its state */
+const SESSION_OVERHEAD = 2 ** 30;
+
+/**
+ * A GPU's memory bounds its sessions: a request whose session (its state at the context it may
+ * reach, caches reserved in powers of two, and activations) does not fit the free memory waits
+ * for running ones (503, Retry-After), or is refused for good when nothing runs (400); never a
+ * device out-of-memory failure halfway. Backends on the host's memory are not checked here.
+ */
+function deviceRefusal(d: GenerationDeps, model: Model, tokens: number): Response | null {
+  const free = model.engine.deviceFree();
+  if (free === null) return null;
+  const need = sessionBlobBytes(model.config, 2 ** Math.ceil(Math.log2(Math.max(tokens, 64)))) + SESSION_OVERHEAD;
+  if (need <= free) return null;
+  const gib = (n: number) => (n / 2 ** 30).toFixed(2);
+  const what = `this request's session (${tokens} tokens of context) needs ${gib(need)} GiB of device memory; ${gib(free)} GiB are free`;
+  if (d.load.active === 0) return errorResponse(400, `${what} with nothing else running: shorten the prompt or max_tokens, or set a kv_budget`, 'invalid_request_error', 'max_tokens', 'context_length_exceeded');
+  return errorResponse(503, `${what} while ${d.load.active} generation${d.load.active > 1 ? 's' : ''} run: retry when they finish`, 'server_error', null, 'insufficient_device_memory', { 'retry-after': '5' });
 }
 
 /**
@@ -195,6 +219,8 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
   } catch (e) {
     load.active--;
     metrics.activeSessions = load.active;
+    // memory ran out after all (another process took the GPU's, say): a retry may find it
+    if (e instanceof EngineError && e.code === -2) return errorResponse(503, `prefill ran out of memory: ${e.message}`, 'server_error', null, 'insufficient_device_memory', { 'retry-after': '5' });
     return errorResponse(500, `prefill failed: ${(e as Error).message}`, 'server_error');
   }
   const { session } = opened;

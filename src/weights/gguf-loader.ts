@@ -69,6 +69,8 @@ export async function placeGgufModel(backend: KernelBackend, stream: ReadableStr
           if (h.tensors.some((t) => /^blk\.\d+\.attn_kv_importance\.weight$/.test(t.name))) hf.kv_importance_head = true;
           config = parseKimiConfig(hf);
           model = EngineModel.create(backend, config);
+          // a GPU keeps F32, BF16 and F16 as they are and expands the quantized formats to f32
+          model.checkFits(h.tensors.reduce((a, t) => a + t.ne.reduce((n: number, d) => n * Number(d), 1) * (FMT[t.type] === 'bf16' || FMT[t.type] === 'f16' ? 2 : 4), 0), label);
           for (const t of h.tensors) {
             const where = `${label}: tensor '${t.name}'`;
             const target = ggufTarget(t.name, config);

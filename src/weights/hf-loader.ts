@@ -54,6 +54,8 @@ export async function placeHfCheckpoint(backend: KernelBackend, config: KimiConf
     const placed = new Map<string, string>();
     let bytesDone = 0;
     const bytesTotal = opts.bytesTotal ?? (shards.every((s) => s.bytes) ? shards.reduce((a, s) => a + s.bytes!.length, 0) : null);
+    // F32, BF16 and F16 tensors take on a GPU what they take in the file
+    if (bytesTotal !== null) model.checkFits(bytesTotal, `the checkpoint (${shards.length} shard${shards.length > 1 ? 's' : ''})`);
     for (const [i, shard] of shards.entries()) {
       const stream = shard.bytes ? bytesToStream(shard.bytes) : shard.open ? await shard.open() : null;
       if (!stream) throw new FormatError(`${shard.name}: no bytes and no way to open it`);

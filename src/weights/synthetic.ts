@@ -64,6 +64,25 @@ export const ATTENTION_48B_CONFIG = {
   use_grouped_topk: true, num_expert_group: 1, topk_group: 1, model_max_length: 1 << 22,
 };
 
+/**
+ * Kimi-Linear-48B-A3B's config.json as Moonshot publishes it (27 layers: 20 KDA with 32 heads x
+ * 128, 7 MLA with 32 heads over a 512 + 64 latent; 256 experts, top 8, one shared, the first layer
+ * dense; hidden 2304; vocabulary 163,840). With EngineModel.synthesize the engine makes its
+ * weights in device memory (about 98 GB in BF16): the full-size model without downloading it.
+ */
+export const KIMI_LINEAR_48B_CONFIG = {
+  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 163840, hidden_size: 2304, intermediate_size: 9216,
+  num_hidden_layers: 27, num_attention_heads: 32, num_key_value_heads: 32, kv_lora_rank: 512, q_lora_rank: null,
+  qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
+  linear_attn_config: {
+    kda_layers: [1, 2, 3, 5, 6, 7, 9, 10, 11, 13, 14, 15, 17, 18, 19, 21, 22, 23, 25, 26], full_attn_layers: [4, 8, 12, 16, 20, 24, 27],
+    num_heads: 32, head_dim: 128, short_conv_kernel_size: 4,
+  },
+  num_experts: 256, num_experts_per_token: 8, num_shared_experts: 1, moe_intermediate_size: 1024, first_k_dense_replace: 1,
+  moe_layer_freq: 1, moe_renormalize: true, moe_router_activation_func: 'sigmoid', routed_scaling_factor: 2.446,
+  use_grouped_topk: true, num_expert_group: 1, topk_group: 1, model_max_length: 1048576,
+};
+
 export type ConfigJson = Record<string, unknown>;
 
 /** xorshift32 -> uniform (-1, 1); cheap, seeded, identical on every platform */
@@ -103,6 +122,39 @@ export interface SyntheticOptions {
   zeroRouterBias?: boolean;
 }
 
+/** One tensor of a KimiLinearForCausalLM checkpoint: its HF name and shape, and how synthetic values fill it. */
+export interface CheckpointTensor {
+  readonly name: string;
+  readonly shape: readonly number[];
+  readonly rows: number;
+  readonly cols: number;
+  /** stored as F32 whatever the checkpoint's dtype (vectors, norms, gates, the router) */
+  readonly f32: boolean;
+  readonly hfShape?: readonly number[];
+  readonly init: LayerTensor['init'] | { kind: 'embedding' };
+}
+
+/** Every tensor a config implies, in the order checkpoints list them (engine/layer-kinds.ts). */
+export function checkpointTensors(c: KimiConfig): CheckpointTensor[] {
+  const D = c.hiddenSize, V = c.vocabSize;
+  const out: CheckpointTensor[] = [];
+  const mat = (name: string, rows: number, cols: number, gain?: number): CheckpointTensor =>
+    ({ name, shape: [rows, cols], rows, cols, f32: false, init: { kind: 'matrix', ...(gain ? { gain } : {}) } });
+  out.push({ name: 'model.embed_tokens.weight', shape: [V, D], rows: V, cols: D, f32: false, init: { kind: 'embedding' } });
+  for (let l = 0; l < c.numLayers; l++) {
+    const p = `model.layers.${l}.`;
+    for (const x of layerTensors(c, l)) {
+      out.push({ name: p + x.hf, shape: x.hfShape ?? (x.rows === 1 ? [x.cols] : [x.rows, x.cols]), rows: x.rows, cols: x.cols, f32: x.f32, ...(x.hfShape ? { hfShape: x.hfShape } : {}), init: x.init });
+      // routed experts come between the router's bias and the shared experts, as checkpoints list them
+      if (x.role === 'MOE_BIAS')
+        for (let e = 0; e < c.moe!.numExperts; e++) for (const w of expertTensors(c)) out.push(mat(`${p}block_sparse_moe.experts.${e}.${w.hf}.weight`, w.rows, w.cols));
+    }
+  }
+  out.push({ name: 'model.norm.weight', shape: [D], rows: 1, cols: D, f32: true, init: { kind: 'norm' } });
+  if (!c.tieWordEmbeddings) out.push(mat('lm_head.weight', V, D, 4));
+  return out;
+}
+
 /** A config.json with Gated DeltaNet's gate (one decay per head) in its linear-attention layers. */
 export function withHeadGate(cfg: ConfigJson): ConfigJson {
   return { ...cfg, linear_attn_config: { ...(cfg.linear_attn_config as object), gate_type: 'head' } };
@@ -123,7 +175,7 @@ export function syntheticWeights(cfg: ConfigJson, seed: number, opts: SyntheticO
     t[name] = vec || dtype === 'F32' ? { dtype: 'F32', shape: [...shape], data: a } : { dtype: 'BF16', shape: [...shape], data: toBf16(a) };
   };
   const mat = (name: string, rows: number, cols: number, gain = 1) => put(name, [rows, cols], f32(rows * cols, r, (gain * Math.sqrt(3)) / Math.sqrt(cols)));
-  const fill = (name: string, x: LayerTensor) => {
+  const fill = (name: string, x: Pick<LayerTensor, 'rows' | 'cols' | 'hfShape' | 'init'>) => {
     const n = x.rows * x.cols, shape = x.hfShape ?? (x.rows === 1 ? [x.cols] : [x.rows, x.cols]);
     switch (x.init.kind) {
       case 'matrix': return mat(name, x.rows, x.cols, x.init.gain);
@@ -139,17 +191,10 @@ export function syntheticWeights(cfg: ConfigJson, seed: number, opts: SyntheticO
       }
     }
   };
-  put('model.embed_tokens.weight', [V, D], f32(V * D, r, 1));
-  for (let l = 0; l < c.numLayers; l++) {
-    const p = `model.layers.${l}.`;
-    for (const x of layerTensors(c, l)) {
-      fill(p + x.hf, x);
-      // routed experts come between the router's bias and the shared experts, as checkpoints list them
-      if (x.role === 'MOE_BIAS')
-        for (let e = 0; e < c.moe!.numExperts; e++) for (const w of expertTensors(c)) mat(`${p}block_sparse_moe.experts.${e}.${w.hf}.weight`, w.rows, w.cols);
-    }
+  for (const x of checkpointTensors(c)) {
+    const init = x.init;
+    if (init.kind === 'embedding') put(x.name, x.shape, f32(x.rows * x.cols, r, 1));
+    else fill(x.name, { rows: x.rows, cols: x.cols, hfShape: x.hfShape, init });
   }
-  put('model.norm.weight', [D], f32(D, r, 0.1, 1), true);
-  if (!c.tieWordEmbeddings) mat('lm_head.weight', V, D, 4);
   return writeSafetensors(t, { format: 'pt' });
 }

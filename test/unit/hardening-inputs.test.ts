@@ -9,7 +9,7 @@ import { parseSafetensors } from '../../src/formats/safetensors.js';
 import { sourceFromFiles } from '../../src/formats/source.js';
 import { loadModel } from '../../src/model/load.js';
 import { loadModelFromDirectory } from '../../src/node.js';
-import { createApp } from '../../src/server/app.js';
+import { createApp, LoadTracker } from '../../src/server/app.js';
 import { StreamDecoder } from '../../src/tokenizer/tokenizer.js';
 import { TINY_CONFIG } from '../../src/weights/synthetic.js';
 
@@ -73,6 +73,33 @@ describe('hostile inputs get clear answers', async () => {
   it('a GGUF of another architecture is the file\'s problem, not config.json\'s', async () => {
     const bytes = writeGguf({ 'general.architecture': { type: 'str', value: 'llama' } }, []);
     await expect(loadModel(sourceFromFiles({ 'model.gguf': bytes }), { backend: model.backend })).rejects.toThrow(/model\.gguf: general\.architecture: "llama" is not kimi-linear/);
+  });
+
+  it('the server: a session that would not fit the device gets 503 with Retry-After while others run, 400 when nothing does', async () => {
+    // a GPU's free memory, as the CUDA backend reports it (kle_model_device_free); CPU backends report none
+    const engine = model.engine;
+    const real = engine.deviceFree.bind(engine);
+    const load = new LoadTracker();
+    const app = createApp({ model, modelId: 'm', load });
+    const post = () => app.request('/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'm', prompt: 'hello', max_tokens: 4 }) });
+    try {
+      engine.deviceFree = () => 2 ** 20;
+      load.active = 1;
+      const busy = await post();
+      expect(busy.status).toBe(503);
+      expect(busy.headers.get('retry-after')).toBe('5');
+      const e = ((await busy.json()) as { error: { code: string; message: string } }).error;
+      expect(e.code).toBe('insufficient_device_memory');
+      expect(e.message).toMatch(/needs 1\.00 GiB of device memory; 0\.00 GiB are free while 1 generation run/);
+      load.active = 0;
+      const never = await post();
+      expect(never.status).toBe(400);
+      expect(((await never.json()) as { error: { code: string } }).error.code).toBe('context_length_exceeded');
+      engine.deviceFree = () => 80 * 2 ** 30;
+      expect((await post()).status).toBe(200);
+    } finally {
+      engine.deviceFree = real;
+    }
   });
 
   it('the server: empty prompts get 400 (streamed or not), a megabyte prompt is refused without tokenizing', async () => {

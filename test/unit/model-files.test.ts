@@ -1,3 +1,4 @@
+import { FiniteCheck } from '../../src/weights/finite-check.js';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, parseKimiConfig } from '../../src/engine/config.js';
 import { placeHfModel, type Shard } from '../../src/weights/hf-loader.js';
@@ -77,6 +78,34 @@ describe('malformed model files get an error that names the tensor and the probl
       delete t['model.layers.2.block_sparse_moe.experts.5.w2.weight'];
     });
     await expect(load(s)).rejects.toThrow(/missing tensors: .*model\.layers\.2\.block_sparse_moe\.experts\.5\.w2\.weight.*model\.layers\.3\.self_attn\.kv_b_proj\.weight/);
+  });
+
+  it('the finiteness check names the first bad value whatever the chunks and their alignment', () => {
+    // values of every 16-bit and 32-bit format, a bad one at each position in turn, fed in
+    // chunks that split elements and start on odd byte offsets (the word-wide path and the byte one)
+    const cases: [string, number, (b: DataView, i: number) => void, (b: DataView, i: number) => void][] = [
+      ['BF16', 2, (b, i) => b.setUint16(2 * i, 0x3f80 + (i % 97), true), (b, i) => b.setUint16(2 * i, i % 2 ? 0x7fc0 : 0xff80, true)],
+      ['F16', 2, (b, i) => b.setUint16(2 * i, 0x3c00 + (i % 97), true), (b, i) => b.setUint16(2 * i, i % 2 ? 0x7e00 : 0xfc00, true)],
+      ['F32', 4, (b, i) => b.setFloat32(4 * i, 1 + i / 7, true), (b, i) => b.setFloat32(4 * i, i % 2 ? NaN : -Infinity, true)],
+    ];
+    for (const [dtype, w, good, bad] of cases)
+      for (const at of [0, 1, 2, 3, 5, 64, 199]) {
+        const n = 200;
+        const bytes = new Uint8Array(n * w + 3);
+        const view = new DataView(bytes.buffer, 1, n * w); // elements start on an odd offset
+        for (let i = 0; i < n; i++) good(view, i);
+        bad(view, at);
+        const data = bytes.subarray(1, 1 + n * w);
+        for (const cut of [1, 3, 7, 64]) {
+          const chk = new FiniteCheck(dtype, 't');
+          expect(() => {
+            for (let o = 0; o < data.length; o += cut) chk.push(data.subarray(o, Math.min(data.length, o + cut)));
+          }, `${dtype} bad at ${at}, chunks of ${cut}`).toThrow(new RegExp(`t: value ${at} is not finite`));
+        }
+        good(view, at);
+        const ok = new FiniteCheck(dtype, 't');
+        expect(() => ok.push(data)).not.toThrow();
+      }
   });
 
   it('NaN or infinity in weights', async () => {

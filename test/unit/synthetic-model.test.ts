@@ -1,0 +1,101 @@
+// Synthetic models made by the engine where their weights live (engine/model/synth.c): the same
+// seed gives the same model on every CPU backend (so on the GPU, test/unit/cuda-parity.test.ts
+// checks the CUDA engine against the CPU on it), a different seed a different one, BF16 weights
+// round F32's, and a synthesized session state decodes like any other.
+import { describe, expect, it } from 'vitest';
+import { parseKimiConfig } from '../../src/engine/config.js';
+import { EngineError, EngineModel } from '../../src/engine/engine.js';
+import { relErr } from '../../src/verify/relerr.js';
+import { TINY_CONFIG } from '../../src/weights/synthetic.js';
+import { allBackends, argmax, tokens } from '../helpers/tiny-model.js';
+
+const config = parseKimiConfig(TINY_CONFIG);
+const V = config.vocabSize;
+const prompt = tokens(40, V, 3);
+
+describe('synthetic model', async () => {
+  const backends = await allBackends();
+
+  it('gives the same logits on every CPU backend and the same fingerprint (blobs move between them)', () => {
+    const ref = EngineModel.synthesize(backends[0]!, config, 5, 'bf16');
+    const s0 = ref.createSession();
+    const want = s0.forward(prompt);
+    const blob = s0.save();
+    let spread = 0;
+    for (let i = 0; i < V; i++) spread = Math.max(spread, Math.abs(want[i]! - want[0]!));
+    expect(want.every(Number.isFinite)).toBe(true);
+    expect(spread).toBeGreaterThan(0.1); // not flat: the scales make a model that prefers tokens
+    for (const b of backends.slice(1)) {
+      const m = EngineModel.synthesize(b, config, 5, 'bf16');
+      const s = m.createSession();
+      expect(relErr(s.forward(prompt), want)).toBeLessThan(2e-5);
+      const s2 = m.createSession();
+      s2.load(blob); // refused if the fingerprints differed
+      expect(relErr(s2.forward([7]), s.forward([7]))).toBeLessThan(2e-5);
+      m.free();
+    }
+    ref.free();
+  });
+
+  it('another seed is another model; bf16 weights are the f32 ones rounded', () => {
+    const b = backends[2]!;
+    const bf = EngineModel.synthesize(b, config, 5, 'bf16');
+    const f32 = EngineModel.synthesize(b, config, 5, 'f32');
+    const other = EngineModel.synthesize(b, config, 6, 'bf16');
+    const a = bf.createSession().forward(prompt), c = f32.createSession().forward(prompt), o = other.createSession().forward(prompt);
+    const e = relErr(a, c);
+    expect(e).toBeGreaterThan(0); // rounded: not the same bits
+    expect(e).toBeLessThan(2e-2); // bf16 keeps 8 bits: a few 2^-9 relative steps through 4 layers
+    expect(relErr(o, a)).toBeGreaterThan(0.3);
+    expect(bf.bytes()).toBeLessThan(f32.bytes() * 0.6);
+    for (const m of [bf, f32, other]) m.free();
+  });
+
+  it('a synthesized session state decodes on every backend alike, and only a fresh session takes one', () => {
+    let want: Float32Array | null = null;
+    for (const b of backends) {
+      const m = EngineModel.synthesize(b, config, 9, 'bf16');
+      const s = m.createSession();
+      s.synthesize(300, 4);
+      expect(s.pos).toBe(300);
+      expect(s.kvLength).toBe(300);
+      const got = s.forward([11]);
+      expect(got.every(Number.isFinite)).toBe(true);
+      if (want) expect(relErr(got, want)).toBeLessThan(2e-5);
+      else want = got;
+      expect(() => s.synthesize(10, 1)).toThrow(EngineError);
+      const bounded = m.createSession();
+      bounded.setKvBudget(64, 4, 16, 1);
+      expect(() => bounded.synthesize(10, 1)).toThrow(EngineError);
+      m.free();
+    }
+    // the state matters: another seed's state gives other logits
+    const m = EngineModel.synthesize(backends[2]!, config, 9, 'bf16');
+    const s = m.createSession();
+    s.synthesize(300, 5);
+    const other = s.forward([11]);
+    expect(relErr(other, want!)).toBeGreaterThan(1e-3);
+    expect(argmax(other)).toBeGreaterThanOrEqual(0);
+    m.free();
+  });
+
+  it('a freed model or session is an error, not a read of freed memory; freeing a model frees its sessions', () => {
+    const m = EngineModel.synthesize(backends[2]!, config, 1, 'bf16');
+    const a = m.createSession(), b = m.createSession();
+    a.forward([1]);
+    a.free();
+    expect(() => a.forward([1])).toThrow(/the session was freed/);
+    m.free();
+    expect(() => b.forward([1])).toThrow(/the session was freed/); // freed with its model
+    expect(() => m.bytes()).toThrow(/the model was freed/);
+    expect(() => m.createSession()).toThrow(/the model was freed/);
+    b.free(); // already freed with the model: nothing happens
+    m.free();
+  });
+
+  it('reports no device memory on the CPU (the host bounds it)', () => {
+    const m = EngineModel.synthesize(backends[2]!, config, 1, 'bf16');
+    expect(m.deviceFree()).toBeNull();
+    m.free();
+  });
+});
