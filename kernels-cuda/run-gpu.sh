@@ -13,6 +13,13 @@
 #       study on the GPU (bench/arch.ts)
 #   bash kernels-cuda/run-gpu.sh arch [--quick]
 #       the addon, the parity test and the architecture study alone
+#   bash kernels-cuda/run-gpu.sh big [--quick]
+#       the addon, the parity test (BF16 models included) and its quick part under
+#       compute-sanitizer, then the full-size Kimi-Linear-48B-A3B in BF16 and its all-MLA twin:
+#       time per token at batch 1 from 4K to 1M tokens of context (bench/gpu-48b.ts)
+#   bash kernels-cuda/run-gpu.sh load [--layers N]
+#       the addon, then a sharded BF16 checkpoint of Kimi-Linear-48B-A3B's shapes written to disk
+#       and loaded onto the GPU (bench/gpu-load.ts: GB/s next to a plain read of the files)
 #   bash kernels-cuda/run-gpu.sh kv [--budget N]
 #       the addon, then time per token to 1M tokens of context with the full MLA cache and with a
 #       budget (bench/kv-long.ts --backend cuda; docs/kv-budget.md)
@@ -30,19 +37,18 @@ COLLECT="python3 $PWD/kernels-cuda/bench/collect.py $OUT $TAG"
 if [ "$mode" = kernels ]; then
   cd kernels-cuda
   NVCC_FLAGS=$(cat nvcc.flags)  # the recipe engine/build/build.mjs builds the engine addon with
-  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu -o build/libklecuda.so
-  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC bench/copy_probe.cu -o build/libcopyprobe.so
+  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu src/gemm16.cu src/probe.cu -o build/libklecuda.so
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -14
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_layer.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -8
-  PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --probe build/libcopyprobe.so --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
+  PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --probe build/libklecuda.so --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/mla_decode.py build/libklecuda.so --out "$OUT/cuda-mla-decode.json" 2>&1 | tee -a "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/kda_layer.py build/libklecuda.so --out "$OUT/cuda-kda-layer.json" 2>&1 | tee -a "$OUT/bench.log"
   $COLLECT
   exit 0
 fi
 
-[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || { echo "unknown mode $mode (kernels | engine | arch | kv)" >&2; exit 2; }
+[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = load ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | load)" >&2; exit 2; }
 [ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
 xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
@@ -50,17 +56,29 @@ export PATH="$PWD/.gpu/node/bin:$PATH"
 node --version
 mkdir -p node_modules && tar -xJf .gpu/vitest.tar.xz -C node_modules  # vitest alone: no npm there
 node engine/build/build.mjs native cuda 2>&1 | tail -5
+if [ "$mode" = load ]; then
+  node .gpu/dist/bench/gpu-load.mjs "$@" 2>&1 | tee "$OUT/gpu-load.log"
+  cp bench/results/gpu-load-* "$OUT/" 2>/dev/null || true
+  exit 0
+fi
 if [ "$mode" = kv ]; then
   node .gpu/dist/bench/kv-long.mjs --backend cuda "$@" 2>&1 | tee "$OUT/kv-long.log"
   cp bench/results/kv-long-cuda-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
 VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts"
-# CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer
-$VITEST 2>&1 | tee "$OUT/parity.log" | tail -40
+# CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer;
+# SKIP_PARITY=1 goes straight to the benches (a call that repeats one already checked)
+[ -n "${SKIP_PARITY:-}" ] || $VITEST --pool=forks 2>&1 | tee "$OUT/parity.log" | tail -40
 if [ "$mode" = arch ]; then
   node .gpu/dist/bench/arch.mjs --backend cuda "$@" 2>&1 | tee "$OUT/arch.log"
   cp bench/results/arch-cuda-* bench/results/arch-*-h[0-9]*.svg "$OUT/" 2>/dev/null || true
+  exit 0
+fi
+if [ "$mode" = big ]; then
+  KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
+  node .gpu/dist/bench/gpu-48b.mjs "$@" 2>&1 | tee "$OUT/gpu-48b.log"
+  cp bench/results/gpu-48b-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
 KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12

@@ -16,7 +16,7 @@ lib = ctypes.CDLL(args[0])
 check_only = "--check-only" in args
 fla_path = args[args.index("--fla") + 1] if "--fla" in args else None
 probe = None
-if "--probe" in args:  # bench/copy_probe.cu built as a library
+if "--probe" in args:  # src/probe.cu, in libklecuda.so
     probe = ctypes.CDLL(args[args.index("--probe") + 1])
     for fn in (probe.probe_copy, probe.probe_read):
         fn.restype = ctypes.c_int

@@ -16,6 +16,11 @@ extern "C" {
  * compute capability as major * 10 + minor, or KLE_EDEVICE (-5) when there is no usable device.
  */
 int kle_cuda_device_info(uint8_t *name, int n);
+/*
+ * The card's copy bandwidth: the median of reps device-to-device copies of `bytes` (read once,
+ * written once: 2 x bytes moved each), in GB/s; 0 on failure. The benches' physical limit.
+ */
+float kle_cuda_copy_gbps(long bytes, int reps);
 
 #ifdef __cplusplus
 }

@@ -1,16 +1,24 @@
 // backend_cuda.cu: the forward pass's operations on an NVIDIA GPU (engine/model/backend.h). The
 // model, its layer kinds, the session and the state blob are the engine's own C code; this file
-// supplies device memory and launches the CUDA kernels on the model's stream. Weights are placed
-// as f32 (quantized formats expanded: the kernels here are f32 only).
+// supplies device memory and launches the CUDA kernels on the model's stream. Weights keep the
+// precision of the file: F32, BF16 and F16 as they are (gemm16.cu multiplies 16-bit weights);
+// the quantized formats are expanded to f32.
 #include <cuda_runtime.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+
+#include <algorithm>
+#include <map>
 #include <new>
+#include <string>
+#include <vector>
 
 extern "C" {
 #include "../../engine/model/engine.h"
 }
+#include "../../engine/model/synth.h"
 #include "../include/kle_cuda.h"
 #include "../include/kle_cuda_node.h"
 #include "ops.cuh"
@@ -24,11 +32,30 @@ extern "C" {
     if ((x) != cudaSuccess) return KLE_EDEVICE;                                                    \
   } while (0)
 
+// KLE_CUDA_PROFILE=1: every operation is bracketed by two events, and closing the model prints
+// the GPU time per operation and shape to stderr (there is no nsys on the lent machines)
+struct prof_rec {
+  const char *op;
+  int a, b, c;  // the shape that tells calls apart (matmul: rows, cols, tokens)
+  cudaEvent_t start, end;
+};
+#define PROF_MAX (1 << 17)
+
 struct kle_backend_ctx {
   cudaStream_t st = nullptr;
   void *ws = nullptr;  // workspace of the chunked KDA and MLA attention kernels
   long ws_bytes = 0;
   int32_t *tok = nullptr;  // a batch of token ids
+  // weights live as long as the model: carved from slabs, since cudaMalloc rounds every block up
+  // to 2 MiB (a 4.5 MiB expert matrix took 6: 29 GiB of the 48B model's 92 went to rounding)
+  std::vector<std::pair<char *, size_t>> slabs;
+  size_t slab_used = 0;
+  bool prof = false;
+  std::vector<prof_rec> recs;
+  // uploads of weights and blobs go through two pinned buffers: the host fills one while the
+  // other is copied, and the card reads pinned memory at full speed
+  void *stage[2] = {nullptr, nullptr};
+  cudaEvent_t staged[2] = {nullptr, nullptr};
 };
 
 namespace {
@@ -39,6 +66,8 @@ int launched() { return cudaPeekAtLastError() == cudaSuccess ? KLE_OK : KLE_EDEV
 kle_backend_ctx *cu_open() {
   kle_backend_ctx *cx = new (std::nothrow) kle_backend_ctx;
   if (!cx) return nullptr;
+  const char *p = getenv("KLE_CUDA_PROFILE");
+  cx->prof = p && *p && *p != '0';
   if (cudaStreamCreateWithFlags(&cx->st, cudaStreamNonBlocking) != cudaSuccess ||
       cudaMalloc(&cx->tok, sizeof(int32_t) * CUDA_BATCH) != cudaSuccess) {
     cudaGetLastError();
@@ -49,8 +78,48 @@ kle_backend_ctx *cu_open() {
   return cx;
 }
 
+void prof_report(kle_backend_ctx *cx) {
+  if (cx->recs.empty()) return;
+  struct agg {
+    double ms = 0;
+    long n = 0;
+  };
+  std::map<std::string, agg> by;
+  double total = 0;
+  for (const prof_rec &r : cx->recs) {
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, r.start, r.end);
+    char key[96];
+    snprintf(key, sizeof key, "%s [%d %d %d]", r.op, r.a, r.b, r.c);
+    agg &g = by[key];
+    g.ms += ms;
+    g.n++;
+    total += ms;
+  }
+  float span = 0.f;
+  cudaEventElapsedTime(&span, cx->recs.front().start, cx->recs.back().end);
+  std::vector<std::pair<std::string, agg>> v(by.begin(), by.end());
+  std::sort(v.begin(), v.end(), [](const auto &x, const auto &y) { return x.second.ms > y.second.ms; });
+  fprintf(stderr, "KLE_CUDA_PROFILE: %zu operations, %.3f ms inside them, %.3f ms from the first to the last\n", cx->recs.size(), total,
+          span);
+  for (const auto &e : v)
+    fprintf(stderr, "  %8.3f ms %5.1f%% %7ld x %8.2f us  %s\n", e.second.ms, 100.0 * e.second.ms / total, e.second.n,
+            1e3 * e.second.ms / e.second.n, e.first.c_str());
+  for (prof_rec &r : cx->recs) {
+    cudaEventDestroy(r.start);
+    cudaEventDestroy(r.end);
+  }
+  cx->recs.clear();
+}
+
 void cu_close(kle_backend_ctx *cx) {
   cudaStreamSynchronize(cx->st);
+  prof_report(cx);
+  for (auto &sl : cx->slabs) cudaFree(sl.first);
+  for (int i = 0; i < 2; i++) {
+    if (cx->stage[i]) cudaFreeHost(cx->stage[i]);
+    if (cx->staged[i]) cudaEventDestroy(cx->staged[i]);
+  }
   cudaFree(cx->ws);
   cudaFree(cx->tok);
   cudaStreamDestroy(cx->st);
@@ -70,14 +139,85 @@ void *cu_alloc(kle_backend_ctx *cx, size_t bytes) {
   return p;
 }
 
-void cu_release(kle_backend_ctx *cx, void *p) {
-  (void)cx;
-  if (p) cudaFree(p);  // waits for the device: no kernel still reads it
+#define SLAB_BYTES ((size_t)256 << 20)
+
+// memory for a weight, uninitialized (synth or upload writes all of it), freed with the model
+void *cu_alloc_weight(kle_backend_ctx *cx, size_t bytes) {
+  bytes = (bytes + 255) & ~(size_t)255;
+  if (cx->slabs.empty() || cx->slab_used + bytes > cx->slabs.back().second) {
+    const size_t n = bytes > SLAB_BYTES ? bytes : SLAB_BYTES;
+    char *p = nullptr;
+    if (cudaMalloc(&p, n) != cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;
+    }
+    try {
+      cx->slabs.push_back({p, n});
+    } catch (...) {
+      cudaFree(p);
+      return nullptr;
+    }
+    cx->slab_used = 0;
+  }
+  char *p = cx->slabs.back().first + cx->slab_used;
+  cx->slab_used += bytes;
+  return p;
 }
 
-// pageable host memory on either side: each copy waits for the stream, then for itself
+void cu_release(kle_backend_ctx *cx, void *p) {
+  if (!p) return;
+  for (const auto &sl : cx->slabs)
+    if ((char *)p >= sl.first && (char *)p < sl.first + sl.second) return;  // a weight: the model's close frees its slab
+  cudaFree(p);  // waits for the device: no kernel still reads it
+}
+
+// brackets one operation with events when profiling
+struct Span {
+  kle_backend_ctx *cx;
+  bool on;
+  Span(kle_backend_ctx *c, const char *op, int a = 0, int b = 0, int cc = 0) : cx(c), on(c->prof && c->recs.size() < PROF_MAX) {
+    if (!on) return;
+    prof_rec r = {op, a, b, cc, nullptr, nullptr};
+    cudaEventCreate(&r.start);
+    cudaEventCreate(&r.end);
+    cudaEventRecord(r.start, cx->st);
+    cx->recs.push_back(r);
+  }
+  ~Span() {
+    if (on) cudaEventRecord(cx->recs.back().end, cx->st);
+  }
+};
+
+#define STAGE_BYTES ((size_t)32 << 20)
+
+bool stage_ready(kle_backend_ctx *cx) {
+  for (int i = 0; i < 2; i++) {
+    if (!cx->stage[i] && cudaHostAlloc(&cx->stage[i], STAGE_BYTES, cudaHostAllocWriteCombined) != cudaSuccess) break;
+    if (!cx->staged[i] && cudaEventCreateWithFlags(&cx->staged[i], cudaEventDisableTiming) != cudaSuccess) break;
+  }
+  cudaGetLastError();
+  return cx->stage[1] && cx->staged[1];
+}
+
+// pageable host memory on the host's side: small copies wait for the stream, then for themselves;
+// large ones go through the two pinned buffers in turn, so at most 64 MiB is pinned whatever
+// the tensor or blob
 int cu_upload(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
-  CU(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cx->st));
+  if (n < (STAGE_BYTES >> 2) || !stage_ready(cx)) {
+    CU(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cx->st));
+    CU(cudaStreamSynchronize(cx->st));
+    return KLE_OK;
+  }
+  int k = 0;
+  bool used[2] = {false, false};
+  for (size_t off = 0; off < n; off += STAGE_BYTES, k ^= 1) {
+    const size_t c = n - off < STAGE_BYTES ? n - off : STAGE_BYTES;
+    if (used[k]) CU(cudaEventSynchronize(cx->staged[k]));  // its last copy has left it
+    memcpy(cx->stage[k], (const char *)src + off, c);
+    CU(cudaMemcpyAsync((char *)dst + off, cx->stage[k], c, cudaMemcpyHostToDevice, cx->st));
+    CU(cudaEventRecord(cx->staged[k], cx->st));
+    used[k] = true;
+  }
   CU(cudaStreamSynchronize(cx->st));
   return KLE_OK;
 }
@@ -96,41 +236,90 @@ int cu_sync(kle_backend_ctx *cx) {
   return KLE_OK;
 }
 
-// a host tensor as f32 in device memory; the host bytes are freed once copied
-int cu_place(kle_backend_ctx *cx, kle_tensor *t) {
-  float *tmp = kle_tensor_to_f32(t);
-  if (!tmp) return KLE_ENOMEM;
-  const size_t bytes = sizeof(float) * (size_t)t->rows * t->cols;
-  float *d = (float *)cu_alloc(cx, bytes);
-  const int rc = d ? cu_upload(cx, d, tmp, bytes) : KLE_EDEVICE;
-  free(tmp);
-  if (rc != KLE_OK) {
-    cudaFree(d);
-    return rc;
+int cu_mem_info(kle_backend_ctx *cx, uint64_t *free_b, uint64_t *total_b) {
+  (void)cx;
+  size_t f = 0, t = 0;
+  CU(cudaMemGetInfo(&f, &t));
+  *free_b = f;
+  *total_b = t;
+  return KLE_OK;
+}
+
+__global__ void synth_kernel(void *dst, int bf16, uint64_t n, uint64_t stream, float offset, float scale) {
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+    const float v = kle_synth_value(stream, i, offset, scale);
+    if (bf16)
+      ((uint16_t *)dst)[i] = kle_synth_bf16(v);
+    else
+      ((float *)dst)[i] = v;
   }
+}
+
+int cu_synth(kle_backend_ctx *cx, void *dst, int fmt, uint64_t n, uint64_t stream, float offset, float scale) {
+  if (fmt != KLE_W_F32 && fmt != KLE_W_BF16) return KLE_EINVAL;
+  if (n == 0) return KLE_OK;
+  const uint64_t blocks = (n + 255) / 256;
+  synth_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, cx->st>>>(dst, fmt == KLE_W_BF16, n, stream, offset, scale);
+  return launched();
+}
+
+// A host tensor in device memory: F32, BF16 and F16 byte for byte, the quantized formats as f32.
+// The host bytes are freed once copied.
+int cu_place(kle_backend_ctx *cx, kle_tensor *t) {
+  const bool keep = t->fmt == KLE_W_F32 || t->fmt == KLE_W_BF16 || t->fmt == KLE_W_F16;
+  float *tmp = keep ? nullptr : kle_tensor_to_f32(t);
+  if (!keep && !tmp) return KLE_ENOMEM;
+  const size_t bytes = keep ? (size_t)t->bytes : sizeof(float) * (size_t)t->rows * t->cols;
+  void *d = cu_alloc_weight(cx, bytes);
+  const int rc = d ? cu_upload(cx, d, keep ? (const void *)t->data : tmp, bytes) : KLE_EDEVICE;
+  free(tmp);
+  if (rc != KLE_OK) return rc;  // a weight's block goes with the model
   free(t->data);
   t->data = (uint8_t *)d;
-  t->fmt = KLE_W_F32;
+  if (!keep) t->fmt = KLE_W_F32;
   t->bytes = (long)bytes;
   return KLE_OK;
 }
 
-// the layer's E x 3 expert pointers as a device array, for the expert matvecs
+// A MoE layer's experts: E x 3 device pointers and the format of each of gate, up, down (the
+// kernels take one format per matrix kind: a file that mixes them within a kind is refused).
+struct experts_tab {
+  void **dev;
+  int fmt[3];
+};
+
 int cu_experts_table(kle_backend_ctx *cx, const kle_tensor *ex, int E, void **handle) {
-  float **host = (float **)malloc(sizeof(float *) * (size_t)E * 3);
-  if (!host) return KLE_ENOMEM;
-  for (int i = 0; i < E * 3; i++) host[i] = (float *)ex[i].data;
-  void *d = cu_alloc(cx, sizeof(float *) * (size_t)E * 3);
-  const int rc = d ? cu_upload(cx, d, host, sizeof(float *) * (size_t)E * 3) : KLE_EDEVICE;
+  experts_tab *tab = (experts_tab *)calloc(1, sizeof(experts_tab));
+  void **host = (void **)malloc(sizeof(void *) * (size_t)E * 3);
+  if (!tab || !host) {
+    free(tab);
+    free(host);
+    return KLE_ENOMEM;
+  }
+  for (int w = 0; w < 3; w++) tab->fmt[w] = ex[w].fmt;
+  int rc = KLE_OK;
+  for (int i = 0; i < E * 3; i++) {
+    host[i] = ex[i].data;
+    if (ex[i].fmt != tab->fmt[i % 3]) rc = KLE_EINVAL;
+  }
+  if (rc == KLE_OK) {
+    tab->dev = (void **)cu_alloc(cx, sizeof(void *) * (size_t)E * 3);
+    rc = tab->dev ? cu_upload(cx, tab->dev, host, sizeof(void *) * (size_t)E * 3) : KLE_EDEVICE;
+  }
   free(host);
   if (rc != KLE_OK) {
-    cudaFree(d);
+    cudaFree(tab->dev);
+    free(tab);
     return rc;
   }
-  *handle = d;
+  *handle = tab;
   return KLE_OK;
 }
-void cu_experts_table_free(kle_backend_ctx *cx, void *handle) { cu_release(cx, handle); }
+void cu_experts_table_free(kle_backend_ctx *cx, void *handle) {
+  experts_tab *tab = (experts_tab *)handle;
+  cu_release(cx, tab->dev);
+  free(tab);
+}
 
 int ensure_ws(kle_backend_ctx *cx, long bytes) {
   if (bytes <= cx->ws_bytes) return KLE_OK;
@@ -145,50 +334,73 @@ int ensure_ws(kle_backend_ctx *cx, long bytes) {
 
 const float *F(const kle_tensor *t) { return (const float *)t->data; }
 
+const uint16_t *H(const kle_tensor *t) { return (const uint16_t *)t->data; }
+
 int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
-  kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st);
+  Span sp(cx, w->fmt == KLE_W_F32 ? "matmul f32" : "matmul 16-bit", w->rows, w->cols, T);
+  if (w->fmt == KLE_W_F32)
+    kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st);
+  else
+    kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st);
   return launched();
 }
 
 int cu_embed(kle_backend_ctx *cx, const kle_tensor *table, const int32_t *tokens, float *x, int T) {
+  Span sp(cx, "embed", T);
   CU(cudaMemcpyAsync(cx->tok, tokens, sizeof(int32_t) * T, cudaMemcpyHostToDevice, cx->st));
-  kle_ops::embed(F(table), cx->tok, x, T, table->cols, cx->st);
+  if (table->fmt == KLE_W_F32)
+    kle_ops::embed(F(table), cx->tok, x, T, table->cols, cx->st);
+  else
+    kle_ops::embed16(table->fmt == KLE_W_BF16, H(table), cx->tok, x, T, table->cols, cx->st);
   return launched();
 }
 
 int cu_rmsnorm(kle_backend_ctx *cx, const float *x, const float *gate, const float *w, float *y, int rows, int D, float eps) {
+  Span sp(cx, gate ? "rmsnorm gated" : "rmsnorm", rows, D);
   kle_ops::rmsnorm(x, gate, w, y, rows, D, eps, cx->st);
   return launched();
 }
 
 int cu_add(kle_backend_ctx *cx, float *x, const float *y, size_t n) {
+  Span sp(cx, "add", (int)n);
   kle_ops::add(x, y, (long)n, cx->st);
   return launched();
 }
 
+int cu_add_rmsnorm(kle_backend_ctx *cx, float *x, const float *y, const float *w, float *h, int rows, int D, float eps) {
+  Span sp(cx, "add_rmsnorm", rows, D);
+  kle_ops::add_rmsnorm(x, y, w, h, rows, D, eps, cx->st);
+  return launched();
+}
+
 int cu_sigmoid(kle_backend_ctx *cx, const float *x, float *y, size_t n) {
+  Span sp(cx, "sigmoid", (int)n);
   kle_ops::sigmoid(x, y, (long)n, cx->st);
   return launched();
 }
 
 int cu_swiglu(kle_backend_ctx *cx, const float *gate, const float *up, float *out, size_t n) {
+  Span sp(cx, "swiglu", (int)n);
   kle_ops::swiglu(gate, up, out, (long)n, cx->st);
   return launched();
 }
 
 int cu_conv_short(kle_backend_ctx *cx, const float *x, const float *wT, float *tail, float *y, int T, int C, int W) {
+  Span sp(cx, "conv_short", T, C);
   kle_ops::conv_short(x, wT, tail, y, T, C, W, cx->st);
   return launched();
 }
 
 int cu_kda_gate(kle_backend_ctx *cx, const float *x, const float *A_log, const float *dt_bias, float *g, int T, int H, int K,
                 int Kg, float lower_bound) {
+  Span sp(cx, "kda_gate", T);
   kle_ops::kda_gate(x, A_log, dt_bias, g, T, H, K, Kg, lower_bound, cx->st);
   return launched();
 }
 
 int cu_kda_recur(kle_backend_ctx *cx, float *S, const float *q, const float *k, const float *v, const float *g,
                  const float *beta, float *o, int T, int H, int K, int V, float scale) {
+  Span sp(cx, "kda_recur", T);
   if (T >= 64) {  // a whole chunk or more: the chunk form's parallel work pays for itself
     KLE_TRY(ensure_ws(cx, kle_cuda_kda_chunk_workspace_bytes(T, H, K, V)));
     return kle_cuda_kda_chunk(S, q, k, v, g, beta, o, T, H, K, V, scale, KLE_KDA_L2NORM_QK, cx->ws, cx->ws_bytes, cx->st);
@@ -199,6 +411,7 @@ int cu_kda_recur(kle_backend_ctx *cx, float *S, const float *q, const float *k, 
 // The step is launched overlapped: it streams the layer's state and conv windows while the
 // projection before it (the output gate's, a matvec that writes none of them) finishes.
 int cu_kda_fused_step(kle_backend_ctx *cx, const kle_kda_fused_args *a) {
+  Span sp(cx, "kda_fused_step", a->H, a->K);
   if (a->Kg != a->K || (a->K != 64 && a->K != 128) || a->W < 1 || a->W > 16) return KLE_ENOSYS;
   const kle_cuda_kda_layer_args la = {a->xq, a->xk, a->xv, a->wq, a->wk, a->wv, a->tq, a->tk, a->tv,
                                       a->graw, a->A_log, a->dt_bias, a->lower_bound, a->braw, a->oraw, a->onorm,
@@ -207,11 +420,13 @@ int cu_kda_fused_step(kle_backend_ctx *cx, const kle_kda_fused_args *a) {
 }
 
 int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, float *rows, int T, int R, int rope, float eps) {
+  Span sp(cx, "mla_cache_write", T);
   kle_ops::mla_cache_write(kv, w, rows, T, R, rope, eps, cx->st);
   return launched();
 }
 
 int cu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R) {
+  Span sp(cx, "mla_absorb", T);
   kle_ops::mla_absorb(W_uk, q, qlat, T, H, nope, rope, R, cx->st);
   return launched();
 }
@@ -223,6 +438,7 @@ int cu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float 
 // cache's scored attention in groups of queries whose scores fit SCORED_WS_BYTES
 int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv, float scale,
                   float *out, float *score, float decay) {
+  Span sp(cx, score ? "mla_attend scored" : "mla_attend", L0, T);
   if (score) {
     long per_query = (long)H * (L0 + T) * 4;
     int group = (int)(SCORED_WS_BYTES / (per_query > 0 ? per_query : 1));
@@ -300,12 +516,14 @@ int cu_kv_drop_one(kle_backend_ctx *cx, float *cache, int Dc, float *score, uint
 }
 
 int cu_mla_up_v(kle_backend_ctx *cx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R) {
+  Span sp(cx, "mla_up_v", T);
   kle_ops::mla_up_v(W_uv, o, y, T, H, vh, R, cx->st);
   return launched();
 }
 
 int cu_moe_route(kle_backend_ctx *cx, const float *logits, const float *bias, int T, int E, int topk, int n_group,
                  int topk_group, int act, int renorm, float scale, int32_t *idx, float *w) {
+  Span sp(cx, "moe_route", T, E);
   kle_ops::moe_route(logits, bias, T, E, topk, n_group, topk_group, act, renorm, scale, idx, w, cx->st);
   return launched();
 }
@@ -313,13 +531,25 @@ int cu_moe_route(kle_backend_ctx *cx, const float *logits, const float *bias, in
 // one expert matvec per (token, choice), then the weighted sum per token
 int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx, const float *w, const float *h, float *y,
                    int T, int K, int D, int MI, float *scratch) {
+  Span sp(cx, "moe_experts", T, K);
   const int P = T * K;
-  const float *const *tab = (const float *const *)experts;
+  const experts_tab *tab = (const experts_tab *)experts;
   float *g = scratch, *u = g + (size_t)P * MI, *ye = u + (size_t)P * MI;
-  kle_ops::expert_matvec(tab, 0, idx, h, K, g, P, MI, D, cx->st);
-  kle_ops::expert_matvec(tab, 1, idx, h, K, u, P, MI, D, cx->st);
-  kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
-  kle_ops::expert_matvec(tab, 2, idx, g, 1, ye, P, D, MI, cx->st);
+  // one expert matrix kind for P (token, choice) pairs, in its format
+  auto mv = [&](int which, const float *X, int x_div, float *Y, int N, int Kd) {
+    if (tab->fmt[which] == KLE_W_F32)
+      kle_ops::expert_matvec((const float *const *)tab->dev, which, idx, X, x_div, Y, P, N, Kd, cx->st);
+    else
+      kle_ops::expert_matvec16(tab->fmt[which] == KLE_W_BF16, (const uint16_t *const *)tab->dev, which, idx, X, x_div, Y, P, N, Kd, cx->st);
+  };
+  if (tab->fmt[0] == tab->fmt[1] && tab->fmt[0] != KLE_W_F32) {
+    kle_ops::expert_gate_up16(tab->fmt[0] == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, h, K, g, P, MI, D, cx->st);
+  } else {
+    mv(0, h, K, g, MI, D);
+    mv(1, h, K, u, MI, D);
+    kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
+  }
+  mv(2, g, 1, ye, D, MI);
   kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
   return launched();
 }
@@ -331,7 +561,7 @@ int cu_supports(const int32_t *c, const int32_t *kinds) {
   const int dk = c[KLE_CFG_KDA_HEAD_DIM];
   if (kda && dk != 32 && dk != 64 && dk != 128) return 0;
   if (mla && (c[KLE_CFG_KV_RANK] + c[KLE_CFG_QK_ROPE] > 640 || c[KLE_CFG_KV_RANK] > 512)) return 0;
-  if (c[KLE_CFG_EXPERTS] > 1024) return 0;
+  if (c[KLE_CFG_EXPERTS] > 1024 || c[KLE_CFG_EXPERTS_PER_TOK] > 64) return 0;
   return 1;
 }
 
@@ -344,11 +574,14 @@ kle_backend make_backend() {
   b.open = cu_open;
   b.close = cu_close;
   b.alloc = cu_alloc;
+  b.alloc_weight = cu_alloc_weight;
   b.release = cu_release;
   b.upload = cu_upload;
   b.download = cu_download;
   b.copy = cu_copy;
   b.sync = cu_sync;
+  b.mem_info = cu_mem_info;
+  b.synth = cu_synth;
   b.place = cu_place;
   b.experts_table = cu_experts_table;
   b.experts_table_free = cu_experts_table_free;
@@ -356,6 +589,7 @@ kle_backend make_backend() {
   b.embed = cu_embed;
   b.rmsnorm = cu_rmsnorm;
   b.add = cu_add;
+  b.add_rmsnorm = cu_add_rmsnorm;
   b.sigmoid = cu_sigmoid;
   b.swiglu = cu_swiglu;
   b.conv_short = cu_conv_short;

@@ -16,11 +16,9 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// sum of x[i]^2 over i < n, by the whole block (every thread gets it)
-__device__ float block_sumsq(const float *__restrict__ x, int n) {
+// the sum of every thread's s, by the whole block (every thread gets it)
+__device__ float block_sum(float s) {
   __shared__ float red[32];
-  float s = 0.f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i] * x[i];
   s = warp_sum(s);
   if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
   __syncthreads();
@@ -31,6 +29,13 @@ __device__ float block_sumsq(const float *__restrict__ x, int n) {
   }
   __syncthreads();
   return red[0];
+}
+
+// sum of x[i]^2 over i < n, by the whole block (every thread gets it)
+__device__ float block_sumsq(const float *__restrict__ x, int n) {
+  float s = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[i] * x[i];
+  return block_sum(s);
 }
 
 // ------------------------------------------------------------------ matmul
@@ -113,7 +118,33 @@ __global__ void __launch_bounds__(256) gemm_nt_kernel(const float *__restrict__ 
   }
 }
 
+// few rows, one token (the MoE router's 256 x 2304): 4 warps a row, each a quarter of it
+__global__ void __launch_bounds__(256) matvec_split_kernel(const float *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                           int N, int Kd) {
+  cudaTriggerProgrammaticLaunchCompletion();
+  __shared__ float part[8];
+  const int lane = threadIdx.x % 32, wid = threadIdx.x / 32, row = blockIdx.x * 2 + wid / 4, q = wid % 4;
+  float acc = 0.f;
+  if (row < N) {
+    const int n4 = Kd / 4, per = (n4 + 3) / 4, i0 = q * per, i1 = min(n4, i0 + per);
+    const float4 *w4 = reinterpret_cast<const float4 *>(W + (size_t)row * Kd), *x4 = reinterpret_cast<const float4 *>(X);
+#pragma unroll 4
+    for (int i = i0 + lane; i < i1; i += 32) {
+      const float4 a = w4[i], b = x4[i];
+      acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+    }
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) part[wid] = acc;
+  __syncthreads();
+  if (threadIdx.x % 128 == 0 && row < N) Y[row] = part[wid] + part[wid + 1] + part[wid + 2] + part[wid + 3];
+}
+
 void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st) {
+  if (T == 1 && N < 2048 && Kd >= 512 && (Kd & 3) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0) {
+    matvec_split_kernel<<<blocks_for(N, 2), 256, 0, st>>>(W, X, Y, N, Kd);
+    return;
+  }
   if (T <= 4) {
     const int grid = blocks_for(N, 8);
     // float4 loads when every row of W and X starts on 16 bytes
@@ -151,6 +182,26 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restr
 void rmsnorm(const float *x, const float *gate, const float *w, float *y, int rows, int D, float eps, cudaStream_t st) {
   const int th = D >= 1024 ? 256 : D >= 256 ? 128 : 64;
   rmsnorm_kernel<<<rows, th, 0, st>>>(x, gate, w, y, D, eps);
+}
+
+// x += y, then h = rmsnorm(x) * w, per row of D: the residual add and the next block's norm in one
+// pass (each was a launch of its own, 2 x 27 a 48B decode step)
+__global__ void add_rmsnorm_kernel(float *__restrict__ x, const float *__restrict__ y, const float *__restrict__ w, float *__restrict__ h,
+                                   int D, float eps) {
+  float *xr = x + (size_t)blockIdx.x * D;
+  const float *yr = y + (size_t)blockIdx.x * D;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    const float v = xr[i] + yr[i];
+    xr[i] = v;
+    s += v * v;
+  }
+  const float inv = 1.0f / sqrtf(block_sum(s) / (float)D + eps);
+  for (int i = threadIdx.x; i < D; i += blockDim.x) h[(size_t)blockIdx.x * D + i] = xr[i] * inv * w[i];
+}
+void add_rmsnorm(float *x, const float *y, const float *w, float *h, int rows, int D, float eps, cudaStream_t st) {
+  const int th = D >= 1024 ? 256 : D >= 256 ? 128 : 64;
+  add_rmsnorm_kernel<<<rows, th, 0, st>>>(x, y, w, h, D, eps);
 }
 
 __global__ void add_kernel(float *x, const float *y, long n) {
@@ -211,26 +262,54 @@ void kda_gate(const float *x, const float *A_log, const float *dt_bias, float *g
 }
 
 // ------------------------------------------------------------------ MoE
-// one block per token, thread 0 runs kle_moe_route's selection over shared arrays (E is at most
-// a few hundred and top-k small: the serial pass is shorter than a launch)
-__global__ void moe_route_kernel(const float *__restrict__ logits, const float *__restrict__ bias, int E, int topk, int n_group,
-                                 int topk_group, int act, int renorm, float scale, int32_t *__restrict__ idx, float *__restrict__ w) {
-  __shared__ float s[1024], choice[1024], gscore[1024];
-  __shared__ unsigned char elig[1024], gsel[1024];
-  const int t = blockIdx.x;
-  const float *lg = logits + (size_t)t * E;
-  if (threadIdx.x != 0) return;
-  if (act == 0) {
-    float m = -INFINITY, sum = 0.f;
-    for (int e = 0; e < E; e++) m = fmaxf(m, lg[e]);
-    for (int e = 0; e < E; e++) sum += s[e] = expf(lg[e] - m);
-    for (int e = 0; e < E; e++) s[e] /= sum;
-  } else {
-    for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-lg[e]));
+// one block per token, ROUTE_THREADS threads over its E <= 1024 experts: the scores in
+// parallel, each group's top-2 sum by a thread per group, then each of the top-k choices as a
+// warp-wide argmax (ties to the lowest index, as kle_moe_route's scan: first of the largest). A
+// single thread scanning 256 experts 8 times took 127 us a layer on the H200, a third of a
+// 48B decode step; 256 threads with block barriers 13 us; one warp needs no barrier but its own.
+#define ROUTE_THREADS 32
+
+// (value, index) of the larger, ties to the lower index; index -1 is nothing
+__device__ __forceinline__ void arg_better(float &v, int &i, float v2, int i2) {
+  if (i2 >= 0 && (i < 0 || v2 > v || (v2 == v && i2 < i))) v = v2, i = i2;
+}
+
+__device__ float block_reduce(float v, bool is_max, float *red) {
+  for (int o = 16; o; o >>= 1) {
+    const float u = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, u) : v + u;
   }
-  for (int e = 0; e < E; e++) choice[e] = s[e] + (bias ? bias[e] : 0.f);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  float r = red[0];
+  for (int k = 1; k < ROUTE_THREADS / 32; k++) r = is_max ? fmaxf(r, red[k]) : r + red[k];
+  __syncthreads();
+  return r;
+}
+
+__global__ void __launch_bounds__(ROUTE_THREADS) moe_route_kernel(const float *__restrict__ logits, const float *__restrict__ bias, int E,
+                                                                  int topk, int n_group, int topk_group, int act, int renorm, float scale,
+                                                                  int32_t *__restrict__ idx, float *__restrict__ w) {
+  __shared__ float s[1024], choice[1024], gscore[1024], red[ROUTE_THREADS / 32], rv[ROUTE_THREADS / 32];
+  __shared__ int ri[ROUTE_THREADS / 32], pick[64];
+  __shared__ unsigned char elig[1024], gsel[1024];
+  const int t = blockIdx.x, tid = threadIdx.x, lane = tid % 32, wid = tid / 32;
+  const float *lg = logits + (size_t)t * E;
+  if (act == 0) {
+    float m = -INFINITY;
+    for (int e = tid; e < E; e += ROUTE_THREADS) m = fmaxf(m, lg[e]);
+    m = block_reduce(m, true, red);
+    float sum = 0.f;
+    for (int e = tid; e < E; e += ROUTE_THREADS) sum += s[e] = expf(lg[e] - m);
+    sum = block_reduce(sum, false, red);
+    for (int e = tid; e < E; e += ROUTE_THREADS) s[e] /= sum;
+  } else {
+    for (int e = tid; e < E; e += ROUTE_THREADS) s[e] = 1.0f / (1.0f + expf(-lg[e]));
+  }
+  for (int e = tid; e < E; e += ROUTE_THREADS) choice[e] = s[e] + (bias ? bias[e] : 0.f);
+  __syncthreads();
   const int per = E / n_group;
-  for (int gi = 0; gi < n_group; gi++) {
+  for (int gi = tid; gi < n_group; gi += ROUTE_THREADS) {
     float a = -INFINITY, b = -INFINITY;
     for (int i = 0; i < per; i++) {
       const float c = choice[gi * per + i];
@@ -244,31 +323,46 @@ __global__ void moe_route_kernel(const float *__restrict__ logits, const float *
     gscore[gi] = per > 1 ? a + b : a;  // as kle_moe_route: a missing bias is a zero bias
     gsel[gi] = 0;
   }
-  for (int r = 0; r < topk_group; r++) {
-    int best = -1;
-    for (int gi = 0; gi < n_group; gi++)
-      if (!gsel[gi] && (best < 0 || gscore[gi] > gscore[best])) best = gi;
-    gsel[best] = 1;
-  }
-  for (int e = 0; e < E; e++) elig[e] = gsel[e / per];
-  float total = 0.f;
+  __syncthreads();
+  if (tid == 0)
+    for (int r = 0; r < topk_group; r++) {
+      int best = -1;
+      for (int gi = 0; gi < n_group; gi++)
+        if (!gsel[gi] && (best < 0 || gscore[gi] > gscore[best])) best = gi;
+      gsel[best] = 1;
+    }
+  __syncthreads();
+  for (int e = tid; e < E; e += ROUTE_THREADS) elig[e] = gsel[e / per];
+  __syncthreads();
   for (int r = 0; r < topk; r++) {
-    int best = -1;
-    for (int e = 0; e < E; e++)
-      if (elig[e] && (best < 0 || choice[e] > choice[best])) best = e;
-    elig[best] = 0;
-    idx[(size_t)t * topk + r] = best;
-    w[(size_t)t * topk + r] = s[best];
-    total += s[best];
+    float v = 0.f;
+    int bi = -1;
+    for (int e = tid; e < E; e += ROUTE_THREADS)
+      if (elig[e]) arg_better(v, bi, choice[e], e);
+    for (int o = 16; o; o >>= 1) arg_better(v, bi, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, bi, o));
+    if (lane == 0) rv[wid] = v, ri[wid] = bi;
+    __syncthreads();
+    if (tid == 0) {
+      float bv = rv[0];
+      int b = ri[0];
+      for (int k = 1; k < ROUTE_THREADS / 32; k++) arg_better(bv, b, rv[k], ri[k]);
+      pick[r] = b;
+      elig[b] = 0;
+    }
+    __syncthreads();
   }
-  for (int r = 0; r < topk; r++) {
-    float &v = w[(size_t)t * topk + r];
-    v = (renorm ? v / (total + 1e-20f) : v) * scale;
+  if (tid == 0) {
+    float total = 0.f;
+    for (int r = 0; r < topk; r++) total += s[pick[r]];
+    for (int r = 0; r < topk; r++) {
+      idx[(size_t)t * topk + r] = pick[r];
+      w[(size_t)t * topk + r] = (renorm ? s[pick[r]] / (total + 1e-20f) : s[pick[r]]) * scale;
+    }
   }
 }
 void moe_route(const float *logits, const float *bias, int T, int E, int topk, int n_group, int topk_group, int act,
                int renorm, float scale, int32_t *idx, float *w, cudaStream_t st) {
-  moe_route_kernel<<<T, 32, 0, st>>>(logits, bias, E, topk, n_group, topk_group, act, renorm, scale, idx, w);
+  moe_route_kernel<<<T, ROUTE_THREADS, 0, st>>>(logits, bias, E, topk, n_group, topk_group, act, renorm, scale, idx, w);
 }
 
 // one warp per (pair, output row)
@@ -313,7 +407,7 @@ void mla_cache_write(const float *kv, const float *w, float *cache, int T, int R
   mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, cache, R, rope, eps);
 }
 
-// block (t, h): q_nope staged in shared memory, one thread per latent column r
+// block (t, h): q_nope staged in shared memory, one thread per latent column r (any shape)
 __global__ void mla_absorb_kernel(const float *__restrict__ W_uk, const float *__restrict__ q, float *__restrict__ qlat, int H,
                                   int nope, int rope, int R) {
   extern __shared__ float sqn[];
@@ -330,24 +424,70 @@ __global__ void mla_absorb_kernel(const float *__restrict__ W_uk, const float *_
   }
   for (int i = threadIdx.x; i < rope; i += blockDim.x) out[R + i] = qh[nope + i];
 }
-void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st) {
-  mla_absorb_kernel<<<dim3(T, H), 128, sizeof(float) * nope, st>>>(W_uk, q, qlat, H, nope, rope, R);
+
+// The same with more of the card reading W_uk (8 MiB a layer at 48B: one thread a column on 32
+// blocks took 121 us): block (t, h, 128 columns), its 8 warps splitting the nope rows, each
+// lane 4 columns by 16-byte loads, the warps' sums added through shared memory. R % 128 == 0.
+__global__ void __launch_bounds__(256) mla_absorb_wide_kernel(const float *__restrict__ W_uk, const float *__restrict__ q,
+                                                              float *__restrict__ qlat, int H, int nope, int rope, int R) {
+  __shared__ float sqn[1024];
+  __shared__ float4 part[8][32];
+  const int t = blockIdx.x, h = blockIdx.y, c0 = blockIdx.z * 128, lane = threadIdx.x % 32, wid = threadIdx.x / 32;
+  const int Dq = nope + rope, Dc = R + rope;
+  const float *qh = q + ((size_t)t * H + h) * Dq;
+  for (int i = threadIdx.x; i < nope; i += blockDim.x) sqn[i] = qh[i];
+  __syncthreads();
+  const float *Wh = W_uk + (size_t)h * nope * R + c0 + 4 * lane;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+  for (int n = wid; n < nope; n += 8) {
+    const float4 wv = *reinterpret_cast<const float4 *>(Wh + (size_t)n * R);
+    const float qv = sqn[n];
+    acc.x += wv.x * qv, acc.y += wv.y * qv, acc.z += wv.z * qv, acc.w += wv.w * qv;
+  }
+  part[wid][lane] = acc;
+  __syncthreads();
+  float *out = qlat + ((size_t)t * H + h) * Dc;
+  if (wid == 0) {
+    float4 r = part[0][lane];
+    for (int k = 1; k < 8; k++) r.x += part[k][lane].x, r.y += part[k][lane].y, r.z += part[k][lane].z, r.w += part[k][lane].w;
+    *reinterpret_cast<float4 *>(out + c0 + 4 * lane) = r;
+  }
+  if (blockIdx.z == 0)
+    for (int i = threadIdx.x; i < rope; i += blockDim.x) out[R + i] = qh[nope + i];
 }
 
-// block (t, h): one warp per output row of W_uv[h]
+void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st) {
+  // 16-byte rows and outputs: R and the output row (R + rope) multiples of 4, qlat 16-byte aligned
+  if (R % 128 == 0 && nope <= 1024 && rope % 4 == 0 && ((uintptr_t)W_uk & 15) == 0 && ((uintptr_t)qlat & 15) == 0)
+    mla_absorb_wide_kernel<<<dim3(T, H, R / 128), 256, 0, st>>>(W_uk, q, qlat, H, nope, rope, R);
+  else
+    mla_absorb_kernel<<<dim3(T, H), 128, sizeof(float) * nope, st>>>(W_uk, q, qlat, H, nope, rope, R);
+}
+
+// block (t, h, 8 rows): one warp per output row of W_uv[h], 16-byte loads where R % 128 == 0
+// (one block a head read its 512 KiB with 8 warps: 35 us a layer at 48B)
 __global__ void mla_up_v_kernel(const float *__restrict__ W_uv, const float *__restrict__ o, float *__restrict__ y, int H, int vh,
-                                int R) {
-  const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x % 32;
-  const float *oh = o + ((size_t)t * H + h) * R, *Wh = W_uv + (size_t)h * vh * R;
-  for (int row = threadIdx.x / 32; row < vh; row += blockDim.x / 32) {
-    float acc = 0.f;
-    for (int i = lane; i < R; i += 32) acc += Wh[(size_t)row * R + i] * oh[i];
-    acc = warp_sum(acc);
-    if (lane == 0) y[((size_t)t * H + h) * vh + row] = acc;
+                                int R, int vec) {
+  const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x % 32, row = blockIdx.z * 8 + threadIdx.x / 32;
+  if (row >= vh) return;
+  const float *oh = o + ((size_t)t * H + h) * R, *wr = W_uv + ((size_t)h * vh + row) * R;
+  float acc = 0.f;
+  if (vec) {
+#pragma unroll 4
+    for (int i = lane; i < R / 4; i += 32) {
+      const float4 a = reinterpret_cast<const float4 *>(wr)[i], b = reinterpret_cast<const float4 *>(oh)[i];
+      acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+    }
+  } else {
+    for (int i = lane; i < R; i += 32) acc += wr[i] * oh[i];
   }
+  acc = warp_sum(acc);
+  if (lane == 0) y[((size_t)t * H + h) * vh + row] = acc;
 }
 void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st) {
-  mla_up_v_kernel<<<dim3(T, H), 256, 0, st>>>(W_uv, o, y, H, vh, R);
+  const int vec = R % 4 == 0 && (((uintptr_t)W_uv | (uintptr_t)o) & 15) == 0;
+  mla_up_v_kernel<<<dim3(T, H, (vh + 7) / 8), 256, 0, st>>>(W_uv, o, y, H, vh, R, vec);
 }
 
 }  // namespace kle_ops

@@ -16,6 +16,8 @@ void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cuda
 void embed(const float *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
 // y = x / sqrt(mean(x^2) + eps) * w per row of D; gate != NULL multiplies by sigmoid(gate)
 void rmsnorm(const float *x, const float *gate, const float *w, float *y, int rows, int D, float eps, cudaStream_t st);
+// x += y, then h = rmsnorm(x) * w (rows of D)
+void add_rmsnorm(float *x, const float *y, const float *w, float *h, int rows, int D, float eps, cudaStream_t st);
 // x += y, n elements
 void add(float *x, const float *y, long n, cudaStream_t st);
 // y = sigmoid(x) (in place allowed) / out = silu(gate) * up
@@ -41,6 +43,15 @@ void mla_cache_write(const float *kv, const float *w, float *cache, int T, int R
 void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st);
 // y[t, h] = W_uv[h] o[t, h], W_uv [H, vh, R]
 void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st);
+
+// gemm16.cu: the same for 16-bit weights (is_bf16 1: BF16, 0: F16), f32 activations and results
+void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st);
+void embed16(int is_bf16, const uint16_t *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
+// G[p] = silu(gate_e X[p / x_div]) * (up_e X[p / x_div]), e = idx[p], gate and up in one format
+void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
+                      int Kd, cudaStream_t st);
+void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
+                     int P, int N, int Kd, cudaStream_t st);
 
 }  // namespace kle_ops
 

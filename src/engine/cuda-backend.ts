@@ -30,6 +30,16 @@ export class CudaBackend implements KernelBackend {
     return new CudaBackend(addon, new TextDecoder().decode(name.subarray(0, end < 0 ? name.length : end)), cc);
   }
 
+  /**
+   * The card's copy bandwidth in GB/s (bytes read plus bytes written per second): the median of
+   * `reps` device-to-device copies of `bytes`. Benchmarks divide a step's bytes by it.
+   */
+  copyGbps(bytes = 2 ** 30, reps = 20): number {
+    const gbps = this.addon.kle_cuda_copy_gbps!(bytes, reps);
+    if (!(gbps > 0)) throw new Error('kle_cuda_copy_gbps failed');
+    return gbps;
+  }
+
   call(fn: KleFunctionName, args: readonly AbiArg[]): number {
     const f = this.addon[fn];
     if (!f) throw new Error(`${fn} is not in the CUDA addon`);

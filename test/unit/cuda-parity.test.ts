@@ -4,12 +4,13 @@
 // also under compute-sanitizer with KLE_PARITY_QUICK=1 (the default model only).
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { CudaBackend } from '../../src/engine/cuda-backend.js';
-import type { EngineModel, EngineSession } from '../../src/engine/engine.js';
+import type { KernelBackend } from '../../src/engine/backend.js';
+import { EngineModel, type EngineSession } from '../../src/engine/engine.js';
 import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
-import { ATTENTION_48B_CONFIG, syntheticWeights, TINY_CONFIG, withHeadGate } from '../../src/weights/synthetic.js';
+import { ATTENTION_48B_CONFIG, KIMI_LINEAR_48B_CONFIG, syntheticWeights, TINY_CONFIG, withHeadGate } from '../../src/weights/synthetic.js';
 import { loadNativeBackend, packageRoot } from '../../src/engine/node-kernels.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { configIn, tinyConfig, tinyWeights, tokens, weightsIn } from '../helpers/tiny-model.js';
@@ -24,6 +25,10 @@ function probe(): { cuda: CudaBackend | null; reason: string } {
   }
 }
 const { cuda, reason } = probe();
+// the tests are synchronous engine calls: without a turn of the event loop between them the
+// worker cannot answer vitest's RPC for the whole file (over a minute on the GPU) and the run
+// fails with "Timeout calling onTaskUpdate" though every test passed
+beforeEach(() => new Promise<void>((resolve) => setTimeout(resolve, 0)));
 if (!cuda) console.log(`CUDA parity tests skipped: ${reason}`);
 else console.log(`CUDA parity tests on ${cuda.device} (compute ${cuda.computeCapability})`);
 
@@ -33,13 +38,24 @@ const TOL = 1e-4;
 
 interface Model {
   config: KimiConfig;
-  weights: Uint8Array;
+  /** a checkpoint's bytes, or null: the engine makes the weights itself (EngineModel.synthesize, BF16) */
+  weights: Uint8Array | null;
   prompt: number;
+  seed?: number;
 }
 
-function synthetic(json: Record<string, unknown>, seed: number, prompt = 150): Model {
-  return { config: parseKimiConfig(json), weights: syntheticWeights(json, seed), prompt };
+function synthetic(json: Record<string, unknown>, seed: number, prompt = 150, dtype: 'F32' | 'BF16' = 'F32'): Model {
+  return { config: parseKimiConfig(json), weights: syntheticWeights(json, seed, { dtype }), prompt };
 }
+function engineMade(json: Record<string, unknown>, seed: number, prompt = 150): Model {
+  return { config: parseKimiConfig(json), weights: null, prompt, seed };
+}
+async function load(b: KernelBackend, m: Model): Promise<EngineModel> {
+  if (!m.weights) return EngineModel.synthesize(b, m.config, m.seed!, 'bf16');
+  return placeHfCheckpoint(b, m.config, [{ name: 'w.safetensors', bytes: m.weights }]);
+}
+// many experts, few layers: the routed matvecs dominate
+const MOE_HEAVY = { ...TINY_CONFIG, num_experts: 64, num_experts_per_token: 8, moe_intermediate_size: 96 };
 
 const models: Record<string, () => Model> = {
   'the random tiny model': () => ({ config: parseKimiConfig(tinyConfig()), weights: tinyWeights(), prompt: 300 }),
@@ -48,11 +64,16 @@ const models: Record<string, () => Model> = {
     const dir = join(packageRoot(), 'models', 'default');
     return { config: parseKimiConfig(configIn(dir)), weights: weightsIn(dir), prompt: 300 };
   },
+  // 16-bit weights stay 16-bit on the GPU (gemm16.cu); the CPU reads the same BF16 values
+  'the tiny model made by the engine in BF16': () => engineMade(TINY_CONFIG, 21, 300),
 };
 if (!process.env.KLE_PARITY_QUICK) {
   models['one decay per head (Gated DeltaNet gate), 32-wide heads'] = () => synthetic(withHeadGate(TINY_CONFIG), 31);
   models['grouped routing, 4 groups of 2, 2 kept'] = () => synthetic({ ...TINY_CONFIG, num_expert_group: 4, topk_group: 2 }, 32);
   models['48B attention shapes (4 layers, 3 KDA + 1 MLA, MoE 16/4)'] = () => synthetic(ATTENTION_48B_CONFIG, 7, 300);
+  models['48B attention shapes, a BF16 checkpoint'] = () => synthetic(ATTENTION_48B_CONFIG, 8, 300, 'BF16');
+  models['48B attention shapes made by the engine in BF16'] = () => engineMade(ATTENTION_48B_CONFIG, 9, 300);
+  models['MoE-heavy (64 experts, top 8) made by the engine in BF16'] = () => engineMade(MOE_HEAVY, 10, 300);
 }
 
 /** relative L2 error of a against reference b, and the share of rows (of width V) whose argmax agrees */
@@ -82,12 +103,31 @@ function decodeAll(s: EngineSession, toks: number[], V: number): Float32Array {
   return out;
 }
 
+describe.skipIf(!cuda)('device memory', () => {
+  it('refuses a model that does not fit before allocating anything, with the numbers', () => {
+    const small = EngineModel.synthesize(cuda!, parseKimiConfig(TINY_CONFIG), 1, 'bf16');
+    const before = small.deviceFree()!;
+    // Kimi-Linear-48B-A3B in f32: about 196 GB against an H200's 141
+    expect(() => EngineModel.synthesize(cuda!, parseKimiConfig(KIMI_LINEAR_48B_CONFIG), 1, 'f32')).toThrow(/needs [\d.]+ GiB of device memory in f32 .*; [\d.]+ GiB are free/);
+    const after = small.deviceFree()!;
+    console.log(`  device free before ${(before / 2 ** 30).toFixed(2)} GiB, after the refusal ${(after / 2 ** 30).toFixed(2)} GiB`);
+    expect(Math.abs(after - before)).toBeLessThan(64 * 2 ** 20);
+    small.free();
+  });
+
+  it('refuses a checkpoint larger than the device before reading it', async () => {
+    let opened = false;
+    const shard = { name: 'model-00001-of-00040.safetensors', open: async () => { opened = true; return new ReadableStream<Uint8Array>(); } };
+    await expect(placeHfCheckpoint(cuda!, parseKimiConfig(KIMI_LINEAR_48B_CONFIG), [shard], { bytesTotal: 196e9 })).rejects.toThrow(/the checkpoint \(1 shard\) needs 182\.54 GiB of device memory/);
+    expect(opened).toBe(false);
+  });
+});
+
 describe.skipIf(!cuda)('a bounded MLA cache with a learned importance head on the GPU', () => {
   it('keeps the rows the CPU keeps (policy learned), 2 MLA layers', async () => {
     const json = { ...TINY_CONFIG, kv_importance_head: true, linear_attn_config: { ...TINY_CONFIG.linear_attn_config, kda_layers: [1, 3], full_attn_layers: [2, 4] } };
     const m = synthetic(json, 44);
-    const shards = [{ name: 'w.safetensors', bytes: m.weights }];
-    const cpu = await placeHfCheckpoint(loadNativeBackend(), m.config, shards), gpu = await placeHfCheckpoint(cuda!, m.config, shards);
+    const cpu = await load(loadNativeBackend(), m), gpu = await load(cuda!, m);
     const V = m.config.vocabSize;
     const sc = cpu.createSession(), sg = gpu.createSession();
     for (const s of [sc, sg]) s.setKvBudget(24, 2, 4, 1, 'learned');
@@ -111,9 +151,8 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
       let cpu: EngineModel, gpu: EngineModel, V: number, prompt: number;
       it('loads on both backends', async () => {
         const m = make();
-        const shards = [{ name: 'w.safetensors', bytes: m.weights }];
-        cpu = await placeHfCheckpoint(loadNativeBackend(), m.config, shards);
-        gpu = await placeHfCheckpoint(cuda!, m.config, shards);
+        cpu = await load(loadNativeBackend(), m);
+        gpu = await load(cuda!, m);
         V = m.config.vocabSize;
         prompt = m.prompt;
         expect(gpu.bytes()).toBeGreaterThan(0);

@@ -1,0 +1,347 @@
+// gemm16.cu: matmuls over 16-bit weights (BF16, F16) kept in the precision of the file, with f32
+// activations and f32 results (ops.cuh).
+//
+// Decode (a few tokens) is a matvec bound by the weight bytes: one warp per weight row, 16-byte
+// streaming loads (8 weights each, not kept in L1), up to 8 tokens sharing every load.
+//
+// Prefill multiplies on tensor cores: mma.sync m16n8k16 with BF16 operands and f32 accumulation.
+// The f32 activations are split into two BF16 terms, x = hi + lo with hi = bf16(x) and
+// lo = bf16(x - hi), and each product is w*hi + w*lo: the weight is exact in BF16, and the split
+// leaves at most 2^-17 of |x| behind, so the result stays at f32 accuracy (the CPU engine's,
+// within the parity test's bound) where plain BF16 activations would give 2^-9. Fragment layouts
+// (PTX ISA, m16n8k16 .bf16), g = lane / 4, t = lane % 4; each register holds two k-neighbours:
+//   A 16x16 row-major: a0 (g, 2t)  a1 (g+8, 2t)  a2 (g, 2t+8)  a3 (g+8, 2t+8)
+//   B 16x8 (k by n):   b0 (k=2t, n=g)  b1 (k=2t+8, n=g)
+//   C 16x8:            c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
+// F16 weights take a CUDA-core tiled GEMM instead (f16 activations would overflow where f32 and
+// BF16 do not).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "ops.cuh"
+
+namespace kle_ops {
+
+namespace {
+
+int blocks_for(long n, int per) { return (int)((n + per - 1) / per); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// 16-bit weights to f32: BF16 is f32's top half; F16 goes through the hardware conversion
+__device__ __forceinline__ float w16(uint16_t h, int is_bf16) {
+  return is_bf16 ? __uint_as_float((uint32_t)h << 16) : __half2float(__ushort_as_half(h));
+}
+// eight weights from one 16-byte load
+__device__ __forceinline__ void unpack8(uint4 u, int is_bf16, float (&w)[8]) {
+  const uint32_t p[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    if (is_bf16) {
+      w[2 * i] = __uint_as_float(p[i] << 16);
+      w[2 * i + 1] = __uint_as_float(p[i] & 0xffff0000u);
+    } else {
+      const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&p[i]));
+      w[2 * i] = f.x;
+      w[2 * i + 1] = f.y;
+    }
+  }
+}
+// weights are read once per step: do not let them push activations out of L1
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+// one warp per row w of W [N, Kd]: y[t] = w . x[t] for the first nt <= TT tokens (the others
+// stay 0 and nothing of theirs is read); vec: 16-byte rows (Kd % 8 == 0)
+template <int TT>
+__device__ __forceinline__ void row_dot16(const uint16_t *__restrict__ w, const float *__restrict__ X, size_t x_stride, int nt, int Kd,
+                                          int is_bf16, int vec, int lane, float (&acc)[TT]) {
+#pragma unroll
+  for (int t = 0; t < TT; t++) acc[t] = 0.f;
+  if (vec) {
+    const uint4 *w8 = reinterpret_cast<const uint4 *>(w);
+#pragma unroll 4
+    for (int i = lane; i < Kd / 8; i += 32) {
+      float wf[8];
+      unpack8(ld_stream(w8 + i), is_bf16, wf);
+#pragma unroll
+      for (int t = 0; t < TT; t++) {
+        if (t >= nt) break;
+        const float4 a = reinterpret_cast<const float4 *>(X + t * x_stride)[2 * i];
+        const float4 b = reinterpret_cast<const float4 *>(X + t * x_stride)[2 * i + 1];
+        acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+      }
+    }
+  } else {
+    for (int i = lane; i < Kd; i += 32) {
+      const float wi = w16(w[i], is_bf16);
+#pragma unroll
+      for (int t = 0; t < TT; t++)
+        if (t < nt) acc[t] += wi * X[t * x_stride + i];
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TT; t++) acc[t] = warp_sum(acc[t]);
+}
+
+template <int TT>
+__global__ void __launch_bounds__(256) gemv16_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                     int nt, int N, int Kd, int is_bf16, int vec) {
+  // as matvec_kernel (ops.cu): a programmatic dependent launch after this one may start now
+  cudaTriggerProgrammaticLaunchCompletion();
+  const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= N) return;
+  float acc[TT];
+  row_dot16<TT>(W + (size_t)row * Kd, X, (size_t)Kd, nt, Kd, is_bf16, vec, lane, acc);
+  if (lane == 0)
+#pragma unroll
+    for (int t = 0; t < TT; t++)
+      if (t < nt) Y[(size_t)t * N + row] = acc[t];
+}
+
+// Few rows (N < 2048, one token): 4 warps share a row, each a quarter of its columns, so that
+// a row's loads are all in flight at once (a warp alone walked a 2304-column row in 3 dependent
+// rounds: 8.7 us for a 128-row matrix that 3 TB/s reads in 0.2)
+__global__ void __launch_bounds__(256) gemv16_split_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                           int N, int Kd, int is_bf16) {
+  cudaTriggerProgrammaticLaunchCompletion();
+  __shared__ float part[8];
+  const int lane = threadIdx.x % 32, wid = threadIdx.x / 32, row = blockIdx.x * 2 + wid / 4, q = wid % 4;
+  float acc = 0.f;
+  if (row < N) {
+    const int n8 = Kd / 8, per = (n8 + 3) / 4, i0 = q * per, i1 = min(n8, i0 + per);
+    const uint4 *w8 = reinterpret_cast<const uint4 *>(W + (size_t)row * Kd);
+#pragma unroll 4
+    for (int i = i0 + lane; i < i1; i += 32) {
+      float wf[8];
+      unpack8(ld_stream(w8 + i), is_bf16, wf);
+      const float4 a = reinterpret_cast<const float4 *>(X)[2 * i], b = reinterpret_cast<const float4 *>(X)[2 * i + 1];
+      acc += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+    }
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) part[wid] = acc;
+  __syncthreads();
+  if (threadIdx.x % 128 == 0 && row < N) {
+    const int w0 = wid;  // the row's first warp
+    Y[row] = part[w0] + part[w0 + 1] + part[w0 + 2] + part[w0 + 3];
+  }
+}
+
+// CUDA-core tiles for F16 weights and shapes the tensor-core kernel does not take
+#define CBM 64
+#define CBN 64
+#define CBK 16
+__global__ void __launch_bounds__(256) gemm16_cc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                        int T, int N, int Kd, int is_bf16) {
+  __shared__ float As[CBK][CBM + 4], Bs[CBK][CBN + 4];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int m0 = blockIdx.y * CBM, n0 = blockIdx.x * CBN;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < Kd; k0 += CBK) {
+    for (int i = tid; i < CBM * CBK; i += 256) {
+      const int r = i / CBK, kk = i % CBK, k = k0 + kk;
+      As[kk][r] = (m0 + r < T && k < Kd) ? X[(size_t)(m0 + r) * Kd + k] : 0.f;
+      Bs[kk][r] = (n0 + r < N && k < Kd) ? w16(W[(size_t)(n0 + r) * Kd + k], is_bf16) : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < CBK; kk++) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        a[i] = As[kk][ty * 4 + i];
+        b[i] = Bs[kk][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int m = m0 + ty * 4 + i;
+    if (m >= T) continue;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int n = n0 + tx * 4 + j;
+      if (n < N) Y[(size_t)m * N + n] = acc[i][j];
+    }
+  }
+}
+
+// ---------------------------------------------------------------- tensor cores (BF16)
+#define TBM 64
+#define TBN 64
+#define TBK 32
+#define TPAD 8  // halves of padding per shared row: fragment loads of 8 rows land in 8 bank groups
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// x as bf16 hi + lo, hi rounded to nearest (its error is then at most half a bf16 step)
+__device__ __forceinline__ void split_bf16(float x, uint16_t &hi, uint16_t &lo) {
+  const __nv_bfloat16 h = __float2bfloat16_rn(x);
+  hi = __bfloat16_as_ushort(h);
+  lo = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(h)));
+}
+
+// Y[T, N] = X[T, Kd] W[N, Kd]^T; 128 threads, 2 x 2 warps of 32 x 32; Kd % TBK == 0
+__global__ void __launch_bounds__(128) gemm_bf16_tc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                           int T, int N, int Kd) {
+  __shared__ __align__(16) uint16_t Xh[TBM][TBK + TPAD], Xl[TBM][TBK + TPAD], Ws[TBN][TBK + TPAD];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  float acc[2][4][4] = {};
+  for (int k0 = 0; k0 < Kd; k0 += TBK) {
+    // X: 64 x 32 floats, 16 per thread as 4 float4; rows past T are zeros
+    for (int i = tid; i < TBM * TBK / 4; i += 128) {
+      const int r = i / (TBK / 4), c = (i % (TBK / 4)) * 4;
+      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (m0 + r < T) v = *reinterpret_cast<const float4 *>(X + (size_t)(m0 + r) * Kd + k0 + c);
+      const float f[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; j++) split_bf16(f[j], Xh[r][c + j], Xl[r][c + j]);
+    }
+    // W: 64 x 32 halves, 2 x 16 bytes per thread; rows past N are zeros
+    for (int i = tid; i < TBN * TBK / 8; i += 128) {
+      const int r = i / (TBK / 8), c = (i % (TBK / 8)) * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (n0 + r < N) v = ld_stream(reinterpret_cast<const uint4 *>(W + (size_t)(n0 + r) * Kd + k0 + c));
+      *reinterpret_cast<uint4 *>(&Ws[r][c]) = v;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < TBK; kk += 16) {
+      uint32_t ah[2][4], al[2][4], b[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++) {
+        const int r = wm + mi * 16 + g;
+        const uint16_t(*srcs[2])[TBK + TPAD] = {Xh, Xl};
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+          uint32_t(&a)[4] = s ? al[mi] : ah[mi];
+          a[0] = *reinterpret_cast<const uint32_t *>(&srcs[s][r][kk + 2 * t4]);
+          a[1] = *reinterpret_cast<const uint32_t *>(&srcs[s][r + 8][kk + 2 * t4]);
+          a[2] = *reinterpret_cast<const uint32_t *>(&srcs[s][r][kk + 2 * t4 + 8]);
+          a[3] = *reinterpret_cast<const uint32_t *>(&srcs[s][r + 8][kk + 2 * t4 + 8]);
+        }
+      }
+#pragma unroll
+      for (int ni = 0; ni < 4; ni++) {
+        const int n = wn + ni * 8 + g;
+        b[ni][0] = *reinterpret_cast<const uint32_t *>(&Ws[n][kk + 2 * t4]);
+        b[ni][1] = *reinterpret_cast<const uint32_t *>(&Ws[n][kk + 2 * t4 + 8]);
+      }
+      // the small terms first, into accumulators that do not depend on each other back to back
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], al[mi], b[ni][0], b[ni][1]);
+#pragma unroll
+      for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], ah[mi], b[ni][0], b[ni][1]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+    for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int m = m0 + wm + mi * 16 + g + h * 8, n = n0 + wn + ni * 8 + 2 * t4;
+        if (m >= T) continue;
+        if (n < N) Y[(size_t)m * N + n] = acc[mi][ni][2 * h];
+        if (n + 1 < N) Y[(size_t)m * N + n + 1] = acc[mi][ni][2 * h + 1];
+      }
+}
+
+__global__ void embed16_kernel(const uint16_t *__restrict__ table, const int32_t *__restrict__ tok, float *__restrict__ x, int D, int is_bf16) {
+  const uint16_t *src = table + (size_t)tok[blockIdx.x] * D;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) x[(size_t)blockIdx.x * D + i] = w16(src[i], is_bf16);
+}
+
+// (token, choice) p: Y[p] = expert idx[p]'s `which` matrix times X[p / x_div]
+template <int TT>
+__global__ void __launch_bounds__(256) expert_gemv16_kernel(const uint16_t *const *__restrict__ Wtab, int which, const int32_t *__restrict__ idx,
+                                                            const float *__restrict__ X, int x_div, float *__restrict__ Y, int N, int Kd,
+                                                            int is_bf16, int vec) {
+  const int p = blockIdx.y, row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const uint16_t *w = Wtab[(size_t)idx[p] * 3 + which] + (size_t)row * Kd;
+  float acc[TT];
+  row_dot16<TT>(w, X + (size_t)(p / x_div) * Kd, 0, 1, Kd, is_bf16, vec, lane, acc);
+  if (lane == 0) Y[(size_t)p * N + row] = acc[0];
+}
+
+// (token, choice) p, row r < MI: G[p, r] = silu(gate_e[r] . x) * (up_e[r] . x), e = idx[p]: both
+// rows' loads in flight together and the SwiGLU folded in (three launches were one each)
+__global__ void __launch_bounds__(256) expert_gate_up16_kernel(const uint16_t *const *__restrict__ Wtab, const int32_t *__restrict__ idx,
+                                                               const float *__restrict__ X, int x_div, float *__restrict__ G, int N, int Kd,
+                                                               int is_bf16, int vec) {
+  const int p = blockIdx.y, row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (row >= N) return;
+  const size_t e = (size_t)idx[p] * 3;
+  const float *x = X + (size_t)(p / x_div) * Kd;
+  float g[1], u[1];
+  row_dot16<1>(Wtab[e] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, g);
+  row_dot16<1>(Wtab[e + 1] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, u);
+  if (lane == 0) G[(size_t)p * N + row] = g[0] / (1.0f + expf(-g[0])) * u[0];
+}
+
+}  // namespace
+
+void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
+                      int Kd, cudaStream_t st) {
+  const int vec = (Kd & 7) == 0 && ((uintptr_t)X & 15) == 0;
+  expert_gate_up16_kernel<<<dim3(blocks_for(N, 8), P), 256, 0, st>>>(Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec);
+}
+
+void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st) {
+  const int vec = (Kd & 7) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0;
+  if (T == 1 && vec && N < 2048 && Kd >= 512) {
+    gemv16_split_kernel<<<blocks_for(N, 2), 256, 0, st>>>(W, X, Y, N, Kd, is_bf16);
+    return;
+  }
+  if (T <= 8) {
+    const int grid = blocks_for(N, 8);
+    switch (T) {
+    case 1: gemv16_kernel<1><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
+    case 2: gemv16_kernel<2><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
+    case 3: case 4: gemv16_kernel<4><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
+    default: gemv16_kernel<8><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
+    }
+    return;
+  }
+  if (is_bf16 && vec && Kd % TBK == 0) {
+    gemm_bf16_tc_kernel<<<dim3(blocks_for(N, TBN), blocks_for(T, TBM)), 128, 0, st>>>(W, X, Y, T, N, Kd);
+    return;
+  }
+  gemm16_cc_kernel<<<dim3(blocks_for(N, CBN), blocks_for(T, CBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16);
+}
+
+void embed16(int is_bf16, const uint16_t *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st) {
+  embed16_kernel<<<T, 128, 0, st>>>(table, tok, x, D, is_bf16);
+}
+
+void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
+                     int P, int N, int Kd, cudaStream_t st) {
+  const int vec = (Kd & 7) == 0 && ((uintptr_t)X & 15) == 0;  // expert rows: cudaMalloc'd, 256-byte aligned
+  expert_gemv16_kernel<1><<<dim3(blocks_for(N, 8), P), 256, 0, st>>>(Wtab, which, idx, X, x_div, Y, N, Kd, is_bf16, vec);
+}
+
+}  // namespace kle_ops
