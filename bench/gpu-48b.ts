@@ -1,0 +1,129 @@
+// npm run bench:gpu-48b   (on a GPU machine: kernels-cuda/run-gpu.sh big)
+// The full-size Kimi-Linear-48B-A3B on one GPU, weights in BF16 made by the engine in device
+// memory (EngineModel.synthesize: the exact config, seeded values, the loaded model's code
+// paths), and an all-MLA model of the same shape (every layer MLA) beside it:
+// - time per output token at batch 1 against the context a session holds (4K .. 1M; the state
+//   made on the device by EngineSession.synthesize, so no prefill is needed), the median of 24
+//   steps, each a forward of one token with its 163,840 logits copied to the host;
+// - next to the physical limit of the same run: the bytes one token must read (the dense and
+//   active expert weights, the LM head, the KDA states read and written, the MLA cache at that
+//   length) over the card's copy bandwidth measured now;
+// - a short prompt's prefill rate.
+// Contexts whose MLA cache (f32 for now) does not fit beside the weights are reported as such.
+// Writes bench/results/gpu-48b-<gpu>.json and an SVG.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseKimiConfig, type KimiConfig } from '../src/engine/config.js';
+import { EngineModel } from '../src/engine/engine.js';
+import { expertTensors, layerTensors } from '../src/engine/layer-kinds.js';
+import { loadCudaBackend, packageRoot } from '../src/node.js';
+import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
+import { gpuTag, machine, table, writeResultAs } from './lib.js';
+import { medianDecodeMs } from './study-models.js';
+import { lineChart } from './svg.js';
+
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, model: { type: 'string', default: 'both' }, profile: { type: 'boolean', default: false } } });
+// --profile: the GPU time of every operation, printed when the model closes (backend_cuda.cu)
+if (values.profile) process.env.KLE_CUDA_PROFILE = '1';
+// a little under each power of two: the 24 steps then fit the cache the session reserved
+const CONTEXTS = (values.quick ? [4096, 131072] : [4096, 131072, 262144, 524288, 1048576]).map((n) => n - 64);
+const STEPS = 24;
+const GiB = 2 ** 30;
+
+const ALL_MLA = {
+  ...KIMI_LINEAR_48B_CONFIG,
+  linear_attn_config: { ...KIMI_LINEAR_48B_CONFIG.linear_attn_config, kda_layers: [], full_attn_layers: Array.from({ length: 27 }, (_, i) => i + 1) },
+};
+
+/** bytes one decode step must read at batch 1: everything but the unchosen experts, as the engine stores it */
+function activeWeightBytes(c: KimiConfig): number {
+  let n = 0;
+  for (let l = 0; l < c.numLayers; l++)
+    for (const t of layerTensors(c, l)) {
+      const e = t.rows * t.cols;
+      // kv_b is split into f32 W_uk and W_uv at load (engine/model/layers.c): those are what decode reads
+      n += t.role === 'MLA_KV_B' ? 4 * e : t.f32 ? 4 * e : 2 * e;
+    }
+  const moeLayers = Array.from({ length: c.numLayers }, (_, l) => l).filter((l) => c.moe && l >= c.moe.firstKDenseReplace && l % c.moe.moeLayerFreq === 0).length;
+  const perExpert = expertTensors(c).reduce((a, t) => a + 2 * t.rows * t.cols, 0);
+  n += moeLayers * c.moe!.expertsPerToken * perExpert;
+  return n + 2 * c.vocabSize * c.hiddenSize + 2 * c.hiddenSize; // LM head, one embedding row
+}
+
+function stateBytes(c: KimiConfig, context: number): { kda: number; mla: number } {
+  const kinds = c.layerKinds;
+  const kdaLayers = kinds.filter((k) => k === 'kda').length, mlaLayers = kinds.length - kdaLayers;
+  const S = c.kda.numHeads * c.kda.headDim * c.kda.headDim * 4;
+  return { kda: 2 * kdaLayers * S, mla: mlaLayers * context * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim) * 4 };
+}
+
+const cuda = loadCudaBackend();
+const gbps = cuda.copyGbps(GiB, 30);
+console.error(`${cuda.device}: copy bandwidth ${gbps.toFixed(0)} GB/s`);
+
+interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string }
+const rows: Row[] = [];
+const loads: { model: string; seconds: number; weightsGiB: number; freeAfterGiB: number; activeGiBPerToken: number; prefillTokens: number; prefillTokPerS: number }[] = [];
+
+const which = values.model === 'both' ? ['hybrid', 'all-MLA'] : [values.model!];
+for (const name of which) {
+  const json = name === 'hybrid' ? KIMI_LINEAR_48B_CONFIG : ALL_MLA;
+  const c = parseKimiConfig(json);
+  const t0 = performance.now();
+  const model = EngineModel.synthesize(cuda, c, 7, 'bf16');
+  const seconds = (performance.now() - t0) / 1000;
+  const active = activeWeightBytes(c);
+  // warm-up (clocks, first launches), then a short prompt's prefill
+  const w = model.createSession();
+  w.forward(Array.from({ length: 64 }, (_, i) => (i * 7919) % c.vocabSize));
+  const t1 = performance.now();
+  const PREFILL = values.profile ? 64 : 2048;
+  w.forward(Array.from({ length: PREFILL }, (_, i) => (i * 104729 + 17) % c.vocabSize));
+  const prefillTokPerS = PREFILL / ((performance.now() - t1) / 1000);
+  w.free();
+  loads.push({ model: name, seconds, weightsGiB: model.bytes() / GiB, freeAfterGiB: (model.deviceFree() ?? 0) / GiB, activeGiBPerToken: active / GiB, prefillTokens: PREFILL, prefillTokPerS });
+  console.error(`${name}: made in ${seconds.toFixed(1)} s, ${(model.bytes() / GiB).toFixed(1)} GiB of weights, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} GiB free; prefill ${prefillTokPerS.toFixed(0)} tok/s`);
+  for (const context of CONTEXTS) {
+    const st = stateBytes(c, context);
+    const limitMs = ((active + st.kda + st.mla) / (gbps * 1e9)) * 1e3;
+    const base = { model: name, context, limitMs, mlaCacheGiB: st.mla / GiB };
+    // the cache is reserved in powers of two of rows; keep 2 GiB for activations and logits
+    const reserve = stateBytes(c, 2 ** Math.ceil(Math.log2(context))).mla + 2 * GiB;
+    if (reserve > (model.deviceFree() ?? 0)) {
+      rows.push({ ...base, msPerToken: null, ofLimit: null, note: `cache (f32) does not fit: ${(reserve / GiB).toFixed(1)} GiB needed, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} free` });
+      continue;
+    }
+    const s = model.createSession();
+    s.synthesize(context, 3);
+    medianDecodeMs(s, 3);
+    const ms = medianDecodeMs(s, STEPS);
+    s.free();
+    rows.push({ ...base, msPerToken: ms, ofLimit: limitMs / ms, note: '' });
+    console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)})`);
+  }
+  model.free();
+}
+
+const k = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)}M` : `${(n / 1024).toFixed(1)}K`);
+console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
+console.log(table(['model', 'weights made (s)', 'weights GiB', 'free GiB', 'active GiB/token', `prefill ${loads[0]?.prefillTokens ?? 0} tok/s`],
+  loads.map((l) => [l.model, l.seconds.toFixed(1), l.weightsGiB.toFixed(1), l.freeAfterGiB.toFixed(1), l.activeGiBPerToken.toFixed(2), l.prefillTokPerS.toFixed(0)])));
+console.log('\nTime per output token at batch 1 (BF16 weights, f32 MLA cache; median of 24 steps, logits copied to the host each step)\n');
+console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'MLA cache GiB', 'note'],
+  rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.mlaCacheGiB.toFixed(2), r.note])));
+const h = rows.filter((r) => r.model === 'hybrid' && r.msPerToken), a = rows.filter((r) => r.model === 'all-MLA' && r.msPerToken);
+for (const r of h) {
+  const m = a.find((x) => x.context === r.context);
+  if (m) console.log(`at ${k(r.context)}: all-MLA / hybrid time per token ${(m.msPerToken! / r.msPerToken!).toFixed(2)}x`);
+}
+console.log('The Kimi Linear report (its own setup): about 6-8 ms per token up to 512K, 11 ms at 1M.');
+const tag = gpuTag(cuda.device);
+writeFileSync(join(packageRoot(), 'bench', 'results', `gpu-48b-tpot-${tag}.svg`), lineChart(`Kimi-Linear-48B-A3B, batch 1, BF16 (${cuda.device})`, 'context tokens (log scale)', 'ms per output token', [
+  ...['hybrid', 'all-MLA'].flatMap((m) => {
+    const rs = rows.filter((r) => r.model === m);
+    return rs.length ? [{ name: `${m} measured`, points: rs.filter((r) => r.msPerToken).map((r) => [r.context, r.msPerToken!] as [number, number]) },
+      { name: `${m} limit`, points: rs.map((r) => [r.context, r.limitMs] as [number, number]) }] : [];
+  }),
+].filter((s) => s.points.length)));
+console.log(`wrote ${writeResultAs(`gpu-48b-${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, loads, rows })}`);
