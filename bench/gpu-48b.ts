@@ -78,7 +78,7 @@ for (const name of which) {
   const w = model.createSession();
   w.forward(Array.from({ length: 64 }, (_, i) => (i * 7919) % c.vocabSize));
   const t1 = performance.now();
-  const PREFILL = values.profile ? 64 : 2048;
+  const PREFILL = values.profile ? 512 : 2048;
   w.forward(Array.from({ length: PREFILL }, (_, i) => (i * 104729 + 17) % c.vocabSize));
   const prefillTokPerS = PREFILL / ((performance.now() - t1) / 1000);
   w.free();

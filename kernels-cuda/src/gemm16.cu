@@ -181,7 +181,7 @@ __global__ void __launch_bounds__(256) gemm16_cc_kernel(const uint16_t *__restri
 
 // ---------------------------------------------------------------- tensor cores (BF16)
 #define TBM 64
-#define TBN 64
+#define TBN 128
 #define TBK 32
 #define TPAD 8  // halves of padding per shared row: fragment loads of 8 rows land in 8 bank groups
 
@@ -198,52 +198,106 @@ __device__ __forceinline__ void split_bf16(float x, uint16_t &hi, uint16_t &lo) 
   lo = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(h)));
 }
 
-// Y[T, N] = X[T, Kd] W[N, Kd]^T; 128 threads, 2 x 2 warps of 32 x 32; Kd % TBK == 0
-__global__ void __launch_bounds__(128) gemm_bf16_tc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
-                                                           int T, int N, int Kd) {
-  __shared__ __align__(16) uint16_t Xh[TBM][TBK + TPAD], Xl[TBM][TBK + TPAD], Ws[TBN][TBK + TPAD];
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+
+// Y[T, N] = X[T, Kd] W[N, Kd]^T; Kd % TBK == 0. 256 threads, 2 x 4 warps of 32 x 32 over a
+// 64 x 128 tile, two stages: while the warps multiply one k-slice, the next slice's weights come
+// in by cp.async and its activations into registers, split into BF16 terms as they are stored.
+// (The first version, 128 threads on 64 x 64 with a load, wait, multiply, wait loop, ran a
+// 4096 x 2304 matrix over 64 tokens at 6.7 TFLOP/s, waiting on every k-slice's loads.)
+//
+// Grouped (a batch's MoE pairs, moe_group's offs and order): blockIdx.z is the expert e, its
+// tile's rows are e's pairs, X's row of pair p is p / x_div and Y's is p, W is e's `which` matrix;
+// the rows a thread loads are looked up once. Blocks past an expert's pairs return at once.
+struct tc_group {
+  const uint16_t *const *Wtab;
+  const int32_t *offs, *order;
+  int which, x_div;
+};
+
+template <bool GROUPED>
+__global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                           int T, int N, int Kd, tc_group grp) {
+  __shared__ __align__(16) uint16_t Xh[2][TBM][TBK + TPAD], Xl[2][TBM][TBK + TPAD], Ws[2][TBN][TBK + TPAD];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int m0 = blockIdx.y * TBM, n0 = blockIdx.x * TBN, wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-  float acc[2][4][4] = {};
-  for (int k0 = 0; k0 < Kd; k0 += TBK) {
-    // X: 64 x 32 floats, 16 per thread as 4 float4; rows past T are zeros
-    for (int i = tid; i < TBM * TBK / 4; i += 128) {
-      const int r = i / (TBK / 4), c = (i % (TBK / 4)) * 4;
-      float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (m0 + r < T) v = *reinterpret_cast<const float4 *>(X + (size_t)(m0 + r) * Kd + k0 + c);
-      const float f[4] = {v.x, v.y, v.z, v.w};
+  const int n0 = blockIdx.x * TBN, wm = (warp / 4) * 32, wn = (warp % 4) * 32;
+  int m0 = blockIdx.y * TBM, base = 0;
+  if (GROUPED) {
+    base = grp.offs[blockIdx.z];
+    T = grp.offs[blockIdx.z + 1] - base;  // this expert's pairs
+    if (m0 >= T) return;
+    W = grp.Wtab[(size_t)blockIdx.z * 3 + grp.which];
+  }
+  // the X rows this thread loads (two float4 a slice), fixed for the whole k loop
+  const float *xrow[2];
 #pragma unroll
-      for (int j = 0; j < 4; j++) split_bf16(f[j], Xh[r][c + j], Xl[r][c + j]);
+  for (int j = 0; j < 2; j++) {
+    const int r = (tid + j * 256) / (TBK / 4);
+    const int m = m0 + r < T ? m0 + r : -1;
+    xrow[j] = m < 0 ? nullptr : X + (size_t)(GROUPED ? grp.order[base + m] / grp.x_div : m) * Kd;
+  }
+  const int nk = Kd / TBK;
+  float acc[2][4][4] = {};
+  float4 xr[2];  // this thread's two float4 of the next X slice: rows r = i / 8, columns (i % 8) * 4
+  auto load_w = [&](int k, int s) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int i = tid + j * 256, r = i / (TBK / 8), c = (i % (TBK / 8)) * 8;
+      const bool ok = n0 + r < N;
+      cp_async16(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + k * TBK + c, ok);
     }
-    // W: 64 x 32 halves, 2 x 16 bytes per thread; rows past N are zeros
-    for (int i = tid; i < TBN * TBK / 8; i += 128) {
-      const int r = i / (TBK / 8), c = (i % (TBK / 8)) * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (n0 + r < N) v = ld_stream(reinterpret_cast<const uint4 *>(W + (size_t)(n0 + r) * Kd + k0 + c));
-      *reinterpret_cast<uint4 *>(&Ws[r][c]) = v;
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+  auto load_x = [&](int k) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int c = ((tid + j * 256) % (TBK / 4)) * 4;
+      xr[j] = xrow[j] ? *reinterpret_cast<const float4 *>(xrow[j] + k * TBK + c) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
-    __syncthreads();
+  };
+  auto store_x = [&](int s) {
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int i = tid + j * 256, r = i / (TBK / 4), c = (i % (TBK / 4)) * 4;
+      const float f[4] = {xr[j].x, xr[j].y, xr[j].z, xr[j].w};
+#pragma unroll
+      for (int q = 0; q < 4; q++) split_bf16(f[q], Xh[s][r][c + q], Xl[s][r][c + q]);
+    }
+  };
+  load_w(0, 0);
+  load_x(0);
+  store_x(0);
+  asm volatile("cp.async.wait_group 0;\n" ::);
+  __syncthreads();
+  for (int k = 0; k < nk; k++) {
+    const int s = k & 1;
+    if (k + 1 < nk) {
+      load_w(k + 1, s ^ 1);
+      load_x(k + 1);
+    }
 #pragma unroll
     for (int kk = 0; kk < TBK; kk += 16) {
       uint32_t ah[2][4], al[2][4], b[4][2];
 #pragma unroll
       for (int mi = 0; mi < 2; mi++) {
         const int r = wm + mi * 16 + g;
-        const uint16_t(*srcs[2])[TBK + TPAD] = {Xh, Xl};
-#pragma unroll
-        for (int s = 0; s < 2; s++) {
-          uint32_t(&a)[4] = s ? al[mi] : ah[mi];
-          a[0] = *reinterpret_cast<const uint32_t *>(&srcs[s][r][kk + 2 * t4]);
-          a[1] = *reinterpret_cast<const uint32_t *>(&srcs[s][r + 8][kk + 2 * t4]);
-          a[2] = *reinterpret_cast<const uint32_t *>(&srcs[s][r][kk + 2 * t4 + 8]);
-          a[3] = *reinterpret_cast<const uint32_t *>(&srcs[s][r + 8][kk + 2 * t4 + 8]);
-        }
+        ah[mi][0] = *reinterpret_cast<const uint32_t *>(&Xh[s][r][kk + 2 * t4]);
+        ah[mi][1] = *reinterpret_cast<const uint32_t *>(&Xh[s][r + 8][kk + 2 * t4]);
+        ah[mi][2] = *reinterpret_cast<const uint32_t *>(&Xh[s][r][kk + 2 * t4 + 8]);
+        ah[mi][3] = *reinterpret_cast<const uint32_t *>(&Xh[s][r + 8][kk + 2 * t4 + 8]);
+        al[mi][0] = *reinterpret_cast<const uint32_t *>(&Xl[s][r][kk + 2 * t4]);
+        al[mi][1] = *reinterpret_cast<const uint32_t *>(&Xl[s][r + 8][kk + 2 * t4]);
+        al[mi][2] = *reinterpret_cast<const uint32_t *>(&Xl[s][r][kk + 2 * t4 + 8]);
+        al[mi][3] = *reinterpret_cast<const uint32_t *>(&Xl[s][r + 8][kk + 2 * t4 + 8]);
       }
 #pragma unroll
       for (int ni = 0; ni < 4; ni++) {
         const int n = wn + ni * 8 + g;
-        b[ni][0] = *reinterpret_cast<const uint32_t *>(&Ws[n][kk + 2 * t4]);
-        b[ni][1] = *reinterpret_cast<const uint32_t *>(&Ws[n][kk + 2 * t4 + 8]);
+        b[ni][0] = *reinterpret_cast<const uint32_t *>(&Ws[s][n][kk + 2 * t4]);
+        b[ni][1] = *reinterpret_cast<const uint32_t *>(&Ws[s][n][kk + 2 * t4 + 8]);
       }
       // the small terms first, into accumulators that do not depend on each other back to back
 #pragma unroll
@@ -255,6 +309,8 @@ __global__ void __launch_bounds__(128) gemm_bf16_tc_kernel(const uint16_t *__res
 #pragma unroll
         for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], ah[mi], b[ni][0], b[ni][1]);
     }
+    if (k + 1 < nk) store_x(s ^ 1);  // stage s ^ 1 was last read in slice k - 1: every warp is past it
+    asm volatile("cp.async.wait_group 0;\n" ::);
     __syncthreads();
   }
 #pragma unroll
@@ -265,8 +321,9 @@ __global__ void __launch_bounds__(128) gemm_bf16_tc_kernel(const uint16_t *__res
       for (int h = 0; h < 2; h++) {
         const int m = m0 + wm + mi * 16 + g + h * 8, n = n0 + wn + ni * 8 + 2 * t4;
         if (m >= T) continue;
-        if (n < N) Y[(size_t)m * N + n] = acc[mi][ni][2 * h];
-        if (n + 1 < N) Y[(size_t)m * N + n + 1] = acc[mi][ni][2 * h + 1];
+        float *yr = Y + (size_t)(GROUPED ? grp.order[base + m] : m) * N;
+        if (n < N) yr[n] = acc[mi][ni][2 * h];
+        if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
       }
 }
 
@@ -303,7 +360,84 @@ __global__ void __launch_bounds__(256) expert_gate_up16_kernel(const uint16_t *c
   if (lane == 0) G[(size_t)p * N + row] = g[0] / (1.0f + expf(-g[0])) * u[0];
 }
 
+// ---------------------------------------------------------------- experts grouped (batches)
+// The (token, choice) pairs of a batch by expert: offs [E + 1], order [P] the pairs of expert e at
+// order[offs[e] .. offs[e + 1]). One block; the order within an expert is the atomics', which
+// changes nothing: each pair's result is computed alone, in its own slot.
+__global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *__restrict__ idx, int P, int E, int32_t *__restrict__ offs,
+                                                         int32_t *__restrict__ order) {
+  __shared__ int cnt[1024], pos[1024];
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  __syncthreads();
+  for (int p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&cnt[idx[p]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int acc = 0;
+    for (int e = 0; e < E; e++) pos[e] = acc, offs[e] = acc, acc += cnt[e];
+    offs[E] = acc;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < P; p += blockDim.x) order[atomicAdd(&pos[idx[p]], 1)] = p;
+}
+
+#define GROUP 8
+// F16 experts (no tensor-core path here): block (8 rows, expert e), each warp one row of e's
+// `which` matrix for e's pairs GROUP at a time, so a row is read once per GROUP pairs.
+// Y[p] = W_e . X[p / x_div].
+__global__ void __launch_bounds__(256) grouped16_kernel(const uint16_t *const *__restrict__ Wtab, int which, const int32_t *__restrict__ offs,
+                                                        const int32_t *__restrict__ order, const float *__restrict__ X, int x_div,
+                                                        float *__restrict__ Y, int N, int Kd, int is_bf16) {
+  const int e = blockIdx.y, row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int n0 = offs[e], n1 = offs[e + 1];
+  if (n0 == n1 || row >= N) return;
+  const uint4 *wa = reinterpret_cast<const uint4 *>(Wtab[(size_t)e * 3 + which] + (size_t)row * Kd);
+  for (int g0 = n0; g0 < n1; g0 += GROUP) {
+    const int nt = min(GROUP, n1 - g0);
+    const float4 *xs[GROUP];
+    float a[GROUP];
+#pragma unroll
+    for (int t = 0; t < GROUP; t++) {
+      xs[t] = reinterpret_cast<const float4 *>(X + (size_t)(order[g0 + (t < nt ? t : 0)] / x_div) * Kd);
+      a[t] = 0.f;
+    }
+    for (int i = lane; i < Kd / 8; i += 32) {
+      float wf[8];
+      unpack8(ld_stream(wa + i), is_bf16, wf);
+#pragma unroll
+      for (int t = 0; t < GROUP; t++) {
+        if (t >= nt) break;
+        const float4 x0 = xs[t][2 * i], x1 = xs[t][2 * i + 1];
+        a[t] += wf[0] * x0.x + wf[1] * x0.y + wf[2] * x0.z + wf[3] * x0.w + wf[4] * x1.x + wf[5] * x1.y + wf[6] * x1.z + wf[7] * x1.w;
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < GROUP; t++) {
+      if (t >= nt) break;
+      const float v = warp_sum(a[t]);
+      if (lane == 0) Y[(size_t)order[g0 + t] * N + row] = v;
+    }
+  }
+}
+
 }  // namespace
+
+void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st) {
+  moe_group_kernel<<<1, 1024, 0, st>>>(idx, P, E, offs, order);
+}
+
+bool grouped_ok(int D, int MI, const float *X) { return D % TBK == 0 && MI % TBK == 0 && ((uintptr_t)X & 15) == 0; }
+
+// Y[p] = W_e X[p / x_div] for each pair p of each expert e, on tensor cores; at most T pairs an
+// expert (a token picks an expert once), so T / 64 row tiles cover any expert
+void grouped_mm16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E, const float *X,
+                  int x_div, float *Y, int T, int N, int Kd, cudaStream_t st) {
+  if (!is_bf16) {  // F16: the CUDA-core kernel, GROUP pairs at a time
+    grouped16_kernel<<<dim3(blocks_for(N, 8), E), 256, 0, st>>>(Wtab, which, offs, order, X, x_div, Y, N, Kd, 0);
+    return;
+  }
+  const tc_group grp = {Wtab, offs, order, which, x_div};
+  gemm_bf16_tc_kernel<true><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM), E), 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp);
+}
 
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
                       int Kd, cudaStream_t st) {
@@ -328,7 +462,7 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
     return;
   }
   if (is_bf16 && vec && Kd % TBK == 0) {
-    gemm_bf16_tc_kernel<<<dim3(blocks_for(N, TBN), blocks_for(T, TBM)), 128, 0, st>>>(W, X, Y, T, N, Kd);
+    gemm_bf16_tc_kernel<false><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{});
     return;
   }
   gemm16_cc_kernel<<<dim3(blocks_for(N, CBN), blocks_for(T, CBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16);

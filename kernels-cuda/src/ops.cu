@@ -140,7 +140,38 @@ __global__ void __launch_bounds__(256) matvec_split_kernel(const float *__restri
   if (threadIdx.x % 128 == 0 && row < N) Y[row] = part[wid] + part[wid + 1] + part[wid + 2] + part[wid + 3];
 }
 
+// a batch over a matrix of few rows (the MoE router, 256 x 2304): one warp per (row, 8 tokens),
+// so a 512-token batch has 64 times the blocks the 64 x 64 tiles give it (32 for the router; at
+// 64 tokens, 4 blocks took 380 us)
+__global__ void __launch_bounds__(256) matvec8_kernel(const float *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y, int T,
+                                                      int N, int Kd) {
+  const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32, t0 = blockIdx.y * 8, nt = min(8, T - t0);
+  if (row >= N) return;
+  const float4 *w4 = reinterpret_cast<const float4 *>(W + (size_t)row * Kd);
+  float acc[8] = {};
+  for (int i = lane; i < Kd / 4; i += 32) {
+    const float4 a = w4[i];
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+      if (t >= nt) break;
+      const float4 b = reinterpret_cast<const float4 *>(X + (size_t)(t0 + t) * Kd)[i];
+      acc[t] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < 8; t++) {
+    if (t >= nt) break;
+    const float v = warp_sum(acc[t]);
+    if (lane == 0) Y[(size_t)(t0 + t) * N + row] = v;
+  }
+}
+
 void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st) {
+  // where the 64 x 64 tiles would leave most of the card idle
+  if (T > 4 && blocks_for(N, BN) * blocks_for(T, BM) < 64 && (Kd & 3) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0) {
+    matvec8_kernel<<<dim3(blocks_for(N, 8), blocks_for(T, 8)), 256, 0, st>>>(W, X, Y, T, N, Kd);
+    return;
+  }
   if (T == 1 && N < 2048 && Kd >= 512 && (Kd & 3) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0) {
     matvec_split_kernel<<<blocks_for(N, 2), 256, 0, st>>>(W, X, Y, N, Kd);
     return;

@@ -50,6 +50,14 @@ void embed16(int is_bf16, const uint16_t *table, const int32_t *tok, float *x, i
 // G[p] = silu(gate_e X[p / x_div]) * (up_e X[p / x_div]), e = idx[p], gate and up in one format
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
                       int Kd, cudaStream_t st);
+// A batch's (token, choice) pairs grouped by expert (offs [E + 1], order [P]; one launch), then
+// Y[p] = W_e X[p / x_div] per expert over its pairs (BF16: the tensor-core GEMM with gathered
+// rows; F16: each row read once per 8 pairs) for T tokens. grouped_ok: the shapes and alignment
+// they need (else the per-pair kernels).
+void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st);
+bool grouped_ok(int D, int MI, const float *X);
+void grouped_mm16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E, const float *X,
+                  int x_div, float *Y, int T, int N, int Kd, cudaStream_t st);
 void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
                      int P, int N, int Kd, cudaStream_t st);
 
