@@ -148,6 +148,15 @@ long kle_row_bytes(int fmt, int n_in);
  */
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
+/*
+ * Q8_0 and Q4_0 (what kle_matmul runs for them): the activations quantized per block of 32 as
+ * Q8_0 does weights (d = amax / 127), each block's dot an exact int32 sum times both scales, so
+ * each output is within sum over blocks of d_x / 2 * sum |w| of the float64 product with the
+ * dequantized weights. _ref: the same integers in plain scalar code (the SIMD versions differ in
+ * the order of the float sums only).
+ */
+int kle_matmul_q8(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
+int kle_matmul_q8_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 /* Encode n floats (a multiple of 32 for quantized formats) into fmt; dst gets kle_row_bytes(fmt,n). */
 int kle_quantize(int fmt, const float *src, void *dst, int n);
 /* Decode back to float (the value the matmul kernels use). */

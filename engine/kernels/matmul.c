@@ -1,8 +1,8 @@
 /*
  * matmul.c: Y[T, n_out] = X[T, n_in] W^T for weights in f32, bf16, f16 and GGUF's q8_0 and
- * q4_0 block layouts. The fast path decodes 4 weight rows at a time into a small float tile
- * that stays in L1, then runs every token against it, so each weight byte is decoded once per
- * call whatever T is.
+ * q4_0 block layouts (their codecs live here; their products in matmul_q8.c, with integer dots).
+ * The fast path decodes 4 weight rows at a time into a small float tile that stays in L1, then
+ * runs every token against it, so each weight byte is decoded once per call whatever T is.
  */
 #include <limits.h>
 #include <math.h>
@@ -87,28 +87,6 @@ static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
   }
 }
 
-/*
- * Quantized rows decode in a permuted order: 16 bytes are read as four int32 words and byte k
- * of every word is extracted with shifts, giving elements k, k+4, k+8, k+12 in one vector. Only
- * same-width shifts and int->float converts are needed, which every SIMD target has (clang's
- * wasm backend scalarizes the narrow-lane widening shuffles). The activations are permuted the
- * same way once per call (permute16), and a dot product does not care about order.
- */
-static inline void q8x16_decode(const uint8_t *b, v4f d, float *out) {
-  v4i w = *(const v4i_u *)b;
-  vstore(out, d * __builtin_convertvector((w << 24) >> 24, v4f));
-  vstore(out + 4, d * __builtin_convertvector((w << 16) >> 24, v4f));
-  vstore(out + 8, d * __builtin_convertvector((w << 8) >> 24, v4f));
-  vstore(out + 12, d * __builtin_convertvector(w >> 24, v4f));
-}
-
-/* x[16g + 4k + l] <- src[16g + k + 4l]: the order q8x16_decode produces */
-static void permute16(const float *src, float *dst, int n) {
-  for (int g = 0; g < n; g += 16)
-    for (int k = 0; k < 4; k++)
-      for (int l = 0; l < 4; l++) dst[g + 4 * k + l] = src[g + k + 4 * l];
-}
-
 static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) {
   int i = 0;
   switch (fmt) {
@@ -118,25 +96,6 @@ static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) 
   case KLE_W_F16:
     for (; i + 4 <= n; i += 4) vstore(out + i, v_f16_to_f32((const uint16_t *)(row + 2L * (k0 + i))));
     break;
-  case KLE_W_Q8_0:
-    for (; i < n; i += KLE_QK) {
-      const uint8_t *b = row + (long)((k0 + i) / KLE_QK) * Q8_BYTES;
-      v4f d = vsplat(block_scale(b));
-      q8x16_decode(b + 2, d, out + i);
-      q8x16_decode(b + 18, d, out + i + 16);
-    }
-    return;
-  case KLE_W_Q4_0:
-    for (; i < n; i += KLE_QK) {
-      const uint8_t *b = row + (long)((k0 + i) / KLE_QK) * Q4_BYTES;
-      v4f d = vsplat(block_scale(b));
-      v4i w = *(const v4i_u *)(b + 2); /* byte j: element j (low nibble), j+16 (high nibble) */
-      for (int k = 0; k < 4; k++) {
-        vstore(out + i + 4 * k, d * __builtin_convertvector(((w >> (8 * k)) & 15) - 8, v4f));
-        vstore(out + i + 16 + 4 * k, d * __builtin_convertvector(((w >> (8 * k + 4)) & 15) - 8, v4f));
-      }
-    }
-    return;
   }
   if (i < n) decode_ref(fmt, row, k0 + i, n - i, out + i);
 }
@@ -265,14 +224,9 @@ static void tile_dots(const float *const w[4], int nr, const float *X, int n_in,
 
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
   if (!mm_args_ok(fmt, T, n_out, n_in)) return KLE_EINVAL;
+  /* quantized weights: integer dot products with quantized activations (matmul_q8.c) */
+  if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return kle_matmul_q8(fmt, W, X, Y, T, n_out, n_in);
   long rb = kle_row_bytes(fmt, n_in);
-  float *Xp = NULL;
-  if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) { /* decoded in permuted order: see q8x16_decode */
-    Xp = malloc(sizeof(float) * (size_t)T * n_in + 1);
-    if (!Xp) return KLE_ENOMEM;
-    for (int t = 0; t < T; t++) permute16(X + (size_t)t * n_in, Xp + (size_t)t * n_in, n_in);
-    X = Xp;
-  }
   float tile[4][KC];
   memset(Y, 0, sizeof(float) * (size_t)T * n_out);
   for (int n0 = 0; n0 < n_out; n0 += 4) {
@@ -292,6 +246,5 @@ int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_ou
       tile_dots(w, nr, X, n_in, k0, kn, T, Y, n_out, n0);
     }
   }
-  free(Xp);
   return KLE_OK;
 }

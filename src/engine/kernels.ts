@@ -217,17 +217,22 @@ export class Kernels {
     return this.backend.call('kle_row_bytes', [WeightFormat[fmt], nIn]);
   }
 
-  /** Y[T, nOut] = X[T, nIn] W^T, W [nOut, nIn] in format fmt (raw bytes for 16-bit/quantized). */
+  /**
+   * Y[T, nOut] = X[T, nIn] W^T, W [nOut, nIn] in format fmt (raw bytes for 16-bit/quantized).
+   * 'fast' runs q8_0 and q4_0 with int8 activations and integer dots (kle_matmul_q8); 'ref' is
+   * the exact product with the dequantized weights; 'q8-ref' the integer algorithm in scalar code.
+   */
   matmul(
     a: { fmt: WeightFormatName; W: F32 | Uint8Array | Uint16Array; X: F32; Y: F32; T: number; nOut: number; nIn: number },
-    impl: Impl = 'fast',
+    impl: Impl | 'q8-ref' = 'fast',
   ): void {
     const rb = this.rowBytes(a.fmt, a.nIn);
     if (rb < 0) throw new KernelError(`matmul(${a.fmt}) with nIn=${a.nIn}`, -1);
     need('W (bytes)', { length: a.W.byteLength }, rb * a.nOut);
     need('X', a.X, a.T * a.nIn);
     need('Y', a.Y, a.T * a.nOut);
-    this.call(impl === 'fast' ? 'kle_matmul' : 'kle_matmul_ref', [WeightFormat[a.fmt], asBytes(a.W), a.X, a.Y, a.T, a.nOut, a.nIn]);
+    if (impl === 'q8-ref' && a.fmt !== 'q8_0' && a.fmt !== 'q4_0') throw new KernelError(`matmul(${a.fmt}): q8-ref is for q8_0 and q4_0`, -1);
+    this.call(impl === 'fast' ? 'kle_matmul' : impl === 'ref' ? 'kle_matmul_ref' : 'kle_matmul_q8_ref', [WeightFormat[a.fmt], asBytes(a.W), a.X, a.Y, a.T, a.nOut, a.nIn]);
   }
 
   /** Encodes one row of floats in fmt (quantized formats: n a multiple of 32). */

@@ -70,7 +70,7 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
   });
 
   for (const w of ['Q8_0', 'Q4_0'] as const) {
-    it(`${w}: the quantized engine path equals f32 math on the dequantized weights (every backend)`, async () => {
+    it(`${w}: every backend gives the same logits, near f32 math on the dequantized weights`, async () => {
       const p = parts(w);
       const deq: GgufTensorToWrite[] = p.tensors.map((t) => {
         if (t.type === 'F32') return t;
@@ -79,10 +79,17 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
         return { ...t, type: 'F32', data: new Uint8Array(f.buffer) };
       });
       const f32 = (await load(writeGguf(p.metadata, deq))).createSession().prefill(toks);
-      for (const b of backends) {
-        const q = (await load(writeGguf(p.metadata, p.tensors), b)).createSession().prefill(toks);
-        expect(relErr(q, f32)).toBeLessThan(1e-5);
-      }
+      const qs: Float32Array[] = [];
+      for (const b of backends) qs.push((await load(writeGguf(p.metadata, p.tensors), b)).createSession().prefill(toks));
+      // the backends multiply the same integers (matmul_q8.c) and differ in the order of float
+      // sums, which can move an activation across a rounding boundary of its int8 code: one step
+      // of one block, which this random model's layers amplify (measured rel L2 under 1e-6 for
+      // Q8_0 and 1.1e-2 for Q4_0 between wasm and native; each matmul alone agrees to 1e-5)
+      for (const q of qs.slice(1)) expect(relErr(q, qs[0]!)).toBeLessThan(0.05);
+      // the activations are quantized per block of 32 too, as llama.cpp multiplies these formats:
+      // measured rel L2 4.7e-2 (Q8_0) and 4.1e-2 (Q4_0) against f32 activations on this random
+      // model after 70 tokens (each matmul's own error is bounded in test/unit/matmul.test.ts)
+      expect(relErr(qs[0]!, f32)).toBeLessThan(0.1);
       // against the unquantized model: measured rel L2 3.1e-2 (Q8_0) and 0.73 (Q4_0) on this
       // random-weight model after 70 tokens; random weights amplify weight noise far more than
       // trained ones, so only Q8_0 gets a bound here

@@ -41,20 +41,26 @@ describe(`matmul over f32, bf16, f16, q8_0 and q4_0 weights (seed ${SEED})`, () 
         for (const k of await allKernels()) {
           const bytes = quantizeRows(k, fmt, W, s.nOut, s.nIn);
           const fast = new Float32Array(s.T * s.nOut), ref = new Float32Array(s.T * s.nOut);
+          const quant = fmt === 'q8_0' || fmt === 'q4_0';
           k.matmul({ fmt, W: bytes, X, Y: fast, T: s.T, nOut: s.nOut, nIn: s.nIn });
-          k.matmul({ fmt, W: bytes, X, Y: ref, T: s.T, nOut: s.nOut, nIn: s.nIn }, 'ref');
+          // quantized weights multiply int8 activations: the same integers in scalar code
+          k.matmul({ fmt, W: bytes, X, Y: ref, T: s.T, nOut: s.nOut, nIn: s.nIn }, quant ? 'q8-ref' : 'ref');
           expect(relErr(fast, ref), `${k.name} fast vs ref`).toBeLessThan(1e-5);
-          // against the unquantized weights: |y - y_f32| <= sum_i |x_i| * bound_i (+ f32 rounding)
+          const deq = quant ? Float64Array.from(k.dequantize(fmt, bytes, s.nOut * s.nIn)) : null;
+          // against the unquantized weights: |y - y_f32| <= sum_i |x_i| * bound_i (+ f32 rounding),
+          // and for quantized weights the activations' rounding: sum_i |w_i| * amax_x(block) / 254
           for (let t = 0; t < s.T; t++)
             for (let n = 0; n < s.nOut; n++) {
               let exact = 0, bound = 0, mag = 0;
               for (let i = 0; i < s.nIn; i++) {
                 const w = W[n * s.nIn + i]!, x = X[t * s.nIn + i]!;
-                let amax = 0;
+                let amax = 0, xmax = 0;
                 const b0 = i - (i % 32);
                 for (let j = b0; j < b0 + 32 && j < s.nIn; j++) amax = Math.max(amax, Math.abs(W[n * s.nIn + j]!));
+                for (let j = b0; j < b0 + 32 && j < s.nIn; j++) xmax = Math.max(xmax, Math.abs(X[t * s.nIn + j]!));
                 exact += w * x;
                 bound += Math.abs(x) * elementBound(fmt, w, amax);
+                if (deq) bound += Math.abs(deq[n * s.nIn + i]!) * (xmax / 254) * (1 + 2 ** -20);
                 mag += Math.abs(w * x);
               }
               const err = Math.abs(fast[t * s.nOut + n]! - exact);

@@ -1,0 +1,189 @@
+/*
+ * matmul_q8.c: Y = X W^T for Q8_0 and Q4_0 weights with integer dot products.
+ *
+ * Decoding quantized weights to f32 and multiplying in f32 ran at 15-24% of the read bandwidth:
+ * the decode and the float multiplies bound it, not the bytes. Here the activations are
+ * quantized too, per block of 32 as Q8_0 does weights (dx = amax / 127, qx = round(x / dx), kept
+ * as int16 so the SIMD multiply-add takes them as they are), and a block's dot is
+ * dw * dx * sum(qw * qx), the sum exact in int32 (32 products of at most 127 * 127). Per block:
+ * widen 32 weights to int16, two 8 x 16-bit multiply-adds into int32 lanes, one convert and one
+ * float multiply-add into a running vector; one horizontal sum per row.
+ *
+ * The cost is the activations' rounding: |x - dx * qx| <= dx / 2, so a block contributes at
+ * most dx / 2 * sum |w| of error (test/unit/matmul.test.ts checks that bound against float64 for
+ * every target). kle_matmul_q8_ref is the same algorithm in plain scalar code; the SIMD versions
+ * (wasm SIMD's i32x4.dot_i16x8_s; x86 AVX2 vpmaddwd, or AVX-512 VNNI / AVX-VNNI vpdpwssd when the
+ * native build's -march has them) differ from it only in the order of the float sums.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../include/kle.h"
+#include "numfmt.h"
+
+#if defined(__wasm_simd128__)
+#include <wasm_simd128.h>
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define Q8_BYTES 34
+#define Q4_BYTES 18
+
+/* One token row's blocks: scales dx[nb], values qx[n] (int16). Shared by every version, so all
+ * of them multiply the same integers. */
+static void quantize_x(const float *x, int n, float *dx, int16_t *qx) {
+  for (int b = 0; b < n / KLE_QK; b++) {
+    const float *xb = x + b * KLE_QK;
+    float amax = 0.0f;
+    for (int i = 0; i < KLE_QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    dx[b] = d;
+    for (int i = 0; i < KLE_QK; i++) qx[b * KLE_QK + i] = (int16_t)lrintf(xb[i] * id);
+  }
+}
+
+static float scale_of(const uint8_t *b) {
+  uint16_t h;
+  memcpy(&h, b, 2);
+  return f16_to_f32(h);
+}
+
+/* Q4_0 block -> 32 int8 values q - 8 in element order (low nibbles are elements 0..15) */
+static void q4_unpack(const uint8_t *b, int8_t *out) {
+  for (int j = 0; j < 16; j++) {
+    out[j] = (int8_t)((b[2 + j] & 15) - 8);
+    out[j + 16] = (int8_t)((b[2 + j] >> 4) - 8);
+  }
+}
+
+/* sum over blocks of dw * dx * (int32 dot): the plain scalar version */
+static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
+  float acc = 0.0f;
+  int8_t q[KLE_QK];
+  for (int b = 0; b < nb; b++) {
+    const uint8_t *blk = row + (size_t)b * (fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES);
+    if (fmt == KLE_W_Q8_0)
+      memcpy(q, blk + 2, KLE_QK);
+    else
+      q4_unpack(blk, q);
+    int32_t s = 0;
+    for (int i = 0; i < KLE_QK; i++) s += (int32_t)q[i] * qx[b * KLE_QK + i];
+    acc += scale_of(blk) * dx[b] * (float)s;
+  }
+  return acc;
+}
+
+#if defined(__wasm_simd128__)
+/* 32 int8 weights (two vectors) against 32 int16 activations: int32 x 4 */
+static inline v128_t dot32(v128_t w0, v128_t w1, const int16_t *x) {
+  v128_t s = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w0), wasm_v128_load(x));
+  s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w0), wasm_v128_load(x + 8)));
+  s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w1), wasm_v128_load(x + 16)));
+  return wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w1), wasm_v128_load(x + 24)));
+}
+
+static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
+  v128_t acc = wasm_f32x4_splat(0.0f);
+  const v128_t lo4 = wasm_i8x16_splat(15), eight = wasm_i8x16_splat(8);
+  for (int b = 0; b < nb; b++) {
+    v128_t w0, w1;
+    const uint8_t *blk;
+    if (fmt == KLE_W_Q8_0) {
+      blk = row + (size_t)b * Q8_BYTES;
+      w0 = wasm_v128_load(blk + 2);
+      w1 = wasm_v128_load(blk + 18);
+    } else {
+      blk = row + (size_t)b * Q4_BYTES;
+      const v128_t p = wasm_v128_load(blk + 2);
+      w0 = wasm_i8x16_sub(wasm_v128_and(p, lo4), eight);
+      w1 = wasm_i8x16_sub(wasm_u8x16_shr(p, 4), eight);
+    }
+    const v128_t s = dot32(w0, w1, qx + b * KLE_QK);
+    acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(scale_of(blk) * dx[b])));
+  }
+  return (wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1)) +
+         (wasm_f32x4_extract_lane(acc, 2) + wasm_f32x4_extract_lane(acc, 3));
+}
+#elif defined(__AVX2__)
+/* 16 int16 weights times 16 int16 activations, added into int32 x 8 */
+static inline __m256i madd_acc(__m256i acc, __m256i w, __m256i x) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpwssd_epi32(acc, w, x);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpwssd_avx_epi32(acc, w, x);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x));
+#endif
+}
+
+static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m128i lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+  for (int b = 0; b < nb; b++) {
+    __m128i w0, w1;
+    const uint8_t *blk;
+    if (fmt == KLE_W_Q8_0) {
+      blk = row + (size_t)b * Q8_BYTES;
+      w0 = _mm_loadu_si128((const __m128i *)(blk + 2));
+      w1 = _mm_loadu_si128((const __m128i *)(blk + 18));
+    } else {
+      blk = row + (size_t)b * Q4_BYTES;
+      const __m128i p = _mm_loadu_si128((const __m128i *)(blk + 2));
+      w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight);
+      w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
+    }
+    const int16_t *x = qx + b * KLE_QK;
+    __m256i s = madd_acc(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(w0), _mm256_loadu_si256((const __m256i *)x));
+    s = madd_acc(s, _mm256_cvtepi8_epi16(w1), _mm256_loadu_si256((const __m256i *)(x + 16)));
+    const __m256 d = _mm256_set1_ps(scale_of(blk) * dx[b]);
+#if defined(__FMA__)
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
+#else
+    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), d));
+#endif
+  }
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+}
+#else
+/* no integer SIMD here (the wasm scalar build): the scalar version is the fast one */
+static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) { return row_dot_ref(fmt, row, dx, qx, nb); }
+#endif
+
+typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const int16_t *, int);
+
+static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
+  const long rb = kle_row_bytes(fmt, n_in);
+  if ((fmt != KLE_W_Q8_0 && fmt != KLE_W_Q4_0) || T < 0 || n_out <= 0 || rb <= 0) return KLE_EINVAL;
+  const int nb = n_in / KLE_QK;
+  /* T x n_in activations as int16 and their scales: sizes from the caller's shape, in 64 bits */
+  const uint64_t n = (uint64_t)T * (uint64_t)n_in;
+  if (n > SIZE_MAX / 4) return KLE_ENOMEM;
+  int16_t *qx = malloc(sizeof(int16_t) * (size_t)n + 2);
+  float *dx = malloc(sizeof(float) * (size_t)T * (size_t)nb + 4);
+  if (!qx || !dx) {
+    free(qx);
+    free(dx);
+    return KLE_ENOMEM;
+  }
+  for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, dx + (size_t)t * nb, qx + (size_t)t * n_in);
+  /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch */
+  for (int r = 0; r < n_out; r++) {
+    const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
+    for (int t = 0; t < T; t++) Y[(size_t)t * n_out + r] = dot(fmt, row, dx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
+  }
+  free(qx);
+  free(dx);
+  return KLE_OK;
+}
+
+int kle_matmul_q8(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
+  return matmul_q8(row_dot, fmt, W, X, Y, T, n_out, n_in);
+}
+
+int kle_matmul_q8_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
+  return matmul_q8(row_dot_ref, fmt, W, X, Y, T, n_out, n_in);
+}
