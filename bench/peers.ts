@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Kernels } from '../src/engine/kernels.js';
 import { loadModel } from '../src/model/load.js';
-import { parseSafetensors } from '../src/formats/safetensors.js';
+import { parseSafetensors, type SafetensorsFile } from '../src/formats/safetensors.js';
 import { sourceFromFiles } from '../src/formats/source.js';
 import { syntheticWeights } from '../src/weights/synthetic.js';
 import { hfToGguf } from '../src/weights/to-gguf.js';
@@ -33,8 +33,17 @@ const d = defaultModelDir();
 const json = (f: string) => JSON.parse(readFileSync(join(d, f), 'utf8')) as Record<string, unknown>;
 const kernels = new Kernels(await nodeBackend('native'));
 const tok = { tokenizerJson: json('tokenizer.json'), tokenizerConfig: json('tokenizer_config.json') };
+// llama.cpp's kimi-linear loader (d32676d7) requires output.weight: a tied checkpoint gets the
+// embedding again as its LM head, the same math for both engines
+function untied(cfg: Record<string, unknown>, file: SafetensorsFile): [Record<string, unknown>, SafetensorsFile] {
+  if (!cfg.tie_word_embeddings) return [cfg, file];
+  const tensors = new Map(file.tensors);
+  tensors.set('lm_head.weight', tensors.get('model.embed_tokens.weight')!);
+  return [{ ...cfg, tie_word_embeddings: false }, { ...file, tensors }];
+}
+const defaultModel = untied(json('config.json'), parseSafetensors(new Uint8Array(readFileSync(join(d, 'model.safetensors')))));
 const models: Record<string, Uint8Array> = {
-  'default (1.0M, BF16)': hfToGguf(json('config.json'), parseSafetensors(new Uint8Array(readFileSync(join(d, 'model.safetensors')))), kernels, { weights: 'BF16', ...tok }),
+  'default (1.0M, BF16)': hfToGguf(defaultModel[0], defaultModel[1], kernels, { weights: 'BF16', ...tok }),
   '105M Q8_0': hfToGguf(MID_CONFIG, parseSafetensors(syntheticWeights(MID_CONFIG, 7)), kernels, { weights: 'Q8_0', ...tok }),
 };
 

@@ -106,6 +106,42 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t
   return (wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1)) +
          (wasm_f32x4_extract_lane(acc, 2) + wasm_f32x4_extract_lane(acc, 3));
 }
+
+static inline float hsum(v128_t a) {
+  return (wasm_f32x4_extract_lane(a, 0) + wasm_f32x4_extract_lane(a, 1)) + (wasm_f32x4_extract_lane(a, 2) + wasm_f32x4_extract_lane(a, 3));
+}
+
+/* four tokens against one row: each block's weights unpacked and widened once for all four */
+static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
+  v128_t acc[4] = {wasm_f32x4_splat(0.0f), wasm_f32x4_splat(0.0f), wasm_f32x4_splat(0.0f), wasm_f32x4_splat(0.0f)};
+  const v128_t lo4 = wasm_i8x16_splat(15), eight = wasm_i8x16_splat(8);
+  for (int b = 0; b < nb; b++) {
+    v128_t w0, w1;
+    const uint8_t *blk;
+    if (fmt == KLE_W_Q8_0) {
+      blk = row + (size_t)b * Q8_BYTES;
+      w0 = wasm_v128_load(blk + 2);
+      w1 = wasm_v128_load(blk + 18);
+    } else {
+      blk = row + (size_t)b * Q4_BYTES;
+      const v128_t p = wasm_v128_load(blk + 2);
+      w0 = wasm_i8x16_sub(wasm_v128_and(p, lo4), eight);
+      w1 = wasm_i8x16_sub(wasm_u8x16_shr(p, 4), eight);
+    }
+    const v128_t a = wasm_i16x8_extend_low_i8x16(w0), c = wasm_i16x8_extend_high_i8x16(w0);
+    const v128_t e = wasm_i16x8_extend_low_i8x16(w1), f = wasm_i16x8_extend_high_i8x16(w1);
+    const float dw = scale_of(blk);
+    for (int t = 0; t < 4; t++) {
+      const int16_t *x = qx[t] + b * KLE_QK;
+      v128_t s = wasm_i32x4_dot_i16x8(a, wasm_v128_load(x));
+      s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(c, wasm_v128_load(x + 8)));
+      s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(e, wasm_v128_load(x + 16)));
+      s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(f, wasm_v128_load(x + 24)));
+      acc[t] = wasm_f32x4_add(acc[t], wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(dw * dx[t][b])));
+    }
+  }
+  for (int t = 0; t < 4; t++) out[t] = hsum(acc[t]);
+}
 #elif defined(__AVX2__)
 /* 16 int16 weights times 16 int16 activations, added into int32 x 8 */
 static inline __m256i madd_acc(__m256i acc, __m256i w, __m256i x) {
@@ -116,6 +152,12 @@ static inline __m256i madd_acc(__m256i acc, __m256i w, __m256i x) {
 #else
   return _mm256_add_epi32(acc, _mm256_madd_epi16(w, x));
 #endif
+}
+
+static inline float hsum8(__m256 acc) {
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
 
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
@@ -144,13 +186,45 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t
     acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), d));
 #endif
   }
-  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+  return hsum8(acc);
+}
+
+static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  const __m128i lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+  for (int b = 0; b < nb; b++) {
+    __m128i w0, w1;
+    const uint8_t *blk;
+    if (fmt == KLE_W_Q8_0) {
+      blk = row + (size_t)b * Q8_BYTES;
+      w0 = _mm_loadu_si128((const __m128i *)(blk + 2));
+      w1 = _mm_loadu_si128((const __m128i *)(blk + 18));
+    } else {
+      blk = row + (size_t)b * Q4_BYTES;
+      const __m128i p = _mm_loadu_si128((const __m128i *)(blk + 2));
+      w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight);
+      w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
+    }
+    const __m256i wa = _mm256_cvtepi8_epi16(w0), wb = _mm256_cvtepi8_epi16(w1);
+    const float dw = scale_of(blk);
+    for (int t = 0; t < 4; t++) {
+      const int16_t *x = qx[t] + b * KLE_QK;
+      __m256i s = madd_acc(_mm256_setzero_si256(), wa, _mm256_loadu_si256((const __m256i *)x));
+      s = madd_acc(s, wb, _mm256_loadu_si256((const __m256i *)(x + 16)));
+      const __m256 d = _mm256_set1_ps(dw * dx[t][b]);
+#if defined(__FMA__)
+      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
+#else
+      acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_cvtepi32_ps(s), d));
+#endif
+    }
+  }
+  for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
 }
 #else
 /* no integer SIMD here (the wasm scalar build): the scalar version is the fast one */
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) { return row_dot_ref(fmt, row, dx, qx, nb); }
+#define NO_ROW_DOT4
 #endif
 
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const int16_t *, int);
@@ -170,10 +244,23 @@ static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, flo
     return KLE_ENOMEM;
   }
   for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, dx + (size_t)t * nb, qx + (size_t)t * n_in);
-  /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch */
+  /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
+   * SIMD versions take tokens four at a time, each block's weights widened once for the four */
   for (int r = 0; r < n_out; r++) {
     const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
-    for (int t = 0; t < T; t++) Y[(size_t)t * n_out + r] = dot(fmt, row, dx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
+    int t = 0;
+#ifndef NO_ROW_DOT4
+    if (dot == row_dot)
+      for (; t + 4 <= T; t += 4) {
+        const float *dxs[4];
+        const int16_t *qxs[4];
+        float out[4];
+        for (int j = 0; j < 4; j++) dxs[j] = dx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
+        row_dot4(fmt, row, dxs, qxs, nb, out);
+        for (int j = 0; j < 4; j++) Y[(size_t)(t + j) * n_out + r] = out[j];
+      }
+#endif
+    for (; t < T; t++) Y[(size_t)t * n_out + r] = dot(fmt, row, dx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
   }
   free(qx);
   free(dx);
