@@ -1,7 +1,7 @@
 // npm run bench:peers -- --llama-bench PATH/TO/llama-bench
 // The same GGUF files on llama.cpp's CPU build and on this runtime, in one run: prompt
 // processing (512 tokens) and generation (128 tokens) tokens/s; llama.cpp with 1 thread and
-// with all threads; ours in wasm SIMD (Node) and native (one thread; workerd runs the same
+// with all threads; ours in wasm SIMD (Node) and native (one thread, and all: engine.threads; workerd runs the same
 // wasm, see bench:load). Models: the embedded default model and the synthetic 105M Q8_0 one.
 // llama.cpp is built outside this repository (test/fixtures/README.md says how).
 // Writes bench/results/peers-<machine>.json.
@@ -57,9 +57,10 @@ for (const [name, bytes] of Object.entries(models)) {
     const res = JSON.parse(out) as { n_prompt: number; n_gen: number; avg_ts: number }[];
     rows.push({ model: name, engine: 'llama.cpp', threads: t, ppTokS: res.find((r) => r.n_prompt > 0)!.avg_ts, tgTokS: res.find((r) => r.n_gen > 0)!.avg_ts });
   }
-  for (const b of ['wasm', 'native'] as const) {
+  for (const [b, threads] of [['wasm', 1], ['native', 1], ['native', cpus().length]] as const) {
     const backend = await nodeBackend(b);
     const m = await loadModel(sourceFromFiles({ 'model.gguf': bytes }), { backend });
+    if (b === 'native') m.engine.threads(threads);
     const V = m.config.vocabSize;
     const prompt = Array.from({ length: PP }, (_, i) => (i * 7919 + 13) % V);
     const pp = timeIt(() => {
@@ -73,7 +74,7 @@ for (const [name, bytes] of Object.entries(models)) {
       for (let i = 0; i < TG; i++) s.forward([(i * 31 + 7) % V]);
       s.free();
     }, values.quick ? 2 : 3).median;
-    rows.push({ model: name, engine: `kimi-linear-edge ${backend.name}`, threads: 1, ppTokS: PP / (pp / 1e3), tgTokS: TG / (tg / 1e3) });
+    rows.push({ model: name, engine: `kimi-linear-edge ${backend.name}`, threads, ppTokS: PP / (pp / 1e3), tgTokS: TG / (tg / 1e3) });
     m.free();
   }
 }
@@ -119,7 +120,7 @@ for (const [name, bytes] of Object.entries(models)) {
   }
 }
 console.log(`machine: ${JSON.stringify(machine())}\n`);
-console.log(`Same GGUF files, pp${PP} and tg${TG} tokens/s (llama.cpp: llama-bench; ours: the engine API, one thread)\n`);
+console.log(`Same GGUF files, pp${PP} and tg${TG} tokens/s (llama.cpp: llama-bench; ours: the engine API)\n`);
 console.log(table(['model', 'engine', 'threads', `pp${PP} tok/s`, `tg${TG} tok/s`, 'pp vs llama.cpp (same threads)', 'tg vs llama.cpp (same threads)'], rows.map((r) => {
   const ref = rows.find((x) => x.model === r.model && x.engine === 'llama.cpp' && x.threads === r.threads)!;
   return [r.model, r.engine, r.threads, r.ppTokS.toFixed(0), r.tgTokS.toFixed(1), `${(r.ppTokS / ref.ppTokS).toFixed(2)}x`, `${(r.tgTokS / ref.tgTokS).toFixed(2)}x`];

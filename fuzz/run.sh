@@ -11,7 +11,7 @@ OUT=build/fuzz
 mkdir -p "$OUT"
 SRC=$(ls engine/kernels/*.c engine/model/*.c)
 FLAGS=(-g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-       -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -I engine/include)
+       -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -DKLE_NO_THREADS -I engine/include)
 $CC "${FLAGS[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=address,undefined}" fuzz/make_seeds.c $SRC -lm -o "$OUT/make_seeds"
 mkdir -p fuzz/corpus/session_blob fuzz/corpus/tensor_table
 "$OUT/make_seeds" fuzz/corpus/session_blob

@@ -76,7 +76,7 @@ function buildNative() {
   writeFileSync(addon, addonC(parseHeader(header), ['kle.h']));
   const cc = process.env.CC ?? 'gcc';
   run(cc, [
-    '-O3', '-march=native', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared',
+    '-O3', '-march=native', '-std=c11', '-pthread', '-Wall', '-Wextra', '-Werror', '-fPIC', '-shared',
     '-DNODE_GYP_MODULE_NAME=kle', '-I', join(root, 'engine', 'include'), '-I', nodeIncludeDir(),
     ...sources(), addon, '-o', join(outDir, 'kle.node'), '-lm',
   ]);
@@ -105,7 +105,7 @@ function buildCuda() {
   // blob), with the CUDA backend in place of the CPU one
   for (const src of sources().filter((f) => !f.endsWith('backend_cpu.c'))) {
     const obj = join(outDir, `${src.split('/').slice(-2).join('-')}.o`);
-    run(cc, ['-O3', '-std=c11', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-I', join(root, 'engine', 'include'), src, '-o', obj]);
+    run(cc, ['-O3', '-std=c11', '-pthread', '-Wall', '-Wextra', '-Werror', '-fPIC', '-c', '-I', join(root, 'engine', 'include'), src, '-o', obj]);
     objs.push(obj);
   }
   const addonObj = join(outDir, 'addon.o');

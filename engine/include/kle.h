@@ -157,6 +157,10 @@ int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int 
  */
 int kle_matmul_q8(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 int kle_matmul_q8_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
+/* The same two with the rows of Y ldy >= n_out floats apart: a slice of a wider output (threads
+ * split a matmul by weight rows and each writes its columns of Y). */
+int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in);
+int kle_matmul_q8_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in);
 /* Encode n floats (a multiple of 32 for quantized formats) into fmt; dst gets kle_row_bytes(fmt,n). */
 int kle_quantize(int fmt, const float *src, void *dst, int n);
 /* Decode back to float (the value the matmul kernels use). */
@@ -296,6 +300,12 @@ int kle_model_tensor_ready(kle_model *m, int role, int layer, int expert);
 int kle_model_finalize(kle_model *m);
 /* Bytes the model's tensors occupy in engine memory. */
 long kle_model_bytes(kle_model *m);
+/*
+ * Threads the model's CPU operations use (native builds; a matmul splits by weight rows, with the
+ * same result to the bit): sets them when n > 0 (at most 256), returns the number in force. The
+ * default is the cores this process may use; wasm and the GPU run 1 here.
+ */
+int kle_model_threads(kle_model *m, int n);
 /*
  * A synthetic model (benchmarks at full size without a checkpoint): every required tensor gets
  * seeded random values made where it lives (a GPU's matrices in device memory; src/weights/

@@ -149,7 +149,7 @@ int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int 
 
 /* Dot products of up to 4 decoded rows (w[r] may point into W directly for f32) with tokens. */
 static void tile_dots(const float *const w[4], int nr, const float *X, int n_in, int k0, int kn,
-                      int T, float *Y, int n_out, int n0) {
+                      int T, float *Y, int ldy, int n0) {
   int t = 0;
   for (; t + 2 <= T; t += 2) {
     const float *x0 = X + (size_t)t * n_in + k0, *x1 = x0 + n_in;
@@ -171,8 +171,8 @@ static void tile_dots(const float *const w[4], int nr, const float *X, int n_in,
           s[2 * r2 + 1] += w[r2][i] * x1[i];
         }
       for (int r2 = 0; r2 < 4; r2++) {
-        Y[(size_t)t * n_out + n0 + r2] += s[2 * r2];
-        Y[(size_t)(t + 1) * n_out + n0 + r2] += s[2 * r2 + 1];
+        Y[(size_t)t * ldy + n0 + r2] += s[2 * r2];
+        Y[(size_t)(t + 1) * ldy + n0 + r2] += s[2 * r2 + 1];
       }
       continue;
     }
@@ -189,8 +189,8 @@ static void tile_dots(const float *const w[4], int nr, const float *X, int n_in,
         sa += w[r2][i] * x0[i];
         sb += w[r2][i] * x1[i];
       }
-      Y[(size_t)t * n_out + n0 + r2] += sa;
-      Y[(size_t)(t + 1) * n_out + n0 + r2] += sb;
+      Y[(size_t)t * ldy + n0 + r2] += sa;
+      Y[(size_t)(t + 1) * ldy + n0 + r2] += sb;
     }
   }
   for (; t < T; t++) {
@@ -208,7 +208,7 @@ static void tile_dots(const float *const w[4], int nr, const float *X, int n_in,
       float s[4] = {vsum(a0), vsum(a1), vsum(a2), vsum(a3)};
       for (; i < kn; i++)
         for (int r2 = 0; r2 < 4; r2++) s[r2] += w[r2][i] * x0[i];
-      for (int r2 = 0; r2 < 4; r2++) Y[(size_t)t * n_out + n0 + r2] += s[r2];
+      for (int r2 = 0; r2 < 4; r2++) Y[(size_t)t * ldy + n0 + r2] += s[r2];
       continue;
     }
     for (int r2 = 0; r2 < nr; r2++) {
@@ -217,18 +217,22 @@ static void tile_dots(const float *const w[4], int nr, const float *X, int n_in,
       for (; i + 4 <= kn; i += 4) a += vload(w[r2] + i) * vload(x0 + i);
       float sa = vsum(a);
       for (; i < kn; i++) sa += w[r2][i] * x0[i];
-      Y[(size_t)t * n_out + n0 + r2] += sa;
+      Y[(size_t)t * ldy + n0 + r2] += sa;
     }
   }
 }
 
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
-  if (!mm_args_ok(fmt, T, n_out, n_in)) return KLE_EINVAL;
+  return kle_matmul_ld(fmt, W, X, Y, n_out, T, n_out, n_in);
+}
+
+int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
+  if (!mm_args_ok(fmt, T, n_out, n_in) || ldy < n_out) return KLE_EINVAL;
   /* quantized weights: integer dot products with quantized activations (matmul_q8.c) */
-  if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return kle_matmul_q8(fmt, W, X, Y, T, n_out, n_in);
+  if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return kle_matmul_q8_ld(fmt, W, X, Y, ldy, T, n_out, n_in);
   long rb = kle_row_bytes(fmt, n_in);
   float tile[4][KC];
-  memset(Y, 0, sizeof(float) * (size_t)T * n_out);
+  for (int t = 0; t < T; t++) memset(Y + (size_t)t * ldy, 0, sizeof(float) * (size_t)n_out);
   for (int n0 = 0; n0 < n_out; n0 += 4) {
     int nr = n_out - n0 < 4 ? n_out - n0 : 4;
     for (int k0 = 0; k0 < n_in; k0 += KC) {
@@ -243,7 +247,7 @@ int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_ou
           w[r] = tile[r];
         }
       }
-      tile_dots(w, nr, X, n_in, k0, kn, T, Y, n_out, n0);
+      tile_dots(w, nr, X, n_in, k0, kn, T, Y, ldy, n0);
     }
   }
   return KLE_OK;

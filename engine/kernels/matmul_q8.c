@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "../include/kle.h"
+#include "matmul_q8.h"
 #include "numfmt.h"
 
 #if defined(__wasm_simd128__)
@@ -229,21 +230,16 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t
 
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const int16_t *, int);
 
-static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
-  const long rb = kle_row_bytes(fmt, n_in);
-  if ((fmt != KLE_W_Q8_0 && fmt != KLE_W_Q4_0) || T < 0 || n_out <= 0 || rb <= 0) return KLE_EINVAL;
+void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx) {
   const int nb = n_in / KLE_QK;
-  /* T x n_in activations as int16 and their scales: sizes from the caller's shape, in 64 bits */
-  const uint64_t n = (uint64_t)T * (uint64_t)n_in;
-  if (n > SIZE_MAX / 4) return KLE_ENOMEM;
-  int16_t *qx = malloc(sizeof(int16_t) * (size_t)n + 2);
-  float *dx = malloc(sizeof(float) * (size_t)T * (size_t)nb + 4);
-  if (!qx || !dx) {
-    free(qx);
-    free(dx);
-    return KLE_ENOMEM;
-  }
   for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, dx + (size_t)t * nb, qx + (size_t)t * n_in);
+}
+
+static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
+                   int n_in) {
+  const long rb = kle_row_bytes(fmt, n_in);
+  if ((fmt != KLE_W_Q8_0 && fmt != KLE_W_Q4_0) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
+  const int nb = n_in / KLE_QK;
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
   for (int r = 0; r < n_out; r++) {
@@ -257,20 +253,46 @@ static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, flo
         float out[4];
         for (int j = 0; j < 4; j++) dxs[j] = dx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
         row_dot4(fmt, row, dxs, qxs, nb, out);
-        for (int j = 0; j < 4; j++) Y[(size_t)(t + j) * n_out + r] = out[j];
+        for (int j = 0; j < 4; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
       }
 #endif
-    for (; t < T; t++) Y[(size_t)t * n_out + r] = dot(fmt, row, dx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
+    for (; t < T; t++) Y[(size_t)t * ldy + r] = dot(fmt, row, dx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
   }
-  free(qx);
-  free(dx);
   return KLE_OK;
 }
 
+int kle_q8_rows(int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out, int n_in) {
+  return rows_q8(row_dot, fmt, W, dx, qx, Y, ldy, T, n_out, n_in);
+}
+
+static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
+  const long rb = kle_row_bytes(fmt, n_in);
+  if ((fmt != KLE_W_Q8_0 && fmt != KLE_W_Q4_0) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
+  /* T x n_in activations as int16 and their scales: sizes from the caller's shape, in 64 bits */
+  const uint64_t n = (uint64_t)T * (uint64_t)n_in;
+  if (n > SIZE_MAX / 4) return KLE_ENOMEM;
+  int16_t *qx = malloc(sizeof(int16_t) * (size_t)n + 2);
+  float *dx = malloc(sizeof(float) * (size_t)T * (size_t)(n_in / KLE_QK) + 4);
+  if (!qx || !dx) {
+    free(qx);
+    free(dx);
+    return KLE_ENOMEM;
+  }
+  kle_q8_quantize_x(X, T, n_in, dx, qx);
+  const int rc = rows_q8(dot, fmt, W, dx, qx, Y, ldy, T, n_out, n_in);
+  free(qx);
+  free(dx);
+  return rc;
+}
+
 int kle_matmul_q8(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
-  return matmul_q8(row_dot, fmt, W, X, Y, T, n_out, n_in);
+  return matmul_q8(row_dot, fmt, W, X, Y, n_out, T, n_out, n_in);
+}
+
+int kle_matmul_q8_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
+  return matmul_q8(row_dot, fmt, W, X, Y, ldy, T, n_out, n_in);
 }
 
 int kle_matmul_q8_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
-  return matmul_q8(row_dot_ref, fmt, W, X, Y, T, n_out, n_in);
+  return matmul_q8(row_dot_ref, fmt, W, X, Y, n_out, T, n_out, n_in);
 }

@@ -65,6 +65,8 @@ struct kle_backend {
   int (*copy)(kle_backend_ctx *ctx, void *dst, const void *src, size_t n);
   /* waits for every operation launched so far; KLE_OK or the first failure's code */
   int (*sync)(kle_backend_ctx *ctx);
+  /* optional (NULL: one thread): sets the threads its operations use when n > 0; returns them */
+  int (*threads)(kle_backend_ctx *ctx, int n);
   /* optional (NULL: host memory, bounded by what the host allocates): free and total bytes */
   int (*mem_info)(kle_backend_ctx *ctx, uint64_t *free_bytes, uint64_t *total_bytes);
   /*

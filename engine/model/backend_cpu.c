@@ -5,15 +5,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/matmul_q8.h"
 #include "engine.h"
+#include "pool.h"
 #include "synth.h"
 
 struct kle_backend_ctx {
-  int unused; /* the CPU keeps no per-model state */
+  kle_pool *pool; /* native builds: worker threads, as many as cores by default; wasm: none */
 };
 
-static kle_backend_ctx *cpu_open(void) { return calloc(1, sizeof(kle_backend_ctx)); }
-static void cpu_close(kle_backend_ctx *cx) { free(cx); }
+static kle_backend_ctx *cpu_open(void) {
+  kle_backend_ctx *cx = calloc(1, sizeof(kle_backend_ctx));
+  if (cx) cx->pool = kle_pool_create(kle_pool_cores());
+  return cx;
+}
+static void cpu_close(kle_backend_ctx *cx) {
+  if (!cx) return;
+  kle_pool_free(cx->pool);
+  free(cx);
+}
+static int cpu_threads(kle_backend_ctx *cx, int n) {
+  if (n > 0 && n != kle_pool_threads(cx->pool)) {
+    kle_pool_free(cx->pool);
+    cx->pool = kle_pool_create(n);
+  }
+  return kle_pool_threads(cx->pool);
+}
 
 static void *cpu_alloc(kle_backend_ctx *cx, size_t bytes) {
   (void)cx;
@@ -58,9 +75,51 @@ static void cpu_experts_table_free(kle_backend_ctx *cx, void *handle) {
   (void)handle;
 }
 
+/* a matmul split by weight rows: every thread takes slices of SLICE_ROWS rows and writes their
+ * columns of Y; each output is computed as on one thread, so the result is the same to the bit.
+ * Quantized weights' activations are quantized once, before the split. */
+#define SLICE_ROWS 64
+struct mm_job {
+  const kle_tensor *w;
+  const float *X;
+  float *Y;
+  const float *dx;
+  const int16_t *qx;
+  int T, rc;
+};
+static void mm_slice(void *arg, int i) {
+  struct mm_job *j = arg;
+  const int r0 = i * SLICE_ROWS, n = j->w->rows - r0 < SLICE_ROWS ? j->w->rows - r0 : SLICE_ROWS;
+  const long rb = kle_row_bytes(j->w->fmt, j->w->cols);
+  const uint8_t *W = j->w->data + (size_t)rb * r0;
+  const int rc = j->qx ? kle_q8_rows(j->w->fmt, W, j->dx, j->qx, j->Y + r0, j->w->rows, j->T, n, j->w->cols)
+                       : kle_matmul_ld(j->w->fmt, W, j->X, j->Y + r0, j->w->rows, j->T, n, j->w->cols);
+  if (rc != KLE_OK) j->rc = rc; /* any failure is the same one (bad shape) */
+}
+
 static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
-  (void)cx;
-  return kle_matmul(w->fmt, w->data, X, Y, T, w->rows, w->cols);
+  const int slices = (w->rows + SLICE_ROWS - 1) / SLICE_ROWS;
+  /* below a few hundred thousand multiply-adds, handing out the slices costs more than it saves */
+  if (!cx->pool || slices < 2 || (int64_t)T * w->rows * w->cols < (1 << 18)) return kle_matmul(w->fmt, w->data, X, Y, T, w->rows, w->cols);
+  struct mm_job j = {w, X, Y, NULL, NULL, T, KLE_OK};
+  int16_t *qx = NULL;
+  float *dx = NULL;
+  if (w->fmt == KLE_W_Q8_0 || w->fmt == KLE_W_Q4_0) {
+    qx = kle_host_alloc_n(kle_mul64((uint64_t)T, (uint64_t)w->cols), sizeof(int16_t));
+    dx = kle_host_alloc_n(kle_mul64((uint64_t)T, (uint64_t)(w->cols / KLE_QK)), sizeof(float));
+    if (!qx || !dx) {
+      free(qx);
+      free(dx);
+      return KLE_ENOMEM;
+    }
+    kle_q8_quantize_x(X, T, w->cols, dx, qx);
+    j.dx = dx;
+    j.qx = qx;
+  }
+  kle_pool_run(cx->pool, mm_slice, &j, slices);
+  free(qx);
+  free(dx);
+  return j.rc;
 }
 
 static int cpu_embed(kle_backend_ctx *cx, const kle_tensor *e, const int32_t *tokens, float *x, int T) {
@@ -231,6 +290,7 @@ static const kle_backend cpu_backend = {
     .copy = cpu_copy,
     .sync = cpu_sync,
     .mem_info = NULL,
+    .threads = cpu_threads,
     .synth = cpu_synth,
     .place = cpu_place,
     .experts_table = cpu_experts_table,

@@ -285,6 +285,11 @@ static int place(kle_model *m, kle_tensor *t) {
   return KLE_OK;
 }
 
+int kle_model_threads(kle_model *m, int n) {
+  if (!m || n < 0 || n > 256) return KLE_EINVAL;
+  return m->b->threads ? m->b->threads(m->ctx, n) : 1;
+}
+
 int kle_model_tensor_ready(kle_model *m, int role, int layer, int expert) {
   if (!m || m->finalized || role < 0 || role >= KLE_T_COUNT) return KLE_EINVAL;
   int rows, cols, anyfmt;

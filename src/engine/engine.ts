@@ -119,6 +119,20 @@ export class EngineModel {
       throw new EngineError('kle_model_create', -2, `${what} needs ${gib(bytes)} GiB of device memory (and 1 GiB for sessions); ${gib(free)} GiB are free on ${this.backend.name}`);
   }
 
+  /**
+   * Threads the model's CPU operations use: the native engine splits its matmuls by weight rows
+   * (the same result to the bit), by default over every core; wasm (one thread per isolate or
+   * page here) and the GPU report 1. Sets them when `n` is given (1..256).
+   * @example
+   * model.engine.threads(1); // one core, as a benchmark against another single-thread engine
+   */
+  threads(n?: number): number {
+    if (n !== undefined && !(Number.isInteger(n) && n >= 1 && n <= 256)) throw new RangeError(`threads: ${n} is not an integer in 1..256`);
+    const r = call(this.backend, 'kle_model_threads', [this.live(), n ?? 0]);
+    if (r < 0) throw new EngineError('kle_model_threads', r);
+    return r;
+  }
+
   /** Free bytes of the backend's own memory (a GPU's), or null where it is the host's. */
   deviceFree(): number | null {
     const n = call(this.backend, 'kle_model_device_free', [this.live()]);

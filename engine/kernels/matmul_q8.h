@@ -1,0 +1,15 @@
+/*
+ * matmul_q8.h: the two halves of kle_matmul_q8 for callers that split one matmul (not public):
+ * a batch's activations quantized once, then any slice of weight rows against them.
+ */
+#ifndef KLE_MATMUL_Q8_H
+#define KLE_MATMUL_Q8_H
+
+#include <stdint.h>
+
+/* X [T, n_in] (n_in a multiple of 32) -> scales dx [T, n_in / 32] and int16 values qx [T, n_in] */
+void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx);
+/* Y rows ldy apart = the quantized X times n_out rows of W (Q8_0 or Q4_0) */
+int kle_q8_rows(int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out, int n_in);
+
+#endif

@@ -1,0 +1,70 @@
+// The native engine's worker threads (engine/model/pool.c): a matmul split by weight rows gives
+// the same logits to the bit at any thread count, for every weight format's path; wasm reports
+// one thread and stays there.
+import { describe, expect, it } from 'vitest';
+import { parseKimiConfig } from '../../src/engine/config.js';
+import { EngineModel } from '../../src/engine/engine.js';
+import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
+import { syntheticWeights } from '../../src/weights/synthetic.js';
+import { loadNativeBackend, loadWasmBackend } from '../../src/node.js';
+import { tokens } from '../helpers/tiny-model.js';
+import { hfToGguf } from '../../src/weights/to-gguf.js';
+import { parseSafetensors } from '../../src/formats/safetensors.js';
+import { Kernels } from '../../src/engine/kernels.js';
+import { loadModel } from '../../src/model/load.js';
+import { sourceFromFiles } from '../../src/formats/source.js';
+
+// wide enough that every matmul splits into several 64-row slices and passes the size threshold
+const WIDE = {
+  architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 1024, hidden_size: 256, intermediate_size: 512,
+  num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 4, kv_lora_rank: 64, q_lora_rank: null, qk_nope_head_dim: 32,
+  qk_rope_head_dim: 16, v_head_dim: 32, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
+  linear_attn_config: { kda_layers: [1], full_attn_layers: [2], num_heads: 4, head_dim: 64, short_conv_kernel_size: 4 },
+  num_experts: 8, num_experts_per_token: 2, num_shared_experts: 1, moe_intermediate_size: 128, first_k_dense_replace: 1,
+  moe_layer_freq: 1, moe_renormalize: true, moe_router_activation_func: 'sigmoid', routed_scaling_factor: 2.446,
+  use_grouped_topk: true, num_expert_group: 1, topk_group: 1,
+};
+
+describe('threads', () => {
+  const native = loadNativeBackend();
+  const config = parseKimiConfig(WIDE);
+  const prompt = tokens(70, 1024, 5);
+
+  async function models(): Promise<[string, EngineModel][]> {
+    const st = syntheticWeights(WIDE, 3);
+    const out: [string, EngineModel][] = [['f32', await placeHfCheckpoint(native, config, [{ name: 'w', bytes: st }])], ['bf16', EngineModel.synthesize(native, config, 3, 'bf16')]];
+    const kernels = new Kernels(native);
+    for (const w of ['Q8_0', 'Q4_0'] as const) {
+      const gguf = hfToGguf(WIDE, parseSafetensors(st), kernels, { weights: w });
+      out.push([w, (await loadModel(sourceFromFiles({ 'model.gguf': gguf }), { backend: native })).engine]);
+    }
+    return out;
+  }
+
+  it('the native engine gives the same logits on 1, 2 and 5 threads (prefill and decode, every format)', async () => {
+    for (const [fmt, m] of await models()) {
+      expect(m.threads()).toBeGreaterThanOrEqual(1);
+      const runs = [1, 2, 5].map((n) => {
+        expect(m.threads(n)).toBe(n);
+        const s = m.createSession();
+        const pre = s.forward(prompt, true);
+        const dec = [s.forward([3]), s.forward([4])];
+        s.free();
+        return [pre, ...dec];
+      });
+      for (const r of runs.slice(1)) r.forEach((a, i) => expect(a, `${fmt}, output ${i}`).toEqual(runs[0]![i]));
+      m.free();
+    }
+  });
+
+  it('refuses a thread count outside 1..256; wasm runs one thread', async () => {
+    const m = EngineModel.synthesize(native, config, 1, 'bf16');
+    expect(() => m.threads(0)).toThrow(RangeError);
+    expect(() => m.threads(257)).toThrow(RangeError);
+    m.free();
+    const w = EngineModel.synthesize(await loadWasmBackend('simd'), config, 1, 'bf16');
+    expect(w.threads()).toBe(1);
+    expect(w.threads(4)).toBe(1);
+    w.free();
+  });
+});
