@@ -12,6 +12,11 @@
 
 struct kle_backend_ctx {
   kle_pool *pool; /* native builds: worker threads, as many as cores by default; wasm: none */
+  /* a quantized matmul's activations as int16 codes and block scales, kept between calls (a
+   * fresh buffer per call cost its page faults every time past malloc's mmap threshold) */
+  int16_t *qx;
+  float *dx;
+  uint64_t q_cap, d_cap;
 };
 
 static kle_backend_ctx *cpu_open(void) {
@@ -22,7 +27,28 @@ static kle_backend_ctx *cpu_open(void) {
 static void cpu_close(kle_backend_ctx *cx) {
   if (!cx) return;
   kle_pool_free(cx->pool);
+  free(cx->qx);
+  free(cx->dx);
   free(cx);
+}
+
+/* room for T x n_in codes and their scales in the context's buffers */
+static int q8_room(kle_backend_ctx *cx, uint64_t codes, uint64_t scales) {
+  if (codes > cx->q_cap) {
+    int16_t *q = kle_host_alloc_n(codes, sizeof(int16_t));
+    if (!q) return KLE_ENOMEM;
+    free(cx->qx);
+    cx->qx = q;
+    cx->q_cap = codes;
+  }
+  if (scales > cx->d_cap) {
+    float *d = kle_host_alloc_n(scales, sizeof(float));
+    if (!d) return KLE_ENOMEM;
+    free(cx->dx);
+    cx->dx = d;
+    cx->d_cap = scales;
+  }
+  return KLE_OK;
 }
 static int cpu_threads(kle_backend_ctx *cx, int n) {
   if (n > 0 && n != kle_pool_threads(cx->pool)) {
@@ -98,27 +124,19 @@ static void mm_slice(void *arg, int i) {
 }
 
 static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
+  const int quant = w->fmt == KLE_W_Q8_0 || w->fmt == KLE_W_Q4_0;
+  struct mm_job j = {w, X, Y, NULL, NULL, T, KLE_OK};
+  if (quant) { /* the activations quantized once, into buffers kept between calls */
+    KLE_TRY(q8_room(cx, kle_mul64((uint64_t)T, (uint64_t)w->cols), kle_mul64((uint64_t)T, (uint64_t)(w->cols / KLE_QK))));
+    kle_q8_quantize_x(X, T, w->cols, cx->dx, cx->qx);
+    j.dx = cx->dx;
+    j.qx = cx->qx;
+  }
   const int slices = (w->rows + SLICE_ROWS - 1) / SLICE_ROWS;
   /* below a few hundred thousand multiply-adds, handing out the slices costs more than it saves */
-  if (!cx->pool || slices < 2 || (int64_t)T * w->rows * w->cols < (1 << 18)) return kle_matmul(w->fmt, w->data, X, Y, T, w->rows, w->cols);
-  struct mm_job j = {w, X, Y, NULL, NULL, T, KLE_OK};
-  int16_t *qx = NULL;
-  float *dx = NULL;
-  if (w->fmt == KLE_W_Q8_0 || w->fmt == KLE_W_Q4_0) {
-    qx = kle_host_alloc_n(kle_mul64((uint64_t)T, (uint64_t)w->cols), sizeof(int16_t));
-    dx = kle_host_alloc_n(kle_mul64((uint64_t)T, (uint64_t)(w->cols / KLE_QK)), sizeof(float));
-    if (!qx || !dx) {
-      free(qx);
-      free(dx);
-      return KLE_ENOMEM;
-    }
-    kle_q8_quantize_x(X, T, w->cols, dx, qx);
-    j.dx = dx;
-    j.qx = qx;
-  }
+  if (!cx->pool || slices < 2 || (int64_t)T * w->rows * w->cols < (1 << 18))
+    return quant ? kle_q8_rows(w->fmt, w->data, cx->dx, cx->qx, Y, w->rows, T, w->rows, w->cols) : kle_matmul(w->fmt, w->data, X, Y, T, w->rows, w->cols);
   kle_pool_run(cx->pool, mm_slice, &j, slices);
-  free(qx);
-  free(dx);
   return j.rc;
 }
 
