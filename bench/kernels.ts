@@ -4,7 +4,7 @@
 // this machine's read bandwidth in the same run, prints tables and writes
 // bench/results/kernels-<machine>.json. Medians of repeated runs; nothing here is a test.
 import type { KernelBackend } from '../src/engine/backend.js';
-import { Kernels, type WeightFormatName } from '../src/engine/kernels.js';
+import { Kernels, WeightFormat, type WeightFormatName } from '../src/engine/kernels.js';
 import { loadNativeBackend, loadWasmBackend } from '../src/engine/node-kernels.js';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { bind, lastLevelCacheBytes, machine, machineTag, table, timeIt, writeResult, type BenchArg } from './lib.js';
@@ -105,7 +105,7 @@ for (const L of CONTEXTS) {
     const rb = kern.rowBytes(fmt, HIDDEN);
     const bytes = new Uint8Array(rb * nOut);
     for (let r = 0; r < nOut; r++) bytes.set(kern.quantize(fmt, W.subarray(r * HIDDEN, (r + 1) * HIDDEN)), r * rb);
-    const fcode = { f32: 0, bf16: 1, f16: 2, q8_0: 3, q4_0: 4 }[fmt];
+    const fcode = WeightFormat[fmt];
     const n = copiesFor(bytes.byteLength);
     const ms = perBackendRotating('kle_matmul', Array.from({ length: n }, (_, i) => [fcode, i ? bytes.slice() : bytes, X, Y, 1, nOut, HIDDEN]), 10);
     decode.push({ kernel: `matvec_${fmt}`, shape: `${HIDDEN}->${nOut}`, bytes: bytes.byteLength, ms });

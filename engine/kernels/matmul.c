@@ -15,6 +15,8 @@
 
 #define Q8_BYTES 34
 #define Q4_BYTES 18
+#define Q4K_BYTES 144
+#define Q6K_BYTES 210
 
 long kle_row_bytes(int fmt, int n_in) {
   if (n_in <= 0) return -1;
@@ -25,6 +27,8 @@ long kle_row_bytes(int fmt, int n_in) {
   case KLE_W_F16: b = 2 * (int64_t)n_in; break;
   case KLE_W_Q8_0: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q8_BYTES; break;
   case KLE_W_Q4_0: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q4_BYTES; break;
+  case KLE_W_Q4_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q4K_BYTES; break;
+  case KLE_W_Q6_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q6K_BYTES; break;
   default: return -1;
   }
   return b > LONG_MAX ? -1 : (long)b; /* wasm's long is 32 bits */
@@ -65,8 +69,60 @@ static float block_scale(const uint8_t *b) {
   return f16_to_f32(dh);
 }
 
-/* Decode elements [k0, k0+n) of one row; k0 and n are multiples of 32 for quantized formats. */
+/* Q4_K's 6-bit scale and min of group j (of 8), packed in 12 bytes: groups 0-3 in the low 6
+ * bits of bytes j and j + 4; groups 4-7 take their low 4 bits from byte j + 4's nibbles and their
+ * top 2 from the spare top bits of bytes j - 4 (scale) and j (min). */
+static void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+/* one K-quant super-block into 256 floats, in llama.cpp's order of float operations */
+static void decode_kq(int fmt, const uint8_t *b, float *y) {
+  if (fmt == KLE_W_Q4_K) {
+    const float d = block_scale(b), dmin = block_scale(b + 2);
+    const uint8_t *sc = b + 4, *q = b + 16;
+    for (int g = 0; g < 8; g += 2, q += 32) { /* 32 bytes: group g in low nibbles, g + 1 in high */
+      int s1, m1, s2, m2;
+      q4k_scale_min(sc, g, &s1, &m1);
+      q4k_scale_min(sc, g + 1, &s2, &m2);
+      const float d1 = d * (float)s1, n1 = dmin * (float)m1, d2 = d * (float)s2, n2 = dmin * (float)m2;
+      for (int l = 0; l < 32; l++) y[32 * g + l] = d1 * (float)(q[l] & 15) - n1;
+      for (int l = 0; l < 32; l++) y[32 * g + 32 + l] = d2 * (float)(q[l] >> 4) - n2;
+    }
+    return;
+  }
+  /* Q6_K: each half of 128 values takes 64 bytes of low nibbles, 32 of high bit pairs, 8 scales */
+  const float d = block_scale(b + 208);
+  for (int h = 0; h < 2; h++) {
+    const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+    const int8_t *sc = (const int8_t *)(b + 192 + 8 * h);
+    float *o = y + 128 * h;
+    for (int l = 0; l < 32; l++) {
+      const int is = l / 16;
+      const int q1 = ((ql[l] & 15) | (((qh[l] >> 0) & 3) << 4)) - 32, q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32, q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      o[l] = d * (float)sc[is] * (float)q1;
+      o[l + 32] = d * (float)sc[is + 2] * (float)q2;
+      o[l + 64] = d * (float)sc[is + 4] * (float)q3;
+      o[l + 96] = d * (float)sc[is + 6] * (float)q4;
+    }
+  }
+}
+
+/* Decode elements [k0, k0+n) of one row; k0 and n are multiples of the format's block (32, or 256
+ * for the K-quants). */
 static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) {
+    const long bb = fmt == KLE_W_Q4_K ? Q4K_BYTES : Q6K_BYTES;
+    for (int i = 0; i < n; i += KLE_QK_K) decode_kq(fmt, row + (long)((k0 + i) / KLE_QK_K) * bb, out + i);
+    return;
+  }
   for (int i = 0; i < n; i++) {
     int k = k0 + i;
     switch (fmt) {
@@ -102,7 +158,7 @@ static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) 
 
 int kle_quantize(int fmt, const float *src, void *dst, int n) {
   long rb = kle_row_bytes(fmt, n);
-  if (rb < 0) return KLE_EINVAL;
+  if (rb < 0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) return KLE_EINVAL;
   uint8_t *o = dst;
   for (int i = 0; i < n; i++) {
     switch (fmt) {

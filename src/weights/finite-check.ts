@@ -14,6 +14,9 @@ const KINDS: Record<string, [number, (b: Uint8Array, o: number) => boolean]> = {
   F64: [8, (b, o) => (b[o + 7]! & 0x7f) === 0x7f && (b[o + 6]! & 0xf0) === 0xf0],
   Q8_0: [34, (b, o) => (b[o + 1]! & 0x7c) === 0x7c],
   Q4_0: [18, (b, o) => (b[o + 1]! & 0x7c) === 0x7c],
+  // K-quants: the f16 scales of a super-block (Q4_K: d and dmin first; Q6_K: d last)
+  Q4_K: [144, (b, o) => (b[o + 1]! & 0x7c) === 0x7c || (b[o + 3]! & 0x7c) === 0x7c],
+  Q6_K: [210, (b, o) => (b[o + 209]! & 0x7c) === 0x7c],
 };
 
 /**
@@ -30,7 +33,7 @@ const WORD: Partial<Record<string, readonly [number, number, number]>> = {
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
 export class FiniteCheck {
-  private readonly carry = new Uint8Array(64);
+  private readonly carry = new Uint8Array(256); // the largest block (Q6_K's 210 bytes) split across chunks
   private carried = 0;
   private index = 0;
   private readonly size: number;

@@ -17,6 +17,8 @@ function elementBound(fmt: WeightFormatName, w: number, blockAmax: number): numb
     case 'q8_0': return blockAmax / 254 + blockAmax * 2 ** -11 + 1e-30;
     // the top code is clamped (8.5 -> 15), so the error reaches a whole step amax/8
     case 'q4_0': return (blockAmax / 8) * (1 + 2 ** -10) + 1e-30;
+    // read only (no encoder here): test/unit/kquants.test.ts checks them against llama.cpp's decoder
+    case 'q4_k': case 'q6_k': throw new Error(`${fmt} has no encoder`);
   }
 }
 

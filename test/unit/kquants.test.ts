@@ -1,0 +1,70 @@
+// GGUF K-quants (Q4_K, Q6_K) as llama.cpp writes them: test/fixtures/kquants.safetensors holds
+// rows that llama.cpp's llama-quantize wrote and the values its own gguf-py decoder gives them;
+// every CPU backend must decode the same bits, and multiply them like any other format.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseSafetensors } from '../../src/formats/safetensors.js';
+import { packageRoot } from '../../src/node.js';
+import { relErr } from '../../src/verify/relerr.js';
+import { FiniteCheck } from '../../src/weights/finite-check.js';
+import { allKernels } from '../helpers/kernels.js';
+import { Rng, SEED } from '../helpers/rng.js';
+
+const fixture = parseSafetensors(new Uint8Array(readFileSync(join(packageRoot(), 'test', 'fixtures', 'kquants.safetensors'))));
+const ROWS = 8, COLS = 256;
+const cases = (['q4_k', 'q6_k'] as const).map((fmt) => ({
+  fmt,
+  raw: fixture.tensors.get(`${fmt}_raw`)!.bytes.slice(),
+  want: new Float32Array(fixture.tensors.get(`${fmt}_deq`)!.bytes.slice().buffer),
+}));
+
+describe('K-quants (llama.cpp Q4_K and Q6_K)', () => {
+  it('every backend decodes llama.cpp-written rows to the values llama.cpp decodes them to, bit for bit', async () => {
+    for (const k of await allKernels())
+      for (const c of cases) {
+        expect(k.rowBytes(c.fmt, COLS), `${k.name} ${c.fmt}`).toBe(c.raw.length / ROWS);
+        expect(k.rowBytes(c.fmt, 255)).toBe(-1);
+        expect(k.dequantize(c.fmt, c.raw, ROWS * COLS), `${k.name} ${c.fmt}`).toEqual(c.want);
+      }
+  });
+
+  it('matmuls over them equal float64 over the decoded values (f32 rounding); there is no encoder', async () => {
+    const rng = new Rng(SEED ^ 0x5a);
+    for (const T of [1, 3, 6]) {
+      const X = rng.normals(T * COLS);
+      for (const k of await allKernels())
+        for (const c of cases) {
+          const fast = new Float32Array(T * ROWS), ref = new Float32Array(T * ROWS);
+          k.matmul({ fmt: c.fmt, W: c.raw, X, Y: fast, T, nOut: ROWS, nIn: COLS });
+          k.matmul({ fmt: c.fmt, W: c.raw, X, Y: ref, T, nOut: ROWS, nIn: COLS }, 'ref');
+          expect(relErr(fast, ref)).toBeLessThan(1e-6);
+          for (let t = 0; t < T; t++)
+            for (let r = 0; r < ROWS; r++) {
+              let exact = 0, mag = 0;
+              for (let i = 0; i < COLS; i++) {
+                exact += c.want[r * COLS + i]! * X[t * COLS + i]!;
+                mag += Math.abs(c.want[r * COLS + i]! * X[t * COLS + i]!);
+              }
+              expect(Math.abs(fast[t * ROWS + r]! - exact), `${k.name} ${c.fmt} T=${T}`).toBeLessThanOrEqual(mag * 1e-6);
+            }
+          expect(() => k.quantize(c.fmt, new Float32Array(COLS))).toThrow();
+        }
+    }
+  });
+
+  it('a non-finite super-block scale is refused as the file streams in', () => {
+    for (const [dtype, at] of [['Q4_K', 1], ['Q4_K', 3], ['Q6_K', 209]] as const) {
+      const c = cases[dtype === 'Q4_K' ? 0 : 1]!;
+      const bad = c.raw.slice();
+      const block = dtype === 'Q4_K' ? 144 : 210;
+      bad[block * 2 + at] = 0x7c; // the f16 exponent all ones in the third super-block: infinity
+      bad[block * 2 + at - 1] = 0;
+      const chk = new FiniteCheck(dtype, 't');
+      expect(() => {
+        for (let o = 0; o < bad.length; o += 100) chk.push(bad.subarray(o, o + 100)); // blocks split across chunks
+      }).toThrow(/t: block 2 has a scale that is not finite/);
+      expect(() => new FiniteCheck(dtype, 't').push(c.raw)).not.toThrow();
+    }
+  });
+});
