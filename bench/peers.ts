@@ -2,13 +2,14 @@
 // The same GGUF files on llama.cpp's CPU build and on this runtime, in one run: prompt
 // processing (512 tokens) and generation (128 tokens) tokens/s; llama.cpp with 1 thread and
 // with all threads; ours in wasm SIMD (Node) and native (one thread, and all: engine.threads; workerd runs the same
-// wasm, see bench:load). Models: the embedded default model and the synthetic 105M Q8_0 one.
+// wasm, see bench:load). Models: the embedded default model, the synthetic 105M Q8_0 one, and the
+// 105M as Q4_K_M from llama.cpp's llama-quantize when it sits beside llama-bench.
 // llama.cpp is built outside this repository (test/fixtures/README.md says how).
 // Writes bench/results/peers-<machine>.json.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Kernels } from '../src/engine/kernels.js';
 import { loadModel } from '../src/model/load.js';
@@ -23,7 +24,7 @@ import { barChart } from './svg.js';
 import { startWranglerDev } from './wrangler.js';
 import { packageRoot } from '../src/node.js';
 
-const { values } = parseArgs({ options: { 'llama-bench': { type: 'string' }, quick: { type: 'boolean', default: false } } });
+const { values } = parseArgs({ options: { 'llama-bench': { type: 'string' }, 'llama-quantize': { type: 'string' }, quick: { type: 'boolean', default: false } } });
 const llamaBench = values['llama-bench'] ?? process.env.LLAMA_BENCH;
 if (!llamaBench) throw new Error('pass --llama-bench PATH (a llama.cpp CPU build; see test/fixtures/README.md)');
 const PP = 512, TG = values.quick ? 32 : 128;
@@ -46,6 +47,17 @@ const models: Record<string, Uint8Array> = {
   'default (1.0M, BF16)': hfToGguf(defaultModel[0], defaultModel[1], kernels, { weights: 'BF16', ...tok }),
   '105M Q8_0': hfToGguf(MID_CONFIG, parseSafetensors(syntheticWeights(MID_CONFIG, 7)), kernels, { weights: 'Q8_0', ...tok }),
 };
+// people's files are K-quant mixes: the same 105M model through llama.cpp's own llama-quantize
+// (beside llama-bench, or --llama-quantize PATH), as Q4_K_M
+{
+  const quantize = values['llama-quantize'] ?? join(dirname(llamaBench), 'llama-quantize');
+  if (existsSync(quantize)) {
+    const f32 = join(dir, 'mid-f32.gguf'), q = join(dir, 'mid-q4_k_m.gguf');
+    writeFileSync(f32, hfToGguf(MID_CONFIG, parseSafetensors(syntheticWeights(MID_CONFIG, 7)), kernels, { weights: 'F32', ...tok }));
+    execFileSync(quantize, [f32, q, 'Q4_K_M'], { stdio: 'ignore' });
+    models['105M Q4_K_M'] = new Uint8Array(readFileSync(q));
+  } else console.error(`${quantize} not found: no Q4_K_M row`);
+}
 
 interface Row { model: string; engine: string; threads: number; ppTokS: number; tgTokS: number }
 const rows: Row[] = [];

@@ -147,6 +147,13 @@ int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int
 #define KLE_W_Q4_K 5
 #define KLE_W_Q6_K 6
 #define KLE_QK_K 256
+/* The 5-bit formats llama.cpp's K-quant mixes fall back to for rows that are not a multiple of 256
+ * (read only, multiplied after decoding). Q5_0: f16 d, 4 bytes of fifth bits, 16 bytes of
+ * nibbles; value d * (q - 16) (22 bytes). Q5_1: f16 d, f16 m, the same bits; value d * q + m (24). */
+#define KLE_W_Q5_0 7
+#define KLE_W_Q5_1 8
+/* Q5_K: Q4_K with a fifth bit per value (32 bytes of high bits before the nibbles; 176 bytes) */
+#define KLE_W_Q5_K 9
 
 /* Bytes of one weight row of n_in elements in format fmt (-1 if n_in does not fit the format). */
 long kle_row_bytes(int fmt, int n_in);
@@ -170,7 +177,7 @@ int kle_matmul_q8_ref(int fmt, const void *W, const float *X, float *Y, int T, i
 int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in);
 int kle_matmul_q8_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in);
 /* Encode n floats (a multiple of 32 for quantized formats) into fmt; dst gets kle_row_bytes(fmt,n).
- * KLE_EINVAL for the K-quants, which are read only. */
+ * KLE_EINVAL for the K-quants, Q5_0 and Q5_1, which are read only. */
 int kle_quantize(int fmt, const float *src, void *dst, int n);
 /* Decode back to float (the value the matmul kernels use). */
 int kle_dequantize(int fmt, const void *src, float *dst, int n);

@@ -16,7 +16,10 @@
 #define Q8_BYTES 34
 #define Q4_BYTES 18
 #define Q4K_BYTES 144
+#define Q5K_BYTES 176
 #define Q6K_BYTES 210
+#define Q50_BYTES 22
+#define Q51_BYTES 24
 
 long kle_row_bytes(int fmt, int n_in) {
   if (n_in <= 0) return -1;
@@ -29,6 +32,9 @@ long kle_row_bytes(int fmt, int n_in) {
   case KLE_W_Q4_0: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q4_BYTES; break;
   case KLE_W_Q4_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q4K_BYTES; break;
   case KLE_W_Q6_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q6K_BYTES; break;
+  case KLE_W_Q5_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q5K_BYTES; break;
+  case KLE_W_Q5_0: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q50_BYTES; break;
+  case KLE_W_Q5_1: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q51_BYTES; break;
   default: return -1;
   }
   return b > LONG_MAX ? -1 : (long)b; /* wasm's long is 32 bits */
@@ -82,18 +88,25 @@ static void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
   }
 }
 
-/* one K-quant super-block into 256 floats, in llama.cpp's order of float operations */
+/* one K-quant super-block into 256 floats, in llama.cpp's order of float operations (unfused) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
 static void decode_kq(int fmt, const uint8_t *b, float *y) {
-  if (fmt == KLE_W_Q4_K) {
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) {
+    /* Q5_K: the same, with a fifth bit per value in 32 bytes before the nibbles (bit 2p of byte l
+     * for group pair p's low-nibble value l, bit 2p + 1 for its high-nibble one) */
+    const int five = fmt == KLE_W_Q5_K;
     const float d = block_scale(b), dmin = block_scale(b + 2);
-    const uint8_t *sc = b + 4, *q = b + 16;
+    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
     for (int g = 0; g < 8; g += 2, q += 32) { /* 32 bytes: group g in low nibbles, g + 1 in high */
       int s1, m1, s2, m2;
       q4k_scale_min(sc, g, &s1, &m1);
       q4k_scale_min(sc, g + 1, &s2, &m2);
       const float d1 = d * (float)s1, n1 = dmin * (float)m1, d2 = d * (float)s2, n2 = dmin * (float)m2;
-      for (int l = 0; l < 32; l++) y[32 * g + l] = d1 * (float)(q[l] & 15) - n1;
-      for (int l = 0; l < 32; l++) y[32 * g + 32 + l] = d2 * (float)(q[l] >> 4) - n2;
+      const int u1 = 1 << g, u2 = 2 << g;
+      for (int l = 0; l < 32; l++) y[32 * g + l] = d1 * (float)((q[l] & 15) + (five && (qh[l] & u1) ? 16 : 0)) - n1;
+      for (int l = 0; l < 32; l++) y[32 * g + 32 + l] = d2 * (float)((q[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0)) - n2;
     }
     return;
   }
@@ -115,11 +128,38 @@ static void decode_kq(int fmt, const uint8_t *b, float *y) {
   }
 }
 
+/* One Q5_0 / Q5_1 block into 32 floats: element j < 16 is the low nibble of byte j with fifth bit
+ * j of the 32-bit word, element j + 16 the high nibble with bit j + 16. The product and the sum
+ * are not fused (as llama.cpp's decoder computes them), so the values match its bit for bit. */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+static void decode_q5(int fmt, const uint8_t *b, float *y) {
+  const float d = block_scale(b), m = fmt == KLE_W_Q5_1 ? block_scale(b + 2) : 0.0f;
+  const uint8_t *hb = b + (fmt == KLE_W_Q5_1 ? 4 : 2), *qs = hb + 4;
+  const uint32_t qh = (uint32_t)hb[0] | (uint32_t)hb[1] << 8 | (uint32_t)hb[2] << 16 | (uint32_t)hb[3] << 24;
+  for (int j = 0; j < 16; j++) {
+    const int x0 = (qs[j] & 15) | (int)(((qh >> j) << 4) & 16), x1 = (qs[j] >> 4) | (int)((qh >> (j + 12)) & 16);
+    if (fmt == KLE_W_Q5_0) {
+      y[j] = (float)(x0 - 16) * d;
+      y[j + 16] = (float)(x1 - 16) * d;
+    } else {
+      y[j] = (float)x0 * d + m;
+      y[j + 16] = (float)x1 * d + m;
+    }
+  }
+}
+
 /* Decode elements [k0, k0+n) of one row; k0 and n are multiples of the format's block (32, or 256
  * for the K-quants). */
 static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
-  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) {
-    const long bb = fmt == KLE_W_Q4_K ? Q4K_BYTES : Q6K_BYTES;
+  if (fmt == KLE_W_Q5_0 || fmt == KLE_W_Q5_1) {
+    const long bb = fmt == KLE_W_Q5_0 ? Q50_BYTES : Q51_BYTES;
+    for (int i = 0; i < n; i += KLE_QK) decode_q5(fmt, row + (long)((k0 + i) / KLE_QK) * bb, out + i);
+    return;
+  }
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K) {
+    const long bb = fmt == KLE_W_Q4_K ? Q4K_BYTES : fmt == KLE_W_Q5_K ? Q5K_BYTES : Q6K_BYTES;
     for (int i = 0; i < n; i += KLE_QK_K) decode_kq(fmt, row + (long)((k0 + i) / KLE_QK_K) * bb, out + i);
     return;
   }
@@ -158,7 +198,7 @@ static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) 
 
 int kle_quantize(int fmt, const float *src, void *dst, int n) {
   long rb = kle_row_bytes(fmt, n);
-  if (rb < 0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) return KLE_EINVAL;
+  if (rb < 0 || fmt >= KLE_W_Q4_K) return KLE_EINVAL; /* the read-only formats */
   uint8_t *o = dst;
   for (int i = 0; i < n; i++) {
     switch (fmt) {

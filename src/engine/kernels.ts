@@ -6,7 +6,7 @@ import type { KleFunctionName } from './kle-abi.js';
 export type Impl = 'fast' | 'ref';
 
 /** Weight formats of {@link Kernels.matmul}, in GGUF's block layouts where quantized. */
-export const WeightFormat = { f32: 0, bf16: 1, f16: 2, q8_0: 3, q4_0: 4, q4_k: 5, q6_k: 6 } as const;
+export const WeightFormat = { f32: 0, bf16: 1, f16: 2, q8_0: 3, q4_0: 4, q4_k: 5, q6_k: 6, q5_0: 7, q5_1: 8, q5_k: 9 } as const;
 export type WeightFormatName = keyof typeof WeightFormat;
 
 /** Chunk lengths the chunked prefill takes (multiples of 16 up to the spec's 64). */

@@ -16,7 +16,10 @@ const KINDS: Record<string, [number, (b: Uint8Array, o: number) => boolean]> = {
   Q4_0: [18, (b, o) => (b[o + 1]! & 0x7c) === 0x7c],
   // K-quants: the f16 scales of a super-block (Q4_K: d and dmin first; Q6_K: d last)
   Q4_K: [144, (b, o) => (b[o + 1]! & 0x7c) === 0x7c || (b[o + 3]! & 0x7c) === 0x7c],
+  Q5_K: [176, (b, o) => (b[o + 1]! & 0x7c) === 0x7c || (b[o + 3]! & 0x7c) === 0x7c],
   Q6_K: [210, (b, o) => (b[o + 209]! & 0x7c) === 0x7c],
+  Q5_0: [22, (b, o) => (b[o + 1]! & 0x7c) === 0x7c],
+  Q5_1: [24, (b, o) => (b[o + 1]! & 0x7c) === 0x7c || (b[o + 3]! & 0x7c) === 0x7c],
 };
 
 /**

@@ -133,8 +133,8 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
       const dv = new DataView(q4k.buffer);
       const name = new TextEncoder().encode('token_embd.weight');
       const at = q4k.findIndex((_, i) => name.every((c, j) => q4k[i + j] === c));
-      dv.setUint32(at + name.length + 4 + 16, 13, true); // Q5_K: not read here
-      await rejects(q4k, /tensor 'token_embd.weight': ggml type 13 is not supported/);
+      dv.setUint32(at + name.length + 4 + 16, 10, true); // Q2_K: not read here
+      await rejects(q4k, /tensor 'token_embd.weight': ggml type 10 is not supported/);
       dv.setUint32(at + name.length + 4 + 16, 12, true); // Q4_K, on rows of 128 (its blocks are 256)
       await rejects(q4k, /tensor 'token_embd.weight': Q4_K rows of 128 elements do not fill whole blocks/);
       await rejects(withParts((_, ts) => (ts[1] = { ...ts[1]!, ne: [64, 2] })), /tensor 'output_norm.weight': ggml shape \[64, 2\], the metadata needs/);

@@ -1,4 +1,5 @@
-// GGUF K-quants (Q4_K, Q6_K) as llama.cpp writes them: test/fixtures/kquants.safetensors holds
+// GGUF K-quants (Q4_K, Q5_K, Q6_K) and the 5-bit formats llama.cpp's mixes fall back to (Q5_0, Q5_1),
+// as llama.cpp writes them: test/fixtures/kquants.safetensors holds
 // rows that llama.cpp's llama-quantize wrote and the values its own gguf-py decoder gives them;
 // every CPU backend must decode the same bits, and multiply them like any other format.
 import { readFileSync } from 'node:fs';
@@ -13,18 +14,18 @@ import { Rng, SEED } from '../helpers/rng.js';
 
 const fixture = parseSafetensors(new Uint8Array(readFileSync(join(packageRoot(), 'test', 'fixtures', 'kquants.safetensors'))));
 const ROWS = 8, COLS = 256;
-const cases = (['q4_k', 'q6_k'] as const).map((fmt) => ({
+const cases = (['q4_k', 'q5_k', 'q6_k', 'q5_0', 'q5_1'] as const).map((fmt) => ({
   fmt,
   raw: fixture.tensors.get(`${fmt}_raw`)!.bytes.slice(),
   want: new Float32Array(fixture.tensors.get(`${fmt}_deq`)!.bytes.slice().buffer),
 }));
 
-describe('K-quants (llama.cpp Q4_K and Q6_K)', () => {
+describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)', () => {
   it('every backend decodes llama.cpp-written rows to the values llama.cpp decodes them to, bit for bit', async () => {
     for (const k of await allKernels())
       for (const c of cases) {
         expect(k.rowBytes(c.fmt, COLS), `${k.name} ${c.fmt}`).toBe(c.raw.length / ROWS);
-        expect(k.rowBytes(c.fmt, 255)).toBe(-1);
+        expect(k.rowBytes(c.fmt, c.fmt.endsWith('_k') ? 255 : 31)).toBe(-1);
         expect(k.dequantize(c.fmt, c.raw, ROWS * COLS), `${k.name} ${c.fmt}`).toEqual(c.want);
       }
   });
@@ -54,15 +55,16 @@ describe('K-quants (llama.cpp Q4_K and Q6_K)', () => {
   });
 
   it('a non-finite super-block scale is refused as the file streams in', () => {
-    for (const [dtype, at] of [['Q4_K', 1], ['Q4_K', 3], ['Q6_K', 209]] as const) {
-      const c = cases[dtype === 'Q4_K' ? 0 : 1]!;
+    const BLOCK = { Q4_K: 144, Q5_K: 176, Q6_K: 210, Q5_0: 22, Q5_1: 24 };
+    for (const [dtype, at] of [['Q4_K', 1], ['Q4_K', 3], ['Q5_K', 3], ['Q6_K', 209], ['Q5_0', 1], ['Q5_1', 1], ['Q5_1', 3]] as const) {
+      const c = cases.find((x) => x.fmt === dtype.toLowerCase())!;
       const bad = c.raw.slice();
-      const block = dtype === 'Q4_K' ? 144 : 210;
+      const block = BLOCK[dtype];
       bad[block * 2 + at] = 0x7c; // the f16 exponent all ones in the third super-block: infinity
       bad[block * 2 + at - 1] = 0;
       const chk = new FiniteCheck(dtype, 't');
       expect(() => {
-        for (let o = 0; o < bad.length; o += 100) chk.push(bad.subarray(o, o + 100)); // blocks split across chunks
+        for (let o = 0; o < bad.length; o += 37) chk.push(bad.subarray(o, o + 37)); // blocks split across chunks
       }).toThrow(/t: block 2 has a scale that is not finite/);
       expect(() => new FiniteCheck(dtype, 't').push(c.raw)).not.toThrow();
     }
