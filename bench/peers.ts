@@ -142,7 +142,7 @@ const short = (r: Row) => (r.engine === 'llama.cpp' ? `llama.cpp ${r.threads}t` 
 for (const [kind, key] of [['prompt processing (pp512)', 'ppTokS'], ['generation (tg128)', 'tgTokS']] as const) {
   for (const m of Object.keys(models)) {
     const rs = rows.filter((r) => r.model === m);
-    writeFileSync(join(packageRoot(), 'bench', 'results', `peers-${key === 'ppTokS' ? 'pp' : 'tg'}-${m.split(' ')[0]}-${machineTag()}.svg`), barChart(`${kind}, ${m}: tokens/s`, 'tokens/s', rs.map(short), [{ name: 'tokens/s', values: rs.map((r) => r[key]) }]));
+    writeFileSync(join(packageRoot(), 'bench', 'results', `peers-${key === 'ppTokS' ? 'pp' : 'tg'}-${m.replace(/\s*\(.*\)/, '').replace(/[^A-Za-z0-9_]+/g, '-')}-${machineTag()}.svg`), barChart(`${kind}, ${m}: tokens/s`, 'tokens/s', rs.map(short), [{ name: 'tokens/s', values: rs.map((r) => r[key]) }]));
   }
 }
 console.log(`wrote ${writeResult('peers', { date: new Date().toISOString(), machine: machine(), llamaBench, pp: PP, tg: TG, rows })}`);
