@@ -183,8 +183,78 @@ static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
   }
 }
 
+/*
+ * The K-quants for the matmul tiles, decoded in a permuted order: 16 bytes are read as four
+ * int32 words and byte k of every word is extracted with shifts, so one vector holds values k,
+ * k + 4, k + 8, k + 12 of the 16. Only same-width shifts and int -> float converts are needed,
+ * which every SIMD target has (gcc scalarized a direct 16-byte -> 16-float conversion: a scalar
+ * convert per value, half of a Q4_K_M decode step). The activations are permuted the same way
+ * once per call (permute16) and a dot product does not care about order. Same float operations per
+ * value as decode_kq.
+ */
+static inline v4i kq_words(const uint8_t *p) { /* any byte offset: Q6_K blocks are 210 bytes */
+  v4i w;
+  memcpy(&w, p, sizeof w);
+  return w;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+static void decode_kq_perm(int fmt, const uint8_t *b, float *y) {
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) {
+    const int five = fmt == KLE_W_Q5_K;
+    const float d = block_scale(b), dmin = block_scale(b + 2);
+    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
+    for (int g = 0; g < 8; g += 2, q += 32) {
+      int s1, m1, s2, m2;
+      q4k_scale_min(sc, g, &s1, &m1);
+      q4k_scale_min(sc, g + 1, &s2, &m2);
+      const v4f d1 = vsplat(d * (float)s1), n1 = vsplat(dmin * (float)m1), d2 = vsplat(d * (float)s2), n2 = vsplat(dmin * (float)m2);
+      for (int h = 0; h < 32; h += 16) {
+        const v4i w = kq_words(q + h), hb = five ? kq_words(qh + h) : (v4i){0, 0, 0, 0};
+        for (int k = 0; k < 4; k++) {
+          const v4i lo = ((w >> (8 * k)) & 15) + (((hb >> (8 * k + g)) & 1) << 4);
+          const v4i hi = ((w >> (8 * k + 4)) & 15) + (((hb >> (8 * k + g + 1)) & 1) << 4);
+          vstore(y + 32 * g + h + 4 * k, d1 * __builtin_convertvector(lo, v4f) - n1);
+          vstore(y + 32 * g + 32 + h + 4 * k, d2 * __builtin_convertvector(hi, v4f) - n2);
+        }
+      }
+    }
+    return;
+  }
+  const float d = block_scale(b + 208); /* Q6_K */
+  for (int h = 0; h < 2; h++) {
+    const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+    const int8_t *sc = (const int8_t *)(b + 192 + 8 * h);
+    for (int j = 0; j < 4; j++)
+      for (int l = 0; l < 32; l += 16) {
+        const v4i wl = kq_words(ql + 32 * (j & 1) + l), wh = kq_words(qh + l);
+        const v4f s = vsplat(d * (float)sc[2 * j + l / 16]);
+        for (int k = 0; k < 4; k++) {
+          const v4i u = ((wl >> (8 * k + 4 * (j >> 1))) & 15) | (((wh >> (8 * k + 2 * j)) & 3) << 4);
+          vstore(y + 128 * h + 32 * j + l + 4 * k, s * __builtin_convertvector(u - 32, v4f));
+        }
+      }
+  }
+}
+
+/* x[16g + 4k + l] <- src[16g + k + 4l]: the order decode_kq_perm produces */
+static void permute16(const float *src, float *dst, int n) {
+  for (int g = 0; g < n; g += 16)
+    for (int k = 0; k < 4; k++)
+      for (int l = 0; l < 4; l++) dst[g + 4 * k + l] = src[g + k + 4 * l];
+}
+
+static int k_quant(int fmt) { return fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K; }
+
 static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) {
   int i = 0;
+  if (k_quant(fmt)) {
+    const long bb = fmt == KLE_W_Q4_K ? Q4K_BYTES : fmt == KLE_W_Q5_K ? Q5K_BYTES : Q6K_BYTES;
+    for (; i < n; i += KLE_QK_K) decode_kq_perm(fmt, row + (long)((k0 + i) / KLE_QK_K) * bb, out + i);
+    return;
+  }
   switch (fmt) {
   case KLE_W_BF16:
     for (; i + 4 <= n; i += 4) vstore(out + i, v_bf16_to_f32((const uint16_t *)(row + 2L * (k0 + i))));
@@ -327,6 +397,14 @@ int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int
   /* quantized weights: integer dot products with quantized activations (matmul_q8.c) */
   if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return kle_matmul_q8_ld(fmt, W, X, Y, ldy, T, n_out, n_in);
   long rb = kle_row_bytes(fmt, n_in);
+  float *Xp = NULL;
+  if (k_quant(fmt)) { /* decoded in permuted order: see decode_kq_perm */
+    if ((uint64_t)T * (uint64_t)n_in > SIZE_MAX / 8) return KLE_ENOMEM;
+    Xp = malloc(sizeof(float) * (size_t)T * (size_t)n_in + 1);
+    if (!Xp) return KLE_ENOMEM;
+    for (int t = 0; t < T; t++) permute16(X + (size_t)t * n_in, Xp + (size_t)t * n_in, n_in);
+    X = Xp;
+  }
   float tile[4][KC];
   for (int t = 0; t < T; t++) memset(Y + (size_t)t * ldy, 0, sizeof(float) * (size_t)n_out);
   for (int n0 = 0; n0 < n_out; n0 += 4) {
@@ -346,5 +424,6 @@ int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int
       tile_dots(w, nr, X, n_in, k0, kn, T, Y, ldy, n0);
     }
   }
+  free(Xp);
   return KLE_OK;
 }
