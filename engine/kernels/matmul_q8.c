@@ -91,109 +91,76 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const int
   return acc;
 }
 
+/*
+ * The SIMD versions, each as four primitives that the one row_dot and row_dot4 below are written
+ * with: kq_w, a block's 32 weights widened to 16-bit lanes (block_w returns the block, for its
+ * scale); kq_acc, a running float vector; acc_add, one block's int32 dot with 32 activation codes
+ * converted and scaled into it; acc_sum, its horizontal sum.
+ */
 #if defined(__wasm_simd128__)
-/* 32 int8 weights (two vectors) against 32 int16 activations: int32 x 4 */
-static inline v128_t dot32(v128_t w0, v128_t w1, const int16_t *x) {
-  v128_t s = wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w0), wasm_v128_load(x));
-  s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w0), wasm_v128_load(x + 8)));
-  s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_low_i8x16(w1), wasm_v128_load(x + 16)));
-  return wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(wasm_i16x8_extend_high_i8x16(w1), wasm_v128_load(x + 24)));
-}
+typedef struct {
+  v128_t v[4];
+} kq_w;
+typedef v128_t kq_acc;
 
-static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
-  v128_t acc = wasm_f32x4_splat(0.0f);
-  const v128_t lo4 = wasm_i8x16_splat(15), eight = wasm_i8x16_splat(8);
-  for (int b = 0; b < nb; b++) {
-    v128_t w0, w1;
-    const uint8_t *blk;
-    if (fmt == KLE_W_Q8_0) {
-      blk = row + (size_t)b * Q8_BYTES;
-      w0 = wasm_v128_load(blk + 2);
-      w1 = wasm_v128_load(blk + 18);
-    } else {
-      blk = row + (size_t)b * Q4_BYTES;
-      const v128_t p = wasm_v128_load(blk + 2);
-      w0 = wasm_i8x16_sub(wasm_v128_and(p, lo4), eight);
-      w1 = wasm_i8x16_sub(wasm_u8x16_shr(p, 4), eight);
-    }
-    const v128_t s = dot32(w0, w1, qx + b * KLE_QK);
-    acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(scale_of(blk) * dx[b])));
+static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w) {
+  v128_t w0, w1;
+  const uint8_t *blk;
+  if (fmt == KLE_W_Q8_0) {
+    blk = row + (size_t)b * Q8_BYTES;
+    w0 = wasm_v128_load(blk + 2);
+    w1 = wasm_v128_load(blk + 18);
+  } else {
+    blk = row + (size_t)b * Q4_BYTES;
+    const v128_t p = wasm_v128_load(blk + 2), eight = wasm_i8x16_splat(8);
+    w0 = wasm_i8x16_sub(wasm_v128_and(p, wasm_i8x16_splat(15)), eight);
+    w1 = wasm_i8x16_sub(wasm_u8x16_shr(p, 4), eight);
   }
-  return (wasm_f32x4_extract_lane(acc, 0) + wasm_f32x4_extract_lane(acc, 1)) +
-         (wasm_f32x4_extract_lane(acc, 2) + wasm_f32x4_extract_lane(acc, 3));
+  w->v[0] = wasm_i16x8_extend_low_i8x16(w0);
+  w->v[1] = wasm_i16x8_extend_high_i8x16(w0);
+  w->v[2] = wasm_i16x8_extend_low_i8x16(w1);
+  w->v[3] = wasm_i16x8_extend_high_i8x16(w1);
+  return blk;
 }
-
-static inline float hsum(v128_t a) {
+static inline kq_acc acc_zero(void) { return wasm_f32x4_splat(0.0f); }
+static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
+  v128_t s = wasm_i32x4_dot_i16x8(w->v[0], wasm_v128_load(x));
+  for (int i = 1; i < 4; i++) s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(w->v[i], wasm_v128_load(x + 8 * i)));
+  return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(scale)));
+}
+static inline float acc_sum(kq_acc a) {
   return (wasm_f32x4_extract_lane(a, 0) + wasm_f32x4_extract_lane(a, 1)) + (wasm_f32x4_extract_lane(a, 2) + wasm_f32x4_extract_lane(a, 3));
-}
-
-/* four tokens against one row: each block's weights unpacked and widened once for all four */
-static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
-  v128_t acc[4] = {wasm_f32x4_splat(0.0f), wasm_f32x4_splat(0.0f), wasm_f32x4_splat(0.0f), wasm_f32x4_splat(0.0f)};
-  const v128_t lo4 = wasm_i8x16_splat(15), eight = wasm_i8x16_splat(8);
-  for (int b = 0; b < nb; b++) {
-    v128_t w0, w1;
-    const uint8_t *blk;
-    if (fmt == KLE_W_Q8_0) {
-      blk = row + (size_t)b * Q8_BYTES;
-      w0 = wasm_v128_load(blk + 2);
-      w1 = wasm_v128_load(blk + 18);
-    } else {
-      blk = row + (size_t)b * Q4_BYTES;
-      const v128_t p = wasm_v128_load(blk + 2);
-      w0 = wasm_i8x16_sub(wasm_v128_and(p, lo4), eight);
-      w1 = wasm_i8x16_sub(wasm_u8x16_shr(p, 4), eight);
-    }
-    const v128_t a = wasm_i16x8_extend_low_i8x16(w0), c = wasm_i16x8_extend_high_i8x16(w0);
-    const v128_t e = wasm_i16x8_extend_low_i8x16(w1), f = wasm_i16x8_extend_high_i8x16(w1);
-    const float dw = scale_of(blk);
-    for (int t = 0; t < 4; t++) {
-      const int16_t *x = qx[t] + b * KLE_QK;
-      v128_t s = wasm_i32x4_dot_i16x8(a, wasm_v128_load(x));
-      s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(c, wasm_v128_load(x + 8)));
-      s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(e, wasm_v128_load(x + 16)));
-      s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(f, wasm_v128_load(x + 24)));
-      acc[t] = wasm_f32x4_add(acc[t], wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(dw * dx[t][b])));
-    }
-  }
-  for (int t = 0; t < 4; t++) out[t] = hsum(acc[t]);
 }
 #elif defined(__AVX512BW__) && defined(__AVX512VNNI__)
 /* a whole block per instruction: its 32 weights widened to 32 int16 lanes, one vpdpwssd against
  * the 32 activation codes, 16 int32 sums; then one convert and one fused multiply-add */
-static inline __m512i block_w(int fmt, const uint8_t *blk) {
-  if (fmt == KLE_W_Q8_0) return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+typedef __m512i kq_w;
+typedef __m512 kq_acc;
+
+static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w) {
+  if (fmt == KLE_W_Q8_0) {
+    const uint8_t *blk = row + (size_t)b * Q8_BYTES;
+    *w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2)));
+    return blk;
+  }
+  const uint8_t *blk = row + (size_t)b * Q4_BYTES;
   const __m128i p = _mm_loadu_si128((const __m128i *)(blk + 2)), lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
   const __m128i w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight), w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
-  return _mm512_cvtepi8_epi16(_mm256_set_m128i(w1, w0));
+  *w = _mm512_cvtepi8_epi16(_mm256_set_m128i(w1, w0));
+  return blk;
 }
-
-static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
-  __m512 acc = _mm512_setzero_ps();
-  const size_t bb = fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES;
-  for (int b = 0; b < nb; b++) {
-    const uint8_t *blk = row + (size_t)b * bb;
-    const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), block_w(fmt, blk), _mm512_loadu_si512(qx + b * KLE_QK));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale_of(blk) * dx[b]), acc);
-  }
-  return _mm512_reduce_add_ps(acc);
+static inline kq_acc acc_zero(void) { return _mm512_setzero_ps(); }
+static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
+  const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), *w, _mm512_loadu_si512(x));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale), acc);
 }
-
-static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  const size_t bb = fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES;
-  for (int b = 0; b < nb; b++) {
-    const uint8_t *blk = row + (size_t)b * bb;
-    const __m512i w = block_w(fmt, blk);
-    const float dw = scale_of(blk);
-    for (int t = 0; t < 4; t++) {
-      const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(qx[t] + b * KLE_QK));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(dw * dx[t][b]), acc[t]);
-    }
-  }
-  for (int t = 0; t < 4; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
-}
+static inline float acc_sum(kq_acc a) { return _mm512_reduce_add_ps(a); }
 #elif defined(__AVX2__)
+typedef struct {
+  __m256i lo, hi;
+} kq_w;
+typedef __m256 kq_acc;
+
 /* 16 int16 weights times 16 int16 activations, added into int32 x 8 */
 static inline __m256i madd_acc(__m256i acc, __m256i w, __m256i x) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -205,77 +172,66 @@ static inline __m256i madd_acc(__m256i acc, __m256i w, __m256i x) {
 #endif
 }
 
-static inline float hsum8(__m256 acc) {
+static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w) {
+  __m128i w0, w1;
+  const uint8_t *blk;
+  if (fmt == KLE_W_Q8_0) {
+    blk = row + (size_t)b * Q8_BYTES;
+    w0 = _mm_loadu_si128((const __m128i *)(blk + 2));
+    w1 = _mm_loadu_si128((const __m128i *)(blk + 18));
+  } else {
+    blk = row + (size_t)b * Q4_BYTES;
+    const __m128i p = _mm_loadu_si128((const __m128i *)(blk + 2)), lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
+    w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight);
+    w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
+  }
+  w->lo = _mm256_cvtepi8_epi16(w0);
+  w->hi = _mm256_cvtepi8_epi16(w1);
+  return blk;
+}
+static inline kq_acc acc_zero(void) { return _mm256_setzero_ps(); }
+static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
+  __m256i s = madd_acc(_mm256_setzero_si256(), w->lo, _mm256_loadu_si256((const __m256i *)x));
+  s = madd_acc(s, w->hi, _mm256_loadu_si256((const __m256i *)(x + 16)));
+#if defined(__FMA__)
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
+#else
+  return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale)));
+#endif
+}
+static inline float acc_sum(kq_acc acc) {
   const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
   const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
   return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
-
-static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
-  __m256 acc = _mm256_setzero_ps();
-  const __m128i lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-  for (int b = 0; b < nb; b++) {
-    __m128i w0, w1;
-    const uint8_t *blk;
-    if (fmt == KLE_W_Q8_0) {
-      blk = row + (size_t)b * Q8_BYTES;
-      w0 = _mm_loadu_si128((const __m128i *)(blk + 2));
-      w1 = _mm_loadu_si128((const __m128i *)(blk + 18));
-    } else {
-      blk = row + (size_t)b * Q4_BYTES;
-      const __m128i p = _mm_loadu_si128((const __m128i *)(blk + 2));
-      w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight);
-      w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
-    }
-    const int16_t *x = qx + b * KLE_QK;
-    __m256i s = madd_acc(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(w0), _mm256_loadu_si256((const __m256i *)x));
-    s = madd_acc(s, _mm256_cvtepi8_epi16(w1), _mm256_loadu_si256((const __m256i *)(x + 16)));
-    const __m256 d = _mm256_set1_ps(scale_of(blk) * dx[b]);
-#if defined(__FMA__)
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
-#else
-    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), d));
-#endif
-  }
-  return hsum8(acc);
-}
-
-static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  const __m128i lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-  for (int b = 0; b < nb; b++) {
-    __m128i w0, w1;
-    const uint8_t *blk;
-    if (fmt == KLE_W_Q8_0) {
-      blk = row + (size_t)b * Q8_BYTES;
-      w0 = _mm_loadu_si128((const __m128i *)(blk + 2));
-      w1 = _mm_loadu_si128((const __m128i *)(blk + 18));
-    } else {
-      blk = row + (size_t)b * Q4_BYTES;
-      const __m128i p = _mm_loadu_si128((const __m128i *)(blk + 2));
-      w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight);
-      w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
-    }
-    const __m256i wa = _mm256_cvtepi8_epi16(w0), wb = _mm256_cvtepi8_epi16(w1);
-    const float dw = scale_of(blk);
-    for (int t = 0; t < 4; t++) {
-      const int16_t *x = qx[t] + b * KLE_QK;
-      __m256i s = madd_acc(_mm256_setzero_si256(), wa, _mm256_loadu_si256((const __m256i *)x));
-      s = madd_acc(s, wb, _mm256_loadu_si256((const __m256i *)(x + 16)));
-      const __m256 d = _mm256_set1_ps(dw * dx[t][b]);
-#if defined(__FMA__)
-      acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc[t]);
-#else
-      acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_cvtepi32_ps(s), d));
-#endif
-    }
-  }
-  for (int t = 0; t < 4; t++) out[t] = hsum8(acc[t]);
-}
 #else
 /* no integer SIMD here (the wasm scalar build): the scalar version is the fast one */
+#define NO_SIMD_DOT
+#endif
+
+#ifdef NO_SIMD_DOT
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) { return row_dot_ref(fmt, row, dx, qx, nb); }
-#define NO_ROW_DOT4
+#else
+static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
+  kq_acc acc = acc_zero();
+  for (int b = 0; b < nb; b++) {
+    kq_w w;
+    const uint8_t *blk = block_w(fmt, row, b, &w);
+    acc = acc_add(acc, &w, qx + b * KLE_QK, scale_of(blk) * dx[b]);
+  }
+  return acc_sum(acc);
+}
+
+/* four tokens against one row: each block's weights unpacked and widened once for all four */
+static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  for (int b = 0; b < nb; b++) {
+    kq_w w;
+    const float dw = scale_of(block_w(fmt, row, b, &w));
+    for (int t = 0; t < 4; t++) acc[t] = acc_add(acc[t], &w, qx[t] + b * KLE_QK, dw * dx[t][b]);
+  }
+  for (int t = 0; t < 4; t++) out[t] = acc_sum(acc[t]);
+}
 #endif
 
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const int16_t *, int);
@@ -295,7 +251,7 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   for (int r = 0; r < n_out; r++) {
     const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
     int t = 0;
-#ifndef NO_ROW_DOT4
+#ifndef NO_SIMD_DOT
     if (dot == row_dot)
       for (; t + 4 <= T; t += 4) {
         const float *dxs[4];

@@ -32,22 +32,25 @@ static void cpu_close(kle_backend_ctx *cx) {
   free(cx);
 }
 
+/* buf if it holds n elements of size bytes, else a fresh block (buf then freed; its contents
+ * are not kept); NULL when out of memory, buf untouched */
+static void *grown_buf(void *buf, uint64_t *cap, uint64_t n, uint64_t size) {
+  if (n <= *cap) return buf;
+  void *p = kle_host_alloc_n(n, size);
+  if (!p) return NULL;
+  free(buf);
+  *cap = n;
+  return p;
+}
+
 /* room for T x n_in codes and their scales in the context's buffers */
 static int q8_room(kle_backend_ctx *cx, uint64_t codes, uint64_t scales) {
-  if (codes > cx->q_cap) {
-    int16_t *q = kle_host_alloc_n(codes, sizeof(int16_t));
-    if (!q) return KLE_ENOMEM;
-    free(cx->qx);
-    cx->qx = q;
-    cx->q_cap = codes;
-  }
-  if (scales > cx->d_cap) {
-    float *d = kle_host_alloc_n(scales, sizeof(float));
-    if (!d) return KLE_ENOMEM;
-    free(cx->dx);
-    cx->dx = d;
-    cx->d_cap = scales;
-  }
+  int16_t *q = grown_buf(cx->qx, &cx->q_cap, codes, sizeof(int16_t));
+  if (!q) return KLE_ENOMEM;
+  cx->qx = q;
+  float *d = grown_buf(cx->dx, &cx->d_cap, scales, sizeof(float));
+  if (!d) return KLE_ENOMEM;
+  cx->dx = d;
   return KLE_OK;
 }
 static int cpu_threads(kle_backend_ctx *cx, int n) {
