@@ -95,12 +95,9 @@ export class EngineModel {
   static synthesize(backend: KernelBackend, config: KimiConfig, seed: number, dtype: 'f32' | 'bf16' = 'bf16'): EngineModel {
     const m = EngineModel.create(backend, config);
     try {
-      const need = call(backend, 'kle_model_planned_bytes', [m.handle, WeightFormat[dtype]]);
-      const free = m.deviceFree();
-      const rc = call(backend, 'kle_model_synthesize', [m.handle, seed | 0, WeightFormat[dtype]]);
-      if (rc === -2 && free !== null)
-        throw new EngineError('kle_model_synthesize', rc, `the model needs ${gib(need)} GiB of device memory in ${dtype} (and 1 GiB for sessions); ${gib(free)} GiB are free on ${backend.name}`);
-      check('kle_model_synthesize', rc);
+      // the engine refuses it too (kle_model_synthesize); the numbers are said here
+      m.checkFits(call(backend, 'kle_model_planned_bytes', [m.handle, WeightFormat[dtype]]), 'the model', ` in ${dtype}`);
+      check('kle_model_synthesize', call(backend, 'kle_model_synthesize', [m.handle, seed | 0, WeightFormat[dtype]]));
       m.finalize();
       return m;
     } catch (e) {
@@ -112,11 +109,12 @@ export class EngineModel {
   /**
    * Refuses, before a byte is allocated, a model whose weights (`bytes`, as the backend will hold
    * them) and 1 GiB for sessions do not fit the backend's free memory; nothing on the CPU.
+   * `what` and `format` (such as ' in bf16') name it in the message.
    */
-  checkFits(bytes: number, what: string): void {
+  checkFits(bytes: number, what: string, format = ''): void {
     const free = this.deviceFree();
     if (free !== null && bytes + 2 ** 30 > free)
-      throw new EngineError('kle_model_create', -2, `${what} needs ${gib(bytes)} GiB of device memory (and 1 GiB for sessions); ${gib(free)} GiB are free on ${this.backend.name}`);
+      throw new EngineError('kle_model_create', -2, `${what} needs ${gib(bytes)} GiB of device memory${format} (and 1 GiB for sessions); ${gib(free)} GiB are free on ${this.backend.name}`);
   }
 
   /**
