@@ -8,8 +8,9 @@
 // The filters keep a prefix of the vocabulary sorted by (logit descending, index ascending), as
 // src/generate/sampler-reference.ts does with a full sort: top-k by a radix select on the
 // logits' bits (three histogram passes), top-p by a histogram of probability mass over the
-// distance below the maximum (1/64 nat bins; only the bin where the mass crosses is sorted),
-// min-p as a plain threshold. A cut is a value and how many of the tokens equal to it (in index
+// distance below the maximum (1/64 nat bins; only the bin where the mass crosses is sorted) of
+// the few tokens that a bound on the mass below them shows can reach the crossing, min-p as a
+// plain threshold. A cut is a value and how many of the tokens equal to it (in index
 // order) stay. The draw walks the kept tokens in index order, whose distribution is the
 // reference's; the same seed gives a different token than the reference's walk in sorted order,
 // so the two are compared statistically, and exactly where sampling is deterministic.
@@ -27,7 +28,8 @@ function offMass(V: i32): i32 { return V * 4; } // [BINS] f64 mass per bin
 function offCount(V: i32): i32 { return offMass(V) + BINS * 8; } // [KBINS] i32 histogram counts
 function offBlock(V: i32): i32 { return offCount(V) + KBINS * 4; } // [ceil(V / BLOCK)] f64
 function offList(V: i32): i32 { return offBlock(V) + ((V + BLOCK - 1) / BLOCK) * 8; } // [V] i32
-function offWork(V: i32): i32 { return offList(V) + V * 4; } // [V] f32 logits with the penalties applied
+function offBin(V: i32): i32 { return offList(V) + V * 4; } // [V] i32: top-p's crossing bin, sorted
+function offWork(V: i32): i32 { return offBin(V) + V * 4; } // [V] f32 logits with the penalties applied
 
 /** Bytes of scratch a vocabulary of V tokens needs. */
 export function scratchBytes(V: i32): i32 {
@@ -252,12 +254,6 @@ function siftDown(p: usize, list: usize, root: i32, n: i32): void {
 }
 
 // @ts-ignore: decorator
-@inline function addBin(mass: usize, b: i32, e: f32): void {
-  const mb = mass + (<usize>b << 3);
-  store<f64>(mb, load<f64>(mb) + <f64>e);
-}
-
-// @ts-ignore: decorator
 @inline function addMass(mass: usize, l: f32, m: f32, invT: f32, e: f32): void {
   const mb = mass + (<usize>binOf(l, m, invT) << 3);
   store<f64>(mb, load<f64>(mb) + <f64>e);
@@ -267,6 +263,121 @@ function siftDown(p: usize, list: usize, root: i32, n: i32): void {
 @inline function binOf(l: f32, m: f32, invT: f32): i32 {
   const d = (m - l) * invT * BIN_SCALE;
   return d >= <f32>(BINS - 1) ? BINS - 1 : <i32>d;
+}
+
+/**
+ * A lower bound of ln(x) for x > 0 from its bits: ln 2 times (exponent + mantissa - 1), the chord
+ * under the logarithm's curve on each octave (at most 0.06 nats low). -Infinity for 0 and
+ * subnormals.
+ */
+function lnBelow(x: f32): f32 {
+  const b = reinterpret<u32>(x);
+  if (x <= 0 || (b >> 23) == 0) return -Infinity;
+  const f = reinterpret<f32>((b & 0x7fffff) | 0x3f800000);
+  return LN2 * (<f32>(<i32>(b >> 23) - 127) + f - 1);
+}
+
+/**
+ * The tokens with logit >= lc (and, when `cut`, E > 0: top-k kept them) into list, in index
+ * order; returns how many.
+ */
+function gather(logits: usize, E: usize, V: i32, lc: f32, cut: bool, list: usize): i32 {
+  const lcv = f32x4.splat(lc), zero = f32x4.splat(0);
+  let n = 0;
+  let t = 0;
+  if (cut) {
+    for (; t + 4 <= V; t += 4) {
+      const hit = i32x4.bitmask(v128.and(f32x4.ge(v128.load(logits + (<usize>t << 2)), lcv), f32x4.gt(v128.load(E + (<usize>t << 2)), zero)));
+      if (hit) n = pushHits(list, n, hit, t);
+    }
+  } else {
+    for (; t + 4 <= V; t += 4) {
+      const hit = i32x4.bitmask(f32x4.ge(v128.load(logits + (<usize>t << 2)), lcv));
+      if (hit) n = pushHits(list, n, hit, t);
+    }
+  }
+  for (; t < V; t++) {
+    if (load<f32>(logits + (<usize>t << 2)) >= lc && load<f32>(E + (<usize>t << 2)) > 0) store<i32>(list + (<usize>(n++) << 2), t);
+  }
+  return n;
+}
+
+/**
+ * Top-p over E (exp((l - m) / T) with top-k's cut applied, summing to `total`), then min-p's
+ * threshold mp, then the draw. Only the tokens that can reach the crossing are looked at: if
+ * the tokens below a logit lc have E < c each, they hold less than V c, so with
+ * c = (1 - p) total / V the tokens at or above lc hold more than p total and the crossing is
+ * among them. A bolder guess (64 c) is tried first and checked by summing what it gathered:
+ * on an LLM's logits it gathers a few times the nucleus. The gathered tokens' mass by distance
+ * below the maximum (1/BIN_SCALE nat bins) finds the bin of the crossing, and only that bin's
+ * tokens are sorted. The draw walks the kept tokens in index order.
+ */
+function nucleus(logits: usize, V: i32, scratch: usize, m: f32, invT: f32, total: f64, topP: f32, mp: f32, cut: bool, u: f64): i32 {
+  const E = scratch + <usize>offE();
+  const list = scratch + <usize>offList(V);
+  const target = <f64>topP * total;
+  let n = 0;
+  for (let g = 0; g < 3; g++) {
+    const c = <f32>((1 - <f64>topP) * total / <f64>V * (g == 0 ? 64.0 : 1.0));
+    const lc: f32 = g == 2 ? -Infinity : m + lnBelow(c) / invT;
+    n = gather(logits, E, V, lc, cut, list);
+    let M: f64 = 0;
+    for (let j = 0; j < n; j++) M += <f64>load<f32>(E + (<usize>load<i32>(list + (<usize>j << 2)) << 2));
+    if (M >= target) break;
+  }
+  const mass = scratch + <usize>offMass(V);
+  memory.fill(mass, 0, <usize>BINS << 3);
+  for (let j = 0; j < n; j++) {
+    const t = load<i32>(list + (<usize>j << 2));
+    addMass(mass, load<f32>(logits + (<usize>t << 2)), m, invT, load<f32>(E + (<usize>t << 2)));
+  }
+  let acc: f64 = 0;
+  let bc = 0;
+  for (; bc < BINS - 1; bc++) {
+    const mb = load<f64>(mass + (<usize>bc << 3));
+    if (acc + mb >= target) break;
+    acc += mb;
+  }
+  // the crossing bin's tokens, sorted; rounding may leave the crossing past every token, when
+  // all are kept
+  const bin = scratch + <usize>offBin(V);
+  let nb = 0;
+  for (let j = 0; j < n; j++) {
+    const t = load<i32>(list + (<usize>j << 2));
+    if (binOf(load<f32>(logits + (<usize>t << 2)), m, invT) == bc) store<i32>(bin + (<usize>(nb++) << 2), t);
+  }
+  sortList(logits, bin, nb);
+  let pv: f32 = -Infinity;
+  let pt: i32 = V;
+  for (let j = 0; j < nb; j++) {
+    const t = load<i32>(bin + (<usize>j << 2));
+    acc += <f64>load<f32>(E + (<usize>t << 2));
+    if (acc >= target || j == nb - 1) {
+      pv = load<f32>(logits + (<usize>t << 2));
+      // ties at pv kept: those before t in the sorted bin, and t (equal logits share a bin)
+      pt = tiesUpTo(logits, bin, j);
+      break;
+    }
+  }
+  // kept: above pv, the first pt tokens equal to it in index order, and at least mp
+  let sum: f64 = 0;
+  let ties = 0;
+  for (let j = 0; j < n; j++) {
+    const t = load<i32>(list + (<usize>j << 2));
+    const l = load<f32>(logits + (<usize>t << 2));
+    if (l < mp || l < pv || (l == pv && ties++ >= pt)) store<i32>(list + (<usize>j << 2), -1);
+    else sum += <f64>load<f32>(E + (<usize>t << 2));
+  }
+  let r = u * sum;
+  let last = -1;
+  for (let j = 0; j < n; j++) {
+    const t = load<i32>(list + (<usize>j << 2));
+    if (t < 0) continue;
+    last = t;
+    r -= <f64>load<f32>(E + (<usize>t << 2));
+    if (r < 0) return t;
+  }
+  return last >= 0 ? last : argmax(logits, V);
 }
 
 /**
@@ -292,29 +403,36 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
     }
   }
   const E = scratch + <usize>offE();
-  const mass = scratch + <usize>offMass(V);
   const block = scratch + <usize>offBlock(V);
   const nBlocks = (V + BLOCK - 1) / BLOCK;
   const wantP = topP < 1;
   // min-p: a value threshold (every tie kept); applied in the exp pass unless top-p needs the
   // mass it removes
   const mp: f32 = logMinP > -Infinity ? m + T * logMinP : -Infinity;
-  // exp pass (SIMD), the top-k cut applied, a partial sum per block of BLOCK tokens, and for
-  // top-p the mass by distance below the maximum, in 1/BIN_SCALE nat bins
+  // exp pass (SIMD), the top-k cut applied, a partial sum per block of BLOCK tokens
   const mv = f32x4.splat(m), tv = f32x4.splat(invT), cvv = f32x4.splat(cv);
-  const sv = f32x4.splat(invT * BIN_SCALE);
-  const topBin = i32x4.splat(BINS - 1);
-  if (wantP) memory.fill(mass, 0, <usize>BINS << 3);
   let total: f64 = 0;
-  if (cv == -Infinity && !wantP) {
-    // thresholds only (temperature, top-k without a split tie, min-p): the tight loop
-    const lo: f32 = max(mp, floor);
+  if (cv == -Infinity) {
+    // thresholds only (temperature, top-k without a split tie, min-p unless top-p needs the
+    // mass it removes): the tight loop
+    const lo: f32 = wantP ? floor : max(mp, floor);
     const mpv = f32x4.splat(lo);
     for (let b = 0; b < nBlocks; b++) {
       const end = min(V, (b + 1) * BLOCK);
       let acc = f32x4.splat(0);
       let rest: f64 = 0;
       let i = b * BLOCK;
+      if (lo == -Infinity) {
+        // temperature alone (top-p's pass too): every token's exp, no mask
+        for (; i + 8 <= end; i += 8) {
+          const q = logits + (<usize>i << 2);
+          const e0 = exp4(f32x4.mul(f32x4.sub(v128.load(q), mv), tv));
+          const e1 = exp4(f32x4.mul(f32x4.sub(v128.load(q, 16), mv), tv));
+          v128.store(E + (<usize>i << 2), e0);
+          v128.store(E + (<usize>i << 2), e1, 16);
+          acc = f32x4.add(acc, f32x4.add(e0, e1));
+        }
+      }
       for (; i + 4 <= end; i += 4) {
         const l = v128.load(logits + (<usize>i << 2));
         const keep = f32x4.ge(l, mpv);
@@ -338,103 +456,8 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
       total += sb;
     }
   } else {
-  let tiesSeen = 0;
-  let tailAcc = f32x4.splat(0);
-  for (let b = 0; b < nBlocks; b++) {
-    const end = min(V, (b + 1) * BLOCK);
-    let acc = f32x4.splat(0);
-    let rest: f64 = 0;
-    let i = b * BLOCK;
-    for (; i + 4 <= end; i += 4) {
-      const l = v128.load(logits + (<usize>i << 2));
-      let e = exp4(f32x4.mul(f32x4.sub(l, mv), tv));
-      if (!i32x4.bitmask(f32x4.eq(l, cvv))) {
-        e = v128.and(e, f32x4.gt(l, cvv));
-        v128.store(E + (<usize>i << 2), e);
-        acc = f32x4.add(acc, e);
-        if (wantP) {
-          // the far tail (the last bin) sums in a vector; the rest is scattered lane by lane
-          const bins = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.mul(f32x4.sub(mv, l), sv)), topBin);
-          const tail = i32x4.eq(bins, topBin);
-          tailAcc = f32x4.add(tailAcc, v128.and(e, tail));
-          const near = ~i32x4.bitmask(tail) & 15;
-          if (near) {
-            if (near & 1) addBin(mass, i32x4.extract_lane(bins, 0), f32x4.extract_lane(e, 0));
-            if (near & 2) addBin(mass, i32x4.extract_lane(bins, 1), f32x4.extract_lane(e, 1));
-            if (near & 4) addBin(mass, i32x4.extract_lane(bins, 2), f32x4.extract_lane(e, 2));
-            if (near & 8) addBin(mass, i32x4.extract_lane(bins, 3), f32x4.extract_lane(e, 3));
-          }
-        }
-      } else {
-        // tokens equal to the cut value are kept in index order, up to ct of them
-        v128.store(E + (<usize>i << 2), e);
-        for (let j = 0; j < 4; j++) {
-          const q = E + (<usize>(i + j) << 2);
-          const lj = load<f32>(logits + (<usize>(i + j) << 2));
-          if (lj < cv || (lj == cv && tiesSeen++ >= ct)) store<f32>(q, 0);
-          rest += <f64>load<f32>(q);
-          if (wantP) addMass(mass, lj, m, invT, load<f32>(q));
-        }
-      }
-    }
-    for (; i < end; i++) {
-      const l = load<f32>(logits + (<usize>i << 2));
-      const e: f32 = l > cv || (l == cv && tiesSeen++ < ct) ? exp1((l - m) * invT) : 0;
-      store<f32>(E + (<usize>i << 2), e);
-      rest += <f64>e;
-      if (wantP) addMass(mass, l, m, invT, e);
-    }
-    const sb = blockSum(acc) + rest;
-    store<f64>(block + (<usize>b << 3), sb);
-    total += sb;
-  }
-  if (wantP) addBin(mass, BINS - 1, f32x4.extract_lane(tailAcc, 0) + f32x4.extract_lane(tailAcc, 1) + f32x4.extract_lane(tailAcc, 2) + f32x4.extract_lane(tailAcc, 3));
-  }
-  // top-p: the bin where the kept mass reaches topP, then that bin's tokens in order
-  let pv: f32 = -Infinity;
-  let pt: i32 = V;
-  if (wantP) {
-    const target = <f64>topP * total;
-    let acc: f64 = 0;
-    let bc = 0;
-    for (; bc < BINS - 1; bc++) {
-      const mb = load<f64>(mass + (<usize>bc << 3));
-      if (acc + mb >= target) break;
-      acc += mb;
-    }
-    const list = scratch + <usize>offList(V);
-    let n = 0;
-    const want = i32x4.splat(bc);
-    let t = 0;
-    for (; t + 4 <= V; t += 4) {
-      const bins = i32x4.min_s(i32x4.trunc_sat_f32x4_s(f32x4.mul(f32x4.sub(mv, v128.load(logits + (<usize>t << 2))), sv)), topBin);
-      const hit = i32x4.bitmask(v128.and(i32x4.eq(bins, want), f32x4.gt(v128.load(E + (<usize>t << 2)), f32x4.splat(0))));
-      if (hit) n = pushHits(list, n, hit, t);
-    }
-    for (; t < V; t++) {
-      const e = load<f32>(E + (<usize>t << 2));
-      if (e > 0 && binOf(load<f32>(logits + (<usize>t << 2)), m, invT) == bc) store<i32>(list + (<usize>(n++) << 2), t);
-    }
-    sortList(logits, list, n);
-    for (let j = 0; j < n; j++) {
-      const t = load<i32>(list + (<usize>j << 2));
-      acc += <f64>load<f32>(E + (<usize>t << 2));
-      if (acc >= target || j == n - 1) {
-        pv = load<f32>(logits + (<usize>t << 2));
-        // ties at pv kept: those before t in the sorted list, and t
-        pt = tiesUpTo(logits, list, j);
-        break;
-      }
-    }
-    // tokens tied at pv in other bins do not exist (equal logits share a bin)
-  }
-  // the final cut, where top-p (and then min-p) cut more than top-k: zero what falls below, re-sum
-  let sum: f64 = total;
-  if (pv > -Infinity || (wantP && mp > -Infinity)) {
-    const thr = f32x4.splat(max(pv, mp));
-    const pvv = f32x4.splat(pv);
-    let tiesP = 0;
-    sum = 0;
+    // top-k's cut splits a tie: tokens equal to the cut value are kept in index order, up to ct
+    let tiesSeen = 0;
     for (let b = 0; b < nBlocks; b++) {
       const end = min(V, (b + 1) * BLOCK);
       let acc = f32x4.splat(0);
@@ -442,31 +465,34 @@ export function sample(logits: usize, V: i32, scratch: usize, T: f32, topK: i32,
       let i = b * BLOCK;
       for (; i + 4 <= end; i += 4) {
         const l = v128.load(logits + (<usize>i << 2));
-        const q = E + (<usize>i << 2);
-        if (!i32x4.bitmask(f32x4.eq(l, pvv))) {
-          const e = v128.and(v128.load(q), f32x4.ge(l, thr));
-          v128.store(q, e);
+        let e = exp4(f32x4.mul(f32x4.sub(l, mv), tv));
+        if (!i32x4.bitmask(f32x4.eq(l, cvv))) {
+          e = v128.and(e, f32x4.gt(l, cvv));
+          v128.store(E + (<usize>i << 2), e);
           acc = f32x4.add(acc, e);
         } else {
+          v128.store(E + (<usize>i << 2), e);
           for (let j = 0; j < 4; j++) {
-            const qj = q + (<usize>j << 2);
+            const q = E + (<usize>(i + j) << 2);
             const lj = load<f32>(logits + (<usize>(i + j) << 2));
-            if (load<f32>(qj) > 0 && (lj < pv || lj < mp || (lj == pv && tiesP++ >= pt))) store<f32>(qj, 0);
-            rest += <f64>load<f32>(qj);
+            if (lj < cv || (lj == cv && tiesSeen++ >= ct)) store<f32>(q, 0);
+            rest += <f64>load<f32>(q);
           }
         }
       }
       for (; i < end; i++) {
-        const q = E + (<usize>i << 2);
         const l = load<f32>(logits + (<usize>i << 2));
-        if (load<f32>(q) > 0 && (l < pv || l < mp || (l == pv && tiesP++ >= pt))) store<f32>(q, 0);
-        rest += <f64>load<f32>(q);
+        const e: f32 = l > cv || (l == cv && tiesSeen++ < ct) ? exp1((l - m) * invT) : 0;
+        store<f32>(E + (<usize>i << 2), e);
+        rest += <f64>e;
       }
       const sb = blockSum(acc) + rest;
       store<f64>(block + (<usize>b << 3), sb);
-      sum += sb;
+      total += sb;
     }
   }
+  if (wantP) return nucleus(logits, V, scratch, m, invT, total, topP, mp, cv > -Infinity, u);
+  const sum = total;
   let r = u * sum;
   let last = -1;
   for (let b = 0; b < nBlocks; b++) {

@@ -38,6 +38,18 @@ const MODES: Record<string, SamplingOptions> = {
   'top-p 0.95 then min-p 0.2': { temperature: 1, topP: 0.95, minP: 0.2 },
   'penalties and logit bias': { temperature: 0.7, repetitionPenalty: 1.3, frequencyPenalty: 0.5, presencePenalty: 0.3, logitBias: { 3: 5, 10: -100, 4999: 2 } },
 };
+/** Gaussian logits (standard deviation 3) at Kimi's vocabulary: top-p's first guess gathers a few times the nucleus there */
+function gaussianLogits(V: number, seed: number): Float32Array {
+  const l = new Float32Array(V);
+  let s = seed;
+  const u = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) + 0.5) / 4294967296;
+  for (let i = 0; i < V; i++) l[i] = 3 * Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
+  return l;
+}
+const BIG: Record<string, SamplingOptions> = {
+  'top-p 0.9 at 163,840 Gaussian logits': { temperature: 0.7, topP: 0.9 },
+  'top-p 0.6 at 163,840 Gaussian logits, then min-p 0.01': { temperature: 1, topP: 0.6, minP: 0.01 },
+};
 const context = Array.from({ length: 300 }, (_, i) => (i * 7919) % 60);
 
 describe('the AssemblyScript sampler', async () => {
@@ -85,9 +97,9 @@ describe('the AssemblyScript sampler', async () => {
     }
   });
 
-  for (const [name, o] of Object.entries(MODES)) {
+  for (const [name, o] of [...Object.entries(MODES), ...Object.entries(BIG)]) {
     it(`${name}: draws follow the reference's distribution and stay in its set`, () => {
-      const l = logitsOf(5000, 99, name.includes('ties'));
+      const l = name in BIG ? gaussianLogits(163_840, 7) : logitsOf(5000, 99, name.includes('ties'));
       const d = new ReferenceSampler(o).distribution(l, context);
       const prob = new Map(d.ids.map((t, i) => [t, d.p[i]! / d.sum]));
       const src = inEngine(l);
