@@ -4,7 +4,9 @@
 // paths), and an all-MLA model of the same shape (every layer MLA) beside it:
 // - time per output token at batch 1 against the context a session holds (4K .. 1M; the state
 //   made on the device by EngineSession.synthesize, so no prefill is needed), the median of 24
-//   steps, each a forward of one token with its 163,840 logits copied to the host;
+//   steps, each a forward of one token with its 163,840 logits copied to the host; then the same
+//   with a token sampled each step (temperature 0.7, top-p 0.9) by the runtime's sampler after
+//   the copy, and on the GPU (kle_session_sample) with no copy;
 // - next to the physical limit of the same run: the bytes one token must read (the dense and
 //   active expert weights, the LM head, the KDA states read and written, the MLA cache at that
 //   length) over the card's copy bandwidth measured now;
@@ -19,6 +21,8 @@ import { EngineModel } from '../src/engine/engine.js';
 import { expertTensors, layerTensors } from '../src/engine/layer-kinds.js';
 import { loadCudaBackend, packageRoot } from '../src/node.js';
 import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
+import { Sampler } from '../src/generate/sampler.js';
+import type { EngineSession } from '../src/engine/engine.js';
 import { gpuTag, machine, table, writeResultAs } from './lib.js';
 import { medianDecodeMs } from './study-models.js';
 import { lineChart } from './svg.js';
@@ -58,11 +62,30 @@ function stateBytes(c: KimiConfig, context: number): { kda: number; mla: number 
   return { kda: 2 * kdaLayers * S, mla: mlaLayers * context * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim) * 4 };
 }
 
+/** median ms per token of decoding with a token sampled each step, on the host (after copying the logits) or on the GPU */
+function sampledMs(s: EngineSession, steps: number, onDevice: boolean): number {
+  const sampler = new Sampler({ temperature: 0.7, topP: 0.9, seed: 1 });
+  const ctx: number[] = [];
+  let tok = 1;
+  const t: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const t0 = performance.now();
+    if (onDevice) {
+      s.step([tok]);
+      tok = sampler.sample(s.logitsRef()!, ctx);
+    } else tok = sampler.sample(s.forward([tok]), ctx);
+    t.push(performance.now() - t0);
+    ctx.push(tok);
+  }
+  t.sort((a, b) => a - b);
+  return t[t.length >> 1]!;
+}
+
 const cuda = loadCudaBackend();
 const gbps = cuda.copyGbps(GiB, 30);
 console.error(`${cuda.device}: copy bandwidth ${gbps.toFixed(0)} GB/s`);
 
-interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string }
+interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string; sampledHostMs?: number; sampledGpuMs?: number }
 const rows: Row[] = [];
 const loads: { model: string; seconds: number; weightsGiB: number; freeAfterGiB: number; activeGiBPerToken: number; prefillTokens: number; prefillTokPerS: number }[] = [];
 
@@ -98,9 +121,10 @@ for (const name of which) {
     s.synthesize(context, 3);
     medianDecodeMs(s, 3);
     const ms = medianDecodeMs(s, STEPS);
+    const sampledHostMs = sampledMs(s, STEPS, false), sampledGpuMs = sampledMs(s, STEPS, true);
     s.free();
-    rows.push({ ...base, msPerToken: ms, ofLimit: limitMs / ms, note: '' });
-    console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)})`);
+    rows.push({ ...base, msPerToken: ms, ofLimit: limitMs / ms, note: '', sampledHostMs, sampledGpuMs });
+    console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)}); sampled top-p on the host ${sampledHostMs.toFixed(3)}, on the GPU ${sampledGpuMs.toFixed(3)}`);
   }
   model.free();
 }
@@ -110,8 +134,8 @@ console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy ba
 console.log(table(['model', 'weights made (s)', 'weights GiB', 'free GiB', 'active GiB/token', `prefill ${loads[0]?.prefillTokens ?? 0} tok/s`],
   loads.map((l) => [l.model, l.seconds.toFixed(1), l.weightsGiB.toFixed(1), l.freeAfterGiB.toFixed(1), l.activeGiBPerToken.toFixed(2), l.prefillTokPerS.toFixed(0)])));
 console.log('\nTime per output token at batch 1 (BF16 weights, f32 MLA cache; median of 24 steps, logits copied to the host each step)\n');
-console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'MLA cache GiB', 'note'],
-  rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.mlaCacheGiB.toFixed(2), r.note])));
+console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
+  rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
 const h = rows.filter((r) => r.model === 'hybrid' && r.msPerToken), a = rows.filter((r) => r.model === 'all-MLA' && r.msPerToken);
 for (const r of h) {
   const m = a.find((x) => x.context === r.context);

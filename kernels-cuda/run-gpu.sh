@@ -37,7 +37,7 @@ COLLECT="python3 $PWD/kernels-cuda/bench/collect.py $OUT $TAG"
 if [ "$mode" = kernels ]; then
   cd kernels-cuda
   NVCC_FLAGS=$(cat nvcc.flags)  # the recipe engine/build/build.mjs builds the engine addon with
-  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu src/gemm16.cu src/probe.cu -o build/libklecuda.so
+  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu src/gemm16.cu src/probe.cu src/sample.cu -o build/libklecuda.so
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -14
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_layer.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -8
@@ -66,7 +66,7 @@ if [ "$mode" = kv ]; then
   cp bench/results/kv-long-cuda-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
-VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts"
+VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts test/unit/cuda-sampling.test.ts"
 # CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer;
 # SKIP_PARITY=1 goes straight to the benches (a call that repeats one already checked)
 [ -n "${SKIP_PARITY:-}" ] || $VITEST --pool=forks 2>&1 | tee "$OUT/parity.log" | tail -40

@@ -288,6 +288,7 @@ enum {
 #define KLE_EMISSING (-3) /* finalize: a required tensor was never given */
 #define KLE_EFORMAT (-4)  /* a session blob is malformed or from another model */
 #define KLE_EDEVICE (-5)  /* a device call failed (CUDA: launch, allocation, copy) */
+#define KLE_ENOSYS (-6)   /* this backend does not do it (kle_session_sample on the CPU) */
 
 /* NULL when the config is inconsistent (the host validates first and names the key). */
 kle_model *kle_model_create(const int32_t *cfg, int n_cfg, const float *cfgf, int n_cfgf);
@@ -347,8 +348,25 @@ void kle_session_free(kle_session *s);
  */
 #define KLE_PREFILL_BATCH 64
 int kle_session_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all);
-/* The last token's logits, [vocab], in engine memory (0 before any token). */
+/*
+ * The last token's logits, [vocab], in engine memory (0 before any token). On a GPU the engine
+ * copies them to host memory on this call, not on every forward.
+ */
 kle_addr kle_session_logits(kle_session *s);
+/* 1 when the session has logits (a token was forwarded, or a blob with logits loaded), else 0. */
+int kle_session_has_logits(kle_session *s);
+/*
+ * Draws the next token from the last logits where they are, without copying them to the host,
+ * as the runtime's sampler (as/sampler.ts) does: the same penalties and bias, then temperature,
+ * top-k, top-p and min-p; the kept tokens drawn in index order with u = u_bits / 2^32.
+ * params: temperature (0: greedy), top_p, ln(min_p) (-INFINITY: none), repetition, frequency,
+ * presence penalties. toks, counts [n]: the context's distinct tokens and how often each came,
+ * cbias [n] their logit bias, and btoks, bvals [nb] other biased tokens (the biases as bytes of
+ * doubles). Returns the token, KLE_ENOSYS where the backend leaves sampling to the host (wasm
+ * and native: the runtime's sampler reads their logits in place), or an error.
+ */
+int kle_session_sample(kle_session *s, const float *params, int top_k, const int32_t *toks, const int32_t *counts,
+                       const uint8_t *cbias, int n, const int32_t *btoks, const uint8_t *bvals, int nb, int64_t u_bits);
 /* Tokens seen so far. */
 int kle_session_pos(kle_session *s);
 /*

@@ -18,8 +18,8 @@
 
 #include "../include/kle.h"
 
-/* An optional operation that does not run this shape: the forward pass takes the general path. */
-#define KLE_ENOSYS (-6)
+/* KLE_ENOSYS (kle.h) from an optional operation: it does not run this shape, the forward pass
+ * takes the general path. */
 
 typedef struct kle_tensor kle_tensor;
 typedef struct kle_backend kle_backend;
@@ -41,6 +41,20 @@ typedef struct {
   float *S, *o;                    /* state [H, K, V] updated; output [H*V] */
   int H, K, V, W;
 } kle_kda_fused_args;
+
+/* kle_session_sample's arguments, checked; the arrays in host memory */
+typedef struct {
+  float temperature, top_p, log_min_p; /* log_min_p: -INFINITY for none */
+  int top_k;                           /* 0: none */
+  double rep, freq, pres;              /* repetition (1: none), frequency and presence penalties */
+  double u;                            /* the draw, in [0, 1) */
+  const int32_t *toks, *counts;        /* [n] the context's distinct tokens, how often each came */
+  const double *cbias;                 /* [n] their logit bias (0: none) */
+  int n;
+  const int32_t *btoks;                /* [nb] other tokens with a logit bias */
+  const double *bvals;                 /* [nb] */
+  int nb;
+} kle_sample_args;
 
 struct kle_backend {
   const char *name;
@@ -144,6 +158,11 @@ struct kle_backend {
    */
   int (*moe_experts)(kle_backend_ctx *ctx, const void *experts, const int32_t *idx, const float *w, const float *h,
                      float *y, int T, int topk, int D, int MI, float *scratch);
+  /*
+   * optional (NULL: the host samples, as/sampler.ts): a token from logits [V] in backend memory,
+   * as as/sampler.ts draws it (the same kept set; the draw in index order), into *token (host)
+   */
+  int (*sample)(kle_backend_ctx *ctx, const float *logits, int V, const kle_sample_args *a, int32_t *token);
 };
 
 /* Scratch floats moe_experts may use: every backend's needs, one formula. */

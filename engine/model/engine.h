@@ -75,6 +75,8 @@ struct kle_model {
 struct kle_session {
   kle_model *m;
   int pos, cap, has_logits;
+  /* the host copy of the logits is behind logits_dev (non-host backends download on demand) */
+  int logits_stale;
   /* rows each growing cache holds: pos, unless a budget dropped some (kv_budget.c) */
   int len;
   /* the bounded MLA cache: budget 0 is none; dropped: 1 once any row was dropped */
@@ -119,6 +121,8 @@ int kle_kv_settings_ok(int budget, int sink, int window, float decay, int policy
 int kle_kv_scored(const kle_session *s);
 /* forward.c */
 int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all);
+/* session.c: the last logits in host memory, downloaded if the host copy is stale */
+int kle_session_host_logits(kle_session *s);
 
 /*
  * Sizes from a file's or a client's numbers (a config, a tensor's shape, a blob's position)

@@ -72,9 +72,13 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
      * the LM head then runs meanwhile instead of after */
     if (s->budget) KLE_TRY(kle_kv_evict(s));
   }
-  if (!b->host_memory) KLE_TRY(b->download(cx, s->logits, s->logits_dev, sizeof(float) * V));
   KLE_TRY(b->sync(cx));
   s->has_logits = 1;
-  if (logits && !all) memcpy(logits, s->logits, sizeof(float) * V);
+  /* a GPU's logits stay where they are until someone reads them: sampling there needs none */
+  s->logits_stale = !b->host_memory;
+  if (logits && !all) {
+    KLE_TRY(kle_session_host_logits(s));
+    memcpy(logits, s->logits, sizeof(float) * V);
+  }
   return KLE_OK;
 }

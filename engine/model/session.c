@@ -117,7 +117,49 @@ int kle_session_forward(kle_session *s, const int32_t *tokens, int n, float *log
   return kle_forward(s, tokens, n, logits, all);
 }
 
-kle_addr kle_session_logits(kle_session *s) { return s && s->has_logits ? (kle_addr)s->logits : 0; }
+int kle_session_host_logits(kle_session *s) {
+  if (!s->logits_stale) return KLE_OK;
+  const kle_model *m = s->m;
+  KLE_TRY(m->b->download(m->ctx, s->logits, s->logits_dev, sizeof(float) * (size_t)m->cfg[KLE_CFG_VOCAB]));
+  KLE_TRY(m->b->sync(m->ctx));
+  s->logits_stale = 0;
+  return KLE_OK;
+}
+
+kle_addr kle_session_logits(kle_session *s) {
+  return s && s->has_logits && kle_session_host_logits(s) == KLE_OK ? (kle_addr)s->logits : 0;
+}
+
+int kle_session_has_logits(kle_session *s) { return s && s->has_logits; }
+
+int kle_session_sample(kle_session *s, const float *params, int top_k, const int32_t *toks, const int32_t *counts,
+                       const uint8_t *cbias, int n, const int32_t *btoks, const uint8_t *bvals, int nb, int64_t u_bits) {
+  if (!s || !params || !s->has_logits) return KLE_EINVAL;
+  const kle_model *m = s->m;
+  if (!m->b->sample) return KLE_ENOSYS;
+  const int V = m->cfg[KLE_CFG_VOCAB];
+  const float T = params[0], top_p = params[1], log_min_p = params[2];
+  const double rep = params[3], freq = params[4], pres = params[5];
+  /* every number from the caller is checked here: the kernel trusts them */
+  if (!(T >= 0 && T <= 1e6f) || !(top_p > 0 && top_p <= 1) || !(log_min_p <= 0) || top_k < 0 || !(rep > 0 && rep <= 1e6) ||
+      !(freq >= -1e6 && freq <= 1e6) || !(pres >= -1e6 && pres <= 1e6) || u_bits < 0 || u_bits > 0xffffffffLL ||
+      n < 0 || nb < 0 || n > V || nb > V || ((n && (!toks || !counts || !cbias)) || (nb && (!btoks || !bvals))))
+    return KLE_EINVAL;
+  double *bias = kle_host_alloc_n((uint64_t)n + (uint64_t)nb + 1, sizeof(double));
+  if (!bias) return KLE_ENOMEM;
+  /* the biases arrive as bytes of doubles (the ABI has no f64 arrays), unaligned */
+  if (n) memcpy(bias, cbias, sizeof(double) * (size_t)n);
+  if (nb) memcpy(bias + n, bvals, sizeof(double) * (size_t)nb);
+  int bad = 0;
+  for (int i = 0; i < n + nb; i++) bad |= !(bias[i] >= -1e6 && bias[i] <= 1e6);
+  for (int i = 0; i < n; i++) bad |= counts[i] < 0;
+  const kle_sample_args a = {T, top_p, log_min_p, top_k, rep, freq, pres, (double)u_bits / 4294967296.0,
+                             toks, counts, bias, n, btoks, bias + n, nb};
+  int32_t token = -1;
+  const int rc = bad ? KLE_EINVAL : m->b->sample(m->ctx, s->logits_dev, V, &a, &token);
+  free(bias);
+  return rc != KLE_OK ? rc : token >= 0 && token < V ? token : KLE_EDEVICE;
+}
 int kle_session_pos(kle_session *s) { return s ? s->pos : 0; }
 
 /* bytes of a blob with `rows` cached rows per cache, in 64 bits: a forged count must not wrap
@@ -248,6 +290,7 @@ int kle_session_state_save(kle_session *s, uint8_t *dst, long n) {
                            (uint32_t)s->len};
     for (int i = 0; i < 6; i++) put_u32(dst + BLOB_HEADER + 4 * i, v[i]);
   }
+  if (s->has_logits) KLE_TRY(kle_session_host_logits(s));
   KLE_TRY(move_body(s, dst + (budgeted ? BLOB_HEADER_BUDGET : BLOB_HEADER), s->len, 1, budgeted));
   const size_t end = (size_t)n - 8, vbytes = 4 * (size_t)m->cfg[KLE_CFG_VOCAB];
   if (s->has_logits) memcpy(dst + end - vbytes, s->logits, vbytes);
@@ -349,6 +392,7 @@ int kle_session_state_load(kle_session *s, const uint8_t *src, long n) {
     if (!m->b->host_memory) KLE_TRY(m->b->upload(m->ctx, s->logits_dev, s->logits, vbytes));
   }
   s->has_logits = has_logits;
+  s->logits_stale = 0;
   s->pos = (int)pos;
   s->len = (int)rows;
   return m->b->sync(m->ctx);

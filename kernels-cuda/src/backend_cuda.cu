@@ -58,6 +58,8 @@ struct kle_backend_ctx {
   cudaEvent_t staged[2] = {nullptr, nullptr};
   int32_t *grp = nullptr;  // a batch's MoE pairs by expert: offsets, then the order
   long grp_n = 0;
+  char *samp = nullptr;  // sampling's scratch, its token, and the penalties' lists
+  size_t samp_bytes = 0;
 };
 
 namespace {
@@ -119,6 +121,7 @@ void cu_close(kle_backend_ctx *cx) {
   prof_report(cx);
   for (auto &sl : cx->slabs) cudaFree(sl.first);
   cudaFree(cx->grp);
+  cudaFree(cx->samp);
   for (int i = 0; i < 2; i++) {
     if (cx->stage[i]) cudaFreeHost(cx->stage[i]);
     if (cx->staged[i]) cudaEventDestroy(cx->staged[i]);
@@ -583,6 +586,47 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   return launched();
 }
 
+// a token from the logits where they are: only the penalties' lists go up and the token comes down
+int cu_sample(kle_backend_ctx *cx, const float *logits, int V, const kle_sample_args *a, int32_t *token) {
+  Span sp(cx, "sample", V, a->n, a->nb);
+  const size_t base = (kle_ops::sample_scratch_bytes(V) + 255) & ~(size_t)255;
+  const size_t ints = 2 * (size_t)a->n + (size_t)a->nb, dbls = (size_t)a->n + (size_t)a->nb;
+  const size_t ibytes = (4 * ints + 7) & ~(size_t)7, need = base + 256 + ibytes + 8 * dbls;
+  if (need > cx->samp_bytes) {
+    cudaFree(cx->samp);  // waits for the device: nothing reads the old one
+    cx->samp = nullptr;
+    cx->samp_bytes = 0;
+    CU(cudaMalloc(&cx->samp, need));
+    cx->samp_bytes = need;
+  }
+  int32_t *out = (int32_t *)(cx->samp + base);
+  char *lists = cx->samp + base + 256;
+  kle_ops::SamplePatch patch = {};
+  if (ints) {
+    std::vector<char> h;
+    try {
+      h.resize(ibytes + 8 * dbls);
+    } catch (...) {
+      return KLE_ENOMEM;
+    }
+    int32_t *hi = (int32_t *)h.data();
+    memcpy(hi, a->toks, 4 * (size_t)a->n);
+    memcpy(hi + a->n, a->counts, 4 * (size_t)a->n);
+    memcpy(hi + 2 * (size_t)a->n, a->btoks, 4 * (size_t)a->nb);
+    memcpy(h.data() + ibytes, a->cbias, 8 * (size_t)a->n);
+    memcpy(h.data() + ibytes + 8 * (size_t)a->n, a->bvals, 8 * (size_t)a->nb);
+    // pageable: the call returns once the bytes are staged, so h may go
+    CU(cudaMemcpyAsync(lists, h.data(), h.size(), cudaMemcpyHostToDevice, cx->st));
+    const int32_t *di = (const int32_t *)lists;
+    const double *dd = (const double *)(lists + ibytes);
+    patch = {di, di + a->n, di + 2 * (size_t)a->n, dd, dd + a->n, a->n, a->nb, a->rep, a->freq, a->pres};
+  }
+  const kle_ops::SampleParams p = {a->temperature, a->top_p, a->log_min_p, a->top_k, a->u};
+  kle_ops::sample(logits, V, p, patch, cx->samp, out, cx->st);
+  CU(cudaPeekAtLastError());
+  return cu_download(cx, token, out, sizeof *token);
+}
+
 // shapes the CUDA kernels run; the engine's own config checks come first
 int cu_supports(const int32_t *c, const int32_t *kinds) {
   bool kda = false, mla = false;
@@ -633,6 +677,7 @@ kle_backend make_backend() {
   b.kv_drop_one = cu_kv_drop_one;
   b.moe_route = cu_moe_route;
   b.moe_experts = cu_moe_experts;
+  b.sample = cu_sample;
   return b;
 }
 

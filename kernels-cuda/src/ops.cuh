@@ -61,6 +61,26 @@ void grouped_mm16(int is_bf16, const uint16_t *const *Wtab, int which, const int
 void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
                      int P, int N, int Kd, cudaStream_t st);
 
+// A token drawn from logits [V] on the device as as/sampler.ts draws it (sample.cu): temperature
+// (0: greedy), top-k (0: none), top-p (1: none), ln(min_p) (-inf: none); u in [0, 1)
+struct SampleParams {
+  float T, top_p, log_min_p;
+  int top_k;
+  double u;
+};
+// penalties and bias patched into a copy of the logits first (device arrays; n + nb may be 0)
+struct SamplePatch {
+  const int32_t *toks, *counts, *btoks;
+  const double *cbias, *bvals;
+  int n, nb;
+  double rep, freq, pres;
+};
+// scratch bytes sample() needs for V logits
+size_t sample_scratch_bytes(int V);
+// *out (device) = the token
+void sample(const float *logits, int V, const SampleParams &p, const SamplePatch &patch, void *scratch, int32_t *out,
+            cudaStream_t st);
+
 }  // namespace kle_ops
 
 #endif

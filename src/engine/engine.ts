@@ -30,7 +30,7 @@ export class EngineError extends Error {
     readonly code: number,
     detail = '',
   ) {
-    const what = { [-1]: 'invalid argument', [-2]: 'out of memory', [-3]: 'a required tensor is missing', [-4]: 'malformed state blob or blob of another model', [-5]: 'a CUDA call failed' }[code] ?? `error ${code}`;
+    const what = { [-1]: 'invalid argument', [-2]: 'out of memory', [-3]: 'a required tensor is missing', [-4]: 'malformed state blob or blob of another model', [-5]: 'a CUDA call failed', [-6]: 'not done by this backend' }[code] ?? `error ${code}`;
     super(`${fn}: ${what}${detail ? ` (${detail})` : ''}`);
     this.name = 'EngineError';
   }
@@ -205,6 +205,43 @@ export class EngineModel {
   }
 }
 
+/**
+ * A draw on the device (kle_session_sample): the sampler's settings and this step's penalty
+ * lists, as src/generate/sampler.ts keeps them.
+ */
+export interface DeviceDraw {
+  readonly temperature: number;
+  readonly topK: number;
+  readonly topP: number;
+  /** ln(min_p), -Infinity for none */
+  readonly logMinP: number;
+  readonly repetitionPenalty: number;
+  readonly frequencyPenalty: number;
+  readonly presencePenalty: number;
+  /** the context's distinct tokens, how often each came, and their logit bias (0: none) */
+  readonly toks: Int32Array;
+  readonly counts: Int32Array;
+  readonly cbias: Float64Array;
+  /** the other tokens with a logit bias */
+  readonly btoks: Int32Array;
+  readonly bvals: Float64Array;
+  /** the draw: u = uBits / 2^32 */
+  readonly uBits: number;
+}
+
+/**
+ * Where a session's last logits are. `address` is in the engine's memory (the wasm engine's, for
+ * a sampler to read in place); on a GPU reading it copies the logits to the host, and `draw`
+ * samples on the device instead, so they never leave it.
+ */
+export interface LogitsRef {
+  readonly backend: KernelBackend;
+  readonly address: number;
+  readonly vocabSize: number;
+  copy(): Float32Array;
+  draw?(d: DeviceDraw): number;
+}
+
 /** One conversation's state in the engine: KDA states, conv tails, MLA caches, logits. */
 export class EngineSession {
   private freed = false;
@@ -227,6 +264,20 @@ export class EngineSession {
    * token's ([n * vocab]) with `all`. One token uses the decode kernels, more the prefill ones.
    */
   forward(tokens: ArrayLike<number>, all = false): Float32Array {
+    const out = new Float32Array(all ? tokens.length * this.model.config.vocabSize : this.model.config.vocabSize);
+    this.run(tokens, out, all);
+    return out;
+  }
+
+  /**
+   * Runs tokens through the model without copying logits out: read them with
+   * {@link logitsRef} (in place, or drawn from on a GPU) or {@link logits}.
+   */
+  step(tokens: ArrayLike<number>): void {
+    this.run(tokens, null, false);
+  }
+
+  private run(tokens: ArrayLike<number>, out: Float32Array | null, all: boolean): void {
     const n = tokens.length;
     const V = this.model.config.vocabSize;
     for (let i = 0; i < n; i++) {
@@ -234,9 +285,7 @@ export class EngineSession {
       if (!Number.isInteger(t) || t < 0 || t >= V) throw new RangeError(`token ${t} at ${i} is outside the vocabulary (0..${V - 1})`);
     }
     if (n === 0) throw new RangeError('forward needs at least one token');
-    const out = new Float32Array(all ? n * V : V);
     check('kle_session_forward', call(this.model.backend, 'kle_session_forward', [this.live(), Int32Array.from(tokens), n, out, all ? 1 : 0]));
-    return out;
   }
 
   /** Tokens seen so far. */
@@ -248,11 +297,38 @@ export class EngineSession {
    * Where the last token's logits are, for a sampler to read in place (on the wasm backend the
    * address is in the engine's memory), or null before the first token.
    */
-  logitsRef(): { readonly backend: KernelBackend; readonly address: number; readonly vocabSize: number; copy(): Float32Array } | null {
-    const addr = call(this.model.backend, 'kle_session_logits', [this.live()]);
-    if (!addr) return null;
+  logitsRef(): LogitsRef | null {
     const b = this.model.backend, V = this.model.config.vocabSize;
-    return { backend: b, address: addr, vocabSize: V, copy: () => readF32(b, addr, V) };
+    if (!call(b, 'kle_session_has_logits', [this.live()])) return null;
+    const address = () => {
+      const a = call(b, 'kle_session_logits', [this.live()]);
+      if (!a) throw new EngineError('kle_session_logits', -5, 'copying the logits to the host');
+      return a;
+    };
+    if (b.name !== 'cuda') {
+      const a = address();
+      return { backend: b, address: a, vocabSize: V, copy: () => readF32(b, a, V) };
+    }
+    return {
+      backend: b,
+      get address() {
+        return address();
+      },
+      vocabSize: V,
+      copy: () => readF32(b, address(), V),
+      draw: (d) => this.draw(d),
+    };
+  }
+
+  /** A token drawn on the device from the last logits (kle_session_sample). */
+  private draw(d: DeviceDraw): number {
+    const n = d.toks.length, nb = d.btoks.length;
+    if (d.counts.length !== n || d.cbias.length !== n || d.bvals.length !== nb) throw new RangeError('draw: the penalty lists differ in length');
+    const bytes = (a: Float64Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+    const params = Float32Array.of(d.temperature, d.topP, d.logMinP, d.repetitionPenalty, d.frequencyPenalty, d.presencePenalty);
+    const rc = call(this.model.backend, 'kle_session_sample', [this.live(), params, d.topK, d.toks, d.counts, bytes(d.cbias), n, d.btoks, bytes(d.bvals), nb, d.uBits]);
+    if (rc < 0) throw new EngineError('kle_session_sample', rc, JSON.stringify({ ...d, toks: n, counts: undefined, cbias: undefined, btoks: nb, bvals: undefined }));
+    return rc;
   }
 
   /** The last token's logits (a copy), or null before the first token. */

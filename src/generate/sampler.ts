@@ -10,7 +10,7 @@
  * the same distribution, slowly.
  */
 import { WasmBackend } from '../engine/wasm-backend.js';
-import type { KernelBackend } from '../engine/backend.js';
+import type { DeviceDraw, LogitsRef } from '../engine/engine.js';
 import { engineSite, ownKernel, type KernelSite } from '../engine/sampler-kernel.js';
 import { runtimeModuleInstalled } from '../engine/as-module.js';
 import { biasEntries, ReferenceSampler, rng, validateSampling, type SamplingOptions } from './sampler-reference.js';
@@ -18,8 +18,20 @@ import { biasEntries, ReferenceSampler, rng, validateSampling, type SamplingOpti
 export { validateSampling, type SamplingOptions } from './sampler-reference.js';
 export { installRuntimeModule, runtimeModuleInstalled } from '../engine/as-module.js';
 
-/** Where the logits to sample from are: in a wasm engine's memory, or an array. */
-export type LogitsSource = Float32Array | { readonly backend: KernelBackend; readonly address: number; readonly vocabSize: number; copy(): Float32Array };
+/**
+ * Where the logits to sample from are: an array, or a session's (in a wasm engine's memory,
+ * read in place; on a GPU, drawn from there).
+ */
+export type LogitsSource = Float32Array | LogitsRef;
+
+/** The penalties' and the bias's lists for one draw. */
+interface Patches {
+  toks: Int32Array;
+  counts: Int32Array;
+  cbias: Float64Array;
+  btoks: Int32Array;
+  bvals: Float64Array;
+}
 
 export class Sampler {
   private readonly next: () => number;
@@ -47,6 +59,7 @@ export class Sampler {
 
   /** Picks a token from logits; `context` holds the tokens the penalties apply to. */
   sample(logits: LogitsSource, context: Iterable<number> = []): number {
+    if (!(logits instanceof Float32Array) && logits.draw) return logits.draw(this.deviceDraw(context));
     if (this.reference) return this.reference.sample(logits instanceof Float32Array ? logits : logits.copy(), context);
     let site: KernelSite, addr: number, V: number;
     if (!(logits instanceof Float32Array) && logits.backend instanceof WasmBackend) {
@@ -67,6 +80,22 @@ export class Sampler {
     return site.fns.sample(src, V, scratch, T, this.o.topK ?? 0, this.o.topP ?? 1, this.logMinP, this.next());
   }
 
+  /** A draw on the device: the same settings, lists and draw (consumed only when T > 0). */
+  private deviceDraw(context: Iterable<number>): DeviceDraw {
+    const o = this.o, T = o.temperature ?? 1;
+    return {
+      temperature: T,
+      topK: o.topK ?? 0,
+      topP: o.topP ?? 1,
+      logMinP: this.logMinP,
+      repetitionPenalty: o.repetitionPenalty ?? 1,
+      frequencyPenalty: o.frequencyPenalty ?? 0,
+      presencePenalty: o.presencePenalty ?? 0,
+      ...this.patches(context),
+      uBits: T === 0 ? 0 : Math.floor(this.next() * 4294967296),
+    };
+  }
+
   /**
    * The penalties and the bias applied to a copy of the logits in the kernel's memory (its
    * address), or 0 when there are none: the context's distinct tokens and their counts, kept
@@ -74,26 +103,39 @@ export class Sampler {
    */
   private adjusted(site: KernelSite, addr: number, V: number, scratch: number, context: Iterable<number>): number {
     if (!this.penalized && !this.biasMap.size) return 0;
-    if (this.penalized) this.count(context);
-    const n = this.penalized ? this.distinct : 0;
-    const others = [...this.biasMap].filter(([t]) => !(this.penalized && this.slotOf.has(t)));
-    const nb = others.length;
+    const p = this.patches(context);
+    const n = p.toks.length, nb = p.btoks.length;
     // toks, counts (i32 each), cbias (f64) for the context; btoks (i32), bvals (f64) for the rest
     const cb = (8 * n + 7) & ~7, bt = cb + 8 * n, bv = (bt + 4 * nb + 7) & ~7, end = bv + 8 * nb;
     const ptr = site.bufferFor(end);
     const mem = site.memory.buffer;
-    new Int32Array(mem, ptr, n).set(this.tokens.subarray(0, n));
-    new Int32Array(mem, ptr + 4 * n, n).set(this.countsOf.subarray(0, n));
-    const cbias = new Float64Array(mem, ptr + cb, n);
-    cbias.fill(0);
-    if (this.penalized) for (const [t, b] of this.biasMap) if (this.slotOf.has(t)) cbias[this.slotOf.get(t)!] = b;
-    const btoks = new Int32Array(mem, ptr + bt, nb), bvals = new Float64Array(mem, ptr + bv, nb);
-    others.forEach(([t, b], i) => {
-      btoks[i] = t;
-      bvals[i] = b;
-    });
+    new Int32Array(mem, ptr, n).set(p.toks);
+    new Int32Array(mem, ptr + 4 * n, n).set(p.counts);
+    new Float64Array(mem, ptr + cb, n).set(p.cbias);
+    new Int32Array(mem, ptr + bt, nb).set(p.btoks);
+    new Float64Array(mem, ptr + bv, nb).set(p.bvals);
     const o = this.o;
     return site.fns.penalize(addr, V, scratch, ptr, ptr + 4 * n, ptr + cb, n, o.repetitionPenalty ?? 1, o.frequencyPenalty ?? 0, o.presencePenalty ?? 0, ptr + bt, ptr + bv, nb) >>> 0;
+  }
+
+  /**
+   * The lists the penalties and the bias need: the context's distinct tokens with their counts
+   * and bias (when a penalty is on), and the other biased tokens.
+   */
+  private patches(context: Iterable<number>): Patches {
+    if (this.penalized) this.count(context);
+    const n = this.penalized ? this.distinct : 0;
+    const others = [...this.biasMap].filter(([t]) => !(this.penalized && this.slotOf.has(t)));
+    const cbias = new Float64Array(n);
+    if (this.penalized) for (const [t, b] of this.biasMap) if (this.slotOf.has(t)) cbias[this.slotOf.get(t)!] = b;
+    return {
+      // views: read before the context grows again
+      toks: this.tokens.subarray(0, n),
+      counts: this.countsOf.subarray(0, n),
+      cbias,
+      btoks: Int32Array.from(others, ([t]) => t),
+      bvals: Float64Array.from(others, ([, b]) => b),
+    };
   }
 
   /** Brings the counts up to date: an array that grew since the last call is counted from where it was. */

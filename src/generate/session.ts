@@ -117,6 +117,12 @@ export class Session {
    * With a budget that keeps the prompt, these tokens are pinned.
    */
   prefill(tokens: readonly number[]): Float32Array {
+    this.feed(tokens);
+    return this.engine.logits()!;
+  }
+
+  /** Runs prompt tokens through the model, the logits left where the engine put them. */
+  private feed(tokens: readonly number[]): void {
     const pin = this.budget?.keepPrompt === true;
     if (pin) {
       const room = pinnableTokens(this.budget!);
@@ -124,9 +130,8 @@ export class Session {
       if (pinned > room) throw new RangeError(`keepPrompt: ${pinned} prompt tokens do not fit kvBudget ${this.budget!.kvBudget} less sink ${this.budget!.sink} and window ${this.budget!.window} (${room})`);
       this.engine.pin(true);
     }
-    let l: Float32Array;
     try {
-      l = this.engine.forward(tokens);
+      this.engine.step(tokens);
     } finally {
       if (pin) this.engine.pin(false);
     }
@@ -134,7 +139,6 @@ export class Session {
     // one by one: push(...tokens) passes every token as an argument and overflows the stack
     // past ~120K tokens (a 128K-token prompt on a GPU node)
     for (const t of tokens) this.history.push(t);
-    return l;
   }
 
   /** Samples the next token from the current logits, runs it through the model, returns it. */
@@ -143,7 +147,7 @@ export class Session {
     if (!logits) throw new Error('decode needs a prefill first');
     const s = sampling instanceof Sampler ? sampling : new Sampler(sampling);
     const t = s.sample(logits, this.history);
-    this.engine.forward([t]);
+    this.engine.step([t]);
     this.history.push(t);
     return t;
   }
@@ -171,11 +175,11 @@ export class Session {
       if (!tok) throw new Error('this model has no tokenizer: pass token ids');
       ids = tok.encode(tok.applyChatTemplate(prompt as readonly ChatMessage[]));
     } else ids = [...(prompt as readonly number[])];
-    if (!ids.length && !this.engine.logits()) throw new RangeError('the prompt is empty');
+    if (!ids.length && !this.engine.logitsRef()) throw new RangeError('the prompt is empty');
     // model_max_length bounds the whole conversation: the prompt must fit, generation stops there
     const ctx = this.engine.model.config.maxContext ?? Infinity;
     if (this.history.length + ids.length > ctx) throw new RangeError(`the prompt (${ids.length} tokens, after ${this.history.length}) passes the model's context of ${ctx} tokens`);
-    if (ids.length) this.prefill(ids);
+    if (ids.length) this.feed(ids);
     const sampler = new Sampler(opts);
     const eos = new Set(this.model.eosTokenIds);
     const stops = (opts.stop ?? []).filter((s) => s.length > 0);
@@ -191,12 +195,12 @@ export class Session {
       const t = sampler.sample(this.engine.logitsRef()!, this.history);
       n++;
       if (eos.has(t)) {
-        this.engine.forward([t]);
+        this.engine.step([t]);
         this.history.push(t);
         reason = 'stop';
         break;
       }
-      this.engine.forward([t]);
+      this.engine.step([t]);
       this.history.push(t);
       pending += dec ? dec.push(t) : '';
       // hold back text that could still become a stop string
