@@ -11,7 +11,7 @@
 //   active expert weights, the LM head, the KDA states read and written, the MLA cache at that
 //   length) over the card's copy bandwidth measured now;
 // - a short prompt's prefill rate.
-// Contexts whose MLA cache (f32 for now) does not fit beside the weights are reported as such.
+// Contexts whose MLA cache (BF16, the GPU's default) does not fit beside the weights are reported as such.
 // Writes bench/results/gpu-48b-<gpu>.json and an SVG.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,8 +30,8 @@ import { lineChart } from './svg.js';
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, model: { type: 'string', default: 'both' }, profile: { type: 'boolean', default: false } } });
 // --profile: the GPU time of every operation, printed when the model closes (backend_cuda.cu)
 if (values.profile) process.env.KLE_CUDA_PROFILE = '1';
-// a little under each power of two: the 24 steps then fit the cache the session reserved
-const CONTEXTS = (values.quick ? [4096, 131072] : [4096, 131072, 262144, 524288, 1048576]).map((n) => n - 64);
+// a little under each power of two: the 3 + 3 x 24 steps then fit the cache the session reserved
+const CONTEXTS = (values.quick ? [4096, 131072] : [4096, 131072, 262144, 524288, 1048576]).map((n) => n - 128);
 const STEPS = 24;
 const GiB = 2 ** 30;
 
@@ -55,11 +55,11 @@ function activeWeightBytes(c: KimiConfig): number {
   return n + 2 * c.vocabSize * c.hiddenSize + 2 * c.hiddenSize; // LM head, one embedding row
 }
 
-function stateBytes(c: KimiConfig, context: number): { kda: number; mla: number } {
+function stateBytes(c: KimiConfig, context: number, kvBytes: number): { kda: number; mla: number } {
   const kinds = c.layerKinds;
   const kdaLayers = kinds.filter((k) => k === 'kda').length, mlaLayers = kinds.length - kdaLayers;
   const S = c.kda.numHeads * c.kda.headDim * c.kda.headDim * 4;
-  return { kda: 2 * kdaLayers * S, mla: mlaLayers * context * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim) * 4 };
+  return { kda: 2 * kdaLayers * S, mla: mlaLayers * context * (c.mla.kvLoraRank + c.mla.qkRopeHeadDim) * kvBytes };
 }
 
 /** median ms per token of decoding with a token sampled each step, on the host (after copying the logits) or on the GPU */
@@ -87,6 +87,7 @@ console.error(`${cuda.device}: copy bandwidth ${gbps.toFixed(0)} GB/s`);
 
 interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string; sampledHostMs?: number; sampledGpuMs?: number }
 const rows: Row[] = [];
+const kvFormats: string[] = [];
 const loads: { model: string; seconds: number; weightsGiB: number; freeAfterGiB: number; activeGiBPerToken: number; prefillTokens: number; prefillTokPerS: number }[] = [];
 
 const which = values.model === 'both' ? ['hybrid', 'all-MLA'] : [values.model!];
@@ -97,6 +98,7 @@ for (const name of which) {
   const model = EngineModel.synthesize(cuda, c, 7, 'bf16');
   const seconds = (performance.now() - t0) / 1000;
   const active = activeWeightBytes(c);
+  if (!kvFormats.includes(model.kvFormat)) kvFormats.push(model.kvFormat);
   // warm-up (clocks, first launches), then a short prompt's prefill
   const w = model.createSession();
   w.forward(Array.from({ length: 64 }, (_, i) => (i * 7919) % c.vocabSize));
@@ -108,13 +110,14 @@ for (const name of which) {
   loads.push({ model: name, seconds, weightsGiB: model.bytes() / GiB, freeAfterGiB: (model.deviceFree() ?? 0) / GiB, activeGiBPerToken: active / GiB, prefillTokens: PREFILL, prefillTokPerS });
   console.error(`${name}: made in ${seconds.toFixed(1)} s, ${(model.bytes() / GiB).toFixed(1)} GiB of weights, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} GiB free; prefill ${prefillTokPerS.toFixed(0)} tok/s`);
   for (const context of CONTEXTS) {
-    const st = stateBytes(c, context);
+    const kvBytes = model.kvFormat === 'bf16' ? 2 : 4;
+    const st = stateBytes(c, context, kvBytes);
     const limitMs = ((active + st.kda + st.mla) / (gbps * 1e9)) * 1e3;
     const base = { model: name, context, limitMs, mlaCacheGiB: st.mla / GiB };
     // the cache is reserved in powers of two of rows; keep 2 GiB for activations and logits
-    const reserve = stateBytes(c, 2 ** Math.ceil(Math.log2(context))).mla + 2 * GiB;
+    const reserve = stateBytes(c, 2 ** Math.ceil(Math.log2(context)), kvBytes).mla + 2 * GiB;
     if (reserve > (model.deviceFree() ?? 0)) {
-      rows.push({ ...base, msPerToken: null, ofLimit: null, note: `cache (f32) does not fit: ${(reserve / GiB).toFixed(1)} GiB needed, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} free` });
+      rows.push({ ...base, msPerToken: null, ofLimit: null, note: `cache (${model.kvFormat}) does not fit: ${(reserve / GiB).toFixed(1)} GiB needed, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} free` });
       continue;
     }
     const s = model.createSession();
@@ -133,7 +136,7 @@ const k = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)}M` : `${(
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
 console.log(table(['model', 'weights made (s)', 'weights GiB', 'free GiB', 'active GiB/token', `prefill ${loads[0]?.prefillTokens ?? 0} tok/s`],
   loads.map((l) => [l.model, l.seconds.toFixed(1), l.weightsGiB.toFixed(1), l.freeAfterGiB.toFixed(1), l.activeGiBPerToken.toFixed(2), l.prefillTokPerS.toFixed(0)])));
-console.log('\nTime per output token at batch 1 (BF16 weights, f32 MLA cache; median of 24 steps, logits copied to the host each step)\n');
+console.log(`\nTime per output token at batch 1 (BF16 weights, ${kvFormats.join('/')} MLA cache; median of 24 steps, logits copied to the host each step)\n`);
 console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
   rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
 const h = rows.filter((r) => r.model === 'hybrid' && r.msPerToken), a = rows.filter((r) => r.model === 'all-MLA' && r.msPerToken);
@@ -150,4 +153,4 @@ writeFileSync(join(packageRoot(), 'bench', 'results', `gpu-48b-tpot-${tag}.svg`)
       { name: `${m} limit`, points: rs.map((r) => [r.context, r.limitMs] as [number, number]) }] : [];
   }),
 ].filter((s) => s.points.length)));
-console.log(`wrote ${writeResultAs(`gpu-48b-${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, loads, rows })}`);
+console.log(`wrote ${writeResultAs(`gpu-48b-${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, kvFormats, loads, rows })}`);

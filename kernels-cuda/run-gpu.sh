@@ -66,7 +66,9 @@ if [ "$mode" = kv ]; then
   cp bench/results/kv-long-cuda-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
-VITEST="node node_modules/vitest/vitest.mjs run test/unit/cuda-parity.test.ts test/unit/cuda-sampling.test.ts"
+# one file at a time: the device-memory checks read the card's free memory, which another file's
+# models would move
+VITEST="node node_modules/vitest/vitest.mjs run --no-file-parallelism test/unit/cuda-parity.test.ts test/unit/cuda-sampling.test.ts"
 # CPU/GPU parity (the test CI skips), then the default model's part of it under compute-sanitizer;
 # SKIP_PARITY=1 goes straight to the benches (a call that repeats one already checked)
 [ -n "${SKIP_PARITY:-}" ] || $VITEST --pool=forks 2>&1 | tee "$OUT/parity.log" | tail -40

@@ -356,6 +356,15 @@ kle_addr kle_session_logits(kle_session *s);
 /* 1 when the session has logits (a token was forwarded, or a blob with logits loaded), else 0. */
 int kle_session_has_logits(kle_session *s);
 /*
+ * The MLA caches' format: KLE_W_BF16 by default where the backend keeps them so (CUDA, on
+ * tensor-core shapes: half the memory and half the bytes a decode step reads), else KLE_W_F32.
+ * KDA states stay f32, and state blobs hold f32 either way (a BF16 cache converts on the way).
+ * set: on a fresh session only (nothing forwarded or loaded); KLE_EINVAL for a format the
+ * backend does not keep.
+ */
+int kle_session_kv_format(kle_session *s);
+int kle_session_set_kv_format(kle_session *s, int fmt);
+/*
  * Draws the next token from the last logits where they are, without copying them to the host,
  * as the runtime's sampler (as/sampler.ts) does: the same penalties and bias, then temperature,
  * top-k, top-p and min-p; the kept tokens drawn in index order with u = u_bits / 2^32.

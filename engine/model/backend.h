@@ -125,8 +125,13 @@ struct kle_backend {
                    const float *beta, float *o, int T, int H, int K, int V, float scale);
   /* optional (NULL: none): the fused one-token KDA step; KLE_ENOSYS for shapes it does not run */
   int (*kda_fused_step)(kle_backend_ctx *ctx, const kle_kda_fused_args *a);
-  /* MLA: cache rows = (rmsnorm(kv[:R]) * w, kv[R:R+rope]) for T tokens */
-  int (*mla_cache_write)(kle_backend_ctx *ctx, const float *kv, const float *w, float *rows, int T, int R, int rope,
+  /*
+   * optional (NULL: f32 only): 1 when this backend keeps a model of this config's MLA caches in
+   * BF16 (kle_session_set_kv_format), which it then does by default
+   */
+  int (*kv_bf16_ok)(const int32_t *cfg);
+  /* MLA: cache rows = (rmsnorm(kv[:R]) * w, kv[R:R+rope]) for T tokens, stored as fmt (KLE_W_F32 or KLE_W_BF16) */
+  int (*mla_cache_write)(kle_backend_ctx *ctx, const float *kv, const float *w, void *rows, int fmt, int T, int R, int rope,
                          float eps);
   /* qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:]); W_uk [H, nope, R], q [T, H, nope+rope] */
   int (*mla_absorb)(kle_backend_ctx *ctx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope,
@@ -136,7 +141,7 @@ struct kle_backend {
    * with score (not NULL, [L0 + T]) each query in turn folds its attention into it as
    * kle_mla_decode_scored does, query t's own row L0 + t starting fresh
    */
-  int (*mla_attend)(kle_backend_ctx *ctx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv,
+  int (*mla_attend)(kle_backend_ctx *ctx, const float *qlat, const void *cache, int fmt, int L0, int T, int H, int D, int Dv,
                     float scale, float *out, float *score, float decay);
   /* a bounded cache's new rows: info[t] = (pos0 + t) | flag for t < T (kle_session.rowinfo) */
   int (*kv_note_rows)(kle_backend_ctx *ctx, uint32_t *info, int T, uint32_t pos0, uint32_t flag);
@@ -145,7 +150,7 @@ struct kle_backend {
    * M, in kv_budget.c's order (unguarded first, then lowest score, then oldest; guarded: position
    * < sink or >= recent, or pinned), its slot then taking row M - 1 (cache row, score, info)
    */
-  int (*kv_drop_one)(kle_backend_ctx *ctx, float *cache, int Dc, float *score, uint32_t *info, int M, uint32_t sink,
+  int (*kv_drop_one)(kle_backend_ctx *ctx, void *cache, int Dc, int fmt, float *score, uint32_t *info, int M, uint32_t sink,
                      int64_t recent);
   /* y[t, h] = W_uv[h] o[t, h]; W_uv [H, vh, R] */
   int (*mla_up_v)(kle_backend_ctx *ctx, const float *W_uv, const float *o, float *y, int T, int H, int vh, int R);

@@ -200,9 +200,12 @@ static int cpu_kda_recur(kle_backend_ctx *cx, float *S, const float *q, const fl
   return kle_kda_chunk(S, q, k, v, g, beta, o, T, H, K, V, scale, KLE_KDA_L2NORM_QK, 0);
 }
 
-static int cpu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, float *rows, int T, int R, int rope,
-                               float eps) {
+/* the CPU keeps its caches in f32 (no kv_bf16_ok): fmt is always KLE_W_F32 here */
+static int cpu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *rows_, int fmt, int T, int R,
+                               int rope, float eps) {
   (void)cx;
+  if (fmt != KLE_W_F32) return KLE_EINVAL;
+  float *rows = rows_;
   const size_t Dc = (size_t)R + rope;
   for (int t = 0; t < T; t++) {
     KLE_TRY(kle_rmsnorm(kv + t * Dc, w, rows + t * Dc, 1, R, eps));
@@ -229,9 +232,11 @@ static int cpu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q
   return rc;
 }
 
-static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, int L0, int T, int H, int D,
+static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const void *cache_, int fmt, int L0, int T, int H, int D,
                           int Dv, float scale, float *out, float *score, float decay) {
   (void)cx;
+  if (fmt != KLE_W_F32) return KLE_EINVAL;
+  const float *cache = cache_;
   if (score) {
     for (int t = 0; t < T; t++)
       KLE_TRY(kle_mla_decode_scored(qlat + (size_t)t * H * D, cache, L0 + t + 1, H, D, Dv, scale, out + (size_t)t * H * Dv,

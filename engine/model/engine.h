@@ -85,7 +85,8 @@ struct kle_session {
   uint32_t **rowinfo;  /* [layers]: per cached row its position | KLE_ROW_PINNED, backend memory, with a budget */
   float **score;       /* [layers]: per cached row its score, backend memory, with a budget */
   float **state;       /* [layers][KLE_MAX_STATE] fixed-size sections */
-  float **cache;       /* [layers]: cap rows of the mixer's cache, or NULL */
+  void **cache;        /* [layers]: cap rows of the mixer's cache, or NULL; values as kv_fmt */
+  int kv_fmt;          /* KLE_W_F32, or KLE_W_BF16 where the backend keeps MLA caches so */
   float *logits;       /* [vocab], host memory */
   float *logits_dev;   /* [vocab], backend memory (logits itself where that is the host's) */
   float *logits_all;   /* [batch, vocab], backend memory, made on first use (non-host backends) */
@@ -93,6 +94,13 @@ struct kle_session {
   float *x, *h, *y, *a[11], *small, *route_w, *moe_scratch;
   int32_t *route_idx;
 };
+
+/* bytes of one value of the session's caches */
+static inline size_t kle_kv_elem(const kle_session *s) { return s->kv_fmt == KLE_W_BF16 ? 2 : 4; }
+/* row `row` of layer l's cache, rows of Dc values */
+static inline void *kle_kv_row(const kle_session *s, int l, uint64_t row, uint64_t Dc) {
+  return (char *)s->cache[l] + row * Dc * kle_kv_elem(s);
+}
 
 /* model.c */
 const kle_layer_kind *kle_mixer_of(const kle_model *m, int layer);

@@ -67,7 +67,7 @@ static int evict_layer(kle_session *s, int l, kv_row *rows, float *score_host, u
   const int64_t recent = (int64_t)s->pos - s->window;
   /* a decode step's one row, chosen where the rows are (no round trip to the host on a GPU) */
   if (k == 1 && b->kv_drop_one)
-    return b->kv_drop_one(m->ctx, s->cache[l], (int)Dc, score, s->rowinfo[l], M, (uint32_t)s->sink, recent);
+    return b->kv_drop_one(m->ctx, s->cache[l], (int)Dc, s->kv_fmt, score, s->rowinfo[l], M, (uint32_t)s->sink, recent);
   KLE_TRY(b->download(m->ctx, score_host, score, sizeof(float) * (size_t)M));
   KLE_TRY(b->download(m->ctx, info, s->rowinfo[l], sizeof(uint32_t) * (size_t)M));
   for (int j = 0; j < M; j++) {
@@ -93,8 +93,7 @@ static int evict_layer(kle_session *s, int l, kv_row *rows, float *score_host, u
   for (int src = N; src < M && rc == KLE_OK; src++) {
     if (drop[src]) continue;
     while (!drop[hole]) hole++; /* as many holes below N as survivors at N and past */
-    float *c = s->cache[l];
-    rc = b->copy(m->ctx, c + (size_t)hole * Dc, c + (size_t)src * Dc, sizeof(float) * Dc);
+    rc = b->copy(m->ctx, kle_kv_row(s, l, (uint64_t)hole, Dc), kle_kv_row(s, l, (uint64_t)src, Dc), kle_kv_elem(s) * Dc);
     if (rc == KLE_OK) rc = b->copy(m->ctx, score + hole, score + src, sizeof(float));
     if (rc == KLE_OK) rc = b->copy(m->ctx, s->rowinfo[l] + hole, s->rowinfo[l] + src, sizeof(uint32_t));
     hole++;

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "../kernels/numfmt.h"
 
 #define BLOB_VERSION 1u
 #define BLOB_VERSION_BUDGET 2u
@@ -94,7 +95,9 @@ kle_session *kle_session_create(kle_model *m) {
   if (!s) return NULL;
   s->m = m;
   const int L = n_layers(m);
-  int ok = (s->state = calloc((size_t)L * KLE_MAX_STATE, sizeof(float *))) && (s->cache = calloc(L, sizeof(float *))) &&
+  /* a backend that can keeps MLA caches in BF16: half the memory and half the bytes a step reads */
+  s->kv_fmt = m->b->kv_bf16_ok && m->b->kv_bf16_ok(m->cfg) ? KLE_W_BF16 : KLE_W_F32;
+  int ok = (s->state = calloc((size_t)L * KLE_MAX_STATE, sizeof(float *))) && (s->cache = calloc(L, sizeof(void *))) &&
            make_arena(s) == KLE_OK;
   if (ok) {
     s->logits = m->b->host_memory ? s->logits_dev : calloc(m->cfg[KLE_CFG_VOCAB], sizeof(float));
@@ -131,6 +134,23 @@ kle_addr kle_session_logits(kle_session *s) {
 }
 
 int kle_session_has_logits(kle_session *s) { return s && s->has_logits; }
+
+int kle_session_kv_format(kle_session *s) { return s ? s->kv_fmt : KLE_EINVAL; }
+
+int kle_session_set_kv_format(kle_session *s, int fmt) {
+  if (!s || s->pos || s->len) return KLE_EINVAL;
+  const kle_model *m = s->m;
+  if (fmt != KLE_W_F32 && !(fmt == KLE_W_BF16 && m->b->kv_bf16_ok && m->b->kv_bf16_ok(m->cfg))) return KLE_EINVAL;
+  if (fmt == s->kv_fmt) return KLE_OK;
+  /* empty caches of the old format go; the next forward reserves the new */
+  for (int l = 0; l < n_layers(m); l++) {
+    m->b->release(m->ctx, s->cache[l]);
+    s->cache[l] = NULL;
+  }
+  s->cap = 0; /* a budget's row arrays are grown again with the caches */
+  s->kv_fmt = fmt;
+  return KLE_OK;
+}
 
 int kle_session_sample(kle_session *s, const float *params, int top_k, const int32_t *toks, const int32_t *counts,
                        const uint8_t *cbias, int n, const int32_t *btoks, const uint8_t *bvals, int nb, int64_t u_bits) {
@@ -223,7 +243,8 @@ int kle_session_reserve(kle_session *s, int need) {
     if (!row) continue;
     /* all of a layer's new arrays first: a failure leaves the layer as it was */
     const int scored = s->rowinfo && s->rowinfo[l];
-    float *p = grown(m, s->cache[l], sizeof(float) * row * len, kle_mul64(kle_mul64(row, (uint64_t)cap), sizeof(float)));
+    const size_t elem = kle_kv_elem(s);
+    void *p = grown(m, s->cache[l], elem * row * len, kle_mul64(kle_mul64(row, (uint64_t)cap), elem));
     float *sc = scored ? grown(m, s->score[l], sizeof(float) * len, kle_mul64((uint64_t)cap, sizeof(float))) : NULL;
     uint32_t *ri = scored ? grown(m, s->rowinfo[l], sizeof(uint32_t) * len, kle_mul64((uint64_t)cap, sizeof(uint32_t))) : NULL;
     if (!p || (scored && (!sc || !ri))) { /* caches grown so far still hold their rows: nothing is lost */
@@ -245,7 +266,39 @@ int kle_session_reserve(kle_session *s, int need) {
   return KLE_OK;
 }
 
-/* copies every section of the blob body between host bytes p and the session (to_host: save) */
+/* a BF16 cache's n values to or from the blob's f32 (p), through a bounded host buffer */
+static int move_bf16(kle_session *s, uint8_t *p, uint16_t *dev, size_t n, int to_host) {
+  const kle_model *m = s->m;
+  enum { CHUNK = 1 << 20 };
+  uint16_t *tmp = malloc(sizeof(uint16_t) * (n < CHUNK ? n : CHUNK));
+  if (!tmp) return KLE_ENOMEM;
+  int rc = KLE_OK;
+  for (size_t off = 0; off < n && rc == KLE_OK; off += CHUNK) {
+    const size_t c = n - off < CHUNK ? n - off : CHUNK;
+    uint8_t *q = p + 4 * off;
+    if (to_host) {
+      rc = m->b->download(m->ctx, tmp, dev + off, sizeof(uint16_t) * c);
+      for (size_t i = 0; rc == KLE_OK && i < c; i++) {
+        const float f = bf16_to_f32(tmp[i]);
+        memcpy(q + 4 * i, &f, 4);
+      }
+    } else {
+      for (size_t i = 0; i < c; i++) {
+        float f;
+        memcpy(&f, q + 4 * i, 4);
+        /* finite values stay finite: the largest floats would round up to infinity */
+        f = f > 3.3895313e38f ? 3.3895313e38f : f < -3.3895313e38f ? -3.3895313e38f : f;
+        tmp[i] = f32_to_bf16(f);
+      }
+      rc = m->b->upload(m->ctx, dev + off, tmp, sizeof(uint16_t) * c);
+    }
+  }
+  free(tmp);
+  return rc;
+}
+
+/* copies every section of the blob body between host bytes p and the session (to_host: save);
+ * blobs hold f32 whatever the caches' format, so they move between backends */
 static int move_body(kle_session *s, uint8_t *p, int rows, int to_host, int budgeted) {
   const kle_model *m = s->m;
   const kle_backend *b = m->b;
@@ -253,10 +306,13 @@ static int move_body(kle_session *s, uint8_t *p, int rows, int to_host, int budg
     const kle_layer_kind *k = kle_mixer_of(m, l);
     for (int i = 0; i <= k->n_state; i++) {
       /* each section is part of a blob whose whole size was checked */
-      const size_t bytes = (size_t)(4 * (i < k->n_state ? k->state_floats(m, i) : (uint64_t)rows * k->cache_row_floats(m)));
-      float *dev = i < k->n_state ? s->state[(size_t)l * KLE_MAX_STATE + i] : s->cache[l];
-      if (bytes) KLE_TRY(to_host ? b->download(m->ctx, p, dev, bytes) : b->upload(m->ctx, dev, p, bytes));
-      p += bytes;
+      const size_t n = (size_t)(i < k->n_state ? k->state_floats(m, i) : (uint64_t)rows * k->cache_row_floats(m));
+      void *dev = i < k->n_state ? s->state[(size_t)l * KLE_MAX_STATE + i] : s->cache[l];
+      if (n && i == k->n_state && s->kv_fmt == KLE_W_BF16)
+        KLE_TRY(move_bf16(s, p, dev, n, to_host));
+      else if (n)
+        KLE_TRY(to_host ? b->download(m->ctx, p, dev, 4 * n) : b->upload(m->ctx, dev, p, 4 * n));
+      p += 4 * n;
     }
     if (budgeted && k->cache_row_floats(m)) {
       const size_t bytes = 4 * (size_t)rows;

@@ -147,7 +147,7 @@ int kle_session_synthesize(kle_session *s, int len, int seed) {
       KLE_TRY(m->b->synth(m->ctx, s->state[(size_t)l * KLE_MAX_STATE + i], KLE_W_F32, k->state_floats(m, i),
                           stream + 0x100000000ull * (uint64_t)(i + 1), 0.0f, i + 1 < k->n_state ? 0.5f : 0.02f));
     const uint64_t row = k->cache_row_floats(m);
-    if (row && len > 0) KLE_TRY(m->b->synth(m->ctx, s->cache[l], KLE_W_F32, kle_mul64(row, (uint64_t)len), stream, 0.0f, 1.0f));
+    if (row && len > 0) KLE_TRY(m->b->synth(m->ctx, s->cache[l], s->kv_fmt, kle_mul64(row, (uint64_t)len), stream, 0.0f, 1.0f));
   }
   s->pos = s->len = len;
   s->has_logits = 0;

@@ -57,7 +57,7 @@ for (H, Dl, Dr, L, amp) in [(8, 64, 32, 1, 1), (8, 64, 32, 300, 1), (16, 128, 64
 # that takes latents the other cannot (Dv = 48).
 fa = lib.kle_cuda_mla_attend
 fa.restype = ctypes.c_int
-fa.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+fa.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
 fab = lib.kle_cuda_mla_attend_workspace_bytes
 fab.restype = ctypes.c_long
 fab.argtypes = [ctypes.c_int] * 4
@@ -66,7 +66,7 @@ ATTEND_SHAPES = [(4, 64, 16, 0, 1), (4, 64, 16, 0, 300), (4, 64, 16, 5000, 1), (
 
 
 def attend(q, cache, L0, T, H, D, Dv, scale, out, ws, wb):
-    rc = fa(q.data_ptr(), cache.data_ptr(), L0, T, H, D, Dv, scale, out.data_ptr(), ws.data_ptr(), wb, torch.cuda.current_stream().cuda_stream)
+    rc = fa(q.data_ptr(), cache.data_ptr(), 1 if cache.dtype == torch.bfloat16 else 0, L0, T, H, D, Dv, scale, out.data_ptr(), ws.data_ptr(), wb, torch.cuda.current_stream().cuda_stream)
     assert rc == 0, rc
 
 
@@ -88,6 +88,28 @@ for (H, Dl, Dr, L0, T) in ATTEND_SHAPES:
     worst = max(worst, e)
     results["checks"].append({"kernel": "attend", "H": H, "D": D, "Dv": Dv, "L0": L0, "T": T, "relErr": e})
     print(f"attend H={H:2d} D={Dl}+{Dr} L0={L0:6d} T={T:4d}: rel err {e:.2e}  {'ok' if e < 1e-5 else 'FAIL'}")
+# a BF16 cache (the engine's default on the GPU), tensor-core shapes: against float64 over the
+# same BF16 values, so the bar stays f32's
+for (H, Dl, Dr, L0, T) in ATTEND_SHAPES:
+    D, Dv = Dl + Dr, Dl
+    if D % 8 or Dv % 64:
+        continue
+    q = torch.randn(T, H, D, device=dev, generator=g)
+    cache = torch.randn(L0 + T, D, device=dev, generator=g).bfloat16()
+    scale = (Dl // 4 + Dr) ** -0.5
+    wb = fab(L0 + T, T, H, Dv)
+    ws = torch.empty(wb // 4 + 1, device=dev)
+    out = torch.empty(T, H, Dv, device=dev)
+    attend(q, cache, L0, T, H, D, Dv, scale, out, ws, wb)
+    torch.cuda.synchronize()
+    s = torch.einsum("thd,ld->thl", q.double(), cache.double()) * scale
+    mask = torch.arange(L0 + T, device=dev)[None, :] > (L0 + torch.arange(T, device=dev))[:, None]
+    s = s.masked_fill(mask[:, None, :], float("-inf"))
+    ref = torch.einsum("thl,ld->thd", torch.softmax(s, dim=-1), cache.double()[:, :Dv])
+    e = ((out.double() - ref).norm() / ref.norm()).item()
+    worst = max(worst, e)
+    results["checks"].append({"kernel": "attend, BF16 cache", "H": H, "D": D, "Dv": Dv, "L0": L0, "T": T, "relErr": e})
+    print(f"attend, BF16 cache H={H:2d} D={Dl}+{Dr} L0={L0:6d} T={T:4d}: rel err {e:.2e}  {'ok' if e < 1e-5 else 'FAIL'}")
 cudabench.finish_checks(results, worst, check_only)
 
 
@@ -111,8 +133,16 @@ for L in (131072, 1048576):
     t = graph_time(torch_absorbed)
     by = L * D * 4
     row = {"L": L, "H": H, "D": D, "oursUs": ours, "oursTBs": by / (ours * 1e-6) / 1e12, "torchUs": t, "torchTBs": by / (t * 1e-6) / 1e12}
+    # the engine's decode with a BF16 cache: half the bytes, 2xTF32
+    cb = cache.bfloat16()
+    wb = fab(L, 1, H, Dv)
+    wsa = torch.empty(wb // 4 + 1, device=dev)
+    ob = torch.empty(1, H, Dv, device=dev)
+    bf = graph_time(lambda: attend(q, cb, L - 1, 1, H, D, Dv, scale, ob, wsa, wb))
+    row["bf16Us"] = bf
+    row["bf16TBs"] = L * D * 2 / (bf * 1e-6) / 1e12
     results["timing"].append(row)
-    print(f"L={L:8d} H={H} D={Dl}+{Dr}: ours {ours:.1f} us ({row['oursTBs']:.2f} TB/s of cache read), torch absorbed {t:.1f} us ({row['torchTBs']:.2f} TB/s)")
+    print(f"L={L:8d} H={H} D={Dl}+{Dr}: ours {ours:.1f} us ({row['oursTBs']:.2f} TB/s of cache read), BF16 cache {bf:.1f} us ({row['bf16TBs']:.2f} TB/s), torch absorbed {t:.1f} us ({row['torchTBs']:.2f} TB/s)")
 # prefill attention: one engine batch of queries at the end of a 128K context, the default model's
 # shape (4 heads, latent 64 + 16: the GPU node's long-context run) and 48B's, next to PyTorch doing
 # the same causal attention in f32 (scores, mask, softmax, values)

@@ -18,10 +18,10 @@ dev = "cuda"
 torch.backends.cuda.matmul.allow_tf32 = False
 fa = lib.kle_cuda_mla_attend
 fa.restype = ctypes.c_int
-fa.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+fa.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
 fs = lib.kle_cuda_mla_attend_scored
 fs.restype = ctypes.c_int
-fs.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+fs.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
 wa = lib.kle_cuda_mla_attend_workspace_bytes
 wa.restype = ctypes.c_long
 wa.argtypes = [ctypes.c_int] * 4
@@ -41,7 +41,7 @@ for (H, Dl, Dr, L0, T, decay) in [(8, 256, 32, 0, 1, 0.9), (8, 256, 32, 4096, 1,
     want_score = score.double().clone()
     ws = torch.empty(max(1, ws_(L, T, H, Dv)) // 4 + 1, device=dev)
     out = torch.empty(T, H, Dv, device=dev)
-    rc = fs(q.data_ptr(), cache.data_ptr(), L0, T, H, D, Dv, scale, out.data_ptr(), score.data_ptr(), decay, ws.data_ptr(), ws.numel() * 4, torch.cuda.current_stream().cuda_stream)
+    rc = fs(q.data_ptr(), cache.data_ptr(), 0, L0, T, H, D, Dv, scale, out.data_ptr(), score.data_ptr(), decay, ws.data_ptr(), ws.numel() * 4, torch.cuda.current_stream().cuda_stream)
     assert rc == 0, rc
     torch.cuda.synchronize()
     ref_out = torch.empty(T, H, Dv, dtype=torch.float64, device=dev)
@@ -73,8 +73,8 @@ for (H, Dl, Dr, L) in [(8, 256, 32, 4097), (32, 512, 64, 4097), (32, 512, 64, 65
     wsa = torch.empty(max(1, wa(L, 1, H, Dv)) // 4 + 1, device=dev)
     wss = torch.empty(max(1, ws_(L, 1, H, Dv)) // 4 + 1, device=dev)
     calls = {
-        "unscored": lambda: fa(q.data_ptr(), cache.data_ptr(), L - 1, 1, H, D, Dv, scale, out.data_ptr(), wsa.data_ptr(), wsa.numel() * 4, torch.cuda.current_stream().cuda_stream),
-        "scored": lambda: fs(q.data_ptr(), cache.data_ptr(), L - 1, 1, H, D, Dv, scale, out.data_ptr(), score.data_ptr(), 1.0, wss.data_ptr(), wss.numel() * 4, torch.cuda.current_stream().cuda_stream),
+        "unscored": lambda: fa(q.data_ptr(), cache.data_ptr(), 0, L - 1, 1, H, D, Dv, scale, out.data_ptr(), wsa.data_ptr(), wsa.numel() * 4, torch.cuda.current_stream().cuda_stream),
+        "scored": lambda: fs(q.data_ptr(), cache.data_ptr(), 0, L - 1, 1, H, D, Dv, scale, out.data_ptr(), score.data_ptr(), 1.0, wss.data_ptr(), wss.numel() * 4, torch.cuda.current_stream().cuda_stream),
     }
     row = {"H": H, "D": D, "Dv": Dv, "L": L}
     for name, fn in calls.items():

@@ -91,12 +91,13 @@ int kle_cuda_kda_chunk(float *S, const float *q, const float *k, const float *v,
  * a decode): q [T, H, D], cache [L0 + T, D] with the queries' own rows already written, query i
  * attends to rows 0 .. L0 + i; out [T, H, Dv]. Any H; D <= 640, Dv <= min(D, 512). With D a
  * multiple of 8 and Dv of 64 it runs kle_cuda_mla_decode's tensor-core kernel over every
- * (query, head) row, else a kernel of one warp per (query, head, span) on the CUDA cores.
+ * (query, head) row, else a kernel of one warp per (query, head, span) on the CUDA cores. The
+ * cache is f32, or BF16 (cache_bf16 = 1: its values' bits as uint16_t; tensor-core shapes only).
  * workspace: kle_cuda_mla_attend_workspace_bytes(L0 + T, T, H, Dv) bytes of device memory.
  */
 long kle_cuda_mla_attend_workspace_bytes(int L, int T, int H, int Dv);
-int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
-                        float scale, float *out, void *workspace, long workspace_bytes,
+int kle_cuda_mla_attend(const float *q, const void *cache, int cache_bf16, int L0, int T, int H, int D,
+                        int Dv, float scale, float *out, void *workspace, long workspace_bytes,
                         void *stream);
 
 /*
@@ -108,9 +109,9 @@ int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H
  * workspace: kle_cuda_mla_attend_scored_workspace_bytes(L0 + T, T, H, Dv) bytes.
  */
 long kle_cuda_mla_attend_scored_workspace_bytes(int L, int T, int H, int Dv);
-int kle_cuda_mla_attend_scored(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
-                               float scale, float *out, float *score, float decay, void *workspace,
-                               long workspace_bytes, void *stream);
+int kle_cuda_mla_attend_scored(const float *q, const void *cache, int cache_bf16, int L0, int T, int H,
+                               int D, int Dv, float scale, float *out, float *score, float decay,
+                               void *workspace, long workspace_bytes, void *stream);
 
 /*
  * Absorbed MLA decode for one query token over a latent cache, split across the context

@@ -427,9 +427,10 @@ int cu_kda_fused_step(kle_backend_ctx *cx, const kle_kda_fused_args *a) {
   return kle_cuda_kda_layer_step(&la, 1, a->H, a->K, a->V, a->W, a->scale, cx->st);
 }
 
-int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, float *rows, int T, int R, int rope, float eps) {
+int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *rows, int fmt, int T, int R, int rope,
+                       float eps) {
   Span sp(cx, "mla_cache_write", T);
-  kle_ops::mla_cache_write(kv, w, rows, T, R, rope, eps, cx->st);
+  kle_ops::mla_cache_write(kv, w, rows, fmt == KLE_W_BF16, T, R, rope, eps, cx->st);
   return launched();
 }
 
@@ -444,8 +445,9 @@ int cu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float 
 
 // decode and prefill alike: the tensor-core kernel where the latent widths allow; a bounded
 // cache's scored attention in groups of queries whose scores fit SCORED_WS_BYTES
-int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, int L0, int T, int H, int D, int Dv, float scale,
-                  float *out, float *score, float decay) {
+int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const void *cache, int fmt, int L0, int T, int H, int D, int Dv,
+                  float scale, float *out, float *score, float decay) {
+  const int bf16 = fmt == KLE_W_BF16;
   Span sp(cx, score ? "mla_attend scored" : "mla_attend", L0, T);
   if (score) {
     long per_query = (long)H * (L0 + T) * 4;
@@ -455,13 +457,13 @@ int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const float *cache, in
       const int n = T - t0 < group ? T - t0 : group;
       const long ws = kle_cuda_mla_attend_scored_workspace_bytes(L0 + t0 + n, n, H, Dv);
       KLE_TRY(ensure_ws(cx, ws));
-      KLE_TRY(kle_cuda_mla_attend_scored(qlat + (size_t)t0 * H * D, cache, L0 + t0, n, H, D, Dv, scale,
+      KLE_TRY(kle_cuda_mla_attend_scored(qlat + (size_t)t0 * H * D, cache, bf16, L0 + t0, n, H, D, Dv, scale,
                                          out + (size_t)t0 * H * Dv, score, decay, cx->ws, cx->ws_bytes, cx->st));
     }
     return KLE_OK;
   }
   KLE_TRY(ensure_ws(cx, kle_cuda_mla_attend_workspace_bytes(L0 + T, T, H, Dv)));
-  return kle_cuda_mla_attend(qlat, cache, L0, T, H, D, Dv, scale, out, cx->ws, cx->ws_bytes, cx->st);
+  return kle_cuda_mla_attend(qlat, cache, bf16, L0, T, H, D, Dv, scale, out, cx->ws, cx->ws_bytes, cx->st);
 }
 
 // ---------------------------------------------------------------- the bounded MLA cache (kv_budget.c)
@@ -488,7 +490,8 @@ __device__ inline unsigned long long kv_key(const float *score, const uint32_t *
 }
 
 // one block: the row to drop among M, then row M - 1 moves into its slot
-__global__ void __launch_bounds__(1024) kv_drop_one_kernel(float *cache, int Dc, float *score, uint32_t *info, int M, uint32_t sink,
+// (the row moves as 32-bit words: Dc of them for f32 values, Dc / 2 for BF16 ones)
+__global__ void __launch_bounds__(1024) kv_drop_one_kernel(uint32_t *cache, int Dc, float *score, uint32_t *info, int M, uint32_t sink,
                                                             long long recent) {
   __shared__ unsigned long long best[1024];
   __shared__ int who[1024];
@@ -517,9 +520,11 @@ __global__ void __launch_bounds__(1024) kv_drop_one_kernel(float *cache, int Dc,
   }
 }
 
-int cu_kv_drop_one(kle_backend_ctx *cx, float *cache, int Dc, float *score, uint32_t *info, int M, uint32_t sink, int64_t recent) {
-  if (M <= 0 || Dc <= 0) return KLE_EINVAL;
-  kv_drop_one_kernel<<<1, 1024, 0, cx->st>>>(cache, Dc, score, info, M, sink, (long long)recent);
+int cu_kv_drop_one(kle_backend_ctx *cx, void *cache, int Dc, int fmt, float *score, uint32_t *info, int M, uint32_t sink,
+                   int64_t recent) {
+  if (M <= 0 || Dc <= 0 || (fmt == KLE_W_BF16 && Dc % 2)) return KLE_EINVAL;
+  kv_drop_one_kernel<<<1, 1024, 0, cx->st>>>((uint32_t *)cache, fmt == KLE_W_BF16 ? Dc / 2 : Dc, score, info, M, sink,
+                                             (long long)recent);
   return launched();
 }
 
@@ -627,6 +632,12 @@ int cu_sample(kle_backend_ctx *cx, const float *logits, int V, const kle_sample_
   return cu_download(cx, token, out, sizeof *token);
 }
 
+// BF16 MLA caches where the tensor-core attention reads them (the latent widths it takes)
+int cu_kv_bf16_ok(const int32_t *c) {
+  const int D = c[KLE_CFG_KV_RANK] + c[KLE_CFG_QK_ROPE], Dv = c[KLE_CFG_KV_RANK];
+  return D % 8 == 0 && D <= 640 && Dv % 64 == 0 && Dv <= 512;
+}
+
 // shapes the CUDA kernels run; the engine's own config checks come first
 int cu_supports(const int32_t *c, const int32_t *kinds) {
   bool kda = false, mla = false;
@@ -669,6 +680,7 @@ kle_backend make_backend() {
   b.kda_gate = cu_kda_gate;
   b.kda_recur = cu_kda_recur;
   b.kda_fused_step = cu_kda_fused_step;
+  b.kv_bf16_ok = cu_kv_bf16_ok;
   b.mla_cache_write = cu_mla_cache_write;
   b.mla_absorb = cu_mla_absorb;
   b.mla_attend = cu_mla_attend;

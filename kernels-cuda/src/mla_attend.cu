@@ -125,11 +125,14 @@ __global__ void mla_fold_scores(const float *__restrict__ logits, const float *_
   score[j] = sc;
 }
 
-extern "C" int kle_cuda_mla_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale,
-                                   float *out, void *workspace, long workspace_bytes, void *stream) {
+extern "C" int kle_cuda_mla_attend(const float *q, const void *cache_, int cache_bf16, int L0, int T, int H, int D, int Dv,
+                                   float scale, float *out, void *workspace, long workspace_bytes, void *stream) {
   if (L0 < 0 || T <= 0 || H <= 0 || D <= 0 || D > 32 * QREG || Dv <= 0 || Dv > D || Dv > 32 * VREG || !workspace)
     return KLE_EINVAL;
-  if (kle_mla::tc_fits(D, Dv)) return kle_mla::tc_attend(q, cache, L0, T, H, D, Dv, scale, out, nullptr, workspace, workspace_bytes, stream, nullptr);
+  if (kle_mla::tc_fits(D, Dv))
+    return kle_mla::tc_attend(q, cache_, cache_bf16, L0, T, H, D, Dv, scale, out, nullptr, workspace, workspace_bytes, stream, nullptr);
+  if (cache_bf16) return KLE_EINVAL;  // the CUDA-core kernel reads f32 rows only
+  const float *cache = (const float *)cache_;
   const int L = L0 + T, S = attend_spans(L, T, H);
   if (workspace_bytes < warp_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
   const int span = (L + S - 1) / S;
@@ -153,12 +156,13 @@ extern "C" long kle_cuda_mla_attend_scored_workspace_bytes(int L, int T, int H, 
   return (a > b ? a : b) + ((long)T * H * L + (long)T * H) * 4;
 }
 
-extern "C" int kle_cuda_mla_attend_scored(const float *q, const float *cache, int L0, int T, int H, int D, int Dv,
-                                          float scale, float *out, float *score, float decay, void *workspace,
+extern "C" int kle_cuda_mla_attend_scored(const float *q, const void *cache_, int cache_bf16, int L0, int T, int H, int D,
+                                          int Dv, float scale, float *out, float *score, float decay, void *workspace,
                                           long workspace_bytes, void *stream) {
   if (L0 < 0 || T <= 0 || H <= 0 || D <= 0 || D > 32 * QREG || Dv <= 0 || Dv > D || Dv > 32 * VREG || !workspace ||
-      !score || !(decay >= 0.f && decay <= 1.f))
+      !score || !(decay >= 0.f && decay <= 1.f) || (cache_bf16 && !kle_mla::tc_fits(D, Dv)))
     return KLE_EINVAL;
+  const float *cache = (const float *)cache_;
   const int L = L0 + T, S = attend_spans(L, T, H);
   if (workspace_bytes < kle_cuda_mla_attend_scored_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
   const int tc = kle_mla::tc_fits(D, Dv);
@@ -167,7 +171,7 @@ extern "C" int kle_cuda_mla_attend_scored(const float *q, const float *cache, in
   cudaStream_t st = (cudaStream_t)stream;
   // the tensor-core kernel where it runs (it reads each row once for all heads), writing its scores
   if (tc) {
-    const int rc = kle_mla::tc_attend(q, cache, L0, T, H, D, Dv, scale, out, lse, workspace, kbytes, stream, logits);
+    const int rc = kle_mla::tc_attend(q, cache_, cache_bf16, L0, T, H, D, Dv, scale, out, lse, workspace, kbytes, stream, logits);
     if (rc != KLE_OK) return rc;
     mla_fold_scores<<<(L + 255) / 256, 256, 0, st>>>(logits, lse, L0, T, H, decay, score);
     return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;

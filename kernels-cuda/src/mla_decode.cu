@@ -11,7 +11,9 @@
 // in registers. A decode runs one block per SM; a second kernel merges the spans with their
 // log-sum-exps (lse_merge.cuh).
 //
-// Both products run on tensor cores in 3xTF32 (tc.cuh), so results keep f32 accuracy. With 32
+// Both products run on tensor cores in 3xTF32 (tc.cuh), so results keep f32 accuracy. A BF16
+// cache (the engine's default on the GPU) streams half the bytes into tiles of half the size; a
+// BF16 value is exact in TF32, so its low part is zero and each product drops that pass (2xTF32). With 32
 // heads a cache row costs 2 H (D + Dv) flops for its 4 D bytes, about 30 flops a byte: f32 CUDA
 // cores cap that far below the memory's rate (README, 'Layouts measured'), while TF32 mma has
 // room to spare even at three products per multiply.
@@ -52,8 +54,9 @@ int splits_for(int L) {
 
 __host__ __device__ constexpr int row_stride(int D) { return ((D + 31) & ~31) + 8; }
 
-size_t smem_bytes(int D) {
-  return sizeof(float) * ((size_t)2 * TJ * row_stride(D) + (size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
+// two tiles of cache rows (elem bytes each value), then the float arrays
+size_t smem_bytes(int D, size_t elem) {
+  return elem * 2 * TJ * row_stride(D) + sizeof(float) * ((size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
 }
 
 int sm_count() {
@@ -86,16 +89,27 @@ long plan_bytes(const Plan &p, int Dv) { return (long)p.groups * p.n * p.slots *
 }  // namespace
 
 // rows jt .. jt + TJ - 1 (those < j1; the rest zero-filled, so no NaN reaches the mma) into sc:
-// warp w takes rows w, w + 8, ..., its lanes 16-byte pieces along the row
-__device__ __forceinline__ void load_tile(const float *__restrict__ cache, int jt, int j1, int D, int DS, float *sc) {
+// warp w takes rows w, w + 8, ..., its lanes 16-byte pieces along the row (4 f32 or 8 BF16 values)
+template <class CT>
+__device__ __forceinline__ void load_tile(const CT *__restrict__ cache, int jt, int j1, int D, int DS, CT *sc) {
+  constexpr int PER = 16 / sizeof(CT);
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int r = w; r < TJ; r += NWARP) {
     const bool ok = jt + r < j1;
-    const float *src = ok ? cache + (size_t)(jt + r) * D : cache;
-    for (int c = lane * 4; c < D; c += 128) cp_async16_zfill(sc + r * DS + c, ok ? src + c : cache, ok);
+    const CT *src = ok ? cache + (size_t)(jt + r) * D : cache;
+    for (int c = lane * PER; c < D; c += 32 * PER) cp_async16_zfill(sc + r * DS + c, ok ? src + c : cache, ok);
   }
   cp_async_commit();
 }
+
+// a tile's values as floats: f32 as they are, BF16 (uint16_t bits) widened
+__device__ __forceinline__ float2 ld2(const float *p) { return *reinterpret_cast<const float2 *>(p); }
+__device__ __forceinline__ float2 ld2(const uint16_t *p) {
+  const uint32_t b = *reinterpret_cast<const uint32_t *>(p);
+  return make_float2(__uint_as_float(b << 16), __uint_as_float(b & 0xffff0000u));
+}
+__device__ __forceinline__ float ld1(const float *p) { return *p; }
+__device__ __forceinline__ float ld1(const uint16_t *p) { return __uint_as_float((uint32_t)*p << 16); }
 
 // DC, HC, DVC: the shape when known at compile time (Kimi-Linear's 32 heads, 512 + 64 latent: every
 // shared address a constant offset, no tile predicates), 0 for any other
@@ -103,12 +117,15 @@ __device__ __forceinline__ void load_tile(const float *__restrict__ cache, int j
 // Rows: the T queries' heads flattened (row r = query r / Hq, head r % Hq), 32 to a group, one
 // group per blockIdx.y; row r sees cache rows below L0 + r / Hq + 1 (causal; a decode has T = 1,
 // L0 = L - 1). Partial results of block (x, y) go to part y * gridDim.x + x, `slots` rows each.
-template <int DC, int HC, int DVC>
-__global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const float *__restrict__ cache, int L0,
+template <int DC, int HC, int DVC, class CT>
+__global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const CT *__restrict__ cache, int L0,
                                                          int Hq, int R, int Drt, int Dvrt, float scale, int span, int slots,
                                                          float *__restrict__ pout, float *__restrict__ plse,
                                                          float *__restrict__ logits, int ldl) {
-  extern __shared__ __align__(16) float sm[];
+  extern __shared__ __align__(16) float smem[];
+  // a BF16 value has no low TF32 part: the pass that multiplies it is skipped
+  constexpr bool BF = sizeof(CT) == 2;
+  CT *sm = reinterpret_cast<CT *>(smem);
   const int r0 = 32 * blockIdx.y;
   // the fast shape has 32 heads a query: then a group is one query's heads
   const int D = DC ? DC : Drt, H = HC ? HC : min(32, R - r0), Dv = DVC ? DVC : Dvrt, HQ = HC ? HC : Hq;
@@ -116,7 +133,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   const size_t part = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
   const int DS = row_stride(D);
   // sm: two tiles of TJ rows (DS floats each), then:
-  float *sp = sm + 2 * TJ * DS;     // [warp][head][RS] partial scores
+  float *sp = reinterpret_cast<float *>(sm + 2 * TJ * DS);  // [warp][head][RS] partial scores
   float *sph = sp + NWARP * 32 * RS;  // [head][RS] probabilities, TF32 high part
   float *spl = sph + 32 * RS;         // and remainder
   float *sfac = spl + 32 * RS;        // [32] this tile's rescale of each head's accumulators
@@ -156,7 +173,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
     cp_async_wait<0>();
     __syncthreads();  // tile it has landed; every warp is done with tile it - 1 and the P arrays
     if (it + 1 < ntile) load_tile(cache, jt + TJ, j1, D, DS, sm + ((it + 1) & 1) * TJ * DS);
-    const float *sc = sm + (it & 1) * TJ * DS;
+    const CT *sc = sm + (it & 1) * TJ * DS;
 
     // partial scores over this warp's k-steps; each 3xTF32 pass covers the eight independent
     // accumulators before the next
@@ -175,8 +192,8 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
           uint32_t ah[2][4], al[2][4], bh[4][2], bl[4][2];
 #pragma unroll
           for (int m = 0; m < 2; m++) {
-            const float2 x0 = *reinterpret_cast<const float2 *>(sc + (16 * m + g) * DS + 8 * ks + 2 * t);
-            const float2 x1 = *reinterpret_cast<const float2 *>(sc + (16 * m + g + 8) * DS + 8 * ks + 2 * t);
+            const float2 x0 = ld2(sc + (16 * m + g) * DS + 8 * ks + 2 * t);
+            const float2 x1 = ld2(sc + (16 * m + g + 8) * DS + 8 * ks + 2 * t);
             split_tf32(x0.x, ah[m][0], al[m][0]);
             split_tf32(x1.x, ah[m][1], al[m][1]);
             split_tf32(x0.y, ah[m][2], al[m][2]);
@@ -188,7 +205,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
             split_tf32_nohoist(qr[i][nt][1], bh[nt][1], bl[nt][1]);
           }
 #pragma unroll
-          for (int p = 0; p < 3; p++)
+          for (int p = BF ? 1 : 0; p < 3; p++)  // pass 0 multiplies the cache's low part
 #pragma unroll
             for (int nt = 0; nt < 4; nt++)
               if (nt < ntq)
@@ -298,14 +315,15 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
           uint32_t bh[2][2], bl[2][2];
 #pragma unroll
           for (int u = 0; u < 2; u++) {
-            const float *v = sc + (8 * ks + t) * DS + d0 + 8 * (n + u) + g;
-            split_tf32(u < n2 ? v[0] : 0.f, bh[u][0], bl[u][0]);
-            split_tf32(u < n2 ? v[4 * DS] : 0.f, bh[u][1], bl[u][1]);
+            const CT *v = sc + (8 * ks + t) * DS + d0 + 8 * (n + u) + g;
+            split_tf32(u < n2 ? ld1(v) : 0.f, bh[u][0], bl[u][0]);
+            split_tf32(u < n2 ? ld1(v + 4 * DS) : 0.f, bh[u][1], bl[u][1]);
           }
 #pragma unroll
           for (int p = 0; p < 3; p++)
 #pragma unroll
             for (int u = 0; u < 2; u++)
+              if (!(BF && p == 1))  // pass 1 multiplies the cache's low part
 #pragma unroll
               for (int m = 0; m < 2; m++)
                 if (u < n2 && m < nmo) mma_3xtf32_pass(p, oacc[m][n + u], ah[m], al[m], bh[u], bl[u]);
@@ -354,7 +372,7 @@ long tc_workspace_bytes(int L, int T, int H, int Dv) {
   return plan_bytes(plan_for(L, T, H, nsm), Dv);
 }
 
-int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
+int tc_attend(const float *q, const void *cache, int bf16, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
               void *workspace, long workspace_bytes, void *stream, float *logits) {
   const int nsm = sm_count();
   if (L0 < 0 || T <= 0 || H <= 0 || !tc_fits(D, Dv) || !workspace || nsm <= 0 || (long)T * H > (1L << 30)) return KLE_EINVAL;
@@ -363,14 +381,21 @@ int tc_attend(const float *q, const float *cache, int L0, int T, int H, int D, i
   if (workspace_bytes < plan_bytes(p, Dv)) return KLE_EINVAL;
   float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
   cudaStream_t st = (cudaStream_t)stream;
-  const size_t smem = smem_bytes(D);
-  void (*kern)(const float *, const float *, int, int, int, int, int, float, int, int, float *, float *, float *, int) =
-      D == 576 && H == 32 && Dv == 512 ? mla_partial<576, 32, 512> : mla_partial<0, 0, 0>;
-  if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return KLE_EINVAL;
   // one span per group: the parts are the rows themselves (part y holds rows 32 y ..), no merge
   const bool direct = p.n == 1;
-  kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, cache, L0, H, T * H, D, Dv, scale, p.span, p.slots,
-                                                   direct ? out : pout, direct && lse ? lse : plse, logits, L);
+  const bool fast = D == 576 && H == 32 && Dv == 512;
+  auto launch = [&](auto kern, const auto *c) {
+    const size_t smem = smem_bytes(D, sizeof *c);
+    if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return false;
+    kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, c, L0, H, T * H, D, Dv, scale, p.span, p.slots, direct ? out : pout,
+                                                     direct && lse ? lse : plse, logits, L);
+    return true;
+  };
+  const uint16_t *cb = (const uint16_t *)cache;
+  const float *cf = (const float *)cache;
+  const bool ok = bf16 ? (fast ? launch(mla_partial<576, 32, 512, uint16_t>, cb) : launch(mla_partial<0, 0, 0, uint16_t>, cb))
+                       : (fast ? launch(mla_partial<576, 32, 512, float>, cf) : launch(mla_partial<0, 0, 0, float>, cf));
+  if (!ok) return KLE_EINVAL;
   if (!direct) mla_merge<<<dim3(T * H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
@@ -382,6 +407,6 @@ extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) { return kle_
 extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
                                    float *out, float *lse, void *workspace, void *stream) {
   if (L <= 0) return KLE_EINVAL;
-  return kle_mla::tc_attend(q, cache, L - 1, 1, H, D, Dv, scale, out, lse, workspace, kle_cuda_mla_workspace_bytes(L, H, Dv),
+  return kle_mla::tc_attend(q, cache, 0, L - 1, 1, H, D, Dv, scale, out, lse, workspace, kle_cuda_mla_workspace_bytes(L, H, Dv),
                             stream, nullptr);
 }

@@ -426,16 +426,26 @@ void moe_combine(const float *Yp, const float *w, float *y, int T, int K, int D,
 }
 
 // ------------------------------------------------------------------ MLA projections
-__global__ void mla_cache_write_kernel(const float *__restrict__ kv, const float *__restrict__ w, float *__restrict__ cache, int R,
+// a value as the cache keeps it: f32, or BF16 rounded to nearest even
+__device__ __forceinline__ void put_cached(float *p, float v) { *p = v; }
+__device__ __forceinline__ void put_cached(uint16_t *p, float v) {
+  const uint32_t u = __float_as_uint(v);
+  *p = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+template <class CT>
+__global__ void mla_cache_write_kernel(const float *__restrict__ kv, const float *__restrict__ w, CT *__restrict__ cache, int R,
                                        int rope, float eps) {
   const int Dc = R + rope;
   const float *src = kv + (size_t)blockIdx.x * Dc;
-  float *dst = cache + (size_t)blockIdx.x * Dc;
+  CT *dst = cache + (size_t)blockIdx.x * Dc;
   const float inv = 1.0f / sqrtf(block_sumsq(src, R) / (float)R + eps);
-  for (int i = threadIdx.x; i < Dc; i += blockDim.x) dst[i] = i < R ? src[i] * inv * w[i] : src[i];
+  for (int i = threadIdx.x; i < Dc; i += blockDim.x) put_cached(dst + i, i < R ? src[i] * inv * w[i] : src[i]);
 }
-void mla_cache_write(const float *kv, const float *w, float *cache, int T, int R, int rope, float eps, cudaStream_t st) {
-  mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, cache, R, rope, eps);
+void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, int T, int R, int rope, float eps, cudaStream_t st) {
+  if (bf16)
+    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (uint16_t *)cache, R, rope, eps);
+  else
+    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (float *)cache, R, rope, eps);
 }
 
 // block (t, h): q_nope staged in shared memory, one thread per latent column r (any shape)

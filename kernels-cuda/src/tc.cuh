@@ -21,7 +21,7 @@ __device__ __forceinline__ void cp_async16(float *dst, const float *src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src));
 }
 // 16 bytes from src, or 16 zero bytes where !valid (nothing is read then)
-__device__ __forceinline__ void cp_async16_zfill(float *dst, const float *src, bool valid) {
+__device__ __forceinline__ void cp_async16_zfill(void *dst, const void *src, bool valid) {
   const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
 }

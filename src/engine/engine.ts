@@ -188,12 +188,40 @@ export class EngineModel {
     return call(this.backend, 'kle_model_bytes', [this.live()]);
   }
 
-  createSession(): EngineSession {
+  /**
+   * A new session. `kvFormat` sets its MLA caches' format (default: {@link kvFormat}); 'bf16'
+   * only where the backend keeps them so.
+   * @example
+   * const exact = model.createSession({ kvFormat: 'f32' }); // f32 caches on a GPU, for parity checks
+   */
+  createSession(opts: { kvFormat?: KvFormat } = {}): EngineSession {
     const s = call(this.backend, 'kle_session_create', [this.live()]);
     if (!s) throw new EngineError('kle_session_create', -2);
     const session = new EngineSession(this, s, () => this.sessions.delete(session));
     this.sessions.add(session);
+    if (opts.kvFormat !== undefined) {
+      try {
+        session.setKvFormat(opts.kvFormat);
+      } catch (e) {
+        session.free();
+        throw e;
+      }
+    }
     return session;
+  }
+
+  private defaultKv: KvFormat | null = null;
+  /**
+   * The MLA caches' format a new session gets: 'bf16' on the GPU where its attention kernel
+   * takes the shapes (half the memory and half the bytes a decode step reads), else 'f32'.
+   */
+  get kvFormat(): KvFormat {
+    if (!this.defaultKv) {
+      const s = this.createSession();
+      this.defaultKv = s.kvFormat;
+      s.free();
+    }
+    return this.defaultKv;
   }
 
   /** Frees the model and any of its sessions still open (they would point into it). */
@@ -241,6 +269,10 @@ export interface LogitsRef {
   copy(): Float32Array;
   draw?(d: DeviceDraw): number;
 }
+
+/** How a session's MLA caches hold their values (KDA states are always f32). */
+export type KvFormat = 'f32' | 'bf16';
+const KV_FORMAT_IDS: Record<KvFormat, number> = { f32: WeightFormat.f32, bf16: WeightFormat.bf16 };
 
 /** One conversation's state in the engine: KDA states, conv tails, MLA caches, logits. */
 export class EngineSession {
@@ -365,6 +397,18 @@ export class EngineSession {
    */
   synthesize(tokens: number, seed: number): void {
     check('kle_session_synthesize', call(this.model.backend, 'kle_session_synthesize', [this.live(), tokens, seed | 0]), `${tokens} tokens`);
+  }
+
+  /** The MLA caches' format (state blobs hold f32 either way: a BF16 cache converts on the way). */
+  get kvFormat(): KvFormat {
+    return call(this.model.backend, 'kle_session_kv_format', [this.live()]) === KV_FORMAT_IDS.bf16 ? 'bf16' : 'f32';
+  }
+
+  /** Sets the MLA caches' format of a fresh session; throws once it holds tokens, or for a format the backend does not keep. */
+  setKvFormat(fmt: KvFormat): void {
+    if (!(fmt in KV_FORMAT_IDS)) throw new RangeError(`kvFormat must be 'f32' or 'bf16', got ${String(fmt)}`);
+    check('kle_session_set_kv_format', call(this.model.backend, 'kle_session_set_kv_format', [this.live(), KV_FORMAT_IDS[fmt]]),
+      `${fmt} on ${this.model.backend.name}${this.pos ? `, ${this.pos} tokens already in the session` : ''}`);
   }
 
   /** Tokens forwarded while pinning is on are never dropped by the budget. */

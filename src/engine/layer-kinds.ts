@@ -189,6 +189,19 @@ export function sessionStateFloats(c: KimiConfig, tokens: number, kvBudget = 0):
   return n;
 }
 
+/**
+ * Bytes a session holds in the engine's memory at `tokens` cached rows: f32 states, the MLA
+ * caches at `kvBytes` a value (4 for f32, 2 for BF16), and the last logits (activations aside).
+ */
+export function sessionStateBytes(c: KimiConfig, tokens: number, kvBytes: 2 | 4 = 4): number {
+  let n = 4 * c.vocabSize;
+  for (let l = 0; l < c.numLayers; l++) {
+    const [mixer] = layerKinds(c, l);
+    n += 4 * mixer.stateFloats(c) + kvBytes * tokens * mixer.cacheRowFloats(c);
+  }
+  return n;
+}
+
 /** Header and checksum of a session blob (engine/model/session.c), without and with an MLA cache bound. */
 export const BLOB_FRAME_BYTES = 32 + 8;
 export const BLOB_FRAME_BYTES_BUDGET = 56 + 8;

@@ -15,7 +15,7 @@ import type { PrefixCache } from './prefix-cache.js';
 import { promptParam, type OpenAIRequest } from './prompt.js';
 import { kvBudgetOf, pinnableTokens, type KvBudget } from '../generate/kv-budget.js';
 import { EngineError } from '../engine/engine.js';
-import { sessionBlobBytes } from '../engine/layer-kinds.js';
+import { sessionStateBytes } from '../engine/layer-kinds.js';
 
 export interface Limits {
   /** prompt tokens one request may send */
@@ -116,7 +116,7 @@ const SESSION_OVERHEAD = 2 ** 30;
 function deviceRefusal(d: GenerationDeps, model: Model, tokens: number): Response | null {
   const free = model.engine.deviceFree();
   if (free === null) return null;
-  const need = sessionBlobBytes(model.config, 2 ** Math.ceil(Math.log2(Math.max(tokens, 64)))) + SESSION_OVERHEAD;
+  const need = sessionStateBytes(model.config, 2 ** Math.ceil(Math.log2(Math.max(tokens, 64))), model.engine.kvFormat === 'bf16' ? 2 : 4) + SESSION_OVERHEAD;
   if (need <= free) return null;
   const gib = (n: number) => (n / 2 ** 30).toFixed(2);
   const what = `this request's session (${tokens} tokens of context) needs ${gib(need)} GiB of device memory; ${gib(free)} GiB are free`;

@@ -32,8 +32,18 @@ beforeEach(() => new Promise<void>((resolve) => setTimeout(resolve, 0)));
 if (!cuda) console.log(`CUDA parity tests skipped: ${reason}`);
 else console.log(`CUDA parity tests on ${cuda.device} (compute ${cuda.computeCapability})`);
 
-// f32 on both sides in different summation orders: measured errors sit near 1e-6
+// f32 on both sides in different summation orders: measured errors sit near 1e-6. The GPU keeps
+// MLA caches in BF16 by default; these exactness checks ask for f32 ones.
 const TOL = 1e-4;
+const F32 = { kvFormat: 'f32' } as const;
+// A BF16 cache rounds every cached value to 8 bits of mantissa (relative 2^-9). Measured on the
+// H200 against the f32 CPU engine: the trained default model 1e-5 to 3e-5 relative L2 (argmax
+// 100%); random synthetic weights 1e-3 to 2.1e-2 (argmax 99-100%): their scores are large and
+// their attention peaked, so a key's rounding moves a score by a large fraction of a nat; a
+// attention-scored bounded cache also drops other rows where two scores nearly tie (up to 6.4e-2),
+// so the bounded check uses the recent-only policy. The bar sits above the worst random model;
+// argmax 90%.
+const BF16_TOL = 5e-2;
 
 
 interface Model {
@@ -90,11 +100,11 @@ function compare(a: Float32Array, b: Float32Array, V: number): { relL2: number; 
   return { relL2: relErr(a, b), argmaxAgree: agree / (a.length / V) };
 }
 
-function expectClose(what: string, a: Float32Array, b: Float32Array, V: number): void {
+function expectClose(what: string, a: Float32Array, b: Float32Array, V: number, tol = TOL, agree = 0.99): void {
   const r = compare(a, b, V);
   console.log(`  ${what}: rel L2 ${r.relL2.toExponential(2)}, argmax ${(100 * r.argmaxAgree).toFixed(0)}%`);
-  expect(r.relL2, what).toBeLessThan(TOL);
-  expect(r.argmaxAgree, what).toBeGreaterThanOrEqual(0.99);
+  expect(r.relL2, what).toBeLessThan(tol);
+  expect(r.argmaxAgree, what).toBeGreaterThanOrEqual(agree);
 }
 
 function decodeAll(s: EngineSession, toks: number[], V: number): Float32Array {
@@ -129,7 +139,7 @@ describe.skipIf(!cuda)('a bounded MLA cache with a learned importance head on th
     const m = synthetic(json, 44);
     const cpu = await load(loadNativeBackend(), m), gpu = await load(cuda!, m);
     const V = m.config.vocabSize;
-    const sc = cpu.createSession(), sg = gpu.createSession();
+    const sc = cpu.createSession(), sg = gpu.createSession(F32);
     for (const s of [sc, sg]) s.setKvBudget(24, 2, 4, 1, 'learned');
     const p = tokens(40, V, 10), d = tokens(60, V, 11);
     expectClose('learned head: budget 24, prefill 40', sg.forward(p, true), sc.forward(p, true), V);
@@ -160,7 +170,7 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
 
       it('prefill logits (every token), then decode steps', () => {
         const p = tokens(prompt, V, 1), d = tokens(24, V, 2);
-        const sc = cpu.createSession(), sg = gpu.createSession();
+        const sc = cpu.createSession(), sg = gpu.createSession(F32);
         expectClose(`${name}: prefill ${prompt}`, sg.forward(p, true), sc.forward(p, true), V);
         expectClose(`${name}: then ${d.length} decode steps`, decodeAll(sg, d, V), decodeAll(sc, d, V), V);
         sc.free();
@@ -169,7 +179,7 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
 
       it('on the GPU, prefill equals token-by-token decode', () => {
         const q = tokens(200, V, 4);
-        const g1 = gpu.createSession(), g2 = gpu.createSession();
+        const g1 = gpu.createSession(F32), g2 = gpu.createSession(F32);
         expectClose(`${name}: GPU prefill vs GPU decode (200)`, g1.forward(q, true), decodeAll(g2, q, V), V);
         g1.free();
         g2.free();
@@ -178,12 +188,12 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
       // one CPU batch (64) of prompt, then decode steps: rows drop at the same points on both
       it('a bounded MLA cache (docs/kv-budget.md): the same rows kept, blobs both ways', () => {
         const p = tokens(48, V, 6), d = tokens(80, V, 7);
-        const sc = cpu.createSession(), sg = gpu.createSession();
+        const sc = cpu.createSession(), sg = gpu.createSession(F32);
         for (const s of [sc, sg]) s.setKvBudget(32, 2, 6, 0.9);
         expectClose(`${name}: budget 32, prefill 48`, sg.forward(p, true), sc.forward(p, true), V);
         expectClose(`${name}: budget 32, then 80 decode steps`, decodeAll(sg, d, V), decodeAll(sc, d, V), V);
         expect([sg.kvLength, sc.kvLength]).toEqual([32, 32]);
-        const toGpu = gpu.createSession(), toCpu = cpu.createSession();
+        const toGpu = gpu.createSession(F32), toCpu = cpu.createSession();
         toGpu.load(sc.save());
         toCpu.load(sg.save());
         const nxt = tokens(12, V, 8);
@@ -191,19 +201,47 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
         expectClose(`${name}: bounded CPU blob -> GPU, 12 tokens`, decodeAll(toGpu, nxt, V), onCpu, V);
         expectClose(`${name}: bounded GPU blob -> CPU, 12 tokens`, decodeAll(toCpu, nxt, V), onGpu, V);
         // a budget that holds the context changes nothing (the scored kernel on the GPU)
-        const free = gpu.createSession(), roomy = gpu.createSession();
+        const free = gpu.createSession(F32), roomy = gpu.createSession(F32);
         roomy.setKvBudget(4096, 4, 64, 0.95);
         const q = tokens(prompt, V, 9);
         expectClose(`${name}: GPU budget above the context vs none`, roomy.forward(q, true), free.forward(q, true), V);
         for (const s of [sc, sg, toGpu, toCpu, free, roomy]) s.free();
       });
 
-      it('state blobs move CPU -> GPU -> CPU, whole and in parts', () => {
+      it('a BF16 MLA cache (the GPU default): near the f32 CPU engine, blobs converted both ways, bounded', () => {
+        const p = tokens(prompt, V, 1), d = tokens(24, V, 2), nxt = tokens(8, V, 5);
         const sc = cpu.createSession(), sg = gpu.createSession();
+        expect(sg.kvFormat).toBe(gpu.kvFormat);
+        expect(sc.kvFormat).toBe('f32');
+        if (sg.kvFormat !== 'bf16') return void console.log(`  ${name}: its latent shapes keep f32 caches on the GPU`);
+        expectClose(`${name}: BF16 cache, prefill ${prompt}`, sg.forward(p, true), sc.forward(p, true), V, BF16_TOL, 0.9);
+        expectClose(`${name}: BF16 cache, then ${d.length} decode steps`, decodeAll(sg, d, V), decodeAll(sc, d, V), V, BF16_TOL, 0.9);
+        // a blob holds f32: the GPU's BF16 values widen exactly, the CPU's round once
+        const toCpu = cpu.createSession(), toGpu = gpu.createSession();
+        toCpu.load(sg.save());
+        toGpu.load(sc.save());
+        expect(toGpu.kvFormat).toBe('bf16');
+        expectClose(`${name}: BF16 GPU blob -> CPU, 8 tokens`, decodeAll(toCpu, nxt, V), decodeAll(sg, nxt, V), V, BF16_TOL, 0.9);
+        expectClose(`${name}: CPU blob -> BF16 GPU, 8 tokens`, decodeAll(toGpu, nxt, V), decodeAll(sc, nxt, V), V, BF16_TOL, 0.9);
+        // a bounded BF16 cache drops rows where they are (kv_drop_one moves BF16 rows); the
+        // recent-only policy drops the same rows whatever the rounding (scores would not)
+        const bs = gpu.createSession(), bf = gpu.createSession(F32);
+        for (const s of [bs, bf]) s.setKvBudget(32, 2, 6, 0.9, 'recent');
+        const q = tokens(48, V, 6), e = tokens(40, V, 7);
+        bs.forward(q);
+        bf.forward(q);
+        expectClose(`${name}: bounded BF16 vs bounded f32 on the GPU, 40 steps`, decodeAll(bs, e, V), decodeAll(bf, e, V), V, BF16_TOL, 0.9);
+        expect(bs.kvLength).toBe(32);
+        expect(() => sg.setKvFormat('f32')).toThrow(/invalid argument/);
+        for (const s of [sc, sg, toCpu, toGpu, bs, bf]) s.free();
+      });
+
+      it('state blobs move CPU -> GPU -> CPU, whole and in parts', () => {
+        const sc = cpu.createSession(), sg = gpu.createSession(F32);
         const p = tokens(prompt, V, 3);
         sc.forward(p);
         sg.forward(p);
-        const moved = gpu.createSession(), movedInParts = gpu.createSession();
+        const moved = gpu.createSession(F32), movedInParts = gpu.createSession(F32);
         moved.load(sc.save());
         movedInParts.loadParts(sc.saveParts(4096), sc.stateSize());
         const back = cpu.createSession(), backInParts = cpu.createSession();

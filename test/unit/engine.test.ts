@@ -128,6 +128,19 @@ describe('the engine on the default model (every backend)', async () => {
         expect(() => [...s.saveParts(0)]).toThrow(RangeError);
       });
 
+      it('keeps MLA caches in f32 on the CPU; a format is set on a fresh session only', () => {
+        expect(model.kvFormat).toBe('f32');
+        const s = model.createSession({ kvFormat: 'f32' });
+        expect(s.kvFormat).toBe('f32');
+        expect(() => s.setKvFormat('bf16')).toThrow(/kle_session_set_kv_format: invalid argument \(bf16 on /);
+        expect(() => model.createSession({ kvFormat: 'bf16' })).toThrow(/invalid argument/);
+        expect(() => s.setKvFormat('f16' as 'f32')).toThrow(RangeError);
+        s.step(toks.slice(0, 3));
+        expect(s.logitsRef()).not.toBeNull();
+        expect(() => s.setKvFormat('f32')).toThrow(/3 tokens already in the session/);
+        s.free();
+      });
+
       it('refuses token ids outside the vocabulary before touching the state', () => {
         const s = model.createSession();
         expect(() => s.forward([1, V])).toThrow(/outside the vocabulary/);
