@@ -30,7 +30,7 @@ import { lineChart } from './svg.js';
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, model: { type: 'string', default: 'both' }, profile: { type: 'boolean', default: false } } });
 // --profile: the GPU time of every operation, printed when the model closes (backend_cuda.cu)
 if (values.profile) process.env.KLE_CUDA_PROFILE = '1';
-// a little under each power of two: the 3 + 3 x 24 steps then fit the cache the session reserved
+// a little under each power of two: the 3 + 4 x 24 steps then fit the cache the session reserved
 const CONTEXTS = (values.quick ? [4096, 131072] : [4096, 131072, 262144, 524288, 1048576]).map((n) => n - 128);
 const STEPS = 24;
 const GiB = 2 ** 30;
@@ -85,7 +85,7 @@ const cuda = loadCudaBackend();
 const gbps = cuda.copyGbps(GiB, 30);
 console.error(`${cuda.device}: copy bandwidth ${gbps.toFixed(0)} GB/s`);
 
-interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string; sampledHostMs?: number; sampledGpuMs?: number }
+interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string; eagerMs?: number; sampledHostMs?: number; sampledGpuMs?: number }
 const rows: Row[] = [];
 const kvFormats: string[] = [];
 const loads: { model: string; seconds: number; weightsGiB: number; freeAfterGiB: number; activeGiBPerToken: number; prefillTokens: number; prefillTokPerS: number }[] = [];
@@ -124,10 +124,14 @@ for (const name of which) {
     s.synthesize(context, 3);
     medianDecodeMs(s, 3);
     const ms = medianDecodeMs(s, STEPS);
+    // the same steps without the CUDA graph (each operation launched as the host gets to it)
+    process.env.KLE_CUDA_GRAPHS = '0';
+    const eagerMs = medianDecodeMs(s, STEPS);
+    delete process.env.KLE_CUDA_GRAPHS;
     const sampledHostMs = sampledMs(s, STEPS, false), sampledGpuMs = sampledMs(s, STEPS, true);
     s.free();
-    rows.push({ ...base, msPerToken: ms, ofLimit: limitMs / ms, note: '', sampledHostMs, sampledGpuMs });
-    console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)}); sampled top-p on the host ${sampledHostMs.toFixed(3)}, on the GPU ${sampledGpuMs.toFixed(3)}`);
+    rows.push({ ...base, msPerToken: ms, ofLimit: limitMs / ms, note: '', eagerMs, sampledHostMs, sampledGpuMs });
+    console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)}; no graph ${eagerMs.toFixed(3)}); sampled top-p on the host ${sampledHostMs.toFixed(3)}, on the GPU ${sampledGpuMs.toFixed(3)}`);
   }
   model.free();
 }
@@ -137,8 +141,8 @@ console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy ba
 console.log(table(['model', 'weights made (s)', 'weights GiB', 'free GiB', 'active GiB/token', `prefill ${loads[0]?.prefillTokens ?? 0} tok/s`],
   loads.map((l) => [l.model, l.seconds.toFixed(1), l.weightsGiB.toFixed(1), l.freeAfterGiB.toFixed(1), l.activeGiBPerToken.toFixed(2), l.prefillTokPerS.toFixed(0)])));
 console.log(`\nTime per output token at batch 1 (BF16 weights, ${kvFormats.join('/')} MLA cache; median of 24 steps, logits copied to the host each step)\n`);
-console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
-  rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
+console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'no graph', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
+  rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.eagerMs?.toFixed(3) ?? '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
 const h = rows.filter((r) => r.model === 'hybrid' && r.msPerToken), a = rows.filter((r) => r.model === 'all-MLA' && r.msPerToken);
 for (const r of h) {
   const m = a.find((x) => x.context === r.context);

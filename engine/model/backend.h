@@ -100,7 +100,8 @@ struct kle_backend {
 
   /* Y[T, w->rows] = X[T, w->cols] W^T */
   int (*matmul)(kle_backend_ctx *ctx, const kle_tensor *w, const float *X, float *Y, int T);
-  /* x[t] = table[tokens[t]] as f32; tokens in host memory, already range-checked */
+  /* x[t] = table[tokens[t]] as f32; tokens in host memory, already range-checked; NULL: the one
+   * token graph_step wrote to the device */
   int (*embed)(kle_backend_ctx *ctx, const kle_tensor *table, const int32_t *tokens, float *x, int T);
   /* y = rmsnorm(x) * w (* sigmoid(gate) when gate is not NULL) over rows of D; y may be x */
   int (*rmsnorm)(kle_backend_ctx *ctx, const float *x, const float *gate, const float *w, float *y, int rows,
@@ -130,16 +131,22 @@ struct kle_backend {
    * BF16 (kle_session_set_kv_format), which it then does by default
    */
   int (*kv_bf16_ok)(const int32_t *cfg);
-  /* MLA: cache rows = (rmsnorm(kv[:R]) * w, kv[R:R+rope]) for T tokens, stored as fmt (KLE_W_F32 or KLE_W_BF16) */
-  int (*mla_cache_write)(kle_backend_ctx *ctx, const float *kv, const float *w, void *rows, int fmt, int T, int R, int rope,
-                         float eps);
+  /*
+   * MLA: cache rows L0.. = (rmsnorm(kv[:R]) * w, kv[R:R+rope]) for T tokens, stored as fmt
+   * (KLE_W_F32 or KLE_W_BF16). L0 < 0 (graph_step's decode, T = 1): the length graph_step wrote
+   * to the device, so that one captured step serves every length up to -L0 rows (the caches'
+   * capacity, which grows only with a new capture).
+   */
+  int (*mla_cache_write)(kle_backend_ctx *ctx, const float *kv, const float *w, void *cache, int fmt, int L0, int T, int R,
+                         int rope, float eps);
   /* qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:]); W_uk [H, nope, R], q [T, H, nope+rope] */
   int (*mla_absorb)(kle_backend_ctx *ctx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope,
                     int rope, int R);
   /*
    * causal attention of T queries at rows L0.. over the cache (kle_mla_decode / kle_mla_prefill);
    * with score (not NULL, [L0 + T]) each query in turn folds its attention into it as
-   * kle_mla_decode_scored does, query t's own row L0 + t starting fresh
+   * kle_mla_decode_scored does, query t's own row L0 + t starting fresh. L0 < 0: as in
+   * mla_cache_write (T = 1, no score).
    */
   int (*mla_attend)(kle_backend_ctx *ctx, const float *qlat, const void *cache, int fmt, int L0, int T, int H, int D, int Dv,
                     float scale, float *out, float *score, float decay);
@@ -168,6 +175,16 @@ struct kle_backend {
    * as as/sampler.ts draws it (the same kept set; the draw in index order), into *token (host)
    */
   int (*sample)(kle_backend_ctx *ctx, const float *logits, int V, const kle_sample_args *a, int32_t *token);
+  /*
+   * optional (NULL: every decode step launched operation by operation): a one-token decode step
+   * as a graph. Writes token and L0 (the rows cached) where the operations read them when given
+   * NULL tokens and a negative L0, then replays *graph, or captures body(arg), which launches the
+   * step that way, into a new one. KLE_ENOSYS when the step cannot be captured (the caller then
+   * runs it as usual; the graph remembers, and later calls answer at once). The caller frees
+   * *graph (graph_free) whenever the memory the step touches moves.
+   */
+  int (*graph_step)(kle_backend_ctx *ctx, void **graph, int32_t token, int32_t L0, int (*body)(void *arg), void *arg);
+  void (*graph_free)(kle_backend_ctx *ctx, void *graph);
 };
 
 /* Scratch floats moe_experts may use: every backend's needs, one formula. */

@@ -145,6 +145,7 @@ static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, 
 
 static int cpu_embed(kle_backend_ctx *cx, const kle_tensor *e, const int32_t *tokens, float *x, int T) {
   (void)cx;
+  if (!tokens) return KLE_EINVAL; /* no graph_step here */
   const long rb = kle_row_bytes(e->fmt, e->cols);
   for (int t = 0; t < T; t++)
     KLE_TRY(kle_dequantize(e->fmt, e->data + (size_t)rb * tokens[t], x + (size_t)t * e->cols, e->cols));
@@ -201,12 +202,12 @@ static int cpu_kda_recur(kle_backend_ctx *cx, float *S, const float *q, const fl
 }
 
 /* the CPU keeps its caches in f32 (no kv_bf16_ok): fmt is always KLE_W_F32 here */
-static int cpu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *rows_, int fmt, int T, int R,
-                               int rope, float eps) {
+static int cpu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *cache, int fmt, int L0, int T,
+                               int R, int rope, float eps) {
   (void)cx;
-  if (fmt != KLE_W_F32) return KLE_EINVAL;
-  float *rows = rows_;
+  if (fmt != KLE_W_F32 || L0 < 0) return KLE_EINVAL; /* no graph_step here: lengths are the host's */
   const size_t Dc = (size_t)R + rope;
+  float *rows = (float *)cache + (size_t)L0 * Dc;
   for (int t = 0; t < T; t++) {
     KLE_TRY(kle_rmsnorm(kv + t * Dc, w, rows + t * Dc, 1, R, eps));
     memcpy(rows + t * Dc + R, kv + t * Dc + R, sizeof(float) * rope);
@@ -235,7 +236,7 @@ static int cpu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q
 static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const void *cache_, int fmt, int L0, int T, int H, int D,
                           int Dv, float scale, float *out, float *score, float decay) {
   (void)cx;
-  if (fmt != KLE_W_F32) return KLE_EINVAL;
+  if (fmt != KLE_W_F32 || L0 < 0) return KLE_EINVAL;
   const float *cache = cache_;
   if (score) {
     for (int t = 0; t < T; t++)

@@ -87,6 +87,8 @@ struct kle_session {
   float **state;       /* [layers][KLE_MAX_STATE] fixed-size sections */
   void **cache;        /* [layers]: cap rows of the mixer's cache, or NULL; values as kv_fmt */
   int kv_fmt;          /* KLE_W_F32, or KLE_W_BF16 where the backend keeps MLA caches so */
+  void *graph;         /* the backend's captured decode step (graph_step), or NULL */
+  int dyn;             /* 1 while a step is launched for capture: lengths and tokens are the device's */
   float *logits;       /* [vocab], host memory */
   float *logits_dev;   /* [vocab], backend memory (logits itself where that is the host's) */
   float *logits_all;   /* [batch, vocab], backend memory, made on first use (non-host backends) */
@@ -115,6 +117,8 @@ const kle_tensor *kle_derived_at(const kle_model *m, int layer, int i);
 kle_tensor *kle_derived_slot(kle_model *m, int layer, int i);
 /* A host f32 copy of a tensor the host wrote (dequantized if stored quantized); NULL if out of memory. */
 float *kle_tensor_to_f32(const kle_tensor *t);
+/* session.c: drops the captured decode step (the memory it addressed moved) */
+void kle_session_drop_graph(kle_session *s);
 /* session.c: grows every cache to hold at least `need` rows */
 int kle_session_reserve(kle_session *s, int need);
 /* kv_budget.c: brings every MLA cache back within the budget after a batch */

@@ -29,12 +29,71 @@ static int all_logits(kle_session *s, float *out, int T) {
   return m->b->download(m->ctx, out, s->logits_all, sizeof(float) * V * (size_t)T);
 }
 
-int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all) {
+/* embedding, every layer, for T tokens at s->x (tokens NULL: the one graph_step wrote) */
+static int layers(kle_session *s, const int32_t *tokens, int T) {
   const kle_model *m = s->m;
   const kle_backend *b = m->b;
   kle_backend_ctx *cx = m->ctx;
-  const int D = m->cfg[KLE_CFG_HIDDEN], V = m->cfg[KLE_CFG_VOCAB], L = m->cfg[KLE_CFG_LAYERS];
+  const int D = m->cfg[KLE_CFG_HIDDEN], L = m->cfg[KLE_CFG_LAYERS];
   const float eps = m->cfgf[KLE_CFGF_RMS_EPS];
+  KLE_TRY(b->embed(cx, kle_tensor_at(m, KLE_T_TOK_EMBD, -1), tokens, s->x, T));
+  int normed = 0; /* s->h already holds the next block's normalized input */
+  for (int l = 0; l < L; l++) {
+    const kle_layer_kind *blocks[2] = {kle_mixer_of(m, l), kle_ffn_of(m, l)};
+    const float *norms[2] = {(const float *)kle_tensor_at(m, KLE_T_ATTN_NORM, l)->data,
+                             (const float *)kle_tensor_at(m, KLE_T_FFN_NORM, l)->data};
+    for (int i = 0; i < 2; i++) {
+      if (!normed) KLE_TRY(b->rmsnorm(cx, s->x, NULL, norms[i], s->h, T, D, eps));
+      KLE_TRY(blocks[i]->forward(s, l, s->h, s->y, T));
+      /* the residual add with the norm of the block after it, where the backend has both in one */
+      const float *next = i == 0 ? norms[1] : l + 1 < L ? (const float *)kle_tensor_at(m, KLE_T_ATTN_NORM, l + 1)->data : NULL;
+      normed = next && b->add_rmsnorm;
+      if (normed)
+        KLE_TRY(b->add_rmsnorm(cx, s->x, s->y, next, s->h, T, D, eps));
+      else
+        KLE_TRY(b->add(cx, s->x, s->y, (size_t)T * D));
+    }
+  }
+  return KLE_OK;
+}
+
+/* a decode step as the backend captures it: the token and the length are read on the device */
+static int decode_body(void *arg) {
+  kle_session *s = arg;
+  KLE_TRY(layers(s, NULL, 1));
+  return lm_head(s, s->x, s->logits_dev, 1);
+}
+
+/* one token through a captured graph (replayed, or captured now); KLE_ENOSYS when it cannot be */
+static int decode_graph(kle_session *s, int32_t token) {
+  const kle_model *m = s->m;
+  s->dyn = 1;
+  const int rc = m->b->graph_step(m->ctx, &s->graph, token, s->len, decode_body, s);
+  s->dyn = 0;
+  KLE_TRY(rc);
+  s->pos += 1;
+  s->len += 1;
+  return KLE_OK;
+}
+
+/* after the last batch: wait for the device, then the last logits where asked */
+static int finish(kle_session *s, float *logits, int all) {
+  const kle_model *m = s->m;
+  KLE_TRY(m->b->sync(m->ctx));
+  s->has_logits = 1;
+  /* a GPU's logits stay where they are until someone reads them: sampling there needs none */
+  s->logits_stale = !m->b->host_memory;
+  if (logits && !all) {
+    KLE_TRY(kle_session_host_logits(s));
+    memcpy(logits, s->logits, sizeof(float) * (size_t)m->cfg[KLE_CFG_VOCAB]);
+  }
+  return KLE_OK;
+}
+
+int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int all) {
+  const kle_model *m = s->m;
+  const kle_backend *b = m->b;
+  const int D = m->cfg[KLE_CFG_HIDDEN], V = m->cfg[KLE_CFG_VOCAB];
   if (n <= 0 || !tokens || n > (1 << 30) - s->pos) return KLE_EINVAL;
   for (int i = 0; i < n; i++)
     if (tokens[i] < 0 || tokens[i] >= V) return KLE_EINVAL;
@@ -43,27 +102,16 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
   /* (rows are dropped after each batch: the budget and one batch at most) */
   const int64_t need = (int64_t)s->len + n, bounded = (int64_t)s->budget + b->batch;
   KLE_TRY(kle_session_reserve(s, (int)(s->budget && need > bounded ? bounded : need)));
+  /* one token without a budget (whose drops the host decides) and without every logit: a graph */
+  if (n == 1 && b->graph_step && !s->budget && !(logits && all) && s->len + 1 <= s->cap) {
+    const int rc = decode_graph(s, tokens[0]);
+    if (rc == KLE_OK) return finish(s, logits, all);
+    if (rc != KLE_ENOSYS) return rc;
+  }
   for (int off = 0; off < n; off += b->batch) {
     const int T = n - off < b->batch ? n - off : b->batch;
     if (s->len + T > s->cap) return KLE_EINVAL; /* never write past the caches, whatever the bookkeeping */
-    KLE_TRY(b->embed(cx, kle_tensor_at(m, KLE_T_TOK_EMBD, -1), tokens + off, s->x, T));
-    int normed = 0; /* s->h already holds the next block's normalized input */
-    for (int l = 0; l < L; l++) {
-      const kle_layer_kind *blocks[2] = {kle_mixer_of(m, l), kle_ffn_of(m, l)};
-      const float *norms[2] = {(const float *)kle_tensor_at(m, KLE_T_ATTN_NORM, l)->data,
-                               (const float *)kle_tensor_at(m, KLE_T_FFN_NORM, l)->data};
-      for (int i = 0; i < 2; i++) {
-        if (!normed) KLE_TRY(b->rmsnorm(cx, s->x, NULL, norms[i], s->h, T, D, eps));
-        KLE_TRY(blocks[i]->forward(s, l, s->h, s->y, T));
-        /* the residual add with the norm of the block after it, where the backend has both in one */
-        const float *next = i == 0 ? norms[1] : l + 1 < L ? (const float *)kle_tensor_at(m, KLE_T_ATTN_NORM, l + 1)->data : NULL;
-        normed = next && b->add_rmsnorm;
-        if (normed)
-          KLE_TRY(b->add_rmsnorm(cx, s->x, s->y, next, s->h, T, D, eps));
-        else
-          KLE_TRY(b->add(cx, s->x, s->y, (size_t)T * D));
-      }
-    }
+    KLE_TRY(layers(s, tokens + off, T));
     s->pos += T;
     s->len += T;
     if (logits && all) KLE_TRY(all_logits(s, logits + (size_t)off * V, T));
@@ -72,13 +120,6 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
      * the LM head then runs meanwhile instead of after */
     if (s->budget) KLE_TRY(kle_kv_evict(s));
   }
-  KLE_TRY(b->sync(cx));
-  s->has_logits = 1;
-  /* a GPU's logits stay where they are until someone reads them: sampling there needs none */
-  s->logits_stale = !b->host_memory;
-  if (logits && !all) {
-    KLE_TRY(kle_session_host_logits(s));
-    memcpy(logits, s->logits, sizeof(float) * V);
-  }
-  return KLE_OK;
+  return finish(s, logits, all);
 }
+

@@ -193,11 +193,14 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
   /* new rows go after the cached ones: with a budget, rows are not positions (no rotary here,
    * so attention does not care which slot a token's row sits in; rowinfo says) */
   const int L0 = s->len;
+  /* a step captured as a graph reads the length where graph_step wrote it; -cap tells the
+   * operations how long the cache can be (the graph is captured again when it grows) */
+  const int L0op = s->dyn ? -s->cap : L0;
   KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_Q, l), h, qf, T));
   KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_A, l), h, kv, T));
   /* Kimi's MLA uses no rotary: the rope part goes into the cache as projected */
-  KLE_TRY(b->mla_cache_write(cx, kv, F_(m, KLE_T_MLA_KV_NORM, l), kle_kv_row(s, l, (uint64_t)L0, (uint64_t)Dc), s->kv_fmt, T,
-                             R, rope, m->cfgf[KLE_CFGF_RMS_EPS]));
+  KLE_TRY(b->mla_cache_write(cx, kv, F_(m, KLE_T_MLA_KV_NORM, l), s->cache[l], s->kv_fmt, L0op, T, R, rope,
+                             m->cfgf[KLE_CFGF_RMS_EPS]));
   KLE_TRY(b->mla_absorb(cx, (const float *)kle_derived_at(m, l, 0)->data, qf, qlat, T, Hm, nope, rope, R));
   if (s->budget) KLE_TRY(b->kv_note_rows(cx, s->rowinfo[l] + L0, T, (uint32_t)s->pos, s->pinning ? KLE_ROW_PINNED : 0u));
   /* a learned importance head scores each row once, from the token's own input */
@@ -205,7 +208,7 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
     KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_IMPORTANCE, l), h, s->small, T));
     KLE_TRY(b->copy(cx, s->score[l] + L0, s->small, sizeof(float) * (size_t)T));
   }
-  KLE_TRY(b->mla_attend(cx, qlat, s->cache[l], s->kv_fmt, L0, T, Hm, Dc, R, 1.0f / sqrtf((float)(nope + rope)), olat,
+  KLE_TRY(b->mla_attend(cx, qlat, s->cache[l], s->kv_fmt, L0op, T, Hm, Dc, R, 1.0f / sqrtf((float)(nope + rope)), olat,
                         kle_kv_scored(s) ? s->score[l] : NULL, s->decay));
   KLE_TRY(b->mla_up_v(cx, (const float *)kle_derived_at(m, l, 1)->data, olat, ov, T, Hm, vh, R));
   return b->matmul(cx, W_(m, KLE_T_MLA_O, l), ov, y, T);

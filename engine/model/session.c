@@ -46,8 +46,14 @@ static uint64_t per_token_width(const kle_model *m) {
 
 static int n_layers(const kle_model *m) { return m->cfg[KLE_CFG_LAYERS]; }
 
+void kle_session_drop_graph(kle_session *s) {
+  if (s->graph && s->m->b->graph_free) s->m->b->graph_free(s->m->ctx, s->graph);
+  s->graph = NULL;
+}
+
 void kle_session_free(kle_session *s) {
   if (!s) return;
+  kle_session_drop_graph(s);
   const kle_model *m = s->m;
   for (int l = 0; l < n_layers(m); l++) {
     for (int i = 0; s->state && i < KLE_MAX_STATE; i++) m->b->release(m->ctx, s->state[(size_t)l * KLE_MAX_STATE + i]);
@@ -143,6 +149,7 @@ int kle_session_set_kv_format(kle_session *s, int fmt) {
   if (fmt != KLE_W_F32 && !(fmt == KLE_W_BF16 && m->b->kv_bf16_ok && m->b->kv_bf16_ok(m->cfg))) return KLE_EINVAL;
   if (fmt == s->kv_fmt) return KLE_OK;
   /* empty caches of the old format go; the next forward reserves the new */
+  kle_session_drop_graph(s);
   for (int l = 0; l < n_layers(m); l++) {
     m->b->release(m->ctx, s->cache[l]);
     s->cache[l] = NULL;
@@ -263,6 +270,7 @@ int kle_session_reserve(kle_session *s, int need) {
     }
   }
   s->cap = cap;
+  kle_session_drop_graph(s); /* it addressed the old caches */
   return KLE_OK;
 }
 

@@ -114,6 +114,16 @@ int kle_cuda_mla_attend_scored(const float *q, const void *cache, int cache_bf16
                                void *workspace, long workspace_bytes, void *stream);
 
 /*
+ * One decode query (q [H, D]) over a cache whose length L - 1 (the rows before the query's own)
+ * is read from device memory at *len when the kernels run, at most cap rows: what a CUDA graph
+ * of the decode step replays at every length. Tensor-core shapes only (KLE_ENOSYS otherwise);
+ * cache f32 or BF16 (cache_bf16 = 1). workspace: kle_cuda_mla_step_workspace_bytes(cap, H, Dv).
+ */
+long kle_cuda_mla_step_workspace_bytes(int cap, int H, int Dv);
+int kle_cuda_mla_step(const float *q, const void *cache, int cache_bf16, const int32_t *len, int cap, int H, int D,
+                      int Dv, float scale, float *out, void *workspace, long workspace_bytes, void *stream);
+
+/*
  * Absorbed MLA decode for one query token over a latent cache, split across the context
  * (kle_mla_decode with split-KV): q [H, D] (absorbed query: W_uk^T q_nope, then the rope part),
  * cache [L, D] f32, out [H, Dv] = softmax(scale q c^T) c[:, :Dv]; lse [H] may be NULL.

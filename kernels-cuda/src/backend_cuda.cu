@@ -60,6 +60,9 @@ struct kle_backend_ctx {
   long grp_n = 0;
   char *samp = nullptr;  // sampling's scratch, its token, and the penalties' lists
   size_t samp_bytes = 0;
+  // a captured decode step reads its token at tok[0] and the rows cached at tok[CUDA_BATCH]
+  // (graph_step writes both); gen counts moves of the memory steps use beyond the session's own
+  unsigned gen = 0;
 };
 
 namespace {
@@ -73,7 +76,7 @@ kle_backend_ctx *cu_open() {
   const char *p = getenv("KLE_CUDA_PROFILE");
   cx->prof = p && *p && *p != '0';
   if (cudaStreamCreateWithFlags(&cx->st, cudaStreamNonBlocking) != cudaSuccess ||
-      cudaMalloc(&cx->tok, sizeof(int32_t) * CUDA_BATCH) != cudaSuccess) {
+      cudaMalloc(&cx->tok, sizeof(int32_t) * (CUDA_BATCH + 1)) != cudaSuccess) {
     cudaGetLastError();
     if (cx->st) cudaStreamDestroy(cx->st);
     delete cx;
@@ -335,6 +338,7 @@ int ensure_ws(kle_backend_ctx *cx, long bytes) {
   cx->ws = nullptr;
   cx->ws_bytes = 0;
   const long want = bytes + bytes / 4;
+  cx->gen++;  // captured steps addressed the old one
   CU(cudaMalloc(&cx->ws, want));
   cx->ws_bytes = want;
   return KLE_OK;
@@ -355,7 +359,9 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
 
 int cu_embed(kle_backend_ctx *cx, const kle_tensor *table, const int32_t *tokens, float *x, int T) {
   Span sp(cx, "embed", T);
-  CU(cudaMemcpyAsync(cx->tok, tokens, sizeof(int32_t) * T, cudaMemcpyHostToDevice, cx->st));
+  // NULL: a captured step's token, which graph_step wrote at tok[0]
+  if (tokens) CU(cudaMemcpyAsync(cx->tok, tokens, sizeof(int32_t) * T, cudaMemcpyHostToDevice, cx->st));
+  else if (T != 1) return KLE_EINVAL;
   if (table->fmt == KLE_W_F32)
     kle_ops::embed(F(table), cx->tok, x, T, table->cols, cx->st);
   else
@@ -427,10 +433,13 @@ int cu_kda_fused_step(kle_backend_ctx *cx, const kle_kda_fused_args *a) {
   return kle_cuda_kda_layer_step(&la, 1, a->H, a->K, a->V, a->W, a->scale, cx->st);
 }
 
-int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *rows, int fmt, int T, int R, int rope,
-                       float eps) {
+int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *cache, int fmt, int L0, int T, int R,
+                       int rope, float eps) {
   Span sp(cx, "mla_cache_write", T);
-  kle_ops::mla_cache_write(kv, w, rows, fmt == KLE_W_BF16, T, R, rope, eps, cx->st);
+  if (L0 < 0 && T != 1) return KLE_EINVAL;
+  // L0 < 0: the row is the length graph_step wrote
+  kle_ops::mla_cache_write(kv, w, cache, fmt == KLE_W_BF16, L0 < 0 ? cx->tok + CUDA_BATCH : nullptr, L0 < 0 ? 0 : L0, T, R,
+                           rope, eps, cx->st);
   return launched();
 }
 
@@ -448,6 +457,13 @@ int cu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float 
 int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const void *cache, int fmt, int L0, int T, int H, int D, int Dv,
                   float scale, float *out, float *score, float decay) {
   const int bf16 = fmt == KLE_W_BF16;
+  if (L0 < 0) {  // a captured decode step: the length graph_step wrote, at most -L0 rows
+    if (T != 1 || score) return KLE_EINVAL;
+    const long ws = kle_cuda_mla_step_workspace_bytes(-L0, H, Dv);
+    if (ws <= 0) return KLE_ENOSYS;
+    KLE_TRY(ensure_ws(cx, ws));
+    return kle_cuda_mla_step(qlat, cache, bf16, cx->tok + CUDA_BATCH, -L0, H, D, Dv, scale, out, cx->ws, cx->ws_bytes, cx->st);
+  }
   Span sp(cx, score ? "mla_attend scored" : "mla_attend", L0, T);
   if (score) {
     long per_query = (long)H * (L0 + T) * 4;
@@ -632,6 +648,82 @@ int cu_sample(kle_backend_ctx *cx, const float *logits, int V, const kle_sample_
   return cu_download(cx, token, out, sizeof *token);
 }
 
+// ---------------------------------------------------------------- the decode step as a CUDA graph
+struct step_graph {
+  cudaGraphExec_t exec = nullptr;
+  unsigned gen = 0;     // cx->gen when captured (or when the eager step ran)
+  bool armed = false;   // a step ran eagerly since the memory last moved: buffers are sized
+  bool failed = false;  // the step could not be captured while gen held
+};
+
+__global__ void set_step_kernel(int32_t *tok, int32_t *len, int32_t token, int32_t L0) {
+  *tok = token;
+  *len = L0;
+}
+
+void cu_graph_free(kle_backend_ctx *cx, void *graph) {
+  (void)cx;
+  step_graph *g = (step_graph *)graph;
+  if (!g) return;
+  if (g->exec) cudaGraphExecDestroy(g->exec);
+  delete g;
+}
+
+// About 700 launches a token at 48B: replayed as one graph they run back to back instead of as
+// fast as the host issues them. The first step after memory moved runs eagerly (sizing any
+// workspace the capture must not allocate), the next is captured, later ones replay it.
+// KLE_CUDA_GRAPHS=0 (read at each step) turns it off; so does the per-op profiler.
+int cu_graph_step(kle_backend_ctx *cx, void **slot, int32_t token, int32_t L0, int (*body)(void *), void *arg) {
+  const char *env = getenv("KLE_CUDA_GRAPHS");
+  if ((env && *env == '0') || cx->prof) return KLE_ENOSYS;
+  step_graph *g = (step_graph *)*slot;
+  if (!g) {
+    g = new (std::nothrow) step_graph;
+    if (!g) return KLE_ENOSYS;
+    *slot = g;
+  }
+  if (g->gen != cx->gen) {
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    *g = step_graph();
+    g->gen = cx->gen;
+  }
+  if (g->failed) return KLE_ENOSYS;
+  set_step_kernel<<<1, 1, 0, cx->st>>>(cx->tok, cx->tok + CUDA_BATCH, token, L0);
+  if (g->exec) {
+    CU(cudaGraphLaunch(g->exec, cx->st));
+    return launched();
+  }
+  if (!g->armed) {
+    const int rc = body(arg);
+    if (rc == KLE_OK) {
+      g->armed = true;
+      g->gen = cx->gen;
+    } else if (rc == KLE_ENOSYS) {
+      g->failed = true;  // a shape the step's kernels do not run this way
+    }
+    return rc;
+  }
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamBeginCapture(cx->st, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+    cudaGetLastError();
+    g->failed = true;
+    return KLE_ENOSYS;
+  }
+  const int rc = body(arg);
+  const cudaError_t ce = cudaStreamEndCapture(cx->st, &graph);
+  const bool ok = rc == KLE_OK && ce == cudaSuccess && graph && cx->gen == g->gen &&
+                  cudaGraphInstantiate(&g->exec, graph, 0) == cudaSuccess;
+  if (graph) cudaGraphDestroy(graph);
+  cudaGetLastError();
+  if (!ok) {
+    g->exec = nullptr;
+    g->failed = true;  // nothing ran: the caller runs the step as usual
+    return KLE_ENOSYS;
+  }
+  CU(cudaGraphLaunch(g->exec, cx->st));
+  return launched();
+}
+
 // BF16 MLA caches where the tensor-core attention reads them (the latent widths it takes)
 int cu_kv_bf16_ok(const int32_t *c) {
   const int D = c[KLE_CFG_KV_RANK] + c[KLE_CFG_QK_ROPE], Dv = c[KLE_CFG_KV_RANK];
@@ -690,6 +782,8 @@ kle_backend make_backend() {
   b.moe_route = cu_moe_route;
   b.moe_experts = cu_moe_experts;
   b.sample = cu_sample;
+  b.graph_step = cu_graph_step;
+  b.graph_free = cu_graph_free;
   return b;
 }
 

@@ -121,7 +121,12 @@ template <int DC, int HC, int DVC, class CT>
 __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const CT *__restrict__ cache, int L0,
                                                          int Hq, int R, int Drt, int Dvrt, float scale, int span, int slots,
                                                          float *__restrict__ pout, float *__restrict__ plse,
-                                                         float *__restrict__ logits, int ldl) {
+                                                         float *__restrict__ logits, int ldl, const int32_t *__restrict__ L0p) {
+  // a captured decode step (one query): the length is read here, the spans cut from it
+  if (L0p) {
+    L0 = *L0p;
+    span = ((L0 + 1 + (int)gridDim.x - 1) / (int)gridDim.x + TJ - 1) / TJ * TJ;
+  }
   extern __shared__ __align__(16) float smem[];
   // a BF16 value has no low TF32 part: the pass that multiplies it is skipped
   constexpr bool BF = sizeof(CT) == 2;
@@ -388,7 +393,7 @@ int tc_attend(const float *q, const void *cache, int bf16, int L0, int T, int H,
     const size_t smem = smem_bytes(D, sizeof *c);
     if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return false;
     kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, c, L0, H, T * H, D, Dv, scale, p.span, p.slots, direct ? out : pout,
-                                                     direct && lse ? lse : plse, logits, L);
+                                                     direct && lse ? lse : plse, logits, L, nullptr);
     return true;
   };
   const uint16_t *cb = (const uint16_t *)cache;
@@ -403,6 +408,36 @@ int tc_attend(const float *q, const void *cache, int bf16, int L0, int T, int H,
 }  // namespace kle_mla
 
 extern "C" long kle_cuda_mla_workspace_bytes(int L, int H, int Dv) { return kle_mla::tc_workspace_bytes(L, 1, H, Dv); }
+
+// A decode step whose length is read on the device (a CUDA graph replays it at every length):
+// the spans are planned for the capacity, each block cuts its span from the length it reads,
+// those past the end find no rows, and the merge always runs.
+extern "C" long kle_cuda_mla_step_workspace_bytes(int cap, int H, int Dv) { return kle_mla::tc_workspace_bytes(cap, 1, H, Dv); }
+
+extern "C" int kle_cuda_mla_step(const float *q, const void *cache, int cache_bf16, const int32_t *len, int cap, int H, int D,
+                                 int Dv, float scale, float *out, void *workspace, long workspace_bytes, void *stream) {
+  const int nsm = sm_count();
+  if (!kle_mla::tc_fits(D, Dv)) return KLE_ENOSYS;
+  if (cap <= 0 || H <= 0 || !len || !workspace || nsm <= 0) return KLE_EINVAL;
+  const Plan p = plan_for(cap, 1, H, nsm);
+  if (workspace_bytes < plan_bytes(p, Dv)) return KLE_EINVAL;
+  float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
+  cudaStream_t st = (cudaStream_t)stream;
+  const bool fast = D == 576 && H == 32 && Dv == 512;
+  auto launch = [&](auto kern, const auto *c) {
+    const size_t smem = smem_bytes(D, sizeof *c);
+    if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return false;
+    kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, c, 0, H, H, D, Dv, scale, 0, p.slots, pout, plse, nullptr, 0, len);
+    return true;
+  };
+  const uint16_t *cb = (const uint16_t *)cache;
+  const float *cf = (const float *)cache;
+  const bool ok = cache_bf16 ? (fast ? launch(mla_partial<576, 32, 512, uint16_t>, cb) : launch(mla_partial<0, 0, 0, uint16_t>, cb))
+                             : (fast ? launch(mla_partial<576, 32, 512, float>, cf) : launch(mla_partial<0, 0, 0, float>, cf));
+  if (!ok) return KLE_EINVAL;
+  mla_merge<<<dim3(H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, nullptr);
+  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+}
 
 extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,
                                    float *out, float *lse, void *workspace, void *stream) {

@@ -433,19 +433,20 @@ __device__ __forceinline__ void put_cached(uint16_t *p, float v) {
   *p = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 template <class CT>
-__global__ void mla_cache_write_kernel(const float *__restrict__ kv, const float *__restrict__ w, CT *__restrict__ cache, int R,
-                                       int rope, float eps) {
+__global__ void mla_cache_write_kernel(const float *__restrict__ kv, const float *__restrict__ w, CT *__restrict__ cache,
+                                       const int32_t *__restrict__ len, int L0, int R, int rope, float eps) {
   const int Dc = R + rope;
   const float *src = kv + (size_t)blockIdx.x * Dc;
-  CT *dst = cache + (size_t)blockIdx.x * Dc;
+  CT *dst = cache + ((size_t)(len ? *len : L0) + blockIdx.x) * Dc;
   const float inv = 1.0f / sqrtf(block_sumsq(src, R) / (float)R + eps);
   for (int i = threadIdx.x; i < Dc; i += blockDim.x) put_cached(dst + i, i < R ? src[i] * inv * w[i] : src[i]);
 }
-void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, int T, int R, int rope, float eps, cudaStream_t st) {
+void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, const int32_t *len, int L0, int T, int R, int rope,
+                     float eps, cudaStream_t st) {
   if (bf16)
-    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (uint16_t *)cache, R, rope, eps);
+    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (uint16_t *)cache, len, L0, R, rope, eps);
   else
-    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (float *)cache, R, rope, eps);
+    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (float *)cache, len, L0, R, rope, eps);
 }
 
 // block (t, h): q_nope staged in shared memory, one thread per latent column r (any shape)

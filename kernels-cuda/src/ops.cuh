@@ -37,8 +37,10 @@ void expert_matvec(const float *const *Wtab, int which, const int32_t *idx, cons
                    int N, int Kd, cudaStream_t st);
 // y[t] (+)= sum_k w[t, k] Yp[t * K + k]
 void moe_combine(const float *Yp, const float *w, float *y, int T, int K, int D, int accumulate, cudaStream_t st);
-// MLA cache rows pos0.. : rmsnorm(kv[:R]) * w, then kv[R:R+rope] as is; f32, or BF16 (bf16 = 1)
-void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, int T, int R, int rope, float eps, cudaStream_t st);
+// MLA cache rows L0.. (or *len.. when len is not NULL: a captured step's): rmsnorm(kv[:R]) * w,
+// then kv[R:R+rope] as is; f32, or BF16 (bf16 = 1)
+void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, const int32_t *len, int L0, int T, int R, int rope,
+                     float eps, cudaStream_t st);
 // qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:nope+rope]); W_uk [H, nope, R]
 void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st);
 // y[t, h] = W_uv[h] o[t, h], W_uv [H, vh, R]

@@ -177,6 +177,25 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
         sg.free();
       });
 
+      // a one-token step is a CUDA graph (captured on the second step, captured again when the
+      // caches grow past 64 and 128 rows), its MLA attention planned for the capacity
+      it('decode steps replayed as a CUDA graph equal the steps launched one by one', () => {
+        const p = tokens(60, V, 13), d = tokens(80, V, 14);
+        const run = (graphs: boolean) => {
+          process.env.KLE_CUDA_GRAPHS = graphs ? '1' : '0';
+          try {
+            const s = gpu.createSession(F32);
+            s.step(p);
+            const out = decodeAll(s, d, V);
+            s.free();
+            return out;
+          } finally {
+            delete process.env.KLE_CUDA_GRAPHS;
+          }
+        };
+        expectClose(`${name}: 80 steps from a CUDA graph vs launched one by one`, run(true), run(false), V);
+      });
+
       it('on the GPU, prefill equals token-by-token decode', () => {
         const q = tokens(200, V, 4);
         const g1 = gpu.createSession(F32), g2 = gpu.createSession(F32);
