@@ -17,6 +17,9 @@
 #       the addon, the parity test (BF16 models included) and its quick part under
 #       compute-sanitizer, then the full-size Kimi-Linear-48B-A3B in BF16 and its all-MLA twin:
 #       time per token at batch 1 from 4K to 1M tokens of context (bench/gpu-48b.ts)
+#   bash kernels-cuda/run-gpu.sh batch [--quick]
+#       the addon, the parity test and its quick part under compute-sanitizer, then the 48B
+#       model's decode throughput with continuous batching's step (bench/gpu-batch.ts)
 #   bash kernels-cuda/run-gpu.sh load [--layers N]
 #       the addon, then a sharded BF16 checkpoint of Kimi-Linear-48B-A3B's shapes written to disk
 #       and loaded onto the GPU (bench/gpu-load.ts: GB/s next to a plain read of the files)
@@ -48,7 +51,7 @@ if [ "$mode" = kernels ]; then
   exit 0
 fi
 
-[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = load ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | load)" >&2; exit 2; }
+[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = batch ] || [ "$mode" = load ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | batch | load)" >&2; exit 2; }
 [ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
 xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
@@ -75,6 +78,12 @@ VITEST="node node_modules/vitest/vitest.mjs run --no-file-parallelism test/unit/
 if [ "$mode" = arch ]; then
   node .gpu/dist/bench/arch.mjs --backend cuda "$@" 2>&1 | tee "$OUT/arch.log"
   cp bench/results/arch-cuda-* bench/results/arch-*-h[0-9]*.svg "$OUT/" 2>/dev/null || true
+  exit 0
+fi
+if [ "$mode" = batch ]; then
+  KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
+  node .gpu/dist/bench/gpu-batch.mjs "$@" 2>&1 | tee "$OUT/gpu-batch.log"
+  cp bench/results/gpu-batch-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
 if [ "$mode" = big ]; then

@@ -379,6 +379,15 @@ int kle_session_sample(kle_session *s, const float *params, int top_k, const int
 /* Tokens seen so far. */
 int kle_session_pos(kle_session *s);
 /*
+ * One decode step for n sessions of model m at once, a token each (continuous batching): the
+ * projections, experts and LM head read their weights once for all n; each session's KDA state
+ * and MLA cache are its own (caches of different lengths), and each gets its logits as a
+ * kle_session_forward of its token would. sessions: the n handles as 8-byte little-endian
+ * addresses, each one of m's live sessions, each once, none with a kv budget; n at most
+ * KLE_PREFILL_BATCH (the CPU's batch; 512 on CUDA). KLE_EINVAL before anything runs otherwise.
+ */
+int kle_model_step_batch(kle_model *m, const uint8_t *sessions, const int32_t *tokens, int n);
+/*
  * A bounded MLA cache (docs/kv-budget.md). After each forward batch, an MLA layer whose cache
  * holds more than `budget` rows drops rows until it holds `budget`: never the first `sink`
  * tokens, the last `window` tokens or pinned ones, and among the rest those of lowest score

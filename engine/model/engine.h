@@ -63,6 +63,12 @@ struct kle_model {
   void **expert_tabs;   /* [layers]: the backend's handle on a MoE layer's experts */
   const kle_backend *b;
   kle_backend_ctx *ctx;
+  /* the activations of a forward batch, shared by the model's sessions (one forward runs at a
+   * time per model), made with the first session; a batched step's logits [rows, vocab] */
+  void *arena;
+  float *batch_logits;
+  int batch_logits_rows;
+  kle_session *sessions; /* the live sessions, linked: a batched step checks its handles here */
   long bytes;           /* weights in backend memory */
   uint64_t fingerprint;
   int finalized;
@@ -74,6 +80,7 @@ struct kle_model {
 
 struct kle_session {
   kle_model *m;
+  kle_session *next, *prev; /* the model's list of sessions */
   int pos, cap, has_logits;
   /* the host copy of the logits is behind logits_dev (non-host backends download on demand) */
   int logits_stale;
@@ -89,11 +96,11 @@ struct kle_session {
   int kv_fmt;          /* KLE_W_F32, or KLE_W_BF16 where the backend keeps MLA caches so */
   void *graph;         /* the backend's captured decode step (graph_step), or NULL */
   int dyn;             /* 1 while a step is launched for capture: lengths and tokens are the device's */
+  kle_session *const *rows; /* during a batched step (on its first session): the session of each row */
   float *logits;       /* [vocab], host memory */
   float *logits_dev;   /* [vocab], backend memory (logits itself where that is the host's) */
   float *logits_all;   /* [batch, vocab], backend memory, made on first use (non-host backends) */
-  void *arena;         /* backend memory of the activations below */
-  float *x, *h, *y, *a[11], *small, *route_w, *moe_scratch;
+  float *x, *h, *y, /* the activations: carved from the model's shared arena */ *a[11], *small, *route_w, *moe_scratch;
   int32_t *route_idx;
 };
 

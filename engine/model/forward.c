@@ -5,6 +5,7 @@
  * (KDA step, MLA decode over the latent cache); a batch takes the prefill kernels (chunked KDA,
  * causal MLA prefill), which give the same result to float32 rounding.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
@@ -123,3 +124,60 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
   return finish(s, logits, all);
 }
 
+
+/* the live session of m at a handle from the caller, or NULL */
+static kle_session *session_at(const kle_model *m, uint64_t h) {
+  for (kle_session *s = m->sessions; s; s = s->next)
+    if ((uint64_t)(uintptr_t)s == h) return s;
+  return NULL;
+}
+
+int kle_model_step_batch(kle_model *m, const uint8_t *handles, const int32_t *tokens, int n) {
+  if (!m || m->finalized != 1 || !handles || !tokens || n <= 0 || n > m->b->batch) return KLE_EINVAL;
+  const kle_backend *b = m->b;
+  const int V = m->cfg[KLE_CFG_VOCAB];
+  kle_session **ss = kle_host_alloc_n((uint64_t)n, sizeof *ss);
+  if (!ss) return KLE_ENOMEM;
+  int rc = KLE_OK;
+  /* every handle one of this model's live sessions, each once, without a budget (whose drops
+   * the host decides per session) and with room for a token */
+  for (int i = 0; i < n && rc == KLE_OK; i++) {
+    uint64_t h = 0;
+    for (int k = 0; k < 8; k++) h |= (uint64_t)handles[8 * i + k] << (8 * k);
+    ss[i] = session_at(m, h);
+    if (!ss[i] || ss[i]->budget || tokens[i] < 0 || tokens[i] >= V || ss[i]->pos >= (1 << 30) - 1) rc = KLE_EINVAL;
+    for (int j = 0; j < i && rc == KLE_OK; j++)
+      if (ss[j] == ss[i]) rc = KLE_EINVAL;
+  }
+  for (int i = 0; i < n && rc == KLE_OK; i++) rc = kle_session_reserve(ss[i], ss[i]->len + 1);
+  if (rc == KLE_OK && n == 1) rc = kle_forward(ss[0], tokens, 1, NULL, 0);
+  else if (rc == KLE_OK) {
+    kle_session *lead = ss[0];
+    if (m->batch_logits_rows < n) {
+      b->release(m->ctx, m->batch_logits);
+      m->batch_logits_rows = 0;
+      m->batch_logits = kle_backend_alloc_n(m, kle_mul64((uint64_t)V, (uint64_t)n), sizeof(float));
+      if (m->batch_logits) m->batch_logits_rows = n;
+      else rc = KLE_ENOMEM;
+    }
+    /* the rows' activations in the shared arena (lead's pointers), each mixer row its session's */
+    lead->rows = ss;
+    if (rc == KLE_OK) rc = layers(lead, tokens, n);
+    lead->rows = NULL;
+    if (rc == KLE_OK) rc = lm_head(lead, lead->x, m->batch_logits, n);
+    for (int i = 0; i < n && rc == KLE_OK; i++)
+      rc = b->copy(m->ctx, ss[i]->logits_dev, m->batch_logits + (size_t)i * V, sizeof(float) * (size_t)V);
+    /* the state moved on whether or not the last copies failed: count the token */
+    for (int i = 0; i < n; i++) {
+      ss[i]->pos += 1;
+      ss[i]->len += 1;
+    }
+    if (rc == KLE_OK) rc = b->sync(m->ctx);
+    for (int i = 0; i < n && rc == KLE_OK; i++) {
+      ss[i]->has_logits = 1;
+      ss[i]->logits_stale = !b->host_memory;
+    }
+  }
+  free(ss);
+  return rc;
+}

@@ -80,6 +80,44 @@ static int low_rank(kle_session *s, int role_a, int role_b, int l, const float *
   return m->b->matmul(m->ctx, W_(m, role_b, l), s->small, out, T);
 }
 
+/*
+ * Row r of a batched step (its projections made in lead's buffers, one row each) through
+ * session rs's conv tails and state: the fused step where the backend has one, else the
+ * kernels one by one; the output goes to row r of lead's o.
+ */
+static int kda_row(kle_session *rs, int l, kle_session *lead, int r) {
+  const kle_model *m = rs->m;
+  const kle_backend *b = m->b;
+  kle_backend_ctx *cx = m->ctx;
+  const int32_t *c = m->cfg;
+  const int H = c[KLE_CFG_KDA_HEADS], dk = c[KLE_CFG_KDA_HEAD_DIM], HK = H * dk, W = c[KLE_CFG_CONV];
+  const int Kg = kda_gate_width(m);
+  const float eps = m->cfgf[KLE_CFGF_RMS_EPS], lb = m->cfgf[KLE_CFGF_GATE_LOWER_BOUND];
+  const float scale = 1.0f / sqrtf((float)dk);
+  const size_t rk = (size_t)r * HK;
+  float *xq = lead->a[0] + rk, *xk = lead->a[1] + rk, *xv = lead->a[2] + rk, *graw = lead->a[3] + (size_t)r * H * Kg;
+  float *braw = lead->a[4] + (size_t)r * H, *oraw = lead->a[5] + rk, *o = lead->a[10] + rk;
+  /* the per-row temporaries: row r of the buffers the single-session path uses */
+  float *q = lead->a[6] + rk, *k = lead->a[7] + rk, *v = lead->a[8] + rk, *g = lead->a[9] + rk;
+  float **st = rs->state + (size_t)l * KLE_MAX_STATE;
+  const float *A_log = F_(m, KLE_T_KDA_A_LOG, l), *dt_bias = F_(m, KLE_T_KDA_DT_BIAS, l);
+  if (b->kda_fused_step) {
+    const kle_kda_fused_args a = {xq, xk, xv,
+                                  (const float *)kle_derived_at(m, l, 0)->data, (const float *)kle_derived_at(m, l, 1)->data,
+                                  (const float *)kle_derived_at(m, l, 2)->data, st[0], st[1], st[2],
+                                  graw, A_log, dt_bias, lb, Kg, braw, oraw, F_(m, KLE_T_KDA_O_NORM, l), eps, scale,
+                                  st[3], o, H, dk, dk, W};
+    const int rc = b->kda_fused_step(cx, &a);
+    if (rc != KLE_ENOSYS) return rc;
+  }
+  float *xs[3] = {xq, xk, xv}, *outs[3] = {q, k, v};
+  for (int i = 0; i < 3; i++) KLE_TRY(b->conv_short(cx, xs[i], (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], 1, HK, W));
+  KLE_TRY(b->kda_gate(cx, graw, A_log, dt_bias, g, 1, H, dk, Kg, lb));
+  KLE_TRY(b->sigmoid(cx, braw, braw, (size_t)H));
+  KLE_TRY(b->kda_recur(cx, st[3], q, k, v, g, braw, o, 1, H, dk, dk, scale));
+  return b->rmsnorm(cx, o, oraw, F_(m, KLE_T_KDA_O_NORM, l), o, H, dk, eps);
+}
+
 static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
   const kle_model *m = s->m;
   const kle_backend *b = m->b;
@@ -96,14 +134,22 @@ static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
   float *xs[3] = {xq, xk, xv};
   /* A fused step takes every projection at once, the output gate's last: it may start
    * streaming the state while that one finishes, since it reads oraw only after waiting for
-   * it. Otherwise each projection is used as soon as it is made (by then a batch's
-   * projections would have pushed the first ones out of cache), all through one buffer. */
-  const int fused = T == 1 && b->kda_fused_step != NULL;
+   * it. So does a batched step (s->rows: each row another session's one token), whose rows
+   * then each take their own session's state. Otherwise each projection is used as soon as it
+   * is made (by then a batch's projections would have pushed the first ones out of cache), all
+   * through one buffer. */
+  const int fused = (T == 1 && b->kda_fused_step != NULL) || s->rows;
   if (fused) {
     for (int i = 0; i < 3; i++) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xs[i], T));
     KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
     KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
     KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
+  }
+  if (s->rows) {
+    for (int r = 0; r < T; r++) KLE_TRY(kda_row(s->rows[r], l, s, r));
+    return b->matmul(cx, W_(m, KLE_T_KDA_O, l), o, y, T);
+  }
+  if (fused) {
     const kle_kda_fused_args a = {xq, xk, xv,
                                   (const float *)kle_derived_at(m, l, 0)->data, (const float *)kle_derived_at(m, l, 1)->data,
                                   (const float *)kle_derived_at(m, l, 2)->data, st[0], st[1], st[2],
@@ -196,8 +242,21 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
   /* a step captured as a graph reads the length where graph_step wrote it; -cap tells the
    * operations how long the cache can be (the graph is captured again when it grows) */
   const int L0op = s->dyn ? -s->cap : L0;
+  const float scale = 1.0f / sqrtf((float)(nope + rope));
   KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_Q, l), h, qf, T));
   KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_A, l), h, kv, T));
+  if (s->rows) { /* a batched step: row r joins session rows[r]'s cache, and attends over it */
+    KLE_TRY(b->mla_absorb(cx, (const float *)kle_derived_at(m, l, 0)->data, qf, qlat, T, Hm, nope, rope, R));
+    for (int r = 0; r < T; r++) {
+      kle_session *rs = s->rows[r];
+      KLE_TRY(b->mla_cache_write(cx, kv + (size_t)r * Dc, F_(m, KLE_T_MLA_KV_NORM, l), rs->cache[l], rs->kv_fmt, rs->len, 1, R,
+                                 rope, m->cfgf[KLE_CFGF_RMS_EPS]));
+      KLE_TRY(b->mla_attend(cx, qlat + (size_t)r * Hm * Dc, rs->cache[l], rs->kv_fmt, rs->len, 1, Hm, Dc, R, scale,
+                            olat + (size_t)r * Hm * R, NULL, 0.0f));
+    }
+    KLE_TRY(b->mla_up_v(cx, (const float *)kle_derived_at(m, l, 1)->data, olat, ov, T, Hm, vh, R));
+    return b->matmul(cx, W_(m, KLE_T_MLA_O, l), ov, y, T);
+  }
   /* Kimi's MLA uses no rotary: the rope part goes into the cache as projected */
   KLE_TRY(b->mla_cache_write(cx, kv, F_(m, KLE_T_MLA_KV_NORM, l), s->cache[l], s->kv_fmt, L0op, T, R, rope,
                              m->cfgf[KLE_CFGF_RMS_EPS]));
@@ -208,7 +267,7 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
     KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_IMPORTANCE, l), h, s->small, T));
     KLE_TRY(b->copy(cx, s->score[l] + L0, s->small, sizeof(float) * (size_t)T));
   }
-  KLE_TRY(b->mla_attend(cx, qlat, s->cache[l], s->kv_fmt, L0op, T, Hm, Dc, R, 1.0f / sqrtf((float)(nope + rope)), olat,
+  KLE_TRY(b->mla_attend(cx, qlat, s->cache[l], s->kv_fmt, L0op, T, Hm, Dc, R, scale, olat,
                         kle_kv_scored(s) ? s->score[l] : NULL, s->decay));
   KLE_TRY(b->mla_up_v(cx, (const float *)kle_derived_at(m, l, 1)->data, olat, ov, T, Hm, vh, R));
   return b->matmul(cx, W_(m, KLE_T_MLA_O, l), ov, y, T);

@@ -166,7 +166,11 @@ void kle_model_free(kle_model *m) {
     for (size_t i = 0; i < expert_slots(m); i++) free_tensor(m, &m->experts[i]);
   if (m->derived)
     for (size_t i = 0; i < (size_t)L * KLE_MAX_DERIVED; i++) free_tensor(m, &m->derived[i]);
-  if (m->ctx) m->b->close(m->ctx);
+  if (m->ctx) {
+    m->b->release(m->ctx, m->arena);
+    m->b->release(m->ctx, m->batch_logits);
+    m->b->close(m->ctx);
+  }
   free(m->layer_kind);
   free(m->t);
   free(m->experts);

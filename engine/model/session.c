@@ -54,13 +54,16 @@ void kle_session_drop_graph(kle_session *s) {
 void kle_session_free(kle_session *s) {
   if (!s) return;
   kle_session_drop_graph(s);
-  const kle_model *m = s->m;
+  kle_model *m = s->m;
   for (int l = 0; l < n_layers(m); l++) {
     for (int i = 0; s->state && i < KLE_MAX_STATE; i++) m->b->release(m->ctx, s->state[(size_t)l * KLE_MAX_STATE + i]);
     if (s->cache) m->b->release(m->ctx, s->cache[l]);
   }
   kle_kv_free(s);
-  m->b->release(m->ctx, s->arena);
+  if (s->prev) s->prev->next = s->next;
+  else if (m->sessions == s) m->sessions = s->next;
+  if (s->next) s->next->prev = s->prev;
+  m->b->release(m->ctx, s->logits_dev);
   m->b->release(m->ctx, s->logits_all);
   if (!m->b->host_memory) free(s->logits);
   free(s->state);
@@ -68,9 +71,10 @@ void kle_session_free(kle_session *s) {
   free(s);
 }
 
-/* the activations, carved from one allocation: a batch of rows of each buffer */
+/* the activations, carved from one allocation the model's sessions share (a model runs one
+ * forward at a time): a batch of rows of each buffer; the logits are the session's own */
 static int make_arena(kle_session *s) {
-  const kle_model *m = s->m;
+  kle_model *m = s->m;
   const int32_t *c = m->cfg;
   /* 64-bit counts: a batch of the widest rows passes 4 GiB long before a config's bounds do */
   const uint64_t TB = (uint64_t)m->b->batch, D = (uint64_t)c[KLE_CFG_HIDDEN], W = per_token_width(m);
@@ -78,16 +82,16 @@ static int make_arena(kle_session *s) {
   const uint64_t MI = c[KLE_CFG_MOE_INTER] > 0 ? (uint64_t)c[KLE_CFG_MOE_INTER] : 1;
   float **bufs[] = {&s->x, &s->h, &s->y, &s->a[0], &s->a[1], &s->a[2], &s->a[3], &s->a[4], &s->a[5], &s->a[6],
                     &s->a[7], &s->a[8], &s->a[9], &s->a[10], &s->small, &s->route_w, (float **)&s->route_idx,
-                    &s->moe_scratch, &s->logits_dev};
+                    &s->moe_scratch};
   const uint64_t sizes[] = {TB * D, TB * D, TB * D, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W, TB * W,
                             TB * W, TB * W, TB * W, TB * ((uint64_t)c[KLE_CFG_KDA_HEAD_DIM] + 1), TB * K, TB * K,
-                            kle_moe_scratch_floats(TB, K, D, MI), (uint64_t)c[KLE_CFG_VOCAB]};
+                            kle_moe_scratch_floats(TB, K, D, MI)};
   const size_t n = sizeof sizes / sizeof sizes[0];
   uint64_t total = 0;
   for (size_t i = 0; i < n; i++) total = kle_add64(total, (sizes[i] + 63) / 64 * 64); /* 256-byte aligned slices */
-  float *p = kle_backend_alloc_n(m, total, sizeof(float));
-  if (!p) return KLE_ENOMEM;
-  s->arena = p;
+  if (!m->arena && !(m->arena = kle_backend_alloc_n(m, total, sizeof(float)))) return KLE_ENOMEM;
+  if (!(s->logits_dev = kle_backend_alloc_n(m, (uint64_t)c[KLE_CFG_VOCAB], sizeof(float)))) return KLE_ENOMEM;
+  float *p = m->arena;
   for (size_t i = 0; i < n; i++) {
     *bufs[i] = p;
     p += (sizes[i] + 63) / 64 * 64;
@@ -100,6 +104,9 @@ kle_session *kle_session_create(kle_model *m) {
   kle_session *s = calloc(1, sizeof *s);
   if (!s) return NULL;
   s->m = m;
+  s->next = m->sessions;
+  if (m->sessions) m->sessions->prev = s;
+  m->sessions = s;
   const int L = n_layers(m);
   /* a backend that can keeps MLA caches in BF16: half the memory and half the bytes a step reads */
   s->kv_fmt = m->b->kv_bf16_ok && m->b->kv_bf16_ok(m->cfg) ? KLE_W_BF16 : KLE_W_F32;

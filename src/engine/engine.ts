@@ -210,6 +210,31 @@ export class EngineModel {
     return session;
   }
 
+  /**
+   * One decode step for several of this model's sessions at once, a token each (continuous
+   * batching): weights are read once for all of them, each session's state and cache are its
+   * own, and each ends with the logits its own forward of the token would give (to float
+   * rounding). At most the backend's batch (64 on the CPU, 512 on the GPU); no session with a
+   * kv budget.
+   * @example
+   * model.stepBatch([a, b], [ta, tb]); // then a.logitsRef(), b.logitsRef()
+   */
+  stepBatch(sessions: readonly EngineSession[], tokens: ArrayLike<number>): void {
+    const n = sessions.length, V = this.config.vocabSize;
+    if (n === 0 || tokens.length !== n) throw new RangeError(`stepBatch: ${n} sessions and ${tokens.length} tokens`);
+    const handles = new Uint8Array(8 * n), dv = new DataView(handles.buffer);
+    sessions.forEach((s, i) => {
+      if (s.model !== this) throw new RangeError(`stepBatch: session ${i} belongs to another model`);
+      const h = s.liveHandle();
+      dv.setUint32(8 * i, h >>> 0, true);
+      dv.setUint32(8 * i + 4, Math.floor(h / 2 ** 32), true);
+      const t = tokens[i]!;
+      if (!Number.isInteger(t) || t < 0 || t >= V) throw new RangeError(`token ${t} at ${i} is outside the vocabulary (0..${V - 1})`);
+    });
+    check('kle_model_step_batch', call(this.backend, 'kle_model_step_batch', [this.live(), handles, Int32Array.from(tokens), n]),
+      `${n} sessions (each once, no kv budget, at most the backend's batch)`);
+  }
+
   private defaultKv: KvFormat | null = null;
   /**
    * The MLA caches' format a new session gets: 'bf16' on the GPU where its attention kernel
@@ -277,6 +302,11 @@ const KV_FORMAT_IDS: Record<KvFormat, number> = { f32: WeightFormat.f32, bf16: W
 /** One conversation's state in the engine: KDA states, conv tails, MLA caches, logits. */
 export class EngineSession {
   private freed = false;
+
+  /** the handle, checked live (for the model's batched step) */
+  liveHandle(): number {
+    return this.live();
+  }
 
   /** the handle, or an error once it or its model was freed (the engine would read freed memory) */
   private live(): number {

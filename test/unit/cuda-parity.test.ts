@@ -107,6 +107,22 @@ function expectClose(what: string, a: Float32Array, b: Float32Array, V: number, 
   expect(r.argmaxAgree, what).toBeGreaterThanOrEqual(agree);
 }
 
+function argmaxOf(a: Float32Array): number {
+  let k = 0;
+  for (let j = 1; j < a.length; j++) if (a[j]! > a[k]!) k = j;
+  return k;
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
 function decodeAll(s: EngineSession, toks: number[], V: number): Float32Array {
   const out = new Float32Array(toks.length * V);
   toks.forEach((t, i) => out.set(s.forward([t]), i * V));
@@ -194,6 +210,49 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
           }
         };
         expectClose(`${name}: 80 steps from a CUDA graph vs launched one by one`, run(true), run(false), V);
+      });
+
+      // continuous batching's step: 5 sessions at different lengths, one forward; then 32
+      // streams greedy in a batch against each alone (the GPU's default BF16 caches)
+      it('a batched step equals each session\'s own steps; 32 greedy streams the same alone and batched', () => {
+        const prompts = [10, 40, 70, 3, 100].map((n, i) => tokens(n, V, 20 + i));
+        const open = (p: number[], fmt?: typeof F32) => {
+          const s = gpu.createSession(fmt);
+          s.step(p);
+          return s;
+        };
+        const batched = prompts.map((p) => open(p, F32)), alone = prompts.map((p) => open(p, F32));
+        const rows: Float32Array[] = [], refs: Float32Array[] = [];
+        for (let step = 0; step < 12; step++) {
+          const next = batched.map((s) => argmaxOf(s.logits()!));
+          gpu.stepBatch(batched, next);
+          alone.forEach((s, i) => s.step([next[i]!]));
+          batched.forEach((s, i) => {
+            rows.push(s.logits()!);
+            refs.push(alone[i]!.logits()!);
+          });
+        }
+        expectClose(`${name}: 5 sessions batched vs alone, 12 steps`, concat(rows), concat(refs), V);
+        for (const s of [...batched, ...alone]) s.free();
+        // 32 streams, 16 greedy tokens each
+        const ps = Array.from({ length: 32 }, (_, i) => tokens(5 + ((i * 7) % 50), V, 40 + i));
+        const many = ps.map((p) => open(p)), solo = ps.map((p) => open(p));
+        const outB: number[][] = ps.map(() => []), outS: number[][] = ps.map(() => []);
+        for (let step = 0; step < 16; step++) {
+          const next = many.map((s) => argmaxOf(s.logits()!));
+          next.forEach((t, i) => outB[i]!.push(t));
+          gpu.stepBatch(many, next);
+          solo.forEach((s, i) => {
+            const t = argmaxOf(s.logits()!);
+            outS[i]!.push(t);
+            s.step([t]);
+          });
+        }
+        const diverged = outB.filter((o, i) => o.join() !== outS[i]!.join()).length;
+        console.log(`  ${name}: 32 greedy streams x 16 tokens, batched vs alone: ${32 - diverged} identical, ${diverged} diverged`);
+        // a near tie can break the other way under another summation order: rare, not never
+        expect(diverged).toBeLessThanOrEqual(2);
+        for (const s of [...many, ...solo]) s.free();
       });
 
       it('on the GPU, prefill equals token-by-token decode', () => {
