@@ -387,6 +387,8 @@ int kle_session_pos(kle_session *s);
  * KLE_PREFILL_BATCH (the CPU's batch; 512 on CUDA). KLE_EINVAL before anything runs otherwise.
  */
 int kle_model_step_batch(kle_model *m, const uint8_t *sessions, const int32_t *tokens, int n);
+/* The most sessions kle_model_step_batch takes at once (the backend's batch of rows). */
+int kle_model_batch(kle_model *m);
 /*
  * A bounded MLA cache (docs/kv-budget.md). After each forward batch, an MLA layer whose cache
  * holds more than `budget` rows drops rows until it holds `budget`: never the first `sink`

@@ -181,3 +181,5 @@ int kle_model_step_batch(kle_model *m, const uint8_t *handles, const int32_t *to
   free(ss);
   return rc;
 }
+
+int kle_model_batch(kle_model *m) { return m ? m->b->batch : KLE_EINVAL; }

@@ -210,6 +210,11 @@ export class EngineModel {
     return session;
   }
 
+  /** The most sessions {@link stepBatch} takes at once (64 on the CPU, 512 on the GPU). */
+  get maxBatch(): number {
+    return call(this.backend, 'kle_model_batch', [this.live()]);
+  }
+
   /**
    * One decode step for several of this model's sessions at once, a token each (continuous
    * batching): weights are read once for all of them, each session's state and cache are its

@@ -69,6 +69,7 @@ export const KLE_ABI = {
   kle_session_sample: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'params', kind: 'in', elem: 'f32' }, { name: 'top_k', kind: 'i32' }, { name: 'toks', kind: 'in', elem: 'i32' }, { name: 'counts', kind: 'in', elem: 'i32' }, { name: 'cbias', kind: 'in', elem: 'u8' }, { name: 'n', kind: 'i32' }, { name: 'btoks', kind: 'in', elem: 'i32' }, { name: 'bvals', kind: 'in', elem: 'u8' }, { name: 'nb', kind: 'i32' }, { name: 'u_bits', kind: 'i64' }] },
   kle_session_pos: { ret: 'i32', params: [{ name: 's', kind: 'addr' }] },
   kle_model_step_batch: { ret: 'i32', params: [{ name: 'm', kind: 'addr' }, { name: 'sessions', kind: 'in', elem: 'u8' }, { name: 'tokens', kind: 'in', elem: 'i32' }, { name: 'n', kind: 'i32' }] },
+  kle_model_batch: { ret: 'i32', params: [{ name: 'm', kind: 'addr' }] },
   kle_session_set_kv_budget: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'budget', kind: 'i32' }, { name: 'sink', kind: 'i32' }, { name: 'window', kind: 'i32' }, { name: 'decay', kind: 'f32' }, { name: 'policy', kind: 'i32' }] },
   kle_session_kv_settings: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'out', kind: 'inout', elem: 'i32' }, { name: 'decay', kind: 'inout', elem: 'f32' }] },
   kle_session_pin: { ret: 'i32', params: [{ name: 's', kind: 'addr' }, { name: 'on', kind: 'i32' }] },

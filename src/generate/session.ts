@@ -7,6 +7,7 @@ import { partsTotal, type EngineSession } from '../engine/engine.js';
 import { StreamDecoder, type ChatMessage, type Tokenizer } from '../tokenizer/tokenizer.js';
 import { kvBudgetOf, pinnableTokens, type KvBudget, type KvBudgetOptions } from './kv-budget.js';
 import { Sampler, validateSampling, type SamplingOptions } from './sampler.js';
+import type { StepBatcher } from './batcher.js';
 
 /** What a session needs of its model (Model, src/model/model.ts, is one). */
 export interface SessionHost {
@@ -34,6 +35,11 @@ export interface GenerateOptions extends SamplingOptions {
   stop?: readonly string[];
   /** aborting ends generation after the current token (finishReason 'abort') */
   signal?: AbortSignal;
+  /**
+   * Decode steps go through this batcher, which runs them with the steps of other generations
+   * of the same model in one forward (continuous batching; ./batcher.ts).
+   */
+  batcher?: StepBatcher;
   /**
    * Return to the event loop between tokens (default true) so timers, I/O and aborts run. A
    * consumer that already yields per token (a pull-based stream) turns it off.
@@ -152,6 +158,24 @@ export class Session {
     return t;
   }
 
+  /** One token through the model: alone, or in a batcher's next step. */
+  private advance(t: number, batcher: StepBatcher | undefined): Promise<void> | void {
+    if (batcher && batcher.model === this.engine.model) return batcher.step(this.engine, t);
+    this.engine.step([t]);
+  }
+
+  /**
+   * prefill() in chunks of `chunk` tokens with `pause` awaited between them, so that the decode
+   * steps of other generations run between the chunks of a long prompt.
+   */
+  async prefillChunked(tokens: readonly number[], chunk: number, pause: () => Promise<void>): Promise<void> {
+    if (!(Number.isInteger(chunk) && chunk > 0)) throw new RangeError(`chunk must be a positive integer, got ${chunk}`);
+    for (let i = 0; i < tokens.length; i += chunk) {
+      if (i > 0) await pause();
+      this.feed(tokens.slice(i, i + chunk));
+    }
+  }
+
   /** The last token's logits (a copy), or null before any token. */
   logits(): Float32Array | null {
     return this.engine.logits();
@@ -195,12 +219,12 @@ export class Session {
       const t = sampler.sample(this.engine.logitsRef()!, this.history);
       n++;
       if (eos.has(t)) {
-        this.engine.step([t]);
+        await this.advance(t, opts.batcher);
         this.history.push(t);
         reason = 'stop';
         break;
       }
-      this.engine.step([t]);
+      await this.advance(t, opts.batcher);
       this.history.push(t);
       pending += dec ? dec.push(t) : '';
       // hold back text that could still become a stop string

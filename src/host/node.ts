@@ -25,6 +25,10 @@ export interface NodeServerOptions {
   acceptHandoff?: boolean;
   /** the secrets those hand-offs are signed with (the current and the previous) */
   handoffKeys?: readonly string[];
+  /** continuous batching of concurrent generations' decode steps (default on) */
+  batching?: boolean;
+  /** prompt tokens prefilled between turns of the event loop (default 1024) */
+  prefillChunk?: number;
 }
 
 /** Loads the model, starts listening, resolves with the server and its URL. */
@@ -41,6 +45,8 @@ export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ serv
     acceptHandoff: o.acceptHandoff,
     handoffKeys: o.handoffKeys,
     router: o.router,
+    batching: o.batching,
+    prefillChunk: o.prefillChunk,
   });
   let timer: ReturnType<typeof setInterval> | null = null;
   if (pool && o.router) {

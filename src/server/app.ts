@@ -13,6 +13,8 @@ import { HTTPException } from 'hono/http-exception';
 import type { Model } from '../model/model.js';
 import { errorResponse } from './errors.js';
 import { DEFAULT_LIMITS, LoadTracker, type GenerationDeps, type Limits } from './generation.js';
+import { sessionStateBytes } from '../engine/layer-kinds.js';
+import type { SequenceGauges } from './metrics.js';
 import { Metrics } from './metrics.js';
 import { requireBearer } from './middleware.js';
 import { openaiRoutes } from './openai.js';
@@ -52,11 +54,32 @@ export interface ServerOptions {
   acceptHandoff?: boolean;
   /** the secrets hand-off blobs are signed with (the current and the previous); needed with acceptHandoff */
   handoffKeys?: readonly string[];
+  /**
+   * Continuous batching (default on): the decode steps of generations running at the same time
+   * go through one engine forward per step (src/generate/batcher.ts); off, each steps alone.
+   */
+  batching?: boolean;
+  /** prompt tokens prefilled at a time; running streams take their steps between chunks (default 1024) */
+  prefillChunk?: number;
 }
 
 /** The limits of `given` over the defaults (undefined values keep the default). */
 export function resolveLimits(given: Partial<Limits> | undefined): Limits {
   return { ...DEFAULT_LIMITS, ...Object.fromEntries(Object.entries(given ?? {}).filter(([, v]) => v !== undefined)) };
+}
+
+/** What /metrics says of the sequences: running and waiting ones, the batches, state memory. */
+function sequenceGauges(d: GenerationDeps): SequenceGauges {
+  let waiting = d.prefilling, stateBytes = 0, lastBatch = 0, largestBatch = 0, steps = 0, tokensPerSecond = 0;
+  for (const [s, model] of d.running) stateBytes += sessionStateBytes(model.config, s.kvLength, model.engine.kvFormat === 'bf16' ? 2 : 4);
+  for (const b of d.batchers?.values() ?? []) {
+    waiting += b.waiting;
+    lastBatch = Math.max(lastBatch, b.stats.lastBatch);
+    largestBatch = Math.max(largestBatch, b.stats.largestBatch);
+    steps += b.stats.steps;
+    tokensPerSecond += b.tokensPerSecond();
+  }
+  return { running: d.running.size, waiting, lastBatch, largestBatch, steps, tokensPerSecond, stateBytes };
 }
 
 export function createApp(opts: ServerOptions): Hono {
@@ -76,7 +99,13 @@ export function createApp(opts: ServerOptions): Hono {
     handoffKeys: opts.acceptHandoff ? (opts.handoffKeys ?? []) : [],
     tokenDelayMs: opts.tokenDelayMs,
     yieldToIo: opts.yieldToIo,
+    batchers: opts.batching === false ? null : new Map(),
+    prefillChunk: opts.prefillChunk ?? 1024,
+    running: new Map(),
+    prefilling: 0,
   };
+  if (!(Number.isInteger(deps.prefillChunk) && deps.prefillChunk > 0)) throw new RangeError(`prefillChunk must be a positive integer, got ${deps.prefillChunk}`);
+  metrics.sequences = () => sequenceGauges(deps);
   const app = new Hono();
   app.use('*', async (c, next) => {
     const t0 = Date.now();

@@ -14,7 +14,8 @@ import type { Metrics } from './metrics.js';
 import type { PrefixCache } from './prefix-cache.js';
 import { promptParam, type OpenAIRequest } from './prompt.js';
 import { kvBudgetOf, pinnableTokens, type KvBudget } from '../generate/kv-budget.js';
-import { EngineError } from '../engine/engine.js';
+import { EngineError, type EngineModel } from '../engine/engine.js';
+import { StepBatcher } from '../generate/batcher.js';
 import { sessionStateBytes } from '../engine/layer-kinds.js';
 
 export interface Limits {
@@ -70,7 +71,26 @@ export interface GenerationDeps {
   readonly handoffKeys: readonly string[];
   readonly tokenDelayMs?: number;
   readonly yieldToIo?: () => Promise<void>;
+  /** the decode steps of concurrent generations batched per model (null: each steps alone) */
+  readonly batchers: Map<EngineModel, StepBatcher> | null;
+  /** prompt tokens prefilled between two turns of the event loop (other streams decode between) */
+  readonly prefillChunk: number;
+  /** the sessions generating now, with the model each belongs to (for /metrics) */
+  readonly running: Map<SessionType, Model>;
+  /** requests whose prompts are being prefilled */
+  prefilling: number;
 }
+
+/** The batcher of a model's decode steps, made on first use. */
+export function batcherFor(d: GenerationDeps, model: Model): StepBatcher | undefined {
+  if (!d.batchers) return undefined;
+  let b = d.batchers.get(model.engine);
+  if (!b) d.batchers.set(model.engine, (b = new StepBatcher(model.engine)));
+  return b;
+}
+
+/** a turn of the event loop, whatever the host */
+const pause = (d: GenerationDeps) => (d.yieldToIo ? d.yieldToIo() : new Promise<void>((r) => setTimeout(r, 0)));
 
 const enc = new TextEncoder();
 
@@ -155,31 +175,36 @@ function sameBound(s: SessionType, kv: KvBudget | null): boolean {
  * one fits, the rest prefilled. A bounded session (kv) resumes only a hand-off made under the same
  * bound, and skips the prefix cache, whose states are of unbounded sessions.
  */
-function openSession(d: GenerationDeps, model: Model, handoff: Uint8Array | null, prompt: number[], kv: KvBudget | null): { session: SessionType; reused: number; source: string } {
+async function openSession(d: GenerationDeps, model: Model, handoff: Uint8Array | null, prompt: number[], kv: KvBudget | null): Promise<{ session: SessionType; reused: number; source: string }> {
+  const prefilled = (session: SessionType, reused: number, source: string) => prefill(d, session, prompt, reused, source);
   if (handoff) {
+    let s: SessionType | null = null;
     try {
-      const s = Session.restore(model, handoff);
-      if (s.length <= prompt.length && s.tokens.every((t, i) => t === prompt[i]) && sameBound(s, kv) && !kv?.keepPrompt) return prefilled(s, prompt, s.length, 'handoff');
-      s.free();
+      s = Session.restore(model, handoff);
     } catch {
       // another model's state, or a damaged one: prefill from scratch
     }
+    if (s && s.length <= prompt.length && s.tokens.every((t, i) => t === prompt[i]) && sameBound(s, kv) && !kv?.keepPrompt) return prefilled(s, s.length, 'handoff');
+    s?.free();
   }
-  if (kv) return prefilled(model.createSession({ kvBudget: kv }), prompt, 0, 'none');
+  if (kv) return prefilled(model.createSession({ kvBudget: kv }), 0, 'none');
   const hit = d.cache?.longestPrefix(prompt);
   if (hit) {
+    let s: SessionType | null = null;
     try {
-      return prefilled(Session.restore(model, hit.blob), prompt, hit.tokens, 'cache');
+      s = Session.restore(model, hit.blob);
     } catch {
       // fall through to a fresh session
     }
+    if (s) return prefilled(s, hit.tokens, 'cache');
   }
-  return prefilled(model.createSession(), prompt, 0, 'none');
+  return prefilled(model.createSession(), 0, 'none');
 }
 
-function prefilled(session: SessionType, prompt: number[], reused: number, source: string): { session: SessionType; reused: number; source: string } {
+/** the prompt's remaining tokens, in chunks between which the running streams decode */
+async function prefill(d: GenerationDeps, session: SessionType, prompt: number[], reused: number, source: string): Promise<{ session: SessionType; reused: number; source: string }> {
   try {
-    if (reused < prompt.length) session.prefill(prompt.slice(reused));
+    if (reused < prompt.length) await session.prefillChunked(prompt.slice(reused), d.prefillChunk, () => pause(d));
   } catch (e) {
     session.free();
     throw e;
@@ -212,18 +237,23 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
   const { load, metrics, modelId } = d;
   load.active++;
   metrics.activeSessions = load.active;
-  let opened: ReturnType<typeof openSession>;
+  let opened: Awaited<ReturnType<typeof openSession>>;
   const kv = kvBudgetFor(d, r, model);
+  d.prefilling++;
   try {
-    opened = openSession(d, model, handoff, prompt, kv);
+    opened = await openSession(d, model, handoff, prompt, kv);
   } catch (e) {
     load.active--;
     metrics.activeSessions = load.active;
     // memory ran out after all (another process took the GPU's, say): a retry may find it
     if (e instanceof EngineError && e.code === -2) return errorResponse(503, `prefill ran out of memory: ${e.message}`, 'server_error', null, 'insufficient_device_memory', { 'retry-after': '5' });
     return errorResponse(500, `prefill failed: ${(e as Error).message}`, 'server_error');
+  } finally {
+    d.prefilling--;
   }
   const { session } = opened;
+  d.running.set(session, model);
+  gen.batcher = batcherFor(d, model);
   if (!kv) d.cache?.put(prompt, session.save());
   const resumeHeaders: Record<string, string> = { 'x-kle-prefix-reused': String(opened.reused), 'x-kle-prefix-source': opened.source, ...(kv ? { 'x-kle-kv-budget': String(kv.kvBudget) } : {}) };
   let tFirst = 0;
@@ -233,6 +263,7 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
   const finish = (completion: number) => {
     if (finished) return;
     finished = true;
+    d.running.delete(session);
     session.free();
     load.active--;
     metrics.activeSessions = load.active;
@@ -324,9 +355,12 @@ export async function generate(c: Context, d: GenerationDeps, model: Model, r: O
           }
         } catch (e) {
           // a failure after the headers went out: say so in the stream, never end it silently
+          // (a stream the client left has no one to tell)
+          const gone = closed;
           closed = true;
-          ctrl.enqueue(enc.encode(`data: ${JSON.stringify({ error: { message: (e as Error).message, type: 'server_error', param: null, code: null } })}\n\n`));
           finish(completion);
+          if (gone) return;
+          ctrl.enqueue(enc.encode(`data: ${JSON.stringify({ error: { message: (e as Error).message, type: 'server_error', param: null, code: null } })}\n\n`));
           ctrl.close();
         }
       },
