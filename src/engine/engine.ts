@@ -308,6 +308,11 @@ const KV_FORMAT_IDS: Record<KvFormat, number> = { f32: WeightFormat.f32, bf16: W
 export class EngineSession {
   private freed = false;
 
+  /** True once the session or its model was freed. */
+  get isFreed(): boolean {
+    return this.freed || this.model.isFreed;
+  }
+
   /** the handle, checked live (for the model's batched step) */
   liveHandle(): number {
     return this.live();

@@ -79,6 +79,12 @@ export class StepBatcher {
     const alone: Pending[] = [], batch: Pending[] = [];
     const seen = new Set<EngineSession>();
     for (const p of all) {
+      // a generation whose client left may have freed its session while the step waited: it
+      // fails alone (nothing here may throw: this runs from the event loop, not from a caller)
+      if (p.session.isFreed) {
+        p.reject(new EngineError('kle_session', -1, 'the session was freed while its step waited'));
+        continue;
+      }
       if (p.session.kvSettings().kvBudget > 0 || seen.has(p.session)) alone.push(p);
       else {
         seen.add(p.session);

@@ -4,6 +4,7 @@
 // test/unit/cuda-parity.test.ts.
 import { describe, expect, it } from 'vitest';
 import type { EngineModel, EngineSession } from '../../src/engine/engine.js';
+import { StepBatcher } from '../../src/generate/batcher.js';
 import { allBackends, argmax, loadTiny, tokens } from '../helpers/tiny-model.js';
 
 const V = 512;
@@ -79,4 +80,33 @@ describe('a batched decode step (every CPU backend)', async () => {
       for (const s of [a, d]) s.free();
     });
   }
+});
+
+describe('the step batcher (src/generate/batcher.ts)', async () => {
+  const [b] = await allBackends();
+  const model = await loadTiny(b!);
+  it('runs the steps asked for in one turn as one forward; a session freed meanwhile fails alone', async () => {
+    const batcher = new StepBatcher(model);
+    const ss = [0, 1, 2, 3].map((i) => {
+      const s = model.createSession();
+      s.step(tokens(5 + i, V, 50 + i));
+      return s;
+    });
+    const ref = ss.map((s) => {
+      const r = model.createSession();
+      r.load(s.save());
+      r.step([7]);
+      const t = argmax(r.logits()!);
+      r.free();
+      return t;
+    });
+    const steps = ss.map((s) => batcher.step(s, 7));
+    ss[1]!.free();
+    const results = await Promise.allSettled(steps);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+    expect(String((results[1] as PromiseRejectedResult).reason)).toMatch(/freed while its step waited/);
+    expect(batcher.stats).toMatchObject({ steps: 1, tokens: 3, lastBatch: 3 });
+    for (const i of [0, 2, 3]) expect(argmax(ss[i]!.logits()!)).toBe(ref[i]);
+    for (const i of [0, 2, 3]) ss[i]!.free();
+  });
 });
