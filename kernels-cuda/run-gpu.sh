@@ -81,7 +81,7 @@ if [ "$mode" = arch ]; then
   exit 0
 fi
 if [ "$mode" = batch ]; then
-  KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
+  [ -n "${SKIP_SANITIZER:-}" ] || KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
   node .gpu/dist/bench/gpu-batch.mjs "$@" 2>&1 | tee "$OUT/gpu-batch.log"
   cp bench/results/gpu-batch-* "$OUT/" 2>/dev/null || true
   exit 0

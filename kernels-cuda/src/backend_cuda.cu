@@ -574,8 +574,10 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   const bool f16 = tab->fmt[0] != KLE_W_F32 && tab->fmt[0] == tab->fmt[1] && tab->fmt[1] == tab->fmt[2];
   // a batch: each expert's matrices multiply all of its pairs at once (prefill at 48B read every
   // routed expert row once per pair: 9.4 ms a layer for a 512-token batch with rows read once per
-  // 8 pairs on the CUDA cores)
-  if (f16 && P >= 32 && kle_ops::grouped_ok(D, MI, h)) {
+  // 8 pairs on the CUDA cores). Not for a few pairs over many experts (a batched decode step of 8
+  // streams at 48B: 64 pairs over about 58 experts, a tile of 64 rows for each one's single
+  // pair): there every expert is read once either way, and the matvecs stream it.
+  if (f16 && P >= 32 && P >= 2 * tab->E && kle_ops::grouped_ok(D, MI, h)) {
     const long need = (long)tab->E + 1 + P;
     if (need > cx->grp_n) {
       cudaFree(cx->grp);  // synchronizes: no kernel still reads the old one
