@@ -194,9 +194,53 @@ static int cpu_kda_gate(kle_backend_ctx *cx, const float *x, const float *A_log,
   return KLE_OK;
 }
 
+/* The KDA heads are independent recurrences: threads take whole heads, each computed exactly as
+ * on one thread (a chunked prefill's head is gathered into contiguous rows, run as a one-head
+ * chunk, and its output scattered back), so the result is the same to the bit. */
+struct kda_job {
+  float *S;
+  const float *q, *k, *v, *g, *beta;
+  float *o;
+  int T, H, K, V, rc;
+  float scale;
+};
+static void kda_head(void *arg, int h) {
+  struct kda_job *j = arg;
+  const size_t K = (size_t)j->K, V = (size_t)j->V, H = (size_t)j->H, T = (size_t)j->T;
+  float *Sh = j->S + (size_t)h * K * V;
+  int rc;
+  if (j->T == 1) {
+    rc = kle_kda_step(Sh, j->q + h * K, j->k + h * K, j->v + h * V, j->g + h * K, j->beta + h, j->o + h * V, 1, j->K, j->V,
+                      j->scale, KLE_KDA_L2NORM_QK);
+  } else {
+    float *buf = kle_host_alloc_n(kle_mul64(T, 3 * K + 2 * V + 1), sizeof(float));
+    if (!buf) {
+      j->rc = KLE_ENOMEM;
+      return;
+    }
+    float *q = buf, *k = q + T * K, *g = k + T * K, *v = g + T * K, *o = v + T * V, *beta = o + T * V;
+    for (size_t t = 0; t < T; t++) {
+      memcpy(q + t * K, j->q + (t * H + h) * K, sizeof(float) * K);
+      memcpy(k + t * K, j->k + (t * H + h) * K, sizeof(float) * K);
+      memcpy(g + t * K, j->g + (t * H + h) * K, sizeof(float) * K);
+      memcpy(v + t * V, j->v + (t * H + h) * V, sizeof(float) * V);
+      beta[t] = j->beta[t * H + h];
+    }
+    rc = kle_kda_chunk(Sh, q, k, v, g, beta, o, j->T, 1, j->K, j->V, j->scale, KLE_KDA_L2NORM_QK, 0);
+    for (size_t t = 0; rc == KLE_OK && t < T; t++) memcpy(j->o + (t * H + h) * V, o + t * V, sizeof(float) * V);
+    free(buf);
+  }
+  if (rc != KLE_OK) j->rc = rc;
+}
+
 static int cpu_kda_recur(kle_backend_ctx *cx, float *S, const float *q, const float *k, const float *v, const float *g,
                          const float *beta, float *o, int T, int H, int K, int V, float scale) {
-  (void)cx;
+  /* below ~64K state elements touched, handing the heads out costs more than it saves */
+  if (cx->pool && H > 1 && (int64_t)T * H * K * V >= (1 << 16)) {
+    struct kda_job j = {S, q, k, v, g, beta, o, T, H, K, V, KLE_OK, scale};
+    kle_pool_run(cx->pool, kda_head, &j, H);
+    return j.rc;
+  }
   if (T == 1) return kle_kda_step(S, q, k, v, g, beta, o, H, K, V, scale, KLE_KDA_L2NORM_QK);
   return kle_kda_chunk(S, q, k, v, g, beta, o, T, H, K, V, scale, KLE_KDA_L2NORM_QK, 0);
 }
@@ -233,9 +277,31 @@ static int cpu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q
   return rc;
 }
 
+/* MLA attention split across threads by what the kernels compute independently: a decode's
+ * heads (each reads the whole cache: the decode is bound by arithmetic, not by the cache read),
+ * a prefill's queries; each part exactly as on one thread */
+struct mla_job {
+  const float *q, *cache;
+  int L0, T, H, D, Dv;
+  float scale;
+  float *out;
+  int rc;
+};
+static void mla_part(void *arg, int i) {
+  struct mla_job *j = arg;
+  int rc;
+  if (j->T == 1) {
+    rc = kle_mla_decode(j->q + (size_t)i * j->D, j->cache, j->L0 + 1, 1, j->D, j->Dv, j->scale, j->out + (size_t)i * j->Dv, NULL);
+  } else {
+    const int t0 = 8 * i, n = j->T - t0 < 8 ? j->T - t0 : 8;
+    rc = kle_mla_prefill(j->q + (size_t)t0 * j->H * j->D, j->cache, j->L0 + t0, n, j->H, j->D, j->Dv, j->scale,
+                         j->out + (size_t)t0 * j->H * j->Dv);
+  }
+  if (rc != KLE_OK) j->rc = rc;
+}
+
 static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const void *cache_, int fmt, int L0, int T, int H, int D,
                           int Dv, float scale, float *out, float *score, float decay) {
-  (void)cx;
   if (fmt != KLE_W_F32 || L0 < 0) return KLE_EINVAL;
   const float *cache = cache_;
   if (score) {
@@ -243,6 +309,13 @@ static int cpu_mla_attend(kle_backend_ctx *cx, const float *qlat, const void *ca
       KLE_TRY(kle_mla_decode_scored(qlat + (size_t)t * H * D, cache, L0 + t + 1, H, D, Dv, scale, out + (size_t)t * H * Dv,
                                     score, decay));
     return KLE_OK;
+  }
+  const int64_t work = (int64_t)T * H * (L0 + T) * (D + Dv);
+  if (cx->pool && work >= (1 << 18)) {
+    struct mla_job j = {qlat, cache, L0, T, H, D, Dv, scale, out, KLE_OK};
+    /* a decode's heads, or a prefill's queries in blocks of 8 */
+    kle_pool_run(cx->pool, mla_part, &j, T == 1 ? H : (T + 7) / 8);
+    return j.rc;
   }
   if (T == 1) return kle_mla_decode(qlat, cache, L0 + 1, H, D, Dv, scale, out, NULL);
   return kle_mla_prefill(qlat, cache, L0, T, H, D, Dv, scale, out);

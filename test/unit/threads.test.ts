@@ -14,12 +14,14 @@ import { Kernels } from '../../src/engine/kernels.js';
 import { loadModel } from '../../src/model/load.js';
 import { sourceFromFiles } from '../../src/formats/source.js';
 
-// wide enough that every matmul splits into several 64-row slices and passes the size threshold
+// wide enough that every matmul splits into several 64-row slices and passes the size threshold,
+// and that the KDA heads (4 x 128 x 128 a step) and, past ~460 cached rows, the MLA decode's
+// heads are handed out too
 const WIDE = {
   architectures: ['KimiLinearForCausalLM'], model_type: 'kimi_linear', vocab_size: 1024, hidden_size: 256, intermediate_size: 512,
   num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 4, kv_lora_rank: 64, q_lora_rank: null, qk_nope_head_dim: 32,
   qk_rope_head_dim: 16, v_head_dim: 32, mla_use_nope: true, rms_norm_eps: 1e-5, tie_word_embeddings: false,
-  linear_attn_config: { kda_layers: [1], full_attn_layers: [2], num_heads: 4, head_dim: 64, short_conv_kernel_size: 4 },
+  linear_attn_config: { kda_layers: [1], full_attn_layers: [2], num_heads: 4, head_dim: 128, short_conv_kernel_size: 4 },
   num_experts: 8, num_experts_per_token: 2, num_shared_experts: 1, moe_intermediate_size: 128, first_k_dense_replace: 1,
   moe_layer_freq: 1, moe_renormalize: true, moe_router_activation_func: 'sigmoid', routed_scaling_factor: 2.446,
   use_grouped_topk: true, num_expert_group: 1, topk_group: 1,
@@ -28,7 +30,7 @@ const WIDE = {
 describe('threads', () => {
   const native = loadNativeBackend();
   const config = parseKimiConfig(WIDE);
-  const prompt = tokens(70, 1024, 5);
+  const prompt = tokens(500, 1024, 5);
 
   async function models(): Promise<[string, EngineModel][]> {
     const st = syntheticWeights(WIDE, 3);
@@ -41,7 +43,7 @@ describe('threads', () => {
     return out;
   }
 
-  it('the native engine gives the same logits on 1, 2 and 5 threads (prefill and decode, every format)', async () => {
+  it('the native engine gives the same logits on 1, 2 and 5 threads (prefill and decode, every format; matmuls, KDA and MLA heads)', async () => {
     for (const [fmt, m] of await models()) {
       expect(m.threads()).toBeGreaterThanOrEqual(1);
       const runs = [1, 2, 5].map((n) => {
