@@ -1,5 +1,5 @@
 /*
- * matmul_q8.c: Y = X W^T for Q8_0 and Q4_0 weights with integer dot products.
+ * matmul_q8.c: Y = X W^T for Q8_0, Q4_0 and Q4_K weights with integer dot products.
  *
  * Decoding quantized weights to f32 and multiplying in f32 ran at 15-24% of the read bandwidth:
  * the decode and the float multiplies bound it, not the bytes. Here the activations are
@@ -10,6 +10,11 @@
  * float multiply-add into a running vector; one horizontal sum per row.
  *
  * Natively with AVX-512 BW and VNNI, one 512-bit vpdpwssd takes a whole block.
+ *
+ * Q4_K (llama.cpp's K-quant: super-blocks of 256 values in 8 groups of 32, value = d * sc_j * q -
+ * dmin * m_j, q in 0..15) fits the same blocks of 32: a group's dot is d * sc_j * dx * sum(q * qx)
+ * in int32, and its min term dmin * m_j * dx * sum(qx), whose last factor the activations'
+ * quantization keeps per block (sx = dx * sum(qx)), so it costs a multiply-add per group.
  *
  * The cost is the activations' rounding: |x - dx * qx| <= dx / 2, so a block contributes at
  * most dx / 2 * sum |w| of error (test/unit/matmul.test.ts checks that bound against float64 for
@@ -34,14 +39,16 @@
 
 #define Q8_BYTES 34
 #define Q4_BYTES 18
+#define Q4K_BYTES 144
 
-/* One token row's blocks: scales dx[nb], values qx[n] (int16). Shared by every version of a
+/* One token row's blocks: scales dx[nb], values qx[n] (int16), and sx[nb] = dx * sum(qx) (Q4_K's
+ * min terms). Shared by every version of a
  * build, so all of them multiply the same integers. Four lanes at a time (simd.h: f32x4 in wasm
  * SIMD, SSE/AVX natively); rounding to nearest even by adding and removing 1.5 * 2^23 (a call to
  * fmaxf and lrintf per element took a tenth of a Q8_0 prefill). Where the compiler fuses the
  * multiply and the add, a product within half an ulp of a half rounds once instead of twice: a
  * code may differ by one between builds, as float sums do. */
-static void quantize_x(const float *x, int n, float *dx, int16_t *qx) {
+static void quantize_x(const float *x, int n, float *dx, float *sx, int16_t *qx) {
   typedef int16_t v4s __attribute__((vector_size(8)));
   const v4f magic = vsplat(12582912.0f);
   const v4i absmask = (v4i){0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
@@ -52,11 +59,15 @@ static void quantize_x(const float *x, int n, float *dx, int16_t *qx) {
     const float amax = vhmax(m);
     const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
     dx[b] = d;
+    v4i sum = {0, 0, 0, 0};
     for (int i = 0; i < KLE_QK; i += 4) {
       const v4f r = (vload(xb + i) * vsplat(id) + magic) - magic;
-      const v4s q = __builtin_convertvector(__builtin_convertvector(r, v4i), v4s);
+      const v4i qi = __builtin_convertvector(r, v4i);
+      const v4s q = __builtin_convertvector(qi, v4s);
+      sum += qi;
       memcpy(qx + b * KLE_QK + i, &q, sizeof q);
     }
+    sx[b] = d * (float)(sum[0] + sum[1] + sum[2] + sum[3]);
   }
 }
 
@@ -74,9 +85,49 @@ static void q4_unpack(const uint8_t *b, int8_t *out) {
   }
 }
 
+/* Q4_K's 6-bit scale and min of group j (of 8), packed in 12 bytes: groups 0-3 in the low 6
+ * bits of bytes j and j + 4; groups 4-7 take their low 4 bits from byte j + 4's nibbles and their
+ * top 2 from the spare top bits of bytes j - 4 (scale) and j (min). */
+static void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+  if (j < 4) {
+    *sc = s[j] & 63;
+    *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+  }
+}
+
+/* a Q4_K super-block's header: d * sc_j and dmin * m_j for its 8 groups */
+static void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
+  const float d = scale_of(blk), dmin = scale_of(blk + 2);
+  for (int j = 0; j < 8; j++) {
+    int sc, m;
+    q4k_scale_min(blk + 4, j, &sc, &m);
+    ds[j] = d * (float)sc;
+    dm[j] = dmin * (float)m;
+  }
+}
+
 /* sum over blocks of dw * dx * (int32 dot): the plain scalar version */
-static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
+static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
   float acc = 0.0f;
+  if (fmt == KLE_W_Q4_K) {
+    float mins = 0.0f, ds[8], dm[8];
+    for (int s = 0; s < nb / 8; s++) {
+      const uint8_t *blk = row + (size_t)s * Q4K_BYTES, *q = blk + 16;
+      q4k_header(blk, ds, dm);
+      for (int j = 0; j < 8; j++) {
+        const int b = 8 * s + j, shift = 4 * (j & 1);
+        const uint8_t *qq = q + 32 * (j / 2);
+        int32_t sum = 0;
+        for (int i = 0; i < KLE_QK; i++) sum += ((qq[i] >> shift) & 15) * qx[b * KLE_QK + i];
+        acc += ds[j] * dx[b] * (float)sum;
+        mins += dm[j] * sx[b];
+      }
+    }
+    return acc - mins;
+  }
   int8_t q[KLE_QK];
   for (int b = 0; b < nb; b++) {
     const uint8_t *blk = row + (size_t)b * (fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES);
@@ -122,6 +173,19 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
   w->v[3] = wasm_i16x8_extend_high_i8x16(w1);
   return blk;
 }
+/* 32 bytes of Q4_K nibbles: group a's 32 values (low nibbles), group b's (high), widened */
+static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
+  const v128_t p0 = wasm_v128_load(q), p1 = wasm_v128_load(q + 16), m = wasm_i8x16_splat(15);
+  const v128_t l0 = wasm_v128_and(p0, m), l1 = wasm_v128_and(p1, m), h0 = wasm_u8x16_shr(p0, 4), h1 = wasm_u8x16_shr(p1, 4);
+  a->v[0] = wasm_u16x8_extend_low_u8x16(l0);
+  a->v[1] = wasm_u16x8_extend_high_u8x16(l0);
+  a->v[2] = wasm_u16x8_extend_low_u8x16(l1);
+  a->v[3] = wasm_u16x8_extend_high_u8x16(l1);
+  b->v[0] = wasm_u16x8_extend_low_u8x16(h0);
+  b->v[1] = wasm_u16x8_extend_high_u8x16(h0);
+  b->v[2] = wasm_u16x8_extend_low_u8x16(h1);
+  b->v[3] = wasm_u16x8_extend_high_u8x16(h1);
+}
 static inline kq_acc acc_zero(void) { return wasm_f32x4_splat(0.0f); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   v128_t s = wasm_i32x4_dot_i16x8(w->v[0], wasm_v128_load(x));
@@ -148,6 +212,11 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
   const __m128i w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight), w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
   *w = _mm512_cvtepi8_epi16(_mm256_set_m128i(w1, w0));
   return blk;
+}
+static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
+  const __m256i p = _mm256_loadu_si256((const __m256i *)q), m = _mm256_set1_epi8(15);
+  *a = _mm512_cvtepu8_epi16(_mm256_and_si256(p, m));
+  *b = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), m));
 }
 static inline kq_acc acc_zero(void) { return _mm512_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
@@ -189,6 +258,13 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
   w->hi = _mm256_cvtepi8_epi16(w1);
   return blk;
 }
+static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
+  const __m128i p0 = _mm_loadu_si128((const __m128i *)q), p1 = _mm_loadu_si128((const __m128i *)(q + 16)), m = _mm_set1_epi8(15);
+  a->lo = _mm256_cvtepu8_epi16(_mm_and_si128(p0, m));
+  a->hi = _mm256_cvtepu8_epi16(_mm_and_si128(p1, m));
+  b->lo = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p0, 4), m));
+  b->hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p1, 4), m));
+}
 static inline kq_acc acc_zero(void) { return _mm256_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   __m256i s = madd_acc(_mm256_setzero_si256(), w->lo, _mm256_loadu_si256((const __m256i *)x));
@@ -210,9 +286,40 @@ static inline float acc_sum(kq_acc acc) {
 #endif
 
 #ifdef NO_SIMD_DOT
-static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) { return row_dot_ref(fmt, row, dx, qx, nb); }
+static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
+  return row_dot_ref(fmt, row, dx, sx, qx, nb);
+}
 #else
-static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t *qx, int nb) {
+/* T tokens (1..4) against one Q4_K row: each group pair's nibbles widened once for all of them */
+static void row_dot_q4k(const uint8_t *row, int T, const float *const dx[4], const float *const sx[4], const int16_t *const qx[4],
+                        int nb, float out[4]) {
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  float mins[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ds[8], dm[8];
+  for (int s = 0; s < nb / 8; s++) {
+    const uint8_t *blk = row + (size_t)s * Q4K_BYTES;
+    q4k_header(blk, ds, dm);
+    for (int g = 0; g < 4; g++) {
+      kq_w a, b;
+      q4k_w(blk + 16 + 32 * g, &a, &b);
+      const int j = 2 * g, k = 8 * s + j;
+      for (int t = 0; t < T; t++) {
+        acc[t] = acc_add(acc[t], &a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
+        acc[t] = acc_add(acc[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
+        mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
+      }
+    }
+  }
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - mins[t];
+}
+
+static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
+  if (fmt == KLE_W_Q4_K) {
+    float out[4];
+    const float *d1[4] = {dx}, *s1[4] = {sx};
+    const int16_t *q1[4] = {qx};
+    row_dot_q4k(row, 1, d1, s1, q1, nb, out);
+    return out[0];
+  }
   kq_acc acc = acc_zero();
   for (int b = 0; b < nb; b++) {
     kq_w w;
@@ -223,7 +330,12 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const int16_t
 }
 
 /* four tokens against one row: each block's weights unpacked and widened once for all four */
-static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
+static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const float *const sx[4], const int16_t *const qx[4], int nb,
+                     float out[4]) {
+  if (fmt == KLE_W_Q4_K) {
+    row_dot_q4k(row, 4, dx, sx, qx, nb, out);
+    return;
+  }
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   for (int b = 0; b < nb; b++) {
     kq_w w;
@@ -234,18 +346,22 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
 }
 #endif
 
-typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const int16_t *, int);
+typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, const int16_t *, int);
+
+static int int_dot_format(int fmt) { return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q4_K; }
 
 void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx) {
   const int nb = n_in / KLE_QK;
-  for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, dx + (size_t)t * nb, qx + (size_t)t * n_in);
+  float *sx = dx + (size_t)T * nb;
+  for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in);
 }
 
 static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
                    int n_in) {
   const long rb = kle_row_bytes(fmt, n_in);
-  if ((fmt != KLE_W_Q8_0 && fmt != KLE_W_Q4_0) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
+  if (!int_dot_format(fmt) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
   const int nb = n_in / KLE_QK;
+  const float *sx = dx + (size_t)T * nb;
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
   for (int r = 0; r < n_out; r++) {
@@ -254,15 +370,15 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
 #ifndef NO_SIMD_DOT
     if (dot == row_dot)
       for (; t + 4 <= T; t += 4) {
-        const float *dxs[4];
+        const float *dxs[4], *sxs[4];
         const int16_t *qxs[4];
         float out[4];
-        for (int j = 0; j < 4; j++) dxs[j] = dx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
-        row_dot4(fmt, row, dxs, qxs, nb, out);
+        for (int j = 0; j < 4; j++) dxs[j] = dx + (size_t)(t + j) * nb, sxs[j] = sx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
+        row_dot4(fmt, row, dxs, sxs, qxs, nb, out);
         for (int j = 0; j < 4; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
       }
 #endif
-    for (; t < T; t++) Y[(size_t)t * ldy + r] = dot(fmt, row, dx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
+    for (; t < T; t++) Y[(size_t)t * ldy + r] = dot(fmt, row, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
   }
   return KLE_OK;
 }
@@ -273,12 +389,12 @@ int kle_q8_rows(int fmt, const void *W, const float *dx, const int16_t *qx, floa
 
 static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
   const long rb = kle_row_bytes(fmt, n_in);
-  if ((fmt != KLE_W_Q8_0 && fmt != KLE_W_Q4_0) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
-  /* T x n_in activations as int16 and their scales: sizes from the caller's shape, in 64 bits */
+  if (!int_dot_format(fmt) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
+  /* T x n_in activations as int16, their scales and scaled sums: sizes from the caller's shape, in 64 bits */
   const uint64_t n = (uint64_t)T * (uint64_t)n_in;
   if (n > SIZE_MAX / 4) return KLE_ENOMEM;
   int16_t *qx = malloc(sizeof(int16_t) * (size_t)n + 2);
-  float *dx = malloc(sizeof(float) * (size_t)T * (size_t)(n_in / KLE_QK) + 4);
+  float *dx = malloc(2 * sizeof(float) * (size_t)T * (size_t)(n_in / KLE_QK) + 4);
   if (!qx || !dx) {
     free(qx);
     free(dx);
