@@ -1,5 +1,5 @@
 /*
- * matmul_q8.c: Y = X W^T for Q8_0, Q4_0 and Q4_K weights with integer dot products.
+ * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q4_K and Q6_K weights with integer dot products.
  *
  * Decoding quantized weights to f32 and multiplying in f32 ran at 15-24% of the read bandwidth:
  * the decode and the float multiplies bound it, not the bytes. Here the activations are
@@ -14,7 +14,10 @@
  * Q4_K (llama.cpp's K-quant: super-blocks of 256 values in 8 groups of 32, value = d * sc_j * q -
  * dmin * m_j, q in 0..15) fits the same blocks of 32: a group's dot is d * sc_j * dx * sum(q * qx)
  * in int32, and its min term dmin * m_j * dx * sum(qx), whose last factor the activations'
- * quantization keeps per block (sx = dx * sum(qx)), so it costs a multiply-add per group.
+ * quantization keeps per block (sx = dx * sum(qx)), so it costs a multiply-add per group. Q6_K
+ * (value = d * sc * (q - 32), q 6 bits, an int8 scale sc per 16 values) folds each scale into
+ * its weights: sc * (q - 32) fits int16 (|.| <= 127 * 32), and 32 of its products with codes
+ * (<= 127) fit int32, so a block of 32 is one dot scaled by d * dx.
  *
  * The cost is the activations' rounding: |x - dx * qx| <= dx / 2, so a block contributes at
  * most dx / 2 * sum |w| of error (test/unit/matmul.test.ts checks that bound against float64 for
@@ -40,6 +43,7 @@
 #define Q8_BYTES 34
 #define Q4_BYTES 18
 #define Q4K_BYTES 144
+#define Q6K_BYTES 210
 
 /* One token row's blocks: scales dx[nb], values qx[n] (int16), and sx[nb] = dx * sum(qx) (Q4_K's
  * min terms). Shared by every version of a
@@ -112,6 +116,26 @@ static void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
 /* sum over blocks of dw * dx * (int32 dot): the plain scalar version */
 static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
   float acc = 0.0f;
+  if (fmt == KLE_W_Q6_K) {
+    for (int s = 0; s < nb / 8; s++) {
+      const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
+      const float d = scale_of(blk + 208);
+      for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+        const int8_t *sc = (const int8_t *)(blk + 192 + 8 * h);
+        for (int k = 0; k < 4; k++) { /* values 32 k .. 32 k + 31 of the half */
+          const int b = 8 * s + 4 * h + k;
+          int32_t sum = 0;
+          for (int l = 0; l < 32; l++) {
+            const int q = (((k & 2 ? ql[32 * (k & 1) + l] >> 4 : ql[32 * (k & 1) + l]) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
+            sum += sc[2 * k + l / 16] * q * qx[b * KLE_QK + l];
+          }
+          acc += d * dx[b] * (float)sum;
+        }
+      }
+    }
+    return acc;
+  }
   if (fmt == KLE_W_Q4_K) {
     float mins = 0.0f, ds[8], dm[8];
     for (int s = 0; s < nb / 8; s++) {
@@ -186,6 +210,21 @@ static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
   b->v[2] = wasm_u16x8_extend_low_u8x16(h1);
   b->v[3] = wasm_u16x8_extend_high_u8x16(h1);
 }
+/* half a Q6_K super-block (64 bytes of low nibbles, 32 of bit pairs, 8 scales): its 4 blocks
+ * of 32 as sc * (q - 32) in int16 lanes */
+static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc, kq_w w[4]) {
+  const v128_t m4 = wasm_i8x16_splat(15), m2 = wasm_i8x16_splat(3), k32 = wasm_i8x16_splat(32);
+  const v128_t L[4] = {wasm_v128_load(ql), wasm_v128_load(ql + 16), wasm_v128_load(ql + 32), wasm_v128_load(ql + 48)};
+  const v128_t H[2] = {wasm_v128_load(qh), wasm_v128_load(qh + 16)};
+  for (int k = 0; k < 4; k++)
+    for (int half = 0; half < 2; half++) {
+      const v128_t l = L[2 * (k & 1) + half], lo = k & 2 ? wasm_u8x16_shr(l, 4) : wasm_v128_and(l, m4);
+      const v128_t hi = wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(H[half], 2 * k), m2), 4);
+      const v128_t q = wasm_i8x16_sub(wasm_v128_or(lo, hi), k32), s = wasm_i16x8_splat(sc[2 * k + half]);
+      w[k].v[2 * half] = wasm_i16x8_mul(wasm_i16x8_extend_low_i8x16(q), s);
+      w[k].v[2 * half + 1] = wasm_i16x8_mul(wasm_i16x8_extend_high_i8x16(q), s);
+    }
+}
 static inline kq_acc acc_zero(void) { return wasm_f32x4_splat(0.0f); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   v128_t s = wasm_i32x4_dot_i16x8(w->v[0], wasm_v128_load(x));
@@ -217,6 +256,17 @@ static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
   const __m256i p = _mm256_loadu_si256((const __m256i *)q), m = _mm256_set1_epi8(15);
   *a = _mm512_cvtepu8_epi16(_mm256_and_si256(p, m));
   *b = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), m));
+}
+static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc, kq_w w[4]) {
+  const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+  const __m256i L0 = _mm256_loadu_si256((const __m256i *)ql), L1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+  const __m256i H = _mm256_loadu_si256((const __m256i *)qh);
+  for (int k = 0; k < 4; k++) {
+    const __m256i l = k & 1 ? L1 : L0, lo = _mm256_and_si256(k & 2 ? _mm256_srli_epi16(l, 4) : l, m4);
+    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(H, 2 * k), m2), 4);
+    const __m512i s = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16(sc[2 * k])), _mm256_set1_epi16(sc[2 * k + 1]), 1);
+    w[k] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm256_sub_epi8(_mm256_or_si256(lo, hi), k32)), s);
+  }
 }
 static inline kq_acc acc_zero(void) { return _mm512_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
@@ -265,6 +315,20 @@ static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
   b->lo = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p0, 4), m));
   b->hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p1, 4), m));
 }
+static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc, kq_w w[4]) {
+  const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+  const __m128i L[4] = {_mm_loadu_si128((const __m128i *)ql), _mm_loadu_si128((const __m128i *)(ql + 16)),
+                        _mm_loadu_si128((const __m128i *)(ql + 32)), _mm_loadu_si128((const __m128i *)(ql + 48))};
+  const __m128i H[2] = {_mm_loadu_si128((const __m128i *)qh), _mm_loadu_si128((const __m128i *)(qh + 16))};
+  for (int k = 0; k < 4; k++)
+    for (int half = 0; half < 2; half++) {
+      const __m128i l = L[2 * (k & 1) + half], lo = _mm_and_si128(k & 2 ? _mm_srli_epi16(l, 4) : l, m4);
+      const __m128i hi = _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(H[half], 2 * k), m2), 4);
+      const __m256i q = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_sub_epi8(_mm_or_si128(lo, hi), k32)), _mm256_set1_epi16(sc[2 * k + half]));
+      if (half) w[k].hi = q;
+      else w[k].lo = q;
+    }
+}
 static inline kq_acc acc_zero(void) { return _mm256_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   __m256i s = madd_acc(_mm256_setzero_si256(), w->lo, _mm256_loadu_si256((const __m256i *)x));
@@ -312,7 +376,32 @@ static void row_dot_q4k(const uint8_t *row, int T, const float *const dx[4], con
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - mins[t];
 }
 
+/* T tokens (1..4) against one Q6_K row: each half super-block's weights made once for all of them */
+static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  for (int s = 0; s < nb / 8; s++) {
+    const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
+    const float d = scale_of(blk + 208);
+    for (int h = 0; h < 2; h++) {
+      kq_w w[4];
+      q6k_w(blk + 64 * h, blk + 128 + 32 * h, (const int8_t *)(blk + 192 + 8 * h), w);
+      for (int k = 0; k < 4; k++) {
+        const int b = 8 * s + 4 * h + k;
+        for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w[k], qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+      }
+    }
+  }
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
+}
+
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
+  if (fmt == KLE_W_Q6_K) {
+    float out[4];
+    const float *d1[4] = {dx};
+    const int16_t *q1[4] = {qx};
+    row_dot_q6k(row, 1, d1, q1, nb, out);
+    return out[0];
+  }
   if (fmt == KLE_W_Q4_K) {
     float out[4];
     const float *d1[4] = {dx}, *s1[4] = {sx};
@@ -336,6 +425,10 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
     row_dot_q4k(row, 4, dx, sx, qx, nb, out);
     return;
   }
+  if (fmt == KLE_W_Q6_K) {
+    row_dot_q6k(row, 4, dx, qx, nb, out);
+    return;
+  }
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   for (int b = 0; b < nb; b++) {
     kq_w w;
@@ -348,7 +441,7 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
 
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, const int16_t *, int);
 
-static int int_dot_format(int fmt) { return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q4_K; }
+static int int_dot_format(int fmt) { return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K; }
 
 void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx) {
   const int nb = n_in / KLE_QK;

@@ -30,7 +30,7 @@ describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)'
       }
   });
 
-  // Q4_K multiplies int8 activations (integer dots, engine/kernels/matmul_q8.c): its fast path is
+  // Q4_K and Q6_K multiply int8 activations (integer dots, engine/kernels/matmul_q8.c): their fast path is
   // checked against the same integers in scalar code, and against float64 with the activations'
   // rounding bound (|w| * amax of the 32-block / 254 per element); the others decode to f32 tiles
   it('matmuls over them equal float64 over the decoded values (f32 rounding; Q4_K: int8 activations); there is no encoder', async () => {
@@ -41,7 +41,7 @@ describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)'
         for (const c of cases) {
           const fast = new Float32Array(T * ROWS), ref = new Float32Array(T * ROWS);
           k.matmul({ fmt: c.fmt, W: c.raw, X, Y: fast, T, nOut: ROWS, nIn: COLS });
-          const intDots = c.fmt === 'q4_k';
+          const intDots = c.fmt === 'q4_k' || c.fmt === 'q6_k';
           k.matmul({ fmt: c.fmt, W: c.raw, X, Y: ref, T, nOut: ROWS, nIn: COLS }, intDots ? 'q8-ref' : 'ref');
           expect(relErr(fast, ref), `${k.name} ${c.fmt} fast vs ref`).toBeLessThan(intDots ? 1e-5 : 1e-6);
           for (let t = 0; t < T; t++)
