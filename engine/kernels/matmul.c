@@ -395,7 +395,7 @@ int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_ou
 int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
   if (!mm_args_ok(fmt, T, n_out, n_in) || ldy < n_out) return KLE_EINVAL;
   /* quantized weights: integer dot products with quantized activations (matmul_q8.c) */
-  if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) return kle_matmul_q8_ld(fmt, W, X, Y, ldy, T, n_out, n_in);
+  if (kle_matmul_int8(fmt, T)) return kle_matmul_q8_ld(fmt, W, X, Y, ldy, T, n_out, n_in);
   long rb = kle_row_bytes(fmt, n_in);
   float *Xp = NULL;
   if (k_quant(fmt)) { /* decoded in permuted order: see decode_kq_perm */

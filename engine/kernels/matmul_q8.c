@@ -443,6 +443,16 @@ typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, 
 
 static int int_dot_format(int fmt) { return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K; }
 
+int kle_matmul_int8(int fmt, int T) {
+  if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return 1;
+#if defined(__wasm__)
+  return (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) && T < 4;
+#else
+  (void)T;
+  return fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K;
+#endif
+}
+
 void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx) {
   const int nb = n_in / KLE_QK;
   float *sx = dx + (size_t)T * nb;

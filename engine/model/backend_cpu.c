@@ -127,7 +127,7 @@ static void mm_slice(void *arg, int i) {
 }
 
 static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
-  const int quant = w->fmt == KLE_W_Q8_0 || w->fmt == KLE_W_Q4_0 || w->fmt == KLE_W_Q4_K || w->fmt == KLE_W_Q6_K;
+  const int quant = kle_matmul_int8(w->fmt, T);
   struct mm_job j = {w, X, Y, NULL, NULL, T, KLE_OK};
   if (quant) { /* the activations quantized once, into buffers kept between calls */
     KLE_TRY(q8_room(cx, kle_mul64((uint64_t)T, (uint64_t)w->cols), kle_mul64((uint64_t)(2 * T), (uint64_t)(w->cols / KLE_QK))));

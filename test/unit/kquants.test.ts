@@ -10,6 +10,7 @@ import { packageRoot } from '../../src/node.js';
 import { relErr } from '../../src/verify/relerr.js';
 import { FiniteCheck } from '../../src/weights/finite-check.js';
 import { allKernels } from '../helpers/kernels.js';
+import { WeightFormat } from '../../src/engine/kernels.js';
 import { Rng, SEED } from '../helpers/rng.js';
 
 const fixture = parseSafetensors(new Uint8Array(readFileSync(join(packageRoot(), 'test', 'fixtures', 'kquants.safetensors'))));
@@ -41,7 +42,7 @@ describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)'
         for (const c of cases) {
           const fast = new Float32Array(T * ROWS), ref = new Float32Array(T * ROWS);
           k.matmul({ fmt: c.fmt, W: c.raw, X, Y: fast, T, nOut: ROWS, nIn: COLS });
-          const intDots = c.fmt === 'q4_k' || c.fmt === 'q6_k';
+          const intDots = k.backend.call('kle_matmul_int8', [WeightFormat[c.fmt], T]) === 1;
           k.matmul({ fmt: c.fmt, W: c.raw, X, Y: ref, T, nOut: ROWS, nIn: COLS }, intDots ? 'q8-ref' : 'ref');
           expect(relErr(fast, ref), `${k.name} ${c.fmt} fast vs ref`).toBeLessThan(intDots ? 1e-5 : 1e-6);
           for (let t = 0; t < T; t++)
