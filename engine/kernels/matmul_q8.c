@@ -394,21 +394,10 @@ static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], con
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
 }
 
+/* Q8_0 and Q4_0 (the K-quants take row_dot_q4k / row_dot_q6k, chosen once per matmul: a branch
+ * here cost wasm's Q8_0 prefill 15%) */
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
-  if (fmt == KLE_W_Q6_K) {
-    float out[4];
-    const float *d1[4] = {dx};
-    const int16_t *q1[4] = {qx};
-    row_dot_q6k(row, 1, d1, q1, nb, out);
-    return out[0];
-  }
-  if (fmt == KLE_W_Q4_K) {
-    float out[4];
-    const float *d1[4] = {dx}, *s1[4] = {sx};
-    const int16_t *q1[4] = {qx};
-    row_dot_q4k(row, 1, d1, s1, q1, nb, out);
-    return out[0];
-  }
+  (void)sx;
   kq_acc acc = acc_zero();
   for (int b = 0; b < nb; b++) {
     kq_w w;
@@ -419,16 +408,7 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *
 }
 
 /* four tokens against one row: each block's weights unpacked and widened once for all four */
-static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const float *const sx[4], const int16_t *const qx[4], int nb,
-                     float out[4]) {
-  if (fmt == KLE_W_Q4_K) {
-    row_dot_q4k(row, 4, dx, sx, qx, nb, out);
-    return;
-  }
-  if (fmt == KLE_W_Q6_K) {
-    row_dot_q6k(row, 4, dx, qx, nb, out);
-    return;
-  }
+static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   for (int b = 0; b < nb; b++) {
     kq_w w;
@@ -467,17 +447,43 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   const float *sx = dx + (size_t)T * nb;
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
+#ifndef NO_SIMD_DOT
+  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K)) {
+    for (int r = 0; r < n_out; r++) {
+      const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
+      for (int t = 0; t < T; t += 4) {
+        const int n = T - t < 4 ? T - t : 4;
+        const float *dxs[4] = {0}, *sxs[4] = {0};
+        const int16_t *qxs[4] = {0};
+        float out[4];
+        for (int j = 0; j < n; j++) dxs[j] = dx + (size_t)(t + j) * nb, sxs[j] = sx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
+        /* constant token counts, so that each call's loops over them unroll */
+        if (fmt == KLE_W_Q4_K) {
+          if (n == 4) row_dot_q4k(row, 4, dxs, sxs, qxs, nb, out);
+          else if (n == 1) row_dot_q4k(row, 1, dxs, sxs, qxs, nb, out);
+          else row_dot_q4k(row, n, dxs, sxs, qxs, nb, out);
+        } else {
+          if (n == 4) row_dot_q6k(row, 4, dxs, qxs, nb, out);
+          else if (n == 1) row_dot_q6k(row, 1, dxs, qxs, nb, out);
+          else row_dot_q6k(row, n, dxs, qxs, nb, out);
+        }
+        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
+      }
+    }
+    return KLE_OK;
+  }
+#endif
   for (int r = 0; r < n_out; r++) {
     const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
     int t = 0;
 #ifndef NO_SIMD_DOT
     if (dot == row_dot)
       for (; t + 4 <= T; t += 4) {
-        const float *dxs[4], *sxs[4];
+        const float *dxs[4];
         const int16_t *qxs[4];
         float out[4];
-        for (int j = 0; j < 4; j++) dxs[j] = dx + (size_t)(t + j) * nb, sxs[j] = sx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
-        row_dot4(fmt, row, dxs, sxs, qxs, nb, out);
+        for (int j = 0; j < 4; j++) dxs[j] = dx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
+        row_dot4(fmt, row, dxs, qxs, nb, out);
         for (int j = 0; j < 4; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
       }
 #endif
