@@ -313,7 +313,7 @@ export class EngineSession {
     return this.freed || this.model.isFreed;
   }
 
-  /** the handle, checked live (for the model's batched step) */
+  /** @internal the handle, checked live (for the model's batched step) */
   liveHandle(): number {
     return this.live();
   }
