@@ -1,5 +1,5 @@
 /*
- * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q4_K and Q6_K weights with integer dot products.
+ * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q5_0, Q4_K and Q6_K weights with integer dot products.
  *
  * Decoding quantized weights to f32 and multiplying in f32 ran at 15-24% of the read bandwidth:
  * the decode and the float multiplies bound it, not the bytes. Here the activations are
@@ -38,12 +38,24 @@
 #include <wasm_simd128.h>
 #elif defined(__AVX2__) || defined(__AVX512BW__)
 #include <immintrin.h>
+/* a Q5_0 block's 32 values - 16 as int8, in two halves: each fifth bit picked out of the 32 with
+ * a byte shuffle and a compare against its bit */
+static inline void q50_bytes(const uint8_t *blk, __m128i *w0, __m128i *w1) {
+  uint32_t qh;
+  memcpy(&qh, blk + 2, 4);
+  const __m128i m = _mm_set1_epi32((int)qh), bits = _mm_set1_epi64x((long long)0x8040201008040201ull);
+  const __m128i lo = _mm_shuffle_epi8(m, _mm_set_epi64x(0x0101010101010101ll, 0)), hi = _mm_shuffle_epi8(m, _mm_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll));
+  const __m128i s16 = _mm_set1_epi8(16), p = _mm_loadu_si128((const __m128i *)(blk + 6)), m4 = _mm_set1_epi8(15);
+  *w0 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(p, m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(lo, bits), bits), s16)), s16);
+  *w1 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(p, 4), m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hi, bits), bits), s16)), s16);
+}
 #endif
 
 #define Q8_BYTES 34
 #define Q4_BYTES 18
 #define Q4K_BYTES 144
 #define Q6K_BYTES 210
+#define Q50_BYTES 22
 
 /* One token row's blocks: scales dx[nb], values qx[n] (int16), and sx[nb] = dx * sum(qx) (Q4_K's
  * min terms). Shared by every version of a
@@ -116,6 +128,19 @@ static void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
 /* sum over blocks of dw * dx * (int32 dot): the plain scalar version */
 static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
   float acc = 0.0f;
+  if (fmt == KLE_W_Q5_0) { /* Q4_0 with a fifth bit per value from 32 bits before the nibbles */
+    for (int b = 0; b < nb; b++) {
+      const uint8_t *blk = row + (size_t)b * Q50_BYTES, *qs = blk + 6;
+      const uint32_t qh = (uint32_t)blk[2] | (uint32_t)blk[3] << 8 | (uint32_t)blk[4] << 16 | (uint32_t)blk[5] << 24;
+      int32_t sum = 0;
+      for (int j = 0; j < 16; j++) {
+        sum += (((qs[j] & 15) | (int)((qh >> j) & 1) << 4) - 16) * qx[b * KLE_QK + j];
+        sum += (((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16) * qx[b * KLE_QK + j + 16];
+      }
+      acc += scale_of(blk) * dx[b] * (float)sum;
+    }
+    return acc;
+  }
   if (fmt == KLE_W_Q6_K) {
     for (int s = 0; s < nb / 8; s++) {
       const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
@@ -210,6 +235,22 @@ static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
   b->v[2] = wasm_u16x8_extend_low_u8x16(h1);
   b->v[3] = wasm_u16x8_extend_high_u8x16(h1);
 }
+/* a Q5_0 block's 32 values - 16 in int16 lanes: each fifth bit picked out of the 32 with a byte
+ * shuffle and a compare against its bit */
+static inline void q50_w(const uint8_t *blk, kq_w *w) {
+  uint32_t qh;
+  memcpy(&qh, blk + 2, 4);
+  const v128_t m = wasm_i32x4_splat((int32_t)qh), bits = wasm_i8x16_const(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+  const v128_t lo = wasm_i8x16_swizzle(m, wasm_i8x16_const(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+  const v128_t hi = wasm_i8x16_swizzle(m, wasm_i8x16_const(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const v128_t s16 = wasm_i8x16_splat(16), p = wasm_v128_load(blk + 6);
+  const v128_t w0 = wasm_i8x16_sub(wasm_v128_or(wasm_v128_and(p, wasm_i8x16_splat(15)), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(lo, bits), bits), s16)), s16);
+  const v128_t w1 = wasm_i8x16_sub(wasm_v128_or(wasm_u8x16_shr(p, 4), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(hi, bits), bits), s16)), s16);
+  w->v[0] = wasm_i16x8_extend_low_i8x16(w0);
+  w->v[1] = wasm_i16x8_extend_high_i8x16(w0);
+  w->v[2] = wasm_i16x8_extend_low_i8x16(w1);
+  w->v[3] = wasm_i16x8_extend_high_i8x16(w1);
+}
 /* half a Q6_K super-block (64 bytes of low nibbles, 32 of bit pairs, 8 scales): its 4 blocks
  * of 32 as sc * (q - 32) in int16 lanes */
 static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc, kq_w w[4]) {
@@ -256,6 +297,11 @@ static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
   const __m256i p = _mm256_loadu_si256((const __m256i *)q), m = _mm256_set1_epi8(15);
   *a = _mm512_cvtepu8_epi16(_mm256_and_si256(p, m));
   *b = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), m));
+}
+static inline void q50_w(const uint8_t *blk, kq_w *w) {
+  __m128i w0, w1;
+  q50_bytes(blk, &w0, &w1);
+  *w = _mm512_cvtepi8_epi16(_mm256_set_m128i(w1, w0));
 }
 static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc, kq_w w[4]) {
   const __m256i m4 = _mm256_set1_epi8(15), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
@@ -314,6 +360,12 @@ static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
   a->hi = _mm256_cvtepu8_epi16(_mm_and_si128(p1, m));
   b->lo = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p0, 4), m));
   b->hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p1, 4), m));
+}
+static inline void q50_w(const uint8_t *blk, kq_w *w) {
+  __m128i w0, w1;
+  q50_bytes(blk, &w0, &w1);
+  w->lo = _mm256_cvtepi8_epi16(w0);
+  w->hi = _mm256_cvtepi8_epi16(w1);
 }
 static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc, kq_w w[4]) {
   const __m128i m4 = _mm_set1_epi8(15), m2 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
@@ -394,6 +446,19 @@ static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], con
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
 }
 
+/* T tokens (1..4) against one Q5_0 row */
+static void row_dot_q50(const uint8_t *row, int T, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  for (int b = 0; b < nb; b++) {
+    const uint8_t *blk = row + (size_t)b * Q50_BYTES;
+    kq_w w;
+    q50_w(blk, &w);
+    const float d = scale_of(blk);
+    for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w, qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+  }
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
+}
+
 /* Q8_0 and Q4_0 (the K-quants take row_dot_q4k / row_dot_q6k, chosen once per matmul: a branch
  * here cost wasm's Q8_0 prefill 15%) */
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
@@ -421,15 +486,18 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
 
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, const int16_t *, int);
 
-static int int_dot_format(int fmt) { return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K; }
+static int int_dot_format(int fmt) {
+  return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K;
+}
 
 int kle_matmul_int8(int fmt, int T) {
   if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return 1;
+  const int later = fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K;
 #if defined(__wasm__)
-  return (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) && T < 4;
+  return later && T < 4;
 #else
   (void)T;
-  return fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K;
+  return later;
 #endif
 }
 
@@ -448,7 +516,7 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
 #ifndef NO_SIMD_DOT
-  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K)) {
+  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K || fmt == KLE_W_Q5_0)) {
     for (int r = 0; r < n_out; r++) {
       const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
       for (int t = 0; t < T; t += 4) {
@@ -462,6 +530,10 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
           if (n == 4) row_dot_q4k(row, 4, dxs, sxs, qxs, nb, out);
           else if (n == 1) row_dot_q4k(row, 1, dxs, sxs, qxs, nb, out);
           else row_dot_q4k(row, n, dxs, sxs, qxs, nb, out);
+        } else if (fmt == KLE_W_Q5_0) {
+          if (n == 4) row_dot_q50(row, 4, dxs, qxs, nb, out);
+          else if (n == 1) row_dot_q50(row, 1, dxs, qxs, nb, out);
+          else row_dot_q50(row, n, dxs, qxs, nb, out);
         } else {
           if (n == 4) row_dot_q6k(row, 4, dxs, qxs, nb, out);
           else if (n == 1) row_dot_q6k(row, 1, dxs, qxs, nb, out);
