@@ -1,5 +1,5 @@
 /*
- * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q5_0, Q4_K and Q6_K weights with integer dot products.
+ * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weights with integer dot products.
  *
  * Decoding quantized weights to f32 and multiplying in f32 ran at 15-24% of the read bandwidth:
  * the decode and the float multiplies bound it, not the bytes. Here the activations are
@@ -14,7 +14,8 @@
  * Q4_K (llama.cpp's K-quant: super-blocks of 256 values in 8 groups of 32, value = d * sc_j * q -
  * dmin * m_j, q in 0..15) fits the same blocks of 32: a group's dot is d * sc_j * dx * sum(q * qx)
  * in int32, and its min term dmin * m_j * dx * sum(qx), whose last factor the activations'
- * quantization keeps per block (sx = dx * sum(qx)), so it costs a multiply-add per group. Q6_K
+ * quantization keeps per block (sx = dx * sum(qx)), so it costs a multiply-add per group (Q5_K:
+ * the same with a fifth bit per value). Q6_K
  * (value = d * sc * (q - 32), q 6 bits, an int8 scale sc per 16 values) folds each scale into
  * its weights: sc * (q - 32) fits int16 (|.| <= 127 * 32), and 32 of its products with codes
  * (<= 127) fit int32, so a block of 32 is one dot scaled by d * dx.
@@ -54,6 +55,7 @@ static inline void q50_bytes(const uint8_t *blk, __m128i *w0, __m128i *w1) {
 #define Q8_BYTES 34
 #define Q4_BYTES 18
 #define Q4K_BYTES 144
+#define Q5K_BYTES 176
 #define Q6K_BYTES 210
 #define Q50_BYTES 22
 
@@ -161,16 +163,18 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
     }
     return acc;
   }
-  if (fmt == KLE_W_Q4_K) {
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) {
+    /* Q5_K: 32 bytes of fifth bits before the nibbles, bit j of byte i for group j's value i */
+    const int five = fmt == KLE_W_Q5_K;
     float mins = 0.0f, ds[8], dm[8];
     for (int s = 0; s < nb / 8; s++) {
-      const uint8_t *blk = row + (size_t)s * Q4K_BYTES, *q = blk + 16;
+      const uint8_t *blk = row + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES), *qh = blk + 16, *q = blk + (five ? 48 : 16);
       q4k_header(blk, ds, dm);
       for (int j = 0; j < 8; j++) {
         const int b = 8 * s + j, shift = 4 * (j & 1);
         const uint8_t *qq = q + 32 * (j / 2);
         int32_t sum = 0;
-        for (int i = 0; i < KLE_QK; i++) sum += ((qq[i] >> shift) & 15) * qx[b * KLE_QK + i];
+        for (int i = 0; i < KLE_QK; i++) sum += (((qq[i] >> shift) & 15) | (five ? ((qh[i] >> j) & 1) << 4 : 0)) * qx[b * KLE_QK + i];
         acc += ds[j] * dx[b] * (float)sum;
         mins += dm[j] * sx[b];
       }
@@ -223,9 +227,16 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
   return blk;
 }
 /* 32 bytes of Q4_K nibbles: group a's 32 values (low nibbles), group b's (high), widened */
-static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
+static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) {
   const v128_t p0 = wasm_v128_load(q), p1 = wasm_v128_load(q + 16), m = wasm_i8x16_splat(15);
-  const v128_t l0 = wasm_v128_and(p0, m), l1 = wasm_v128_and(p1, m), h0 = wasm_u8x16_shr(p0, 4), h1 = wasm_u8x16_shr(p1, 4);
+  v128_t l0 = wasm_v128_and(p0, m), l1 = wasm_v128_and(p1, m), h0 = wasm_u8x16_shr(p0, 4), h1 = wasm_u8x16_shr(p1, 4);
+  if (qh) { /* Q5_K: bits 2g and 2g + 1 of the fifth-bit bytes */
+    const v128_t b0 = wasm_v128_load(qh), b1 = wasm_v128_load(qh + 16), one = wasm_i8x16_splat(1);
+    l0 = wasm_v128_or(l0, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b0, 2 * g), one), 4));
+    l1 = wasm_v128_or(l1, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b1, 2 * g), one), 4));
+    h0 = wasm_v128_or(h0, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b0, 2 * g + 1), one), 4));
+    h1 = wasm_v128_or(h1, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b1, 2 * g + 1), one), 4));
+  }
   a->v[0] = wasm_u16x8_extend_low_u8x16(l0);
   a->v[1] = wasm_u16x8_extend_high_u8x16(l0);
   a->v[2] = wasm_u16x8_extend_low_u8x16(l1);
@@ -293,10 +304,16 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
   *w = _mm512_cvtepi8_epi16(_mm256_set_m128i(w1, w0));
   return blk;
 }
-static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
+static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) {
   const __m256i p = _mm256_loadu_si256((const __m256i *)q), m = _mm256_set1_epi8(15);
-  *a = _mm512_cvtepu8_epi16(_mm256_and_si256(p, m));
-  *b = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(p, 4), m));
+  __m256i lo = _mm256_and_si256(p, m), hi = _mm256_and_si256(_mm256_srli_epi16(p, 4), m);
+  if (qh) { /* Q5_K: bits 2g and 2g + 1 of the fifth-bit bytes */
+    const __m256i h = _mm256_loadu_si256((const __m256i *)qh), one = _mm256_set1_epi8(1);
+    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g), one), 4));
+    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2 * g + 1), one), 4));
+  }
+  *a = _mm512_cvtepu8_epi16(lo);
+  *b = _mm512_cvtepu8_epi16(hi);
 }
 static inline void q50_w(const uint8_t *blk, kq_w *w) {
   __m128i w0, w1;
@@ -354,12 +371,21 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
   w->hi = _mm256_cvtepi8_epi16(w1);
   return blk;
 }
-static inline void q4k_w(const uint8_t *q, kq_w *a, kq_w *b) {
+static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) {
   const __m128i p0 = _mm_loadu_si128((const __m128i *)q), p1 = _mm_loadu_si128((const __m128i *)(q + 16)), m = _mm_set1_epi8(15);
-  a->lo = _mm256_cvtepu8_epi16(_mm_and_si128(p0, m));
-  a->hi = _mm256_cvtepu8_epi16(_mm_and_si128(p1, m));
-  b->lo = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p0, 4), m));
-  b->hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(p1, 4), m));
+  __m128i l0 = _mm_and_si128(p0, m), l1 = _mm_and_si128(p1, m), h0 = _mm_and_si128(_mm_srli_epi16(p0, 4), m),
+          h1 = _mm_and_si128(_mm_srli_epi16(p1, 4), m);
+  if (qh) { /* Q5_K: bits 2g and 2g + 1 of the fifth-bit bytes */
+    const __m128i b0 = _mm_loadu_si128((const __m128i *)qh), b1 = _mm_loadu_si128((const __m128i *)(qh + 16)), one = _mm_set1_epi8(1);
+    l0 = _mm_or_si128(l0, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(b0, 2 * g), one), 4));
+    l1 = _mm_or_si128(l1, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(b1, 2 * g), one), 4));
+    h0 = _mm_or_si128(h0, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(b0, 2 * g + 1), one), 4));
+    h1 = _mm_or_si128(h1, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(b1, 2 * g + 1), one), 4));
+  }
+  a->lo = _mm256_cvtepu8_epi16(l0);
+  a->hi = _mm256_cvtepu8_epi16(l1);
+  b->lo = _mm256_cvtepu8_epi16(h0);
+  b->hi = _mm256_cvtepu8_epi16(h1);
 }
 static inline void q50_w(const uint8_t *blk, kq_w *w) {
   __m128i w0, w1;
@@ -406,17 +432,17 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *
   return row_dot_ref(fmt, row, dx, sx, qx, nb);
 }
 #else
-/* T tokens (1..4) against one Q4_K row: each group pair's nibbles widened once for all of them */
-static void row_dot_q4k(const uint8_t *row, int T, const float *const dx[4], const float *const sx[4], const int16_t *const qx[4],
-                        int nb, float out[4]) {
+/* T tokens (1..4) against one Q4_K (five: Q5_K) row: each group pair's nibbles widened once for all of them */
+static void row_dot_q4k(const uint8_t *row, int five, int T, const float *const dx[4], const float *const sx[4],
+                        const int16_t *const qx[4], int nb, float out[4]) {
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   float mins[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ds[8], dm[8];
   for (int s = 0; s < nb / 8; s++) {
-    const uint8_t *blk = row + (size_t)s * Q4K_BYTES;
+    const uint8_t *blk = row + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES);
     q4k_header(blk, ds, dm);
     for (int g = 0; g < 4; g++) {
       kq_w a, b;
-      q4k_w(blk + 16 + 32 * g, &a, &b);
+      q4k_w(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, &a, &b);
       const int j = 2 * g, k = 8 * s + j;
       for (int t = 0; t < T; t++) {
         acc[t] = acc_add(acc[t], &a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
@@ -487,12 +513,12 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, const int16_t *, int);
 
 static int int_dot_format(int fmt) {
-  return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K;
+  return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K;
 }
 
 int kle_matmul_int8(int fmt, int T) {
   if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return 1;
-  const int later = fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K;
+  const int later = fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K;
 #if defined(__wasm__)
   return later && T < 4;
 #else
@@ -516,7 +542,7 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
 #ifndef NO_SIMD_DOT
-  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K || fmt == KLE_W_Q5_0)) {
+  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K || fmt == KLE_W_Q5_0)) {
     for (int r = 0; r < n_out; r++) {
       const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
       for (int t = 0; t < T; t += 4) {
@@ -526,10 +552,11 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
         float out[4];
         for (int j = 0; j < n; j++) dxs[j] = dx + (size_t)(t + j) * nb, sxs[j] = sx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
         /* constant token counts, so that each call's loops over them unroll */
-        if (fmt == KLE_W_Q4_K) {
-          if (n == 4) row_dot_q4k(row, 4, dxs, sxs, qxs, nb, out);
-          else if (n == 1) row_dot_q4k(row, 1, dxs, sxs, qxs, nb, out);
-          else row_dot_q4k(row, n, dxs, sxs, qxs, nb, out);
+        if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) {
+          const int five = fmt == KLE_W_Q5_K;
+          if (n == 4) row_dot_q4k(row, five, 4, dxs, sxs, qxs, nb, out);
+          else if (n == 1) row_dot_q4k(row, five, 1, dxs, sxs, qxs, nb, out);
+          else row_dot_q4k(row, five, n, dxs, sxs, qxs, nb, out);
         } else if (fmt == KLE_W_Q5_0) {
           if (n == 4) row_dot_q50(row, 4, dxs, qxs, nb, out);
           else if (n == 1) row_dot_q50(row, 1, dxs, qxs, nb, out);

@@ -31,7 +31,7 @@ describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)'
       }
   });
 
-  // Q5_0, Q4_K and Q6_K multiply int8 activations (kle_matmul_int8 says where) (integer dots, engine/kernels/matmul_q8.c): their fast path is
+  // Q5_0, Q4_K, Q5_K and Q6_K multiply int8 activations (kle_matmul_int8 says where) (integer dots, engine/kernels/matmul_q8.c): their fast path is
   // checked against the same integers in scalar code, and against float64 with the activations'
   // rounding bound (|w| * amax of the 32-block / 254 per element); the others decode to f32 tiles
   it('matmuls over them equal float64 over the decoded values (f32 rounding; Q4_K: int8 activations); there is no encoder', async () => {
