@@ -11,15 +11,9 @@
 
 #include "../include/kle.h"
 #include "numfmt.h"
+#include "qblocks.h"
 #include "simd.h"
 
-#define Q8_BYTES 34
-#define Q4_BYTES 18
-#define Q4K_BYTES 144
-#define Q5K_BYTES 176
-#define Q6K_BYTES 210
-#define Q50_BYTES 22
-#define Q51_BYTES 24
 
 long kle_row_bytes(int fmt, int n_in) {
   if (n_in <= 0) return -1;
@@ -69,25 +63,6 @@ static void q4_0_encode(const float *x, uint8_t *b) {
   }
 }
 
-static float block_scale(const uint8_t *b) {
-  uint16_t dh;
-  memcpy(&dh, b, 2);
-  return f16_to_f32(dh);
-}
-
-/* Q4_K's 6-bit scale and min of group j (of 8), packed in 12 bytes: groups 0-3 in the low 6
- * bits of bytes j and j + 4; groups 4-7 take their low 4 bits from byte j + 4's nibbles and their
- * top 2 from the spare top bits of bytes j - 4 (scale) and j (min). */
-static void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
 /* one K-quant super-block into 256 floats, in llama.cpp's order of float operations (unfused) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
@@ -97,13 +72,11 @@ static void decode_kq(int fmt, const uint8_t *b, float *y) {
     /* Q5_K: the same, with a fifth bit per value in 32 bytes before the nibbles (bit 2p of byte l
      * for group pair p's low-nibble value l, bit 2p + 1 for its high-nibble one) */
     const int five = fmt == KLE_W_Q5_K;
-    const float d = block_scale(b), dmin = block_scale(b + 2);
-    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
+    float ds[8], dm[8];
+    q4k_header(b, ds, dm);
+    const uint8_t *qh = b + 16, *q = b + (five ? 48 : 16);
     for (int g = 0; g < 8; g += 2, q += 32) { /* 32 bytes: group g in low nibbles, g + 1 in high */
-      int s1, m1, s2, m2;
-      q4k_scale_min(sc, g, &s1, &m1);
-      q4k_scale_min(sc, g + 1, &s2, &m2);
-      const float d1 = d * (float)s1, n1 = dmin * (float)m1, d2 = d * (float)s2, n2 = dmin * (float)m2;
+      const float d1 = ds[g], n1 = dm[g], d2 = ds[g + 1], n2 = dm[g + 1];
       const int u1 = 1 << g, u2 = 2 << g;
       for (int l = 0; l < 32; l++) y[32 * g + l] = d1 * (float)((q[l] & 15) + (five && (qh[l] & u1) ? 16 : 0)) - n1;
       for (int l = 0; l < 32; l++) y[32 * g + 32 + l] = d2 * (float)((q[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0)) - n2;
@@ -111,7 +84,7 @@ static void decode_kq(int fmt, const uint8_t *b, float *y) {
     return;
   }
   /* Q6_K: each half of 128 values takes 64 bytes of low nibbles, 32 of high bit pairs, 8 scales */
-  const float d = block_scale(b + 208);
+  const float d = qblock_scale(b + 208);
   for (int h = 0; h < 2; h++) {
     const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
     const int8_t *sc = (const int8_t *)(b + 192 + 8 * h);
@@ -135,7 +108,7 @@ static void decode_kq(int fmt, const uint8_t *b, float *y) {
 __attribute__((optimize("fp-contract=off")))
 #endif
 static void decode_q5(int fmt, const uint8_t *b, float *y) {
-  const float d = block_scale(b), m = fmt == KLE_W_Q5_1 ? block_scale(b + 2) : 0.0f;
+  const float d = qblock_scale(b), m = fmt == KLE_W_Q5_1 ? qblock_scale(b + 2) : 0.0f;
   const uint8_t *hb = b + (fmt == KLE_W_Q5_1 ? 4 : 2), *qs = hb + 4;
   const uint32_t qh = (uint32_t)hb[0] | (uint32_t)hb[1] << 8 | (uint32_t)hb[2] << 16 | (uint32_t)hb[3] << 24;
   for (int j = 0; j < 16; j++) {
@@ -171,13 +144,13 @@ static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
     case KLE_W_F16: { uint16_t h; memcpy(&h, row + 2L * k, 2); out[i] = f16_to_f32(h); } break;
     case KLE_W_Q8_0: {
       const uint8_t *b = row + (long)(k / KLE_QK) * Q8_BYTES;
-      out[i] = block_scale(b) * (float)(int8_t)b[2 + k % KLE_QK];
+      out[i] = qblock_scale(b) * (float)(int8_t)b[2 + k % KLE_QK];
     } break;
     case KLE_W_Q4_0: {
       const uint8_t *b = row + (long)(k / KLE_QK) * Q4_BYTES;
       int j = k % KLE_QK;
       int nib = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
-      out[i] = block_scale(b) * (float)(nib - 8);
+      out[i] = qblock_scale(b) * (float)(nib - 8);
     } break;
     }
   }
@@ -204,13 +177,11 @@ __attribute__((optimize("fp-contract=off")))
 static void decode_kq_perm(int fmt, const uint8_t *b, float *y) {
   if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) {
     const int five = fmt == KLE_W_Q5_K;
-    const float d = block_scale(b), dmin = block_scale(b + 2);
-    const uint8_t *sc = b + 4, *qh = b + 16, *q = b + (five ? 48 : 16);
+    float ds[8], dm[8];
+    q4k_header(b, ds, dm);
+    const uint8_t *qh = b + 16, *q = b + (five ? 48 : 16);
     for (int g = 0; g < 8; g += 2, q += 32) {
-      int s1, m1, s2, m2;
-      q4k_scale_min(sc, g, &s1, &m1);
-      q4k_scale_min(sc, g + 1, &s2, &m2);
-      const v4f d1 = vsplat(d * (float)s1), n1 = vsplat(dmin * (float)m1), d2 = vsplat(d * (float)s2), n2 = vsplat(dmin * (float)m2);
+      const v4f d1 = vsplat(ds[g]), n1 = vsplat(dm[g]), d2 = vsplat(ds[g + 1]), n2 = vsplat(dm[g + 1]);
       for (int h = 0; h < 32; h += 16) {
         const v4i w = kq_words(q + h), hb = five ? kq_words(qh + h) : (v4i){0, 0, 0, 0};
         for (int k = 0; k < 4; k++) {
@@ -223,7 +194,7 @@ static void decode_kq_perm(int fmt, const uint8_t *b, float *y) {
     }
     return;
   }
-  const float d = block_scale(b + 208); /* Q6_K */
+  const float d = qblock_scale(b + 208); /* Q6_K */
   for (int h = 0; h < 2; h++) {
     const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
     const int8_t *sc = (const int8_t *)(b + 192 + 8 * h);

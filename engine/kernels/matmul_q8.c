@@ -33,6 +33,7 @@
 #include "../include/kle.h"
 #include "matmul_q8.h"
 #include "numfmt.h"
+#include "qblocks.h"
 #include "simd.h"
 
 #if defined(__wasm_simd128__)
@@ -52,12 +53,6 @@ static inline void q50_bytes(const uint8_t *blk, __m128i *w0, __m128i *w1) {
 }
 #endif
 
-#define Q8_BYTES 34
-#define Q4_BYTES 18
-#define Q4K_BYTES 144
-#define Q5K_BYTES 176
-#define Q6K_BYTES 210
-#define Q50_BYTES 22
 
 /* One token row's blocks: scales dx[nb], values qx[n] (int16), and sx[nb] = dx * sum(qx) (Q4_K's
  * min terms). Shared by every version of a
@@ -89,41 +84,11 @@ static void quantize_x(const float *x, int n, float *dx, float *sx, int16_t *qx)
   }
 }
 
-static float scale_of(const uint8_t *b) {
-  uint16_t h;
-  memcpy(&h, b, 2);
-  return f16_to_f32(h);
-}
-
 /* Q4_0 block -> 32 int8 values q - 8 in element order (low nibbles are elements 0..15) */
 static void q4_unpack(const uint8_t *b, int8_t *out) {
   for (int j = 0; j < 16; j++) {
     out[j] = (int8_t)((b[2 + j] & 15) - 8);
     out[j + 16] = (int8_t)((b[2 + j] >> 4) - 8);
-  }
-}
-
-/* Q4_K's 6-bit scale and min of group j (of 8), packed in 12 bytes: groups 0-3 in the low 6
- * bits of bytes j and j + 4; groups 4-7 take their low 4 bits from byte j + 4's nibbles and their
- * top 2 from the spare top bits of bytes j - 4 (scale) and j (min). */
-static void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
-  if (j < 4) {
-    *sc = s[j] & 63;
-    *m = s[j + 4] & 63;
-  } else {
-    *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
-    *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
-  }
-}
-
-/* a Q4_K super-block's header: d * sc_j and dmin * m_j for its 8 groups */
-static void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
-  const float d = scale_of(blk), dmin = scale_of(blk + 2);
-  for (int j = 0; j < 8; j++) {
-    int sc, m;
-    q4k_scale_min(blk + 4, j, &sc, &m);
-    ds[j] = d * (float)sc;
-    dm[j] = dmin * (float)m;
   }
 }
 
@@ -139,14 +104,14 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
         sum += (((qs[j] & 15) | (int)((qh >> j) & 1) << 4) - 16) * qx[b * KLE_QK + j];
         sum += (((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16) * qx[b * KLE_QK + j + 16];
       }
-      acc += scale_of(blk) * dx[b] * (float)sum;
+      acc += qblock_scale(blk) * dx[b] * (float)sum;
     }
     return acc;
   }
   if (fmt == KLE_W_Q6_K) {
     for (int s = 0; s < nb / 8; s++) {
       const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
-      const float d = scale_of(blk + 208);
+      const float d = qblock_scale(blk + 208);
       for (int h = 0; h < 2; h++) {
         const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
         const int8_t *sc = (const int8_t *)(blk + 192 + 8 * h);
@@ -190,7 +155,7 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
       q4_unpack(blk, q);
     int32_t s = 0;
     for (int i = 0; i < KLE_QK; i++) s += (int32_t)q[i] * qx[b * KLE_QK + i];
-    acc += scale_of(blk) * dx[b] * (float)s;
+    acc += qblock_scale(blk) * dx[b] * (float)s;
   }
   return acc;
 }
@@ -459,7 +424,7 @@ static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], con
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   for (int s = 0; s < nb / 8; s++) {
     const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
-    const float d = scale_of(blk + 208);
+    const float d = qblock_scale(blk + 208);
     for (int h = 0; h < 2; h++) {
       kq_w w[4];
       q6k_w(blk + 64 * h, blk + 128 + 32 * h, (const int8_t *)(blk + 192 + 8 * h), w);
@@ -479,7 +444,7 @@ static void row_dot_q50(const uint8_t *row, int T, const float *const dx[4], con
     const uint8_t *blk = row + (size_t)b * Q50_BYTES;
     kq_w w;
     q50_w(blk, &w);
-    const float d = scale_of(blk);
+    const float d = qblock_scale(blk);
     for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w, qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
   }
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
@@ -493,7 +458,7 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *
   for (int b = 0; b < nb; b++) {
     kq_w w;
     const uint8_t *blk = block_w(fmt, row, b, &w);
-    acc = acc_add(acc, &w, qx + b * KLE_QK, scale_of(blk) * dx[b]);
+    acc = acc_add(acc, &w, qx + b * KLE_QK, qblock_scale(blk) * dx[b]);
   }
   return acc_sum(acc);
 }
@@ -503,7 +468,7 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   for (int b = 0; b < nb; b++) {
     kq_w w;
-    const float dw = scale_of(block_w(fmt, row, b, &w));
+    const float dw = qblock_scale(block_w(fmt, row, b, &w));
     for (int t = 0; t < 4; t++) acc[t] = acc_add(acc[t], &w, qx[t] + b * KLE_QK, dw * dx[t][b]);
   }
   for (int t = 0; t < 4; t++) out[t] = acc_sum(acc[t]);
