@@ -15,8 +15,13 @@ import { loadCudaBackend } from '../src/node.js';
 import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
 import { gpuTag, machine, table, writeResultAs } from './lib.js';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false } } });
-const PLAN: [number, number[]][] = values.quick ? [[4096, [1, 32]]] : [[4096, [1, 8, 32, 128, 256]], [65536, [1, 8, 32, 64]]];
+// --only CONTEXTxSTREAMS: that one point, printed and not written (with KLE_CUDA_PROFILE=1, the
+// profile of its steps: what limits it)
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' } } });
+const only = values.only?.match(/^(\d+)x(\d+)$/);
+if (values.only && !only) throw new Error(`--only ${values.only}: expected CONTEXTxSTREAMS, e.g. 4096x256`);
+const PLAN: [number, number[]][] = only ? [[Number(only[1]), [Number(only[2])]]]
+  : values.quick ? [[4096, [1, 32]]] : [[4096, [1, 8, 32, 128, 256]], [65536, [1, 8, 32, 64]]];
 const STEPS = 8;
 const GiB = 2 ** 30;
 
@@ -79,5 +84,5 @@ console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy ba
 console.log('Decode throughput with continuous batching (48B, BF16 weights, BF16 MLA caches; median of 8 steps)\n');
 console.log(table(['context', 'streams', 'ms/step', 'tokens/s', 'per stream', 'limit ms', 'limit tokens/s', 'of limit'],
   rows.map((r) => [r.context, r.streams, r.msPerStep.toFixed(2), r.tokPerS.toFixed(0), r.perStream.toFixed(1), r.limitMs.toFixed(2), ((r.streams * 1000) / r.limitMs).toFixed(0), `${(100 * r.ofLimit).toFixed(0)}%`])));
-console.log(`wrote ${writeResultAs(`gpu-batch-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, rows })}`);
+if (!only) console.log(`wrote ${writeResultAs(`gpu-batch-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, rows })}`);
 model.free();

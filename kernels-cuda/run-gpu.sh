@@ -84,6 +84,11 @@ if [ "$mode" = batch ]; then
   [ -n "${SKIP_SANITIZER:-}" ] || KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
   node .gpu/dist/bench/gpu-batch.mjs "$@" 2>&1 | tee "$OUT/gpu-batch.log"
   cp bench/results/gpu-batch-* "$OUT/" 2>/dev/null || true
+  # PROFILE="4096x32 4096x256": where those batches' time goes (per operation, over 10 steps and
+  # the sessions' set-up)
+  for p in ${PROFILE:-}; do
+    KLE_CUDA_PROFILE=1 node .gpu/dist/bench/gpu-batch.mjs --only "$p" 2>&1 | head -45 | tee -a "$OUT/gpu-batch-profile.log"
+  done
   exit 0
 fi
 if [ "$mode" = big ]; then

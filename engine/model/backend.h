@@ -127,6 +127,28 @@ struct kle_backend {
   /* optional (NULL: none): the fused one-token KDA step; KLE_ENOSYS for shapes it does not run */
   int (*kda_fused_step)(kle_backend_ctx *ctx, const kle_kda_fused_args *a);
   /*
+   * optional (NULL: a batched step takes its rows one by one): copies a batched step's table of
+   * per-row pointers and lengths (forward.c, KLE_ROW_SLOTS) to memory the operations below read,
+   * at *dev, valid until the next call. The rows' sessions are scattered: one table a step
+   * instead of one launch a row and layer.
+   */
+  int (*rows_table)(kle_backend_ctx *ctx, const void *host, size_t bytes, void **dev);
+  /*
+   * optional: kda_fused_step for the B rows of a batched step, each through its own session's
+   * state: a's projections and output hold rows 0..B-1; row b's conv tails and state are
+   * rows[b * KLE_ROW_SLOTS + 0..3] (a's own tails and S unused). KLE_ENOSYS as kda_fused_step.
+   */
+  int (*kda_fused_rows)(kle_backend_ctx *ctx, const kle_kda_fused_args *a, void *const *rows, int B);
+  /*
+   * optional: an MLA layer of a batched step, row b in its own session's cache rows[b *
+   * KLE_ROW_SLOTS] (fmt) holding lens[b] rows: mla_cache_write of kv row b at row lens[b], then
+   * mla_attend of qlat row b over those lens[b] + 1 rows into out row b; maxlen, the largest
+   * lens[b] + 1, sizes the work. KLE_ENOSYS for shapes it does not run.
+   */
+  int (*mla_decode_rows)(kle_backend_ctx *ctx, const float *kv, const float *w, const float *qlat, void *const *rows,
+                         const int32_t *lens, int maxlen, int fmt, int B, int H, int R, int rope, float eps, float scale,
+                         float *out);
+  /*
    * optional (NULL: f32 only): 1 when this backend keeps a model of this config's MLA caches in
    * BF16 (kle_session_set_kv_format), which it then does by default
    */

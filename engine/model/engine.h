@@ -26,6 +26,9 @@ struct kle_tensor {
 #define KLE_IS_EXPERT_ROLE(r) ((r) == KLE_T_EXP_GATE || (r) == KLE_T_EXP_UP || (r) == KLE_T_EXP_DOWN)
 /* Most fixed-size state sections and derived weights one layer kind has. */
 #define KLE_MAX_STATE 4
+/* a batched step's table (backend.h, rows_table): per layer, per row, its state sections then
+ * its cache */
+#define KLE_ROW_SLOTS (KLE_MAX_STATE + 1)
 #define KLE_MAX_DERIVED 3
 
 /*
@@ -97,6 +100,11 @@ struct kle_session {
   void *graph;         /* the backend's captured decode step (graph_step), or NULL */
   int dyn;             /* 1 while a step is launched for capture: lengths and tokens are the device's */
   kle_session *const *rows; /* during a batched step (on its first session): the session of each row */
+  /* and, where the backend takes a step's rows at once (rows_table): layer l's pointers at
+   * rowtab + l * n * KLE_ROW_SLOTS, each row's cached length in rowlens, their largest + 1 */
+  void *const *rowtab;
+  const int32_t *rowlens;
+  int rowmax;
   float *logits;       /* [vocab], host memory */
   float *logits_dev;   /* [vocab], backend memory (logits itself where that is the host's) */
   float *logits_all;   /* [batch, vocab], backend memory, made on first use (non-host backends) */

@@ -125,6 +125,45 @@ int kle_forward(kle_session *s, const int32_t *tokens, int n, float *logits, int
 }
 
 
+/*
+ * The table a backend with rows_table reads a batched step's rows from: per layer, per row, the
+ * row's session's state sections then its cache (KLE_ROW_SLOTS pointers), then every row's cached
+ * length. Only when the rows' caches share one format (their kernels are chosen per launch).
+ */
+static int stage_rows(kle_session *lead, kle_session *const *ss, int n) {
+  const kle_model *m = lead->m;
+  const int L = m->cfg[KLE_CFG_LAYERS];
+  for (int i = 1; i < n; i++)
+    if (ss[i]->kv_fmt != ss[0]->kv_fmt) return KLE_OK;
+  const uint64_t nptr = kle_mul64(kle_mul64((uint64_t)L, (uint64_t)n), KLE_ROW_SLOTS);
+  const uint64_t bytes = kle_add64(kle_mul64(nptr, sizeof(void *)), kle_mul64((uint64_t)n, sizeof(int32_t)));
+  void **tab = kle_host_alloc_n(bytes, 1);
+  if (!tab) return KLE_ENOMEM;
+  int32_t *lens = (int32_t *)(tab + nptr);
+  int maxlen = 0;
+  for (int l = 0; l < L; l++) {
+    const kle_layer_kind *k = kle_mixer_of(m, l);
+    for (int r = 0; r < n; r++) {
+      void **row = tab + ((size_t)l * n + r) * KLE_ROW_SLOTS;
+      for (int i = 0; i < KLE_ROW_SLOTS; i++) row[i] = NULL;
+      for (int i = 0; i < k->n_state; i++) row[i] = ss[r]->state[(size_t)l * KLE_MAX_STATE + i];
+      if (k->n_state < KLE_ROW_SLOTS) row[k->n_state] = ss[r]->cache[l];
+    }
+  }
+  for (int r = 0; r < n; r++) {
+    lens[r] = ss[r]->len;
+    if (ss[r]->len + 1 > maxlen) maxlen = ss[r]->len + 1;
+  }
+  void *dev = NULL;
+  const int rc = m->b->rows_table(m->ctx, tab, (size_t)bytes, &dev);
+  free(tab);
+  KLE_TRY(rc);
+  lead->rowtab = dev;
+  lead->rowlens = (const int32_t *)((void *const *)dev + nptr);
+  lead->rowmax = maxlen;
+  return KLE_OK;
+}
+
 /* the live session of m at a handle from the caller, or NULL */
 static kle_session *session_at(const kle_model *m, uint64_t h) {
   for (kle_session *s = m->sessions; s; s = s->next)
@@ -162,8 +201,11 @@ int kle_model_step_batch(kle_model *m, const uint8_t *handles, const int32_t *to
     }
     /* the rows' activations in the shared arena (lead's pointers), each mixer row its session's */
     lead->rows = ss;
+    if (rc == KLE_OK && b->rows_table) rc = stage_rows(lead, ss, n);
     if (rc == KLE_OK) rc = layers(lead, tokens, n);
     lead->rows = NULL;
+    lead->rowtab = NULL;
+    lead->rowlens = NULL;
     if (rc == KLE_OK) rc = lm_head(lead, lead->x, m->batch_logits, n);
     for (int i = 0; i < n && rc == KLE_OK; i++)
       rc = b->copy(m->ctx, ss[i]->logits_dev, m->batch_logits + (size_t)i * V, sizeof(float) * (size_t)V);

@@ -80,6 +80,23 @@ static int low_rank(kle_session *s, int role_a, int role_b, int l, const float *
   return m->b->matmul(m->ctx, W_(m, role_b, l), s->small, out, T);
 }
 
+/* the fused step's arguments for row r of lead's buffers, through the state sections st (NULL:
+ * none, for kda_fused_rows, whose rows each bring their own) */
+static kle_kda_fused_args fused_args(const kle_session *lead, int l, int r, float *const *st) {
+  const kle_model *m = lead->m;
+  const int32_t *c = m->cfg;
+  const int H = c[KLE_CFG_KDA_HEADS], dk = c[KLE_CFG_KDA_HEAD_DIM];
+  const size_t rk = (size_t)r * H * dk;
+  const int Kg = kda_gate_width(m);
+  return (kle_kda_fused_args){lead->a[0] + rk, lead->a[1] + rk, lead->a[2] + rk,
+                              (const float *)kle_derived_at(m, l, 0)->data, (const float *)kle_derived_at(m, l, 1)->data,
+                              (const float *)kle_derived_at(m, l, 2)->data, st ? st[0] : NULL, st ? st[1] : NULL,
+                              st ? st[2] : NULL, lead->a[3] + (size_t)r * H * Kg, F_(m, KLE_T_KDA_A_LOG, l),
+                              F_(m, KLE_T_KDA_DT_BIAS, l), m->cfgf[KLE_CFGF_GATE_LOWER_BOUND], Kg, lead->a[4] + (size_t)r * H,
+                              lead->a[5] + rk, F_(m, KLE_T_KDA_O_NORM, l), m->cfgf[KLE_CFGF_RMS_EPS], 1.0f / sqrtf((float)dk),
+                              st ? st[3] : NULL, lead->a[10] + rk, H, dk, dk, c[KLE_CFG_CONV]};
+}
+
 /*
  * Row r of a batched step (its projections made in lead's buffers, one row each) through
  * session rs's conv tails and state: the fused step where the backend has one, else the
@@ -89,33 +106,29 @@ static int kda_row(kle_session *rs, int l, kle_session *lead, int r) {
   const kle_model *m = rs->m;
   const kle_backend *b = m->b;
   kle_backend_ctx *cx = m->ctx;
-  const int32_t *c = m->cfg;
-  const int H = c[KLE_CFG_KDA_HEADS], dk = c[KLE_CFG_KDA_HEAD_DIM], HK = H * dk, W = c[KLE_CFG_CONV];
-  const int Kg = kda_gate_width(m);
-  const float eps = m->cfgf[KLE_CFGF_RMS_EPS], lb = m->cfgf[KLE_CFGF_GATE_LOWER_BOUND];
-  const float scale = 1.0f / sqrtf((float)dk);
-  const size_t rk = (size_t)r * HK;
-  float *xq = lead->a[0] + rk, *xk = lead->a[1] + rk, *xv = lead->a[2] + rk, *graw = lead->a[3] + (size_t)r * H * Kg;
-  float *braw = lead->a[4] + (size_t)r * H, *oraw = lead->a[5] + rk, *o = lead->a[10] + rk;
-  /* the per-row temporaries: row r of the buffers the single-session path uses */
-  float *q = lead->a[6] + rk, *k = lead->a[7] + rk, *v = lead->a[8] + rk, *g = lead->a[9] + rk;
   float **st = rs->state + (size_t)l * KLE_MAX_STATE;
-  const float *A_log = F_(m, KLE_T_KDA_A_LOG, l), *dt_bias = F_(m, KLE_T_KDA_DT_BIAS, l);
+  const kle_kda_fused_args a = fused_args(lead, l, r, st);
   if (b->kda_fused_step) {
-    const kle_kda_fused_args a = {xq, xk, xv,
-                                  (const float *)kle_derived_at(m, l, 0)->data, (const float *)kle_derived_at(m, l, 1)->data,
-                                  (const float *)kle_derived_at(m, l, 2)->data, st[0], st[1], st[2],
-                                  graw, A_log, dt_bias, lb, Kg, braw, oraw, F_(m, KLE_T_KDA_O_NORM, l), eps, scale,
-                                  st[3], o, H, dk, dk, W};
     const int rc = b->kda_fused_step(cx, &a);
     if (rc != KLE_ENOSYS) return rc;
   }
-  float *xs[3] = {xq, xk, xv}, *outs[3] = {q, k, v};
-  for (int i = 0; i < 3; i++) KLE_TRY(b->conv_short(cx, xs[i], (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], 1, HK, W));
-  KLE_TRY(b->kda_gate(cx, graw, A_log, dt_bias, g, 1, H, dk, Kg, lb));
-  KLE_TRY(b->sigmoid(cx, braw, braw, (size_t)H));
-  KLE_TRY(b->kda_recur(cx, st[3], q, k, v, g, braw, o, 1, H, dk, dk, scale));
-  return b->rmsnorm(cx, o, oraw, F_(m, KLE_T_KDA_O_NORM, l), o, H, dk, eps);
+  /* the per-row temporaries: row r of the buffers the single-session path uses */
+  const size_t rk = (size_t)r * a.H * a.K;
+  float *q = lead->a[6] + rk, *k = lead->a[7] + rk, *v = lead->a[8] + rk, *g = lead->a[9] + rk, *braw = lead->a[4] + (size_t)r * a.H;
+  const float *xs[3] = {a.xq, a.xk, a.xv};
+  float *outs[3] = {q, k, v};
+  for (int i = 0; i < 3; i++) KLE_TRY(b->conv_short(cx, xs[i], (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], 1, a.H * a.K, a.W));
+  KLE_TRY(b->kda_gate(cx, a.graw, a.A_log, a.dt_bias, g, 1, a.H, a.K, a.Kg, a.lower_bound));
+  KLE_TRY(b->sigmoid(cx, braw, braw, (size_t)a.H));
+  KLE_TRY(b->kda_recur(cx, st[3], q, k, v, g, braw, a.o, 1, a.H, a.K, a.V, a.scale));
+  return b->rmsnorm(cx, a.o, a.oraw, a.onorm, a.o, a.H, a.K, a.eps);
+}
+
+/* a batched step's rows in one operation where the backend has one; KLE_ENOSYS if not */
+static int kda_rows(kle_session *s, int l, int T) {
+  if (!s->rowtab || !s->m->b->kda_fused_rows) return KLE_ENOSYS;
+  const kle_kda_fused_args a = fused_args(s, l, 0, NULL);
+  return s->m->b->kda_fused_rows(s->m->ctx, &a, s->rowtab + (size_t)l * T * KLE_ROW_SLOTS, T);
 }
 
 static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
@@ -127,49 +140,38 @@ static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
   const int Kg = kda_gate_width(m);
   const float eps = m->cfgf[KLE_CFGF_RMS_EPS], lb = m->cfgf[KLE_CFGF_GATE_LOWER_BOUND];
   const float scale = 1.0f / sqrtf((float)dk);
-  float *xq = s->a[0], *xk = s->a[1], *xv = s->a[2], *graw = s->a[3], *braw = s->a[4], *oraw = s->a[5];
+  float *xq = s->a[0], *graw = s->a[3], *braw = s->a[4], *oraw = s->a[5];
   float *q = s->a[6], *k = s->a[7], *v = s->a[8], *g = s->a[9], *o = s->a[10];
   float **st = s->state + (size_t)l * KLE_MAX_STATE;
   const float *A_log = F_(m, KLE_T_KDA_A_LOG, l), *dt_bias = F_(m, KLE_T_KDA_DT_BIAS, l);
-  float *xs[3] = {xq, xk, xv};
   /* A fused step takes every projection at once, the output gate's last: it may start
    * streaming the state while that one finishes, since it reads oraw only after waiting for
    * it. So does a batched step (s->rows: each row another session's one token), whose rows
-   * then each take their own session's state. Otherwise each projection is used as soon as it
-   * is made (by then a batch's projections would have pushed the first ones out of cache), all
-   * through one buffer. */
-  const int fused = (T == 1 && b->kda_fused_step != NULL) || s->rows;
-  if (fused) {
-    for (int i = 0; i < 3; i++) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xs[i], T));
+   * then each take their own session's state: in one operation where the backend has one, else
+   * row by row (a single token is row 0 of itself). Otherwise each projection is used as soon as
+   * it is made (by then a batch's projections would have pushed the first ones out of cache),
+   * all through one buffer. */
+  if ((T == 1 && b->kda_fused_step != NULL) || s->rows) {
+    for (int i = 0; i < 3; i++) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, s->a[i], T));
     KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
     KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
     KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
-  }
-  if (s->rows) {
-    for (int r = 0; r < T; r++) KLE_TRY(kda_row(s->rows[r], l, s, r));
+    const int rc = kda_rows(s, l, T);
+    if (rc != KLE_OK && rc != KLE_ENOSYS) return rc;
+    for (int r = 0; r < T && rc == KLE_ENOSYS; r++) KLE_TRY(kda_row(s->rows ? s->rows[r] : s, l, s, r));
     return b->matmul(cx, W_(m, KLE_T_KDA_O, l), o, y, T);
-  }
-  if (fused) {
-    const kle_kda_fused_args a = {xq, xk, xv,
-                                  (const float *)kle_derived_at(m, l, 0)->data, (const float *)kle_derived_at(m, l, 1)->data,
-                                  (const float *)kle_derived_at(m, l, 2)->data, st[0], st[1], st[2],
-                                  graw, A_log, dt_bias, lb, Kg, braw, oraw, F_(m, KLE_T_KDA_O_NORM, l), eps, scale,
-                                  st[3], o, H, dk, dk, W};
-    const int rc = b->kda_fused_step(cx, &a);
-    if (rc == KLE_OK) return b->matmul(cx, W_(m, KLE_T_KDA_O, l), o, y, T);
-    if (rc != KLE_ENOSYS) return rc;
   }
   float *outs[3] = {q, k, v};
   for (int i = 0; i < 3; i++) {
-    if (!fused) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xq, T));
-    KLE_TRY(b->conv_short(cx, fused ? xs[i] : xq, (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], T, HK, W));
+    KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, xq, T));
+    KLE_TRY(b->conv_short(cx, xq, (const float *)kle_derived_at(m, l, i)->data, st[i], outs[i], T, HK, W));
   }
-  if (!fused) KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
+  KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
   KLE_TRY(b->kda_gate(cx, graw, A_log, dt_bias, g, T, H, dk, Kg, lb));
-  if (!fused) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
+  KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
   KLE_TRY(b->sigmoid(cx, braw, braw, (size_t)T * H));
   KLE_TRY(b->kda_recur(cx, st[3], q, k, v, g, braw, o, T, H, dk, dk, scale));
-  if (!fused) KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
+  KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
   KLE_TRY(b->rmsnorm(cx, o, oraw, F_(m, KLE_T_KDA_O_NORM, l), o, T * H, dk, eps));
   return b->matmul(cx, W_(m, KLE_T_KDA_O, l), o, y, T);
 }
@@ -247,7 +249,12 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
   KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_A, l), h, kv, T));
   if (s->rows) { /* a batched step: row r joins session rows[r]'s cache, and attends over it */
     KLE_TRY(b->mla_absorb(cx, (const float *)kle_derived_at(m, l, 0)->data, qf, qlat, T, Hm, nope, rope, R));
-    for (int r = 0; r < T; r++) {
+    int rc = KLE_ENOSYS;
+    if (s->rowtab && b->mla_decode_rows)
+      rc = b->mla_decode_rows(cx, kv, F_(m, KLE_T_MLA_KV_NORM, l), qlat, s->rowtab + (size_t)l * T * KLE_ROW_SLOTS, s->rowlens,
+                              s->rowmax, s->rows[0]->kv_fmt, T, Hm, R, rope, m->cfgf[KLE_CFGF_RMS_EPS], scale, olat);
+    if (rc != KLE_OK && rc != KLE_ENOSYS) return rc;
+    for (int r = 0; r < T && rc == KLE_ENOSYS; r++) {
       kle_session *rs = s->rows[r];
       KLE_TRY(b->mla_cache_write(cx, kv + (size_t)r * Dc, F_(m, KLE_T_MLA_KV_NORM, l), rs->cache[l], rs->kv_fmt, rs->len, 1, R,
                                  rope, m->cfgf[KLE_CFGF_RMS_EPS]));

@@ -48,6 +48,9 @@ int kle_cuda_kda_step(float *S, const float *q, const float *k, const float *v, 
  * xq, xk, graw: [B, H*K]; xv, oraw, o: [B, H*V]; braw: [B, H]; conv weights [W, C] (C = H*K, or
  * H*V for v); A_log [H]; dt_bias [H*K] or NULL; onorm [V]; S [B, H, K, V].
  * K must be 64 or 128, V a multiple of 32 and at most 256, W between 1 and 16.
+ * rows (not NULL: the sequences of a batched step, each its own session's): sequence b's tails
+ * and state are rows[5 b + 0..2] ([W-1, C] each) and rows[5 b + 3] ([H, K, V]), and tq, tk, tv, S
+ * are not read.
  */
 typedef struct {
   const float *xq, *xk, *xv;    /* projections before the short conv */
@@ -60,7 +63,9 @@ typedef struct {
   float eps;
   float *S, *o;
   int flags; /* 0 or KLE_CUDA_KDA_OVERLAP */
+  void *const *rows;
 } kle_cuda_kda_layer_args;
+#define KLE_CUDA_ROW_SLOTS 5
 int kle_cuda_kda_layer_step(const kle_cuda_kda_layer_args *args, int B, int H, int K, int V, int W,
                             float scale, void *stream);
 
@@ -122,6 +127,18 @@ int kle_cuda_mla_attend_scored(const float *q, const void *cache, int cache_bf16
 long kle_cuda_mla_step_workspace_bytes(int cap, int H, int Dv);
 int kle_cuda_mla_step(const float *q, const void *cache, int cache_bf16, const int32_t *len, int cap, int H, int D,
                       int Dv, float scale, float *out, void *workspace, long workspace_bytes, void *stream);
+
+/*
+ * A batched decode step's attention: query b (q [B, H, D]) over its own cache, caches[b *
+ * KLE_CUDA_ROW_SLOTS] (device memory, as the table kle_cuda_kda_layer_args.rows is), whose
+ * lens[b] + 1 rows (device memory) include the query's own; maxlen is the largest lens[b] + 1.
+ * Sequences of any lengths in one launch (and one merge). Tensor-core shapes with H <= 32 or a
+ * multiple of 32 (KLE_ENOSYS otherwise). workspace: kle_cuda_mla_rows_workspace_bytes bytes (0:
+ * a shape it does not run).
+ */
+long kle_cuda_mla_rows_workspace_bytes(int maxlen, int B, int H, int D, int Dv);
+int kle_cuda_mla_rows(const float *q, void *const *caches, const int32_t *lens, int maxlen, int cache_bf16, int B, int H,
+                      int D, int Dv, float scale, float *out, void *workspace, long workspace_bytes, void *stream);
 
 /*
  * Absorbed MLA decode for one query token over a latent cache, split across the context

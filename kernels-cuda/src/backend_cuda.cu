@@ -33,7 +33,8 @@ extern "C" {
   } while (0)
 
 // KLE_CUDA_PROFILE=1: every operation is bracketed by two events, and closing the model prints
-// the GPU time per operation and shape to stderr (there is no nsys on the lent machines)
+// the GPU time per operation and shape to stderr (there is no nsys on the lent machines), over
+// the last PROF_MAX / 2 to PROF_MAX operations
 struct prof_rec {
   const char *op;
   int a, b, c;  // the shape that tells calls apart (matmul: rows, cols, tokens)
@@ -63,7 +64,16 @@ struct kle_backend_ctx {
   // a captured decode step reads its token at tok[0] and the rows cached at tok[CUDA_BATCH]
   // (graph_step writes both); gen counts moves of the memory steps use beyond the session's own
   unsigned gen = 0;
+  // a batched step's table of rows (rows_table): pinned, then on the device; the pinned copy is
+  // rewritten once the last step's copy has run (rows_done)
+  float *mm_ws = nullptr;  // a split matmul's partial products (kle_ops::matmul16_ws_floats)
+  long mm_ws_n = 0;
+  char *rows_host = nullptr, *rows_dev = nullptr;
+  size_t rows_cap = 0;
+  cudaEvent_t rows_done = nullptr;
 };
+
+static_assert(KLE_ROW_SLOTS == KLE_CUDA_ROW_SLOTS, "the engine's and the kernels' row tables must agree");
 
 namespace {
 
@@ -130,7 +140,11 @@ void cu_close(kle_backend_ctx *cx) {
     if (cx->staged[i]) cudaEventDestroy(cx->staged[i]);
   }
   cudaFree(cx->ws);
+  cudaFree(cx->mm_ws);
   cudaFree(cx->tok);
+  if (cx->rows_host) cudaFreeHost(cx->rows_host);
+  cudaFree(cx->rows_dev);
+  if (cx->rows_done) cudaEventDestroy(cx->rows_done);
   cudaStreamDestroy(cx->st);
   delete cx;
 }
@@ -184,8 +198,15 @@ void cu_release(kle_backend_ctx *cx, void *p) {
 struct Span {
   kle_backend_ctx *cx;
   bool on;
-  Span(kle_backend_ctx *c, const char *op, int a = 0, int b = 0, int cc = 0) : cx(c), on(c->prof && c->recs.size() < PROF_MAX) {
+  Span(kle_backend_ctx *c, const char *op, int a = 0, int b = 0, int cc = 0) : cx(c), on(c->prof) {
     if (!on) return;
+    if (cx->recs.size() >= PROF_MAX) {  // the latest operations are the ones asked about: drop the older half
+      for (size_t i = 0; i < PROF_MAX / 2; i++) {
+        cudaEventDestroy(cx->recs[i].start);
+        cudaEventDestroy(cx->recs[i].end);
+      }
+      cx->recs.erase(cx->recs.begin(), cx->recs.begin() + PROF_MAX / 2);
+    }
     prof_rec r = {op, a, b, cc, nullptr, nullptr};
     cudaEventCreate(&r.start);
     cudaEventCreate(&r.end);
@@ -352,8 +373,19 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
   Span sp(cx, w->fmt == KLE_W_F32 ? "matmul f32" : "matmul 16-bit", w->rows, w->cols, T);
   if (w->fmt == KLE_W_F32)
     kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st);
-  else
-    kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st);
+  else {
+    // a few tokens' product split along its columns: partial products in their own buffer
+    const long need = kle_ops::matmul16_ws_floats(T, w->rows, w->cols);
+    if (need > cx->mm_ws_n) {
+      cudaFree(cx->mm_ws);  // synchronizes: no kernel still reads the old one
+      cx->mm_ws = nullptr;
+      cx->mm_ws_n = 0;
+      cx->gen++;  // captured steps addressed the old one
+      CU(cudaMalloc(&cx->mm_ws, sizeof(float) * need));
+      cx->mm_ws_n = need;
+    }
+    kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n);
+  }
   return launched();
 }
 
@@ -431,6 +463,49 @@ int cu_kda_fused_step(kle_backend_ctx *cx, const kle_kda_fused_args *a) {
                                       a->graw, a->A_log, a->dt_bias, a->lower_bound, a->braw, a->oraw, a->onorm,
                                       a->eps, a->S, a->o, KLE_CUDA_KDA_OVERLAP};
   return kle_cuda_kda_layer_step(&la, 1, a->H, a->K, a->V, a->W, a->scale, cx->st);
+}
+
+int cu_rows_table(kle_backend_ctx *cx, const void *host, size_t bytes, void **dev) {
+  if (bytes > cx->rows_cap) {
+    CU(cudaStreamSynchronize(cx->st));  // the last step may still read the old table
+    if (cx->rows_host) cudaFreeHost(cx->rows_host);
+    cudaFree(cx->rows_dev);
+    cx->rows_host = cx->rows_dev = nullptr;
+    cx->rows_cap = 0;
+    const size_t cap = std::max(bytes, (size_t)64 << 10);
+    CU(cudaMallocHost((void **)&cx->rows_host, cap));
+    CU(cudaMalloc((void **)&cx->rows_dev, cap));
+    cx->rows_cap = cap;
+  }
+  if (!cx->rows_done) CU(cudaEventCreateWithFlags(&cx->rows_done, cudaEventDisableTiming));
+  else CU(cudaEventSynchronize(cx->rows_done));
+  memcpy(cx->rows_host, host, bytes);
+  // the device copy is rewritten in stream order: after the last step's kernels have read it
+  CU(cudaMemcpyAsync(cx->rows_dev, cx->rows_host, bytes, cudaMemcpyHostToDevice, cx->st));
+  CU(cudaEventRecord(cx->rows_done, cx->st));
+  *dev = cx->rows_dev;
+  return KLE_OK;
+}
+
+int cu_kda_fused_rows(kle_backend_ctx *cx, const kle_kda_fused_args *a, void *const *rows, int B) {
+  Span sp(cx, "kda_fused_rows", B, a->H, a->K);
+  if (a->Kg != a->K || (a->K != 64 && a->K != 128) || a->W < 1 || a->W > 16) return KLE_ENOSYS;
+  const kle_cuda_kda_layer_args la = {a->xq, a->xk, a->xv, a->wq, a->wk, a->wv, nullptr, nullptr, nullptr,
+                                      a->graw, a->A_log, a->dt_bias, a->lower_bound, a->braw, a->oraw, a->onorm,
+                                      a->eps, nullptr, a->o, KLE_CUDA_KDA_OVERLAP, rows};
+  return kle_cuda_kda_layer_step(&la, B, a->H, a->K, a->V, a->W, a->scale, cx->st);
+}
+
+// every row's cache row, then every row's attention over its own cache, in two launches and a merge
+int cu_mla_decode_rows(kle_backend_ctx *cx, const float *kv, const float *w, const float *qlat, void *const *rows,
+                       const int32_t *lens, int maxlen, int fmt, int B, int H, int R, int rope, float eps, float scale, float *out) {
+  Span sp(cx, "mla_decode_rows", B, maxlen);
+  const long ws = kle_cuda_mla_rows_workspace_bytes(maxlen, B, H, R + rope, R);
+  if (ws <= 0) return KLE_ENOSYS;
+  KLE_TRY(ensure_ws(cx, ws));
+  kle_ops::mla_cache_write(kv, w, nullptr, fmt == KLE_W_BF16, lens, 0, B, R, rope, eps, cx->st, rows);
+  KLE_TRY(launched());
+  return kle_cuda_mla_rows(qlat, rows, lens, maxlen, fmt == KLE_W_BF16, B, H, R + rope, R, scale, out, cx->ws, cx->ws_bytes, cx->st);
 }
 
 int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *cache, int fmt, int L0, int T, int R,
@@ -575,9 +650,12 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   // a batch: each expert's matrices multiply all of its pairs at once (prefill at 48B read every
   // routed expert row once per pair: 9.4 ms a layer for a 512-token batch with rows read once per
   // 8 pairs on the CUDA cores). Not for a few pairs over many experts (a batched decode step of 8
-  // streams at 48B: 64 pairs over about 58 experts, a tile of 64 rows for each one's single
-  // pair): there every expert is read once either way, and the matvecs stream it.
+  // streams at 48B: 64 pairs over about 58 experts, a tile for each one's single pair): there
+  // every expert is read once either way, and the matvecs stream it. (From half a pair an expert,
+  // 32 streams, the CUDA-core kernel that reads each row once per 8 pairs was measured slower than
+  // the matvecs: 1,256 against 873 us a layer.)
   if (f16 && P >= 32 && P >= 2 * tab->E && kle_ops::grouped_ok(D, MI, h)) {
+    const int few = P < 16 * tab->E;
     const long need = (long)tab->E + 1 + P;
     if (need > cx->grp_n) {
       cudaFree(cx->grp);  // synchronizes: no kernel still reads the old one
@@ -590,10 +668,10 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
     const uint16_t *const *W = (const uint16_t *const *)tab->dev;
     int32_t *offs = cx->grp, *order = cx->grp + tab->E + 1;
     kle_ops::moe_group(idx, P, tab->E, offs, order, cx->st);
-    kle_ops::grouped_mm16(is_bf16, W, 0, offs, order, tab->E, h, K, g, T, MI, D, cx->st);
-    kle_ops::grouped_mm16(is_bf16, W, 1, offs, order, tab->E, h, K, u, T, MI, D, cx->st);
+    kle_ops::grouped_mm16(is_bf16, few, W, 0, offs, order, tab->E, h, K, g, T, MI, D, cx->st);
+    kle_ops::grouped_mm16(is_bf16, few, W, 1, offs, order, tab->E, h, K, u, T, MI, D, cx->st);
     kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
-    kle_ops::grouped_mm16(is_bf16, W, 2, offs, order, tab->E, g, 1, ye, T, D, MI, cx->st);
+    kle_ops::grouped_mm16(is_bf16, few, W, 2, offs, order, tab->E, g, 1, ye, T, D, MI, cx->st);
     kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
     return launched();
   }
@@ -774,6 +852,9 @@ kle_backend make_backend() {
   b.kda_gate = cu_kda_gate;
   b.kda_recur = cu_kda_recur;
   b.kda_fused_step = cu_kda_fused_step;
+  b.rows_table = cu_rows_table;
+  b.kda_fused_rows = cu_kda_fused_rows;
+  b.mla_decode_rows = cu_mla_decode_rows;
   b.kv_bf16_ok = cu_kv_bf16_ok;
   b.mla_cache_write = cu_mla_cache_write;
   b.mla_absorb = cu_mla_absorb;

@@ -218,50 +218,68 @@ struct tc_group {
   int which, x_div;
 };
 
-template <bool GROUPED>
+//
+// Split along Kd (not grouped; part not NULL): blockIdx.z takes k-slices z kper .. z kper + kper - 1
+// and writes its partial product to part + z T N, which splitk_sum adds in order of z. A few
+// tokens over a matrix of few 128-row tiles leave most SMs idle otherwise (32 tokens through a
+// 4096 x 2304 matrix: 32 blocks, 69 us for what the memory reads in 5).
+//
+// TM, the tile's rows: TBM (64), or 16 (1 x 8 warps of 16 x 16) for experts of a few pairs each,
+// whose 64-row tiles are mostly padding (256 streams at 48B: 8 pairs an expert, 2.2 ms a layer).
+template <bool GROUPED, int TM = TBM>
 __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
-                                                           int T, int N, int Kd, tc_group grp) {
-  __shared__ __align__(16) uint16_t Xh[2][TBM][TBK + TPAD], Xl[2][TBM][TBK + TPAD], Ws[2][TBN][TBK + TPAD];
+                                                           int T, int N, int Kd, tc_group grp, int kper, float *__restrict__ part) {
+  static_assert(TM == 64 || TM == 16, "tiles of 64 or 16 rows");
+  constexpr int WM = TM / 32 > 0 ? TM / 32 : 1;  // warps along the rows
+  constexpr int MI = TM / (16 * WM);              // 16-row fragments a warp
+  constexpr int NW = 8 / WM;                      // warps along the columns
+  constexpr int NI = TBN / (8 * NW);              // 8-column fragments a warp
+  constexpr int XV = TM * TBK / 4;                // float4 of a k-slice of X
+  constexpr int XJ = (XV + 255) / 256;            // ... a thread
+  __shared__ __align__(16) uint16_t Xh[2][TM][TBK + TPAD], Xl[2][TM][TBK + TPAD], Ws[2][TBN][TBK + TPAD];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int n0 = blockIdx.x * TBN, wm = (warp / 4) * 32, wn = (warp % 4) * 32;
-  int m0 = blockIdx.y * TBM, base = 0;
+  const int n0 = blockIdx.x * TBN, wm = (warp / NW) * (16 * MI), wn = (warp % NW) * (8 * NI);
+  int m0 = blockIdx.y * TM, base = 0;
   if (GROUPED) {
     base = grp.offs[blockIdx.z];
     T = grp.offs[blockIdx.z + 1] - base;  // this expert's pairs
     if (m0 >= T) return;
     W = grp.Wtab[(size_t)blockIdx.z * 3 + grp.which];
   }
-  // the X rows this thread loads (two float4 a slice), fixed for the whole k loop
-  const float *xrow[2];
+  // the X rows this thread loads (XJ float4 a slice), fixed for the whole k loop
+  const float *xrow[XJ];
 #pragma unroll
-  for (int j = 0; j < 2; j++) {
+  for (int j = 0; j < XJ; j++) {
     const int r = (tid + j * 256) / (TBK / 4);
-    const int m = m0 + r < T ? m0 + r : -1;
+    const int m = tid + j * 256 < XV && m0 + r < T ? m0 + r : -1;
     xrow[j] = m < 0 ? nullptr : X + (size_t)(GROUPED ? grp.order[base + m] / grp.x_div : m) * Kd;
   }
-  const int nk = Kd / TBK;
-  float acc[2][4][4] = {};
-  float4 xr[2];  // this thread's two float4 of the next X slice: rows r = i / 8, columns (i % 8) * 4
+  const int kb = GROUPED || !part ? 0 : blockIdx.z * kper;  // the first k-slice of this block
+  const int nk = GROUPED || !part ? Kd / TBK : min(Kd / TBK - kb, kper);
+  if (!GROUPED && part) Y = part + (size_t)blockIdx.z * T * N;
+  float acc[MI][NI][4] = {};
+  float4 xr[XJ];  // this thread's float4 of the next X slice: rows r = i / 8, columns (i % 8) * 4
   auto load_w = [&](int k, int s) {
 #pragma unroll
     for (int j = 0; j < 2; j++) {
       const int i = tid + j * 256, r = i / (TBK / 8), c = (i % (TBK / 8)) * 8;
       const bool ok = n0 + r < N;
-      cp_async16(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + k * TBK + c, ok);
+      cp_async16(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + (kb + k) * TBK + c, ok);
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
   auto load_x = [&](int k) {
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < XJ; j++) {
       const int c = ((tid + j * 256) % (TBK / 4)) * 4;
-      xr[j] = xrow[j] ? *reinterpret_cast<const float4 *>(xrow[j] + k * TBK + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+      xr[j] = xrow[j] ? *reinterpret_cast<const float4 *>(xrow[j] + (kb + k) * TBK + c) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
   };
   auto store_x = [&](int s) {
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
+    for (int j = 0; j < XJ; j++) {
       const int i = tid + j * 256, r = i / (TBK / 4), c = (i % (TBK / 4)) * 4;
+      if (i >= XV) break;
       const float f[4] = {xr[j].x, xr[j].y, xr[j].z, xr[j].w};
 #pragma unroll
       for (int q = 0; q < 4; q++) split_bf16(f[q], Xh[s][r][c + q], Xl[s][r][c + q]);
@@ -280,9 +298,9 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
     }
 #pragma unroll
     for (int kk = 0; kk < TBK; kk += 16) {
-      uint32_t ah[2][4], al[2][4], b[4][2];
+      uint32_t ah[MI][4], al[MI][4], b[NI][2];
 #pragma unroll
-      for (int mi = 0; mi < 2; mi++) {
+      for (int mi = 0; mi < MI; mi++) {
         const int r = wm + mi * 16 + g;
         ah[mi][0] = *reinterpret_cast<const uint32_t *>(&Xh[s][r][kk + 2 * t4]);
         ah[mi][1] = *reinterpret_cast<const uint32_t *>(&Xh[s][r + 8][kk + 2 * t4]);
@@ -294,29 +312,29 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
         al[mi][3] = *reinterpret_cast<const uint32_t *>(&Xl[s][r + 8][kk + 2 * t4 + 8]);
       }
 #pragma unroll
-      for (int ni = 0; ni < 4; ni++) {
+      for (int ni = 0; ni < NI; ni++) {
         const int n = wn + ni * 8 + g;
         b[ni][0] = *reinterpret_cast<const uint32_t *>(&Ws[s][n][kk + 2 * t4]);
         b[ni][1] = *reinterpret_cast<const uint32_t *>(&Ws[s][n][kk + 2 * t4 + 8]);
       }
       // the small terms first, into accumulators that do not depend on each other back to back
 #pragma unroll
-      for (int mi = 0; mi < 2; mi++)
+      for (int mi = 0; mi < MI; mi++)
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], al[mi], b[ni][0], b[ni][1]);
+        for (int ni = 0; ni < NI; ni++) mma_bf16(acc[mi][ni], al[mi], b[ni][0], b[ni][1]);
 #pragma unroll
-      for (int mi = 0; mi < 2; mi++)
+      for (int mi = 0; mi < MI; mi++)
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], ah[mi], b[ni][0], b[ni][1]);
+        for (int ni = 0; ni < NI; ni++) mma_bf16(acc[mi][ni], ah[mi], b[ni][0], b[ni][1]);
     }
     if (k + 1 < nk) store_x(s ^ 1);  // stage s ^ 1 was last read in slice k - 1: every warp is past it
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncthreads();
   }
 #pragma unroll
-  for (int mi = 0; mi < 2; mi++)
+  for (int mi = 0; mi < MI; mi++)
 #pragma unroll
-    for (int ni = 0; ni < 4; ni++)
+    for (int ni = 0; ni < NI; ni++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         const int m = m0 + wm + mi * 16 + g + h * 8, n = n0 + wn + ni * 8 + 2 * t4;
@@ -325,6 +343,30 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
         if (n < N) yr[n] = acc[mi][ni][2 * h];
         if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
       }
+}
+
+// Y[i] = sum over z of part[z n + i], z in order (one result whatever the blocks' timing)
+__global__ void splitk_sum_kernel(const float *__restrict__ part, int S, long n, float *__restrict__ Y) {
+  const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float a = part[i];
+  for (int z = 1; z < S; z++) a += part[(size_t)z * n + i];
+  Y[i] = a;
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+  return n;
+}
+
+// splits along Kd for a tensor-core product of T tokens: enough blocks for two waves when the
+// tiles alone fill less than one, each split at least two k-slices (the loads' pipeline); 1: none
+int splits_for(int T, int N, int Kd) {
+  const int tiles = blocks_for(N, TBN) * blocks_for(T, TBM), nsm = sm_count(), nk = Kd / TBK;
+  if (nsm <= 0 || tiles >= nsm) return 1;
+  const int s = min(blocks_for(2L * nsm, tiles), nk / 2);
+  return s > 1 ? s : 1;
 }
 
 __global__ void embed16_kernel(const uint16_t *__restrict__ table, const int32_t *__restrict__ tok, float *__restrict__ x, int D, int is_bf16) {
@@ -429,14 +471,17 @@ bool grouped_ok(int D, int MI, const float *X) { return D % TBK == 0 && MI % TBK
 
 // Y[p] = W_e X[p / x_div] for each pair p of each expert e, on tensor cores; at most T pairs an
 // expert (a token picks an expert once), so T / 64 row tiles cover any expert
-void grouped_mm16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E, const float *X,
-                  int x_div, float *Y, int T, int N, int Kd, cudaStream_t st) {
+void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E,
+                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st) {
   if (!is_bf16) {  // F16: the CUDA-core kernel, GROUP pairs at a time
     grouped16_kernel<<<dim3(blocks_for(N, 8), E), 256, 0, st>>>(Wtab, which, offs, order, X, x_div, Y, N, Kd, 0);
     return;
   }
   const tc_group grp = {Wtab, offs, order, which, x_div};
-  gemm_bf16_tc_kernel<true><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM), E), 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp);
+  if (few)
+    gemm_bf16_tc_kernel<true, 16><<<dim3(blocks_for(N, TBN), blocks_for(T, 16), E), 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
+  else
+    gemm_bf16_tc_kernel<true><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM), E), 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
 }
 
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
@@ -445,7 +490,13 @@ void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *i
   expert_gate_up16_kernel<<<dim3(blocks_for(N, 8), P), 256, 0, st>>>(Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec);
 }
 
-void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st) {
+long matmul16_ws_floats(int T, int N, int Kd) {
+  if (T <= 8 || Kd % TBK) return 0;
+  const int S = splits_for(T, N, Kd);
+  return S > 1 ? (long)S * T * N : 0;
+}
+
+void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats) {
   const int vec = (Kd & 7) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0;
   if (T == 1 && vec && N < 2048 && Kd >= 512) {
     gemv16_split_kernel<<<blocks_for(N, 2), 256, 0, st>>>(W, X, Y, N, Kd, is_bf16);
@@ -462,7 +513,15 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
     return;
   }
   if (is_bf16 && vec && Kd % TBK == 0) {
-    gemm_bf16_tc_kernel<false><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{});
+    const int S = splits_for(T, N, Kd);
+    if (S > 1 && ws && ws_floats >= (long)S * T * N) {
+      const int kper = blocks_for(Kd / TBK, S);
+      const int Sz = blocks_for(Kd / TBK, kper);  // splits that have slices
+      gemm_bf16_tc_kernel<false><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM), Sz), 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
+      splitk_sum_kernel<<<blocks_for((long)T * N, 256), 256, 0, st>>>(ws, Sz, (long)T * N, Y);
+      return;
+    }
+    gemm_bf16_tc_kernel<false><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, 0, nullptr);
     return;
   }
   gemm16_cc_kernel<<<dim3(blocks_for(N, CBN), blocks_for(T, CBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16);

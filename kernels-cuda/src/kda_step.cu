@@ -345,6 +345,21 @@ __device__ __forceinline__ void stage_qk_channel(const ConvChannel<WM> &cq, cons
   pqk = qv * kv;
 }
 
+// Sequence b's conv tails and state: its slice of the batch's arrays, or, in a batched step
+// (a.rows), its own session's, whose tails are then addressed as sequence 0
+struct SeqState {
+  float *tq, *tk, *tv, *S;
+  int tb;
+  __device__ SeqState(const kle_cuda_kda_layer_args &a, int b, int H, int K, int V) {
+    if (a.rows) {
+      void *const *p = a.rows + (size_t)b * KLE_CUDA_ROW_SLOTS;
+      tq = (float *)p[0], tk = (float *)p[1], tv = (float *)p[2], S = (float *)p[3], tb = 0;
+    } else {
+      tq = a.tq, tk = a.tk, tv = a.tv, S = a.S + (size_t)b * H * K * V, tb = b;
+    }
+  }
+};
+
 // The whole layer step: a cluster of V/32 blocks per (sequence, head), each block the step
 // kernel's 32-column tile. Every block computes the head's conv'd q and k and the gate itself
 // (K channels, cheaper than sharing them), its own 32 channels of v, then the recurrence; the
@@ -361,7 +376,8 @@ __global__ void __launch_bounds__(32 * KW) kda_layer_step_kernel(kle_cuda_kda_la
   const int HK = H * K, HV = H * V, cq = h * K + tid, cv = h * V + col;
   __shared__ float sq[K], sk[K], se[K], ra[KW][32], rb[KW][32], red[3][KW], snorm[8];
   cg::cluster_group cluster = cg::this_cluster();
-  float *Sh = a.S + (size_t)bh * K * V + col;
+  const SeqState ss(a, b, H, K, V);
+  float *Sh = ss.S + (size_t)h * K * V + col;
   float d[R];
 #pragma unroll
   for (int r = 0; r < R; r++) d[r] = Sh[(size_t)(w * R + r) * V];
@@ -371,12 +387,12 @@ __global__ void __launch_bounds__(32 * KW) kda_layer_step_kernel(kle_cuda_kda_la
   // first what the layer owns (state, conv windows, weights), then, once the kernel before has
   // finished (with KLE_CUDA_KDA_OVERLAP it may still be running until here), the projections
   if (qk) {
-    cq_.load_window(a.wq, a.tq, b, cq, HK, W);
-    ck_.load_window(a.wk, a.tk, b, cq, HK, W);
+    cq_.load_window(a.wq, ss.tq, ss.tb, cq, HK, W);
+    ck_.load_window(a.wk, ss.tk, ss.tb, cq, HK, W);
     dtb = a.dt_bias ? a.dt_bias[cq] : 0.f;
   }
   if (w == 0) {
-    cv_.load_window(a.wv, a.tv, b, cv, HV, W);
+    cv_.load_window(a.wv, ss.tv, ss.tb, cv, HV, W);
     onorm = a.onorm[col];
   }
   const float alog = __expf(a.A_log[h]);
@@ -423,11 +439,11 @@ __global__ void __launch_bounds__(32 * KW) kda_layer_step_kernel(kle_cuda_kda_la
     for (unsigned r = 0; r < nb; r++) tot += snorm[r];
     const float inv = rsqrtf(tot / (float)V + a.eps);
     a.o[(size_t)b * HV + cv] = ov * inv * onorm / (1.0f + __expf(-oraw));
-    cv_.store_tail(a.tv, b, cv, HV, W);
+    cv_.store_tail(ss.tv, ss.tb, cv, HV, W);
   }
   if (qk && tid % (int)nb == (int)me) {  // this block's share of the head's q and k tails
-    cq_.store_tail(a.tq, b, cq, HK, W);
-    ck_.store_tail(a.tk, b, cq, HK, W);
+    cq_.store_tail(ss.tq, ss.tb, cq, HK, W);
+    ck_.store_tail(ss.tk, ss.tb, cq, HK, W);
   }
 }
 
@@ -444,7 +460,8 @@ __global__ void __launch_bounds__(512) kda_layer_head_kernel(kle_cuda_kda_layer_
   const int HK = H * K, HV = H * V;
   __shared__ float sq[K], sk[K], se[K], sv[V], red[3][KW];
   __shared__ __align__(16) float ra[KW][V], rb[KW][V];
-  float *Sh = a.S + (size_t)bh * K * V + CPL * lane;
+  const SeqState ss(a, b, H, K, V);
+  float *Sh = ss.S + (size_t)h * K * V + CPL * lane;
   float d[R][CPL];
 #pragma unroll
   for (int r = 0; r < R; r++) load_cols<CPL>(d[r], Sh + (size_t)(w * R + r) * V);
@@ -453,11 +470,11 @@ __global__ void __launch_bounds__(512) kda_layer_head_kernel(kle_cuda_kda_layer_
   ConvChannel<WM> c1, c2;  // q and k, or v in c1
   float dtb = 0.f, onorm[CPL];
   if (is_qk) {
-    c1.load_window(a.wq, a.tq, b, cq, HK, W);
-    c2.load_window(a.wk, a.tk, b, cq, HK, W);
+    c1.load_window(a.wq, ss.tq, ss.tb, cq, HK, W);
+    c2.load_window(a.wk, ss.tk, ss.tb, cq, HK, W);
     dtb = a.dt_bias ? a.dt_bias[cq] : 0.f;
   } else if (is_v) {
-    c1.load_window(a.wv, a.tv, b, cv, HV, W);
+    c1.load_window(a.wv, ss.tv, ss.tb, cv, HV, W);
   }
   if (w == 0) load_cols<CPL>(onorm, a.onorm + CPL * lane);
   const float alog = __expf(a.A_log[h]);
@@ -506,10 +523,10 @@ __global__ void __launch_bounds__(512) kda_layer_head_kernel(kle_cuda_kda_layer_
     store_cols<CPL>(a.o + (size_t)b * HV + h * V + CPL * lane, ov);
   }
   if (is_qk) {
-    c1.store_tail(a.tq, b, cq, HK, W);
-    c2.store_tail(a.tk, b, cq, HK, W);
+    c1.store_tail(ss.tq, ss.tb, cq, HK, W);
+    c2.store_tail(ss.tk, ss.tb, cq, HK, W);
   } else if (is_v) {
-    c1.store_tail(a.tv, b, cv, HV, W);
+    c1.store_tail(ss.tv, ss.tb, cv, HV, W);
   }
 }
 

@@ -72,11 +72,12 @@ struct Plan {
   int groups, slots, n, span;
 };
 
-Plan plan_for(int L, int T, int H, int nsm) {
+// gsz: rows a group takes (a batched step's groups each hold one sequence's heads)
+Plan plan_for(int L, int T, int H, int nsm, int gsz = 32) {
   Plan p;
   const long R = (long)T * H;
-  p.groups = (int)((R + 31) / 32);
-  p.slots = R < 32 ? (int)R : 32;
+  p.groups = (int)((R + gsz - 1) / gsz);
+  p.slots = R < gsz ? (int)R : gsz;
   const int want = p.groups == 1 ? nsm : (2 * nsm + p.groups - 1) / p.groups;
   p.n = splits_for(L) < want ? splits_for(L) : want < 1 ? 1 : want;
   p.span = ((L + p.n - 1) / p.n + TJ - 1) / TJ * TJ;
@@ -114,26 +115,40 @@ __device__ __forceinline__ float ld1(const uint16_t *p) { return __uint_as_float
 // DC, HC, DVC: the shape when known at compile time (Kimi-Linear's 32 heads, 512 + 64 latent: every
 // shared address a constant offset, no tile predicates), 0 for any other
 //
-// Rows: the T queries' heads flattened (row r = query r / Hq, head r % Hq), 32 to a group, one
-// group per blockIdx.y; row r sees cache rows below L0 + r / Hq + 1 (causal; a decode has T = 1,
-// L0 = L - 1). Partial results of block (x, y) go to part y * gridDim.x + x, `slots` rows each.
+// Rows: the T queries' heads flattened (row r = query r / Hq, head r % Hq), `slots` to a group
+// (32, or fewer when that is all), one group per blockIdx.y; row r sees cache rows below
+// L0 + r / Hq + 1 (causal; a decode has T = 1, L0 = L - 1). Partial results of block (x, y) go to
+// part y * gridDim.x + x, `slots` rows each. Lengths read on the device (dev): a captured decode
+// step's at dev.len; a batched step's query b has its own cache dev.caches[b * KLE_CUDA_ROW_SLOTS]
+// holding dev.lens[b] + 1 rows, its heads in groups of their own. Either way the spans are cut
+// from the length read, gridDim.x of them.
+struct DevLen {
+  const int32_t *len;
+  const void *const *caches;
+  const int32_t *lens;
+};
+
 template <int DC, int HC, int DVC, class CT>
 __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const CT *__restrict__ cache, int L0,
                                                          int Hq, int R, int Drt, int Dvrt, float scale, int span, int slots,
                                                          float *__restrict__ pout, float *__restrict__ plse,
-                                                         float *__restrict__ logits, int ldl, const int32_t *__restrict__ L0p) {
-  // a captured decode step (one query): the length is read here, the spans cut from it
-  if (L0p) {
-    L0 = *L0p;
-    span = ((L0 + 1 + (int)gridDim.x - 1) / (int)gridDim.x + TJ - 1) / TJ * TJ;
+                                                         float *__restrict__ logits, int ldl, DevLen dev) {
+  int qb = 0;  // the query of the block's first row, which the causal ends count from
+  if (dev.caches) {
+    qb = (int)blockIdx.y * slots / Hq;
+    cache = (const CT *)dev.caches[(size_t)qb * KLE_CUDA_ROW_SLOTS];
+    L0 = dev.lens[qb];
+  } else if (dev.len) {
+    L0 = *dev.len;
   }
+  if (dev.caches || dev.len) span = ((L0 + 1 + (int)gridDim.x - 1) / (int)gridDim.x + TJ - 1) / TJ * TJ;
   extern __shared__ __align__(16) float smem[];
   // a BF16 value has no low TF32 part: the pass that multiplies it is skipped
   constexpr bool BF = sizeof(CT) == 2;
   CT *sm = reinterpret_cast<CT *>(smem);
-  const int r0 = 32 * blockIdx.y;
+  const int r0 = slots * blockIdx.y;
   // the fast shape has 32 heads a query: then a group is one query's heads
-  const int D = DC ? DC : Drt, H = HC ? HC : min(32, R - r0), Dv = DVC ? DVC : Dvrt, HQ = HC ? HC : Hq;
+  const int D = DC ? DC : Drt, H = HC ? HC : min(slots, R - r0), Dv = DVC ? DVC : Dvrt, HQ = HC ? HC : Hq;
   q += (size_t)r0 * D;
   const size_t part = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
   const int DS = row_stride(D);
@@ -145,7 +160,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   float *ssum = sfac + 32;            // [32] each head's final sum (sfac then holds its max)
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   // the group's last row sees the most rows
-  const int j0 = blockIdx.x * span, j1 = min(L0 + (r0 + H - 1) / HQ + 1, j0 + span);
+  const int j0 = blockIdx.x * span, j1 = min(L0 + (r0 + H - 1) / HQ - qb + 1, j0 + span);
   const int ntile = j1 > j0 ? (j1 - j0 + TJ - 1) / TJ : 0;
   const int nks = D / 8, ntq = (H + 7) / 8, nmo = (H + 15) / 16, nvt = Dv / 64;
   if (ntile > 0) load_tile(cache, j0, j1, D, DS, sm);
@@ -170,7 +185,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
       for (int r = 0; r < 4; r++) oacc[m][n][r] = 0.f;
   // softmax bookkeeping: 8 threads a head, 4 rows each; the running max and sum live in registers
   const int sh = tid >> 3, sr = (tid & 7) * 4;
-  const int jend = sh < H ? min(j1, L0 + (r0 + sh) / HQ + 1) : j1;  // this row's causal end
+  const int jend = sh < H ? min(j1, L0 + (r0 + sh) / HQ - qb + 1) : j1;  // this row's causal end
   float run_max = -INFINITY, run_sum = 0.f;
 
   for (int it = 0; it < ntile; it++) {
@@ -358,11 +373,12 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
     }
 }
 
-// block (r, y): row r's columns 32 y .. 32 y + 31, from the parts of r's group (plan_for)
+// block (r, y): row r's columns 32 y .. 32 y + 31, from the parts of r's group (plan_for; every
+// group but a lone one holds `slots` rows)
 __global__ void mla_merge(const float *__restrict__ pout, const float *__restrict__ plse, int n, int slots, int Dv,
                           float *__restrict__ out, float *__restrict__ lse) {
   const int r = blockIdx.x;
-  const size_t first = (size_t)(r / 32) * n * slots + r % 32;  // row r % 32 of the group's first part
+  const size_t first = (size_t)(r / slots) * n * slots + r % slots;  // row r % slots of the group's first part
   kle_merge::merge_row(plse + first, slots, pout + first * Dv, (size_t)slots * Dv, n, Dv, 32 * blockIdx.y, 32 * gridDim.y,
                        out + (size_t)r * Dv, lse && blockIdx.y == 0 ? lse + r : nullptr);
 }
@@ -377,23 +393,19 @@ long tc_workspace_bytes(int L, int T, int H, int Dv) {
   return plan_bytes(plan_for(L, T, H, nsm), Dv);
 }
 
-int tc_attend(const float *q, const void *cache, int bf16, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
-              void *workspace, long workspace_bytes, void *stream, float *logits) {
-  const int nsm = sm_count();
-  if (L0 < 0 || T <= 0 || H <= 0 || !tc_fits(D, Dv) || !workspace || nsm <= 0 || (long)T * H > (1L << 30)) return KLE_EINVAL;
-  const int L = L0 + T;
-  const Plan p = plan_for(L, T, H, nsm);
-  if (workspace_bytes < plan_bytes(p, Dv)) return KLE_EINVAL;
+// The partial kernel for the cache's type and the shape over plan p, then the merge of the spans
+// (none when each group has one span and its rows can go straight to out; a captured step, whose
+// spans depend on the length it reads, always merges)
+static int run_plan(const Plan &p, const float *q, const void *cache, bool bf16, int L0, int T, int H, int D, int Dv, float scale,
+                    float *out, float *lse, float *logits, int ldl, void *workspace, cudaStream_t st, DevLen dev) {
   float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
-  cudaStream_t st = (cudaStream_t)stream;
-  // one span per group: the parts are the rows themselves (part y holds rows 32 y ..), no merge
-  const bool direct = p.n == 1;
+  const bool direct = p.n == 1 && !dev.len;
   const bool fast = D == 576 && H == 32 && Dv == 512;
   auto launch = [&](auto kern, const auto *c) {
     const size_t smem = smem_bytes(D, sizeof *c);
     if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return false;
     kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, c, L0, H, T * H, D, Dv, scale, p.span, p.slots, direct ? out : pout,
-                                                     direct && lse ? lse : plse, logits, L, nullptr);
+                                                     direct && lse ? lse : plse, logits, ldl, dev);
     return true;
   };
   const uint16_t *cb = (const uint16_t *)cache;
@@ -403,6 +415,16 @@ int tc_attend(const float *q, const void *cache, int bf16, int L0, int T, int H,
   if (!ok) return KLE_EINVAL;
   if (!direct) mla_merge<<<dim3(T * H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+}
+
+int tc_attend(const float *q, const void *cache, int bf16, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
+              void *workspace, long workspace_bytes, void *stream, float *logits) {
+  const int nsm = sm_count();
+  if (L0 < 0 || T <= 0 || H <= 0 || !tc_fits(D, Dv) || !workspace || nsm <= 0 || (long)T * H > (1L << 30)) return KLE_EINVAL;
+  const int L = L0 + T;
+  const Plan p = plan_for(L, T, H, nsm);
+  if (workspace_bytes < plan_bytes(p, Dv)) return KLE_EINVAL;
+  return run_plan(p, q, cache, bf16, L0, T, H, D, Dv, scale, out, lse, logits, L, workspace, (cudaStream_t)stream, DevLen{});
 }
 
 }  // namespace kle_mla
@@ -421,22 +443,30 @@ extern "C" int kle_cuda_mla_step(const float *q, const void *cache, int cache_bf
   if (cap <= 0 || H <= 0 || !len || !workspace || nsm <= 0) return KLE_EINVAL;
   const Plan p = plan_for(cap, 1, H, nsm);
   if (workspace_bytes < plan_bytes(p, Dv)) return KLE_EINVAL;
-  float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
-  cudaStream_t st = (cudaStream_t)stream;
-  const bool fast = D == 576 && H == 32 && Dv == 512;
-  auto launch = [&](auto kern, const auto *c) {
-    const size_t smem = smem_bytes(D, sizeof *c);
-    if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess) return false;
-    kern<<<dim3(p.n, p.groups), THREADS, smem, st>>>(q, c, 0, H, H, D, Dv, scale, 0, p.slots, pout, plse, nullptr, 0, len);
-    return true;
-  };
-  const uint16_t *cb = (const uint16_t *)cache;
-  const float *cf = (const float *)cache;
-  const bool ok = cache_bf16 ? (fast ? launch(mla_partial<576, 32, 512, uint16_t>, cb) : launch(mla_partial<0, 0, 0, uint16_t>, cb))
-                             : (fast ? launch(mla_partial<576, 32, 512, float>, cf) : launch(mla_partial<0, 0, 0, float>, cf));
-  if (!ok) return KLE_EINVAL;
-  mla_merge<<<dim3(H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, nullptr);
-  return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
+  return kle_mla::run_plan(p, q, cache, cache_bf16, 0, 1, H, D, Dv, scale, out, nullptr, nullptr, 0, workspace, (cudaStream_t)stream,
+                           DevLen{len, nullptr, nullptr});
+}
+
+// A batched step's attention: B queries, each over its own cache (batched_bytes' plan: groups of
+// one query's heads, spans planned for the longest, each block cutting its span from its own
+// query's length); the shapes the tensor-core kernel takes, with H at most 32 or a multiple of 32.
+static bool rows_fit(int H, int D, int Dv) { return kle_mla::tc_fits(D, Dv) && H > 0 && (H <= 32 || H % 32 == 0); }
+
+extern "C" long kle_cuda_mla_rows_workspace_bytes(int maxlen, int B, int H, int D, int Dv) {
+  const int nsm = sm_count();
+  if (maxlen <= 0 || B <= 0 || !rows_fit(H, D, Dv) || nsm <= 0) return 0;
+  return plan_bytes(plan_for(maxlen, B, H, nsm, H < 32 ? H : 32), Dv);
+}
+
+extern "C" int kle_cuda_mla_rows(const float *q, void *const *caches, const int32_t *lens, int maxlen, int cache_bf16, int B, int H,
+                                 int D, int Dv, float scale, float *out, void *workspace, long workspace_bytes, void *stream) {
+  const int nsm = sm_count();
+  if (!rows_fit(H, D, Dv)) return KLE_ENOSYS;
+  if (maxlen <= 0 || B <= 0 || !caches || !lens || !workspace || nsm <= 0 || (long)B * H > (1L << 30)) return KLE_EINVAL;
+  const Plan p = plan_for(maxlen, B, H, nsm, H < 32 ? H : 32);
+  if (workspace_bytes < plan_bytes(p, Dv)) return KLE_EINVAL;
+  return kle_mla::run_plan(p, q, nullptr, cache_bf16, 0, B, H, D, Dv, scale, out, nullptr, nullptr, 0, workspace, (cudaStream_t)stream,
+                           DevLen{nullptr, caches, lens});
 }
 
 extern "C" int kle_cuda_mla_decode(const float *q, const float *cache, int L, int H, int D, int Dv, float scale,

@@ -434,19 +434,22 @@ __device__ __forceinline__ void put_cached(uint16_t *p, float v) {
 }
 template <class CT>
 __global__ void mla_cache_write_kernel(const float *__restrict__ kv, const float *__restrict__ w, CT *__restrict__ cache,
-                                       const int32_t *__restrict__ len, int L0, int R, int rope, float eps) {
+                                       const int32_t *__restrict__ len, int L0, int R, int rope, float eps,
+                                       void *const *__restrict__ caches) {
   const int Dc = R + rope;
   const float *src = kv + (size_t)blockIdx.x * Dc;
-  CT *dst = cache + ((size_t)(len ? *len : L0) + blockIdx.x) * Dc;
+  // a batched step's row t goes to its own cache, at its own length (len[t])
+  CT *dst = caches ? (CT *)caches[(size_t)blockIdx.x * KLE_CUDA_ROW_SLOTS] + (size_t)len[blockIdx.x] * Dc
+                   : cache + ((size_t)(len ? *len : L0) + blockIdx.x) * Dc;
   const float inv = 1.0f / sqrtf(block_sumsq(src, R) / (float)R + eps);
   for (int i = threadIdx.x; i < Dc; i += blockDim.x) put_cached(dst + i, i < R ? src[i] * inv * w[i] : src[i]);
 }
 void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, const int32_t *len, int L0, int T, int R, int rope,
-                     float eps, cudaStream_t st) {
+                     float eps, cudaStream_t st, void *const *caches) {
   if (bf16)
-    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (uint16_t *)cache, len, L0, R, rope, eps);
+    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (uint16_t *)cache, len, L0, R, rope, eps, caches);
   else
-    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (float *)cache, len, L0, R, rope, eps);
+    mla_cache_write_kernel<<<T, 128, 0, st>>>(kv, w, (float *)cache, len, L0, R, rope, eps, caches);
 }
 
 // block (t, h): q_nope staged in shared memory, one thread per latent column r (any shape)

@@ -38,28 +38,34 @@ void expert_matvec(const float *const *Wtab, int which, const int32_t *idx, cons
 // y[t] (+)= sum_k w[t, k] Yp[t * K + k]
 void moe_combine(const float *Yp, const float *w, float *y, int T, int K, int D, int accumulate, cudaStream_t st);
 // MLA cache rows L0.. (or *len.. when len is not NULL: a captured step's): rmsnorm(kv[:R]) * w,
-// then kv[R:R+rope] as is; f32, or BF16 (bf16 = 1)
+// then kv[R:R+rope] as is; f32, or BF16 (bf16 = 1). caches (not NULL: a batched step's table,
+// kle_cuda_kda_layer_args.rows): row t into caches[t * KLE_CUDA_ROW_SLOTS] at row len[t]
 void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, const int32_t *len, int L0, int T, int R, int rope,
-                     float eps, cudaStream_t st);
+                     float eps, cudaStream_t st, void *const *caches = nullptr);
 // qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:nope+rope]); W_uk [H, nope, R]
 void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st);
 // y[t, h] = W_uv[h] o[t, h], W_uv [H, vh, R]
 void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st);
 
-// gemm16.cu: the same for 16-bit weights (is_bf16 1: BF16, 0: F16), f32 activations and results
-void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st);
+// gemm16.cu: the same for 16-bit weights (is_bf16 1: BF16, 0: F16), f32 activations and results;
+// ws: matmul16_ws_floats(T, N, Kd) floats of device memory where a few tokens' product is split
+// along Kd (without them, or with ws NULL, it is not)
+long matmul16_ws_floats(int T, int N, int Kd);
+void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws = nullptr,
+              long ws_floats = 0);
 void embed16(int is_bf16, const uint16_t *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
 // G[p] = silu(gate_e X[p / x_div]) * (up_e X[p / x_div]), e = idx[p], gate and up in one format
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
                       int Kd, cudaStream_t st);
 // A batch's (token, choice) pairs grouped by expert (offs [E + 1], order [P]; one launch), then
 // Y[p] = W_e X[p / x_div] per expert over its pairs (BF16: the tensor-core GEMM with gathered
-// rows; F16: each row read once per 8 pairs) for T tokens. grouped_ok: the shapes and alignment
-// they need (else the per-pair kernels).
+// rows, in tiles of 16 rows when `few` pairs an expert (fewer than 16 on average), else 64; F16:
+// each row read once per 8 pairs) for T tokens. grouped_ok: the shapes and alignment they need
+// (else the per-pair kernels).
 void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st);
 bool grouped_ok(int D, int MI, const float *X);
-void grouped_mm16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E, const float *X,
-                  int x_div, float *Y, int T, int N, int Kd, cudaStream_t st);
+void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E,
+                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st);
 void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
                      int P, int N, int Kd, cudaStream_t st);
 

@@ -212,10 +212,11 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
         expectClose(`${name}: 80 steps from a CUDA graph vs launched one by one`, run(true), run(false), V);
       });
 
-      // continuous batching's step: 5 sessions at different lengths, one forward; then 32
-      // streams greedy in a batch against each alone (the GPU's default BF16 caches)
+      // continuous batching's step: 5 sessions at different lengths, one forward (the longest past
+      // 256 rows, where a row's attention splits into spans); then 32 streams greedy in a batch
+      // against each alone (the GPU's default BF16 caches)
       it('a batched step equals each session\'s own steps; 32 greedy streams the same alone and batched', () => {
-        const prompts = [10, 40, 70, 3, 100].map((n, i) => tokens(n, V, 20 + i));
+        const prompts = [10, 40, 300, 3, 700].map((n, i) => tokens(n, V, 20 + i));
         const open = (p: number[], fmt?: typeof F32) => {
           const s = gpu.createSession(fmt);
           s.step(p);
@@ -234,6 +235,21 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
         }
         expectClose(`${name}: 5 sessions batched vs alone, 12 steps`, concat(rows), concat(refs), V);
         for (const s of [...batched, ...alone]) s.free();
+        // caches of both formats in one batch: no shared table, each row launched on its own
+        const fmts = [F32, undefined, F32, undefined];
+        const mixed = fmts.map((f, i) => open(prompts[i]!, f)), mixedAlone = fmts.map((f, i) => open(prompts[i]!, f));
+        const mRows: Float32Array[] = [], mRefs: Float32Array[] = [];
+        for (let step = 0; step < 6; step++) {
+          const next = mixed.map((s) => argmaxOf(s.logits()!));
+          gpu.stepBatch(mixed, next);
+          mixedAlone.forEach((s, i) => s.step([next[i]!]));
+          mixed.forEach((s, i) => {
+            mRows.push(s.logits()!);
+            mRefs.push(mixedAlone[i]!.logits()!);
+          });
+        }
+        expectClose(`${name}: f32 and BF16 caches in one batch vs alone, 6 steps`, concat(mRows), concat(mRefs), V);
+        for (const s of [...mixed, ...mixedAlone]) s.free();
         // 32 streams, 16 greedy tokens each
         const ps = Array.from({ length: 32 }, (_, i) => tokens(5 + ((i * 7) % 50), V, 40 + i));
         const many = ps.map((p) => open(p)), solo = ps.map((p) => open(p));
