@@ -154,6 +154,12 @@ int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int
 #define KLE_W_Q5_1 8
 /* Q5_K: Q4_K with a fifth bit per value (32 bytes of high bits before the nibbles; 176 bytes) */
 #define KLE_W_Q5_K 9
+/* The low-bit K-quants (read only), 16 groups of 16 a super-block. Q2_K: 16 bytes of 4-bit scales
+ * and mins, 64 bytes of 2-bit values, f16 d, f16 dmin; value d * scale * q - dmin * min (84 bytes).
+ * Q3_K: 32 bytes of high bits, 64 of low bit pairs, 12 bytes of 6-bit scales, f16 d; value
+ * d * (scale - 32) * (q - 4), the high bit giving q's 4 (110 bytes). */
+#define KLE_W_Q2_K 10
+#define KLE_W_Q3_K 11
 
 /* Bytes of one weight row of n_in elements in format fmt (-1 if n_in does not fit the format). */
 long kle_row_bytes(int fmt, int n_in);
@@ -164,7 +170,7 @@ long kle_row_bytes(int fmt, int n_in);
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 /*
- * Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K with integer dot products (what kle_matmul runs for them, see
+ * Q8_0, Q4_0, Q5_0, Q2_K-Q6_K with integer dot products (what kle_matmul runs for them, see
  * kle_matmul_int8): the activations quantized per block of 32 as Q8_0 does weights (d = amax /
  * 127), each block's dot an exact int32 sum times both scales, so each output is within sum
  * over blocks of d_x / 2 * sum |w| of the float64 product with the dequantized weights. _ref:
@@ -175,7 +181,7 @@ int kle_matmul_q8(int fmt, const void *W, const float *X, float *Y, int T, int n
 int kle_matmul_q8_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 /*
  * 1 when kle_matmul multiplies fmt's weights for T tokens by int8 activations (kle_matmul_q8),
- * 0 when it decodes them to f32: Q8_0 and Q4_0 always; Q5_0, Q4_K, Q5_K and Q6_K natively, and in wasm for
+ * 0 when it decodes them to f32: Q8_0 and Q4_0 always; Q5_0 and Q2_K-Q6_K natively, and in wasm for
  * fewer than 4 tokens (wasm SIMD's 16-bit dots lose to its f32 tiles in prefill there: a
  * 105M Q4_K_M prefill 428 -> 305 tokens/s, while decode gains 58 -> 79).
  */

@@ -27,6 +27,8 @@ long kle_row_bytes(int fmt, int n_in) {
   case KLE_W_Q4_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q4K_BYTES; break;
   case KLE_W_Q6_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q6K_BYTES; break;
   case KLE_W_Q5_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q5K_BYTES; break;
+  case KLE_W_Q2_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q2K_BYTES; break;
+  case KLE_W_Q3_K: if (n_in % KLE_QK_K) return -1; b = (int64_t)(n_in / KLE_QK_K) * Q3K_BYTES; break;
   case KLE_W_Q5_0: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q50_BYTES; break;
   case KLE_W_Q5_1: if (n_in % KLE_QK) return -1; b = (int64_t)(n_in / KLE_QK) * Q51_BYTES; break;
   default: return -1;
@@ -101,6 +103,28 @@ static void decode_kq(int fmt, const uint8_t *b, float *y) {
   }
 }
 
+/* One Q2_K or Q3_K super-block into 256 floats, in llama.cpp's order: the group's factor first
+ * (d * scale, and Q2_K's dmin * min), then times the value (q3: Q3_K) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+static void decode_q23k(int q3, const uint8_t *b, float *y) {
+  const float d = qblock_scale(b + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(b + 82);
+  const uint8_t *hm = b, *sc = b + (q3 ? 96 : 0);
+  for (int n = 0; n < 2; n++) {
+    const uint8_t *qs = b + (q3 ? 32 : 16) + 32 * n;
+    for (int j = 0; j < 4; j++)
+      for (int l = 0; l < 32; l++) {
+        const int g = 8 * n + 2 * j + l / 16, q = (qs[l] >> (2 * j)) & 3;
+        float *o = y + 128 * n + 32 * j + l;
+        if (q3)
+          *o = d * (float)(q3k_scale(sc, g) - 32) * (float)(q - ((hm[l] >> (4 * n + j)) & 1 ? 0 : 4));
+        else
+          *o = d * (float)(sc[g] & 15) * (float)q - dmin * (float)(sc[g] >> 4);
+      }
+  }
+}
+
 /* One Q5_0 / Q5_1 block into 32 floats: element j < 16 is the low nibble of byte j with fifth bit
  * j of the 32-bit word, element j + 16 the high nibble with bit j + 16. The product and the sum
  * are not fused (as llama.cpp's decoder computes them), so the values match its bit for bit. */
@@ -134,6 +158,11 @@ static void decode_ref(int fmt, const uint8_t *row, int k0, int n, float *out) {
   if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K) {
     const long bb = fmt == KLE_W_Q4_K ? Q4K_BYTES : fmt == KLE_W_Q5_K ? Q5K_BYTES : Q6K_BYTES;
     for (int i = 0; i < n; i += KLE_QK_K) decode_kq(fmt, row + (long)((k0 + i) / KLE_QK_K) * bb, out + i);
+    return;
+  }
+  if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) {
+    const long bb = fmt == KLE_W_Q2_K ? Q2K_BYTES : Q3K_BYTES;
+    for (int i = 0; i < n; i += KLE_QK_K) decode_q23k(fmt == KLE_W_Q3_K, row + (long)((k0 + i) / KLE_QK_K) * bb, out + i);
     return;
   }
   for (int i = 0; i < n; i++) {

@@ -1,5 +1,5 @@
 /*
- * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weights with integer dot products.
+ * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q5_0 and the K-quants Q2_K to Q6_K with integer dot products.
  *
  * Decoding quantized weights to f32 and multiplying in f32 ran at 15-24% of the read bandwidth:
  * the decode and the float multiplies bound it, not the bytes. Here the activations are
@@ -18,7 +18,9 @@
  * the same with a fifth bit per value). Q6_K
  * (value = d * sc * (q - 32), q 6 bits, an int8 scale sc per 16 values) folds each scale into
  * its weights: sc * (q - 32) fits int16 (|.| <= 127 * 32), and 32 of its products with codes
- * (<= 127) fit int32, so a block of 32 is one dot scaled by d * dx.
+ * (<= 127) fit int32, so a block of 32 is one dot scaled by d * dx. Q3_K folds its scales the
+ * same way ((sc - 32) * (q - 4), at most 128); Q2_K too (sc * q), its mins (one per 16 values, so
+ * the per-32 sums do not serve) as a second dot of the mins against the codes, scaled by dmin * dx.
  *
  * The cost is the activations' rounding: |x - dx * qx| <= dx / 2, so a block contributes at
  * most dx / 2 * sum |w| of error (test/unit/matmul.test.ts checks that bound against float64 for
@@ -127,6 +129,28 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
       }
     }
     return acc;
+  }
+  if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) {
+    const int q3 = fmt == KLE_W_Q3_K;
+    float mins = 0.0f;
+    int16_t w[4][32], m[8];
+    for (int s = 0; s < nb / 8; s++) {
+      const uint8_t *blk = row + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
+      const float d = qblock_scale(blk + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(blk + 82);
+      for (int n = 0; n < 2; n++) {
+        q23k_half(q3, blk, n, w, m);
+        for (int j = 0; j < 4; j++) {
+          const int b = 8 * s + 4 * n + j;
+          int32_t sum = 0, lo = 0, hi = 0;
+          for (int l = 0; l < 32; l++) sum += w[j][l] * qx[b * KLE_QK + l];
+          acc += d * dx[b] * (float)sum;
+          if (q3) continue;
+          for (int l = 0; l < 16; l++) lo += qx[b * KLE_QK + l], hi += qx[b * KLE_QK + 16 + l];
+          mins += dmin * dx[b] * (float)(m[2 * j] * lo + m[2 * j + 1] * hi);
+        }
+      }
+    }
+    return acc - mins;
   }
   if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) {
     /* Q5_K: 32 bytes of fifth bits before the nibbles, bit j of byte i for group j's value i */
@@ -242,6 +266,9 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
       w[k].v[2 * half + 1] = wasm_i16x8_mul(wasm_i16x8_extend_high_i8x16(q), s);
     }
 }
+static inline void kq_load(const int16_t *w, kq_w *out) {
+  for (int i = 0; i < 4; i++) out->v[i] = wasm_v128_load(w + 8 * i);
+}
 static inline kq_acc acc_zero(void) { return wasm_f32x4_splat(0.0f); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   v128_t s = wasm_i32x4_dot_i16x8(w->v[0], wasm_v128_load(x));
@@ -296,6 +323,7 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
     w[k] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm256_sub_epi8(_mm256_or_si256(lo, hi), k32)), s);
   }
 }
+static inline void kq_load(const int16_t *w, kq_w *out) { *out = _mm512_loadu_si512(w); }
 static inline kq_acc acc_zero(void) { return _mm512_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), *w, _mm512_loadu_si512(x));
@@ -372,6 +400,10 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
       else w[k].lo = q;
     }
 }
+static inline void kq_load(const int16_t *w, kq_w *out) {
+  out->lo = _mm256_loadu_si256((const __m256i *)w);
+  out->hi = _mm256_loadu_si256((const __m256i *)(w + 16));
+}
 static inline kq_acc acc_zero(void) { return _mm256_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   __m256i s = madd_acc(_mm256_setzero_si256(), w->lo, _mm256_loadu_si256((const __m256i *)x));
@@ -437,6 +469,32 @@ static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], con
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
 }
 
+/* T tokens (1..4) against one Q2_K or Q3_K row: each half super-block's integers (q23k_half) made
+ * once for all of them; Q2_K's mins as a second dot, of each half-block's min against its codes */
+static void row_dot_q23k(const uint8_t *row, int q3, int T, const float *const dx[4], const int16_t *const qx[4], int nb,
+                         float out[4]) {
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()}, accm[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  int16_t w[4][32] __attribute__((aligned(64))), m[8], mm[32] __attribute__((aligned(64)));
+  for (int s = 0; s < nb / 8; s++) {
+    const uint8_t *blk = row + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
+    const float d = qblock_scale(blk + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(blk + 82);
+    for (int n = 0; n < 2; n++) {
+      q23k_half(q3, blk, n, w, m);
+      for (int j = 0; j < 4; j++) {
+        const int b = 8 * s + 4 * n + j;
+        kq_w wv, mv;
+        kq_load(w[j], &wv);
+        for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &wv, qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+        if (q3) continue;
+        for (int l = 0; l < 16; l++) mm[l] = m[2 * j], mm[16 + l] = m[2 * j + 1];
+        kq_load(mm, &mv);
+        for (int t = 0; t < T; t++) accm[t] = acc_add(accm[t], &mv, qx[t] + (size_t)b * KLE_QK, dmin * dx[t][b]);
+      }
+    }
+  }
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - (q3 ? 0.0f : acc_sum(accm[t]));
+}
+
 /* T tokens (1..4) against one Q5_0 row */
 static void row_dot_q50(const uint8_t *row, int T, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
@@ -477,13 +535,16 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
 
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, const int16_t *, int);
 
-static int int_dot_format(int fmt) {
-  return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K;
+/* the formats row_dot_q4k, _q6k, _q50 and _q23k take (row_dot: Q8_0 and Q4_0) */
+static int by_super_block(int fmt) {
+  return fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K;
 }
+
+static int int_dot_format(int fmt) { return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || by_super_block(fmt); }
 
 int kle_matmul_int8(int fmt, int T) {
   if (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0) return 1;
-  const int later = fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K;
+  const int later = by_super_block(fmt);
 #if defined(__wasm__)
   return later && T < 4;
 #else
@@ -507,7 +568,7 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
 #ifndef NO_SIMD_DOT
-  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K || fmt == KLE_W_Q5_0)) {
+  if (dot == row_dot && by_super_block(fmt)) {
     for (int r = 0; r < n_out; r++) {
       const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
       for (int t = 0; t < T; t += 4) {
@@ -526,6 +587,11 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
           if (n == 4) row_dot_q50(row, 4, dxs, qxs, nb, out);
           else if (n == 1) row_dot_q50(row, 1, dxs, qxs, nb, out);
           else row_dot_q50(row, n, dxs, qxs, nb, out);
+        } else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) {
+          const int q3 = fmt == KLE_W_Q3_K;
+          if (n == 4) row_dot_q23k(row, q3, 4, dxs, qxs, nb, out);
+          else if (n == 1) row_dot_q23k(row, q3, 1, dxs, qxs, nb, out);
+          else row_dot_q23k(row, q3, n, dxs, qxs, nb, out);
         } else {
           if (n == 4) row_dot_q6k(row, 4, dxs, qxs, nb, out);
           else if (n == 1) row_dot_q6k(row, 1, dxs, qxs, nb, out);

@@ -18,6 +18,8 @@
 #define Q4K_BYTES 144 /* f16 d, f16 dmin, 12 bytes of scales and mins, 128 of nibbles */
 #define Q5K_BYTES 176 /* as Q4_K, with 32 bytes of fifth bits before the nibbles */
 #define Q6K_BYTES 210 /* 128 bytes of low nibbles, 64 of bit pairs, 16 int8 scales, f16 d */
+#define Q2K_BYTES 84  /* 16 bytes of 4-bit scales and mins, 64 of bit pairs, f16 d, f16 dmin */
+#define Q3K_BYTES 110 /* 32 bytes of high bits, 64 of bit pairs, 12 of 6-bit scales, f16 d */
 
 /* the f16 scale a block stores at b */
 static inline float qblock_scale(const uint8_t *b) {
@@ -47,6 +49,38 @@ static inline void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
     q4k_scale_min(blk + 4, j, &sc, &m);
     ds[j] = d * (float)sc;
     dm[j] = dmin * (float)m;
+  }
+}
+
+/* Q3_K's 6-bit scale of group j (of 16), 0..63 (the value's factor is this - 32): the low 4 bits
+ * in the nibbles of bytes 0-7 (groups 0-7 low, 8-15 high), the top 2 in bytes 8-11, group j's in
+ * byte 8 + j % 4 at bit 2 (j / 4) */
+static inline int q3k_scale(const uint8_t *s, int j) {
+  const int lo = j < 8 ? s[j] & 15 : s[j - 8] >> 4;
+  return lo | ((s[8 + (j & 3)] >> (2 * (j >> 2))) & 3) << 4;
+}
+
+/*
+ * Half a Q2_K or Q3_K super-block (n = 0, 1: its values 128 n ..) as the integer products
+ * with the group scales folded in, w[j] the 32 values of block 4 n + j of 32: Q3_K's
+ * (scale - 32) * (q - 4), at most 128 in magnitude; Q2_K's scale * q, at most 45, and its 8
+ * groups' mins at mins[2 j], mins[2 j + 1] (block j's two halves of 16). Value l of block j holds
+ * bits 2j of byte 32 n + l of the pairs (Q3_K: and bit 4 n + j of high-bit byte l); its group is
+ * 8 n + 2 j + l / 16. The engine's decoders and integer dots both start from these integers.
+ */
+static inline void q23k_half(int q3, const uint8_t *blk, int n, int16_t w[4][32], int16_t mins[8]) {
+  const uint8_t *qs = blk + (q3 ? 32 : 16) + 32 * n, *hm = blk, *sc = blk + (q3 ? 96 : 0);
+  for (int j = 0; j < 4; j++) {
+    const int g = 8 * n + 2 * j;
+    if (q3) {
+      const int s0 = q3k_scale(sc, g) - 32, s1 = q3k_scale(sc, g + 1) - 32, hb = 4 * n + j;
+      for (int l = 0; l < 32; l++) w[j][l] = (int16_t)((l < 16 ? s0 : s1) * (((qs[l] >> (2 * j)) & 3) + 4 * ((hm[l] >> hb) & 1) - 4));
+    } else {
+      const int s0 = sc[g] & 15, s1 = sc[g + 1] & 15;
+      for (int l = 0; l < 32; l++) w[j][l] = (int16_t)((l < 16 ? s0 : s1) * ((qs[l] >> (2 * j)) & 3));
+      mins[2 * j] = (int16_t)(sc[g] >> 4);
+      mins[2 * j + 1] = (int16_t)(sc[g + 1] >> 4);
+    }
   }
 }
 

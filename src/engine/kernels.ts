@@ -6,7 +6,7 @@ import type { KleFunctionName } from './kle-abi.js';
 export type Impl = 'fast' | 'ref';
 
 /** Weight formats of {@link Kernels.matmul}, in GGUF's block layouts where quantized. */
-export const WeightFormat = { f32: 0, bf16: 1, f16: 2, q8_0: 3, q4_0: 4, q4_k: 5, q6_k: 6, q5_0: 7, q5_1: 8, q5_k: 9 } as const;
+export const WeightFormat = { f32: 0, bf16: 1, f16: 2, q8_0: 3, q4_0: 4, q4_k: 5, q6_k: 6, q5_0: 7, q5_1: 8, q5_k: 9, q2_k: 10, q3_k: 11 } as const;
 export type WeightFormatName = keyof typeof WeightFormat;
 
 /** Chunk lengths the chunked prefill takes (multiples of 16 up to the spec's 64). */
@@ -231,7 +231,7 @@ export class Kernels {
     need('W (bytes)', { length: a.W.byteLength }, rb * a.nOut);
     need('X', a.X, a.T * a.nIn);
     need('Y', a.Y, a.T * a.nOut);
-    if (impl === 'q8-ref' && !['q8_0', 'q4_0', 'q5_0', 'q4_k', 'q5_k', 'q6_k'].includes(a.fmt)) throw new KernelError(`matmul(${a.fmt}): q8-ref is for q8_0, q4_0, q5_0, q4_k, q5_k and q6_k`, -1);
+    if (impl === 'q8-ref' && !['q8_0', 'q4_0', 'q5_0', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'].includes(a.fmt)) throw new KernelError(`matmul(${a.fmt}): q8-ref is for q8_0, q4_0, q5_0 and the K-quants q2_k to q6_k`, -1);
     this.call(impl === 'fast' ? 'kle_matmul' : impl === 'ref' ? 'kle_matmul_ref' : 'kle_matmul_q8_ref', [WeightFormat[a.fmt], asBytes(a.W), a.X, a.Y, a.T, a.nOut, a.nIn]);
   }
 

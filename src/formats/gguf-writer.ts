@@ -16,7 +16,7 @@ export interface GgufTensorToWrite {
   readonly data: Uint8Array;
 }
 
-const TYPE_ID: Record<GgmlTypeName, number> = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q5_0: 6, Q5_1: 7, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 };
+const TYPE_ID: Record<GgmlTypeName, number> = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8, Q5_0: 6, Q5_1: 7, Q2_K: 10, Q3_K: 11, Q4_K: 12, Q5_K: 13, Q6_K: 14, BF16: 30 };
 
 class Out {
   private chunks: Uint8Array[] = [];

@@ -8,9 +8,9 @@ import { FormatError } from './safetensors.js';
 import { ByteReader, type ChunkSink } from './safetensors-stream.js';
 
 /** GGML tensor types this runtime reads (ids from ggml.h). */
-export const GGML_TYPES = { 0: 'F32', 1: 'F16', 2: 'Q4_0', 8: 'Q8_0', 6: 'Q5_0', 7: 'Q5_1', 12: 'Q4_K', 13: 'Q5_K', 14: 'Q6_K', 30: 'BF16' } as const;
+export const GGML_TYPES = { 0: 'F32', 1: 'F16', 2: 'Q4_0', 8: 'Q8_0', 6: 'Q5_0', 7: 'Q5_1', 10: 'Q2_K', 11: 'Q3_K', 12: 'Q4_K', 13: 'Q5_K', 14: 'Q6_K', 30: 'BF16' } as const;
 export type GgmlTypeName = (typeof GGML_TYPES)[keyof typeof GGML_TYPES];
-const TYPE_BLOCK: Record<GgmlTypeName, [number, number]> = { F32: [1, 4], F16: [1, 2], BF16: [1, 2], Q8_0: [32, 34], Q4_0: [32, 18], Q4_K: [256, 144], Q6_K: [256, 210], Q5_0: [32, 22], Q5_1: [32, 24], Q5_K: [256, 176] };
+const TYPE_BLOCK: Record<GgmlTypeName, [number, number]> = { F32: [1, 4], F16: [1, 2], BF16: [1, 2], Q8_0: [32, 34], Q4_0: [32, 18], Q4_K: [256, 144], Q6_K: [256, 210], Q5_0: [32, 22], Q5_1: [32, 24], Q5_K: [256, 176], Q2_K: [256, 84], Q3_K: [256, 110] };
 
 export type GgufValue = number | bigint | boolean | string | GgufValue[];
 
@@ -152,7 +152,7 @@ export async function readGgufStream(stream: ReadableStream<Uint8Array>, label: 
       for (let d = 0; d < nd; d++) ne.push(await r.count(`${name} dim ${d}`, 2 ** 40));
       const tid = await r.u32(`${name} type`);
       const type = (GGML_TYPES as Record<number, GgmlTypeName>)[tid];
-      if (!type) throw new FormatError(`${where}: ggml type ${tid} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)`);
+      if (!type) throw new FormatError(`${where}: ggml type ${tid} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)`);
       const offset = await r.count(`${name} offset`, Number.MAX_SAFE_INTEGER);
       if (offset % align) throw new FormatError(`${where}: offset ${offset} is not aligned to ${align}`);
       if (ne.some((x) => x === 0)) throw new FormatError(`${where}: a dimension is zero`);

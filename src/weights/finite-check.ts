@@ -14,10 +14,12 @@ const KINDS: Record<string, [number, (b: Uint8Array, o: number) => boolean]> = {
   F64: [8, (b, o) => (b[o + 7]! & 0x7f) === 0x7f && (b[o + 6]! & 0xf0) === 0xf0],
   Q8_0: [34, (b, o) => (b[o + 1]! & 0x7c) === 0x7c],
   Q4_0: [18, (b, o) => (b[o + 1]! & 0x7c) === 0x7c],
-  // K-quants: the f16 scales of a super-block (Q4_K: d and dmin first; Q6_K: d last)
+  // K-quants: the f16 scales of a super-block (Q4_K: d and dmin first; Q6_K, Q3_K: d last; Q2_K: d, dmin last)
   Q4_K: [144, (b, o) => (b[o + 1]! & 0x7c) === 0x7c || (b[o + 3]! & 0x7c) === 0x7c],
   Q5_K: [176, (b, o) => (b[o + 1]! & 0x7c) === 0x7c || (b[o + 3]! & 0x7c) === 0x7c],
   Q6_K: [210, (b, o) => (b[o + 209]! & 0x7c) === 0x7c],
+  Q2_K: [84, (b, o) => (b[o + 81]! & 0x7c) === 0x7c || (b[o + 83]! & 0x7c) === 0x7c],
+  Q3_K: [110, (b, o) => (b[o + 109]! & 0x7c) === 0x7c],
   Q5_0: [22, (b, o) => (b[o + 1]! & 0x7c) === 0x7c],
   Q5_1: [24, (b, o) => (b[o + 1]! & 0x7c) === 0x7c || (b[o + 3]! & 0x7c) === 0x7c],
 };

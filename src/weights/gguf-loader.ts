@@ -17,7 +17,7 @@ import type { LoadProgress } from './hf-loader.js';
 import { FormatError } from '../formats/safetensors.js';
 import type { ChunkSink } from '../formats/safetensors-stream.js';
 
-const FMT: Record<GgmlTypeName, WeightFormatName> = { F32: 'f32', F16: 'f16', BF16: 'bf16', Q8_0: 'q8_0', Q4_0: 'q4_0', Q4_K: 'q4_k', Q6_K: 'q6_k', Q5_0: 'q5_0', Q5_1: 'q5_1', Q5_K: 'q5_k' };
+const FMT: Record<GgmlTypeName, WeightFormatName> = { F32: 'f32', F16: 'f16', BF16: 'bf16', Q8_0: 'q8_0', Q4_0: 'q4_0', Q4_K: 'q4_k', Q6_K: 'q6_k', Q5_0: 'q5_0', Q5_1: 'q5_1', Q5_K: 'q5_k', Q2_K: 'q2_k', Q3_K: 'q3_k' };
 
 export interface GgufPlaced {
   readonly engine: EngineModel;

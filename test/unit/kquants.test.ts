@@ -1,4 +1,4 @@
-// GGUF K-quants (Q4_K, Q5_K, Q6_K) and the 5-bit formats llama.cpp's mixes fall back to (Q5_0, Q5_1),
+// GGUF K-quants (Q2_K to Q6_K) and the 5-bit formats llama.cpp's mixes fall back to (Q5_0, Q5_1),
 // as llama.cpp writes them: test/fixtures/kquants.safetensors holds
 // rows that llama.cpp's llama-quantize wrote and the values its own gguf-py decoder gives them;
 // every CPU backend must decode the same bits, and multiply them like any other format.
@@ -15,13 +15,13 @@ import { Rng, SEED } from '../helpers/rng.js';
 
 const fixture = parseSafetensors(new Uint8Array(readFileSync(join(packageRoot(), 'test', 'fixtures', 'kquants.safetensors'))));
 const ROWS = 8, COLS = 256;
-const cases = (['q4_k', 'q5_k', 'q6_k', 'q5_0', 'q5_1'] as const).map((fmt) => ({
+const cases = (['q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k', 'q5_0', 'q5_1'] as const).map((fmt) => ({
   fmt,
   raw: fixture.tensors.get(`${fmt}_raw`)!.bytes.slice(),
   want: new Float32Array(fixture.tensors.get(`${fmt}_deq`)!.bytes.slice().buffer),
 }));
 
-describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)', () => {
+describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)', () => {
   it('every backend decodes llama.cpp-written rows to the values llama.cpp decodes them to, bit for bit', async () => {
     for (const k of await allKernels())
       for (const c of cases) {
@@ -31,7 +31,7 @@ describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)'
       }
   });
 
-  // Q5_0, Q4_K, Q5_K and Q6_K multiply int8 activations (kle_matmul_int8 says where) (integer dots, engine/kernels/matmul_q8.c): their fast path is
+  // Q5_0 and the K-quants multiply int8 activations (kle_matmul_int8 says where) (integer dots, engine/kernels/matmul_q8.c): their fast path is
   // checked against the same integers in scalar code, and against float64 with the activations'
   // rounding bound (|w| * amax of the 32-block / 254 per element); the others decode to f32 tiles
   it('matmuls over them equal float64 over the decoded values (f32 rounding; Q4_K: int8 activations); there is no encoder', async () => {
@@ -65,8 +65,8 @@ describe('K-quants and their fallbacks (llama.cpp Q4_K, Q5_K, Q6_K, Q5_0, Q5_1)'
   });
 
   it('a non-finite super-block scale is refused as the file streams in', () => {
-    const BLOCK = { Q4_K: 144, Q5_K: 176, Q6_K: 210, Q5_0: 22, Q5_1: 24 };
-    for (const [dtype, at] of [['Q4_K', 1], ['Q4_K', 3], ['Q5_K', 3], ['Q6_K', 209], ['Q5_0', 1], ['Q5_1', 1], ['Q5_1', 3]] as const) {
+    const BLOCK = { Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, Q5_0: 22, Q5_1: 24 };
+    for (const [dtype, at] of [['Q2_K', 81], ['Q2_K', 83], ['Q3_K', 109], ['Q4_K', 1], ['Q4_K', 3], ['Q5_K', 3], ['Q6_K', 209], ['Q5_0', 1], ['Q5_1', 1], ['Q5_1', 3]] as const) {
       const c = cases.find((x) => x.fmt === dtype.toLowerCase())!;
       const bad = c.raw.slice();
       const block = BLOCK[dtype];

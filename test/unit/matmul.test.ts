@@ -18,7 +18,7 @@ function elementBound(fmt: WeightFormatName, w: number, blockAmax: number): numb
     // the top code is clamped (8.5 -> 15), so the error reaches a whole step amax/8
     case 'q4_0': return (blockAmax / 8) * (1 + 2 ** -10) + 1e-30;
     // read only (no encoder here): test/unit/kquants.test.ts checks them against llama.cpp's decoder
-    case 'q4_k': case 'q6_k': case 'q5_0': case 'q5_1': case 'q5_k': throw new Error(`${fmt} has no encoder`);
+    case 'q2_k': case 'q3_k': case 'q4_k': case 'q6_k': case 'q5_0': case 'q5_1': case 'q5_k': throw new Error(`${fmt} has no encoder`);
   }
 }
 
