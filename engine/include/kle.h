@@ -139,8 +139,8 @@ int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int
 #define KLE_W_Q8_0 3 /* blocks of 32: f16 scale + 32 x int8                       (34 bytes) */
 #define KLE_W_Q4_0 4 /* blocks of 32: f16 scale + 16 bytes of nibbles, value q-8   (18 bytes) */
 #define KLE_QK 32    /* elements per quantized block */
-/* GGUF's K-quants (llama.cpp's layouts), super-blocks of 256; read and multiplied after decoding
- * (no encoder here yet). Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins for 8 groups of
+/* GGUF's K-quants (llama.cpp's layouts), super-blocks of 256 (Q4_K and Q6_K also written, by
+ * kle_quantize). Q4_K: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins for 8 groups of
  * 32, 128 bytes of nibbles; value d * scale * q - dmin * min (144 bytes). Q6_K: 128 bytes of low
  * nibbles, 64 of high 2-bit pairs, 16 int8 scales for groups of 16, f16 d; value
  * d * scale * (q - 32) (210 bytes). */
@@ -190,8 +190,8 @@ int kle_matmul_int8(int fmt, int T);
  * split a matmul by weight rows and each writes its columns of Y). */
 int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in);
 int kle_matmul_q8_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in);
-/* Encode n floats (a multiple of 32 for quantized formats) into fmt; dst gets kle_row_bytes(fmt,n).
- * KLE_EINVAL for the K-quants, Q5_0 and Q5_1, which are read only. */
+/* Encode n floats (a multiple of 32 for quantized formats, 256 for Q4_K and Q6_K) into fmt; dst
+ * gets kle_row_bytes(fmt,n). KLE_EINVAL for Q2_K, Q3_K, Q5_K, Q5_0 and Q5_1, which are read only. */
 int kle_quantize(int fmt, const float *src, void *dst, int n);
 /* Decode back to float (the value the matmul kernels use). */
 int kle_dequantize(int fmt, const void *src, float *dst, int n);

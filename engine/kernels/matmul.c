@@ -268,8 +268,15 @@ static void decode_fast(int fmt, const uint8_t *row, int k0, int n, float *out) 
 
 int kle_quantize(int fmt, const float *src, void *dst, int n) {
   long rb = kle_row_bytes(fmt, n);
-  if (rb < 0 || fmt >= KLE_W_Q4_K) return KLE_EINVAL; /* the read-only formats */
+  /* the read-only formats: every other K-quant and the 5-bit ones */
+  if (rb < 0 || (fmt > KLE_W_Q4_0 && fmt != KLE_W_Q4_K && fmt != KLE_W_Q6_K)) return KLE_EINVAL;
   uint8_t *o = dst;
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q6_K) {
+    for (int i = 0; i < n; i += KLE_QK_K)
+      if (fmt == KLE_W_Q4_K) kle_q4k_encode(src + i, o + (long)(i / KLE_QK_K) * Q4K_BYTES);
+      else kle_q6k_encode(src + i, o + (long)(i / KLE_QK_K) * Q6K_BYTES);
+    return KLE_OK;
+  }
   for (int i = 0; i < n; i++) {
     switch (fmt) {
     case KLE_W_F32: memcpy(o + 4L * i, &src[i], 4); break;

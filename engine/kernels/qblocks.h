@@ -52,6 +52,10 @@ static inline void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
   }
 }
 
+/* one super-block of 256 values into Q4_K's 144 bytes, Q6_K's 210 (kquant_encode.c) */
+void kle_q4k_encode(const float *x, uint8_t *b);
+void kle_q6k_encode(const float *x, uint8_t *b);
+
 /* Q3_K's 6-bit scale of group j (of 16), 0..63 (the value's factor is this - 32): the low 4 bits
  * in the nibbles of bytes 0-7 (groups 0-7 low, 8-15 high), the top 2 in bytes 8-11, group j's in
  * byte 8 + j % 4 at bit 2 (j / 4) */

@@ -1,16 +1,23 @@
 /**
  * HF checkpoint -> GGUF in llama.cpp's Kimi-Linear layout (the names, shapes and conventions of
- * its converter; see gguf-kimi.ts), optionally quantizing matmul weights to Q8_0 or Q4_0 as
- * llama-quantize would (norms, gates, conv kernels, the router and its bias stay F32).
+ * its converter; see gguf-kimi.ts), optionally quantizing matmul weights to Q8_0, Q4_0 or a
+ * Q4_K_M-like mix as llama-quantize would (norms, gates, conv kernels, the router and its bias
+ * stay F32).
+ *
+ * Q4_K_M here: Q4_K for every matrix whose rows are a multiple of 256 values, Q6_K for the LM head
+ * and for the down projections of the layers llama-quantize's Q4_K_M gives more bits (the first
+ * and last eighth of the layers and every third one between), Q8_0 for matrices whose rows are
+ * not a multiple of 256 (llama-quantize takes Q5_0 there, which has no encoder here).
  */
 import type { Kernels } from '../engine/kernels.js';
 import { parseKimiConfig } from '../engine/config.js';
 import { expertTensors, layerTensors } from '../engine/layer-kinds.js';
 import { ARCH } from './gguf-kimi.js';
 import { writeGguf, type GgufMeta, type GgufTensorToWrite } from '../formats/gguf-writer.js';
+import type { GgmlTypeName } from '../formats/gguf.js';
 import { tensorF32, type SafetensorsFile } from '../formats/safetensors.js';
 
-export type GgufWeightType = 'F32' | 'BF16' | 'Q8_0' | 'Q4_0';
+export type GgufWeightType = 'F32' | 'BF16' | 'Q8_0' | 'Q4_0' | 'Q4_K_M';
 
 export interface ToGgufOptions {
   /** type of the matmul weights (default: F32) */
@@ -44,23 +51,28 @@ export function hfToGgufParts(configJson: unknown, file: SafetensorsFile, kernel
   };
   const out: GgufTensorToWrite[] = [];
   const f32 = (name: string, ne: number[], a: Float32Array) => out.push({ name, ne, type: 'F32', data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength) });
-  const weight = (name: string, ne: number[], a: Float32Array) => {
-    const t = opts.weights ?? 'F32';
-    if (t === 'F32' || ((t === 'Q8_0' || t === 'Q4_0') && ne[0]! % 32)) return f32(name, ne, a);
+  const weight = (name: string, ne: number[], a: Float32Array, more = false) => {
+    let t: GgmlTypeName = opts.weights === 'Q4_K_M' ? (ne[0]! % 256 ? 'Q8_0' : more ? 'Q6_K' : 'Q4_K') : opts.weights ?? 'F32';
+    if (t !== 'F32' && t !== 'BF16' && ne[0]! % 32) t = 'F32';
+    if (t === 'F32') return f32(name, ne, a);
     if (t === 'BF16') return out.push({ name, ne, type: 'BF16', data: bf16(a) });
-    out.push({ name, ne, type: t, data: kernels.quantize(t === 'Q8_0' ? 'q8_0' : 'q4_0', a) });
+    out.push({ name, ne, type: t, data: kernels.quantize(t.toLowerCase() as 'q8_0' | 'q4_0' | 'q4_k' | 'q6_k', a) });
   };
+  // the layers whose down projections a Q4_K_M file keeps in Q6_K
+  const eighth = Math.floor(c.numLayers / 8), last = Math.floor((7 * c.numLayers) / 8);
+  const moreBits = (l: number) => l < eighth || l >= last || (l - eighth) % 3 === 2;
+  const isDown = (gguf: string) => gguf.startsWith('ffn_down');
   const D = c.hiddenSize;
   weight('token_embd.weight', [D, c.vocabSize], get('model.embed_tokens.weight'));
   f32('output_norm.weight', [D], get('model.norm.weight'));
-  if (!c.tieWordEmbeddings) weight('output.weight', [D, c.vocabSize], get('lm_head.weight'));
+  if (!c.tieWordEmbeddings) weight('output.weight', [D, c.vocabSize], get('lm_head.weight'), true);
   for (let l = 0; l < c.numLayers; l++) {
     const p = `model.layers.${l}.`, b = `blk.${l}.`;
     for (const t of layerTensors(c, l)) {
       const src = t.optional && !file.tensors.has(p + t.hf) ? null : get(p + t.hf);
       if (!src) void 0; // an optional tensor the checkpoint leaves out (the MoE bias: a zero bias)
       else if (t.gguf && t.f32) f32(b + t.gguf, t.init.kind === 'conv' ? [t.cols, 1, t.rows, 1] : t.rows === 1 ? [t.cols] : [t.cols, t.rows], src);
-      else if (t.gguf) weight(b + t.gguf, [t.cols, t.rows], src);
+      else if (t.gguf) weight(b + t.gguf, [t.cols, t.rows], src, isDown(t.gguf) && moreBits(l));
       else if (t.role === 'KDA_A_LOG') f32(`${b}ssm_a`, [1, t.cols, 1, 1], src.map((x) => -Math.exp(x)));
       else if (t.role === 'MLA_KV_B') {
         const { numHeads: Hm, qkNopeHeadDim: nope, vHeadDim: vh, kvLoraRank: R } = c.mla;
@@ -82,7 +94,7 @@ export function hfToGgufParts(configJson: unknown, file: SafetensorsFile, kernel
         const x = expertTensors(c).find((e) => e.role === role)!;
         const stack = new Float32Array(x.rows * x.cols * E);
         for (let e = 0; e < E; e++) stack.set(get(`${p}block_sparse_moe.experts.${e}.${x.hf}.weight`), e * x.rows * x.cols);
-        weight(b + x.gguf, [x.cols, x.rows, E], stack);
+        weight(b + x.gguf, [x.cols, x.rows, E], stack, isDown(x.gguf) && moreBits(l));
       }
     }
   }

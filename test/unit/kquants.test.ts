@@ -34,7 +34,7 @@ describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, 
   // Q5_0 and the K-quants multiply int8 activations (kle_matmul_int8 says where) (integer dots, engine/kernels/matmul_q8.c): their fast path is
   // checked against the same integers in scalar code, and against float64 with the activations'
   // rounding bound (|w| * amax of the 32-block / 254 per element); the others decode to f32 tiles
-  it('matmuls over them equal float64 over the decoded values (f32 rounding; Q4_K: int8 activations); there is no encoder', async () => {
+  it('matmuls over them equal float64 over the decoded values (f32 rounding; Q4_K: int8 activations); only Q4_K and Q6_K have an encoder', async () => {
     const rng = new Rng(SEED ^ 0x5a);
     for (const T of [1, 3, 6]) {
       const X = rng.normals(T * COLS);
@@ -59,8 +59,52 @@ describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, 
               }
               expect(Math.abs(fast[t * ROWS + r]! - exact), `${k.name} ${c.fmt} T=${T}`).toBeLessThanOrEqual(bound + mag * 1e-6);
             }
-          expect(() => k.quantize(c.fmt, new Float32Array(COLS))).toThrow();
+          if (c.fmt !== 'q4_k' && c.fmt !== 'q6_k') expect(() => k.quantize(c.fmt, new Float32Array(COLS))).toThrow();
         }
+    }
+  });
+
+  // kimi-edge convert --type q4_k_m writes Q4_K and Q6_K (engine/kernels/kquant_encode.c): the
+  // same bytes from every backend; decoded, within the errors measured for them (Gaussian rows,
+  // some super-blocks 100 times smaller than others: relative RMS 0.071 for Q4_K and 0.017 for
+  // Q6_K; largest error 0.11 and 0.021 of its super-block's largest magnitude)
+  it('Q4_K and Q6_K encoders: one result on every backend, within their measured errors', async () => {
+    const rng = new Rng(SEED ^ 0x4b);
+    const n = 256 * 64;
+    const x = rng.normals(n);
+    for (let i = 0; i < n; i++) if ((i >> 8) % 4 === 1) x[i]! *= 0.01;
+    const limits = { q4_k: [0.075, 0.12], q6_k: [0.019, 0.025] } as const;
+    for (const fmt of ['q4_k', 'q6_k'] as const) {
+      const outs: Uint8Array[] = [];
+      for (const k of await allKernels()) {
+        const b = k.quantize(fmt, x);
+        expect(b.length).toBe(k.rowBytes(fmt, n));
+        outs.push(b);
+        const y = k.dequantize(fmt, b, n);
+        let se = 0, sx = 0, worst = 0;
+        for (let s = 0; s < n; s += 256) {
+          let amax = 0, emax = 0;
+          for (let i = s; i < s + 256; i++) {
+            se += (y[i]! - x[i]!) ** 2;
+            sx += x[i]! ** 2;
+            amax = Math.max(amax, Math.abs(x[i]!));
+            emax = Math.max(emax, Math.abs(y[i]! - x[i]!));
+          }
+          worst = Math.max(worst, emax / amax);
+        }
+        expect(Math.sqrt(se / sx), `${k.name} ${fmt} relative RMS`).toBeLessThan(limits[fmt][0]);
+        expect(worst, `${k.name} ${fmt} largest error / block amax`).toBeLessThan(limits[fmt][1]);
+        expect(() => k.quantize(fmt, new Float32Array(255))).toThrow();
+      }
+      for (const o of outs.slice(1)) expect(o).toEqual(outs[0]);
+    }
+    // values on llama.cpp's grids: its Q4_K rows come back exactly, its Q6_K ones to 2.4e-4
+    const k = (await allKernels())[0]!;
+    for (const fmt of ['q4_k', 'q6_k'] as const) {
+      const want = cases.find((c) => c.fmt === fmt)!.want;
+      const again = k.dequantize(fmt, k.quantize(fmt, want), want.length);
+      if (fmt === 'q4_k') expect(again).toEqual(want);
+      else expect(relErr(again, want)).toBeLessThan(1e-3);
     }
   });
 
