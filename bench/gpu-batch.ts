@@ -7,6 +7,16 @@
 // the step's tokens route to once (expected distinct experts under uniform routing), every
 // stream's KDA state read and written and its MLA cache read) over the card's copy bandwidth.
 // Writes bench/results/gpu-batch-<gpu>.json.
+//
+// --peer DIR (kernels-cuda/run-gpu.sh peer): first what a user would run instead, Moonshot's
+// modeling_kimi.py with fla's kernels in BF16 (bench/peers/kimi_peer_bench.py; DIR holds fla/ and
+// the modeling file, fetched outside this repository) at the same shapes, contexts and batch
+// sizes, in its own process (the GPU holds one 48B model at a time); then ours, side by side, into
+// bench/results/gpu-peer-<gpu>.json.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseKimiConfig, type KimiConfig } from '../src/engine/config.js';
 import { EngineModel, type EngineSession } from '../src/engine/engine.js';
@@ -15,13 +25,31 @@ import { loadCudaBackend } from '../src/node.js';
 import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
 import { gpuTag, machine, table, writeResultAs } from './lib.js';
 
-// --only CONTEXTxSTREAMS: that one point, printed and not written (with KLE_CUDA_PROFILE=1, the
-// profile of its steps: what limits it)
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' } } });
-const only = values.only?.match(/^(\d+)x(\d+)$/);
-if (values.only && !only) throw new Error(`--only ${values.only}: expected CONTEXTxSTREAMS, e.g. 4096x256`);
-const PLAN: [number, number[]][] = only ? [[Number(only[1]), [Number(only[2])]]]
-  : values.quick ? [[4096, [1, 32]]] : [[4096, [1, 8, 32, 128, 256]], [65536, [1, 8, 32, 64]]];
+// --only CONTEXTxSTREAMS[,STREAMS...]: those points, printed and not written (with
+// KLE_CUDA_PROFILE=1, the profile of their steps: what limits them)
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, peer: { type: 'string' } } });
+const only = values.only?.match(/^(\d+)x(\d+(?:,\d+)*)$/);
+if (values.only && !only) throw new Error(`--only ${values.only}: expected CONTEXTxSTREAMS[,STREAMS...], e.g. 4096x1,8`);
+const PLAN: [number, number[]][] = only ? [[Number(only[1]), only[2]!.split(',').map(Number)]]
+  : values.peer ? [[4096, [1, 8]]] : values.quick ? [[4096, [1, 32]]] : [[4096, [1, 8, 32, 128, 256]], [65536, [1, 8, 32, 64]]];
+
+interface PeerRow { batch: number; context: number; prefillS: number; msPerStep: number; tokPerS: number }
+interface PeerResult { peer: string; torch: string; transformers: string; layers: number; rows: PeerRow[] }
+let peer: PeerResult | null = null;
+if (values.peer) {
+  const dir = mkdtempSync(join(tmpdir(), 'kle-peer-'));
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(KIMI_LINEAR_48B_CONFIG));
+  for (const [context, counts] of PLAN)
+    try { // bounded (Triton compiles fla's kernels first): ours is measured whatever the peer did
+      execFileSync('python3', [join(process.cwd(), 'bench', 'peers', 'kimi_peer_bench.py'), '--peer', values.peer, // from the repository's root
+        '--config', join(dir, 'config.json'), '--context', String(context), '--batches', counts.join(','), '--out', join(dir, `peer-${context}.json`)],
+      { stdio: ['ignore', 'inherit', 'inherit'], timeout: 420_000 });
+    } catch (e) {
+      console.error(`peer at ${context}: ${(e as Error).message.split('\n')[0]}`);
+    }
+  const parts = PLAN.map(([context]) => join(dir, `peer-${context}.json`)).filter((f) => existsSync(f)).map((f) => JSON.parse(readFileSync(f, 'utf8')) as PeerResult);
+  if (parts.length) peer = { ...parts[0]!, rows: parts.flatMap((p) => p.rows) };
+}
 const STEPS = 8;
 const GiB = 2 ** 30;
 
@@ -84,5 +112,12 @@ console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy ba
 console.log('Decode throughput with continuous batching (48B, BF16 weights, BF16 MLA caches; median of 8 steps)\n');
 console.log(table(['context', 'streams', 'ms/step', 'tokens/s', 'per stream', 'limit ms', 'limit tokens/s', 'of limit'],
   rows.map((r) => [r.context, r.streams, r.msPerStep.toFixed(2), r.tokPerS.toFixed(0), r.perStream.toFixed(1), r.limitMs.toFixed(2), ((r.streams * 1000) / r.limitMs).toFixed(0), `${(100 * r.ofLimit).toFixed(0)}%`])));
-if (!only) console.log(`wrote ${writeResultAs(`gpu-batch-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, rows })}`);
+if (peer) {
+  console.log(`\nAgainst ${peer.peer} (torch ${peer.torch}, transformers ${peer.transformers}), same GPU and shapes, greedy decode with its cache\n`);
+  const vs = rows.map((r) => ({ ...r, peer: peer!.rows.find((p) => p.batch === r.streams && p.context === r.context) ?? null }));
+  console.log(table(['context', 'streams', 'ours ms/step', 'peer ms/step', 'ours tokens/s', 'peer tokens/s', 'speed-up'],
+    vs.map((r) => [r.context, r.streams, r.msPerStep.toFixed(2), r.peer?.msPerStep.toFixed(2) ?? '-', r.tokPerS.toFixed(0), r.peer?.tokPerS.toFixed(1) ?? '-',
+      r.peer ? `${(r.peer.msPerStep / r.msPerStep).toFixed(1)}x` : '-'])));
+  console.log(`wrote ${writeResultAs(`gpu-peer-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, steps: STEPS, peer, rows: vs })}`);
+} else if (!only && !values.peer) console.log(`wrote ${writeResultAs(`gpu-batch-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, rows })}`);
 model.free();

@@ -20,6 +20,10 @@
 #   bash kernels-cuda/run-gpu.sh batch [--quick]
 #       the addon, the parity test and its quick part under compute-sanitizer, then the 48B
 #       model's decode throughput with continuous batching's step (bench/gpu-batch.ts)
+#   bash kernels-cuda/run-gpu.sh peer
+#       the addon, then Moonshot's modeling_kimi.py with fla in BF16 (from .peer/, carried: see
+#       bench/peers/kimi_peer_bench.py) and ours at the 48B shapes, batch 1 and 8 at 4K
+#       (bench/gpu-batch.ts --peer)
 #   bash kernels-cuda/run-gpu.sh load [--layers N]
 #       the addon, then a sharded BF16 checkpoint of Kimi-Linear-48B-A3B's shapes written to disk
 #       and loaded onto the GPU (bench/gpu-load.ts: GB/s next to a plain read of the files)
@@ -51,7 +55,7 @@ if [ "$mode" = kernels ]; then
   exit 0
 fi
 
-[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = batch ] || [ "$mode" = load ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | batch | load)" >&2; exit 2; }
+[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = batch ] || [ "$mode" = load ] || [ "$mode" = peer ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | batch | load | peer)" >&2; exit 2; }
 [ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
 xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
@@ -89,6 +93,11 @@ if [ "$mode" = batch ]; then
   for p in ${PROFILE:-}; do
     KLE_CUDA_PROFILE=1 node .gpu/dist/bench/gpu-batch.mjs --only "$p" 2>&1 | head -45 | tee -a "$OUT/gpu-batch-profile.log"
   done
+  exit 0
+fi
+if [ "$mode" = peer ]; then  # .peer/ holds fla/ and modeling_kimi.py (bench/peers/kimi_peer_bench.py)
+  node .gpu/dist/bench/gpu-batch.mjs --peer "$PWD/.peer" "$@" 2>&1 | tee "$OUT/gpu-peer.log"
+  cp bench/results/gpu-peer-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
 if [ "$mode" = big ]; then
