@@ -13,12 +13,12 @@ export { NativeBackend } from './engine/native-backend.js';
 export { sourceFromDirectory } from './formats/node-source.js';
 
 /** Which kernels to run on in Node ('cuda': the engine on an NVIDIA GPU, see CudaBackend). */
-export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'native' | 'cuda';
+export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'wasm-threads' | 'native' | 'cuda';
 
 export async function nodeBackend(name: NodeBackendName = 'wasm'): Promise<KernelBackend> {
   if (name === 'native') return loadNativeBackend();
   if (name === 'cuda') return loadCudaBackend();
-  return loadWasmBackend(name === 'wasm' ? 'simd' : 'scalar');
+  return loadWasmBackend(name === 'wasm' ? 'simd' : name === 'wasm-threads' ? 'threads' : 'scalar');
 }
 
 /** The embedded default model's directory (models/default in the package). */

@@ -2,7 +2,8 @@
 // build.mjs: builds the C sources of wasm/ for every CPU target, from one source set.
 //   wasm    emcc -O3 -msimd128 -> wasm/dist/kle-simd.wasm, and emcc -O3 without SIMD ->
 //           wasm/dist/kle-scalar.wasm (the same code with the vector extensions lowered to
-//           scalars: the baseline the benchmarks compare against)
+//           scalars: the baseline the benchmarks compare against), and the SIMD build with wasm
+//           threads (atomics, an imported shared memory) -> wasm/dist/kle-simd-mt.wasm
 //   abi     src/engine/kle-abi.ts from the prototypes of engine/include/kle.h
 //   native  gcc -O3 -march=native -> build/native/kle.node (Node addon, N-API wrappers generated)
 //   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine of
@@ -60,6 +61,21 @@ function buildWasm(outDir) {
   const exp = `-sEXPORTED_FUNCTIONS=${exportsList}`;
   run('emcc', [...common, '-msimd128', exp, ...sources(), '-o', join(outDir, 'kle-simd.wasm')], emccEnv);
   run('emcc', [...common, exp, ...sources(), '-o', join(outDir, 'kle-scalar.wasm')], emccEnv);
+  // wasm threads: atomics and one shared memory the host creates (imported), passive data
+  // segments (so a second instance on the same memory does not initialize it again), and the
+  // engine's allocations through engine/wasm-threads/alloc.c's lock (see there)
+  const mt = ['-msimd128', '-matomics', '-mbulk-memory', '-sIMPORTED_MEMORY=1', '-Wl,--shared-memory'];
+  const tmp = mkdtempSync(join(tmpdir(), 'kle-mt-'));
+  try {
+    const alloc = join(tmp, 'alloc.o');
+    run('emcc', [...common.filter((f) => f.startsWith('-O') || f.startsWith('-W') || f === '-std=c11'), ...mt.slice(0, 3), '-c',
+      join(root, 'engine', 'wasm-threads', 'alloc.c'), '-o', alloc], emccEnv);
+    const renamed = ['malloc', 'calloc', 'realloc', 'free'].map((f) => `-D${f}=kle_mt_${f}`);
+    const mtExp = `-sEXPORTED_FUNCTIONS=${JSON.stringify(['_kle_mt_malloc', '_kle_mt_free', ...fns.map((f) => `_${f.name}`)])}`;
+    run('emcc', [...common, ...mt, ...renamed, mtExp, ...sources(), alloc, '-o', join(outDir, 'kle-simd-mt.wasm')], emccEnv);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 }
 
 function nodeIncludeDir() {
@@ -134,7 +150,7 @@ function check() {
   try {
     buildWasm(tmp);
     buildAs(tmp);
-    for (const f of ['kle-simd.wasm', 'kle-scalar.wasm', 'kle-as.wasm']) {
+    for (const f of ['kle-simd.wasm', 'kle-simd-mt.wasm', 'kle-scalar.wasm', 'kle-as.wasm']) {
       const committed = join(distDir, f);
       if (!existsSync(committed) || !readFileSync(committed).equals(readFileSync(join(tmp, f)))) stale.push(`wasm/dist/${f}`);
     }

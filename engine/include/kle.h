@@ -338,6 +338,19 @@ long kle_model_bytes(kle_model *m);
  */
 int kle_model_threads(kle_model *m, int n);
 /*
+ * The wasm threads build (kle-simd-mt.wasm: atomics, one shared memory) has no threads of its own:
+ * after kle_model_threads(m, n) the host starts n - 1, each an instance of the same module on the
+ * same memory (Web Workers; worker_threads in Node), each given its own stack, and each calls
+ * kle_thread_serve(pool), which runs the model's work until the pool is replaced or the model
+ * freed. kle_model_thread_pool returns the pool and writes how many threads to start now (they are
+ * reserved: start exactly that many); 0 and no pool in builds whose threads are their own (native)
+ * or that have none. Until they arrive, the work runs on the threads already there.
+ */
+kle_addr kle_model_thread_pool(kle_model *m, int32_t *starts);
+int kle_thread_serve(kle_addr pool);
+/* threads serving the pool now, besides the caller's (0 for none) */
+int kle_thread_serving(kle_addr pool);
+/*
  * A synthetic model (benchmarks at full size without a checkpoint): every required tensor gets
  * seeded random values made where it lives (a GPU's matrices in device memory; src/weights/
  * synthetic.ts's scales), matrices stored as fmt (KLE_W_F32 or KLE_W_BF16), then

@@ -61,6 +61,11 @@ static int cpu_threads(kle_backend_ctx *cx, int n) {
   return kle_pool_threads(cx->pool);
 }
 
+static void *cpu_host_threads(kle_backend_ctx *cx, int *starts) {
+  *starts = kle_pool_host_starts(cx->pool);
+  return cx->pool;
+}
+
 static void *cpu_alloc(kle_backend_ctx *cx, size_t bytes) {
   (void)cx;
   return calloc(1, bytes ? bytes : 1);
@@ -391,6 +396,7 @@ static const kle_backend cpu_backend = {
     .sync = cpu_sync,
     .mem_info = NULL,
     .threads = cpu_threads,
+    .host_threads = cpu_host_threads,
     .synth = cpu_synth,
     .place = cpu_place,
     .experts_table = cpu_experts_table,

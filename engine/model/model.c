@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "pool.h"
 
 int kle_mem_write(kle_addr dst, const uint8_t *src, size_t n) {
   if (!dst || (!src && n)) return KLE_EINVAL;
@@ -293,6 +294,18 @@ int kle_model_threads(kle_model *m, int n) {
   if (!m || n < 0 || n > 256) return KLE_EINVAL;
   return m->b->threads ? m->b->threads(m->ctx, n) : 1;
 }
+
+kle_addr kle_model_thread_pool(kle_model *m, int32_t *starts) {
+  if (!starts) return 0;
+  int k = 0;
+  void *p = m && m->b->host_threads ? m->b->host_threads(m->ctx, &k) : NULL;
+  *starts = p ? k : 0;
+  return (kle_addr)p;
+}
+
+int kle_thread_serve(kle_addr pool) { return kle_pool_serve((kle_pool *)pool); }
+
+int kle_thread_serving(kle_addr pool) { return kle_pool_serving((kle_pool *)pool); }
 
 int kle_model_tensor_ready(kle_model *m, int role, int layer, int expert) {
   if (!m || m->finalized || role < 0 || role >= KLE_T_COUNT) return KLE_EINVAL;

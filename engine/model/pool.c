@@ -9,7 +9,131 @@
 
 #include <stdlib.h>
 
-#if defined(__EMSCRIPTEN__) || defined(KLE_NO_THREADS)
+#include "../include/kle.h"
+
+#if defined(__wasm_atomics__)
+/*
+ * wasm threads: every thread is an instance of the module on one shared memory, started by the
+ * host, which asks kle_pool_host_starts how many to start; each enters kle_pool_serve. Workers
+ * spin, then wait on the generation (memory.atomic.wait32); the caller never waits (a browser's
+ * main thread may not), it spins. The pool is reference counted, so that a thread the host starts
+ * late, or one still leaving, never touches freed memory: the owner, every reserved start and
+ * every joined thread hold a reference, and the last one out frees it.
+ */
+#include <stdatomic.h>
+
+#define SPIN 20000
+
+struct kle_pool {
+  int want;            /* threads in all, the caller included */
+  atomic_flag lock;    /* orders joins against the start of a job */
+  atomic_int refs, pending, joined, stop;
+  void (*fn)(void *, int);
+  void *arg;
+  int n;
+  atomic_int generation, next, busy;
+};
+
+static void lock(kle_pool *p) {
+  while (atomic_flag_test_and_set_explicit(&p->lock, memory_order_acquire)) {
+  }
+}
+static void unlock(kle_pool *p) { atomic_flag_clear_explicit(&p->lock, memory_order_release); }
+
+static void unref(kle_pool *p) {
+  if (atomic_fetch_sub(&p->refs, 1) == 1) free(p);
+}
+
+static void drain(kle_pool *p) {
+  for (int i; (i = atomic_fetch_add(&p->next, 1)) < p->n;) p->fn(p->arg, i);
+}
+
+kle_pool *kle_pool_create(int threads) {
+  if (threads <= 1) return NULL;
+  kle_pool *p = calloc(1, sizeof *p);
+  if (!p) return NULL;
+  p->want = threads;
+  atomic_flag_clear(&p->lock);
+  atomic_init(&p->refs, 1);
+  return p;
+}
+
+void kle_pool_free(kle_pool *p) {
+  if (!p) return;
+  lock(p);
+  atomic_store(&p->stop, 1);
+  atomic_fetch_add(&p->generation, 1);
+  unlock(p);
+  __builtin_wasm_memory_atomic_notify((int *)&p->generation, 0xffffffffu);
+  unref(p);
+}
+
+int kle_pool_threads(const kle_pool *p) { return p ? p->want : 1; }
+
+int kle_pool_host_starts(kle_pool *p) {
+  if (!p) return 0;
+  lock(p);
+  int k = p->want - 1 - atomic_load(&p->joined) - atomic_load(&p->pending);
+  if (k < 0 || atomic_load(&p->stop)) k = 0;
+  atomic_fetch_add(&p->pending, k);
+  atomic_fetch_add(&p->refs, k);
+  unlock(p);
+  return k;
+}
+
+int kle_pool_serve(kle_pool *p) {
+  if (!p) return KLE_EINVAL;
+  lock(p);
+  atomic_fetch_sub(&p->pending, 1);
+  if (atomic_load(&p->stop) || atomic_load(&p->joined) >= p->want - 1) {
+    unlock(p);
+    unref(p);
+    return KLE_EINVAL;
+  }
+  /* joined under the lock: either counted in the next job's busy, or after its start */
+  int seen = atomic_load(&p->generation);
+  atomic_fetch_add(&p->joined, 1);
+  unlock(p);
+  for (;;) {
+    for (int k = 0; atomic_load_explicit(&p->generation, memory_order_acquire) == seen && k < SPIN; k++) {
+    }
+    while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen)
+      __builtin_wasm_memory_atomic_wait32((int *)&p->generation, seen, -1);
+    seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+    if (atomic_load(&p->stop)) break;
+    drain(p);
+    atomic_fetch_sub_explicit(&p->busy, 1, memory_order_release);
+  }
+  atomic_fetch_sub(&p->joined, 1);
+  unref(p);
+  return KLE_OK;
+}
+
+void kle_pool_run(kle_pool *p, void (*fn)(void *arg, int i), void *arg, int n) {
+  if (!p || n <= 1 || atomic_load(&p->joined) == 0) {
+    for (int i = 0; i < n; i++) fn(arg, i);
+    return;
+  }
+  lock(p);
+  p->fn = fn;
+  p->arg = arg;
+  p->n = n;
+  atomic_store(&p->next, 0);
+  atomic_store(&p->busy, atomic_load(&p->joined));
+  atomic_fetch_add(&p->generation, 1);
+  unlock(p);
+  __builtin_wasm_memory_atomic_notify((int *)&p->generation, 0xffffffffu);
+  drain(p);
+  /* every joined thread acknowledges the job before the next can start: none still reads this one */
+  while (atomic_load_explicit(&p->busy, memory_order_acquire) > 0) {
+  }
+}
+
+int kle_pool_cores(void) { return 1; }
+
+int kle_pool_serving(kle_pool *p) { return p ? atomic_load(&p->joined) : 0; }
+
+#elif defined(__EMSCRIPTEN__) || defined(KLE_NO_THREADS)
 
 kle_pool *kle_pool_create(int threads) {
   (void)threads;
@@ -25,6 +149,18 @@ void kle_pool_run(kle_pool *p, void (*fn)(void *arg, int i), void *arg, int n) {
   for (int i = 0; i < n; i++) fn(arg, i);
 }
 int kle_pool_cores(void) { return 1; }
+int kle_pool_host_starts(kle_pool *p) {
+  (void)p;
+  return 0;
+}
+int kle_pool_serve(kle_pool *p) {
+  (void)p;
+  return KLE_EINVAL;
+}
+int kle_pool_serving(kle_pool *p) {
+  (void)p;
+  return 0;
+}
 
 #else
 
@@ -145,6 +281,20 @@ void kle_pool_run(kle_pool *p, void (*fn)(void *arg, int i), void *arg, int n) {
 int kle_pool_cores(void) {
   const long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? (n > 256 ? 256 : (int)n) : 1;
+}
+
+/* native pools start their own threads */
+int kle_pool_host_starts(kle_pool *p) {
+  (void)p;
+  return 0;
+}
+int kle_pool_serve(kle_pool *p) {
+  (void)p;
+  return KLE_EINVAL;
+}
+int kle_pool_serving(kle_pool *p) {
+  (void)p;
+  return 0;
 }
 
 #endif

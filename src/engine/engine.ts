@@ -118,9 +118,11 @@ export class EngineModel {
   }
 
   /**
-   * Threads the model's CPU operations use: the native engine splits its matmuls by weight rows
-   * (the same result to the bit), by default over every core; wasm (one thread per isolate or
-   * page here) and the GPU report 1. Sets them when `n` is given (1..256).
+   * Threads the model's CPU operations use: the native engine splits its matmuls by weight rows,
+   * KDA and MLA heads (the same result to the bit), by default over every core; the wasm threads
+   * build (`loadWasmBackend('threads')`) the same, over workers it starts here (until they have
+   * started, the work runs on those already there); the other wasm builds (one thread per isolate
+   * or page) and the GPU report 1. Sets them when `n` is given (1..256).
    * @example
    * model.engine.threads(1); // one core, as a benchmark against another single-thread engine
    */
@@ -128,7 +130,22 @@ export class EngineModel {
     if (n !== undefined && !(Number.isInteger(n) && n >= 1 && n <= 256)) throw new RangeError(`threads: ${n} is not an integer in 1..256`);
     const r = call(this.backend, 'kle_model_threads', [this.live(), n ?? 0]);
     if (r < 0) throw new EngineError('kle_model_threads', r);
+    if (n !== undefined && this.backend instanceof WasmBackend) this.backend.startThreads(this.live());
     return r;
+  }
+
+  /**
+   * Resolves once the threads set by {@link threads} are all serving (wasm threads start as
+   * workers, asynchronously; elsewhere at once), or after `timeoutMs`, with those serving then.
+   */
+  async threadsReady(timeoutMs = 10_000): Promise<number> {
+    const want = this.threads();
+    const t0 = Date.now();
+    for (;;) {
+      const have = this.backend instanceof WasmBackend ? 1 + this.backend.threadsServing(this.live()) : want;
+      if (have >= want || Date.now() - t0 > timeoutMs) return have;
+      await new Promise((r) => setTimeout(r, 5));
+    }
   }
 
   /** Free bytes of the backend's own memory (a GPU's), or null where it is the host's. */

@@ -20,10 +20,14 @@ export function packageRoot(): string {
 // Node (and Bun, Deno) read the compiled sampler from the package once, on first import
 if (!runtimeModuleInstalled()) installRuntimeModule(new WebAssembly.Module(readFileSync(join(packageRoot(), 'wasm', 'dist', 'kle-as.wasm'))));
 
-/** Loads the committed wasm build from the package (Node, Bun, Deno with node: APIs). */
-export async function loadWasmBackend(variant: 'simd' | 'scalar' = 'simd'): Promise<WasmBackend> {
-  const bytes = readFileSync(join(packageRoot(), 'wasm', 'dist', `kle-${variant}.wasm`));
-  return WasmBackend.instantiate(variant === 'simd' ? 'wasm-simd' : 'wasm-scalar', bytes);
+/**
+ * Loads the committed wasm build from the package (Node, Bun, Deno with node: APIs): SIMD, scalar,
+ * or SIMD with wasm threads (`threads`; EngineModel.threads(n) then starts n - 1 workers).
+ */
+export async function loadWasmBackend(variant: 'simd' | 'scalar' | 'threads' = 'simd'): Promise<WasmBackend> {
+  const file = variant === 'threads' ? 'simd-mt' : variant;
+  const bytes = readFileSync(join(packageRoot(), 'wasm', 'dist', `kle-${file}.wasm`));
+  return WasmBackend.instantiate(variant === 'threads' ? 'wasm-threads' : variant === 'simd' ? 'wasm-simd' : 'wasm-scalar', bytes);
 }
 
 /** Loads the native addon built by `npm run build:native`. */

@@ -62,7 +62,8 @@ export class Sampler {
     if (!(logits instanceof Float32Array) && logits.draw) return logits.draw(this.deviceDraw(context));
     if (this.reference) return this.reference.sample(logits instanceof Float32Array ? logits : logits.copy(), context);
     let site: KernelSite, addr: number, V: number;
-    if (!(logits instanceof Float32Array) && logits.backend instanceof WasmBackend) {
+    // in the engine's memory where the sampler module can import it (not a shared one: the threads build)
+    if (!(logits instanceof Float32Array) && logits.backend instanceof WasmBackend && !logits.backend.sharedMemory) {
       site = engineSite(logits.backend);
       addr = logits.address;
       V = logits.vocabSize;

@@ -16,7 +16,7 @@ function run(cmd: string, args: string[]): string {
 }
 
 describe('the packed package in Node, Bun and Deno', () => {
-  const results: Record<string, { runtime: string; simd: string; tokens: number[]; sampled: number[]; status: number; completion: string | null }> = {};
+  const results: Record<string, { runtime: string; simd: string; tokens: number[]; sampled: number[]; status: number; completion: string | null; threadsServing: number; threadsSame: boolean }> = {};
 
   it('packs and installs into a fresh project', () => {
     execFileSync('npm', ['pack', '--pack-destination', dir], { cwd: root, stdio: 'ignore' });
@@ -40,6 +40,9 @@ describe('the packed package in Node, Bun and Deno', () => {
       expect(r.simd).toBe('wasm-simd');
       expect(r.tokens.length).toBeGreaterThan(0);
       expect(r.status).toBe(200);
+      // wasm threads in this runtime: both threads serving, the logits those of one thread
+      expect(r.threadsServing).toBe(2);
+      expect(r.threadsSame).toBe(true);
       results[name] = r;
     }, 120_000);
   }
