@@ -149,18 +149,6 @@ void kle_pool_run(kle_pool *p, void (*fn)(void *arg, int i), void *arg, int n) {
   for (int i = 0; i < n; i++) fn(arg, i);
 }
 int kle_pool_cores(void) { return 1; }
-int kle_pool_host_starts(kle_pool *p) {
-  (void)p;
-  return 0;
-}
-int kle_pool_serve(kle_pool *p) {
-  (void)p;
-  return KLE_EINVAL;
-}
-int kle_pool_serving(kle_pool *p) {
-  (void)p;
-  return 0;
-}
 
 #else
 
@@ -283,7 +271,10 @@ int kle_pool_cores(void) {
   return n > 0 ? (n > 256 ? 256 : (int)n) : 1;
 }
 
-/* native pools start their own threads */
+#endif
+
+#if !defined(__wasm_atomics__)
+/* pools that start their own threads (native), or have none: the host starts none */
 int kle_pool_host_starts(kle_pool *p) {
   (void)p;
   return 0;
@@ -296,5 +287,4 @@ int kle_pool_serving(kle_pool *p) {
   (void)p;
   return 0;
 }
-
 #endif
