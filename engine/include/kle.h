@@ -170,7 +170,7 @@ long kle_row_bytes(int fmt, int n_in);
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 /*
- * Q8_0, Q4_0, Q5_0, Q2_K-Q6_K with integer dot products (what kle_matmul runs for them, see
+ * Q8_0, Q4_0, Q5_0, Q5_1 and Q2_K-Q6_K with integer dot products (what kle_matmul runs for them, see
  * kle_matmul_int8): the activations quantized per block of 32 as Q8_0 does weights (d = amax /
  * 127), each block's dot an exact int32 sum times both scales, so each output is within sum
  * over blocks of d_x / 2 * sum |w| of the float64 product with the dequantized weights. _ref:
@@ -181,7 +181,7 @@ int kle_matmul_q8(int fmt, const void *W, const float *X, float *Y, int T, int n
 int kle_matmul_q8_ref(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in);
 /*
  * 1 when kle_matmul multiplies fmt's weights for T tokens by int8 activations (kle_matmul_q8),
- * 0 when it decodes them to f32: Q8_0 and Q4_0 always; Q5_0 and Q2_K-Q6_K natively, and in wasm for
+ * 0 when it decodes them to f32: Q8_0 and Q4_0 always; Q5_0, Q5_1 and Q2_K-Q6_K natively, and in wasm for
  * fewer than 4 tokens (wasm SIMD's 16-bit dots lose to its f32 tiles in prefill there: a
  * 105M Q4_K_M prefill 428 -> 305 tokens/s, while decode gains 58 -> 79).
  */

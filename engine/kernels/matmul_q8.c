@@ -1,5 +1,5 @@
 /*
- * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q5_0 and the K-quants Q2_K to Q6_K with integer dot products.
+ * matmul_q8.c: Y = X W^T for Q8_0, Q4_0, Q5_0, Q5_1 and the K-quants Q2_K to Q6_K with integer dot products.
  *
  * Decoding quantized weights to f32 and multiplying in f32 ran at 15-24% of the read bandwidth:
  * the decode and the float multiplies bound it, not the bytes. Here the activations are
@@ -42,16 +42,17 @@
 #include <wasm_simd128.h>
 #elif defined(__AVX2__) || defined(__AVX512BW__)
 #include <immintrin.h>
-/* a Q5_0 block's 32 values - 16 as int8, in two halves: each fifth bit picked out of the 32 with
- * a byte shuffle and a compare against its bit */
-static inline void q50_bytes(const uint8_t *blk, __m128i *w0, __m128i *w1) {
+/* a Q5_0 block's 32 values - 16 as int8 (Q5_1's: the values themselves, 0..31), in two halves:
+ * each fifth bit picked out of the 32 with a byte shuffle and a compare against its bit */
+static inline void q50_bytes(const uint8_t *blk, int q51, __m128i *w0, __m128i *w1) {
   uint32_t qh;
-  memcpy(&qh, blk + 2, 4);
+  memcpy(&qh, blk + (q51 ? 4 : 2), 4);
   const __m128i m = _mm_set1_epi32((int)qh), bits = _mm_set1_epi64x((long long)0x8040201008040201ull);
   const __m128i lo = _mm_shuffle_epi8(m, _mm_set_epi64x(0x0101010101010101ll, 0)), hi = _mm_shuffle_epi8(m, _mm_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll));
-  const __m128i s16 = _mm_set1_epi8(16), p = _mm_loadu_si128((const __m128i *)(blk + 6)), m4 = _mm_set1_epi8(15);
-  *w0 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(p, m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(lo, bits), bits), s16)), s16);
-  *w1 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(p, 4), m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hi, bits), bits), s16)), s16);
+  const __m128i s16 = _mm_set1_epi8(16), p = _mm_loadu_si128((const __m128i *)(blk + (q51 ? 8 : 6))), m4 = _mm_set1_epi8(15);
+  const __m128i off = q51 ? _mm_setzero_si128() : s16;
+  *w0 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(p, m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(lo, bits), bits), s16)), off);
+  *w1 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(p, 4), m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hi, bits), bits), s16)), off);
 }
 #endif
 
@@ -97,18 +98,23 @@ static void q4_unpack(const uint8_t *b, int8_t *out) {
 /* sum over blocks of dw * dx * (int32 dot): the plain scalar version */
 static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
   float acc = 0.0f;
-  if (fmt == KLE_W_Q5_0) { /* Q4_0 with a fifth bit per value from 32 bits before the nibbles */
+  if (fmt == KLE_W_Q5_0 || fmt == KLE_W_Q5_1) {
+    /* Q4_0 with a fifth bit per value from 32 bits before the nibbles; Q5_1: values 0..31, plus
+     * its min m times the block's activation sum */
+    const int q51 = fmt == KLE_W_Q5_1, off = q51 ? 0 : 16;
+    float mins = 0.0f;
     for (int b = 0; b < nb; b++) {
-      const uint8_t *blk = row + (size_t)b * Q50_BYTES, *qs = blk + 6;
-      const uint32_t qh = (uint32_t)blk[2] | (uint32_t)blk[3] << 8 | (uint32_t)blk[4] << 16 | (uint32_t)blk[5] << 24;
+      const uint8_t *blk = row + (size_t)b * (q51 ? Q51_BYTES : Q50_BYTES), *hb = blk + (q51 ? 4 : 2), *qs = hb + 4;
+      const uint32_t qh = (uint32_t)hb[0] | (uint32_t)hb[1] << 8 | (uint32_t)hb[2] << 16 | (uint32_t)hb[3] << 24;
       int32_t sum = 0;
       for (int j = 0; j < 16; j++) {
-        sum += (((qs[j] & 15) | (int)((qh >> j) & 1) << 4) - 16) * qx[b * KLE_QK + j];
-        sum += (((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - 16) * qx[b * KLE_QK + j + 16];
+        sum += (((qs[j] & 15) | (int)((qh >> j) & 1) << 4) - off) * qx[b * KLE_QK + j];
+        sum += (((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - off) * qx[b * KLE_QK + j + 16];
       }
       acc += qblock_scale(blk) * dx[b] * (float)sum;
+      if (q51) mins += qblock_scale(blk + 2) * sx[b];
     }
-    return acc;
+    return acc + mins;
   }
   if (fmt == KLE_W_Q6_K) {
     for (int s = 0; s < nb / 8; s++) {
@@ -235,17 +241,17 @@ static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq
   b->v[2] = wasm_u16x8_extend_low_u8x16(h1);
   b->v[3] = wasm_u16x8_extend_high_u8x16(h1);
 }
-/* a Q5_0 block's 32 values - 16 in int16 lanes: each fifth bit picked out of the 32 with a byte
- * shuffle and a compare against its bit */
-static inline void q50_w(const uint8_t *blk, kq_w *w) {
+/* a Q5_0 block's 32 values - 16 in int16 lanes (Q5_1's: the values, 0..31): each fifth bit picked
+ * out of the 32 with a byte shuffle and a compare against its bit */
+static inline void q50_w(const uint8_t *blk, int q51, kq_w *w) {
   uint32_t qh;
-  memcpy(&qh, blk + 2, 4);
+  memcpy(&qh, blk + (q51 ? 4 : 2), 4);
   const v128_t m = wasm_i32x4_splat((int32_t)qh), bits = wasm_i8x16_const(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
   const v128_t lo = wasm_i8x16_swizzle(m, wasm_i8x16_const(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
   const v128_t hi = wasm_i8x16_swizzle(m, wasm_i8x16_const(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-  const v128_t s16 = wasm_i8x16_splat(16), p = wasm_v128_load(blk + 6);
-  const v128_t w0 = wasm_i8x16_sub(wasm_v128_or(wasm_v128_and(p, wasm_i8x16_splat(15)), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(lo, bits), bits), s16)), s16);
-  const v128_t w1 = wasm_i8x16_sub(wasm_v128_or(wasm_u8x16_shr(p, 4), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(hi, bits), bits), s16)), s16);
+  const v128_t s16 = wasm_i8x16_splat(16), p = wasm_v128_load(blk + (q51 ? 8 : 6)), off = wasm_i8x16_splat(q51 ? 0 : 16);
+  const v128_t w0 = wasm_i8x16_sub(wasm_v128_or(wasm_v128_and(p, wasm_i8x16_splat(15)), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(lo, bits), bits), s16)), off);
+  const v128_t w1 = wasm_i8x16_sub(wasm_v128_or(wasm_u8x16_shr(p, 4), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(hi, bits), bits), s16)), off);
   w->v[0] = wasm_i16x8_extend_low_i8x16(w0);
   w->v[1] = wasm_i16x8_extend_high_i8x16(w0);
   w->v[2] = wasm_i16x8_extend_low_i8x16(w1);
@@ -307,9 +313,9 @@ static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq
   *a = _mm512_cvtepu8_epi16(lo);
   *b = _mm512_cvtepu8_epi16(hi);
 }
-static inline void q50_w(const uint8_t *blk, kq_w *w) {
+static inline void q50_w(const uint8_t *blk, int q51, kq_w *w) {
   __m128i w0, w1;
-  q50_bytes(blk, &w0, &w1);
+  q50_bytes(blk, q51, &w0, &w1);
   *w = _mm512_cvtepi8_epi16(_mm256_set_m128i(w1, w0));
 }
 static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc, kq_w w[4]) {
@@ -380,9 +386,9 @@ static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq
   b->lo = _mm256_cvtepu8_epi16(h0);
   b->hi = _mm256_cvtepu8_epi16(h1);
 }
-static inline void q50_w(const uint8_t *blk, kq_w *w) {
+static inline void q50_w(const uint8_t *blk, int q51, kq_w *w) {
   __m128i w0, w1;
-  q50_bytes(blk, &w0, &w1);
+  q50_bytes(blk, q51, &w0, &w1);
   w->lo = _mm256_cvtepi8_epi16(w0);
   w->hi = _mm256_cvtepi8_epi16(w1);
 }
@@ -495,17 +501,24 @@ static void row_dot_q23k(const uint8_t *row, int q3, int T, const float *const d
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - (q3 ? 0.0f : acc_sum(accm[t]));
 }
 
-/* T tokens (1..4) against one Q5_0 row */
-static void row_dot_q50(const uint8_t *row, int T, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
+/* T tokens (1..4) against one Q5_0 row (q51: Q5_1, whose value d * q + m adds m times the block's
+ * kept activation sum) */
+static void row_dot_q50(const uint8_t *row, int q51, int T, const float *const dx[4], const float *const sx[4], const int16_t *const qx[4],
+                        int nb, float out[4]) {
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  float mins[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int b = 0; b < nb; b++) {
-    const uint8_t *blk = row + (size_t)b * Q50_BYTES;
+    const uint8_t *blk = row + (size_t)b * (q51 ? Q51_BYTES : Q50_BYTES);
     kq_w w;
-    q50_w(blk, &w);
+    q50_w(blk, q51, &w);
     const float d = qblock_scale(blk);
     for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w, qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+    if (q51) {
+      const float m = qblock_scale(blk + 2);
+      for (int t = 0; t < T; t++) mins[t] += m * sx[t][b];
+    }
   }
-  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) + mins[t];
 }
 
 /* Q8_0 and Q4_0 (the K-quants take row_dot_q4k / row_dot_q6k, chosen once per matmul: a branch
@@ -537,7 +550,7 @@ typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, 
 
 /* the formats row_dot_q4k, _q6k, _q50 and _q23k take (row_dot: Q8_0 and Q4_0) */
 static int by_super_block(int fmt) {
-  return fmt == KLE_W_Q5_0 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K;
+  return fmt == KLE_W_Q5_0 || fmt == KLE_W_Q5_1 || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K;
 }
 
 static int int_dot_format(int fmt) { return fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || by_super_block(fmt); }
@@ -583,10 +596,11 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
           if (n == 4) row_dot_q4k(row, five, 4, dxs, sxs, qxs, nb, out);
           else if (n == 1) row_dot_q4k(row, five, 1, dxs, sxs, qxs, nb, out);
           else row_dot_q4k(row, five, n, dxs, sxs, qxs, nb, out);
-        } else if (fmt == KLE_W_Q5_0) {
-          if (n == 4) row_dot_q50(row, 4, dxs, qxs, nb, out);
-          else if (n == 1) row_dot_q50(row, 1, dxs, qxs, nb, out);
-          else row_dot_q50(row, n, dxs, qxs, nb, out);
+        } else if (fmt == KLE_W_Q5_0 || fmt == KLE_W_Q5_1) {
+          const int q51 = fmt == KLE_W_Q5_1;
+          if (n == 4) row_dot_q50(row, q51, 4, dxs, sxs, qxs, nb, out);
+          else if (n == 1) row_dot_q50(row, q51, 1, dxs, sxs, qxs, nb, out);
+          else row_dot_q50(row, q51, n, dxs, sxs, qxs, nb, out);
         } else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) {
           const int q3 = fmt == KLE_W_Q3_K;
           if (n == 4) row_dot_q23k(row, q3, 4, dxs, qxs, nb, out);

@@ -231,7 +231,7 @@ export class Kernels {
     need('W (bytes)', { length: a.W.byteLength }, rb * a.nOut);
     need('X', a.X, a.T * a.nIn);
     need('Y', a.Y, a.T * a.nOut);
-    if (impl === 'q8-ref' && !['q8_0', 'q4_0', 'q5_0', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'].includes(a.fmt)) throw new KernelError(`matmul(${a.fmt}): q8-ref is for q8_0, q4_0, q5_0 and the K-quants q2_k to q6_k`, -1);
+    if (impl === 'q8-ref' && !['q8_0', 'q4_0', 'q5_0', 'q5_1', 'q2_k', 'q3_k', 'q4_k', 'q5_k', 'q6_k'].includes(a.fmt)) throw new KernelError(`matmul(${a.fmt}): q8-ref is for q8_0, q4_0, q5_0, q5_1 and the K-quants q2_k to q6_k`, -1);
     this.call(impl === 'fast' ? 'kle_matmul' : impl === 'ref' ? 'kle_matmul_ref' : 'kle_matmul_q8_ref', [WeightFormat[a.fmt], asBytes(a.W), a.X, a.Y, a.T, a.nOut, a.nIn]);
   }
 
