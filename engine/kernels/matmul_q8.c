@@ -272,8 +272,27 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
       w[k].v[2 * half + 1] = wasm_i16x8_mul(wasm_i16x8_extend_high_i8x16(q), s);
     }
 }
-static inline void kq_load(const int16_t *w, kq_w *out) {
-  for (int i = 0; i < 4; i++) out->v[i] = wasm_v128_load(w + 8 * i);
+/* block j of a Q2_K / Q3_K half super-block as int16 weights with the scales folded in: values
+ * are bits 2j of the 32 bytes at qs (Q3_K, hm not NULL: plus 4 times bit hb of the 32 high-bit
+ * bytes, minus 4), the first 16 times s0, the next 16 times s1 (q23k_half's integers) */
+static inline void q23k_w(const uint8_t *qs, const uint8_t *hm, int j, int hb, int s0, int s1, kq_w *w) {
+  const v128_t m3 = wasm_i8x16_splat(3);
+  v128_t a = wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(qs), 2 * j), m3), b = wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(qs + 16), 2 * j), m3);
+  if (hm) {
+    const v128_t one = wasm_i8x16_splat(1), four = wasm_i8x16_splat(4);
+    a = wasm_i8x16_sub(wasm_v128_or(a, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(hm), hb), one), 2)), four);
+    b = wasm_i8x16_sub(wasm_v128_or(b, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(hm + 16), hb), one), 2)), four);
+  }
+  const v128_t S0 = wasm_i16x8_splat((int16_t)s0), S1 = wasm_i16x8_splat((int16_t)s1);
+  w->v[0] = wasm_i16x8_mul(wasm_i16x8_extend_low_i8x16(a), S0);
+  w->v[1] = wasm_i16x8_mul(wasm_i16x8_extend_high_i8x16(a), S0);
+  w->v[2] = wasm_i16x8_mul(wasm_i16x8_extend_low_i8x16(b), S1);
+  w->v[3] = wasm_i16x8_mul(wasm_i16x8_extend_high_i8x16(b), S1);
+}
+/* 16 lanes of a, then 16 of b */
+static inline void kq_pair(int a, int b, kq_w *w) {
+  w->v[0] = w->v[1] = wasm_i16x8_splat((int16_t)a);
+  w->v[2] = w->v[3] = wasm_i16x8_splat((int16_t)b);
 }
 static inline kq_acc acc_zero(void) { return wasm_f32x4_splat(0.0f); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
@@ -329,7 +348,18 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
     w[k] = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(_mm256_sub_epi8(_mm256_or_si256(lo, hi), k32)), s);
   }
 }
-static inline void kq_load(const int16_t *w, kq_w *out) { *out = _mm512_loadu_si512(w); }
+static inline void q23k_w(const uint8_t *qs, const uint8_t *hm, int j, int hb, int s0, int s1, kq_w *w) {
+  __m256i v = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qs), 2 * j), _mm256_set1_epi8(3));
+  if (hm) {
+    const __m256i h = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)hm), hb), _mm256_set1_epi8(1));
+    v = _mm256_sub_epi8(_mm256_or_si256(v, _mm256_slli_epi16(h, 2)), _mm256_set1_epi8(4));
+  }
+  const __m512i S = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)s0)), _mm256_set1_epi16((short)s1), 1);
+  *w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(v), S);
+}
+static inline void kq_pair(int a, int b, kq_w *w) {
+  *w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
+}
 static inline kq_acc acc_zero(void) { return _mm512_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), *w, _mm512_loadu_si512(x));
@@ -406,9 +436,21 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
       else w[k].lo = q;
     }
 }
-static inline void kq_load(const int16_t *w, kq_w *out) {
-  out->lo = _mm256_loadu_si256((const __m256i *)w);
-  out->hi = _mm256_loadu_si256((const __m256i *)(w + 16));
+static inline void q23k_w(const uint8_t *qs, const uint8_t *hm, int j, int hb, int s0, int s1, kq_w *w) {
+  const __m128i m3 = _mm_set1_epi8(3);
+  __m128i a = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)qs), 2 * j), m3);
+  __m128i b = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(qs + 16)), 2 * j), m3);
+  if (hm) {
+    const __m128i one = _mm_set1_epi8(1), four = _mm_set1_epi8(4);
+    a = _mm_sub_epi8(_mm_or_si128(a, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)hm), hb), one), 2)), four);
+    b = _mm_sub_epi8(_mm_or_si128(b, _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)(hm + 16)), hb), one), 2)), four);
+  }
+  w->lo = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(a), _mm256_set1_epi16((short)s0));
+  w->hi = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(b), _mm256_set1_epi16((short)s1));
+}
+static inline void kq_pair(int a, int b, kq_w *w) {
+  w->lo = _mm256_set1_epi16((short)a);
+  w->hi = _mm256_set1_epi16((short)b);
 }
 static inline kq_acc acc_zero(void) { return _mm256_setzero_ps(); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
@@ -475,28 +517,26 @@ static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], con
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
 }
 
-/* T tokens (1..4) against one Q2_K or Q3_K row: each half super-block's integers (q23k_half) made
- * once for all of them; Q2_K's mins as a second dot, of each half-block's min against its codes */
+/* T tokens (1..4) against one Q2_K or Q3_K row: each block's weights (q23k_w: q23k_half's
+ * integers) made once for all of them; Q2_K's mins as a second dot, of each half-block's min
+ * against its codes */
 static void row_dot_q23k(const uint8_t *row, int q3, int T, const float *const dx[4], const int16_t *const qx[4], int nb,
                          float out[4]) {
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()}, accm[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
-  int16_t w[4][32] __attribute__((aligned(64))), m[8], mm[32] __attribute__((aligned(64)));
   for (int s = 0; s < nb / 8; s++) {
-    const uint8_t *blk = row + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
+    const uint8_t *blk = row + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES), *sc = blk + (q3 ? 96 : 0);
     const float d = qblock_scale(blk + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(blk + 82);
-    for (int n = 0; n < 2; n++) {
-      q23k_half(q3, blk, n, w, m);
+    for (int n = 0; n < 2; n++)
       for (int j = 0; j < 4; j++) {
-        const int b = 8 * s + 4 * n + j;
-        kq_w wv, mv;
-        kq_load(w[j], &wv);
-        for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &wv, qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+        const int b = 8 * s + 4 * n + j, g = 8 * n + 2 * j;
+        kq_w w, mv;
+        if (q3) q23k_w(blk + 32 + 32 * n, blk, j, 4 * n + j, q3k_scale(sc, g) - 32, q3k_scale(sc, g + 1) - 32, &w);
+        else q23k_w(blk + 16 + 32 * n, NULL, j, 0, sc[g] & 15, sc[g + 1] & 15, &w);
+        for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w, qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
         if (q3) continue;
-        for (int l = 0; l < 16; l++) mm[l] = m[2 * j], mm[16 + l] = m[2 * j + 1];
-        kq_load(mm, &mv);
+        kq_pair(sc[g] >> 4, sc[g + 1] >> 4, &mv);
         for (int t = 0; t < T; t++) accm[t] = acc_add(accm[t], &mv, qx[t] + (size_t)b * KLE_QK, dmin * dx[t][b]);
       }
-    }
   }
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - (q3 ? 0.0f : acc_sum(accm[t]));
 }

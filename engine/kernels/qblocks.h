@@ -70,7 +70,8 @@ static inline int q3k_scale(const uint8_t *s, int j) {
  * (scale - 32) * (q - 4), at most 128 in magnitude; Q2_K's scale * q, at most 45, and its 8
  * groups' mins at mins[2 j], mins[2 j + 1] (block j's two halves of 16). Value l of block j holds
  * bits 2j of byte 32 n + l of the pairs (Q3_K: and bit 4 n + j of high-bit byte l); its group is
- * 8 n + 2 j + l / 16. The engine's decoders and integer dots both start from these integers.
+ * 8 n + 2 j + l / 16. The integer dots' scalar reference starts from these; their SIMD versions
+ * (matmul_q8.c, q23k_w) make the same integers in vectors.
  */
 static inline void q23k_half(int q3, const uint8_t *blk, int n, int16_t w[4][32], int16_t mins[8]) {
   const uint8_t *qs = blk + (q3 ? 32 : 16) + 32 * n, *hm = blk, *sc = blk + (q3 ? 96 : 0);
