@@ -48,15 +48,18 @@ const models: Record<string, Uint8Array> = {
   '105M Q8_0': hfToGguf(MID_CONFIG, parseSafetensors(syntheticWeights(MID_CONFIG, 7)), kernels, { weights: 'Q8_0', ...tok }),
 };
 // people's files are K-quant mixes: the same 105M model through llama.cpp's own llama-quantize
-// (beside llama-bench, or --llama-quantize PATH), as Q4_K_M
+// (beside llama-bench, or --llama-quantize PATH), as Q4_K_M, and (not with --quick) Q3_K_M and Q2_K
 {
   const quantize = values['llama-quantize'] ?? join(dirname(llamaBench), 'llama-quantize');
   if (existsSync(quantize)) {
-    const f32 = join(dir, 'mid-f32.gguf'), q = join(dir, 'mid-q4_k_m.gguf');
+    const f32 = join(dir, 'mid-f32.gguf');
     writeFileSync(f32, hfToGguf(MID_CONFIG, parseSafetensors(syntheticWeights(MID_CONFIG, 7)), kernels, { weights: 'F32', ...tok }));
-    execFileSync(quantize, [f32, q, 'Q4_K_M'], { stdio: 'ignore' });
-    models['105M Q4_K_M'] = new Uint8Array(readFileSync(q));
-  } else console.error(`${quantize} not found: no Q4_K_M row`);
+    for (const mix of values.quick ? ['Q4_K_M'] : ['Q4_K_M', 'Q3_K_M', 'Q2_K']) {
+      const q = join(dir, `mid-${mix.toLowerCase()}.gguf`);
+      execFileSync(quantize, [f32, q, mix], { stdio: 'ignore' });
+      models[`105M ${mix}`] = new Uint8Array(readFileSync(q));
+    }
+  } else console.error(`${quantize} not found: no K-quant rows`);
 }
 
 interface Row { model: string; engine: string; threads: number; ppTokS: number; tgTokS: number }

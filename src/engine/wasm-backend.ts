@@ -159,6 +159,11 @@ export class WasmBackend implements KernelBackend {
     }
   }
 
+  /** Drops what startThreads kept of a freed model (its pool's threads leave on their own). */
+  forgetThreads(model: number): void {
+    this.pools.delete(model);
+  }
+
   /** Threads serving the model's pool now, besides the caller's (0 without threads). */
   threadsServing(model: number): number {
     const pool = this.pools.get(model);
