@@ -104,23 +104,24 @@ static void decode_kq(int fmt, const uint8_t *b, float *y) {
 }
 
 /* One Q2_K or Q3_K super-block into 256 floats, in llama.cpp's order: the group's factor first
- * (d * scale, and Q2_K's dmin * min), then times the value (q3: Q3_K) */
+ * (d * scale, and Q2_K's dmin * min), then times the value */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
 #endif
 static void decode_q23k(int q3, const uint8_t *b, float *y) {
   const float d = qblock_scale(b + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(b + 82);
-  const uint8_t *hm = b, *sc = b + (q3 ? 96 : 0);
+  int8_t v[4][32];
+  int16_t sc[8], mins[8];
   for (int n = 0; n < 2; n++) {
-    const uint8_t *qs = b + (q3 ? 32 : 16) + 32 * n;
+    q23k_half(q3, b, n, v, sc, mins);
     for (int j = 0; j < 4; j++)
       for (int l = 0; l < 32; l++) {
-        const int g = 8 * n + 2 * j + l / 16, q = (qs[l] >> (2 * j)) & 3;
+        const int g = 2 * j + l / 16;
         float *o = y + 128 * n + 32 * j + l;
         if (q3)
-          *o = d * (float)(q3k_scale(sc, g) - 32) * (float)(q - ((hm[l] >> (4 * n + j)) & 1 ? 0 : 4));
+          *o = d * (float)sc[g] * (float)v[j][l];
         else
-          *o = d * (float)(sc[g] & 15) * (float)q - dmin * (float)(sc[g] >> 4);
+          *o = d * (float)sc[g] * (float)v[j][l] - dmin * (float)mins[g];
       }
   }
 }

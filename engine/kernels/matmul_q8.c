@@ -139,16 +139,18 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
   if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) {
     const int q3 = fmt == KLE_W_Q3_K;
     float mins = 0.0f;
-    int16_t w[4][32], m[8];
+    int8_t v[4][32];
+    int16_t sc[8], m[8];
     for (int s = 0; s < nb / 8; s++) {
       const uint8_t *blk = row + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
       const float d = qblock_scale(blk + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(blk + 82);
       for (int n = 0; n < 2; n++) {
-        q23k_half(q3, blk, n, w, m);
+        q23k_half(q3, blk, n, v, sc, m);
         for (int j = 0; j < 4; j++) {
           const int b = 8 * s + 4 * n + j;
           int32_t sum = 0, lo = 0, hi = 0;
-          for (int l = 0; l < 32; l++) sum += w[j][l] * qx[b * KLE_QK + l];
+          /* the group scale folded into each weight, as the SIMD versions do */
+          for (int l = 0; l < 32; l++) sum += sc[2 * j + l / 16] * v[j][l] * qx[b * KLE_QK + l];
           acc += d * dx[b] * (float)sum;
           if (q3) continue;
           for (int l = 0; l < 16; l++) lo += qx[b * KLE_QK + l], hi += qx[b * KLE_QK + 16 + l];
@@ -274,7 +276,7 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
 }
 /* block j of a Q2_K / Q3_K half super-block as int16 weights with the scales folded in: values
  * are bits 2j of the 32 bytes at qs (Q3_K, hm not NULL: plus 4 times bit hb of the 32 high-bit
- * bytes, minus 4), the first 16 times s0, the next 16 times s1 (q23k_half's integers) */
+ * bytes, minus 4), the first 16 times s0, the next 16 times s1 (q23k_half's values times their group scales) */
 static inline void q23k_w(const uint8_t *qs, const uint8_t *hm, int j, int hb, int s0, int s1, kq_w *w) {
   const v128_t m3 = wasm_i8x16_splat(3);
   v128_t a = wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(qs), 2 * j), m3), b = wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(qs + 16), 2 * j), m3);
@@ -518,7 +520,7 @@ static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], con
 }
 
 /* T tokens (1..4) against one Q2_K or Q3_K row: each block's weights (q23k_w: q23k_half's
- * integers) made once for all of them; Q2_K's mins as a second dot, of each half-block's min
+ * values times their group scales) made once for all of them; Q2_K's mins as a second dot, of each half-block's min
  * against its codes */
 static void row_dot_q23k(const uint8_t *row, int q3, int T, const float *const dx[4], const int16_t *const qx[4], int nb,
                          float out[4]) {

@@ -65,28 +65,23 @@ static inline int q3k_scale(const uint8_t *s, int j) {
 }
 
 /*
- * Half a Q2_K or Q3_K super-block (n = 0, 1: its values 128 n ..) as the integer products
- * with the group scales folded in, w[j] the 32 values of block 4 n + j of 32: Q3_K's
- * (scale - 32) * (q - 4), at most 128 in magnitude; Q2_K's scale * q, at most 45, and its 8
- * groups' mins at mins[2 j], mins[2 j + 1] (block j's two halves of 16). Value l of block j holds
- * bits 2j of byte 32 n + l of the pairs (Q3_K: and bit 4 n + j of high-bit byte l); its group is
- * 8 n + 2 j + l / 16. The integer dots' scalar reference starts from these; their SIMD versions
- * (matmul_q8.c, q23k_w) make the same integers in vectors.
+ * Half a Q2_K or Q3_K super-block (n = 0, 1: its values 128 n ..) as integers: v[j] the 32 values
+ * of block 4 n + j of 32 (Q3_K's q - 4, in -4..3; Q2_K's q, in 0..3), and the scales of its 8
+ * groups of 16, sc[2 j] and sc[2 j + 1] for block j's two halves (Q3_K's scale - 32; Q2_K's 4-bit
+ * scale), with Q2_K's mins beside them in mins. Value l of block j holds bits 2j of byte 32 n + l
+ * of the pairs (Q3_K: and bit 4 n + j of high-bit byte l). The decoder (matmul.c) and the integer
+ * dots' scalar reference start from these; their SIMD versions (matmul_q8.c, q23k_w) make the
+ * same integers in vectors.
  */
-static inline void q23k_half(int q3, const uint8_t *blk, int n, int16_t w[4][32], int16_t mins[8]) {
-  const uint8_t *qs = blk + (q3 ? 32 : 16) + 32 * n, *hm = blk, *sc = blk + (q3 ? 96 : 0);
-  for (int j = 0; j < 4; j++) {
-    const int g = 8 * n + 2 * j;
-    if (q3) {
-      const int s0 = q3k_scale(sc, g) - 32, s1 = q3k_scale(sc, g + 1) - 32, hb = 4 * n + j;
-      for (int l = 0; l < 32; l++) w[j][l] = (int16_t)((l < 16 ? s0 : s1) * (((qs[l] >> (2 * j)) & 3) + 4 * ((hm[l] >> hb) & 1) - 4));
-    } else {
-      const int s0 = sc[g] & 15, s1 = sc[g + 1] & 15;
-      for (int l = 0; l < 32; l++) w[j][l] = (int16_t)((l < 16 ? s0 : s1) * ((qs[l] >> (2 * j)) & 3));
-      mins[2 * j] = (int16_t)(sc[g] >> 4);
-      mins[2 * j + 1] = (int16_t)(sc[g + 1] >> 4);
-    }
+static inline void q23k_half(int q3, const uint8_t *blk, int n, int8_t v[4][32], int16_t sc[8], int16_t mins[8]) {
+  const uint8_t *qs = blk + (q3 ? 32 : 16) + 32 * n, *hm = blk, *s = blk + (q3 ? 96 : 0);
+  for (int i = 0; i < 8; i++) {
+    sc[i] = (int16_t)(q3 ? q3k_scale(s, 8 * n + i) - 32 : s[8 * n + i] & 15);
+    mins[i] = (int16_t)(q3 ? 0 : s[8 * n + i] >> 4);
   }
+  for (int j = 0; j < 4; j++)
+    for (int l = 0; l < 32; l++)
+      v[j][l] = (int8_t)(((qs[l] >> (2 * j)) & 3) + (q3 ? 4 * ((hm[l] >> (4 * n + j)) & 1) - 4 : 0));
 }
 
 #endif
