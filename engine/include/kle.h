@@ -343,8 +343,9 @@ int kle_model_threads(kle_model *m, int n);
  * same memory (Web Workers; worker_threads in Node), each given its own stack, and each calls
  * kle_thread_serve(pool), which runs the model's work until the pool is replaced or the model
  * freed. kle_model_thread_pool returns the pool and writes how many threads to start now (they are
- * reserved: start exactly that many); 0 and no pool in builds whose threads are their own (native)
- * or that have none. Until they arrive, the work runs on the threads already there.
+ * reserved: start exactly that many; starts NULL: the pool alone, nothing reserved); 0 and no pool
+ * in builds whose threads are their own (native) or that have none. Until they arrive, the work
+ * runs on the threads already there.
  */
 kle_addr kle_model_thread_pool(kle_model *m, int32_t *starts);
 int kle_thread_serve(kle_addr pool);

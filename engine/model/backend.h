@@ -82,7 +82,7 @@ struct kle_backend {
   /* optional (NULL: one thread): sets the threads its operations use when n > 0; returns them */
   int (*threads)(kle_backend_ctx *ctx, int n);
   /* optional (NULL: none): the pool whose threads the host starts (kle_model_thread_pool), and
-   * how many it must start now */
+   * how many it must start now (starts NULL: the pool alone) */
   void *(*host_threads)(kle_backend_ctx *ctx, int *starts);
   /* optional (NULL: host memory, bounded by what the host allocates): free and total bytes */
   int (*mem_info)(kle_backend_ctx *ctx, uint64_t *free_bytes, uint64_t *total_bytes);

@@ -62,7 +62,7 @@ static int cpu_threads(kle_backend_ctx *cx, int n) {
 }
 
 static void *cpu_host_threads(kle_backend_ctx *cx, int *starts) {
-  *starts = kle_pool_host_starts(cx->pool);
+  if (starts) *starts = kle_pool_host_starts(cx->pool);
   return cx->pool;
 }
 

@@ -296,10 +296,9 @@ int kle_model_threads(kle_model *m, int n) {
 }
 
 kle_addr kle_model_thread_pool(kle_model *m, int32_t *starts) {
-  if (!starts) return 0;
   int k = 0;
-  void *p = m && m->b->host_threads ? m->b->host_threads(m->ctx, &k) : NULL;
-  *starts = p ? k : 0;
+  void *p = m && m->b->host_threads ? m->b->host_threads(m->ctx, starts ? &k : NULL) : NULL;
+  if (starts) *starts = p ? k : 0;
   return (kle_addr)p;
 }
 

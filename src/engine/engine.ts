@@ -277,7 +277,6 @@ export class EngineModel {
     for (const s of [...this.sessions]) s.free();
     this.freed = true;
     call(this.backend, 'kle_model_free', [this.handle]);
-    if (this.backend instanceof WasmBackend) this.backend.forgetThreads(this.handle);
   }
 }
 

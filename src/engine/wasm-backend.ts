@@ -87,8 +87,6 @@ export class WasmBackend implements KernelBackend {
   private readonly mem: WebAssembly.Memory;
   private readonly malloc: (bytes: number) => number;
   private readonly release: (ptr: number) => void;
-  /** each model's pool, as startThreads last saw it */
-  private readonly pools = new Map<number, number>();
 
   private constructor(
     readonly name: BackendName,
@@ -147,7 +145,6 @@ export class WasmBackend implements KernelBackend {
     const starts = this.alloc(4);
     try {
       const pool = this.raw('kle_model_thread_pool', model, starts) >>> 0;
-      this.pools.set(model, pool);
       const n = new Int32Array(this.mem.buffer, starts, 1)[0]!;
       for (let i = 0; i < n; i++) {
         const stack = this.alloc(THREAD_STACK);
@@ -159,14 +156,9 @@ export class WasmBackend implements KernelBackend {
     }
   }
 
-  /** Drops what startThreads kept of a freed model (its pool's threads leave on their own). */
-  forgetThreads(model: number): void {
-    this.pools.delete(model);
-  }
-
   /** Threads serving the model's pool now, besides the caller's (0 without threads). */
   threadsServing(model: number): number {
-    const pool = this.pools.get(model);
+    const pool = this.raw('kle_model_thread_pool', model, 0) >>> 0; // the pool alone: nothing reserved
     return pool ? this.raw('kle_thread_serving', pool) : 0;
   }
 
