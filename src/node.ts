@@ -4,7 +4,7 @@ import type { KernelBackend } from './engine/backend.js';
 import { loadCudaBackend, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
 import type { Model } from './model/model.js';
 import type { LoadProgress } from './weights/hf-loader.js';
-import { loadModel } from './model/load.js';
+import { loadModel, type LoadOptions } from './model/load.js';
 import { sourceFromDirectory } from './formats/node-source.js';
 
 export { loadAllKernels, loadCudaBackend, loadNativeBackend, loadWasmBackend, packageRoot } from './engine/node-kernels.js';
@@ -35,8 +35,12 @@ export function defaultModelDir(): string {
  * for await (const ev of session.generate([{ role: 'user', content: 'Hi' }], { maxTokens: 20 }))
  *   if (ev.type === 'token') process.stdout.write(ev.text);
  */
-export async function loadModelFromDirectory(dir = defaultModelDir(), opts: { backend?: NodeBackendName; onProgress?: (p: LoadProgress) => void } = {}): Promise<Model> {
+export async function loadModelFromDirectory(
+  dir = defaultModelDir(),
+  opts: { backend?: NodeBackendName; onProgress?: (p: LoadProgress) => void; synthesize?: LoadOptions['synthesize'] } = {},
+): Promise<Model> {
   // a path to a .gguf file loads that file
+  if (dir.endsWith('.gguf') && opts.synthesize) throw new Error(`${dir}: synthesized weights take a directory with config.json, not a GGUF file`);
   if (dir.endsWith('.gguf')) return loadModel(sourceFromDirectory(dirname(dir)), { backend: await nodeBackend(opts.backend), onProgress: opts.onProgress, gguf: basename(dir) });
-  return loadModel(sourceFromDirectory(dir), { backend: await nodeBackend(opts.backend), onProgress: opts.onProgress });
+  return loadModel(sourceFromDirectory(dir), { backend: await nodeBackend(opts.backend), onProgress: opts.onProgress, synthesize: opts.synthesize });
 }

@@ -12,6 +12,8 @@ export interface NodeServerOptions {
   hostname?: string;
   /** model directory or .gguf file (default: the embedded model) */
   model?: string;
+  /** seeded random weights made in engine memory for the model directory's config (benchmarks at full size) */
+  synthesizeWeights?: { seed: number; dtype?: 'f32' | 'bf16' };
   modelId?: string;
   backend?: NodeBackendName;
   apiKeys?: readonly string[];
@@ -33,7 +35,7 @@ export interface NodeServerOptions {
 
 /** Loads the model, starts listening, resolves with the server and its URL. */
 export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ server: ServerType; url: string; close: () => Promise<void> }> {
-  const model = await loadModelFromDirectory(o.model, { backend: o.backend, onProgress: o.onProgress });
+  const model = await loadModelFromDirectory(o.model, { backend: o.backend, onProgress: o.onProgress, synthesize: o.synthesizeWeights });
   const limits = { ...(o.acceptHandoff ? { maxBodyBytes: 64 << 20 } : {}), ...Object.fromEntries(Object.entries(o.limits ?? {}).filter(([, v]) => v !== undefined)) };
   const { app, pool } = createEdge({
     model,

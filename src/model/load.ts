@@ -8,6 +8,8 @@ import { placeHfModel, type LoadProgress, type Shard } from '../weights/hf-loade
 import { FormatError } from '../formats/safetensors.js';
 import { readAll, readJson, type ModelSource } from '../formats/source.js';
 import { tokenizerFromTiktoken } from '../tokenizer/tiktoken.js';
+import { EngineModel } from '../engine/engine.js';
+import { parseKimiConfig } from '../engine/config.js';
 
 export interface LoadOptions {
   /** the kernels to run on: a WasmBackend (anywhere) or the NativeBackend (Node) */
@@ -15,6 +17,12 @@ export interface LoadOptions {
   onProgress?: (p: LoadProgress) => void;
   /** load this GGUF file of the source instead of an HF checkpoint (default: model.gguf when there is no config.json) */
   gguf?: string;
+  /**
+   * Make seeded random weights in engine memory instead of reading the checkpoint's (which may be
+   * absent): the config and tokenizer come from the source as usual. For benchmarks and a GPU node
+   * at full size without the download (EngineModel.synthesize).
+   */
+  synthesize?: { seed: number; dtype?: 'f32' | 'bf16' };
 }
 
 /**
@@ -24,6 +32,7 @@ export interface LoadOptions {
  */
 export async function loadModel(source: ModelSource, options: LoadOptions): Promise<Model> {
   const config = options.gguf ? null : await readJson(source, 'config.json');
+  if (config === null && options.synthesize) throw new FormatError(`${source.name}: synthesized weights need config.json`);
   if (config === null) {
     const file = options.gguf ?? 'model.gguf';
     const f = await source.open(file);
@@ -36,6 +45,10 @@ export async function loadModel(source: ModelSource, options: LoadOptions): Prom
       engine.free();
       throw e;
     }
+  }
+  if (options.synthesize) {
+    const engine = EngineModel.synthesize(options.backend, parseKimiConfig(config), options.synthesize.seed, options.synthesize.dtype ?? 'bf16');
+    return withTokenizer(source, engine);
   }
   const { files: shards, totalSize } = await shardList(source);
   // one file is opened here for its size; shards one at a time as the loader reaches them
@@ -51,6 +64,11 @@ export async function loadModel(source: ModelSource, options: LoadOptions): Prom
   // the total lets a GPU refuse a checkpoint it cannot hold before reading any of it
   const bytesTotal = single?.size ?? totalSize ?? undefined;
   const engine = await placeHfModel(options.backend, config, opened, { onProgress: options.onProgress, bytesTotal });
+  return withTokenizer(source, engine);
+}
+
+/** The model of an HF-style source's engine and tokenizer (tokenizer.json, or Kimi's tiktoken.model). */
+async function withTokenizer(source: ModelSource, engine: EngineModel): Promise<Model> {
   try {
     const tj = await readJson(source, 'tokenizer.json');
     const tc = (await readJson(source, 'tokenizer_config.json')) as Record<string, unknown> | null;

@@ -2,7 +2,7 @@
 // seed gives the same model on every CPU backend (so on the GPU, test/unit/cuda-parity.test.ts
 // checks the CUDA engine against the CPU on it), a different seed a different one, BF16 weights
 // round F32's, and a synthesized session state decodes like any other.
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { parseKimiConfig } from '../../src/engine/config.js';
 import { EngineError, EngineModel } from '../../src/engine/engine.js';
 import { relErr } from '../../src/verify/relerr.js';
@@ -97,5 +97,47 @@ describe('synthetic model', async () => {
     const m = EngineModel.synthesize(backends[2]!, config, 1, 'bf16');
     expect(m.deviceFree()).toBeNull();
     m.free();
+  });
+});
+
+// A model directory with config.json and a tokenizer but no weights, served with synthesized ones
+// (the GPU node's --synthetic-weights): the engine is EngineModel.synthesize's, the tokenizer the
+// directory's.
+describe('loading a directory with synthesized weights', async () => {
+  const { mkdtempSync, writeFileSync, copyFileSync, rmSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tmpdir } = await import('node:os');
+  const { loadModelFromDirectory, defaultModelDir } = await import('../../src/node.js');
+  const dir = mkdtempSync(join(tmpdir(), 'kle-synth-dir-'));
+  // the default model's tokenizer (2,048 ids) over a tiny config of that vocabulary
+  writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...TINY_CONFIG, vocab_size: 2048 }));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(defaultModelDir(), f), join(dir, f));
+  afterAll(() => rmSync(dir, { recursive: true }));
+
+  it('makes the weights of the seed, takes the directory tokenizer, and generates text', async () => {
+    const model = await loadModelFromDirectory(dir, { backend: 'native', synthesize: { seed: 5, dtype: 'bf16' } });
+    const ref = EngineModel.synthesize(model.backend, model.config, 5, 'bf16');
+    const ids = model.tokenizer!.encode('the state of the kernel');
+    expect(ids.length).toBeGreaterThan(2);
+    expect(relErr(model.engine.createSession().forward(ids), ref.createSession().forward(ids))).toBe(0);
+    const s = model.createSession();
+    let text = '', n = 0;
+    for await (const ev of s.generate([{ role: 'user', content: 'Hi' }], { maxTokens: 6, temperature: 0 })) {
+      if (ev.type === 'token') {
+        text += ev.text;
+        n++;
+      }
+    }
+    expect(n).toBeGreaterThan(0);
+    expect(typeof text).toBe('string');
+    ref.free();
+    model.free();
+  });
+
+  it('refuses a GGUF path or a directory without config.json, naming why', async () => {
+    await expect(loadModelFromDirectory(join(dir, 'x.gguf'), { backend: 'native', synthesize: { seed: 1 } })).rejects.toThrow(/synthesized weights take a directory/);
+    const empty = mkdtempSync(join(tmpdir(), 'kle-synth-empty-'));
+    await expect(loadModelFromDirectory(empty, { backend: 'native', synthesize: { seed: 1 } })).rejects.toThrow(/synthesized weights need config.json/);
+    rmSync(empty, { recursive: true });
   });
 });
