@@ -10,7 +10,11 @@
 // - next to the physical limit of the same run: the bytes one token must read (the dense and
 //   active expert weights, the LM head, the KDA states read and written, the MLA cache at that
 //   length) over the card's copy bandwidth measured now;
-// - a short prompt's prefill rate.
+// - a short prompt's prefill rate;
+// - with --ttft 32768,65536,...: instead of the decode table, the time to prefill prompts of those
+//   lengths (4,096-token chunks, as a server feeds them), hybrid vs all-MLA, longest last; a length
+//   whose time, estimated from the one before as growing with its square (the attention's part),
+//   would pass --ttft-budget seconds for that model is reported as skipped with the estimate.
 // Contexts whose MLA cache (BF16, the GPU's default) does not fit beside the weights are reported as such.
 // Writes bench/results/gpu-48b-<gpu>.json and an SVG.
 import { writeFileSync } from 'node:fs';
@@ -27,7 +31,14 @@ import { gpuTag, machine, table, writeResultAs } from './lib.js';
 import { medianDecodeMs } from './study-models.js';
 import { lineChart } from './svg.js';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, model: { type: 'string', default: 'both' }, profile: { type: 'boolean', default: false } } });
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false }, model: { type: 'string', default: 'both' }, profile: { type: 'boolean', default: false },
+    ttft: { type: 'string' }, 'ttft-budget': { type: 'string', default: '240' },
+  },
+});
+const TTFT = (values.ttft ?? '').split(',').filter(Boolean).map(Number).sort((a, b) => a - b);
+if (TTFT.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--ttft takes prompt lengths, not ${values.ttft}`);
 // --profile: the GPU time of every operation, printed when the model closes (backend_cuda.cu)
 if (values.profile) process.env.KLE_CUDA_PROFILE = '1';
 // a little under each power of two: the 3 + 4 x 24 steps then fit the cache the session reserved
@@ -90,6 +101,32 @@ const rows: Row[] = [];
 const kvFormats: string[] = [];
 const loads: { model: string; seconds: number; weightsGiB: number; freeAfterGiB: number; activeGiBPerToken: number; prefillTokens: number; prefillTokPerS: number }[] = [];
 
+interface TtftRow { model: string; tokens: number; seconds: number | null; tokPerS: number | null; note: string }
+const ttftRows: TtftRow[] = [];
+/** a prompt of each --ttft length through a fresh session, 4,096 tokens a forward */
+function prefillTimes(model: EngineModel, name: string, V: number): TtftRow[] {
+  const out: TtftRow[] = [];
+  const budget = Number(values['ttft-budget']);
+  let spent = 0, last: { tokens: number; seconds: number } | null = null;
+  for (const n of TTFT) {
+    const est = last ? last.seconds * (n / last.tokens) ** 2 : 0;
+    if (spent + est > budget) {
+      out.push({ model: name, tokens: n, seconds: null, tokPerS: null, note: `skipped: about ${est.toFixed(0)} s by the length before, past the ${budget} s budget` });
+      continue;
+    }
+    const s = model.createSession();
+    const t0 = performance.now();
+    for (let i = 0; i < n; i += 4096) s.forward(Array.from({ length: Math.min(4096, n - i) }, (_, j) => ((i + j) * 104729 + 17) % V));
+    const seconds = (performance.now() - t0) / 1000;
+    s.free();
+    spent += seconds;
+    last = { tokens: n, seconds };
+    out.push({ model: name, tokens: n, seconds, tokPerS: n / seconds, note: '' });
+    console.error(`${name}: ${n} tokens prefilled in ${seconds.toFixed(2)} s`);
+  }
+  return out;
+}
+
 const which = values.model === 'both' ? ['hybrid', 'all-MLA'] : [values.model!];
 for (const name of which) {
   const json = name === 'hybrid' ? KIMI_LINEAR_48B_CONFIG : ALL_MLA;
@@ -107,6 +144,11 @@ for (const name of which) {
   w.forward(Array.from({ length: PREFILL }, (_, i) => (i * 104729 + 17) % c.vocabSize));
   const prefillTokPerS = PREFILL / ((performance.now() - t1) / 1000);
   w.free();
+  if (TTFT.length) {
+    ttftRows.push(...prefillTimes(model, name, c.vocabSize));
+    model.free();
+    continue;
+  }
   loads.push({ model: name, seconds, weightsGiB: model.bytes() / GiB, freeAfterGiB: (model.deviceFree() ?? 0) / GiB, activeGiBPerToken: active / GiB, prefillTokens: PREFILL, prefillTokPerS });
   console.error(`${name}: made in ${seconds.toFixed(1)} s, ${(model.bytes() / GiB).toFixed(1)} GiB of weights, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} GiB free; prefill ${prefillTokPerS.toFixed(0)} tok/s`);
   for (const context of CONTEXTS) {
@@ -134,6 +176,18 @@ for (const name of which) {
     console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)}; no graph ${eagerMs.toFixed(3)}); sampled top-p on the host ${sampledHostMs.toFixed(3)}, on the GPU ${sampledGpuMs.toFixed(3)}`);
   }
   model.free();
+}
+
+if (TTFT.length) {
+  console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}\n`);
+  console.log('Time to first token: a prompt prefilled in 4,096-token forwards (BF16 weights and MLA cache)\n');
+  console.log(table(['model', 'prompt tokens', 'seconds', 'tokens/s', 'all-MLA / hybrid', 'note'], ttftRows.map((r) => {
+    const h = ttftRows.find((x) => x.model === 'hybrid' && x.tokens === r.tokens);
+    const ratio = r.model === 'all-MLA' && h?.seconds && r.seconds ? `${(r.seconds / h.seconds).toFixed(2)}x` : '';
+    return [r.model, r.tokens, r.seconds?.toFixed(2) ?? '-', r.tokPerS?.toFixed(0) ?? '-', ratio, r.note];
+  })));
+  console.log(`wrote ${writeResultAs(`gpu-ttft-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, chunk: 4096, rows: ttftRows })}`);
+  process.exit(0);
 }
 
 const k = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)}M` : `${(n / 1024).toFixed(1)}K`);

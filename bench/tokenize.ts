@@ -20,25 +20,12 @@ import { brownDocuments } from '../train/prepare.js';
 import { machine, machineTag, table, writeResult } from './lib.js';
 import { barChart } from './svg.js';
 import o200k from 'js-tiktoken/ranks/o200k_base';
+import { o200kRanks } from './kimi-vocab.js';
 
 const { values } = parseArgs({ options: { mb: { type: 'string', default: '1' } } });
 const text = brownDocuments().map((d) => d.text).join('\n').slice(0, Number(values.mb) * 1_000_000);
 const bytes = new TextEncoder().encode(text).length;
 const GPT2_PAT = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-
-/** tiktoken's rank file text (base64 rank per line) of o200k_base's first n ranks */
-function o200kRanks(n: number): { model: string; ranks: string } {
-  const lines: string[] = [];
-  const kept: string[] = [];
-  for (const line of (o200k as { bpe_ranks: string }).bpe_ranks.split('\n').filter(Boolean)) {
-    const [, off, ...toks] = line.split(' ');
-    const o = Number(off);
-    const take = toks.slice(0, Math.max(0, n - o));
-    take.forEach((t, i) => lines.push(`${t} ${o + i}`));
-    if (take.length) kept.push(['!', String(o), ...take].join(' '));
-  }
-  return { model: lines.join('\n'), ranks: kept.join('\n') };
-}
 
 /** js-tiktoken's ranks for an HF byte-level vocabulary: rank = id, so both give the same ids */
 function ranksOfVocab(vocab: Record<string, number>): string {

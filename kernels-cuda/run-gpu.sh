@@ -24,6 +24,11 @@
 #       the addon, then Moonshot's modeling_kimi.py with fla in BF16 (from .peer/, carried: see
 #       bench/peers/kimi_peer_bench.py) and ours at the 48B shapes, batch 1 and 8 at 4K
 #       (bench/gpu-batch.ts --peer)
+#   bash kernels-cuda/run-gpu.sh route [--long 131072] [--concurrent 32]
+#       the addon, then the 48B model behind the GPU node command and the router, both on loopback:
+#       long prompts and concurrent 4K requests through the router (bench/gpu-route.ts); with
+#       TTFT=32768,65536 first the time to first token of those prompts, hybrid vs all-MLA
+#       (bench/gpu-48b.ts --ttft)
 #   bash kernels-cuda/run-gpu.sh load [--layers N]
 #       the addon, then a sharded BF16 checkpoint of Kimi-Linear-48B-A3B's shapes written to disk
 #       and loaded onto the GPU (bench/gpu-load.ts: GB/s next to a plain read of the files)
@@ -55,7 +60,7 @@ if [ "$mode" = kernels ]; then
   exit 0
 fi
 
-[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = batch ] || [ "$mode" = load ] || [ "$mode" = peer ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | batch | load | peer)" >&2; exit 2; }
+[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = batch ] || [ "$mode" = load ] || [ "$mode" = peer ] || [ "$mode" = route ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | batch | load | peer | route)" >&2; exit 2; }
 [ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
 xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
@@ -66,6 +71,15 @@ node engine/build/build.mjs native cuda 2>&1 | tail -5
 if [ "$mode" = load ]; then
   node .gpu/dist/bench/gpu-load.mjs "$@" 2>&1 | tee "$OUT/gpu-load.log"
   cp bench/results/gpu-load-* "$OUT/" 2>/dev/null || true
+  exit 0
+fi
+if [ "$mode" = route ]; then
+  if [ -n "${TTFT:-}" ]; then
+    node .gpu/dist/bench/gpu-48b.mjs --ttft "$TTFT" --ttft-budget "${TTFT_BUDGET:-200}" 2>&1 | tee "$OUT/gpu-ttft.log"
+    cp bench/results/gpu-ttft-* "$OUT/" 2>/dev/null || true
+  fi
+  node .gpu/dist/bench/gpu-route.mjs "$@" 2>&1 | tee "$OUT/gpu-route.log"
+  cp bench/results/gpu-route-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
 if [ "$mode" = kv ]; then
