@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "ops.cuh"
 
@@ -226,17 +227,23 @@ struct tc_group {
 //
 // TM, the tile's rows: TBM (64), or 16 (1 x 8 warps of 16 x 16) for experts of a few pairs each,
 // whose 64-row tiles are mostly padding (256 streams at 48B: 8 pairs an expert, 2.2 ms a layer).
-template <bool GROUPED, int TM = TBM>
+// WS, the weight slices in flight, and BK, their width: a 16-row tile does little arithmetic per
+// slice, so the kernel is the weights' latency and wants more bytes in the air than two 32-wide
+// stages give (four 32-wide or two 64-wide fit 48 KB of static shared memory at 16 rows; 64-row
+// tiles keep two 32-wide). X stays double-buffered.
+template <bool GROUPED, int TM = TBM, int WS = (TM == 16 ? 4 : 2), int BK = TBK>
 __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
                                                            int T, int N, int Kd, tc_group grp, int kper, float *__restrict__ part) {
   static_assert(TM == 64 || TM == 16, "tiles of 64 or 16 rows");
+  static_assert(WS >= 2 && WS <= 4, "two to four weight stages");
+  static_assert(BK == 32 || BK == 64, "k-slices of 32 or 64");
   constexpr int WM = TM / 32 > 0 ? TM / 32 : 1;  // warps along the rows
   constexpr int MI = TM / (16 * WM);              // 16-row fragments a warp
   constexpr int NW = 8 / WM;                      // warps along the columns
   constexpr int NI = TBN / (8 * NW);              // 8-column fragments a warp
-  constexpr int XV = TM * TBK / 4;                // float4 of a k-slice of X
+  constexpr int XV = TM * BK / 4;                // float4 of a k-slice of X
   constexpr int XJ = (XV + 255) / 256;            // ... a thread
-  __shared__ __align__(16) uint16_t Xh[2][TM][TBK + TPAD], Xl[2][TM][TBK + TPAD], Ws[2][TBN][TBK + TPAD];
+  __shared__ __align__(16) uint16_t Xh[2][TM][BK + TPAD], Xl[2][TM][BK + TPAD], Ws[WS][TBN][BK + TPAD];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int n0 = blockIdx.x * TBN, wm = (warp / NW) * (16 * MI), wn = (warp % NW) * (8 * NI);
   int m0 = blockIdx.y * TM, base = 0;
@@ -250,54 +257,60 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
   const float *xrow[XJ];
 #pragma unroll
   for (int j = 0; j < XJ; j++) {
-    const int r = (tid + j * 256) / (TBK / 4);
+    const int r = (tid + j * 256) / (BK / 4);
     const int m = tid + j * 256 < XV && m0 + r < T ? m0 + r : -1;
     xrow[j] = m < 0 ? nullptr : X + (size_t)(GROUPED ? grp.order[base + m] / grp.x_div : m) * Kd;
   }
   const int kb = GROUPED || !part ? 0 : blockIdx.z * kper;  // the first k-slice of this block
-  const int nk = GROUPED || !part ? Kd / TBK : min(Kd / TBK - kb, kper);
+  const int nk = GROUPED || !part ? Kd / BK : min(Kd / BK - kb, kper);
   if (!GROUPED && part) Y = part + (size_t)blockIdx.z * T * N;
   float acc[MI][NI][4] = {};
   float4 xr[XJ];  // this thread's float4 of the next X slice: rows r = i / 8, columns (i % 8) * 4
   auto load_w = [&](int k, int s) {
 #pragma unroll
-    for (int j = 0; j < 2; j++) {
-      const int i = tid + j * 256, r = i / (TBK / 8), c = (i % (TBK / 8)) * 8;
+    for (int j = 0; j < TBN * BK / 8 / 256; j++) {
+      const int i = tid + j * 256, r = i / (BK / 8), c = (i % (BK / 8)) * 8;
       const bool ok = n0 + r < N;
-      cp_async16(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + (kb + k) * TBK + c, ok);
+      cp_async16(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + (kb + k) * BK + c, ok);
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
   auto load_x = [&](int k) {
 #pragma unroll
     for (int j = 0; j < XJ; j++) {
-      const int c = ((tid + j * 256) % (TBK / 4)) * 4;
-      xr[j] = xrow[j] ? *reinterpret_cast<const float4 *>(xrow[j] + (kb + k) * TBK + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const int c = ((tid + j * 256) % (BK / 4)) * 4;
+      xr[j] = xrow[j] ? *reinterpret_cast<const float4 *>(xrow[j] + (kb + k) * BK + c) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
   };
   auto store_x = [&](int s) {
 #pragma unroll
     for (int j = 0; j < XJ; j++) {
-      const int i = tid + j * 256, r = i / (TBK / 4), c = (i % (TBK / 4)) * 4;
+      const int i = tid + j * 256, r = i / (BK / 4), c = (i % (BK / 4)) * 4;
       if (i >= XV) break;
       const float f[4] = {xr[j].x, xr[j].y, xr[j].z, xr[j].w};
 #pragma unroll
       for (int q = 0; q < 4; q++) split_bf16(f[q], Xh[s][r][c + q], Xl[s][r][c + q]);
     }
   };
-  load_w(0, 0);
+  // slices 0 .. WS - 2 in flight; one commit group a slice (empty past the end), so waiting
+  // until WS - 2 groups are pending means slice k has landed
+#pragma unroll
+  for (int j = 0; j < WS - 1; j++) {
+    if (j < nk) load_w(j, j);
+    else asm volatile("cp.async.commit_group;\n" ::);
+  }
   load_x(0);
   store_x(0);
-  asm volatile("cp.async.wait_group 0;\n" ::);
-  __syncthreads();
   for (int k = 0; k < nk; k++) {
-    const int s = k & 1;
-    if (k + 1 < nk) {
-      load_w(k + 1, s ^ 1);
-      load_x(k + 1);
-    }
+    const int s = k & 1, sw = k % WS;
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(WS - 2));
+    // every warp is past slice k - 1: its weight stage and the other X stage are free
+    __syncthreads();
+    if (k + WS - 1 < nk) load_w(k + WS - 1, (k + WS - 1) % WS);
+    else asm volatile("cp.async.commit_group;\n" ::);
+    if (k + 1 < nk) load_x(k + 1);
 #pragma unroll
-    for (int kk = 0; kk < TBK; kk += 16) {
+    for (int kk = 0; kk < BK; kk += 16) {
       uint32_t ah[MI][4], al[MI][4], b[NI][2];
 #pragma unroll
       for (int mi = 0; mi < MI; mi++) {
@@ -314,8 +327,8 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
 #pragma unroll
       for (int ni = 0; ni < NI; ni++) {
         const int n = wn + ni * 8 + g;
-        b[ni][0] = *reinterpret_cast<const uint32_t *>(&Ws[s][n][kk + 2 * t4]);
-        b[ni][1] = *reinterpret_cast<const uint32_t *>(&Ws[s][n][kk + 2 * t4 + 8]);
+        b[ni][0] = *reinterpret_cast<const uint32_t *>(&Ws[sw][n][kk + 2 * t4]);
+        b[ni][1] = *reinterpret_cast<const uint32_t *>(&Ws[sw][n][kk + 2 * t4 + 8]);
       }
       // the small terms first, into accumulators that do not depend on each other back to back
 #pragma unroll
@@ -328,9 +341,8 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
         for (int ni = 0; ni < NI; ni++) mma_bf16(acc[mi][ni], ah[mi], b[ni][0], b[ni][1]);
     }
     if (k + 1 < nk) store_x(s ^ 1);  // stage s ^ 1 was last read in slice k - 1: every warp is past it
-    asm volatile("cp.async.wait_group 0;\n" ::);
-    __syncthreads();
   }
+  asm volatile("cp.async.wait_group 0;\n" ::);  // nothing left in flight into a block that ends
 #pragma unroll
   for (int mi = 0; mi < MI; mi++)
 #pragma unroll
@@ -478,8 +490,18 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
     return;
   }
   const tc_group grp = {Wtab, offs, order, which, x_div};
-  if (few)
-    gemm_bf16_tc_kernel<true, 16><<<dim3(blocks_for(N, TBN), blocks_for(T, 16), E), 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
+  // 16-row tiles stream 64-wide k-slices, two in flight (half the barriers and waits of 32-wide
+  // ones). KLE_CUDA_EXPERT_PIPE=2 or 4: 32-wide slices, two or four in flight (the earlier
+  // kernels), for a benchmark's before/after in one run.
+  const char *e = getenv("KLE_CUDA_EXPERT_PIPE");
+  const int pipe = e && (e[0] == '2' || e[0] == '4') && !e[1] ? e[0] - '0' : Kd % 64 ? 4 : 0;
+  const dim3 g16(blocks_for(N, TBN), blocks_for(T, 16), E);
+  if (few && pipe == 2)
+    gemm_bf16_tc_kernel<true, 16, 2><<<g16, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
+  else if (few && pipe == 4)
+    gemm_bf16_tc_kernel<true, 16, 4><<<g16, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
+  else if (few)
+    gemm_bf16_tc_kernel<true, 16, 2, 64><<<g16, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
   else
     gemm_bf16_tc_kernel<true><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM), E), 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
 }
