@@ -28,6 +28,7 @@
 // fragment patterns (8-byte loads of rows g at columns 2t; 4-byte loads of rows t at columns g)
 // then hit 32 distinct banks.
 #include <cuda_runtime.h>
+#include <stdlib.h>
 #include <math.h>
 
 #include "../include/kle_cuda.h"
@@ -47,9 +48,19 @@ constexpr int MAXKS = 10;    // k-steps of 8 per warp: D <= 640
 constexpr int MAXVT = 8;     // 8-wide value tiles per warp: Dv <= 512
 constexpr int RS = TJ + 4;   // partial-score and P rows ([head][row]); 4g + t / 8t + g distinct banks
 
-int splits_for(int L) {
-  const int s = (L + 255) / 256;
+// spans of at least min_rows rows, at most 528 of them
+int splits_for(int L, int min_rows = 256) {
+  const int s = (L + min_rows - 1) / min_rows;
   return s < 528 ? s : 528;
+}
+
+// A decode (one group) at a short context: 256-row spans left most SMs idle (4K rows: 16 blocks,
+// about 46 us a layer at 48B); 64-row ones give every SM a block up to 8K rows.
+// KLE_CUDA_MLA_MIN_SPAN=256 restores the old cut (a benchmark's before/after in one run).
+int decode_min_rows() {
+  const char *e = getenv("KLE_CUDA_MLA_MIN_SPAN");
+  const int v = e ? atoi(e) : 0;
+  return v >= TJ && v % TJ == 0 ? v : 2 * TJ;
 }
 
 __host__ __device__ constexpr int row_stride(int D) { return ((D + 31) & ~31) + 8; }
@@ -79,7 +90,8 @@ Plan plan_for(int L, int T, int H, int nsm, int gsz = 32) {
   p.groups = (int)((R + gsz - 1) / gsz);
   p.slots = R < gsz ? (int)R : gsz;
   const int want = p.groups == 1 ? nsm : (2 * nsm + p.groups - 1) / p.groups;
-  p.n = splits_for(L) < want ? splits_for(L) : want < 1 ? 1 : want;
+  const int most = splits_for(L, p.groups == 1 ? decode_min_rows() : 256);
+  p.n = most < want ? most : want < 1 ? 1 : want;
   p.span = ((L + p.n - 1) / p.n + TJ - 1) / TJ * TJ;
   return p;
 }
