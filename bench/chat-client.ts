@@ -42,6 +42,8 @@ export interface ChatRun {
   t0: number;
   first: number;
   last: number;
+  /** performance.now() of every content event (a token whose bytes end no character sends none) */
+  times: number[];
 }
 
 /** One streamed chat completion, greedy, usage included; throws on an HTTP or stream error. */
@@ -53,6 +55,7 @@ export async function streamChat(url: string, label: string, text: string, o: { 
     body: JSON.stringify({ model: o.model ?? 'kimi-linear-default', stream: true, stream_options: { include_usage: true }, max_tokens: o.maxTokens, temperature: 0, messages: [{ role: 'user', content: text }] }),
   });
   if (!res.ok || !res.body) throw new Error(`${label}: HTTP ${res.status}: ${await res.text()}`);
+  const times: number[] = [];
   let first = 0, last = 0, usage: { prompt_tokens: number; completion_tokens: number } | null = null, buf = '';
   const dec = new TextDecoder();
   for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
@@ -69,6 +72,7 @@ export async function streamChat(url: string, label: string, text: string, o: { 
         const now = performance.now();
         if (!first) first = now;
         last = now;
+        times.push(now);
       }
     }
   }
@@ -76,6 +80,6 @@ export async function streamChat(url: string, label: string, text: string, o: { 
   return {
     label, promptChars: text.length, promptTokens: usage.prompt_tokens, ttftMs: first - t0, completionTokens: usage.completion_tokens,
     decodeTokPerS: usage.completion_tokens > 1 ? (usage.completion_tokens - 1) / ((last - first) / 1000) : NaN,
-    totalMs: performance.now() - t0, route: res.headers.get('x-kle-route'), t0, first, last,
+    totalMs: performance.now() - t0, route: res.headers.get('x-kle-route'), t0, first, last, times,
   };
 }

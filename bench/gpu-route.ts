@@ -70,7 +70,11 @@ async function nodeMetrics(): Promise<Record<string, number>> {
   return Object.fromEntries([...text.matchAll(/^(kle_[a-z_]+) ([0-9.e+-]+)$/gm)].map((m) => [m[1]!, Number(m[2])]));
 }
 
-interface Row { case: string; requests: number; promptTokens: number; ttftMs: number; ttftP90Ms: number; perStreamTokPerS: number; totalTokPerS: number; route: string; batchMax: number }
+interface Row {
+  case: string; requests: number; promptTokens: number; ttftMs: number; ttftP90Ms: number; perStreamTokPerS: number; totalTokPerS: number;
+  /** content events a second over all streams once every stream had its first (no prompt left to prefill) */
+  allInTokPerS: number | null; route: string; batchMax: number;
+}
 const rows: Row[] = [];
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
 const p90 = (a: number[]) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(a.length * 0.9))]!;
@@ -79,9 +83,13 @@ function summarize(name: string, runs: ChatRun[], batchMax: number): Row {
   const first = Math.min(...runs.map((r) => r.first)), last = Math.max(...runs.map((r) => r.last));
   const after = runs.reduce((a, r) => a + r.completionTokens - 1, 0);
   const routes = [...new Set(runs.map((r) => r.route ?? 'none'))].join(',');
+  // the window in which every prompt was in and the streams only decoded
+  const allIn = Math.max(...runs.map((r) => r.first)), end = Math.min(...runs.map((r) => r.last));
+  const inWindow = runs.reduce((a, r) => a + r.times.filter((t) => t > allIn && t <= end).length, 0);
   return {
     case: name, requests: runs.length, promptTokens: median(runs.map((r) => r.promptTokens)), ttftMs: median(runs.map((r) => r.ttftMs)), ttftP90Ms: p90(runs.map((r) => r.ttftMs)),
-    perStreamTokPerS: median(runs.map((r) => r.decodeTokPerS)), totalTokPerS: after / ((last - first) / 1000), route: routes, batchMax,
+    perStreamTokPerS: median(runs.map((r) => r.decodeTokPerS)), totalTokPerS: after / ((last - first) / 1000),
+    allInTokPerS: runs.length > 1 && end > allIn ? inWindow / ((end - allIn) / 1000) : null, route: routes, batchMax,
   };
 }
 
@@ -110,8 +118,9 @@ try {
 } catch { /* no nvidia-smi: the name stays unknown */ }
 console.log(`machine: ${JSON.stringify(machine())}, GPU node: ${gpu}, started (weights synthesized) in ${nodeStartS.toFixed(1)} s\n`);
 console.log(`Through the router (native CPU, default model at the edge) to the GPU node (Kimi-Linear-48B-A3B, BF16), loopback, ${maxTokens} tokens out, greedy\n`);
-console.log(table(['requests', 'prompt tokens (median)', 'TTFT s (median)', 'TTFT s (p90)', 'decode tok/s a stream', 'decode tok/s total', 'route', 'node batch max'],
-  rows.map((r) => [r.case, r.promptTokens, (r.ttftMs / 1000).toFixed(2), (r.ttftP90Ms / 1000).toFixed(2), r.perStreamTokPerS.toFixed(1), r.totalTokPerS.toFixed(1), r.route, r.batchMax])));
+console.log(table(['requests', 'prompt tokens (median)', 'TTFT s (median)', 'TTFT s (p90)', 'decode tok/s a stream', 'decode tok/s total', 'total, all prompts in', 'route', 'node batch max'],
+  rows.map((r) => [r.case, r.promptTokens, (r.ttftMs / 1000).toFixed(2), (r.ttftP90Ms / 1000).toFixed(2), r.perStreamTokPerS.toFixed(1), r.totalTokPerS.toFixed(1), r.allInTokPerS?.toFixed(1) ?? '-', r.route, r.batchMax])));
+console.log('(decode tok/s: completion tokens after each stream\'s first over the span of decoding; "all prompts in": content events a second once every stream had its first token and before the first stream ended)');
 for (const r of rows) if (!r.route.startsWith('gpu:')) throw new Error(`${r.case}: routed to ${r.route}, not the GPU node`);
 console.log(`wrote ${writeResultAs(`gpu-route-${gpuTag(gpu)}`, { date: new Date().toISOString(), machine: machine(), gpu, nodeStartS, maxTokens, rows })}`);
 process.exit(0);

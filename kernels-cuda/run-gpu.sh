@@ -67,6 +67,7 @@ chmod +x .gpu/node/bin/node
 export PATH="$PWD/.gpu/node/bin:$PATH"
 node --version
 mkdir -p node_modules && tar -xJf .gpu/vitest.tar.xz -C node_modules  # vitest alone: no npm there
+rm -rf .gpu/dist && tar -xJf .gpu/dist.tar.xz -C .gpu  # the bundled scripts (this call's, never a warm machine's older ones)
 node engine/build/build.mjs native cuda 2>&1 | tail -5
 if [ "$mode" = load ]; then
   node .gpu/dist/bench/gpu-load.mjs "$@" 2>&1 | tee "$OUT/gpu-load.log"
