@@ -21,8 +21,12 @@
 #include <stdlib.h>
 
 #include "ops.cuh"
+#include "tc.cuh"
 
 namespace kle_ops {
+
+using kle_tc::mma_bf16;
+using kle_tc::sm_count;
 
 namespace {
 
@@ -186,22 +190,12 @@ __global__ void __launch_bounds__(256) gemm16_cc_kernel(const uint16_t *__restri
 #define TBK 32
 #define TPAD 8  // halves of padding per shared row: fragment loads of 8 rows land in 8 bank groups
 
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // x as bf16 hi + lo, hi rounded to nearest (its error is then at most half a bf16 step)
 __device__ __forceinline__ void split_bf16(float x, uint16_t &hi, uint16_t &lo) {
-  const __nv_bfloat16 h = __float2bfloat16_rn(x);
-  hi = __bfloat16_as_ushort(h);
-  lo = __bfloat16_as_ushort(__float2bfloat16_rn(x - __bfloat162float(h)));
-}
-
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
-  const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+  uint32_t h, l;
+  kle_tc::split_bf16_bits(x, h, l);
+  hi = (uint16_t)h;
+  lo = (uint16_t)l;
 }
 
 // Y[T, N] = X[T, Kd] W[N, Kd]^T; Kd % TBK == 0. 256 threads, 2 x 4 warps of 32 x 32 over a
@@ -271,7 +265,7 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
     for (int j = 0; j < TBN * BK / 8 / 256; j++) {
       const int i = tid + j * 256, r = i / (BK / 8), c = (i % (BK / 8)) * 8;
       const bool ok = n0 + r < N;
-      cp_async16(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + (kb + k) * BK + c, ok);
+      kle_tc::cp_async16_zfill(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + (kb + k) * BK + c, ok);
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
@@ -364,12 +358,6 @@ __global__ void splitk_sum_kernel(const float *__restrict__ part, int S, long n,
   float a = part[i];
   for (int z = 1; z < S; z++) a += part[(size_t)z * n + i];
   Y[i] = a;
-}
-
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
-  return n;
 }
 
 // splits along Kd for a tensor-core product of T tokens: enough blocks for two waves when the

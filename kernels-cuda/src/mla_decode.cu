@@ -12,8 +12,10 @@
 // log-sum-exps (lse_merge.cuh).
 //
 // Both products run on tensor cores in 3xTF32 (tc.cuh), so results keep f32 accuracy. A BF16
-// cache (the engine's default on the GPU) streams half the bytes into tiles of half the size; a
-// BF16 value is exact in TF32, so its low part is zero and each product drops that pass (2xTF32). With 32
+// cache (the engine's default on the GPU) streams half the bytes into tiles of half the size and
+// multiplies in BF16 (m16n8k16): its values are exact operands, and the f32 side (the query, the
+// probabilities) goes in as a BF16 high part and remainder, two products for what 2xTF32 did in
+// four (2.5-4.5e-6 relative against float64 over the same BF16 values, in simulation). With 32
 // heads a cache row costs 2 H (D + Dv) flops for its 4 D bytes, about 30 flops a byte: f32 CUDA
 // cores cap that far below the memory's rate (README, 'Layouts measured'), while TF32 mma has
 // room to spare even at three products per multiply.
@@ -45,6 +47,8 @@ constexpr int TJ = 32;       // cache rows per tile
 constexpr int NWARP = 8;     // warps per block
 constexpr int THREADS = NWARP * 32;
 constexpr int MAXKS = 10;    // k-steps of 8 per warp: D <= 640
+constexpr int MAXK16 = 5;    // k-steps of 16 per warp (the BF16 products)
+constexpr int RS16 = TJ + 8; // BF16 P rows ([head][row] halves); 20g + t distinct banks
 constexpr int MAXVT = 8;     // 8-wide value tiles per warp: Dv <= 512
 constexpr int RS = TJ + 4;   // partial-score and P rows ([head][row]); 4g + t / 8t + g distinct banks
 
@@ -68,12 +72,6 @@ __host__ __device__ constexpr int row_stride(int D) { return ((D + 31) & ~31) + 
 // two tiles of cache rows (elem bytes each value), then the float arrays
 size_t smem_bytes(int D, size_t elem) {
   return elem * 2 * TJ * row_stride(D) + sizeof(float) * ((size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
-}
-
-int sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
-  return n;
 }
 
 // How the work is cut: groups of 32 (query, head) rows, n spans of the context each. One group
@@ -115,14 +113,9 @@ __device__ __forceinline__ void load_tile(const CT *__restrict__ cache, int jt, 
   cp_async_commit();
 }
 
-// a tile's values as floats: f32 as they are, BF16 (uint16_t bits) widened
+// an f32 tile's values (a BF16 tile's go to the mma as they lie)
 __device__ __forceinline__ float2 ld2(const float *p) { return *reinterpret_cast<const float2 *>(p); }
-__device__ __forceinline__ float2 ld2(const uint16_t *p) {
-  const uint32_t b = *reinterpret_cast<const uint32_t *>(p);
-  return make_float2(__uint_as_float(b << 16), __uint_as_float(b & 0xffff0000u));
-}
 __device__ __forceinline__ float ld1(const float *p) { return *p; }
-__device__ __forceinline__ float ld1(const uint16_t *p) { return __uint_as_float((uint32_t)*p << 16); }
 
 // DC, HC, DVC: the shape when known at compile time (Kimi-Linear's 32 heads, 512 + 64 latent: every
 // shared address a constant offset, no tile predicates), 0 for any other
@@ -155,7 +148,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   }
   if (dev.caches || dev.len) span = ((L0 + 1 + (int)gridDim.x - 1) / (int)gridDim.x + TJ - 1) / TJ * TJ;
   extern __shared__ __align__(16) float smem[];
-  // a BF16 value has no low TF32 part: the pass that multiplies it is skipped
+  // a BF16 cache: its values are mma operands as they are, the f32 side split in two BF16 terms
   constexpr bool BF = sizeof(CT) == 2;
   CT *sm = reinterpret_cast<CT *>(smem);
   const int r0 = slots * blockIdx.y;
@@ -174,20 +167,36 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   // the group's last row sees the most rows
   const int j0 = blockIdx.x * span, j1 = min(L0 + (r0 + H - 1) / HQ - qb + 1, j0 + span);
   const int ntile = j1 > j0 ? (j1 - j0 + TJ - 1) / TJ : 0;
-  const int nks = D / 8, ntq = (H + 7) / 8, nmo = (H + 15) / 16, nvt = Dv / 64;
+  const int nks = D / 8, nk16 = (D + 15) / 16, ntq = (H + 7) / 8, nmo = (H + 15) / 16, nvt = Dv / 64;
   if (ntile > 0) load_tile(cache, j0, j1, D, DS, sm);
 
   // this warp's query slice: head 8 nt + g, columns 8 ks + 2t and + 1 of k-step ks = w + 8 i
-  float qr[MAXKS][4][2];
+  float qr[BF ? 1 : MAXKS][4][2];
+  // with a BF16 cache, 16-wide k-steps ks = w + 8 i as B fragments: columns 16 ks + 2t, + 1 and
+  // + 8, + 9 of head 8 nt + g, high parts then remainders (zero past D, a half step when D % 16)
+  uint32_t qf[BF ? MAXK16 : 1][4][4];
+  if constexpr (BF) {
 #pragma unroll
-  for (int i = 0; i < MAXKS; i++)
+    for (int i = 0; i < MAXK16; i++)
 #pragma unroll
-    for (int nt = 0; nt < 4; nt++) {
-      const int ks = w + NWARP * i, h = 8 * nt + g;
-      const bool ok = ks < nks && h < H;
-      qr[i][nt][0] = ok ? q[h * D + 8 * ks + 2 * t] * scale : 0.f;
-      qr[i][nt][1] = ok ? q[h * D + 8 * ks + 2 * t + 1] * scale : 0.f;
-    }
+      for (int nt = 0; nt < 4; nt++) {
+        const int ks = w + NWARP * i, h = 8 * nt + g, c = 16 * ks + 2 * t;
+        const bool ok = ks < nk16 && h < H, up = ok && c + 8 < D;
+        const float *qh = q + (size_t)h * D + c;
+        split_bf16_pair(ok ? qh[0] * scale : 0.f, ok ? qh[1] * scale : 0.f, qf[i][nt][0], qf[i][nt][2]);
+        split_bf16_pair(up ? qh[8] * scale : 0.f, up ? qh[9] * scale : 0.f, qf[i][nt][1], qf[i][nt][3]);
+      }
+  } else {
+#pragma unroll
+    for (int i = 0; i < MAXKS; i++)
+#pragma unroll
+      for (int nt = 0; nt < 4; nt++) {
+        const int ks = w + NWARP * i, h = 8 * nt + g;
+        const bool ok = ks < nks && h < H;
+        qr[i][nt][0] = ok ? q[h * D + 8 * ks + 2 * t] * scale : 0.f;
+        qr[i][nt][1] = ok ? q[h * D + 8 * ks + 2 * t + 1] * scale : 0.f;
+      }
+  }
   float oacc[2][MAXVT][4];
 #pragma unroll
   for (int m = 0; m < 2; m++)
@@ -217,6 +226,33 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
         for (int n = 0; n < 4; n++)
 #pragma unroll
           for (int r = 0; r < 4; r++) sacc[m][n][r] = 0.f;
+      if constexpr (BF) {
+        // the cache's values are the A fragments as they lie (pairs along a row); two passes,
+        // the query's remainders first, over the eight independent accumulators each
+#pragma unroll
+        for (int i = 0; i < MAXK16; i++) {
+          const int ks = w + NWARP * i;
+          if (ks < nk16) {
+            uint32_t a[2][4];
+            const bool up = 16 * ks + 8 < D;
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+              const CT *r = sc + (16 * m + g) * DS + 16 * ks + 2 * t;
+              a[m][0] = *reinterpret_cast<const uint32_t *>(r);
+              a[m][1] = *reinterpret_cast<const uint32_t *>(r + 8 * DS);
+              a[m][2] = up ? *reinterpret_cast<const uint32_t *>(r + 8) : 0u;
+              a[m][3] = up ? *reinterpret_cast<const uint32_t *>(r + 8 * DS + 8) : 0u;
+            }
+#pragma unroll
+            for (int p = 2; p >= 0; p -= 2)
+#pragma unroll
+              for (int nt = 0; nt < 4; nt++)
+                if (nt < ntq)
+#pragma unroll
+                  for (int m = 0; m < 2; m++) mma_bf16(sacc[m][nt], a[m], qf[i][nt][p], qf[i][nt][p + 1]);
+          }
+        }
+      } else {
 #pragma unroll
       for (int i = 0; i < MAXKS; i++) {
         const int ks = w + NWARP * i;
@@ -237,13 +273,14 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
             split_tf32_nohoist(qr[i][nt][1], bh[nt][1], bl[nt][1]);
           }
 #pragma unroll
-          for (int p = BF ? 1 : 0; p < 3; p++)  // pass 0 multiplies the cache's low part
+          for (int p = 0; p < 3; p++)
 #pragma unroll
             for (int nt = 0; nt < 4; nt++)
               if (nt < ntq)
 #pragma unroll
                 for (int m = 0; m < 2; m++) mma_3xtf32_pass(p, sacc[m][nt], ah[m], al[m], bh[nt], bl[nt]);
         }
+      }
       }
       float *dst = sp + w * 32 * RS;
 #pragma unroll
@@ -291,22 +328,32 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
       const float f = run_max == -INFINITY ? 0.f : __expf(run_max - mn);
       float part = 0.f;
       float ph[4], pl[4];
+      uint32_t bh[4], bl[4];
 #pragma unroll
       for (int r = 0; r < 4; r++) {
         const float p = r < nv ? __expf(e[r] - mn) : 0.f;
         part += p;
         uint32_t hi, lo;
-        split_tf32(p, hi, lo);
-        ph[r] = __uint_as_float(hi);
-        pl[r] = __uint_as_float(lo);
+        if constexpr (BF) {
+          split_bf16_bits(p, bh[r], bl[r]);
+        } else {
+          split_tf32(p, hi, lo);
+          ph[r] = __uint_as_float(hi);
+          pl[r] = __uint_as_float(lo);
+        }
       }
       part += __shfl_xor_sync(0xffffffffu, part, 1);
       part += __shfl_xor_sync(0xffffffffu, part, 2);
       part += __shfl_xor_sync(0xffffffffu, part, 4);
       run_sum = run_sum * f + part;
       run_max = mn;
-      *reinterpret_cast<float4 *>(sph + sh * RS + sr) = make_float4(ph[0], ph[1], ph[2], ph[3]);
-      *reinterpret_cast<float4 *>(spl + sh * RS + sr) = make_float4(pl[0], pl[1], pl[2], pl[3]);
+      if constexpr (BF) {  // BF16 halves, RS16 apart, in the same space
+        *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(sph) + sh * RS16 + sr) = make_uint2(bh[0] | bh[1] << 16, bh[2] | bh[3] << 16);
+        *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(spl) + sh * RS16 + sr) = make_uint2(bl[0] | bl[1] << 16, bl[2] | bl[3] << 16);
+      } else {
+        *reinterpret_cast<float4 *>(sph + sh * RS + sr) = make_float4(ph[0], ph[1], ph[2], ph[3]);
+        *reinterpret_cast<float4 *>(spl + sh * RS + sr) = make_float4(pl[0], pl[1], pl[2], pl[3]);
+      }
       if ((tid & 7) == 0) sfac[sh] = f;
     }
     __syncthreads();
@@ -325,6 +372,40 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
           oacc[m][n][3] *= f1;
         }
       }
+      if constexpr (BF) {
+        // P's halves as A fragments, the cache's value columns as B fragments by ldmatrix.trans
+        // (two 8-column tiles of 16 rows a load), the remainders' pass first
+        const uint16_t *p16[2] = {reinterpret_cast<const uint16_t *>(sph), reinterpret_cast<const uint16_t *>(spl)};
+        const int lr = (lane >> 3 & 1) * 8 + (lane & 7), lc = (lane >> 4) * 8;  // this lane's row of the four matrices
+#pragma unroll
+        for (int ks = 0; ks < TJ / 16; ks++) {
+          uint32_t a[2][2][4];
+#pragma unroll
+          for (int hl = 0; hl < 2; hl++)
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+              const uint16_t *pr = p16[hl] + (16 * m + g) * RS16 + 16 * ks + 2 * t;
+              a[hl][m][0] = *reinterpret_cast<const uint32_t *>(pr);
+              a[hl][m][1] = *reinterpret_cast<const uint32_t *>(pr + 8 * RS16);
+              a[hl][m][2] = *reinterpret_cast<const uint32_t *>(pr + 8);
+              a[hl][m][3] = *reinterpret_cast<const uint32_t *>(pr + 8 * RS16 + 8);
+            }
+#pragma unroll
+          for (int n = 0; n < MAXVT; n += 2) {
+            if (n >= nvt) break;  // the last pair may be a single tile (the second's columns are read, not used)
+            const int n2 = n + 1 < nvt ? 2 : 1;
+            uint32_t b[4];
+            ldmatrix_x4_trans(b, sc + (16 * ks + lr) * DS + d0 + 8 * n + lc);
+#pragma unroll
+            for (int hl = 1; hl >= 0; hl--)
+#pragma unroll
+              for (int u = 0; u < 2; u++)
+#pragma unroll
+                for (int m = 0; m < 2; m++)
+                  if (u < n2 && m < nmo) mma_bf16(oacc[m][n + u], a[hl][m], b[2 * u], b[2 * u + 1]);
+          }
+        }
+      } else {
 #pragma unroll
       for (int ks = 0; ks < TJ / 8; ks++) {
         uint32_t ah[2][4], al[2][4];
@@ -355,11 +436,11 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
           for (int p = 0; p < 3; p++)
 #pragma unroll
             for (int u = 0; u < 2; u++)
-              if (!(BF && p == 1))  // pass 1 multiplies the cache's low part
 #pragma unroll
               for (int m = 0; m < 2; m++)
                 if (u < n2 && m < nmo) mma_3xtf32_pass(p, oacc[m][n + u], ah[m], al[m], bh[u], bl[u]);
         }
+      }
       }
     }
   }

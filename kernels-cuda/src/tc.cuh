@@ -1,5 +1,5 @@
-// tc.cuh: the tensor-core and async-copy primitives the f32 kernels share (kda_chunk.cu,
-// mla_decode.cu).
+// tc.cuh: the tensor-core and async-copy primitives the kernels share (kda_chunk.cu,
+// mla_decode.cu, gemm16.cu).
 //
 // Products run as mma.sync m16n8k8 TF32 in the 3xTF32 form: each f32 operand is split into a
 // TF32 high part and a TF32 remainder, and hi*hi + hi*lo + lo*hi keeps the products at f32
@@ -11,10 +11,18 @@
 #ifndef KLE_CUDA_TC_CUH
 #define KLE_CUDA_TC_CUH
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
 namespace kle_tc {
+
+// the current device's SM count, which the kernels size their grids by (0 without a device)
+inline int sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+  return n;
+}
 
 __device__ __forceinline__ void cp_async16(float *dst, const float *src) {
   const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
@@ -64,6 +72,42 @@ __device__ __forceinline__ void mma_3xtf32_pass(int p, float (&c)[4], const uint
     mma_tf32(c, ah, bl[0], bl[1]);
   else
     mma_tf32(c, ah, bh[0], bh[1]);
+}
+
+// BF16 products (mma m16n8k16, f32 accumulators), for operands one side of which is BF16 already
+// (a BF16 cache): the other, f32, side is split into a BF16 high part and a BF16 remainder, and
+// hi*b + lo*b keeps it to 2^-18 of each product (2.5-4.5e-6 relative in MLA attention against
+// float64, where 3xTF32 gave 0.7-2.6e-6), with half the mma of 2xTF32 at the same k.
+// Fragments (PTX ISA, m16n8k16 .bf16), g = lane / 4, t = lane % 4, each register two values,
+// the lower k in the low half:
+//   A 16x16 row-major: a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
+//   B 16x8:            b0 (k=2t..2t+1, n=g)  b1 (k=2t+8.., n=g)
+//   C as m16n8k8's.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// the bits of x rounded to BF16, and of the remainder x - hi rounded again
+__device__ __forceinline__ void split_bf16_bits(float x, uint32_t &hi, uint32_t &lo) {
+  hi = __bfloat16_as_ushort(__float2bfloat16_rn(x));
+  lo = __bfloat16_as_ushort(__float2bfloat16_rn(x - __uint_as_float(hi << 16)));
+}
+// two values' halves packed as a fragment register: (a, b) with a in the low half
+__device__ __forceinline__ void split_bf16_pair(float a, float b, uint32_t &hi, uint32_t &lo) {
+  uint32_t ha, la, hb, lb;
+  split_bf16_bits(a, ha, la);
+  split_bf16_bits(b, hb, lb);
+  hi = ha | hb << 16;
+  lo = la | lb << 16;
+}
+// four 8x8 BF16 matrices from shared memory, transposed: lanes 8i .. 8i + 7 give the rows of
+// matrix i, each 16 bytes; r[i] is matrix i's B fragment register (k = its row, n = its column)
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *row) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
 }
 
 }  // namespace kle_tc
