@@ -12,6 +12,12 @@
  * each block's dx * sum of codes (2 T n_in / 32 floats in all), and int16 values qx [T, n_in]
  */
 void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx);
+/*
+ * int16 elements qx must hold for T x n_in: the codes, and in builds with a byte-code dot
+ * (AVX-512 VNNI's vpdpbusd) as many again: the codes + 128 as bytes, then each pair of blocks'
+ * scales spread over 16 lanes. UINT64_MAX when that does not fit 64 bits.
+ */
+uint64_t kle_q8_qx_elems(uint64_t T, uint64_t n_in);
 /* Y rows ldy apart = the quantized X (the same T) times n_out rows of W (Q8_0, Q4_0, Q5_0, Q5_1 or a K-quant, Q2_K to Q6_K) */
 int kle_q8_rows(int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out, int n_in);
 

@@ -12,7 +12,7 @@
 
 struct kle_backend_ctx {
   kle_pool *pool; /* native builds: worker threads, as many as cores by default; wasm: none */
-  /* a quantized matmul's activations as int16 codes and block scales, kept between calls (a
+  /* a quantized matmul's activations as int16 codes (and byte codes, kle_q8_qx_elems) and block scales, kept between calls (a
    * fresh buffer per call cost its page faults every time past malloc's mmap threshold) */
   int16_t *qx;
   float *dx;
@@ -135,7 +135,7 @@ static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, 
   const int quant = kle_matmul_int8(w->fmt, T);
   struct mm_job j = {w, X, Y, NULL, NULL, T, KLE_OK};
   if (quant) { /* the activations quantized once, into buffers kept between calls */
-    KLE_TRY(q8_room(cx, kle_mul64((uint64_t)T, (uint64_t)w->cols), kle_mul64((uint64_t)(2 * T), (uint64_t)(w->cols / KLE_QK))));
+    KLE_TRY(q8_room(cx, kle_q8_qx_elems((uint64_t)T, (uint64_t)w->cols), kle_mul64((uint64_t)(2 * T), (uint64_t)(w->cols / KLE_QK))));
     kle_q8_quantize_x(X, T, w->cols, cx->dx, cx->qx);
     j.dx = cx->dx;
     j.qx = cx->qx;
