@@ -28,7 +28,8 @@ export function defaultModelDir(): string {
 
 /**
  * Loads a model directory (default: the embedded default model) or a .gguf file on the chosen
- * kernels.
+ * kernels. `synthesize` makes seeded random weights in engine memory for the directory's
+ * config.json instead of reading its safetensors (which may be absent); its tokenizer loads as usual.
  * @example
  * const model = await loadModelFromDirectory();
  * const session = model.createSession();
