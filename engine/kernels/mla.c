@@ -125,9 +125,7 @@ int kle_mla_up_v_ref(const float *W, const float *o, float *y, int H, int R, int
 typedef float vwf __attribute__((vector_size(MLA_W * 4)));
 typedef float vwf_u __attribute__((vector_size(MLA_W * 4), aligned(4), may_alias));
 static inline vwf wload(const float *p) { return *(const vwf_u *)p; }
-#if MLA_W > 4 /* the wide value pass (wasm's 4 lanes take simd.h's) */
 static inline void wstore(float *p, vwf x) { *(vwf_u *)p = x; }
-#endif
 static inline vwf wsplat(float x) { return (vwf){0} + x; }
 static inline float wsum(vwf x) {
 #if MLA_W == 4
@@ -247,8 +245,7 @@ static void mla_span(const float *q, const float *cache, int j0, int j1, int H, 
         float *a0p = acc + (size_t)(h0 + hh) * Dv, *a1p = a0p + Dv, *a2p = a1p + Dv, *a3p = a2p + Dv;
         const v4f c0 = vsplat(cf[hh]), c1 = vsplat(cf[hh + 1]), c2 = vsplat(cf[hh + 2]), c3 = vsplat(cf[hh + 3]);
         int d = 0;
-#if MLA_W > 4
-        {
+        { /* four heads, two vectors each, a pass; a lane sums the same terms in the same order at any width */
           const vwf e0 = wsplat(cf[hh]), e1 = wsplat(cf[hh + 1]), e2 = wsplat(cf[hh + 2]), e3 = wsplat(cf[hh + 3]);
           for (; d + 2 * MLA_W <= Dv; d += 2 * MLA_W) {
             vwf x0 = wload(a0p + d) * e0, y0 = wload(a0p + d + MLA_W) * e0;
@@ -272,29 +269,6 @@ static void mla_span(const float *q, const float *cache, int j0, int j1, int H, 
             wstore(a2p + d, x2); wstore(a2p + d + MLA_W, y2);
             wstore(a3p + d, x3); wstore(a3p + d + MLA_W, y3);
           }
-        }
-#endif
-        for (; d + 8 <= Dv; d += 8) {
-          v4f x0 = vload(a0p + d) * c0, y0 = vload(a0p + d + 4) * c0;
-          v4f x1 = vload(a1p + d) * c1, y1 = vload(a1p + d + 4) * c1;
-          v4f x2 = vload(a2p + d) * c2, y2 = vload(a2p + d + 4) * c2;
-          v4f x3 = vload(a3p + d) * c3, y3 = vload(a3p + d + 4) * c3;
-          for (int j = 0; j < nb; j++) {
-            const float *cj = blk + (size_t)j * D + d;
-            const v4f va = vload(cj), vb = vload(cj + 4);
-            v4f w = vsplat(p0[j]);
-            x0 += w * va; y0 += w * vb;
-            w = vsplat(p1[j]);
-            x1 += w * va; y1 += w * vb;
-            w = vsplat(p2[j]);
-            x2 += w * va; y2 += w * vb;
-            w = vsplat(p3[j]);
-            x3 += w * va; y3 += w * vb;
-          }
-          vstore(a0p + d, x0); vstore(a0p + d + 4, y0);
-          vstore(a1p + d, x1); vstore(a1p + d + 4, y1);
-          vstore(a2p + d, x2); vstore(a2p + d + 4, y2);
-          vstore(a3p + d, x3); vstore(a3p + d + 4, y3);
         }
         for (; d < Dv; d += 4) {
           v4f x0 = vload(a0p + d) * c0, x1 = vload(a1p + d) * c1, x2 = vload(a2p + d) * c2, x3 = vload(a3p + d) * c3;
