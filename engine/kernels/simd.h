@@ -65,4 +65,30 @@ static inline v4f vexp(v4f x) {
 
 static inline v4f vsigmoid(v4f x) { return vsplat(1.0f) / (vsplat(1.0f) + vexp(-x)); }
 
+/*
+ * softplus(x) = log(1 + e^x) = max(x, 0) + log1p(u), u = e^-|x| in (0, 1], for 4 lanes.
+ * log1p(u) is log(y), y = 1 + u, times u / (y - 1): the factor undoes y's rounding (Goldberg's
+ * correction; where y rounds to 1, log1p(u) = u). log(y) for y in (1, 2]: y = 2^e m with m in
+ * [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172, by its series to
+ * s^11 (truncation below 1e-10 relative). Within a few ulp of log1pf(expf(x)) (test/unit/ops.test.ts
+ * checks 1e-6 against float64 over |x| up to 40).
+ */
+static inline v4f vsoftplus(v4f x) {
+  const v4i absmask = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+  const v4f ax = (v4f)((v4i)x & absmask), one = vsplat(1.0f);
+  const v4f u = vexp(-ax), y = one + u;
+  const v4i big = y > vsplat(1.41421356f);
+  const v4f m = vsel(big, y * vsplat(0.5f), y), e = vsel(big, one, vsplat(0.0f));
+  const v4f s = (m - one) / (m + one), s2 = s * s;
+  v4f p = vsplat(1.0f / 11.0f);
+  p = p * s2 + vsplat(1.0f / 9.0f);
+  p = p * s2 + vsplat(1.0f / 7.0f);
+  p = p * s2 + vsplat(1.0f / 5.0f);
+  p = p * s2 + vsplat(1.0f / 3.0f);
+  p = p * s2 + one;
+  const v4f lg = vsplat(2.0f) * s * p + e * vsplat(0.693147181f), d = y - one;
+  const v4f l1p = vsel(d == vsplat(0.0f), u, lg * (u / vsel(d == vsplat(0.0f), one, d)));
+  return vmax(x, vsplat(0.0f)) + l1p;
+}
+
 #endif
