@@ -80,11 +80,13 @@ describe(`norms, activations, gates and the short conv against their formulas (s
           const g = new Float32Array(nTok * H * K);
           k.kdaGate({ x, A_log, dtBias, g, nTok, H, K, lowerBound }, impl);
           expect(relErr(g, want), `${k.name} ${impl} lb=${lowerBound}`).toBeLessThan(1e-6);
-          // value by value too: the tiny softplus values of very negative z keep their digits
-          // (the sigmoid form's worst, at |z| = 40, measured 3.2e-6)
-          let worst = 0;
-          for (let i = 0; i < g.length; i++) worst = Math.max(worst, Math.abs(g[i]! - want[i]!) / Math.abs(want[i]!));
-          expect(worst, `${k.name} ${impl} lb=${lowerBound} worst value`).toBeLessThan(lowerBound === 0 ? 2e-6 : 5e-6);
+          // value by value too: the tiny softplus values of very negative z keep their digits (the
+          // sigmoid form's can fall below f32's range, e^-200, where only the L2 bound above means much)
+          if (lowerBound === 0) {
+            let worst = 0;
+            for (let i = 0; i < g.length; i++) worst = Math.max(worst, Math.abs(g[i]! - want[i]!) / Math.abs(want[i]!));
+            expect(worst, `${k.name} ${impl} softplus, worst value`).toBeLessThan(2e-6);
+          }
           expect(g.every((v) => v <= 0)).toBe(true);
           if (lowerBound < 0) expect(g.every((v) => v >= lowerBound)).toBe(true);
         }
