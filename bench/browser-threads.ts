@@ -6,16 +6,13 @@
 // and decode steps on 1 thread and on 2 (Web Workers it starts), checks the logits are the same
 // to the bit, and posts its timings back. Not in `npm test` (CI has no browser): a benchmark run
 // by hand, results in bench/results/browser-threads-<machine>.json.
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { build } from 'esbuild';
 import { packageRoot } from '../src/node.js';
 import { machine, table, writeResult } from './lib.js';
+import { runPageInChromium } from './browser-page.js';
 
 const { values } = parseArgs({ options: { chromium: { type: 'string', default: 'chromium' } } });
 const root = packageRoot();
@@ -66,42 +63,12 @@ try {
 } catch (e) { out.error = String(e && e.stack || e); }
 await fetch('/result', { method: 'POST', body: JSON.stringify(out) });
 `;
-const dir = mkdtempSync(join(tmpdir(), 'kle-browser-'));
 const bundle = await build({ stdin: { contents: page, resolveDir: root, loader: 'js' }, bundle: true, format: 'esm', platform: 'browser', write: false,
   target: 'chrome120', external: ['node:*'], logLevel: 'warning' });
 const js = bundle.outputFiles[0]!.text;
 const wasm = readFileSync(join(root, 'wasm', 'dist', 'kle-simd-mt.wasm'));
-const isolation = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
 interface Result { isolated: boolean; ua: string; cores: number; runs?: { threads: number; serving: number; prefillMs: number; decodeMs: number }[]; identical?: boolean; error?: string }
-const result = await new Promise<Result>((resolve, reject) => {
-  const server = createServer((req, res) => {
-    if (req.url === '/result') {
-      let body = '';
-      req.on('data', (c) => (body += c));
-      req.on('end', () => {
-        res.end();
-        server.close();
-        resolve(JSON.parse(body) as Result);
-      });
-      return;
-    }
-    const [type, data] = req.url === '/app.js' ? ['text/javascript', js] : req.url === '/kle-simd-mt.wasm' ? ['application/wasm', wasm]
-      : ['text/html', '<!doctype html><script type="module" src="/app.js"></script>'];
-    res.writeHead(200, { 'content-type': type, ...isolation });
-    res.end(data);
-  });
-  server.listen(0, '127.0.0.1', () => {
-    const port = (server.address() as { port: number }).port;
-    const browser = spawn(values.chromium!, ['--headless=new', '--no-sandbox', '--disable-gpu', `--user-data-dir=${dir}`, `http://127.0.0.1:${port}/`], { stdio: 'ignore' });
-    const timer = setTimeout(() => reject(new Error('no result from the page in 120 s')), 120_000);
-    server.on('close', () => {
-      clearTimeout(timer);
-      browser.kill();
-    });
-    browser.on('error', reject);
-  });
-});
-rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 }); // the browser may still be writing as it exits
+const result = await runPageInChromium<Result>({ chromium: values.chromium!, appJs: js, timeoutMs: 120_000, assets: { '/kle-simd-mt.wasm': { type: 'application/wasm', data: wasm } } });
 if (result.error || !result.runs) throw new Error(`the page failed: ${result.error}`);
 console.log(`machine: ${JSON.stringify(machine())}; ${result.ua}; cross-origin isolated: ${result.isolated}; hardwareConcurrency ${result.cores}\n`);
 console.log(`wasm threads in the browser (BF16 model of 4 layers, hidden 512; 256-token prefill, then 32 decode steps); same logits on 1 and 2 threads: ${result.identical}\n`);

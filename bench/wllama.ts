@@ -9,15 +9,13 @@
 // weights the model otherwise emits bytes that are not UTF-8, and wllama's JSON glue fails on them
 // ("invalid UTF-8 byte"). Not in `npm test` (CI has no browser): a benchmark run by hand, results
 // in bench/results/wllama-<machine>.json.
-import { spawn } from 'node:child_process';
-import { createReadStream, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:http';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { build } from 'esbuild';
 import { packageRoot } from '../src/node.js';
 import { machine, table, writeResult } from './lib.js';
+import { runPageInChromium } from './browser-page.js';
 
 const { values, positionals } = parseArgs({ options: { chromium: { type: 'string', default: 'chromium' } }, allowPositionals: true });
 if (!positionals.length) throw new Error('usage: npx tsx bench/wllama.ts FILE.gguf... (bench:peers leaves its files in a kle-peers-* temporary folder)');
@@ -81,53 +79,14 @@ const bundle = await build({ stdin: { contents: page, resolveDir: root, loader: 
 const js = bundle.outputFiles[0]!.text;
 const ours = readFileSync(join(root, 'wasm', 'dist', 'kle-simd.wasm'));
 const theirs = readFileSync(join(root, 'node_modules', '@wllama', 'wllama', 'esm', 'wasm', 'wllama.wasm'));
-const isolation = { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' };
 
 interface Side { ppTokS: number; tgTokS: number; promptTokens?: number; genTokens?: number }
 interface Result { ua: string; ours?: Side; wllama?: Side; error?: string }
-async function runPage(gguf: string): Promise<Result> {
-  const dir = mkdtempSync(join(tmpdir(), 'kle-wllama-'));
-  let exited: Promise<unknown> = Promise.resolve();
-  try {
-    return await new Promise<Result>((resolve, reject) => {
-      const server = createServer((req, res) => {
-        if (req.url === '/result') {
-          let body = '';
-          req.on('data', (c) => (body += c));
-          req.on('end', () => {
-            res.end();
-            server.close();
-            resolve(JSON.parse(body) as Result);
-          });
-          return;
-        }
-        if (req.url === '/model.gguf') {
-          res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': statSync(gguf).size, ...isolation });
-          createReadStream(gguf).pipe(res);
-          return;
-        }
-        const [type, data] = req.url === '/app.js' ? ['text/javascript', js] : req.url === '/kle-simd.wasm' ? ['application/wasm', ours]
-          : req.url === '/wllama.wasm' ? ['application/wasm', theirs] : ['text/html', '<!doctype html><script type="module" src="/app.js"></script>'];
-        res.writeHead(200, { 'content-type': type, ...isolation });
-        res.end(data);
-      });
-      server.listen(0, '127.0.0.1', () => {
-        const port = (server.address() as { port: number }).port;
-        const browser = spawn(values.chromium!, ['--headless=new', '--no-sandbox', '--disable-gpu', `--user-data-dir=${dir}`, `http://127.0.0.1:${port}/`], { stdio: 'ignore' });
-        exited = new Promise((r) => browser.once('exit', r));
-        const timer = setTimeout(() => reject(new Error(`${gguf}: no result from the page in 600 s`)), 600_000);
-        server.on('close', () => {
-          clearTimeout(timer);
-          browser.kill();
-        });
-        browser.on('error', reject);
-      });
-    });
-  } finally {
-    await exited; // the browser writes its profile until it is gone
-    rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
-  }
-}
+const runPage = (gguf: string) => runPageInChromium<Result>({ chromium: values.chromium!, appJs: js, timeoutMs: 600_000, assets: {
+  '/model.gguf': { type: 'application/octet-stream', file: gguf },
+  '/kle-simd.wasm': { type: 'application/wasm', data: ours },
+  '/wllama.wasm': { type: 'application/wasm', data: theirs },
+} });
 
 const rows: { model: string; ours: Side; wllama: Side }[] = [];
 let ua = '';
