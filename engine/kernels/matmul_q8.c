@@ -211,6 +211,9 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
  * converted and scaled into it; acc_sum, its horizontal sum.
  */
 #if defined(__wasm_simd128__)
+/* Bit fields are cut with 16-bit shifts and byte masks, not wasm's 8-bit shifts: x86 has none, and
+ * V8 emulates each with several instructions (a 16-bit shift whose stray bits the mask removes,
+ * or a left shift of bits that stay inside their byte, is the same result in one). */
 typedef struct {
   v128_t v[4];
 } kq_w;
@@ -227,7 +230,7 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
     blk = row + (size_t)b * Q4_BYTES;
     const v128_t p = wasm_v128_load(blk + 2), eight = wasm_i8x16_splat(8);
     w0 = wasm_i8x16_sub(wasm_v128_and(p, wasm_i8x16_splat(15)), eight);
-    w1 = wasm_i8x16_sub(wasm_u8x16_shr(p, 4), eight);
+    w1 = wasm_i8x16_sub(wasm_v128_and(wasm_u16x8_shr(p, 4), wasm_i8x16_splat(15)), eight);
   }
   w->v[0] = wasm_i16x8_extend_low_i8x16(w0);
   w->v[1] = wasm_i16x8_extend_high_i8x16(w0);
@@ -238,13 +241,13 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
 /* 32 bytes of Q4_K nibbles: group a's 32 values (low nibbles), group b's (high), widened */
 static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) {
   const v128_t p0 = wasm_v128_load(q), p1 = wasm_v128_load(q + 16), m = wasm_i8x16_splat(15);
-  v128_t l0 = wasm_v128_and(p0, m), l1 = wasm_v128_and(p1, m), h0 = wasm_u8x16_shr(p0, 4), h1 = wasm_u8x16_shr(p1, 4);
+  v128_t l0 = wasm_v128_and(p0, m), l1 = wasm_v128_and(p1, m), h0 = wasm_v128_and(wasm_u16x8_shr(p0, 4), m), h1 = wasm_v128_and(wasm_u16x8_shr(p1, 4), m);
   if (qh) { /* Q5_K: bits 2g and 2g + 1 of the fifth-bit bytes */
     const v128_t b0 = wasm_v128_load(qh), b1 = wasm_v128_load(qh + 16), one = wasm_i8x16_splat(1);
-    l0 = wasm_v128_or(l0, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b0, 2 * g), one), 4));
-    l1 = wasm_v128_or(l1, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b1, 2 * g), one), 4));
-    h0 = wasm_v128_or(h0, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b0, 2 * g + 1), one), 4));
-    h1 = wasm_v128_or(h1, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(b1, 2 * g + 1), one), 4));
+    l0 = wasm_v128_or(l0, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(b0, 2 * g), one), 4));
+    l1 = wasm_v128_or(l1, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(b1, 2 * g), one), 4));
+    h0 = wasm_v128_or(h0, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(b0, 2 * g + 1), one), 4));
+    h1 = wasm_v128_or(h1, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(b1, 2 * g + 1), one), 4));
   }
   a->v[0] = wasm_u16x8_extend_low_u8x16(l0);
   a->v[1] = wasm_u16x8_extend_high_u8x16(l0);
@@ -265,7 +268,7 @@ static inline void q50_w(const uint8_t *blk, int q51, kq_w *w) {
   const v128_t hi = wasm_i8x16_swizzle(m, wasm_i8x16_const(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
   const v128_t s16 = wasm_i8x16_splat(16), p = wasm_v128_load(blk + (q51 ? 8 : 6)), off = wasm_i8x16_splat(q51 ? 0 : 16);
   const v128_t w0 = wasm_i8x16_sub(wasm_v128_or(wasm_v128_and(p, wasm_i8x16_splat(15)), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(lo, bits), bits), s16)), off);
-  const v128_t w1 = wasm_i8x16_sub(wasm_v128_or(wasm_u8x16_shr(p, 4), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(hi, bits), bits), s16)), off);
+  const v128_t w1 = wasm_i8x16_sub(wasm_v128_or(wasm_v128_and(wasm_u16x8_shr(p, 4), wasm_i8x16_splat(15)), wasm_v128_and(wasm_i8x16_eq(wasm_v128_and(hi, bits), bits), s16)), off);
   w->v[0] = wasm_i16x8_extend_low_i8x16(w0);
   w->v[1] = wasm_i16x8_extend_high_i8x16(w0);
   w->v[2] = wasm_i16x8_extend_low_i8x16(w1);
@@ -279,8 +282,8 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
   const v128_t H[2] = {wasm_v128_load(qh), wasm_v128_load(qh + 16)};
   for (int k = 0; k < 4; k++)
     for (int half = 0; half < 2; half++) {
-      const v128_t l = L[2 * (k & 1) + half], lo = k & 2 ? wasm_u8x16_shr(l, 4) : wasm_v128_and(l, m4);
-      const v128_t hi = wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(H[half], 2 * k), m2), 4);
+      const v128_t l = L[2 * (k & 1) + half], lo = wasm_v128_and(k & 2 ? wasm_u16x8_shr(l, 4) : l, m4);
+      const v128_t hi = wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(H[half], 2 * k), m2), 4);
       const v128_t q = wasm_i8x16_sub(wasm_v128_or(lo, hi), k32), s = wasm_i16x8_splat(sc[2 * k + half]);
       w[k].v[2 * half] = wasm_i16x8_mul(wasm_i16x8_extend_low_i8x16(q), s);
       w[k].v[2 * half + 1] = wasm_i16x8_mul(wasm_i16x8_extend_high_i8x16(q), s);
@@ -291,11 +294,11 @@ static inline void q6k_w(const uint8_t *ql, const uint8_t *qh, const int8_t *sc,
  * bytes, minus 4), the first 16 times s0, the next 16 times s1 (q23k_half's values times their group scales) */
 static inline void q23k_w(const uint8_t *qs, const uint8_t *hm, int j, int hb, int s0, int s1, kq_w *w) {
   const v128_t m3 = wasm_i8x16_splat(3);
-  v128_t a = wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(qs), 2 * j), m3), b = wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(qs + 16), 2 * j), m3);
+  v128_t a = wasm_v128_and(wasm_u16x8_shr(wasm_v128_load(qs), 2 * j), m3), b = wasm_v128_and(wasm_u16x8_shr(wasm_v128_load(qs + 16), 2 * j), m3);
   if (hm) {
     const v128_t one = wasm_i8x16_splat(1), four = wasm_i8x16_splat(4);
-    a = wasm_i8x16_sub(wasm_v128_or(a, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(hm), hb), one), 2)), four);
-    b = wasm_i8x16_sub(wasm_v128_or(b, wasm_i8x16_shl(wasm_v128_and(wasm_u8x16_shr(wasm_v128_load(hm + 16), hb), one), 2)), four);
+    a = wasm_i8x16_sub(wasm_v128_or(a, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(wasm_v128_load(hm), hb), one), 2)), four);
+    b = wasm_i8x16_sub(wasm_v128_or(b, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(wasm_v128_load(hm + 16), hb), one), 2)), four);
   }
   const v128_t S0 = wasm_i16x8_splat((int16_t)s0), S1 = wasm_i16x8_splat((int16_t)s1);
   w->v[0] = wasm_i16x8_mul(wasm_i16x8_extend_low_i8x16(a), S0);
