@@ -66,14 +66,16 @@ describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, 
 
   // kimi-edge convert --type q4_k_m writes Q4_K and Q6_K (engine/kernels/kquant_encode.c): the
   // same bytes from every backend; decoded, within the errors measured for them (Gaussian rows,
-  // some super-blocks 100 times smaller than others: relative RMS 0.071 for Q4_K and 0.017 for
-  // Q6_K; largest error 0.11 and 0.021 of its super-block's largest magnitude)
+  // some super-blocks 100 times smaller than others; over 300 seeds the largest were relative RMS
+  // 0.0728 for Q4_K and 0.0176 for Q6_K, largest error 0.1365 and 0.0285 of its super-block's
+  // largest magnitude: the bounds below leave a margin over those, where the first ones, from one
+  // seed, failed on about one seed in a hundred)
   it('Q4_K and Q6_K encoders: one result on every backend, within their measured errors', async () => {
     const rng = new Rng(SEED ^ 0x4b);
     const n = 256 * 64;
     const x = rng.normals(n);
     for (let i = 0; i < n; i++) if ((i >> 8) % 4 === 1) x[i]! *= 0.01;
-    const limits = { q4_k: [0.075, 0.12], q6_k: [0.019, 0.025] } as const;
+    const limits = { q4_k: [0.08, 0.15], q6_k: [0.02, 0.032] } as const;
     for (const fmt of ['q4_k', 'q6_k'] as const) {
       const outs: Uint8Array[] = [];
       for (const k of await allKernels()) {
