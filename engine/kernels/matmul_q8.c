@@ -326,16 +326,15 @@ static inline float acc_sum(kq_acc a) {
 typedef __m512i kq_w;
 typedef __m512 kq_acc;
 
-static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w) {
-  if (fmt == KLE_W_Q8_0) {
-    const uint8_t *blk = row + (size_t)b * Q8_BYTES;
-    *w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2)));
-    return blk;
-  }
-  const uint8_t *blk = row + (size_t)b * Q4_BYTES;
+/* a Q8_0 / Q4_0 block's 32 signed weights as bytes (Q4_0: the low nibbles, then the high, - 8) */
+static inline __m256i block_bytes(int fmt, const uint8_t *blk) {
+  if (fmt == KLE_W_Q8_0) return _mm256_loadu_si256((const __m256i *)(blk + 2));
   const __m128i p = _mm_loadu_si128((const __m128i *)(blk + 2)), lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-  const __m128i w0 = _mm_sub_epi8(_mm_and_si128(p, lo4), eight), w1 = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight);
-  *w = _mm512_cvtepi8_epi16(_mm256_set_m128i(w1, w0));
+  return _mm256_set_m128i(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(p, 4), lo4), eight), _mm_sub_epi8(_mm_and_si128(p, lo4), eight));
+}
+static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w) {
+  const uint8_t *blk = row + (size_t)b * (fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES);
+  *w = _mm512_cvtepi8_epi16(block_bytes(fmt, blk));
   return blk;
 }
 static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) {
@@ -627,13 +626,7 @@ static void make_byte_codes(const float *dx, int T, int n_in, int16_t *qx) {
 
 /* two blocks' 64 signed weights */
 static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
-  if (fmt == KLE_W_Q8_0)
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 2))), _mm256_loadu_si256((const __m256i *)(b + 2)), 1);
-  const __m128i lo4 = _mm_set1_epi8(15), eight = _mm_set1_epi8(8);
-  const __m128i pa = _mm_loadu_si128((const __m128i *)(a + 2)), pb = _mm_loadu_si128((const __m128i *)(b + 2));
-  const __m256i wa = _mm256_set_m128i(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(pa, 4), lo4), eight), _mm_sub_epi8(_mm_and_si128(pa, lo4), eight));
-  const __m256i wb = _mm256_set_m128i(_mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(pb, 4), lo4), eight), _mm_sub_epi8(_mm_and_si128(pb, lo4), eight));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(block_bytes(fmt, a)), block_bytes(fmt, b), 1);
 }
 
 /* T tokens (1..4) from token t0 on against one Q8_0 / Q4_0 row, two blocks a step (an odd last
@@ -786,8 +779,8 @@ static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, flo
   const long rb = kle_row_bytes(fmt, n_in);
   if (!int_dot_format(fmt) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
   /* T x n_in activations as int16, their scales and scaled sums: sizes from the caller's shape, in 64 bits */
-  const uint64_t n = (uint64_t)T * (uint64_t)n_in, elems = kle_q8_qx_elems((uint64_t)T, (uint64_t)n_in);
-  if (n > SIZE_MAX / 4 || elems > SIZE_MAX / 4) return KLE_ENOMEM;
+  const uint64_t elems = kle_q8_qx_elems((uint64_t)T, (uint64_t)n_in); /* at least T n_in */
+  if (elems > SIZE_MAX / 4) return KLE_ENOMEM;
   int16_t *qx = malloc(sizeof(int16_t) * (size_t)elems + 2);
   float *dx = malloc(2 * sizeof(float) * (size_t)T * (size_t)(n_in / KLE_QK) + 4);
   if (!qx || !dx) {
