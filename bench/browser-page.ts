@@ -1,12 +1,20 @@
 // Runs a page in headless Chromium and returns what it posts to /result: a static server on
 // loopback with the headers that make the page cross-origin isolated (COOP same-origin, COEP
 // require-corp: SharedArrayBuffer and shared wasm memory need them), a fresh profile directory,
-// removed once the browser has exited. Used by bench/browser-threads.ts and bench/wllama.ts.
+// removed once the browser has exited; and the page's script bundled. Used by bench/browser-threads.ts and bench/wllama.ts.
 import { spawn } from 'node:child_process';
 import { createReadStream, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { build } from 'esbuild';
+
+/** A page's module source (imports resolved from resolveDir) bundled for Chromium by esbuild. */
+export async function bundlePage(source: string, resolveDir: string): Promise<string> {
+  const out = await build({ stdin: { contents: source, resolveDir, loader: 'js' }, bundle: true, format: 'esm', platform: 'browser', write: false,
+    target: 'chrome120', external: ['node:*'], logLevel: 'warning' });
+  return out.outputFiles[0]!.text;
+}
 
 /** a route's body: bytes or text with their content type, or a file streamed from disk */
 export type PageAsset = { type: string; data: string | Uint8Array } | { type: string; file: string };

@@ -9,10 +9,9 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { build } from 'esbuild';
 import { packageRoot } from '../src/node.js';
 import { machine, table, writeResult } from './lib.js';
-import { runPageInChromium } from './browser-page.js';
+import { bundlePage, runPageInChromium } from './browser-page.js';
 
 const { values } = parseArgs({ options: { chromium: { type: 'string', default: 'chromium' } } });
 const root = packageRoot();
@@ -63,9 +62,7 @@ try {
 } catch (e) { out.error = String(e && e.stack || e); }
 await fetch('/result', { method: 'POST', body: JSON.stringify(out) });
 `;
-const bundle = await build({ stdin: { contents: page, resolveDir: root, loader: 'js' }, bundle: true, format: 'esm', platform: 'browser', write: false,
-  target: 'chrome120', external: ['node:*'], logLevel: 'warning' });
-const js = bundle.outputFiles[0]!.text;
+const js = await bundlePage(page, root);
 const wasm = readFileSync(join(root, 'wasm', 'dist', 'kle-simd-mt.wasm'));
 interface Result { isolated: boolean; ua: string; cores: number; runs?: { threads: number; serving: number; prefillMs: number; decodeMs: number }[]; identical?: boolean; error?: string }
 const result = await runPageInChromium<Result>({ chromium: values.chromium!, appJs: js, timeoutMs: 120_000, assets: { '/kle-simd-mt.wasm': { type: 'application/wasm', data: wasm } } });

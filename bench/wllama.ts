@@ -12,10 +12,9 @@
 import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { build } from 'esbuild';
 import { packageRoot } from '../src/node.js';
 import { machine, table, writeResult } from './lib.js';
-import { runPageInChromium } from './browser-page.js';
+import { bundlePage, runPageInChromium } from './browser-page.js';
 
 const { values, positionals } = parseArgs({ options: { chromium: { type: 'string', default: 'chromium' } }, allowPositionals: true });
 if (!positionals.length) throw new Error('usage: npx tsx bench/wllama.ts FILE.gguf... (bench:peers leaves its files in a kle-peers-* temporary folder)');
@@ -74,9 +73,7 @@ try {
 } catch (e) { out.error = String(e && e.stack || e); }
 await fetch('/result', { method: 'POST', body: JSON.stringify(out) });
 `;
-const bundle = await build({ stdin: { contents: page, resolveDir: root, loader: 'js' }, bundle: true, format: 'esm', platform: 'browser', write: false,
-  target: 'chrome120', external: ['node:*'], logLevel: 'warning' });
-const js = bundle.outputFiles[0]!.text;
+const js = await bundlePage(page, root);
 const ours = readFileSync(join(root, 'wasm', 'dist', 'kle-simd.wasm'));
 const theirs = readFileSync(join(root, 'node_modules', '@wllama', 'wllama', 'esm', 'wasm', 'wllama.wasm'));
 
