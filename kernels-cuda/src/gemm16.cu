@@ -267,7 +267,7 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
       const bool ok = n0 + r < N;
       kle_tc::cp_async16_zfill(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + (kb + k) * BK + c, ok);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    kle_tc::cp_async_commit();
   };
   auto load_x = [&](int k) {
 #pragma unroll
@@ -291,17 +291,17 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
 #pragma unroll
   for (int j = 0; j < WS - 1; j++) {
     if (j < nk) load_w(j, j);
-    else asm volatile("cp.async.commit_group;\n" ::);
+    else kle_tc::cp_async_commit();
   }
   load_x(0);
   store_x(0);
   for (int k = 0; k < nk; k++) {
     const int s = k & 1, sw = k % WS;
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(WS - 2));
+    kle_tc::cp_async_wait<WS - 2>();
     // every warp is past slice k - 1: its weight stage and the other X stage are free
     __syncthreads();
     if (k + WS - 1 < nk) load_w(k + WS - 1, (k + WS - 1) % WS);
-    else asm volatile("cp.async.commit_group;\n" ::);
+    else kle_tc::cp_async_commit();
     if (k + 1 < nk) load_x(k + 1);
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
@@ -336,7 +336,7 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
     }
     if (k + 1 < nk) store_x(s ^ 1);  // stage s ^ 1 was last read in slice k - 1: every warp is past it
   }
-  asm volatile("cp.async.wait_group 0;\n" ::);  // nothing left in flight into a block that ends
+  kle_tc::cp_async_wait<0>();  // nothing left in flight into a block that ends
 #pragma unroll
   for (int mi = 0; mi < MI; mi++)
 #pragma unroll

@@ -15,7 +15,7 @@
 // cache (the engine's default on the GPU) streams half the bytes into tiles of half the size and
 // multiplies in BF16 (m16n8k16): its values are exact operands, and the f32 side (the query, the
 // probabilities) goes in as a BF16 high part and remainder, two products for what 2xTF32 did in
-// four (2.5-4.5e-6 relative against float64 over the same BF16 values, in simulation). With 32
+// four (worst 4.0e-6 relative against float64 over the same BF16 values, bench/mla_decode.py). With 32
 // heads a cache row costs 2 H (D + Dv) flops for its 4 D bytes, about 30 flops a byte: f32 CUDA
 // cores cap that far below the memory's rate (README, 'Layouts measured'), while TF32 mma has
 // room to spare even at three products per multiply.
@@ -76,7 +76,7 @@ size_t smem_bytes(int D, size_t elem) {
 
 // How the work is cut: groups of 32 (query, head) rows, n spans of the context each. One group
 // (a decode) takes one block per SM, the kernel's 196 KB of shared memory allowing no second;
-// more groups take enough spans for two waves. Spans are at least 256 rows.
+// more groups take enough spans for two waves. Spans are at least 256 rows (a lone group's 64).
 struct Plan {
   int groups, slots, n, span;
 };
