@@ -103,6 +103,12 @@ struct kle_backend {
 
   /* Y[T, w->rows] = X[T, w->cols] W^T */
   int (*matmul)(kle_backend_ctx *ctx, const kle_tensor *w, const float *X, float *Y, int T);
+  /*
+   * optional (NULL: matmul for each): Y[i][T, w[i]->rows] = X[i][T, w[i]->cols] w[i]^T for
+   * i < n <= 8, as one operation: a decode step's projections of one input (on a GPU each was a
+   * launch, a ramp and a tail of its own, more than its bytes took)
+   */
+  int (*matmul_n)(kle_backend_ctx *ctx, int n, const kle_tensor *const *w, const float *const *X, float *const *Y, int T);
   /* x[t] = table[tokens[t]] as f32; tokens in host memory, already range-checked; NULL: the one
    * token graph_step wrote to the device */
   int (*embed)(kle_backend_ctx *ctx, const kle_tensor *table, const int32_t *tokens, float *x, int T);

@@ -19,6 +19,16 @@
 static const kle_tensor *W_(const kle_model *m, int role, int layer) { return kle_tensor_at(m, role, layer); }
 static const float *F_(const kle_model *m, int role, int layer) { return (const float *)W_(m, role, layer)->data; }
 
+/* Y[i] = X[i] W_i^T for the n <= 8 roles' weights of layer l: in one operation where the backend
+ * has it (one launch on a GPU), else one by one */
+static int matmuls(const kle_model *m, int n, const int *roles, int l, const float *const *X, float *const *Y, int T) {
+  const kle_tensor *w[8];
+  for (int i = 0; i < n; i++) w[i] = W_(m, roles[i], l);
+  if (m->b->matmul_n) return m->b->matmul_n(m->ctx, n, w, X, Y, T);
+  for (int i = 0; i < n; i++) KLE_TRY(m->b->matmul(m->ctx, w[i], X[i], Y[i], T));
+  return KLE_OK;
+}
+
 /* ---------------------------------------------------------------- linear attention (KDA / GDN gate) */
 /* gate values per head: one per channel (KDA) or one per head (Gated DeltaNet) */
 static int kda_gate_width(const kle_model *m) {
@@ -152,10 +162,16 @@ static int kda_forward(kle_session *s, int l, const float *h, float *y, int T) {
    * it is made (by then a batch's projections would have pushed the first ones out of cache),
    * all through one buffer. */
   if ((T == 1 && b->kda_fused_step != NULL) || s->rows) {
-    for (int i = 0; i < 3; i++) KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_Q + i, l), h, s->a[i], T));
-    KLE_TRY(low_rank(s, KLE_T_KDA_F_A, KLE_T_KDA_F_B, l, h, graw, T));
-    KLE_TRY(b->matmul(cx, W_(m, KLE_T_KDA_BETA, l), h, braw, T));
-    KLE_TRY(low_rank(s, KLE_T_KDA_G_A, KLE_T_KDA_G_B, l, h, oraw, T));
+    /* every product of h at once, then both low-rank second halves (their first halves in q's and
+     * k's temporaries, which only the row-by-row fallback below uses, after them) */
+    const int first[6] = {KLE_T_KDA_Q, KLE_T_KDA_K, KLE_T_KDA_V, KLE_T_KDA_F_A, KLE_T_KDA_BETA, KLE_T_KDA_G_A};
+    const float *hx[6] = {h, h, h, h, h, h};
+    float *out1[6] = {s->a[0], s->a[1], s->a[2], q, braw, k};
+    KLE_TRY(matmuls(m, 6, first, l, hx, out1, T));
+    const int second[2] = {KLE_T_KDA_F_B, KLE_T_KDA_G_B};
+    const float *lx[2] = {q, k};
+    float *out2[2] = {graw, oraw};
+    KLE_TRY(matmuls(m, 2, second, l, lx, out2, T));
     const int rc = kda_rows(s, l, T);
     if (rc != KLE_OK && rc != KLE_ENOSYS) return rc;
     for (int r = 0; r < T && rc == KLE_ENOSYS; r++) KLE_TRY(kda_row(s->rows ? s->rows[r] : s, l, s, r));
@@ -245,8 +261,10 @@ static int mla_forward(kle_session *s, int l, const float *h, float *y, int T) {
    * operations how long the cache can be (the graph is captured again when it grows) */
   const int L0op = s->dyn ? -s->cap : L0;
   const float scale = 1.0f / sqrtf((float)(nope + rope));
-  KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_Q, l), h, qf, T));
-  KLE_TRY(b->matmul(cx, W_(m, KLE_T_MLA_KV_A, l), h, kv, T));
+  const int proj[2] = {KLE_T_MLA_Q, KLE_T_MLA_KV_A};
+  const float *hx[2] = {h, h};
+  float *pout[2] = {qf, kv};
+  KLE_TRY(matmuls(m, 2, proj, l, hx, pout, T));
   if (s->rows) { /* a batched step: row r joins session rows[r]'s cache, and attends over it */
     KLE_TRY(b->mla_absorb(cx, (const float *)kle_derived_at(m, l, 0)->data, qf, qlat, T, Hm, nope, rope, R));
     int rc = KLE_ENOSYS;
@@ -286,13 +304,10 @@ const kle_layer_kind kle_mixers[2] = {
 };
 
 /* ---------------------------------------------------------------- feed-forward blocks */
-/* y = down(silu(gate h) * up h) */
-static int swiglu_mlp(kle_session *s, int rg, int ru, int rd, int l, const float *h, float *y, int T) {
+/* y = down(silu(a[0]) * a[1]) once a[0] = gate h and a[1] = up h ([T, I]) are made */
+static int swiglu_down(kle_session *s, int rd, int l, int I, float *y, int T) {
   const kle_model *m = s->m;
-  const kle_tensor *wg = W_(m, rg, l);
-  KLE_TRY(m->b->matmul(m->ctx, wg, h, s->a[0], T));
-  KLE_TRY(m->b->matmul(m->ctx, W_(m, ru, l), h, s->a[1], T));
-  KLE_TRY(m->b->swiglu(m->ctx, s->a[0], s->a[1], s->a[2], (size_t)T * wg->rows));
+  KLE_TRY(m->b->swiglu(m->ctx, s->a[0], s->a[1], s->a[2], (size_t)T * I));
   return m->b->matmul(m->ctx, W_(m, rd, l), s->a[2], y, T);
 }
 
@@ -307,7 +322,11 @@ static int dense_expect(const kle_model *m, int role, int *rows, int *cols, int 
 }
 
 static int dense_forward(kle_session *s, int l, const float *h, float *y, int T) {
-  return swiglu_mlp(s, KLE_T_FFN_GATE, KLE_T_FFN_UP, KLE_T_FFN_DOWN, l, h, y, T);
+  const int gu[2] = {KLE_T_FFN_GATE, KLE_T_FFN_UP};
+  const float *hx[2] = {h, h};
+  float *out[2] = {s->a[0], s->a[1]};
+  KLE_TRY(matmuls(s->m, 2, gu, l, hx, out, T));
+  return swiglu_down(s, KLE_T_FFN_DOWN, l, W_(s->m, KLE_T_FFN_GATE, l)->rows, y, T);
 }
 
 static int moe_expect(const kle_model *m, int role, int *rows, int *cols, int *anyfmt) {
@@ -332,16 +351,21 @@ static int moe_forward(kle_session *s, int l, const float *h, float *y, int T) {
   const kle_backend *b = m->b;
   kle_backend_ctx *cx = m->ctx;
   const kle_tensor *bias = W_(m, KLE_T_MOE_BIAS, l);
-  KLE_TRY(b->matmul(cx, W_(m, KLE_T_MOE_ROUTER, l), h, s->a[0], T));
+  /* the router's and the shared expert's products of h at once */
+  const int shared = c[KLE_CFG_SHARED_EXPERTS] > 0;
+  const int proj[3] = {KLE_T_MOE_ROUTER, KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP};
+  const float *hx[3] = {h, h, h};
+  float *pout[3] = {s->a[3], s->a[0], s->a[1]};
+  KLE_TRY(matmuls(m, shared ? 3 : 1, proj, l, hx, pout, T));
   /* renormalizing a single choice would turn its weight into 1; the reference leaves it */
   const int renorm = c[KLE_CFG_RENORM] && K > 1;
-  KLE_TRY(b->moe_route(cx, s->a[0], bias->data ? (const float *)bias->data : NULL, T, E, K, c[KLE_CFG_N_GROUP],
+  KLE_TRY(b->moe_route(cx, s->a[3], bias->data ? (const float *)bias->data : NULL, T, E, K, c[KLE_CFG_N_GROUP],
                        c[KLE_CFG_TOPK_GROUP], c[KLE_CFG_ROUTER_ACT], renorm, m->cfgf[KLE_CFGF_ROUTED_SCALE], s->route_idx,
                        s->route_w));
   KLE_TRY(b->moe_experts(cx, m->expert_tabs[l], s->route_idx, s->route_w, h, y, T, K, D, c[KLE_CFG_MOE_INTER],
                          s->moe_scratch));
-  if (c[KLE_CFG_SHARED_EXPERTS] > 0) {
-    KLE_TRY(swiglu_mlp(s, KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP, KLE_T_SHEXP_DOWN, l, h, s->a[4], T));
+  if (shared) {
+    KLE_TRY(swiglu_down(s, KLE_T_SHEXP_DOWN, l, W_(m, KLE_T_SHEXP_GATE, l)->rows, s->a[4], T));
     KLE_TRY(b->add(cx, y, s->a[4], (size_t)T * D));
   }
   return KLE_OK;

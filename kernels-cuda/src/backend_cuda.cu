@@ -389,6 +389,26 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
   return launched();
 }
 
+// One token's products with several weights in one launch where each fits gemv_multi; else one by one
+int cu_matmul_n(kle_backend_ctx *cx, int n, const kle_tensor *const *w, const float *const *X, float *const *Y, int T) {
+  kle_ops::mv_set set = {};
+  bool one = T == 1 && n <= kle_ops::MV_MAX;
+  for (int i = 0; one && i < n; i++) {
+    const int f = w[i]->fmt;
+    set.e[i] = {w[i]->data, X[i], Y[i], w[i]->rows, w[i]->cols,
+                f == KLE_W_F32 ? kle_ops::MV_F32 : f == KLE_W_BF16 ? kle_ops::MV_BF16 : kle_ops::MV_F16, 0};
+    one = (f == KLE_W_F32 || f == KLE_W_BF16 || f == KLE_W_F16) && kle_ops::gemv_multi_ok(set.e[i]);
+  }
+  if (!one) {
+    for (int i = 0; i < n; i++) KLE_TRY(cu_matmul(cx, w[i], X[i], Y[i], T));
+    return KLE_OK;
+  }
+  Span sp(cx, "matmul several", n, T);
+  set.n = n;
+  kle_ops::gemv_multi(set, cx->st);
+  return launched();
+}
+
 int cu_embed(kle_backend_ctx *cx, const kle_tensor *table, const int32_t *tokens, float *x, int T) {
   Span sp(cx, "embed", T);
   // NULL: a captured step's token, which graph_step wrote at tok[0]
@@ -682,6 +702,10 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
     mv(1, h, K, u, MI, D);
     kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
   }
+  if (tab->fmt[2] != KLE_W_F32 && MI % 8 == 0 && ((uintptr_t)g & 15) == 0) {
+    kle_ops::expert_down_combine16(tab->fmt[2] == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, g, w, y, T, K, D, MI, cx->st);
+    return launched();
+  }
   mv(2, g, 1, ye, D, MI);
   kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
   return launched();
@@ -842,6 +866,7 @@ kle_backend make_backend() {
   b.experts_table = cu_experts_table;
   b.experts_table_free = cu_experts_table_free;
   b.matmul = cu_matmul;
+  b.matmul_n = cu_matmul_n;
   b.embed = cu_embed;
   b.rmsnorm = cu_rmsnorm;
   b.add = cu_add;

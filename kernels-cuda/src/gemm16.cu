@@ -99,10 +99,12 @@ __device__ __forceinline__ void row_dot16(const uint16_t *__restrict__ w, const 
 template <int TT>
 __global__ void __launch_bounds__(256) gemv16_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
                                                      int nt, int N, int Kd, int is_bf16, int vec) {
-  // as matvec_kernel (ops.cu): a programmatic dependent launch after this one may start now
-  cudaTriggerProgrammaticLaunchCompletion();
+  // a programmatic dependent launch after this one (the KDA layer step) may start now
+  pdl_trigger();
   const int row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
+  prefetch_l2(W + (size_t)row * Kd, 2 * (size_t)Kd, lane);  // the weights, while the kernel before finishes
+  pdl_wait();
   float acc[TT];
   row_dot16<TT>(W + (size_t)row * Kd, X, (size_t)Kd, nt, Kd, is_bf16, vec, lane, acc);
   if (lane == 0)
@@ -111,18 +113,20 @@ __global__ void __launch_bounds__(256) gemv16_kernel(const uint16_t *__restrict_
       if (t < nt) Y[(size_t)t * N + row] = acc[t];
 }
 
-// Few rows (N < 2048, one token): 4 warps share a row, each a quarter of its columns, so that
+// Few rows (N < 4096, one token): 4 warps share a row, each a quarter of its columns, so that
 // a row's loads are all in flight at once (a warp alone walked a 2304-column row in 3 dependent
 // rounds: 8.7 us for a 128-row matrix that 3 TB/s reads in 0.2)
 __global__ void __launch_bounds__(256) gemv16_split_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
                                                            int N, int Kd, int is_bf16) {
-  cudaTriggerProgrammaticLaunchCompletion();
+  pdl_trigger();
   __shared__ float part[8];
   const int lane = threadIdx.x % 32, wid = threadIdx.x / 32, row = blockIdx.x * 2 + wid / 4, q = wid % 4;
+  const int n8 = Kd / 8, per = (n8 + 3) / 4, i0 = q * per, i1 = min(n8, i0 + per);
+  const uint4 *w8 = reinterpret_cast<const uint4 *>(W + (size_t)row * Kd);
+  if (row < N && i1 > i0) prefetch_l2(w8 + i0, 16 * (size_t)(i1 - i0), lane);
+  pdl_wait();
   float acc = 0.f;
   if (row < N) {
-    const int n8 = Kd / 8, per = (n8 + 3) / 4, i0 = q * per, i1 = min(n8, i0 + per);
-    const uint4 *w8 = reinterpret_cast<const uint4 *>(W + (size_t)row * Kd);
 #pragma unroll 4
     for (int i = i0 + lane; i < i1; i += 32) {
       float wf[8];
@@ -392,14 +396,139 @@ __global__ void __launch_bounds__(256) expert_gemv16_kernel(const uint16_t *cons
 __global__ void __launch_bounds__(256) expert_gate_up16_kernel(const uint16_t *const *__restrict__ Wtab, const int32_t *__restrict__ idx,
                                                                const float *__restrict__ X, int x_div, float *__restrict__ G, int N, int Kd,
                                                                int is_bf16, int vec) {
+  pdl_wait();  // which experts: the routing just made them
+  pdl_trigger();
   const int p = blockIdx.y, row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
   const size_t e = (size_t)idx[p] * 3;
   const float *x = X + (size_t)(p / x_div) * Kd;
   float g[1], u[1];
-  row_dot16<1>(Wtab[e] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, g);
-  row_dot16<1>(Wtab[e + 1] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, u);
+  if (vec) {  // one loop over both rows: their loads go out together (row after row: 26.6 us a 48B layer, 60% of the bandwidth)
+    const uint4 *g8 = reinterpret_cast<const uint4 *>(Wtab[e] + (size_t)row * Kd), *u8 = reinterpret_cast<const uint4 *>(Wtab[e + 1] + (size_t)row * Kd);
+    const float4 *x4 = reinterpret_cast<const float4 *>(x);
+    float ga = 0.f, ua = 0.f;
+#pragma unroll 3
+    for (int i = lane; i < Kd / 8; i += 32) {
+      const uint4 a = ld_stream(g8 + i), b = ld_stream(u8 + i);
+      float fa[8], fb[8];
+      unpack8(a, is_bf16, fa);
+      unpack8(b, is_bf16, fb);
+      const float4 x0 = x4[2 * i], x1 = x4[2 * i + 1];
+      ga += fa[0] * x0.x + fa[1] * x0.y + fa[2] * x0.z + fa[3] * x0.w + fa[4] * x1.x + fa[5] * x1.y + fa[6] * x1.z + fa[7] * x1.w;
+      ua += fb[0] * x0.x + fb[1] * x0.y + fb[2] * x0.z + fb[3] * x0.w + fb[4] * x1.x + fb[5] * x1.y + fb[6] * x1.z + fb[7] * x1.w;
+    }
+    g[0] = warp_sum(ga);
+    u[0] = warp_sum(ua);
+  } else {
+    row_dot16<1>(Wtab[e] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, g);
+    row_dot16<1>(Wtab[e + 1] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, u);
+  }
   if (lane == 0) G[(size_t)p * N + row] = g[0] / (1.0f + expf(-g[0])) * u[0];
+}
+
+// y[t, row] = sum_k w[t, k] (down_e[row] . G[t * K + k]), e = idx[t, k]: the down matvec and
+// moe_combine's weighted sum in one launch (they were 14.7 + 11.7 us a 48B layer at batch 1, ncu).
+// DOWN_SPLIT warps share a row, each two pairs' loads in flight together (a warp a row and all
+// its pairs in turn: 18.3 us); each pair's dot goes through shared memory and one thread sums
+// them in k order as moe_combine did, so the result has the same bits.
+#define DOWN_SPLIT 4
+__global__ void __launch_bounds__(256) expert_down_combine16_kernel(const uint16_t *const *__restrict__ Wtab, const int32_t *__restrict__ idx,
+                                                                    const float *__restrict__ G, const float *__restrict__ w,
+                                                                    float *__restrict__ y, int K, int N, int Kd, int is_bf16) {
+  pdl_wait();  // which experts: the routing just made them
+  pdl_trigger();
+  __shared__ float dots[8 / DOWN_SPLIT][64];  // K <= 64 (kle_moe_route)
+  const int t = blockIdx.y, wid = threadIdx.x / 32, lane = threadIdx.x % 32, r = wid / DOWN_SPLIT, q = wid % DOWN_SPLIT;
+  const int row = blockIdx.x * (8 / DOWN_SPLIT) + r;
+  if (row < N) {
+    for (int k0 = q; k0 < K; k0 += 2 * DOWN_SPLIT) {
+      const int k1 = k0 + DOWN_SPLIT < K ? k0 + DOWN_SPLIT : k0;  // k1 == k0: one pair left
+      const size_t p0 = (size_t)t * K + k0, p1 = (size_t)t * K + k1;
+      const uint4 *w0 = reinterpret_cast<const uint4 *>(Wtab[(size_t)idx[p0] * 3 + 2] + (size_t)row * Kd);
+      const uint4 *w1 = reinterpret_cast<const uint4 *>(Wtab[(size_t)idx[p1] * 3 + 2] + (size_t)row * Kd);
+      const float4 *x0 = reinterpret_cast<const float4 *>(G + p0 * Kd), *x1 = reinterpret_cast<const float4 *>(G + p1 * Kd);
+      float d0 = 0.f, d1 = 0.f;
+#pragma unroll 4
+      for (int i = lane; i < Kd / 8; i += 32) {
+        const uint4 u0 = ld_stream(w0 + i), u1 = ld_stream(w1 + i);
+        float f0[8], f1[8];
+        unpack8(u0, is_bf16, f0);
+        unpack8(u1, is_bf16, f1);
+        const float4 a0 = x0[2 * i], b0 = x0[2 * i + 1], a1 = x1[2 * i], b1 = x1[2 * i + 1];
+        d0 += f0[0] * a0.x + f0[1] * a0.y + f0[2] * a0.z + f0[3] * a0.w + f0[4] * b0.x + f0[5] * b0.y + f0[6] * b0.z + f0[7] * b0.w;
+        d1 += f1[0] * a1.x + f1[1] * a1.y + f1[2] * a1.z + f1[3] * a1.w + f1[4] * b1.x + f1[5] * b1.y + f1[6] * b1.z + f1[7] * b1.w;
+      }
+      d0 = warp_sum(d0);
+      d1 = warp_sum(d1);
+      if (lane == 0) {
+        dots[r][k0] = d0;
+        if (k1 != k0) dots[r][k1] = d1;
+      }
+    }
+  }
+  __syncthreads();
+  if (q == 0 && lane == 0 && row < N) {
+    float acc = 0.f;
+    for (int k = 0; k < K; k++) acc += w[(size_t)t * K + k] * dots[r][k];
+    y[(size_t)t * N + row] = acc;
+  }
+}
+
+// ---------------------------------------------------------------- several matvecs, one launch
+// One token's products with up to MV_MAX weights (16-bit or f32; each with its own input and
+// output) in blocks of 8 / SPLIT rows, entry after entry; SPLIT warps share a row when the rows
+// are too few to fill the card a warp each (as gemv16_split_kernel). A decode step made each of a
+// layer's projections a launch of its own, each paying a launch, a ramp and a tail (a 4096 x 2304
+// BF16 matvec: 8.4 us against 4.8 for its bytes, ncu).
+template <int SPLIT>
+__global__ void __launch_bounds__(256) gemv_multi_kernel(mv_set s) {
+  pdl_trigger();  // as gemv16_kernel: a KDA step may come next
+  __shared__ float part[8];
+  mv_entry e = s.e[0];
+#pragma unroll
+  for (int j = 1; j < MV_MAX; j++)  // unrolled: the entries stay in the parameter bank, no local copy
+    if (j < s.n && (int)blockIdx.x >= s.e[j].block0) e = s.e[j];
+  const int wid = threadIdx.x / 32, lane = threadIdx.x % 32, q = wid % SPLIT;
+  const int row = ((int)blockIdx.x - e.block0) * (8 / SPLIT) + wid / SPLIT;
+  const bool live = row < e.N;
+  const int f32 = e.fmt == MV_F32, nv = e.Kd / (f32 ? 4 : 8), per = (nv + SPLIT - 1) / SPLIT, i0 = q * per, i1 = min(nv, i0 + per);
+  if (live && i1 > i0)  // this warp's weights, while the kernel before finishes
+    prefetch_l2(static_cast<const char *>(e.W) + ((size_t)row * e.Kd + (size_t)i0 * (f32 ? 4 : 8)) * (f32 ? 4 : 2), 16 * (size_t)(i1 - i0), lane);
+  pdl_wait();
+  float acc = 0.f;
+  if (live) {
+    const float4 *x4 = reinterpret_cast<const float4 *>(e.X);
+    if (f32) {
+      const float4 *w4 = reinterpret_cast<const float4 *>(static_cast<const float *>(e.W) + (size_t)row * e.Kd);
+#pragma unroll 4
+      for (int i = i0 + lane; i < i1; i += 32) {
+        const float4 wv = w4[i], xv = x4[i];
+        acc += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
+      }
+    } else {
+      const uint4 *w8 = reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(e.W) + (size_t)row * e.Kd);
+      const int bf = e.fmt == MV_BF16;
+#pragma unroll 4
+      for (int i = i0 + lane; i < i1; i += 32) {
+        float wf[8];
+        unpack8(ld_stream(w8 + i), bf, wf);
+        const float4 a = x4[2 * i], b = x4[2 * i + 1];
+        acc += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+      }
+    }
+    acc = warp_sum(acc);
+  }
+  if (SPLIT == 1) {
+    if (live && lane == 0) e.Y[row] = acc;
+    return;
+  }
+  if (lane == 0) part[wid] = acc;
+  __syncthreads();
+  if (q == 0 && lane == 0 && live) {
+    float v = part[wid];
+    for (int j = 1; j < SPLIT; j++) v += part[wid + j];
+    e.Y[row] = v;
+  }
 }
 
 // ---------------------------------------------------------------- experts grouped (batches)
@@ -497,7 +626,7 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
                       int Kd, cudaStream_t st) {
   const int vec = (Kd & 7) == 0 && ((uintptr_t)X & 15) == 0;
-  expert_gate_up16_kernel<<<dim3(blocks_for(N, 8), P), 256, 0, st>>>(Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec);
+  launch_pdl(expert_gate_up16_kernel, dim3(blocks_for(N, 8), P), 256, 0, st, Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec);
 }
 
 long matmul16_ws_floats(int T, int N, int Kd) {
@@ -508,17 +637,17 @@ long matmul16_ws_floats(int T, int N, int Kd) {
 
 void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats) {
   const int vec = (Kd & 7) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0;
-  if (T == 1 && vec && N < 2048 && Kd >= 512) {
-    gemv16_split_kernel<<<blocks_for(N, 2), 256, 0, st>>>(W, X, Y, N, Kd, is_bf16);
+  if (T == 1 && vec && N < 4096 && Kd >= 512) {  // 4096 x 2304 and up fill the card one warp a row
+    launch_pdl(gemv16_split_kernel, blocks_for(N, 2), 256, 0, st, W, X, Y, N, Kd, is_bf16);
     return;
   }
   if (T <= 8) {
     const int grid = blocks_for(N, 8);
     switch (T) {
-    case 1: gemv16_kernel<1><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
-    case 2: gemv16_kernel<2><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
-    case 3: case 4: gemv16_kernel<4><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
-    default: gemv16_kernel<8><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16, vec); break;
+    case 1: launch_pdl(gemv16_kernel<1>, grid, 256, 0, st, W, X, Y, T, N, Kd, is_bf16, vec); break;
+    case 2: launch_pdl(gemv16_kernel<2>, grid, 256, 0, st, W, X, Y, T, N, Kd, is_bf16, vec); break;
+    case 3: case 4: launch_pdl(gemv16_kernel<4>, grid, 256, 0, st, W, X, Y, T, N, Kd, is_bf16, vec); break;
+    default: launch_pdl(gemv16_kernel<8>, grid, 256, 0, st, W, X, Y, T, N, Kd, is_bf16, vec); break;
     }
     return;
   }
@@ -545,6 +674,32 @@ void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const 
                      int P, int N, int Kd, cudaStream_t st) {
   const int vec = (Kd & 7) == 0 && ((uintptr_t)X & 15) == 0;  // expert rows: cudaMalloc'd, 256-byte aligned
   expert_gemv16_kernel<1><<<dim3(blocks_for(N, 8), P), 256, 0, st>>>(Wtab, which, idx, X, x_div, Y, N, Kd, is_bf16, vec);
+}
+
+void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T,
+                           int K, int N, int Kd, cudaStream_t st) {
+  launch_pdl(expert_down_combine16_kernel, dim3(blocks_for(N, 8 / DOWN_SPLIT), T), 256, 0, st, Wtab, idx, G, w, y, K, N, Kd, is_bf16);
+}
+
+bool gemv_multi_ok(const mv_entry &e) {
+  const uintptr_t a = (uintptr_t)e.W | (uintptr_t)e.X;
+  return e.N > 0 && e.Kd > 0 && (a & 15) == 0 && e.Kd % (e.fmt == MV_F32 ? 4 : 8) == 0;
+}
+
+void gemv_multi(mv_set s, cudaStream_t st) {
+  long rows = 0;
+  for (int i = 0; i < s.n; i++) rows += s.e[i].N;
+  // below 4096 rows (a MoE layer's router and shared expert: 2,304) a warp a row leaves SMs idle
+  const int split = rows < 4096 ? 4 : 1;
+  int blocks = 0;
+  for (int i = 0; i < s.n; i++) {
+    s.e[i].block0 = blocks;
+    blocks += blocks_for(s.e[i].N, 8 / split);
+  }
+  if (split == 4)
+    launch_pdl(gemv_multi_kernel<4>, blocks, 256, 0, st, s);
+  else
+    launch_pdl(gemv_multi_kernel<1>, blocks, 256, 0, st, s);
 }
 
 }  // namespace kle_ops

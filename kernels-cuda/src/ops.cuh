@@ -10,6 +10,35 @@
 
 namespace kle_ops {
 
+// Programmatic dependent launch (sm_90). A kernel launched by launch_pdl may be scheduled while
+// the one before it in the stream is finishing: it must call pdl_wait() before it touches
+// anything an earlier kernel writes or reads (what it reads before that must stay constant for
+// the whole step: weights), and pdl_trigger() lets the kernel after it be scheduled. A decode
+// step is ~370 small kernels; with this each one's launch and ramp (its weights' first loads, as
+// L2 prefetches) overlap the tail of the one before. KLE_CUDA_PDL=0 launches them plainly.
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+// this lane's share (lines lane, lane + 32, ...) of the 128-byte L2 lines of [p, p + bytes)
+__device__ __forceinline__ void prefetch_l2(const void *p, size_t bytes, int lane) {
+  const char *c = static_cast<const char *>(p);
+  for (size_t o = (size_t)lane * 128; o < bytes; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
+}
+bool pdl_enabled();
+template <typename... P, typename... A>
+inline void launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, k, static_cast<P>(args)...);
+}
+
 // Y[T, N] = X[T, Kd] W^T, W [N, Kd] (nn.Linear layout). Matvec kernel for T <= 4, tiled GEMM above.
 void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st);
 // x[t] = table[tok[t]] (rows of D)
@@ -57,6 +86,10 @@ void embed16(int is_bf16, const uint16_t *table, const int32_t *tok, float *x, i
 // G[p] = silu(gate_e X[p / x_div]) * (up_e X[p / x_div]), e = idx[p], gate and up in one format
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
                       int Kd, cudaStream_t st);
+// y[t] = sum_k w[t, k] down_e G[t * K + k], e = idx[t, k] (expert_matvec16 of the down matrices then
+// moe_combine, in one launch and the same order); Kd % 8 == 0, G 16-byte aligned
+void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T,
+                           int K, int N, int Kd, cudaStream_t st);
 // A batch's (token, choice) pairs grouped by expert (offs [E + 1], order [P]; one launch), then
 // Y[p] = W_e X[p / x_div] per expert over its pairs (BF16: the tensor-core GEMM with gathered
 // rows, in tiles of 16 rows when `few` pairs an expert (fewer than 16 on average), else 64; F16:
@@ -68,6 +101,23 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
                   const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st);
 void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
                      int P, int N, int Kd, cudaStream_t st);
+
+// One token's matvecs with up to MV_MAX weights in one launch: Y[N] = W[N, Kd] X[Kd] per entry
+// (block0 is set by gemv_multi); gemv_multi_ok: what an entry needs (16-byte aligned W and X, Kd
+// a multiple of 8, or of 4 for f32)
+enum { MV_F32 = 0, MV_BF16 = 1, MV_F16 = 2, MV_MAX = 8 };
+struct mv_entry {
+  const void *W;
+  const float *X;
+  float *Y;
+  int N, Kd, fmt, block0;
+};
+struct mv_set {
+  mv_entry e[MV_MAX];
+  int n;
+};
+bool gemv_multi_ok(const mv_entry &e);
+void gemv_multi(mv_set s, cudaStream_t st);
 
 // A token drawn from logits [V] on the device as as/sampler.ts draws it (sample.cu): temperature
 // (0: greedy), top-k (0: none), top-p (1: none), ln(min_p) (-inf: none); u in [0, 1)
