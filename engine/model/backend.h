@@ -202,6 +202,16 @@ struct kle_backend {
   int (*moe_experts)(kle_backend_ctx *ctx, const void *experts, const int32_t *idx, const float *w, const float *h,
                      float *y, int T, int topk, int D, int MI, float *scratch);
   /*
+   * optional (NULL: moe_experts, then the shared expert as its own SwiGLU MLP and an add):
+   * moe_experts with the layer's shared expert added, y[t] += down_s(silu(gate_s h[t]) * up_s
+   * h[t]) (gate_s, up_s [SI, D], down_s [D, SI]), in the routed experts' own launches (at batch 1
+   * on a GPU the shared expert's product, SwiGLU, down product and add were four more).
+   * KLE_ENOSYS for shapes or batches it does not run.
+   */
+  int (*moe_experts_shared)(kle_backend_ctx *ctx, const void *experts, const kle_tensor *gate_s, const kle_tensor *up_s,
+                            const kle_tensor *down_s, const int32_t *idx, const float *w, const float *h, float *y, int T,
+                            int topk, int D, int MI, float *scratch);
+  /*
    * optional (NULL: the host samples, as/sampler.ts): a token from logits [V] in backend memory,
    * as as/sampler.ts draws it (the same kept set; the draw in index order), into *token (host)
    */

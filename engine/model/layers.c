@@ -351,20 +351,26 @@ static int moe_forward(kle_session *s, int l, const float *h, float *y, int T) {
   const kle_backend *b = m->b;
   kle_backend_ctx *cx = m->ctx;
   const kle_tensor *bias = W_(m, KLE_T_MOE_BIAS, l);
-  /* the router's and the shared expert's products of h at once */
-  const int shared = c[KLE_CFG_SHARED_EXPERTS] > 0;
-  const int proj[3] = {KLE_T_MOE_ROUTER, KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP};
-  const float *hx[3] = {h, h, h};
-  float *pout[3] = {s->a[3], s->a[0], s->a[1]};
-  KLE_TRY(matmuls(m, shared ? 3 : 1, proj, l, hx, pout, T));
+  KLE_TRY(b->matmul(cx, W_(m, KLE_T_MOE_ROUTER, l), h, s->a[3], T));
   /* renormalizing a single choice would turn its weight into 1; the reference leaves it */
   const int renorm = c[KLE_CFG_RENORM] && K > 1;
   KLE_TRY(b->moe_route(cx, s->a[3], bias->data ? (const float *)bias->data : NULL, T, E, K, c[KLE_CFG_N_GROUP],
                        c[KLE_CFG_TOPK_GROUP], c[KLE_CFG_ROUTER_ACT], renorm, m->cfgf[KLE_CFGF_ROUTED_SCALE], s->route_idx,
                        s->route_w));
+  const int shared = c[KLE_CFG_SHARED_EXPERTS] > 0;
+  int rc = KLE_ENOSYS;
+  if (shared && b->moe_experts_shared)
+    rc = b->moe_experts_shared(cx, m->expert_tabs[l], W_(m, KLE_T_SHEXP_GATE, l), W_(m, KLE_T_SHEXP_UP, l),
+                               W_(m, KLE_T_SHEXP_DOWN, l), s->route_idx, s->route_w, h, y, T, K, D, c[KLE_CFG_MOE_INTER],
+                               s->moe_scratch);
+  if (rc != KLE_ENOSYS) return rc;
   KLE_TRY(b->moe_experts(cx, m->expert_tabs[l], s->route_idx, s->route_w, h, y, T, K, D, c[KLE_CFG_MOE_INTER],
                          s->moe_scratch));
   if (shared) {
+    const int gu[2] = {KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP};
+    const float *hx[2] = {h, h};
+    float *out[2] = {s->a[0], s->a[1]};
+    KLE_TRY(matmuls(m, 2, gu, l, hx, out, T));
     KLE_TRY(swiglu_down(s, KLE_T_SHEXP_DOWN, l, W_(m, KLE_T_SHEXP_GATE, l)->rows, s->a[4], T));
     KLE_TRY(b->add(cx, y, s->a[4], (size_t)T * D));
   }

@@ -652,6 +652,12 @@ int cu_moe_route(kle_backend_ctx *cx, const float *logits, const float *bias, in
   return launched();
 }
 
+// whether P (token, choice) pairs take the grouped GEMMs (cu_moe_experts says why)
+static bool takes_grouped(const experts_tab *tab, int P, int D, int MI, const float *h) {
+  const bool f16 = tab->fmt[0] != KLE_W_F32 && tab->fmt[0] == tab->fmt[1] && tab->fmt[1] == tab->fmt[2];
+  return f16 && P >= 32 && P >= 2 * tab->E && kle_ops::grouped_ok(D, MI, h);
+}
+
 // one expert matvec per (token, choice), then the weighted sum per token
 int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx, const float *w, const float *h, float *y,
                    int T, int K, int D, int MI, float *scratch) {
@@ -666,7 +672,6 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
     else
       kle_ops::expert_matvec16(tab->fmt[which] == KLE_W_BF16, (const uint16_t *const *)tab->dev, which, idx, X, x_div, Y, P, N, Kd, cx->st);
   };
-  const bool f16 = tab->fmt[0] != KLE_W_F32 && tab->fmt[0] == tab->fmt[1] && tab->fmt[1] == tab->fmt[2];
   // a batch: each expert's matrices multiply all of its pairs at once (prefill at 48B read every
   // routed expert row once per pair: 9.4 ms a layer for a 512-token batch with rows read once per
   // 8 pairs on the CUDA cores). Not for a few pairs over many experts (a batched decode step of 8
@@ -674,7 +679,7 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   // every expert is read once either way, and the matvecs stream it. (From half a pair an expert,
   // 32 streams, the CUDA-core kernel that reads each row once per 8 pairs was measured slower than
   // the matvecs: 1,256 against 873 us a layer.)
-  if (f16 && P >= 32 && P >= 2 * tab->E && kle_ops::grouped_ok(D, MI, h)) {
+  if (takes_grouped(tab, P, D, MI, h)) {
     const int few = P < 16 * tab->E;
     const long need = (long)tab->E + 1 + P;
     if (need > cx->grp_n) {
@@ -708,6 +713,26 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   }
   mv(2, g, 1, ye, D, MI);
   kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
+  return launched();
+}
+
+// The routed experts and the shared one in the routed experts' two launches, for up to 8 tokens:
+// the per-pair kernels read the shared expert once per token, which a batch of 32 streams paid
+// for (33.9 ms a 48B step against 32.0 with the shared expert's own products, which read it once).
+// More tokens, a shared expert of another shape or format: KLE_ENOSYS, the general way.
+int cu_moe_experts_shared(kle_backend_ctx *cx, const void *experts, const kle_tensor *gs, const kle_tensor *us, const kle_tensor *ds,
+                          const int32_t *idx, const float *w, const float *h, float *y, int T, int K, int D, int MI, float *scratch) {
+  const experts_tab *tab = (const experts_tab *)experts;
+  const int P = T * K;
+  const int f = tab->fmt[0];
+  const bool grouped = takes_grouped(tab, P, D, MI, h);
+  const bool shapes = gs->rows == MI && us->rows == MI && gs->cols == D && us->cols == D && ds->rows == D && ds->cols == MI;
+  const bool fmts = f != KLE_W_F32 && tab->fmt[1] == f && tab->fmt[2] != KLE_W_F32 && gs->fmt == f && us->fmt == f && ds->fmt == tab->fmt[2];
+  if (T > 8 || grouped || !shapes || !fmts || MI % 8 || D % 8 || ((uintptr_t)scratch & 15) || ((uintptr_t)h & 15)) return KLE_ENOSYS;
+  Span sp(cx, "moe_experts + shared", T, K);
+  float *g = scratch;  // P + T rows of MI: within the gate and up rows moe_experts uses (2 P MI)
+  kle_ops::expert_gate_up16(f == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, h, K, g, P, MI, D, cx->st, T, H(gs), H(us));
+  kle_ops::expert_down_combine16(tab->fmt[2] == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, g, w, y, T, K, D, MI, cx->st, H(ds));
   return launched();
 }
 
@@ -889,6 +914,7 @@ kle_backend make_backend() {
   b.kv_drop_one = cu_kv_drop_one;
   b.moe_route = cu_moe_route;
   b.moe_experts = cu_moe_experts;
+  b.moe_experts_shared = cu_moe_experts_shared;
   b.sample = cu_sample;
   b.graph_step = cu_graph_step;
   b.graph_free = cu_graph_free;

@@ -392,19 +392,22 @@ __global__ void __launch_bounds__(256) expert_gemv16_kernel(const uint16_t *cons
 }
 
 // (token, choice) p, row r < MI: G[p, r] = silu(gate_e[r] . x) * (up_e[r] . x), e = idx[p]: both
-// rows' loads in flight together and the SwiGLU folded in (three launches were one each)
+// rows' loads in flight together and the SwiGLU folded in (three launches were one each). Pairs
+// p >= Pr (sg not NULL) are token p - Pr's shared expert, gate sg and up su.
 __global__ void __launch_bounds__(256) expert_gate_up16_kernel(const uint16_t *const *__restrict__ Wtab, const int32_t *__restrict__ idx,
                                                                const float *__restrict__ X, int x_div, float *__restrict__ G, int N, int Kd,
-                                                               int is_bf16, int vec) {
+                                                               int is_bf16, int vec, int Pr, const uint16_t *__restrict__ sg,
+                                                               const uint16_t *__restrict__ su) {
   pdl_wait();  // which experts: the routing just made them
   pdl_trigger();
   const int p = blockIdx.y, row = blockIdx.x * 8 + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (row >= N) return;
-  const size_t e = (size_t)idx[p] * 3;
-  const float *x = X + (size_t)(p / x_div) * Kd;
+  const bool sh = p >= Pr;
+  const uint16_t *gw = sh ? sg : Wtab[(size_t)idx[p] * 3], *uw = sh ? su : Wtab[(size_t)idx[p] * 3 + 1];
+  const float *x = X + (size_t)(sh ? p - Pr : p / x_div) * Kd;
   float g[1], u[1];
   if (vec) {  // one loop over both rows: their loads go out together (row after row: 26.6 us a 48B layer, 60% of the bandwidth)
-    const uint4 *g8 = reinterpret_cast<const uint4 *>(Wtab[e] + (size_t)row * Kd), *u8 = reinterpret_cast<const uint4 *>(Wtab[e + 1] + (size_t)row * Kd);
+    const uint4 *g8 = reinterpret_cast<const uint4 *>(gw + (size_t)row * Kd), *u8 = reinterpret_cast<const uint4 *>(uw + (size_t)row * Kd);
     const float4 *x4 = reinterpret_cast<const float4 *>(x);
     float ga = 0.f, ua = 0.f;
 #pragma unroll 3
@@ -420,8 +423,8 @@ __global__ void __launch_bounds__(256) expert_gate_up16_kernel(const uint16_t *c
     g[0] = warp_sum(ga);
     u[0] = warp_sum(ua);
   } else {
-    row_dot16<1>(Wtab[e] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, g);
-    row_dot16<1>(Wtab[e + 1] + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, u);
+    row_dot16<1>(gw + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, g);
+    row_dot16<1>(uw + (size_t)row * Kd, x, 0, 1, Kd, is_bf16, vec, lane, u);
   }
   if (lane == 0) G[(size_t)p * N + row] = g[0] / (1.0f + expf(-g[0])) * u[0];
 }
@@ -430,23 +433,31 @@ __global__ void __launch_bounds__(256) expert_gate_up16_kernel(const uint16_t *c
 // moe_combine's weighted sum in one launch (they were 14.7 + 11.7 us a 48B layer at batch 1, ncu).
 // DOWN_SPLIT warps share a row, each two pairs' loads in flight together (a warp a row and all
 // its pairs in turn: 18.3 us); each pair's dot goes through shared memory and one thread sums
-// them in k order as moe_combine did, so the result has the same bits.
+// them in k order as moe_combine did, so the result has the same bits. With sd (not NULL) a
+// token's shared expert is pair K, its down matrix sd and its input G[(T * K + t)], added last
+// with weight 1 (as the separate down product and add did).
 #define DOWN_SPLIT 4
 __global__ void __launch_bounds__(256) expert_down_combine16_kernel(const uint16_t *const *__restrict__ Wtab, const int32_t *__restrict__ idx,
                                                                     const float *__restrict__ G, const float *__restrict__ w,
-                                                                    float *__restrict__ y, int K, int N, int Kd, int is_bf16) {
+                                                                    float *__restrict__ y, int K, int N, int Kd, int is_bf16,
+                                                                    const uint16_t *__restrict__ sd) {
   pdl_wait();  // which experts: the routing just made them
   pdl_trigger();
-  __shared__ float dots[8 / DOWN_SPLIT][64];  // K <= 64 (kle_moe_route)
+  __shared__ float dots[8 / DOWN_SPLIT][65];  // K <= 64 (kle_moe_route), and the shared expert
   const int t = blockIdx.y, wid = threadIdx.x / 32, lane = threadIdx.x % 32, r = wid / DOWN_SPLIT, q = wid % DOWN_SPLIT;
-  const int row = blockIdx.x * (8 / DOWN_SPLIT) + r;
+  const int row = blockIdx.x * (8 / DOWN_SPLIT) + r, Kp = K + (sd != nullptr);
+  // pair k's down row and input: a routed expert's, or (k == K) the shared one's
+  auto wrow = [&](int k) {
+    return reinterpret_cast<const uint4 *>((k < K ? Wtab[(size_t)idx[(size_t)t * K + k] * 3 + 2] : sd) + (size_t)row * Kd);
+  };
+  auto xrow = [&](int k) {
+    return reinterpret_cast<const float4 *>(G + (k < K ? (size_t)t * K + k : (size_t)gridDim.y * K + t) * Kd);
+  };
   if (row < N) {
-    for (int k0 = q; k0 < K; k0 += 2 * DOWN_SPLIT) {
-      const int k1 = k0 + DOWN_SPLIT < K ? k0 + DOWN_SPLIT : k0;  // k1 == k0: one pair left
-      const size_t p0 = (size_t)t * K + k0, p1 = (size_t)t * K + k1;
-      const uint4 *w0 = reinterpret_cast<const uint4 *>(Wtab[(size_t)idx[p0] * 3 + 2] + (size_t)row * Kd);
-      const uint4 *w1 = reinterpret_cast<const uint4 *>(Wtab[(size_t)idx[p1] * 3 + 2] + (size_t)row * Kd);
-      const float4 *x0 = reinterpret_cast<const float4 *>(G + p0 * Kd), *x1 = reinterpret_cast<const float4 *>(G + p1 * Kd);
+    for (int k0 = q; k0 < Kp; k0 += 2 * DOWN_SPLIT) {
+      const int k1 = k0 + DOWN_SPLIT < Kp ? k0 + DOWN_SPLIT : k0;  // k1 == k0: one pair left
+      const uint4 *w0 = wrow(k0), *w1 = wrow(k1);
+      const float4 *x0 = xrow(k0), *x1 = xrow(k1);
       float d0 = 0.f, d1 = 0.f;
 #pragma unroll 4
       for (int i = lane; i < Kd / 8; i += 32) {
@@ -470,6 +481,7 @@ __global__ void __launch_bounds__(256) expert_down_combine16_kernel(const uint16
   if (q == 0 && lane == 0 && row < N) {
     float acc = 0.f;
     for (int k = 0; k < K; k++) acc += w[(size_t)t * K + k] * dots[r][k];
+    if (sd) acc += dots[r][K];
     y[(size_t)t * N + row] = acc;
   }
 }
@@ -624,9 +636,10 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
 }
 
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
-                      int Kd, cudaStream_t st) {
+                      int Kd, cudaStream_t st, int T, const uint16_t *sg, const uint16_t *su) {
   const int vec = (Kd & 7) == 0 && ((uintptr_t)X & 15) == 0;
-  launch_pdl(expert_gate_up16_kernel, dim3(blocks_for(N, 8), P), 256, 0, st, Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec);
+  launch_pdl(expert_gate_up16_kernel, dim3(blocks_for(N, 8), P + (sg ? T : 0)), 256, 0, st, Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec, P,
+             sg, su);
 }
 
 long matmul16_ws_floats(int T, int N, int Kd) {
@@ -677,8 +690,8 @@ void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const 
 }
 
 void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T,
-                           int K, int N, int Kd, cudaStream_t st) {
-  launch_pdl(expert_down_combine16_kernel, dim3(blocks_for(N, 8 / DOWN_SPLIT), T), 256, 0, st, Wtab, idx, G, w, y, K, N, Kd, is_bf16);
+                           int K, int N, int Kd, cudaStream_t st, const uint16_t *sd) {
+  launch_pdl(expert_down_combine16_kernel, dim3(blocks_for(N, 8 / DOWN_SPLIT), T), 256, 0, st, Wtab, idx, G, w, y, K, N, Kd, is_bf16, sd);
 }
 
 bool gemv_multi_ok(const mv_entry &e) {

@@ -490,28 +490,76 @@ __global__ void __launch_bounds__(ROUTE_THREADS) moe_route_kernel(const float *_
     for (int e = tid; e < E; e += ROUTE_THREADS) elig[e] = 1;
   }
   __syncthreads();
-  // Each lane keeps the best eligible choice among its own experts (e = lane + 32 j); a round's
-  // pick is the warp's best (larger value, ties to the lower index: one answer whatever the
-  // order), and only its owner looks at its experts again.
-  float bv = 0.f;
-  int bi = -1;
-  for (int e = lane; e < E; e += ROUTE_THREADS)
-    if (elig[e]) arg_better(bv, bi, choice[e], e);
-  for (int r = 0; r < topk; r++) {
-    float v = bv;
-    int i = bi;
-    for (int o = 16; o; o >>= 1) arg_better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
-    if (lane == 0) pick[r] = i;
-    if (i >= 0 && i % ROUTE_THREADS == lane) {
-      elig[i] = 0;
-      bv = 0.f;
-      bi = -1;
-      for (int e = lane; e < E; e += ROUTE_THREADS)
-        if (elig[e]) arg_better(bv, bi, choice[e], e);
+  // A round's pick is the warp's best of the lanes' bests (larger value, ties to the lower index:
+  // one answer whatever the order). Up to 8 experts a lane (E <= 256, Kimi's), each lane holds its
+  // own sorted in registers and the winner shifts to its next; above that, the winner's lane
+  // looks at its experts again in shared memory.
+  if (E <= 8 * ROUTE_THREADS) {
+    float v[8];
+    int id[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      const int e = lane + j * ROUTE_THREADS;
+      const bool ok = e < E && elig[e];
+      v[j] = ok ? choice[e] : 0.f;
+      id[j] = ok ? e : -1;
+    }
+    // Batcher's 19 comparators for 8 values, best first
+    const int net[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 1}, {2, 3},
+                            {4, 5}, {6, 7}, {2, 4}, {3, 5}, {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+#pragma unroll
+    for (int c = 0; c < 19; c++) {
+      const int x = net[c][0], y = net[c][1];
+      float bv2 = v[x];
+      int bi2 = id[x];
+      arg_better(bv2, bi2, v[y], id[y]);
+      if (bi2 != id[x]) {  // y is the better: swap
+        const float tv = v[x];
+        const int ti = id[x];
+        v[x] = v[y], id[x] = id[y], v[y] = tv, id[y] = ti;
+      }
+    }
+    for (int r = 0; r < topk; r++) {
+      float bv = v[0];
+      int bi = id[0];
+      for (int o = 16; o; o >>= 1) arg_better(bv, bi, __shfl_xor_sync(0xffffffffu, bv, o), __shfl_xor_sync(0xffffffffu, bi, o));
+      if (lane == 0) pick[r] = bi;
+      if (bi >= 0 && id[0] == bi) {
+#pragma unroll
+        for (int j = 0; j < 7; j++) v[j] = v[j + 1], id[j] = id[j + 1];
+        id[7] = -1;
+      }
+    }
+  } else {
+    float bv = 0.f;
+    int bi = -1;
+    for (int e = lane; e < E; e += ROUTE_THREADS)
+      if (elig[e]) arg_better(bv, bi, choice[e], e);
+    for (int r = 0; r < topk; r++) {
+      float v = bv;
+      int i = bi;
+      for (int o = 16; o; o >>= 1) arg_better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+      if (lane == 0) pick[r] = i;
+      if (i >= 0 && i % ROUTE_THREADS == lane) {
+        elig[i] = 0;
+        bv = 0.f;
+        bi = -1;
+        for (int e = lane; e < E; e += ROUTE_THREADS)
+          if (elig[e]) arg_better(bv, bi, choice[e], e);
+      }
     }
   }
   __syncthreads();
-  if (tid == 0) {
+  if (topk <= ROUTE_THREADS) {  // lane r writes choice r; the total summed in r order as below
+    const int pr = lane < topk ? pick[lane] : 0;
+    const float sv = lane < topk ? s[pr] : 0.f;
+    float total = 0.f;
+    for (int r = 0; r < topk; r++) total += __shfl_sync(0xffffffffu, sv, r);
+    if (lane < topk) {
+      idx[(size_t)t * topk + lane] = pr;
+      w[(size_t)t * topk + lane] = (renorm ? sv / (total + 1e-20f) : sv) * scale;
+    }
+  } else if (tid == 0) {
     float total = 0.f;
     for (int r = 0; r < topk; r++) total += s[pick[r]];
     for (int r = 0; r < topk; r++) {

@@ -83,13 +83,15 @@ long matmul16_ws_floats(int T, int N, int Kd);
 void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws = nullptr,
               long ws_floats = 0);
 void embed16(int is_bf16, const uint16_t *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
-// G[p] = silu(gate_e X[p / x_div]) * (up_e X[p / x_div]), e = idx[p], gate and up in one format
+// G[p] = silu(gate_e X[p / x_div]) * (up_e X[p / x_div]), e = idx[p], gate and up in one format;
+// with sg, su (the shared expert's gate and up, in the same format) also G[P + t] for X[t], t < T
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
-                      int Kd, cudaStream_t st);
+                      int Kd, cudaStream_t st, int T = 0, const uint16_t *sg = nullptr, const uint16_t *su = nullptr);
 // y[t] = sum_k w[t, k] down_e G[t * K + k], e = idx[t, k] (expert_matvec16 of the down matrices then
-// moe_combine, in one launch and the same order); Kd % 8 == 0, G 16-byte aligned
+// moe_combine, in one launch and the same order); Kd % 8 == 0, G 16-byte aligned; with sd (the
+// shared expert's down matrix) also + down_s G[T * K + t]
 void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T,
-                           int K, int N, int Kd, cudaStream_t st);
+                           int K, int N, int Kd, cudaStream_t st, const uint16_t *sd = nullptr);
 // A batch's (token, choice) pairs grouped by expert (offs [E + 1], order [P]; one launch), then
 // Y[p] = W_e X[p / x_div] per expert over its pairs (BF16: the tensor-core GEMM with gathered
 // rows, in tiles of 16 rows when `few` pairs an expert (fewer than 16 on average), else 64; F16:
