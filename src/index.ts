@@ -20,6 +20,7 @@ export {
 } from './engine/kernels.js';
 export { KLE_ABI, type KleFunctionName } from './engine/kle-abi.js';
 export { WasmBackend } from './engine/wasm-backend.js';
+export { relaxedSimdWorks } from './engine/relaxed-simd.js';
 export {
   FormatError,
   MAX_HEADER_BYTES,

@@ -18,7 +18,8 @@ export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'wasm-threads' | 'native'
 export async function nodeBackend(name: NodeBackendName = 'wasm'): Promise<KernelBackend> {
   if (name === 'native') return loadNativeBackend();
   if (name === 'cuda') return loadCudaBackend();
-  return loadWasmBackend(name === 'wasm' ? 'simd' : name === 'wasm-threads' ? 'threads' : 'scalar');
+  // 'wasm': the relaxed-SIMD build where this runtime runs it right, else the SIMD one
+  return loadWasmBackend(name === 'wasm' ? 'auto' : name === 'wasm-threads' ? 'threads' : 'scalar');
 }
 
 /** The embedded default model's directory (models/default in the package). */

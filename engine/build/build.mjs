@@ -3,7 +3,9 @@
 //   wasm    emcc -O3 -msimd128 -> wasm/dist/kle-simd.wasm, and emcc -O3 without SIMD ->
 //           wasm/dist/kle-scalar.wasm (the same code with the vector extensions lowered to
 //           scalars: the baseline the benchmarks compare against), and the SIMD build with wasm
-//           threads (atomics, an imported shared memory) -> wasm/dist/kle-simd-mt.wasm
+//           threads (atomics, an imported shared memory) -> wasm/dist/kle-simd-mt.wasm, and the
+//           SIMD build with relaxed SIMD's int8 dot for the K-quants -> wasm/dist/kle-simd-relaxed.wasm
+//           (through relaxed.mjs: loaders take it where the runtime runs that dot right)
 //   abi     src/engine/kle-abi.ts from the prototypes of engine/include/kle.h
 //   native  gcc -O3 -march=native -> build/native/kle.node (Node addon, N-API wrappers generated)
 //   cuda    nvcc (sm_90 + PTX for newer GPUs) + gcc -> build/cuda/kle-cuda.node: the engine of
@@ -54,13 +56,27 @@ const common = [
 // The build takes Debian's toolchain whole, however it is started.
 const emccEnv = { ...process.env, PATH: (process.env.PATH ?? '').split(':').filter((d) => !d.includes('node_modules')).join(':') };
 
-function buildWasm(outDir) {
+async function buildWasm(outDir) {
   mkdirSync(outDir, { recursive: true });
   const fns = parseHeader(header);
   const exportsList = JSON.stringify(['_malloc', '_free', ...fns.map((f) => `_${f.name}`)]);
   const exp = `-sEXPORTED_FUNCTIONS=${exportsList}`;
   run('emcc', [...common, '-msimd128', exp, ...sources(), '-o', join(outDir, 'kle-simd.wasm')], emccEnv);
   run('emcc', [...common, exp, ...sources(), '-o', join(outDir, 'kle-scalar.wasm')], emccEnv);
+  // relaxed SIMD: kle.rdot left undefined (an import) for relaxed.mjs to replace, which checks
+  // that nothing else was left undefined
+  const pre = mkdtempSync(join(tmpdir(), 'kle-relaxed-'));
+  try {
+    const preWasm = join(pre, 'pre.wasm');
+    run('emcc', [...common.map((f) => (f === '-sERROR_ON_UNDEFINED_SYMBOLS=1' ? '-sERROR_ON_UNDEFINED_SYMBOLS=0' : f)), '-msimd128', '-DKLE_RELAXED_SIMD',
+      exp, ...sources(), '-o', preWasm], emccEnv);
+    // imported here: wabt is a dev dependency, and the package's users build the native addon only
+    const { relaxedModule } = await import('./relaxed.mjs');
+    const { bytes } = await relaxedModule(readFileSync(preWasm), readFileSync(join(outDir, 'kle-simd.wasm')));
+    writeFileSync(join(outDir, 'kle-simd-relaxed.wasm'), bytes);
+  } finally {
+    rmSync(pre, { recursive: true, force: true });
+  }
   // wasm threads: atomics and one shared memory the host creates (imported), passive data
   // segments (so a second instance on the same memory does not initialize it again), and the
   // engine's allocations through engine/wasm-threads/alloc.c's lock (see there)
@@ -144,13 +160,13 @@ function buildAs(outDir) {
     '-o', join(outDir, 'kle-as.wasm'), '-O3', '--runtime', 'stub', '--importMemory', '--noExportMemory', '--use', 'abort=', '--enable', 'simd']);
 }
 
-function check() {
+async function check() {
   const tmp = mkdtempSync(join(tmpdir(), 'kle-check-'));
   const stale = [];
   try {
-    buildWasm(tmp);
+    await buildWasm(tmp);
     buildAs(tmp);
-    for (const f of ['kle-simd.wasm', 'kle-simd-mt.wasm', 'kle-scalar.wasm', 'kle-as.wasm']) {
+    for (const f of ['kle-simd.wasm', 'kle-simd-relaxed.wasm', 'kle-simd-mt.wasm', 'kle-scalar.wasm', 'kle-as.wasm']) {
       const committed = join(distDir, f);
       if (!existsSync(committed) || !readFileSync(committed).equals(readFileSync(join(tmp, f)))) stale.push(`wasm/dist/${f}`);
     }
@@ -168,12 +184,12 @@ function check() {
 
 const steps = process.argv.slice(2);
 for (const step of steps.length ? steps : ['wasm', 'abi', 'native']) {
-  if (step === 'wasm') buildWasm(distDir);
+  if (step === 'wasm') await buildWasm(distDir);
   else if (step === 'abi') writeFileSync(abiPath, abiTs(parseHeader(header)));
   else if (step === 'native') buildNative();
   else if (step === 'as') buildAs(distDir);
   else if (step === 'cuda') buildCuda();
-  else if (step === 'check') check();
+  else if (step === 'check') await check();
   else {
     console.error(`unknown step "${step}" (wasm | abi | native | cuda | as | check)`);
     process.exit(2);

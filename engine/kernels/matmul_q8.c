@@ -238,8 +238,9 @@ static inline const uint8_t *block_w(int fmt, const uint8_t *row, int b, kq_w *w
   w->v[3] = wasm_i16x8_extend_high_i8x16(w1);
   return blk;
 }
-/* 32 bytes of Q4_K nibbles: group a's 32 values (low nibbles), group b's (high), widened */
-static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) {
+/* 32 bytes of Q4_K nibbles as bytes: group a's 32 values (low nibbles) in a[0..1], group b's
+ * (high) in b[0..1]; 0..15 (Q5_K: 0..31) */
+static inline void q4k_b(const uint8_t *q, const uint8_t *qh, int g, v128_t a[2], v128_t b[2]) {
   const v128_t p0 = wasm_v128_load(q), p1 = wasm_v128_load(q + 16), m = wasm_i8x16_splat(15);
   v128_t l0 = wasm_v128_and(p0, m), l1 = wasm_v128_and(p1, m), h0 = wasm_v128_and(wasm_u16x8_shr(p0, 4), m), h1 = wasm_v128_and(wasm_u16x8_shr(p1, 4), m);
   if (qh) { /* Q5_K: bits 2g and 2g + 1 of the fifth-bit bytes */
@@ -249,15 +250,42 @@ static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq
     h0 = wasm_v128_or(h0, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(b0, 2 * g + 1), one), 4));
     h1 = wasm_v128_or(h1, wasm_i16x8_shl(wasm_v128_and(wasm_u16x8_shr(b1, 2 * g + 1), one), 4));
   }
-  a->v[0] = wasm_u16x8_extend_low_u8x16(l0);
-  a->v[1] = wasm_u16x8_extend_high_u8x16(l0);
-  a->v[2] = wasm_u16x8_extend_low_u8x16(l1);
-  a->v[3] = wasm_u16x8_extend_high_u8x16(l1);
-  b->v[0] = wasm_u16x8_extend_low_u8x16(h0);
-  b->v[1] = wasm_u16x8_extend_high_u8x16(h0);
-  b->v[2] = wasm_u16x8_extend_low_u8x16(h1);
-  b->v[3] = wasm_u16x8_extend_high_u8x16(h1);
+  a[0] = l0, a[1] = l1, b[0] = h0, b[1] = h1;
 }
+#if !defined(KLE_RELAXED_SIMD)
+/* the same, widened to int16 lanes for the 16-bit dots */
+static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) {
+  v128_t x[2], y[2];
+  q4k_b(q, qh, g, x, y);
+  a->v[0] = wasm_u16x8_extend_low_u8x16(x[0]);
+  a->v[1] = wasm_u16x8_extend_high_u8x16(x[0]);
+  a->v[2] = wasm_u16x8_extend_low_u8x16(x[1]);
+  a->v[3] = wasm_u16x8_extend_high_u8x16(x[1]);
+  b->v[0] = wasm_u16x8_extend_low_u8x16(y[0]);
+  b->v[1] = wasm_u16x8_extend_high_u8x16(y[0]);
+  b->v[2] = wasm_u16x8_extend_low_u8x16(y[1]);
+  b->v[3] = wasm_u16x8_extend_high_u8x16(y[1]);
+}
+#else
+/*
+ * The relaxed SIMD build (kle-simd-relaxed.wasm): i32x4.relaxed_dot_i8x16_i7x16_add_s, 16 byte
+ * products a call, summed four to a lane and added to c. Emscripten 3.1.6's clang has no builtin
+ * for it, so the build calls this import and engine/build/relaxed.mjs puts the instruction in
+ * each call's place (the import stays, unused). Its second operand must be 0..127 (x86 runs it
+ * as pmaddubsw, unsigned times signed): K-quant codes are, Q8_0's signed weights are not (their
+ * sign moved onto the activations would cost what the dot saves).
+ */
+__attribute__((import_module("kle"), import_name("rdot"))) v128_t kle_rdot(v128_t a, v128_t b, v128_t c);
+#define KQ_BYTE_DOT 1
+/* acc + scale * (32 codes w (bytes, 0..127) . 32 activation codes x): the int16 codes narrowed
+ * to bytes (exact: they are within +-127), two relaxed dots */
+static inline kq_acc acc_add_b(kq_acc acc, const v128_t w[2], const int16_t *x, float scale) {
+  const v128_t a0 = wasm_i8x16_narrow_i16x8(wasm_v128_load(x), wasm_v128_load(x + 8));
+  const v128_t a1 = wasm_i8x16_narrow_i16x8(wasm_v128_load(x + 16), wasm_v128_load(x + 24));
+  const v128_t s = kle_rdot(a1, w[1], kle_rdot(a0, w[0], wasm_i32x4_splat(0)));
+  return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(scale)));
+}
+#endif
 /* a Q5_0 block's 32 values - 16 in int16 lanes (Q5_1's: the values, 0..31): each fifth bit picked
  * out of the 32 with a byte shuffle and a compare against its bit */
 static inline void q50_w(const uint8_t *blk, int q51, kq_w *w) {
@@ -502,14 +530,24 @@ static void row_dot_q4k(const uint8_t *row, int five, int T, const float *const 
     const uint8_t *blk = row + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES);
     q4k_header(blk, ds, dm);
     for (int g = 0; g < 4; g++) {
+      const int j = 2 * g, k = 8 * s + j;
+#if defined(KQ_BYTE_DOT)
+      v128_t a[2], b[2];
+      q4k_b(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, a, b);
+      for (int t = 0; t < T; t++) {
+        acc[t] = acc_add_b(acc[t], a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
+        acc[t] = acc_add_b(acc[t], b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
+        mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
+      }
+#else
       kq_w a, b;
       q4k_w(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, &a, &b);
-      const int j = 2 * g, k = 8 * s + j;
       for (int t = 0; t < T; t++) {
         acc[t] = acc_add(acc[t], &a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
         acc[t] = acc_add(acc[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
         mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
       }
+#endif
     }
   }
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - mins[t];

@@ -2,7 +2,7 @@ import type { AbiArg } from './abi-types.js';
 import type { KleFunctionName } from './kle-abi.js';
 
 /** Which build of the kernel library a backend runs. */
-export type BackendName = 'wasm-simd' | 'wasm-scalar' | 'wasm-threads' | 'native' | 'cuda';
+export type BackendName = 'wasm-simd' | 'wasm-relaxed' | 'wasm-scalar' | 'wasm-threads' | 'native' | 'cuda';
 
 /**
  * The raw boundary to one build of the C library. `call` passes typed arrays by reference

@@ -5,6 +5,7 @@ import { Kernels } from './kernels.js';
 import { CudaBackend } from './cuda-backend.js';
 import { NativeBackend } from './native-backend.js';
 import { WasmBackend } from './wasm-backend.js';
+import { relaxedSimdWorks } from './relaxed-simd.js';
 import { installRuntimeModule, runtimeModuleInstalled } from './as-module.js';
 
 /** The package root (where package.json and wasm/dist live), from src/ or dist/src/. */
@@ -21,13 +22,17 @@ export function packageRoot(): string {
 if (!runtimeModuleInstalled()) installRuntimeModule(new WebAssembly.Module(readFileSync(join(packageRoot(), 'wasm', 'dist', 'kle-as.wasm'))));
 
 /**
- * Loads the committed wasm build from the package (Node, Bun, Deno with node: APIs): SIMD, scalar,
- * or SIMD with wasm threads (`threads`; EngineModel.threads(n) then starts n - 1 workers).
+ * Loads the committed wasm build from the package (Node, Bun, Deno with node: APIs): SIMD, SIMD
+ * with relaxed SIMD's int8 dot for the K-quants (`relaxed`: only where relaxedSimdWorks(), which
+ * `auto` asks to choose between the two), scalar, or SIMD with wasm threads (`threads`;
+ * EngineModel.threads(n) then starts n - 1 workers).
  */
-export async function loadWasmBackend(variant: 'simd' | 'scalar' | 'threads' = 'simd'): Promise<WasmBackend> {
-  const file = variant === 'threads' ? 'simd-mt' : variant;
-  const bytes = readFileSync(join(packageRoot(), 'wasm', 'dist', `kle-${file}.wasm`));
-  return WasmBackend.instantiate(variant === 'threads' ? 'wasm-threads' : variant === 'simd' ? 'wasm-simd' : 'wasm-scalar', bytes);
+export async function loadWasmBackend(variant: 'simd' | 'relaxed' | 'auto' | 'scalar' | 'threads' = 'simd'): Promise<WasmBackend> {
+  const v = variant === 'auto' ? (relaxedSimdWorks() ? 'relaxed' : 'simd') : variant;
+  if (v === 'relaxed' && !relaxedSimdWorks()) throw new Error('kle-simd-relaxed.wasm: this runtime does not run relaxed SIMD\'s int8 dot (see relaxedSimdWorks)');
+  const file = { simd: 'simd', relaxed: 'simd-relaxed', scalar: 'scalar', threads: 'simd-mt' }[v];
+  const name = ({ simd: 'wasm-simd', relaxed: 'wasm-relaxed', scalar: 'wasm-scalar', threads: 'wasm-threads' } as const)[v];
+  return WasmBackend.instantiate(name, readFileSync(join(packageRoot(), 'wasm', 'dist', `kle-${file}.wasm`)));
 }
 
 /** Loads the native addon built by `npm run build:native`. */

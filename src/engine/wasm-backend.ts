@@ -103,7 +103,7 @@ export class WasmBackend implements KernelBackend {
   }
 
   /**
-   * Instantiates a kle module (`kle-simd.wasm`, `kle-scalar.wasm`, or `kle-simd-mt.wasm`, the
+   * Instantiates a kle module (`kle-simd.wasm`, `kle-simd-relaxed.wasm` where `relaxedSimdWorks()`, `kle-scalar.wasm`, or `kle-simd-mt.wasm`, the
    * threads build): compiled already (what a Worker's bundler hands over; Workers may not compile
    * at run time), or its bytes. The threads build imports its memory: a shared one is made here,
    * and {@link startThreads} starts the threads a model asks for (where the runtime has workers:
@@ -119,6 +119,8 @@ export class WasmBackend implements KernelBackend {
     const imports = {
       // Memory growth detaches old views; views are re-created from memory.buffer on every use.
       env: { emscripten_notify_memory_growth: () => {}, ...(shared ? { memory: shared } : {}) },
+      // the relaxed build's placeholder for the instruction that replaced its every call (relaxed.mjs)
+      kle: { rdot: () => { throw new Error('kle.rdot is never called'); } },
     };
     const instance = await WebAssembly.instantiate(compiled, imports);
     const spawn = shared ? await threadSpawner() : null;
