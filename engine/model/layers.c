@@ -304,10 +304,14 @@ const kle_layer_kind kle_mixers[2] = {
 };
 
 /* ---------------------------------------------------------------- feed-forward blocks */
-/* y = down(silu(a[0]) * a[1]) once a[0] = gate h and a[1] = up h ([T, I]) are made */
-static int swiglu_down(kle_session *s, int rd, int l, int I, float *y, int T) {
+/* y = down(silu(gate h) * up h), gate and up as one operation where the backend has it */
+static int swiglu_mlp(kle_session *s, int rg, int ru, int rd, int l, const float *h, float *y, int T) {
   const kle_model *m = s->m;
-  KLE_TRY(m->b->swiglu(m->ctx, s->a[0], s->a[1], s->a[2], (size_t)T * I));
+  const int gu[2] = {rg, ru};
+  const float *hx[2] = {h, h};
+  float *out[2] = {s->a[0], s->a[1]};
+  KLE_TRY(matmuls(m, 2, gu, l, hx, out, T));
+  KLE_TRY(m->b->swiglu(m->ctx, s->a[0], s->a[1], s->a[2], (size_t)T * W_(m, rg, l)->rows));
   return m->b->matmul(m->ctx, W_(m, rd, l), s->a[2], y, T);
 }
 
@@ -322,11 +326,7 @@ static int dense_expect(const kle_model *m, int role, int *rows, int *cols, int 
 }
 
 static int dense_forward(kle_session *s, int l, const float *h, float *y, int T) {
-  const int gu[2] = {KLE_T_FFN_GATE, KLE_T_FFN_UP};
-  const float *hx[2] = {h, h};
-  float *out[2] = {s->a[0], s->a[1]};
-  KLE_TRY(matmuls(s->m, 2, gu, l, hx, out, T));
-  return swiglu_down(s, KLE_T_FFN_DOWN, l, W_(s->m, KLE_T_FFN_GATE, l)->rows, y, T);
+  return swiglu_mlp(s, KLE_T_FFN_GATE, KLE_T_FFN_UP, KLE_T_FFN_DOWN, l, h, y, T);
 }
 
 static int moe_expect(const kle_model *m, int role, int *rows, int *cols, int *anyfmt) {
@@ -351,6 +351,7 @@ static int moe_forward(kle_session *s, int l, const float *h, float *y, int T) {
   const kle_backend *b = m->b;
   kle_backend_ctx *cx = m->ctx;
   const kle_tensor *bias = W_(m, KLE_T_MOE_BIAS, l);
+  /* the router's logits in a[3]: the shared expert's MLP below takes a[0..2] and a[4] */
   KLE_TRY(b->matmul(cx, W_(m, KLE_T_MOE_ROUTER, l), h, s->a[3], T));
   /* renormalizing a single choice would turn its weight into 1; the reference leaves it */
   const int renorm = c[KLE_CFG_RENORM] && K > 1;
@@ -367,11 +368,7 @@ static int moe_forward(kle_session *s, int l, const float *h, float *y, int T) {
   KLE_TRY(b->moe_experts(cx, m->expert_tabs[l], s->route_idx, s->route_w, h, y, T, K, D, c[KLE_CFG_MOE_INTER],
                          s->moe_scratch));
   if (shared) {
-    const int gu[2] = {KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP};
-    const float *hx[2] = {h, h};
-    float *out[2] = {s->a[0], s->a[1]};
-    KLE_TRY(matmuls(m, 2, gu, l, hx, out, T));
-    KLE_TRY(swiglu_down(s, KLE_T_SHEXP_DOWN, l, W_(m, KLE_T_SHEXP_GATE, l)->rows, s->a[4], T));
+    KLE_TRY(swiglu_mlp(s, KLE_T_SHEXP_GATE, KLE_T_SHEXP_UP, KLE_T_SHEXP_DOWN, l, h, s->a[4], T));
     KLE_TRY(b->add(cx, y, s->a[4], (size_t)T * D));
   }
   return KLE_OK;
