@@ -3,7 +3,7 @@
  * which the `kle-simd-relaxed.wasm` build needs (its K-quant dots; see engine/build/relaxed.mjs).
  * Not enough that the module validates: Node 20's V8 (11.3) takes the instruction behind
  * `--experimental-wasm-relaxed-simd` and returns twice the dot, so a probe module runs it on
- * known values. Chromium and Deno 2 pass; Node 20 and runtimes without relaxed SIMD do not.
+ * known values. Chromium, Deno 2 and Bun 1.4 pass; Node 20 and runtimes without relaxed SIMD do not.
  * @example
  * const file = relaxedSimdWorks() ? 'kle-simd-relaxed.wasm' : 'kle-simd.wasm';
  */

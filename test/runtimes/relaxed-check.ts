@@ -1,4 +1,4 @@
-// Run by relaxed.test.ts in Deno (whose V8 runs relaxed SIMD as specified), from the sources:
+// Run by relaxed.test.ts in Deno and Bun (which run relaxed SIMD as specified), from the sources:
 // the relaxed-SIMD build's quantized matvecs against the SIMD build's and the scalar integer
 // reference, on the same weights and tokens. Prints one JSON line.
 import { readFileSync } from 'node:fs';
@@ -37,4 +37,6 @@ for (const fmt of ['q4_k', 'q5_k', 'q6_k', 'q8_0', 'q4_0'] as WeightFormatName[]
     const r = run(relaxed, 'fast'), s = run(simd, 'fast'), ref = run(simd, 'q8-ref');
     rows.push({ fmt, T, vsSimd: worst(r, s), vsRef: worst(r, ref), simdVsRef: worst(s, ref) });
   }
-console.log(JSON.stringify({ runtime: `deno ${(globalThis as unknown as { Deno: { version: { deno: string } } }).Deno.version.deno}`, relaxedSimdWorks: relaxedSimdWorks(), rows }));
+const g = globalThis as unknown as { Deno?: { version: { deno: string } }; Bun?: { version: string } };
+const runtime = g.Deno ? `deno ${g.Deno.version.deno}` : g.Bun ? `bun ${g.Bun.version}` : 'unknown';
+console.log(JSON.stringify({ runtime, relaxedSimdWorks: relaxedSimdWorks(), rows }));
