@@ -96,6 +96,25 @@ __device__ __forceinline__ void row_dot16(const uint16_t *__restrict__ w, const 
   for (int t = 0; t < TT; t++) acc[t] = warp_sum(acc[t]);
 }
 
+// Two rows' dots at once, their loads in flight together: d0 += w0 . x0, d1 += w1 . x1 over the
+// 16-byte weight chunks i = lane, lane + 32, ... < n8 (8 weights and 8 activations each; SAME_X:
+// x1 is x0, loaded once). The experts' gate/up and down kernels.
+template <bool SAME_X, int UNROLL>
+__device__ __forceinline__ void dot2_rows16(const uint4 *__restrict__ w0, const uint4 *__restrict__ w1, const float4 *__restrict__ x0,
+                                            const float4 *__restrict__ x1, int n8, int lane, int is_bf16, float &d0, float &d1) {
+#pragma unroll UNROLL
+  for (int i = lane; i < n8; i += 32) {
+    const uint4 u0 = ld_stream(w0 + i), u1 = ld_stream(w1 + i);
+    float f0[8], f1[8];
+    unpack8(u0, is_bf16, f0);
+    unpack8(u1, is_bf16, f1);
+    const float4 a0 = x0[2 * i], b0 = x0[2 * i + 1];
+    const float4 a1 = SAME_X ? a0 : x1[2 * i], b1 = SAME_X ? b0 : x1[2 * i + 1];
+    d0 += f0[0] * a0.x + f0[1] * a0.y + f0[2] * a0.z + f0[3] * a0.w + f0[4] * b0.x + f0[5] * b0.y + f0[6] * b0.z + f0[7] * b0.w;
+    d1 += f1[0] * a1.x + f1[1] * a1.y + f1[2] * a1.z + f1[3] * a1.w + f1[4] * b1.x + f1[5] * b1.y + f1[6] * b1.z + f1[7] * b1.w;
+  }
+}
+
 template <int TT>
 __global__ void __launch_bounds__(256) gemv16_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
                                                      int nt, int N, int Kd, int is_bf16, int vec) {
@@ -410,16 +429,7 @@ __global__ void __launch_bounds__(256) expert_gate_up16_kernel(const uint16_t *c
     const uint4 *g8 = reinterpret_cast<const uint4 *>(gw + (size_t)row * Kd), *u8 = reinterpret_cast<const uint4 *>(uw + (size_t)row * Kd);
     const float4 *x4 = reinterpret_cast<const float4 *>(x);
     float ga = 0.f, ua = 0.f;
-#pragma unroll 3
-    for (int i = lane; i < Kd / 8; i += 32) {
-      const uint4 a = ld_stream(g8 + i), b = ld_stream(u8 + i);
-      float fa[8], fb[8];
-      unpack8(a, is_bf16, fa);
-      unpack8(b, is_bf16, fb);
-      const float4 x0 = x4[2 * i], x1 = x4[2 * i + 1];
-      ga += fa[0] * x0.x + fa[1] * x0.y + fa[2] * x0.z + fa[3] * x0.w + fa[4] * x1.x + fa[5] * x1.y + fa[6] * x1.z + fa[7] * x1.w;
-      ua += fb[0] * x0.x + fb[1] * x0.y + fb[2] * x0.z + fb[3] * x0.w + fb[4] * x1.x + fb[5] * x1.y + fb[6] * x1.z + fb[7] * x1.w;
-    }
+    dot2_rows16<true, 3>(g8, u8, x4, x4, Kd / 8, lane, is_bf16, ga, ua);
     g[0] = warp_sum(ga);
     u[0] = warp_sum(ua);
   } else {
@@ -459,16 +469,7 @@ __global__ void __launch_bounds__(256) expert_down_combine16_kernel(const uint16
       const uint4 *w0 = wrow(k0), *w1 = wrow(k1);
       const float4 *x0 = xrow(k0), *x1 = xrow(k1);
       float d0 = 0.f, d1 = 0.f;
-#pragma unroll 4
-      for (int i = lane; i < Kd / 8; i += 32) {
-        const uint4 u0 = ld_stream(w0 + i), u1 = ld_stream(w1 + i);
-        float f0[8], f1[8];
-        unpack8(u0, is_bf16, f0);
-        unpack8(u1, is_bf16, f1);
-        const float4 a0 = x0[2 * i], b0 = x0[2 * i + 1], a1 = x1[2 * i], b1 = x1[2 * i + 1];
-        d0 += f0[0] * a0.x + f0[1] * a0.y + f0[2] * a0.z + f0[3] * a0.w + f0[4] * b0.x + f0[5] * b0.y + f0[6] * b0.z + f0[7] * b0.w;
-        d1 += f1[0] * a1.x + f1[1] * a1.y + f1[2] * a1.z + f1[3] * a1.w + f1[4] * b1.x + f1[5] * b1.y + f1[6] * b1.z + f1[7] * b1.w;
-      }
+      dot2_rows16<false, 4>(w0, w1, x0, x1, Kd / 8, lane, is_bf16, d0, d1);
       d0 = warp_sum(d0);
       d1 = warp_sum(d1);
       if (lane == 0) {
