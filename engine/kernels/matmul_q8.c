@@ -340,6 +340,8 @@ static inline void kq_pair(int a, int b, kq_w *w) {
   w->v[2] = w->v[3] = wasm_i16x8_splat((int16_t)b);
 }
 static inline kq_acc acc_zero(void) { return wasm_f32x4_splat(0.0f); }
+/* v128_t is an int32 vector type to C: its + would add the float bits as integers */
+static inline kq_acc acc_merge(kq_acc a, kq_acc b) { return wasm_f32x4_add(a, b); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   v128_t s = wasm_i32x4_dot_i16x8(w->v[0], wasm_v128_load(x));
   for (int i = 1; i < 4; i++) s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(w->v[i], wasm_v128_load(x + 8 * i)));
@@ -405,6 +407,7 @@ static inline void kq_pair(int a, int b, kq_w *w) {
   *w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
 }
 static inline kq_acc acc_zero(void) { return _mm512_setzero_ps(); }
+static inline kq_acc acc_merge(kq_acc a, kq_acc b) { return _mm512_add_ps(a, b); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), *w, _mm512_loadu_si512(x));
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale), acc);
@@ -497,6 +500,7 @@ static inline void kq_pair(int a, int b, kq_w *w) {
   w->hi = _mm256_set1_epi16((short)b);
 }
 static inline kq_acc acc_zero(void) { return _mm256_setzero_ps(); }
+static inline kq_acc acc_merge(kq_acc a, kq_acc b) { return _mm256_add_ps(a, b); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   __m256i s = madd_acc(_mm256_setzero_si256(), w->lo, _mm256_loadu_si256((const __m256i *)x));
   s = madd_acc(s, w->hi, _mm256_loadu_si256((const __m256i *)(x + 16)));
@@ -524,7 +528,9 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *
 /* T tokens (1..4) against one Q4_K (five: Q5_K) row: each group pair's nibbles widened once for all of them */
 static void row_dot_q4k(const uint8_t *row, int five, int T, const float *const dx[4], const float *const sx[4],
                         const int16_t *const qx[4], int nb, float out[4]) {
-  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  /* two accumulators: each group's a and b were two dependent adds in one chain, which bound the
+   * row (wasm: V8 keeps the f32 adds in order) */
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()}, acc2[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   float mins[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ds[8], dm[8];
   for (int s = 0; s < nb / 8; s++) {
     const uint8_t *blk = row + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES);
@@ -536,7 +542,7 @@ static void row_dot_q4k(const uint8_t *row, int five, int T, const float *const 
       q4k_b(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, a, b);
       for (int t = 0; t < T; t++) {
         acc[t] = acc_add_b(acc[t], a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
-        acc[t] = acc_add_b(acc[t], b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
+        acc2[t] = acc_add_b(acc2[t], b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
         mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
       }
 #else
@@ -544,18 +550,19 @@ static void row_dot_q4k(const uint8_t *row, int five, int T, const float *const 
       q4k_w(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, &a, &b);
       for (int t = 0; t < T; t++) {
         acc[t] = acc_add(acc[t], &a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
-        acc[t] = acc_add(acc[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
+        acc2[t] = acc_add(acc2[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
         mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
       }
 #endif
     }
   }
-  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - mins[t];
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc_merge(acc[t], acc2[t])) - mins[t];
 }
 
 /* T tokens (1..4) against one Q6_K row: each half super-block's weights made once for all of them */
 static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
-  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  /* the blocks alternate between two accumulators, as in row_dot_q4k */
+  kq_acc acc[2][4] = {{acc_zero(), acc_zero(), acc_zero(), acc_zero()}, {acc_zero(), acc_zero(), acc_zero(), acc_zero()}};
   for (int s = 0; s < nb / 8; s++) {
     const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
     const float d = qblock_scale(blk + 208);
@@ -564,11 +571,11 @@ static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], con
       q6k_w(blk + 64 * h, blk + 128 + 32 * h, (const int8_t *)(blk + 192 + 8 * h), w);
       for (int k = 0; k < 4; k++) {
         const int b = 8 * s + 4 * h + k;
-        for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w[k], qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+        for (int t = 0; t < T; t++) acc[k & 1][t] = acc_add(acc[k & 1][t], &w[k], qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
       }
     }
   }
-  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc_merge(acc[0][t], acc[1][t]));
 }
 
 /* T tokens (1..4) against one Q2_K or Q3_K row: each block's weights (q23k_w: q23k_half's
