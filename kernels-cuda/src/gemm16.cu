@@ -96,6 +96,20 @@ __device__ __forceinline__ void row_dot16(const uint16_t *__restrict__ w, const 
   for (int t = 0; t < TT; t++) acc[t] = warp_sum(acc[t]);
 }
 
+// A warp's share of a row: w . x over the 16-byte weight chunks i = i0 + lane, i0 + lane + 32, ...
+// < i1 (8 weights and 8 activations each), this lane's partial sum
+__device__ __forceinline__ float dot16_span(const uint4 *__restrict__ w8, const float4 *__restrict__ x4, int i0, int i1, int lane, int is_bf16) {
+  float acc = 0.f;
+#pragma unroll 4
+  for (int i = i0 + lane; i < i1; i += 32) {
+    float wf[8];
+    unpack8(ld_stream(w8 + i), is_bf16, wf);
+    const float4 a = x4[2 * i], b = x4[2 * i + 1];
+    acc += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
+  }
+  return acc;
+}
+
 // Two rows' dots at once, their loads in flight together: d0 += w0 . x0, d1 += w1 . x1 over the
 // 16-byte weight chunks i = lane, lane + 32, ... < n8 (8 weights and 8 activations each; SAME_X:
 // x1 is x0, loaded once). The experts' gate/up and down kernels.
@@ -144,16 +158,7 @@ __global__ void __launch_bounds__(256) gemv16_split_kernel(const uint16_t *__res
   const uint4 *w8 = reinterpret_cast<const uint4 *>(W + (size_t)row * Kd);
   if (row < N && i1 > i0) prefetch_l2(w8 + i0, 16 * (size_t)(i1 - i0), lane);
   pdl_wait();
-  float acc = 0.f;
-  if (row < N) {
-#pragma unroll 4
-    for (int i = i0 + lane; i < i1; i += 32) {
-      float wf[8];
-      unpack8(ld_stream(w8 + i), is_bf16, wf);
-      const float4 a = reinterpret_cast<const float4 *>(X)[2 * i], b = reinterpret_cast<const float4 *>(X)[2 * i + 1];
-      acc += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
-    }
-  }
+  float acc = row < N ? dot16_span(w8, reinterpret_cast<const float4 *>(X), i0, i1, lane, is_bf16) : 0.f;
   acc = warp_sum(acc);
   if (lane == 0) part[wid] = acc;
   __syncthreads();
@@ -519,15 +524,7 @@ __global__ void __launch_bounds__(256) gemv_multi_kernel(mv_set s) {
         acc += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
       }
     } else {
-      const uint4 *w8 = reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(e.W) + (size_t)row * e.Kd);
-      const int bf = e.fmt == MV_BF16;
-#pragma unroll 4
-      for (int i = i0 + lane; i < i1; i += 32) {
-        float wf[8];
-        unpack8(ld_stream(w8 + i), bf, wf);
-        const float4 a = x4[2 * i], b = x4[2 * i + 1];
-        acc += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
-      }
+      acc = dot16_span(reinterpret_cast<const uint4 *>(static_cast<const uint16_t *>(e.W) + (size_t)row * e.Kd), x4, i0, i1, lane, e.fmt == MV_BF16);
     }
     acc = warp_sum(acc);
   }
@@ -703,7 +700,8 @@ bool gemv_multi_ok(const mv_entry &e) {
 void gemv_multi(mv_set s, cudaStream_t st) {
   long rows = 0;
   for (int i = 0; i < s.n; i++) rows += s.e[i].N;
-  // below 4096 rows (a MoE layer's router and shared expert: 2,304) a warp a row leaves SMs idle
+  // below 4096 rows a warp a row leaves SMs idle (as gemv16_split_kernel's cut; the 48B model's
+  // sets are all above it, a small model's below)
   const int split = rows < 4096 ? 4 : 1;
   int blocks = 0;
   for (int i = 0; i < s.n; i++) {
