@@ -12,27 +12,12 @@
 #include <math.h>
 
 #include "../include/kle_cuda.h"
+#include "tc.cuh"
 
 namespace cg = cooperative_groups;
 
 
-// A launch on `stream`; with `overlap` (programmatic dependent launch) the kernel may start while
-// the one before it in the stream is finishing, and runs until its cudaGridDependencySynchronize()
-// alongside it: what it reads there must not be written by that kernel. attr: room for the one
-// launch attribute this may set.
-static cudaLaunchConfig_t overlap_launch(dim3 grid, dim3 block, void *stream, bool overlap, cudaLaunchAttribute *attr) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.stream = (cudaStream_t)stream;
-  if (overlap) {
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-  }
-  return cfg;
-}
+using kle_tc::overlap_launch;
 
 // Sums |q|^2, |k|^2 and k.q partials over the block's KW warps (this thread: lane of warp w; red:
 // [3][KW] scratch; ends with a barrier).

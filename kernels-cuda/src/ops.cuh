@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "tc.cuh"
+
 namespace kle_ops {
 
 // Programmatic dependent launch (sm_90). A kernel launched by launch_pdl may be scheduled while
@@ -27,15 +29,8 @@ bool pdl_enabled();
 template <typename... P, typename... A>
 inline void launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A... args) {
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
+  cudaLaunchConfig_t cfg = kle_tc::overlap_launch(grid, block, st, pdl_enabled(), attr);
   cfg.dynamicSmemBytes = smem;
-  cfg.stream = st;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
   cudaLaunchKernelEx(&cfg, k, static_cast<P>(args)...);
 }
 

@@ -1,5 +1,6 @@
 // tc.cuh: the tensor-core and async-copy primitives the kernels share (kda_chunk.cu,
-// mla_decode.cu, gemm16.cu).
+// mla_decode.cu, gemm16.cu), and the overlapped (programmatic dependent) launch's configuration
+// (kda_step.cu, ops.cuh's launch_pdl).
 //
 // Products run as mma.sync m16n8k8 TF32 in the 3xTF32 form: each f32 operand is split into a
 // TF32 high part and a TF32 remainder, and hi*hi + hi*lo + lo*hi keeps the products at f32
@@ -22,6 +23,24 @@ inline int sm_count() {
   int dev = 0, n = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
   return n;
+}
+
+// A launch on `stream`; with `overlap` (programmatic dependent launch) the kernel may start while
+// the one before it in the stream is finishing, and runs until its cudaGridDependencySynchronize()
+// alongside it: what it reads there must not be written by that kernel. attr: room for the one
+// launch attribute this may set.
+inline cudaLaunchConfig_t overlap_launch(dim3 grid, dim3 block, void *stream, bool overlap, cudaLaunchAttribute *attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.stream = (cudaStream_t)stream;
+  if (overlap) {
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  return cfg;
 }
 
 __device__ __forceinline__ void cp_async16(float *dst, const float *src) {
