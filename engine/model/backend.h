@@ -106,7 +106,8 @@ struct kle_backend {
   /*
    * optional (NULL: matmul for each): Y[i][T, w[i]->rows] = X[i][T, w[i]->cols] w[i]^T for
    * i < n <= 8, as one operation: a decode step's projections of one input (on a GPU each was a
-   * launch, a ramp and a tail of its own, more than its bytes took)
+   * launch, a ramp and a tail of its own, more than its bytes took). KLE_ENOSYS for sets it does
+   * not run: the forward pass then takes matmul for each.
    */
   int (*matmul_n)(kle_backend_ctx *ctx, int n, const kle_tensor *const *w, const float *const *X, float *const *Y, int T);
   /* x[t] = table[tokens[t]] as f32; tokens in host memory, already range-checked; NULL: the one

@@ -20,11 +20,12 @@ static const kle_tensor *W_(const kle_model *m, int role, int layer) { return kl
 static const float *F_(const kle_model *m, int role, int layer) { return (const float *)W_(m, role, layer)->data; }
 
 /* Y[i] = X[i] W_i^T for the n <= 8 roles' weights of layer l: in one operation where the backend
- * has it (one launch on a GPU), else one by one */
+ * runs it (one launch on a GPU), else one by one */
 static int matmuls(const kle_model *m, int n, const int *roles, int l, const float *const *X, float *const *Y, int T) {
   const kle_tensor *w[8];
   for (int i = 0; i < n; i++) w[i] = W_(m, roles[i], l);
-  if (m->b->matmul_n) return m->b->matmul_n(m->ctx, n, w, X, Y, T);
+  const int rc = m->b->matmul_n ? m->b->matmul_n(m->ctx, n, w, X, Y, T) : KLE_ENOSYS;
+  if (rc != KLE_ENOSYS) return rc;
   for (int i = 0; i < n; i++) KLE_TRY(m->b->matmul(m->ctx, w[i], X[i], Y[i], T));
   return KLE_OK;
 }

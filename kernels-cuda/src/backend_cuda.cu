@@ -389,19 +389,16 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
   return launched();
 }
 
-// One token's products with several weights in one launch where each fits gemv_multi; else one by one
+// One token's products with several weights in one launch where each fits gemv_multi (else
+// KLE_ENOSYS: the forward pass makes them one by one)
 int cu_matmul_n(kle_backend_ctx *cx, int n, const kle_tensor *const *w, const float *const *X, float *const *Y, int T) {
   kle_ops::mv_set set = {};
-  bool one = T == 1 && n <= kle_ops::MV_MAX;
-  for (int i = 0; one && i < n; i++) {
+  if (T != 1 || n > kle_ops::MV_MAX) return KLE_ENOSYS;
+  for (int i = 0; i < n; i++) {
     const int f = w[i]->fmt;
     set.e[i] = {w[i]->data, X[i], Y[i], w[i]->rows, w[i]->cols,
                 f == KLE_W_F32 ? kle_ops::MV_F32 : f == KLE_W_BF16 ? kle_ops::MV_BF16 : kle_ops::MV_F16, 0};
-    one = (f == KLE_W_F32 || f == KLE_W_BF16 || f == KLE_W_F16) && kle_ops::gemv_multi_ok(set.e[i]);
-  }
-  if (!one) {
-    for (int i = 0; i < n; i++) KLE_TRY(cu_matmul(cx, w[i], X[i], Y[i], T));
-    return KLE_OK;
+    if ((f != KLE_W_F32 && f != KLE_W_BF16 && f != KLE_W_F16) || !kle_ops::gemv_multi_ok(set.e[i])) return KLE_ENOSYS;
   }
   Span sp(cx, "matmul several", n, T);
   set.n = n;
