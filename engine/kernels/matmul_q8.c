@@ -276,13 +276,15 @@ static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq
  * sign moved onto the activations would cost what the dot saves).
  */
 __attribute__((import_module("kle"), import_name("rdot"))) v128_t kle_rdot(v128_t a, v128_t b, v128_t c);
-#define KQ_BYTE_DOT 1
+/* Q4_K's codes stay bytes, in kq_w's first two vectors */
+static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) { q4k_b(q, qh, g, a->v, b->v); }
 /* acc + scale * (32 codes w (bytes, 0..127) . 32 activation codes x): the int16 codes narrowed
  * to bytes (exact: they are within +-127), two relaxed dots */
-static inline kq_acc acc_add_b(kq_acc acc, const v128_t w[2], const int16_t *x, float scale) {
+#define KQ_Q4K_DOT 1
+static inline kq_acc acc_add_q4k(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   const v128_t a0 = wasm_i8x16_narrow_i16x8(wasm_v128_load(x), wasm_v128_load(x + 8));
   const v128_t a1 = wasm_i8x16_narrow_i16x8(wasm_v128_load(x + 16), wasm_v128_load(x + 24));
-  const v128_t s = kle_rdot(a1, w[1], kle_rdot(a0, w[0], wasm_i32x4_splat(0)));
+  const v128_t s = kle_rdot(a1, w->v[1], kle_rdot(a0, w->v[0], wasm_i32x4_splat(0)));
   return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(scale)));
 }
 #endif
@@ -520,6 +522,10 @@ static inline float acc_sum(kq_acc acc) {
 #define NO_SIMD_DOT
 #endif
 
+#if !defined(KQ_Q4K_DOT)
+#define acc_add_q4k acc_add /* a Q4_K group's dot: the 16-bit one, except in the relaxed build (above) */
+#endif
+
 #ifdef NO_SIMD_DOT
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
   return row_dot_ref(fmt, row, dx, sx, qx, nb);
@@ -537,23 +543,13 @@ static void row_dot_q4k(const uint8_t *row, int five, int T, const float *const 
     q4k_header(blk, ds, dm);
     for (int g = 0; g < 4; g++) {
       const int j = 2 * g, k = 8 * s + j;
-#if defined(KQ_BYTE_DOT)
-      v128_t a[2], b[2];
-      q4k_b(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, a, b);
-      for (int t = 0; t < T; t++) {
-        acc[t] = acc_add_b(acc[t], a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
-        acc2[t] = acc_add_b(acc2[t], b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
-        mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
-      }
-#else
       kq_w a, b;
       q4k_w(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, &a, &b);
       for (int t = 0; t < T; t++) {
-        acc[t] = acc_add(acc[t], &a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
-        acc2[t] = acc_add(acc2[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
+        acc[t] = acc_add_q4k(acc[t], &a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
+        acc2[t] = acc_add_q4k(acc2[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
         mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
       }
-#endif
     }
   }
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc_merge(acc[t], acc2[t])) - mins[t];
