@@ -21,7 +21,7 @@ import { Tokenizer } from '../src/tokenizer/tokenizer.js';
 import { tokenizerFromTiktoken } from '../src/tokenizer/tiktoken.js';
 import { promptOf, streamChat, type ChatRun } from './chat-client.js';
 import { writeKimiSizeModelDir } from './kimi-vocab.js';
-import { gpuTag, machine, table, writeResultAs } from './lib.js';
+import { gpuTag, machine, median, table, writeResultAs } from './lib.js';
 
 const { values } = parseArgs({
   options: {
@@ -76,7 +76,6 @@ interface Row {
   allInTokPerS: number | null; route: string; batchMax: number;
 }
 const rows: Row[] = [];
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
 const p90 = (a: number[]) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(a.length * 0.9))]!;
 function summarize(name: string, runs: ChatRun[], batchMax: number): Row {
   // aggregate decode: every completion token after its stream's first, over the span in which streams decoded

@@ -1,9 +1,44 @@
 import { cpus, totalmem, platform, arch } from 'node:os';
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { EngineModel } from '../src/engine/engine.js';
 import { packageRoot } from '../src/engine/node-kernels.js';
 
 export { bind, type BoundArg as BenchArg, type BoundCall } from '../src/engine/bound-call.js';
+
+/** The median of a (the upper one of an even count). */
+export function median(a: number[]): number {
+  return [...a].sort((x, y) => x - y)[a.length >> 1]!;
+}
+
+/**
+ * This runtime's pp and tg on an engine model as llama-bench defines them: a `pp`-token prompt
+ * into a fresh session, and `tg` tokens one at a time from an empty context; tokens/s, each the
+ * median of `runs` after timeIt's warm-up. wasm first runs four tg passes and a 64-token prefill:
+ * V8 compiles lazily and optimizes a function once it has run a while, in every thread (the
+ * threads build's workers took about five tg128 runs of the 1M model: 3,105 -> 6,100 tok/s).
+ */
+export function enginePpTg(engine: EngineModel, vocab: number, pp: number, tg: number, runs: number, warmUp: boolean): { ppTokS: number; tgTokS: number } {
+  const prompt = Array.from({ length: pp }, (_, i) => (i * 7919 + 13) % vocab);
+  const generate = () => {
+    const s = engine.createSession();
+    for (let i = 0; i < tg; i++) s.forward([(i * 31 + 7) % vocab]);
+    return s;
+  };
+  if (warmUp)
+    for (let w = 0; w < 4; w++) {
+      const s = generate();
+      s.forward(prompt.slice(0, 64));
+      s.free();
+    }
+  const ppMs = timeIt(() => {
+    const s = engine.createSession();
+    s.forward(prompt);
+    s.free();
+  }, runs).median;
+  const tgMs = timeIt(() => generate().free(), runs).median;
+  return { ppTokS: pp / (ppMs / 1e3), tgTokS: tg / (tgMs / 1e3) };
+}
 
 /** Median wall time in ms of `runs` calls after one warm-up; stops early past `budgetMs`. */
 export function timeIt(f: () => unknown, runs: number, budgetMs = 20_000): { median: number; runs: number } {

@@ -19,7 +19,7 @@ import { syntheticWeights } from '../src/weights/synthetic.js';
 import { hfToGguf } from '../src/weights/to-gguf.js';
 import { defaultModelDir, nodeBackend } from '../src/node.js';
 import { MID_CONFIG } from './generate.js';
-import { machine, machineTag, table, timeIt, writeResult } from './lib.js';
+import { enginePpTg, machine, machineTag, median, table, writeResult } from './lib.js';
 import { barChart } from './svg.js';
 import { startWranglerDev } from './wrangler.js';
 import { packageRoot } from '../src/node.js';
@@ -77,29 +77,8 @@ for (const [name, bytes] of Object.entries(models)) {
     const m = await loadModel(sourceFromFiles({ 'model.gguf': bytes }), { backend });
     if (b !== 'wasm') m.engine.threads(threads);
     await m.engine.threadsReady(); // the wasm threads build's workers serving before the clock starts
-    const V = m.config.vocabSize;
-    const prompt = Array.from({ length: PP }, (_, i) => (i * 7919 + 13) % V);
-    // wasm: V8 compiles lazily and optimizes a function once it has run a while, in every thread
-    // (the threads build's workers took about five tg128 runs of the 1M model: 3,105 -> 6,100 tok/s)
-    if (b !== 'native')
-      for (let w = 0; w < 4; w++) {
-        const s = m.engine.createSession();
-        for (let i = 0; i < TG; i++) s.forward([(i * 31 + 7) % V]);
-        s.forward(prompt.slice(0, 64));
-        s.free();
-      }
-    const pp = timeIt(() => {
-      const s = m.engine.createSession();
-      s.forward(prompt);
-      s.free();
-    }, values.quick ? 2 : 3).median;
-    // generation as llama-bench measures it: TG tokens from an empty context, one at a time
-    const tg = timeIt(() => {
-      const s = m.engine.createSession();
-      for (let i = 0; i < TG; i++) s.forward([(i * 31 + 7) % V]);
-      s.free();
-    }, values.quick ? 2 : 3).median;
-    rows.push({ model: name, engine: `kimi-linear-edge ${backend.name}`, threads, ppTokS: PP / (pp / 1e3), tgTokS: TG / (tg / 1e3) });
+    const { ppTokS, tgTokS } = enginePpTg(m.engine, m.config.vocabSize, PP, TG, values.quick ? 2 : 3, b !== 'native');
+    rows.push({ model: name, engine: `kimi-linear-edge ${backend.name}`, threads, ppTokS, tgTokS });
     m.free();
   }
 }
@@ -138,8 +117,7 @@ for (const [name, bytes] of Object.entries(models)) {
       const g = await timed('Once upon a time', TG);
       tg.push((g.n - 1) / ((g.total - g.first) / 1e3));
     }
-    const med = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
-    rows.push({ model: 'default (1.0M, BF16)', engine: 'kimi-linear-edge workerd (HTTP)', threads: 1, ppTokS: PP / (med(pp) / 1e3), tgTokS: med(tg) });
+    rows.push({ model: 'default (1.0M, BF16)', engine: 'kimi-linear-edge workerd (HTTP)', threads: 1, ppTokS: PP / (median(pp) / 1e3), tgTokS: median(tg) });
   } finally {
     stop();
   }

@@ -1,41 +1,28 @@
 // npm run bench:relaxed -- FILE.gguf...   (runs in Deno: Node 20 cannot run relaxed SIMD right)
 // The relaxed-SIMD build (wasm/dist/kle-simd-relaxed.wasm: relaxed SIMD's int8 dot in the
 // Q4_K/Q5_K matvecs) against the plain SIMD build on the same GGUF files, in one Deno process:
-// pp512 and tg128 as llama-bench defines them, one thread, builds alternated three times,
-// medians. Writes bench/results/relaxed-simd-<machine>.json.
+// pp512 and tg128 as llama-bench defines them (bench/lib.ts's enginePpTg, as bench:peers), one
+// thread, builds alternated three times, medians. Writes bench/results/relaxed-simd-<machine>.json.
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { relaxedSimdWorks } from '../src/engine/relaxed-simd.js';
 import { sourceFromFiles } from '../src/formats/source.js';
 import { loadModel } from '../src/model/load.js';
-import { machine, machineTag, table, writeResult } from './lib.js';
+import { enginePpTg, machine, machineTag, median, table, writeResult } from './lib.js';
 
 const files = (globalThis as unknown as { Deno?: { args: string[]; version: { deno: string; v8: string } } }).Deno;
 if (!files) throw new Error('bench:relaxed runs in Deno (npm run bench:relaxed): Node 20 has no working relaxed SIMD');
 if (!relaxedSimdWorks()) throw new Error('this runtime does not run relaxed SIMD right (relaxedSimdWorks() is false)');
 const dist = new URL('../wasm/dist/', import.meta.url);
 const builds = { simd: readFileSync(new URL('kle-simd.wasm', dist)), relaxed: readFileSync(new URL('kle-simd-relaxed.wasm', dist)) };
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!;
 
 async function measure(build: 'simd' | 'relaxed', gguf: Uint8Array): Promise<{ pp: number; tg: number }> {
   const backend = await WasmBackend.instantiate(build === 'simd' ? 'wasm-simd' : 'wasm-relaxed', builds[build]);
   const m = await loadModel(sourceFromFiles({ 'model.gguf': gguf }), { backend });
-  const V = m.config.vocabSize;
-  const prompt = Array.from({ length: 512 }, (_, i) => (i * 7919 + 13) % V);
-  const s = m.engine.createSession();
-  let t = performance.now();
-  s.step(prompt);
-  const pp = 512 / ((performance.now() - t) / 1000);
-  const g = m.engine.createSession();
-  g.step([1]);
-  for (let i = 0; i < 16; i++) g.step([(i * 31 + 7) % V]);  // warm-up
-  t = performance.now();
-  for (let i = 0; i < 128; i++) g.step([(i * 31 + 7) % V]);
-  const tg = 128 / ((performance.now() - t) / 1000);
-  s.free();
-  g.free();
-  return { pp, tg };
+  const { ppTokS, tgTokS } = enginePpTg(m.engine, m.config.vocabSize, 512, 128, 1, true);
+  m.free();
+  return { pp: ppTokS, tg: tgTokS };
 }
 
 const rows = [];
