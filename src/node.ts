@@ -18,8 +18,9 @@ export type NodeBackendName = 'wasm' | 'wasm-scalar' | 'wasm-threads' | 'native'
 export async function nodeBackend(name: NodeBackendName = 'wasm'): Promise<KernelBackend> {
   if (name === 'native') return loadNativeBackend();
   if (name === 'cuda') return loadCudaBackend();
-  // 'wasm': the relaxed-SIMD build where this runtime runs it right, else the SIMD one
-  return loadWasmBackend(name === 'wasm' ? 'auto' : name === 'wasm-threads' ? 'threads' : 'scalar');
+  // 'wasm': the SIMD build. The relaxed-SIMD one (loadWasmBackend('auto' | 'relaxed')) measured no
+  // faster where it runs (bench:relaxed, Deno: 0.96-1.00x), so it is not the default.
+  return loadWasmBackend(name === 'wasm' ? 'simd' : name === 'wasm-threads' ? 'threads' : 'scalar');
 }
 
 /** The embedded default model's directory (models/default in the package). */
