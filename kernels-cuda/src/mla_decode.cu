@@ -445,6 +445,8 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
     }
   }
 
+  // every warp has read the last tile's factors from sfac before it takes the maxima
+  __syncthreads();
   if ((tid & 7) == 0) {
     ssum[sh] = run_sum;
     sfac[sh] = run_max;
