@@ -15,6 +15,8 @@
 //   lengths (4,096-token chunks, as a server feeds them), hybrid vs all-MLA, longest last; a length
 //   whose time, estimated from the one before as growing with its square (the attention's part),
 //   would pass --ttft-budget seconds for that model is reported as skipped with the estimate.
+// --precision f32|bf16 (default f32): the products' arithmetic (EngineModel.precision) for all of
+// it; the decode table also times each context's steps with BF16 precision.
 // Contexts whose MLA cache (BF16, the GPU's default) does not fit beside the weights are reported as such.
 // Writes bench/results/gpu-48b-<gpu>.json and an SVG.
 import { writeFileSync } from 'node:fs';
@@ -34,9 +36,11 @@ import { lineChart } from './svg.js';
 const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false }, model: { type: 'string', default: 'both' }, profile: { type: 'boolean', default: false },
-    ttft: { type: 'string' }, 'ttft-budget': { type: 'string', default: '240' },
+    ttft: { type: 'string' }, 'ttft-budget': { type: 'string', default: '240' }, precision: { type: 'string', default: 'f32' },
   },
 });
+if (values.precision !== 'f32' && values.precision !== 'bf16') throw new Error(`--precision ${values.precision}: expected f32 or bf16`);
+const PRECISION = values.precision;
 const TTFT = (values.ttft ?? '').split(',').filter(Boolean).map(Number).sort((a, b) => a - b);
 if (TTFT.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--ttft takes prompt lengths, not ${values.ttft}`);
 // --profile: the GPU time of every operation, printed when the model closes (backend_cuda.cu)
@@ -96,7 +100,7 @@ const cuda = loadCudaBackend();
 const gbps = cuda.copyGbps(GiB, 30);
 console.error(`${cuda.device}: copy bandwidth ${gbps.toFixed(0)} GB/s`);
 
-interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string; eagerMs?: number; sampledHostMs?: number; sampledGpuMs?: number }
+interface Row { model: string; context: number; msPerToken: number | null; limitMs: number; ofLimit: number | null; mlaCacheGiB: number; note: string; eagerMs?: number; sampledHostMs?: number; sampledGpuMs?: number; bf16PrecisionMs?: number }
 const rows: Row[] = [];
 const kvFormats: string[] = [];
 const loads: { model: string; seconds: number; weightsGiB: number; freeAfterGiB: number; activeGiBPerToken: number; prefillTokens: number; prefillTokPerS: number }[] = [];
@@ -133,6 +137,7 @@ for (const name of which) {
   const c = parseKimiConfig(json);
   const t0 = performance.now();
   const model = EngineModel.synthesize(cuda, c, 7, 'bf16');
+  model.precision(PRECISION);
   const seconds = (performance.now() - t0) / 1000;
   const active = activeWeightBytes(c);
   if (!kvFormats.includes(model.kvFormat)) kvFormats.push(model.kvFormat);
@@ -171,22 +176,27 @@ for (const name of which) {
     const eagerMs = medianDecodeMs(s, STEPS);
     delete process.env.KLE_CUDA_GRAPHS;
     const sampledHostMs = sampledMs(s, STEPS, false), sampledGpuMs = sampledMs(s, STEPS, true);
+    // BF16 precision (the MLA attention's query and probabilities rounded; a step's matvecs as they are)
+    model.precision('bf16');
+    medianDecodeMs(s, 2); // the graph captured again
+    const bf16PrecisionMs = medianDecodeMs(s, STEPS);
+    model.precision(PRECISION);
     s.free();
-    rows.push({ ...base, msPerToken: ms, ofLimit: limitMs / ms, note: '', eagerMs, sampledHostMs, sampledGpuMs });
-    console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)}; no graph ${eagerMs.toFixed(3)}); sampled top-p on the host ${sampledHostMs.toFixed(3)}, on the GPU ${sampledGpuMs.toFixed(3)}`);
+    rows.push({ ...base, msPerToken: ms, ofLimit: limitMs / ms, note: '', eagerMs, sampledHostMs, sampledGpuMs, bf16PrecisionMs });
+    console.error(`${name} @ ${context}: ${ms.toFixed(3)} ms/token (limit ${limitMs.toFixed(3)}; no graph ${eagerMs.toFixed(3)}; BF16 precision ${bf16PrecisionMs.toFixed(3)}); sampled top-p on the host ${sampledHostMs.toFixed(3)}, on the GPU ${sampledGpuMs.toFixed(3)}`);
   }
   model.free();
 }
 
 if (TTFT.length) {
   console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}\n`);
-  console.log('Time to first token: a prompt prefilled in 4,096-token forwards (BF16 weights and MLA cache)\n');
+  console.log(`Time to first token: a prompt prefilled in 4,096-token forwards (BF16 weights and MLA cache, ${PRECISION} products)\n`);
   console.log(table(['model', 'prompt tokens', 'seconds', 'tokens/s', 'all-MLA / hybrid', 'note'], ttftRows.map((r) => {
     const h = ttftRows.find((x) => x.model === 'hybrid' && x.tokens === r.tokens);
     const ratio = r.model === 'all-MLA' && h?.seconds && r.seconds ? `${(r.seconds / h.seconds).toFixed(2)}x` : '';
     return [r.model, r.tokens, r.seconds?.toFixed(2) ?? '-', r.tokPerS?.toFixed(0) ?? '-', ratio, r.note];
   })));
-  console.log(`wrote ${writeResultAs(`gpu-ttft-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, chunk: 4096, rows: ttftRows })}`);
+  console.log(`wrote ${writeResultAs(`gpu-ttft-${PRECISION === 'bf16' ? 'bf16-' : ''}${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, chunk: 4096, precision: PRECISION, rows: ttftRows })}`);
   process.exit(0);
 }
 
@@ -194,9 +204,9 @@ const k = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)}M` : `${(
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
 console.log(table(['model', 'weights made (s)', 'weights GiB', 'free GiB', 'active GiB/token', `prefill ${loads[0]?.prefillTokens ?? 0} tok/s`],
   loads.map((l) => [l.model, l.seconds.toFixed(1), l.weightsGiB.toFixed(1), l.freeAfterGiB.toFixed(1), l.activeGiBPerToken.toFixed(2), l.prefillTokPerS.toFixed(0)])));
-console.log(`\nTime per output token at batch 1 (BF16 weights, ${kvFormats.join('/')} MLA cache; median of 24 steps, logits copied to the host each step)\n`);
-console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'no graph', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
-  rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.eagerMs?.toFixed(3) ?? '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
+console.log(`\nTime per output token at batch 1 (BF16 weights, ${kvFormats.join('/')} MLA cache, ${PRECISION} products; median of 24 steps, logits copied to the host each step)\n`);
+console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'no graph', 'BF16 precision', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
+  rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.eagerMs?.toFixed(3) ?? '-', r.bf16PrecisionMs?.toFixed(3) ?? '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
 const h = rows.filter((r) => r.model === 'hybrid' && r.msPerToken), a = rows.filter((r) => r.model === 'all-MLA' && r.msPerToken);
 for (const r of h) {
   const m = a.find((x) => x.context === r.context);
@@ -211,4 +221,4 @@ writeFileSync(join(packageRoot(), 'bench', 'results', `gpu-48b-tpot-${tag}.svg`)
       { name: `${m} limit`, points: rs.map((r) => [r.context, r.limitMs] as [number, number]) }] : [];
   }),
 ].filter((s) => s.points.length)));
-console.log(`wrote ${writeResultAs(`gpu-48b-${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, kvFormats, loads, rows })}`);
+console.log(`wrote ${writeResultAs(`gpu-48b-${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, kvFormats, precision: PRECISION, loads, rows })}`);

@@ -19,15 +19,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseKimiConfig, type KimiConfig } from '../src/engine/config.js';
-import { EngineModel, type EngineSession } from '../src/engine/engine.js';
+import { EngineModel, type EngineSession, type Precision } from '../src/engine/engine.js';
 import { expertTensors, layerTensors } from '../src/engine/layer-kinds.js';
 import { loadCudaBackend } from '../src/node.js';
 import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
-import { gpuTag, machine, table, writeResultAs } from './lib.js';
+import { gpuTag, machine, median, table, writeResultAs } from './lib.js';
 
 // --only CONTEXTxSTREAMS[,STREAMS...]: those points, printed and not written (with
 // KLE_CUDA_PROFILE=1, the profile of their steps: what limits them)
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, peer: { type: 'string' } } });
+// --precision f32|bf16|both (default both): the products' arithmetic (EngineModel.precision),
+// each point measured in each, one after the other
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, peer: { type: 'string' }, precision: { type: 'string', default: 'both' } } });
+if (!['f32', 'bf16', 'both'].includes(values.precision)) throw new Error(`--precision ${values.precision}: expected f32, bf16 or both`);
+const PRECISIONS: Precision[] = values.precision === 'both' ? ['f32', 'bf16'] : [values.precision as Precision];
 const only = values.only?.match(/^(\d+)x(\d+(?:,\d+)*)$/);
 if (values.only && !only) throw new Error(`--only ${values.only}: expected CONTEXTxSTREAMS[,STREAMS...], e.g. 4096x1,8`);
 const PLAN: [number, number[]][] = only ? [[Number(only[1]), only[2]!.split(',').map(Number)]]
@@ -79,7 +83,7 @@ const c = parseKimiConfig(KIMI_LINEAR_48B_CONFIG);
 const model = EngineModel.synthesize(cuda, c, 7, 'bf16');
 console.error(`${cuda.device}: copy ${gbps.toFixed(0)} GB/s; 48B made, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} GiB free, MLA cache ${model.kvFormat}`);
 
-interface Row { context: number; streams: number; msPerStep: number; tokPerS: number; perStream: number; limitMs: number; ofLimit: number }
+interface Row { context: number; streams: number; precision: Precision; msPerStep: number; tokPerS: number; perStream: number; limitMs: number; ofLimit: number }
 const rows: Row[] = [];
 for (const [context, counts] of PLAN) {
   const ctx = context - 64; // a little under the caches' power of two: the steps fit what they reserved
@@ -93,30 +97,32 @@ for (const [context, counts] of PLAN) {
     }
     const batch = sessions.slice(0, n);
     const toks = batch.map((_, i) => (i * 7919) % c.vocabSize);
-    const t: number[] = [];
-    for (let i = 0; i < STEPS + 2; i++) {
-      const t0 = performance.now();
-      model.stepBatch(batch, toks);
-      if (i >= 2) t.push(performance.now() - t0);
+    for (const precision of PRECISIONS) {
+      model.precision(precision);
+      const t: number[] = [];
+      for (let i = 0; i < STEPS + 2; i++) {
+        const t0 = performance.now();
+        model.stepBatch(batch, toks);
+        if (i >= 2) t.push(performance.now() - t0);
+      }
+      const ms = median(t);
+      const lim = limitMs(c, n, context, gbps);
+      rows.push({ context, streams: n, precision, msPerStep: ms, tokPerS: (n * 1000) / ms, perStream: 1000 / ms, limitMs: lim, ofLimit: lim / ms });
+      console.error(`${context} x ${n}, precision ${precision}: ${ms.toFixed(2)} ms/step, ${((n * 1000) / ms).toFixed(0)} tok/s (limit ${lim.toFixed(2)} ms, ${((n * 1000) / lim).toFixed(0)} tok/s)`);
     }
-    t.sort((a, b) => a - b);
-    const ms = t[t.length >> 1]!;
-    const lim = limitMs(c, n, context, gbps);
-    rows.push({ context, streams: n, msPerStep: ms, tokPerS: (n * 1000) / ms, perStream: 1000 / ms, limitMs: lim, ofLimit: lim / ms });
-    console.error(`${context} x ${n}: ${ms.toFixed(2)} ms/step, ${((n * 1000) / ms).toFixed(0)} tok/s (limit ${lim.toFixed(2)} ms, ${((n * 1000) / lim).toFixed(0)} tok/s)`);
   }
   for (const s of sessions) s.free();
 }
 
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
 console.log('Decode throughput with continuous batching (48B, BF16 weights, BF16 MLA caches; median of 8 steps)\n');
-console.log(table(['context', 'streams', 'ms/step', 'tokens/s', 'per stream', 'limit ms', 'limit tokens/s', 'of limit'],
-  rows.map((r) => [r.context, r.streams, r.msPerStep.toFixed(2), r.tokPerS.toFixed(0), r.perStream.toFixed(1), r.limitMs.toFixed(2), ((r.streams * 1000) / r.limitMs).toFixed(0), `${(100 * r.ofLimit).toFixed(0)}%`])));
+console.log(table(['context', 'streams', 'precision', 'ms/step', 'tokens/s', 'per stream', 'limit ms', 'limit tokens/s', 'of limit'],
+  rows.map((r) => [r.context, r.streams, r.precision, r.msPerStep.toFixed(2), r.tokPerS.toFixed(0), r.perStream.toFixed(1), r.limitMs.toFixed(2), ((r.streams * 1000) / r.limitMs).toFixed(0), `${(100 * r.ofLimit).toFixed(0)}%`])));
 if (peer) {
   console.log(`\nAgainst ${peer.peer} (torch ${peer.torch}, transformers ${peer.transformers}), same GPU and shapes, greedy decode with its cache\n`);
   const vs = rows.map((r) => ({ ...r, peer: peer!.rows.find((p) => p.batch === r.streams && p.context === r.context) ?? null }));
-  console.log(table(['context', 'streams', 'ours ms/step', 'peer ms/step', 'ours tokens/s', 'peer tokens/s', 'speed-up'],
-    vs.map((r) => [r.context, r.streams, r.msPerStep.toFixed(2), r.peer?.msPerStep.toFixed(2) ?? '-', r.tokPerS.toFixed(0), r.peer?.tokPerS.toFixed(1) ?? '-',
+  console.log(table(['context', 'streams', 'precision', 'ours ms/step', 'peer ms/step', 'ours tokens/s', 'peer tokens/s', 'speed-up'],
+    vs.map((r) => [r.context, r.streams, r.precision, r.msPerStep.toFixed(2), r.peer?.msPerStep.toFixed(2) ?? '-', r.tokPerS.toFixed(0), r.peer?.tokPerS.toFixed(1) ?? '-',
       r.peer ? `${(r.peer.msPerStep / r.msPerStep).toFixed(1)}x` : '-'])));
   console.log(`wrote ${writeResultAs(`gpu-peer-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, steps: STEPS, peer, rows: vs })}`);
 } else if (!only && !values.peer) console.log(`wrote ${writeResultAs(`gpu-batch-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, rows })}`);

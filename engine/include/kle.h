@@ -338,6 +338,17 @@ long kle_model_bytes(kle_model *m);
  */
 int kle_model_threads(kle_model *m, int n);
 /*
+ * The arithmetic of the model's tensor-core products (mode 0: none set, the mode in force is
+ * returned). KLE_PRECISION_F32, every backend's default: f32 accuracy, the GPU's products taking
+ * f32 activations as a BF16 high part and remainder. KLE_PRECISION_BF16 (the GPU only; KLE_ENOSYS
+ * elsewhere): activations, MLA queries and attention probabilities rounded to BF16, one product
+ * each, as vLLM and FlashMLA run a BF16 model: half the work of prefill's matmuls, batched
+ * steps' and the MLA attention over a BF16 cache. Matvecs of a few tokens are unchanged.
+ */
+#define KLE_PRECISION_F32 1
+#define KLE_PRECISION_BF16 2
+int kle_model_precision(kle_model *m, int mode);
+/*
  * The wasm threads build (kle-simd-mt.wasm: atomics, one shared memory) has no threads of its own:
  * after kle_model_threads(m, n) the host starts n - 1, each an instance of the same module on the
  * same memory (Web Workers; worker_threads in Node), each given its own stack, and each calls

@@ -81,6 +81,9 @@ struct kle_backend {
   int (*sync)(kle_backend_ctx *ctx);
   /* optional (NULL: one thread): sets the threads its operations use when n > 0; returns them */
   int (*threads)(kle_backend_ctx *ctx, int n);
+  /* optional (NULL: KLE_PRECISION_F32 only): sets the products' precision when mode > 0
+   * (kle_model_precision); returns the mode in force */
+  int (*precision)(kle_backend_ctx *ctx, int mode);
   /* optional (NULL: none): the pool whose threads the host starts (kle_model_thread_pool), and
    * how many it must start now (starts NULL: the pool alone) */
   void *(*host_threads)(kle_backend_ctx *ctx, int *starts);

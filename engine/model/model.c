@@ -295,6 +295,12 @@ int kle_model_threads(kle_model *m, int n) {
   return m->b->threads ? m->b->threads(m->ctx, n) : 1;
 }
 
+int kle_model_precision(kle_model *m, int mode) {
+  if (!m || mode < 0 || mode > KLE_PRECISION_BF16) return KLE_EINVAL;
+  if (m->b->precision) return m->b->precision(m->ctx, mode);
+  return mode == KLE_PRECISION_BF16 ? KLE_ENOSYS : KLE_PRECISION_F32;
+}
+
 kle_addr kle_model_thread_pool(kle_model *m, int32_t *starts) {
   int k = 0;
   void *p = m && m->b->host_threads ? m->b->host_threads(m->ctx, starts ? &k : NULL) : NULL;

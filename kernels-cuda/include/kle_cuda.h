@@ -92,12 +92,21 @@ int kle_cuda_kda_chunk(float *S, const float *q, const float *k, const float *v,
                        int flags, void *workspace, long workspace_bytes, void *stream);
 
 /*
+ * The MLA functions' cache_bf16 argument: KLE_CUDA_CACHE_BF16 for a BF16 cache (0: f32), with
+ * KLE_CUDA_BF16_ROUNDED the tensor-core products over it take the query and the probabilities
+ * rounded to BF16, one product each (FlashMLA's arithmetic, half the work); without it they keep
+ * f32 accuracy against the cache's values. An f32 cache always multiplies in 3xTF32.
+ */
+#define KLE_CUDA_CACHE_BF16 1
+#define KLE_CUDA_BF16_ROUNDED 2
+
+/*
  * Causal attention of T absorbed queries over a latent cache (kle_mla_prefill's math; T = 1 is
  * a decode): q [T, H, D], cache [L0 + T, D] with the queries' own rows already written, query i
  * attends to rows 0 .. L0 + i; out [T, H, Dv]. Any H; D <= 640, Dv <= min(D, 512). With D a
  * multiple of 8 and Dv of 64 it runs kle_cuda_mla_decode's tensor-core kernel over every
  * (query, head) row, else a kernel of one warp per (query, head, span) on the CUDA cores. The
- * cache is f32, or BF16 (cache_bf16 = 1: its values' bits as uint16_t; tensor-core shapes only).
+ * cache is f32, or BF16 (cache_bf16 above: its values' bits as uint16_t; tensor-core shapes only).
  * workspace: kle_cuda_mla_attend_workspace_bytes(L0 + T, T, H, Dv) bytes of device memory.
  */
 long kle_cuda_mla_attend_workspace_bytes(int L, int T, int H, int Dv);
@@ -122,7 +131,7 @@ int kle_cuda_mla_attend_scored(const float *q, const void *cache, int cache_bf16
  * One decode query (q [H, D]) over a cache whose length L - 1 (the rows before the query's own)
  * is read from device memory at *len when the kernels run, at most cap rows: what a CUDA graph
  * of the decode step replays at every length. Tensor-core shapes only (KLE_ENOSYS otherwise);
- * cache f32 or BF16 (cache_bf16 = 1). workspace: kle_cuda_mla_step_workspace_bytes(cap, H, Dv).
+ * cache f32 or BF16 (cache_bf16 above). workspace: kle_cuda_mla_step_workspace_bytes(cap, H, Dv).
  */
 long kle_cuda_mla_step_workspace_bytes(int cap, int H, int Dv);
 int kle_cuda_mla_step(const float *q, const void *cache, int cache_bf16, const int32_t *len, int cap, int H, int D,

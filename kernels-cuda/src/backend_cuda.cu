@@ -71,6 +71,7 @@ struct kle_backend_ctx {
   char *rows_host = nullptr, *rows_dev = nullptr;
   size_t rows_cap = 0;
   cudaEvent_t rows_done = nullptr;
+  bool round_bf16 = false;  // kle_model_precision's KLE_PRECISION_BF16
 };
 
 static_assert(KLE_ROW_SLOTS == KLE_CUDA_ROW_SLOTS, "the engine's and the kernels' row tables must agree");
@@ -266,6 +267,19 @@ int cu_sync(kle_backend_ctx *cx) {
   return KLE_OK;
 }
 
+int cu_precision(kle_backend_ctx *cx, int mode) {
+  if (mode > 0 && (mode == KLE_PRECISION_BF16) != cx->round_bf16) {
+    cx->round_bf16 = mode == KLE_PRECISION_BF16;
+    cx->gen++;  // captured steps launched the other kernels
+  }
+  return cx->round_bf16 ? KLE_PRECISION_BF16 : KLE_PRECISION_F32;
+}
+
+// an MLA cache's format as the kernels' cache_bf16 flags (kle_cuda.h)
+int mla_flags(const kle_backend_ctx *cx, int fmt) {
+  return fmt == KLE_W_BF16 ? KLE_CUDA_CACHE_BF16 | (cx->round_bf16 ? KLE_CUDA_BF16_ROUNDED : 0) : 0;
+}
+
 int cu_mem_info(kle_backend_ctx *cx, uint64_t *free_b, uint64_t *total_b) {
   (void)cx;
   size_t f = 0, t = 0;
@@ -384,7 +398,7 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
       CU(cudaMalloc(&cx->mm_ws, sizeof(float) * need));
       cx->mm_ws_n = need;
     }
-    kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n);
+    kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n, cx->round_bf16);
   }
   return launched();
 }
@@ -522,7 +536,7 @@ int cu_mla_decode_rows(kle_backend_ctx *cx, const float *kv, const float *w, con
   KLE_TRY(ensure_ws(cx, ws));
   kle_ops::mla_cache_write(kv, w, nullptr, fmt == KLE_W_BF16, lens, 0, B, R, rope, eps, cx->st, rows);
   KLE_TRY(launched());
-  return kle_cuda_mla_rows(qlat, rows, lens, maxlen, fmt == KLE_W_BF16, B, H, R + rope, R, scale, out, cx->ws, cx->ws_bytes, cx->st);
+  return kle_cuda_mla_rows(qlat, rows, lens, maxlen, mla_flags(cx, fmt), B, H, R + rope, R, scale, out, cx->ws, cx->ws_bytes, cx->st);
 }
 
 int cu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float *w, void *cache, int fmt, int L0, int T, int R,
@@ -548,7 +562,7 @@ int cu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float 
 // cache's scored attention in groups of queries whose scores fit SCORED_WS_BYTES
 int cu_mla_attend(kle_backend_ctx *cx, const float *qlat, const void *cache, int fmt, int L0, int T, int H, int D, int Dv,
                   float scale, float *out, float *score, float decay) {
-  const int bf16 = fmt == KLE_W_BF16;
+  const int bf16 = mla_flags(cx, fmt);
   if (L0 < 0) {  // a captured decode step: the length graph_step wrote, at most -L0 rows
     if (T != 1 || score) return KLE_EINVAL;
     const long ws = kle_cuda_mla_step_workspace_bytes(-L0, H, Dv);
@@ -690,10 +704,11 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
     const uint16_t *const *W = (const uint16_t *const *)tab->dev;
     int32_t *offs = cx->grp, *order = cx->grp + tab->E + 1;
     kle_ops::moe_group(idx, P, tab->E, offs, order, cx->st);
-    kle_ops::grouped_mm16(is_bf16, few, W, 0, offs, order, tab->E, h, K, g, T, MI, D, cx->st);
-    kle_ops::grouped_mm16(is_bf16, few, W, 1, offs, order, tab->E, h, K, u, T, MI, D, cx->st);
+    const bool bp = cx->round_bf16;
+    kle_ops::grouped_mm16(is_bf16, few, W, 0, offs, order, tab->E, h, K, g, T, MI, D, cx->st, bp);
+    kle_ops::grouped_mm16(is_bf16, few, W, 1, offs, order, tab->E, h, K, u, T, MI, D, cx->st, bp);
     kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
-    kle_ops::grouped_mm16(is_bf16, few, W, 2, offs, order, tab->E, g, 1, ye, T, D, MI, cx->st);
+    kle_ops::grouped_mm16(is_bf16, few, W, 2, offs, order, tab->E, g, 1, ye, T, D, MI, cx->st, bp);
     kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
     return launched();
   }
@@ -883,6 +898,7 @@ kle_backend make_backend() {
   b.copy = cu_copy;
   b.sync = cu_sync;
   b.mem_info = cu_mem_info;
+  b.precision = cu_precision;
   b.synth = cu_synth;
   b.place = cu_place;
   b.experts_table = cu_experts_table;

@@ -253,7 +253,11 @@ struct tc_group {
 // slice, so the kernel is the weights' latency and wants more bytes in the air than two 32-wide
 // stages give (four 32-wide or two 64-wide fit 48 KB of static shared memory at 16 rows; 64-row
 // tiles keep two 32-wide). X stays double-buffered.
-template <bool GROUPED, int TM = TBM, int WS = (TM == 16 ? 4 : 2), int BK = TBK>
+//
+// LO: the activations' remainder term as well (f32 accuracy); without it, the activations
+// rounded to BF16 and one product per multiply (kle_model_precision's BF16: half the tensor-core
+// work, the rounding of x vLLM's BF16 models have).
+template <bool GROUPED, int TM = TBM, int WS = (TM == 16 ? 4 : 2), int BK = TBK, bool LO = true>
 __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
                                                            int T, int N, int Kd, tc_group grp, int kper, float *__restrict__ part) {
   static_assert(TM == 64 || TM == 16, "tiles of 64 or 16 rows");
@@ -265,7 +269,7 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
   constexpr int NI = TBN / (8 * NW);              // 8-column fragments a warp
   constexpr int XV = TM * BK / 4;                // float4 of a k-slice of X
   constexpr int XJ = (XV + 255) / 256;            // ... a thread
-  __shared__ __align__(16) uint16_t Xh[2][TM][BK + TPAD], Xl[2][TM][BK + TPAD], Ws[WS][TBN][BK + TPAD];
+  __shared__ __align__(16) uint16_t Xh[2][TM][BK + TPAD], Xl[LO ? 2 : 1][LO ? TM : 1][BK + TPAD], Ws[WS][TBN][BK + TPAD];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int n0 = blockIdx.x * TBN, wm = (warp / NW) * (16 * MI), wn = (warp % NW) * (8 * NI);
   int m0 = blockIdx.y * TM, base = 0;
@@ -311,7 +315,10 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
       if (i >= XV) break;
       const float f[4] = {xr[j].x, xr[j].y, xr[j].z, xr[j].w};
 #pragma unroll
-      for (int q = 0; q < 4; q++) split_bf16(f[q], Xh[s][r][c + q], Xl[s][r][c + q]);
+      for (int q = 0; q < 4; q++) {
+        if constexpr (LO) split_bf16(f[q], Xh[s][r][c + q], Xl[s][r][c + q]);
+        else Xh[s][r][c + q] = __bfloat16_as_ushort(__float2bfloat16_rn(f[q]));
+      }
     }
   };
   // slices 0 .. WS - 2 in flight; one commit group a slice (empty past the end), so waiting
@@ -341,10 +348,12 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
         ah[mi][1] = *reinterpret_cast<const uint32_t *>(&Xh[s][r + 8][kk + 2 * t4]);
         ah[mi][2] = *reinterpret_cast<const uint32_t *>(&Xh[s][r][kk + 2 * t4 + 8]);
         ah[mi][3] = *reinterpret_cast<const uint32_t *>(&Xh[s][r + 8][kk + 2 * t4 + 8]);
-        al[mi][0] = *reinterpret_cast<const uint32_t *>(&Xl[s][r][kk + 2 * t4]);
-        al[mi][1] = *reinterpret_cast<const uint32_t *>(&Xl[s][r + 8][kk + 2 * t4]);
-        al[mi][2] = *reinterpret_cast<const uint32_t *>(&Xl[s][r][kk + 2 * t4 + 8]);
-        al[mi][3] = *reinterpret_cast<const uint32_t *>(&Xl[s][r + 8][kk + 2 * t4 + 8]);
+        if constexpr (LO) {
+          al[mi][0] = *reinterpret_cast<const uint32_t *>(&Xl[s][r][kk + 2 * t4]);
+          al[mi][1] = *reinterpret_cast<const uint32_t *>(&Xl[s][r + 8][kk + 2 * t4]);
+          al[mi][2] = *reinterpret_cast<const uint32_t *>(&Xl[s][r][kk + 2 * t4 + 8]);
+          al[mi][3] = *reinterpret_cast<const uint32_t *>(&Xl[s][r + 8][kk + 2 * t4 + 8]);
+        }
       }
 #pragma unroll
       for (int ni = 0; ni < NI; ni++) {
@@ -353,10 +362,11 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
         b[ni][1] = *reinterpret_cast<const uint32_t *>(&Ws[sw][n][kk + 2 * t4 + 8]);
       }
       // the small terms first, into accumulators that do not depend on each other back to back
+      if constexpr (LO)
 #pragma unroll
-      for (int mi = 0; mi < MI; mi++)
+        for (int mi = 0; mi < MI; mi++)
 #pragma unroll
-        for (int ni = 0; ni < NI; ni++) mma_bf16(acc[mi][ni], al[mi], b[ni][0], b[ni][1]);
+          for (int ni = 0; ni < NI; ni++) mma_bf16(acc[mi][ni], al[mi], b[ni][0], b[ni][1]);
 #pragma unroll
       for (int mi = 0; mi < MI; mi++)
 #pragma unroll
@@ -611,26 +621,22 @@ bool grouped_ok(int D, int MI, const float *X) { return D % TBK == 0 && MI % TBK
 // Y[p] = W_e X[p / x_div] for each pair p of each expert e, on tensor cores; at most T pairs an
 // expert (a token picks an expert once), so T / 64 row tiles cover any expert
 void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E,
-                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st) {
+                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st, bool round_bf16) {
   if (!is_bf16) {  // F16: the CUDA-core kernel, GROUP pairs at a time
     grouped16_kernel<<<dim3(blocks_for(N, 8), E), 256, 0, st>>>(Wtab, which, offs, order, X, x_div, Y, N, Kd, 0);
     return;
   }
   const tc_group grp = {Wtab, offs, order, which, x_div};
-  // 16-row tiles stream 64-wide k-slices, two in flight (half the barriers and waits of 32-wide
-  // ones). KLE_CUDA_EXPERT_PIPE=2 or 4: 32-wide slices, two or four in flight (the earlier
-  // kernels), for a benchmark's before/after in one run.
-  const char *e = getenv("KLE_CUDA_EXPERT_PIPE");
-  const int pipe = e && (e[0] == '2' || e[0] == '4') && !e[1] ? e[0] - '0' : Kd % 64 ? 4 : 0;
-  const dim3 g16(blocks_for(N, TBN), blocks_for(T, 16), E);
-  if (few && pipe == 2)
-    gemm_bf16_tc_kernel<true, 16, 2><<<g16, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
-  else if (few && pipe == 4)
-    gemm_bf16_tc_kernel<true, 16, 4><<<g16, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
+  // 16-row tiles stream 64-wide k-slices, two in flight (half the barriers and waits of four
+  // 32-wide ones, which remain where Kd is not a multiple of 64)
+  const dim3 g16(blocks_for(N, TBN), blocks_for(T, 16), E), g64(blocks_for(N, TBN), blocks_for(T, TBM), E);
+  auto run = [&](auto kern, dim3 grid) { kern<<<grid, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr); };
+  if (few && Kd % 64 == 0)
+    round_bf16 ? run(gemm_bf16_tc_kernel<true, 16, 2, 64, false>, g16) : run(gemm_bf16_tc_kernel<true, 16, 2, 64>, g16);
   else if (few)
-    gemm_bf16_tc_kernel<true, 16, 2, 64><<<g16, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
+    round_bf16 ? run(gemm_bf16_tc_kernel<true, 16, 4, 32, false>, g16) : run(gemm_bf16_tc_kernel<true, 16, 4>, g16);
   else
-    gemm_bf16_tc_kernel<true><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM), E), 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
+    round_bf16 ? run(gemm_bf16_tc_kernel<true, TBM, 2, TBK, false>, g64) : run(gemm_bf16_tc_kernel<true>, g64);
 }
 
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
@@ -646,7 +652,8 @@ long matmul16_ws_floats(int T, int N, int Kd) {
   return S > 1 ? (long)S * T * N : 0;
 }
 
-void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats) {
+void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats,
+              bool round_bf16) {
   const int vec = (Kd & 7) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0;
   if (T == 1 && vec && N < 4096 && Kd >= 512) {  // 4096 x 2304 and up fill the card one warp a row
     launch_pdl(gemv16_split_kernel, blocks_for(N, 2), 256, 0, st, W, X, Y, N, Kd, is_bf16);
@@ -667,11 +674,15 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
     if (S > 1 && ws && ws_floats >= (long)S * T * N) {
       const int kper = blocks_for(Kd / TBK, S);
       const int Sz = blocks_for(Kd / TBK, kper);  // splits that have slices
-      gemm_bf16_tc_kernel<false><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM), Sz), 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
+      const dim3 grid(blocks_for(N, TBN), blocks_for(T, TBM), Sz);
+      if (round_bf16) gemm_bf16_tc_kernel<false, TBM, 2, TBK, false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
+      else gemm_bf16_tc_kernel<false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
       splitk_sum_kernel<<<blocks_for((long)T * N, 256), 256, 0, st>>>(ws, Sz, (long)T * N, Y);
       return;
     }
-    gemm_bf16_tc_kernel<false><<<dim3(blocks_for(N, TBN), blocks_for(T, TBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, 0, nullptr);
+    const dim3 grid(blocks_for(N, TBN), blocks_for(T, TBM));
+    if (round_bf16) gemm_bf16_tc_kernel<false, TBM, 2, TBK, false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, 0, nullptr);
+    else gemm_bf16_tc_kernel<false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, 0, nullptr);
     return;
   }
   gemm16_cc_kernel<<<dim3(blocks_for(N, CBN), blocks_for(T, CBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16);

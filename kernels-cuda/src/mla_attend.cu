@@ -131,7 +131,7 @@ extern "C" int kle_cuda_mla_attend(const float *q, const void *cache_, int cache
     return KLE_EINVAL;
   if (kle_mla::tc_fits(D, Dv))
     return kle_mla::tc_attend(q, cache_, cache_bf16, L0, T, H, D, Dv, scale, out, nullptr, workspace, workspace_bytes, stream, nullptr);
-  if (cache_bf16) return KLE_EINVAL;  // the CUDA-core kernel reads f32 rows only
+  if (cache_bf16 & KLE_CUDA_CACHE_BF16) return KLE_EINVAL;  // the CUDA-core kernel reads f32 rows only
   const float *cache = (const float *)cache_;
   const int L = L0 + T, S = attend_spans(L, T, H);
   if (workspace_bytes < warp_workspace_bytes(L, T, H, Dv)) return KLE_EINVAL;
@@ -160,7 +160,7 @@ extern "C" int kle_cuda_mla_attend_scored(const float *q, const void *cache_, in
                                           int Dv, float scale, float *out, float *score, float decay, void *workspace,
                                           long workspace_bytes, void *stream) {
   if (L0 < 0 || T <= 0 || H <= 0 || D <= 0 || D > 32 * QREG || Dv <= 0 || Dv > D || Dv > 32 * VREG || !workspace ||
-      !score || !(decay >= 0.f && decay <= 1.f) || (cache_bf16 && !kle_mla::tc_fits(D, Dv)))
+      !score || !(decay >= 0.f && decay <= 1.f) || ((cache_bf16 & KLE_CUDA_CACHE_BF16) && !kle_mla::tc_fits(D, Dv)))
     return KLE_EINVAL;
   const float *cache = (const float *)cache_;
   const int L = L0 + T, S = attend_spans(L, T, H);

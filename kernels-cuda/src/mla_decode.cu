@@ -75,7 +75,7 @@ size_t smem_bytes(int D, size_t elem) {
 }
 
 // How the work is cut: groups of 32 (query, head) rows, n spans of the context each. One group
-// (a decode) takes one block per SM, the kernel's 196 KB of shared memory allowing no second;
+// (a decode) takes one block per SM, the kernel's 121-196 KB of shared memory allowing no second;
 // more groups take enough spans for two waves. Spans are at least 256 rows (a lone group's 64).
 struct Plan {
   int groups, slots, n, span;
@@ -133,7 +133,11 @@ struct DevLen {
   const int32_t *lens;
 };
 
-template <int DC, int HC, int DVC, class CT>
+// BP (a BF16 cache only): BF16-rounded inputs, the query and the probabilities rounded to BF16, one
+// product each (kle_model_precision's BF16, FlashMLA's arithmetic): half the tensor-core work of
+// the two-term split. The row sums then add the rounded probabilities, so the weights the values
+// see still sum to one.
+template <int DC, int HC, int DVC, class CT, bool BP = false>
 __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restrict__ q, const CT *__restrict__ cache, int L0,
                                                          int Hq, int R, int Drt, int Dvrt, float scale, int span, int slots,
                                                          float *__restrict__ pout, float *__restrict__ plse,
@@ -150,6 +154,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   extern __shared__ __align__(16) float smem[];
   // a BF16 cache: its values are mma operands as they are, the f32 side split in two BF16 terms
   constexpr bool BF = sizeof(CT) == 2;
+  static_assert(BF || !BP, "BF16-rounded inputs over a BF16 cache");
   CT *sm = reinterpret_cast<CT *>(smem);
   const int r0 = slots * blockIdx.y;
   // the fast shape has 32 heads a query: then a group is one query's heads
@@ -183,8 +188,15 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
         const int ks = w + NWARP * i, h = 8 * nt + g, c = 16 * ks + 2 * t;
         const bool ok = ks < nk16 && h < H, up = ok && c + 8 < D;
         const float *qh = q + (size_t)h * D + c;
-        split_bf16_pair(ok ? qh[0] * scale : 0.f, ok ? qh[1] * scale : 0.f, qf[i][nt][0], qf[i][nt][2]);
-        split_bf16_pair(up ? qh[8] * scale : 0.f, up ? qh[9] * scale : 0.f, qf[i][nt][1], qf[i][nt][3]);
+        const float a0 = ok ? qh[0] * scale : 0.f, a1 = ok ? qh[1] * scale : 0.f;
+        const float b0 = up ? qh[8] * scale : 0.f, b1 = up ? qh[9] * scale : 0.f;
+        if constexpr (BP) {
+          qf[i][nt][0] = bf16_pair(a0, a1);
+          qf[i][nt][1] = bf16_pair(b0, b1);
+        } else {
+          split_bf16_pair(a0, a1, qf[i][nt][0], qf[i][nt][2]);
+          split_bf16_pair(b0, b1, qf[i][nt][1], qf[i][nt][3]);
+        }
       }
   } else {
 #pragma unroll
@@ -244,7 +256,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
               a[m][3] = up ? *reinterpret_cast<const uint32_t *>(r + 8 * DS + 8) : 0u;
             }
 #pragma unroll
-            for (int p = 2; p >= 0; p -= 2)
+            for (int p = BP ? 0 : 2; p >= 0; p -= 2)
 #pragma unroll
               for (int nt = 0; nt < 4; nt++)
                 if (nt < ntq)
@@ -332,11 +344,15 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
 #pragma unroll
       for (int r = 0; r < 4; r++) {
         const float p = r < nv ? __expf(e[r] - mn) : 0.f;
-        part += p;
         uint32_t hi, lo;
-        if constexpr (BF) {
+        if constexpr (BP) {
+          bh[r] = __bfloat16_as_ushort(__float2bfloat16_rn(p));
+          part += __uint_as_float(bh[r] << 16);
+        } else if constexpr (BF) {
+          part += p;
           split_bf16_bits(p, bh[r], bl[r]);
         } else {
+          part += p;
           split_tf32(p, hi, lo);
           ph[r] = __uint_as_float(hi);
           pl[r] = __uint_as_float(lo);
@@ -349,7 +365,8 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
       run_max = mn;
       if constexpr (BF) {  // BF16 halves, RS16 apart, in the same space
         *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(sph) + sh * RS16 + sr) = make_uint2(bh[0] | bh[1] << 16, bh[2] | bh[3] << 16);
-        *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(spl) + sh * RS16 + sr) = make_uint2(bl[0] | bl[1] << 16, bl[2] | bl[3] << 16);
+        if constexpr (!BP)
+          *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(spl) + sh * RS16 + sr) = make_uint2(bl[0] | bl[1] << 16, bl[2] | bl[3] << 16);
       } else {
         *reinterpret_cast<float4 *>(sph + sh * RS + sr) = make_float4(ph[0], ph[1], ph[2], ph[3]);
         *reinterpret_cast<float4 *>(spl + sh * RS + sr) = make_float4(pl[0], pl[1], pl[2], pl[3]);
@@ -381,7 +398,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
         for (int ks = 0; ks < TJ / 16; ks++) {
           uint32_t a[2][2][4];
 #pragma unroll
-          for (int hl = 0; hl < 2; hl++)
+          for (int hl = 0; hl < (BP ? 1 : 2); hl++)
 #pragma unroll
             for (int m = 0; m < 2; m++) {
               const uint16_t *pr = p16[hl] + (16 * m + g) * RS16 + 16 * ks + 2 * t;
@@ -397,7 +414,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
             uint32_t b[4];
             ldmatrix_x4_trans(b, sc + (16 * ks + lr) * DS + d0 + 8 * n + lc);
 #pragma unroll
-            for (int hl = 1; hl >= 0; hl--)
+            for (int hl = BP ? 0 : 1; hl >= 0; hl--)
 #pragma unroll
               for (int u = 0; u < 2; u++)
 #pragma unroll
@@ -491,8 +508,10 @@ long tc_workspace_bytes(int L, int T, int H, int Dv) {
 // The partial kernel for the cache's type and the shape over plan p, then the merge of the spans
 // (none when each group has one span and its rows can go straight to out; a captured step, whose
 // spans depend on the length it reads, always merges)
-static int run_plan(const Plan &p, const float *q, const void *cache, bool bf16, int L0, int T, int H, int D, int Dv, float scale,
+// bf16: KLE_CUDA_CACHE_BF16 for a BF16 cache, with KLE_CUDA_BF16_ROUNDED for BF16-rounded inputs
+static int run_plan(const Plan &p, const float *q, const void *cache, int bf16, int L0, int T, int H, int D, int Dv, float scale,
                     float *out, float *lse, float *logits, int ldl, void *workspace, cudaStream_t st, DevLen dev) {
+  if (bf16 & ~(KLE_CUDA_CACHE_BF16 | KLE_CUDA_BF16_ROUNDED)) return KLE_EINVAL;
   float *pout = (float *)workspace, *plse = pout + (size_t)p.groups * p.n * p.slots * Dv;
   const bool direct = p.n == 1 && !dev.len;
   const bool fast = D == 576 && H == 32 && Dv == 512;
@@ -505,8 +524,11 @@ static int run_plan(const Plan &p, const float *q, const void *cache, bool bf16,
   };
   const uint16_t *cb = (const uint16_t *)cache;
   const float *cf = (const float *)cache;
-  const bool ok = bf16 ? (fast ? launch(mla_partial<576, 32, 512, uint16_t>, cb) : launch(mla_partial<0, 0, 0, uint16_t>, cb))
-                       : (fast ? launch(mla_partial<576, 32, 512, float>, cf) : launch(mla_partial<0, 0, 0, float>, cf));
+  const bool bp = bf16 & KLE_CUDA_BF16_ROUNDED;
+  const bool ok = !(bf16 & KLE_CUDA_CACHE_BF16)
+                      ? (fast ? launch(mla_partial<576, 32, 512, float>, cf) : launch(mla_partial<0, 0, 0, float>, cf))
+                  : bp ? (fast ? launch(mla_partial<576, 32, 512, uint16_t, true>, cb) : launch(mla_partial<0, 0, 0, uint16_t, true>, cb))
+                       : (fast ? launch(mla_partial<576, 32, 512, uint16_t>, cb) : launch(mla_partial<0, 0, 0, uint16_t>, cb));
   if (!ok) return KLE_EINVAL;
   if (!direct) mla_merge<<<dim3(T * H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;

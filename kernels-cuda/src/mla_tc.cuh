@@ -12,7 +12,8 @@ bool tc_fits(int D, int Dv);
 long tc_workspace_bytes(int L, int T, int H, int Dv);
 // kle_cuda_mla_attend's contract (q [T, H, D], query i sees cache rows 0 .. L0 + i, out
 // [T, H, Dv]) plus lse [T, H] and the scaled scores logits [T, H, L0 + T] (the rows each query
-// sees) when not NULL; cache f32, or BF16 (uint16_t bits) with bf16 = 1
+// sees) when not NULL; cache f32, or BF16 (uint16_t bits) with bf16's KLE_CUDA_CACHE_BF16 (and
+// KLE_CUDA_BF16_ROUNDED: kle_cuda.h)
 int tc_attend(const float *q, const void *cache, int bf16, int L0, int T, int H, int D, int Dv, float scale, float *out, float *lse,
               void *workspace, long workspace_bytes, void *stream, float *logits);
 

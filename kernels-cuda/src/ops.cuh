@@ -73,10 +73,12 @@ void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh,
 
 // gemm16.cu: the same for 16-bit weights (is_bf16 1: BF16, 0: F16), f32 activations and results;
 // ws: matmul16_ws_floats(T, N, Kd) floats of device memory where a few tokens' product is split
-// along Kd (without them, or with ws NULL, it is not)
+// along Kd (without them, or with ws NULL, it is not). round_bf16: the tensor-core products
+// (more than 8 tokens, BF16 weights) take the activations rounded to BF16, one product a multiply
+// (kle_model_precision); else as a BF16 high part and remainder, f32 accuracy at twice the work.
 long matmul16_ws_floats(int T, int N, int Kd);
 void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws = nullptr,
-              long ws_floats = 0);
+              long ws_floats = 0, bool round_bf16 = false);
 void embed16(int is_bf16, const uint16_t *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
 // G[p] = silu(gate_e X[p / x_div]) * (up_e X[p / x_div]), e = idx[p], gate and up in one format;
 // with sg, su (the shared expert's gate and up, in the same format) also G[P + t] for X[t], t < T
@@ -91,11 +93,11 @@ void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32
 // Y[p] = W_e X[p / x_div] per expert over its pairs (BF16: the tensor-core GEMM with gathered
 // rows, in tiles of 16 rows when `few` pairs an expert (fewer than 16 on average), else 64; F16:
 // each row read once per 8 pairs) for T tokens. grouped_ok: the shapes and alignment they need
-// (else the per-pair kernels).
+// (else the per-pair kernels). round_bf16 as matmul16's.
 void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st);
 bool grouped_ok(int D, int MI, const float *X);
 void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E,
-                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st);
+                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st, bool round_bf16 = false);
 void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
                      int P, int N, int Kd, cudaStream_t st);
 

@@ -112,6 +112,10 @@ __device__ __forceinline__ void split_bf16_bits(float x, uint32_t &hi, uint32_t 
   hi = __bfloat16_as_ushort(__float2bfloat16_rn(x));
   lo = __bfloat16_as_ushort(__float2bfloat16_rn(x - __uint_as_float(hi << 16)));
 }
+// two values rounded to BF16 as a fragment register: (a, b) with a in the low half
+__device__ __forceinline__ uint32_t bf16_pair(float a, float b) {
+  return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(a)) | (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(b)) << 16;
+}
 // two values' halves packed as a fragment register: (a, b) with a in the low half
 __device__ __forceinline__ void split_bf16_pair(float a, float b, uint32_t &hi, uint32_t &lo) {
   uint32_t ha, la, hb, lb;

@@ -135,6 +135,25 @@ export class EngineModel {
   }
 
   /**
+   * The arithmetic of the tensor-core products (`kle_model_precision`). `'f32'`, every backend's
+   * default: f32 accuracy (the GPU multiplies f32 activations as a BF16 high part and remainder).
+   * `'bf16'`, the CUDA backend only: activations, MLA queries and attention probabilities rounded
+   * to BF16 with one product each, as vLLM and FlashMLA run a BF16 model: half the tensor-core
+   * work of prefill, batched decode steps and the MLA attention over a BF16 cache, at BF16's
+   * rounding (docs/gpu.md measures both). Sets it when `mode` is given; returns the one in force.
+   * @example
+   * if (model.engine.backend.name === 'cuda') model.engine.precision('bf16');
+   */
+  precision(mode?: Precision): Precision {
+    if (mode !== undefined && mode !== 'f32' && mode !== 'bf16') throw new RangeError(`precision: ${String(mode)} is not 'f32' or 'bf16'`);
+    const code = mode === undefined ? 0 : mode === 'bf16' ? 2 : 1;
+    const r = call(this.backend, 'kle_model_precision', [this.live(), code]);
+    if (r === -6 && mode === 'bf16') throw new EngineError('kle_model_precision', r, `BF16 precision runs on the CUDA backend only, not on ${this.backend.name}`);
+    if (r < 0) throw new EngineError('kle_model_precision', r);
+    return r === 2 ? 'bf16' : 'f32';
+  }
+
+  /**
    * Resolves once the threads set by {@link threads} are all serving (wasm threads start as
    * workers, asynchronously; elsewhere at once), or after `timeoutMs`, with those serving then.
    */
@@ -319,6 +338,8 @@ export interface LogitsRef {
 
 /** How a session's MLA caches hold their values (KDA states are always f32). */
 export type KvFormat = 'f32' | 'bf16';
+/** The arithmetic of a model's tensor-core products ({@link EngineModel.precision}). */
+export type Precision = 'f32' | 'bf16';
 const KV_FORMAT_IDS: Record<KvFormat, number> = { f32: WeightFormat.f32, bf16: WeightFormat.bf16 };
 
 /** One conversation's state in the engine: KDA states, conv tails, MLA caches, logits. */

@@ -57,6 +57,7 @@ export const KLE_ABI = {
   kle_model_finalize: { ret: 'i32', params: [{ name: 'm', kind: 'addr' }] },
   kle_model_bytes: { ret: 'i64', params: [{ name: 'm', kind: 'addr' }] },
   kle_model_threads: { ret: 'i32', params: [{ name: 'm', kind: 'addr' }, { name: 'n', kind: 'i32' }] },
+  kle_model_precision: { ret: 'i32', params: [{ name: 'm', kind: 'addr' }, { name: 'mode', kind: 'i32' }] },
   kle_model_thread_pool: { ret: 'addr', params: [{ name: 'm', kind: 'addr' }, { name: 'starts', kind: 'inout', elem: 'i32' }] },
   kle_thread_serve: { ret: 'i32', params: [{ name: 'pool', kind: 'addr' }] },
   kle_thread_serving: { ret: 'i32', params: [{ name: 'pool', kind: 'addr' }] },

@@ -5,6 +5,7 @@ import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
 import type { LoadProgress } from '../weights/hf-loader.js';
 import type { Limits } from '../server/app.js';
 import type { RouterConfig } from '../router/config.js';
+import type { Precision } from '../engine/engine.js';
 import { createEdge } from './edge.js';
 
 export interface NodeServerOptions {
@@ -31,11 +32,14 @@ export interface NodeServerOptions {
   batching?: boolean;
   /** prompt tokens prefilled between turns of the event loop (default 1024) */
   prefillChunk?: number;
+  /** the products' arithmetic (EngineModel.precision): 'bf16' on the CUDA backend only; default 'f32' */
+  precision?: Precision;
 }
 
 /** Loads the model, starts listening, resolves with the server and its URL. */
 export async function startNodeServer(o: NodeServerOptions = {}): Promise<{ server: ServerType; url: string; close: () => Promise<void> }> {
   const model = await loadModelFromDirectory(o.model, { backend: o.backend, onProgress: o.onProgress, synthesize: o.synthesizeWeights });
+  if (o.precision) model.engine.precision(o.precision);
   const limits = { ...(o.acceptHandoff ? { maxBodyBytes: 64 << 20 } : {}), ...Object.fromEntries(Object.entries(o.limits ?? {}).filter(([, v]) => v !== undefined)) };
   const { app, pool } = createEdge({
     model,

@@ -44,6 +44,14 @@ const F32 = { kvFormat: 'f32' } as const;
 // so the bounded check uses the recent-only policy. The bar sits above the worst random model;
 // argmax 90%.
 const BF16_TOL = 5e-2;
+// BF16 precision (EngineModel.precision('bf16')) rounds every activation entering a tensor-core
+// product as well (prefill's matmuls over BF16 weights, the MLA query and probabilities). Measured
+// on the H200: the trained default model 6.9e-3 over a 300-token prefill, 3.0e-4 over decode steps
+// (argmax 100%), 1.35e-3 for 12 streams batched (their matmuls rounded) against each alone (argmax
+// 98%: one row of 48, a near tie), so its bar is 1e-2 and 95%; random models amplify the rounding through their peaked
+// attention and routing, 1.3e-3 to 1.19e-1 (argmax 86-100%), bar 0.2 and argmax 80%. (f32 weights
+// take the CUDA-core matmul, which BF16 precision leaves as it is.)
+const BF16_PRECISION_TOL = { trained: [1e-2, 0.95], random: [0.2, 0.8] } as const;
 
 
 interface Model {
@@ -52,6 +60,8 @@ interface Model {
   weights: Uint8Array | null;
   prompt: number;
   seed?: number;
+  /** trained weights: held to the tighter BF16-products bar */
+  trained?: boolean;
 }
 
 function synthetic(json: Record<string, unknown>, seed: number, prompt = 150, dtype: 'F32' | 'BF16' = 'F32'): Model {
@@ -72,7 +82,7 @@ const models: Record<string, () => Model> = {
   // trained weights: routing decided by real margins, gates and norms far from their initial values
   'the trained default model (models/default)': () => {
     const dir = join(packageRoot(), 'models', 'default');
-    return { config: parseKimiConfig(configIn(dir)), weights: weightsIn(dir), prompt: 300 };
+    return { config: parseKimiConfig(configIn(dir)), weights: weightsIn(dir), prompt: 300, trained: true };
   },
   // 16-bit weights stay 16-bit on the GPU (gemm16.cu); the CPU reads the same BF16 values
   'the tiny model made by the engine in BF16': () => engineMade(TINY_CONFIG, 21, 300),
@@ -174,9 +184,10 @@ describe.skipIf(!cuda)('a bounded MLA cache with a learned importance head on th
 describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
   for (const [name, make] of Object.entries(models)) {
     describe(name, () => {
-      let cpu: EngineModel, gpu: EngineModel, V: number, prompt: number;
+      let cpu: EngineModel, gpu: EngineModel, V: number, prompt: number, trained = false;
       it('loads on both backends', async () => {
         const m = make();
+        trained = m.trained === true;
         cpu = await load(loadNativeBackend(), m);
         gpu = await load(cuda!, m);
         V = m.config.vocabSize;
@@ -328,6 +339,43 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
         expect(bs.kvLength).toBe(32);
         expect(() => sg.setKvFormat('f32')).toThrow(/invalid argument/);
         for (const s of [sc, sg, toCpu, toGpu, bs, bf]) s.free();
+      });
+
+      // kle_model_precision's BF16 (vLLM's and FlashMLA's arithmetic): prefill's matmuls, batched
+      // steps' and the MLA attention take their inputs rounded to BF16, one product each
+      it('BF16 precision: near the f32 CPU engine; a batched step of 12 near the sessions\' own', () => {
+        const p = tokens(prompt, V, 1), d = tokens(24, V, 2);
+        const [tol, agree] = BF16_PRECISION_TOL[trained ? 'trained' : 'random'];
+        expect(gpu.precision()).toBe('f32');
+        expect(gpu.precision('bf16')).toBe('bf16');
+        try {
+          const sc = cpu.createSession(), sg = gpu.createSession();
+          expectClose(`${name}: BF16 precision, prefill ${prompt}`, sg.forward(p, true), sc.forward(p, true), V, tol, agree);
+          expectClose(`${name}: BF16 precision, then ${d.length} decode steps`, decodeAll(sg, d, V), decodeAll(sc, d, V), V, tol, agree);
+          // 12 rows: past the matvecs' 8, the tensor-core products (and the grouped experts)
+          const ps = Array.from({ length: 12 }, (_, i) => tokens(20 + 9 * i, V, 60 + i));
+          const open = (q: number[]) => {
+            const s = gpu.createSession();
+            s.step(q);
+            return s;
+          };
+          const batched = ps.map(open), alone = ps.map(open);
+          const rows: Float32Array[] = [], refs: Float32Array[] = [];
+          for (let step = 0; step < 4; step++) {
+            const next = batched.map((s) => argmaxOf(s.logits()!));
+            gpu.stepBatch(batched, next);
+            alone.forEach((s, i) => s.step([next[i]!]));
+            batched.forEach((s, i) => {
+              rows.push(s.logits()!);
+              refs.push(alone[i]!.logits()!);
+            });
+          }
+          expectClose(`${name}: BF16 precision, 12 sessions batched vs alone, 4 steps`, concat(rows), concat(refs), V, tol, agree);
+          for (const s of [sc, sg, ...batched, ...alone]) s.free();
+        } finally {
+          gpu.precision('f32');
+        }
+        expect(gpu.precision()).toBe('f32');
       });
 
       it('state blobs move CPU -> GPU -> CPU, whole and in parts', () => {

@@ -36,6 +36,14 @@ describe('the engine on the default model (every backend)', async () => {
         expect(s.pos).toBe(150);
       });
 
+      it('multiplies at f32 accuracy: BF16 precision (kle_model_precision) is refused with the reason', () => {
+        expect(model.precision()).toBe('f32');
+        expect(model.precision('f32')).toBe('f32');
+        expect(() => model.precision('bf16')).toThrow(/CUDA backend only/);
+        expect(() => model.precision('fp8' as 'f32')).toThrow(RangeError);
+        expect(model.precision()).toBe('f32');
+      });
+
       it('a prefill split anywhere equals one prefill', () => {
         const one = model.createSession().forward(toks);
         const s = model.createSession();
