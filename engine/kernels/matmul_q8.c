@@ -15,7 +15,10 @@
  * -128 * sum(w), which a vpdpbusd of 128s against the weights gives once per row and block pair,
  * and the pair's two scales for each token read as one vector made when the codes were). Same
  * integers, fewer instructions per product: the convert, the scale and the float multiply-add
- * come once per 64 products instead of once per 32.
+ * come once per 64 products instead of once per 32. In prefill Q5_0 joins them, and Q4_K / Q5_K
+ * go the same way the other round: their 4-5 bit weights are the unsigned operand as they lie
+ * and the codes (less 128) the signed one; there a step takes two weight rows, each activation
+ * load serving both.
  *
  * Q4_K (llama.cpp's K-quant: super-blocks of 256 values in 8 groups of 32, value = d * sc_j * q -
  * dmin * m_j, q in 0..15) fits the same blocks of 32: a group's dot is d * sc_j * dx * sum(q * qx)
@@ -665,36 +668,160 @@ static void make_byte_codes(const float *dx, int T, int n_in, int16_t *qx) {
   }
 }
 
+/* a Q5_0 block's 32 signed weights as bytes (block_bytes' Q5_0) */
+static inline __m256i q50_block_bytes(const uint8_t *blk) {
+  __m128i w0, w1;
+  q50_bytes(blk, 0, &w0, &w1);
+  return _mm256_set_m128i(w1, w0);
+}
+
+static int block_size(int fmt) { return fmt == KLE_W_Q8_0 ? Q8_BYTES : fmt == KLE_W_Q4_0 ? Q4_BYTES : Q50_BYTES; }
+
 /* two blocks' 64 signed weights */
 static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
+  if (fmt == KLE_W_Q5_0) return _mm512_inserti64x4(_mm512_castsi256_si512(q50_block_bytes(a)), q50_block_bytes(b), 1);
   return _mm512_inserti64x4(_mm512_castsi256_si512(block_bytes(fmt, a)), block_bytes(fmt, b), 1);
 }
 
-/* T tokens (1..4) from token t0 on against one Q8_0 / Q4_0 row, two blocks a step (an odd last
- * block by the int16 dot) */
-static void row_dot_bytes(int fmt, const uint8_t *row, int T, int t0, int T_all, const float *dx, const int16_t *qx, int nb, int n_in,
-                          float out[4]) {
-  const int np = nb / 2, bytes = fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES;
+/* T tokens (1..4) from token t0 on against R (1, 2) Q8_0 / Q4_0 / Q5_0 rows, two blocks a step:
+ * the activations' byte codes the unsigned operand, each load used by both rows (an odd last
+ * block by the int16 dot; Q5_0 rows of an odd count of blocks go to row_dot_q50 instead) */
+static inline __attribute__((always_inline)) void row_dot_bytes(int fmt, const uint8_t *const rows[2], int R, int T, int t0, int T_all, const float *dx, const int16_t *qx,
+                                 int nb, int n_in, float out[2][4]) {
+  const int np = nb / 2, bytes = block_size(fmt);
   const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
   const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
   const __m512i k80 = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 acc[2][4];
+  for (int i = 0; i < 2; i++)
+    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
   for (int p = 0; p < np; p++) {
-    const uint8_t *a = row + (size_t)(2 * p) * bytes, *b = a + bytes;
-    const __m512i w = pair_w(fmt, a, b);
-    const __m512i start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k80, w)); /* -128 sum(w), per 4 */
-    const __m512 dw = _mm512_insertf32x8(_mm512_set1_ps(qblock_scale(a)), _mm256_set1_ps(qblock_scale(b)), 1);
+    __m512i w[2], start[2];
+    __m512 dw[2];
+    for (int i = 0; i < R; i++) {
+      const uint8_t *a = rows[i] + (size_t)(2 * p) * bytes, *b = a + bytes;
+      w[i] = pair_w(fmt, a, b);
+      start[i] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k80, w[i])); /* -128 sum(w), per 4 */
+      dw[i] = _mm512_insertf32x8(_mm512_set1_ps(qblock_scale(a)), _mm256_set1_ps(qblock_scale(b)), 1);
+    }
     for (int t = 0; t < T; t++) {
-      const __m512i s = _mm512_dpbusd_epi32(start, _mm512_loadu_si512(xu + (size_t)t * n_in + 64 * p), w);
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(dv + ((size_t)t * np + p) * 16)), acc[t]);
+      const __m512i x = _mm512_loadu_si512(xu + (size_t)t * n_in + 64 * p);
+      const __m512 d = _mm512_loadu_ps(dv + ((size_t)t * np + p) * 16);
+      for (int i = 0; i < R; i++)
+        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[i], x, w[i])), _mm512_mul_ps(dw[i], d), acc[i][t]);
     }
   }
-  if (nb & 1) {
-    kq_w w;
-    const float d = qblock_scale(block_w(fmt, row, nb - 1, &w));
-    for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w, qx + (size_t)(t0 + t) * n_in + (size_t)(nb - 1) * KLE_QK, d * dx[(size_t)(t0 + t) * nb + nb - 1]);
+  for (int i = 0; i < R; i++) {
+    if (nb & 1) {
+      kq_w w;
+      const float d = qblock_scale(block_w(fmt, rows[i], nb - 1, &w));
+      for (int t = 0; t < T; t++)
+        acc[i][t] = acc_add(acc[i][t], &w, qx + (size_t)(t0 + t) * n_in + (size_t)(nb - 1) * KLE_QK, d * dx[(size_t)(t0 + t) * nb + nb - 1]);
+    }
+    for (int t = 0; t < T; t++) out[i][t] = acc_sum(acc[i][t]);
   }
-  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
+}
+
+/* rows_q8's rows by the byte dot: in prefill two rows by four tokens at a time (each activation
+ * load serves both rows: 105M Q8_0 pp512 947 -> 1,260 tokens/s on one thread); one row at a time
+ * for fewer tokens, where two rows' weights streamed together made decode 2.2x slower */
+static void rows_bytes(int fmt, const uint8_t *W, long rb, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out, int n_in) {
+  const int nb = n_in / KLE_QK;
+  const int pair = T >= 4;
+  for (int r = 0; r < n_out; r += 1 + pair) {
+    const int R = n_out - r < 2 || !pair ? 1 : 2;
+    const uint8_t *rows[2] = {W + (size_t)rb * r, W + (size_t)rb * (r + R - 1)};
+    for (int t = 0; t < T; t += 4) {
+      const int n = T - t < 4 ? T - t : 4;
+      float out[2][4];
+      /* constant counts, so that the loops over them unroll */
+      if (R == 1 && n == 1) row_dot_bytes(fmt, rows, 1, 1, t, T, dx, qx, nb, n_in, out);
+      else if (R == 2 && n == 4) row_dot_bytes(fmt, rows, 2, 4, t, T, dx, qx, nb, n_in, out);
+      else if (R == 2 && n == 1) row_dot_bytes(fmt, rows, 2, 1, t, T, dx, qx, nb, n_in, out);
+      else if (R == 2) row_dot_bytes(fmt, rows, 2, n, t, T, dx, qx, nb, n_in, out);
+      else row_dot_bytes(fmt, rows, 1, n, t, T, dx, qx, nb, n_in, out);
+      for (int i = 0; i < R; i++)
+        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = out[i][j];
+    }
+  }
+}
+
+/* T tokens (1..4) from token t0 on against R (1, 2) Q4_K (five: Q5_K) rows, a group pair a
+ * vpdpbusd: the weights' 4 (5) bits are the unsigned operand as they lie, once the pair's nibbles
+ * share a register (low nibbles in the low half, high ones in the high half); the activations'
+ * codes (the byte codes less 128) the signed one, the two blocks' 64 bytes in one load that both
+ * rows use. The mins' term goes 8 blocks at a time. (The 16-bit dot, row_dot_q4k, widened every
+ * weight and activation to 16 bits for half the products an instruction.) */
+static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_t *const rows[2], int R, int five, int T, int t0, int T_all, const float *sx,
+                                     const int16_t *qx, int nb, int n_in, float out[2][4]) {
+  const int np = nb / 2;
+  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
+  const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
+  const float *sxt = sx + (size_t)t0 * nb;
+  const __m512i k80 = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15), one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  /* per 16-bit lane: 0 in the low half, 1 in the high half (the nibble shift is 4 times it) */
+  const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(1), 1), nib = _mm512_slli_epi16(upper, 2);
+  __m512 acc[2][4];
+  __m256 mins[2][4];
+  for (int i = 0; i < 2; i++)
+    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps(), mins[i][t] = _mm256_setzero_ps();
+  for (int s = 0; s < nb / 8; s++) {
+    float ds[2][8], dm[2][8];
+    const uint8_t *qs[2];
+    __m512i hb[2];
+    for (int i = 0; i < R; i++) {
+      const uint8_t *blk = rows[i] + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES);
+      q4k_header(blk, ds[i], dm[i]);
+      qs[i] = blk + (five ? 48 : 16);
+      hb[i] = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16))) : zero;
+      for (int t = 0; t < T; t++) mins[i][t] = _mm256_fmadd_ps(_mm256_loadu_ps(dm[i]), _mm256_loadu_ps(sxt + (size_t)t * nb + 8 * s), mins[i][t]);
+    }
+    for (int g = 0; g < 4; g++) {
+      const int j = 2 * g, k = 8 * s + j;
+      __m512i w[2];
+      __m512 dw[2];
+      for (int i = 0; i < R; i++) {
+        w[i] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs[i] + 32 * g))), nib), m4);
+        if (five) /* fifth bits: bit 2g of each byte for the low nibbles, 2g + 1 for the high */
+          w[i] = _mm512_or_si512(w[i], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb[i], _mm512_add_epi16(upper, _mm512_set1_epi16((short)j))), one), 4));
+        dw[i] = _mm512_insertf32x8(_mm512_set1_ps(ds[i][j]), _mm256_set1_ps(ds[i][j + 1]), 1);
+      }
+      for (int t = 0; t < T; t++) {
+        const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(xu + (size_t)t * n_in + (size_t)k * KLE_QK), k80);
+        const __m512 d = _mm512_loadu_ps(dv + ((size_t)t * np + k / 2) * 16);
+        for (int i = 0; i < R; i++)
+          acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w[i], x)), _mm512_mul_ps(dw[i], d), acc[i][t]);
+      }
+    }
+  }
+  for (int i = 0; i < R; i++)
+    for (int t = 0; t < T; t++) {
+      const __m128 h = _mm_add_ps(_mm256_castps256_ps128(mins[i][t]), _mm256_extractf128_ps(mins[i][t], 1));
+      const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+      out[i][t] = _mm512_reduce_add_ps(acc[i][t]) - _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
+    }
+}
+
+/* rows_q8's Q4_K / Q5_K rows in prefill (4 tokens or more; fewer take row_dot_q4k): two rows by
+ * four tokens at a time */
+static void rows_q4k_bytes(const uint8_t *W, long rb, int five, const float *sx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
+                           int n_in) {
+  const int nb = n_in / KLE_QK;
+  for (int r = 0; r < n_out; r += 2) {
+    const int R = n_out - r < 2 ? 1 : 2;
+    const uint8_t *rows[2] = {W + (size_t)rb * r, W + (size_t)rb * (r + R - 1)};
+    for (int t = 0; t < T; t += 4) {
+      const int n = T - t < 4 ? T - t : 4;
+      float out[2][4];
+      /* constant counts, so that the loops over them unroll */
+      if (R == 2 && n == 4) row_dot_q4k_bytes(rows, 2, five, 4, t, T, sx, qx, nb, n_in, out);
+      else if (R == 2 && n == 1) row_dot_q4k_bytes(rows, 2, five, 1, t, T, sx, qx, nb, n_in, out);
+      else if (R == 2) row_dot_q4k_bytes(rows, 2, five, n, t, T, sx, qx, nb, n_in, out);
+      else row_dot_q4k_bytes(rows, 1, five, n, t, T, sx, qx, nb, n_in, out);
+      for (int i = 0; i < R; i++)
+        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = out[i][j];
+    }
+  }
 }
 #endif
 
@@ -740,6 +867,18 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   const float *sx = dx + (size_t)T * nb;
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
+#if Q8_BYTE_CODES
+  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) && T >= 4) {
+    rows_q4k_bytes((const uint8_t *)W, rb, fmt == KLE_W_Q5_K, sx, qx, Y, ldy, T, n_out, n_in);
+    return KLE_OK;
+  }
+  /* two blocks a vpdpbusd; Q5_0 in prefill (in decode the byte dot measured no faster than
+   * row_dot_q50: 3.06 against 3.04 ms a token for the 105M Q4_K_M file, whose Q5_0 rows it is) */
+  if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || (fmt == KLE_W_Q5_0 && nb % 2 == 0 && T >= 4))) {
+    rows_bytes(fmt, (const uint8_t *)W, rb, dx, qx, Y, ldy, T, n_out, n_in);
+    return KLE_OK;
+  }
+#endif
 #ifndef NO_SIMD_DOT
   if (dot == row_dot && by_super_block(fmt)) {
     for (int r = 0; r < n_out; r++) {
@@ -771,22 +910,6 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
           else if (n == 1) row_dot_q6k(row, 1, dxs, qxs, nb, out);
           else row_dot_q6k(row, n, dxs, qxs, nb, out);
         }
-        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
-      }
-    }
-    return KLE_OK;
-  }
-#endif
-#if Q8_BYTE_CODES
-  if (dot == row_dot) { /* Q8_0, Q4_0: two blocks a vpdpbusd */
-    for (int r = 0; r < n_out; r++) {
-      const uint8_t *row = (const uint8_t *)W + (size_t)rb * r;
-      for (int t = 0; t < T; t += 4) {
-        const int n = T - t < 4 ? T - t : 4;
-        float out[4];
-        if (n == 4) row_dot_bytes(fmt, row, 4, t, T, dx, qx, nb, n_in, out);
-        else if (n == 1) row_dot_bytes(fmt, row, 1, t, T, dx, qx, nb, n_in, out);
-        else row_dot_bytes(fmt, row, n, t, T, dx, qx, nb, n_in, out);
         for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
       }
     }

@@ -36,7 +36,7 @@ describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, 
   // rounding bound (|w| * amax of the 32-block / 254 per element); the others decode to f32 tiles
   it('matmuls over them equal float64 over the decoded values (f32 rounding; Q4_K: int8 activations); only Q4_K and Q6_K have an encoder', async () => {
     const rng = new Rng(SEED ^ 0x5a);
-    for (const T of [1, 3, 6]) {
+    for (const T of [1, 3, 6, 9]) {
       const X = rng.normals(T * COLS);
       for (const k of await allKernels())
         for (const c of cases) {
@@ -45,6 +45,10 @@ describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, 
           const intDots = k.backend.call('kle_matmul_int8', [WeightFormat[c.fmt], T]) === 1;
           k.matmul({ fmt: c.fmt, W: c.raw, X, Y: ref, T, nOut: ROWS, nIn: COLS }, intDots ? 'q8-ref' : 'ref');
           expect(relErr(fast, ref), `${k.name} ${c.fmt} fast vs ref`).toBeLessThan(intDots ? 1e-5 : 1e-6);
+          // an odd row count (natively Q4_K / Q5_K rows go two at a time): the same rows to the bit
+          const odd = new Float32Array(T * (ROWS - 1));
+          k.matmul({ fmt: c.fmt, W: c.raw, X, Y: odd, T, nOut: ROWS - 1, nIn: COLS });
+          for (let t = 0; t < T; t++) expect(odd.subarray(t * (ROWS - 1), (t + 1) * (ROWS - 1)), `${k.name} ${c.fmt} T=${T}, ${ROWS - 1} rows`).toEqual(fast.subarray(t * ROWS, t * ROWS + ROWS - 1));
           for (let t = 0; t < T; t++)
             for (let r = 0; r < ROWS; r++) {
               let exact = 0, mag = 0, bound = 0;
