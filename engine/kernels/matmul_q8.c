@@ -802,6 +802,97 @@ static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_
     }
 }
 
+/* T tokens (1..4) from token t0 on against R (1, 2) Q2_K (q3: Q3_K) rows, a block pair a
+ * vpdpbusd as in row_dot_q4k_bytes: the 2-bit values (Q3_K: with their third bit, 0..7) the
+ * unsigned operand, the codes the signed one. A lane of the dot holds 4 values of one group of
+ * 16, so each lane takes its group's factors in float: d * sc times the dot, less the same lane's
+ * sum of codes (a vpdpbusd of ones, for both rows) times Q2_K's dmin * m or Q3_K's 4 d (sc - 32)
+ * (its values are stored + 4). */
+static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8_t *const rows[2], int R, int q3, int T, int t0, int T_all,
+                                                                      const int16_t *qx, int nb, int n_in, float out[2][4]) {
+  const int np = nb / 2;
+  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
+  const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
+  const __m512i k80 = _mm512_set1_epi8((char)0x80), m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
+  const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(1), 1); /* per 16-bit lane: 1 in the high half */
+  const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[2][4];
+  for (int i = 0; i < 2; i++)
+    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
+  for (int s = 0; s < nb / 8; s++) {
+    /* each row's 16 group factors in one vector: SA d * sc (Q3_K: d * (sc - 32)), SB dmin * m
+     * (Q3_K: 4 d (sc - 32)) */
+    __m512 SA[2], SB[2];
+    const uint8_t *blks[2];
+    for (int i = 0; i < R; i++) {
+      const uint8_t *blk = blks[i] = rows[i] + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
+      const float d = qblock_scale(blk + (q3 ? 108 : 80));
+      if (q3) { /* 6-bit scales: low 4 bits in the nibbles of bytes 0-7, top 2 in bytes 8-11 (q3k_scale) */
+        uint8_t raw[16] = {0};
+        memcpy(raw, blk + 96, 12);
+        const __m128i r = _mm_loadu_si128((const __m128i *)raw);
+        const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(r, _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7))),
+                                                              _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4)), _mm512_set1_epi32(15));
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(r, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11))),
+                                                              _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6)), _mm512_set1_epi32(3));
+        SA[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32))), _mm512_set1_ps(d));
+        SB[i] = _mm512_mul_ps(SA[i], _mm512_set1_ps(4.0f));
+      } else {
+        const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
+        SA[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))), _mm512_set1_ps(d));
+        SB[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), _mm512_set1_ps(qblock_scale(blk + 82)));
+      }
+    }
+    for (int n = 0; n < 2; n++)
+      for (int j = 0; j < 4; j += 2) {
+        const int b = 8 * s + 4 * n + j;
+        const __m512i gi = _mm512_add_epi32(rep4, _mm512_set1_epi32(8 * n + 2 * j)); /* lane l: group 8n + 2j + l / 4 */
+        __m512i w[2];
+        __m512 A[2], B[2];
+        for (int i = 0; i < R; i++) {
+          const uint8_t *blk = blks[i];
+          /* block j's values: bits 2j of the 32 bytes; block j + 1's: bits 2j + 2 */
+          const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + (q3 ? 32 : 16) + 32 * n)));
+          w[i] = _mm512_and_si512(_mm512_srlv_epi16(q, _mm512_add_epi16(_mm512_set1_epi16((short)(2 * j)), _mm512_slli_epi16(upper, 1))), m3);
+          if (q3) { /* third bits: bit 4n + j of the high-bit bytes, 4n + j + 1 for block j + 1 */
+            const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
+            w[i] = _mm512_or_si512(w[i], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, _mm512_add_epi16(_mm512_set1_epi16((short)(4 * n + j)), upper)), one), 2));
+          }
+          A[i] = _mm512_permutexvar_ps(gi, SA[i]);
+          B[i] = _mm512_permutexvar_ps(gi, SB[i]);
+        }
+        for (int t = 0; t < T; t++) {
+          const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(xu + (size_t)t * n_in + (size_t)b * KLE_QK), k80);
+          const __m512 xs = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, one, x)); /* each lane's sum of 4 codes */
+          const __m512 dd = _mm512_loadu_ps(dv + ((size_t)t * np + b / 2) * 16);
+          for (int i = 0; i < R; i++)
+            acc[i][t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w[i], x)), A[i], _mm512_mul_ps(xs, B[i])), dd, acc[i][t]);
+        }
+      }
+  }
+  for (int i = 0; i < R; i++)
+    for (int t = 0; t < T; t++) out[i][t] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* rows_q8's Q2_K / Q3_K rows in prefill (4 tokens or more; fewer take row_dot_q23k): two rows by
+ * four tokens at a time */
+static void rows_q23k_bytes(const uint8_t *W, long rb, int q3, const int16_t *qx, float *Y, int ldy, int T, int n_out, int n_in) {
+  const int nb = n_in / KLE_QK;
+  for (int r = 0; r < n_out; r += 2) {
+    const int R = n_out - r < 2 ? 1 : 2;
+    const uint8_t *rows[2] = {W + (size_t)rb * r, W + (size_t)rb * (r + R - 1)};
+    for (int t = 0; t < T; t += 4) {
+      const int n = T - t < 4 ? T - t : 4;
+      float out[2][4];
+      if (R == 2 && n == 4) row_dot_q23k_bytes(rows, 2, q3, 4, t, T, qx, nb, n_in, out);
+      else if (R == 2) row_dot_q23k_bytes(rows, 2, q3, n, t, T, qx, nb, n_in, out);
+      else row_dot_q23k_bytes(rows, 1, q3, n, t, T, qx, nb, n_in, out);
+      for (int i = 0; i < R; i++)
+        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = out[i][j];
+    }
+  }
+}
+
 /* rows_q8's Q4_K / Q5_K rows in prefill (4 tokens or more; fewer take row_dot_q4k): two rows by
  * four tokens at a time */
 static void rows_q4k_bytes(const uint8_t *W, long rb, int five, const float *sx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
@@ -870,6 +961,10 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
 #if Q8_BYTE_CODES
   if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) && T >= 4) {
     rows_q4k_bytes((const uint8_t *)W, rb, fmt == KLE_W_Q5_K, sx, qx, Y, ldy, T, n_out, n_in);
+    return KLE_OK;
+  }
+  if (dot == row_dot && (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) && T >= 4) {
+    rows_q23k_bytes((const uint8_t *)W, rb, fmt == KLE_W_Q3_K, qx, Y, ldy, T, n_out, n_in);
     return KLE_OK;
   }
   /* two blocks a vpdpbusd; Q5_0 in prefill (in decode the byte dot measured no faster than
