@@ -648,68 +648,102 @@ __global__ void mla_absorb_kernel(const float *__restrict__ W_uk, const float *_
 }
 
 // The same with more of the card reading W_uk (8 MiB a layer at 48B: one thread a column on 32
-// blocks took 121 us): block (t, h, 128 columns), its 8 warps splitting the nope rows, each
-// lane 4 columns by 16-byte loads, the warps' sums added through shared memory. R % 128 == 0.
+// blocks took 121 us): block (TT tokens, h, 128 columns), its 8 warps splitting the nope rows,
+// each lane 4 columns by 16-byte loads, the warps' sums added through shared memory. R % 128 ==
+// 0, nope <= 1024 / TT. A batch takes TT = 8 tokens a block, each W_uk load serving all of them
+// (one token a block read W_uk from L2 once per token: 153 us a layer for 256 streams at 48B);
+// each token's sums in the same order either way.
+template <int TT>
 __global__ void __launch_bounds__(256) mla_absorb_wide_kernel(const float *__restrict__ W_uk, const float *__restrict__ q,
-                                                              float *__restrict__ qlat, int H, int nope, int rope, int R) {
+                                                              float *__restrict__ qlat, int T, int H, int nope, int rope, int R) {
   __shared__ float sqn[1024];
-  __shared__ float4 part[8][32];
-  const int t = blockIdx.x, h = blockIdx.y, c0 = blockIdx.z * 128, lane = threadIdx.x % 32, wid = threadIdx.x / 32;
+  __shared__ float4 part[8][TT][32];
+  const int t0 = blockIdx.x * TT, nt = min(TT, T - t0), h = blockIdx.y, c0 = blockIdx.z * 128, lane = threadIdx.x % 32,
+            wid = threadIdx.x / 32;
   const int Dq = nope + rope, Dc = R + rope;
-  const float *qh = q + ((size_t)t * H + h) * Dq;
-  for (int i = threadIdx.x; i < nope; i += blockDim.x) sqn[i] = qh[i];
+  for (int i = threadIdx.x; i < nt * nope; i += blockDim.x) sqn[i] = q[((size_t)(t0 + i / nope) * H + h) * Dq + i % nope];
   __syncthreads();
   const float *Wh = W_uk + (size_t)h * nope * R + c0 + 4 * lane;
-  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  float4 acc[TT];
+#pragma unroll
+  for (int k = 0; k < TT; k++) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 4
   for (int n = wid; n < nope; n += 8) {
     const float4 wv = *reinterpret_cast<const float4 *>(Wh + (size_t)n * R);
-    const float qv = sqn[n];
-    acc.x += wv.x * qv, acc.y += wv.y * qv, acc.z += wv.z * qv, acc.w += wv.w * qv;
+#pragma unroll
+    for (int k = 0; k < TT; k++)
+      if (k < nt) {
+        const float qv = sqn[k * nope + n];
+        acc[k].x += wv.x * qv, acc[k].y += wv.y * qv, acc[k].z += wv.z * qv, acc[k].w += wv.w * qv;
+      }
   }
-  part[wid][lane] = acc;
+#pragma unroll
+  for (int k = 0; k < TT; k++) part[wid][k][lane] = acc[k];
   __syncthreads();
-  float *out = qlat + ((size_t)t * H + h) * Dc;
-  if (wid == 0) {
-    float4 r = part[0][lane];
-    for (int k = 1; k < 8; k++) r.x += part[k][lane].x, r.y += part[k][lane].y, r.z += part[k][lane].z, r.w += part[k][lane].w;
-    *reinterpret_cast<float4 *>(out + c0 + 4 * lane) = r;
+  for (int k = wid; k < nt; k += 8) {  // warp k adds token k's 8 parts
+    float4 r = part[0][k][lane];
+    for (int j = 1; j < 8; j++) r.x += part[j][k][lane].x, r.y += part[j][k][lane].y, r.z += part[j][k][lane].z, r.w += part[j][k][lane].w;
+    *reinterpret_cast<float4 *>(qlat + ((size_t)(t0 + k) * H + h) * Dc + c0 + 4 * lane) = r;
   }
   if (blockIdx.z == 0)
-    for (int i = threadIdx.x; i < rope; i += blockDim.x) out[R + i] = qh[nope + i];
+    for (int i = threadIdx.x; i < nt * rope; i += blockDim.x)
+      qlat[((size_t)(t0 + i / rope) * H + h) * Dc + R + i % rope] = q[((size_t)(t0 + i / rope) * H + h) * Dq + nope + i % rope];
 }
 
 void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st) {
   // 16-byte rows and outputs: R and the output row (R + rope) multiples of 4, qlat 16-byte aligned
-  if (R % 128 == 0 && nope <= 1024 && rope % 4 == 0 && ((uintptr_t)W_uk & 15) == 0 && ((uintptr_t)qlat & 15) == 0)
-    mla_absorb_wide_kernel<<<dim3(T, H, R / 128), 256, 0, st>>>(W_uk, q, qlat, H, nope, rope, R);
-  else
+  if (R % 128 == 0 && nope <= 1024 && rope % 4 == 0 && ((uintptr_t)W_uk & 15) == 0 && ((uintptr_t)qlat & 15) == 0) {
+    if (T >= 8 && nope <= 1024 / 8)
+      mla_absorb_wide_kernel<8><<<dim3((T + 7) / 8, H, R / 128), 256, 0, st>>>(W_uk, q, qlat, T, H, nope, rope, R);
+    else
+      mla_absorb_wide_kernel<1><<<dim3(T, H, R / 128), 256, 0, st>>>(W_uk, q, qlat, T, H, nope, rope, R);
+  } else {
     mla_absorb_kernel<<<dim3(T, H), 128, sizeof(float) * nope, st>>>(W_uk, q, qlat, H, nope, rope, R);
+  }
 }
 
-// block (t, h, 8 rows): one warp per output row of W_uv[h], 16-byte loads where R % 128 == 0
-// (one block a head read its 512 KiB with 8 warps: 35 us a layer at 48B)
-__global__ void mla_up_v_kernel(const float *__restrict__ W_uv, const float *__restrict__ o, float *__restrict__ y, int H, int vh,
+// block (TT tokens, h, 8 rows): one warp per output row of W_uv[h], 16-byte loads where R % 128 ==
+// 0 (one block a head read its 512 KiB with 8 warps: 35 us a layer at 48B); a batch takes TT = 8
+// tokens a block, each row load serving all of them (one a block: 222 us a layer for 256 streams)
+template <int TT>
+__global__ void mla_up_v_kernel(const float *__restrict__ W_uv, const float *__restrict__ o, float *__restrict__ y, int T, int H, int vh,
                                 int R, int vec) {
-  const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x % 32, row = blockIdx.z * 8 + threadIdx.x / 32;
+  const int t0 = blockIdx.x * TT, nt = min(TT, T - t0), h = blockIdx.y, lane = threadIdx.x % 32, row = blockIdx.z * 8 + threadIdx.x / 32;
   if (row >= vh) return;
-  const float *oh = o + ((size_t)t * H + h) * R, *wr = W_uv + ((size_t)h * vh + row) * R;
-  float acc = 0.f;
+  const float *wr = W_uv + ((size_t)h * vh + row) * R;
+  float acc[TT];
+#pragma unroll
+  for (int k = 0; k < TT; k++) acc[k] = 0.f;
   if (vec) {
 #pragma unroll 4
     for (int i = lane; i < R / 4; i += 32) {
-      const float4 a = reinterpret_cast<const float4 *>(wr)[i], b = reinterpret_cast<const float4 *>(oh)[i];
-      acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      const float4 a = reinterpret_cast<const float4 *>(wr)[i];
+#pragma unroll
+      for (int k = 0; k < TT; k++)
+        if (k < nt) {
+          const float4 b = reinterpret_cast<const float4 *>(o + ((size_t)(t0 + k) * H + h) * R)[i];
+          acc[k] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+        }
     }
   } else {
-    for (int i = lane; i < R; i += 32) acc += wr[i] * oh[i];
+    for (int i = lane; i < R; i += 32)
+#pragma unroll
+      for (int k = 0; k < TT; k++)
+        if (k < nt) acc[k] += wr[i] * o[((size_t)(t0 + k) * H + h) * R + i];
   }
-  acc = warp_sum(acc);
-  if (lane == 0) y[((size_t)t * H + h) * vh + row] = acc;
+#pragma unroll
+  for (int k = 0; k < TT; k++)
+    if (k < nt) {
+      const float v = warp_sum(acc[k]);
+      if (lane == 0) y[((size_t)(t0 + k) * H + h) * vh + row] = v;
+    }
 }
 void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st) {
   const int vec = R % 4 == 0 && (((uintptr_t)W_uv | (uintptr_t)o) & 15) == 0;
-  mla_up_v_kernel<<<dim3(T, H, (vh + 7) / 8), 256, 0, st>>>(W_uv, o, y, H, vh, R, vec);
+  if (T >= 8)
+    mla_up_v_kernel<8><<<dim3((T + 7) / 8, H, (vh + 7) / 8), 256, 0, st>>>(W_uv, o, y, T, H, vh, R, vec);
+  else
+    mla_up_v_kernel<1><<<dim3(T, H, (vh + 7) / 8), 256, 0, st>>>(W_uv, o, y, T, H, vh, R, vec);
 }
 
 }  // namespace kle_ops
