@@ -722,30 +722,6 @@ static inline __attribute__((always_inline)) void row_dot_bytes(int fmt, const u
   }
 }
 
-/* rows_q8's rows by the byte dot: in prefill two rows by four tokens at a time (each activation
- * load serves both rows: 105M Q8_0 pp512 947 -> 1,260 tokens/s on one thread); one row at a time
- * for fewer tokens, where two rows' weights streamed together made decode 2.2x slower */
-static void rows_bytes(int fmt, const uint8_t *W, long rb, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out, int n_in) {
-  const int nb = n_in / KLE_QK;
-  const int pair = T >= 4;
-  for (int r = 0; r < n_out; r += 1 + pair) {
-    const int R = n_out - r < 2 || !pair ? 1 : 2;
-    const uint8_t *rows[2] = {W + (size_t)rb * r, W + (size_t)rb * (r + R - 1)};
-    for (int t = 0; t < T; t += 4) {
-      const int n = T - t < 4 ? T - t : 4;
-      float out[2][4];
-      /* constant counts, so that the loops over them unroll */
-      if (R == 1 && n == 1) row_dot_bytes(fmt, rows, 1, 1, t, T, dx, qx, nb, n_in, out);
-      else if (R == 2 && n == 4) row_dot_bytes(fmt, rows, 2, 4, t, T, dx, qx, nb, n_in, out);
-      else if (R == 2 && n == 1) row_dot_bytes(fmt, rows, 2, 1, t, T, dx, qx, nb, n_in, out);
-      else if (R == 2) row_dot_bytes(fmt, rows, 2, n, t, T, dx, qx, nb, n_in, out);
-      else row_dot_bytes(fmt, rows, 1, n, t, T, dx, qx, nb, n_in, out);
-      for (int i = 0; i < R; i++)
-        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = out[i][j];
-    }
-  }
-}
-
 /* T tokens (1..4) from token t0 on against R (1, 2) Q4_K (five: Q5_K) rows, a group pair a
  * vpdpbusd: the weights' 4 (5) bits are the unsigned operand as they lie, once the pair's nibbles
  * share a register (low nibbles in the low half, high ones in the high half); the activations'
@@ -874,10 +850,20 @@ static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8
     for (int t = 0; t < T; t++) out[i][t] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
-/* rows_q8's Q2_K / Q3_K rows: in prefill two rows by four tokens at a time, in decode one row
- * (105M Q2_K tg 3.9 -> 2.95 ms a token against the 16-bit row_dot_q23k; the Q3_K_M file's
- * unchanged, 4.14-4.32 against 4.20-4.30) */
-static void rows_q23k_bytes(const uint8_t *W, long rb, int q3, const int16_t *qx, float *Y, int ldy, int T, int n_out, int n_in) {
+/* One step of rows_tiled: R (1, 2) rows by n (1..4) tokens from token t, by the byte dot of fmt */
+static inline __attribute__((always_inline)) void tile_dot(int fmt, const uint8_t *const rows[2], int R, int n, int t, int T, const float *dx,
+                                                            const float *sx, const int16_t *qx, int nb, int n_in, float out[2][4]) {
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) row_dot_q4k_bytes(rows, R, fmt == KLE_W_Q5_K, n, t, T, sx, qx, nb, n_in, out);
+  else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) row_dot_q23k_bytes(rows, R, fmt == KLE_W_Q3_K, n, t, T, qx, nb, n_in, out);
+  else row_dot_bytes(fmt, rows, R, n, t, T, dx, qx, nb, n_in, out);
+}
+
+/* rows_q8's rows by the byte dots: in prefill (4 tokens or more) two rows by four tokens a step,
+ * each activation load serving both rows (105M Q8_0 pp512 947 -> 1,260 tokens/s on one thread);
+ * one row a step for fewer tokens, where two rows' weights streamed together made decode 2.2x
+ * slower */
+static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, const float *sx, const int16_t *qx, float *Y, int ldy, int T,
+                       int n_out, int n_in) {
   const int nb = n_in / KLE_QK, pair = T >= 4;
   for (int r = 0; r < n_out; r += 1 + pair) {
     const int R = n_out - r < 2 || !pair ? 1 : 2;
@@ -885,32 +871,12 @@ static void rows_q23k_bytes(const uint8_t *W, long rb, int q3, const int16_t *qx
     for (int t = 0; t < T; t += 4) {
       const int n = T - t < 4 ? T - t : 4;
       float out[2][4];
-      if (R == 1 && n == 1) row_dot_q23k_bytes(rows, 1, q3, 1, t, T, qx, nb, n_in, out);
-      else if (R == 2 && n == 4) row_dot_q23k_bytes(rows, 2, q3, 4, t, T, qx, nb, n_in, out);
-      else if (R == 2) row_dot_q23k_bytes(rows, 2, q3, n, t, T, qx, nb, n_in, out);
-      else row_dot_q23k_bytes(rows, 1, q3, n, t, T, qx, nb, n_in, out);
-      for (int i = 0; i < R; i++)
-        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = out[i][j];
-    }
-  }
-}
-
-/* rows_q8's Q4_K / Q5_K rows in prefill (4 tokens or more; fewer take row_dot_q4k): two rows by
- * four tokens at a time */
-static void rows_q4k_bytes(const uint8_t *W, long rb, int five, const float *sx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
-                           int n_in) {
-  const int nb = n_in / KLE_QK;
-  for (int r = 0; r < n_out; r += 2) {
-    const int R = n_out - r < 2 ? 1 : 2;
-    const uint8_t *rows[2] = {W + (size_t)rb * r, W + (size_t)rb * (r + R - 1)};
-    for (int t = 0; t < T; t += 4) {
-      const int n = T - t < 4 ? T - t : 4;
-      float out[2][4];
       /* constant counts, so that the loops over them unroll */
-      if (R == 2 && n == 4) row_dot_q4k_bytes(rows, 2, five, 4, t, T, sx, qx, nb, n_in, out);
-      else if (R == 2 && n == 1) row_dot_q4k_bytes(rows, 2, five, 1, t, T, sx, qx, nb, n_in, out);
-      else if (R == 2) row_dot_q4k_bytes(rows, 2, five, n, t, T, sx, qx, nb, n_in, out);
-      else row_dot_q4k_bytes(rows, 1, five, n, t, T, sx, qx, nb, n_in, out);
+      if (R == 1 && n == 1) tile_dot(fmt, rows, 1, 1, t, T, dx, sx, qx, nb, n_in, out);
+      else if (R == 2 && n == 4) tile_dot(fmt, rows, 2, 4, t, T, dx, sx, qx, nb, n_in, out);
+      else if (R == 2 && n == 1) tile_dot(fmt, rows, 2, 1, t, T, dx, sx, qx, nb, n_in, out);
+      else if (R == 2) tile_dot(fmt, rows, 2, n, t, T, dx, sx, qx, nb, n_in, out);
+      else tile_dot(fmt, rows, 1, n, t, T, dx, sx, qx, nb, n_in, out);
       for (int i = 0; i < R; i++)
         for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = out[i][j];
     }
@@ -961,18 +927,13 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   /* weight rows outside, tokens inside: a row (a few KiB) stays in L1 for all of the batch; the
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
 #if Q8_BYTE_CODES
-  if (dot == row_dot && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) && T >= 4) {
-    rows_q4k_bytes((const uint8_t *)W, rb, fmt == KLE_W_Q5_K, sx, qx, Y, ldy, T, n_out, n_in);
-    return KLE_OK;
-  }
-  if (dot == row_dot && (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K)) {
-    rows_q23k_bytes((const uint8_t *)W, rb, fmt == KLE_W_Q3_K, qx, Y, ldy, T, n_out, n_in);
-    return KLE_OK;
-  }
-  /* two blocks a vpdpbusd; Q5_0 in prefill (in decode the byte dot measured no faster than
-   * row_dot_q50: 3.06 against 3.04 ms a token for the 105M Q4_K_M file, whose Q5_0 rows it is) */
-  if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || (fmt == KLE_W_Q5_0 && nb % 2 == 0 && T >= 4))) {
-    rows_bytes(fmt, (const uint8_t *)W, rb, dx, qx, Y, ldy, T, n_out, n_in);
+  /* the byte dots: Q8_0 and Q4_0 always; Q2_K and Q3_K always (105M Q2_K tg 3.9 -> 2.95 ms a token
+   * against the 16-bit row_dot_q23k, the Q3_K_M file's unchanged); Q4_K, Q5_K and Q5_0 in prefill
+   * (in decode the 16-bit dots: Q4_K_M's tg measured 2.9-3.0 against 3.25-3.35 ms, its Q5_0 rows
+   * 3.04 against 3.06) */
+  if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K ||
+                         (T >= 4 && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || (fmt == KLE_W_Q5_0 && nb % 2 == 0))))) {
+    rows_tiled(fmt, (const uint8_t *)W, rb, dx, sx, qx, Y, ldy, T, n_out, n_in);
     return KLE_OK;
   }
 #endif

@@ -133,6 +133,24 @@ function concat(parts: Float32Array[]): Float32Array {
   return out;
 }
 
+/**
+ * `steps` greedy tokens for each session of `batched` in one stepBatch each, and the same tokens
+ * into `alone` one session at a time: both sides' logits after every step, concatenated
+ */
+function batchedVsAlone(gpu: EngineModel, batched: EngineSession[], alone: EngineSession[], steps: number): [Float32Array, Float32Array] {
+  const rows: Float32Array[] = [], refs: Float32Array[] = [];
+  for (let step = 0; step < steps; step++) {
+    const next = batched.map((s) => argmaxOf(s.logits()!));
+    gpu.stepBatch(batched, next);
+    alone.forEach((s, i) => s.step([next[i]!]));
+    batched.forEach((s, i) => {
+      rows.push(s.logits()!);
+      refs.push(alone[i]!.logits()!);
+    });
+  }
+  return [concat(rows), concat(refs)];
+}
+
 function decodeAll(s: EngineSession, toks: number[], V: number): Float32Array {
   const out = new Float32Array(toks.length * V);
   toks.forEach((t, i) => out.set(s.forward([t]), i * V));
@@ -234,32 +252,12 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
           return s;
         };
         const batched = prompts.map((p) => open(p, F32)), alone = prompts.map((p) => open(p, F32));
-        const rows: Float32Array[] = [], refs: Float32Array[] = [];
-        for (let step = 0; step < 12; step++) {
-          const next = batched.map((s) => argmaxOf(s.logits()!));
-          gpu.stepBatch(batched, next);
-          alone.forEach((s, i) => s.step([next[i]!]));
-          batched.forEach((s, i) => {
-            rows.push(s.logits()!);
-            refs.push(alone[i]!.logits()!);
-          });
-        }
-        expectClose(`${name}: 5 sessions batched vs alone, 12 steps`, concat(rows), concat(refs), V);
+        expectClose(`${name}: 5 sessions batched vs alone, 12 steps`, ...batchedVsAlone(gpu, batched, alone, 12), V);
         for (const s of [...batched, ...alone]) s.free();
         // caches of both formats in one batch: no shared table, each row launched on its own
         const fmts = [F32, undefined, F32, undefined];
         const mixed = fmts.map((f, i) => open(prompts[i]!, f)), mixedAlone = fmts.map((f, i) => open(prompts[i]!, f));
-        const mRows: Float32Array[] = [], mRefs: Float32Array[] = [];
-        for (let step = 0; step < 6; step++) {
-          const next = mixed.map((s) => argmaxOf(s.logits()!));
-          gpu.stepBatch(mixed, next);
-          mixedAlone.forEach((s, i) => s.step([next[i]!]));
-          mixed.forEach((s, i) => {
-            mRows.push(s.logits()!);
-            mRefs.push(mixedAlone[i]!.logits()!);
-          });
-        }
-        expectClose(`${name}: f32 and BF16 caches in one batch vs alone, 6 steps`, concat(mRows), concat(mRefs), V);
+        expectClose(`${name}: f32 and BF16 caches in one batch vs alone, 6 steps`, ...batchedVsAlone(gpu, mixed, mixedAlone, 6), V);
         for (const s of [...mixed, ...mixedAlone]) s.free();
         // 32 streams, 16 greedy tokens each
         const ps = Array.from({ length: 32 }, (_, i) => tokens(5 + ((i * 7) % 50), V, 40 + i));
@@ -360,17 +358,7 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
             return s;
           };
           const batched = ps.map(open), alone = ps.map(open);
-          const rows: Float32Array[] = [], refs: Float32Array[] = [];
-          for (let step = 0; step < 4; step++) {
-            const next = batched.map((s) => argmaxOf(s.logits()!));
-            gpu.stepBatch(batched, next);
-            alone.forEach((s, i) => s.step([next[i]!]));
-            batched.forEach((s, i) => {
-              rows.push(s.logits()!);
-              refs.push(alone[i]!.logits()!);
-            });
-          }
-          expectClose(`${name}: BF16 precision, 12 sessions batched vs alone, 4 steps`, concat(rows), concat(refs), V, tol, agree);
+          expectClose(`${name}: BF16 precision, 12 sessions batched vs alone, 4 steps`, ...batchedVsAlone(gpu, batched, alone, 4), V, tol, agree);
           for (const s of [sc, sg, ...batched, ...alone]) s.free();
         } finally {
           gpu.precision('f32');
