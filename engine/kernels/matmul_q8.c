@@ -15,10 +15,12 @@
  * -128 * sum(w), which a vpdpbusd of 128s against the weights gives once per row and block pair,
  * and the pair's two scales for each token read as one vector made when the codes were). Same
  * integers, fewer instructions per product: the convert, the scale and the float multiply-add
- * come once per 64 products instead of once per 32. In prefill Q5_0 joins them, and Q4_K / Q5_K
- * go the same way the other round: their 4-5 bit weights are the unsigned operand as they lie
- * and the codes (less 128) the signed one; there a step takes two weight rows, each activation
- * load serving both.
+ * come once per 64 products instead of once per 32. The K-quants take the same byte dots (Q2_K
+ * and Q3_K always, Q4_K, Q5_K and Q6_K in prefill, where Q5_0 joins Q8_0's): Q6_K's values less
+ * 32 as Q8_0's signed weights; Q2_K-Q5_K the other way round, their 2-5 bit values the unsigned
+ * operand as they lie and the codes (less 128) the signed one; a lane's factors (a group of 16's
+ * or 32's scale) applied in float. In prefill a step takes two weight rows, each activation load
+ * serving both (rows_tiled).
  *
  * Q4_K (llama.cpp's K-quant: super-blocks of 256 values in 8 groups of 32, value = d * sc_j * q -
  * dmin * m_j, q in 0..15) fits the same blocks of 32: a group's dot is d * sc_j * dx * sum(q * qx)
@@ -850,11 +852,65 @@ static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8
     for (int t = 0; t < T; t++) out[i][t] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
+/* T tokens (1..4) from token t0 on against R (1, 2) Q6_K rows, a block pair a vpdpbusd as
+ * row_dot_bytes does Q8_0's: the values less 32 the signed operand, the byte codes the unsigned
+ * one (the 128 * sum(w) this adds taken out by the sums' start). A lane holds 4 values of one
+ * group of 16, so each lane takes its group's d * sc in float, a super-block's 16 made in one
+ * vector and picked per block pair by a permute. */
+static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_t *const rows[2], int R, int T, int t0, int T_all,
+                                                                     const int16_t *qx, int nb, int n_in, float out[2][4]) {
+  const int np = nb / 2;
+  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
+  const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
+  const __m512i k80 = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32),
+                zero = _mm512_setzero_si512();
+  const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(2), 1); /* per 16-bit lane: 2 in the high half */
+  const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[2][4];
+  for (int i = 0; i < 2; i++)
+    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
+  for (int s = 0; s < nb / 8; s++) {
+    __m512 S[2];
+    const uint8_t *blks[2];
+    for (int i = 0; i < R; i++) {
+      const uint8_t *blk = blks[i] = rows[i] + (size_t)s * Q6K_BYTES;
+      S[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192)))), _mm512_set1_ps(qblock_scale(blk + 208)));
+    }
+    for (int h = 0; h < 2; h++)
+      for (int k = 0; k < 4; k += 2) {
+        const int b = 8 * s + 4 * h + k;
+        const __m512i gi = _mm512_add_epi32(rep4, _mm512_set1_epi32(8 * h + 2 * k)); /* lane l: group 8h + 2k + l / 4 */
+        __m512i w[2], start[2];
+        __m512 A[2];
+        for (int i = 0; i < R; i++) {
+          /* blocks k and k + 1: low 4 bits from the half's 64 low-bit bytes (the high nibbles for
+           * k = 2), top 2 from its 32 high-bit bytes at bits 2k and 2k + 2 */
+          const uint8_t *blk = blks[i];
+          const __m512i lo = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(blk + 64 * h), (unsigned)(2 * k)), m4);
+          const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)));
+          const __m512i hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb, _mm512_add_epi16(_mm512_set1_epi16((short)(2 * k)), upper)), m3), 4);
+          w[i] = _mm512_sub_epi8(_mm512_or_si512(lo, hi), k32);
+          start[i] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k80, w[i])); /* -128 sum(w), per 4 */
+          A[i] = _mm512_permutexvar_ps(gi, S[i]);
+        }
+        for (int t = 0; t < T; t++) {
+          const __m512i x = _mm512_loadu_si512(xu + (size_t)t * n_in + (size_t)b * KLE_QK);
+          const __m512 dd = _mm512_loadu_ps(dv + ((size_t)t * np + b / 2) * 16);
+          for (int i = 0; i < R; i++)
+            acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[i], x, w[i])), _mm512_mul_ps(A[i], dd), acc[i][t]);
+        }
+      }
+  }
+  for (int i = 0; i < R; i++)
+    for (int t = 0; t < T; t++) out[i][t] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
 /* One step of rows_tiled: R (1, 2) rows by n (1..4) tokens from token t, by the byte dot of fmt */
 static inline __attribute__((always_inline)) void tile_dot(int fmt, const uint8_t *const rows[2], int R, int n, int t, int T, const float *dx,
                                                             const float *sx, const int16_t *qx, int nb, int n_in, float out[2][4]) {
   if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) row_dot_q4k_bytes(rows, R, fmt == KLE_W_Q5_K, n, t, T, sx, qx, nb, n_in, out);
   else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) row_dot_q23k_bytes(rows, R, fmt == KLE_W_Q3_K, n, t, T, qx, nb, n_in, out);
+  else if (fmt == KLE_W_Q6_K) row_dot_q6k_bytes(rows, R, n, t, T, qx, nb, n_in, out);
   else row_dot_bytes(fmt, rows, R, n, t, T, dx, qx, nb, n_in, out);
 }
 
@@ -928,11 +984,11 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
 #if Q8_BYTE_CODES
   /* the byte dots: Q8_0 and Q4_0 always; Q2_K and Q3_K always (105M Q2_K tg 3.9 -> 2.95 ms a token
-   * against the 16-bit row_dot_q23k, the Q3_K_M file's unchanged); Q4_K, Q5_K and Q5_0 in prefill
-   * (in decode the 16-bit dots: Q4_K_M's tg measured 2.9-3.0 against 3.25-3.35 ms, its Q5_0 rows
-   * 3.04 against 3.06) */
+   * against the 16-bit row_dot_q23k, the Q3_K_M file's unchanged); Q4_K, Q5_K, Q6_K and Q5_0 in
+   * prefill (in decode the 16-bit dots: Q4_K_M's tg measured 2.9-3.0 against 3.25-3.35 ms, its
+   * Q5_0 rows 3.04 against 3.06) */
   if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K ||
-                         (T >= 4 && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || (fmt == KLE_W_Q5_0 && nb % 2 == 0))))) {
+                         (T >= 4 && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K || (fmt == KLE_W_Q5_0 && nb % 2 == 0))))) {
     rows_tiled(fmt, (const uint8_t *)W, rb, dx, sx, qx, Y, ldy, T, n_out, n_in);
     return KLE_OK;
   }
