@@ -396,6 +396,54 @@ static void tile_dots(const float *const w[4], int nr, const float *X, int n_in,
   }
 }
 
+#if defined(__AVX512F__) && !defined(__wasm__)
+#include <immintrin.h>
+/* 16 weights of a BF16 / F16 row as f32 */
+static inline __m512 w16_f32(int fmt, const uint16_t *p) {
+  const __m256i h = _mm256_loadu_si256((const __m256i *)p);
+  return fmt == KLE_W_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)) : _mm512_cvtph_ps(h);
+}
+
+/* NR rows from r0 by NT tokens from t0 of mm16_native, the counts constants where inlined */
+static inline __attribute__((always_inline)) void mm16_tile(int fmt, const uint16_t *W, const float *X, float *Y, int ldy, int n_in, int r0,
+                                                             int t0, int NR, int NT) {
+  const int n16 = n_in & ~15;
+  __m512 acc[4][4];
+  for (int r = 0; r < 4; r++)
+    for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+  for (int i = 0; i < n16; i += 16) {
+    __m512 w[4], x[4];
+    for (int r = 0; r < NR; r++) w[r] = w16_f32(fmt, W + (size_t)(r0 + r) * n_in + i);
+    for (int t = 0; t < NT; t++) x[t] = _mm512_loadu_ps(X + (size_t)(t0 + t) * n_in + i);
+    for (int r = 0; r < NR; r++)
+      for (int t = 0; t < NT; t++) acc[r][t] = _mm512_fmadd_ps(w[r], x[t], acc[r][t]);
+  }
+  for (int r = 0; r < NR; r++)
+    for (int t = 0; t < NT; t++) {
+      const uint16_t *wr = W + (size_t)(r0 + r) * n_in;
+      const float *xt = X + (size_t)(t0 + t) * n_in;
+      float sum = _mm512_reduce_add_ps(acc[r][t]);
+      for (int i = n16; i < n_in; i++) sum += (fmt == KLE_W_BF16 ? bf16_to_f32(wr[i]) : f16_to_f32(wr[i])) * xt[i];
+      Y[(size_t)(t0 + t) * ldy + r0 + r] = sum;
+    }
+}
+
+/* Y = X W^T for 16-bit weights natively with AVX-512: 4 rows by 4 tokens a step, 16 lanes wide,
+ * the weights widened in registers. The tile path below decoded them into memory and multiplied
+ * 4 lanes wide: a 105M BF16 model decoded at 53 tokens/s (11 GB/s of weights). */
+static void mm16_native(int fmt, const uint16_t *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
+  for (int r0 = 0; r0 < n_out; r0 += 4) {
+    const int nr = n_out - r0 < 4 ? n_out - r0 : 4;
+    for (int t0 = 0; t0 < T; t0 += 4) {
+      const int nt = T - t0 < 4 ? T - t0 : 4;
+      if (nr == 4 && nt == 4) mm16_tile(fmt, W, X, Y, ldy, n_in, r0, t0, 4, 4);
+      else if (nr == 4 && nt == 1) mm16_tile(fmt, W, X, Y, ldy, n_in, r0, t0, 4, 1);
+      else mm16_tile(fmt, W, X, Y, ldy, n_in, r0, t0, nr, nt);
+    }
+  }
+}
+#endif
+
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
   return kle_matmul_ld(fmt, W, X, Y, n_out, T, n_out, n_in);
 }
@@ -404,6 +452,12 @@ int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int
   if (!mm_args_ok(fmt, T, n_out, n_in) || ldy < n_out) return KLE_EINVAL;
   /* quantized weights: integer dot products with quantized activations (matmul_q8.c) */
   if (kle_matmul_int8(fmt, T)) return kle_matmul_q8_ld(fmt, W, X, Y, ldy, T, n_out, n_in);
+#if defined(__AVX512F__) && !defined(__wasm__)
+  if (fmt == KLE_W_BF16 || fmt == KLE_W_F16) {
+    mm16_native(fmt, (const uint16_t *)W, X, Y, ldy, T, n_out, n_in);
+    return KLE_OK;
+  }
+#endif
   long rb = kle_row_bytes(fmt, n_in);
   float *Xp = NULL;
   if (k_quant(fmt)) { /* decoded in permuted order: see decode_kq_perm */
