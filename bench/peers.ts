@@ -2,8 +2,9 @@
 // The same GGUF files on llama.cpp's CPU build and on this runtime, in one run: prompt
 // processing (512 tokens) and generation (128 tokens) tokens/s; llama.cpp with 1 thread and
 // with all threads; ours in wasm SIMD (Node) and native (one thread, and all: engine.threads; workerd runs the same
-// wasm, see bench:load). Models: the embedded default model, the synthetic 105M Q8_0 one, and the
-// 105M as Q4_K_M from llama.cpp's llama-quantize when it sits beside llama-bench.
+// wasm, see bench:load). Models: the embedded default model, the synthetic 105M one in BF16, Q8_0
+// and Q4_0 as kimi-edge convert writes them, and the 105M as Q6_K, Q4_K_M, Q3_K_M and Q2_K from
+// llama.cpp's llama-quantize when it sits beside llama-bench.
 // llama.cpp is built outside this repository (test/fixtures/README.md says how).
 // Writes bench/results/peers-<machine>.json.
 import { execFileSync } from 'node:child_process';
@@ -43,18 +44,25 @@ function untied(cfg: Record<string, unknown>, file: SafetensorsFile): [Record<st
   return [{ ...cfg, tie_word_embeddings: false }, { ...file, tensors }];
 }
 const defaultModel = untied(json('config.json'), parseSafetensors(new Uint8Array(readFileSync(join(d, 'model.safetensors')))));
+const mid = parseSafetensors(syntheticWeights(MID_CONFIG, 7));
 const models: Record<string, Uint8Array> = {
   'default (1.0M, BF16)': hfToGguf(defaultModel[0], defaultModel[1], kernels, { weights: 'BF16', ...tok }),
-  '105M Q8_0': hfToGguf(MID_CONFIG, parseSafetensors(syntheticWeights(MID_CONFIG, 7)), kernels, { weights: 'Q8_0', ...tok }),
+  '105M Q8_0': hfToGguf(MID_CONFIG, mid, kernels, { weights: 'Q8_0', ...tok }),
 };
+// (not with --quick) the 105M model in 16 bits and in Q4_0, as kimi-edge convert writes them
+if (!values.quick) {
+  models['105M BF16'] = hfToGguf(MID_CONFIG, mid, kernels, { weights: 'BF16', ...tok });
+  models['105M Q4_0'] = hfToGguf(MID_CONFIG, mid, kernels, { weights: 'Q4_0', ...tok });
+}
 // people's files are K-quant mixes: the same 105M model through llama.cpp's own llama-quantize
-// (beside llama-bench, or --llama-quantize PATH), as Q4_K_M, and (not with --quick) Q3_K_M and Q2_K
+// (beside llama-bench, or --llama-quantize PATH), as Q4_K_M, and (not with --quick) Q6_K, Q3_K_M
+// and Q2_K
 {
   const quantize = values['llama-quantize'] ?? join(dirname(llamaBench), 'llama-quantize');
   if (existsSync(quantize)) {
     const f32 = join(dir, 'mid-f32.gguf');
-    writeFileSync(f32, hfToGguf(MID_CONFIG, parseSafetensors(syntheticWeights(MID_CONFIG, 7)), kernels, { weights: 'F32', ...tok }));
-    for (const mix of values.quick ? ['Q4_K_M'] : ['Q4_K_M', 'Q3_K_M', 'Q2_K']) {
+    writeFileSync(f32, hfToGguf(MID_CONFIG, mid, kernels, { weights: 'F32', ...tok }));
+    for (const mix of values.quick ? ['Q4_K_M'] : ['Q6_K', 'Q4_K_M', 'Q3_K_M', 'Q2_K']) {
       const q = join(dir, `mid-${mix.toLowerCase()}.gguf`);
       execFileSync(quantize, [f32, q, mix], { stdio: 'ignore' });
       models[`105M ${mix}`] = new Uint8Array(readFileSync(q));
