@@ -654,6 +654,21 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
 static const uint8_t *byte_codes(const int16_t *qx, int T, int n_in) { return (const uint8_t *)(qx + (size_t)T * n_in); }
 static const float *pair_scales(const int16_t *qx, int T, int n_in) { return (const float *)(byte_codes(qx, T, n_in) + (size_t)T * n_in); }
 
+/* a byte dot's inputs from token t0 on: its codes (n_in bytes a token) and its block pairs'
+ * scales (16 floats a pair), and R x T accumulators set to zero */
+typedef struct {
+  const uint8_t *xu;
+  const float *dv;
+} tile_in;
+static inline tile_in tile_inputs(const int16_t *qx, int T_all, int n_in, int t0, int np) {
+  const tile_in in = {byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in, pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16};
+  return in;
+}
+static inline void acc_clear(__m512 acc[2][4]) {
+  for (int i = 0; i < 2; i++)
+    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
+}
+
 static void make_byte_codes(const float *dx, int T, int n_in, int16_t *qx) {
   const int nb = n_in / KLE_QK, np = nb / 2;
   uint8_t *xu = (uint8_t *)byte_codes(qx, T, n_in);
@@ -691,12 +706,12 @@ static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
 static inline __attribute__((always_inline)) void row_dot_bytes(int fmt, const uint8_t *const rows[2], int R, int T, int t0, int T_all, const float *dx, const int16_t *qx,
                                  int nb, int n_in, float out[2][4]) {
   const int np = nb / 2, bytes = block_size(fmt);
-  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
-  const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
+  const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
+  const uint8_t *xu = in.xu;
+  const float *dv = in.dv;
   const __m512i k80 = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
   __m512 acc[2][4];
-  for (int i = 0; i < 2; i++)
-    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
+  acc_clear(acc);
   for (int p = 0; p < np; p++) {
     __m512i w[2], start[2];
     __m512 dw[2];
@@ -733,8 +748,9 @@ static inline __attribute__((always_inline)) void row_dot_bytes(int fmt, const u
 static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_t *const rows[2], int R, int five, int T, int t0, int T_all, const float *sx,
                                      const int16_t *qx, int nb, int n_in, float out[2][4]) {
   const int np = nb / 2;
-  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
-  const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
+  const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
+  const uint8_t *xu = in.xu;
+  const float *dv = in.dv;
   const float *sxt = sx + (size_t)t0 * nb;
   const __m512i k80 = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15), one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
   /* per 16-bit lane: 0 in the low half, 1 in the high half (the nibble shift is 4 times it) */
@@ -789,14 +805,14 @@ static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_
 static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8_t *const rows[2], int R, int q3, int T, int t0, int T_all,
                                                                       const int16_t *qx, int nb, int n_in, float out[2][4]) {
   const int np = nb / 2;
-  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
-  const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
+  const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
+  const uint8_t *xu = in.xu;
+  const float *dv = in.dv;
   const __m512i k80 = _mm512_set1_epi8((char)0x80), m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
   const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(1), 1); /* per 16-bit lane: 1 in the high half */
   const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   __m512 acc[2][4];
-  for (int i = 0; i < 2; i++)
-    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
+  acc_clear(acc);
   for (int s = 0; s < nb / 8; s++) {
     /* each row's 16 group factors in one vector: SA d * sc (Q3_K: d * (sc - 32)), SB dmin * m
      * (Q3_K: 4 d (sc - 32)) */
@@ -860,15 +876,15 @@ static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8
 static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_t *const rows[2], int R, int T, int t0, int T_all,
                                                                      const int16_t *qx, int nb, int n_in, float out[2][4]) {
   const int np = nb / 2;
-  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
-  const float *dv = pair_scales(qx, T_all, n_in) + (size_t)t0 * np * 16;
+  const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
+  const uint8_t *xu = in.xu;
+  const float *dv = in.dv;
   const __m512i k80 = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32),
                 zero = _mm512_setzero_si512();
   const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(2), 1); /* per 16-bit lane: 2 in the high half */
   const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   __m512 acc[2][4];
-  for (int i = 0; i < 2; i++)
-    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
+  acc_clear(acc);
   for (int s = 0; s < nb / 8; s++) {
     __m512 S[2];
     const uint8_t *blks[2];
