@@ -697,6 +697,12 @@ static int block_size(int fmt) { return fmt == KLE_W_Q8_0 ? Q8_BYTES : fmt == KL
 /* two blocks' 64 signed weights */
 static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
   if (fmt == KLE_W_Q5_0) return _mm512_inserti64x4(_mm512_castsi256_si512(q50_block_bytes(a)), q50_block_bytes(b), 1);
+  if (fmt == KLE_W_Q4_0) { /* both blocks' nibbles at once: low ones, high ones, then in block order, less 8 */
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 2))), _mm_loadu_si128((const __m128i *)(b + 2)), 1);
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m512i lh = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+    return _mm512_sub_epi8(_mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), lh), _mm512_set1_epi8(8));
+  }
   return _mm512_inserti64x4(_mm512_castsi256_si512(block_bytes(fmt, a)), block_bytes(fmt, b), 1);
 }
 
