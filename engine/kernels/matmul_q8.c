@@ -692,8 +692,6 @@ static inline __m256i q50_block_bytes(const uint8_t *blk) {
   return _mm256_set_m128i(w1, w0);
 }
 
-static int block_size(int fmt) { return fmt == KLE_W_Q8_0 ? Q8_BYTES : fmt == KLE_W_Q4_0 ? Q4_BYTES : Q50_BYTES; }
-
 /* two blocks' 64 signed weights */
 static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
   if (fmt == KLE_W_Q5_0) return _mm512_inserti64x4(_mm512_castsi256_si512(q50_block_bytes(a)), q50_block_bytes(b), 1);
@@ -711,7 +709,8 @@ static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
  * block by the int16 dot; Q5_0 rows of an odd count of blocks go to row_dot_q50 instead) */
 static inline __attribute__((always_inline)) void row_dot_bytes(int fmt, const uint8_t *const rows[2], int R, int T, int t0, int T_all, const float *dx, const int16_t *qx,
                                  int nb, int n_in, float out[2][4]) {
-  const int np = nb / 2, bytes = block_size(fmt);
+  const int np = nb / 2;
+  const long bytes = kle_row_bytes(fmt, KLE_QK); /* a block's */
   const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
   const uint8_t *xu = in.xu;
   const float *dv = in.dv;
@@ -763,8 +762,9 @@ static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_
   const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(1), 1), nib = _mm512_slli_epi16(upper, 2);
   __m512 acc[2][4];
   __m256 mins[2][4];
+  acc_clear(acc);
   for (int i = 0; i < 2; i++)
-    for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps(), mins[i][t] = _mm256_setzero_ps();
+    for (int t = 0; t < 4; t++) mins[i][t] = _mm256_setzero_ps();
   for (int s = 0; s < nb / 8; s++) {
     float ds[2][8], dm[2][8];
     const uint8_t *qs[2];
@@ -952,7 +952,6 @@ static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, cons
       /* constant counts, so that the loops over them unroll */
       if (R == 1 && n == 1) tile_dot(fmt, rows, 1, 1, t, T, dx, sx, qx, nb, n_in, out);
       else if (R == 2 && n == 4) tile_dot(fmt, rows, 2, 4, t, T, dx, sx, qx, nb, n_in, out);
-      else if (R == 2 && n == 1) tile_dot(fmt, rows, 2, 1, t, T, dx, sx, qx, nb, n_in, out);
       else if (R == 2) tile_dot(fmt, rows, 2, n, t, T, dx, sx, qx, nb, n_in, out);
       else tile_dot(fmt, rows, 1, n, t, T, dx, sx, qx, nb, n_in, out);
       for (int i = 0; i < R; i++)
