@@ -704,11 +704,11 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
     const uint16_t *const *W = (const uint16_t *const *)tab->dev;
     int32_t *offs = cx->grp, *order = cx->grp + tab->E + 1;
     kle_ops::moe_group(idx, P, tab->E, offs, order, cx->st);
-    const bool bp = cx->round_bf16;
-    kle_ops::grouped_mm16(is_bf16, few, W, 0, offs, order, tab->E, h, K, g, T, MI, D, cx->st, bp);
-    kle_ops::grouped_mm16(is_bf16, few, W, 1, offs, order, tab->E, h, K, u, T, MI, D, cx->st, bp);
+    const bool rnd = cx->round_bf16;
+    kle_ops::grouped_mm16(is_bf16, few, W, 0, offs, order, tab->E, h, K, g, T, MI, D, cx->st, rnd);
+    kle_ops::grouped_mm16(is_bf16, few, W, 1, offs, order, tab->E, h, K, u, T, MI, D, cx->st, rnd);
     kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
-    kle_ops::grouped_mm16(is_bf16, few, W, 2, offs, order, tab->E, g, 1, ye, T, D, MI, cx->st, bp);
+    kle_ops::grouped_mm16(is_bf16, few, W, 2, offs, order, tab->E, g, 1, ye, T, D, MI, cx->st, rnd);
     kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
     return launched();
   }

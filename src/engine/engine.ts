@@ -140,17 +140,16 @@ export class EngineModel {
    * `'bf16'`, the CUDA backend only: activations, MLA queries and attention probabilities rounded
    * to BF16 with one product each, as vLLM and FlashMLA run a BF16 model: half the tensor-core
    * work of prefill, batched decode steps and the MLA attention over a BF16 cache, at BF16's
-   * rounding (docs/gpu.md measures both). Sets it when `mode` is given; returns the one in force.
+   * rounding (bench/README.md measures both). Sets it when `mode` is given; returns the one in force.
    * @example
    * if (model.engine.backend.name === 'cuda') model.engine.precision('bf16');
    */
   precision(mode?: Precision): Precision {
     if (mode !== undefined && mode !== 'f32' && mode !== 'bf16') throw new RangeError(`precision: ${String(mode)} is not 'f32' or 'bf16'`);
-    const code = mode === undefined ? 0 : mode === 'bf16' ? 2 : 1;
-    const r = call(this.backend, 'kle_model_precision', [this.live(), code]);
+    const r = call(this.backend, 'kle_model_precision', [this.live(), mode === undefined ? 0 : PRECISION_IDS[mode]]);
     if (r === -6 && mode === 'bf16') throw new EngineError('kle_model_precision', r, `BF16 precision runs on the CUDA backend only, not on ${this.backend.name}`);
     if (r < 0) throw new EngineError('kle_model_precision', r);
-    return r === 2 ? 'bf16' : 'f32';
+    return r === PRECISION_IDS.bf16 ? 'bf16' : 'f32';
   }
 
   /**
@@ -340,6 +339,8 @@ export interface LogitsRef {
 export type KvFormat = 'f32' | 'bf16';
 /** The arithmetic of a model's tensor-core products ({@link EngineModel.precision}). */
 export type Precision = 'f32' | 'bf16';
+/** kle.h's KLE_PRECISION_F32 and KLE_PRECISION_BF16 */
+const PRECISION_IDS: Record<Precision, number> = { f32: 1, bf16: 2 };
 const KV_FORMAT_IDS: Record<KvFormat, number> = { f32: WeightFormat.f32, bf16: WeightFormat.bf16 };
 
 /** One conversation's state in the engine: KDA states, conv tails, MLA caches, logits. */
