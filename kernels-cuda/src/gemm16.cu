@@ -1,8 +1,9 @@
 // gemm16.cu: matmuls over 16-bit weights (BF16, F16) kept in the precision of the file, with f32
 // activations and f32 results (ops.cuh).
 //
-// Decode (a few tokens) is a matvec bound by the weight bytes: one warp per weight row, 16-byte
-// streaming loads (8 weights each, not kept in L1), up to 8 tokens sharing every load.
+// Decode (a few tokens) is a matvec bound by the weight bytes: 16-byte streaming loads (8 weights
+// each, not kept in L1). One token: a warp per weight row on the CUDA cores. Two to eight tokens
+// (a batched step) of BF16 weights: on tensor cores, the tokens as mma's columns (gemv_tc_kernel).
 //
 // Prefill multiplies on tensor cores: mma.sync m16n8k16 with BF16 operands and f32 accumulation.
 // The f32 activations are split into two BF16 terms, x = hi + lo with hi = bf16(x) and
@@ -166,6 +167,103 @@ __global__ void __launch_bounds__(256) gemv16_split_kernel(const uint16_t *__res
     const int w0 = wid;  // the row's first warp
     Y[row] = part[w0] + part[w0 + 1] + part[w0 + 2] + part[w0 + 3];
   }
+}
+
+// A few tokens (nt <= 8) through a BF16 matrix on tensor cores: Y[t, n] = W[n] . X[t]. One warp
+// takes 16 rows, the tokens are mma's 8 columns, and the weights go from memory straight into A
+// fragments with no shared memory: a lane loads 16 bytes (8 k-neighbours) of each of its two
+// rows per 32-wide window, and since a dot product does not care in what order its k run, those
+// 8 values fill the lane's four k slots of two m16n8k16 products (slots 2t, 2t+1, 2t+8, 2t+9 of
+// the first get window columns 8t .. 8t+3, of the second 8t+4 .. 8t+7), with the activations
+// loaded in the same order (a float4 each). The CUDA-core kernel above multiplied every weight by
+// 8 tokens' f32 activations read from L1 for each row, 16 bytes of activations for every 2 bytes
+// of weights: a 4096 x 2304 matrix over 8 tokens took 28.6 us where its bytes take 4.8.
+// ks warps share a row tile (each a contiguous span of windows; their sums added in order
+// through shared memory) so that a matrix of few rows still has enough loads in flight.
+// LO as gemm_bf16_tc_kernel's: f32 activations as a BF16 high part and remainder (two products),
+// or rounded to BF16 (one).
+template <bool LO>
+__global__ void __launch_bounds__(256) gemv_tc_kernel(const uint16_t *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
+                                                      int nt, int N, int Kd, int ks) {
+  pdl_trigger();
+  __shared__ float part[8][32][4];
+  const int wid = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const int r0 = (blockIdx.x * (8 / ks) + wid / ks) * 16, q = wid % ks;
+  const int nwin = Kd / 32, per = (nwin + ks - 1) / ks, w0 = min(nwin, q * per), w1 = min(nwin, w0 + per);
+  const bool ok0 = r0 + g < N, ok1 = r0 + g + 8 < N, xon = g < nt;
+  const uint4 *wa = reinterpret_cast<const uint4 *>(W + (size_t)(ok0 ? r0 + g : 0) * Kd) + t4;
+  const uint4 *wb = reinterpret_cast<const uint4 *>(W + (size_t)(ok1 ? r0 + g + 8 : 0) * Kd) + t4;
+  // the first loads of this warp's 16 rows into L2 while the kernel before finishes (its whole
+  // span, at the LM head 16 rows of 4.6 KB a warp, pushed the rows out of L2 before their use:
+  // 355 us for what the bytes take in 195)
+  if (r0 < N && w1 > w0) {
+    const int lines = min(2, (int)(((size_t)(w1 - w0) * 64 + 127) / 128));
+    for (int i = lane; i < 16 * lines; i += 32) {
+      const int r = r0 + i / lines;
+      if (r < N) asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char *>(W + (size_t)r * Kd + (size_t)w0 * 32) + (size_t)(i % lines) * 128));
+    }
+  }
+  pdl_wait();
+  const float4 *xa = reinterpret_cast<const float4 *>(X + (size_t)(xon ? g : 0) * Kd) + 2 * t4;
+  float c[4] = {0.f, 0.f, 0.f, 0.f};
+  constexpr int U = 4;  // windows whose loads are in flight together (8 measured the same)
+  for (int w = w0; w < w1; w += U) {
+    uint4 ua[U], ub[U];
+    float4 x0[U], x1[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const bool in = w + u < w1;
+      ua[u] = in && ok0 ? ld_stream(wa + (size_t)(w + u) * 4) : make_uint4(0, 0, 0, 0);
+      ub[u] = in && ok1 ? ld_stream(wb + (size_t)(w + u) * 4) : make_uint4(0, 0, 0, 0);
+      x0[u] = in && xon ? xa[(size_t)(w + u) * 8] : make_float4(0.f, 0.f, 0.f, 0.f);
+      x1[u] = in && xon ? xa[(size_t)(w + u) * 8 + 1] : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const uint32_t a0[4] = {ua[u].x, ub[u].x, ua[u].y, ub[u].y}, a1[4] = {ua[u].z, ub[u].z, ua[u].w, ub[u].w};
+      if constexpr (LO) {
+        uint32_t h0, l0, h1, l1, h2, l2, h3, l3;
+        kle_tc::split_bf16_pair(x0[u].x, x0[u].y, h0, l0);
+        kle_tc::split_bf16_pair(x0[u].z, x0[u].w, h1, l1);
+        kle_tc::split_bf16_pair(x1[u].x, x1[u].y, h2, l2);
+        kle_tc::split_bf16_pair(x1[u].z, x1[u].w, h3, l3);
+        mma_bf16(c, a0, l0, l1);  // the small terms first, as the GEMM
+        mma_bf16(c, a1, l2, l3);
+        mma_bf16(c, a0, h0, h1);
+        mma_bf16(c, a1, h2, h3);
+      } else {
+        mma_bf16(c, a0, kle_tc::bf16_pair(x0[u].x, x0[u].y), kle_tc::bf16_pair(x0[u].z, x0[u].w));
+        mma_bf16(c, a1, kle_tc::bf16_pair(x1[u].x, x1[u].y), kle_tc::bf16_pair(x1[u].z, x1[u].w));
+      }
+    }
+  }
+  // c: rows g (c0, c1) and g + 8 (c2, c3), tokens 2 t4 and 2 t4 + 1
+  if (ks > 1) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) part[wid][lane][i] = c[i];
+    __syncthreads();
+    if (q) return;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float v = part[wid][lane][i];
+      for (int j = 1; j < ks; j++) v += part[wid + j][lane][i];
+      c[i] = v;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int row = r0 + g + (i / 2) * 8, t = 2 * t4 + (i % 2);
+    if (row < N && t < nt) Y[(size_t)t * N + row] = c[i];
+  }
+}
+
+// warps a row tile for gemv_tc_kernel: the fewest (1, 2, 4, 8) that give the card about 16 warps
+// an SM, each with at least two windows
+int gemv_tc_split(int N, int Kd) {
+  const long tiles = blocks_for(N, 16), want = 16L * (sm_count() > 0 ? sm_count() : 132);
+  int ks = 1;
+  while (ks < 8 && tiles * ks < want && Kd / 32 / (2 * ks) >= 2) ks *= 2;
+  return ks;
 }
 
 // CUDA-core tiles for F16 weights and shapes the tensor-core kernel does not take
@@ -655,6 +753,14 @@ long matmul16_ws_floats(int T, int N, int Kd) {
 void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats,
               bool round_bf16) {
   const int vec = (Kd & 7) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0;
+  // one token keeps the CUDA-core kernels: on tensor cores 7 of mma's 8 columns would be padding,
+  // and the 48B step measured 2.90 -> 3.27 ms with them
+  if (T > 1 && T <= 8 && is_bf16 && vec && Kd % 32 == 0) {
+    const int ks = gemv_tc_split(N, Kd), grid = blocks_for(blocks_for(N, 16), 8 / ks);
+    if (round_bf16) launch_pdl(gemv_tc_kernel<false>, grid, 256, 0, st, W, X, Y, T, N, Kd, ks);
+    else launch_pdl(gemv_tc_kernel<true>, grid, 256, 0, st, W, X, Y, T, N, Kd, ks);
+    return;
+  }
   if (T == 1 && vec && N < 4096 && Kd >= 512) {  // 4096 x 2304 and up fill the card one warp a row
     launch_pdl(gemv16_split_kernel, blocks_for(N, 2), 256, 0, st, W, X, Y, N, Kd, is_bf16);
     return;
