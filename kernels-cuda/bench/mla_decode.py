@@ -139,8 +139,13 @@ for L in (131072, 1048576):
     bf = graph_time(lambda: attend(q, cb, L - 1, 1, H, D, Dv, scale, ob, wsa, wb))
     row["bf16Us"] = bf
     row["bf16TBs"] = L * D * 2 / (bf * 1e-6) / 1e12
+    # and with BF16-rounded inputs (kle_model_precision's BF16)
+    bp = graph_time(lambda: attend(q, cb, L - 1, 1, H, D, Dv, scale, ob, wsa, wb, BF16_ROUNDED))
+    row["bf16RoundedUs"] = bp
+    row["bf16RoundedTBs"] = L * D * 2 / (bp * 1e-6) / 1e12
     results["timing"].append(row)
-    print(f"L={L:8d} H={H} D={Dl}+{Dr}: ours {ours:.1f} us ({row['oursTBs']:.2f} TB/s of cache read), BF16 cache {bf:.1f} us ({row['bf16TBs']:.2f} TB/s), torch absorbed {t:.1f} us ({row['torchTBs']:.2f} TB/s)")
+    print(f"L={L:8d} H={H} D={Dl}+{Dr}: ours {ours:.1f} us ({row['oursTBs']:.2f} TB/s of cache read), BF16 cache {bf:.1f} us ({row['bf16TBs']:.2f} TB/s), "
+          f"BF16-rounded {bp:.1f} us ({row['bf16RoundedTBs']:.2f} TB/s), torch absorbed {t:.1f} us ({row['torchTBs']:.2f} TB/s)")
 # prefill attention: one engine batch of queries at the end of a 128K context, the default model's
 # shape (4 heads, latent 64 + 16: the GPU node's long-context run) and 48B's, next to PyTorch doing
 # the same causal attention in f32 (scores, mask, softmax, values)

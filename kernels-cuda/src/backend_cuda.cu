@@ -663,10 +663,21 @@ int cu_moe_route(kle_backend_ctx *cx, const float *logits, const float *bias, in
   return launched();
 }
 
+// pairs an expert, in percent, from which a batch takes the grouped GEMMs: 100 (cu_moe_experts
+// says why); KLE_CUDA_GROUPED_PCT=200 restores the earlier cut (a benchmark's before/after in one run)
+static int grouped_pct() {
+  static const int v = [] {
+    const char *e = getenv("KLE_CUDA_GROUPED_PCT");
+    const int x = e ? atoi(e) : 0;
+    return x > 0 ? x : 100;
+  }();
+  return v;
+}
+
 // whether P (token, choice) pairs take the grouped GEMMs (cu_moe_experts says why)
 static bool takes_grouped(const experts_tab *tab, int P, int D, int MI, const float *h) {
   const bool f16 = tab->fmt[0] != KLE_W_F32 && tab->fmt[0] == tab->fmt[1] && tab->fmt[1] == tab->fmt[2];
-  return f16 && P >= 32 && P >= 2 * tab->E && kle_ops::grouped_ok(D, MI, h);
+  return f16 && P >= 32 && 100L * P >= (long)grouped_pct() * tab->E && kle_ops::grouped_ok(D, MI, h);
 }
 
 // one expert matvec per (token, choice), then the weighted sum per token
@@ -687,9 +698,11 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   // routed expert row once per pair: 9.4 ms a layer for a 512-token batch with rows read once per
   // 8 pairs on the CUDA cores). Not for a few pairs over many experts (a batched decode step of 8
   // streams at 48B: 64 pairs over about 58 experts, a tile for each one's single pair): there
-  // every expert is read once either way, and the matvecs stream it. (From half a pair an expert,
-  // 32 streams, the CUDA-core kernel that reads each row once per 8 pairs was measured slower than
-  // the matvecs: 1,256 against 873 us a layer.)
+  // every expert is read once either way, and the matvecs stream it. From a pair an expert (32
+  // streams: 256 pairs over about 162 experts) the matvecs read an expert once per pair, 3.6 GB a
+  // layer where the experts are 2.3 (872 us a layer, profiled), and the tensor-core tiles, which
+  // read it once, take over. (A CUDA-core kernel reading each row once per 8 pairs had measured
+  // slower than the matvecs there: 1,256 against 873 us.)
   if (takes_grouped(tab, P, D, MI, h)) {
     const int few = P < 16 * tab->E;
     const long need = (long)tab->E + 1 + P;
