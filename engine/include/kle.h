@@ -172,8 +172,9 @@ int kle_matmul_ref(int fmt, const void *W, const float *X, float *Y, int T, int 
 /*
  * Q8_0, Q4_0, Q5_0, Q5_1 and Q2_K-Q6_K with integer dot products (what kle_matmul runs for them, see
  * kle_matmul_int8): the activations quantized per block of 32 as Q8_0 does weights (d = amax /
- * 127), each block's dot an exact int32 sum times both scales, so each output is within sum
- * over blocks of d_x / 2 * sum |w| of the float64 product with the dequantized weights. _ref:
+ * 127; for the K-quants one d per super-block of 256, as llama.cpp's Q8_K), each block's dot an
+ * exact int32 sum times both scales, so each output is within sum over blocks of d_x / 2 * sum |w|
+ * of the float64 product with the dequantized weights. _ref:
  * the same integers in plain scalar code (the SIMD versions differ in the order of the float
  * sums only).
  */

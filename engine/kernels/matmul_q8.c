@@ -26,7 +26,9 @@
  * dmin * m_j, q in 0..15) fits the same blocks of 32: a group's dot is d * sc_j * dx * sum(q * qx)
  * in int32, and its min term dmin * m_j * dx * sum(qx), whose last factor the activations'
  * quantization keeps per block (sx = dx * sum(qx)), so it costs a multiply-add per group (Q5_K:
- * the same with a fifth bit per value). Q6_K
+ * the same with a fifth bit per value). For the K-quants the activations take one dx per
+ * super-block (x_group), so the decode rows add a super-block's sc_j-weighted group dots in int32
+ * and scale once. Q6_K
  * (value = d * sc * (q - 32), q 6 bits, an int8 scale sc per 16 values) folds each scale into
  * its weights: sc * (q - 32) fits int16 (|.| <= 127 * 32), and 32 of its products with codes
  * (<= 127) fit int32, so a block of 32 is one dot scaled by d * dx. Q3_K folds its scales the
@@ -81,16 +83,19 @@ static inline void q50_bytes(const uint8_t *blk, int q51, __m128i *w0, __m128i *
  * fmaxf and lrintf per element took a tenth of a Q8_0 prefill). Where the compiler fuses the
  * multiply and the add, a product within half an ulp of a half rounds once instead of twice: a
  * code may differ by one between builds, as float sums do. */
-static void quantize_x(const float *x, int n, float *dx, float *sx, int16_t *qx) {
+static void quantize_x(const float *x, int n, int group, float *dx, float *sx, int16_t *qx) {
   typedef int16_t v4s __attribute__((vector_size(8)));
   const v4f magic = vsplat(12582912.0f);
   const v4i absmask = (v4i){0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+  float d = 0.0f, id = 0.0f;
   for (int b = 0; b < n / KLE_QK; b++) {
     const float *xb = x + b * KLE_QK;
-    v4f m = vsplat(0.0f);
-    for (int i = 0; i < KLE_QK; i += 4) m = vmax(m, (v4f)((v4i)vload(xb + i) & absmask));
-    const float amax = vhmax(m);
-    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    if (b % group == 0) { /* a new scale: the largest magnitude of the next group blocks */
+      v4f m = vsplat(0.0f);
+      for (int i = 0; i < group * KLE_QK; i += 4) m = vmax(m, (v4f)((v4i)vload(xb + i) & absmask));
+      const float amax = vhmax(m);
+      d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    }
     dx[b] = d;
     v4i sum = {0, 0, 0, 0};
     for (int i = 0; i < KLE_QK; i += 4) {
@@ -133,23 +138,24 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
     }
     return acc + mins;
   }
+  /* the K-quants: a super-block's activations share one scale (x_group), its integer sums add up
+   * in int32 and take the float factors once */
   if (fmt == KLE_W_Q6_K) {
     for (int s = 0; s < nb / 8; s++) {
       const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
-      const float d = qblock_scale(blk + 208);
+      int32_t sum = 0;
       for (int h = 0; h < 2; h++) {
         const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
         const int8_t *sc = (const int8_t *)(blk + 192 + 8 * h);
         for (int k = 0; k < 4; k++) { /* values 32 k .. 32 k + 31 of the half */
           const int b = 8 * s + 4 * h + k;
-          int32_t sum = 0;
           for (int l = 0; l < 32; l++) {
             const int q = (((k & 2 ? ql[32 * (k & 1) + l] >> 4 : ql[32 * (k & 1) + l]) & 15) | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
             sum += sc[2 * k + l / 16] * q * qx[b * KLE_QK + l];
           }
-          acc += d * dx[b] * (float)sum;
         }
       }
+      acc += qblock_scale(blk + 208) * dx[8 * s] * (float)sum;
     }
     return acc;
   }
@@ -161,37 +167,44 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
     for (int s = 0; s < nb / 8; s++) {
       const uint8_t *blk = row + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
       const float d = qblock_scale(blk + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(blk + 82);
+      int32_t sum = 0, msum = 0;
       for (int n = 0; n < 2; n++) {
         q23k_half(q3, blk, n, v, sc, m);
         for (int j = 0; j < 4; j++) {
           const int b = 8 * s + 4 * n + j;
-          int32_t sum = 0, lo = 0, hi = 0;
+          int32_t lo = 0, hi = 0;
           /* the group scale folded into each weight, as the SIMD versions do */
           for (int l = 0; l < 32; l++) sum += sc[2 * j + l / 16] * v[j][l] * qx[b * KLE_QK + l];
-          acc += d * dx[b] * (float)sum;
           if (q3) continue;
           for (int l = 0; l < 16; l++) lo += qx[b * KLE_QK + l], hi += qx[b * KLE_QK + 16 + l];
-          mins += dmin * dx[b] * (float)(m[2 * j] * lo + m[2 * j + 1] * hi);
+          msum += m[2 * j] * lo + m[2 * j + 1] * hi;
         }
       }
+      acc += d * dx[8 * s] * (float)sum;
+      mins += dmin * dx[8 * s] * (float)msum;
     }
     return acc - mins;
   }
   if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) {
     /* Q5_K: 32 bytes of fifth bits before the nibbles, bit j of byte i for group j's value i */
     const int five = fmt == KLE_W_Q5_K;
-    float mins = 0.0f, ds[8], dm[8];
+    float mins = 0.0f;
+    uint8_t sc[8], m[8];
     for (int s = 0; s < nb / 8; s++) {
       const uint8_t *blk = row + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES), *qh = blk + 16, *q = blk + (five ? 48 : 16);
-      q4k_header(blk, ds, dm);
+      q4k_scales(blk, sc, m);
+      int32_t sum = 0;
+      float mm = 0.0f;
       for (int j = 0; j < 8; j++) {
         const int b = 8 * s + j, shift = 4 * (j & 1);
         const uint8_t *qq = q + 32 * (j / 2);
-        int32_t sum = 0;
-        for (int i = 0; i < KLE_QK; i++) sum += (((qq[i] >> shift) & 15) | (five ? ((qh[i] >> j) & 1) << 4 : 0)) * qx[b * KLE_QK + i];
-        acc += ds[j] * dx[b] * (float)sum;
-        mins += dm[j] * sx[b];
+        int32_t dot = 0;
+        for (int i = 0; i < KLE_QK; i++) dot += (((qq[i] >> shift) & 15) | (five ? ((qh[i] >> j) & 1) << 4 : 0)) * qx[b * KLE_QK + i];
+        sum += sc[j] * dot;
+        mm += (float)m[j] * sx[b];
       }
+      acc += qblock_scale(blk) * dx[8 * s] * (float)sum;
+      mins += qblock_scale(blk + 2) * mm;
     }
     return acc - mins;
   }
@@ -283,14 +296,13 @@ static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq
 __attribute__((import_module("kle"), import_name("rdot"))) v128_t kle_rdot(v128_t a, v128_t b, v128_t c);
 /* Q4_K's codes stay bytes, in kq_w's first two vectors */
 static inline void q4k_w(const uint8_t *q, const uint8_t *qh, int g, kq_w *a, kq_w *b) { q4k_b(q, qh, g, a->v, b->v); }
-/* acc + scale * (32 codes w (bytes, 0..127) . 32 activation codes x): the int16 codes narrowed
- * to bytes (exact: they are within +-127), two relaxed dots */
-#define KQ_Q4K_DOT 1
-static inline kq_acc acc_add_q4k(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
+/* a + sc * (32 codes w (bytes, 0..127) . 32 activation codes x): the int16 codes narrowed to
+ * bytes (exact: they are within +-127), two relaxed dots */
+static inline v128_t iacc_add_q4k(v128_t a, const kq_w *w, const int16_t *x, int sc) {
   const v128_t a0 = wasm_i8x16_narrow_i16x8(wasm_v128_load(x), wasm_v128_load(x + 8));
   const v128_t a1 = wasm_i8x16_narrow_i16x8(wasm_v128_load(x + 16), wasm_v128_load(x + 24));
   const v128_t s = kle_rdot(a1, w->v[1], kle_rdot(a0, w->v[0], wasm_i32x4_splat(0)));
-  return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(scale)));
+  return wasm_i32x4_add(a, wasm_i32x4_mul(s, wasm_i32x4_splat(sc)));
 }
 #endif
 /* a Q5_0 block's 32 values - 16 in int16 lanes (Q5_1's: the values, 0..31): each fifth bit picked
@@ -347,8 +359,6 @@ static inline void kq_pair(int a, int b, kq_w *w) {
   w->v[2] = w->v[3] = wasm_i16x8_splat((int16_t)b);
 }
 static inline kq_acc acc_zero(void) { return wasm_f32x4_splat(0.0f); }
-/* v128_t is an int32 vector type to C: its + would add the float bits as integers */
-static inline kq_acc acc_merge(kq_acc a, kq_acc b) { return wasm_f32x4_add(a, b); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   v128_t s = wasm_i32x4_dot_i16x8(w->v[0], wasm_v128_load(x));
   for (int i = 1; i < 4; i++) s = wasm_i32x4_add(s, wasm_i32x4_dot_i16x8(w->v[i], wasm_v128_load(x + 8 * i)));
@@ -356,6 +366,22 @@ static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float 
 }
 static inline float acc_sum(kq_acc a) {
   return (wasm_f32x4_extract_lane(a, 0) + wasm_f32x4_extract_lane(a, 1)) + (wasm_f32x4_extract_lane(a, 2) + wasm_f32x4_extract_lane(a, 3));
+}
+typedef v128_t kq_iacc;
+static inline kq_iacc iacc_zero(void) { return wasm_i32x4_splat(0); }
+static inline kq_iacc iacc_merge(kq_iacc a, kq_iacc b) { return wasm_i32x4_add(a, b); }
+static inline kq_iacc iacc_add(kq_iacc a, const kq_w *w, const int16_t *x) {
+  for (int i = 0; i < 4; i++) a = wasm_i32x4_add(a, wasm_i32x4_dot_i16x8(w->v[i], wasm_v128_load(x + 8 * i)));
+  return a;
+}
+#if !defined(KLE_RELAXED_SIMD)
+/* a Q4_K group's dot times its scale: one i32x4 multiply after the dots (four i16x8 ones before) */
+static inline kq_iacc iacc_add_q4k(kq_iacc a, const kq_w *w, const int16_t *x, int sc) {
+  return wasm_i32x4_add(a, wasm_i32x4_mul(iacc_add(iacc_zero(), w, x), wasm_i32x4_splat(sc)));
+}
+#endif
+static inline kq_acc acc_add_i(kq_acc acc, kq_iacc s, float scale) {
+  return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s), wasm_f32x4_splat(scale)));
 }
 #elif defined(__AVX512BW__) && defined(__AVX512VNNI__)
 /* a whole block per instruction: its 32 weights widened to 32 int16 lanes, one vpdpwssd against
@@ -414,12 +440,20 @@ static inline void kq_pair(int a, int b, kq_w *w) {
   *w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)a)), _mm256_set1_epi16((short)b), 1);
 }
 static inline kq_acc acc_zero(void) { return _mm512_setzero_ps(); }
-static inline kq_acc acc_merge(kq_acc a, kq_acc b) { return _mm512_add_ps(a, b); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   const __m512i s = _mm512_dpwssd_epi32(_mm512_setzero_si512(), *w, _mm512_loadu_si512(x));
   return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale), acc);
 }
 static inline float acc_sum(kq_acc a) { return _mm512_reduce_add_ps(a); }
+typedef __m512i kq_iacc;
+static inline kq_iacc iacc_zero(void) { return _mm512_setzero_si512(); }
+static inline kq_iacc iacc_merge(kq_iacc a, kq_iacc b) { return _mm512_add_epi32(a, b); }
+static inline kq_iacc iacc_add(kq_iacc a, const kq_w *w, const int16_t *x) { return _mm512_dpwssd_epi32(a, *w, _mm512_loadu_si512(x)); }
+/* the scale folded into the weights (sc q <= 63 * 31 fits int16), then the dot into a */
+static inline kq_iacc iacc_add_q4k(kq_iacc a, const kq_w *w, const int16_t *x, int sc) {
+  return _mm512_dpwssd_epi32(a, _mm512_mullo_epi16(*w, _mm512_set1_epi16((short)sc)), _mm512_loadu_si512(x));
+}
+static inline kq_acc acc_add_i(kq_acc acc, kq_iacc s, float scale) { return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(scale), acc); }
 #elif defined(__AVX2__)
 typedef struct {
   __m256i lo, hi;
@@ -507,7 +541,6 @@ static inline void kq_pair(int a, int b, kq_w *w) {
   w->hi = _mm256_set1_epi16((short)b);
 }
 static inline kq_acc acc_zero(void) { return _mm256_setzero_ps(); }
-static inline kq_acc acc_merge(kq_acc a, kq_acc b) { return _mm256_add_ps(a, b); }
 static inline kq_acc acc_add(kq_acc acc, const kq_w *w, const int16_t *x, float scale) {
   __m256i s = madd_acc(_mm256_setzero_si256(), w->lo, _mm256_loadu_si256((const __m256i *)x));
   s = madd_acc(s, w->hi, _mm256_loadu_si256((const __m256i *)(x + 16)));
@@ -522,13 +555,27 @@ static inline float acc_sum(kq_acc acc) {
   const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
   return _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)));
 }
+typedef __m256i kq_iacc;
+static inline kq_iacc iacc_zero(void) { return _mm256_setzero_si256(); }
+static inline kq_iacc iacc_merge(kq_iacc a, kq_iacc b) { return _mm256_add_epi32(a, b); }
+static inline kq_iacc iacc_add(kq_iacc a, const kq_w *w, const int16_t *x) {
+  return madd_acc(madd_acc(a, w->lo, _mm256_loadu_si256((const __m256i *)x)), w->hi, _mm256_loadu_si256((const __m256i *)(x + 16)));
+}
+static inline kq_iacc iacc_add_q4k(kq_iacc a, const kq_w *w, const int16_t *x, int sc) {
+  const __m256i s = _mm256_set1_epi16((short)sc);
+  const kq_w ws = {_mm256_mullo_epi16(w->lo, s), _mm256_mullo_epi16(w->hi, s)};
+  return iacc_add(a, &ws, x);
+}
+static inline kq_acc acc_add_i(kq_acc acc, kq_iacc s, float scale) {
+#if defined(__FMA__)
+  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
+#else
+  return _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale)));
+#endif
+}
 #else
 /* no integer SIMD here (the wasm scalar build): the scalar version is the fast one */
 #define NO_SIMD_DOT
-#endif
-
-#if !defined(KQ_Q4K_DOT)
-#define acc_add_q4k acc_add /* a Q4_K group's dot: the 16-bit one, except in the relaxed build (above) */
 #endif
 
 #ifdef NO_SIMD_DOT
@@ -536,47 +583,64 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *
   return row_dot_ref(fmt, row, dx, sx, qx, nb);
 }
 #else
+/*
+ * The K-quants' rows for a few tokens. Their activations share a scale per super-block
+ * (x_group), so a super-block's group dots add up in int32 with the group scales as integer
+ * factors, and one convert and one float multiply-add a super-block go to the running vector
+ * (with a scale per block of 32, each group's dot took its own: 8 a super-block).
+ * Largest sums a super-block: Q4_K 256 * 63 * 15 * 127 (Q5_K * 31 / 15), Q6_K 256 * 128 * 32 * 127,
+ * Q3_K 256 * 32 * 4 * 127: all within int32.
+ */
 /* T tokens (1..4) against one Q4_K (five: Q5_K) row: each group pair's nibbles widened once for all of them */
 static void row_dot_q4k(const uint8_t *row, int five, int T, const float *const dx[4], const float *const sx[4],
                         const int16_t *const qx[4], int nb, float out[4]) {
-  /* two accumulators: each group's a and b were two dependent adds in one chain, which bound the
-   * row (wasm: V8 keeps the f32 adds in order) */
-  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()}, acc2[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
-  float mins[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ds[8], dm[8];
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  float mins[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  uint8_t sc[8], m[8];
   for (int s = 0; s < nb / 8; s++) {
     const uint8_t *blk = row + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES);
-    q4k_header(blk, ds, dm);
+    q4k_scales(blk, sc, m);
+    /* two chains: each group pair's a and b */
+    kq_iacc ia[4] = {iacc_zero(), iacc_zero(), iacc_zero(), iacc_zero()}, ib[4] = {iacc_zero(), iacc_zero(), iacc_zero(), iacc_zero()};
     for (int g = 0; g < 4; g++) {
       const int j = 2 * g, k = 8 * s + j;
       kq_w a, b;
       q4k_w(blk + (five ? 48 : 16) + 32 * g, five ? blk + 16 : NULL, g, &a, &b);
       for (int t = 0; t < T; t++) {
-        acc[t] = acc_add_q4k(acc[t], &a, qx[t] + (size_t)k * KLE_QK, ds[j] * dx[t][k]);
-        acc2[t] = acc_add_q4k(acc2[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, ds[j + 1] * dx[t][k + 1]);
-        mins[t] += dm[j] * sx[t][k] + dm[j + 1] * sx[t][k + 1];
+        ia[t] = iacc_add_q4k(ia[t], &a, qx[t] + (size_t)k * KLE_QK, sc[j]);
+        ib[t] = iacc_add_q4k(ib[t], &b, qx[t] + (size_t)(k + 1) * KLE_QK, sc[j + 1]);
       }
     }
+    const float d = qblock_scale(blk), dmin = qblock_scale(blk + 2);
+    for (int t = 0; t < T; t++) {
+      acc[t] = acc_add_i(acc[t], iacc_merge(ia[t], ib[t]), d * dx[t][8 * s]);
+      float mm = 0.0f;
+      for (int j = 0; j < 8; j++) mm += (float)m[j] * sx[t][8 * s + j];
+      mins[t] += dmin * mm;
+    }
   }
-  for (int t = 0; t < T; t++) out[t] = acc_sum(acc_merge(acc[t], acc2[t])) - mins[t];
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - mins[t];
 }
 
 /* T tokens (1..4) against one Q6_K row: each half super-block's weights made once for all of them */
 static void row_dot_q6k(const uint8_t *row, int T, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
-  /* the blocks alternate between two accumulators, as in row_dot_q4k */
-  kq_acc acc[2][4] = {{acc_zero(), acc_zero(), acc_zero(), acc_zero()}, {acc_zero(), acc_zero(), acc_zero(), acc_zero()}};
+  kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   for (int s = 0; s < nb / 8; s++) {
     const uint8_t *blk = row + (size_t)s * Q6K_BYTES;
-    const float d = qblock_scale(blk + 208);
+    /* the blocks alternate between two chains */
+    kq_iacc ia[2][4] = {{iacc_zero(), iacc_zero(), iacc_zero(), iacc_zero()}, {iacc_zero(), iacc_zero(), iacc_zero(), iacc_zero()}};
     for (int h = 0; h < 2; h++) {
       kq_w w[4];
       q6k_w(blk + 64 * h, blk + 128 + 32 * h, (const int8_t *)(blk + 192 + 8 * h), w);
       for (int k = 0; k < 4; k++) {
         const int b = 8 * s + 4 * h + k;
-        for (int t = 0; t < T; t++) acc[k & 1][t] = acc_add(acc[k & 1][t], &w[k], qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+        for (int t = 0; t < T; t++) ia[k & 1][t] = iacc_add(ia[k & 1][t], &w[k], qx[t] + (size_t)b * KLE_QK);
       }
     }
+    const float d = qblock_scale(blk + 208);
+    for (int t = 0; t < T; t++) acc[t] = acc_add_i(acc[t], iacc_merge(ia[0][t], ia[1][t]), d * dx[t][8 * s]);
   }
-  for (int t = 0; t < T; t++) out[t] = acc_sum(acc_merge(acc[0][t], acc[1][t]));
+  for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]);
 }
 
 /* T tokens (1..4) against one Q2_K or Q3_K row: each block's weights (q23k_w: q23k_half's
@@ -587,18 +651,23 @@ static void row_dot_q23k(const uint8_t *row, int q3, int T, const float *const d
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()}, accm[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
   for (int s = 0; s < nb / 8; s++) {
     const uint8_t *blk = row + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES), *sc = blk + (q3 ? 96 : 0);
-    const float d = qblock_scale(blk + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(blk + 82);
+    kq_iacc ia[4] = {iacc_zero(), iacc_zero(), iacc_zero(), iacc_zero()}, im[4] = {iacc_zero(), iacc_zero(), iacc_zero(), iacc_zero()};
     for (int n = 0; n < 2; n++)
       for (int j = 0; j < 4; j++) {
         const int b = 8 * s + 4 * n + j, g = 8 * n + 2 * j;
         kq_w w, mv;
         if (q3) q23k_w(blk + 32 + 32 * n, blk, j, 4 * n + j, q3k_scale(sc, g) - 32, q3k_scale(sc, g + 1) - 32, &w);
         else q23k_w(blk + 16 + 32 * n, NULL, j, 0, sc[g] & 15, sc[g + 1] & 15, &w);
-        for (int t = 0; t < T; t++) acc[t] = acc_add(acc[t], &w, qx[t] + (size_t)b * KLE_QK, d * dx[t][b]);
+        for (int t = 0; t < T; t++) ia[t] = iacc_add(ia[t], &w, qx[t] + (size_t)b * KLE_QK);
         if (q3) continue;
         kq_pair(sc[g] >> 4, sc[g + 1] >> 4, &mv);
-        for (int t = 0; t < T; t++) accm[t] = acc_add(accm[t], &mv, qx[t] + (size_t)b * KLE_QK, dmin * dx[t][b]);
+        for (int t = 0; t < T; t++) im[t] = iacc_add(im[t], &mv, qx[t] + (size_t)b * KLE_QK);
       }
+    const float d = qblock_scale(blk + (q3 ? 108 : 80)), dmin = q3 ? 0.0f : qblock_scale(blk + 82);
+    for (int t = 0; t < T; t++) {
+      acc[t] = acc_add_i(acc[t], ia[t], d * dx[t][8 * s]);
+      if (!q3) accm[t] = acc_add_i(accm[t], im[t], dmin * dx[t][8 * s]);
+    }
   }
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) - (q3 ? 0.0f : acc_sum(accm[t]));
 }
@@ -986,10 +1055,18 @@ int kle_matmul_int8(int fmt, int T) {
 #endif
 }
 
-void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx) {
-  const int nb = n_in / KLE_QK;
+/* blocks of 32 activations that share a scale when multiplied by fmt's weights: a K-quant's
+ * super-block of 256 (as llama.cpp's Q8_K), so that its groups' integer dots add up in int32 with
+ * one float step a super-block (row_dot_q4k and the others below); 1 for the rest */
+static int x_group(int fmt, int n_in) {
+  const int kq = fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K || fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K;
+  return kq && n_in % KLE_QK_K == 0 ? KLE_QK_K / KLE_QK : 1;
+}
+
+void kle_q8_quantize_x(int fmt, const float *X, int T, int n_in, float *dx, int16_t *qx) {
+  const int nb = n_in / KLE_QK, group = x_group(fmt, n_in);
   float *sx = dx + (size_t)T * nb;
-  for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in);
+  for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, group, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in);
 #if Q8_BYTE_CODES
   make_byte_codes(dx, T, n_in, qx);
 #endif
@@ -1087,7 +1164,7 @@ static int matmul_q8(row_dot_fn dot, int fmt, const void *W, const float *X, flo
     free(dx);
     return KLE_ENOMEM;
   }
-  kle_q8_quantize_x(X, T, n_in, dx, qx);
+  kle_q8_quantize_x(fmt, X, T, n_in, dx, qx);
   const int rc = rows_q8(dot, fmt, W, dx, qx, Y, ldy, T, n_out, n_in);
   free(qx);
   free(dx);

@@ -9,9 +9,11 @@
 
 /*
  * X [T, n_in] (n_in a multiple of 32) -> scales dx [T, n_in / 32], then (at dx + T * n_in / 32)
- * each block's dx * sum of codes (2 T n_in / 32 floats in all), and int16 values qx [T, n_in]
+ * each block's dx * sum of codes (2 T n_in / 32 floats in all), and int16 values qx [T, n_in],
+ * for a product with fmt's weights: a K-quant's blocks share one scale per super-block of 256
+ * (the same dx repeated in their 8 entries), the others' have one each
  */
-void kle_q8_quantize_x(const float *X, int T, int n_in, float *dx, int16_t *qx);
+void kle_q8_quantize_x(int fmt, const float *X, int T, int n_in, float *dx, int16_t *qx);
 /*
  * int16 elements qx must hold for T x n_in: the codes, and in builds with a byte-code dot
  * (AVX-512 VNNI's vpdpbusd) as many again: the codes + 128 as bytes, then each pair of blocks'

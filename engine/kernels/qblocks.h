@@ -42,29 +42,28 @@ static inline void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
 }
 
 /*
- * a Q4_K (or Q5_K) super-block's header: d * sc_j and dmin * m_j for its 8 groups. The 16 6-bit
- * fields come out four at a time, one byte each, from the three 32-bit words of the 12 bytes
- * (q4k_scale_min's layout: groups 4-7 take a nibble of the third word and the top two bits of the
- * first (scales) or second (mins)), then widen and convert four at a time: group by group with
- * its branches, this was 7% of a wasm Q4_K_M decode step.
+ * a Q4_K (or Q5_K) super-block's 6-bit scales sc_j and mins m_j for its 8 groups, a byte each.
+ * They come out four at a time from the three 32-bit words of the 12 bytes (q4k_scale_min's
+ * layout: groups 4-7 take a nibble of the third word and the top two bits of the first (scales)
+ * or second (mins)): group by group with its branches, this was 7% of a wasm Q4_K_M decode step.
  */
-static inline void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
-  typedef uint8_t v4b __attribute__((vector_size(4)));
-  typedef float v4 __attribute__((vector_size(16)));
-  const float d = qblock_scale(blk), dmin = qblock_scale(blk + 2);
+static inline void q4k_scales(const uint8_t *blk, uint8_t sc[8], uint8_t m[8]) {
   uint32_t a, b, c;
   memcpy(&a, blk + 4, 4);
   memcpy(&b, blk + 8, 4);
   memcpy(&c, blk + 12, 4);
+  /* little-endian: byte k of each word is group 4 i + k's */
   const uint32_t f[4] = {a & 0x3f3f3f3fu, (c & 0x0f0f0f0fu) | ((a >> 6) & 0x03030303u) << 4, b & 0x3f3f3f3fu,
                          ((c >> 4) & 0x0f0f0f0fu) | ((b >> 6) & 0x03030303u) << 4};
-  const v4 dv = {d, d, d, d}, mv = {dmin, dmin, dmin, dmin};
-  for (int i = 0; i < 4; i++) {
-    v4b q;
-    memcpy(&q, &f[i], 4); /* little-endian: byte k is group 4 (i % 2) + k */
-    const v4 x = __builtin_convertvector(q, v4) * (i < 2 ? dv : mv);
-    memcpy((i < 2 ? ds : dm) + 4 * (i % 2), &x, sizeof x);
-  }
+  memcpy(sc, &f[0], 8);
+  memcpy(m, &f[2], 8);
+}
+/* the same as factors: ds[j] = d * sc_j, dm[j] = dmin * m_j */
+static inline void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
+  uint8_t sc[8], m[8];
+  q4k_scales(blk, sc, m);
+  const float d = qblock_scale(blk), dmin = qblock_scale(blk + 2);
+  for (int j = 0; j < 8; j++) ds[j] = d * (float)sc[j], dm[j] = dmin * (float)m[j];
 }
 
 /* one super-block of 256 values into Q4_K's 144 bytes, Q6_K's 210 (kquant_encode.c) */

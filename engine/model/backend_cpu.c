@@ -136,7 +136,7 @@ static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, 
   struct mm_job j = {w, X, Y, NULL, NULL, T, KLE_OK};
   if (quant) { /* the activations quantized once, into buffers kept between calls */
     KLE_TRY(q8_room(cx, kle_q8_qx_elems((uint64_t)T, (uint64_t)w->cols), kle_mul64((uint64_t)(2 * T), (uint64_t)(w->cols / KLE_QK))));
-    kle_q8_quantize_x(X, T, w->cols, cx->dx, cx->qx);
+    kle_q8_quantize_x(w->fmt, X, T, w->cols, cx->dx, cx->qx);
     j.dx = cx->dx;
     j.qx = cx->qx;
   }

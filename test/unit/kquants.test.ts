@@ -33,7 +33,8 @@ describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, 
 
   // Q5_0 and the K-quants multiply int8 activations (kle_matmul_int8 says where) (integer dots, engine/kernels/matmul_q8.c): their fast path is
   // checked against the same integers in scalar code, and against float64 with the activations'
-  // rounding bound (|w| * amax of the 32-block / 254 per element); the others decode to f32 tiles
+  // rounding bound (|w| * amax of the activations sharing its scale / 254 per element: 256 of
+  // them for a K-quant, 32 for Q5_0); the others decode to f32 tiles
   it('matmuls over them equal float64 over the decoded values (f32 rounding; Q4_K: int8 activations); only Q4_K and Q6_K have an encoder', async () => {
     const rng = new Rng(SEED ^ 0x5a);
     for (const T of [1, 3, 6, 9]) {
@@ -56,8 +57,11 @@ describe('K-quants and their fallbacks (llama.cpp Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, 
                 exact += c.want[r * COLS + i]! * X[t * COLS + i]!;
                 mag += Math.abs(c.want[r * COLS + i]! * X[t * COLS + i]!);
                 if (intDots) {
+                  // the activations' scale: one per super-block of 256 for a K-quant (as llama.cpp's
+                  // Q8_K), one per block of 32 for Q5_0 / Q5_1
+                  const span = c.fmt.endsWith('_k') ? 256 : 32;
                   let xmax = 0;
-                  for (let j = i - (i % 32); j < i - (i % 32) + 32; j++) xmax = Math.max(xmax, Math.abs(X[t * COLS + j]!));
+                  for (let j = i - (i % span); j < i - (i % span) + span; j++) xmax = Math.max(xmax, Math.abs(X[t * COLS + j]!));
                   bound += Math.abs(c.want[r * COLS + i]!) * (xmax / 254) * (1 + 2 ** -20);
                 }
               }
