@@ -1082,11 +1082,12 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
    * SIMD versions take tokens four at a time, each block's weights widened once for the four */
 #if Q8_BYTE_CODES
   /* the byte dots: Q8_0 and Q4_0 always; Q2_K and Q3_K always (105M Q2_K tg 3.9 -> 2.95 ms a token
-   * against the 16-bit row_dot_q23k, the Q3_K_M file's unchanged); Q4_K, Q5_K, Q6_K and Q5_0 in
-   * prefill (in decode the 16-bit dots: Q4_K_M's tg measured 2.9-3.0 against 3.25-3.35 ms, its
-   * Q5_0 rows 3.04 against 3.06) */
-  if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K ||
-                         (T >= 4 && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || fmt == KLE_W_Q6_K || (fmt == KLE_W_Q5_0 && nb % 2 == 0))))) {
+   * against the 16-bit row_dot_q23k, the Q3_K_M file's unchanged); Q6_K always (once the 16-bit
+   * one added its super-blocks in int32, Q6_K tg 2.89-2.94 -> 2.74-2.76 ms); Q4_K, Q5_K and Q5_0
+   * in prefill (in decode the 16-bit dots: Q4_K_M's tg measured 2.84 against 3.29-3.32 ms with
+   * the byte dot, its Q5_0 rows 3.04 against 3.06) */
+  if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K || fmt == KLE_W_Q6_K ||
+                         (T >= 4 && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || (fmt == KLE_W_Q5_0 && nb % 2 == 0))))) {
     rows_tiled(fmt, (const uint8_t *)W, rb, dx, sx, qx, Y, ldy, T, n_out, n_in);
     return KLE_OK;
   }
