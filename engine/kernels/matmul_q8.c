@@ -722,6 +722,9 @@ static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], cons
  * first block's in lanes 0-7, the second's in 8-15), after the int16 codes of all T tokens */
 static const uint8_t *byte_codes(const int16_t *qx, int T, int n_in) { return (const uint8_t *)(qx + (size_t)T * n_in); }
 static const float *pair_scales(const int16_t *qx, int T, int n_in) { return (const float *)(byte_codes(qx, T, n_in) + (size_t)T * n_in); }
+/* then each 16 codes' sum (int32, n_in / 16 a token): the min terms of Q2_K's and Q3_K's groups of
+ * 16, one product a group and super-block instead of a code sum a lane and block pair */
+static const int32_t *code_sums(const int16_t *qx, int T, int n_in) { return (const int32_t *)(pair_scales(qx, T, n_in) + (size_t)T * n_in / 4); }
 
 /* a byte dot's inputs from token t0 on: its codes (n_in bytes a token) and its block pairs'
  * scales (16 floats a pair), and R x T accumulators set to zero */
@@ -750,6 +753,12 @@ static void make_byte_codes(const float *dx, int T, int n_in, int16_t *qx) {
     for (int p = 0; p < np; p++) {
       const float *d = dx + (size_t)t * nb + 2 * p;
       _mm512_storeu_ps(dv + ((size_t)t * np + p) * 16, _mm512_insertf32x8(_mm512_set1_ps(d[0]), _mm256_set1_ps(d[1]), 1));
+    }
+    int32_t *bs = (int32_t *)code_sums(qx, T, n_in) + (size_t)t * (n_in / 16);
+    for (int g = 0; g < n_in / 16; g++) {
+      int32_t sum = 0;
+      for (int i = 0; i < 16; i++) sum += q[16 * g + i];
+      bs[g] = sum;
     }
   }
 }
@@ -874,28 +883,31 @@ static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_
 /* T tokens (1..4) from token t0 on against R (1, 2) Q2_K (q3: Q3_K) rows, a block pair a
  * vpdpbusd as in row_dot_q4k_bytes: the 2-bit values (Q3_K: with their third bit, 0..7) the
  * unsigned operand, the codes the signed one. A lane of the dot holds 4 values of one group of
- * 16, so each lane takes its group's factors in float: d * sc times the dot, less the same lane's
- * sum of codes (a vpdpbusd of ones, for both rows) times Q2_K's dmin * m or Q3_K's 4 d (sc - 32)
- * (its values are stored + 4). */
+ * 16, so each lane takes its group's scale sc (Q3_K: sc - 32) as an int32 factor, and a super-
+ * block's products add up in int32 (the activations share its scale, x_group): one convert and
+ * multiply-add a super-block. The offsets (Q2_K's dmin * m, Q3_K's values stored + 4) are each
+ * group's factor times its 16 codes' sum (code_sums): 16 products a super-block, not a code sum a
+ * lane and block pair. */
 static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8_t *const rows[2], int R, int q3, int T, int t0, int T_all,
-                                                                      const int16_t *qx, int nb, int n_in, float out[2][4]) {
-  const int np = nb / 2;
-  const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
+                                                                      const float *dx, const int16_t *qx, int nb, int n_in, float out[2][4]) {
+  const tile_in in = tile_inputs(qx, T_all, n_in, t0, nb / 2);
   const uint8_t *xu = in.xu;
-  const float *dv = in.dv;
+  const int32_t *bs = code_sums(qx, T_all, n_in) + (size_t)t0 * (n_in / 16);
+  const float *dxt = dx + (size_t)t0 * nb;
   const __m512i k80 = _mm512_set1_epi8((char)0x80), m3 = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
   const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(1), 1); /* per 16-bit lane: 1 in the high half */
   const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   __m512 acc[2][4];
   acc_clear(acc);
   for (int s = 0; s < nb / 8; s++) {
-    /* each row's 16 group factors in one vector: SA d * sc (Q3_K: d * (sc - 32)), SB dmin * m
-     * (Q3_K: 4 d (sc - 32)) */
-    __m512 SA[2], SB[2];
+    /* each row's 16 group scales in one vector, SA (Q2_K: sc, Q3_K: sc - 32), and the offsets'
+     * factors SB (Q2_K: m, Q3_K: 4 (sc - 32)) */
+    __m512i SA[2], SB[2], IA[2][4], IB[2][4];
+    float fa[2], fb[2];
     const uint8_t *blks[2];
     for (int i = 0; i < R; i++) {
       const uint8_t *blk = blks[i] = rows[i] + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
-      const float d = qblock_scale(blk + (q3 ? 108 : 80));
+      fa[i] = qblock_scale(blk + (q3 ? 108 : 80));
       if (q3) { /* 6-bit scales: low 4 bits in the nibbles of bytes 0-7, top 2 in bytes 8-11 (q3k_scale) */
         uint8_t raw[16] = {0};
         memcpy(raw, blk + 96, 12);
@@ -904,20 +916,25 @@ static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8
                                                               _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4)), _mm512_set1_epi32(15));
         const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(r, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11))),
                                                               _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6)), _mm512_set1_epi32(3));
-        SA[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32))), _mm512_set1_ps(d));
-        SB[i] = _mm512_mul_ps(SA[i], _mm512_set1_ps(4.0f));
+        SA[i] = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+        SB[i] = _mm512_slli_epi32(SA[i], 2);
+        fb[i] = fa[i];
       } else {
         const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)blk));
-        SA[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(15))), _mm512_set1_ps(d));
-        SB[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), _mm512_set1_ps(qblock_scale(blk + 82)));
+        SA[i] = _mm512_and_si512(v, _mm512_set1_epi32(15));
+        SB[i] = _mm512_srli_epi32(v, 4);
+        fb[i] = qblock_scale(blk + 82);
+      }
+      for (int t = 0; t < T; t++) {
+        IA[i][t] = zero;
+        IB[i][t] = _mm512_mullo_epi32(SB[i], _mm512_loadu_si512(bs + (size_t)t * (n_in / 16) + 16 * s));
       }
     }
     for (int n = 0; n < 2; n++)
       for (int j = 0; j < 4; j += 2) {
         const int b = 8 * s + 4 * n + j;
         const __m512i gi = _mm512_add_epi32(rep4, _mm512_set1_epi32(8 * n + 2 * j)); /* lane l: group 8n + 2j + l / 4 */
-        __m512i w[2];
-        __m512 A[2], B[2];
+        __m512i w[2], A[2];
         for (int i = 0; i < R; i++) {
           const uint8_t *blk = blks[i];
           /* block j's values: bits 2j of the 32 bytes; block j + 1's: bits 2j + 2 */
@@ -927,15 +944,21 @@ static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8
             const __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)blk));
             w[i] = _mm512_or_si512(w[i], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, _mm512_add_epi16(_mm512_set1_epi16((short)(4 * n + j)), upper)), one), 2));
           }
-          A[i] = _mm512_permutexvar_ps(gi, SA[i]);
-          B[i] = _mm512_permutexvar_ps(gi, SB[i]);
+          A[i] = _mm512_permutexvar_epi32(gi, SA[i]);
         }
         for (int t = 0; t < T; t++) {
           const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(xu + (size_t)t * n_in + (size_t)b * KLE_QK), k80);
-          const __m512 xs = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, one, x)); /* each lane's sum of 4 codes */
-          const __m512 dd = _mm512_loadu_ps(dv + ((size_t)t * np + b / 2) * 16);
-          for (int i = 0; i < R; i++)
-            acc[i][t] = _mm512_fmadd_ps(_mm512_fmsub_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w[i], x)), A[i], _mm512_mul_ps(xs, B[i])), dd, acc[i][t]);
+          for (int i = 0; i < R; i++) IA[i][t] = _mm512_add_epi32(IA[i][t], _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, w[i], x), A[i]));
+        }
+      }
+    for (int i = 0; i < R; i++)
+      for (int t = 0; t < T; t++) {
+        const float d = dxt[(size_t)t * nb + 8 * s];
+        if (q3) { /* both terms take d: one convert */
+          acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(IA[i][t], IB[i][t])), _mm512_set1_ps(fa[i] * d), acc[i][t]);
+        } else {
+          acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(IA[i][t]), _mm512_set1_ps(fa[i] * d), acc[i][t]);
+          acc[i][t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(IB[i][t]), _mm512_set1_ps(fb[i] * d), acc[i][t]);
         }
       }
   }
@@ -1000,7 +1023,7 @@ static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_
 static inline __attribute__((always_inline)) void tile_dot(int fmt, const uint8_t *const rows[2], int R, int n, int t, int T, const float *dx,
                                                             const float *sx, const int16_t *qx, int nb, int n_in, float out[2][4]) {
   if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) row_dot_q4k_bytes(rows, R, fmt == KLE_W_Q5_K, n, t, T, sx, qx, nb, n_in, out);
-  else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) row_dot_q23k_bytes(rows, R, fmt == KLE_W_Q3_K, n, t, T, qx, nb, n_in, out);
+  else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) row_dot_q23k_bytes(rows, R, fmt == KLE_W_Q3_K, n, t, T, dx, qx, nb, n_in, out);
   else if (fmt == KLE_W_Q6_K) row_dot_q6k_bytes(rows, R, n, t, T, qx, nb, n_in, out);
   else row_dot_bytes(fmt, rows, R, n, t, T, dx, qx, nb, n_in, out);
 }
@@ -1031,8 +1054,10 @@ static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, cons
 #endif
 
 uint64_t kle_q8_qx_elems(uint64_t T, uint64_t n_in) {
-  const uint64_t per = Q8_BYTE_CODES ? 2 : 1;
-  return T && n_in > UINT64_MAX / T / per ? UINT64_MAX : T * n_in * per;
+  /* with byte codes, 8 * n_in int16 units in all per token: the codes (4), their bytes (2), the
+   * pair scales (2), then the sums of 16 codes (1 / 8 * 8) */
+  const uint64_t per8 = Q8_BYTE_CODES ? 17 : 8;
+  return T && n_in > UINT64_MAX / T / per8 ? UINT64_MAX : (T * n_in * per8 + 7) / 8;
 }
 
 typedef float (*row_dot_fn)(int, const uint8_t *, const float *, const float *, const int16_t *, int);
