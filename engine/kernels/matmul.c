@@ -444,6 +444,59 @@ static void mm16_native(int fmt, const uint16_t *W, const float *X, float *Y, in
 }
 #endif
 
+#if defined(__AVX512BF16__)
+/*
+ * BF16 rows for a few tokens with vdpbf16ps (AVX-512 BF16): 32 products an instruction, each
+ * exact in f32 (8-bit by 8-bit significands) and added to an f32 lane. The activations go in as
+ * three BF16 terms, x = h + m + l (h = bf16(x), m = bf16(x - h), l = bf16(x - h - m)), three dots
+ * for each 32 weights, which leaves 2^-25 of |x|: the f32 products' accuracy, so that a decode
+ * step gives the logits of the same token in a prefill (engine.test.ts, 1e-5 of their scale;
+ * two terms, as the CUDA GEMMs split, measured 2.7e-5 there); rounded to BF16 alone they would
+ * lose 2^-9. The widen-and-FMA path above took three instructions for 16 weights: a 105M BF16
+ * model decoded at 29 GB/s of weights on one core, where llama.cpp's vdpbf16ps (activations
+ * rounded) reads 52.
+ */
+#define BFD_MAX 4096 /* x pairs a token on the stack: n_in up to 8192 */
+static inline uint32_t bf16_hi_bits(float x) { /* x rounded to BF16 (to nearest, ties to even), as f32 bits */
+  uint32_t u;
+  memcpy(&u, &x, 4);
+  return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+static void mm16_bf16dot(const uint16_t *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
+  /* each token's three terms, 32 a vector, in the weights' order */
+  __m512i xs[3][3][BFD_MAX / 16];
+  const int nv = n_in / 32;
+  for (int t = 0; t < T; t++)
+    for (int v = 0; v < nv; v++) {
+      float part[3][32];
+      for (int i = 0; i < 32; i++) {
+        float x = X[(size_t)t * n_in + 32 * v + i];
+        for (int k = 0; k < 3; k++) {
+          const uint32_t b = bf16_hi_bits(x);
+          memcpy(&part[k][i], &b, 4);
+          x -= part[k][i]; /* exact */
+        }
+      }
+      for (int k = 0; k < 3; k++) xs[t][k][v] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(part[k] + 16), _mm512_loadu_ps(part[k]));
+    }
+  for (int r0 = 0; r0 < n_out; r0 += 4) {
+    const int nr = n_out - r0 < 4 ? n_out - r0 : 4;
+    __m512 acc[4][3];
+    for (int r = 0; r < 4; r++)
+      for (int t = 0; t < 3; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int v = 0; v < nv; v++)
+      for (int r = 0; r < nr; r++) {
+        const __m512bh w = (__m512bh)_mm512_loadu_si512(W + (size_t)(r0 + r) * n_in + 32 * v);
+        for (int t = 0; t < T; t++) /* the small terms first */
+          acc[r][t] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[r][t], w, (__m512bh)xs[t][2][v]), w, (__m512bh)xs[t][1][v]), w,
+                                       (__m512bh)xs[t][0][v]);
+      }
+    for (int r = 0; r < nr; r++)
+      for (int t = 0; t < T; t++) Y[(size_t)t * ldy + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+  }
+}
+#endif
+
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
   return kle_matmul_ld(fmt, W, X, Y, n_out, T, n_out, n_in);
 }
@@ -452,6 +505,12 @@ int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int
   if (!mm_args_ok(fmt, T, n_out, n_in) || ldy < n_out) return KLE_EINVAL;
   /* quantized weights: integer dot products with quantized activations (matmul_q8.c) */
   if (kle_matmul_int8(fmt, T)) return kle_matmul_q8_ld(fmt, W, X, Y, ldy, T, n_out, n_in);
+#if defined(__AVX512BF16__) && !defined(__wasm__)
+  if (fmt == KLE_W_BF16 && T <= 3 && n_in % 32 == 0 && n_in <= 2 * BFD_MAX) {
+    mm16_bf16dot((const uint16_t *)W, X, Y, ldy, T, n_out, n_in);
+    return KLE_OK;
+  }
+#endif
 #if defined(__AVX512F__) && !defined(__wasm__)
   if (fmt == KLE_W_BF16 || fmt == KLE_W_F16) {
     mm16_native(fmt, (const uint16_t *)W, X, Y, ldy, T, n_out, n_in);
