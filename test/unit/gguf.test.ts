@@ -27,11 +27,16 @@ describe('GGUF in llama.cpp\'s Kimi-Linear layout', async () => {
   const load = (bytes: Uint8Array, b = backends[0]!) => loadModel(sourceFromFiles({ 'model.gguf': bytes }), { backend: b });
   const ref = (await loadModelFromDirectory(tinyDir)).createSession().prefill(toks);
 
-  it('F32 and BF16 files give exactly the logits of the HF checkpoint, with the same tokenizer', async () => {
+  it('BF16 files give exactly the logits of the HF checkpoint (BF16), F32 ones the same within f32 sums; the same tokenizer', async () => {
     for (const w of ['F32', 'BF16'] as const) {
       const p = parts(w);
       const m = await load(writeGguf(p.metadata, p.tensors));
-      expect(m.createSession().prefill(toks)).toEqual(ref);
+      const got = m.createSession().prefill(toks);
+      // the same weights in the same kernels: the same bits. As F32 the same values go through
+      // the f32 kernels, whose sums run in another order than the BF16 ones (a one-token BF16
+      // matvec multiplies even and odd columns apart): equal but for f32 rounding
+      if (w === 'BF16') expect(got).toEqual(ref);
+      else expect(relErr(got, ref)).toBeLessThan(1e-6);
       const text = 'Hello, world! Ünïcödé <|im_end|>';
       const hf = await loadModelFromDirectory(tinyDir);
       expect(m.tokenizer!.encode(text)).toEqual(hf.tokenizer!.encode(text));
