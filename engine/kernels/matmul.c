@@ -504,7 +504,7 @@ static void mm16_native(int fmt, const uint16_t *W, const float *X, float *Y, in
  * model decoded at 29 GB/s of weights on one core, where llama.cpp's vdpbf16ps (activations
  * rounded) reads 52.
  */
-#define BFD_MAX 4096 /* x pairs a token on the stack: n_in up to 8192 */
+#define BFD_MAX_IN 8192 /* the terms live on the stack: at most 3 tokens x 3 terms x 16 KiB */
 static inline uint32_t bf16_hi_bits(float x) { /* x rounded to BF16 (to nearest, ties to even), as f32 bits */
   uint32_t u;
   memcpy(&u, &x, 4);
@@ -512,8 +512,8 @@ static inline uint32_t bf16_hi_bits(float x) { /* x rounded to BF16 (to nearest,
 }
 static void mm16_bf16dot(const uint16_t *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
   /* each token's three terms, 32 a vector, in the weights' order */
-  __m512i xs[3][3][BFD_MAX / 16];
   const int nv = n_in / 32;
+  __m512i xs[T][3][nv];
   for (int t = 0; t < T; t++)
     for (int v = 0; v < nv; v++) {
       float part[3][32];
@@ -554,7 +554,7 @@ int kle_matmul_ld(int fmt, const void *W, const float *X, float *Y, int ldy, int
   /* quantized weights: integer dot products with quantized activations (matmul_q8.c) */
   if (kle_matmul_int8(fmt, T)) return kle_matmul_q8_ld(fmt, W, X, Y, ldy, T, n_out, n_in);
 #if defined(__AVX512BF16__) && !defined(__wasm__)
-  if (fmt == KLE_W_BF16 && T <= 3 && n_in % 32 == 0 && n_in <= 2 * BFD_MAX) {
+  if (fmt == KLE_W_BF16 && T >= 1 && T <= 3 && n_in % 32 == 0 && n_in <= BFD_MAX_IN) {
     mm16_bf16dot((const uint16_t *)W, X, Y, ldy, T, n_out, n_in);
     return KLE_OK;
   }
