@@ -15,8 +15,8 @@
  * -128 * sum(w), which a vpdpbusd of 128s against the weights gives once per row and block pair,
  * and the pair's two scales for each token read as one vector made when the codes were). Same
  * integers, fewer instructions per product: the convert, the scale and the float multiply-add
- * come once per 64 products instead of once per 32. The K-quants take the same byte dots (Q2_K
- * and Q3_K always, Q4_K, Q5_K and Q6_K in prefill, where Q5_0 joins Q8_0's): Q6_K's values less
+ * come once per 64 products instead of once per 32. The K-quants take the same byte dots (Q2_K,
+ * Q3_K and Q6_K always, Q4_K and Q5_K in prefill, where Q5_0 joins Q8_0's): Q6_K's values less
  * 32 as Q8_0's signed weights; Q2_K-Q5_K the other way round, their 2-5 bit values the unsigned
  * operand as they lie and the codes (less 128) the signed one; a lane's factors (a group of 16's
  * or 32's scale) applied in float. In prefill a step takes two weight rows, each activation load
