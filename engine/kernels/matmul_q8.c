@@ -741,12 +741,12 @@ static inline void acc_clear(__m512 acc[2][4]) {
     for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
 }
 
-static void make_byte_codes(const float *dx, int T, int n_in, int16_t *qx) {
+static void make_byte_codes(const float *dx, int T, int t0, int t1, int n_in, int16_t *qx) {
   const int nb = n_in / KLE_QK, np = nb / 2;
   uint8_t *xu = (uint8_t *)byte_codes(qx, T, n_in);
   float *dv = (float *)pair_scales(qx, T, n_in);
   const __m256i k80 = _mm256_set1_epi8((char)0x80);
-  for (int t = 0; t < T; t++) {
+  for (int t = t0; t < t1; t++) {
     const int16_t *q = qx + (size_t)t * n_in;
     for (int i = 0; i < n_in; i += KLE_QK) /* int16 -> int8 (|code| <= 127), then + 128 as a byte */
       _mm256_storeu_si256((__m256i *)(xu + (size_t)t * n_in + i), _mm256_xor_si256(_mm512_cvtepi16_epi8(_mm512_loadu_si512(q + i)), k80));
@@ -1088,14 +1088,16 @@ static int x_group(int fmt, int n_in) {
   return kq && n_in % KLE_QK_K == 0 ? KLE_QK_K / KLE_QK : 1;
 }
 
-void kle_q8_quantize_x(int fmt, const float *X, int T, int n_in, float *dx, int16_t *qx) {
+void kle_q8_quantize_rows(int fmt, const float *X, int T, int t0, int t1, int n_in, float *dx, int16_t *qx) {
   const int nb = n_in / KLE_QK, group = x_group(fmt, n_in);
   float *sx = dx + (size_t)T * nb;
-  for (int t = 0; t < T; t++) quantize_x(X + (size_t)t * n_in, n_in, group, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in);
+  for (int t = t0; t < t1; t++) quantize_x(X + (size_t)t * n_in, n_in, group, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in);
 #if Q8_BYTE_CODES
-  make_byte_codes(dx, T, n_in, qx);
+  make_byte_codes(dx, T, t0, t1, n_in, qx);
 #endif
 }
+
+void kle_q8_quantize_x(int fmt, const float *X, int T, int n_in, float *dx, int16_t *qx) { kle_q8_quantize_rows(fmt, X, T, 0, T, n_in, dx, qx); }
 
 static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
                    int n_in) {

@@ -14,6 +14,9 @@
  * (the same dx repeated in their 8 entries), the others' have one each
  */
 void kle_q8_quantize_x(int fmt, const float *X, int T, int n_in, float *dx, int16_t *qx);
+/* the same for tokens t0 .. t1 - 1 of the T (each token's codes and scales are its own: threads
+ * may quantize disjoint ranges at once) */
+void kle_q8_quantize_rows(int fmt, const float *X, int T, int t0, int t1, int n_in, float *dx, int16_t *qx);
 /*
  * int16 elements qx must hold for T x n_in: the codes, and in builds with a byte-code dot
  * (AVX-512 VNNI's vpdpbusd) as many again: the codes + 128 as bytes, then each pair of blocks'
