@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../include/kle.h"
+#include "conv.h"
 #include "simd.h"
 
 static int conv_ok(int T, int C, int W) { return T >= 0 && C > 0 && W >= 1 && W <= 16; }
@@ -41,12 +42,10 @@ int kle_conv_short_ref(const float *x, const float *w, float *state, float *y, i
   return KLE_OK;
 }
 
-int kle_conv_short(const float *x, const float *w, float *state, float *y, int T, int C, int W,
-                   int silu_on) {
-  if (!conv_ok(T, C, W)) return KLE_EINVAL;
-  if (C % 4) return kle_conv_short_ref(x, w, state, y, T, C, W, silu_on);
+int kle_conv_short_rows(const float *x, const float *w, const float *state, float *y, int T, int C, int W, int silu_on, int t0, int t1) {
+  if (!conv_ok(T, C, W) || t0 < 0 || t1 > T || t0 > t1 || C % 4) return KLE_EINVAL;
   if (y == x) return KLE_EINVAL; /* the taps read inputs that an in-place output would clobber */
-  for (int t = 0; t < T; t++) {
+  for (int t = t0; t < t1; t++) {
     const float *rows[16];
     for (int tap = 0; tap < W; tap++) rows[tap] = conv_row(x, state, t - (W - 1) + tap, C, W);
     float *yt = y + (size_t)t * C;
@@ -57,6 +56,16 @@ int kle_conv_short(const float *x, const float *w, float *state, float *y, int T
       vstore(yt + c, acc);
     }
   }
-  update_tail(x, state, T, C, W);
   return KLE_OK;
+}
+
+void kle_conv_short_tail(const float *x, float *state, int T, int C, int W) { update_tail(x, state, T, C, W); }
+
+int kle_conv_short(const float *x, const float *w, float *state, float *y, int T, int C, int W,
+                   int silu_on) {
+  if (!conv_ok(T, C, W)) return KLE_EINVAL;
+  if (C % 4) return kle_conv_short_ref(x, w, state, y, T, C, W, silu_on);
+  const int rc = kle_conv_short_rows(x, w, state, y, T, C, W, silu_on, 0, T);
+  if (rc == KLE_OK) update_tail(x, state, T, C, W);
+  return rc;
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../kernels/conv.h"
 #include "../kernels/matmul_q8.h"
 #include "engine.h"
 #include "pool.h"
@@ -226,10 +227,24 @@ static int cpu_swiglu(kle_backend_ctx *cx, const float *gate, const float *up, f
   return KLE_OK;
 }
 
+struct conv_job {
+  const float *x, *wT, *tail;
+  float *y;
+  int T, C, W, rc;
+};
+static void conv_rows(void *arg, int t0, int t1) {
+  struct conv_job *j = arg;
+  if (kle_conv_short_rows(j->x, j->wT, j->tail, j->y, j->T, j->C, j->W, 1, t0, t1) != KLE_OK) j->rc = KLE_EINVAL;
+}
+/* a prefill's tokens 16 a share across the pool, then the tail rolled once */
 static int cpu_conv_short(kle_backend_ctx *cx, const float *x, const float *wT, float *tail, float *y, int T, int C,
                           int W) {
-  (void)cx;
-  return kle_conv_short(x, wT, tail, y, T, C, W, 1);
+  if (T < 32 || !cx->pool || C % 4 || y == x) return kle_conv_short(x, wT, tail, y, T, C, W, 1);
+  struct conv_job j = {x, wT, tail, y, T, C, W, KLE_OK};
+  par_for(cx, T, 16, conv_rows, &j);
+  KLE_TRY(j.rc);
+  kle_conv_short_tail(x, tail, T, C, W);
+  return KLE_OK;
 }
 
 struct gate_job {
@@ -323,22 +338,34 @@ static int cpu_mla_cache_write(kle_backend_ctx *cx, const float *kv, const float
   return KLE_OK;
 }
 
-static int cpu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope,
-                          int rope, int R) {
-  (void)cx;
-  const size_t Dq = (size_t)nope + rope, Dc = (size_t)R + rope;
-  float *qn = malloc(sizeof(float) * (size_t)H * nope);
-  if (!qn) return KLE_ENOMEM;
-  int rc = KLE_OK;
-  for (int t = 0; t < T && rc == KLE_OK; t++) {
-    const float *qt = q + (size_t)t * H * Dq;
-    float *ql = qlat + (size_t)t * H * Dc;
-    for (int h = 0; h < H; h++) memcpy(qn + (size_t)h * nope, qt + h * Dq, sizeof(float) * nope);
-    rc = kle_mla_absorb_q(W_uk, qn, ql, H, nope, R, (int)Dc);
-    for (int h = 0; h < H; h++) memcpy(ql + h * Dc + R, qt + h * Dq + nope, sizeof(float) * rope);
+struct absorb_job {
+  const float *W_uk, *q;
+  float *qlat;
+  int H, nope, rope, R, rc;
+};
+static void absorb_rows(void *arg, int t0, int t1) {
+  struct absorb_job *j = arg;
+  const size_t Dq = (size_t)j->nope + j->rope, Dc = (size_t)j->R + j->rope;
+  float *qn = malloc(sizeof(float) * (size_t)j->H * j->nope);
+  if (!qn) {
+    j->rc = KLE_ENOMEM;
+    return;
+  }
+  for (int t = t0; t < t1; t++) {
+    const float *qt = j->q + (size_t)t * j->H * Dq;
+    float *ql = j->qlat + (size_t)t * j->H * Dc;
+    for (int h = 0; h < j->H; h++) memcpy(qn + (size_t)h * j->nope, qt + h * Dq, sizeof(float) * j->nope);
+    if (kle_mla_absorb_q(j->W_uk, qn, ql, j->H, j->nope, j->R, (int)Dc) != KLE_OK) j->rc = KLE_EINVAL;
+    for (int h = 0; h < j->H; h++) memcpy(ql + h * Dc + j->R, qt + h * Dq + j->nope, sizeof(float) * j->rope);
   }
   free(qn);
-  return rc;
+}
+/* a prefill's tokens 8 a share across the pool (each token's absorption is its own) */
+static int cpu_mla_absorb(kle_backend_ctx *cx, const float *W_uk, const float *q, float *qlat, int T, int H, int nope,
+                          int rope, int R) {
+  struct absorb_job j = {W_uk, q, qlat, H, nope, rope, R, KLE_OK};
+  par_for(cx, T, 8, absorb_rows, &j);
+  return j.rc;
 }
 
 /* MLA attention split across threads by what the kernels compute independently: a decode's
