@@ -4,11 +4,12 @@
 // with all threads; ours in wasm SIMD (Node) and native (one thread, and all: engine.threads; workerd runs the same
 // wasm, see bench:load). Models: the embedded default model, the synthetic 105M one in BF16, Q8_0
 // and Q4_0 as kimi-edge convert writes them, and the 105M as Q6_K, Q4_K_M, Q3_K_M and Q2_K from
-// llama.cpp's llama-quantize when it sits beside llama-bench.
+// llama.cpp's llama-quantize when it sits beside llama-bench; then the largest this machine kind
+// holds comfortably, a synthetic 430M, as Q8_0 (ours) and Q4_K_M (llama-quantize).
 // llama.cpp is built outside this repository (test/fixtures/README.md says how).
 // Writes bench/results/peers-<machine>.json.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -68,6 +69,27 @@ if (!values.quick) {
       models[`105M ${mix}`] = new Uint8Array(readFileSync(q));
     }
   } else console.error(`${quantize} not found: no K-quant rows`);
+}
+
+// (not with --quick) 430M parameters: 12 layers of 1280 (9 KDA, 3 MLA), 8 experts of 768 and a
+// shared one; its F32 checkpoint is 1.7 GB (llama-quantize's input), Q8_0 0.46 GB, on a 23 GB,
+// 2-vCPU host
+const LARGE_CONFIG = {
+  ...MID_CONFIG, hidden_size: 1280, intermediate_size: 3584, num_hidden_layers: 12, num_attention_heads: 10, num_key_value_heads: 10,
+  kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128, moe_intermediate_size: 768,
+  linear_attn_config: { kda_layers: [1, 2, 3, 5, 6, 7, 9, 10, 11], full_attn_layers: [4, 8, 12], num_heads: 10, head_dim: 128, short_conv_kernel_size: 4 },
+};
+if (!values.quick) {
+  const large = parseSafetensors(syntheticWeights(LARGE_CONFIG, 11));
+  models['430M Q8_0'] = hfToGguf(LARGE_CONFIG, large, kernels, { weights: 'Q8_0', ...tok });
+  const quantize = values['llama-quantize'] ?? join(dirname(llamaBench), 'llama-quantize');
+  if (existsSync(quantize)) {
+    const f32 = join(dir, 'large-f32.gguf'), q = join(dir, 'large-q4_k_m.gguf');
+    writeFileSync(f32, hfToGguf(LARGE_CONFIG, large, kernels, { weights: 'F32', ...tok }));
+    execFileSync(quantize, [f32, q, 'Q4_K_M'], { stdio: 'ignore' });
+    unlinkSync(f32);
+    models['430M Q4_K_M'] = new Uint8Array(readFileSync(q));
+  }
 }
 
 interface Row { model: string; engine: string; threads: number; ppTokS: number; tgTokS: number }
