@@ -826,51 +826,60 @@ static inline __attribute__((always_inline)) void row_dot_bytes(int fmt, const u
  * vpdpbusd: the weights' 4 (5) bits are the unsigned operand as they lie, once the pair's nibbles
  * share a register (low nibbles in the low half, high ones in the high half); the activations'
  * codes (the byte codes less 128) the signed one, the two blocks' 64 bytes in one load that both
- * rows use. The mins' term goes 8 blocks at a time. (The 16-bit dot, row_dot_q4k, widened every
- * weight and activation to 16 bits for half the products an instruction.) */
-static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_t *const rows[2], int R, int five, int T, int t0, int T_all, const float *sx,
-                                     const int16_t *qx, int nb, int n_in, float out[2][4]) {
-  const int np = nb / 2;
-  const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
+ * rows use. Each lane's group scale is an int32 factor and a super-block adds up in int32 (its
+ * activations share one scale, x_group): one convert and multiply-add a super-block, where a
+ * float factor a block pair made the byte dot slower than the 16-bit one in decode (3.29-3.32
+ * against 2.84 ms a 105M Q4_K_M token). The mins' term goes 8 blocks at a time, in float. */
+static inline __attribute__((always_inline)) void row_dot_q4k_bytes(const uint8_t *const rows[2], int R, int five, int T, int t0, int T_all,
+                                                                     const float *dx, const float *sx, const int16_t *qx, int nb, int n_in,
+                                                                     float out[2][4]) {
+  const tile_in in = tile_inputs(qx, T_all, n_in, t0, nb / 2);
   const uint8_t *xu = in.xu;
-  const float *dv = in.dv;
-  const float *sxt = sx + (size_t)t0 * nb;
+  const float *sxt = sx + (size_t)t0 * nb, *dxt = dx + (size_t)t0 * nb;
   const __m512i k80 = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15), one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
   /* per 16-bit lane: 0 in the low half, 1 in the high half (the nibble shift is 4 times it) */
   const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(1), 1), nib = _mm512_slli_epi16(upper, 2);
+  const __m512i half = _mm512_inserti64x4(zero, _mm256_set1_epi32(1), 1); /* per 32-bit lane: 0 low, 1 high */
   __m512 acc[2][4];
   __m256 mins[2][4];
   acc_clear(acc);
   for (int i = 0; i < 2; i++)
     for (int t = 0; t < 4; t++) mins[i][t] = _mm256_setzero_ps();
   for (int s = 0; s < nb / 8; s++) {
-    float ds[2][8], dm[2][8];
     const uint8_t *qs[2];
-    __m512i hb[2];
+    __m512i hb[2], SC[2], IA[2][4];
+    float d[2];
     for (int i = 0; i < R; i++) {
       const uint8_t *blk = rows[i] + (size_t)s * (five ? Q5K_BYTES : Q4K_BYTES);
-      q4k_header(blk, ds[i], dm[i]);
+      uint64_t sc, m; /* in registers: a 16-byte load of bytes just stored would wait on the stores */
+      q4k_scales64(blk, &sc, &m);
+      SC[i] = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128((long long)sc)); /* lanes 0-7: the groups' scales */
+      d[i] = qblock_scale(blk);
+      const __m256 dm = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128((long long)m))), _mm256_set1_ps(qblock_scale(blk + 2)));
       qs[i] = blk + (five ? 48 : 16);
       hb[i] = five ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 16))) : zero;
-      for (int t = 0; t < T; t++) mins[i][t] = _mm256_fmadd_ps(_mm256_loadu_ps(dm[i]), _mm256_loadu_ps(sxt + (size_t)t * nb + 8 * s), mins[i][t]);
+      for (int t = 0; t < T; t++) {
+        mins[i][t] = _mm256_fmadd_ps(dm, _mm256_loadu_ps(sxt + (size_t)t * nb + 8 * s), mins[i][t]);
+        IA[i][t] = zero;
+      }
     }
     for (int g = 0; g < 4; g++) {
-      const int j = 2 * g, k = 8 * s + j;
-      __m512i w[2];
-      __m512 dw[2];
+      const int k = 8 * s + 2 * g;
+      const __m512i gi = _mm512_add_epi32(half, _mm512_set1_epi32(2 * g)); /* lanes 0-7: group 2g, 8-15: 2g + 1 */
+      __m512i w[2], A[2];
       for (int i = 0; i < R; i++) {
         w[i] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs[i] + 32 * g))), nib), m4);
         if (five) /* fifth bits: bit 2g of each byte for the low nibbles, 2g + 1 for the high */
-          w[i] = _mm512_or_si512(w[i], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb[i], _mm512_add_epi16(upper, _mm512_set1_epi16((short)j))), one), 4));
-        dw[i] = _mm512_insertf32x8(_mm512_set1_ps(ds[i][j]), _mm256_set1_ps(ds[i][j + 1]), 1);
+          w[i] = _mm512_or_si512(w[i], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb[i], _mm512_add_epi16(upper, _mm512_set1_epi16((short)(2 * g)))), one), 4));
+        A[i] = _mm512_permutexvar_epi32(gi, SC[i]);
       }
       for (int t = 0; t < T; t++) {
         const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(xu + (size_t)t * n_in + (size_t)k * KLE_QK), k80);
-        const __m512 d = _mm512_loadu_ps(dv + ((size_t)t * np + k / 2) * 16);
-        for (int i = 0; i < R; i++)
-          acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, w[i], x)), _mm512_mul_ps(dw[i], d), acc[i][t]);
+        for (int i = 0; i < R; i++) IA[i][t] = _mm512_add_epi32(IA[i][t], _mm512_mullo_epi32(_mm512_dpbusd_epi32(zero, w[i], x), A[i]));
       }
     }
+    for (int i = 0; i < R; i++)
+      for (int t = 0; t < T; t++) acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(IA[i][t]), _mm512_set1_ps(d[i] * dxt[(size_t)t * nb + 8 * s]), acc[i][t]);
   }
   for (int i = 0; i < R; i++)
     for (int t = 0; t < T; t++) {
@@ -909,9 +918,13 @@ static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8
       const uint8_t *blk = blks[i] = rows[i] + (size_t)s * (q3 ? Q3K_BYTES : Q2K_BYTES);
       fa[i] = qblock_scale(blk + (q3 ? 108 : 80));
       if (q3) { /* 6-bit scales: low 4 bits in the nibbles of bytes 0-7, top 2 in bytes 8-11 (q3k_scale) */
-        uint8_t raw[16] = {0};
-        memcpy(raw, blk + 96, 12);
-        const __m128i r = _mm_loadu_si128((const __m128i *)raw);
+        /* the 12 bytes in registers (a 16-byte load of a copy would wait on its stores; one of the
+         * block would pass its end) */
+        uint64_t lo8;
+        uint32_t hi4;
+        memcpy(&lo8, blk + 96, 8);
+        memcpy(&hi4, blk + 104, 4);
+        const __m128i r = _mm_insert_epi32(_mm_cvtsi64_si128((long long)lo8), (int)hi4, 2);
         const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(r, _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7))),
                                                               _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4)), _mm512_set1_epi32(15));
         const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_shuffle_epi8(r, _mm_setr_epi8(8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11))),
@@ -1022,7 +1035,7 @@ static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_
 /* One step of rows_tiled: R (1, 2) rows by n (1..4) tokens from token t, by the byte dot of fmt */
 static inline __attribute__((always_inline)) void tile_dot(int fmt, const uint8_t *const rows[2], int R, int n, int t, int T, const float *dx,
                                                             const float *sx, const int16_t *qx, int nb, int n_in, float out[2][4]) {
-  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) row_dot_q4k_bytes(rows, R, fmt == KLE_W_Q5_K, n, t, T, sx, qx, nb, n_in, out);
+  if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) row_dot_q4k_bytes(rows, R, fmt == KLE_W_Q5_K, n, t, T, dx, sx, qx, nb, n_in, out);
   else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) row_dot_q23k_bytes(rows, R, fmt == KLE_W_Q3_K, n, t, T, dx, qx, nb, n_in, out);
   else if (fmt == KLE_W_Q6_K) row_dot_q6k_bytes(rows, R, n, t, T, qx, nb, n_in, out);
   else row_dot_bytes(fmt, rows, R, n, t, T, dx, qx, nb, n_in, out);
@@ -1110,11 +1123,11 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
 #if Q8_BYTE_CODES
   /* the byte dots: Q8_0 and Q4_0 always; Q2_K and Q3_K always (105M Q2_K tg 3.9 -> 2.95 ms a token
    * against the 16-bit row_dot_q23k, the Q3_K_M file's unchanged); Q6_K always (once the 16-bit
-   * one added its super-blocks in int32, Q6_K tg 2.89-2.94 -> 2.74-2.76 ms); Q4_K, Q5_K and Q5_0
-   * in prefill (in decode the 16-bit dots: Q4_K_M's tg measured 2.84 against 3.29-3.32 ms with
-   * the byte dot, its Q5_0 rows 3.04 against 3.06) */
+   * one added its super-blocks in int32, Q6_K tg 2.89-2.94 -> 2.74-2.76 ms); Q4_K and Q5_K always
+   * (once their scales stopped going through memory: row_dot_q4k_bytes); Q5_0 in prefill (in
+   * decode its rows measured 3.04 ms against 3.06 with the 16-bit dot) */
   if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K || fmt == KLE_W_Q6_K ||
-                         (T >= 4 && (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || (fmt == KLE_W_Q5_0 && nb % 2 == 0))))) {
+                         fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || (T >= 4 && fmt == KLE_W_Q5_0 && nb % 2 == 0))) {
     rows_tiled(fmt, (const uint8_t *)W, rb, dx, sx, qx, Y, ldy, T, n_out, n_in);
     return KLE_OK;
   }

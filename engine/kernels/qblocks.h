@@ -47,16 +47,21 @@ static inline void q4k_scale_min(const uint8_t *s, int j, int *sc, int *m) {
  * layout: groups 4-7 take a nibble of the third word and the top two bits of the first (scales)
  * or second (mins)): group by group with its branches, this was 7% of a wasm Q4_K_M decode step.
  */
-static inline void q4k_scales(const uint8_t *blk, uint8_t sc[8], uint8_t m[8]) {
+static inline void q4k_scales64(const uint8_t *blk, uint64_t *sc, uint64_t *m) {
   uint32_t a, b, c;
   memcpy(&a, blk + 4, 4);
   memcpy(&b, blk + 8, 4);
   memcpy(&c, blk + 12, 4);
   /* little-endian: byte k of each word is group 4 i + k's */
-  const uint32_t f[4] = {a & 0x3f3f3f3fu, (c & 0x0f0f0f0fu) | ((a >> 6) & 0x03030303u) << 4, b & 0x3f3f3f3fu,
-                         ((c >> 4) & 0x0f0f0f0fu) | ((b >> 6) & 0x03030303u) << 4};
-  memcpy(sc, &f[0], 8);
-  memcpy(m, &f[2], 8);
+  *sc = (a & 0x3f3f3f3fu) | (uint64_t)((c & 0x0f0f0f0fu) | ((a >> 6) & 0x03030303u) << 4) << 32;
+  *m = (b & 0x3f3f3f3fu) | (uint64_t)(((c >> 4) & 0x0f0f0f0fu) | ((b >> 6) & 0x03030303u) << 4) << 32;
+}
+/* the same as 8 bytes each (group j's in byte j) */
+static inline void q4k_scales(const uint8_t *blk, uint8_t sc[8], uint8_t m[8]) {
+  uint64_t s, n;
+  q4k_scales64(blk, &s, &n);
+  memcpy(sc, &s, 8);
+  memcpy(m, &n, 8);
 }
 /* the same as factors: ds[j] = d * sc_j, dm[j] = dmin * m_j */
 static inline void q4k_header(const uint8_t *blk, float ds[8], float dm[8]) {
