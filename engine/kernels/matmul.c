@@ -505,11 +505,6 @@ static void mm16_native(int fmt, const uint16_t *W, const float *X, float *Y, in
  * rounded) reads 52.
  */
 #define BFD_MAX_IN 8192 /* the terms live on the stack: at most 3 tokens x 3 terms x 16 KiB */
-static inline uint32_t bf16_hi_bits(float x) { /* x rounded to BF16 (to nearest, ties to even), as f32 bits */
-  uint32_t u;
-  memcpy(&u, &x, 4);
-  return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-}
 static void mm16_bf16dot(const uint16_t *W, const float *X, float *Y, int ldy, int T, int n_out, int n_in) {
   /* each token's three terms, 32 a vector, in the weights' order */
   const int nv = n_in / 32;
@@ -520,8 +515,7 @@ static void mm16_bf16dot(const uint16_t *W, const float *X, float *Y, int ldy, i
       for (int i = 0; i < 32; i++) {
         float x = X[(size_t)t * n_in + 32 * v + i];
         for (int k = 0; k < 3; k++) {
-          const uint32_t b = bf16_hi_bits(x);
-          memcpy(&part[k][i], &b, 4);
+          part[k][i] = bf16_to_f32(f32_to_bf16(x));
           x -= part[k][i]; /* exact */
         }
       }

@@ -236,10 +236,11 @@ static void conv_rows(void *arg, int t0, int t1) {
   struct conv_job *j = arg;
   if (kle_conv_short_rows(j->x, j->wT, j->tail, j->y, j->T, j->C, j->W, 1, t0, t1) != KLE_OK) j->rc = KLE_EINVAL;
 }
-/* a prefill's tokens 16 a share across the pool, then the tail rolled once */
+/* a prefill's tokens 16 a share across the pool, then the tail rolled once (widths that are not a
+ * multiple of 4 take the kernel's scalar path whole) */
 static int cpu_conv_short(kle_backend_ctx *cx, const float *x, const float *wT, float *tail, float *y, int T, int C,
                           int W) {
-  if (T < 32 || !cx->pool || C % 4 || y == x) return kle_conv_short(x, wT, tail, y, T, C, W, 1);
+  if (C % 4) return kle_conv_short(x, wT, tail, y, T, C, W, 1);
   struct conv_job j = {x, wT, tail, y, T, C, W, KLE_OK};
   par_for(cx, T, 16, conv_rows, &j);
   KLE_TRY(j.rc);
