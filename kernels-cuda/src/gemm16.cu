@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(256) gemv_tc_kernel(const uint16_t *__restrict
     const int lines = min(2, (int)(((size_t)(w1 - w0) * 64 + 127) / 128));
     for (int i = lane; i < 16 * lines; i += 32) {
       const int r = r0 + i / lines;
-      if (r < N) asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char *>(W + (size_t)r * Kd + (size_t)w0 * 32) + (size_t)(i % lines) * 128));
+      if (r < N) prefetch_line(reinterpret_cast<const char *>(W + (size_t)r * Kd + (size_t)w0 * 32) + (size_t)(i % lines) * 128);
     }
   }
   pdl_wait();

@@ -124,36 +124,16 @@ __global__ void __launch_bounds__(256) gemm_nt_kernel(const float *__restrict__ 
   }
 }
 
-// few rows, one token (the MoE router's 256 x 2304): 4 warps a row, each a quarter of it
-__global__ void __launch_bounds__(256) matvec_split_kernel(const float *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y,
-                                                           int N, int Kd) {
-  cudaTriggerProgrammaticLaunchCompletion();
-  __shared__ float part[8];
-  const int lane = threadIdx.x % 32, wid = threadIdx.x / 32, row = blockIdx.x * 2 + wid / 4, q = wid % 4;
-  float acc = 0.f;
-  if (row < N) {
-    const int n4 = Kd / 4, per = (n4 + 3) / 4, i0 = q * per, i1 = min(n4, i0 + per);
-    const float4 *w4 = reinterpret_cast<const float4 *>(W + (size_t)row * Kd), *x4 = reinterpret_cast<const float4 *>(X);
-#pragma unroll 4
-    for (int i = i0 + lane; i < i1; i += 32) {
-      const float4 a = w4[i], b = x4[i];
-      acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-    }
-  }
-  acc = warp_sum(acc);
-  if (lane == 0) part[wid] = acc;
-  __syncthreads();
-  if (threadIdx.x % 128 == 0 && row < N) Y[row] = part[wid] + part[wid + 1] + part[wid + 2] + part[wid + 3];
-}
-
-// a batch over a matrix of few rows (the MoE router, 256 x 2304): SPLIT warps per (row, 8
-// tokens), each a 1 / SPLIT share of the row, so a 512-token batch has 64 times the blocks the
-// 64 x 64 tiles give it (32 for the router; at 64 tokens, 4 blocks took 380 us) and a batched
-// decode step of 8 tokens 4 times the warps of one a row (32 blocks: 34.8 us for 2.4 MB at 8
-// streams of the 48B model, a warp walking its row in 18 dependent rounds)
+// a matrix of few rows (the MoE router, 256 x 2304) over up to 8 tokens a block: SPLIT warps per
+// (row, 8 tokens), each a 1 / SPLIT share of the row, so a 512-token batch has 64 times the
+// blocks the 64 x 64 tiles give it (32 for the router; at 64 tokens, 4 blocks took 380 us) and
+// one token or a batched decode step's 8 four times the warps of one a row (32 blocks: 34.8 us
+// for 2.4 MB at 8 streams of the 48B model, a warp walking its row in 18 dependent rounds)
 template <int SPLIT>
 __global__ void __launch_bounds__(256) matvec8_kernel(const float *__restrict__ W, const float *__restrict__ X, float *__restrict__ Y, int T,
                                                       int N, int Kd) {
+  // as matvec_kernel: a programmatic dependent launch after this one may start now
+  cudaTriggerProgrammaticLaunchCompletion();
   __shared__ float part[8][8];
   const int wid = threadIdx.x / 32, lane = threadIdx.x % 32, q = wid % SPLIT;
   const int row = blockIdx.x * (8 / SPLIT) + wid / SPLIT, t0 = blockIdx.y * 8, nt = min(8, T - t0);
@@ -172,7 +152,8 @@ __global__ void __launch_bounds__(256) matvec8_kernel(const float *__restrict__ 
     }
   }
 #pragma unroll
-  for (int t = 0; t < 8; t++) acc[t] = warp_sum(acc[t]);
+  for (int t = 0; t < 8; t++)
+    if (t < nt) acc[t] = warp_sum(acc[t]);  // nt is the block's: every lane takes the same branch
   if (SPLIT == 1) {
     if (row < N && lane < nt) {
       float v = acc[0];
@@ -185,7 +166,8 @@ __global__ void __launch_bounds__(256) matvec8_kernel(const float *__restrict__ 
   }
   if (lane == 0)
 #pragma unroll
-    for (int t = 0; t < 8; t++) part[wid][t] = acc[t];
+    for (int t = 0; t < 8; t++)
+      if (t < nt) part[wid][t] = acc[t];
   __syncthreads();
   // the row's first warp adds the shares in order: one result whatever the warps' timing
   if (q == 0 && row < N && lane < nt) {
@@ -197,16 +179,14 @@ __global__ void __launch_bounds__(256) matvec8_kernel(const float *__restrict__ 
 
 void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st) {
   // where the 64 x 64 tiles would leave most of the card idle
-  if (T > 1 && blocks_for(N, BN) * blocks_for(T, BM) < 64 && (Kd & 3) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0) {
+  // several tokens, or one over a row long enough to share (N < 2048: 4 warps a row)
+  if ((T > 1 || (N < 2048 && Kd >= 512)) && blocks_for(N, BN) * blocks_for(T, BM) < 64 && (Kd & 3) == 0 &&
+      (((uintptr_t)W | (uintptr_t)X) & 15) == 0) {
     // a warp a row while that makes two waves of blocks; else 4 warps share each row
     if ((long)blocks_for(N, 8) * blocks_for(T, 8) >= 2L * kle_tc::sm_count())
       matvec8_kernel<1><<<dim3(blocks_for(N, 8), blocks_for(T, 8)), 256, 0, st>>>(W, X, Y, T, N, Kd);
     else
       matvec8_kernel<4><<<dim3(blocks_for(N, 2), blocks_for(T, 8)), 256, 0, st>>>(W, X, Y, T, N, Kd);
-    return;
-  }
-  if (T == 1 && N < 2048 && Kd >= 512 && (Kd & 3) == 0 && (((uintptr_t)W | (uintptr_t)X) & 15) == 0) {
-    matvec_split_kernel<<<blocks_for(N, 2), 256, 0, st>>>(W, X, Y, N, Kd);
     return;
   }
   if (T <= 4) {

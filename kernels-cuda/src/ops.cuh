@@ -20,10 +20,12 @@ namespace kle_ops {
 // L2 prefetches) overlap the tail of the one before. KLE_CUDA_PDL=0 launches them plainly.
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+// the 128-byte L2 line at p
+__device__ __forceinline__ void prefetch_line(const void *p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 // this lane's share (lines lane, lane + 32, ...) of the 128-byte L2 lines of [p, p + bytes)
 __device__ __forceinline__ void prefetch_l2(const void *p, size_t bytes, int lane) {
   const char *c = static_cast<const char *>(p);
-  for (size_t o = (size_t)lane * 128; o < bytes; o += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
+  for (size_t o = (size_t)lane * 128; o < bytes; o += 32 * 128) prefetch_line(c + o);
 }
 bool pdl_enabled();
 template <typename... P, typename... A>
