@@ -725,6 +725,12 @@ static const float *pair_scales(const int16_t *qx, int T, int n_in) { return (co
 /* then each 16 codes' sum (int32, n_in / 16 a token): the min terms of Q2_K's and Q3_K's groups of
  * 16, one product a group and super-block instead of a code sum a lane and block pair */
 static const int32_t *code_sums(const int16_t *qx, int T, int n_in) { return (const int32_t *)(pair_scales(qx, T, n_in) + (size_t)T * n_in / 4); }
+/* then, for the formats whose weights vpdpbusd takes unsigned (Q8_0 as bytes + 128, Q4_0's
+ * nibbles), minus the weights' offset (128, 8) times the sum of each 4
+ * codes (int32, n_in / 4 a token): the start of a block pair's accumulator, so that the offset
+ * comes off once a token and not off every row */
+static const int32_t *lane_corr(const int16_t *qx, int T, int n_in) { return code_sums(qx, T, n_in) + (size_t)T * n_in / 16; }
+static int w_offset(int fmt) { return fmt == KLE_W_Q8_0 ? 128 : fmt == KLE_W_Q4_0 ? 8 : 0; }
 
 /* a byte dot's inputs from token t0 on: its codes (n_in bytes a token) and its block pairs'
  * scales (16 floats a pair), and R x T accumulators set to zero */
@@ -741,7 +747,7 @@ static inline void acc_clear(__m512 acc[2][4]) {
     for (int t = 0; t < 4; t++) acc[i][t] = _mm512_setzero_ps();
 }
 
-static void make_byte_codes(const float *dx, int T, int t0, int t1, int n_in, int16_t *qx) {
+static void make_byte_codes(int fmt, const float *dx, int T, int t0, int t1, int n_in, int16_t *qx) {
   const int nb = n_in / KLE_QK, np = nb / 2;
   uint8_t *xu = (uint8_t *)byte_codes(qx, T, n_in);
   float *dv = (float *)pair_scales(qx, T, n_in);
@@ -759,6 +765,15 @@ static void make_byte_codes(const float *dx, int T, int t0, int t1, int n_in, in
       int32_t sum = 0;
       for (int i = 0; i < 16; i++) sum += q[16 * g + i];
       bs[g] = sum;
+    }
+    const int off = w_offset(fmt);
+    if (off && T < 4 && n_in % 64 == 0) { /* decode only: prefill tiles take -128 sum(w) a row, over 4 tokens */
+      const __m512i ko = _mm512_set1_epi8((char)off), k80x = _mm512_set1_epi8((char)0x80);
+      int32_t *corr = (int32_t *)lane_corr(qx, T, n_in) + (size_t)t * n_in / 4;
+      for (int i = 0; i < n_in; i += 64) {
+        const __m512i xs = _mm512_xor_si512(_mm512_loadu_si512(xu + (size_t)t * n_in + i), k80x);
+        _mm512_storeu_si512(corr + i / 4, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), ko, xs)));
+      }
     }
   }
 }
@@ -780,6 +795,27 @@ static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
     return _mm512_sub_epi8(_mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), lh), _mm512_set1_epi8(8));
   }
   return _mm512_inserti64x4(_mm512_castsi256_si512(block_bytes(fmt, a)), block_bytes(fmt, b), 1);
+}
+
+/* two Q8_0 / Q4_0 blocks' 64 weights plus their offset (128, 8): vpdpbusd's unsigned operand,
+ * block a's in element order, then b's */
+static inline __m512i pair_w_unsigned(int fmt, const uint8_t *a, const uint8_t *b) {
+  if (fmt == KLE_W_Q4_0) { /* both blocks' nibbles at once: low ones, high ones, then in block order */
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 2))), _mm_loadu_si128((const __m128i *)(b + 2)), 1);
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const __m512i lh = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), lh);
+  }
+  const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 2))), _mm256_loadu_si256((const __m256i *)(b + 2)), 1);
+  return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+}
+/* two blocks' f16 scales, a's in lanes 0-7 and b's in 8-15: one conversion for both */
+static inline __m512 pair_scales_w(const uint8_t *a, const uint8_t *b) {
+  uint16_t ha, hb;
+  memcpy(&ha, a, 2);
+  memcpy(&hb, b, 2);
+  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  return _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(ha), hb, 1))));
 }
 
 /* T tokens (1..4) from token t0 on against R (1, 2) Q8_0 / Q4_0 / Q5_0 rows, two blocks a step:
@@ -979,36 +1015,40 @@ static inline __attribute__((always_inline)) void row_dot_q23k_bytes(const uint8
     for (int t = 0; t < T; t++) out[i][t] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
-/* T tokens (1..4) from token t0 on against R (1, 2) Q6_K rows, a block pair a vpdpbusd as
- * row_dot_bytes does Q8_0's: the values less 32 the signed operand, the byte codes the unsigned
- * one (the 128 * sum(w) this adds taken out by the sums' start). A lane holds 4 values of one
- * group of 16, so each lane takes its group's d * sc in float, a super-block's 16 made in one
- * vector and picked per block pair by a permute. */
+/* T tokens (1..4) from token t0 on against R (1, 2) Q6_K rows, as llama.cpp's Q6_K dot does it
+ * with Q8_K: the 6-bit values (0..63) unsigned as they lie against the signed codes, vpmaddubsw
+ * (a pair's sum is at most 2 x 63 x 127, no saturation) then vpdpwssd with each i16 lane's group
+ * scale, so a super-block adds up in int32 with one convert and multiply-add; the 32 each value is
+ * offset by comes off once a super-block and token, as 32 sum_g sc_g (the sum of group g's 16
+ * codes, code_sums). The same integers as the scalar reference's. Was a vpdpbusd a block pair
+ * with -128 sum(w) a row, and a float multiply-add a block pair and token: 105M Q6_K tg 2.74 ms. */
 static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_t *const rows[2], int R, int T, int t0, int T_all,
-                                                                     const int16_t *qx, int nb, int n_in, float out[2][4]) {
-  const int np = nb / 2;
-  const tile_in in = tile_inputs(qx, T_all, n_in, t0, np);
-  const uint8_t *xu = in.xu;
-  const float *dv = in.dv;
-  const __m512i k80 = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32),
-                zero = _mm512_setzero_si512();
+                                                                     const float *dx, const int16_t *qx, int nb, int n_in, float out[2][4]) {
+  const uint8_t *xu = byte_codes(qx, T_all, n_in) + (size_t)t0 * n_in;
+  const int32_t *cs = code_sums(qx, T_all, n_in) + (size_t)t0 * (n_in / 16);
+  const float *dxt = dx + (size_t)t0 * nb;
+  const __m512i k80 = _mm512_set1_epi8((char)0x80), m4 = _mm512_set1_epi8(15), m3 = _mm512_set1_epi8(3), zero = _mm512_setzero_si512();
   const __m512i upper = _mm512_inserti64x4(zero, _mm256_set1_epi16(2), 1); /* per 16-bit lane: 2 in the high half */
-  const __m512i rep4 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  /* i16 lane j of a block pair's vpmaddubsw holds values 2j and 2j + 1: group j / 8 of the pair */
+  const __m512i rep8 = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   __m512 acc[2][4];
   acc_clear(acc);
   for (int s = 0; s < nb / 8; s++) {
-    __m512 S[2];
+    __m512i sc16[2], ia[2][4];
     const uint8_t *blks[2];
     for (int i = 0; i < R; i++) {
       const uint8_t *blk = blks[i] = rows[i] + (size_t)s * Q6K_BYTES;
-      S[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk + 192)))), _mm512_set1_ps(qblock_scale(blk + 208)));
+      const __m128i sc8 = _mm_loadu_si128((const __m128i *)(blk + 192));
+      sc16[i] = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc8));
+      const __m512i sc32 = _mm512_cvtepi8_epi32(sc8);
+      for (int t = 0; t < T; t++) /* -32 sum_g sc_g sum(codes of g) */
+        ia[i][t] = _mm512_sub_epi32(zero, _mm512_slli_epi32(_mm512_mullo_epi32(sc32, _mm512_loadu_si512(cs + (size_t)t * (n_in / 16) + 16 * s)), 5));
     }
     for (int h = 0; h < 2; h++)
       for (int k = 0; k < 4; k += 2) {
         const int b = 8 * s + 4 * h + k;
-        const __m512i gi = _mm512_add_epi32(rep4, _mm512_set1_epi32(8 * h + 2 * k)); /* lane l: group 8h + 2k + l / 4 */
-        __m512i w[2], start[2];
-        __m512 A[2];
+        const __m512i gi = _mm512_add_epi16(rep8, _mm512_set1_epi16((short)(8 * h + 2 * k)));
+        __m512i w[2], sw[2];
         for (int i = 0; i < R; i++) {
           /* blocks k and k + 1: low 4 bits from the half's 64 low-bit bytes (the high nibbles for
            * k = 2), top 2 from its 32 high-bit bytes at bits 2k and 2k + 2 */
@@ -1016,20 +1056,48 @@ static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_
           const __m512i lo = _mm512_and_si512(_mm512_srli_epi16(_mm512_loadu_si512(blk + 64 * h), (unsigned)(2 * k)), m4);
           const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + 128 + 32 * h)));
           const __m512i hi = _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(hb, _mm512_add_epi16(_mm512_set1_epi16((short)(2 * k)), upper)), m3), 4);
-          w[i] = _mm512_sub_epi8(_mm512_or_si512(lo, hi), k32);
-          start[i] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, k80, w[i])); /* -128 sum(w), per 4 */
-          A[i] = _mm512_permutexvar_ps(gi, S[i]);
+          w[i] = _mm512_or_si512(lo, hi);
+          sw[i] = _mm512_permutexvar_epi16(gi, sc16[i]);
         }
         for (int t = 0; t < T; t++) {
-          const __m512i x = _mm512_loadu_si512(xu + (size_t)t * n_in + (size_t)b * KLE_QK);
-          const __m512 dd = _mm512_loadu_ps(dv + ((size_t)t * np + b / 2) * 16);
-          for (int i = 0; i < R; i++)
-            acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start[i], x, w[i])), _mm512_mul_ps(A[i], dd), acc[i][t]);
+          const __m512i x = _mm512_xor_si512(_mm512_loadu_si512(xu + (size_t)t * n_in + (size_t)b * KLE_QK), k80);
+          for (int i = 0; i < R; i++) ia[i][t] = _mm512_dpwssd_epi32(ia[i][t], _mm512_maddubs_epi16(w[i], x), sw[i]);
         }
       }
+    for (int i = 0; i < R; i++) {
+      const float d = qblock_scale(blks[i] + 208);
+      for (int t = 0; t < T; t++)
+        acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[i][t]), _mm512_set1_ps(d * dxt[(size_t)t * nb + 8 * s]), acc[i][t]);
+    }
   }
   for (int i = 0; i < R; i++)
     for (int t = 0; t < T; t++) out[i][t] = _mm512_reduce_add_ps(acc[i][t]);
+}
+
+/* Q8_0 and Q4_0 in decode (1 to 3 tokens): the weights are vpdpbusd's unsigned operand (Q4_0's
+ * nibbles as they lie, Q8_0's bytes + 128) and the activations' codes the signed one, so the
+ * weights' offset (8, 128) comes off the activations (corr: minus the offset times each lane's 4
+ * codes, made once a matmul share, the int32 accumulator's start) instead of off every row
+ * (row_dot_bytes' -128 sum(w), one more vpdpbusd a block pair and row). The int32 lanes are the
+ * same integers as row_dot_bytes', and so are the float sums. */
+static inline __attribute__((always_inline)) void row_dot_dec(int fmt, const uint8_t *row, int T, const int16_t *qx, const int32_t *corr, int nb,
+                                                                int n_in, float out[4]) {
+  const int np = nb / 2;
+  const long bytes = fmt == KLE_W_Q4_0 ? Q4_BYTES : Q8_BYTES;
+  const tile_in in = tile_inputs(qx, T, n_in, 0, np);
+  const __m512i k80 = _mm512_set1_epi8((char)0x80);
+  __m512 acc[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int p = 0; p < np; p++) {
+    const uint8_t *a = row + (size_t)(2 * p) * bytes, *b = a + bytes;
+    const __m512i w = pair_w_unsigned(fmt, a, b);
+    const __m512 dw = pair_scales_w(a, b);
+    for (int t = 0; t < T; t++) {
+      const __m512i xs = _mm512_xor_si512(_mm512_loadu_si512(in.xu + (size_t)t * n_in + 64 * p), k80);
+      const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr + ((size_t)t * n_in + 64 * p) / 4), w, xs);
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(in.dv + ((size_t)t * np + p) * 16)), acc[t]);
+    }
+  }
+  for (int t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
 }
 
 /* One step of rows_tiled: R (1, 2) rows by n (1..4) tokens from token t, by the byte dot of fmt */
@@ -1037,7 +1105,7 @@ static inline __attribute__((always_inline)) void tile_dot(int fmt, const uint8_
                                                             const float *sx, const int16_t *qx, int nb, int n_in, float out[2][4]) {
   if (fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K) row_dot_q4k_bytes(rows, R, fmt == KLE_W_Q5_K, n, t, T, dx, sx, qx, nb, n_in, out);
   else if (fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K) row_dot_q23k_bytes(rows, R, fmt == KLE_W_Q3_K, n, t, T, dx, qx, nb, n_in, out);
-  else if (fmt == KLE_W_Q6_K) row_dot_q6k_bytes(rows, R, n, t, T, qx, nb, n_in, out);
+  else if (fmt == KLE_W_Q6_K) row_dot_q6k_bytes(rows, R, n, t, T, dx, qx, nb, n_in, out);
   else row_dot_bytes(fmt, rows, R, n, t, T, dx, qx, nb, n_in, out);
 }
 
@@ -1048,6 +1116,18 @@ static inline __attribute__((always_inline)) void tile_dot(int fmt, const uint8_
 static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, const float *sx, const int16_t *qx, float *Y, int ldy, int T,
                        int n_out, int n_in) {
   const int nb = n_in / KLE_QK, pair = T >= 4;
+  if ((fmt == KLE_W_Q4_0 || fmt == KLE_W_Q8_0) && T < 4 && n_in % 64 == 0) {
+    const int32_t *corr = lane_corr(qx, T, n_in);
+    for (int r = 0; r < n_out; r++) {
+      float out[4];
+      const uint8_t *row = W + (size_t)rb * r;
+      /* constant format and count, so that the loops unroll without branches */
+      if (fmt == KLE_W_Q4_0) T == 1 ? row_dot_dec(KLE_W_Q4_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q4_0, row, T, qx, corr, nb, n_in, out);
+      else T == 1 ? row_dot_dec(KLE_W_Q8_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q8_0, row, T, qx, corr, nb, n_in, out);
+      for (int j = 0; j < T; j++) Y[(size_t)j * ldy + r] = out[j];
+    }
+    return;
+  }
   for (int r = 0; r < n_out; r += 1 + pair) {
     const int R = n_out - r < 2 || !pair ? 1 : 2;
     const uint8_t *rows[2] = {W + (size_t)rb * r, W + (size_t)rb * (r + R - 1)};
@@ -1068,8 +1148,8 @@ static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, cons
 
 uint64_t kle_q8_qx_elems(uint64_t T, uint64_t n_in) {
   /* with byte codes, 8 * n_in int16 units in all per token: the codes (4), their bytes (2), the
-   * pair scales (2), then the sums of 16 codes (1 / 8 * 8) */
-  const uint64_t per8 = Q8_BYTE_CODES ? 17 : 8;
+   * pair scales (2), the sums of 16 codes (1 / 8 * 8), then the sums of 4 less an offset (4 / 8 * 8) */
+  const uint64_t per8 = Q8_BYTE_CODES ? 21 : 8;
   return T && n_in > UINT64_MAX / T / per8 ? UINT64_MAX : (T * n_in * per8 + 7) / 8;
 }
 
@@ -1106,7 +1186,7 @@ void kle_q8_quantize_rows(int fmt, const float *X, int T, int t0, int t1, int n_
   float *sx = dx + (size_t)T * nb;
   for (int t = t0; t < t1; t++) quantize_x(X + (size_t)t * n_in, n_in, group, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in);
 #if Q8_BYTE_CODES
-  make_byte_codes(dx, T, t0, t1, n_in, qx);
+  make_byte_codes(fmt, dx, T, t0, t1, n_in, qx);
 #endif
 }
 

@@ -35,6 +35,9 @@ describe(`matmul over f32, bf16, f16, q8_0 and q4_0 weights (seed ${SEED})`, () 
     { T: 3, nOut: 4, nIn: 96 },
     { T: 2, nOut: 9, nIn: 288 }, // crosses the 256-wide weight tile
     { T: 5, nOut: 13, nIn: 544 },
+    // decode shapes of whole block pairs (the native Q4_0 decode path: 1 to 3 tokens, even block count)
+    { T: 1, nOut: 5, nIn: 512 },
+    { T: 3, nOut: 6, nIn: 256 },
   ];
   for (const fmt of FORMATS)
     for (const s of shapes) {
