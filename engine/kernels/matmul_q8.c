@@ -63,13 +63,16 @@
 #include <immintrin.h>
 /* a Q5_0 block's 32 values - 16 as int8 (Q5_1's: the values themselves, 0..31), in two halves:
  * each fifth bit picked out of the 32 with a byte shuffle and a compare against its bit */
-static inline void q50_bytes(const uint8_t *blk, int q51, __m128i *w0, __m128i *w1) {
+static inline void q50_bytes_off(const uint8_t *blk, int q51, int unsig, __m128i *w0, __m128i *w1);
+static inline void q50_bytes(const uint8_t *blk, int q51, __m128i *w0, __m128i *w1) { q50_bytes_off(blk, q51, 0, w0, w1); }
+/* unsig: Q5_0's values as they lie (0..31), its 16 left on */
+static inline void q50_bytes_off(const uint8_t *blk, int q51, int unsig, __m128i *w0, __m128i *w1) {
   uint32_t qh;
   memcpy(&qh, blk + (q51 ? 4 : 2), 4);
   const __m128i m = _mm_set1_epi32((int)qh), bits = _mm_set1_epi64x((long long)0x8040201008040201ull);
   const __m128i lo = _mm_shuffle_epi8(m, _mm_set_epi64x(0x0101010101010101ll, 0)), hi = _mm_shuffle_epi8(m, _mm_set_epi64x(0x0303030303030303ll, 0x0202020202020202ll));
   const __m128i s16 = _mm_set1_epi8(16), p = _mm_loadu_si128((const __m128i *)(blk + (q51 ? 8 : 6))), m4 = _mm_set1_epi8(15);
-  const __m128i off = q51 ? _mm_setzero_si128() : s16;
+  const __m128i off = q51 || unsig ? _mm_setzero_si128() : s16;
   *w0 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(p, m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(lo, bits), bits), s16)), off);
   *w1 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(p, 4), m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hi, bits), bits), s16)), off);
 }
@@ -726,11 +729,11 @@ static const float *pair_scales(const int16_t *qx, int T, int n_in) { return (co
  * 16, one product a group and super-block instead of a code sum a lane and block pair */
 static const int32_t *code_sums(const int16_t *qx, int T, int n_in) { return (const int32_t *)(pair_scales(qx, T, n_in) + (size_t)T * n_in / 4); }
 /* then, for the formats whose weights vpdpbusd takes unsigned (Q8_0 as bytes + 128, Q4_0's
- * nibbles), minus the weights' offset (128, 8) times the sum of each 4
+ * nibbles, Q5_0's 5-bit values), minus the weights' offset (128, 8, 16) times the sum of each 4
  * codes (int32, n_in / 4 a token): the start of a block pair's accumulator, so that the offset
  * comes off once a token and not off every row */
 static const int32_t *lane_corr(const int16_t *qx, int T, int n_in) { return code_sums(qx, T, n_in) + (size_t)T * n_in / 16; }
-static int w_offset(int fmt) { return fmt == KLE_W_Q8_0 ? 128 : fmt == KLE_W_Q4_0 ? 8 : 0; }
+static int w_offset(int fmt) { return fmt == KLE_W_Q8_0 ? 128 : fmt == KLE_W_Q4_0 ? 8 : fmt == KLE_W_Q5_0 ? 16 : 0; }
 
 /* a byte dot's inputs from token t0 on: its codes (n_in bytes a token) and its block pairs'
  * scales (16 floats a pair), and R x T accumulators set to zero */
@@ -797,9 +800,15 @@ static inline __m512i pair_w(int fmt, const uint8_t *a, const uint8_t *b) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(block_bytes(fmt, a)), block_bytes(fmt, b), 1);
 }
 
-/* two Q8_0 / Q4_0 blocks' 64 weights plus their offset (128, 8): vpdpbusd's unsigned operand,
- * block a's in element order, then b's */
+/* two Q8_0 / Q4_0 / Q5_0 blocks' 64 weights plus their offset (128, 8, 16): vpdpbusd's unsigned
+ * operand, block a's in element order, then b's */
 static inline __m512i pair_w_unsigned(int fmt, const uint8_t *a, const uint8_t *b) {
+  if (fmt == KLE_W_Q5_0) {
+    __m128i a0, a1, b0, b1;
+    q50_bytes_off(a, 0, 1, &a0, &a1);
+    q50_bytes_off(b, 0, 1, &b0, &b1);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(a1, a0)), _mm256_set_m128i(b1, b0), 1);
+  }
   if (fmt == KLE_W_Q4_0) { /* both blocks' nibbles at once: low ones, high ones, then in block order */
     const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 2))), _mm_loadu_si128((const __m128i *)(b + 2)), 1);
     const __m256i m4 = _mm256_set1_epi8(15);
@@ -1074,16 +1083,16 @@ static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_
     for (int t = 0; t < T; t++) out[i][t] = _mm512_reduce_add_ps(acc[i][t]);
 }
 
-/* Q8_0 and Q4_0 in decode (1 to 3 tokens): the weights are vpdpbusd's unsigned operand (Q4_0's
- * nibbles as they lie, Q8_0's bytes + 128) and the activations' codes the signed one, so the
- * weights' offset (8, 128) comes off the activations (corr: minus the offset times each lane's 4
+/* Q8_0, Q4_0 and Q5_0 in decode (1 to 3 tokens): the weights are vpdpbusd's unsigned operand
+ * (Q4_0's nibbles and Q5_0's 5-bit values as they lie, Q8_0's bytes + 128) and the activations'
+ * codes the signed one, so the weights' offset (8, 16, 128) comes off the activations (corr: minus the offset times each lane's 4
  * codes, made once a matmul share, the int32 accumulator's start) instead of off every row
  * (row_dot_bytes' -128 sum(w), one more vpdpbusd a block pair and row). The int32 lanes are the
  * same integers as row_dot_bytes', and so are the float sums. */
 static inline __attribute__((always_inline)) void row_dot_dec(int fmt, const uint8_t *row, int T, const int16_t *qx, const int32_t *corr, int nb,
                                                                 int n_in, float out[4]) {
   const int np = nb / 2;
-  const long bytes = fmt == KLE_W_Q4_0 ? Q4_BYTES : Q8_BYTES;
+  const long bytes = fmt == KLE_W_Q4_0 ? Q4_BYTES : fmt == KLE_W_Q5_0 ? Q50_BYTES : Q8_BYTES;
   const tile_in in = tile_inputs(qx, T, n_in, 0, np);
   const __m512i k80 = _mm512_set1_epi8((char)0x80);
   __m512 acc[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -1116,13 +1125,14 @@ static inline __attribute__((always_inline)) void tile_dot(int fmt, const uint8_
 static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, const float *sx, const int16_t *qx, float *Y, int ldy, int T,
                        int n_out, int n_in) {
   const int nb = n_in / KLE_QK, pair = T >= 4;
-  if ((fmt == KLE_W_Q4_0 || fmt == KLE_W_Q8_0) && T < 4 && n_in % 64 == 0) {
+  if ((fmt == KLE_W_Q4_0 || fmt == KLE_W_Q8_0 || fmt == KLE_W_Q5_0) && T < 4 && n_in % 64 == 0) {
     const int32_t *corr = lane_corr(qx, T, n_in);
     for (int r = 0; r < n_out; r++) {
       float out[4];
       const uint8_t *row = W + (size_t)rb * r;
       /* constant format and count, so that the loops unroll without branches */
       if (fmt == KLE_W_Q4_0) T == 1 ? row_dot_dec(KLE_W_Q4_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q4_0, row, T, qx, corr, nb, n_in, out);
+      else if (fmt == KLE_W_Q5_0) T == 1 ? row_dot_dec(KLE_W_Q5_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q5_0, row, T, qx, corr, nb, n_in, out);
       else T == 1 ? row_dot_dec(KLE_W_Q8_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q8_0, row, T, qx, corr, nb, n_in, out);
       for (int j = 0; j < T; j++) Y[(size_t)j * ldy + r] = out[j];
     }
@@ -1204,10 +1214,11 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
   /* the byte dots: Q8_0 and Q4_0 always; Q2_K and Q3_K always (105M Q2_K tg 3.9 -> 2.95 ms a token
    * against the 16-bit row_dot_q23k, the Q3_K_M file's unchanged); Q6_K always (once the 16-bit
    * one added its super-blocks in int32, Q6_K tg 2.89-2.94 -> 2.74-2.76 ms); Q4_K and Q5_K always
-   * (once their scales stopped going through memory: row_dot_q4k_bytes); Q5_0 in prefill (in
-   * decode its rows measured 3.04 ms against 3.06 with the 16-bit dot) */
+   * (once their scales stopped going through memory: row_dot_q4k_bytes); Q5_0 in prefill, and in
+   * decode by row_dot_dec (with -128 sum(w) a row the byte dot had measured 3.04 ms a 105M Q4_K_M
+   * token against 3.06 with the 16-bit one) */
   if (dot == row_dot && (fmt == KLE_W_Q8_0 || fmt == KLE_W_Q4_0 || fmt == KLE_W_Q2_K || fmt == KLE_W_Q3_K || fmt == KLE_W_Q6_K ||
-                         fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || (T >= 4 && fmt == KLE_W_Q5_0 && nb % 2 == 0))) {
+                         fmt == KLE_W_Q4_K || fmt == KLE_W_Q5_K || (fmt == KLE_W_Q5_0 && (T >= 4 ? nb % 2 == 0 : n_in % 64 == 0)))) {
     rows_tiled(fmt, (const uint8_t *)W, rb, dx, sx, qx, Y, ldy, T, n_out, n_in);
     return KLE_OK;
   }
