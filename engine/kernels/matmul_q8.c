@@ -61,11 +61,9 @@
 #include <wasm_simd128.h>
 #elif defined(__AVX2__) || defined(__AVX512BW__)
 #include <immintrin.h>
-/* a Q5_0 block's 32 values - 16 as int8 (Q5_1's: the values themselves, 0..31), in two halves:
- * each fifth bit picked out of the 32 with a byte shuffle and a compare against its bit */
-static inline void q50_bytes_off(const uint8_t *blk, int q51, int unsig, __m128i *w0, __m128i *w1);
-static inline void q50_bytes(const uint8_t *blk, int q51, __m128i *w0, __m128i *w1) { q50_bytes_off(blk, q51, 0, w0, w1); }
-/* unsig: Q5_0's values as they lie (0..31), its 16 left on */
+/* a Q5_0 block's 32 values - 16 as int8 (Q5_1's, or Q5_0's with unsig: the values themselves,
+ * 0..31), in two halves: each fifth bit picked out of the 32 with a byte shuffle and a compare
+ * against its bit */
 static inline void q50_bytes_off(const uint8_t *blk, int q51, int unsig, __m128i *w0, __m128i *w1) {
   uint32_t qh;
   memcpy(&qh, blk + (q51 ? 4 : 2), 4);
@@ -76,6 +74,7 @@ static inline void q50_bytes_off(const uint8_t *blk, int q51, int unsig, __m128i
   *w0 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(p, m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(lo, bits), bits), s16)), off);
   *w1 = _mm_sub_epi8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(p, 4), m4), _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(hi, bits), bits), s16)), off);
 }
+static inline void q50_bytes(const uint8_t *blk, int q51, __m128i *w0, __m128i *w1) { q50_bytes_off(blk, q51, 0, w0, w1); }
 #endif
 
 
@@ -1085,10 +1084,10 @@ static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_
 
 /* Q8_0, Q4_0 and Q5_0 in decode (1 to 3 tokens): the weights are vpdpbusd's unsigned operand
  * (Q4_0's nibbles and Q5_0's 5-bit values as they lie, Q8_0's bytes + 128) and the activations'
- * codes the signed one, so the weights' offset (8, 16, 128) comes off the activations (corr: minus the offset times each lane's 4
- * codes, made once a matmul share, the int32 accumulator's start) instead of off every row
- * (row_dot_bytes' -128 sum(w), one more vpdpbusd a block pair and row). The int32 lanes are the
- * same integers as row_dot_bytes', and so are the float sums. */
+ * codes the signed one, so the weights' offset (8, 16, 128) comes off the activations (corr,
+ * lane_corr: made once a token when they are quantized, each lane's int32 start) instead of off
+ * every row (row_dot_bytes' -128 sum(w), one more vpdpbusd a block pair and row). The int32
+ * lanes are the same integers as row_dot_bytes', and so are the float sums. */
 static inline __attribute__((always_inline)) void row_dot_dec(int fmt, const uint8_t *row, int T, const int16_t *qx, const int32_t *corr, int nb,
                                                                 int n_in, float out[4]) {
   const int np = nb / 2;
