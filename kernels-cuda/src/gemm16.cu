@@ -23,6 +23,7 @@
 
 #include "ops.cuh"
 #include "tc.cuh"
+#include "wstream.cuh"
 
 namespace kle_ops {
 
@@ -30,13 +31,6 @@ using kle_tc::mma_bf16;
 using kle_tc::sm_count;
 
 namespace {
-
-int blocks_for(long n, int per) { return (int)((n + per - 1) / per); }
-
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // 16-bit weights to f32: BF16 is f32's top half; F16 goes through the hardware conversion
 __device__ __forceinline__ float w16(uint16_t h, int is_bf16) {
@@ -56,12 +50,6 @@ __device__ __forceinline__ void unpack8(uint4 u, int is_bf16, float (&w)[8]) {
       w[2 * i + 1] = f.y;
     }
   }
-}
-// weights are read once per step: do not let them push activations out of L1
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-  return r;
 }
 
 // one warp per row w of W [N, Kd]: y[t] = w . x[t] for the first nt <= TT tokens (the others
@@ -311,10 +299,6 @@ __global__ void __launch_bounds__(256) gemm16_cc_kernel(const uint16_t *__restri
 }
 
 // ---------------------------------------------------------------- tensor cores (BF16)
-#define TBM 64
-#define TBN 128
-#define TBK 32
-#define TPAD 8  // halves of padding per shared row: fragment loads of 8 rows land in 8 bank groups
 
 // x as bf16 hi + lo, hi rounded to nearest (its error is then at most half a bf16 step)
 __device__ __forceinline__ void split_bf16(float x, uint16_t &hi, uint16_t &lo) {
@@ -487,22 +471,12 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
       }
 }
 
-// Y[i] = sum over z of part[z n + i], z in order (one result whatever the blocks' timing)
 __global__ void splitk_sum_kernel(const float *__restrict__ part, int S, long n, float *__restrict__ Y) {
   const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   float a = part[i];
   for (int z = 1; z < S; z++) a += part[(size_t)z * n + i];
   Y[i] = a;
-}
-
-// splits along Kd for a tensor-core product of T tokens: enough blocks for two waves when the
-// tiles alone fill less than one, each split at least two k-slices (the loads' pipeline); 1: none
-int splits_for(int T, int N, int Kd) {
-  const int tiles = blocks_for(N, TBN) * blocks_for(T, TBM), nsm = sm_count(), nk = Kd / TBK;
-  if (nsm <= 0 || tiles >= nsm) return 1;
-  const int s = min(blocks_for(2L * nsm, tiles), nk / 2);
-  return s > 1 ? s : 1;
 }
 
 __global__ void embed16_kernel(const uint16_t *__restrict__ table, const int32_t *__restrict__ tok, float *__restrict__ x, int D, int is_bf16) {
@@ -710,6 +684,17 @@ __global__ void __launch_bounds__(256) grouped16_kernel(const uint16_t *const *_
 
 }  // namespace
 
+int splits_for(int T, int N, int Kd) {
+  const int tiles = blocks_for(N, TBN) * blocks_for(T, TBM), nsm = sm_count(), nk = Kd / TBK;
+  if (nsm <= 0 || tiles >= nsm) return 1;
+  const int s = min(blocks_for(2L * nsm, tiles), nk / 2);
+  return s > 1 ? s : 1;
+}
+
+void splitk_sum(const float *part, int S, long n, float *Y, cudaStream_t st) {
+  splitk_sum_kernel<<<blocks_for(n, 256), 256, 0, st>>>(part, S, n, Y);
+}
+
 void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st) {
   moe_group_kernel<<<1, 1024, 0, st>>>(idx, P, E, offs, order);
 }
@@ -783,7 +768,7 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
       const dim3 grid(blocks_for(N, TBN), blocks_for(T, TBM), Sz);
       if (round_bf16) gemm_bf16_tc_kernel<false, TBM, 2, TBK, false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
       else gemm_bf16_tc_kernel<false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
-      splitk_sum_kernel<<<blocks_for((long)T * N, 256), 256, 0, st>>>(ws, Sz, (long)T * N, Y);
+      splitk_sum(ws, Sz, (long)T * N, Y, st);
       return;
     }
     const dim3 grid(blocks_for(N, TBN), blocks_for(T, TBM));
