@@ -366,7 +366,8 @@ int kle_thread_serving(kle_addr pool);
 /*
  * A synthetic model (benchmarks at full size without a checkpoint): every required tensor gets
  * seeded random values made where it lives (a GPU's matrices in device memory; src/weights/
- * synthetic.ts's scales), matrices stored as fmt (KLE_W_F32 or KLE_W_BF16), then
+ * synthetic.ts's scales), matrices stored as fmt (KLE_W_F32, KLE_W_BF16 or KLE_W_Q8_0, each 32
+ * values quantized as kle_quantize does: KLE_EINVAL if a matrix's rows are not whole blocks), then
  * kle_model_finalize as after a load. The same seed gives the same values on every backend.
  * KLE_ENOMEM before anything is allocated when kle_model_planned_bytes and 1 GiB for sessions
  * exceed kle_model_device_free.

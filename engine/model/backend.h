@@ -91,7 +91,9 @@ struct kle_backend {
   int (*mem_info)(kle_backend_ctx *ctx, uint64_t *free_bytes, uint64_t *total_bytes);
   /*
    * n elements at dst (its memory) set to kle_synth_value(stream, i, offset, scale) (synth.h),
-   * stored as fmt: KLE_W_F32 or KLE_W_BF16. A synthetic model's weights are made where they live.
+   * stored as fmt: KLE_W_F32, KLE_W_BF16 or KLE_W_Q8_0 (n a multiple of 32: each 32 values in
+   * order quantized as kle_quantize does, laid out as place keeps a Q8_0 weight). A synthetic
+   * model's weights are made where they live.
    */
   int (*synth)(kle_backend_ctx *ctx, void *dst, int fmt, uint64_t n, uint64_t stream, float offset, float scale);
 

@@ -90,6 +90,8 @@ static int cpu_synth(kle_backend_ctx *cx, void *dst, int fmt, uint64_t n, uint64
     for (uint64_t i = 0; i < n; i++) ((float *)dst)[i] = kle_synth_value(stream, i, offset, scale);
   else if (fmt == KLE_W_BF16)
     for (uint64_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = kle_synth_bf16(kle_synth_value(stream, i, offset, scale));
+  else if (fmt == KLE_W_Q8_0 && n % KLE_QK == 0)
+    kle_synth_q8_0(dst, n, stream, offset, scale);
   else
     return KLE_EINVAL;
   return KLE_OK;

@@ -59,7 +59,9 @@ static int add_bytes(kle_model *m, void *arg, int role, int layer, int e, int ro
   (void)e;
   const int fmt = anyfmt ? *(int *)arg : KLE_W_F32;
   uint64_t *sum = (uint64_t *)arg + 1;
-  *sum = kle_add64(*sum, kle_mul64((uint64_t)rows, (uint64_t)kle_row_bytes(fmt, cols)));
+  const long rb = kle_row_bytes(fmt, cols);
+  if (rb < 0) return KLE_EINVAL; /* a Q8_0 matrix whose rows are not whole blocks */
+  *sum = kle_add64(*sum, kle_mul64((uint64_t)rows, (uint64_t)rb));
   /* the f32 copies derive makes: MLA's split kv_b and KDA's transposed conv taps */
   if (kle_derive_reads(role))
     *sum = kle_add64(*sum, kle_mul64(kle_mul64((uint64_t)rows, (uint64_t)cols), 4));
@@ -68,16 +70,27 @@ static int add_bytes(kle_model *m, void *arg, int role, int layer, int e, int ro
 }
 
 /* bytes of backend memory a synthetic model's weights take with matrices in fmt */
-static uint64_t planned(kle_model *m, int fmt) {
+static int planned(kle_model *m, int fmt, uint64_t *bytes) {
   uint64_t acc[2] = {(uint64_t)fmt, 0};
-  each_tensor(m, acc, add_bytes);
-  return acc[1];
+  KLE_TRY(each_tensor(m, acc, add_bytes));
+  *bytes = acc[1];
+  return KLE_OK;
 }
 
+static int synth_format(int fmt) { return fmt == KLE_W_F32 || fmt == KLE_W_BF16 || fmt == KLE_W_Q8_0; }
+
 long kle_model_planned_bytes(kle_model *m, int fmt) {
-  if (!m || (fmt != KLE_W_F32 && fmt != KLE_W_BF16)) return -1;
-  const uint64_t n = planned(m, fmt);
+  uint64_t n = 0;
+  if (!m || !synth_format(fmt) || planned(m, fmt, &n) != KLE_OK) return -1;
   return n > (uint64_t)LONG_MAX ? -1 : (long)n;
+}
+
+void kle_synth_q8_0(uint8_t *dst, uint64_t n, uint64_t stream, float offset, float scale) {
+  float v[KLE_QK];
+  for (uint64_t b = 0; b < n / KLE_QK; b++) {
+    for (int j = 0; j < KLE_QK; j++) v[j] = kle_synth_value(stream, b * KLE_QK + (uint64_t)j, offset, scale);
+    kle_quantize(KLE_W_Q8_0, v, dst + b * 34, KLE_QK);
+  }
 }
 
 long kle_model_device_free(kle_model *m) {
@@ -98,6 +111,7 @@ static int make(kle_model *m, void *arg, int role, int layer, int e, int rows, i
   const uint64_t n = kle_mul64((uint64_t)rows, (uint64_t)cols);
   float offset, scale;
   init_of(m, role, cols, &offset, &scale);
+  if (anyfmt && kle_row_bytes(fmt, cols) < 0) return KLE_EINVAL;
   if (anyfmt && !kle_derive_reads(role)) {
     kle_tensor *t = kle_tensor_slot(m, role, layer, e);
     const uint64_t bytes = kle_mul64((uint64_t)rows, (uint64_t)kle_row_bytes(fmt, cols));
@@ -114,6 +128,8 @@ static int make(kle_model *m, void *arg, int role, int layer, int e, int rows, i
   }
   if (fmt == KLE_W_F32)
     for (uint64_t i = 0; i < n; i++) ((float *)p)[i] = kle_synth_value(stream, i, offset, scale);
+  else if (fmt == KLE_W_Q8_0) /* rows are whole blocks: the row-major blocks are the rows' */
+    kle_synth_q8_0(p, n, stream, offset, scale);
   else
     for (uint64_t i = 0; i < n; i++) ((uint16_t *)p)[i] = kle_synth_bf16(kle_synth_value(stream, i, offset, scale));
   return KLE_OK;
@@ -123,12 +139,13 @@ static int make(kle_model *m, void *arg, int role, int layer, int e, int rows, i
 #define SYNTH_RESERVE ((uint64_t)1 << 30)
 
 int kle_model_synthesize(kle_model *m, int seed, int fmt) {
-  if (!m || m->finalized || (fmt != KLE_W_F32 && fmt != KLE_W_BF16)) return KLE_EINVAL;
+  if (!m || m->finalized || !synth_format(fmt)) return KLE_EINVAL;
   /* a model that does not fit is refused before anything is allocated */
-  uint64_t free_b = 0, total = 0;
+  uint64_t free_b = 0, total = 0, need = 0;
+  KLE_TRY(planned(m, fmt, &need));
   if (m->b->mem_info) {
     KLE_TRY(m->b->mem_info(m->ctx, &free_b, &total));
-    if (kle_add64(planned(m, fmt), SYNTH_RESERVE) > free_b) return KLE_ENOMEM;
+    if (kle_add64(need, SYNTH_RESERVE) > free_b) return KLE_ENOMEM;
   }
   struct synth_arg a = {(uint64_t)(uint32_t)seed, fmt};
   KLE_TRY(each_tensor(m, &a, make));

@@ -55,4 +55,9 @@ KLE_SYNTH_FN uint16_t kle_synth_bf16(float x) {
   return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
 }
 
+#ifndef __CUDACC__
+/* n values (a multiple of 32) of a stream as Q8_0 blocks (34 bytes each, kle_quantize's) */
+void kle_synth_q8_0(uint8_t *dst, uint64_t n, uint64_t stream, float offset, float scale);
+#endif
+
 #endif

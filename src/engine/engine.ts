@@ -87,12 +87,13 @@ export class EngineModel {
    * never in the host's), finalized and ready for sessions: benchmarks and the GPU node at full
    * size without a checkpoint. The same seed gives the same weights on every backend, so the CPU
    * engine checks the GPU's on it. Refused before anything is allocated when the weights and
-   * 1 GiB for sessions do not fit the device, with the numbers.
+   * 1 GiB for sessions do not fit the device, with the numbers. `'q8_0'` quantizes each block of
+   * 32 values as a GGUF Q8_0 file holds them (half the bytes of BF16; the GPU keeps them so).
    *
    * @example
    * const m = EngineModel.synthesize(cuda, parseKimiConfig(kimi48bConfig), 7, 'bf16');
    */
-  static synthesize(backend: KernelBackend, config: KimiConfig, seed: number, dtype: 'f32' | 'bf16' = 'bf16'): EngineModel {
+  static synthesize(backend: KernelBackend, config: KimiConfig, seed: number, dtype: SynthDtype = 'bf16'): EngineModel {
     const m = EngineModel.create(backend, config);
     try {
       // the engine refuses it too (kle_model_synthesize); the numbers are said here
@@ -337,6 +338,8 @@ export interface LogitsRef {
 
 /** How a session's MLA caches hold their values (KDA states are always f32). */
 export type KvFormat = 'f32' | 'bf16';
+/** the formats EngineModel.synthesize stores matrices in */
+export type SynthDtype = 'f32' | 'bf16' | 'q8_0';
 /** The arithmetic of a model's tensor-core products ({@link EngineModel.precision}). */
 export type Precision = 'f32' | 'bf16';
 /** kle.h's KLE_PRECISION_F32 and KLE_PRECISION_BF16 */

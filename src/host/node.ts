@@ -5,7 +5,7 @@ import { loadModelFromDirectory, type NodeBackendName } from '../node.js';
 import type { LoadProgress } from '../weights/hf-loader.js';
 import type { Limits } from '../server/app.js';
 import type { RouterConfig } from '../router/config.js';
-import type { Precision } from '../engine/engine.js';
+import type { Precision, SynthDtype } from '../engine/engine.js';
 import { createEdge } from './edge.js';
 
 export interface NodeServerOptions {
@@ -14,7 +14,7 @@ export interface NodeServerOptions {
   /** model directory or .gguf file (default: the embedded model) */
   model?: string;
   /** seeded random weights made in engine memory for the model directory's config (benchmarks at full size) */
-  synthesizeWeights?: { seed: number; dtype?: 'f32' | 'bf16' };
+  synthesizeWeights?: { seed: number; dtype?: SynthDtype };
   modelId?: string;
   backend?: NodeBackendName;
   apiKeys?: readonly string[];

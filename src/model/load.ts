@@ -8,7 +8,7 @@ import { placeHfModel, type LoadProgress, type Shard } from '../weights/hf-loade
 import { FormatError } from '../formats/safetensors.js';
 import { readAll, readJson, type ModelSource } from '../formats/source.js';
 import { tokenizerFromTiktoken } from '../tokenizer/tiktoken.js';
-import { EngineModel } from '../engine/engine.js';
+import { EngineModel, type SynthDtype } from '../engine/engine.js';
 import { parseKimiConfig } from '../engine/config.js';
 
 export interface LoadOptions {
@@ -22,7 +22,7 @@ export interface LoadOptions {
    * absent): the config and tokenizer come from the source as usual. For benchmarks and a GPU node
    * at full size without the download (EngineModel.synthesize).
    */
-  synthesize?: { seed: number; dtype?: 'f32' | 'bf16' };
+  synthesize?: { seed: number; dtype?: SynthDtype };
 }
 
 /**
