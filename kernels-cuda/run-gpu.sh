@@ -3,7 +3,7 @@
 # bench/results/.
 #   bash kernels-cuda/run-gpu.sh kernels [FLA_DIR]
 #       builds the kernels for sm_90, checks them under compute-sanitizer against the shared
-#       vectors and float64 attention, then times them next to fla and PyTorch
+#       vectors, float64 attention and float64 Q8_0 products, then times them next to fla and PyTorch
 #   bash kernels-cuda/run-gpu.sh engine [--quick]
 #       needs .gpu/ from kernels-cuda/carry.sh (a Node binary, vitest, the bundled scripts): builds
 #       the CUDA engine addon, runs the CPU/GPU parity test (test/unit/cuda-parity.test.ts, also
@@ -53,6 +53,9 @@ if [ "$mode" = kernels ]; then
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -14
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_layer.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -8
+  # the Q8_0 matmuls against float64 on the host (test/q8_check.cu), under compute-sanitizer
+  nvcc $NVCC_FLAGS test/q8_check.cu src/gemm_q8.cu src/gemm16.cu src/ops.cu -o build/q8_check
+  compute-sanitizer --tool memcheck --error-exitcode 9 build/q8_check 2>&1 | tee -a "$OUT/sanitizer.log" | tail -4
   PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --probe build/libklecuda.so --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/mla_decode.py build/libklecuda.so --out "$OUT/cuda-mla-decode.json" 2>&1 | tee -a "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/kda_layer.py build/libklecuda.so --out "$OUT/cuda-kda-layer.json" 2>&1 | tee -a "$OUT/bench.log"

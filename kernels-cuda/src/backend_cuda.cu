@@ -1,8 +1,9 @@
 // backend_cuda.cu: the forward pass's operations on an NVIDIA GPU (engine/model/backend.h). The
 // model, its layer kinds, the session and the state blob are the engine's own C code; this file
 // supplies device memory and launches the CUDA kernels on the model's stream. Weights keep the
-// precision of the file: F32, BF16 and F16 as they are (gemm16.cu multiplies 16-bit weights);
-// the quantized formats are expanded to f32.
+// precision of the file: F32, BF16 and F16 as they are (gemm16.cu multiplies 16-bit weights),
+// Q8_0 as 8-bit quants and F16 scales (gemm_q8.cu); the other quantized formats are expanded to f32.
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdlib.h>
 #include <string.h>
@@ -299,28 +300,73 @@ __global__ void synth_kernel(void *dst, int bf16, uint64_t n, uint64_t stream, f
   }
 }
 
+// Q8_0 in the q8 layout (ops.cuh): a thread a block of 32 values, quantized as kle_quantize's
+// q8_0_encode does (d = amax / 127 stored as F16, q = round(x * (1 / d)), IEEE division here as
+// there), so that the CPU engine holds the same blocks for the same seed
+__global__ void synth_q8_kernel(int8_t *q, uint16_t *d, uint64_t nb, uint64_t stream, float offset, float scale) {
+  for (uint64_t b = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; b < nb; b += (uint64_t)gridDim.x * blockDim.x) {
+    float v[32], amax = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+      v[j] = kle_synth_value(stream, b * 32 + j, offset, scale);
+      amax = fmaxf(amax, fabsf(v[j]));
+    }
+    const float dd = amax / 127.0f, id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    d[b] = __half_as_ushort(__float2half_rn(dd));
+    uint32_t w[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      w[j] = 0;
+#pragma unroll
+      for (int i = 0; i < 4; i++) w[j] |= (uint32_t)(uint8_t)(int8_t)roundf(v[4 * j + i] * id) << (8 * i);
+    }
+    uint4 *dst = reinterpret_cast<uint4 *>(q + b * 32);
+    dst[0] = make_uint4(w[0], w[1], w[2], w[3]);
+    dst[1] = make_uint4(w[4], w[5], w[6], w[7]);
+  }
+}
+
 int cu_synth(kle_backend_ctx *cx, void *dst, int fmt, uint64_t n, uint64_t stream, float offset, float scale) {
-  if (fmt != KLE_W_F32 && fmt != KLE_W_BF16) return KLE_EINVAL;
+  if (fmt != KLE_W_F32 && fmt != KLE_W_BF16 && !(fmt == KLE_W_Q8_0 && n % 32 == 0)) return KLE_EINVAL;
   if (n == 0) return KLE_OK;
+  if (fmt == KLE_W_Q8_0) {
+    const uint64_t nb = n / 32, blocks = (nb + 255) / 256;
+    synth_q8_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, cx->st>>>((int8_t *)dst, (uint16_t *)((int8_t *)dst + n), nb,
+                                                                                      stream, offset, scale);
+    return launched();
+  }
   const uint64_t blocks = (n + 255) / 256;
   synth_kernel<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, cx->st>>>(dst, fmt == KLE_W_BF16, n, stream, offset, scale);
   return launched();
 }
 
-// A host tensor in device memory: F32, BF16 and F16 byte for byte, the quantized formats as f32.
-// The host bytes are freed once copied.
+// A Q8_0 tensor's GGUF blocks (34 bytes: F16 scale, 32 int8) split into the q8 layout (ops.cuh),
+// the same bytes in all; NULL if out of memory
+static uint8_t *q8_split(const kle_tensor *t) {
+  const size_t n = (size_t)t->rows * t->cols, nb = n / 32;
+  uint8_t *out = (uint8_t *)malloc(n + 2 * nb);
+  if (!out) return nullptr;
+  for (size_t b = 0; b < nb; b++) {
+    memcpy(out + n + 2 * b, t->data + 34 * b, 2);
+    memcpy(out + 32 * b, t->data + 34 * b + 2, 32);
+  }
+  return out;
+}
+
+// A host tensor in device memory: F32, BF16 and F16 byte for byte, Q8_0 in the q8 layout (the
+// kernels of gemm_q8.cu), the other quantized formats as f32. The host bytes are freed once copied.
 int cu_place(kle_backend_ctx *cx, kle_tensor *t) {
-  const bool keep = t->fmt == KLE_W_F32 || t->fmt == KLE_W_BF16 || t->fmt == KLE_W_F16;
-  float *tmp = keep ? nullptr : kle_tensor_to_f32(t);
+  const bool keep = t->fmt == KLE_W_F32 || t->fmt == KLE_W_BF16 || t->fmt == KLE_W_F16, q8 = t->fmt == KLE_W_Q8_0;
+  void *tmp = keep ? nullptr : q8 ? (void *)q8_split(t) : (void *)kle_tensor_to_f32(t);
   if (!keep && !tmp) return KLE_ENOMEM;
-  const size_t bytes = keep ? (size_t)t->bytes : sizeof(float) * (size_t)t->rows * t->cols;
+  const size_t bytes = keep || q8 ? (size_t)t->bytes : sizeof(float) * (size_t)t->rows * t->cols;
   void *d = cu_alloc_weight(cx, bytes);
   const int rc = d ? cu_upload(cx, d, keep ? (const void *)t->data : tmp, bytes) : KLE_EDEVICE;
   free(tmp);
   if (rc != KLE_OK) return rc;  // a weight's block goes with the model
   free(t->data);
   t->data = (uint8_t *)d;
-  if (!keep) t->fmt = KLE_W_F32;
+  if (!keep && !q8) t->fmt = KLE_W_F32;
   t->bytes = (long)bytes;
   return KLE_OK;
 }
@@ -384,7 +430,7 @@ const float *F(const kle_tensor *t) { return (const float *)t->data; }
 const uint16_t *H(const kle_tensor *t) { return (const uint16_t *)t->data; }
 
 int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
-  Span sp(cx, w->fmt == KLE_W_F32 ? "matmul f32" : "matmul 16-bit", w->rows, w->cols, T);
+  Span sp(cx, w->fmt == KLE_W_F32 ? "matmul f32" : w->fmt == KLE_W_Q8_0 ? "matmul q8_0" : "matmul 16-bit", w->rows, w->cols, T);
   if (w->fmt == KLE_W_F32)
     kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st);
   else {
@@ -398,7 +444,8 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
       CU(cudaMalloc(&cx->mm_ws, sizeof(float) * need));
       cx->mm_ws_n = need;
     }
-    kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n, cx->round_bf16);
+    if (w->fmt == KLE_W_Q8_0) kle_ops::matmul_q8(w->data, X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n, cx->round_bf16);
+    else kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n, cx->round_bf16);
   }
   return launched();
 }
@@ -427,6 +474,8 @@ int cu_embed(kle_backend_ctx *cx, const kle_tensor *table, const int32_t *tokens
   else if (T != 1) return KLE_EINVAL;
   if (table->fmt == KLE_W_F32)
     kle_ops::embed(F(table), cx->tok, x, T, table->cols, cx->st);
+  else if (table->fmt == KLE_W_Q8_0)
+    kle_ops::embed_q8(table->data, table->rows, cx->tok, x, T, table->cols, cx->st);
   else
     kle_ops::embed16(table->fmt == KLE_W_BF16, H(table), cx->tok, x, T, table->cols, cx->st);
   return launched();
@@ -676,8 +725,8 @@ static int grouped_pct() {
 
 // whether P (token, choice) pairs take the grouped GEMMs (cu_moe_experts says why)
 static bool takes_grouped(const experts_tab *tab, int P, int D, int MI, const float *h) {
-  const bool f16 = tab->fmt[0] != KLE_W_F32 && tab->fmt[0] == tab->fmt[1] && tab->fmt[1] == tab->fmt[2];
-  return f16 && P >= 32 && 100L * P >= (long)grouped_pct() * tab->E && kle_ops::grouped_ok(D, MI, h);
+  const bool one = tab->fmt[0] != KLE_W_F32 && tab->fmt[0] == tab->fmt[1] && tab->fmt[1] == tab->fmt[2];  // 16-bit or Q8_0
+  return one && P >= 32 && 100L * P >= (long)grouped_pct() * tab->E && kle_ops::grouped_ok(D, MI, h);
 }
 
 // one expert matvec per (token, choice), then the weighted sum per token
@@ -691,6 +740,8 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   auto mv = [&](int which, const float *X, int x_div, float *Y, int N, int Kd) {
     if (tab->fmt[which] == KLE_W_F32)
       kle_ops::expert_matvec((const float *const *)tab->dev, which, idx, X, x_div, Y, P, N, Kd, cx->st);
+    else if (tab->fmt[which] == KLE_W_Q8_0)
+      kle_ops::expert_matvec_q8(tab->dev, which, idx, X, x_div, Y, P, N, Kd, cx->st);
     else
       kle_ops::expert_matvec16(tab->fmt[which] == KLE_W_BF16, (const uint16_t *const *)tab->dev, which, idx, X, x_div, Y, P, N, Kd, cx->st);
   };
@@ -718,19 +769,30 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
     int32_t *offs = cx->grp, *order = cx->grp + tab->E + 1;
     kle_ops::moe_group(idx, P, tab->E, offs, order, cx->st);
     const bool rnd = cx->round_bf16;
-    kle_ops::grouped_mm16(is_bf16, few, W, 0, offs, order, tab->E, h, K, g, T, MI, D, cx->st, rnd);
-    kle_ops::grouped_mm16(is_bf16, few, W, 1, offs, order, tab->E, h, K, u, T, MI, D, cx->st, rnd);
+    // one matrix kind of every expert over its pairs, in the layer's format
+    auto grouped = [&](int which, const float *X, int x_div, float *Y, int N, int Kd) {
+      if (tab->fmt[0] == KLE_W_Q8_0) kle_ops::grouped_mm_q8(few, tab->dev, which, offs, order, tab->E, X, x_div, Y, T, N, Kd, cx->st, rnd);
+      else kle_ops::grouped_mm16(is_bf16, few, W, which, offs, order, tab->E, X, x_div, Y, T, N, Kd, cx->st, rnd);
+    };
+    grouped(0, h, K, g, MI, D);
+    grouped(1, h, K, u, MI, D);
     kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
-    kle_ops::grouped_mm16(is_bf16, few, W, 2, offs, order, tab->E, g, 1, ye, T, D, MI, cx->st, rnd);
+    grouped(2, g, 1, ye, D, MI);
     kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
     return launched();
   }
-  if (tab->fmt[0] == tab->fmt[1] && tab->fmt[0] != KLE_W_F32) {
+  if (tab->fmt[0] == KLE_W_Q8_0 && tab->fmt[1] == KLE_W_Q8_0) {
+    kle_ops::expert_gate_up_q8(tab->dev, idx, h, K, g, P, MI, D, cx->st);
+  } else if (tab->fmt[0] == tab->fmt[1] && tab->fmt[0] != KLE_W_F32) {
     kle_ops::expert_gate_up16(tab->fmt[0] == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, h, K, g, P, MI, D, cx->st);
   } else {
     mv(0, h, K, g, MI, D);
     mv(1, h, K, u, MI, D);
     kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
+  }
+  if (tab->fmt[2] == KLE_W_Q8_0 && ((uintptr_t)g & 15) == 0) {
+    kle_ops::expert_down_combine_q8(tab->dev, idx, g, w, y, T, K, D, MI, cx->st);
+    return launched();
   }
   if (tab->fmt[2] != KLE_W_F32 && MI % 8 == 0 && ((uintptr_t)g & 15) == 0) {
     kle_ops::expert_down_combine16(tab->fmt[2] == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, g, w, y, T, K, D, MI, cx->st);
@@ -756,6 +818,12 @@ int cu_moe_experts_shared(kle_backend_ctx *cx, const void *experts, const kle_te
   if (T > 8 || grouped || !shapes || !fmts || MI % 8 || D % 8 || ((uintptr_t)scratch & 15) || ((uintptr_t)h & 15)) return KLE_ENOSYS;
   Span sp(cx, "moe_experts + shared", T, K);
   float *g = scratch;  // P + T rows of MI: within the gate and up rows moe_experts uses (2 P MI)
+  if (f == KLE_W_Q8_0 && tab->fmt[2] == KLE_W_Q8_0) {
+    kle_ops::expert_gate_up_q8(tab->dev, idx, h, K, g, P, MI, D, cx->st, T, gs->data, us->data);
+    kle_ops::expert_down_combine_q8(tab->dev, idx, g, w, y, T, K, D, MI, cx->st, ds->data);
+    return launched();
+  }
+  if (f == KLE_W_Q8_0 || tab->fmt[2] == KLE_W_Q8_0) return KLE_ENOSYS;  // mixed with 16-bit: the general way
   kle_ops::expert_gate_up16(f == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, h, K, g, P, MI, D, cx->st, T, H(gs), H(us));
   kle_ops::expert_down_combine16(tab->fmt[2] == KLE_W_BF16, (const uint16_t *const *)tab->dev, idx, g, w, y, T, K, D, MI, cx->st, H(ds));
   return launched();

@@ -103,6 +103,23 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
 void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
                      int P, int N, int Kd, cudaStream_t st);
 
+// gemm_q8.cu: the same for Q8_0 weights in the device's q8 layout: a matrix of n = N x Kd values
+// (Kd % 32 == 0) as its n int8 quants in row-major order, then its n / 32 F16 block scales in
+// the same order (value (r, k) = d[(r Kd + k) / 32] q[r Kd + k]). f32 activations and results;
+// up to 8 tokens (or X not 16-byte aligned) on the CUDA cores, more on tensor cores, ws and
+// round_bf16 as matmul16's. The expert kernels as their 16-bit namesakes'.
+void matmul_q8(const void *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws = nullptr, long ws_floats = 0,
+               bool round_bf16 = false);
+void embed_q8(const void *table, int rows, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
+void expert_gate_up_q8(const void *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N, int Kd, cudaStream_t st,
+                       int T = 0, const void *sg = nullptr, const void *su = nullptr);
+void expert_down_combine_q8(const void *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T, int K, int N, int Kd,
+                            cudaStream_t st, const void *sd = nullptr);
+void expert_matvec_q8(const void *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y, int P, int N, int Kd,
+                      cudaStream_t st);
+void grouped_mm_q8(int few, const void *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E, const float *X, int x_div,
+                   float *Y, int T, int N, int Kd, cudaStream_t st, bool round_bf16 = false);
+
 // One token's matvecs with up to MV_MAX weights in one launch: Y[N] = W[N, Kd] X[Kd] per entry
 // (block0 is set by gemv_multi); gemv_multi_ok: what an entry needs (16-byte aligned W and X, Kd
 // a multiple of 8, or of 4 for f32)

@@ -10,6 +10,12 @@ import type { KernelBackend } from '../../src/engine/backend.js';
 import { EngineModel, type EngineSession } from '../../src/engine/engine.js';
 import { parseKimiConfig, type KimiConfig } from '../../src/engine/config.js';
 import { placeHfCheckpoint } from '../../src/weights/hf-loader.js';
+import { placeGgufModel } from '../../src/weights/gguf-loader.js';
+import { hfToGgufParts } from '../../src/weights/to-gguf.js';
+import { writeGguf } from '../../src/formats/gguf-writer.js';
+import { parseSafetensors } from '../../src/formats/safetensors.js';
+import { bytesToStream } from '../../src/formats/safetensors-stream.js';
+import { Kernels } from '../../src/engine/kernels.js';
 import { ATTENTION_48B_CONFIG, KIMI_LINEAR_48B_CONFIG, syntheticWeights, TINY_CONFIG, withHeadGate } from '../../src/weights/synthetic.js';
 import { loadNativeBackend, packageRoot } from '../../src/engine/node-kernels.js';
 import { relErr } from '../../src/verify/relerr.js';
@@ -110,11 +116,12 @@ function compare(a: Float32Array, b: Float32Array, V: number): { relL2: number; 
   return { relL2: relErr(a, b), argmaxAgree: agree / (a.length / V) };
 }
 
-function expectClose(what: string, a: Float32Array, b: Float32Array, V: number, tol = TOL, agree = 0.99): void {
+/** soft: a miss fails the test at its end, after the checks that follow have printed theirs */
+function expectClose(what: string, a: Float32Array, b: Float32Array, V: number, tol = TOL, agree = 0.99, soft = false): void {
   const r = compare(a, b, V);
-  console.log(`  ${what}: rel L2 ${r.relL2.toExponential(2)}, argmax ${(100 * r.argmaxAgree).toFixed(0)}%`);
-  expect(r.relL2, what).toBeLessThan(tol);
-  expect(r.argmaxAgree, what).toBeGreaterThanOrEqual(agree);
+  const e = soft ? expect.soft : expect;
+  e(r.relL2, what).toBeLessThan(tol);
+  e(r.argmaxAgree, what).toBeGreaterThanOrEqual(agree);
 }
 
 function argmaxOf(a: Float32Array): number {
@@ -390,4 +397,124 @@ describe.skipIf(!cuda)('the CUDA backend against the CPU engine', () => {
       });
     });
   }
+});
+
+// Q8_0 weights stay 8-bit on the GPU (kernels-cuda/src/gemm_q8.cu: matvecs on the CUDA cores up
+// to 8 tokens, tensor-core GEMMs with per-block scales above, the experts' kernels of both), with
+// f32 activations. The exact check: a GGUF our converter wrote in Q8_0, on the GPU, against the
+// CPU engine on the same file with every Q8_0 tensor dequantized to F32 (the same values through
+// f32 kernels; the CPU's own Q8_0 path quantizes the activations to int8 as well), held to the f32
+// bar. One exception is allowed in a prompt's logits: a token whose router scores tie within f32
+// rounding may pick another expert in the last layer (MoE-heavy: 1 row of 200 at 1.8e-1, the 24
+// decode steps after it equal to 6.7e-6: no state took the difference). A model the engine makes
+// in Q8_0 on both sides (the same blocks from the same seed) is compared with the CPU's int8 path:
+// measured 1.8e-1 over a 200-token prompt and 3.0e-1 over the 24 steps after it, argmax 84% and
+// 79% (this random model amplifies the int8 activations' rounding), bar 0.5 and 60%. On the GPU
+// its own paths agree as tightly as f32 ones: prefill (GEMM) against decode (matvec), a graph
+// against launches, a batch of 5 (matvec) and of 12 (GEMM, grouped experts) against each alone.
+const Q8_INT8_TOL = [0.5, 0.6] as const;
+// BF16 precision on those models against f32 precision on the GPU: 9.1e-2 to 1.6e-1, argmax 76-97%
+// (the random bar of BF16 weights, 0.2 and 80%, with MoE-heavy's 64-way routing a little past it)
+const Q8_BF16_PRECISION_TOL = [0.3, 0.7] as const;
+/** expectClose with at most `spare` rows (of width V) past tol, each printed */
+function expectRowsClose(what: string, a: Float32Array, b: Float32Array, V: number, spare = 1): void {
+  const off: number[] = [];
+  const keepA: Float32Array[] = [], keepB: Float32Array[] = [];
+  for (let i = 0; i < a.length / V; i++) {
+    const ra = a.subarray(i * V, (i + 1) * V), rb = b.subarray(i * V, (i + 1) * V);
+    if (relErr(ra, rb) > TOL) off.push(i);
+    else keepA.push(ra), keepB.push(rb);
+  }
+  if (off.length) console.log(`  ${what}: rows past ${TOL}: ${off.map((i) => `${i} (${relErr(a.subarray(i * V, (i + 1) * V), b.subarray(i * V, (i + 1) * V)).toExponential(1)})`).join(', ')}`);
+  expect.soft(off.length, what).toBeLessThanOrEqual(spare);
+  expectClose(`${what}, the other rows`, concat(keepA), concat(keepB), V, TOL, 0.99, true);
+}
+describe.skipIf(!cuda)('Q8_0 weights on the GPU', () => {
+  // [CPU reference, GPU model, exact]: exact, the reference computes with the same values in f32
+  type Pair = [EngineModel, EngineModel, boolean];
+  const fromGguf = async (json: Record<string, unknown>, weights: Uint8Array): Promise<Pair> => {
+    const kernels = new Kernels(loadNativeBackend());
+    const parts = hfToGgufParts(json, parseSafetensors(weights), kernels, { weights: 'Q8_0' });
+    const exact = parts.tensors.map((t) => {
+      if (t.type !== 'Q8_0') return t;
+      const f = kernels.dequantize('q8_0', t.data, t.ne.reduce((a, x) => a * x, 1));
+      return { ...t, type: 'F32' as const, data: new Uint8Array(f.buffer, f.byteOffset, f.byteLength) };
+    });
+    const cpu = (await placeGgufModel(loadNativeBackend(), bytesToStream(writeGguf(parts.metadata, exact)), 'exact.gguf')).engine;
+    const gpu = (await placeGgufModel(cuda!, bytesToStream(writeGguf(parts.metadata, parts.tensors)), 'q8.gguf')).engine;
+    return [cpu, gpu, true];
+  };
+  const q8Models: Record<string, () => Promise<Pair>> = {
+    'the random tiny model as a Q8_0 GGUF': () => fromGguf(tinyConfig(), tinyWeights()),
+    'the tiny model made by the engine in Q8_0 (the CPU\'s int8 path)': async () => {
+      const c = parseKimiConfig(TINY_CONFIG);
+      return [EngineModel.synthesize(loadNativeBackend(), c, 21, 'q8_0'), EngineModel.synthesize(cuda!, c, 21, 'q8_0'), false];
+    },
+  };
+  if (!process.env.KLE_PARITY_QUICK) {
+    q8Models['MoE-heavy (64 experts, top 8) as a Q8_0 GGUF'] = () => fromGguf(MOE_HEAVY, syntheticWeights(MOE_HEAVY, 10));
+    q8Models['48B attention shapes (4 layers, MoE 16/4) as a Q8_0 GGUF'] = () => fromGguf(ATTENTION_48B_CONFIG, syntheticWeights(ATTENTION_48B_CONFIG, 7));
+  }
+  for (const [name, make] of Object.entries(q8Models)) {
+    it(`${name}: near the CPU engine; prefill = decode, graph = launches, batched = alone on the GPU`, async () => {
+      const [cpu, gpu, exact] = await make();
+      const V = cpu.config.vocabSize;
+      const p = tokens(200, V, 1), d = tokens(24, V, 2);
+      const sc = cpu.createSession(), sg = gpu.createSession(F32);
+      if (exact) {
+        expectRowsClose(`${name}: prefill 200 vs the CPU`, sg.forward(p, true), sc.forward(p, true), V);
+        expectClose(`${name}: then 24 decode steps vs the CPU`, decodeAll(sg, d, V), decodeAll(sc, d, V), V, TOL, 0.99, true);
+      } else {
+        expectClose(`${name}: prefill 200 vs the CPU`, sg.forward(p, true), sc.forward(p, true), V, ...Q8_INT8_TOL, true);
+        expectClose(`${name}: then 24 decode steps vs the CPU`, decodeAll(sg, d, V), decodeAll(sc, d, V), V, ...Q8_INT8_TOL, true);
+      }
+      const g1 = gpu.createSession(F32), g2 = gpu.createSession(F32);
+      const pre = g1.forward(p, true);
+      expectRowsClose(`${name}: GPU prefill vs GPU decode (200)`, pre, decodeAll(g2, p, V), V);
+      const run = (graphs: boolean) => {
+        process.env.KLE_CUDA_GRAPHS = graphs ? '1' : '0';
+        try {
+          const s = gpu.createSession(F32);
+          s.step(p.slice(0, 60));
+          const out = decodeAll(s, d, V);
+          s.free();
+          return out;
+        } finally {
+          delete process.env.KLE_CUDA_GRAPHS;
+        }
+      };
+      expectClose(`${name}: 24 steps from a CUDA graph vs launched one by one`, run(true), run(false), V, TOL, 0.99, true);
+      const open = (q: number[]) => {
+        const s = gpu.createSession(F32);
+        s.step(q);
+        return s;
+      };
+      for (const n of [5, 12]) {
+        const ps = Array.from({ length: n }, (_, i) => tokens(10 + 23 * i, V, 70 + i));
+        const batched = ps.map(open), alone = ps.map(open);
+        expectClose(`${name}: ${n} sessions batched vs alone, 6 steps`, ...batchedVsAlone(gpu, batched, alone, 6), V, TOL, 0.99, true);
+        for (const x of [...batched, ...alone]) x.free();
+      }
+      // BF16 precision: the tensor-core products take BF16-rounded activations
+      expect(gpu.precision('bf16')).toBe('bf16');
+      try {
+        const sb = gpu.createSession(F32);
+        expectClose(`${name}: BF16 precision, prefill 200 vs f32 precision`, sb.forward(p, true), pre, V, ...Q8_BF16_PRECISION_TOL, true);
+        sb.free();
+      } finally {
+        gpu.precision('f32');
+      }
+      for (const x of [sc, sg, g1, g2]) x.free();
+      cpu.free();
+      gpu.free();
+    });
+  }
+  it('a Q8_0 model takes about half the device memory of the BF16 one (not f32 copies)', () => {
+    const c = parseKimiConfig(ATTENTION_48B_CONFIG);
+    const bf = EngineModel.synthesize(cuda!, c, 3, 'bf16'), q8 = EngineModel.synthesize(cuda!, c, 3, 'q8_0');
+    console.log(`  48B attention shapes: BF16 ${(bf.bytes() / 2 ** 20).toFixed(1)} MiB, Q8_0 ${(q8.bytes() / 2 ** 20).toFixed(1)} MiB on the GPU`);
+    expect(q8.bytes()).toBeLessThan(bf.bytes() * 0.6);
+    bf.free();
+    q8.free();
+  });
 });
