@@ -37,8 +37,15 @@ const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false }, model: { type: 'string', default: 'both' }, profile: { type: 'boolean', default: false },
     ttft: { type: 'string' }, 'ttft-budget': { type: 'string', default: '240' }, precision: { type: 'string', default: 'f32' },
+    weights: { type: 'string', default: 'bf16' },
   },
 });
+// --weights q8_0: the matrices as Q8_0 blocks on the device (gemm_q8.cu) instead of BF16
+if (values.weights !== 'bf16' && values.weights !== 'q8_0') throw new Error(`--weights ${values.weights}: expected bf16 or q8_0`);
+const WEIGHTS = values.weights;
+const WB = WEIGHTS === 'q8_0' ? 34 / 32 : 2; // bytes a matrix weight
+const WNAME = WEIGHTS === 'q8_0' ? 'Q8_0' : 'BF16';
+const WTAG = WEIGHTS === 'q8_0' ? 'q8_0-' : '';
 if (values.precision !== 'f32' && values.precision !== 'bf16') throw new Error(`--precision ${values.precision}: expected f32 or bf16`);
 const PRECISION = values.precision;
 const TTFT = (values.ttft ?? '').split(',').filter(Boolean).map(Number).sort((a, b) => a - b);
@@ -62,12 +69,12 @@ function activeWeightBytes(c: KimiConfig): number {
     for (const t of layerTensors(c, l)) {
       const e = t.rows * t.cols;
       // kv_b is split into f32 W_uk and W_uv at load (engine/model/layers.c): those are what decode reads
-      n += t.role === 'MLA_KV_B' ? 4 * e : t.f32 ? 4 * e : 2 * e;
+      n += t.role === 'MLA_KV_B' ? 4 * e : t.f32 ? 4 * e : WB * e;
     }
   const moeLayers = Array.from({ length: c.numLayers }, (_, l) => l).filter((l) => c.moe && l >= c.moe.firstKDenseReplace && l % c.moe.moeLayerFreq === 0).length;
-  const perExpert = expertTensors(c).reduce((a, t) => a + 2 * t.rows * t.cols, 0);
+  const perExpert = expertTensors(c).reduce((a, t) => a + WB * t.rows * t.cols, 0);
   n += moeLayers * c.moe!.expertsPerToken * perExpert;
-  return n + 2 * c.vocabSize * c.hiddenSize + 2 * c.hiddenSize; // LM head, one embedding row
+  return n + WB * c.vocabSize * c.hiddenSize + WB * c.hiddenSize; // LM head, one embedding row
 }
 
 function stateBytes(c: KimiConfig, context: number, kvBytes: number): { kda: number; mla: number } {
@@ -136,7 +143,7 @@ for (const name of which) {
   const json = name === 'hybrid' ? KIMI_LINEAR_48B_CONFIG : ALL_MLA;
   const c = parseKimiConfig(json);
   const t0 = performance.now();
-  const model = EngineModel.synthesize(cuda, c, 7, 'bf16');
+  const model = EngineModel.synthesize(cuda, c, 7, WEIGHTS);
   model.precision(PRECISION);
   const seconds = (performance.now() - t0) / 1000;
   const active = activeWeightBytes(c);
@@ -204,7 +211,7 @@ const k = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)}M` : `${(
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
 console.log(table(['model', 'weights made (s)', 'weights GiB', 'free GiB', 'active GiB/token', `prefill ${loads[0]?.prefillTokens ?? 0} tok/s`],
   loads.map((l) => [l.model, l.seconds.toFixed(1), l.weightsGiB.toFixed(1), l.freeAfterGiB.toFixed(1), l.activeGiBPerToken.toFixed(2), l.prefillTokPerS.toFixed(0)])));
-console.log(`\nTime per output token at batch 1 (BF16 weights, ${kvFormats.join('/')} MLA cache, ${PRECISION} products; median of 24 steps, logits copied to the host each step)\n`);
+console.log(`\nTime per output token at batch 1 (${WNAME} weights, ${kvFormats.join('/')} MLA cache, ${PRECISION} products; median of 24 steps, logits copied to the host each step)\n`);
 console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'no graph', 'BF16 precision', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
   rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.eagerMs?.toFixed(3) ?? '-', r.bf16PrecisionMs?.toFixed(3) ?? '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
 const h = rows.filter((r) => r.model === 'hybrid' && r.msPerToken), a = rows.filter((r) => r.model === 'all-MLA' && r.msPerToken);
@@ -214,11 +221,11 @@ for (const r of h) {
 }
 console.log('The Kimi Linear report (its own setup): about 6-8 ms per token up to 512K, 11 ms at 1M.');
 const tag = gpuTag(cuda.device);
-writeFileSync(join(packageRoot(), 'bench', 'results', `gpu-48b-tpot-${tag}.svg`), lineChart(`Kimi-Linear-48B-A3B, batch 1, BF16 (${cuda.device})`, 'context tokens (log scale)', 'ms per output token', [
+writeFileSync(join(packageRoot(), 'bench', 'results', `gpu-48b-tpot-${WTAG}${tag}.svg`), lineChart(`Kimi-Linear-48B-A3B, batch 1, ${WNAME} (${cuda.device})`, 'context tokens (log scale)', 'ms per output token', [
   ...['hybrid', 'all-MLA'].flatMap((m) => {
     const rs = rows.filter((r) => r.model === m);
     return rs.length ? [{ name: `${m} measured`, points: rs.filter((r) => r.msPerToken).map((r) => [r.context, r.msPerToken!] as [number, number]) },
       { name: `${m} limit`, points: rs.map((r) => [r.context, r.limitMs] as [number, number]) }] : [];
   }),
 ].filter((s) => s.points.length)));
-console.log(`wrote ${writeResultAs(`gpu-48b-${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, kvFormats, precision: PRECISION, loads, rows })}`);
+console.log(`wrote ${writeResultAs(`gpu-48b-${WTAG}${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: WEIGHTS, kvFormats, precision: PRECISION, loads, rows })}`);

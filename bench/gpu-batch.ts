@@ -29,7 +29,11 @@ import { gpuTag, machine, median, table, writeResultAs } from './lib.js';
 // KLE_CUDA_PROFILE=1, the profile of their steps: what limits them)
 // --precision f32|bf16|both (default both): the products' arithmetic (EngineModel.precision),
 // each point measured in each, one after the other
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, peer: { type: 'string' }, precision: { type: 'string', default: 'both' } } });
+// --weights q8_0: the matrices as Q8_0 blocks on the device (gemm_q8.cu) instead of BF16
+const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, peer: { type: 'string' }, precision: { type: 'string', default: 'both' }, weights: { type: 'string', default: 'bf16' } } });
+if (values.weights !== 'bf16' && values.weights !== 'q8_0') throw new Error(`--weights ${values.weights}: expected bf16 or q8_0`);
+const WEIGHTS = values.weights;
+const WB = WEIGHTS === 'q8_0' ? 34 / 32 : 2; // bytes a matrix weight
 if (!['f32', 'bf16', 'both'].includes(values.precision)) throw new Error(`--precision ${values.precision}: expected f32, bf16 or both`);
 const PRECISIONS: Precision[] = values.precision === 'both' ? ['f32', 'bf16'] : [values.precision as Precision];
 const only = values.only?.match(/^(\d+)x(\d+(?:,\d+)*)$/);
@@ -57,18 +61,18 @@ if (values.peer) {
 const STEPS = 8;
 const GiB = 2 ** 30;
 
-/** bytes of the weights every step reads whatever the routing (BF16; kv_b as the f32 W_uk, W_uv it is split into) */
+/** bytes of the weights every step reads whatever the routing (WB a matrix weight; kv_b as the f32 W_uk, W_uv it is split into) */
 function denseBytes(c: KimiConfig): number {
   let n = 0;
   for (let l = 0; l < c.numLayers; l++)
-    for (const t of layerTensors(c, l)) n += t.role === 'MLA_KV_B' || t.f32 ? 4 * t.rows * t.cols : 2 * t.rows * t.cols;
-  return n + 2 * c.vocabSize * c.hiddenSize;
+    for (const t of layerTensors(c, l)) n += t.role === 'MLA_KV_B' || t.f32 ? 4 * t.rows * t.cols : WB * t.rows * t.cols;
+  return n + WB * c.vocabSize * c.hiddenSize;
 }
 
 function limitMs(c: KimiConfig, streams: number, context: number, gbps: number): number {
   const moe = c.moe!;
   const moeLayers = Array.from({ length: c.numLayers }, (_, l) => l).filter((l) => l >= moe.firstKDenseReplace && l % moe.moeLayerFreq === 0).length;
-  const perExpert = expertTensors(c).reduce((a, t) => a + 2 * t.rows * t.cols, 0);
+  const perExpert = expertTensors(c).reduce((a, t) => a + WB * t.rows * t.cols, 0);
   const distinct = moe.numExperts * (1 - (1 - moe.expertsPerToken / moe.numExperts) ** streams);
   const kinds = c.layerKinds;
   const kda = kinds.filter((k) => k === 'kda').length, mla = kinds.length - kda;
@@ -80,7 +84,7 @@ function limitMs(c: KimiConfig, streams: number, context: number, gbps: number):
 const cuda = loadCudaBackend();
 const gbps = cuda.copyGbps(GiB, 30);
 const c = parseKimiConfig(KIMI_LINEAR_48B_CONFIG);
-const model = EngineModel.synthesize(cuda, c, 7, 'bf16');
+const model = EngineModel.synthesize(cuda, c, 7, WEIGHTS);
 console.error(`${cuda.device}: copy ${gbps.toFixed(0)} GB/s; 48B made, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} GiB free, MLA cache ${model.kvFormat}`);
 
 interface Row { context: number; streams: number; precision: Precision; msPerStep: number; tokPerS: number; perStream: number; limitMs: number; ofLimit: number }
@@ -115,7 +119,7 @@ for (const [context, counts] of PLAN) {
 }
 
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
-console.log('Decode throughput with continuous batching (48B, BF16 weights, BF16 MLA caches; median of 8 steps)\n');
+console.log(`Decode throughput with continuous batching (48B, ${WEIGHTS === 'q8_0' ? 'Q8_0' : 'BF16'} weights, BF16 MLA caches; median of 8 steps)\n`);
 console.log(table(['context', 'streams', 'precision', 'ms/step', 'tokens/s', 'per stream', 'limit ms', 'limit tokens/s', 'of limit'],
   rows.map((r) => [r.context, r.streams, r.precision, r.msPerStep.toFixed(2), r.tokPerS.toFixed(0), r.perStream.toFixed(1), r.limitMs.toFixed(2), ((r.streams * 1000) / r.limitMs).toFixed(0), `${(100 * r.ofLimit).toFixed(0)}%`])));
 if (peer) {
@@ -125,5 +129,5 @@ if (peer) {
     vs.map((r) => [r.context, r.streams, r.precision, r.msPerStep.toFixed(2), r.peer?.msPerStep.toFixed(2) ?? '-', r.tokPerS.toFixed(0), r.peer?.tokPerS.toFixed(1) ?? '-',
       r.peer ? `${(r.peer.msPerStep / r.msPerStep).toFixed(1)}x` : '-'])));
   console.log(`wrote ${writeResultAs(`gpu-peer-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, steps: STEPS, peer, rows: vs })}`);
-} else if (!only && !values.peer) console.log(`wrote ${writeResultAs(`gpu-batch-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, rows })}`);
+} else if (!only && !values.peer) console.log(`wrote ${writeResultAs(`gpu-batch-${WEIGHTS === 'q8_0' ? 'q8_0-' : ''}${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: WEIGHTS, rows })}`);
 model.free();
