@@ -111,6 +111,24 @@ for (const [name, bytes] of Object.entries(models)) {
     rows.push({ model: name, engine: `kimi-linear-edge ${backend.name}`, threads, ppTokS, tgTokS });
     m.free();
   }
+  // a BF16 file natively in BF16 precision as well (EngineModel.precision: activations rounded to
+  // BF16, llama.cpp's arithmetic for it), where the processor has AVX-512 BF16
+  if (name.includes('BF16'))
+    for (const threads of [1, cpus().length]) {
+      const backend = await nodeBackend('native');
+      const m = await loadModel(sourceFromFiles({ 'model.gguf': bytes }), { backend });
+      m.engine.threads(threads);
+      try {
+        m.engine.precision('bf16');
+      } catch (e) {
+        console.error(`${name}: no BF16 precision rows (${(e as Error).message})`);
+        m.free();
+        break;
+      }
+      const { ppTokS, tgTokS } = enginePpTg(m.engine, m.config.vocabSize, PP, TG, values.quick ? 2 : 3, false);
+      rows.push({ model: name, engine: `kimi-linear-edge ${backend.name}, BF16 precision`, threads, ppTokS, tgTokS });
+      m.free();
+    }
 }
 // the Worker in workerd (wrangler dev) with the bundled default model: prefill as the time to
 // the first token of a PP-token prompt, generation as the token rate after it (HTTP and SSE

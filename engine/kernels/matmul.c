@@ -11,6 +11,7 @@
 
 #include "../include/kle.h"
 #include "numfmt.h"
+#include "matmul_bf16.h"
 #include "qblocks.h"
 #include "simd.h"
 
@@ -538,6 +539,48 @@ static void mm16_bf16dot(const uint16_t *W, const float *X, float *Y, int ldy, i
   }
 }
 #endif
+
+void kle_bf16_round(const float *X, size_t n, uint16_t *Xh) {
+  for (size_t i = 0; i < n; i++) Xh[i] = f32_to_bf16(X[i]);
+}
+
+#if KLE_BF16R
+/* NR rows from r0 by NT tokens from t0, 32 products an instruction; the counts constants where inlined */
+static inline __attribute__((always_inline)) void bf16r_tile(const uint16_t *W, const uint16_t *Xh, float *Y, int ldy, int n_in, int r0,
+                                                             int t0, int NR, int NT) {
+  __m512 acc[4][4];
+  for (int r = 0; r < 4; r++)
+    for (int t = 0; t < 4; t++) acc[r][t] = _mm512_setzero_ps();
+  for (int i = 0; i < n_in; i += 32) {
+    __m512bh w[4], x[4];
+    for (int r = 0; r < NR; r++) w[r] = (__m512bh)_mm512_loadu_si512(W + (size_t)(r0 + r) * n_in + i);
+    for (int t = 0; t < NT; t++) x[t] = (__m512bh)_mm512_loadu_si512(Xh + (size_t)(t0 + t) * n_in + i);
+    for (int r = 0; r < NR; r++)
+      for (int t = 0; t < NT; t++) acc[r][t] = _mm512_dpbf16_ps(acc[r][t], w[r], x[t]);
+  }
+  for (int r = 0; r < NR; r++)
+    for (int t = 0; t < NT; t++) Y[(size_t)(t0 + t) * ldy + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+#endif
+
+int kle_bf16r_rows(const uint16_t *W, const uint16_t *Xh, float *Y, int ldy, int T, int n_out, int n_in) {
+#if KLE_BF16R
+  if (T <= 0 || n_out <= 0 || n_in <= 0 || n_in % 32 || ldy < n_out) return KLE_EINVAL;
+  for (int r0 = 0; r0 < n_out; r0 += 4) {
+    const int nr = n_out - r0 < 4 ? n_out - r0 : 4;
+    for (int t0 = 0; t0 < T; t0 += 4) {
+      const int nt = T - t0 < 4 ? T - t0 : 4;
+      if (nr == 4 && nt == 4) bf16r_tile(W, Xh, Y, ldy, n_in, r0, t0, 4, 4);
+      else if (nr == 4 && nt == 1) bf16r_tile(W, Xh, Y, ldy, n_in, r0, t0, 4, 1);
+      else bf16r_tile(W, Xh, Y, ldy, n_in, r0, t0, nr, nt);
+    }
+  }
+  return KLE_OK;
+#else
+  (void)W, (void)Xh, (void)Y, (void)ldy, (void)T, (void)n_out, (void)n_in;
+  return KLE_EINVAL;
+#endif
+}
 
 int kle_matmul(int fmt, const void *W, const float *X, float *Y, int T, int n_out, int n_in) {
   return kle_matmul_ld(fmt, W, X, Y, n_out, T, n_out, n_in);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../kernels/conv.h"
+#include "../kernels/matmul_bf16.h"
 #include "../kernels/matmul_q8.h"
 #include "engine.h"
 #include "pool.h"
@@ -18,6 +19,10 @@ struct kle_backend_ctx {
   int16_t *qx;
   float *dx;
   uint64_t q_cap, d_cap;
+  /* kle_model_precision's BF16: BF16 weights take the activations rounded to BF16, kept here */
+  int round_bf16;
+  uint16_t *xh;
+  uint64_t xh_cap;
 };
 
 static kle_backend_ctx *cpu_open(void) {
@@ -30,6 +35,7 @@ static void cpu_close(kle_backend_ctx *cx) {
   kle_pool_free(cx->pool);
   free(cx->qx);
   free(cx->dx);
+  free(cx->xh);
   free(cx);
 }
 
@@ -54,6 +60,14 @@ static int q8_room(kle_backend_ctx *cx, uint64_t codes, uint64_t scales) {
   cx->dx = d;
   return KLE_OK;
 }
+#if KLE_BF16R
+/* kle_model_precision: KLE_PRECISION_BF16 rounds the activations of BF16-weight matmuls to BF16 */
+static int cpu_precision(kle_backend_ctx *cx, int mode) {
+  if (mode > 0) cx->round_bf16 = mode == KLE_PRECISION_BF16;
+  return cx->round_bf16 ? KLE_PRECISION_BF16 : KLE_PRECISION_F32;
+}
+#endif
+
 static int cpu_threads(kle_backend_ctx *cx, int n) {
   if (n > 0 && n != kle_pool_threads(cx->pool)) {
     kle_pool_free(cx->pool);
@@ -146,6 +160,7 @@ struct mm_job {
   float *Y;
   const float *dx;
   const int16_t *qx;
+  const uint16_t *xh; /* the activations rounded to BF16 (BF16 precision), or NULL */
   int T, rc;
 };
 static void mm_slice(void *arg, int i) {
@@ -153,8 +168,9 @@ static void mm_slice(void *arg, int i) {
   const int r0 = i * SLICE_ROWS, n = j->w->rows - r0 < SLICE_ROWS ? j->w->rows - r0 : SLICE_ROWS;
   const long rb = kle_row_bytes(j->w->fmt, j->w->cols);
   const uint8_t *W = j->w->data + (size_t)rb * r0;
-  const int rc = j->qx ? kle_q8_rows(j->w->fmt, W, j->dx, j->qx, j->Y + r0, j->w->rows, j->T, n, j->w->cols)
-                       : kle_matmul_ld(j->w->fmt, W, j->X, j->Y + r0, j->w->rows, j->T, n, j->w->cols);
+  const int rc = j->qx   ? kle_q8_rows(j->w->fmt, W, j->dx, j->qx, j->Y + r0, j->w->rows, j->T, n, j->w->cols)
+                 : j->xh ? kle_bf16r_rows((const uint16_t *)W, j->xh, j->Y + r0, j->w->rows, j->T, n, j->w->cols)
+                         : kle_matmul_ld(j->w->fmt, W, j->X, j->Y + r0, j->w->rows, j->T, n, j->w->cols);
   if (rc != KLE_OK) j->rc = rc; /* any failure is the same one (bad shape) */
 }
 
@@ -170,9 +186,22 @@ static void quant_rows(void *arg, int t0, int t1) {
   kle_q8_quantize_rows(q->w->fmt, q->X, q->T, t0, t1, q->w->cols, q->dx, q->qx);
 }
 
+static void round_rows(void *arg, int t0, int t1) {
+  const struct mm_job *j = arg;
+  const size_t n = (size_t)j->w->cols;
+  kle_bf16_round(j->X + (size_t)t0 * n, (size_t)(t1 - t0) * n, (uint16_t *)j->xh + (size_t)t0 * n);
+}
+
 static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
   const int quant = kle_matmul_int8(w->fmt, T);
-  struct mm_job j = {w, X, Y, NULL, NULL, T, KLE_OK};
+  struct mm_job j = {w, X, Y, NULL, NULL, NULL, T, KLE_OK};
+  if (cx->round_bf16 && w->fmt == KLE_W_BF16 && w->cols % 32 == 0) { /* rounded once, before the split */
+    uint16_t *xh = grown_buf(cx->xh, &cx->xh_cap, kle_mul64((uint64_t)T, (uint64_t)w->cols), sizeof(uint16_t));
+    if (!xh) return KLE_ENOMEM;
+    cx->xh = xh;
+    j.xh = xh;
+    par_for(cx, T, 8, round_rows, &j);
+  }
   if (quant) { /* the activations quantized once (8 tokens a thread's share), into buffers kept between calls */
     KLE_TRY(q8_room(cx, kle_q8_qx_elems((uint64_t)T, (uint64_t)w->cols), kle_mul64((uint64_t)(2 * T), (uint64_t)(w->cols / KLE_QK))));
     struct quant_job q = {w, X, cx->dx, cx->qx, T};
@@ -183,7 +212,9 @@ static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, 
   const int slices = (w->rows + SLICE_ROWS - 1) / SLICE_ROWS;
   /* below a few hundred thousand multiply-adds, handing out the slices costs more than it saves */
   if (!cx->pool || slices < 2 || (int64_t)T * w->rows * w->cols < (1 << 18))
-    return quant ? kle_q8_rows(w->fmt, w->data, cx->dx, cx->qx, Y, w->rows, T, w->rows, w->cols) : kle_matmul(w->fmt, w->data, X, Y, T, w->rows, w->cols);
+    return quant  ? kle_q8_rows(w->fmt, w->data, cx->dx, cx->qx, Y, w->rows, T, w->rows, w->cols)
+           : j.xh ? kle_bf16r_rows((const uint16_t *)w->data, j.xh, Y, w->rows, T, w->rows, w->cols)
+                  : kle_matmul(w->fmt, w->data, X, Y, T, w->rows, w->cols);
   kle_pool_run(cx->pool, mm_slice, &j, slices);
   return j.rc;
 }
@@ -485,6 +516,9 @@ static const kle_backend cpu_backend = {
     .sync = cpu_sync,
     .mem_info = NULL,
     .threads = cpu_threads,
+#if KLE_BF16R
+    .precision = cpu_precision,
+#endif
     .host_threads = cpu_host_threads,
     .synth = cpu_synth,
     .place = cpu_place,

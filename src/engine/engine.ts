@@ -136,19 +136,22 @@ export class EngineModel {
   }
 
   /**
-   * The arithmetic of the tensor-core products (`kle_model_precision`). `'f32'`, every backend's
-   * default: f32 accuracy (the GPU multiplies f32 activations as a BF16 high part and remainder).
-   * `'bf16'`, the CUDA backend only: activations, MLA queries and attention probabilities rounded
-   * to BF16 with one product each, as vLLM and FlashMLA run a BF16 model: half the tensor-core
-   * work of prefill, batched decode steps and the MLA attention over a BF16 cache, at BF16's
-   * rounding (bench/README.md measures both). Sets it when `mode` is given; returns the one in force.
+   * The arithmetic of the products (`kle_model_precision`). `'f32'`, every backend's default: f32
+   * accuracy (the GPU multiplies f32 activations as a BF16 high part and remainder, the CPU as
+   * three BF16 terms). `'bf16'`: on the CUDA backend, activations, MLA queries and attention
+   * probabilities rounded to BF16 with one product each, as vLLM and FlashMLA run a BF16 model
+   * (half the tensor-core work of prefill, batched decode steps and the MLA attention over a BF16
+   * cache); on the native CPU engine where the processor has AVX-512 BF16, the activations of
+   * every BF16-weight matmul rounded to BF16, one vdpbf16ps per 32 products, as llama.cpp runs a
+   * BF16 model. Both at BF16's rounding (bench/README.md measures them). Sets it when `mode` is
+   * given; returns the one in force; throws where the backend has no BF16 products.
    * @example
-   * if (model.engine.backend.name === 'cuda') model.engine.precision('bf16');
+   * try { model.engine.precision('bf16'); } catch { // f32 products only here }
    */
   precision(mode?: Precision): Precision {
     if (mode !== undefined && mode !== 'f32' && mode !== 'bf16') throw new RangeError(`precision: ${String(mode)} is not 'f32' or 'bf16'`);
     const r = call(this.backend, 'kle_model_precision', [this.live(), mode === undefined ? 0 : PRECISION_IDS[mode]]);
-    if (r === -6 && mode === 'bf16') throw new EngineError('kle_model_precision', r, `BF16 precision runs on the CUDA backend only, not on ${this.backend.name}`);
+    if (r === -6 && mode === 'bf16') throw new EngineError('kle_model_precision', r, `BF16 precision needs the CUDA backend or the native engine on a processor with AVX-512 BF16, not ${this.backend.name}`);
     if (r < 0) throw new EngineError('kle_model_precision', r);
     return r === PRECISION_IDS.bf16 ? 'bf16' : 'f32';
   }

@@ -32,7 +32,7 @@ export interface NodeServerOptions {
   batching?: boolean;
   /** prompt tokens prefilled between turns of the event loop (default 1024) */
   prefillChunk?: number;
-  /** the products' arithmetic (EngineModel.precision): 'bf16' on the CUDA backend only; default 'f32' */
+  /** the products' arithmetic (EngineModel.precision): 'bf16' on the CUDA backend or the native engine with AVX-512 BF16; default 'f32' */
   precision?: Precision;
 }
 

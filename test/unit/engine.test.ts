@@ -36,10 +36,20 @@ describe('the engine on the default model (every backend)', async () => {
         expect(s.pos).toBe(150);
       });
 
-      it('multiplies at f32 accuracy: BF16 precision (kle_model_precision) is refused with the reason', () => {
+      // BF16 precision (kle_model_precision) exists natively where the processor multiplies BF16
+      // pairs (AVX-512 BF16; synthetic-model.test.ts checks what it does); wasm refuses it
+      it('multiplies at f32 accuracy by default; BF16 precision is refused with the reason where there are no BF16 products', () => {
         expect(model.precision()).toBe('f32');
         expect(model.precision('f32')).toBe('f32');
-        expect(() => model.precision('bf16')).toThrow(/CUDA backend only/);
+        let offered = true;
+        try {
+          model.precision('bf16');
+        } catch (e) {
+          offered = false;
+          expect((e as Error).message).toMatch(/needs the CUDA backend or the native engine on a processor with AVX-512 BF16/);
+        }
+        if (b.name !== 'native') expect(offered).toBe(false);
+        expect(model.precision('f32')).toBe('f32');
         expect(() => model.precision('fp8' as 'f32')).toThrow(RangeError);
         expect(model.precision()).toBe('f32');
       });
