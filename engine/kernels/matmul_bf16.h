@@ -1,8 +1,9 @@
 /*
  * matmul_bf16.h: BF16 weights times activations rounded to BF16 (not public): the CPU's
- * kle_model_precision BF16, the arithmetic llama.cpp and vLLM give a BF16 model. One vdpbf16ps
- * is 32 products of two BF16 values, each exact in f32, added to 16 f32 lanes; the f32-accurate
- * path splits each activation into three BF16 terms and so takes three (matmul.c, mm16_bf16dot).
+ * kle_model_precision BF16 for decode, the arithmetic llama.cpp and vLLM give a BF16 model. One
+ * vdpbf16ps is 32 products of two BF16 values, each exact in f32, added to 16 f32 lanes; the
+ * f32-accurate path splits each activation into three BF16 terms and so takes three (matmul.c,
+ * mm16_bf16dot).
  */
 #ifndef KLE_MATMUL_BF16_H
 #define KLE_MATMUL_BF16_H

@@ -76,39 +76,43 @@ describe('synthetic model', async () => {
   });
 
   // kle_model_precision's BF16 on the native engine (processors with AVX-512 BF16): BF16 weights
-  // take their activations rounded to BF16, one vdpbf16ps per 32 products. Measured on this random
-  // model: 5.8e-2 relative to f32 precision over a 150-token prompt (the GPU's BF16 precision on
-  // random models: up to 1.2e-1), 2.3e-3 between its prefill and its decode (tiles sum in
-  // another order), threads the same bits as one
-  it('BF16 precision on the native engine: BF16-rounded activations, near f32; f32 again restores the bits', () => {
+  // take the activations of matmuls of up to 3 tokens (decode steps, and a prefill's experts that
+  // few tokens chose) rounded to BF16, one vdpbf16ps per 32 products; larger ones keep the f32
+  // products (as fast there). Measured on this random model: 150 decode steps 5.8e-2 from f32
+  // precision's (the GPU's BF16 precision on random models: up to 1.2e-1); threads the same bits
+  // as one
+  it('BF16 precision on the native engine: decode near f32, threads the same bits, f32 again the f32 bits', () => {
     const native = backends.find((b) => b.name === 'native')!;
     const m = EngineModel.synthesize(native, config, 5, 'bf16');
     const p = tokens(150, V, 3);
-    const f32 = m.createSession().forward(p, true);
-    let on: boolean;
+    const decode = () => {
+      const s = m.createSession(), out = new Float32Array(p.length * V);
+      p.forEach((t, i) => out.set(s.forward([t]), i * V));
+      return out;
+    };
+    const f32 = decode(), pre = m.createSession().forward(p, true);
     try {
-      on = m.precision('bf16') === 'bf16';
+      expect(m.precision('bf16')).toBe('bf16');
     } catch (e) {
       expect((e as Error).message).toMatch(/AVX-512 BF16/);
       console.log('  BF16 precision: this processor has no AVX-512 BF16 (refused, as checked)');
       return void m.free();
     }
-    expect(on).toBe(true);
-    const bf = m.createSession().forward(p, true);
+    const bf = decode();
     const e = relErr(bf, f32);
+    console.log(`  BF16 precision: 150 decode steps ${e.toExponential(2)} from f32 precision`);
     expect(e).toBeGreaterThan(1e-4); // rounded: not the f32 products
     expect(e).toBeLessThan(0.2);
-    const s = m.createSession(), dec = new Float32Array(p.length * V);
-    p.forEach((t, i) => dec.set(s.forward([t]), i * V));
-    expect(relErr(dec, bf)).toBeLessThan(1e-2);
+    // a prefill's matmuls keep f32 products but for experts that 3 tokens or fewer chose
+    expect(relErr(m.createSession().forward(p, true), pre)).toBeLessThan(0.2);
     const threads = m.threads();
     m.threads(1);
-    const one = m.createSession().forward(p, true);
+    const one = decode();
     m.threads(Math.max(2, threads));
-    expect(m.createSession().forward(p, true)).toEqual(one);
+    expect(decode()).toEqual(one);
     m.threads(threads);
     expect(m.precision('f32')).toBe('f32');
-    expect(m.createSession().forward(p, true)).toEqual(f32);
+    expect(decode()).toEqual(f32);
     m.free();
   });
 
