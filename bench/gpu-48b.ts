@@ -29,7 +29,7 @@ import { loadCudaBackend, packageRoot } from '../src/node.js';
 import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
 import { Sampler } from '../src/generate/sampler.js';
 import type { EngineSession } from '../src/engine/engine.js';
-import { gpuTag, machine, table, writeResultAs } from './lib.js';
+import { gpuTag, machine, matrixWeights, table, writeResultAs } from './lib.js';
 import { medianDecodeMs } from './study-models.js';
 import { lineChart } from './svg.js';
 
@@ -41,11 +41,7 @@ const { values } = parseArgs({
   },
 });
 // --weights q8_0: the matrices as Q8_0 blocks on the device (gemm_q8.cu) instead of BF16
-if (values.weights !== 'bf16' && values.weights !== 'q8_0') throw new Error(`--weights ${values.weights}: expected bf16 or q8_0`);
-const WEIGHTS = values.weights;
-const WB = WEIGHTS === 'q8_0' ? 34 / 32 : 2; // bytes a matrix weight
-const WNAME = WEIGHTS === 'q8_0' ? 'Q8_0' : 'BF16';
-const WTAG = WEIGHTS === 'q8_0' ? 'q8_0-' : '';
+const W = matrixWeights(values.weights), WB = W.bytes;
 if (values.precision !== 'f32' && values.precision !== 'bf16') throw new Error(`--precision ${values.precision}: expected f32 or bf16`);
 const PRECISION = values.precision;
 const TTFT = (values.ttft ?? '').split(',').filter(Boolean).map(Number).sort((a, b) => a - b);
@@ -143,7 +139,7 @@ for (const name of which) {
   const json = name === 'hybrid' ? KIMI_LINEAR_48B_CONFIG : ALL_MLA;
   const c = parseKimiConfig(json);
   const t0 = performance.now();
-  const model = EngineModel.synthesize(cuda, c, 7, WEIGHTS);
+  const model = EngineModel.synthesize(cuda, c, 7, W.dtype);
   model.precision(PRECISION);
   const seconds = (performance.now() - t0) / 1000;
   const active = activeWeightBytes(c);
@@ -211,7 +207,7 @@ const k = (n: number) => (n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(2)}M` : `${(
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
 console.log(table(['model', 'weights made (s)', 'weights GiB', 'free GiB', 'active GiB/token', `prefill ${loads[0]?.prefillTokens ?? 0} tok/s`],
   loads.map((l) => [l.model, l.seconds.toFixed(1), l.weightsGiB.toFixed(1), l.freeAfterGiB.toFixed(1), l.activeGiBPerToken.toFixed(2), l.prefillTokPerS.toFixed(0)])));
-console.log(`\nTime per output token at batch 1 (${WNAME} weights, ${kvFormats.join('/')} MLA cache, ${PRECISION} products; median of 24 steps, logits copied to the host each step)\n`);
+console.log(`\nTime per output token at batch 1 (${W.name} weights, ${kvFormats.join('/')} MLA cache, ${PRECISION} products; median of 24 steps, logits copied to the host each step)\n`);
 console.log(table(['model', 'context', 'ms/token', 'limit ms', 'of limit', 'no graph', 'BF16 precision', 'top-p on host', 'top-p on GPU', 'MLA cache GiB', 'note'],
   rows.map((r) => [r.model, k(r.context), r.msPerToken?.toFixed(3) ?? '-', r.limitMs.toFixed(3), r.ofLimit ? `${(100 * r.ofLimit).toFixed(0)}%` : '-', r.eagerMs?.toFixed(3) ?? '-', r.bf16PrecisionMs?.toFixed(3) ?? '-', r.sampledHostMs?.toFixed(3) ?? '-', r.sampledGpuMs?.toFixed(3) ?? '-', r.mlaCacheGiB.toFixed(2), r.note])));
 const h = rows.filter((r) => r.model === 'hybrid' && r.msPerToken), a = rows.filter((r) => r.model === 'all-MLA' && r.msPerToken);
@@ -221,11 +217,11 @@ for (const r of h) {
 }
 console.log('The Kimi Linear report (its own setup): about 6-8 ms per token up to 512K, 11 ms at 1M.');
 const tag = gpuTag(cuda.device);
-writeFileSync(join(packageRoot(), 'bench', 'results', `gpu-48b-tpot-${WTAG}${tag}.svg`), lineChart(`Kimi-Linear-48B-A3B, batch 1, ${WNAME} (${cuda.device})`, 'context tokens (log scale)', 'ms per output token', [
+writeFileSync(join(packageRoot(), 'bench', 'results', `gpu-48b-tpot-${W.tag}${tag}.svg`), lineChart(`Kimi-Linear-48B-A3B, batch 1, ${W.name} (${cuda.device})`, 'context tokens (log scale)', 'ms per output token', [
   ...['hybrid', 'all-MLA'].flatMap((m) => {
     const rs = rows.filter((r) => r.model === m);
     return rs.length ? [{ name: `${m} measured`, points: rs.filter((r) => r.msPerToken).map((r) => [r.context, r.msPerToken!] as [number, number]) },
       { name: `${m} limit`, points: rs.map((r) => [r.context, r.limitMs] as [number, number]) }] : [];
   }),
 ].filter((s) => s.points.length)));
-console.log(`wrote ${writeResultAs(`gpu-48b-${WTAG}${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: WEIGHTS, kvFormats, precision: PRECISION, loads, rows })}`);
+console.log(`wrote ${writeResultAs(`gpu-48b-${W.tag}${tag}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: W.dtype, kvFormats, precision: PRECISION, loads, rows })}`);

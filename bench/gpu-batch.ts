@@ -23,7 +23,7 @@ import { EngineModel, type EngineSession, type Precision } from '../src/engine/e
 import { expertTensors, layerTensors } from '../src/engine/layer-kinds.js';
 import { loadCudaBackend } from '../src/node.js';
 import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
-import { gpuTag, machine, median, table, writeResultAs } from './lib.js';
+import { gpuTag, machine, matrixWeights, median, table, writeResultAs } from './lib.js';
 
 // --only CONTEXTxSTREAMS[,STREAMS...]: those points, printed and not written (with
 // KLE_CUDA_PROFILE=1, the profile of their steps: what limits them)
@@ -31,9 +31,7 @@ import { gpuTag, machine, median, table, writeResultAs } from './lib.js';
 // each point measured in each, one after the other
 // --weights q8_0: the matrices as Q8_0 blocks on the device (gemm_q8.cu) instead of BF16
 const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, only: { type: 'string' }, peer: { type: 'string' }, precision: { type: 'string', default: 'both' }, weights: { type: 'string', default: 'bf16' } } });
-if (values.weights !== 'bf16' && values.weights !== 'q8_0') throw new Error(`--weights ${values.weights}: expected bf16 or q8_0`);
-const WEIGHTS = values.weights;
-const WB = WEIGHTS === 'q8_0' ? 34 / 32 : 2; // bytes a matrix weight
+const W = matrixWeights(values.weights), WB = W.bytes;
 if (!['f32', 'bf16', 'both'].includes(values.precision)) throw new Error(`--precision ${values.precision}: expected f32, bf16 or both`);
 const PRECISIONS: Precision[] = values.precision === 'both' ? ['f32', 'bf16'] : [values.precision as Precision];
 const only = values.only?.match(/^(\d+)x(\d+(?:,\d+)*)$/);
@@ -84,7 +82,7 @@ function limitMs(c: KimiConfig, streams: number, context: number, gbps: number):
 const cuda = loadCudaBackend();
 const gbps = cuda.copyGbps(GiB, 30);
 const c = parseKimiConfig(KIMI_LINEAR_48B_CONFIG);
-const model = EngineModel.synthesize(cuda, c, 7, WEIGHTS);
+const model = EngineModel.synthesize(cuda, c, 7, W.dtype);
 console.error(`${cuda.device}: copy ${gbps.toFixed(0)} GB/s; 48B made, ${((model.deviceFree() ?? 0) / GiB).toFixed(1)} GiB free, MLA cache ${model.kvFormat}`);
 
 interface Row { context: number; streams: number; precision: Precision; msPerStep: number; tokPerS: number; perStream: number; limitMs: number; ofLimit: number }
@@ -119,7 +117,7 @@ for (const [context, counts] of PLAN) {
 }
 
 console.log(`machine: ${JSON.stringify(machine())}, GPU: ${cuda.device}, copy bandwidth ${gbps.toFixed(0)} GB/s\n`);
-console.log(`Decode throughput with continuous batching (48B, ${WEIGHTS === 'q8_0' ? 'Q8_0' : 'BF16'} weights, BF16 MLA caches; median of 8 steps)\n`);
+console.log(`Decode throughput with continuous batching (48B, ${W.name} weights, BF16 MLA caches; median of 8 steps)\n`);
 console.log(table(['context', 'streams', 'precision', 'ms/step', 'tokens/s', 'per stream', 'limit ms', 'limit tokens/s', 'of limit'],
   rows.map((r) => [r.context, r.streams, r.precision, r.msPerStep.toFixed(2), r.tokPerS.toFixed(0), r.perStream.toFixed(1), r.limitMs.toFixed(2), ((r.streams * 1000) / r.limitMs).toFixed(0), `${(100 * r.ofLimit).toFixed(0)}%`])));
 if (peer) {
@@ -129,5 +127,5 @@ if (peer) {
     vs.map((r) => [r.context, r.streams, r.precision, r.msPerStep.toFixed(2), r.peer?.msPerStep.toFixed(2) ?? '-', r.tokPerS.toFixed(0), r.peer?.tokPerS.toFixed(1) ?? '-',
       r.peer ? `${(r.peer.msPerStep / r.msPerStep).toFixed(1)}x` : '-'])));
   console.log(`wrote ${writeResultAs(`gpu-peer-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, steps: STEPS, peer, rows: vs })}`);
-} else if (!only && !values.peer) console.log(`wrote ${writeResultAs(`gpu-batch-${WEIGHTS === 'q8_0' ? 'q8_0-' : ''}${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: WEIGHTS, rows })}`);
+} else if (!only && !values.peer) console.log(`wrote ${writeResultAs(`gpu-batch-${W.tag}${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: W.dtype, rows })}`);
 model.free();

@@ -7,6 +7,17 @@ import { packageRoot } from '../src/engine/node-kernels.js';
 export { bind, type BoundArg as BenchArg, type BoundCall } from '../src/engine/bound-call.js';
 
 /** The median of a (the upper one of an even count). */
+/**
+ * The GPU benches' --weights: the format the synthetic 48B model's matrices take on the device,
+ * the bytes a matrix weight reads (Q8_0: a 34-byte block of 32), its name in tables and the
+ * prefix of its result files (none for BF16, the benches' default)
+ */
+export function matrixWeights(value: string | undefined): { dtype: 'bf16' | 'q8_0'; bytes: number; name: string; tag: string } {
+  if (value === undefined || value === 'bf16') return { dtype: 'bf16', bytes: 2, name: 'BF16', tag: '' };
+  if (value === 'q8_0') return { dtype: 'q8_0', bytes: 34 / 32, name: 'Q8_0', tag: 'q8_0-' };
+  throw new Error(`--weights ${value}: expected bf16 or q8_0`);
+}
+
 export function median(a: number[]): number {
   return [...a].sort((x, y) => x - y)[a.length >> 1]!;
 }

@@ -144,8 +144,8 @@ export class EngineModel {
    * cache); on the native CPU engine where the processor has AVX-512 BF16, the activations of
    * BF16-weight matmuls of up to 3 tokens (decode) rounded to BF16, one vdpbf16ps per 32
    * products, as llama.cpp runs a BF16 model. Both at BF16's rounding (bench/README.md measures
-   * them). Sets it when `mode` is
-   * given; returns the one in force; throws where the backend has no BF16 products.
+   * them). Sets it when `mode` is given; returns the one in force; throws where the backend has
+   * no BF16 products.
    * @example
    * try { model.engine.precision('bf16'); } catch { // f32 products only here }
    */
