@@ -19,6 +19,13 @@
 #define KLE_BF16R 0
 #endif
 
+/* 1 where BF16 products also pay for a prefill's many tokens: on AMD's cores (Zen 4 on) vdpbf16ps
+ * runs at the FMA's rate and does the work of two (105M BF16 pp512, one thread, alternating
+ * processes: 605-825 -> 1,206-1,270 tokens/s); Intel's run it on one port of the two that take FMAs,
+ * where a Xeon's 4 x 4 tiles measured slower than the f32 FMA tiles (266 against 321). Decode's
+ * few tokens gain on both (they read each weight once and are bound by its bytes). 0 where
+ * KLE_BF16R is 0. */
+int kle_bf16r_prefill(void);
 /* Xh[i] = X[i] rounded to BF16 (to nearest even), i < n */
 void kle_bf16_round(const float *X, size_t n, uint16_t *Xh);
 /* Y rows ldy apart = Xh [T, n_in] (BF16) times n_out rows of W [n_out, n_in] (BF16), sums in f32;

@@ -21,13 +21,16 @@ struct kle_backend_ctx {
   uint64_t q_cap, d_cap;
   /* kle_model_precision's BF16: BF16 weights take the activations rounded to BF16, kept here */
   int round_bf16;
+  int bf16_prefill; /* and those of a prefill too (kle_bf16r_prefill: where that is faster) */
   uint16_t *xh;
   uint64_t xh_cap;
 };
 
 static kle_backend_ctx *cpu_open(void) {
   kle_backend_ctx *cx = calloc(1, sizeof(kle_backend_ctx));
-  if (cx) cx->pool = kle_pool_create(kle_pool_cores());
+  if (!cx) return NULL;
+  cx->pool = kle_pool_create(kle_pool_cores());
+  cx->bf16_prefill = kle_bf16r_prefill();
   return cx;
 }
 static void cpu_close(kle_backend_ctx *cx) {
@@ -62,7 +65,7 @@ static int q8_room(kle_backend_ctx *cx, uint64_t codes, uint64_t scales) {
 }
 #if KLE_BF16R
 /* kle_model_precision: KLE_PRECISION_BF16 rounds the activations of BF16-weight matmuls of up to
- * 3 tokens (decode) to BF16 */
+ * 3 tokens (decode), and of any number where the processor's BF16 products pay in prefill, to BF16 */
 static int cpu_precision(kle_backend_ctx *cx, int mode) {
   if (mode > 0) cx->round_bf16 = mode == KLE_PRECISION_BF16;
   return cx->round_bf16 ? KLE_PRECISION_BF16 : KLE_PRECISION_F32;
@@ -196,10 +199,8 @@ static void round_rows(void *arg, int t0, int t1) {
 static int cpu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
   const int quant = kle_matmul_int8(w->fmt, T);
   struct mm_job j = {w, X, Y, NULL, NULL, NULL, T, KLE_OK};
-  /* decode's few tokens only: a prefill's 4 x 4 tiles of vdpbf16ps measured slower than the f32
-   * FMA tiles on a Xeon with AVX-512 BF16 (105M BF16 pp512 266 against 321 tokens/s, one thread),
-   * one vdpbf16ps doing the work of two FMAs at half their rate */
-  if (cx->round_bf16 && w->fmt == KLE_W_BF16 && w->cols % 32 == 0 && T <= 3) { /* rounded once, before the split */
+  /* decode's few tokens, and a prefill's where vdpbf16ps outruns the FMA tiles (kle_bf16r_prefill) */
+  if (cx->round_bf16 && w->fmt == KLE_W_BF16 && w->cols % 32 == 0 && (T <= 3 || cx->bf16_prefill)) { /* rounded once, before the split */
     uint16_t *xh = grown_buf(cx->xh, &cx->xh_cap, kle_mul64((uint64_t)T, (uint64_t)w->cols), sizeof(uint16_t));
     if (!xh) return KLE_ENOMEM;
     cx->xh = xh;

@@ -142,8 +142,8 @@ export class EngineModel {
    * probabilities rounded to BF16 with one product each, as vLLM and FlashMLA run a BF16 model
    * (half the tensor-core work of prefill, batched decode steps and the MLA attention over a BF16
    * cache); on the native CPU engine where the processor has AVX-512 BF16, the activations of
-   * BF16-weight matmuls of up to 3 tokens (decode) rounded to BF16, one vdpbf16ps per 32
-   * products, as llama.cpp runs a BF16 model. Both at BF16's rounding (bench/README.md measures
+   * BF16-weight matmuls of up to 3 tokens (decode; on AMD processors, prefill's too) rounded
+   * to BF16, one vdpbf16ps per 32 products, as llama.cpp runs a BF16 model. Both at BF16's rounding (bench/README.md measures
    * them). Sets it when `mode` is given; returns the one in force; throws where the backend has
    * no BF16 products.
    * @example
