@@ -21,7 +21,8 @@ P = ctypes.c_void_p
 
 class Args(ctypes.Structure):
     _fields_ = [(n, P) for n in ("xq", "xk", "xv", "wq", "wk", "wv", "tq", "tk", "tv", "graw", "A_log", "dt_bias")] + [
-        ("lower_bound", ctypes.c_float), ("braw", P), ("oraw", P), ("onorm", P), ("eps", ctypes.c_float), ("S", P), ("o", P), ("flags", ctypes.c_int)]
+        ("lower_bound", ctypes.c_float), ("braw", P), ("oraw", P), ("onorm", P), ("eps", ctypes.c_float), ("S", P), ("o", P), ("flags", ctypes.c_int),
+        ("rows", P)]  # NULL: one session's tails and state in tq/tk/tv/S (kle_cuda.h)
 
 
 fl = lib.kle_cuda_kda_layer_step

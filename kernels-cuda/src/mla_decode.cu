@@ -5,8 +5,8 @@
 // The rows of the product are (query, head) pairs, 32 to a group: a decode at 32 heads is one
 // group, a prefill batch many (with 4 heads a group holds 8 queries), each row masked at its
 // own causal end. A block takes one group and a contiguous span of cache rows, so each row is read
-// once for the group's 32: tiles of 32 rows stream into shared memory with cp.async (the next tile
-// in flight while this one is used); the block computes the 32 x 32 scores, folds them into a
+// once for the group's 32: tiles of 32 rows stream into shared memory with cp.async (with a BF16
+// cache two tiles in flight while a third is used); the block computes the 32 x 32 scores, folds them into a
 // running max and sum per row, and accumulates P V (the first Dv columns of the same cache rows)
 // in registers. A decode runs one block per SM; a second kernel merges the spans with their
 // log-sum-exps (lse_merge.cuh).
@@ -71,7 +71,7 @@ __host__ __device__ constexpr int row_stride(int D) { return ((D + 31) & ~31) + 
 
 // two tiles of cache rows (elem bytes each value), then the float arrays
 size_t smem_bytes(int D, size_t elem) {
-  return elem * 2 * TJ * row_stride(D) + sizeof(float) * ((size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
+  return elem * (elem == 2 ? 3 : 2) * TJ * row_stride(D) + sizeof(float) * ((size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
 }
 
 // How the work is cut: groups of 32 (query, head) rows, n spans of the context each. One group
@@ -110,6 +110,25 @@ __device__ __forceinline__ void load_tile(const CT *__restrict__ cache, int jt, 
     const CT *src = ok ? cache + (size_t)(jt + r) * D : cache;
     for (int c = lane * PER; c < D; c += 32 * PER) cp_async16_zfill(sc + r * DS + c, ok ? src + c : cache, ok);
   }
+  cp_async_commit();
+}
+
+// The same for a tile whose TJ rows all lie before j1 (every tile of a span but its last): the
+// generic loop above cost about 240 instructions a warp a tile at 48B's shape (per-row selects,
+// 64-bit address arithmetic, a branch a piece), a third of the kernel's instructions at 1M rows
+// (Nsight Compute); here a warp's four rows are fixed offsets from one pointer, DC known at
+// compile time folding them into the copies' immediates.
+template <int DC, class CT>
+__device__ __forceinline__ void load_full_tile(const CT *__restrict__ cache, int jt, int Drt, int DS, CT *sc) {
+  constexpr int PER = 16 / sizeof(CT);
+  const int D = DC ? DC : Drt, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const CT *src = cache + ((size_t)jt + w) * D + lane * PER;
+  CT *dst = sc + w * DS + lane * PER;
+#pragma unroll
+  for (int i = 0; i < TJ / NWARP; i++)
+#pragma unroll
+    for (int c = 0; c < (DC ? DC : 8 * NWARP * MAXKS); c += 32 * PER)
+      if (c + lane * PER < D) cp_async16(reinterpret_cast<float *>(dst + i * NWARP * DS + c), reinterpret_cast<const float *>(src + (size_t)i * NWARP * D + c));
   cp_async_commit();
 }
 
@@ -155,6 +174,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   // a BF16 cache: its values are mma operands as they are, the f32 side split in two BF16 terms
   constexpr bool BF = sizeof(CT) == 2;
   static_assert(BF || !BP, "BF16-rounded inputs over a BF16 cache");
+  constexpr int NB = BF ? 3 : 2;  // tiles of cache rows in shared memory (smem_bytes)
   CT *sm = reinterpret_cast<CT *>(smem);
   const int r0 = slots * blockIdx.y;
   // the fast shape has 32 heads a query: then a group is one query's heads
@@ -162,8 +182,8 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   q += (size_t)r0 * D;
   const size_t part = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
   const int DS = row_stride(D);
-  // sm: two tiles of TJ rows (DS floats each), then:
-  float *sp = reinterpret_cast<float *>(sm + 2 * TJ * DS);  // [warp][head][RS] partial scores
+  // sm: NB tiles of TJ rows (DS values each), then:
+  float *sp = reinterpret_cast<float *>(sm + NB * TJ * DS);  // [warp][head][RS] partial scores
   float *sph = sp + NWARP * 32 * RS;  // [head][RS] probabilities, TF32 high part
   float *spl = sph + 32 * RS;         // and remainder
   float *sfac = spl + 32 * RS;        // [32] this tile's rescale of each head's accumulators
@@ -173,7 +193,18 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   const int j0 = blockIdx.x * span, j1 = min(L0 + (r0 + H - 1) / HQ - qb + 1, j0 + span);
   const int ntile = j1 > j0 ? (j1 - j0 + TJ - 1) / TJ : 0;
   const int nks = D / 8, nk16 = (D + 15) / 16, ntq = (H + 7) / 8, nmo = (H + 15) / 16, nvt = Dv / 64;
-  if (ntile > 0) load_tile(cache, j0, j1, D, DS, sm);
+  // tile k of the span lives in buffer k % NB; past the last tile an empty group keeps the count
+  auto buf = [&](int k) { return sm + (k % NB) * TJ * DS; };
+  auto fetch = [&](int k) {
+    if (k < ntile && j0 + (k + 1) * TJ <= j1)
+      load_full_tile<DC>(cache, j0 + k * TJ, D, DS, buf(k));
+    else if (k < ntile)
+      load_tile(cache, j0 + k * TJ, j1, D, DS, buf(k));
+    else
+      cp_async_commit();
+  };
+  if (ntile > 0)
+    for (int k = 0; k < NB; k++) fetch(k);
 
   // this warp's query slice: head 8 nt + g, columns 8 ks + 2t and + 1 of k-step ks = w + 8 i
   float qr[BF ? 1 : MAXKS][4][2];
@@ -220,247 +251,267 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   const int sh = tid >> 3, sr = (tid & 7) * 4;
   const int jend = sh < H ? min(j1, L0 + (r0 + sh) / HQ - qb + 1) : j1;  // this row's causal end
   float run_max = -INFINITY, run_sum = 0.f;
+  // whether this thread's head took a new maximum in the last softmax: after the first tiles of a
+  // span the maxima rarely move, and a tile where none did leaves the accumulators as they are (a
+  // factor of exactly 1) instead of 64 multiplies a thread
+  bool moved = false;
 
-  for (int it = 0; it < ntile; it++) {
-    const int jt = j0 + it * TJ;
-    cp_async_wait<0>();
-    __syncthreads();  // tile it has landed; every warp is done with tile it - 1 and the P arrays
-    if (it + 1 < ntile) load_tile(cache, jt + TJ, j1, D, DS, sm + ((it + 1) & 1) * TJ * DS);
-    const CT *sc = sm + (it & 1) * TJ * DS;
-
-    // partial scores over this warp's k-steps; each 3xTF32 pass covers the eight independent
-    // accumulators before the next
-    {
-      float sacc[2][4][4];
+  // partial scores of tile sc over this warp's k-steps; each 3xTF32 pass covers the eight
+  // independent accumulators before the next
+  auto scores = [&](const CT *sc) {
+    float sacc[2][4][4];
 #pragma unroll
-      for (int m = 0; m < 2; m++)
+    for (int m = 0; m < 2; m++)
 #pragma unroll
-        for (int n = 0; n < 4; n++)
+      for (int n = 0; n < 4; n++)
 #pragma unroll
-          for (int r = 0; r < 4; r++) sacc[m][n][r] = 0.f;
-      if constexpr (BF) {
-        // the cache's values are the A fragments as they lie (pairs along a row); two passes,
-        // the query's remainders first, over the eight independent accumulators each
+        for (int r = 0; r < 4; r++) sacc[m][n][r] = 0.f;
+    if constexpr (BF) {
+      // the cache's values are the A fragments as they lie (pairs along a row); two passes,
+      // the query's remainders first, over the eight independent accumulators each
 #pragma unroll
-        for (int i = 0; i < MAXK16; i++) {
-          const int ks = w + NWARP * i;
-          if (ks < nk16) {
-            uint32_t a[2][4];
-            const bool up = 16 * ks + 8 < D;
-#pragma unroll
-            for (int m = 0; m < 2; m++) {
-              const CT *r = sc + (16 * m + g) * DS + 16 * ks + 2 * t;
-              a[m][0] = *reinterpret_cast<const uint32_t *>(r);
-              a[m][1] = *reinterpret_cast<const uint32_t *>(r + 8 * DS);
-              a[m][2] = up ? *reinterpret_cast<const uint32_t *>(r + 8) : 0u;
-              a[m][3] = up ? *reinterpret_cast<const uint32_t *>(r + 8 * DS + 8) : 0u;
-            }
-#pragma unroll
-            for (int p = BP ? 0 : 2; p >= 0; p -= 2)
-#pragma unroll
-              for (int nt = 0; nt < 4; nt++)
-                if (nt < ntq)
-#pragma unroll
-                  for (int m = 0; m < 2; m++) mma_bf16(sacc[m][nt], a[m], qf[i][nt][p], qf[i][nt][p + 1]);
-          }
-        }
-      } else {
-#pragma unroll
-      for (int i = 0; i < MAXKS; i++) {
+      for (int i = 0; i < MAXK16; i++) {
         const int ks = w + NWARP * i;
-        if (ks < nks) {
-          uint32_t ah[2][4], al[2][4], bh[4][2], bl[4][2];
+        if (ks < nk16) {
+          uint32_t a[2][4];
+          const bool up = 16 * ks + 8 < D;
 #pragma unroll
           for (int m = 0; m < 2; m++) {
-            const float2 x0 = ld2(sc + (16 * m + g) * DS + 8 * ks + 2 * t);
-            const float2 x1 = ld2(sc + (16 * m + g + 8) * DS + 8 * ks + 2 * t);
-            split_tf32(x0.x, ah[m][0], al[m][0]);
-            split_tf32(x1.x, ah[m][1], al[m][1]);
-            split_tf32(x0.y, ah[m][2], al[m][2]);
-            split_tf32(x1.y, ah[m][3], al[m][3]);
+            const CT *r = sc + (16 * m + g) * DS + 16 * ks + 2 * t;
+            a[m][0] = *reinterpret_cast<const uint32_t *>(r);
+            a[m][1] = *reinterpret_cast<const uint32_t *>(r + 8 * DS);
+            a[m][2] = up ? *reinterpret_cast<const uint32_t *>(r + 8) : 0u;
+            a[m][3] = up ? *reinterpret_cast<const uint32_t *>(r + 8 * DS + 8) : 0u;
           }
 #pragma unroll
-          for (int nt = 0; nt < 4; nt++) {
-            split_tf32_nohoist(qr[i][nt][0], bh[nt][0], bl[nt][0]);
-            split_tf32_nohoist(qr[i][nt][1], bh[nt][1], bl[nt][1]);
-          }
-#pragma unroll
-          for (int p = 0; p < 3; p++)
+          for (int p = BP ? 0 : 2; p >= 0; p -= 2)
 #pragma unroll
             for (int nt = 0; nt < 4; nt++)
               if (nt < ntq)
 #pragma unroll
-                for (int m = 0; m < 2; m++) mma_3xtf32_pass(p, sacc[m][nt], ah[m], al[m], bh[nt], bl[nt]);
+                for (int m = 0; m < 2; m++) mma_bf16(sacc[m][nt], a[m], qf[i][nt][p], qf[i][nt][p + 1]);
         }
       }
-      }
-      float *dst = sp + w * 32 * RS;
+    } else {
 #pragma unroll
-      for (int m = 0; m < 2; m++)
-#pragma unroll
-        for (int nt = 0; nt < 4; nt++) {
-          const int r = 16 * m + g, h = 8 * nt + 2 * t;
-          dst[h * RS + r] = sacc[m][nt][0];
-          dst[(h + 1) * RS + r] = sacc[m][nt][1];
-          dst[h * RS + r + 8] = sacc[m][nt][2];
-          dst[(h + 1) * RS + r + 8] = sacc[m][nt][3];
-        }
-    }
-    __syncthreads();
-
-    // sum the partials, fold the tile into the running max and sum, write P split for the mma
-    {
-      float4 s = *reinterpret_cast<const float4 *>(sp + sh * RS + sr);
-#pragma unroll
-      for (int v = 1; v < NWARP; v++) {
-        const float4 x = *reinterpret_cast<const float4 *>(sp + v * 32 * RS + sh * RS + sr);
-        s.x += x.x;
-        s.y += x.y;
-        s.z += x.z;
-        s.w += x.w;
-      }
-      const int nv = jend - jt - sr;  // valid rows among this thread's four
-      float e[4] = {s.x, s.y, s.z, s.w};
-      // the scaled scores themselves, for the bounded cache's row scores (kle_cuda_mla_attend_scored)
-      if (logits && sh < H) {
-        float *lr = logits + (size_t)(r0 + sh) * ldl + jt + sr;
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-          if (r < nv) lr[r] = e[r];
-      }
-      float m = -INFINITY;
-#pragma unroll
-      for (int r = 0; r < 4; r++)
-        if (r < nv) m = fmaxf(m, e[r]);
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
-      // -inf while none of this head's rows has come (causal), and then p = 0 and f = 0
-      const float mn = fmaxf(run_max, m);
-      const float f = run_max == -INFINITY ? 0.f : __expf(run_max - mn);
-      float part = 0.f;
-      float ph[4], pl[4];
-      uint32_t bh[4], bl[4];
-#pragma unroll
-      for (int r = 0; r < 4; r++) {
-        const float p = r < nv ? __expf(e[r] - mn) : 0.f;
-        uint32_t hi, lo;
-        if constexpr (BP) {
-          bh[r] = __bfloat16_as_ushort(__float2bfloat16_rn(p));
-          part += __uint_as_float(bh[r] << 16);
-        } else if constexpr (BF) {
-          part += p;
-          split_bf16_bits(p, bh[r], bl[r]);
-        } else {
-          part += p;
-          split_tf32(p, hi, lo);
-          ph[r] = __uint_as_float(hi);
-          pl[r] = __uint_as_float(lo);
-        }
-      }
-      part += __shfl_xor_sync(0xffffffffu, part, 1);
-      part += __shfl_xor_sync(0xffffffffu, part, 2);
-      part += __shfl_xor_sync(0xffffffffu, part, 4);
-      run_sum = run_sum * f + part;
-      run_max = mn;
-      if constexpr (BF) {  // BF16 halves, RS16 apart, in the same space
-        *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(sph) + sh * RS16 + sr) = make_uint2(bh[0] | bh[1] << 16, bh[2] | bh[3] << 16);
-        if constexpr (!BP)
-          *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(spl) + sh * RS16 + sr) = make_uint2(bl[0] | bl[1] << 16, bl[2] | bl[3] << 16);
-      } else {
-        *reinterpret_cast<float4 *>(sph + sh * RS + sr) = make_float4(ph[0], ph[1], ph[2], ph[3]);
-        *reinterpret_cast<float4 *>(spl + sh * RS + sr) = make_float4(pl[0], pl[1], pl[2], pl[3]);
-      }
-      if ((tid & 7) == 0) sfac[sh] = f;
-    }
-    __syncthreads();
-
-    // O += P V over this warp's Dv / 8 columns
-    {
-      const int d0 = w * (Dv / NWARP);
-#pragma unroll
-      for (int m = 0; m < 2; m++) {
-        const float f0 = sfac[16 * m + g], f1 = sfac[16 * m + g + 8];
-#pragma unroll
-        for (int n = 0; n < MAXVT; n++) {
-          oacc[m][n][0] *= f0;
-          oacc[m][n][1] *= f0;
-          oacc[m][n][2] *= f1;
-          oacc[m][n][3] *= f1;
-        }
-      }
-      if constexpr (BF) {
-        // P's halves as A fragments, the cache's value columns as B fragments by ldmatrix.trans
-        // (two 8-column tiles of 16 rows a load), the remainders' pass first
-        const uint16_t *p16[2] = {reinterpret_cast<const uint16_t *>(sph), reinterpret_cast<const uint16_t *>(spl)};
-        const int lr = (lane >> 3 & 1) * 8 + (lane & 7), lc = (lane >> 4) * 8;  // this lane's row of the four matrices
-#pragma unroll
-        for (int ks = 0; ks < TJ / 16; ks++) {
-          uint32_t a[2][2][4];
-#pragma unroll
-          for (int hl = 0; hl < (BP ? 1 : 2); hl++)
-#pragma unroll
-            for (int m = 0; m < 2; m++) {
-              const uint16_t *pr = p16[hl] + (16 * m + g) * RS16 + 16 * ks + 2 * t;
-              a[hl][m][0] = *reinterpret_cast<const uint32_t *>(pr);
-              a[hl][m][1] = *reinterpret_cast<const uint32_t *>(pr + 8 * RS16);
-              a[hl][m][2] = *reinterpret_cast<const uint32_t *>(pr + 8);
-              a[hl][m][3] = *reinterpret_cast<const uint32_t *>(pr + 8 * RS16 + 8);
-            }
-#pragma unroll
-          for (int n = 0; n < MAXVT; n += 2) {
-            if (n >= nvt) break;  // the last pair may be a single tile (the second's columns are read, not used)
-            const int n2 = n + 1 < nvt ? 2 : 1;
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, sc + (16 * ks + lr) * DS + d0 + 8 * n + lc);
-#pragma unroll
-            for (int hl = BP ? 0 : 1; hl >= 0; hl--)
-#pragma unroll
-              for (int u = 0; u < 2; u++)
-#pragma unroll
-                for (int m = 0; m < 2; m++)
-                  if (u < n2 && m < nmo) mma_bf16(oacc[m][n + u], a[hl][m], b[2 * u], b[2 * u + 1]);
-          }
-        }
-      } else {
-#pragma unroll
-      for (int ks = 0; ks < TJ / 8; ks++) {
-        uint32_t ah[2][4], al[2][4];
+    for (int i = 0; i < MAXKS; i++) {
+      const int ks = w + NWARP * i;
+      if (ks < nks) {
+        uint32_t ah[2][4], al[2][4], bh[4][2], bl[4][2];
 #pragma unroll
         for (int m = 0; m < 2; m++) {
-          const int h = 16 * m + g, r = 8 * ks + t;
-          ah[m][0] = __float_as_uint(sph[h * RS + r]);
-          ah[m][1] = __float_as_uint(sph[(h + 8) * RS + r]);
-          ah[m][2] = __float_as_uint(sph[h * RS + r + 4]);
-          ah[m][3] = __float_as_uint(sph[(h + 8) * RS + r + 4]);
-          al[m][0] = __float_as_uint(spl[h * RS + r]);
-          al[m][1] = __float_as_uint(spl[(h + 8) * RS + r]);
-          al[m][2] = __float_as_uint(spl[h * RS + r + 4]);
-          al[m][3] = __float_as_uint(spl[(h + 8) * RS + r + 4]);
+          const float2 x0 = ld2(sc + (16 * m + g) * DS + 8 * ks + 2 * t);
+          const float2 x1 = ld2(sc + (16 * m + g + 8) * DS + 8 * ks + 2 * t);
+          split_tf32(x0.x, ah[m][0], al[m][0]);
+          split_tf32(x1.x, ah[m][1], al[m][1]);
+          split_tf32(x0.y, ah[m][2], al[m][2]);
+          split_tf32(x1.y, ah[m][3], al[m][3]);
         }
 #pragma unroll
-        for (int n = 0; n < MAXVT; n += 2) {
-          if (n >= nvt) break;  // the last pair may be a single tile
-          const int n2 = n + 1 < nvt ? 2 : 1;
-          uint32_t bh[2][2], bl[2][2];
+        for (int nt = 0; nt < 4; nt++) {
+          split_tf32_nohoist(qr[i][nt][0], bh[nt][0], bl[nt][0]);
+          split_tf32_nohoist(qr[i][nt][1], bh[nt][1], bl[nt][1]);
+        }
 #pragma unroll
-          for (int u = 0; u < 2; u++) {
-            const CT *v = sc + (8 * ks + t) * DS + d0 + 8 * (n + u) + g;
-            split_tf32(u < n2 ? ld1(v) : 0.f, bh[u][0], bl[u][0]);
-            split_tf32(u < n2 ? ld1(v + 4 * DS) : 0.f, bh[u][1], bl[u][1]);
+        for (int p = 0; p < 3; p++)
+#pragma unroll
+          for (int nt = 0; nt < 4; nt++)
+            if (nt < ntq)
+#pragma unroll
+              for (int m = 0; m < 2; m++) mma_3xtf32_pass(p, sacc[m][nt], ah[m], al[m], bh[nt], bl[nt]);
+      }
+    }
+    }
+    float *dst = sp + w * 32 * RS;
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+      for (int nt = 0; nt < 4; nt++) {
+        const int r = 16 * m + g, h = 8 * nt + 2 * t;
+        dst[h * RS + r] = sacc[m][nt][0];
+        dst[(h + 1) * RS + r] = sacc[m][nt][1];
+        dst[h * RS + r + 8] = sacc[m][nt][2];
+        dst[(h + 1) * RS + r + 8] = sacc[m][nt][3];
+      }
+  };
+  // sum the partials of the tile at row jt, fold it into the running max and sum, write P split
+  // for the mma and the tile's rescale factors
+  auto softmax = [&](int jt) {
+    float4 s = *reinterpret_cast<const float4 *>(sp + sh * RS + sr);
+#pragma unroll
+    for (int v = 1; v < NWARP; v++) {
+      const float4 x = *reinterpret_cast<const float4 *>(sp + v * 32 * RS + sh * RS + sr);
+      s.x += x.x;
+      s.y += x.y;
+      s.z += x.z;
+      s.w += x.w;
+    }
+    const int nv = jend - jt - sr;  // valid rows among this thread's four
+    float e[4] = {s.x, s.y, s.z, s.w};
+    // the scaled scores themselves, for the bounded cache's row scores (kle_cuda_mla_attend_scored)
+    if (logits && sh < H) {
+      float *lr = logits + (size_t)(r0 + sh) * ldl + jt + sr;
+#pragma unroll
+      for (int r = 0; r < 4; r++)
+        if (r < nv) lr[r] = e[r];
+    }
+    float m = -INFINITY;
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+      if (r < nv) m = fmaxf(m, e[r]);
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+    // -inf while none of this head's rows has come (causal), and then p = 0 and f = 0
+    const float mn = fmaxf(run_max, m);
+    const float f = run_max == -INFINITY ? 0.f : __expf(run_max - mn);
+    moved = mn != run_max;
+    float part = 0.f;
+    float ph[4], pl[4];
+    uint32_t bh[4], bl[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      const float p = r < nv ? __expf(e[r] - mn) : 0.f;
+      uint32_t hi, lo;
+      if constexpr (BP) {
+        bh[r] = __bfloat16_as_ushort(__float2bfloat16_rn(p));
+        part += __uint_as_float(bh[r] << 16);
+      } else if constexpr (BF) {
+        part += p;
+        split_bf16_bits(p, bh[r], bl[r]);
+      } else {
+        part += p;
+        split_tf32(p, hi, lo);
+        ph[r] = __uint_as_float(hi);
+        pl[r] = __uint_as_float(lo);
+      }
+    }
+    part += __shfl_xor_sync(0xffffffffu, part, 1);
+    part += __shfl_xor_sync(0xffffffffu, part, 2);
+    part += __shfl_xor_sync(0xffffffffu, part, 4);
+    run_sum = run_sum * f + part;
+    run_max = mn;
+    if constexpr (BF) {  // BF16 halves, RS16 apart, in the same space
+      *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(sph) + sh * RS16 + sr) = make_uint2(bh[0] | bh[1] << 16, bh[2] | bh[3] << 16);
+      if constexpr (!BP)
+        *reinterpret_cast<uint2 *>(reinterpret_cast<uint16_t *>(spl) + sh * RS16 + sr) = make_uint2(bl[0] | bl[1] << 16, bl[2] | bl[3] << 16);
+    } else {
+      *reinterpret_cast<float4 *>(sph + sh * RS + sr) = make_float4(ph[0], ph[1], ph[2], ph[3]);
+      *reinterpret_cast<float4 *>(spl + sh * RS + sr) = make_float4(pl[0], pl[1], pl[2], pl[3]);
+    }
+    if ((tid & 7) == 0) sfac[sh] = f;
+  };
+  // O += P V over this warp's Dv / 8 columns of tile sc
+  auto pv = [&](const CT *sc, bool rescale) {
+    const int d0 = w * (Dv / NWARP);
+    if (rescale)
+#pragma unroll
+    for (int m = 0; m < 2; m++) {
+      const float f0 = sfac[16 * m + g], f1 = sfac[16 * m + g + 8];
+#pragma unroll
+      for (int n = 0; n < MAXVT; n++) {
+        oacc[m][n][0] *= f0;
+        oacc[m][n][1] *= f0;
+        oacc[m][n][2] *= f1;
+        oacc[m][n][3] *= f1;
+      }
+    }
+    if constexpr (BF) {
+      // P's halves as A fragments, the cache's value columns as B fragments by ldmatrix.trans
+      // (two 8-column tiles of 16 rows a load), the remainders' pass first
+      const uint16_t *p16[2] = {reinterpret_cast<const uint16_t *>(sph), reinterpret_cast<const uint16_t *>(spl)};
+      const int lr = (lane >> 3 & 1) * 8 + (lane & 7), lc = (lane >> 4) * 8;  // this lane's row of the four matrices
+#pragma unroll
+      for (int ks = 0; ks < TJ / 16; ks++) {
+        uint32_t a[2][2][4];
+#pragma unroll
+        for (int hl = 0; hl < (BP ? 1 : 2); hl++)
+#pragma unroll
+          for (int m = 0; m < 2; m++) {
+            const uint16_t *pr = p16[hl] + (16 * m + g) * RS16 + 16 * ks + 2 * t;
+            a[hl][m][0] = *reinterpret_cast<const uint32_t *>(pr);
+            a[hl][m][1] = *reinterpret_cast<const uint32_t *>(pr + 8 * RS16);
+            a[hl][m][2] = *reinterpret_cast<const uint32_t *>(pr + 8);
+            a[hl][m][3] = *reinterpret_cast<const uint32_t *>(pr + 8 * RS16 + 8);
           }
 #pragma unroll
-          for (int p = 0; p < 3; p++)
+        for (int n = 0; n < MAXVT; n += 2) {
+          if (n >= nvt) break;  // the last pair may be a single tile (the second's columns are read, not used)
+          const int n2 = n + 1 < nvt ? 2 : 1;
+          uint32_t b[4];
+          ldmatrix_x4_trans(b, sc + (16 * ks + lr) * DS + d0 + 8 * n + lc);
+#pragma unroll
+          for (int hl = BP ? 0 : 1; hl >= 0; hl--)
 #pragma unroll
             for (int u = 0; u < 2; u++)
 #pragma unroll
               for (int m = 0; m < 2; m++)
-                if (u < n2 && m < nmo) mma_3xtf32_pass(p, oacc[m][n + u], ah[m], al[m], bh[u], bl[u]);
+                if (u < n2 && m < nmo) mma_bf16(oacc[m][n + u], a[hl][m], b[2 * u], b[2 * u + 1]);
         }
       }
+    } else {
+#pragma unroll
+    for (int ks = 0; ks < TJ / 8; ks++) {
+      uint32_t ah[2][4], al[2][4];
+#pragma unroll
+      for (int m = 0; m < 2; m++) {
+        const int h = 16 * m + g, r = 8 * ks + t;
+        ah[m][0] = __float_as_uint(sph[h * RS + r]);
+        ah[m][1] = __float_as_uint(sph[(h + 8) * RS + r]);
+        ah[m][2] = __float_as_uint(sph[h * RS + r + 4]);
+        ah[m][3] = __float_as_uint(sph[(h + 8) * RS + r + 4]);
+        al[m][0] = __float_as_uint(spl[h * RS + r]);
+        al[m][1] = __float_as_uint(spl[(h + 8) * RS + r]);
+        al[m][2] = __float_as_uint(spl[h * RS + r + 4]);
+        al[m][3] = __float_as_uint(spl[(h + 8) * RS + r + 4]);
+      }
+#pragma unroll
+      for (int n = 0; n < MAXVT; n += 2) {
+        if (n >= nvt) break;  // the last pair may be a single tile
+        const int n2 = n + 1 < nvt ? 2 : 1;
+        uint32_t bh[2][2], bl[2][2];
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+          const CT *v = sc + (8 * ks + t) * DS + d0 + 8 * (n + u) + g;
+          split_tf32(u < n2 ? ld1(v) : 0.f, bh[u][0], bl[u][0]);
+          split_tf32(u < n2 ? ld1(v + 4 * DS) : 0.f, bh[u][1], bl[u][1]);
+        }
+#pragma unroll
+        for (int p = 0; p < 3; p++)
+#pragma unroll
+          for (int u = 0; u < 2; u++)
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+              if (u < n2 && m < nmo) mma_3xtf32_pass(p, oacc[m][n + u], ah[m], al[m], bh[u], bl[u]);
       }
     }
+    }
+  };
+
+  // Software-pipelined: between two barriers each warp multiplies P V for tile it and the scores
+  // of tile it + 1 (independent products, so the tensor cores see both warps' work at once and a
+  // warp with fewer score k-steps goes straight on), then the partial scores of it + 1 fold into
+  // the softmax. Two barriers a tile instead of three; with a BF16 cache three tiles of rows are
+  // in shared memory (P V's, the scores', one in flight), an f32 cache's two.
+  if (ntile > 0) {
+    cp_async_wait<NB - 1>();
+    __syncthreads();
+    scores(buf(0));
+    __syncthreads();
+    softmax(j0);
   }
+  for (int it = 0; it < ntile; it++) {
+    const bool more = it + 1 < ntile;
+    cp_async_wait<NB - 2>();
+    // tile it + 1 has landed; P and the factors of tile it are written
+    const bool rescale = __syncthreads_or(moved);
+    pv(buf(it), rescale);
+    if (more) scores(buf(it + 1));
+    __syncthreads();  // the partial scores of it + 1 are complete; every warp is done with tile it and P
+    fetch(it + NB);   // into tile it's buffer
+    if (more) softmax(j0 + (it + 1) * TJ);
+  }
+
 
   // every warp has read the last tile's factors from sfac before it takes the maxima
   __syncthreads();
