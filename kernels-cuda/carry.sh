@@ -20,7 +20,7 @@ for h in node_api.h node_api_types.h js_native_api.h js_native_api_types.h; do c
 npx esbuild --bundle --platform=node --format=esm --target=node20 --log-level=warning \
   --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" \
   --outdir=.gpu/dist --out-extension:.js=.mjs \
-  src/gpu-node/main.ts bench/cuda-engine.ts bench/gpu-node.ts bench/arch.ts bench/kv-long.ts bench/gpu-48b.ts bench/gpu-load.ts bench/gpu-batch.ts bench/gpu-route.ts
+  src/gpu-node/main.ts bench/cuda-engine.ts bench/gpu-node.ts bench/arch.ts bench/kv-long.ts bench/gpu-48b.ts bench/gpu-load.ts bench/gpu-batch.ts bench/gpu-route.ts bench/gpu-sampling.ts
 # compressed: the checkout and .gpu travel within 64 MiB (gpu-route's bundle holds a 163,840-rank vocabulary)
 tar -cJf .gpu/dist.tar.xz -C .gpu dist && rm -rf .gpu/dist
 if [ ! -f .gpu/vitest.tar.xz ] || [ package-lock.json -nt .gpu/vitest.tar.xz ]; then

@@ -32,6 +32,10 @@
 #   bash kernels-cuda/run-gpu.sh load [--layers N]
 #       the addon, then a sharded BF16 checkpoint of Kimi-Linear-48B-A3B's shapes written to disk
 #       and loaded onto the GPU (bench/gpu-load.ts: GB/s next to a plain read of the files)
+#   bash kernels-cuda/run-gpu.sh sampling [--draws N]
+#       the addon, the GPU sampler's test (also under compute-sanitizer), then the draw's time at
+#       Kimi's vocabulary against copying the logits to the host sampler (bench/gpu-sampling.ts;
+#       first with the older commit's addon where carry.sh was given one)
 #   bash kernels-cuda/run-gpu.sh kv [--budget N]
 #       the addon, then time per token to 1M tokens of context with the full MLA cache and with a
 #       budget (bench/kv-long.ts --backend cuda; docs/kv-budget.md)
@@ -63,7 +67,7 @@ if [ "$mode" = kernels ]; then
   exit 0
 fi
 
-[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = batch ] || [ "$mode" = load ] || [ "$mode" = peer ] || [ "$mode" = route ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | batch | load | peer | route)" >&2; exit 2; }
+[ "$mode" = engine ] || [ "$mode" = arch ] || [ "$mode" = kv ] || [ "$mode" = big ] || [ "$mode" = batch ] || [ "$mode" = load ] || [ "$mode" = peer ] || [ "$mode" = route ] || [ "$mode" = sampling ] || { echo "unknown mode $mode (kernels | engine | arch | kv | big | batch | load | peer | route | sampling)" >&2; exit 2; }
 [ -f .gpu/node/bin/node.xz ] || { echo ".gpu/ missing: run kernels-cuda/carry.sh here and carry .gpu" >&2; exit 2; }
 xz -dc .gpu/node/bin/node.xz > .gpu/node/bin/node
 chmod +x .gpu/node/bin/node
@@ -89,6 +93,18 @@ fi
 if [ "$mode" = kv ]; then
   node .gpu/dist/bench/kv-long.mjs --backend cuda "$@" 2>&1 | tee "$OUT/kv-long.log"
   cp bench/results/kv-long-cuda-* "$OUT/" 2>/dev/null || true
+  exit 0
+fi
+if [ "$mode" = sampling ]; then
+  SAMPLING="node node_modules/vitest/vitest.mjs run test/unit/cuda-sampling.test.ts"
+  $SAMPLING 2>&1 | tee "$OUT/sampling-test.log" | tail -12
+  KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $SAMPLING 2>&1 | tee "$OUT/sampling-sanitizer.log" | tail -6
+  if [ -d .gpu/before ]; then
+    (cd .gpu/before && node engine/build/build.mjs cuda 2>&1 | tail -3)
+    node .gpu/dist/bench/gpu-sampling.mjs --addon .gpu/before/build/cuda/kle-cuda.node --label before "$@" 2>&1 | tee "$OUT/gpu-sampling.log"
+  fi
+  node .gpu/dist/bench/gpu-sampling.mjs "$@" 2>&1 | tee -a "$OUT/gpu-sampling.log"
+  cp bench/results/gpu-sampling-* "$OUT/" 2>/dev/null || true
   exit 0
 fi
 # one file at a time: the device-memory checks read the card's free memory, which another file's

@@ -865,7 +865,7 @@ int cu_sample(kle_backend_ctx *cx, const float *logits, int V, const kle_sample_
     patch = {di, di + a->n, di + 2 * (size_t)a->n, dd, dd + a->n, a->n, a->nb, a->rep, a->freq, a->pres};
   }
   const kle_ops::SampleParams p = {a->temperature, a->top_p, a->log_min_p, a->top_k, a->u};
-  kle_ops::sample(logits, V, p, patch, cx->samp, out, cx->st);
+  CU(kle_ops::sample(logits, V, p, patch, cx->samp, out, cx->st));
   CU(cudaPeekAtLastError());
   return cu_download(cx, token, out, sizeof *token);
 }

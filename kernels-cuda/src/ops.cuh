@@ -153,9 +153,9 @@ struct SamplePatch {
 };
 // scratch bytes sample() needs for V logits
 size_t sample_scratch_bytes(int V);
-// *out (device) = the token
-void sample(const float *logits, int V, const SampleParams &p, const SamplePatch &patch, void *scratch, int32_t *out,
-            cudaStream_t st);
+// *out (device) = the token; the launch's error, if any
+cudaError_t sample(const float *logits, int V, const SampleParams &p, const SamplePatch &patch, void *scratch,
+                   int32_t *out, cudaStream_t st);
 
 }  // namespace kle_ops
 

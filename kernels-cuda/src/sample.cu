@@ -3,30 +3,42 @@
 // sampler (as/sampler.ts): penalties and bias patched into a copy, then temperature, top-k
 // (keep l > cv and the first ct tokens equal to cv, in index order), top-p (the smallest set by
 // (logit descending, index ascending) whose mass reaches p of the total), min-p, and the draw
-// walking the kept tokens in index order. One block of 1024 threads per stream, every sum in a
-// fixed order, so a seed gives the same token on every run.
+// walking the kept tokens in index order.
 //
-// How the cuts are found: the k-th largest logit and top-p's crossing are both "the largest key
-// k whose weight at or above it reaches a target" over the logits' order-preserving keys (count
-// for top-k, probability mass for top-p), found by bisection on the key: 32 block reductions.
-// Top-p first gathers the only tokens that can reach the crossing: those below a logit whose
-// exp is under c each hold less than V c, so with c = (1 - p) total / (2 V) the rest hold more
-// than p of the mass (as/sampler.ts's bound).
+// One draw is 64 blocks in a cooperative launch, each a contiguous 64th of the logits, meeting at
+// grid barriers: one block (the first version) took 0.5 ms a draw over flat logits, most of it 32
+// bisection passes over every token on one SM. The cuts are found by radix selection instead:
+// top-k's cut and top-p's crossing are both "the largest key k whose weight at or above it reaches
+// a target" over the logits' order-preserving keys (a count for top-k, probability mass for
+// top-p), found 11 bits at a time from histograms of the keys: three passes. The histograms add
+// integers (counts, and masses as 2^-40 fixed point, exact under any order of the atomics), and
+// every floating-point sum runs in one order, so a seed gives the same token on every run.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "ops.cuh"
 
+namespace cg = cooperative_groups;
+typedef unsigned long long u64;
+
 namespace {
 
-constexpr int NT = 1024;  // threads: 32 warps, so the second level of a reduction is one warp
+constexpr int SB = 256, NW = SB / 32;  // threads a block
+constexpr int SG = 64;                 // blocks of one draw
+static_assert(SG <= SB, "a block reduces the blocks' partials one a thread");
+constexpr int RB = 2048;               // radix bins: 11 + 11 + 10 bits of a key
+constexpr double FX = 1099511627776.0;  // 2^40: an exp (at most 1) as an integer mass
 
 __device__ __forceinline__ uint32_t key_of(float f) {
   const uint32_t b = __float_as_uint(f);
   return (b & 0x80000000u) ? ~b : b | 0x80000000u;
 }
 __device__ __forceinline__ float unkey(uint32_t k) { return __uint_as_float((k & 0x80000000u) ? k & 0x7fffffffu : ~k); }
+__device__ __forceinline__ u64 fixed(float e) { return __double2ull_rn((double)e * FX); }
 
 // Reductions and scans with one association order on every run: down-shuffles to lane 0, warp
 // totals through shared memory, the result broadcast from one place (a butterfly would leave
@@ -37,14 +49,14 @@ struct Shared {
   T out;
 };
 template <class T, class Op>
-__device__ T block_reduce(T v, Op op, Shared<T> &sh) {
+__device__ T block_reduce(T v, Op op, T id, Shared<T> &sh) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int o = 16; o; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
   __syncthreads();  // the previous use of sh is over
   if (lane == 0) sh.w[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = sh.w[lane];
+    v = lane < NW ? sh.w[lane] : id;
     for (int o = 16; o; o >>= 1) v = op(v, __shfl_down_sync(0xffffffffu, v, o));
     if (lane == 0) sh.out = v;
   }
@@ -64,7 +76,7 @@ __device__ T block_scan(T v, T *total, Shared<T> &sh) {
   if (lane == 31) sh.w[warp] = inc;
   __syncthreads();
   if (warp == 0) {
-    T x = sh.w[lane];
+    T x = lane < NW ? sh.w[lane] : T(0);
     for (int o = 1; o < 32; o <<= 1) {
       const T u = __shfl_up_sync(0xffffffffu, x, o);
       if (lane >= o) x += u;
@@ -96,18 +108,111 @@ struct Smem {
   Shared<float> f;
   Shared<double> d;
   Shared<int> i;
+  Shared<u64> u;
 };
 
-// the largest key k with weight(key >= k) >= target; weight(k) is a block-uniform reduction
-template <class W>
-__device__ uint32_t bisect(double target, W weight) {
-  uint64_t lo = 0, hi = 1ull << 32;  // weight(lo) >= target, weight(hi) < target
-  while (hi - lo > 1) {
-    const uint64_t mid = (lo + hi) >> 1;
-    if (weight((uint32_t)mid) >= target) lo = mid;
-    else hi = mid;
+// what the blocks of one draw share (device memory after the logits' copy and the exps),
+// zeroed by the draw itself before its first barrier
+struct Ctl {
+  float bmax[SG];
+  int bties[2][SG];    // a block's ties at top-k's cut, then at top-p's
+  double bsum[SG];     // a block's kept mass in the draw
+  int pick, last;      // atomicMin / atomicMax over the blocks
+  unsigned cnt[2][3][RB];  // [top-k, top-p][level][bin]
+  u64 mass[3][RB];         // top-p's masses
+};
+constexpr int PICK_WORD = (int)(offsetof(Ctl, pick) / 4), LAST_WORD = (int)(offsetof(Ctl, last) / 4);
+
+struct Cut {
+  uint32_t key;
+  bool found;    // false: the target exceeds every element's weight (then every element is kept)
+  u64 target;    // the target the cut reached
+  u64 above;     // weight of the keys above the cut
+  u64 at, atCount;  // weight and number of the elements at the cut
+};
+
+struct Radix {
+  unsigned cnt[RB];
+  u64 mass[RB];
+  Cut cut;
+  int bin;
+};
+
+// The largest key k with weight(key >= k) >= target over the grid's elements that count, 11 bits
+// at a time: every block adds its span's histogram to the level's (integers: any order gives the
+// same sums), and after the barrier every block scans the same bins to the same cut. elem(i, key,
+// w) says whether element i counts, with its key and weight (1 in count mode); target(total)
+// gives the target from the total weight.
+template <bool MASS, class Elem, class Target>
+__device__ Cut radix_cut(cg::grid_group &grid, Elem elem, Target target, int b0, int b1, unsigned (*gcnt)[RB],
+                         u64 (*gmass)[RB], Radix &rs, Smem &sh) {
+  const int tid = threadIdx.x;
+  uint32_t prefix = 0;
+  int hi = 32;
+  Cut cut = {0, false, 0, 0, 0, 0};
+  for (int lv = 0; lv < 3; lv++) {
+    const int bits = lv < 2 ? 11 : 10, shift = hi - bits, nb = 1 << bits;
+    for (int j = tid; j < nb; j += SB) {
+      rs.cnt[j] = 0;
+      if (MASS) rs.mass[j] = 0;
+    }
+    __syncthreads();
+    for (int i = b0 + tid; i < b1; i += SB) {
+      uint32_t k;
+      u64 w;
+      if (!elem(i, k, w)) continue;
+      if (hi < 32 && (k >> hi) != (prefix >> hi)) continue;
+      const int b = (int)((k >> shift) & (uint32_t)(nb - 1));
+      atomicAdd(&rs.cnt[b], 1u);
+      if (MASS) atomicAdd(&rs.mass[b], w);
+    }
+    __syncthreads();
+    for (int j = tid; j < nb; j += SB)
+      if (rs.cnt[j]) {
+        atomicAdd(&gcnt[lv][j], rs.cnt[j]);
+        if (MASS) atomicAdd(&gmass[lv][j], rs.mass[j]);
+      }
+    grid.sync();
+    // the bins from the top, nb / SB consecutive ones a thread
+    const int per = nb / SB, top = nb - 1 - per * tid;
+    u64 s = 0;
+    for (int q = 0; q < per; q++) s += MASS ? __ldcg(&gmass[lv][top - q]) : (u64)__ldcg(&gcnt[lv][top - q]);
+    if (tid == 0) rs.bin = -1;
+    u64 tot;
+    const u64 before = block_scan(s, &tot, sh.u);
+    if (lv == 0) {
+      cut.target = target(tot);
+      if (tot == 0 || cut.target > tot) return cut;  // nothing to cut: found stays false
+    }
+    const u64 need = cut.target - cut.above;  // > 0: the keys above the prefix weigh less than the target
+    if (before < need && need <= before + s) {
+      u64 acc = before;
+      for (int q = 0; q < per; q++) {
+        const int b = top - q;
+        const u64 h = MASS ? __ldcg(&gmass[lv][b]) : (u64)__ldcg(&gcnt[lv][b]);
+        if (acc + h >= need) {
+          rs.bin = b;
+          rs.cut.above = acc;
+          rs.cut.at = h;
+          rs.cut.atCount = __ldcg(&gcnt[lv][b]);
+          break;
+        }
+        acc += h;
+      }
+    }
+    __syncthreads();
+    const int b = rs.bin;
+    if (b < 0) return cut;  // rounding in the caller's target: unreachable with integer weights
+    cut.above += rs.cut.above;
+    cut.at = rs.cut.at;
+    cut.atCount = rs.cut.atCount;
+    prefix |= (uint32_t)b << shift;
+    hi = shift;
+    __syncthreads();  // rs is read before the next level rewrites it
   }
-  return (uint32_t)lo;
+  cut.key = prefix;
+  cut.found = true;
+  return cut;
 }
 
 // Penalties and bias on a copy (as/sampler.ts penalize): the bias tokens, then the context's,
@@ -130,125 +235,114 @@ __global__ void patch_kernel(float *w, int V, const int32_t *btoks, const double
   }
 }
 
-__global__ void __launch_bounds__(NT) sample_kernel(const float *__restrict__ L, int V, float *__restrict__ E,
-                                                    int32_t *__restrict__ list, kle_ops::SampleParams p, int32_t *out) {
+__global__ void __launch_bounds__(SB) sample_kernel(const float *__restrict__ L, int V, float *__restrict__ E,
+                                                    Ctl *__restrict__ c, kle_ops::SampleParams p, int32_t *out) {
+  cg::grid_group grid = cg::this_grid();
   __shared__ Smem sh;
-  const int tid = threadIdx.x;
+  __shared__ Radix rs;
+  __shared__ double pre_sum[2];
+  const int tid = threadIdx.x, g = blockIdx.x;
+  // the block's span, and each thread's contiguous chunk of it for the passes in index order
+  const int span = (V + SG - 1) / SG, b0 = min(V, g * span), b1 = min(V, b0 + span);
+  const int C = (b1 - b0 + SB - 1) / SB, i0 = min(b1, b0 + tid * C), i1 = min(b1, i0 + C);
+  {
+    uint32_t *w = (uint32_t *)c;
+    for (int j = g * SB + tid; j < (int)(sizeof(Ctl) / 4); j += SG * SB)
+      w[j] = j == PICK_WORD ? (uint32_t)INT_MAX : j == LAST_WORD ? 0xffffffffu : 0u;
+  }
   float m = -INFINITY;
-  for (int i = tid; i < V; i += NT) m = fmaxf(m, L[i]);
-  m = block_reduce(m, Max(), sh.f);
+  for (int i = b0 + tid; i < b1; i += SB) m = fmaxf(m, L[i]);
+  m = block_reduce(m, Max(), -INFINITY, sh.f);
+  if (tid == 0) c->bmax[g] = m;
+  grid.sync();
+  m = block_reduce(tid < SG ? __ldcg(&c->bmax[tid]) : -INFINITY, Max(), -INFINITY, sh.f);
   if (p.T == 0) {  // greedy: the first of the largest
     int first = V;
-    for (int i = tid; i < V; i += NT)
+    for (int i = b0 + tid; i < b1; i += SB)
       if (L[i] == m) {
         first = i;
         break;
       }
-    first = block_reduce(first, MinI(), sh.i);
-    if (tid == 0) *out = first < V ? first : 0;
+    first = block_reduce(first, MinI(), INT_MAX, sh.i);
+    if (tid == 0 && first < V) atomicMin(&c->pick, first);
+    grid.sync();
+    if (g == 0 && tid == 0) {
+      const int pk = __ldcg(&c->pick);
+      *out = pk < V ? pk : 0;
+    }
     return;
   }
   // top-k: keep l > cv and the first ct tokens equal to cv
   float cv = -INFINITY;
   int ct = V;
   if (p.top_k > 0 && p.top_k < V) {
-    const uint32_t k = bisect((double)p.top_k, [&](uint32_t kk) {
-      int c = 0;
-      for (int i = tid; i < V; i += NT) c += key_of(L[i]) >= kk;
-      return (double)block_reduce(c, Sum(), sh.i);
-    });
-    cv = unkey(k);
-    int above = 0;
-    for (int i = tid; i < V; i += NT) above += L[i] > cv;
-    ct = p.top_k - block_reduce(above, Sum(), sh.i);
+    const Cut k = radix_cut<false>(
+        grid,
+        [&](int i, uint32_t &key, u64 &w) {
+          key = key_of(L[i]);
+          w = 1;
+          return true;
+        },
+        [&](u64) { return (u64)p.top_k; }, b0, b1, c->cnt[0], nullptr, rs, sh);
+    cv = unkey(k.key);
+    ct = p.top_k - (int)k.above;
   }
   const bool wantP = p.top_p < 1.f;
   const float invT = 1.f / p.T;
   const float mp = p.log_min_p > -INFINITY ? m + p.T * p.log_min_p : -INFINITY;
-  // the exp pass over contiguous chunks, so that ties are ranked in index order; min-p applies
-  // here unless top-p needs the mass it removes
-  const int C = (V + NT - 1) / NT, i0 = min(V, tid * C), i1 = min(V, i0 + C);
-  int ties = 0;
-  if (cv > -INFINITY)
+  // the ties at top-k's cut ranked in index order across the blocks
+  int rank = 0;
+  if (cv > -INFINITY) {
+    int ties = 0, total;
     for (int i = i0; i < i1; i++) ties += L[i] == cv;
-  int tieTotal;
-  int rank = block_scan(ties, &tieTotal, sh.i);
+    rank = block_scan(ties, &total, sh.i);
+    if (tid == 0) c->bties[0][g] = total;
+    grid.sync();
+    for (int h = 0; h < g; h++) rank += __ldcg(&c->bties[0][h]);
+  }
+  // the exps; min-p applies here unless top-p needs the mass it removes
   const float lo = wantP ? -INFINITY : mp;
-  double part = 0;
   for (int i = i0; i < i1; i++) {
     const float l = L[i];
     const bool keep = (l > cv || (l == cv && rank++ < ct)) && l >= lo;
-    const float e = keep ? expf((l - m) * invT) : 0.f;
-    E[i] = e;
-    part += e;
+    E[i] = keep ? expf((l - m) * invT) : 0.f;
   }
-  const double total = block_reduce(part, Sum(), sh.d);
-
-  // the draw's domain: every token, or top-p's gathered list
-  const int32_t *dom = nullptr;
-  int n = V;
+  __syncthreads();  // the block reads its own exps back (each block only its span)
   float pv = -INFINITY;
   int pt = V;
   if (wantP) {
-    const double target = (double)p.top_p * total;
-    double M = 0;
-    for (int pass = 0; pass < 2; pass++) {
-      const float lc = pass ? -INFINITY : (float)(m + (double)p.T * log((1.0 - p.top_p) * total / (2.0 * V)));
-      int cnt = 0;
-      for (int i = i0; i < i1; i++) cnt += L[i] >= lc && E[i] > 0;
-      int at = block_scan(cnt, &n, sh.i);
-      double s = 0;
-      for (int i = i0; i < i1; i++)
-        if (L[i] >= lc && E[i] > 0) {
-          list[at++] = i;
-          s += E[i];
-        }
-      M = block_reduce(s, Sum(), sh.d);
-      if (M >= target) break;
-    }
-    dom = list;
-    __syncthreads();  // the list is written
-    if (M >= target) {
-      const uint32_t k = bisect(target, [&](uint32_t kk) {
-        double s = 0;
-        for (int j = tid; j < n; j += NT)
-          if (key_of(L[list[j]]) >= kk) s += E[list[j]];
-        return block_reduce(s, Sum(), sh.d);
-      });
-      pv = unkey(k);
-      double above = 0;
-      int tiesP = 0;
-      for (int j = tid; j < n; j += NT) {
-        const float l = L[list[j]];
-        if (l > pv) above += E[list[j]];
-        tiesP += l == pv;
-      }
-      above = block_reduce(above, Sum(), sh.d);
-      tiesP = block_reduce(tiesP, Sum(), sh.i);
-      // the ties (one exp value) join in index order until the mass reaches the target
-      __syncthreads();  // every thread has read the last reduction's result
-      if (tid == 0) {
-        const double e = expf((pv - m) * invT);
-        double acc = above;
-        int c = 0;
-        while (c < tiesP) {
-          c++;
-          acc += e;
-          if (acc >= target) break;
-        }
-        sh.i.out = c;
-      }
-      __syncthreads();
-      pt = sh.i.out;
-    }  // else rounding left the crossing past every token: all are kept
+    const Cut k = radix_cut<true>(
+        grid,
+        [&](int i, uint32_t &key, u64 &w) {
+          const float e = E[i];
+          if (!(e > 0.f)) return false;
+          key = key_of(L[i]);
+          w = fixed(e);
+          return true;
+        },
+        [&](u64 tot) {
+          const u64 t = (u64)ceil((double)p.top_p * (double)tot);
+          return t < 1 ? (u64)1 : t > tot ? tot : t;
+        },
+        b0, b1, c->cnt[1], c->mass, rs, sh);
+    if (k.found) {
+      // the ties (one exp, so one mass e each) join in index order until the mass reaches the target
+      pv = unkey(k.key);
+      const u64 e = k.at / k.atCount, need = k.target - k.above;
+      const u64 n = (need + e - 1) / e;
+      pt = (int)(n < k.atCount ? n : k.atCount);
+    }  // else every token is kept
   }
-  // the kept tokens, in index order, over contiguous chunks of the domain
-  const int D = n, Cd = (D + NT - 1) / NT, j0 = min(D, tid * Cd), j1 = min(D, j0 + Cd);
-  int tiesD = 0;
-  if (wantP)
-    for (int j = j0; j < j1; j++) tiesD += L[dom[j]] == pv;
-  int tieAll;
-  int r0 = block_scan(tiesD, &tieAll, sh.i);
+  // the kept tokens, in index order
+  int r0 = 0;
+  if (wantP) {
+    int ties = 0, total;
+    for (int i = i0; i < i1; i++) ties += E[i] > 0.f && L[i] == pv;
+    r0 = block_scan(ties, &total, sh.i);
+    if (tid == 0) c->bties[1][g] = total;
+    grid.sync();
+    for (int h = 0; h < g; h++) r0 += __ldcg(&c->bties[1][h]);
+  }
   auto kept = [&](int i, int &r) {
     const float l = L[i];
     if (!(E[i] > 0)) return false;
@@ -260,23 +354,37 @@ __global__ void __launch_bounds__(NT) sample_kernel(const float *__restrict__ L,
   int last = -1;
   {
     int r = r0;
-    for (int j = j0; j < j1; j++) {
-      const int i = dom ? dom[j] : j;
+    for (int i = i0; i < i1; i++)
       if (kept(i, r)) {
         s += E[i];
         last = i;
       }
-    }
   }
-  double sum;
-  const double before = block_scan(s, &sum, sh.d);
-  const double u = p.u * sum;
+  double inBlock;
+  const double beforeIn = block_scan(s, &inBlock, sh.d);
+  last = block_reduce(last, MaxI(), -1, sh.i);
+  if (tid == 0) {
+    c->bsum[g] = inBlock;
+    if (last >= 0) atomicMax(&c->last, last);
+  }
+  grid.sync();
+  if (tid == 0) {  // the blocks' sums in one order, the same in every block
+    double pre = 0, sum = 0;
+    for (int h = 0; h < SG; h++) {
+      const double v = __ldcg(&c->bsum[h]);
+      if (h < g) pre += v;
+      sum += v;
+    }
+    pre_sum[0] = pre;
+    pre_sum[1] = sum;
+  }
+  __syncthreads();
+  const double before = pre_sum[0] + beforeIn, u = p.u * pre_sum[1];
   int pick = V;
   if (before <= u && s > 0) {
     double rr = u - before;
     int r = r0;
-    for (int j = j0; j < j1; j++) {
-      const int i = dom ? dom[j] : j;
+    for (int i = i0; i < i1; i++) {
       if (!kept(i, r)) continue;
       rr -= E[i];
       if (rr < 0) {
@@ -285,30 +393,40 @@ __global__ void __launch_bounds__(NT) sample_kernel(const float *__restrict__ L,
       }
     }
   }
-  pick = block_reduce(pick, MinI(), sh.i);
-  last = block_reduce(last, MaxI(), sh.i);
-  if (tid == 0) *out = pick < V ? pick : last >= 0 ? last : 0;
+  pick = block_reduce(pick, MinI(), INT_MAX, sh.i);
+  if (tid == 0 && pick < V) atomicMin(&c->pick, pick);
+  grid.sync();
+  if (g == 0 && tid == 0) {
+    const int pk = __ldcg(&c->pick), ls = __ldcg(&c->last);
+    *out = pk < V ? pk : ls >= 0 ? ls : 0;
+  }
 }
 
 }  // namespace
 
 namespace kle_ops {
 
-size_t sample_scratch_bytes(int V) { return (size_t)V * 4 * 3 + 256; }
+static size_t ctl_offset(int V) { return ((size_t)V * 8 + 255) & ~(size_t)255; }
 
-void sample(const float *logits, int V, const SampleParams &p, const SamplePatch &patch, void *scratch, int32_t *out,
-            cudaStream_t st) {
+size_t sample_scratch_bytes(int V) { return ctl_offset(V) + sizeof(Ctl); }
+
+cudaError_t sample(const float *logits, int V, const SampleParams &p, const SamplePatch &patch, void *scratch,
+                   int32_t *out, cudaStream_t st) {
   float *work = (float *)scratch, *E = work + V;
-  int32_t *list = (int32_t *)(E + V);
+  Ctl *ctl = (Ctl *)((char *)scratch + ctl_offset(V));
   const float *src = logits;
   if (patch.n + patch.nb > 0) {
-    cudaMemcpyAsync(work, logits, sizeof(float) * V, cudaMemcpyDeviceToDevice, st);
+    cudaError_t e = cudaMemcpyAsync(work, logits, sizeof(float) * V, cudaMemcpyDeviceToDevice, st);
+    if (e != cudaSuccess) return e;
     const int k = patch.n + patch.nb;
     patch_kernel<<<(k + 255) / 256, 256, 0, st>>>(work, V, patch.btoks, patch.bvals, patch.nb, patch.toks, patch.counts,
                                                   patch.cbias, patch.n, patch.rep, patch.freq, patch.pres);
     src = work;
   }
-  sample_kernel<<<1, NT, 0, st>>>(src, V, E, list, p, out);
+  // cooperative: the grid's barriers need every block resident at once (64 blocks of 256 threads)
+  SampleParams pp = p;
+  void *args[] = {(void *)&src, (void *)&V, (void *)&E, (void *)&ctl, (void *)&pp, (void *)&out};
+  return cudaLaunchCooperativeKernel((const void *)sample_kernel, dim3(SG), dim3(SB), args, 0, st);
 }
 
 }  // namespace kle_ops
