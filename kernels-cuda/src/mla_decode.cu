@@ -69,9 +69,13 @@ int decode_min_rows() {
 
 __host__ __device__ constexpr int row_stride(int D) { return ((D + 31) & ~31) + 8; }
 
-// two tiles of cache rows (elem bytes each value), then the float arrays
+// tiles of cache rows in shared memory: with a BF16 cache two in flight while a third is used
+// (its tiles are half the size), with f32 one and one
+__host__ __device__ constexpr int tile_buffers(size_t elem) { return elem == 2 ? 3 : 2; }
+
+// tile_buffers tiles of cache rows (elem bytes each value), then the float arrays
 size_t smem_bytes(int D, size_t elem) {
-  return elem * (elem == 2 ? 3 : 2) * TJ * row_stride(D) + sizeof(float) * ((size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
+  return elem * tile_buffers(elem) * TJ * row_stride(D) + sizeof(float) * ((size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
 }
 
 // How the work is cut: groups of 32 (query, head) rows, n spans of the context each. One group
@@ -174,7 +178,7 @@ __global__ void __launch_bounds__(THREADS, 1) mla_partial(const float *__restric
   // a BF16 cache: its values are mma operands as they are, the f32 side split in two BF16 terms
   constexpr bool BF = sizeof(CT) == 2;
   static_assert(BF || !BP, "BF16-rounded inputs over a BF16 cache");
-  constexpr int NB = BF ? 3 : 2;  // tiles of cache rows in shared memory (smem_bytes)
+  constexpr int NB = tile_buffers(sizeof(CT));  // as smem_bytes reserved them
   CT *sm = reinterpret_cast<CT *>(smem);
   const int r0 = slots * blockIdx.y;
   // the fast shape has 32 heads a query: then a group is one query's heads
