@@ -13,7 +13,7 @@ import { CudaBackend } from '../src/engine/cuda-backend.js';
 import { loadCudaBackend } from '../src/node.js';
 import { Sampler, type SamplingOptions } from '../src/generate/sampler.js';
 import { gaussianLogits, KIMI_VOCAB, logitsSession } from '../test/helpers/gpu-logits.js';
-import { gpuTag, machine, median, table, writeResultAs } from './lib.js';
+import { gpuTag, machine, table, timeIt, writeResultAs } from './lib.js';
 
 const { values } = parseArgs({ options: { addon: { type: 'string' }, label: { type: 'string' }, draws: { type: 'string', default: '200' } } });
 const DRAWS = Number(values.draws);
@@ -38,21 +38,12 @@ const context = Array.from({ length: 300 }, (_, i) => (i * 7919) % 20000);
 const ls = logitsSession(cuda);
 interface Row { logits: string; mode: string; gpuMs: number; hostMs: number; hostOverGpu: number }
 const rows: Row[] = [];
-const time = (f: () => void): number => {
-  const t: number[] = [];
-  for (let i = 0; i < DRAWS; i++) {
-    const t0 = performance.now();
-    f();
-    t.push(performance.now() - t0);
-  }
-  return median(t.slice(2)); // the first draws size the scratch buffers
-};
 for (const [lname, l] of Object.entries(LOGITS)) {
   ls.set(l);
   for (const [mode, o] of Object.entries(MODES)) {
     const dev = new Sampler({ ...o, seed: 1 }), host = new Sampler({ ...o, seed: 1 });
-    const gpuMs = time(() => dev.sample(ls.session.logitsRef()!, context));
-    const hostMs = time(() => host.sample(ls.session.logitsRef()!.copy(), context));
+    const gpuMs = timeIt(() => dev.sample(ls.session.logitsRef()!, context), DRAWS).median; // its warm-up draw sizes the scratch
+    const hostMs = timeIt(() => host.sample(ls.session.logitsRef()!.copy(), context), DRAWS).median;
     rows.push({ logits: lname, mode, gpuMs, hostMs, hostOverGpu: hostMs / gpuMs });
     console.error(`${lname}, ${mode}: GPU ${gpuMs.toFixed(3)} ms, copy + host ${hostMs.toFixed(3)} ms`);
   }
