@@ -574,6 +574,152 @@ __global__ void __launch_bounds__(256) expert_down_combine16_kernel(const uint16
   }
 }
 
+// ---------------------------------------------------------------- experts at one token, inputs in registers
+// At one token the two kernels above lose time around their bytes (Nsight Compute, 48B at batch 1,
+// base clocks: gate/up 29-31 us for 85 MB, down 24-25 us for 42.5 MB): the down kernel's blocks
+// wait while one warp of four takes the ninth pair, the grids end in partial waves, and each
+// warp has a few loads in flight. Here a warp loads its pair's input once into registers (lane
+// chunks c = lane + 32 j, j < NJ: row_dot16's chunk order, so each lane's sum and the shuffle tree
+// are the same and so are the results), issues every load of a row (gate/up) or of four rows
+// (down) before the first use, and streams rows against the input; the grid is one wave of
+// resident blocks with the rows dealt out evenly. Down 24-25 -> 17.5-18.2 us, gate/up about the
+// same (29.0-31.7); the step 2.89-2.95 -> 2.73-2.81 ms. A warp's rows run one after another, so
+// with many of them (a batched step: 72 rows a warp at 8 streams) these lose (8 streams 10.3 ->
+// 11.1 ms) and the kernels above serve: SEQ_ROWS bounds a warp's rows.
+// Measured and not kept: the compiler's own schedule of the loads (gate/up 37-39 us), gate/up's
+// inputs read from L1 to fit more warps (31-33 us), two down rows at once (18.2-18.4 us).
+constexpr int SEQ_ROWS = 16;
+
+// this lane's inputs: x chunks lane + 32 j (8 floats each), zero past n8 chunks
+template <int NJ>
+__device__ __forceinline__ void load_x_res(const float *__restrict__ x, int n8, int lane, float4 (&xa)[NJ], float4 (&xb)[NJ]) {
+  const float4 *x4 = reinterpret_cast<const float4 *>(x);
+#pragma unroll
+  for (int j = 0; j < NJ; j++) {
+    const int c = lane + 32 * j;
+    xa[j] = c < n8 ? x4[2 * c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    xb[j] = c < n8 ? x4[2 * c + 1] : make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+}
+__device__ __forceinline__ float dot8(const float (&f)[8], float4 a, float4 b) {
+  return f[0] * a.x + f[1] * a.y + f[2] * a.z + f[3] * a.w + f[4] * b.x + f[5] * b.y + f[6] * b.z + f[7] * b.w;
+}
+
+// pairs p < Pr: G[p, row] = silu(gate_e[row] . x) * (up_e[row] . x), e = idx[p], x = X[p / x_div];
+// p >= Pr: token p - Pr's shared expert (sg, su). Warp w takes items (p * N + row) w * per ..
+// (w + 1) * per - 1, reloading x where p changes.
+template <int NJ>
+__global__ void __launch_bounds__(256) expert_gate_up16_res_kernel(const uint16_t *const *__restrict__ Wtab, const int32_t *__restrict__ idx,
+                                                                   const float *__restrict__ X, int x_div, float *__restrict__ G, int N,
+                                                                   int Kd, int is_bf16, int Pr, const uint16_t *__restrict__ sg,
+                                                                   const uint16_t *__restrict__ su, int items, int per) {
+  pdl_wait();  // which experts: the routing just made them
+  pdl_trigger();
+  const int lane = threadIdx.x % 32, n8 = Kd / 8;
+  const int i0 = (blockIdx.x * 8 + threadIdx.x / 32) * per, i1 = min(items, i0 + per);
+  float4 xa[NJ], xb[NJ];
+  const uint4 *gm = nullptr, *um = nullptr;
+  int cur = -1;
+  for (int i = i0; i < i1; i++) {
+    const int p = i / N, row = i - p * N;
+    if (p != cur) {
+      cur = p;
+      const bool sh = p >= Pr;
+      gm = reinterpret_cast<const uint4 *>(sh ? sg : Wtab[(size_t)idx[p] * 3]);
+      um = reinterpret_cast<const uint4 *>(sh ? su : Wtab[(size_t)idx[p] * 3 + 1]);
+      load_x_res<NJ>(X + (size_t)(sh ? p - Pr : p / x_div) * Kd, n8, lane, xa, xb);
+    }
+    const uint4 *g8 = gm + (size_t)row * n8, *u8 = um + (size_t)row * n8;
+    uint4 wg[NJ], wu[NJ];
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      const int c = min(lane + 32 * j, n8 - 1);  // in bounds; past n8 its product is dropped below
+      wg[j] = ld_stream(g8 + c);
+      wu[j] = ld_stream(u8 + c);
+    }
+    float ga = 0.f, ua = 0.f;
+#pragma unroll
+    for (int j = 0; j < NJ; j++) {
+      if (lane + 32 * j < n8) {
+        float f0[8], f1[8];
+        unpack8(wg[j], is_bf16, f0);
+        unpack8(wu[j], is_bf16, f1);
+        ga += dot8(f0, xa[j], xb[j]);
+        ua += dot8(f1, xa[j], xb[j]);
+      }
+    }
+    // both sums in one tree: lanes 0-15 end with the gate's, 16-31 with the up's (6 shuffles, not 10)
+    float v = lane & 16 ? ua : ga;
+    v += __shfl_xor_sync(0xffffffffu, lane & 16 ? ga : ua, 16);
+    for (int o = 8; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    const float u = __shfl_sync(0xffffffffu, v, 16);
+    if (lane == 0) G[(size_t)p * N + row] = v / (1.0f + expf(-v)) * u;
+  }
+}
+
+// y[t, row] = sum_k w[t, k] (down_e[row] . G[t * K + k]) (+ the shared expert's, pair K, last):
+// expert_down_combine16_kernel's result. A block takes rows r0 .. r0 + rpb - 1 of the T x N
+// outputs (N and rpb multiples of 4, so four rows share a token) for every pair: warp k pair k
+// (and k + warps ...), four rows' loads in flight at once; the dots meet in shared memory and one
+// thread a row sums them in k order.
+template <int NJ>
+__global__ void __launch_bounds__(512) expert_down16_res_kernel(const uint16_t *const *__restrict__ Wtab, const int32_t *__restrict__ idx,
+                                                                const float *__restrict__ G, const float *__restrict__ w, float *__restrict__ y,
+                                                                int T, int K, int N, int Kd, int is_bf16, const uint16_t *__restrict__ sd,
+                                                                int rpb) {
+  pdl_wait();  // which experts: the routing just made them
+  pdl_trigger();
+  extern __shared__ float dots[];  // [rpb][Kp]
+  const int lane = threadIdx.x % 32, nw = blockDim.x / 32, n8 = Kd / 8, Kp = K + (sd != nullptr);
+  const long r0 = (long)blockIdx.x * rpb, r1 = min((long)T * N, r0 + rpb);
+  for (int k = threadIdx.x / 32; k < Kp; k += nw) {
+    float4 xa[NJ], xb[NJ];
+    int cur = -1;
+    for (long i = r0; i < r1; i += 4) {
+      const int t = (int)(i / N), row = (int)(i - (long)t * N);
+      if (t != cur) {
+        cur = t;
+        load_x_res<NJ>(G + (k < K ? (size_t)t * K + k : (size_t)T * K + t) * Kd, n8, lane, xa, xb);
+      }
+      const uint4 *w8 = reinterpret_cast<const uint4 *>(k < K ? Wtab[(size_t)idx[(size_t)t * K + k] * 3 + 2] : sd) + (size_t)row * n8;
+      uint4 u[NJ][4];
+#pragma unroll
+      for (int j = 0; j < NJ; j++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) u[j][q] = ld_stream(w8 + (size_t)q * n8 + min(lane + 32 * j, n8 - 1));
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < NJ; j++)
+        if (lane + 32 * j < n8)
+#pragma unroll
+          for (int q = 0; q < 4; q++) {
+            float f[8];
+            unpack8(u[j][q], is_bf16, f);
+            d[q] += dot8(f, xa[j], xb[j]);
+          }
+      // four sums in one tree (8 shuffles, not 20): after xor 16 and 8 lane l holds row
+      // 2 (l >> 4 & 1) + (l >> 3 & 1), the rest of the tree as warp_sum's
+      const bool hi = lane & 16, mid = lane & 8;
+      float a0 = hi ? d[2] : d[0], a1 = hi ? d[3] : d[1];
+      a0 += __shfl_xor_sync(0xffffffffu, hi ? d[0] : d[2], 16);
+      a1 += __shfl_xor_sync(0xffffffffu, hi ? d[1] : d[3], 16);
+      float v = mid ? a1 : a0;
+      v += __shfl_xor_sync(0xffffffffu, mid ? a0 : a1, 8);
+      for (int o = 4; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if ((lane & 7) == 0) dots[(size_t)(i - r0 + (lane >> 3)) * Kp + k] = v;
+    }
+  }
+  __syncthreads();
+  for (long i = r0 + threadIdx.x; i < r1; i += blockDim.x) {
+    const int t = (int)(i / N);
+    const float *dr = dots + (size_t)(i - r0) * Kp;
+    float acc = 0.f;
+    for (int k = 0; k < K; k++) acc += w[(size_t)t * K + k] * dr[k];
+    if (sd) acc += dr[K];
+    y[i] = acc;
+  }
+}
+
 // ---------------------------------------------------------------- several matvecs, one launch
 // One token's products with up to MV_MAX weights (16-bit or f32; each with its own input and
 // output) in blocks of 8 / SPLIT rows, entry after entry; SPLIT warps share a row when the rows
@@ -722,9 +868,57 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
     round_bf16 ? run(gemm_bf16_tc_kernel<true, TBM, 2, TBK, false>, g64) : run(gemm_bf16_tc_kernel<true>, g64);
 }
 
+// whether the experts' register-resident kernels may serve (KLE_CUDA_EXPERTS_RES=0: never, a
+// before/after in one run)
+static bool experts_res() {
+  static const bool v = [] {
+    const char *e = getenv("KLE_CUDA_EXPERTS_RES");
+    return !(e && e[0] == '0' && !e[1]);
+  }();
+  return v;
+}
+
+// blocks of `threads` (and `smem` bytes) that the whole card holds at once for kernel k, at least 1
+template <typename Kern>
+static int resident_blocks(Kern k, int threads, size_t smem) {
+  int per = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k, threads, smem) != cudaSuccess || per < 1) {
+    cudaGetLastError();  // not left for the launch checks to find
+    per = 1;
+  }
+  return per * (sm_count() > 0 ? sm_count() : 1);
+}
+
+// a gate/up launch over items = pairs x N rows, one wave of resident blocks, rows dealt evenly;
+// false (nothing launched) where a warp would take more than SEQ_ROWS
+template <int NJ>
+static bool gate_up_res(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
+                        int Kd, cudaStream_t st, int Ts, const uint16_t *sg, const uint16_t *su) {
+  static const int warps = 8 * resident_blocks(expert_gate_up16_res_kernel<NJ>, 256, 0);
+  const int items = (P + Ts) * N, per = blocks_for(items, warps);
+  if (per > SEQ_ROWS) return false;
+  launch_pdl(expert_gate_up16_res_kernel<NJ>, blocks_for(blocks_for(items, per), 8), 256, 0, st, Wtab, idx, X, x_div, G, N, Kd, is_bf16, P, sg,
+             su, items, per);
+  return true;
+}
+
 void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *X, int x_div, float *G, int P, int N,
                       int Kd, cudaStream_t st, int T, const uint16_t *sg, const uint16_t *su) {
   const int vec = (Kd & 7) == 0 && ((uintptr_t)X & 15) == 0;
+  const int Ts = sg ? T : 0;
+  if (experts_res() && vec) {
+    bool done = false;
+    switch (blocks_for(Kd / 8, 32)) {  // wider inputs than these registers hold: the L1 kernel
+    case 1: done = gate_up_res<1>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
+    case 2: done = gate_up_res<2>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
+    case 3: done = gate_up_res<3>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
+    case 4: done = gate_up_res<4>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
+    case 5: case 6: done = gate_up_res<6>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
+    case 7: case 8: case 9: done = gate_up_res<9>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
+    default: break;
+    }
+    if (done) return;
+  }
   launch_pdl(expert_gate_up16_kernel, dim3(blocks_for(N, 8), P + (sg ? T : 0)), 256, 0, st, Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec, P,
              sg, su);
 }
@@ -789,8 +983,37 @@ void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const 
   expert_gemv16_kernel<1><<<dim3(blocks_for(N, 8), P), 256, 0, st>>>(Wtab, which, idx, X, x_div, Y, N, Kd, is_bf16, vec);
 }
 
+// a down-and-combine launch: a warp a pair (up to 16, then in turn), about one wave of resident
+// blocks, each a multiple of 4 rows, its pairs' dots in shared memory; false (nothing launched)
+// where a warp would take more than SEQ_ROWS rows
+template <int NJ>
+static bool down_res(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T, int K,
+                     int Kp, int N, int Kd, cudaStream_t st, const uint16_t *sd) {
+  static int slots[17];  // resident blocks by warps a block
+  const int nw = Kp < 16 ? Kp : 16;
+  if (!slots[nw]) slots[nw] = resident_blocks(expert_down16_res_kernel<NJ>, 32 * nw, 4096);
+  const long rows = (long)T * N;
+  const long rpb = 4 * (long)blocks_for(blocks_for(rows, slots[nw]), 4);
+  if (rpb > 2 * SEQ_ROWS || rpb * Kp * 4 > 48 * 1024) return false;  // (the dots within 48 KB of shared memory)
+  launch_pdl(expert_down16_res_kernel<NJ>, blocks_for(rows, (int)rpb), 32 * nw, (size_t)rpb * Kp * 4, st, Wtab, idx, G, w, y, T, K, N, Kd,
+             is_bf16, sd, (int)rpb);
+  return true;
+}
+
 void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T,
                            int K, int N, int Kd, cudaStream_t st, const uint16_t *sd) {
+  const int Kp = K + (sd != nullptr);
+  if (experts_res() && N % 4 == 0) {
+    bool done = false;
+    switch (blocks_for(Kd / 8, 32)) {  // wider inputs than these registers hold: the L1 kernel
+    case 1: done = down_res<1>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
+    case 2: done = down_res<2>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
+    case 3: done = down_res<3>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
+    case 4: done = down_res<4>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
+    default: break;
+    }
+    if (done) return;
+  }
   launch_pdl(expert_down_combine16_kernel, dim3(blocks_for(N, 8 / DOWN_SPLIT), T), 256, 0, st, Wtab, idx, G, w, y, K, N, Kd, is_bf16, sd);
 }
 

@@ -82,6 +82,12 @@ async function load(b: KernelBackend, m: Model): Promise<EngineModel> {
 }
 // many experts, few layers: the routed matvecs dominate
 const MOE_HEAVY = { ...TINY_CONFIG, num_experts: 64, num_experts_per_token: 8, moe_intermediate_size: 96 };
+// the 48B model's expert shapes (hidden 2304, 1024-wide experts, top 8 and a shared one), where
+// the per-pair expert kernels hold their inputs in registers at the widths the full model uses
+const EXPERTS_48B = {
+  ...ATTENTION_48B_CONFIG, hidden_size: 2304, intermediate_size: 9216, num_hidden_layers: 2, num_experts: 16, num_experts_per_token: 8,
+  moe_intermediate_size: 1024, linear_attn_config: { ...ATTENTION_48B_CONFIG.linear_attn_config, kda_layers: [1], full_attn_layers: [2] },
+};
 
 const models: Record<string, () => Model> = {
   'the random tiny model': () => ({ config: parseKimiConfig(tinyConfig()), weights: tinyWeights(), prompt: 300 }),
@@ -100,6 +106,7 @@ if (!process.env.KLE_PARITY_QUICK) {
   models['48B attention shapes, a BF16 checkpoint'] = () => synthetic(ATTENTION_48B_CONFIG, 8, 300, 'BF16');
   models['48B attention shapes made by the engine in BF16'] = () => engineMade(ATTENTION_48B_CONFIG, 9, 300);
   models['MoE-heavy (64 experts, top 8) made by the engine in BF16'] = () => engineMade(MOE_HEAVY, 10, 300);
+  models['48B expert shapes (2 layers, hidden 2304, 16 experts of 1024, top 8) made by the engine in BF16'] = () => engineMade(EXPERTS_48B, 11, 300);
 }
 
 /** relative L2 error of a against reference b, and the share of rows (of width V) whose argmax agrees */
