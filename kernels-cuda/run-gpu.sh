@@ -135,7 +135,7 @@ if [ "$mode" = peer ]; then  # .peer/ holds fla/ and modeling_kimi.py (bench/pee
   exit 0
 fi
 if [ "$mode" = big ]; then
-  KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
+  [ -n "${SKIP_SANITIZER:-}" ] || KLE_PARITY_QUICK=1 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 9 $VITEST --pool=forks 2>&1 | tee "$OUT/engine-sanitizer.log" | tail -12
   node .gpu/dist/bench/gpu-48b.mjs "$@" 2>&1 | tee "$OUT/gpu-48b.log"
   cp bench/results/gpu-48b-* "$OUT/" 2>/dev/null || true
   exit 0

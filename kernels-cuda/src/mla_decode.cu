@@ -550,6 +550,16 @@ __global__ void mla_merge(const float *__restrict__ pout, const float *__restric
                        out + (size_t)r * Dv, lse && blockIdx.y == 0 ? lse + r : nullptr);
 }
 
+// warp w of block b: row 8 b + w, as mla_merge's, for a plan with at most 32 spans
+__global__ void __launch_bounds__(256) mla_merge_warp(const float *__restrict__ pout, const float *__restrict__ plse, int n, int slots,
+                                                      int rows, int Dv, float *__restrict__ out, float *__restrict__ lse) {
+  const int r = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (r >= rows) return;
+  const size_t first = (size_t)(r / slots) * n * slots + r % slots;
+  kle_merge::merge_row_warp(plse + first, slots, pout + first * Dv, (size_t)slots * Dv, n, Dv, out + (size_t)r * Dv,
+                            lse ? lse + r : nullptr);
+}
+
 namespace kle_mla {
 
 bool tc_fits(int D, int Dv) { return D > 0 && D % 8 == 0 && D <= 8 * NWARP * MAXKS && Dv > 0 && Dv % 64 == 0 && Dv <= D && Dv <= NWARP * 8 * MAXVT; }
@@ -585,7 +595,12 @@ static int run_plan(const Plan &p, const float *q, const void *cache, int bf16, 
                   : bp ? (fast ? launch(mla_partial<576, 32, 512, uint16_t, true>, cb) : launch(mla_partial<0, 0, 0, uint16_t, true>, cb))
                        : (fast ? launch(mla_partial<576, 32, 512, uint16_t>, cb) : launch(mla_partial<0, 0, 0, uint16_t>, cb));
   if (!ok) return KLE_EINVAL;
-  if (!direct) mla_merge<<<dim3(T * H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, lse);
+  // a lone group's many spans: a block a row, its warps splitting the spans; many groups' few
+  // spans (a batched step, a prompt's queries): a warp a row (Dv % 64 == 0: tc_fits)
+  if (!direct && p.groups > 1 && p.n <= 32)
+    mla_merge_warp<<<(T * H + 7) / 8, 256, 0, st>>>(pout, plse, p.n, p.slots, T * H, Dv, out, lse);
+  else if (!direct)
+    mla_merge<<<dim3(T * H, (Dv + 31) / 32), 256, 0, st>>>(pout, plse, p.n, p.slots, Dv, out, lse);
   return cudaGetLastError() == cudaSuccess ? KLE_OK : KLE_EINVAL;
 }
 
