@@ -351,7 +351,11 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
   constexpr int NI = TBN / (8 * NW);              // 8-column fragments a warp
   constexpr int XV = TM * BK / 4;                // float4 of a k-slice of X
   constexpr int XJ = (XV + 255) / 256;            // ... a thread
-  __shared__ __align__(16) uint16_t Xh[2][TM][BK + TPAD], Xl[LO ? 2 : 1][LO ? TM : 1][BK + TPAD], Ws[WS][TBN][BK + TPAD];
+  // dynamic (tc_smem_bytes): three 64-wide weight stages of a 64-row tile pass the 48 KB of static memory
+  extern __shared__ __align__(16) uint16_t tc_smem[];
+  auto Xh = reinterpret_cast<uint16_t (*)[TM][BK + TPAD]>(tc_smem);
+  auto Xl = reinterpret_cast<uint16_t (*)[LO ? TM : 1][BK + TPAD]>(tc_smem + 2 * TM * (BK + TPAD));
+  auto Ws = reinterpret_cast<uint16_t (*)[TBN][BK + TPAD]>(tc_smem + (2 * TM + (LO ? 2 * TM : 1)) * (BK + TPAD));
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int n0 = blockIdx.x * TBN, wm = (warp / NW) * (16 * MI), wn = (warp % NW) * (8 * NI);
   int m0 = blockIdx.y * TM, base = 0;
@@ -469,6 +473,21 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
         if (n < N) yr[n] = acc[mi][ni][2 * h];
         if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
       }
+}
+
+// gemm_bf16_tc_kernel's shared memory: X's two stages (and its remainders' with LO), WS of W
+template <int TM, int WS, int BK, bool LO>
+constexpr size_t tc_smem_bytes() {
+  return sizeof(uint16_t) * (size_t)(BK + TPAD) * (2 * TM + (LO ? 2 * TM : 1) + WS * TBN);
+}
+
+template <bool GROUPED, int TM, int WS, int BK, bool LO>
+void launch_tc(dim3 grid, cudaStream_t st, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, tc_group grp, int kper,
+               float *part) {
+  constexpr size_t smem = tc_smem_bytes<TM, WS, BK, LO>();
+  auto kern = gemm_bf16_tc_kernel<GROUPED, TM, WS, BK, LO>;
+  if (smem > 48 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  kern<<<grid, 256, smem, st>>>(W, X, Y, T, N, Kd, grp, kper, part);
 }
 
 __global__ void splitk_sum_kernel(const float *__restrict__ part, int S, long n, float *__restrict__ Y) {
@@ -859,13 +878,15 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
   // 16-row tiles stream 64-wide k-slices, two in flight (half the barriers and waits of four
   // 32-wide ones, which remain where Kd is not a multiple of 64)
   const dim3 g16(blocks_for(N, TBN), blocks_for(T, 16), E), g64(blocks_for(N, TBN), blocks_for(T, TBM), E);
-  auto run = [&](auto kern, dim3 grid) { kern<<<grid, 256, 0, st>>>(nullptr, X, Y, T, N, Kd, grp, 0, nullptr); };
   if (few && Kd % 64 == 0)
-    round_bf16 ? run(gemm_bf16_tc_kernel<true, 16, 2, 64, false>, g16) : run(gemm_bf16_tc_kernel<true, 16, 2, 64>, g16);
+    round_bf16 ? launch_tc<true, 16, 2, 64, false>(g16, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr)
+               : launch_tc<true, 16, 2, 64, true>(g16, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
   else if (few)
-    round_bf16 ? run(gemm_bf16_tc_kernel<true, 16, 4, 32, false>, g16) : run(gemm_bf16_tc_kernel<true, 16, 4>, g16);
+    round_bf16 ? launch_tc<true, 16, 4, 32, false>(g16, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr)
+               : launch_tc<true, 16, 4, 32, true>(g16, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
   else
-    round_bf16 ? run(gemm_bf16_tc_kernel<true, TBM, 2, TBK, false>, g64) : run(gemm_bf16_tc_kernel<true>, g64);
+    round_bf16 ? launch_tc<true, TBM, 2, TBK, false>(g64, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr)
+               : launch_tc<true, TBM, 2, TBK, true>(g64, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
 }
 
 // whether the experts' register-resident kernels may serve (KLE_CUDA_EXPERTS_RES=0: never, a
@@ -923,6 +944,32 @@ void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *i
              sg, su);
 }
 
+// whether batched steps' matmuls take the three-stage 64-wide kernel (KLE_CUDA_GEMM_DEEP=0: the
+// two-stage 32-wide one, a before/after in one run)
+static bool deep_gemm() {
+  static const bool v = [] {
+    const char *e = getenv("KLE_CUDA_GEMM_DEEP");
+    return !(e && e[0] == '0');
+  }();
+  return v;
+}
+
+// The deep kernel's split of Kd: its 124 registers a thread leave two blocks an SM, so the
+// split fills one wave of those (splits_for's two blocks an SM of the 79-register kernel would
+// leave the deep one a wave and a half: 384 blocks at 256 tokens x 4096 rows); never more
+// splits than splits_for, which sized the workspace
+static int deep_splits(int T, int N, int Kd, bool round_bf16) {
+  auto res = [](auto kern, size_t smem) {
+    cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    return resident_blocks(kern, 256, smem);
+  };
+  static const int lo = res(gemm_bf16_tc_kernel<false, TBM, 3, 64, true>, tc_smem_bytes<TBM, 3, 64, true>());
+  static const int hi = res(gemm_bf16_tc_kernel<false, TBM, 3, 64, false>, tc_smem_bytes<TBM, 3, 64, false>());
+  const int tiles = blocks_for(N, TBN) * blocks_for(T, TBM), per = round_bf16 ? hi : lo;
+  const int s = min(splits_for(T, N, Kd), per / tiles);
+  return s > 1 ? s : 1;
+}
+
 long matmul16_ws_floats(int T, int N, int Kd) {
   if (T <= 8 || Kd % TBK) return 0;
   const int S = splits_for(T, N, Kd);
@@ -955,19 +1002,18 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
     return;
   }
   if (is_bf16 && vec && Kd % TBK == 0) {
-    const int S = splits_for(T, N, Kd);
-    if (S > 1 && ws && ws_floats >= (long)S * T * N) {
-      const int kper = blocks_for(Kd / TBK, S);
-      const int Sz = blocks_for(Kd / TBK, kper);  // splits that have slices
-      const dim3 grid(blocks_for(N, TBN), blocks_for(T, TBM), Sz);
-      if (round_bf16) gemm_bf16_tc_kernel<false, TBM, 2, TBK, false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
-      else gemm_bf16_tc_kernel<false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, kper, ws);
-      splitk_sum(ws, Sz, (long)T * N, Y, st);
-      return;
-    }
-    const dim3 grid(blocks_for(N, TBN), blocks_for(T, TBM));
-    if (round_bf16) gemm_bf16_tc_kernel<false, TBM, 2, TBK, false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, 0, nullptr);
-    else gemm_bf16_tc_kernel<false><<<grid, 256, 0, st>>>(W, X, Y, T, N, Kd, tc_group{}, 0, nullptr);
+    // a batched step's rows (up to 512 tokens): 64-wide k-slices, two in flight (deep_gemm)
+    const bool deep = T <= 512 && Kd % 64 == 0 && deep_gemm();
+    const int bk = deep ? 64 : TBK, S = deep ? deep_splits(T, N, Kd, round_bf16) : splits_for(T, N, Kd);
+    const int kper = S > 1 && ws && ws_floats >= (long)S * T * N ? blocks_for(Kd / bk, S) : 0;
+    const int Sz = kper ? blocks_for(Kd / bk, kper) : 1;  // splits that have slices
+    const dim3 grid(blocks_for(N, TBN), blocks_for(T, TBM), Sz);
+    float *part = kper ? ws : nullptr;
+    if (deep && round_bf16) launch_tc<false, TBM, 3, 64, false>(grid, st, W, X, Y, T, N, Kd, tc_group{}, kper, part);
+    else if (deep) launch_tc<false, TBM, 3, 64, true>(grid, st, W, X, Y, T, N, Kd, tc_group{}, kper, part);
+    else if (round_bf16) launch_tc<false, TBM, 2, TBK, false>(grid, st, W, X, Y, T, N, Kd, tc_group{}, kper, part);
+    else launch_tc<false, TBM, 2, TBK, true>(grid, st, W, X, Y, T, N, Kd, tc_group{}, kper, part);
+    if (kper) splitk_sum(ws, Sz, (long)T * N, Y, st);
     return;
   }
   gemm16_cc_kernel<<<dim3(blocks_for(N, CBN), blocks_for(T, CBM)), 256, 0, st>>>(W, X, Y, T, N, Kd, is_bf16);
