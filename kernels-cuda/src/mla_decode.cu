@@ -78,9 +78,13 @@ size_t smem_bytes(int D, size_t elem) {
   return elem * tile_buffers(elem) * TJ * row_stride(D) + sizeof(float) * ((size_t)NWARP * 32 * RS + 2 * 32 * RS + 2 * 32);
 }
 
-// How the work is cut: groups of 32 (query, head) rows, n spans of the context each. One group
-// (a decode) takes one block per SM, the kernel's 121-196 KB of shared memory allowing no second;
-// more groups take enough spans for two waves. Spans are at least 256 rows (a lone group's 64).
+// How the work is cut: groups of 32 (query, head) rows, n spans of the context each, one block
+// per SM (the kernel's 121-196 KB of shared memory allow no second). A lone group (a decode)
+// takes a span per SM. More groups take the n whose whole waves of blocks walk the fewest tiles,
+// counting a block's set-up as two tiles, the fewer spans on a tie (less to merge, and with one
+// none): "enough spans for two waves" had 32 sequences of 4K in 288 blocks, three waves of 15
+// tiles where 128 blocks of 32 do it in one, and 256 sequences in two spans each that one span
+// covers in the same waves. Spans are at least 256 rows (a lone group's 64).
 struct Plan {
   int groups, slots, n, span;
 };
@@ -91,9 +95,18 @@ Plan plan_for(int L, int T, int H, int nsm, int gsz = 32) {
   const long R = (long)T * H;
   p.groups = (int)((R + gsz - 1) / gsz);
   p.slots = R < gsz ? (int)R : gsz;
-  const int want = p.groups == 1 ? nsm : (2 * nsm + p.groups - 1) / p.groups;
   const int most = splits_for(L, p.groups == 1 ? decode_min_rows() : 256);
-  p.n = most < want ? most : want < 1 ? 1 : want;
+  if (p.groups == 1) {
+    p.n = most < nsm ? most : nsm;
+  } else {
+    long best = -1;
+    p.n = 1;
+    for (int n = 1; n <= most; n++) {
+      const long waves = ((long)p.groups * n + nsm - 1) / nsm, tiles = ((L + n - 1) / n + TJ - 1) / TJ;
+      const long cost = waves * (tiles + 2);
+      if (best < 0 || cost < best) best = cost, p.n = n;
+    }
+  }
   p.span = ((L + p.n - 1) / p.n + TJ - 1) / TJ * TJ;
   return p;
 }
