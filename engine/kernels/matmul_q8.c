@@ -695,12 +695,59 @@ static void row_dot_q50(const uint8_t *row, int q51, int T, const float *const d
   for (int t = 0; t < T; t++) out[t] = acc_sum(acc[t]) + mins[t];
 }
 
+#if defined(__wasm_simd128__)
+/* Q8_0 / Q4_0 in wasm, four blocks a step: their four f16 scales converted in one vector (the
+ * conversion below, bit for bit f16_to_f32's) and multiplied by the activations' four, then each
+ * block's lane splat to its dot. A block at a time, the scalar conversion, the multiply and the
+ * splat were as many instructions as the block's integer dot: a 2304 -> 4096 Q8_0 matvec 2.99 ->
+ * 1.97 ms, Q4_0 2.90 -> 1.56 ms (Node 20, this host kind), every output bit the same. */
+static inline v128_t f16x4_to_f32(v128_t h) {
+  const v128_t sign = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x8000)), 16);
+  const v128_t em = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x7fff)), 13);
+  const v128_t f = wasm_f32x4_mul(em, wasm_f32x4_splat(0x1p112f));
+  const v128_t inf = wasm_i32x4_eq(wasm_v128_and(h, wasm_i32x4_splat(0x7c00)), wasm_i32x4_splat(0x7c00));
+  return wasm_v128_or(wasm_v128_bitselect(wasm_v128_or(em, wasm_i32x4_splat(0x7f800000)), f, inf), sign);
+}
+/* the scales of blocks b .. b + 3 of a Q8_0 / Q4_0 row */
+static inline v128_t block_scales4(int fmt, const uint8_t *row, int b) {
+  const size_t bb = fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES;
+  const uint8_t *p = row + (size_t)b * bb;
+  uint16_t h[4];
+  for (int j = 0; j < 4; j++) memcpy(&h[j], p + j * bb, 2);
+  return f16x4_to_f32(wasm_u32x4_make(h[0], h[1], h[2], h[3]));
+}
+static inline v128_t lane_splat(v128_t d, int j) {
+  switch (j) {
+  case 0: return wasm_i32x4_shuffle(d, d, 0, 0, 0, 0);
+  case 1: return wasm_i32x4_shuffle(d, d, 1, 1, 1, 1);
+  case 2: return wasm_i32x4_shuffle(d, d, 2, 2, 2, 2);
+  default: return wasm_i32x4_shuffle(d, d, 3, 3, 3, 3);
+  }
+}
+/* block b of one token, its scale lane j of d, splat (acc_add's sums and products, in its order) */
+static inline kq_acc acc_add_lane(kq_acc acc, int fmt, const uint8_t *row, int b, const int16_t *qx, v128_t d, int j) {
+  kq_w w;
+  block_w(fmt, row, b, &w);
+  return wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(iacc_add(iacc_zero(), &w, qx + b * KLE_QK)), lane_splat(d, j)));
+}
+#endif
+
 /* Q8_0 and Q4_0 (the K-quants take row_dot_q4k / row_dot_q6k, chosen once per matmul: a branch
  * here cost wasm's Q8_0 prefill 15%) */
 static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb) {
   (void)sx;
   kq_acc acc = acc_zero();
-  for (int b = 0; b < nb; b++) {
+  int b = 0;
+#if defined(__wasm_simd128__)
+  for (; b + 4 <= nb; b += 4) {
+    const v128_t d = wasm_f32x4_mul(block_scales4(fmt, row, b), wasm_v128_load(dx + b));
+    acc = acc_add_lane(acc, fmt, row, b, qx, d, 0);
+    acc = acc_add_lane(acc, fmt, row, b + 1, qx, d, 1);
+    acc = acc_add_lane(acc, fmt, row, b + 2, qx, d, 2);
+    acc = acc_add_lane(acc, fmt, row, b + 3, qx, d, 3);
+  }
+#endif
+  for (; b < nb; b++) {
     kq_w w;
     const uint8_t *blk = block_w(fmt, row, b, &w);
     acc = acc_add(acc, &w, qx + b * KLE_QK, qblock_scale(blk) * dx[b]);
@@ -711,6 +758,8 @@ static float row_dot(int fmt, const uint8_t *row, const float *dx, const float *
 /* four tokens against one row: each block's weights unpacked and widened once for all four */
 static void row_dot4(int fmt, const uint8_t *row, const float *const dx[4], const int16_t *const qx[4], int nb, float out[4]) {
   kq_acc acc[4] = {acc_zero(), acc_zero(), acc_zero(), acc_zero()};
+  /* (row_dot's four-block step here, each token's scales a vector: a 2304 -> 1024 Q8_0 matmul over
+   * 64 tokens 8.09 -> 10.18 ms in wasm; its scale is shared by the four tokens already) */
   for (int b = 0; b < nb; b++) {
     kq_w w;
     const float dw = qblock_scale(block_w(fmt, row, b, &w));
