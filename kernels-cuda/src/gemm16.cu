@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <type_traits>
+
 #include "ops.cuh"
 #include "tc.cuh"
 #include "wstream.cuh"
@@ -910,6 +912,22 @@ static int resident_blocks(Kern k, int threads, size_t smem) {
   return per * (sm_count() > 0 ? sm_count() : 1);
 }
 
+// f(NJ) for the register kernels' input width, NJ chunks of 8 inputs a lane (Kd / 8 / 32 rounded
+// up to a width they are compiled for); false, nothing launched, past the widest: wider inputs
+// than the registers hold take the L1 kernels
+template <class F>
+static bool by_width(int Kd, F f) {
+  switch (blocks_for(Kd / 8, 32)) {
+  case 1: return f(std::integral_constant<int, 1>{});
+  case 2: return f(std::integral_constant<int, 2>{});
+  case 3: return f(std::integral_constant<int, 3>{});
+  case 4: return f(std::integral_constant<int, 4>{});
+  case 5: case 6: return f(std::integral_constant<int, 6>{});
+  case 7: case 8: case 9: return f(std::integral_constant<int, 9>{});
+  default: return false;
+  }
+}
+
 // a gate/up launch over items = pairs x N rows, one wave of resident blocks, rows dealt evenly;
 // false (nothing launched) where a warp would take more than SEQ_ROWS
 template <int NJ>
@@ -928,17 +946,7 @@ void expert_gate_up16(int is_bf16, const uint16_t *const *Wtab, const int32_t *i
   const int vec = (Kd & 7) == 0 && ((uintptr_t)X & 15) == 0;
   const int Ts = sg ? T : 0;
   if (experts_res() && vec) {
-    bool done = false;
-    switch (blocks_for(Kd / 8, 32)) {  // wider inputs than these registers hold: the L1 kernel
-    case 1: done = gate_up_res<1>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
-    case 2: done = gate_up_res<2>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
-    case 3: done = gate_up_res<3>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
-    case 4: done = gate_up_res<4>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
-    case 5: case 6: done = gate_up_res<6>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
-    case 7: case 8: case 9: done = gate_up_res<9>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); break;
-    default: break;
-    }
-    if (done) return;
+    if (by_width(Kd, [&](auto nj) { return gate_up_res<nj()>(is_bf16, Wtab, idx, X, x_div, G, P, N, Kd, st, Ts, sg, su); })) return;
   }
   launch_pdl(expert_gate_up16_kernel, dim3(blocks_for(N, 8), P + (sg ? T : 0)), 256, 0, st, Wtab, idx, X, x_div, G, N, Kd, is_bf16, vec, P,
              sg, su);
@@ -1050,15 +1058,12 @@ void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32
                            int K, int N, int Kd, cudaStream_t st, const uint16_t *sd) {
   const int Kp = K + (sd != nullptr);
   if (experts_res() && N % 4 == 0) {
-    bool done = false;
-    switch (blocks_for(Kd / 8, 32)) {  // wider inputs than these registers hold: the L1 kernel
-    case 1: done = down_res<1>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
-    case 2: done = down_res<2>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
-    case 3: done = down_res<3>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
-    case 4: done = down_res<4>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd); break;
-    default: break;
-    }
-    if (done) return;
+    // four rows' loads a warp hold at most 4 chunks a lane (128 registers at 4)
+    if (by_width(Kd, [&](auto nj) {
+          if constexpr (nj() <= 4) return down_res<nj()>(is_bf16, Wtab, idx, G, w, y, T, K, Kp, N, Kd, st, sd);
+          else return false;
+        }))
+      return;
   }
   launch_pdl(expert_down_combine16_kernel, dim3(blocks_for(N, 8 / DOWN_SPLIT), T), 256, 0, st, Wtab, idx, G, w, y, K, N, Kd, is_bf16, sd);
 }
