@@ -89,6 +89,44 @@ describe(`matmul over f32, bf16, f16, q8_0 and q4_0 weights (seed ${SEED})`, () 
     }
   });
 
+  // the wasm decode converts four block scales in one vector: subnormal, largest and non-finite
+  // halves as a hostile or unusual file has them must come out as the scalar conversion's
+  it('q8_0 and q4_0 block scales of every f16 class: one token equals the scalar reference', async () => {
+    const halves = [0x0001, 0x03ff, 0x0400, 0x3c00, 0x7bff, 0x8001, 0xfbff, 0x7c00, 0xfc00, 0x7e00];
+    const nIn = 256, nOut = halves.length; // 8 blocks a row: two four-block steps
+    for (const fmt of ['q8_0', 'q4_0'] as const) {
+      const X = rng.normals(nIn);
+      for (const k of await allKernels()) {
+        const bytes = quantizeRows(k, fmt, rng.normals(nOut * nIn), nOut, nIn);
+        const rb = k.rowBytes(fmt, nIn), bb = fmt === 'q8_0' ? 34 : 18;
+        // row r: its blocks' scales the half r, but for block 5 (second step, lane 1) which stays 1.0
+        for (let r = 0; r < nOut; r++)
+          for (let b = 0; b < nIn / 32; b++) {
+            const h = b === 5 ? 0x3c00 : halves[r]!;
+            bytes[r * rb + b * bb] = h & 0xff;
+            bytes[r * rb + b * bb + 1] = h >> 8;
+          }
+        const fast = new Float32Array(nOut), ref = new Float32Array(nOut);
+        k.matmul({ fmt, W: bytes, X, Y: fast, T: 1, nOut, nIn });
+        k.matmul({ fmt, W: bytes, X, Y: ref, T: 1, nOut, nIn }, 'q8-ref');
+        const deq = k.dequantize(fmt, bytes, nOut * nIn);
+        for (let r = 0; r < nOut; r++) {
+          const what = `${k.name} ${fmt} scale 0x${halves[r]!.toString(16)}`;
+          if (!Number.isFinite(ref[r]!)) {
+            // infinite scales: the same infinity, or NaN on both sides where infinities of both signs meet
+            if (Number.isNaN(ref[r]!)) expect(Number.isNaN(fast[r]!), what).toBe(true);
+            else expect(fast[r], what).toBe(ref[r]);
+            continue;
+          }
+          // the two differ only in the order of their float sums: bounded by the terms' magnitude
+          let mag = 0;
+          for (let i = 0; i < nIn; i++) mag += Math.abs(deq[r * nIn + i]! * X[i]!);
+          expect(Math.abs(fast[r]! - ref[r]!), what).toBeLessThanOrEqual(4e-6 * mag + 1e-40);
+        }
+      }
+    }
+  });
+
   it('quantized formats refuse widths that are not whole blocks', async () => {
     for (const k of await allKernels()) {
       expect(k.rowBytes('q8_0', 48)).toBe(-1);
