@@ -260,10 +260,11 @@ static void mm_acc_rs(int M, int N, int Kd, const float *A, int lda, const float
   /* wide stripes while whole wide vectors remain, the 4-lane ones for the rest */
   while (N - j >= MMW) {
     const int nv = (N - j) / MMW < MMW_NV ? (N - j) / MMW : MMW_NV;
-    if (nv == MMW_NV) mm_stripe_w(MMW_NV, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
+    /* constant counts, so that the blocks unroll; the last branch is MMW_NV's */
+    if (nv == 1) mm_stripe_w(1, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
     else if (nv == 2) mm_stripe_w(2, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
     else if (nv == 3) mm_stripe_w(3, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
-    else mm_stripe_w(1, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
+    else mm_stripe_w(MMW_NV, M, Kd, A, lda, B + j, ldb, Cm + j, ldc, rs);
     j += MMW * nv;
   }
 #endif

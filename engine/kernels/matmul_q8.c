@@ -696,25 +696,19 @@ static void row_dot_q50(const uint8_t *row, int q51, int T, const float *const d
 }
 
 #if defined(__wasm_simd128__)
-/* Q8_0 / Q4_0 in wasm, four blocks a step: their four f16 scales converted in one vector (the
- * conversion below, bit for bit f16_to_f32's) and multiplied by the activations' four, then each
- * block's lane splat to its dot. A block at a time, the scalar conversion, the multiply and the
- * splat were as many instructions as the block's integer dot: a 2304 -> 4096 Q8_0 matvec 2.99 ->
- * 1.97 ms, Q4_0 2.90 -> 1.56 ms (Node 20, this host kind), every output bit the same. */
-static inline v128_t f16x4_to_f32(v128_t h) {
-  const v128_t sign = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x8000)), 16);
-  const v128_t em = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x7fff)), 13);
-  const v128_t f = wasm_f32x4_mul(em, wasm_f32x4_splat(0x1p112f));
-  const v128_t inf = wasm_i32x4_eq(wasm_v128_and(h, wasm_i32x4_splat(0x7c00)), wasm_i32x4_splat(0x7c00));
-  return wasm_v128_or(wasm_v128_bitselect(wasm_v128_or(em, wasm_i32x4_splat(0x7f800000)), f, inf), sign);
-}
+/* Q8_0 / Q4_0 in wasm, four blocks a step: their four f16 scales converted in one vector
+ * (numfmt.h's v_f16_bits_to_f32, bit for bit the scalar conversion) and multiplied by the
+ * activations' four, then each block's lane splat to its dot. A block at a time, the scalar
+ * conversion (no F16C in wasm), the multiply and the splat were as many instructions as the
+ * block's integer dot: a 2304 -> 4096 Q8_0 matvec 2.92 -> 1.94 ms, Q4_0 2.81 -> 1.40 ms
+ * (bench:wasm-builds, Node 20), every output bit the same. */
 /* the scales of blocks b .. b + 3 of a Q8_0 / Q4_0 row */
 static inline v128_t block_scales4(int fmt, const uint8_t *row, int b) {
   const size_t bb = fmt == KLE_W_Q8_0 ? Q8_BYTES : Q4_BYTES;
   const uint8_t *p = row + (size_t)b * bb;
   uint16_t h[4];
   for (int j = 0; j < 4; j++) memcpy(&h[j], p + j * bb, 2);
-  return f16x4_to_f32(wasm_u32x4_make(h[0], h[1], h[2], h[3]));
+  return (v128_t)v_f16_bits_to_f32((v4u){h[0], h[1], h[2], h[3]});
 }
 static inline v128_t lane_splat(v128_t d, int j) {
   switch (j) {

@@ -47,15 +47,19 @@ static inline float f16_to_f32(uint16_t h) {
   return f32_from_bits(u | sign);
 }
 
-static inline v4f v_f16_to_f32(const uint16_t *p) {
-  typedef uint16_t v4h __attribute__((vector_size(8), aligned(2), may_alias));
-  v4u h = __builtin_convertvector(*(const v4h *)p, v4u);
+/* f16_to_f32 on four halves held in 32-bit lanes, bit for bit */
+static inline v4f v_f16_bits_to_f32(v4u h) {
   v4u sign = (h & 0x8000u) << 16;
   v4u em = (h & 0x7fffu) << 13;
   v4f f = (v4f)em * vsplat(0x1p112f);
   v4i inf = (v4i)((h & 0x7c00u) == 0x7c00u);
   v4u u = ((v4u)f & ~(v4u)inf) | ((em | 0x7f800000u) & (v4u)inf);
   return (v4f)(u | sign);
+}
+
+static inline v4f v_f16_to_f32(const uint16_t *p) {
+  typedef uint16_t v4h __attribute__((vector_size(8), aligned(2), may_alias));
+  return v_f16_bits_to_f32(__builtin_convertvector(*(const v4h *)p, v4u));
 }
 
 static inline v4f v_bf16_to_f32(const uint16_t *p) {
