@@ -3,8 +3,19 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { join } from 'node:path';
 import type { EngineModel } from '../src/engine/engine.js';
 import { packageRoot } from '../src/engine/node-kernels.js';
+import { defaultModelDir } from '../src/node.js';
 
 export { bind, type BoundArg as BenchArg, type BoundCall } from '../src/engine/bound-call.js';
+
+/** A JSON file of the embedded default model (config.json, tokenizer.json...), parsed. */
+export function defaultModelJson(file: string): Record<string, unknown> {
+  return JSON.parse(readFileSync(join(defaultModelDir(), file), 'utf8')) as Record<string, unknown>;
+}
+
+/** The default model's tokenizer, as hfToGguf takes it to embed in a GGUF it writes. */
+export function defaultTokenizer(): { tokenizerJson: Record<string, unknown>; tokenizerConfig: Record<string, unknown> } {
+  return { tokenizerJson: defaultModelJson('tokenizer.json'), tokenizerConfig: defaultModelJson('tokenizer_config.json') };
+}
 
 /** The median of a (the upper one of an even count). */
 /**

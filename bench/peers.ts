@@ -21,7 +21,7 @@ import { syntheticWeights } from '../src/weights/synthetic.js';
 import { hfToGguf } from '../src/weights/to-gguf.js';
 import { defaultModelDir, nodeBackend } from '../src/node.js';
 import { MID_CONFIG } from './generate.js';
-import { enginePpTg, machine, machineTag, median, table, writeResult } from './lib.js';
+import { defaultModelJson, defaultTokenizer, enginePpTg, machine, machineTag, median, table, writeResult } from './lib.js';
 import { barChart } from './svg.js';
 import { startWranglerDev } from './wrangler.js';
 import { packageRoot } from '../src/node.js';
@@ -33,9 +33,8 @@ const PP = 512, TG = values.quick ? 32 : 128;
 
 const dir = mkdtempSync(join(tmpdir(), 'kle-peers-'));
 const d = defaultModelDir();
-const json = (f: string) => JSON.parse(readFileSync(join(d, f), 'utf8')) as Record<string, unknown>;
 const kernels = new Kernels(await nodeBackend('native'));
-const tok = { tokenizerJson: json('tokenizer.json'), tokenizerConfig: json('tokenizer_config.json') };
+const tok = defaultTokenizer();
 // llama.cpp's kimi-linear loader (d32676d7) requires output.weight: a tied checkpoint gets the
 // embedding again as its LM head, the same math for both engines
 function untied(cfg: Record<string, unknown>, file: SafetensorsFile): [Record<string, unknown>, SafetensorsFile] {
@@ -44,7 +43,7 @@ function untied(cfg: Record<string, unknown>, file: SafetensorsFile): [Record<st
   tensors.set('lm_head.weight', tensors.get('model.embed_tokens.weight')!);
   return [{ ...cfg, tie_word_embeddings: false }, { ...file, tensors }];
 }
-const defaultModel = untied(json('config.json'), parseSafetensors(new Uint8Array(readFileSync(join(d, 'model.safetensors')))));
+const defaultModel = untied(defaultModelJson('config.json'), parseSafetensors(new Uint8Array(readFileSync(join(d, 'model.safetensors')))));
 const mid = parseSafetensors(syntheticWeights(MID_CONFIG, 7));
 const models: Record<string, Uint8Array> = {
   'default (1.0M, BF16)': hfToGguf(defaultModel[0], defaultModel[1], kernels, { weights: 'BF16', ...tok }),

@@ -15,11 +15,11 @@ import { WasmBackend } from '../src/engine/wasm-backend.js';
 import { parseSafetensors } from '../src/formats/safetensors.js';
 import { sourceFromFiles } from '../src/formats/source.js';
 import { loadModel } from '../src/model/load.js';
-import { defaultModelDir, packageRoot } from '../src/node.js';
+import { packageRoot } from '../src/node.js';
 import { syntheticWeights } from '../src/weights/synthetic.js';
 import { hfToGguf } from '../src/weights/to-gguf.js';
 import { MID_CONFIG } from './generate.js';
-import { bind, enginePpTg, lastLevelCacheBytes, machine, median, table, timeIt, writeResult } from './lib.js';
+import { bind, defaultTokenizer, enginePpTg, lastLevelCacheBytes, machine, median, table, timeIt, writeResult } from './lib.js';
 
 const { values } = parseArgs({ options: { rev: { type: 'string' }, before: { type: 'string' }, rounds: { type: 'string', default: '5' }, quick: { type: 'boolean', default: false } } });
 if (!values.rev && !values.before) throw new Error('pass --rev REV (a commit whose wasm/dist/kle-simd.wasm is the "before") or --before FILE.wasm');
@@ -78,8 +78,7 @@ console.log(table(['kernel', 'tokens', 'before ms', 'after ms', 'before / after'
 
 interface ModelRow { model: string; pp: number[]; tg: number[] }
 const modelRows: ModelRow[] = [];
-const json = (f: string) => JSON.parse(readFileSync(join(defaultModelDir(), f), 'utf8')) as Record<string, unknown>;
-const tok = { tokenizerJson: json('tokenizer.json'), tokenizerConfig: json('tokenizer_config.json') };
+const tok = defaultTokenizer();
 const mid = parseSafetensors(syntheticWeights(MID_CONFIG, 7));
 for (const weights of values.quick ? (['Q4_0'] as const) : (['Q8_0', 'Q4_0'] as const)) {
   const gguf = hfToGguf(MID_CONFIG, mid, kernels, { weights, ...tok });
