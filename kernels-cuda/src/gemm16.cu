@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <array>
 #include <type_traits>
 
 #include "ops.cuh"
@@ -490,6 +491,122 @@ void launch_tc(dim3 grid, cudaStream_t st, const uint16_t *W, const float *X, fl
   auto kern = gemm_bf16_tc_kernel<GROUPED, TM, WS, BK, LO>;
   if (smem > 48 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   kern<<<grid, 256, smem, st>>>(W, X, Y, T, N, Kd, grp, kper, part);
+}
+
+// A batched step's matmul of 128 tokens or more, both operands BF16 on cp.async and ldmatrix.
+// gemm_bf16_tc_kernel's 32 x 32 warp tiles read three shared-memory bytes for every mma's worth
+// of operands and ran at 110-165 TFLOP/s whether the activations came through registers or by
+// cp.async as f32 (rounded as each warp read them: measured, not kept), so here the activations
+// are rounded once, before the product (x_to_bf16: with LO the remainder too, into the matmul's
+// workspace), and the block is 128 x 128 with 8 warps of 64 x 32: per 16-wide k-step a warp loads
+// 4 + 2 fragments' ldmatrix for 16 mma (32 with LO). Three 64-wide stages: 108 KB of shared
+// memory (2 blocks an SM), 162 KB with LO (one).
+constexpr int XM = 128, XK = 64, XST = 3, XS = XK + TPAD;  // tile rows, slice width, stages, row stride (halves)
+
+template <bool LO>
+constexpr size_t x16_smem_bytes() { return sizeof(uint16_t) * (size_t)XST * XS * (XM * (LO ? 2 : 1) + TBN); }
+
+// hi = X rounded to BF16, lo = X - hi rounded again (LO), n4 float4s
+template <bool LO>
+__global__ void x_to_bf16_kernel(const float4 *__restrict__ X, uint2 *__restrict__ hi, uint2 *__restrict__ lo, long n4) {
+  const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n4) return;
+  const float4 v = X[i];
+  if constexpr (LO) {
+    uint32_t h0, l0, h1, l1;
+    kle_tc::split_bf16_pair(v.x, v.y, h0, l0);
+    kle_tc::split_bf16_pair(v.z, v.w, h1, l1);
+    hi[i] = make_uint2(h0, h1);
+    lo[i] = make_uint2(l0, l1);
+  } else {
+    hi[i] = make_uint2(kle_tc::bf16_pair(v.x, v.y), kle_tc::bf16_pair(v.z, v.w));
+  }
+}
+
+// Y[T, N] (or split z's part) = (Xh + Xl)[T, Kd] W[N, Kd]^T; Kd % XK == 0, rows 16-byte aligned
+template <bool LO>
+__global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restrict__ W, const uint16_t *__restrict__ Xh,
+                                                       const uint16_t *__restrict__ Xl, float *__restrict__ Y, int T, int N, int Kd, int kper,
+                                                       float *__restrict__ part) {
+  extern __shared__ __align__(16) uint16_t x16_smem[];
+  constexpr int XR = LO ? 2 : 1;  // activation tiles a stage: hi (and lo)
+  auto As = reinterpret_cast<uint16_t (*)[XR][XM][XS]>(x16_smem);
+  auto Ws = reinterpret_cast<uint16_t (*)[TBN][XS]>(x16_smem + (size_t)XST * XR * XM * XS);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+  const int n0 = blockIdx.x * TBN, m0 = blockIdx.y * XM, wm = (warp / 4) * 64, wn = (warp % 4) * 32;
+  const int kb = part ? blockIdx.z * kper : 0, nk = part ? min(Kd / XK - kb, kper) : Kd / XK;
+  if (part) Y = part + (size_t)blockIdx.z * T * N;
+  // a thread's 16-byte pieces of a stage: rows tid / 8 + 32 j, columns (tid % 8) * 8, of each tile
+  const int lr0 = tid / 8, lc = (tid % 8) * 8;
+  auto load = [&](int k, int s) {
+    const size_t col = (size_t)(kb + k) * XK + lc;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int r = lr0 + 32 * j;
+      const bool xok = m0 + r < T, wok = n0 + r < N;
+      const size_t xo = (size_t)(xok ? m0 + r : 0) * Kd + col;
+      kle_tc::cp_async16_zfill(&As[s][0][r][lc], Xh + xo, xok);
+      if constexpr (LO) kle_tc::cp_async16_zfill(&As[s][1][r][lc], Xl + xo, xok);
+      kle_tc::cp_async16_zfill(&Ws[s][r][lc], W + (size_t)(wok ? n0 + r : 0) * Kd + col, wok);
+    }
+    kle_tc::cp_async_commit();
+  };
+  float acc[4][4][4] = {};
+#pragma unroll
+  for (int j = 0; j < XST - 1; j++) {
+    if (j < nk) load(j, j);
+    else kle_tc::cp_async_commit();
+  }
+  // ldmatrix rows: A (m16 x k16) lanes 0-15 rows 0-15 at k, 16-31 the same rows at k + 8;
+  // W lanes 0-7 / 8-15 the first 8 weight rows at k / k + 8, 16-31 the next 8
+  const int ar = lane % 16, ak = (lane / 16) * 8, br = (lane / 16) * 8 + lane % 8, bk = ((lane / 8) % 2) * 8;
+  for (int k = 0; k < nk; k++) {
+    const int s = k % XST;
+    kle_tc::cp_async_wait<XST - 2>();
+    __syncthreads();  // slice k landed for every thread; every warp is past slice k - 1's stage
+    if (k + XST - 1 < nk) load(k + XST - 1, (k + XST - 1) % XST);
+    else kle_tc::cp_async_commit();
+#pragma unroll
+    for (int kk = 0; kk < XK; kk += 16) {
+      uint32_t ah[4][4], al[4][4], b[4][2];
+#pragma unroll
+      for (int mi = 0; mi < 4; mi++) {
+        kle_tc::ldmatrix_x4(ah[mi], &As[s][0][wm + mi * 16 + ar][kk + ak]);
+        if constexpr (LO) kle_tc::ldmatrix_x4(al[mi], &As[s][1][wm + mi * 16 + ar][kk + ak]);
+      }
+#pragma unroll
+      for (int np = 0; np < 2; np++) {
+        uint32_t r4[4];
+        kle_tc::ldmatrix_x4(r4, &Ws[s][wn + np * 16 + br][kk + bk]);
+        b[2 * np][0] = r4[0], b[2 * np][1] = r4[1], b[2 * np + 1][0] = r4[2], b[2 * np + 1][1] = r4[3];
+      }
+      if constexpr (LO)
+#pragma unroll
+        for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+          for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], al[mi], b[ni][0], b[ni][1]);
+#pragma unroll
+      for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], ah[mi], b[ni][0], b[ni][1]);
+    }
+  }
+  kle_tc::cp_async_wait<0>();
+#pragma unroll
+  for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+    for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int m = m0 + wm + mi * 16 + g + h * 8, n = n0 + wn + ni * 8 + 2 * t4;
+        if (m >= T) continue;
+        float *yr = Y + (size_t)m * N;
+        if (n + 1 < N && !(N & 1)) *reinterpret_cast<float2 *>(yr + n) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+        else {
+          if (n < N) yr[n] = acc[mi][ni][2 * h];
+          if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
+        }
+      }
 }
 
 __global__ void splitk_sum_kernel(const float *__restrict__ part, int S, long n, float *__restrict__ Y) {
@@ -978,10 +1095,48 @@ static int deep_splits(int T, int N, int Kd, bool round_bf16) {
   return s > 1 ? s : 1;
 }
 
+// whether batched steps of 128 tokens or more take gemm_x16_kernel (KLE_CUDA_GEMM_X16=0: the
+// deep kernel, a before/after in one run)
+static bool x16_gemm() {
+  static const bool v = [] {
+    const char *e = getenv("KLE_CUDA_GEMM_X16");
+    return !(e && e[0] == '0');
+  }();
+  return v;
+}
+static bool x16_fits(int T, int N, int Kd) { return T >= XM && N >= 256 && Kd % XK == 0 && x16_gemm(); }
+
+static int x16_slots(bool lo) {
+  auto res = [](auto kern, size_t smem) {
+    cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    return resident_blocks(kern, 256, smem) * sm_count();
+  };
+  static const int rl = res(gemm_x16_kernel<true>, x16_smem_bytes<true>()), rh = res(gemm_x16_kernel<false>, x16_smem_bytes<false>());
+  return lo ? rl : rh;
+}
+
+// With LO (f32-accurate products) the kernel holds one block an SM, and where its tiles need a
+// split along Kd to fill the card the deep kernel was faster (256 tokens through a 4096 x 2304
+// matrix 56.1 us vs 58.8; the LM head, 2,560 tiles, 1,796 vs 1,299): LO takes it only where
+// the tiles alone fill its resident blocks. Rounded activations take it from 128 tokens (36.4
+// vs 40.0 us; the LM head 745 vs 1,202).
+static bool x16_takes(int T, int N, int Kd, bool lo) {
+  return x16_fits(T, N, Kd) && (!lo || (long)blocks_for(N, TBN) * blocks_for(T, XM) >= x16_slots(true));
+}
+
+// Splits along Kd for gemm_x16_kernel: about one wave of its resident blocks, each split at
+// least 4 slices; never more than splits_for (which sized the partial products' room)
+static int x16_splits(int T, int N, int Kd, bool lo) {
+  const int tiles = blocks_for(N, TBN) * blocks_for(T, XM);
+  const int s = min(min(splits_for(T, N, Kd), x16_slots(lo) / tiles), Kd / XK / 4);
+  return s > 1 ? s : 1;
+}
+
+// the split's partial products, then (gemm_x16_kernel) the activations' BF16 terms: T Kd halves each
 long matmul16_ws_floats(int T, int N, int Kd) {
   if (T <= 8 || Kd % TBK) return 0;
   const int S = splits_for(T, N, Kd);
-  return S > 1 ? (long)S * T * N : 0;
+  return (S > 1 ? (long)S * T * N : 0) + (x16_fits(T, N, Kd) ? (long)T * Kd : 0);
 }
 
 void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats,
@@ -1007,6 +1162,30 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
     case 3: case 4: launch_pdl(gemv16_kernel<4>, grid, 256, 0, st, W, X, Y, T, N, Kd, is_bf16, vec); break;
     default: launch_pdl(gemv16_kernel<8>, grid, 256, 0, st, W, X, Y, T, N, Kd, is_bf16, vec); break;
     }
+    return;
+  }
+  if (is_bf16 && vec && x16_takes(T, N, Kd, !round_bf16) && ws && ws_floats >= matmul16_ws_floats(T, N, Kd)) {
+    const long room = (ws_floats - (long)T * Kd) & ~3L;  // the partials' share; the terms start on 16 bytes
+    const int S = x16_splits(T, N, Kd, !round_bf16);
+    const int kper = S > 1 && room >= (long)S * T * N ? blocks_for(Kd / XK, S) : 0;
+    const int Sz = kper ? blocks_for(Kd / XK, kper) : 1;  // splits that have slices
+    uint16_t *xh = reinterpret_cast<uint16_t *>(ws + room), *xl = xh + (size_t)T * Kd;
+    const long n4 = (long)T * Kd / 4;
+    const dim3 grid(blocks_for(N, TBN), blocks_for(T, XM), Sz);
+    float *part = kper ? ws : nullptr;
+    if (round_bf16) {
+      x_to_bf16_kernel<false><<<blocks_for(n4, 256), 256, 0, st>>>(reinterpret_cast<const float4 *>(X), reinterpret_cast<uint2 *>(xh), nullptr, n4);
+      constexpr size_t smem = x16_smem_bytes<false>();
+      cudaFuncSetAttribute(gemm_x16_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      gemm_x16_kernel<false><<<grid, 256, smem, st>>>(W, xh, nullptr, Y, T, N, Kd, kper, part);
+    } else {
+      x_to_bf16_kernel<true><<<blocks_for(n4, 256), 256, 0, st>>>(reinterpret_cast<const float4 *>(X), reinterpret_cast<uint2 *>(xh),
+                                                                  reinterpret_cast<uint2 *>(xl), n4);
+      constexpr size_t smem = x16_smem_bytes<true>();
+      cudaFuncSetAttribute(gemm_x16_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+      gemm_x16_kernel<true><<<grid, 256, smem, st>>>(W, xh, xl, Y, T, N, Kd, kper, part);
+    }
+    if (kper) splitk_sum(ws, Sz, (long)T * N, Y, st);
     return;
   }
   if (is_bf16 && vec && Kd % TBK == 0) {
@@ -1043,9 +1222,13 @@ void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const 
 template <int NJ>
 static bool down_res(int is_bf16, const uint16_t *const *Wtab, const int32_t *idx, const float *G, const float *w, float *y, int T, int K,
                      int Kp, int N, int Kd, cudaStream_t st, const uint16_t *sd) {
-  static int slots[17];  // resident blocks by warps a block
+  // resident blocks by warps a block, asked of the driver once (thread-safe static initialization)
+  static const std::array<int, 17> slots = [] {
+    std::array<int, 17> r{};
+    for (int w = 1; w <= 16; w++) r[w] = resident_blocks(expert_down16_res_kernel<NJ>, 32 * w, 4096);
+    return r;
+  }();
   const int nw = Kp < 16 ? Kp : 16;
-  if (!slots[nw]) slots[nw] = resident_blocks(expert_down16_res_kernel<NJ>, 32 * nw, 4096);
   const long rows = (long)T * N;
   const long rpb = 4 * (long)blocks_for(blocks_for(rows, slots[nw]), 4);
   if (rpb > 2 * SEQ_ROWS || rpb * Kp * 4 > 48 * 1024) return false;  // (the dots within 48 KB of shared memory)

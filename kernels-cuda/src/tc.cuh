@@ -124,6 +124,15 @@ __device__ __forceinline__ void split_bf16_pair(float a, float b, uint32_t &hi, 
   hi = ha | hb << 16;
   lo = la | lb << 16;
 }
+// four 8x8 BF16 matrices from shared memory as they lie: lanes 8i .. 8i + 7 give the rows of
+// matrix i, each 16 bytes; r[i] holds (row lane / 4, columns 2 (lane % 4) and + 1): with rows
+// along n and columns along k, matrix i's B fragment register
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *row) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
 // four 8x8 BF16 matrices from shared memory, transposed: lanes 8i .. 8i + 7 give the rows of
 // matrix i, each 16 bytes; r[i] is matrix i's B fragment register (k = its row, n = its column)
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *row) {
