@@ -53,13 +53,17 @@ COLLECT="python3 $PWD/kernels-cuda/bench/collect.py $OUT $TAG"
 if [ "$mode" = kernels ]; then
   cd kernels-cuda
   NVCC_FLAGS=$(cat nvcc.flags)  # the recipe engine/build/build.mjs builds the engine addon with
-  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu src/gemm16.cu src/probe.cu src/sample.cu -o build/libklecuda.so
+  nvcc $NVCC_FLAGS -shared -Xcompiler -fPIC src/kda_step.cu src/kda_chunk.cu src/mla_decode.cu src/mla_attend.cu src/ops.cu src/gemm16.cu src/sgemm.cu src/probe.cu src/sample.cu -o build/libklecuda.so
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_step.py build/libklecuda.so --check-only 2>&1 | tee "$OUT/sanitizer.log" | tail -12
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/mla_decode.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -14
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 bench/kda_layer.py build/libklecuda.so --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -8
   # the Q8_0 matmuls against float64 on the host (test/q8_check.cu), under compute-sanitizer
-  nvcc $NVCC_FLAGS test/q8_check.cu src/gemm_q8.cu src/gemm16.cu src/ops.cu -o build/q8_check
+  nvcc $NVCC_FLAGS test/q8_check.cu src/gemm_q8.cu src/gemm16.cu src/sgemm.cu src/ops.cu -o build/q8_check
   compute-sanitizer --tool memcheck --error-exitcode 9 build/q8_check 2>&1 | tee -a "$OUT/sanitizer.log" | tail -4
+  # the batched step's f32 and BF16 matmuls against float64, then timed beside the kernels they replaced
+  nvcc $NVCC_FLAGS test/matmul_check.cu src/sgemm.cu src/gemm16.cu src/ops.cu -o build/matmul_check
+  compute-sanitizer --tool memcheck --error-exitcode 9 build/matmul_check --check-only 2>&1 | tee -a "$OUT/sanitizer.log" | tail -3
+  for v in 0 1; do KLE_CUDA_SGEMM=$v KLE_CUDA_GEMM_X16=$v build/matmul_check 2>&1 | tee -a "$OUT/matmul.log"; done
   PYTHONUNBUFFERED=1 python3 bench/kda_step.py build/libklecuda.so ${1:+--fla "$1"} --probe build/libklecuda.so --out "$OUT/cuda-kda-step.json" 2>&1 | tee "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/mla_decode.py build/libklecuda.so --out "$OUT/cuda-mla-decode.json" 2>&1 | tee -a "$OUT/bench.log"
   PYTHONUNBUFFERED=1 python3 bench/kda_layer.py build/libklecuda.so --out "$OUT/cuda-kda-layer.json" 2>&1 | tee -a "$OUT/bench.log"

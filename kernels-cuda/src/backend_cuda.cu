@@ -431,19 +431,19 @@ const uint16_t *H(const kle_tensor *t) { return (const uint16_t *)t->data; }
 
 int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
   Span sp(cx, w->fmt == KLE_W_F32 ? "matmul f32" : w->fmt == KLE_W_Q8_0 ? "matmul q8_0" : "matmul 16-bit", w->rows, w->cols, T);
+  // a product split along its columns: partial products in their own buffer
+  const long need = w->fmt == KLE_W_F32 ? kle_ops::matmul_ws_floats(T, w->rows, w->cols) : kle_ops::matmul16_ws_floats(T, w->rows, w->cols);
+  if (need > cx->mm_ws_n) {
+    cudaFree(cx->mm_ws);  // synchronizes: no kernel still reads the old one
+    cx->mm_ws = nullptr;
+    cx->mm_ws_n = 0;
+    cx->gen++;  // captured steps addressed the old one
+    CU(cudaMalloc(&cx->mm_ws, sizeof(float) * need));
+    cx->mm_ws_n = need;
+  }
   if (w->fmt == KLE_W_F32)
-    kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st);
+    kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n);
   else {
-    // a few tokens' product split along its columns: partial products in their own buffer
-    const long need = kle_ops::matmul16_ws_floats(T, w->rows, w->cols);
-    if (need > cx->mm_ws_n) {
-      cudaFree(cx->mm_ws);  // synchronizes: no kernel still reads the old one
-      cx->mm_ws = nullptr;
-      cx->mm_ws_n = 0;
-      cx->gen++;  // captured steps addressed the old one
-      CU(cudaMalloc(&cx->mm_ws, sizeof(float) * need));
-      cx->mm_ws_n = need;
-    }
     if (w->fmt == KLE_W_Q8_0) kle_ops::matmul_q8(w->data, X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n, cx->round_bf16);
     else kle_ops::matmul16(w->fmt == KLE_W_BF16, H(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n, cx->round_bf16);
   }

@@ -177,7 +177,25 @@ __global__ void __launch_bounds__(256) matvec8_kernel(const float *__restrict__ 
   }
 }
 
-void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st) {
+// a batch of more than 8 tokens: X [T, Kd] times W [N, Kd] read along Kd
+static sgemm_args matmul_args(const float *W, const float *X, float *Y, int T, int N, int Kd) {
+  return sgemm_args{X, Kd, 0, W, 1, Kd, 0, Y, N, 0, T, N, Kd, 1};
+}
+// from 64 tokens (the router at 32: matvec8 10.5 us, sgemm 11.2; at 64: 18.2 vs 12.2)
+constexpr int SGEMM_T = 64;
+static bool matmul_sgemm(const sgemm_args &a) { return a.M >= SGEMM_T && sgemm_enabled() && sgemm_fits(a); }
+
+long matmul_ws_floats(int T, int N, int Kd) {
+  const sgemm_args a = matmul_args(nullptr, nullptr, nullptr, T, N, Kd);
+  return a.M >= SGEMM_T && sgemm_enabled() && a.K % 16 == 0 ? sgemm_ws_floats(a) : 0;
+}
+
+void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats) {
+  const sgemm_args ga = matmul_args(W, X, Y, T, N, Kd);
+  if (matmul_sgemm(ga)) {
+    sgemm(ga, ws, ws_floats, st);
+    return;
+  }
   // where the 64 x 64 tiles would leave most of the card idle
   // several tokens, or one over a row long enough to share (N < 2048: 4 warps a row)
   if ((T > 1 || (N < 2048 && Kd >= 512)) && blocks_for(N, BN) * blocks_for(T, BM) < 64 && (Kd & 3) == 0 &&
@@ -697,7 +715,26 @@ __global__ void __launch_bounds__(256) mla_absorb_wide_kernel(const float *__res
       qlat[((size_t)(t0 + i / rope) * H + h) * Dc + R + i % rope] = q[((size_t)(t0 + i / rope) * H + h) * Dq + nope + i % rope];
 }
 
+// the rope part of each (token, head) row, as it is
+__global__ void mla_rope_copy_kernel(const float *__restrict__ q, float *__restrict__ qlat, int H, int nope, int rope, int R) {
+  const int t = blockIdx.x;
+  for (int i = threadIdx.x; i < H * rope; i += blockDim.x)
+    qlat[((size_t)t * H + i / rope) * (R + rope) + R + i % rope] = q[((size_t)t * H + i / rope) * (nope + rope) + nope + i % rope];
+}
+
+// A batch's heads as one GEMM each (sgemm) from 64 tokens: below, the matvec kernels were as fast
+// or faster (kernels-cuda/test/matmul_check.cu on the H200: 32 tokens through W_uv 25.0 us vs
+// sgemm's 26.5, 64 tokens 46.6 vs 27.7; W_uk 17.6 vs 17.2 at 64)
+constexpr int MLA_SGEMM_T = 64;
+
 void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st) {
+  const long Dq = nope + rope, Dc = R + rope;
+  const sgemm_args ga{q, H * Dq, Dq, W_uk, R, 1, (long)nope * R, qlat, H * Dc, Dc, T, R, nope, H};
+  if (T >= MLA_SGEMM_T && sgemm_enabled() && sgemm_fits(ga)) {
+    sgemm(ga, nullptr, 0, st);
+    if (rope > 0) mla_rope_copy_kernel<<<T, 256, 0, st>>>(q, qlat, H, nope, rope, R);
+    return;
+  }
   // 16-byte rows and outputs: R and the output row (R + rope) multiples of 4, qlat 16-byte aligned
   if (R % 128 == 0 && nope <= 1024 && rope % 4 == 0 && ((uintptr_t)W_uk & 15) == 0 && ((uintptr_t)qlat & 15) == 0) {
     if (T >= 8 && nope <= 1024 / 8)
@@ -746,6 +783,11 @@ __global__ void mla_up_v_kernel(const float *__restrict__ W_uv, const float *__r
     }
 }
 void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st) {
+  const sgemm_args ga{o, (long)H * R, R, W_uv, 1, R, (long)vh * R, y, (long)H * vh, vh, T, vh, R, H};
+  if (T >= MLA_SGEMM_T && sgemm_enabled() && sgemm_fits(ga)) {
+    sgemm(ga, nullptr, 0, st);
+    return;
+  }
   const int vec = R % 4 == 0 && (((uintptr_t)W_uv | (uintptr_t)o) & 15) == 0;
   if (T >= 8)
     mla_up_v_kernel<8><<<dim3((T + 7) / 8, H, (vh + 7) / 8), 256, 0, st>>>(W_uv, o, y, T, H, vh, R, vec);

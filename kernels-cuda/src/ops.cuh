@@ -36,8 +36,30 @@ inline void launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cuda
   cudaLaunchKernelEx(&cfg, k, static_cast<P>(args)...);
 }
 
-// Y[T, N] = X[T, Kd] W^T, W [N, Kd] (nn.Linear layout). Matvec kernel for T <= 4, tiled GEMM above.
-void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st);
+// C[b][m][n] = sum over k of A[b][m][k] B[b][k][n] (sgemm.cu), for b < batch: A at
+// A + b a_b + m a_m + k; B at B + b b_b + k b_k + n b_n, contiguous along k (b_k == 1) or n (b_n ==
+// 1); C at C + b c_b + m c_m + n.
+struct sgemm_args {
+  const float *A;
+  long a_m, a_b;
+  const float *B;
+  long b_k, b_n, b_b;
+  float *C;
+  long c_m, c_b;
+  int M, N, K, batch;
+};
+// the shapes sgemm takes: K % 16 == 0, A and B 16-byte aligned with strides of whole float4s
+bool sgemm_fits(const sgemm_args &a);
+// device floats the split along k wants (0: none); sgemm runs unsplit with less
+long sgemm_ws_floats(const sgemm_args &a);
+void sgemm(const sgemm_args &a, float *ws, long ws_floats, cudaStream_t st);
+// KLE_CUDA_SGEMM=0 keeps the matvec kernels for f32 weights at any batch
+bool sgemm_enabled();
+
+// Y[T, N] = X[T, Kd] W^T, W [N, Kd] (nn.Linear layout). Matvec kernels below 64 tokens, sgemm from there
+// (split along Kd where ws holds matmul_ws_floats(T, N, Kd) floats).
+void matmul(const float *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws = nullptr, long ws_floats = 0);
+long matmul_ws_floats(int T, int N, int Kd);
 // x[t] = table[tok[t]] (rows of D)
 void embed(const float *table, const int32_t *tok, float *x, int T, int D, cudaStream_t st);
 // y = x / sqrt(mean(x^2) + eps) * w per row of D; gate != NULL multiplies by sigmoid(gate)
