@@ -493,50 +493,38 @@ void launch_tc(dim3 grid, cudaStream_t st, const uint16_t *W, const float *X, fl
   kern<<<grid, 256, smem, st>>>(W, X, Y, T, N, Kd, grp, kper, part);
 }
 
-// A batched step's matmul of 128 tokens or more, both operands BF16 on cp.async and ldmatrix.
-// gemm_bf16_tc_kernel's 32 x 32 warp tiles read three shared-memory bytes for every mma's worth
-// of operands and ran at 110-165 TFLOP/s whether the activations came through registers or by
-// cp.async as f32 (rounded as each warp read them: measured, not kept), so here the activations
-// are rounded once, before the product (x_to_bf16: with LO the remainder too, into the matmul's
-// workspace), and the block is 128 x 128 with 8 warps of 64 x 32: per 16-wide k-step a warp loads
-// 4 + 2 fragments' ldmatrix for 16 mma (32 with LO). Three 64-wide stages: 108 KB of shared
-// memory (2 blocks an SM), 162 KB with LO (one).
+// A batched step's matmul of 128 tokens or more in BF16 precision, both operands BF16 on
+// cp.async and ldmatrix. gemm_bf16_tc_kernel's 32 x 32 warp tiles read three shared-memory bytes
+// for every mma's worth of operands and ran at 110-165 TFLOP/s whether the activations came
+// through registers or by cp.async as f32 (rounded as each warp read them: measured, not kept),
+// so here the activations are rounded to BF16 once, before the product (x_to_bf16_kernel, into
+// the matmul's workspace), and the block is 128 x 128 with 8 warps of 64 x 32: per 16-wide k-step
+// a warp loads 4 + 2 fragments by ldmatrix for 16 mma. Three 64-wide stages: 108 KB of shared
+// memory, two blocks an SM. (f32-accurate products stay on gemm_bf16_tc_kernel: a variant with
+// the remainder term as a second tile, 162 KB and one block an SM, lost on the split shapes,
+// 56.1 -> 58.8 us for 4096 x 2304 over 256 tokens, and won only on the LM head, 1,796 -> 1,299.)
 constexpr int XM = 128, XK = 64, XST = 3, XS = XK + TPAD;  // tile rows, slice width, stages, row stride (halves)
+constexpr size_t X16_SMEM = sizeof(uint16_t) * (size_t)XST * XS * (XM + TBN);
 
-template <bool LO>
-constexpr size_t x16_smem_bytes() { return sizeof(uint16_t) * (size_t)XST * XS * (XM * (LO ? 2 : 1) + TBN); }
-
-// hi = X rounded to BF16, lo = X - hi rounded again (LO), n4 float4s
-template <bool LO>
-__global__ void x_to_bf16_kernel(const float4 *__restrict__ X, uint2 *__restrict__ hi, uint2 *__restrict__ lo, long n4) {
+// X rounded to BF16, n4 float4s
+__global__ void x_to_bf16_kernel(const float4 *__restrict__ X, uint2 *__restrict__ xh, long n4) {
   const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n4) return;
   const float4 v = X[i];
-  if constexpr (LO) {
-    uint32_t h0, l0, h1, l1;
-    kle_tc::split_bf16_pair(v.x, v.y, h0, l0);
-    kle_tc::split_bf16_pair(v.z, v.w, h1, l1);
-    hi[i] = make_uint2(h0, h1);
-    lo[i] = make_uint2(l0, l1);
-  } else {
-    hi[i] = make_uint2(kle_tc::bf16_pair(v.x, v.y), kle_tc::bf16_pair(v.z, v.w));
-  }
+  xh[i] = make_uint2(kle_tc::bf16_pair(v.x, v.y), kle_tc::bf16_pair(v.z, v.w));
 }
 
-// Y[T, N] (or split z's part) = (Xh + Xl)[T, Kd] W[N, Kd]^T; Kd % XK == 0, rows 16-byte aligned
-template <bool LO>
-__global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restrict__ W, const uint16_t *__restrict__ Xh,
-                                                       const uint16_t *__restrict__ Xl, float *__restrict__ Y, int T, int N, int Kd, int kper,
-                                                       float *__restrict__ part) {
+// Y[T, N] (or split z's part) = Xh[T, Kd] W[N, Kd]^T; Kd % XK == 0, rows 16-byte aligned
+__global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restrict__ W, const uint16_t *__restrict__ Xh, float *__restrict__ Y,
+                                                       int T, int N, int Kd, int kper, float *__restrict__ part) {
   extern __shared__ __align__(16) uint16_t x16_smem[];
-  constexpr int XR = LO ? 2 : 1;  // activation tiles a stage: hi (and lo)
-  auto As = reinterpret_cast<uint16_t (*)[XR][XM][XS]>(x16_smem);
-  auto Ws = reinterpret_cast<uint16_t (*)[TBN][XS]>(x16_smem + (size_t)XST * XR * XM * XS);
+  auto As = reinterpret_cast<uint16_t (*)[XM][XS]>(x16_smem);
+  auto Ws = reinterpret_cast<uint16_t (*)[TBN][XS]>(x16_smem + (size_t)XST * XM * XS);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int n0 = blockIdx.x * TBN, m0 = blockIdx.y * XM, wm = (warp / 4) * 64, wn = (warp % 4) * 32;
   const int kb = part ? blockIdx.z * kper : 0, nk = part ? min(Kd / XK - kb, kper) : Kd / XK;
   if (part) Y = part + (size_t)blockIdx.z * T * N;
-  // a thread's 16-byte pieces of a stage: rows tid / 8 + 32 j, columns (tid % 8) * 8, of each tile
+  // a thread's 16-byte pieces of a stage: rows tid / 8 + 32 j, columns (tid % 8) * 8, of both tiles
   const int lr0 = tid / 8, lc = (tid % 8) * 8;
   auto load = [&](int k, int s) {
     const size_t col = (size_t)(kb + k) * XK + lc;
@@ -544,9 +532,7 @@ __global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restric
     for (int j = 0; j < 4; j++) {
       const int r = lr0 + 32 * j;
       const bool xok = m0 + r < T, wok = n0 + r < N;
-      const size_t xo = (size_t)(xok ? m0 + r : 0) * Kd + col;
-      kle_tc::cp_async16_zfill(&As[s][0][r][lc], Xh + xo, xok);
-      if constexpr (LO) kle_tc::cp_async16_zfill(&As[s][1][r][lc], Xl + xo, xok);
+      kle_tc::cp_async16_zfill(&As[s][r][lc], Xh + (size_t)(xok ? m0 + r : 0) * Kd + col, xok);
       kle_tc::cp_async16_zfill(&Ws[s][r][lc], W + (size_t)(wok ? n0 + r : 0) * Kd + col, wok);
     }
     kle_tc::cp_async_commit();
@@ -568,27 +554,19 @@ __global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restric
     else kle_tc::cp_async_commit();
 #pragma unroll
     for (int kk = 0; kk < XK; kk += 16) {
-      uint32_t ah[4][4], al[4][4], b[4][2];
+      uint32_t a[4][4], b[4][2];
 #pragma unroll
-      for (int mi = 0; mi < 4; mi++) {
-        kle_tc::ldmatrix_x4(ah[mi], &As[s][0][wm + mi * 16 + ar][kk + ak]);
-        if constexpr (LO) kle_tc::ldmatrix_x4(al[mi], &As[s][1][wm + mi * 16 + ar][kk + ak]);
-      }
+      for (int mi = 0; mi < 4; mi++) kle_tc::ldmatrix_x4(a[mi], &As[s][wm + mi * 16 + ar][kk + ak]);
 #pragma unroll
       for (int np = 0; np < 2; np++) {
         uint32_t r4[4];
         kle_tc::ldmatrix_x4(r4, &Ws[s][wn + np * 16 + br][kk + bk]);
         b[2 * np][0] = r4[0], b[2 * np][1] = r4[1], b[2 * np + 1][0] = r4[2], b[2 * np + 1][1] = r4[3];
       }
-      if constexpr (LO)
-#pragma unroll
-        for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-          for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], al[mi], b[ni][0], b[ni][1]);
 #pragma unroll
       for (int mi = 0; mi < 4; mi++)
 #pragma unroll
-        for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], ah[mi], b[ni][0], b[ni][1]);
+        for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], a[mi], b[ni][0], b[ni][1]);
     }
   }
   kle_tc::cp_async_wait<0>();
@@ -1095,8 +1073,8 @@ static int deep_splits(int T, int N, int Kd, bool round_bf16) {
   return s > 1 ? s : 1;
 }
 
-// whether batched steps of 128 tokens or more take gemm_x16_kernel (KLE_CUDA_GEMM_X16=0: the
-// deep kernel, a before/after in one run)
+// whether batched steps of 128 tokens or more in BF16 precision take gemm_x16_kernel
+// (KLE_CUDA_GEMM_X16=0: the deep kernel, a before/after in one run)
 static bool x16_gemm() {
   static const bool v = [] {
     const char *e = getenv("KLE_CUDA_GEMM_X16");
@@ -1106,37 +1084,18 @@ static bool x16_gemm() {
 }
 static bool x16_fits(int T, int N, int Kd) { return T >= XM && N >= 256 && Kd % XK == 0 && x16_gemm(); }
 
-static int x16_slots(bool lo) {
-  auto res = [](auto kern, size_t smem) {
-    cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    return resident_blocks(kern, 256, smem) * sm_count();
-  };
-  static const int rl = res(gemm_x16_kernel<true>, x16_smem_bytes<true>()), rh = res(gemm_x16_kernel<false>, x16_smem_bytes<false>());
-  return lo ? rl : rh;
-}
-
-// With LO (f32-accurate products) the kernel holds one block an SM, and where its tiles need a
-// split along Kd to fill the card the deep kernel was faster (256 tokens through a 4096 x 2304
-// matrix 56.1 us vs 58.8; the LM head, 2,560 tiles, 1,796 vs 1,299): LO takes it only where
-// the tiles alone fill its resident blocks. Rounded activations take it from 128 tokens (36.4
-// vs 40.0 us; the LM head 745 vs 1,202).
-static bool x16_takes(int T, int N, int Kd, bool lo) {
-  return x16_fits(T, N, Kd) && (!lo || (long)blocks_for(N, TBN) * blocks_for(T, XM) >= x16_slots(true));
-}
-
-// Splits along Kd for gemm_x16_kernel: about one wave of its resident blocks, each split at
-// least 4 slices; never more than splits_for (which sized the partial products' room)
-static int x16_splits(int T, int N, int Kd, bool lo) {
-  const int tiles = blocks_for(N, TBN) * blocks_for(T, XM);
-  const int s = min(min(splits_for(T, N, Kd), x16_slots(lo) / tiles), Kd / XK / 4);
+// Splits along Kd for gemm_x16_kernel: splits_for's (which sized the partial products' room),
+// each split at least 4 slices
+static int x16_splits(int T, int N, int Kd) {
+  const int s = min(splits_for(T, N, Kd), Kd / XK / 4);
   return s > 1 ? s : 1;
 }
 
-// the split's partial products, then (gemm_x16_kernel) the activations' BF16 terms: T Kd halves each
+// the split's partial products, then (gemm_x16_kernel) the activations in BF16: T Kd halves
 long matmul16_ws_floats(int T, int N, int Kd) {
   if (T <= 8 || Kd % TBK) return 0;
   const int S = splits_for(T, N, Kd);
-  return (S > 1 ? (long)S * T * N : 0) + (x16_fits(T, N, Kd) ? (long)T * Kd : 0);
+  return (S > 1 ? (long)S * T * N : 0) + (x16_fits(T, N, Kd) ? (long)T * Kd / 2 : 0);
 }
 
 void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats,
@@ -1164,27 +1123,16 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
     }
     return;
   }
-  if (is_bf16 && vec && x16_takes(T, N, Kd, !round_bf16) && ws && ws_floats >= matmul16_ws_floats(T, N, Kd)) {
-    const long room = (ws_floats - (long)T * Kd) & ~3L;  // the partials' share; the terms start on 16 bytes
-    const int S = x16_splits(T, N, Kd, !round_bf16);
+  if (is_bf16 && vec && round_bf16 && x16_fits(T, N, Kd) && ws && ws_floats >= matmul16_ws_floats(T, N, Kd)) {
+    const long room = (ws_floats - (long)T * Kd / 2) & ~3L;  // the partials' share; the activations start on 16 bytes
+    const int S = x16_splits(T, N, Kd);
     const int kper = S > 1 && room >= (long)S * T * N ? blocks_for(Kd / XK, S) : 0;
     const int Sz = kper ? blocks_for(Kd / XK, kper) : 1;  // splits that have slices
-    uint16_t *xh = reinterpret_cast<uint16_t *>(ws + room), *xl = xh + (size_t)T * Kd;
+    uint16_t *xh = reinterpret_cast<uint16_t *>(ws + room);
     const long n4 = (long)T * Kd / 4;
-    const dim3 grid(blocks_for(N, TBN), blocks_for(T, XM), Sz);
-    float *part = kper ? ws : nullptr;
-    if (round_bf16) {
-      x_to_bf16_kernel<false><<<blocks_for(n4, 256), 256, 0, st>>>(reinterpret_cast<const float4 *>(X), reinterpret_cast<uint2 *>(xh), nullptr, n4);
-      constexpr size_t smem = x16_smem_bytes<false>();
-      cudaFuncSetAttribute(gemm_x16_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-      gemm_x16_kernel<false><<<grid, 256, smem, st>>>(W, xh, nullptr, Y, T, N, Kd, kper, part);
-    } else {
-      x_to_bf16_kernel<true><<<blocks_for(n4, 256), 256, 0, st>>>(reinterpret_cast<const float4 *>(X), reinterpret_cast<uint2 *>(xh),
-                                                                  reinterpret_cast<uint2 *>(xl), n4);
-      constexpr size_t smem = x16_smem_bytes<true>();
-      cudaFuncSetAttribute(gemm_x16_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-      gemm_x16_kernel<true><<<grid, 256, smem, st>>>(W, xh, xl, Y, T, N, Kd, kper, part);
-    }
+    x_to_bf16_kernel<<<blocks_for(n4, 256), 256, 0, st>>>(reinterpret_cast<const float4 *>(X), reinterpret_cast<uint2 *>(xh), n4);
+    cudaFuncSetAttribute(gemm_x16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)X16_SMEM);
+    gemm_x16_kernel<<<dim3(blocks_for(N, TBN), blocks_for(T, XM), Sz), 256, X16_SMEM, st>>>(W, xh, Y, T, N, Kd, kper, kper ? ws : nullptr);
     if (kper) splitk_sum(ws, Sz, (long)T * N, Y, st);
     return;
   }

@@ -2,7 +2,8 @@
 // the host. f32 weights (sgemm.cu through ops.cu's matmul, mla_absorb and mla_up_v): the router's
 // shape and odd ones, split along Kd and not, at 9 to 512 tokens, and MLA's per-head products at
 // the 48B shapes (32 heads, nope 128, rope 64, latent 512, value head 128). BF16 weights
-// (gemm16.cu's matmul16 above 8 tokens, its two tensor-core kernels): odd shapes and the 48B model's, f32-accurate and with
+// (gemm16.cu's matmul16 above 8 tokens, its tensor-core kernels; gemm_x16_kernel from 128
+// tokens with BF16-rounded activations): odd shapes and the 48B model's, f32-accurate and with
 // the activations rounded to BF16, every output or every 61st column of the LM head's. Then the
 // time of each at Kimi-Linear-48B-A3B's shapes. Run it with KLE_CUDA_SGEMM=0 and
 // KLE_CUDA_GEMM_X16=0 too: the kernels these replaced, the same checks, their times beside.
