@@ -17,7 +17,6 @@ export function defaultTokenizer(): { tokenizerJson: Record<string, unknown>; to
   return { tokenizerJson: defaultModelJson('tokenizer.json'), tokenizerConfig: defaultModelJson('tokenizer_config.json') };
 }
 
-/** The median of a (the upper one of an even count). */
 /**
  * The GPU benches' --weights: the format the synthetic 48B model's matrices take on the device,
  * the bytes a matrix weight reads (Q8_0: a 34-byte block of 32), its name in tables and the
@@ -29,6 +28,7 @@ export function matrixWeights(value: string | undefined): { dtype: 'bf16' | 'q8_
   throw new Error(`--weights ${value}: expected bf16 or q8_0`);
 }
 
+/** The median of a (the upper one of an even count). */
 export function median(a: number[]): number {
   return [...a].sort((x, y) => x - y)[a.length >> 1]!;
 }
