@@ -207,8 +207,15 @@ int kle_model_step_batch(kle_model *m, const uint8_t *handles, const int32_t *to
     lead->rowtab = NULL;
     lead->rowlens = NULL;
     if (rc == KLE_OK) rc = lm_head(lead, lead->x, m->batch_logits, n);
-    for (int i = 0; i < n && rc == KLE_OK; i++)
-      rc = b->copy(m->ctx, ss[i]->logits_dev, m->batch_logits + (size_t)i * V, sizeof(float) * (size_t)V);
+    if (rc == KLE_OK && b->copy_n) {
+      void **dst = kle_host_alloc_n((uint64_t)n, sizeof *dst);
+      if (!dst) rc = KLE_ENOMEM;
+      for (int i = 0; i < n && dst; i++) dst[i] = ss[i]->logits_dev;
+      if (dst) rc = b->copy_n(m->ctx, n, dst, m->batch_logits, sizeof(float) * (size_t)V);
+      free(dst);
+    } else
+      for (int i = 0; i < n && rc == KLE_OK; i++)
+        rc = b->copy(m->ctx, ss[i]->logits_dev, m->batch_logits + (size_t)i * V, sizeof(float) * (size_t)V);
     /* the state moved on whether or not the last copies failed: count the token */
     for (int i = 0; i < n; i++) {
       ss[i]->pos += 1;
