@@ -127,9 +127,9 @@ if [ "$mode" = batch ]; then
   node .gpu/dist/bench/gpu-batch.mjs "$@" 2>&1 | tee "$OUT/gpu-batch.log"
   cp bench/results/gpu-batch-* "$OUT/" 2>/dev/null || true
   # PROFILE="4096x32 4096x256": where those batches' time goes (per operation, over 10 steps and
-  # the sessions' set-up)
+  # the sessions' set-up; PROFILE_ARGS="--precision bf16": one precision's steps alone)
   for p in ${PROFILE:-}; do
-    KLE_CUDA_PROFILE=1 node .gpu/dist/bench/gpu-batch.mjs --only "$p" 2>&1 | head -45 | tee -a "$OUT/gpu-batch-profile.log"
+    KLE_CUDA_PROFILE=1 node .gpu/dist/bench/gpu-batch.mjs --only "$p" ${PROFILE_ARGS:-} 2>&1 | head -45 | tee -a "$OUT/gpu-batch-profile.log"
   done
   exit 0
 fi

@@ -121,6 +121,24 @@ void prof_report(kle_backend_ctx *cx) {
   std::sort(v.begin(), v.end(), [](const auto &x, const auto &y) { return x.second.ms > y.second.ms; });
   fprintf(stderr, "KLE_CUDA_PROFILE: %zu operations, %.3f ms inside them, %.3f ms from the first to the last\n", cx->recs.size(), total,
           span);
+  // the device's idle time between one operation's end and the next one's start (gaps under 1 ms:
+  // longer ones are the host between steps and set-up), by the operation it waited for: where
+  // the host, not the kernels, sets the pace
+  std::map<std::string, agg> idle;
+  double idle_ms = 0;
+  for (size_t i = 1; i < cx->recs.size(); i++) {
+    float ms = 0.f;
+    if (cudaEventElapsedTime(&ms, cx->recs[i - 1].end, cx->recs[i].start) != cudaSuccess || ms <= 0.f || ms >= 1.f) continue;
+    agg &g = idle[cx->recs[i].op];
+    g.ms += ms;
+    g.n++;
+    idle_ms += ms;
+  }
+  std::vector<std::pair<std::string, agg>> iv(idle.begin(), idle.end());
+  std::sort(iv.begin(), iv.end(), [](const auto &x, const auto &y) { return x.second.ms > y.second.ms; });
+  fprintf(stderr, "  idle between operations: %.3f ms; before", idle_ms);
+  for (size_t i = 0; i < iv.size() && i < 6; i++) fprintf(stderr, "%s %s %.3f ms (%ld)", i ? "," : "", iv[i].first.c_str(), iv[i].second.ms, iv[i].second.n);
+  fprintf(stderr, "\n");
   for (const auto &e : v)
     fprintf(stderr, "  %8.3f ms %5.1f%% %7ld x %8.2f us  %s\n", e.second.ms, 100.0 * e.second.ms / total, e.second.n,
             1e3 * e.second.ms / e.second.n, e.first.c_str());
@@ -259,7 +277,14 @@ int cu_download(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
   return KLE_OK;
 }
 int cu_copy(kle_backend_ctx *cx, void *dst, const void *src, size_t n) {
+  Span sp(cx, "copy", (int)std::min(n, (size_t)INT32_MAX));
   CU(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, cx->st));
+  return KLE_OK;
+}
+int cu_copy_n(kle_backend_ctx *cx, int n, void *const *dst, const void *src, size_t each) {
+  Span sp(cx, "copy n", n, (int)std::min(each, (size_t)INT32_MAX));
+  if (kle_ops::copy_rows(n, dst, src, each, cx->st)) return launched();
+  for (int i = 0; i < n; i++) CU(cudaMemcpyAsync(dst[i], (const char *)src + (size_t)i * each, each, cudaMemcpyDeviceToDevice, cx->st));
   return KLE_OK;
 }
 int cu_sync(kle_backend_ctx *cx) {
@@ -429,18 +454,21 @@ const float *F(const kle_tensor *t) { return (const float *)t->data; }
 
 const uint16_t *H(const kle_tensor *t) { return (const uint16_t *)t->data; }
 
+// the matmuls' workspace (split products' partials, activations rounded to BF16), grown to `need` floats
+static int ensure_mm_ws(kle_backend_ctx *cx, long need) {
+  if (need <= cx->mm_ws_n) return KLE_OK;
+  cudaFree(cx->mm_ws);  // synchronizes: no kernel still reads the old one
+  cx->mm_ws = nullptr;
+  cx->mm_ws_n = 0;
+  cx->gen++;  // captured steps addressed the old one
+  CU(cudaMalloc(&cx->mm_ws, sizeof(float) * need));
+  cx->mm_ws_n = need;
+  return KLE_OK;
+}
+
 int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y, int T) {
   Span sp(cx, w->fmt == KLE_W_F32 ? "matmul f32" : w->fmt == KLE_W_Q8_0 ? "matmul q8_0" : "matmul 16-bit", w->rows, w->cols, T);
-  // a product split along its columns: partial products in their own buffer
-  const long need = w->fmt == KLE_W_F32 ? kle_ops::matmul_ws_floats(T, w->rows, w->cols) : kle_ops::matmul16_ws_floats(T, w->rows, w->cols);
-  if (need > cx->mm_ws_n) {
-    cudaFree(cx->mm_ws);  // synchronizes: no kernel still reads the old one
-    cx->mm_ws = nullptr;
-    cx->mm_ws_n = 0;
-    cx->gen++;  // captured steps addressed the old one
-    CU(cudaMalloc(&cx->mm_ws, sizeof(float) * need));
-    cx->mm_ws_n = need;
-  }
+  KLE_TRY(ensure_mm_ws(cx, w->fmt == KLE_W_F32 ? kle_ops::matmul_ws_floats(T, w->rows, w->cols) : kle_ops::matmul16_ws_floats(T, w->rows, w->cols)));
   if (w->fmt == KLE_W_F32)
     kle_ops::matmul(F(w), X, Y, T, w->rows, w->cols, cx->st, cx->mm_ws, cx->mm_ws_n);
   else {
@@ -450,20 +478,42 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
   return launched();
 }
 
-// One token's products with several weights in one launch where each fits gemv_multi (else
-// KLE_ENOSYS: the forward pass makes them one by one)
+// whether a batch's products with several weights take matmul16_n (KLE_CUDA_MATMUL_SETS=0: one
+// by one, a before/after in one run)
+static bool matmul_sets() {
+  static const bool v = [] {
+    const char *e = getenv("KLE_CUDA_MATMUL_SETS");
+    return !(e && e[0] == '0' && !e[1]);
+  }();
+  return v;
+}
+
+// Products with several weights in one launch: one token's where each fits gemv_multi, a batch's
+// (BF16 precision, >= 128 tokens, every weight BF16 of one width) through matmul16_n; else
+// KLE_ENOSYS, and the forward pass makes them one by one
 int cu_matmul_n(kle_backend_ctx *cx, int n, const kle_tensor *const *w, const float *const *X, float *const *Y, int T) {
   kle_ops::mv_set set = {};
-  if (T != 1 || n > kle_ops::MV_MAX) return KLE_ENOSYS;
+  if (n < 1 || n > kle_ops::MV_MAX || (T != 1 && (!cx->round_bf16 || !matmul_sets()))) return KLE_ENOSYS;
+  long rows = 0;
   for (int i = 0; i < n; i++) {
     const int f = w[i]->fmt;
     set.e[i] = {w[i]->data, X[i], Y[i], w[i]->rows, w[i]->cols,
                 f == KLE_W_F32 ? kle_ops::MV_F32 : f == KLE_W_BF16 ? kle_ops::MV_BF16 : kle_ops::MV_F16, 0};
-    if ((f != KLE_W_F32 && f != KLE_W_BF16 && f != KLE_W_F16) || !kle_ops::gemv_multi_ok(set.e[i])) return KLE_ENOSYS;
+    if (f != KLE_W_F32 && f != KLE_W_BF16 && f != KLE_W_F16) return KLE_ENOSYS;
+    if (T == 1 && !kle_ops::gemv_multi_ok(set.e[i])) return KLE_ENOSYS;
+    rows += w[i]->rows;
   }
-  Span sp(cx, "matmul several", n, T);
   set.n = n;
-  kle_ops::gemv_multi(set, cx->st);
+  if (T == 1) {
+    Span sp(cx, "matmul several", n, T);
+    kle_ops::gemv_multi(set, cx->st);
+    return launched();
+  }
+  const long need = kle_ops::matmul16_n_ws_floats(set, T);
+  if (need < 0) return KLE_ENOSYS;
+  Span sp(cx, "matmul 16-bit several", (int)rows, w[0]->cols, T);
+  KLE_TRY(ensure_mm_ws(cx, need));
+  if (!kle_ops::matmul16_n(set, T, cx->st, cx->mm_ws, cx->mm_ws_n)) return KLE_ENOSYS;
   return launched();
 }
 
@@ -723,6 +773,17 @@ static int grouped_pct() {
   return v;
 }
 
+// whether BF16 experts' grouped GEMMs launch a block per listed row tile and make gate and up in
+// one launch (KLE_CUDA_MOE_LISTED=0: a block per expert and possible tile, gate, up and SwiGLU in
+// three launches; a before/after in one run)
+static bool moe_listed() {
+  static const bool v = [] {
+    const char *e = getenv("KLE_CUDA_MOE_LISTED");
+    return !(e && e[0] == '0' && !e[1]);
+  }();
+  return v;
+}
+
 // whether P (token, choice) pairs take the grouped GEMMs (cu_moe_experts says why)
 static bool takes_grouped(const experts_tab *tab, int P, int D, int MI, const float *h) {
   const bool one = tab->fmt[0] != KLE_W_F32 && tab->fmt[0] == tab->fmt[1] && tab->fmt[1] == tab->fmt[2];  // 16-bit or Q8_0
@@ -756,7 +817,11 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
   // slower than the matvecs there: 1,256 against 873 us.)
   if (takes_grouped(tab, P, D, MI, h)) {
     const int few = P < 16 * tab->E;
-    const long need = (long)tab->E + 1 + P;
+    const int is_bf16 = tab->fmt[0] == KLE_W_BF16;
+    // BF16's tensor-core kernels: a block per listed row tile, gate and up in one launch
+    const bool listed = is_bf16 && moe_listed();
+    const int tm = few ? 16 : 64, map_n = listed ? kle_ops::moe_tiles(P, tab->E, tm) : 0;
+    const long need = (long)tab->E + 1 + P + map_n;
     if (need > cx->grp_n) {
       cudaFree(cx->grp);  // synchronizes: no kernel still reads the old one
       cx->grp = nullptr;
@@ -764,19 +829,21 @@ int cu_moe_experts(kle_backend_ctx *cx, const void *experts, const int32_t *idx,
       CU(cudaMalloc(&cx->grp, sizeof(int32_t) * need));
       cx->grp_n = need;
     }
-    const int is_bf16 = tab->fmt[0] == KLE_W_BF16;
     const uint16_t *const *W = (const uint16_t *const *)tab->dev;
-    int32_t *offs = cx->grp, *order = cx->grp + tab->E + 1;
-    kle_ops::moe_group(idx, P, tab->E, offs, order, cx->st);
+    int32_t *offs = cx->grp, *order = cx->grp + tab->E + 1, *map = listed ? order + P : nullptr;
+    kle_ops::moe_group(idx, P, tab->E, offs, order, cx->st, tm, map);
     const bool rnd = cx->round_bf16;
     // one matrix kind of every expert over its pairs, in the layer's format
     auto grouped = [&](int which, const float *X, int x_div, float *Y, int N, int Kd) {
       if (tab->fmt[0] == KLE_W_Q8_0) kle_ops::grouped_mm_q8(few, tab->dev, which, offs, order, tab->E, X, x_div, Y, T, N, Kd, cx->st, rnd);
-      else kle_ops::grouped_mm16(is_bf16, few, W, which, offs, order, tab->E, X, x_div, Y, T, N, Kd, cx->st, rnd);
+      else kle_ops::grouped_mm16(is_bf16, few, W, which, offs, order, tab->E, X, x_div, Y, T, N, Kd, cx->st, rnd, map, P);
     };
-    grouped(0, h, K, g, MI, D);
-    grouped(1, h, K, u, MI, D);
-    kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
+    if (listed) grouped(kle_ops::MOE_GATE_UP, h, K, g, MI, D);
+    else {
+      grouped(0, h, K, g, MI, D);
+      grouped(1, h, K, u, MI, D);
+      kle_ops::swiglu(g, u, g, (long)P * MI, cx->st);
+    }
     grouped(2, g, 1, ye, D, MI);
     kle_ops::moe_combine(ye, w, y, T, K, D, 0, cx->st);
     return launched();
@@ -977,6 +1044,7 @@ kle_backend make_backend() {
   b.upload = cu_upload;
   b.download = cu_download;
   b.copy = cu_copy;
+  b.copy_n = cu_copy_n;
   b.sync = cu_sync;
   b.mem_info = cu_mem_info;
   b.precision = cu_precision;

@@ -16,11 +16,13 @@
 //   C 16x8:            c0 (g, 2t)  c1 (g, 2t+1)  c2 (g+8, 2t)  c3 (g+8, 2t+1)
 // F16 weights take a CUDA-core tiled GEMM instead (f16 activations would overflow where f32 and
 // BF16 do not).
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <array>
 #include <type_traits>
 
@@ -32,6 +34,7 @@ namespace kle_ops {
 
 using kle_tc::mma_bf16;
 using kle_tc::sm_count;
+namespace cg = cooperative_groups;
 
 namespace {
 
@@ -320,9 +323,15 @@ __device__ __forceinline__ void split_bf16(float x, uint16_t &hi, uint16_t &lo) 
 // Grouped (a batch's MoE pairs, moe_group's offs and order): blockIdx.z is the expert e, its
 // tile's rows are e's pairs, X's row of pair p is p / x_div and Y's is p, W is e's `which` matrix;
 // the rows a thread loads are looked up once. Blocks past an expert's pairs return at once.
+// With map (moe_group's tile map), blockIdx.y is the y-th row tile of all the experts' and map
+// says whose: a batched step's 256 streams give about 8 pairs an expert, one 16-row tile each,
+// where a grid of every expert's largest possible count of tiles (16) left 15 in 16 blocks with
+// nothing to do. which == GATE_UP: the tile's first 64 weight rows are the gate's, the other 64 the
+// up matrix's same rows, and Y gets silu(gate) * up (the SwiGLU of ops.cu, in the epilogue).
+constexpr int GATE_UP = MOE_GATE_UP;
 struct tc_group {
   const uint16_t *const *Wtab;
-  const int32_t *offs, *order;
+  const int32_t *offs, *order, *map;
   int which, x_div;
 };
 
@@ -362,11 +371,21 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
   const int n0 = blockIdx.x * TBN, wm = (warp / NW) * (16 * MI), wn = (warp % NW) * (8 * NI);
   int m0 = blockIdx.y * TM, base = 0;
+  const uint16_t *Wup = nullptr;  // GATE_UP's second matrix
+  const bool gate_up = GROUPED && grp.which == GATE_UP;
   if (GROUPED) {
-    base = grp.offs[blockIdx.z];
-    T = grp.offs[blockIdx.z + 1] - base;  // this expert's pairs
+    int e = blockIdx.z;
+    if (grp.map) {
+      const int v = grp.map[blockIdx.y];
+      if (v < 0) return;  // past the last expert's tiles
+      e = v & 0xffff;
+      m0 = (v >> 16) * TM;
+    }
+    base = grp.offs[e];
+    T = grp.offs[e + 1] - base;  // this expert's pairs
     if (m0 >= T) return;
-    W = grp.Wtab[(size_t)blockIdx.z * 3 + grp.which];
+    W = grp.Wtab[(size_t)e * 3 + (gate_up ? 0 : grp.which)];
+    if (gate_up) Wup = grp.Wtab[(size_t)e * 3 + 1];
   }
   // the X rows this thread loads (XJ float4 a slice), fixed for the whole k loop
   const float *xrow[XJ];
@@ -385,8 +404,11 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
 #pragma unroll
     for (int j = 0; j < TBN * BK / 8 / 256; j++) {
       const int i = tid + j * 256, r = i / (BK / 8), c = (i % (BK / 8)) * 8;
-      const bool ok = n0 + r < N;
-      kle_tc::cp_async16_zfill(&Ws[s][r][c], W + (size_t)(ok ? n0 + r : 0) * Kd + (kb + k) * BK + c, ok);
+      // GATE_UP: rows r and r + 64 are the gate's and the up matrix's row n0 / 2 + r
+      const int row = gate_up ? n0 / 2 + r % 64 : n0 + r;
+      const bool ok = row < N;
+      const uint16_t *src = gate_up && r >= 64 ? Wup : W;
+      kle_tc::cp_async16_zfill(&Ws[s][r][c], src + (size_t)(ok ? row : 0) * Kd + (kb + k) * BK + c, ok);
     }
     kle_tc::cp_async_commit();
   };
@@ -464,6 +486,37 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
     if (k + 1 < nk) store_x(s ^ 1);  // stage s ^ 1 was last read in slice k - 1: every warp is past it
   }
   kle_tc::cp_async_wait<0>();  // nothing left in flight into a block that ends
+  if (gate_up) {
+    // the up products through shared memory to the threads holding the same rows' gate products
+    __syncthreads();  // every warp is done with the stages
+    auto ups = reinterpret_cast<float (*)[64 + 4]>(tc_smem);
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+      for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int ml = wm + mi * 16 + g + h * 8, nl = wn + ni * 8 + 2 * t4;
+          if (nl >= 64) ups[ml][nl - 64] = acc[mi][ni][2 * h], ups[ml][nl - 63] = acc[mi][ni][2 * h + 1];
+        }
+    __syncthreads();
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+      for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int ml = wm + mi * 16 + g + h * 8, nl = wn + ni * 8 + 2 * t4, m = m0 + ml, n = n0 / 2 + nl;
+          if (nl >= 64 || m >= T) continue;
+          float *yr = Y + (size_t)grp.order[base + m] * N;
+#pragma unroll
+          for (int q = 0; q < 2; q++) {
+            const float gv = acc[mi][ni][2 * h + q];
+            if (n + q < N) yr[n + q] = gv / (1.0f + expf(-gv)) * ups[ml][nl + q];
+          }
+        }
+    return;
+  }
 #pragma unroll
   for (int mi = 0; mi < MI; mi++)
 #pragma unroll
@@ -488,6 +541,7 @@ template <bool GROUPED, int TM, int WS, int BK, bool LO>
 void launch_tc(dim3 grid, cudaStream_t st, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, tc_group grp, int kper,
                float *part) {
   constexpr size_t smem = tc_smem_bytes<TM, WS, BK, LO>();
+  static_assert(sizeof(float) * TM * (64 + 4) <= smem, "GATE_UP's up products fit the stages");
   auto kern = gemm_bf16_tc_kernel<GROUPED, TM, WS, BK, LO>;
   if (smem > 48 * 1024) cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
   kern<<<grid, 256, smem, st>>>(W, X, Y, T, N, Kd, grp, kper, part);
@@ -514,16 +568,37 @@ __global__ void x_to_bf16_kernel(const float4 *__restrict__ X, uint2 *__restrict
   xh[i] = make_uint2(kle_tc::bf16_pair(v.x, v.y), kle_tc::bf16_pair(v.z, v.w));
 }
 
-// Y[T, N] (or split z's part) = Xh[T, Kd] W[N, Kd]^T; Kd % XK == 0, rows 16-byte aligned
-__global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restrict__ W, const uint16_t *__restrict__ Xh, float *__restrict__ Y,
-                                                       int T, int N, int Kd, int kper, float *__restrict__ part) {
+// The weights of one launch: up to MV_MAX matrices of one width, each with its own BF16
+// activations and results; column tiles tile0[e] .. tile0[e + 1] - 1 of the grid are entry e's.
+// A split product (gridDim.z > 1) either writes entry e's partial to part + z T Ntot + T coff[e]
+// (splitk_sum_set_kernel adds them) or, part NULL, is one cluster along z whose blocks add their tiles
+// through distributed shared memory.
+struct x16_set {
+  const uint16_t *W[MV_MAX];
+  const uint16_t *X[MV_MAX];
+  float *Y[MV_MAX];
+  int N[MV_MAX], tile0[MV_MAX + 1], coff[MV_MAX];
+  int n;
+};
+constexpr int XRS = TBN + 8;  // a partial tile's row stride (floats): a warp's float2 stores in two wavefronts
+static_assert((size_t)XM * XRS * sizeof(float) <= X16_SMEM, "the partial tile reuses the stages");
+
+// Y_e[T, N_e] = Xh_e[T, Kd] W_e[N_e, Kd]^T; Kd % XK == 0, rows 16-byte aligned. Split z takes
+// k-slices z nkt / S .. (z + 1) nkt / S - 1 of nkt = Kd / XK.
+__global__ void __launch_bounds__(256) gemm_x16_kernel(const x16_set set, int T, int Kd, float *__restrict__ part, long Ntot) {
   extern __shared__ __align__(16) uint16_t x16_smem[];
   auto As = reinterpret_cast<uint16_t (*)[XM][XS]>(x16_smem);
   auto Ws = reinterpret_cast<uint16_t (*)[TBN][XS]>(x16_smem + (size_t)XST * XM * XS);
+  int e = 0;
+  while (e + 1 < set.n && (int)blockIdx.x >= set.tile0[e + 1]) e++;
+  const uint16_t *__restrict__ W = set.W[e];
+  const uint16_t *__restrict__ Xh = set.X[e];
+  float *Y = set.Y[e];
+  const int N = set.N[e];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-  const int n0 = blockIdx.x * TBN, m0 = blockIdx.y * XM, wm = (warp / 4) * 64, wn = (warp % 4) * 32;
-  const int kb = part ? blockIdx.z * kper : 0, nk = part ? min(Kd / XK - kb, kper) : Kd / XK;
-  if (part) Y = part + (size_t)blockIdx.z * T * N;
+  const int n0 = ((int)blockIdx.x - set.tile0[e]) * TBN, m0 = blockIdx.y * XM, wm = (warp / 4) * 64, wn = (warp % 4) * 32;
+  const int S = gridDim.z, nkt = Kd / XK, kb = (int)((long)blockIdx.z * nkt / S), nk = (int)((long)(blockIdx.z + 1) * nkt / S) - kb;
+  if (part) Y = part + (size_t)blockIdx.z * T * Ntot + (size_t)T * set.coff[e];
   // a thread's 16-byte pieces of a stage: rows tid / 8 + 32 j, columns (tid % 8) * 8, of both tiles
   const int lr0 = tid / 8, lc = (tid % 8) * 8;
   auto load = [&](int k, int s) {
@@ -570,6 +645,41 @@ __global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restric
     }
   }
   kle_tc::cp_async_wait<0>();
+  if (S > 1 && !part) {
+    // the cluster's split: each block leaves its tile in its own shared memory, then block r adds
+    // rows r XM / S .. of every block's, in order of z (the same sum whichever block makes it)
+    __syncthreads();  // every warp is done with the stages
+    float *red = reinterpret_cast<float *>(x16_smem);
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+      for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+          *reinterpret_cast<float2 *>(red + (wm + mi * 16 + g + h * 8) * XRS + wn + ni * 8 + 2 * t4) =
+              make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();  // every block's tile is in place
+    const int r = (int)cluster.block_rank(), rows0 = r * XM / S, rows1 = (r + 1) * XM / S;
+    for (int i = rows0 * (TBN / 4) + tid; i < rows1 * (TBN / 4); i += 256) {
+      const int row = i / (TBN / 4), c = (i % (TBN / 4)) * 4, m = m0 + row, n = n0 + c;
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int z = 0; z < S; z++) {
+        const float4 v = *reinterpret_cast<const float4 *>(cluster.map_shared_rank(red, z) + row * XRS + c);
+        a.x += v.x, a.y += v.y, a.z += v.z, a.w += v.w;
+      }
+      if (m >= T) continue;
+      float *yr = Y + (size_t)m * N;
+      if (n + 3 < N && !(N & 3)) *reinterpret_cast<float4 *>(yr + n) = a;
+      else {
+        const float v4[4] = {a.x, a.y, a.z, a.w};
+        for (int q = 0; q < 4; q++)
+          if (n + q < N) yr[n + q] = v4[q];
+      }
+    }
+    cluster.sync();  // no block leaves while another still reads its tile
+    return;
+  }
 #pragma unroll
   for (int mi = 0; mi < 4; mi++)
 #pragma unroll
@@ -585,6 +695,17 @@ __global__ void __launch_bounds__(256) gemm_x16_kernel(const uint16_t *__restric
           if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
         }
       }
+}
+
+// the entries' partials, S of them, added in order of z into each entry's result
+__global__ void splitk_sum_set_kernel(const float *__restrict__ part, int S, long n, const x16_set set, int T) {
+  const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  int e = 0;
+  while (e + 1 < set.n && i >= (long)T * set.coff[e + 1]) e++;
+  float a = part[i];
+  for (int z = 1; z < S; z++) a += part[(size_t)z * n + i];
+  set.Y[e][i - (long)T * set.coff[e]] = a;
 }
 
 __global__ void splitk_sum_kernel(const float *__restrict__ part, int S, long n, float *__restrict__ Y) {
@@ -890,19 +1011,25 @@ __global__ void __launch_bounds__(256) gemv_multi_kernel(mv_set s) {
 // order[offs[e] .. offs[e + 1]). One block; the order within an expert is the atomics', which
 // changes nothing: each pair's result is computed alone, in its own slot.
 __global__ void __launch_bounds__(1024) moe_group_kernel(const int32_t *__restrict__ idx, int P, int E, int32_t *__restrict__ offs,
-                                                         int32_t *__restrict__ order) {
-  __shared__ int cnt[1024], pos[1024];
+                                                         int32_t *__restrict__ order, int tm, int32_t *__restrict__ map, int map_n) {
+  __shared__ int cnt[1024], pos[1024], tile[1025];
   for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
   __syncthreads();
   for (int p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&cnt[idx[p]], 1);
   __syncthreads();
   if (threadIdx.x == 0) {
-    int acc = 0;
-    for (int e = 0; e < E; e++) pos[e] = acc, offs[e] = acc, acc += cnt[e];
+    int acc = 0, tiles = 0;
+    for (int e = 0; e < E; e++) pos[e] = acc, offs[e] = acc, acc += cnt[e], tile[e] = tiles, tiles += map ? (cnt[e] + tm - 1) / tm : 0;
     offs[E] = acc;
+    tile[E] = tiles;
   }
   __syncthreads();
   for (int p = threadIdx.x; p < P; p += blockDim.x) order[atomicAdd(&pos[idx[p]], 1)] = p;
+  if (!map) return;
+  // tile t of expert e's: e in the low half, t in the high (map_n bounds both below 2^15)
+  for (int e = threadIdx.x; e < E; e += blockDim.x)
+    for (int t = tile[e]; t < tile[e + 1]; t++) map[t] = e | (t - tile[e]) << 16;
+  for (int t = tile[E] + threadIdx.x; t < map_n; t += blockDim.x) map[t] = -1;
 }
 
 #define GROUP 8
@@ -957,8 +1084,10 @@ void splitk_sum(const float *part, int S, long n, float *Y, cudaStream_t st) {
   splitk_sum_kernel<<<blocks_for(n, 256), 256, 0, st>>>(part, S, n, Y);
 }
 
-void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st) {
-  moe_group_kernel<<<1, 1024, 0, st>>>(idx, P, E, offs, order);
+int moe_tiles(int P, int E, int tm) { return blocks_for(P, tm) + std::min(E, P); }
+
+void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st, int tm, int32_t *map) {
+  moe_group_kernel<<<1, 1024, 0, st>>>(idx, P, E, offs, order, tm, map, map ? moe_tiles(P, E, tm) : 0);
 }
 
 bool grouped_ok(int D, int MI, const float *X) { return D % TBK == 0 && MI % TBK == 0 && ((uintptr_t)X & 15) == 0; }
@@ -966,15 +1095,18 @@ bool grouped_ok(int D, int MI, const float *X) { return D % TBK == 0 && MI % TBK
 // Y[p] = W_e X[p / x_div] for each pair p of each expert e, on tensor cores; at most T pairs an
 // expert (a token picks an expert once), so T / 64 row tiles cover any expert
 void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E,
-                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st, bool round_bf16) {
+                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st, bool round_bf16, const int32_t *map, int P) {
   if (!is_bf16) {  // F16: the CUDA-core kernel, GROUP pairs at a time
     grouped16_kernel<<<dim3(blocks_for(N, 8), E), 256, 0, st>>>(Wtab, which, offs, order, X, x_div, Y, N, Kd, 0);
     return;
   }
-  const tc_group grp = {Wtab, offs, order, which, x_div};
+  const tc_group grp = {Wtab, offs, order, map, which, x_div};
   // 16-row tiles stream 64-wide k-slices, two in flight (half the barriers and waits of four
-  // 32-wide ones, which remain where Kd is not a multiple of 64)
-  const dim3 g16(blocks_for(N, TBN), blocks_for(T, 16), E), g64(blocks_for(N, TBN), blocks_for(T, TBM), E);
+  // 32-wide ones, which remain where Kd is not a multiple of 64). GATE_UP: a tile of 64 columns
+  // of both matrices. With a map, the grid's rows are the map's tiles.
+  const int nx = blocks_for(which == GATE_UP ? 2L * N : N, TBN);
+  const dim3 g16(nx, map ? moe_tiles(P, E, 16) : blocks_for(T, 16), map ? 1 : E);
+  const dim3 g64(nx, map ? moe_tiles(P, E, TBM) : blocks_for(T, TBM), map ? 1 : E);
   if (few && Kd % 64 == 0)
     round_bf16 ? launch_tc<true, 16, 2, 64, false>(g16, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr)
                : launch_tc<true, 16, 2, 64, true>(g16, st, nullptr, X, Y, T, N, Kd, grp, 0, nullptr);
@@ -1084,18 +1216,122 @@ static bool x16_gemm() {
 }
 static bool x16_fits(int T, int N, int Kd) { return T >= XM && N >= 256 && Kd % XK == 0 && x16_gemm(); }
 
-// Splits along Kd for gemm_x16_kernel: splits_for's (which sized the partial products' room),
-// each split at least 4 slices
-static int x16_splits(int T, int N, int Kd) {
-  const int s = min(splits_for(T, N, Kd), Kd / XK / 4);
-  return s > 1 ? s : 1;
+// the most splits along Kd a product adds up inside a cluster of its blocks, more go through
+// partials in the workspace and splitk_sum_set_kernel: 2 (KLE_CUDA_X16_CLUSTER=N: up to N, 0
+// never; a before/after in one run). Measured on the H200, cluster vs partials (bench/results/
+// cuda-matmul-sets-h200.json): in two, MLA's q and kv_a at 256 tokens 42.1 vs 48.5 us, KDA's six
+// projections at 128 tokens 42.5 vs 49.1; in four, MLA's at 128 tokens 24.6 vs 32.9 but 4096 x
+// 2304 at 256 tokens 35.3 vs 33.7, and a 256-stream step with clusters of up to four (the shared
+// expert's down matrix, 2304 x 1024, then in four) 45.16 ms against 43.60-43.75 with two (two
+// calls); in seven or eight the cluster lost every time: 2304 x 4096 39.3 vs 34.0, the shared
+// expert's gate and up 26.4 vs 24.9, 1024 x 2304 18.5 vs 16.2 (a wide cluster's blocks wait for
+// one another and read each other's tiles over the SM-to-SM network).
+static int x16_cluster_max() {
+  static const int v = [] {
+    const char *e = getenv("KLE_CUDA_X16_CLUSTER");
+    return e && e[0] >= '0' && e[0] <= '8' && !e[1] ? e[0] - '0' : 2;
+  }();
+  return v;
 }
 
-// the split's partial products, then (gemm_x16_kernel) the activations in BF16: T Kd halves
+// Splits along Kd for `tiles` tiles of gemm_x16_kernel (two blocks an SM): none where every SM
+// already has a block; else enough to fill the card's two, at most 8 (a portable cluster), each
+// at least 4 slices. 4096 x 2304 over 256 tokens: 64 tiles, 4 splits of 9 slices.
+static int x16_splits(long tiles, int Kd) {
+  const long slots = 2L * (sm_count() > 0 ? sm_count() : 1);
+  if (tiles >= slots / 2) return 1;
+  const long s = std::min(std::min(8L, slots / tiles), (long)(Kd / XK / 4));
+  return s > 1 ? (int)s : 1;
+}
+
+// One launch of gemm_x16_kernel for a set of BF16 weights: the tiles, the split, and the
+// workspace it takes (each distinct activation matrix once in BF16, then any partials)
+struct x16_plan {
+  x16_set set;
+  int xi[MV_MAX];              // entry i's activations: BF16 copy xi[i]
+  const float *src[MV_MAX];    // the distinct activation matrices
+  int nx, S, col_tiles;
+  bool cluster;
+  long Ntot, xh_floats, part_floats;
+};
+
+static bool x16_plan_for(const mv_set &s, int T, int Kd, x16_plan &p) {
+  if (!x16_gemm() || T < XM || Kd <= 0 || Kd % XK || s.n < 1 || s.n > MV_MAX) return false;
+  p = {};
+  for (int i = 0; i < s.n; i++) {
+    const mv_entry &e = s.e[i];
+    if (e.fmt != MV_BF16 || e.Kd != Kd || e.N < 1 || (((uintptr_t)e.W | (uintptr_t)e.X) & 15)) return false;
+    p.set.W[i] = static_cast<const uint16_t *>(e.W);
+    p.set.Y[i] = e.Y;
+    p.set.N[i] = e.N;
+    p.set.tile0[i] = p.col_tiles;
+    p.set.coff[i] = (int)p.Ntot;
+    p.col_tiles += blocks_for(e.N, TBN);
+    p.Ntot += e.N;
+    int j = 0;
+    while (j < p.nx && p.src[j] != e.X) j++;
+    if (j == p.nx) p.src[p.nx++] = e.X;
+    p.xi[i] = j;
+  }
+  p.set.tile0[s.n] = p.col_tiles;
+  p.set.n = s.n;
+  p.S = x16_splits((long)p.col_tiles * blocks_for(T, XM), Kd);
+  p.xh_floats = (long)p.nx * T * Kd / 2;  // a multiple of 32: the partials start on 16 bytes
+  p.cluster = p.S > 1 && p.S <= x16_cluster_max();
+  p.part_floats = p.S > 1 && !p.cluster ? (long)p.S * T * p.Ntot : 0;
+  return true;
+}
+
+static void x16_launch(x16_plan &p, int T, int Kd, float *ws, cudaStream_t st) {
+  uint16_t *xh = reinterpret_cast<uint16_t *>(ws);
+  const long n4 = (long)T * Kd / 4;
+  for (int j = 0; j < p.nx; j++)
+    x_to_bf16_kernel<<<blocks_for(n4, 256), 256, 0, st>>>(reinterpret_cast<const float4 *>(p.src[j]), reinterpret_cast<uint2 *>(xh + (size_t)j * T * Kd), n4);
+  for (int i = 0; i < p.set.n; i++) p.set.X[i] = xh + (size_t)p.xi[i] * T * Kd;
+  float *part = p.part_floats ? ws + p.xh_floats : nullptr;
+  static const bool sized = cudaFuncSetAttribute(gemm_x16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)X16_SMEM) == cudaSuccess;
+  (void)sized;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(p.col_tiles, blocks_for(T, XM), p.S);
+  cfg.blockDim = dim3(256);
+  cfg.dynamicSmemBytes = X16_SMEM;
+  cfg.stream = st;
+  cudaLaunchAttribute attr[1];
+  if (p.cluster) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = p.S;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+  }
+  cudaLaunchKernelEx(&cfg, gemm_x16_kernel, p.set, T, Kd, part, p.Ntot);
+  if (part) splitk_sum_set_kernel<<<blocks_for((long)T * p.Ntot, 256), 256, 0, st>>>(part, p.S, (long)T * p.Ntot, p.set, T);
+}
+
+// the split's partial products (the deep kernel), or gemm_x16_kernel's room, whichever is more
 long matmul16_ws_floats(int T, int N, int Kd) {
   if (T <= 8 || Kd % TBK) return 0;
   const int S = splits_for(T, N, Kd);
-  return (S > 1 ? (long)S * T * N : 0) + (x16_fits(T, N, Kd) ? (long)T * Kd / 2 : 0);
+  long need = S > 1 ? (long)S * T * N : 0;
+  mv_set one = {};
+  one.e[0] = {nullptr, nullptr, nullptr, N, Kd, MV_BF16, 0};
+  one.n = 1;
+  x16_plan p;
+  if (x16_fits(T, N, Kd) && x16_plan_for(one, T, Kd, p)) need = std::max(need, p.xh_floats + p.part_floats);
+  return need;
+}
+
+long matmul16_n_ws_floats(const mv_set &s, int T) {
+  x16_plan p;
+  return s.n > 0 && x16_plan_for(s, T, s.e[0].Kd, p) ? p.xh_floats + p.part_floats : -1;
+}
+
+bool matmul16_n(const mv_set &s, int T, cudaStream_t st, float *ws, long ws_floats) {
+  x16_plan p;
+  if (s.n < 1 || !x16_plan_for(s, T, s.e[0].Kd, p) || !ws || ws_floats < p.xh_floats + p.part_floats) return false;
+  x16_launch(p, T, s.e[0].Kd, ws, st);
+  return true;
 }
 
 void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, int N, int Kd, cudaStream_t st, float *ws, long ws_floats,
@@ -1123,18 +1359,11 @@ void matmul16(int is_bf16, const uint16_t *W, const float *X, float *Y, int T, i
     }
     return;
   }
-  if (is_bf16 && vec && round_bf16 && x16_fits(T, N, Kd) && ws && ws_floats >= matmul16_ws_floats(T, N, Kd)) {
-    const long room = (ws_floats - (long)T * Kd / 2) & ~3L;  // the partials' share; the activations start on 16 bytes
-    const int S = x16_splits(T, N, Kd);
-    const int kper = S > 1 && room >= (long)S * T * N ? blocks_for(Kd / XK, S) : 0;
-    const int Sz = kper ? blocks_for(Kd / XK, kper) : 1;  // splits that have slices
-    uint16_t *xh = reinterpret_cast<uint16_t *>(ws + room);
-    const long n4 = (long)T * Kd / 4;
-    x_to_bf16_kernel<<<blocks_for(n4, 256), 256, 0, st>>>(reinterpret_cast<const float4 *>(X), reinterpret_cast<uint2 *>(xh), n4);
-    cudaFuncSetAttribute(gemm_x16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)X16_SMEM);
-    gemm_x16_kernel<<<dim3(blocks_for(N, TBN), blocks_for(T, XM), Sz), 256, X16_SMEM, st>>>(W, xh, Y, T, N, Kd, kper, kper ? ws : nullptr);
-    if (kper) splitk_sum(ws, Sz, (long)T * N, Y, st);
-    return;
+  if (is_bf16 && vec && round_bf16 && x16_fits(T, N, Kd)) {
+    mv_set one = {};
+    one.e[0] = {W, X, Y, N, Kd, MV_BF16, 0};
+    one.n = 1;
+    if (matmul16_n(one, T, st, ws, ws_floats)) return;
   }
   if (is_bf16 && vec && Kd % TBK == 0) {
     // a batched step's rows (up to 512 tokens): 64-wide k-slices, two in flight (deep_gemm)

@@ -371,6 +371,27 @@ __global__ void sigmoid_kernel(const float *x, float *y, long n) {
 }
 void sigmoid(const float *x, float *y, long n, cudaStream_t st) { sigmoid_kernel<<<blocks_for(n, 256), 256, 0, st>>>(x, y, n); }
 
+// one grid row per destination: src's run y to dst.p[y], 16 bytes a thread and step
+__global__ void copy_rows_kernel(copy_rows_set dst, const uint4 *__restrict__ src, long n16) {
+  uint4 *d = reinterpret_cast<uint4 *>(dst.p[blockIdx.y]);
+  const uint4 *s = src + (size_t)blockIdx.y * n16;
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += (long)gridDim.x * blockDim.x) d[i] = s[i];
+}
+bool copy_rows(int n, void *const *dst, const void *src, size_t each, cudaStream_t st) {
+  if (each % 16 || (uintptr_t)src % 16) return false;
+  for (int i = 0; i < n; i++)
+    if ((uintptr_t)dst[i] % 16) return false;
+  const long n16 = (long)(each / 16);
+  for (int i0 = 0; i0 < n; i0 += COPY_ROWS_MAX) {
+    copy_rows_set set;
+    const int rows = n - i0 < COPY_ROWS_MAX ? n - i0 : COPY_ROWS_MAX;
+    for (int i = 0; i < rows; i++) set.p[i] = dst[i0 + i];
+    // a few blocks a row: 256 rows of Kimi's logits are 256 x 8 blocks, each 20 steps of 4 KB
+    copy_rows_kernel<<<dim3(blocks_for(n16, 256) < 8 ? blocks_for(n16, 256) : 8, rows), 256, 0, st>>>(set, reinterpret_cast<const uint4 *>(src) + (size_t)i0 * n16, n16);
+  }
+  return true;
+}
+
 __global__ void swiglu_kernel(const float *gate, const float *up, float *out, long n) {
   pdl_wait();
   pdl_trigger();

@@ -92,6 +92,14 @@ void mla_cache_write(const float *kv, const float *w, void *cache, int bf16, con
                      float eps, cudaStream_t st, void *const *caches = nullptr);
 // qlat[t, h] = (W_uk[h]^T q[t, h, :nope], q[t, h, nope:nope+rope]); W_uk [H, nope, R]
 void mla_absorb(const float *W_uk, const float *q, float *qlat, int T, int H, int nope, int rope, int R, cudaStream_t st);
+// src's n consecutive runs of `each` bytes to dst[i], COPY_ROWS_MAX destinations a launch (their
+// pointers travel as the kernel's parameter); false (nothing launched) unless every address and
+// `each` are multiples of 16 bytes
+constexpr int COPY_ROWS_MAX = 256;
+struct copy_rows_set {
+  void *p[COPY_ROWS_MAX];
+};
+bool copy_rows(int n, void *const *dst, const void *src, size_t each, cudaStream_t st);
 // y[t, h] = W_uv[h] o[t, h], W_uv [H, vh, R]
 void mla_up_v(const float *W_uv, const float *o, float *y, int T, int H, int vh, int R, cudaStream_t st);
 
@@ -118,10 +126,17 @@ void expert_down_combine16(int is_bf16, const uint16_t *const *Wtab, const int32
 // rows, in tiles of 16 rows when `few` pairs an expert (fewer than 16 on average), else 64; F16:
 // each row read once per 8 pairs) for T tokens. grouped_ok: the shapes and alignment they need
 // (else the per-pair kernels). round_bf16 as matmul16's.
-void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st);
+// With map (moe_tiles(P, E, tm) ints; tm 16 where `few`, else 64), moe_group also lists the
+// experts' row tiles, and grouped_mm16 given it (and P) launches a block per listed tile instead
+// of every expert's largest possible count. which == MOE_GATE_UP (BF16): the gate and up matrices
+// at once, Y [P, N] = silu(gate X) * up X.
+constexpr int MOE_GATE_UP = -1;
+int moe_tiles(int P, int E, int tm);
+void moe_group(const int32_t *idx, int P, int E, int32_t *offs, int32_t *order, cudaStream_t st, int tm = 0, int32_t *map = nullptr);
 bool grouped_ok(int D, int MI, const float *X);
 void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, const int32_t *offs, const int32_t *order, int E,
-                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st, bool round_bf16 = false);
+                  const float *X, int x_div, float *Y, int T, int N, int Kd, cudaStream_t st, bool round_bf16 = false,
+                  const int32_t *map = nullptr, int P = 0);
 void expert_matvec16(int is_bf16, const uint16_t *const *Wtab, int which, const int32_t *idx, const float *X, int x_div, float *Y,
                      int P, int N, int Kd, cudaStream_t st);
 
@@ -158,6 +173,13 @@ struct mv_set {
 };
 bool gemv_multi_ok(const mv_entry &e);
 void gemv_multi(mv_set s, cudaStream_t st);
+// The same set's products over T >= 128 tokens in BF16 precision (the activations rounded to
+// BF16; every entry BF16, one Kd, a multiple of 64): one tensor-core launch for all of them, each
+// distinct X rounded once (gemm16.cu's gemm_x16_kernel). matmul16_n_ws_floats: the workspace
+// floats it takes, -1 where it does not take the set; matmul16_n false: nothing launched (the
+// caller makes them one by one).
+long matmul16_n_ws_floats(const mv_set &s, int T);
+bool matmul16_n(const mv_set &s, int T, cudaStream_t st, float *ws, long ws_floats);
 
 // A token drawn from logits [V] on the device as as/sampler.ts draws it (sample.cu): temperature
 // (0: greedy), top-k (0: none), top-p (1: none), ln(min_p) (-inf: none); u in [0, 1)

@@ -5,8 +5,11 @@
 // (gemm16.cu's matmul16 above 8 tokens, its tensor-core kernels; gemm_x16_kernel from 128
 // tokens with BF16-rounded activations): odd shapes and the 48B model's, f32-accurate and with
 // the activations rounded to BF16, every output or every 61st column of the LM head's. Then the
-// time of each at Kimi-Linear-48B-A3B's shapes. Run it with KLE_CUDA_SGEMM=0 and
-// KLE_CUDA_GEMM_X16=0 too: the kernels these replaced, the same checks, their times beside.
+// time of each at Kimi-Linear-48B-A3B's shapes. Then sets of BF16 weights in one launch
+// (matmul16_n: odd shapes, the 48B model's KDA, MLA and shared-expert sets), each timed beside the
+// same products made one by one. Run it with KLE_CUDA_SGEMM=0 and KLE_CUDA_GEMM_X16=0 too: the
+// kernels these replaced, the same checks, their times beside; KLE_CUDA_X16_CLUSTER=0 (or 8): every
+// split along Kd added through partials (or inside a cluster).
 //   nvcc $(cat kernels-cuda/nvcc.flags) kernels-cuda/test/matmul_check.cu kernels-cuda/src/{sgemm,ops,gemm16}.cu -o matmul_check && ./matmul_check
 //   ./matmul_check --check-only   (the checks alone, for compute-sanitizer)
 // Exit status 1 if a case's error is past its bar: 1e-5 of the largest |y| (f32 products), 1e-2
@@ -182,6 +185,69 @@ static void bf16_case(int T, int N, int Kd, bool round, int every, bool timed) {
   cudaFree(W), cudaFree(X), cudaFree(Y), cudaFree(ws);
 }
 
+// Y_i = X_i W_i^T for a set of BF16 weights of one width through matmul16_n (one launch; `xs`:
+// entry i takes activation matrix xs[i]), columns n % every == 0 checked; timed beside the same
+// products made one by one through matmul16
+static void set_case(const char *name, int T, int Kd, std::vector<int> Ns, std::vector<int> xs, int every, bool timed) {
+  const int n = (int)Ns.size(), nx = *std::max_element(xs.begin(), xs.end()) + 1;
+  std::vector<std::vector<float>> x(nx);
+  std::vector<float *> Xd(nx);
+  for (int j = 0; j < nx; j++) x[j] = rnd((size_t)T * Kd), Xd[j] = up(x[j]);
+  kle_ops::mv_set set = {};
+  std::vector<std::vector<uint16_t>> w(n);
+  std::vector<uint16_t *> Wd(n);
+  std::vector<float *> Yd(n);
+  for (int i = 0; i < n; i++) {
+    w[i].resize((size_t)Ns[i] * Kd);
+    for (auto &v : w[i]) v = __bfloat16_as_ushort(__float2bfloat16_rn(uni()));
+    cudaMalloc(&Wd[i], w[i].size() * 2);
+    cudaMemcpy(Wd[i], w[i].data(), w[i].size() * 2, cudaMemcpyHostToDevice);
+    Yd[i] = zeros((size_t)T * Ns[i]);
+    set.e[i] = {Wd[i], Xd[xs[i]], Yd[i], Ns[i], Kd, kle_ops::MV_BF16, 0};
+  }
+  set.n = n;
+  const long wsn = kle_ops::matmul16_n_ws_floats(set, T);
+  float *ws = wsn > 0 ? zeros(wsn) : nullptr;
+  const bool ran = wsn >= 0 && kle_ops::matmul16_n(set, T, 0, ws, wsn);
+  if (!ran) {
+    printf("%-52s not taken by matmul16_n  FAIL\n", name);
+    fails++;
+  }
+  for (int i = 0; i < n && ran; i++) {
+    std::vector<double> ref;
+    std::vector<size_t> at;
+    for (int t = 0; t < T; t++)
+      for (int r = 0; r < Ns[i]; r += every) {
+        double acc = 0;
+        for (int k = 0; k < Kd; k++) acc += (double)bf16_value(w[i][(size_t)r * Kd + k]) * x[xs[i]][(size_t)t * Kd + k];
+        ref.push_back(acc);
+        at.push_back((size_t)t * Ns[i] + r);
+      }
+    const auto all = down(Yd[i], (size_t)T * Ns[i]);
+    std::vector<float> y;
+    for (size_t j : at) y.push_back(all[j]);
+    char what[128];
+    snprintf(what, sizeof what, "%s T=%d: %d x %d (X%d)%s", name, T, Ns[i], Kd, xs[i], every > 1 ? " (sampled)" : "");
+    report(what, y, ref, 1e-2);
+  }
+  if (timed && ran) {
+    double flop = 0;
+    for (int N : Ns) flop += 2.0 * T * N * Kd;
+    long one_ws = 0;
+    for (int N : Ns) one_ws = std::max(one_ws, kle_ops::matmul16_ws_floats(T, N, Kd));
+    float *ws1 = one_ws > 0 ? zeros(one_ws) : nullptr;
+    const double us = time_us([&] { kle_ops::matmul16_n(set, T, 0, ws, wsn); });
+    const double us1 = time_us([&] {
+      for (int i = 0; i < n; i++) kle_ops::matmul16(1, Wd[i], Xd[xs[i]], Yd[i], T, Ns[i], Kd, 0, ws1, one_ws, true);
+    });
+    printf("  time: %8.2f us  %6.1f TFLOP/s one launch; %8.2f us one by one\n", us, flop / us * 1e-6, us1);
+    cudaFree(ws1);
+  }
+  for (int i = 0; i < n; i++) cudaFree(Wd[i]), cudaFree(Yd[i]);
+  for (auto d : Xd) cudaFree(d);
+  cudaFree(ws);
+}
+
 int main(int argc, char **argv) {
   const bool timed = !(argc > 1 && !strcmp(argv[1], "--check-only"));  // under compute-sanitizer: no timing
   printf("KLE_CUDA_SGEMM=%s\n", kle_ops::sgemm_enabled() ? "1 (sgemm)" : "0 (matvec kernels)");
@@ -221,6 +287,21 @@ int main(int argc, char **argv) {
       bf16_case(T, 1024, 2304, round, 7, timed);
       if (timed) bf16_case(T, 163840, 2304, round, 61, timed);
     }
+  // sets of weights in one launch (BF16 precision): odd shapes (tails, a second activation
+  // matrix), then the 48B model's at 256 streams: KDA's six projections of h and the two low-rank
+  // second halves, MLA's q and kv_a, the shared expert's gate and up
+  const char *gc = getenv("KLE_CUDA_X16_CLUSTER");
+  printf("KLE_CUDA_X16_CLUSTER=%s (splits added in a cluster up to that many, more through partials)\n", gc ? gc : "2");
+  set_case("set", 130, 192, {300, 64, 129}, {0, 0, 1}, 1, false);
+  set_case("set", 300, 128, {40, 256}, {1, 0}, 1, false);
+  set_case("set", 130, 2304, {96, 203}, {0, 0}, 1, false);  // split along Kd, row and column tails
+  for (int T : {128, 256}) {
+    if (!timed && T > 128) continue;
+    set_case("kda q k v f_a beta g_a", T, 2304, {4096, 4096, 4096, 128, 32, 128}, {0, 0, 0, 0, 0, 0}, 7, timed);
+    set_case("kda f_b g_b", T, 128, {4096, 4096}, {0, 1}, 7, timed);
+    set_case("mla q kv_a", T, 2304, {6144, 576}, {0, 0}, 7, timed);
+    set_case("shared gate up", T, 2304, {1024, 1024}, {0, 0}, 7, timed);
+  }
   printf("%s\n", fails ? "FAILED" : "all within their bars");
   return fails ? 1 : 0;
 }
