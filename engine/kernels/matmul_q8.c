@@ -800,14 +800,25 @@ static void make_byte_codes(int fmt, const float *dx, int T, int t0, int t1, int
   const int nb = n_in / KLE_QK, np = nb / 2;
   uint8_t *xu = (uint8_t *)byte_codes(qx, T, n_in);
   float *dv = (float *)pair_scales(qx, T, n_in);
-  const __m256i k80 = _mm256_set1_epi8((char)0x80);
+  /* decode over unsigned weights (row_dot_dec) takes the codes signed as they are */
+  const __m256i k80s = _mm256_set1_epi8(dec_unsigned(fmt, T, n_in) ? 0 : (char)0x80);
   for (int t = t0; t < t1; t++) {
     const int16_t *q = qx + (size_t)t * n_in;
     for (int i = 0; i < n_in; i += KLE_QK) /* int16 -> int8 (|code| <= 127), then + 128 as a byte */
-      _mm256_storeu_si256((__m256i *)(xu + (size_t)t * n_in + i), _mm256_xor_si256(_mm512_cvtepi16_epi8(_mm512_loadu_si512(q + i)), k80));
+      _mm256_storeu_si256((__m256i *)(xu + (size_t)t * n_in + i), _mm256_xor_si256(_mm512_cvtepi16_epi8(_mm512_loadu_si512(q + i)), k80s));
+    /* Q4_0 in decode: each block pair's 16-byte quarters in the order its nibbles unpack to
+     * (a's 0-15, b's 0-15, a's 16-31, b's 16-31) and its scales to match, so that row_dot_dec
+     * takes a pair's nibbles without a permute (q4_dec_order) */
+    const int q4 = fmt == KLE_W_Q4_0 && dec_unsigned(fmt, T, n_in);
     for (int p = 0; p < np; p++) {
       const float *d = dx + (size_t)t * nb + 2 * p;
-      _mm512_storeu_ps(dv + ((size_t)t * np + p) * 16, _mm512_insertf32x8(_mm512_set1_ps(d[0]), _mm256_set1_ps(d[1]), 1));
+      __m512 v = _mm512_insertf32x8(_mm512_set1_ps(d[0]), _mm256_set1_ps(d[1]), 1);
+      if (q4) {
+        __m512i *c = (__m512i *)(xu + (size_t)t * n_in + 64 * p);
+        _mm512_storeu_si512(c, _mm512_shuffle_i64x2(_mm512_loadu_si512(c), _mm512_loadu_si512(c), _MM_SHUFFLE(3, 1, 2, 0)));
+        v = _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(3, 1, 2, 0));
+      }
+      _mm512_storeu_ps(dv + ((size_t)t * np + p) * 16, v);
     }
     int32_t *bs = (int32_t *)code_sums(qx, T, n_in) + (size_t)t * (n_in / 16);
     for (int g = 0; g < n_in / 16; g++) {
@@ -816,10 +827,10 @@ static void make_byte_codes(int fmt, const float *dx, int T, int t0, int t1, int
       bs[g] = sum;
     }
     if (dec_unsigned(fmt, T, n_in)) {
-      const __m512i ko = _mm512_set1_epi8((char)w_offset(fmt)), k80x = _mm512_set1_epi8((char)0x80);
+      const __m512i ko = _mm512_set1_epi8((char)w_offset(fmt));
       int32_t *corr = (int32_t *)lane_corr(qx, T, n_in) + (size_t)t * n_in / 4;
       for (int i = 0; i < n_in; i += 64) {
-        const __m512i xs = _mm512_xor_si512(_mm512_loadu_si512(xu + (size_t)t * n_in + i), k80x);
+        const __m512i xs = _mm512_loadu_si512(xu + (size_t)t * n_in + i);
         _mm512_storeu_si512(corr + i / 4, _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), ko, xs)));
       }
     }
@@ -833,6 +844,14 @@ static inline __m256i q50_block_bytes(const uint8_t *blk) {
   return _mm256_set_m128i(w1, w0);
 }
 
+/* two Q4_0 blocks' nibbles as they unpack, a's low, b's low, a's high, b's high (0..15 each): the
+ * decode activations' order (make_byte_codes), which pair_w_unsigned permutes into element order */
+static inline __m512i q4_dec_order(const uint8_t *a, const uint8_t *b) {
+  const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 2))), _mm_loadu_si128((const __m128i *)(b + 2)), 1);
+  const __m256i m4 = _mm256_set1_epi8(15);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
+}
+
 /* two Q8_0 / Q4_0 / Q5_0 blocks' 64 weights plus their offset (128, 8, 16): vpdpbusd's unsigned
  * operand, block a's in element order, then b's */
 static inline __m512i pair_w_unsigned(int fmt, const uint8_t *a, const uint8_t *b) {
@@ -842,21 +861,19 @@ static inline __m512i pair_w_unsigned(int fmt, const uint8_t *a, const uint8_t *
     q50_bytes_off(b, 0, 1, &b0, &b1);
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(a1, a0)), _mm256_set_m128i(b1, b0), 1);
   }
-  if (fmt == KLE_W_Q4_0) { /* both blocks' nibbles at once: low ones, high ones, then in block order */
-    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a + 2))), _mm_loadu_si128((const __m128i *)(b + 2)), 1);
-    const __m256i m4 = _mm256_set1_epi8(15);
-    const __m512i lh = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, m4)), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), 1);
-    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), lh);
-  }
+  if (fmt == KLE_W_Q4_0) /* both blocks' nibbles at once, then in block order */
+    return _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7), q4_dec_order(a, b));
   const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a + 2))), _mm256_loadu_si256((const __m256i *)(b + 2)), 1);
   return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
 }
-/* two blocks' f16 scales, a's in lanes 0-7 and b's in 8-15: one conversion for both */
-static inline __m512 pair_scales_w(const uint8_t *a, const uint8_t *b) {
+/* two blocks' f16 scales, a's in lanes 0-7 and b's in 8-15 (q4: a's in 0-3 and 8-11, b's in 4-7
+ * and 12-15, q4_dec_order's): one conversion for both */
+static inline __m512 pair_scales_w(const uint8_t *a, const uint8_t *b, int q4) {
   uint16_t ha, hb;
   memcpy(&ha, a, 2);
   memcpy(&hb, b, 2);
-  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const __m512i halves = q4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1)
+                            : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
   return _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(ha), hb, 1))));
 }
 
@@ -1128,7 +1145,8 @@ static inline __attribute__((always_inline)) void row_dot_q6k_bytes(const uint8_
  * codes the signed one, so the weights' offset (8, 16, 128) comes off the activations (corr,
  * lane_corr: made once a token when they are quantized, each lane's int32 start) instead of off
  * every row (row_dot_bytes' -128 sum(w), one more vpdpbusd a block pair and row). The int32
- * lanes are the same integers as row_dot_bytes', and so are the float sums. */
+ * lanes are the same integers as row_dot_bytes' (Q4_0's in q4_dec_order: the same products
+ * gathered into other lanes, so its float sums may differ in rounding). */
 static inline __attribute__((always_inline)) void row_dot_dec(int fmt, const uint8_t *row, int T, const int16_t *qx, const int32_t *corr, int nb,
                                                                 int n_in, float out[4]) {
   const int np = nb / 2;
@@ -1136,19 +1154,29 @@ static inline __attribute__((always_inline)) void row_dot_dec(int fmt, const uin
    * 1.96-2.10 -> 2.24-2.28 ms a 105M Q4_0 token) */
   const long bytes = fmt == KLE_W_Q4_0 ? Q4_BYTES : fmt == KLE_W_Q5_0 ? Q50_BYTES : Q8_BYTES;
   const tile_in in = tile_inputs(qx, T, n_in, 0, np);
-  const __m512i k80 = _mm512_set1_epi8((char)0x80);
-  __m512 acc[3] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-  for (int p = 0; p < np; p++) {
-    const uint8_t *a = row + (size_t)(2 * p) * bytes, *b = a + bytes;
-    const __m512i w = pair_w_unsigned(fmt, a, b);
-    const __m512 dw = pair_scales_w(a, b);
-    for (int t = 0; t < T; t++) {
-      const __m512i xs = _mm512_xor_si512(_mm512_loadu_si512(in.xu + (size_t)t * n_in + 64 * p), k80);
-      const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr + ((size_t)t * n_in + 64 * p) / 4), w, xs);
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(in.dv + ((size_t)t * np + p) * 16)), acc[t]);
-    }
+  /* two accumulators a token, even and odd pairs: one would chain every pair's multiply-add on
+   * the last one's (its latency, not the loads, set the pace) */
+  __m512 acc[3][2];
+  for (int t = 0; t < 3; t++) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+#define KLE_DEC_PAIR(P, J)                                                                                                            \
+  do {                                                                                                                                \
+    const uint8_t *a = row + (size_t)(2 * (P)) * bytes, *b = a + bytes;                                                              \
+    const __m512i w = fmt == KLE_W_Q4_0 ? q4_dec_order(a, b) : pair_w_unsigned(fmt, a, b);                                           \
+    const __m512 dw = pair_scales_w(a, b, fmt == KLE_W_Q4_0);                                                                         \
+    for (int t = 0; t < T; t++) {                                                                                                     \
+      const __m512i xs = _mm512_loadu_si512(in.xu + (size_t)t * n_in + 64 * (P));                                                     \
+      const __m512i s = _mm512_dpbusd_epi32(_mm512_loadu_si512(corr + ((size_t)t * n_in + 64 * (P)) / 4), w, xs);                   \
+      acc[t][J] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_loadu_ps(in.dv + ((size_t)t * np + (P)) * 16)), acc[t][J]); \
+    }                                                                                                                                 \
+  } while (0)
+  int p = 0;
+  for (; p + 1 < np; p += 2) {
+    KLE_DEC_PAIR(p, 0);
+    KLE_DEC_PAIR(p + 1, 1);
   }
-  for (int t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
+  if (p < np) KLE_DEC_PAIR(p, 0);
+#undef KLE_DEC_PAIR
+  for (int t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
 }
 
 /* One step of rows_tiled: R (1, 2) rows by n (1..4) tokens from token t, by the byte dot of fmt */
