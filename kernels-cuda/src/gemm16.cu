@@ -490,45 +490,24 @@ __global__ void __launch_bounds__(256) gemm_bf16_tc_kernel(const uint16_t *__res
     // the up products through shared memory to the threads holding the same rows' gate products
     __syncthreads();  // every warp is done with the stages
     auto ups = reinterpret_cast<float (*)[64 + 4]>(tc_smem);
-#pragma unroll
-    for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-      for (int ni = 0; ni < NI; ni++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          const int ml = wm + mi * 16 + g + h * 8, nl = wn + ni * 8 + 2 * t4;
-          if (nl >= 64) ups[ml][nl - 64] = acc[mi][ni][2 * h], ups[ml][nl - 63] = acc[mi][ni][2 * h + 1];
-        }
+    kle_tc::each_c_pair<MI, NI>(lane, [&](int mi, int ni, int h, int r, int c) {
+      const int ml = wm + r, nl = wn + c;
+      if (nl >= 64) ups[ml][nl - 64] = acc[mi][ni][2 * h], ups[ml][nl - 63] = acc[mi][ni][2 * h + 1];
+    });
     __syncthreads();
+    kle_tc::each_c_pair<MI, NI>(lane, [&](int mi, int ni, int h, int r, int c) {
+      const int ml = wm + r, nl = wn + c, m = m0 + ml, n = n0 / 2 + nl;
+      if (nl >= 64 || m >= T) return;
+      float *yr = Y + (size_t)grp.order[base + m] * N;
 #pragma unroll
-    for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-      for (int ni = 0; ni < NI; ni++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          const int ml = wm + mi * 16 + g + h * 8, nl = wn + ni * 8 + 2 * t4, m = m0 + ml, n = n0 / 2 + nl;
-          if (nl >= 64 || m >= T) continue;
-          float *yr = Y + (size_t)grp.order[base + m] * N;
-#pragma unroll
-          for (int q = 0; q < 2; q++) {
-            const float gv = acc[mi][ni][2 * h + q];
-            if (n + q < N) yr[n + q] = gv / (1.0f + expf(-gv)) * ups[ml][nl + q];
-          }
-        }
+      for (int q = 0; q < 2; q++) {
+        const float gv = acc[mi][ni][2 * h + q];
+        if (n + q < N) yr[n + q] = gv / (1.0f + expf(-gv)) * ups[ml][nl + q];
+      }
+    });
     return;
   }
-#pragma unroll
-  for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-    for (int ni = 0; ni < NI; ni++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int m = m0 + wm + mi * 16 + g + h * 8, n = n0 + wn + ni * 8 + 2 * t4;
-        if (m >= T) continue;
-        float *yr = Y + (size_t)(GROUPED ? grp.order[base + m] : m) * N;
-        if (n < N) yr[n] = acc[mi][ni][2 * h];
-        if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
-      }
+  kle_tc::store_c_tile<MI, NI, GROUPED>(lane, acc, Y, N, T, m0 + wm, n0 + wn, grp.order, base);
 }
 
 // gemm_bf16_tc_kernel's shared memory: X's two stages (and its remainders' with LO), WS of W
@@ -650,14 +629,9 @@ __global__ void __launch_bounds__(256) gemm_x16_kernel(const x16_set set, int T,
     // rows r XM / S .. of every block's, in order of z (the same sum whichever block makes it)
     __syncthreads();  // every warp is done with the stages
     float *red = reinterpret_cast<float *>(x16_smem);
-#pragma unroll
-    for (int mi = 0; mi < 4; mi++)
-#pragma unroll
-      for (int ni = 0; ni < 4; ni++)
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-          *reinterpret_cast<float2 *>(red + (wm + mi * 16 + g + h * 8) * XRS + wn + ni * 8 + 2 * t4) =
-              make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+    kle_tc::each_c_pair<4, 4>(lane, [&](int mi, int ni, int h, int r, int c) {
+      *reinterpret_cast<float2 *>(red + (wm + r) * XRS + wn + c) = make_float2(acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+    });
     cg::cluster_group cluster = cg::this_cluster();
     cluster.sync();  // every block's tile is in place
     const int r = (int)cluster.block_rank(), rows0 = r * XM / S, rows1 = (r + 1) * XM / S;

@@ -391,18 +391,7 @@ __global__ void __launch_bounds__(256) gemm_q8_tc_kernel(const void *__restrict_
     }
     if (k + 1 < nk) store(s ^ 1);  // stage s ^ 1 was last read in slice k - 1
   }
-#pragma unroll
-  for (int mi = 0; mi < MI; mi++)
-#pragma unroll
-    for (int ni = 0; ni < NI; ni++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int m = m0 + wm + mi * 16 + g + h * 8, n = n0 + wn + ni * 8 + 2 * t4;
-        if (m >= T) continue;
-        float *yr = Y + (size_t)(GROUPED ? grp.order[base + m] : m) * N;
-        if (n < N) yr[n] = acc[mi][ni][2 * h];
-        if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
-      }
+  kle_tc::store_c_tile<MI, NI, GROUPED>(lane, acc, Y, N, T, m0 + wm, n0 + wn, grp.order, base);
 }
 
 }  // namespace

@@ -124,6 +124,31 @@ __device__ __forceinline__ void split_bf16_pair(float a, float b, uint32_t &hi, 
   hi = ha | hb << 16;
   lo = la | lb << 16;
 }
+// f(mi, ni, h, row, col) for every accumulator pair (c[2h], c[2h + 1]) of a warp's MI x NI grid of
+// m16n8 C fragments acc[mi][ni]: its row (g + 8h in fragment mi) and its first column (2t in
+// fragment ni) within the warp's tile. The epilogues' one walk over the C layout.
+template <int MI, int NI, class F>
+__device__ __forceinline__ void each_c_pair(int lane, F f) {
+#pragma unroll
+  for (int mi = 0; mi < MI; mi++)
+#pragma unroll
+    for (int ni = 0; ni < NI; ni++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) f(mi, ni, h, mi * 16 + lane / 4 + h * 8, ni * 8 + 2 * (lane % 4));
+}
+// A warp's accumulators acc[MI][NI] into Y [., N] at its tile's origin (m0, n0): rows below T,
+// row m to Y's row order[base + m] with GATHER (a grouped GEMM's gathered pairs), columns below N
+template <int MI, int NI, bool GATHER>
+__device__ __forceinline__ void store_c_tile(int lane, const float (&acc)[MI][NI][4], float *Y, int N, int T, int m0, int n0,
+                                             const int32_t *order, int base) {
+  each_c_pair<MI, NI>(lane, [&](int mi, int ni, int h, int r, int c) {
+    const int m = m0 + r, n = n0 + c;
+    if (m >= T) return;
+    float *yr = Y + (size_t)(GATHER ? order[base + m] : m) * N;
+    if (n < N) yr[n] = acc[mi][ni][2 * h];
+    if (n + 1 < N) yr[n + 1] = acc[mi][ni][2 * h + 1];
+  });
+}
 // four 8x8 BF16 matrices from shared memory as they lie: lanes 8i .. 8i + 7 give the rows of
 // matrix i, each 16 bytes; r[i] holds (row lane / 4, columns 2 (lane % 4) and + 1): with rows
 // along n and columns along k, matrix i's B fragment register
