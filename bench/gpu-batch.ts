@@ -21,8 +21,9 @@ import { parseArgs } from 'node:util';
 import { parseKimiConfig, type KimiConfig } from '../src/engine/config.js';
 import { EngineModel, type EngineSession, type Precision } from '../src/engine/engine.js';
 import { expertTensors, layerTensors } from '../src/engine/layer-kinds.js';
-import { loadCudaBackend } from '../src/node.js';
+import { loadCudaBackend, packageRoot } from '../src/node.js';
 import { KIMI_LINEAR_48B_CONFIG } from '../src/weights/synthetic.js';
+import { batchChart, batchChartTitle } from './gpu-batch-chart.js';
 import { gpuTag, machine, matrixWeights, median, table, writeResultAs } from './lib.js';
 
 // --only CONTEXTxSTREAMS[,STREAMS...]: those points, printed and not written (with
@@ -127,5 +128,9 @@ if (peer) {
     vs.map((r) => [r.context, r.streams, r.precision, r.msPerStep.toFixed(2), r.peer?.msPerStep.toFixed(2) ?? '-', r.tokPerS.toFixed(0), r.peer?.tokPerS.toFixed(1) ?? '-',
       r.peer ? `${(r.peer.msPerStep / r.msPerStep).toFixed(1)}x` : '-'])));
   console.log(`wrote ${writeResultAs(`gpu-peer-${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, steps: STEPS, peer, rows: vs })}`);
-} else if (!only && !values.peer) console.log(`wrote ${writeResultAs(`gpu-batch-${W.tag}${gpuTag(cuda.device)}`, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: W.dtype, rows })}`);
+} else if (!only && !values.peer) {
+  const name = `gpu-batch-${W.tag}${gpuTag(cuda.device)}`;
+  console.log(`wrote ${writeResultAs(name, { date: new Date().toISOString(), machine: machine(), gpu: cuda.device, copyGBps: gbps, steps: STEPS, weights: W.dtype, rows })}`);
+  writeFileSync(join(packageRoot(), 'bench', 'results', `${name}.svg`), batchChart(batchChartTitle(cuda.device, W.dtype), rows));
+}
 model.free();
