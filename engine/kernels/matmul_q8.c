@@ -225,14 +225,6 @@ static float row_dot_ref(int fmt, const uint8_t *row, const float *dx, const flo
   return acc;
 }
 
-/* The fast dots add lanes of a few products each before the scales multiply them; where a block's
- * scale is infinite (a hostile or broken file's), lanes of both signs then meet as NaN even when
- * the block's whole sum has one sign and the scalar reference gives an infinity. NaN comes only
- * from non-finite values, so such an output (rare) takes the reference's instead. */
-static inline float or_ref(float v, int fmt, const uint8_t *row, const float *dx, const float *sx, const int16_t *qx, int nb, int n_in, int t) {
-  return isnan(v) ? row_dot_ref(fmt, row, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in, nb) : v;
-}
-
 /*
  * The SIMD versions, each as four primitives that the one row_dot and row_dot4 below are written
  * with: kq_w, a block's 32 weights widened to 16-bit lanes (block_w returns the block, for its
@@ -1212,7 +1204,7 @@ static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, cons
       if (fmt == KLE_W_Q4_0) T == 1 ? row_dot_dec(KLE_W_Q4_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q4_0, row, T, qx, corr, nb, n_in, out);
       else if (fmt == KLE_W_Q5_0) T == 1 ? row_dot_dec(KLE_W_Q5_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q5_0, row, T, qx, corr, nb, n_in, out);
       else T == 1 ? row_dot_dec(KLE_W_Q8_0, row, 1, qx, corr, nb, n_in, out) : row_dot_dec(KLE_W_Q8_0, row, T, qx, corr, nb, n_in, out);
-      for (int j = 0; j < T; j++) Y[(size_t)j * ldy + r] = or_ref(out[j], fmt, row, dx, sx, qx, nb, n_in, j);
+      for (int j = 0; j < T; j++) Y[(size_t)j * ldy + r] = out[j];
     }
     return;
   }
@@ -1228,7 +1220,7 @@ static void rows_tiled(int fmt, const uint8_t *W, long rb, const float *dx, cons
       else if (R == 2) tile_dot(fmt, rows, 2, n, t, T, dx, sx, qx, nb, n_in, out);
       else tile_dot(fmt, rows, 1, n, t, T, dx, sx, qx, nb, n_in, out);
       for (int i = 0; i < R; i++)
-        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = or_ref(out[i][j], fmt, rows[i], dx, sx, qx, nb, n_in, t + j);
+        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r + i] = out[i][j];
     }
   }
 }
@@ -1280,8 +1272,8 @@ void kle_q8_quantize_rows(int fmt, const float *X, int T, int t0, int t1, int n_
 
 void kle_q8_quantize_x(int fmt, const float *X, int T, int n_in, float *dx, int16_t *qx) { kle_q8_quantize_rows(fmt, X, T, 0, T, n_in, dx, qx); }
 
-static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
-                   int n_in) {
+static int rows_fast(row_dot_fn dot, int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
+                     int n_in) {
   const long rb = kle_row_bytes(fmt, n_in);
   if (!int_dot_format(fmt) || T < 0 || n_out <= 0 || rb <= 0 || ldy < n_out) return KLE_EINVAL;
   const int nb = n_in / KLE_QK;
@@ -1332,7 +1324,7 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
           else if (n == 1) row_dot_q6k(row, 1, dxs, qxs, nb, out);
           else row_dot_q6k(row, n, dxs, qxs, nb, out);
         }
-        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r] = or_ref(out[j], fmt, row, dx, sx, qx, nb, n_in, t + j);
+        for (int j = 0; j < n; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
       }
     }
     return KLE_OK;
@@ -1349,11 +1341,30 @@ static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, cons
         float out[4];
         for (int j = 0; j < 4; j++) dxs[j] = dx + (size_t)(t + j) * nb, qxs[j] = qx + (size_t)(t + j) * n_in;
         row_dot4(fmt, row, dxs, qxs, nb, out);
-        for (int j = 0; j < 4; j++) Y[(size_t)(t + j) * ldy + r] = or_ref(out[j], fmt, row, dx, sx, qx, nb, n_in, t + j);
+        for (int j = 0; j < 4; j++) Y[(size_t)(t + j) * ldy + r] = out[j];
       }
 #endif
-    for (; t < T; t++) Y[(size_t)t * ldy + r] = or_ref(dot(fmt, row, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in, nb), fmt, row, dx, sx, qx, nb, n_in, t);
+    for (; t < T; t++) Y[(size_t)t * ldy + r] = dot(fmt, row, dx + (size_t)t * nb, sx + (size_t)t * nb, qx + (size_t)t * n_in, nb);
   }
+  return KLE_OK;
+}
+
+/* The fast dots add lanes of a few products each before the block scales multiply them; where a
+ * scale is infinite (a hostile or broken file's), lanes of both signs then meet as NaN even when
+ * the block's whole sum has one sign and the block-wise reference gives an infinity. NaN comes
+ * only from non-finite values, so an output that is NaN (rare) is made again by the reference. */
+static int rows_q8(row_dot_fn dot, int fmt, const void *W, const float *dx, const int16_t *qx, float *Y, int ldy, int T, int n_out,
+                   int n_in) {
+  const int rc = rows_fast(dot, fmt, W, dx, qx, Y, ldy, T, n_out, n_in);
+  if (rc != KLE_OK || dot == row_dot_ref) return rc;
+  const int nb = n_in / KLE_QK;
+  const long rb = kle_row_bytes(fmt, n_in);
+  for (int t = 0; t < T; t++)
+    for (int r = 0; r < n_out; r++) {
+      float *y = Y + (size_t)t * ldy + r;
+      if (isnan(*y))
+        *y = row_dot_ref(fmt, (const uint8_t *)W + (size_t)rb * r, dx + (size_t)t * nb, dx + (size_t)T * nb + (size_t)t * nb, qx + (size_t)t * n_in, nb);
+    }
   return KLE_OK;
 }
 
