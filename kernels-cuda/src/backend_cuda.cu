@@ -481,10 +481,7 @@ int cu_matmul(kle_backend_ctx *cx, const kle_tensor *w, const float *X, float *Y
 // whether a batch's products with several weights take matmul16_n (KLE_CUDA_MATMUL_SETS=0: one
 // by one, a before/after in one run)
 static bool matmul_sets() {
-  static const bool v = [] {
-    const char *e = getenv("KLE_CUDA_MATMUL_SETS");
-    return !(e && e[0] == '0' && !e[1]);
-  }();
+  static const bool v = kle_ops::env_on("KLE_CUDA_MATMUL_SETS");
   return v;
 }
 
@@ -777,10 +774,7 @@ static int grouped_pct() {
 // one launch (KLE_CUDA_MOE_LISTED=0: a block per expert and possible tile, gate, up and SwiGLU in
 // three launches; a before/after in one run)
 static bool moe_listed() {
-  static const bool v = [] {
-    const char *e = getenv("KLE_CUDA_MOE_LISTED");
-    return !(e && e[0] == '0' && !e[1]);
-  }();
+  static const bool v = kle_ops::env_on("KLE_CUDA_MOE_LISTED");
   return v;
 }
 

@@ -1095,10 +1095,7 @@ void grouped_mm16(int is_bf16, int few, const uint16_t *const *Wtab, int which, 
 // whether the experts' register-resident kernels may serve (KLE_CUDA_EXPERTS_RES=0: never, a
 // before/after in one run)
 static bool experts_res() {
-  static const bool v = [] {
-    const char *e = getenv("KLE_CUDA_EXPERTS_RES");
-    return !(e && e[0] == '0' && !e[1]);
-  }();
+  static const bool v = env_on("KLE_CUDA_EXPERTS_RES");
   return v;
 }
 

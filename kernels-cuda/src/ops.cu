@@ -12,10 +12,12 @@ namespace kle_ops {
 
 static int blocks_for(long n, int per) { return (int)((n + per - 1) / per); }
 
-bool pdl_enabled() {
-  const char *e = getenv("KLE_CUDA_PDL");
+bool env_on(const char *name) {
+  const char *e = getenv(name);
   return !(e && e[0] == '0' && !e[1]);
 }
+
+bool pdl_enabled() { return env_on("KLE_CUDA_PDL"); }
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

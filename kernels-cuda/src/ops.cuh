@@ -27,6 +27,8 @@ __device__ __forceinline__ void prefetch_l2(const void *p, size_t bytes, int lan
   const char *c = static_cast<const char *>(p);
   for (size_t o = (size_t)lane * 128; o < bytes; o += 32 * 128) prefetch_line(c + o);
 }
+// whether the switch `name` is on: unset or anything but "0" (the KLE_CUDA_* before/after knobs)
+bool env_on(const char *name);
 bool pdl_enabled();
 template <typename... P, typename... A>
 inline void launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A... args) {
